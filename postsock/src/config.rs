@@ -1,0 +1,162 @@
+//! What the application asks for: protocols, security, limits, and whom it talks to.
+//!
+//! Configuration is plain data with defaults; the stack reads it when a carrier is initiated
+//! or a listener bound.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// A protocol stack postsock can run a transient on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum Protocol {
+    /// QUIC (RFC 9000) with TLS 1.3, via quinn. One message = one unidirectional stream.
+    Quic,
+    /// TLS 1.3 over TCP, via rustls. Messages are framed as in docs/WIRE.md.
+    TlsTcp,
+}
+
+impl Protocol {
+    /// The stable lower-case name used in scenario files and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Quic => "quic",
+            Protocol::TlsTcp => "tls-tcp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Quic => "QUIC",
+            Protocol::TlsTcp => "TLS/TCP",
+        })
+    }
+}
+
+/// A certificate chain and its private key: who a listener proves to be.
+#[derive(Debug)]
+pub struct Identity {
+    /// The certificate chain, leaf first.
+    pub cert_chain: Vec<CertificateDer<'static>>,
+    /// The private key of the leaf certificate.
+    pub key: PrivateKeyDer<'static>,
+}
+
+impl Clone for Identity {
+    fn clone(&self) -> Self {
+        Identity {
+            cert_chain: self.cert_chain.clone(),
+            key: self.key.clone_key(),
+        }
+    }
+}
+
+/// Security parameters. Certificate verification is always on: a client must be given the
+/// roots it trusts, a listener its identity.
+#[derive(Debug, Clone, Default)]
+pub struct Security {
+    /// Root certificates a client trusts when verifying a server.
+    pub trusted_roots: Vec<CertificateDer<'static>>,
+    /// The name to verify the server certificate against; defaults to the remote's host name.
+    pub server_name: Option<String>,
+    /// The identity a listener presents.
+    pub identity: Option<Identity>,
+}
+
+/// How a carrier or listener should behave. Construct with [`Configuration::default`] and the
+/// `&mut Self` setters, or fill the public fields.
+///
+/// ```
+/// use postsock::{Configuration, Protocol};
+/// let mut config = Configuration::default();
+/// config.protocols(&[Protocol::TlsTcp]).max_message_size(1 << 20);
+/// assert_eq!(config.protocols, vec![Protocol::TlsTcp]);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Configuration {
+    /// Allowed protocol stacks in order of preference.
+    pub protocols: Vec<Protocol>,
+    /// Security parameters.
+    pub security: Arc<Security>,
+    /// Largest message accepted or sent, in bytes.
+    pub max_message_size: usize,
+    /// How long establishment may take before it fails.
+    pub connect_timeout: Duration,
+    /// Messages a carrier may have queued for sending before `send` waits.
+    pub send_queue: usize,
+}
+
+impl Default for Configuration {
+    fn default() -> Self {
+        Configuration {
+            protocols: vec![Protocol::Quic, Protocol::TlsTcp],
+            security: Arc::new(Security::default()),
+            max_message_size: 16 << 20,
+            connect_timeout: Duration::from_secs(10),
+            send_queue: 1024,
+        }
+    }
+}
+
+impl Configuration {
+    /// Sets the allowed protocols, most preferred first.
+    pub fn protocols(&mut self, protocols: &[Protocol]) -> &mut Self {
+        self.protocols = protocols.to_vec();
+        self
+    }
+    /// Sets the security parameters.
+    pub fn security(&mut self, security: Security) -> &mut Self {
+        self.security = Arc::new(security);
+        self
+    }
+    /// Sets the maximum message size in bytes.
+    pub fn max_message_size(&mut self, bytes: usize) -> &mut Self {
+        self.max_message_size = bytes;
+        self
+    }
+    /// Sets the establishment timeout.
+    pub fn connect_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.connect_timeout = timeout;
+        self
+    }
+}
+
+/// The peer a carrier is initiated to: a host name (or literal address) and a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Remote {
+    /// A name to resolve, or a literal IP address.
+    pub host: String,
+    /// The port QUIC (UDP) and TLS/TCP listen on.
+    pub port: u16,
+}
+
+impl Remote {
+    /// A remote by name and port.
+    pub fn new(host: impl Into<String>, port: u16) -> Self {
+        Remote {
+            host: host.into(),
+            port,
+        }
+    }
+
+    /// A remote by socket address; the certificate name must then come from
+    /// [`Security::server_name`].
+    pub fn addr(addr: SocketAddr) -> Self {
+        Remote {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        }
+    }
+}
+
+impl fmt::Display for Remote {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}

@@ -1,0 +1,61 @@
+//! The `Net` seam: the only way postsock reaches the network and the outside world.
+//!
+//! postsock never opens an OS socket itself. A carrier asks its [`Net`] to bind a datagram
+//! socket (which QUIC drives through quinn's [`AsyncUdpSocket`]), to connect or listen on a
+//! byte stream (which TLS runs over), to resolve names, and for entropy seeds. Two
+//! implementations exist: [`TokioNet`] over the operating system, and the simulated network of
+//! the `sim` crate. They are chosen at run time by handing a different `Arc<dyn Net>` to
+//! [`Carrier::initiate`](crate::Carrier::initiate) or [`Listener::bind`](crate::Listener::bind).
+//!
+//! Time is read through `tokio::time` everywhere: in the simulator tokio's clock is the
+//! simulated clock, on real sockets it is the monotonic clock.
+
+mod tokio_net;
+
+use std::fmt::Debug;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+pub use quinn::AsyncUdpSocket;
+use tokio::io::{AsyncRead, AsyncWrite};
+pub use tokio_net::TokioNet;
+
+/// A boxed, `Send` future, as returned by [`Net`] methods.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A reliable, ordered byte stream (a TCP connection, real or simulated).
+pub trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin + Debug {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + Debug> ByteStream for T {}
+
+/// A bound stream listener (a TCP listening socket, real or simulated).
+pub trait StreamListener: Send + Sync + Debug {
+    /// Waits for the next inbound stream; returns it with the peer's address.
+    fn accept(&self) -> BoxFuture<'_, io::Result<(Box<dyn ByteStream>, SocketAddr)>>;
+    /// The address this listener is bound to.
+    fn local_addr(&self) -> io::Result<SocketAddr>;
+}
+
+/// The network as postsock sees it. See the [module docs](self).
+pub trait Net: Send + Sync + Debug {
+    /// Binds a datagram socket at `local` (port 0 picks a free port).
+    fn bind_udp(&self, local: SocketAddr) -> BoxFuture<'_, io::Result<Arc<dyn AsyncUdpSocket>>>;
+    /// Opens a byte stream to `remote`; returns once the connection is established.
+    fn connect_tcp(&self, remote: SocketAddr) -> BoxFuture<'_, io::Result<Box<dyn ByteStream>>>;
+    /// Listens for byte streams at `local`.
+    fn listen_tcp(&self, local: SocketAddr) -> BoxFuture<'_, io::Result<Box<dyn StreamListener>>>;
+    /// Resolves `name` to addresses with `port`. Literal IP addresses resolve to themselves.
+    fn resolve(&self, name: &str, port: u16) -> BoxFuture<'_, io::Result<Vec<SocketAddr>>>;
+    /// A 32-byte seed for a protocol engine's random number generator, or `None` to let the
+    /// engine draw from the operating system. Deterministic networks return seeded bytes so
+    /// that connection IDs and similar choices repeat exactly.
+    fn rng_seed(&self) -> Option<[u8; 32]> {
+        None
+    }
+    /// The runtime quinn uses for timers and tasks. Defaults to tokio's.
+    fn quic_runtime(&self) -> Arc<dyn quinn::Runtime> {
+        Arc::new(quinn::TokioRuntime)
+    }
+}

@@ -1,0 +1,163 @@
+//! The TLS/TCP frame format (docs/WIRE.md): a 16-byte header, then the payload.
+//!
+//! ```text
+//!  0        1        2        4                 12          16
+//! +--------+--------+--------+-----------------+-----------+------------
+//! | type   | flags  | rsvd=0 | message id (BE) | len (BE)  | payload ...
+//! +--------+--------+--------+-----------------+-----------+------------
+//! ```
+//!
+//! Decoding is pure: [`FrameHeader::decode`] validates a header against the limits and
+//! returns what the reader must do next, so violations are unit-testable without a network.
+
+use crate::{Error, MessageId, Result};
+
+/// Size of the frame header in bytes.
+pub const HEADER_LEN: usize = 16;
+/// Frame type: a whole application message.
+pub const TYPE_MESSAGE: u8 = 0x01;
+/// Frame type reserved for carrier-level acknowledgements (lossless failover).
+pub const TYPE_ACK: u8 = 0x02;
+/// Flag: this frame ends its message. Every message frame sets it in this version.
+pub const FLAG_FIN: u8 = 0x01;
+
+/// A decoded frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// Frame type.
+    pub kind: u8,
+    /// Flags.
+    pub flags: u8,
+    /// Message id.
+    pub id: MessageId,
+    /// Payload length in bytes.
+    pub len: u32,
+}
+
+impl FrameHeader {
+    /// The header of a whole message.
+    pub fn message(id: MessageId, len: u32) -> Self {
+        FrameHeader {
+            kind: TYPE_MESSAGE,
+            flags: FLAG_FIN,
+            id,
+            len,
+        }
+    }
+
+    /// Encodes the header.
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut out = [0u8; HEADER_LEN];
+        out[0] = self.kind;
+        out[1] = self.flags;
+        out[4..12].copy_from_slice(&self.id.to_be_bytes());
+        out[12..16].copy_from_slice(&self.len.to_be_bytes());
+        out
+    }
+
+    /// Decodes and validates a header; `max_len` is the largest payload accepted.
+    pub fn decode(bytes: &[u8; HEADER_LEN], max_len: usize) -> Result<Self> {
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&bytes[4..12]);
+        let mut len = [0u8; 4];
+        len.copy_from_slice(&bytes[12..16]);
+        let header = FrameHeader {
+            kind: bytes[0],
+            flags: bytes[1],
+            id: u64::from_be_bytes(id),
+            len: u32::from_be_bytes(len),
+        };
+        if header.kind != TYPE_MESSAGE {
+            return Err(Error::Protocol(format!(
+                "unknown frame type 0x{:02x}",
+                header.kind
+            )));
+        }
+        if header.flags & !FLAG_FIN != 0 {
+            return Err(Error::Protocol(format!(
+                "unknown frame flags 0x{:02x}",
+                header.flags
+            )));
+        }
+        if header.flags & FLAG_FIN == 0 {
+            return Err(Error::Protocol(
+                "partial message frames are not supported by this version".into(),
+            ));
+        }
+        if bytes[2] != 0 || bytes[3] != 0 {
+            return Err(Error::Protocol("reserved header bytes are not zero".into()));
+        }
+        if header.len as usize > max_len {
+            return Err(Error::Protocol(format!(
+                "frame of {} bytes exceeds the maximum message size of {max_len} bytes",
+                header.len
+            )));
+        }
+        Ok(header)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let h = FrameHeader::message(0x0102_0304_0506_0708, 65_536);
+        let bytes = h.encode();
+        assert_eq!(bytes[0], TYPE_MESSAGE);
+        assert_eq!(&bytes[4..12], &[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(FrameHeader::decode(&bytes, 1 << 20).ok(), Some(h));
+    }
+
+    #[test]
+    fn rejects_violations() {
+        let good = FrameHeader::message(1, 10).encode();
+        let cases: Vec<([u8; HEADER_LEN], &str)> = vec![
+            (
+                {
+                    let mut b = good;
+                    b[0] = 9;
+                    b
+                },
+                "unknown frame type 0x09",
+            ),
+            (
+                {
+                    let mut b = good;
+                    b[1] = 0x81;
+                    b
+                },
+                "unknown frame flags",
+            ),
+            (
+                {
+                    let mut b = good;
+                    b[1] = 0;
+                    b
+                },
+                "partial message",
+            ),
+            (
+                {
+                    let mut b = good;
+                    b[3] = 1;
+                    b
+                },
+                "reserved",
+            ),
+        ];
+        for (bytes, want) in cases {
+            let err = FrameHeader::decode(&bytes, 100)
+                .expect_err(want)
+                .to_string();
+            assert!(err.contains(want), "{err} should mention {want}");
+        }
+        let big = FrameHeader::message(1, 101).encode();
+        let err = FrameHeader::decode(&big, 100)
+            .expect_err("too big")
+            .to_string();
+        assert!(err.contains("exceeds the maximum"), "{err}");
+        assert!(FrameHeader::decode(&FrameHeader::message(1, 100).encode(), 100).is_ok());
+    }
+}

@@ -1,0 +1,45 @@
+//! # reports — what a scenario run produced, as JSON, Markdown and plots
+//!
+//! A [`Report`] is the deterministic record of one run (scenario, seed, expectations,
+//! metrics, every message). It contains no wall-clock figure, so the same scenario and seed
+//! give a byte-identical JSON file; wall-clock speed goes to [`WallClock`] instead.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`model`] | the report schema and the metrics computed from message records |
+//! | [`summary`] | the Markdown summary of a suite |
+//! | [`plot`] | the message time-sequence diagram |
+
+pub mod model;
+pub mod plot;
+pub mod summary;
+
+pub use model::{
+    Direction, Expectation, MessageRecord, Metrics, Report, RunWallClock, WallClock, SCHEMA_VERSION,
+};
+
+/// Errors while writing reports.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReportError {
+    /// Writing a file failed.
+    #[error("writing {path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Drawing a plot failed.
+    #[error("drawing {path}: {message}")]
+    Plot {
+        /// The file.
+        path: String,
+        /// The cause.
+        message: String,
+    },
+    /// Encoding JSON failed.
+    #[error("encoding JSON: {0}")]
+    Json(#[from] serde_json::Error),
+}

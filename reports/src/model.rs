@@ -1,0 +1,266 @@
+//! The report schema. Top-level keys are stable: `schema_version`, `scenario`, `seed`,
+//! `passed`, `expectations`, `metrics`; others may be added.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the JSON schema; bumped on incompatible changes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Which way a message travelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Direction {
+    /// From the initiating side (client) to the listening side (server).
+    ClientToServer,
+    /// From the listening side back to the initiator.
+    ServerToClient,
+}
+
+impl Direction {
+    /// A short label for tables and plots.
+    pub fn label(self) -> &'static str {
+        match self {
+            Direction::ClientToServer => "client → server",
+            Direction::ServerToClient => "server → client",
+        }
+    }
+}
+
+/// One application message: when it was sent and every time it was delivered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageRecord {
+    /// Direction of travel.
+    pub direction: Direction,
+    /// The carrier's message id.
+    pub id: u64,
+    /// Payload size in bytes.
+    pub bytes: u64,
+    /// Simulated time of `send`, in ms since the start of the run.
+    pub sent_ms: f64,
+    /// Simulated times the peer application received it (more than one = duplicated).
+    pub delivered_ms: Vec<f64>,
+    /// Whether every delivery carried exactly the bytes that were sent.
+    pub intact: bool,
+}
+
+/// One expectation of the scenario and how the run measured against it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Expectation {
+    /// Human-readable form, e.g. `messages_lost <= 0`.
+    pub name: String,
+    /// Whether it held.
+    pub passed: bool,
+    /// The measured value (absent when the run did not produce it, e.g. no message arrived).
+    pub measured: Option<f64>,
+}
+
+/// The metrics of one run (DESIGN.md §5), all in simulated time.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    /// Time from `initiate` until the first message reached the peer application.
+    pub ttfm_ms: Option<f64>,
+    /// Application messages sent, both directions.
+    pub messages_sent: u64,
+    /// Messages delivered at least once.
+    pub messages_delivered: u64,
+    /// Messages never delivered.
+    pub messages_lost: u64,
+    /// Extra deliveries beyond the first.
+    pub messages_duplicated: u64,
+    /// Messages delivered with bytes that differ from those sent.
+    pub messages_corrupted: u64,
+    /// Payload bytes sent.
+    pub bytes_sent: u64,
+    /// Payload bytes delivered (first deliveries).
+    pub bytes_delivered: u64,
+    /// Median one-way message latency (send to first delivery).
+    pub median_latency_ms: Option<f64>,
+    /// Simulated duration of the run.
+    pub sim_duration_ms: f64,
+}
+
+impl Metrics {
+    /// Computes the metrics from the message records; `initiated_ms` is when the carrier was
+    /// initiated.
+    pub fn compute(
+        messages: &[MessageRecord],
+        initiated_ms: Option<f64>,
+        sim_duration_ms: f64,
+    ) -> Self {
+        let mut m = Metrics {
+            sim_duration_ms,
+            ..Metrics::default()
+        };
+        let mut latencies = Vec::new();
+        let mut first_delivery: Option<f64> = None;
+        for msg in messages {
+            m.messages_sent += 1;
+            m.bytes_sent += msg.bytes;
+            if let Some(&first) = msg.delivered_ms.first() {
+                m.messages_delivered += 1;
+                m.bytes_delivered += msg.bytes;
+                m.messages_duplicated += msg.delivered_ms.len() as u64 - 1;
+                latencies.push(first - msg.sent_ms);
+                if msg.direction == Direction::ClientToServer {
+                    first_delivery = Some(first_delivery.map_or(first, |f: f64| f.min(first)));
+                }
+            } else {
+                m.messages_lost += 1;
+            }
+            if !msg.intact {
+                m.messages_corrupted += 1;
+            }
+        }
+        m.ttfm_ms = match (initiated_ms, first_delivery) {
+            (Some(start), Some(first)) => Some(round_us(first - start)),
+            _ => None,
+        };
+        latencies.sort_by(f64::total_cmp);
+        m.median_latency_ms = latencies.get(latencies.len() / 2).copied().map(round_us);
+        m
+    }
+
+    /// The value of a metric by name, for expectations. `None` if unknown or not measured.
+    pub fn get(&self, name: &str) -> Option<Option<f64>> {
+        Some(match name {
+            "ttfm_ms" => self.ttfm_ms,
+            "messages_sent" => Some(self.messages_sent as f64),
+            "messages_delivered" => Some(self.messages_delivered as f64),
+            "messages_lost" => Some(self.messages_lost as f64),
+            "messages_duplicated" => Some(self.messages_duplicated as f64),
+            "messages_corrupted" => Some(self.messages_corrupted as f64),
+            "bytes_sent" => Some(self.bytes_sent as f64),
+            "bytes_delivered" => Some(self.bytes_delivered as f64),
+            "median_latency_ms" => self.median_latency_ms,
+            "sim_duration_ms" => Some(self.sim_duration_ms),
+            _ => return None,
+        })
+    }
+
+    /// Every metric name [`Metrics::get`] knows.
+    pub const NAMES: &'static [&'static str] = &[
+        "ttfm_ms",
+        "messages_sent",
+        "messages_delivered",
+        "messages_lost",
+        "messages_duplicated",
+        "messages_corrupted",
+        "bytes_sent",
+        "bytes_delivered",
+        "median_latency_ms",
+        "sim_duration_ms",
+    ];
+}
+
+/// Rounds to whole microseconds so that reports print stable, short numbers.
+pub fn round_us(ms: f64) -> f64 {
+    (ms * 1000.0).round() / 1000.0
+}
+
+/// The deterministic record of one run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// Scenario name, e.g. `echo/quic`.
+    pub scenario: String,
+    /// The run's seed.
+    pub seed: u64,
+    /// Whether every expectation held and the run completed.
+    pub passed: bool,
+    /// Expectations with their measured values.
+    pub expectations: Vec<Expectation>,
+    /// The metrics.
+    pub metrics: Metrics,
+    /// The protocol the carrier ran on.
+    pub protocol: String,
+    /// A run-level failure (a carrier that could not be established, a host that failed).
+    pub error: Option<String>,
+    /// Per-host access-link counters from the simulator.
+    pub links: BTreeMap<String, serde_json::Value>,
+    /// Faults applied, with their simulated times.
+    pub faults: Vec<String>,
+    /// Every application message.
+    pub messages: Vec<MessageRecord>,
+}
+
+impl Report {
+    /// The JSON text of the report (pretty, with a trailing newline).
+    pub fn to_json(&self) -> Result<String, serde_json::Error> {
+        let mut s = serde_json::to_string_pretty(self)?;
+        s.push('\n');
+        Ok(s)
+    }
+}
+
+/// Wall-clock figures of one run (kept out of [`Report`] so reports stay byte-identical).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunWallClock {
+    /// Scenario name.
+    pub scenario: String,
+    /// Seed.
+    pub seed: u64,
+    /// Wall-clock time of the run in ms.
+    pub wall_ms: f64,
+    /// Simulated time of the run in ms.
+    pub sim_ms: f64,
+}
+
+/// Wall-clock figures of a suite.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct WallClock {
+    /// Per run.
+    pub runs: Vec<RunWallClock>,
+    /// Wall-clock time of the whole suite in ms (runs may overlap when parallel).
+    pub total_wall_ms: f64,
+}
+
+impl WallClock {
+    /// Simulated seconds per wall-clock second over the whole suite.
+    pub fn sim_speed(&self) -> f64 {
+        let sim: f64 = self.runs.iter().map(|r| r.sim_ms).sum();
+        if self.total_wall_ms > 0.0 {
+            sim / self.total_wall_ms
+        } else {
+            0.0
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(direction: Direction, id: u64, sent: f64, delivered: &[f64]) -> MessageRecord {
+        MessageRecord {
+            direction,
+            id,
+            bytes: 10,
+            sent_ms: sent,
+            delivered_ms: delivered.to_vec(),
+            intact: true,
+        }
+    }
+
+    #[test]
+    fn metrics_count_loss_duplicates_and_ttfm() {
+        let msgs = vec![
+            rec(Direction::ClientToServer, 0, 60.0, &[80.0]),
+            rec(Direction::ClientToServer, 1, 61.0, &[79.5, 90.0]),
+            rec(Direction::ClientToServer, 2, 62.0, &[]),
+            rec(Direction::ServerToClient, 0, 81.0, &[101.0]),
+        ];
+        let m = Metrics::compute(&msgs, Some(0.5), 200.0);
+        assert_eq!(m.messages_sent, 4);
+        assert_eq!(m.messages_delivered, 3);
+        assert_eq!(m.messages_lost, 1);
+        assert_eq!(m.messages_duplicated, 1);
+        assert_eq!(m.ttfm_ms, Some(79.0));
+        assert_eq!(m.bytes_delivered, 30);
+        assert_eq!(m.median_latency_ms, Some(20.0));
+        assert_eq!(m.get("messages_lost"), Some(Some(1.0)));
+        assert_eq!(m.get("nonsense"), None);
+    }
+}

@@ -1,0 +1,114 @@
+//! The message time-sequence diagram: send time against delivery time, one series per
+//! direction. A message on the diagonal was delivered instantly; the vertical distance from
+//! the diagonal is its latency; a gap in the points is a stall.
+
+use std::path::Path;
+use std::sync::Once;
+
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+
+use crate::{Direction, Report, ReportError};
+
+static FONT: Once = Once::new();
+
+/// The plots carry their own font, so they render the same on a machine without fonts.
+fn register_font() {
+    FONT.call_once(|| {
+        let bytes: &'static [u8] = include_bytes!("../assets/DejaVuSans.ttf");
+        // The bundled font is known to be valid; if it were not, text would be missing,
+        // which the plot tests would catch.
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, bytes);
+    });
+}
+
+/// Draws the time-sequence diagram of `report` into a PNG at `path`.
+pub fn time_sequence(report: &Report, path: &Path) -> Result<(), ReportError> {
+    register_font();
+    let shown = path.display().to_string();
+    let err = |e: &dyn std::fmt::Display| ReportError::Plot {
+        path: shown.clone(),
+        message: e.to_string(),
+    };
+    let mut max_t: f64 = 1.0;
+    for m in &report.messages {
+        max_t = max_t.max(m.sent_ms);
+        for d in &m.delivered_ms {
+            max_t = max_t.max(*d);
+        }
+    }
+    let max_t = max_t * 1.05;
+    let root = BitMapBackend::new(path, (1000, 700)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!(
+                "{} (seed {}, {}): message time-sequence",
+                report.scenario, report.seed, report.protocol
+            ),
+            ("sans-serif", 22),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(65)
+        .build_cartesian_2d(0f64..max_t, 0f64..max_t)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("sent at (simulated ms)")
+        .y_desc("delivered at (simulated ms)")
+        .label_style(("sans-serif", 15))
+        .draw()
+        .map_err(|e| err(&e))?;
+    chart
+        .draw_series(LineSeries::new(
+            vec![(0.0, 0.0), (max_t, max_t)],
+            &BLACK.mix(0.3),
+        ))
+        .map_err(|e| err(&e))?
+        .label("instant delivery")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.3)));
+    let series = [
+        (Direction::ClientToServer, BLUE),
+        (Direction::ServerToClient, RED),
+    ];
+    for (direction, colour) in series {
+        let points: Vec<(f64, f64)> = report
+            .messages
+            .iter()
+            .filter(|m| m.direction == direction)
+            .flat_map(|m| m.delivered_ms.iter().map(move |d| (m.sent_ms, *d)))
+            .collect();
+        let lost: Vec<(f64, f64)> = report
+            .messages
+            .iter()
+            .filter(|m| m.direction == direction && m.delivered_ms.is_empty())
+            .map(|m| (m.sent_ms, max_t * 0.99))
+            .collect();
+        chart
+            .draw_series(points.iter().map(|p| Circle::new(*p, 3, colour.filled())))
+            .map_err(|e| err(&e))?
+            .label(direction.label())
+            .legend(move |(x, y)| Circle::new((x + 10, y), 4, colour.filled()));
+        if !lost.is_empty() {
+            chart
+                .draw_series(
+                    lost.iter()
+                        .map(|p| Cross::new(*p, 5, colour.stroke_width(2))),
+                )
+                .map_err(|e| err(&e))?
+                .label(format!("{} lost", direction.label()))
+                .legend(move |(x, y)| Cross::new((x + 10, y), 5, colour.stroke_width(2)));
+        }
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 15))
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}

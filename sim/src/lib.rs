@@ -1,0 +1,41 @@
+//! # sim — deterministic simulated networks for postsock
+//!
+//! Built on turmoil, which gives every host its own simulated tokio runtime and clock and a
+//! full mesh of links with per-link latency. What turmoil lacks — NAT, gateways, loss and
+//! bandwidth per access link, a TCP connect that costs a full round trip — this crate adds as
+//! an overlay, without forking any protocol logic: postsock reaches the simulated network only
+//! through [`SimNet`], its implementation of `postsock::net::Net`.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`world`] | the topology spec, building the turmoil simulation, faults |
+//! | [`net`] | `SimNet`: datagram sockets and streams of one host |
+//! | [`link`] | the access-link model (rate, drop-tail queue, loss): pure and seeded |
+//! | [`overlay`] | the header that carries true addresses between a host and its gateway |
+//! | `gateway` | the gateway program: UDP address translation and TCP splicing |
+//! | [`rng`] | deriving every random stream from the run's one seed |
+//!
+//! Same spec + same seed ⇒ the same simulation, event for event.
+
+mod gateway;
+pub mod link;
+pub mod net;
+pub mod overlay;
+pub mod rng;
+pub mod world;
+
+pub use link::{LinkParams, Verdict};
+pub use net::SimNet;
+pub use world::{Fault, GatewaySpec, HostSpec, LinkCounters, World, WorldSpec};
+
+/// Errors of the simulator.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SimError {
+    /// The world specification is inconsistent.
+    #[error("{0}")]
+    Spec(String),
+    /// A host program failed or the simulation exceeded its duration.
+    #[error("simulation: {0}")]
+    Host(String),
+}

@@ -1,0 +1,476 @@
+//! [`SimNet`]: postsock's [`Net`] inside a world.
+//!
+//! A datagram socket here is two tasks around a turmoil socket. Sending: quinn's `try_send`
+//! offers the datagram to the host's access link *at once* (so the drop-tail queue sees the
+//! real backlog), and an egress task releases it to turmoil at its departure time — wrapped in
+//! the overlay header towards the gateway if the host is behind one. Receiving: a pump task
+//! takes datagrams from turmoil, unwraps the overlay header, offers them to the downstream
+//! direction of the access link, and a delivery task hands them to quinn at their departure
+//! time. Streams (TCP) go through turmoil directly, or spliced by the gateway; connecting costs
+//! one full round trip (turmoil alone returns after half of one).
+
+use std::fmt;
+use std::io::{self, IoSliceMut};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use postsock::net::{AsyncUdpSocket, BoxFuture, ByteStream, Net, StreamListener};
+use quinn::udp::{RecvMeta, Transmit};
+use quinn::UdpPoller;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use crate::link::Verdict;
+use crate::overlay::{self, OVERLAY_PORT};
+use crate::rng;
+use crate::world::{Role, WorldState};
+
+/// Status byte a gateway sends when its spliced TCP connect succeeded.
+pub(crate) const SPLICE_OK: u8 = 0;
+/// Status byte a gateway sends when its spliced TCP connect was refused.
+pub(crate) const SPLICE_REFUSED: u8 = 1;
+
+/// The network as one simulated host sees it. Obtain it from [`World::net`](crate::World::net)
+/// and use it only inside that host's program.
+pub struct SimNet {
+    state: Arc<WorldState>,
+    host: String,
+    ip: IpAddr,
+    gateway: Option<IpAddr>,
+    seeds: AtomicU64,
+}
+
+impl fmt::Debug for SimNet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimNet")
+            .field("host", &self.host)
+            .field("ip", &self.ip)
+            .field("gateway", &self.gateway)
+            .finish()
+    }
+}
+
+impl SimNet {
+    pub(crate) fn new(state: Arc<WorldState>, host: String) -> Self {
+        let node = &state.nodes[&host];
+        let ip = node.ip;
+        let gateway = match &node.role {
+            Role::Private { gateway } => state.resolve(gateway),
+            _ => None,
+        };
+        SimNet {
+            state,
+            host,
+            ip,
+            gateway,
+            seeds: AtomicU64::new(0),
+        }
+    }
+
+    /// The host's name.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The host's own address (behind a gateway: its inside address).
+    pub fn ip(&self) -> IpAddr {
+        self.ip
+    }
+
+    fn check_host(&self, bound: SocketAddr) -> io::Result<()> {
+        if bound.ip() != self.ip && !bound.ip().is_loopback() {
+            return Err(io::Error::other(format!(
+                "the SimNet of `{}` was used inside the program of another host ({})",
+                self.host,
+                bound.ip()
+            )));
+        }
+        Ok(())
+    }
+
+    fn rtt_to(&self, remote: IpAddr) -> Duration {
+        self.state
+            .one_way(self.ip, remote)
+            .map_or(Duration::ZERO, |d| d * 2)
+    }
+}
+
+impl Net for SimNet {
+    fn bind_udp(&self, local: SocketAddr) -> BoxFuture<'_, io::Result<Arc<dyn AsyncUdpSocket>>> {
+        Box::pin(async move {
+            let bind: SocketAddr = (Ipv4Addr::UNSPECIFIED, local.port()).into();
+            let socket = Arc::new(turmoil::net::UdpSocket::bind(bind).await?);
+            let port = socket.local_addr()?.port();
+            let local = SocketAddr::new(self.ip, port);
+            let via = self.gateway.map(|g| SocketAddr::new(g, OVERLAY_PORT));
+            Ok(
+                SimUdpSocket::start(self.state.clone(), self.host.clone(), socket, local, via)
+                    as Arc<dyn AsyncUdpSocket>,
+            )
+        })
+    }
+
+    fn connect_tcp(&self, remote: SocketAddr) -> BoxFuture<'_, io::Result<Box<dyn ByteStream>>> {
+        Box::pin(async move {
+            let start = Instant::now();
+            let refused = || io::Error::new(io::ErrorKind::ConnectionRefused, remote.to_string());
+            match self.gateway {
+                Some(gateway) => {
+                    // The destination travels with the SYN, as it would inside a real packet.
+                    self.state.push_tcp_intent(self.ip, gateway, remote);
+                    let mut stream =
+                        match turmoil::net::TcpStream::connect((gateway, OVERLAY_PORT)).await {
+                            Ok(s) => s,
+                            Err(_) => return self.unreachable(start, gateway).await,
+                        };
+                    self.check_host(stream.local_addr()?)?;
+                    // The gateway answers once the far side's SYN-ACK would have reached it.
+                    match stream.read_u8().await {
+                        Ok(SPLICE_OK) => Ok(Box::new(SimStream(stream)) as Box<dyn ByteStream>),
+                        _ => Err(refused()),
+                    }
+                }
+                None => match turmoil::net::TcpStream::connect(remote).await {
+                    Ok(stream) => {
+                        self.check_host(stream.local_addr()?)?;
+                        // turmoil returns when the SYN arrives; the SYN-ACK needs as long again.
+                        tokio::time::sleep_until(start + self.rtt_to(remote.ip())).await;
+                        Ok(Box::new(SimStream(stream)) as Box<dyn ByteStream>)
+                    }
+                    Err(_) => self.unreachable(start, remote.ip()).await,
+                },
+            }
+        })
+    }
+
+    fn listen_tcp(&self, local: SocketAddr) -> BoxFuture<'_, io::Result<Box<dyn StreamListener>>> {
+        Box::pin(async move {
+            let bind: SocketAddr = (Ipv4Addr::UNSPECIFIED, local.port()).into();
+            let listener = turmoil::net::TcpListener::bind(bind).await?;
+            let port = listener.local_addr()?.port();
+            Ok(Box::new(SimListener {
+                listener,
+                local: SocketAddr::new(self.ip, port),
+            }) as Box<dyn StreamListener>)
+        })
+    }
+
+    fn resolve(&self, name: &str, port: u16) -> BoxFuture<'_, io::Result<Vec<SocketAddr>>> {
+        let found = match name.parse::<IpAddr>() {
+            Ok(ip) => Some(ip),
+            Err(_) => self.state.resolve(name),
+        };
+        let name = name.to_owned();
+        Box::pin(async move {
+            match found {
+                Some(ip) => Ok(vec![SocketAddr::new(ip, port)]),
+                None => Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("no simulated host is named `{name}`"),
+                )),
+            }
+        })
+    }
+
+    fn rng_seed(&self) -> Option<[u8; 32]> {
+        let n = self.seeds.fetch_add(1, Ordering::Relaxed);
+        Some(rng::seed_bytes(
+            self.state.seed,
+            &format!("net/{}/{n}", self.host),
+        ))
+    }
+}
+
+impl SimNet {
+    /// A failed connect: a dead access link black-holes the SYN (the caller's timeout fires);
+    /// otherwise the RST arrives after one round trip.
+    async fn unreachable(
+        &self,
+        start: Instant,
+        towards: IpAddr,
+    ) -> io::Result<Box<dyn ByteStream>> {
+        if self.state.link_is_down(&self.host) {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep_until(start + self.rtt_to(towards)).await;
+        Err(io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            format!("connection to {towards} refused"),
+        ))
+    }
+}
+
+/// A simulated TCP stream.
+pub(crate) struct SimStream(pub(crate) turmoil::net::TcpStream);
+
+impl fmt::Debug for SimStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimStream")
+            .field("local", &self.0.local_addr().ok())
+            .field("peer", &self.0.peer_addr().ok())
+            .finish()
+    }
+}
+
+impl AsyncRead for SimStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SimStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+struct SimListener {
+    listener: turmoil::net::TcpListener,
+    local: SocketAddr,
+}
+
+impl fmt::Debug for SimListener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimListener")
+            .field("local", &self.local)
+            .finish()
+    }
+}
+
+impl StreamListener for SimListener {
+    fn accept(&self) -> BoxFuture<'_, io::Result<(Box<dyn ByteStream>, SocketAddr)>> {
+        Box::pin(async move {
+            let (stream, peer) = self.listener.accept().await?;
+            Ok((Box::new(SimStream(stream)) as Box<dyn ByteStream>, peer))
+        })
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.local)
+    }
+}
+
+type Timed = (Instant, SocketAddr, Bytes);
+
+/// A datagram socket of a simulated host, as quinn sees it.
+struct SimUdpSocket {
+    local: SocketAddr,
+    state: Arc<WorldState>,
+    host: String,
+    egress: mpsc::UnboundedSender<Timed>,
+    ingress: Mutex<mpsc::UnboundedReceiver<(SocketAddr, Bytes)>>,
+    tasks: Vec<AbortHandle>,
+}
+
+impl fmt::Debug for SimUdpSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SimUdpSocket")
+            .field("host", &self.host)
+            .field("local", &self.local)
+            .finish()
+    }
+}
+
+impl Drop for SimUdpSocket {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl SimUdpSocket {
+    fn start(
+        state: Arc<WorldState>,
+        host: String,
+        socket: Arc<turmoil::net::UdpSocket>,
+        local: SocketAddr,
+        via: Option<SocketAddr>,
+    ) -> Arc<Self> {
+        let (egress_tx, egress_rx) = mpsc::unbounded_channel();
+        let (delay_tx, delay_rx) = mpsc::unbounded_channel();
+        let (ingress_tx, ingress_rx) = mpsc::unbounded_channel();
+        let tasks = vec![
+            tokio::spawn(egress(socket.clone(), egress_rx, via)).abort_handle(),
+            tokio::spawn(pump(socket, state.clone(), host.clone(), delay_tx, via)).abort_handle(),
+            tokio::spawn(deliver(delay_rx, ingress_tx)).abort_handle(),
+        ];
+        Arc::new(SimUdpSocket {
+            local,
+            state,
+            host,
+            egress: egress_tx,
+            ingress: Mutex::new(ingress_rx),
+            tasks,
+        })
+    }
+
+    fn offer(&self, dst: SocketAddr, datagram: &[u8]) {
+        if let Verdict::Deliver(at) = self.state.offer(&self.host, true, datagram.len()) {
+            let _ = self
+                .egress
+                .send((at, dst, Bytes::copy_from_slice(datagram)));
+        }
+    }
+}
+
+/// Waits until the simulation tick (1 ms) during which `at` falls.
+///
+/// tokio's timers resolve whole milliseconds and round up, so sleeping until `at` itself
+/// would hold every datagram to the next tick: a millisecond per hop, and a link rate capped
+/// at one datagram per tick. The link model computes exact departure times; here a datagram
+/// is released in the tick its departure time falls in, which keeps rates exact over time.
+async fn wait_until(at: Instant) {
+    const TICK_LESS_EPSILON: Duration = Duration::from_micros(999);
+    if let Some(target) = at.checked_sub(TICK_LESS_EPSILON) {
+        if target > Instant::now() {
+            tokio::time::sleep_until(target).await;
+        }
+    }
+}
+
+/// Releases datagrams to turmoil at their departure times.
+async fn egress(
+    socket: Arc<turmoil::net::UdpSocket>,
+    mut queue: mpsc::UnboundedReceiver<Timed>,
+    via: Option<SocketAddr>,
+) {
+    while let Some((at, dst, data)) = queue.recv().await {
+        wait_until(at).await;
+        // UDP: a send that fails is a lost datagram, as on a real network.
+        let _ = match via {
+            Some(gateway) => socket.send_to(&overlay::encode(dst, &data), gateway).await,
+            None => socket.send_to(&data, dst).await,
+        };
+    }
+}
+
+/// Takes datagrams from turmoil and offers them to the downstream direction of the link.
+async fn pump(
+    socket: Arc<turmoil::net::UdpSocket>,
+    state: Arc<WorldState>,
+    host: String,
+    delay: mpsc::UnboundedSender<Timed>,
+    via: Option<SocketAddr>,
+) {
+    let mut buf = vec![0u8; 65_536];
+    loop {
+        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+            return;
+        };
+        let (src, payload) = match via {
+            Some(gateway) if from.ip() == gateway.ip() => match overlay::decode(&buf[..n]) {
+                Some(pair) => pair,
+                None => continue,
+            },
+            // Behind a gateway nothing else can reach us; drop what does.
+            Some(_) => continue,
+            None => (from, &buf[..n]),
+        };
+        if let Verdict::Deliver(at) = state.offer(&host, false, payload.len()) {
+            if delay
+                .send((at, src, Bytes::copy_from_slice(payload)))
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
+/// Hands received datagrams to the socket at their departure times.
+async fn deliver(
+    mut delay: mpsc::UnboundedReceiver<Timed>,
+    ready: mpsc::UnboundedSender<(SocketAddr, Bytes)>,
+) {
+    while let Some((at, src, data)) = delay.recv().await {
+        wait_until(at).await;
+        if ready.send((src, data)).is_err() {
+            return;
+        }
+    }
+}
+
+#[derive(Debug)]
+struct AlwaysWritable;
+
+impl UdpPoller for AlwaysWritable {
+    fn poll_writable(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncUdpSocket for SimUdpSocket {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn UdpPoller>> {
+        // Sends never block: the link model queues or drops, as a real NIC queue would.
+        Box::pin(AlwaysWritable)
+    }
+
+    fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        match transmit.segment_size {
+            Some(size) if size > 0 => {
+                for segment in transmit.contents.chunks(size) {
+                    self.offer(transmit.destination, segment);
+                }
+            }
+            _ => self.offer(transmit.destination, transmit.contents),
+        }
+        Ok(())
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        let (Some(buf), Some(m)) = (bufs.first_mut(), meta.first_mut()) else {
+            return Poll::Ready(Ok(0));
+        };
+        let mut rx = match self.ingress.lock() {
+            Ok(rx) => rx,
+            Err(p) => p.into_inner(),
+        };
+        match rx.poll_recv(cx) {
+            Poll::Ready(Some((src, data))) => {
+                let n = data.len().min(buf.len());
+                buf[..n].copy_from_slice(&data[..n]);
+                *m = RecvMeta {
+                    addr: src,
+                    len: n,
+                    stride: n,
+                    ecn: None,
+                    dst_ip: Some(self.local.ip()),
+                };
+                Poll::Ready(Ok(1))
+            }
+            // The pump only stops when the socket is being torn down.
+            Poll::Ready(None) | Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(self.local)
+    }
+}

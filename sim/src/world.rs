@@ -1,0 +1,518 @@
+//! Worlds: the topology of a simulated network, built on one `turmoil::Sim`.
+//!
+//! A [`WorldSpec`] names endpoint hosts and gateways. Public hosts and gateways sit on a star
+//! around the network core: the one-way latency between two of them is the sum of their
+//! access latencies. A host with a `gateway` reaches the network only through that gateway
+//! (every other turmoil link of it is partitioned), so the rest of the world sees the gateway's
+//! address, as behind a NAT. [`World`] builds the turmoil simulation, runs the gateways, hands
+//! out a [`SimNet`] per host, and applies faults.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::gateway;
+use crate::link::{DirectionCounters, LinkDirection, LinkParams, Verdict};
+use crate::net::SimNet;
+use crate::rng;
+use crate::SimError;
+
+/// An endpoint host (runs postsock).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostSpec {
+    /// Unique name; other hosts resolve it.
+    pub name: String,
+    /// The gateway this host reaches the network through; absent for a public host.
+    #[serde(default)]
+    pub gateway: Option<String>,
+    /// The host's access link (to its gateway, or to the core for a public host).
+    #[serde(default)]
+    pub link: LinkParams,
+}
+
+/// A gateway host: translates addresses for the hosts behind it (endpoint-independent
+/// mapping and filtering, port-preserving).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySpec {
+    /// Unique name.
+    pub name: String,
+    /// One-way latency from the gateway to the network core, in milliseconds.
+    #[serde(default)]
+    pub latency_ms: u64,
+}
+
+/// The whole topology.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorldSpec {
+    /// Endpoint hosts.
+    #[serde(default, rename = "host")]
+    pub hosts: Vec<HostSpec>,
+    /// Gateways.
+    #[serde(default, rename = "gateway")]
+    pub gateways: Vec<GatewaySpec>,
+}
+
+impl WorldSpec {
+    /// Checks names and references; errors name the offending host.
+    pub fn validate(&self) -> Result<(), SimError> {
+        let mut names = BTreeSet::new();
+        let all = self
+            .hosts
+            .iter()
+            .map(|h| &h.name)
+            .chain(self.gateways.iter().map(|g| &g.name));
+        for name in all {
+            if name.is_empty() || name.contains(char::is_whitespace) {
+                return Err(SimError::Spec(format!("invalid host name `{name}`")));
+            }
+            if name.parse::<IpAddr>().is_ok() {
+                return Err(SimError::Spec(format!(
+                    "host name `{name}` looks like an address"
+                )));
+            }
+            if !names.insert(name.clone()) {
+                return Err(SimError::Spec(format!("host name `{name}` is used twice")));
+            }
+        }
+        let gateways: BTreeSet<&str> = self.gateways.iter().map(|g| g.name.as_str()).collect();
+        for host in &self.hosts {
+            if let Some(gw) = &host.gateway {
+                if !gateways.contains(gw.as_str()) {
+                    return Err(SimError::Spec(format!(
+                        "host `{}` names gateway `{gw}`, which is not defined (gateways: {})",
+                        host.name,
+                        gateways.iter().copied().collect::<Vec<_>>().join(", ")
+                    )));
+                }
+            }
+            host.link
+                .validate()
+                .map_err(|e| SimError::Spec(format!("host `{}`: {e}", host.name)))?;
+        }
+        Ok(())
+    }
+}
+
+/// A change to the world at a point of the timeline.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Fault {
+    /// The host's access link goes down: everything sent over it is dropped.
+    LinkDown {
+        /// The host.
+        host: String,
+    },
+    /// The host's access link comes back.
+    LinkUp {
+        /// The host.
+        host: String,
+    },
+    /// The host's access link changes its loss, rate or queue.
+    SetLink {
+        /// The host.
+        host: String,
+        /// New loss probability.
+        #[serde(default)]
+        loss: Option<f64>,
+        /// New rate in kbit/s.
+        #[serde(default)]
+        bandwidth_kbps: Option<u64>,
+        /// New queue size in bytes.
+        #[serde(default)]
+        queue_bytes: Option<usize>,
+    },
+}
+
+impl Fault {
+    /// The host the fault applies to.
+    pub fn host(&self) -> &str {
+        match self {
+            Fault::LinkDown { host } | Fault::LinkUp { host } | Fault::SetLink { host, .. } => host,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Role {
+    Public,
+    Private { gateway: String },
+    Gateway,
+}
+
+#[derive(Debug)]
+pub(crate) struct Node {
+    pub(crate) ip: IpAddr,
+    pub(crate) role: Role,
+    pub(crate) latency: Duration,
+}
+
+/// Both directions of a host's access link.
+#[derive(Debug)]
+pub(crate) struct AccessLink {
+    pub(crate) up: LinkDirection,
+    pub(crate) down: LinkDirection,
+    pub(crate) is_down: bool,
+}
+
+/// Counters of one host's access link.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkCounters {
+    /// From the host towards the network.
+    pub up: DirectionCounters,
+    /// From the network towards the host.
+    pub down: DirectionCounters,
+}
+
+/// State shared by every host program of one world (single-threaded under turmoil).
+#[derive(Debug)]
+pub(crate) struct WorldState {
+    pub(crate) seed: u64,
+    pub(crate) nodes: BTreeMap<String, Node>,
+    by_ip: BTreeMap<IpAddr, String>,
+    links: Mutex<BTreeMap<String, AccessLink>>,
+    tcp_intents: Mutex<BTreeMap<(IpAddr, IpAddr), VecDeque<SocketAddr>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A poisoned lock means a host program panicked; the simulation is already failing.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl WorldState {
+    pub(crate) fn name_of(&self, ip: IpAddr) -> Option<&str> {
+        self.by_ip.get(&ip).map(String::as_str)
+    }
+
+    pub(crate) fn resolve(&self, name: &str) -> Option<IpAddr> {
+        self.nodes.get(name).map(|n| n.ip)
+    }
+
+    /// One-way latency between two nodes as configured in turmoil, if they can talk.
+    pub(crate) fn one_way(&self, a: IpAddr, b: IpAddr) -> Option<Duration> {
+        let na = self.nodes.get(self.name_of(a)?)?;
+        let nb = self.nodes.get(self.name_of(b)?)?;
+        let (an, bn) = (self.name_of(a)?, self.name_of(b)?);
+        match (&na.role, &nb.role) {
+            (Role::Private { gateway }, _) if gateway == bn => Some(na.latency),
+            (_, Role::Private { gateway }) if gateway == an => Some(nb.latency),
+            (Role::Private { .. }, _) | (_, Role::Private { .. }) => None,
+            _ => Some(na.latency + nb.latency),
+        }
+    }
+
+    pub(crate) fn offer(&self, host: &str, upstream: bool, len: usize) -> Verdict {
+        let now = tokio::time::Instant::now();
+        let mut links = lock(&self.links);
+        match links.get_mut(host) {
+            Some(link) if link.is_down => {
+                let dir = if upstream {
+                    &mut link.up
+                } else {
+                    &mut link.down
+                };
+                dir.counters.offered += 1;
+                dir.counters.losses += 1;
+                Verdict::Lost
+            }
+            Some(link) => {
+                let dir = if upstream {
+                    &mut link.up
+                } else {
+                    &mut link.down
+                };
+                dir.offer(now, len)
+            }
+            None => Verdict::Deliver(now),
+        }
+    }
+
+    pub(crate) fn push_tcp_intent(&self, from: IpAddr, gateway: IpAddr, dst: SocketAddr) {
+        lock(&self.tcp_intents)
+            .entry((from, gateway))
+            .or_default()
+            .push_back(dst);
+    }
+
+    pub(crate) fn pop_tcp_intent(&self, from: IpAddr, gateway: IpAddr) -> Option<SocketAddr> {
+        lock(&self.tcp_intents)
+            .get_mut(&(from, gateway))
+            .and_then(VecDeque::pop_front)
+    }
+
+    pub(crate) fn link_is_down(&self, host: &str) -> bool {
+        lock(&self.links).get(host).is_some_and(|l| l.is_down)
+    }
+}
+
+/// A simulated network ready to run host programs.
+pub struct World<'a> {
+    sim: turmoil::Sim<'a>,
+    state: Arc<WorldState>,
+    registered: BTreeSet<String>,
+    wired: BTreeSet<(String, String)>,
+}
+
+impl std::fmt::Debug for World<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("World")
+            .field("seed", &self.state.seed)
+            .field("registered", &self.registered)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> World<'a> {
+    /// Builds the world for `spec`; every random choice derives from `seed`.
+    /// `max_duration` bounds the simulated time of a run.
+    pub fn new(spec: &WorldSpec, seed: u64, max_duration: Duration) -> Result<Self, SimError> {
+        spec.validate()?;
+        let sim = turmoil::Builder::new()
+            .rng_seed(seed)
+            .tick_duration(Duration::from_millis(1))
+            .simulation_duration(max_duration)
+            .min_message_latency(Duration::ZERO)
+            .max_message_latency(Duration::ZERO)
+            .udp_capacity(1 << 16)
+            .tcp_capacity(1 << 16)
+            .build();
+        let mut nodes = BTreeMap::new();
+        let mut by_ip = BTreeMap::new();
+        let mut links = BTreeMap::new();
+        // Look names up in spec order so addresses are assigned deterministically.
+        for g in &spec.gateways {
+            let ip = sim.lookup(g.name.as_str());
+            by_ip.insert(ip, g.name.clone());
+            let node = Node {
+                ip,
+                role: Role::Gateway,
+                latency: Duration::from_millis(g.latency_ms),
+            };
+            nodes.insert(g.name.clone(), node);
+        }
+        for h in &spec.hosts {
+            let ip = sim.lookup(h.name.as_str());
+            by_ip.insert(ip, h.name.clone());
+            let role = match &h.gateway {
+                Some(gateway) => Role::Private {
+                    gateway: gateway.clone(),
+                },
+                None => Role::Public,
+            };
+            let node = Node {
+                ip,
+                role,
+                latency: Duration::from_millis(h.link.latency_ms),
+            };
+            nodes.insert(h.name.clone(), node);
+            let access = AccessLink {
+                up: LinkDirection::new(
+                    h.link.clone(),
+                    rng::stream(seed, &format!("link/{}/up", h.name)),
+                ),
+                down: LinkDirection::new(
+                    h.link.clone(),
+                    rng::stream(seed, &format!("link/{}/down", h.name)),
+                ),
+                is_down: false,
+            };
+            links.insert(h.name.clone(), access);
+        }
+        let state = Arc::new(WorldState {
+            seed,
+            nodes,
+            by_ip,
+            links: Mutex::new(links),
+            tcp_intents: Mutex::new(BTreeMap::new()),
+        });
+        let mut world = World {
+            sim,
+            state,
+            registered: BTreeSet::new(),
+            wired: BTreeSet::new(),
+        };
+        for g in &spec.gateways {
+            let state = world.state.clone();
+            let name = g.name.clone();
+            world.registered.insert(name.clone());
+            let ip = world.state.nodes[&name].ip;
+            world
+                .sim
+                .host(ip, move || gateway::run(state.clone(), name.clone()));
+        }
+        Ok(world)
+    }
+
+    /// The seed of this world.
+    pub fn seed(&self) -> u64 {
+        self.state.seed
+    }
+
+    /// The network as seen from `host`. Use it only inside that host's program.
+    pub fn net(&self, host: &str) -> Result<Arc<SimNet>, SimError> {
+        let node = self.node(host)?;
+        if node.role == Role::Gateway {
+            return Err(SimError::Spec(format!(
+                "`{host}` is a gateway, not an endpoint host"
+            )));
+        }
+        Ok(Arc::new(SimNet::new(self.state.clone(), host.to_owned())))
+    }
+
+    fn node(&self, host: &str) -> Result<&Node, SimError> {
+        self.state.nodes.get(host).ok_or_else(|| {
+            SimError::Spec(format!(
+                "unknown host `{host}` (known: {})",
+                self.state
+                    .nodes
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+    }
+
+    /// Runs a long-lived program on `host` (restarted if the host bounces).
+    pub fn host<F, Fut>(&mut self, host: &str, program: F) -> Result<(), SimError>
+    where
+        F: Fn() -> Fut + 'a,
+        Fut: std::future::Future<Output = turmoil::Result> + 'static,
+    {
+        self.node(host)?;
+        self.registered.insert(host.to_owned());
+        self.sim.host(host, program);
+        Ok(())
+    }
+
+    /// Runs a client program on `host`; the world runs until every client has finished.
+    pub fn client<Fut>(&mut self, host: &str, program: Fut) -> Result<(), SimError>
+    where
+        Fut: std::future::Future<Output = turmoil::Result> + 'static,
+    {
+        self.node(host)?;
+        self.registered.insert(host.to_owned());
+        self.sim.client(host, program);
+        Ok(())
+    }
+
+    /// Sets latencies and partitions between every pair of registered nodes not yet wired.
+    fn wire(&mut self) {
+        let names: Vec<String> = self.registered.iter().cloned().collect();
+        for (i, a) in names.iter().enumerate() {
+            for b in &names[i + 1..] {
+                if !self.wired.insert((a.clone(), b.clone())) {
+                    continue;
+                }
+                let (ia, ib) = (self.state.nodes[a].ip, self.state.nodes[b].ip);
+                match self.state.one_way(ia, ib) {
+                    Some(lat) => self.sim.set_link_latency(ia, ib, lat),
+                    None => self.sim.partition(ia, ib),
+                }
+            }
+        }
+    }
+
+    /// Advances the simulation by one tick (1 ms). Returns `true` once every client finished.
+    pub fn step(&mut self) -> Result<bool, SimError> {
+        self.wire();
+        self.sim.step().map_err(|e| SimError::Host(e.to_string()))
+    }
+
+    /// Simulated time since the start.
+    pub fn elapsed(&self) -> Duration {
+        self.sim.elapsed()
+    }
+
+    /// Applies a fault now.
+    pub fn apply(&mut self, fault: &Fault) -> Result<(), SimError> {
+        let host = fault.host().to_owned();
+        let node = self.node(&host)?;
+        if node.role == Role::Gateway {
+            return Err(SimError::Spec(format!(
+                "fault on `{host}`: gateways have no access link of their own in this version"
+            )));
+        }
+        let peers = self.access_peers(&host);
+        match fault {
+            // TCP has no loss model here: hold its segments while the link is down, as
+            // retransmission would deliver them after it returns. UDP is dropped below.
+            Fault::LinkDown { .. } => {
+                for p in &peers {
+                    self.sim.hold(host.as_str(), p.as_str());
+                }
+            }
+            Fault::LinkUp { .. } => {
+                for p in &peers {
+                    self.sim.release(host.as_str(), p.as_str());
+                }
+            }
+            Fault::SetLink { .. } => {}
+        }
+        let mut links = lock(&self.state.links);
+        let link = links
+            .get_mut(&host)
+            .ok_or_else(|| SimError::Spec(format!("`{host}` has no access link")))?;
+        match fault {
+            Fault::LinkDown { .. } => link.is_down = true,
+            Fault::LinkUp { .. } => link.is_down = false,
+            Fault::SetLink {
+                loss,
+                bandwidth_kbps,
+                queue_bytes,
+                ..
+            } => {
+                let mut params = link.up.params().clone();
+                if let Some(loss) = loss {
+                    params.loss = *loss;
+                }
+                if let Some(kbps) = bandwidth_kbps {
+                    params.bandwidth_kbps = Some(*kbps);
+                }
+                if let Some(q) = queue_bytes {
+                    params.queue_bytes = *q;
+                }
+                params
+                    .validate()
+                    .map_err(|e| SimError::Spec(format!("fault on `{host}`: {e}")))?;
+                link.up.set_params(params.clone());
+                link.down.set_params(params);
+            }
+        }
+        Ok(())
+    }
+
+    /// The registered nodes `host` talks to over its access link.
+    fn access_peers(&self, host: &str) -> Vec<String> {
+        match &self.state.nodes[host].role {
+            Role::Private { gateway } => vec![gateway.clone()],
+            _ => self
+                .registered
+                .iter()
+                .filter(|n| {
+                    *n != host && !matches!(self.state.nodes[n.as_str()].role, Role::Private { .. })
+                })
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// Per-host access-link counters so far.
+    pub fn counters(&self) -> BTreeMap<String, LinkCounters> {
+        lock(&self.state.links)
+            .iter()
+            .map(|(name, l)| {
+                let c = LinkCounters {
+                    up: l.up.counters,
+                    down: l.down.counters,
+                };
+                (name.clone(), c)
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,12 @@
+//! # testbed — scenario suites for postsock in the simulator
+//!
+//! The library behind the `postsock` command: scenario files ([`scenario`]), the application
+//! programs they run ([`workload`]), one run ([`runner`]) and whole suites ([`suite`]).
+
+pub mod runner;
+pub mod scenario;
+pub mod suite;
+pub mod workload;
+
+pub use runner::{run, RunOutcome};
+pub use scenario::{Scenario, ScenarioError};

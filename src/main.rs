@@ -1,0 +1,221 @@
+//! `postsock`: run Post Sockets scenario suites in the deterministic simulator.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use testbed::suite;
+
+/// Exit code for bad input (usage errors, unknown or malformed scenarios).
+const USAGE: u8 = 2;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "postsock",
+    version,
+    about = "Post Sockets scenario suites in a deterministic simulated network"
+)]
+struct Cli {
+    /// Directory holding the scenario files.
+    #[arg(long, global = true, default_value = default_scenarios())]
+    scenarios: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+fn default_scenarios() -> &'static str {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios")
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// List the scenarios.
+    List,
+    /// Run one scenario with one seed and write its report and plot.
+    Run {
+        /// Scenario name (e.g. `echo/quic`) or path to a scenario file.
+        scenario: String,
+        /// The seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Output directory.
+        #[arg(long, default_value = "target/reports")]
+        out: PathBuf,
+    },
+    /// Run every scenario (or those whose name starts with FILTER) for several seeds.
+    Suite {
+        /// Only scenarios whose name starts with this.
+        filter: Option<String>,
+        /// Seeds 1..=K per scenario.
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
+        seeds: u64,
+        /// Output directory.
+        #[arg(long, default_value = "target/reports")]
+        out: PathBuf,
+        /// Worker threads (default: the number of cores).
+        #[arg(long)]
+        jobs: Option<usize>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::List => list(&cli.scenarios),
+        Command::Run {
+            scenario,
+            seed,
+            out,
+        } => run_one(&cli.scenarios, &scenario, seed, &out),
+        Command::Suite {
+            filter,
+            seeds,
+            out,
+            jobs,
+        } => run_suite(&cli.scenarios, filter.as_deref(), seeds, &out, jobs),
+    }
+}
+
+fn usage_error(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(USAGE)
+}
+
+fn list(dir: &std::path::Path) -> ExitCode {
+    match suite::load(dir, None) {
+        Ok(scenarios) => {
+            let width = scenarios.iter().map(|s| s.name.len()).max().unwrap_or(0);
+            for s in scenarios {
+                println!("{:width$}  {}", s.name, s.description);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => usage_error(e),
+    }
+}
+
+fn print_table(outcomes: &[testbed::RunOutcome]) {
+    println!(
+        "{:<24} {:>6} {:<8} {:>6} {:>9} {:>5} {:>5} {:>5} {:>4} {:>9}",
+        "scenario", "seed", "proto", "result", "TTFM ms", "sent", "deliv", "lost", "dup", "sim ms"
+    );
+    for o in outcomes {
+        let r = &o.report;
+        let m = &r.metrics;
+        println!(
+            "{:<24} {:>6} {:<8} {:>6} {:>9} {:>5} {:>5} {:>5} {:>4} {:>9.0}",
+            r.scenario,
+            r.seed,
+            r.protocol,
+            if r.passed { "pass" } else { "FAIL" },
+            m.ttfm_ms.map_or("-".into(), |t| format!("{t:.1}")),
+            m.messages_sent,
+            m.messages_delivered,
+            m.messages_lost,
+            m.messages_duplicated,
+            m.sim_duration_ms,
+        );
+    }
+}
+
+fn report_failures(outcomes: &[testbed::RunOutcome]) -> ExitCode {
+    let failed: Vec<_> = outcomes.iter().filter(|o| !o.report.passed).collect();
+    if failed.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    eprintln!("\n{} run(s) failed:", failed.len());
+    for o in failed {
+        let r = &o.report;
+        eprintln!("- {} seed {}:", r.scenario, r.seed);
+        if let Some(e) = &r.error {
+            eprintln!("    error: {e}");
+        }
+        for e in r.expectations.iter().filter(|e| !e.passed) {
+            eprintln!(
+                "    expectation `{}` failed, measured {}",
+                e.name,
+                e.measured.map_or("nothing".into(), |v| v.to_string())
+            );
+        }
+        eprintln!("    replay: {}", suite::replay_command(r));
+    }
+    ExitCode::FAILURE
+}
+
+fn run_one(dir: &std::path::Path, name: &str, seed: u64, out: &std::path::Path) -> ExitCode {
+    let scenario = match suite::load_one(dir, name) {
+        Ok(s) => s,
+        Err(e) => return usage_error(e),
+    };
+    let started = Instant::now();
+    let outcome = testbed::run(&scenario, seed);
+    let outcomes = [outcome];
+    print_table(&outcomes);
+    match suite::write_outputs(out, &outcomes, true, started) {
+        Ok(_) => println!(
+            "report: {}",
+            suite::report_path(out, &outcomes[0].report).display()
+        ),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    report_failures(&outcomes)
+}
+
+fn run_suite(
+    dir: &std::path::Path,
+    filter: Option<&str>,
+    seeds: u64,
+    out: &std::path::Path,
+    jobs: Option<usize>,
+) -> ExitCode {
+    let scenarios = match suite::load(dir, filter) {
+        Ok(s) => s,
+        Err(e) => return usage_error(e),
+    };
+    let seeds: Vec<u64> = (1..=seeds).collect();
+    let total = (scenarios.len() * seeds.len()) as u64;
+    let bar = ProgressBar::new(total);
+    if std::io::stderr().is_terminal() {
+        bar.set_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} runs {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+    } else {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let started = Instant::now();
+    let outcomes = suite::run_all(&scenarios, &seeds, jobs, &|o| {
+        bar.set_message(format!("{} seed {}", o.report.scenario, o.report.seed));
+        bar.inc(1);
+    });
+    bar.finish_and_clear();
+    print_table(&outcomes);
+    match suite::write_outputs(out, &outcomes, false, started) {
+        Ok(summary) => {
+            let wall = started.elapsed().as_secs_f64();
+            let sim: f64 = outcomes
+                .iter()
+                .map(|o| o.report.metrics.sim_duration_ms)
+                .sum::<f64>()
+                / 1000.0;
+            println!(
+                "\n{} runs in {wall:.2} s wall; {sim:.1} simulated s ({:.1} sim s per wall s). Summary: {}",
+                outcomes.len(),
+                sim / wall.max(1e-9),
+                summary.display()
+            );
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    report_failures(&outcomes)
+}

@@ -1,0 +1,203 @@
+//! Running one scenario with one seed in the simulator, and turning the run into a report.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use postsock::{Configuration, Security, TestCa};
+use reports::{Expectation, Metrics, Report, SCHEMA_VERSION};
+use sim::World;
+
+use crate::scenario::{Scenario, WorkloadKind};
+use crate::workload::{self, SharedTrace};
+
+/// A finished run: the deterministic report and the wall-clock time it took.
+#[derive(Debug)]
+pub struct RunOutcome {
+    /// The report.
+    pub report: Report,
+    /// Wall-clock duration of the run (a benchmark figure, never part of the report).
+    pub wall: Duration,
+}
+
+struct Setup {
+    client: Configuration,
+    server: Configuration,
+}
+
+fn setup(scenario: &Scenario) -> Result<Setup, String> {
+    let protocol = scenario.workload.protocol.protocol();
+    let ca = TestCa::new("postsock testbed CA").map_err(|e| e.to_string())?;
+    let identity = ca
+        .issue(&[scenario.workload.server.get_ref().as_str()])
+        .map_err(|e| e.to_string())?;
+    let mut server = Configuration::default();
+    server.protocols(&[protocol]).security(Security {
+        identity: Some(identity),
+        ..Security::default()
+    });
+    let mut client = Configuration::default();
+    client.protocols(&[protocol]).security(Security {
+        trusted_roots: vec![ca.root()],
+        ..Security::default()
+    });
+    Ok(Setup { client, server })
+}
+
+/// Runs `scenario` with `seed`. Never panics: a failing host or a panic becomes the
+/// report's `error`.
+pub fn run(scenario: &Scenario, seed: u64) -> RunOutcome {
+    let started = Instant::now();
+    let trace = SharedTrace::default();
+    let mut faults_applied = Vec::new();
+    let mut links = Default::default();
+    let mut sim_ms = 0.0;
+    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        simulate(
+            scenario,
+            seed,
+            &trace,
+            &mut faults_applied,
+            &mut links,
+            &mut sim_ms,
+        )
+    }));
+    let run_error = match outcome {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e),
+        Err(panic) => Some(format!(
+            "panicked: {}",
+            panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default()
+        )),
+    };
+    let report = build_report(
+        scenario,
+        seed,
+        &trace,
+        run_error,
+        faults_applied,
+        links,
+        sim_ms,
+    );
+    RunOutcome {
+        report,
+        wall: started.elapsed(),
+    }
+}
+
+fn simulate(
+    scenario: &Scenario,
+    seed: u64,
+    trace: &SharedTrace,
+    faults_applied: &mut Vec<String>,
+    links: &mut std::collections::BTreeMap<String, serde_json::Value>,
+    sim_ms: &mut f64,
+) -> Result<(), String> {
+    let Setup { client, server } = setup(scenario)?;
+    let deadline = Duration::from_secs(scenario.duration_s);
+    // The world may run a little past the workload's deadline so the client can close.
+    let mut world = World::new(&scenario.world, seed, deadline + Duration::from_secs(10))
+        .map_err(|e| e.to_string())?;
+    let w = &scenario.workload;
+    let (client_host, server_host) = (w.client.get_ref().as_str(), w.server.get_ref().as_str());
+    let server_net: Arc<dyn postsock::net::Net> =
+        world.net(server_host).map_err(|e| e.to_string())?;
+    let client_net: Arc<dyn postsock::net::Net> =
+        world.net(client_host).map_err(|e| e.to_string())?;
+    match w.kind {
+        WorkloadKind::Echo => {
+            let (workload, trace_s) = (w.clone(), trace.clone());
+            world
+                .host(server_host, move || {
+                    workload::echo_server(
+                        server_net.clone(),
+                        server.clone(),
+                        workload.clone(),
+                        seed,
+                        trace_s.clone(),
+                    )
+                })
+                .map_err(|e| e.to_string())?;
+            let client_deadline = deadline.saturating_sub(Duration::from_millis(w.start_ms));
+            world
+                .client(
+                    client_host,
+                    workload::echo_client(
+                        client_net,
+                        client,
+                        w.clone(),
+                        seed,
+                        client_deadline,
+                        trace.clone(),
+                    ),
+                )
+                .map_err(|e| e.to_string())?;
+        }
+    }
+    let mut pending = scenario.faults.iter().peekable();
+    let result = loop {
+        let elapsed = world.elapsed();
+        while let Some(f) = pending.next_if(|f| Duration::from_millis(f.at_ms) <= elapsed) {
+            world.apply(&f.fault).map_err(|e| e.to_string())?;
+            faults_applied.push(format!("{} ms: {:?}", elapsed.as_millis(), f.fault));
+        }
+        match world.step() {
+            Ok(true) => break Ok(()),
+            Ok(false) => {}
+            Err(e) => break Err(e.to_string()),
+        }
+    };
+    *sim_ms = world.elapsed().as_secs_f64() * 1000.0;
+    for (host, counters) in world.counters() {
+        links.insert(host, serde_json::to_value(counters).unwrap_or_default());
+    }
+    result
+}
+
+fn build_report(
+    scenario: &Scenario,
+    seed: u64,
+    trace: &SharedTrace,
+    run_error: Option<String>,
+    faults: Vec<String>,
+    links: std::collections::BTreeMap<String, serde_json::Value>,
+    sim_ms: f64,
+) -> Report {
+    let trace = trace.lock();
+    let messages: Vec<_> = trace.messages.values().cloned().collect();
+    let metrics = Metrics::compute(
+        &messages,
+        trace.initiated_ms,
+        reports::model::round_us(sim_ms),
+    );
+    let expectations: Vec<Expectation> = scenario
+        .expect
+        .iter()
+        .map(|e| {
+            let measured = metrics.get(&e.metric).flatten();
+            Expectation {
+                name: e.name(),
+                passed: measured.is_some_and(|v| e.holds(v)),
+                measured,
+            }
+        })
+        .collect();
+    let error = run_error.or_else(|| trace.error.clone());
+    Report {
+        schema_version: SCHEMA_VERSION,
+        scenario: scenario.name.clone(),
+        seed,
+        passed: error.is_none() && expectations.iter().all(|e| e.passed),
+        expectations,
+        metrics,
+        protocol: scenario.workload.protocol.protocol().name().to_owned(),
+        error,
+        links,
+        faults,
+        messages,
+    }
+}

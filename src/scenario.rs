@@ -1,0 +1,439 @@
+//! Scenario files: topology + workload + fault timeline + expectations, in TOML.
+//!
+//! The format is documented in `scenarios/README.md`. Every table rejects unknown keys, and
+//! every error names the file, line and column.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sim::{Fault, GatewaySpec, HostSpec, LinkParams, WorldSpec};
+use toml::Spanned;
+
+/// A scenario that failed to load: where, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}:{line}:{column}: {message}")]
+pub struct ScenarioError {
+    /// The file.
+    pub path: String,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// The protocol a workload's carrier is restricted to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProtocolName {
+    /// QUIC.
+    Quic,
+    /// TLS 1.3 over TCP.
+    TlsTcp,
+}
+
+impl ProtocolName {
+    /// The postsock protocol.
+    pub fn protocol(self) -> postsock::Protocol {
+        match self {
+            ProtocolName::Quic => postsock::Protocol::Quic,
+            ProtocolName::TlsTcp => postsock::Protocol::TlsTcp,
+        }
+    }
+}
+
+/// What the application does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WorkloadKind {
+    /// The client sends messages; the server echoes each one back.
+    Echo,
+}
+
+/// The workload table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    /// The kind of workload.
+    pub kind: WorkloadKind,
+    /// Host that initiates the carrier.
+    pub client: Spanned<String>,
+    /// Host that listens.
+    pub server: Spanned<String>,
+    /// Protocol of the carrier.
+    pub protocol: ProtocolName,
+    /// Messages the client sends.
+    pub messages: u32,
+    /// Smallest message in bytes (message 0 has this size).
+    #[serde(default = "one")]
+    pub min_size: usize,
+    /// Largest message in bytes (message 1 has this size); others are log-uniform between.
+    #[serde(default = "sixty_four_k")]
+    pub max_size: usize,
+    /// Gap between two sends in ms (0 = send all at once).
+    #[serde(default)]
+    pub interval_ms: u64,
+    /// When the client starts, in simulated ms.
+    #[serde(default)]
+    pub start_ms: u64,
+    /// Port the server listens on.
+    #[serde(default = "default_port")]
+    pub port: u16,
+}
+
+fn one() -> usize {
+    1
+}
+fn sixty_four_k() -> usize {
+    65_536
+}
+fn default_port() -> u16 {
+    4433
+}
+fn default_duration() -> u64 {
+    60
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum FaultAction {
+    LinkDown,
+    LinkUp,
+    SetLink,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaultEntry {
+    at_ms: u64,
+    action: Spanned<FaultAction>,
+    host: Spanned<String>,
+    #[serde(default)]
+    loss: Option<f64>,
+    #[serde(default)]
+    bandwidth_kbps: Option<u64>,
+    #[serde(default)]
+    queue_bytes: Option<usize>,
+}
+
+/// A fault at a point of the timeline.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TimedFault {
+    /// Simulated time in ms.
+    pub at_ms: u64,
+    /// The fault.
+    pub fault: Fault,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExpectEntry {
+    metric: Spanned<String>,
+    #[serde(default)]
+    min: Option<f64>,
+    #[serde(default)]
+    max: Option<f64>,
+}
+
+/// A bound on a metric.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Expect {
+    /// Metric name (see `reports::Metrics::NAMES`).
+    pub metric: String,
+    /// Lower bound, inclusive.
+    pub min: Option<f64>,
+    /// Upper bound, inclusive.
+    pub max: Option<f64>,
+}
+
+impl Expect {
+    /// `min <= metric <= max` in words.
+    pub fn name(&self) -> String {
+        match (self.min, self.max) {
+            (Some(a), Some(b)) if a == b => format!("{} == {a}", self.metric),
+            (Some(a), Some(b)) => format!("{a} <= {} <= {b}", self.metric),
+            (Some(a), None) => format!("{} >= {a}", self.metric),
+            (None, Some(b)) => format!("{} <= {b}", self.metric),
+            (None, None) => self.metric.clone(),
+        }
+    }
+
+    /// Whether `value` satisfies the bounds.
+    pub fn holds(&self, value: f64) -> bool {
+        self.min.is_none_or(|m| value >= m) && self.max.is_none_or(|m| value <= m)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScenarioFile {
+    description: String,
+    #[serde(default = "default_duration")]
+    duration_s: u64,
+    #[serde(default)]
+    host: Vec<HostSpec>,
+    #[serde(default)]
+    gateway: Vec<GatewaySpec>,
+    workload: Workload,
+    #[serde(default)]
+    fault: Vec<FaultEntry>,
+    #[serde(default)]
+    expect: Vec<ExpectEntry>,
+}
+
+/// A loaded, validated scenario.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// Name: the path below the scenario directory without `.toml`, e.g. `echo/quic`.
+    pub name: String,
+    /// The file it came from.
+    pub path: PathBuf,
+    /// One line on what it shows.
+    pub description: String,
+    /// Upper bound on simulated time.
+    pub duration_s: u64,
+    /// The topology.
+    pub world: WorldSpec,
+    /// The workload.
+    pub workload: Workload,
+    /// Faults sorted by time.
+    pub faults: Vec<TimedFault>,
+    /// Expectations.
+    pub expect: Vec<Expect>,
+}
+
+fn position(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+impl Scenario {
+    /// Parses scenario `name` from `text` (read from `path`).
+    pub fn parse(name: &str, path: &Path, text: &str) -> Result<Self, ScenarioError> {
+        let at = |offset: usize, message: String| {
+            let (line, column) = position(text, offset);
+            ScenarioError {
+                path: path.display().to_string(),
+                line,
+                column,
+                message,
+            }
+        };
+        let file: ScenarioFile = toml::from_str(text).map_err(|e| {
+            let offset = e.span().map_or(0, |s| s.start);
+            at(offset, e.message().trim().to_owned())
+        })?;
+        let world = WorldSpec {
+            hosts: file.host,
+            gateways: file.gateway,
+        };
+        world.validate().map_err(|e| at(0, e.to_string()))?;
+        let endpoints: Vec<&str> = world.hosts.iter().map(|h| h.name.as_str()).collect();
+        let known_host = |h: &Spanned<String>| -> Result<(), ScenarioError> {
+            if endpoints.contains(&h.get_ref().as_str()) {
+                Ok(())
+            } else {
+                Err(at(
+                    h.span().start,
+                    format!(
+                        "unknown host `{}` (hosts: {})",
+                        h.get_ref(),
+                        endpoints.join(", ")
+                    ),
+                ))
+            }
+        };
+        let w = &file.workload;
+        known_host(&w.client)?;
+        known_host(&w.server)?;
+        if w.client.get_ref() == w.server.get_ref() {
+            return Err(at(
+                w.server.span().start,
+                "client and server must be different hosts".into(),
+            ));
+        }
+        if w.min_size == 0 || w.min_size > w.max_size {
+            return Err(at(
+                0,
+                format!(
+                    "workload: need 1 <= min_size <= max_size, got {} and {}",
+                    w.min_size, w.max_size
+                ),
+            ));
+        }
+        let mut faults = Vec::new();
+        for f in &file.fault {
+            known_host(&f.host)?;
+            let host = f.host.get_ref().clone();
+            let has_params =
+                f.loss.is_some() || f.bandwidth_kbps.is_some() || f.queue_bytes.is_some();
+            let fault = match f.action.get_ref() {
+                FaultAction::LinkDown | FaultAction::LinkUp if has_params => {
+                    return Err(at(
+                        f.action.span().start,
+                        "loss, bandwidth_kbps and queue_bytes belong to action `set-link` only"
+                            .into(),
+                    ))
+                }
+                FaultAction::LinkDown => Fault::LinkDown { host },
+                FaultAction::LinkUp => Fault::LinkUp { host },
+                FaultAction::SetLink => {
+                    let check = LinkParams {
+                        loss: f.loss.unwrap_or(0.0),
+                        bandwidth_kbps: f.bandwidth_kbps,
+                        queue_bytes: f.queue_bytes.unwrap_or(64 * 1024),
+                        ..LinkParams::default()
+                    };
+                    check.validate().map_err(|e| at(f.action.span().start, e))?;
+                    Fault::SetLink {
+                        host,
+                        loss: f.loss,
+                        bandwidth_kbps: f.bandwidth_kbps,
+                        queue_bytes: f.queue_bytes,
+                    }
+                }
+            };
+            if f.at_ms >= file.duration_s * 1000 {
+                return Err(at(
+                    f.action.span().start,
+                    format!(
+                        "fault at {} ms is after the end of the scenario ({} s)",
+                        f.at_ms, file.duration_s
+                    ),
+                ));
+            }
+            faults.push(TimedFault {
+                at_ms: f.at_ms,
+                fault,
+            });
+        }
+        faults.sort_by_key(|f| f.at_ms);
+        let mut expect = Vec::new();
+        for e in &file.expect {
+            let metric = e.metric.get_ref();
+            if !reports::Metrics::NAMES.contains(&metric.as_str()) {
+                return Err(at(
+                    e.metric.span().start,
+                    format!(
+                        "unknown metric `{metric}` (metrics: {})",
+                        reports::Metrics::NAMES.join(", ")
+                    ),
+                ));
+            }
+            if e.min.is_none() && e.max.is_none() {
+                return Err(at(
+                    e.metric.span().start,
+                    "an expectation needs `min`, `max` or both".into(),
+                ));
+            }
+            expect.push(Expect {
+                metric: metric.clone(),
+                min: e.min,
+                max: e.max,
+            });
+        }
+        Ok(Scenario {
+            name: name.to_owned(),
+            path: path.to_owned(),
+            description: file.description,
+            duration_s: file.duration_s,
+            world,
+            workload: file.workload,
+            faults,
+            expect,
+        })
+    }
+
+    /// Reads and parses the scenario file at `path`, naming it `name`.
+    pub fn load(name: &str, path: &Path) -> Result<Self, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ScenarioError {
+            path: path.display().to_string(),
+            line: 0,
+            column: 0,
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(name, path, &text)
+    }
+}
+
+/// Scenario files below `dir`, as (name, path), sorted by name.
+pub fn discover(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
+    let mut found = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "toml") {
+                let rel = path.strip_prefix(dir).unwrap_or(&path).with_extension("");
+                let name = rel
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+                    .join("/");
+                found.push((name, path));
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+description = "t"
+[[host]]
+name = "c"
+[[host]]
+name = "s"
+link = { latency_ms = 20 }
+[workload]
+kind = "echo"
+client = "c"
+server = "s"
+protocol = "quic"
+messages = 3
+[[expect]]
+metric = "messages_lost"
+max = 0
+"#;
+
+    fn parse(text: &str) -> Result<Scenario, ScenarioError> {
+        Scenario::parse("t", Path::new("t.toml"), text)
+    }
+
+    #[test]
+    fn parses_a_good_file() {
+        let s = parse(GOOD).expect("good scenario");
+        assert_eq!(s.world.hosts[1].link.latency_ms, 20);
+        assert_eq!(s.expect[0].name(), "messages_lost <= 0");
+    }
+
+    #[test]
+    fn errors_carry_line_and_column() {
+        let bad = GOOD.replace("messages = 3", "messages = 3\nmesages = 4");
+        let e = parse(&bad).expect_err("unknown key");
+        assert_eq!((e.line, e.column), (15, 1), "{e}");
+        assert!(e.to_string().starts_with("t.toml:15:1: "), "{e}");
+        assert!(e.message.contains("mesages"), "{e}");
+
+        let bad = GOOD.replace("server = \"s\"", "server = \"nobody\"");
+        let e = parse(&bad).expect_err("unknown host");
+        assert_eq!((e.line, e.column), (12, 10), "{e}");
+        assert!(e.message.contains("hosts: c, s"), "{e}");
+
+        let bad = GOOD.replace("\"messages_lost\"", "\"lost\"");
+        let e = parse(&bad).expect_err("unknown metric");
+        assert!(e.message.contains("unknown metric `lost`"), "{e}");
+
+        let bad = GOOD.replace("latency_ms = 20", "latency_ms = -1");
+        assert!(parse(&bad).is_err());
+    }
+}

@@ -1,0 +1,200 @@
+//! Workloads: the application programs a scenario runs on its hosts, and the trace they keep.
+//!
+//! Both ends of a run live in one process, so they record into one shared [`Trace`]: the
+//! sender when it hands a message to its carrier, the receiver when its application gets it.
+//! Times are simulated (turmoil's global clock), so the trace is exact and repeatable.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use postsock::net::Net;
+use postsock::{Carrier, Configuration, Listener, Remote};
+use rand::{Rng, RngCore};
+use reports::{Direction, MessageRecord};
+
+use crate::scenario::Workload;
+
+/// Simulated time since the start of the run, in ms (microsecond resolution).
+pub fn now_ms() -> f64 {
+    let t = turmoil::sim_elapsed().unwrap_or_default();
+    reports::model::round_us(t.as_secs_f64() * 1000.0)
+}
+
+/// Everything the workload observed.
+#[derive(Debug, Default)]
+pub struct Trace {
+    /// When the client called `initiate`.
+    pub initiated_ms: Option<f64>,
+    /// Messages by (direction, id).
+    pub messages: BTreeMap<(Direction, u64), MessageRecord>,
+    /// The client → server message each server → client echo answers.
+    pub echo_of: BTreeMap<u64, u64>,
+    /// The first failure of a workload program.
+    pub error: Option<String>,
+}
+
+/// A trace shared by the programs of one run.
+#[derive(Debug, Clone, Default)]
+pub struct SharedTrace(Arc<Mutex<Trace>>);
+
+impl SharedTrace {
+    /// Locks the trace.
+    pub fn lock(&self) -> MutexGuard<'_, Trace> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn fail(&self, what: String) {
+        self.lock().error.get_or_insert(what);
+    }
+
+    fn sent(&self, direction: Direction, id: u64, bytes: usize) {
+        let record = MessageRecord {
+            direction,
+            id,
+            bytes: bytes as u64,
+            sent_ms: now_ms(),
+            delivered_ms: Vec::new(),
+            intact: true,
+        };
+        self.lock().messages.insert((direction, id), record);
+    }
+
+    fn delivered(&self, direction: Direction, id: u64, intact: bool) {
+        let t = now_ms();
+        let mut trace = self.lock();
+        match trace.messages.get_mut(&(direction, id)) {
+            Some(m) => {
+                m.delivered_ms.push(t);
+                m.intact &= intact;
+            }
+            None => {
+                trace.error.get_or_insert(format!(
+                    "{} message {id} was delivered but never sent",
+                    direction.label()
+                ));
+            }
+        }
+    }
+}
+
+/// The deterministic payload of client message `index` for `seed`.
+pub fn payload(workload: &Workload, seed: u64, index: u64) -> Vec<u8> {
+    let mut rng = sim::rng::stream(seed, &format!("workload/message/{index}"));
+    let size = match index {
+        0 => workload.min_size,
+        1 => workload.max_size,
+        _ => {
+            let (lo, hi) = (
+                (workload.min_size as f64).ln(),
+                (workload.max_size as f64).ln(),
+            );
+            let size = rng.gen_range(lo..=hi).exp().round() as usize;
+            size.clamp(workload.min_size, workload.max_size)
+        }
+    };
+    let mut data = vec![0u8; size];
+    rng.fill_bytes(&mut data);
+    data
+}
+
+/// The echo server: accepts carriers and sends every message straight back.
+pub async fn echo_server(
+    net: Arc<dyn Net>,
+    config: Configuration,
+    workload: Workload,
+    seed: u64,
+    trace: SharedTrace,
+) -> turmoil::Result {
+    let local = ([0, 0, 0, 0], workload.port).into();
+    let mut listener = Listener::bind(net, local, config).await?;
+    loop {
+        let carrier = Arc::new(listener.accept().await?);
+        let (workload, trace) = (workload.clone(), trace.clone());
+        tokio::spawn(async move {
+            loop {
+                match carrier.receive().await {
+                    Ok(Some(msg)) => {
+                        let intact = msg.data[..] == payload(&workload, seed, msg.id)[..];
+                        trace.delivered(Direction::ClientToServer, msg.id, intact);
+                        let len = msg.data.len();
+                        match carrier.send_bytes(msg.data).await {
+                            Ok(echo_id) => {
+                                trace.sent(Direction::ServerToClient, echo_id, len);
+                                trace.lock().echo_of.insert(echo_id, msg.id);
+                            }
+                            Err(e) => return trace.fail(format!("server send: {e}")),
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => return trace.fail(format!("server receive: {e}")),
+                }
+            }
+            let _ = carrier.close().await;
+        });
+    }
+}
+
+/// The echo client: initiates, sends every message, waits for every echo, closes.
+pub async fn echo_client(
+    net: Arc<dyn Net>,
+    config: Configuration,
+    workload: Workload,
+    seed: u64,
+    deadline: Duration,
+    trace: SharedTrace,
+) -> turmoil::Result {
+    tokio::time::sleep(Duration::from_millis(workload.start_ms)).await;
+    trace.lock().initiated_ms = Some(now_ms());
+    let remote = Remote::new(workload.server.get_ref().clone(), workload.port);
+    let carrier = match Carrier::initiate(net, remote, config).await {
+        Ok(c) => Arc::new(c),
+        Err(e) => {
+            trace.fail(format!("initiate: {e}"));
+            return Ok(());
+        }
+    };
+    let sender = {
+        let (carrier, workload, trace) = (carrier.clone(), workload.clone(), trace.clone());
+        tokio::spawn(async move {
+            for i in 0..u64::from(workload.messages) {
+                if i > 0 && workload.interval_ms > 0 {
+                    tokio::time::sleep(Duration::from_millis(workload.interval_ms)).await;
+                }
+                let data = payload(&workload, seed, i);
+                let len = data.len();
+                match carrier.send_bytes(data).await {
+                    Ok(id) => trace.sent(Direction::ClientToServer, id, len),
+                    Err(e) => return trace.fail(format!("client send {i}: {e}")),
+                }
+            }
+        })
+    };
+    let receive_all = async {
+        let mut echoes = 0;
+        while echoes < workload.messages {
+            match carrier.receive().await {
+                Ok(Some(msg)) => {
+                    let original = trace.lock().echo_of.get(&msg.id).copied();
+                    let intact =
+                        original.is_some_and(|o| msg.data[..] == payload(&workload, seed, o)[..]);
+                    trace.delivered(Direction::ServerToClient, msg.id, intact);
+                    echoes += 1;
+                }
+                Ok(None) => return trace.fail("server closed the carrier early".into()),
+                Err(e) => return trace.fail(format!("client receive: {e}")),
+            }
+        }
+    };
+    if tokio::time::timeout(deadline, receive_all).await.is_err() {
+        trace.fail(format!(
+            "not every echo arrived within {} s",
+            deadline.as_secs()
+        ));
+    }
+    let _ = sender.await;
+    if let Err(e) = carrier.close().await {
+        trace.fail(format!("close: {e}"));
+    }
+    Ok(())
+}
