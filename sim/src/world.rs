@@ -353,6 +353,11 @@ impl<'a> World<'a> {
         self.state.seed
     }
 
+    /// The address of host or gateway `name` (for a host behind a gateway: its inside address).
+    pub fn ip(&self, name: &str) -> Option<IpAddr> {
+        self.state.resolve(name)
+    }
+
     /// The network as seen from `host`. Use it only inside that host's program.
     pub fn net(&self, host: &str) -> Result<Arc<SimNet>, SimError> {
         let node = self.node(host)?;

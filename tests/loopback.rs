@@ -1,0 +1,121 @@
+//! The same carrier code over real loopback sockets (the tokio backend).
+
+use std::sync::Arc;
+
+use postsock::net::{Net, TokioNet};
+use postsock::{Carrier, Configuration, Error, Listener, Protocol, Remote, Security, TestCa};
+
+fn configs(ca: &TestCa, protocol: Protocol) -> (Configuration, Configuration) {
+    let mut server = Configuration::default();
+    server
+        .protocols(&[Protocol::Quic, Protocol::TlsTcp])
+        .security(Security {
+            identity: Some(ca.issue(&["localhost"]).expect("identity")),
+            ..Security::default()
+        });
+    let mut client = Configuration::default();
+    client.protocols(&[protocol]).security(Security {
+        trusted_roots: vec![ca.root()],
+        ..Security::default()
+    });
+    (server, client)
+}
+
+fn sizes() -> Vec<usize> {
+    vec![1, 17, 1200, 1500, 4096, 65_536, 100_000, 3, 0, 300_000]
+}
+
+fn message(i: usize, size: usize) -> Vec<u8> {
+    (0..size).map(|j| (i * 31 + j * 7) as u8).collect()
+}
+
+async fn echo_over_loopback(protocol: Protocol) {
+    let net: Arc<dyn Net> = TokioNet::shared();
+    let ca = TestCa::new("loopback CA").expect("ca");
+    let (server_config, client_config) = configs(&ca, protocol);
+    let mut listener = Listener::bind(
+        net.clone(),
+        "127.0.0.1:0".parse().expect("addr"),
+        server_config,
+    )
+    .await
+    .expect("bind");
+    let port = listener.local_addr().port();
+    let server = tokio::spawn(async move {
+        let carrier = listener.accept().await.expect("accept");
+        assert_eq!(carrier.protocol(), protocol);
+        while let Some(msg) = carrier.receive().await.expect("server receive") {
+            carrier.send_bytes(msg.data).await.expect("echo");
+        }
+        carrier.close().await.expect("server close");
+    });
+    let carrier = Carrier::initiate(net, Remote::new("localhost", port), client_config)
+        .await
+        .expect("initiate");
+    assert_eq!(carrier.protocol(), protocol);
+    let mut sent = std::collections::BTreeMap::new();
+    for (i, size) in sizes().into_iter().enumerate() {
+        let data = message(i, size);
+        let id = carrier.send_bytes(data.clone()).await.expect("send");
+        assert_eq!(id, i as u64, "ids are assigned in send order");
+        sent.insert(id, data);
+    }
+    let mut echoed = Vec::new();
+    while echoed.len() < sent.len() {
+        let msg = carrier.receive().await.expect("receive").expect("an echo");
+        echoed.push(msg.data.to_vec());
+    }
+    let mut want: Vec<Vec<u8>> = sent.into_values().collect();
+    want.sort();
+    echoed.sort();
+    assert_eq!(echoed, want, "every message came back intact, exactly once");
+    carrier.close().await.expect("close");
+    server.await.expect("server task");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_echo_over_real_loopback_sockets() {
+    echo_over_loopback(Protocol::Quic).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_tcp_echo_over_real_loopback_sockets() {
+    echo_over_loopback(Protocol::TlsTcp).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_certificate_from_another_ca_is_rejected() {
+    let net: Arc<dyn Net> = TokioNet::shared();
+    let ca = TestCa::new("real CA").expect("ca");
+    let impostor = TestCa::new("impostor CA").expect("ca");
+    for protocol in [Protocol::Quic, Protocol::TlsTcp] {
+        let (server_config, _) = configs(&impostor, protocol);
+        let (_, client_config) = configs(&ca, protocol);
+        let listener = Listener::bind(
+            net.clone(),
+            "127.0.0.1:0".parse().expect("addr"),
+            server_config,
+        )
+        .await
+        .expect("bind");
+        let port = listener.local_addr().port();
+        let err = Carrier::initiate(net.clone(), Remote::new("localhost", port), client_config)
+            .await
+            .expect_err("verification must fail");
+        assert!(
+            matches!(err, Error::Establish { .. })
+                && err.to_string().to_lowercase().contains("certificate"),
+            "{protocol}: {err}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_trusted_roots_is_refused_before_connecting() {
+    let mut config = Configuration::default();
+    config.protocols(&[Protocol::Quic]);
+    let err = Carrier::initiate(TokioNet::shared(), Remote::new("localhost", 9), config)
+        .await
+        .expect_err("no roots");
+    assert!(matches!(err, Error::Config(_)), "{err}");
+}

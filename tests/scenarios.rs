@@ -1,0 +1,186 @@
+//! The shipped scenarios in the simulator: outcomes, exact timings, determinism.
+
+use std::path::Path;
+
+use testbed::{suite, Scenario};
+
+fn scenario(name: &str) -> Scenario {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+    suite::load_one(&dir, name).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn assert_ttfm(name: &str, want_ms: f64) {
+    let s = scenario(name);
+    for seed in 1..=4 {
+        let report = testbed::run(&s, seed).report;
+        assert!(
+            report.passed,
+            "{name} seed {seed} failed: {:?} {:?}",
+            report.error, report.expectations
+        );
+        let m = &report.metrics;
+        assert_eq!(
+            (m.messages_sent, m.messages_delivered),
+            (100, 100),
+            "{name} seed {seed}"
+        );
+        assert_eq!(
+            m.messages_lost + m.messages_duplicated + m.messages_corrupted,
+            0
+        );
+        let ttfm = m.ttfm_ms.expect("a first message arrived");
+        assert!(
+            (ttfm - want_ms).abs() <= 2.0,
+            "{name} seed {seed}: TTFM {ttfm} ms, want {want_ms} ± 2 ms"
+        );
+    }
+}
+
+#[test]
+fn fresh_quic_ttfm_is_one_and_a_half_rtt() {
+    // 20 ms one-way: RTT 40 ms, fresh QUIC delivers the first message after 1.5 RTT.
+    assert_ttfm("echo/quic", 60.0);
+}
+
+#[test]
+fn fresh_tls_tcp_ttfm_is_two_and_a_half_rtt() {
+    // TCP handshake (1 RTT) + TLS 1.3 (1 RTT) + the message's one-way trip.
+    assert_ttfm("echo/tls-tcp", 100.0);
+}
+
+#[test]
+fn echo_through_a_nat_gateway_costs_no_extra_time() {
+    assert_ttfm("echo/quic-nat", 60.0);
+    assert_ttfm("echo/tls-tcp-nat", 100.0);
+}
+
+#[test]
+fn lossy_link_loses_datagrams_but_no_message() {
+    let s = scenario("echo/quic-lossy");
+    for seed in 1..=4 {
+        let report = testbed::run(&s, seed).report;
+        assert!(
+            report.passed,
+            "seed {seed}: {:?} {:?}",
+            report.error, report.expectations
+        );
+        let losses: u64 = report
+            .links
+            .values()
+            .map(|l| {
+                l["up"]["losses"].as_u64().unwrap_or(0) + l["down"]["losses"].as_u64().unwrap_or(0)
+            })
+            .sum();
+        assert!(
+            losses > 0,
+            "seed {seed}: a 2 % lossy link dropped no datagram"
+        );
+        assert_eq!(report.metrics.messages_lost, 0);
+    }
+}
+
+#[test]
+fn same_seed_gives_byte_identical_reports() {
+    for name in ["echo/quic-lossy", "echo/tls-tcp-nat", "echo/quic-nat"] {
+        let s = scenario(name);
+        let a = testbed::run(&s, 7).report.to_json().expect("json");
+        let b = testbed::run(&s, 7).report.to_json().expect("json");
+        assert!(a == b, "{name}: two runs with seed 7 differ");
+    }
+}
+
+#[test]
+fn different_seed_on_a_lossy_link_gives_a_different_trace() {
+    let s = scenario("echo/quic-lossy");
+    let a = testbed::run(&s, 1).report;
+    let b = testbed::run(&s, 2).report;
+    assert_ne!(
+        a.messages, b.messages,
+        "message trace should depend on the seed"
+    );
+    assert_ne!(a.links, b.links, "loss pattern should depend on the seed");
+}
+
+#[test]
+fn report_has_the_stable_top_level_keys() {
+    let report = testbed::run(&scenario("echo/quic"), 1).report;
+    let json: serde_json::Value =
+        serde_json::from_str(&report.to_json().expect("json")).expect("parse");
+    for key in [
+        "schema_version",
+        "scenario",
+        "seed",
+        "passed",
+        "expectations",
+        "metrics",
+    ] {
+        assert!(json.get(key).is_some(), "missing key {key}");
+    }
+    for key in [
+        "ttfm_ms",
+        "messages_sent",
+        "messages_delivered",
+        "messages_lost",
+        "messages_duplicated",
+    ] {
+        assert!(json["metrics"].get(key).is_some(), "missing metric {key}");
+    }
+    let e = &json["expectations"][0];
+    assert!(e["name"].is_string() && e["passed"].is_boolean() && e["measured"].is_number());
+    assert_eq!(json["scenario"], "echo/quic");
+}
+
+#[test]
+fn a_failed_expectation_fails_the_run() {
+    let mut s = scenario("echo/quic");
+    s.expect.push(testbed::scenario::Expect {
+        metric: "ttfm_ms".into(),
+        min: None,
+        max: Some(10.0),
+    });
+    let report = testbed::run(&s, 1).report;
+    assert!(!report.passed);
+    let failed: Vec<_> = report.expectations.iter().filter(|e| !e.passed).collect();
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0].name, "ttfm_ms <= 10");
+    assert_eq!(failed[0].measured, Some(60.0));
+}
+
+#[test]
+fn link_down_fault_stalls_and_link_up_recovers() {
+    // The client's link dies at 100 ms for 2 s: QUIC retransmits after it returns and every
+    // message still arrives, later than without the fault.
+    let mut s = scenario("echo/quic");
+    s.workload.interval_ms = 10;
+    s.faults = vec![
+        testbed::scenario::TimedFault {
+            at_ms: 100,
+            fault: sim::Fault::LinkDown {
+                host: "client".into(),
+            },
+        },
+        testbed::scenario::TimedFault {
+            at_ms: 2100,
+            fault: sim::Fault::LinkUp {
+                host: "client".into(),
+            },
+        },
+    ];
+    let report = testbed::run(&s, 1).report;
+    assert!(
+        report.passed,
+        "{:?} {:?}",
+        report.error, report.expectations
+    );
+    assert_eq!(report.faults.len(), 2);
+    let stalled = report
+        .messages
+        .iter()
+        .filter(|m| m.sent_ms >= 100.0 && m.sent_ms < 2100.0)
+        .all(|m| m.delivered_ms[0] >= 2100.0);
+    assert!(
+        stalled,
+        "messages sent while the link was down arrived before it came back"
+    );
+    assert!(report.metrics.sim_duration_ms > 2100.0);
+}
