@@ -420,13 +420,13 @@ max = 0
     fn errors_carry_line_and_column() {
         let bad = GOOD.replace("messages = 3", "messages = 3\nmesages = 4");
         let e = parse(&bad).expect_err("unknown key");
-        assert_eq!((e.line, e.column), (15, 1), "{e}");
-        assert!(e.to_string().starts_with("t.toml:15:1: "), "{e}");
+        assert_eq!((e.line, e.column), (14, 1), "{e}");
+        assert!(e.to_string().starts_with("t.toml:14:1: "), "{e}");
         assert!(e.message.contains("mesages"), "{e}");
 
         let bad = GOOD.replace("server = \"s\"", "server = \"nobody\"");
         let e = parse(&bad).expect_err("unknown host");
-        assert_eq!((e.line, e.column), (12, 10), "{e}");
+        assert_eq!((e.line, e.column), (11, 10), "{e}");
         assert!(e.message.contains("hosts: c, s"), "{e}");
 
         let bad = GOOD.replace("\"messages_lost\"", "\"lost\"");

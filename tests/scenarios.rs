@@ -184,3 +184,31 @@ fn link_down_fault_stalls_and_link_up_recovers() {
     );
     assert!(report.metrics.sim_duration_ms > 2100.0);
 }
+
+#[test]
+fn tcp_pays_for_the_link_rate_like_quic() {
+    // At 1 Mbit/s on the client's link each direction's bytes must take their serialisation
+    // time: TLS/TCP may not bypass the bandwidth model.
+    for name in ["echo/tls-tcp", "echo/quic"] {
+        let mut s = scenario(name);
+        s.world.hosts[0].link.bandwidth_kbps = Some(1000);
+        s.world.hosts[0].link.queue_bytes = 64 * 1024;
+        // Serialising the handshake at 1 Mbit/s adds to TTFM; the other expectations stand.
+        s.expect.retain(|e| e.metric != "ttfm_ms");
+        let report = testbed::run(&s, 1).report;
+        assert!(
+            report.passed,
+            "{name}: {:?} {:?}",
+            report.error, report.expectations
+        );
+        let per_direction_bytes = report.metrics.bytes_sent as f64 / 2.0;
+        let floor_ms = per_direction_bytes * 8.0 / 1000.0;
+        assert!(
+            report.metrics.sim_duration_ms >= floor_ms,
+            "{name}: {} bytes each way took {} ms, less than the {floor_ms} ms a 1 Mbit/s link needs",
+            per_direction_bytes,
+            report.metrics.sim_duration_ms
+        );
+        assert_eq!(report.metrics.messages_lost, 0);
+    }
+}

@@ -10,6 +10,7 @@
 //! one full round trip (turmoil alone returns after half of one).
 
 use std::fmt;
+use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
@@ -133,7 +134,7 @@ impl Net for SimNet {
                     self.check_host(stream.local_addr()?)?;
                     // The gateway answers once the far side's SYN-ACK would have reached it.
                     match stream.read_u8().await {
-                        Ok(SPLICE_OK) => Ok(Box::new(SimStream(stream)) as Box<dyn ByteStream>),
+                        Ok(SPLICE_OK) => Ok(Box::new(self.stream(stream)) as Box<dyn ByteStream>),
                         _ => Err(refused()),
                     }
                 }
@@ -142,7 +143,7 @@ impl Net for SimNet {
                         self.check_host(stream.local_addr()?)?;
                         // turmoil returns when the SYN arrives; the SYN-ACK needs as long again.
                         tokio::time::sleep_until(start + self.rtt_to(remote.ip())).await;
-                        Ok(Box::new(SimStream(stream)) as Box<dyn ByteStream>)
+                        Ok(Box::new(self.stream(stream)) as Box<dyn ByteStream>)
                     }
                     Err(_) => self.unreachable(start, remote.ip()).await,
                 },
@@ -158,6 +159,8 @@ impl Net for SimNet {
             Ok(Box::new(SimListener {
                 listener,
                 local: SocketAddr::new(self.ip, port),
+                state: self.state.clone(),
+                host: self.host.clone(),
             }) as Box<dyn StreamListener>)
         })
     }
@@ -189,6 +192,10 @@ impl Net for SimNet {
 }
 
 impl SimNet {
+    fn stream(&self, stream: turmoil::net::TcpStream) -> SimStream {
+        SimStream::new(stream, self.state.clone(), self.host.clone())
+    }
+
     /// A failed connect: a dead access link black-holes the SYN (the caller's timeout fires);
     /// otherwise the RST arrives after one round trip.
     async fn unreachable(
@@ -207,14 +214,76 @@ impl SimNet {
     }
 }
 
-/// A simulated TCP stream.
-pub(crate) struct SimStream(pub(crate) turmoil::net::TcpStream);
+/// Segment size in which stream bytes are offered to the access link.
+const STREAM_SEGMENT: usize = 1460;
+
+/// A simulated TCP stream whose writes pass through the host's access link.
+///
+/// Written bytes are taken at once (as into a socket send buffer), offered to the upstream
+/// link segment by segment, and handed to turmoil by a writer task at their departure times.
+/// When the link's queue is full, `poll_write` waits, like a full send buffer.
+pub(crate) struct SimStream {
+    read: turmoil::net::tcp::OwnedReadHalf,
+    local: Option<SocketAddr>,
+    peer: Option<SocketAddr>,
+    state: Arc<WorldState>,
+    host: String,
+    segments: Option<mpsc::UnboundedSender<Timed>>,
+    writer: Option<tokio::task::JoinHandle<()>>,
+    wait: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl SimStream {
+    pub(crate) fn new(
+        stream: turmoil::net::TcpStream,
+        state: Arc<WorldState>,
+        host: String,
+    ) -> Self {
+        let (local, peer) = (stream.local_addr().ok(), stream.peer_addr().ok());
+        let (read, write) = stream.into_split();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let writer = tokio::spawn(stream_writer(write, rx));
+        SimStream {
+            read,
+            local,
+            peer,
+            state,
+            host,
+            segments: Some(tx),
+            writer: Some(writer),
+            wait: None,
+        }
+    }
+}
+
+async fn stream_writer(
+    mut write: turmoil::net::tcp::OwnedWriteHalf,
+    mut segments: mpsc::UnboundedReceiver<Timed>,
+) {
+    use tokio::io::AsyncWriteExt;
+    while let Some((at, _, data)) = segments.recv().await {
+        wait_until(at).await;
+        if write.write_all(&data).await.is_err() {
+            return;
+        }
+    }
+    let _ = write.shutdown().await;
+}
+
+impl Drop for SimStream {
+    fn drop(&mut self) {
+        // Dropping the sender lets the writer drain what was written, then close.
+        self.segments.take();
+        self.writer.take();
+    }
+}
 
 impl fmt::Debug for SimStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SimStream")
-            .field("local", &self.0.local_addr().ok())
-            .field("peer", &self.0.peer_addr().ok())
+            .field("host", &self.host)
+            .field("local", &self.local)
+            .field("peer", &self.peer)
             .finish()
     }
 }
@@ -225,7 +294,7 @@ impl AsyncRead for SimStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
+        Pin::new(&mut self.read).poll_read(cx, buf)
     }
 }
 
@@ -235,19 +304,71 @@ impl AsyncWrite for SimStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
+        if let Some(wait) = self.wait.as_mut() {
+            if wait.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.wait = None;
+        }
+        let Some(segments) = self.segments.clone() else {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "stream shut down",
+            )));
+        };
+        let mut taken = 0;
+        for segment in buf.chunks(STREAM_SEGMENT) {
+            match self.state.offer_stream(&self.host, segment.len()) {
+                Ok(at) => {
+                    if segments
+                        .send((
+                            at,
+                            self.peer.unwrap_or(([0, 0, 0, 0], 0).into()),
+                            Bytes::copy_from_slice(segment),
+                        ))
+                        .is_err()
+                    {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::BrokenPipe,
+                            "stream writer stopped",
+                        )));
+                    }
+                    taken += segment.len();
+                }
+                Err(wait) => {
+                    if taken > 0 {
+                        break;
+                    }
+                    let mut sleep = Box::pin(tokio::time::sleep(wait));
+                    if sleep.as_mut().poll(cx).is_pending() {
+                        self.wait = Some(sleep);
+                        return Poll::Pending;
+                    }
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+            }
+        }
+        Poll::Ready(Ok(taken))
     }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Bytes taken by `poll_write` are on their way, as in a kernel send buffer.
+        Poll::Ready(Ok(()))
     }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // The writer sends FIN once it has written everything queued before.
+        self.segments.take();
+        Poll::Ready(Ok(()))
     }
 }
 
 struct SimListener {
     listener: turmoil::net::TcpListener,
     local: SocketAddr,
+    state: Arc<WorldState>,
+    host: String,
 }
 
 impl fmt::Debug for SimListener {
@@ -262,7 +383,8 @@ impl StreamListener for SimListener {
     fn accept(&self) -> BoxFuture<'_, io::Result<(Box<dyn ByteStream>, SocketAddr)>> {
         Box::pin(async move {
             let (stream, peer) = self.listener.accept().await?;
-            Ok((Box::new(SimStream(stream)) as Box<dyn ByteStream>, peer))
+            let stream = SimStream::new(stream, self.state.clone(), self.host.clone());
+            Ok((Box::new(stream) as Box<dyn ByteStream>, peer))
         })
     }
 

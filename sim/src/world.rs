@@ -232,6 +232,19 @@ impl WorldState {
         }
     }
 
+    /// Offers stream bytes to `host`'s upstream link; see [`LinkDirection::offer_stream`].
+    pub(crate) fn offer_stream(
+        &self,
+        host: &str,
+        len: usize,
+    ) -> Result<tokio::time::Instant, Duration> {
+        let now = tokio::time::Instant::now();
+        match lock(&self.links).get_mut(host) {
+            Some(link) => link.up.offer_stream(now, len),
+            None => Ok(now),
+        }
+    }
+
     pub(crate) fn push_tcp_intent(&self, from: IpAddr, gateway: IpAddr, dst: SocketAddr) {
         lock(&self.tcp_intents)
             .entry((from, gateway))

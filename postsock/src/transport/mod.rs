@@ -1,7 +1,7 @@
 //! Transients: one protocol-stack instance on one path, behind one internal interface.
 //!
-//! A transient is split into a sending side ([`TransientTx`]) and a receiving side: a task that
-//! reads the wire and pushes [`Inbound`] items into a channel the carrier drains. The channel
+//! A transient is split into a sending side (`TransientTx`) and a receiving side: a task that
+//! reads the wire and pushes `Inbound` items into a channel the carrier drains. The channel
 //! closing means the transient ended; a final `Err` item says why, when it was not a clean close.
 
 pub mod framing;
