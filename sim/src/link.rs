@@ -271,11 +271,11 @@ mod tests {
             loss: 1.5,
             ..LinkParams::default()
         };
-        assert!(bad.validate().unwrap_err().contains("loss"));
+        assert!(bad.validate().expect_err("bad loss").contains("loss"));
         let bad = LinkParams {
             bandwidth_kbps: Some(0),
             ..LinkParams::default()
         };
-        assert!(bad.validate().unwrap_err().contains("bandwidth_kbps"));
+        assert!(bad.validate().expect_err("bad rate").contains("bandwidth_kbps"));
     }
 }
