@@ -9,7 +9,9 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::net::{Net, StreamListener};
+use std::future::Future;
+
+use crate::net::{BoxFuture, ByteStream, Net, StreamListener};
 use crate::transport::{quic, tls};
 use crate::{Carrier, Configuration, Error, Protocol, Result};
 
@@ -90,31 +92,55 @@ impl Drop for Listener {
     }
 }
 
-async fn accept_quic(
-    endpoint: quinn::Endpoint,
-    queue: mpsc::Sender<Carrier>,
-    config: Configuration,
-) {
+/// Takes connections from `next` (until it yields `None`) and runs each `handshake` in a task
+/// of its own, so a slow or failing handshake never holds up the others; carriers whose
+/// handshake completes are queued for [`Listener::accept`].
+async fn accept_loop<T, N, H, HF>(mut next: N, handshake: H, queue: mpsc::Sender<Carrier>)
+where
+    N: FnMut() -> BoxFuture<'static, Option<T>>,
+    H: Fn(T) -> HF,
+    HF: Future<Output = Option<Carrier>> + Send + 'static,
+{
     let mut handshakes = JoinSet::new();
     loop {
         tokio::select! {
             biased;
             Some(_) = handshakes.join_next(), if !handshakes.is_empty() => {}
-            incoming = endpoint.accept() => {
-                let Some(incoming) = incoming else { break };
-                let queue = queue.clone();
-                let config = config.clone();
+            accepted = next() => {
+                let Some(accepted) = accepted else { break };
+                let (done, queue) = (handshake(accepted), queue.clone());
                 handshakes.spawn(async move {
-                    match incoming.await {
-                        Ok(conn) => {
-                            let _ = queue.send(Carrier::from_quic(conn, None, &config)).await;
-                        }
-                        Err(e) => tracing::debug!("QUIC handshake failed: {e}"),
+                    if let Some(carrier) = done.await {
+                        let _ = queue.send(carrier).await;
                     }
                 });
             }
         }
     }
+}
+
+async fn accept_quic(
+    endpoint: quinn::Endpoint,
+    queue: mpsc::Sender<Carrier>,
+    config: Configuration,
+) {
+    let next = move || -> BoxFuture<'static, Option<quinn::Incoming>> {
+        let endpoint = endpoint.clone();
+        Box::pin(async move { endpoint.accept().await })
+    };
+    let handshake = move |incoming: quinn::Incoming| {
+        let config = config.clone();
+        async move {
+            match incoming.await {
+                Ok(conn) => Some(Carrier::from_quic(conn, None, &config)),
+                Err(e) => {
+                    tracing::debug!("QUIC handshake failed: {e}");
+                    None
+                }
+            }
+        }
+    };
+    accept_loop(next, handshake, queue).await;
 }
 
 async fn accept_tls(
@@ -123,31 +149,29 @@ async fn accept_tls(
     queue: mpsc::Sender<Carrier>,
     config: Configuration,
 ) {
-    let mut handshakes = JoinSet::new();
-    loop {
-        tokio::select! {
-            biased;
-            Some(_) = handshakes.join_next(), if !handshakes.is_empty() => {}
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        tracing::debug!("TCP accept failed: {e}");
-                        continue;
-                    }
-                };
-                let acceptor = acceptor.clone();
-                let queue = queue.clone();
-                let config = config.clone();
-                handshakes.spawn(async move {
-                    match acceptor.accept(stream).await {
-                        Ok(tls) => {
-                            let _ = queue.send(Carrier::from_tls(tls, peer, &config)).await;
-                        }
-                        Err(e) => tracing::debug!("TLS handshake from {peer} failed: {e}"),
-                    }
-                });
+    let listener: Arc<dyn StreamListener> = Arc::from(listener);
+    let next = move || -> BoxFuture<'static, Option<(Box<dyn ByteStream>, SocketAddr)>> {
+        let listener = listener.clone();
+        Box::pin(async move {
+            loop {
+                match listener.accept().await {
+                    Ok(pair) => return Some(pair),
+                    Err(e) => tracing::debug!("TCP accept failed: {e}"),
+                }
+            }
+        })
+    };
+    let handshake = move |(stream, peer): (Box<dyn ByteStream>, SocketAddr)| {
+        let (acceptor, config) = (acceptor.clone(), config.clone());
+        async move {
+            match acceptor.accept(stream).await {
+                Ok(tls) => Some(Carrier::from_tls(tls, peer, &config)),
+                Err(e) => {
+                    tracing::debug!("TLS handshake from {peer} failed: {e}");
+                    None
+                }
             }
         }
-    }
+    };
+    accept_loop(next, handshake, queue).await;
 }

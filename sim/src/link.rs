@@ -276,6 +276,9 @@ mod tests {
             bandwidth_kbps: Some(0),
             ..LinkParams::default()
         };
-        assert!(bad.validate().expect_err("bad rate").contains("bandwidth_kbps"));
+        assert!(bad
+            .validate()
+            .expect_err("bad rate")
+            .contains("bandwidth_kbps"));
     }
 }
