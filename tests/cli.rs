@@ -121,3 +121,25 @@ fn a_failing_suite_exits_non_zero_and_prints_the_replay_command() {
     assert!(summary.contains("0 of 2 runs passed"), "{summary}");
     assert!(out_dir.join("wallclock.json").is_file());
 }
+
+#[test]
+fn two_processes_with_the_same_seed_write_identical_reports() {
+    let mut reports = Vec::new();
+    for attempt in 0..2 {
+        let out_dir = temp_dir(&format!("determinism-{attempt}"));
+        let out = postsock(&[
+            "run",
+            "echo/quic-lossy",
+            "--seed",
+            "4",
+            "--out",
+            out_dir.to_str().expect("utf8"),
+        ]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        reports.push(std::fs::read(out_dir.join("echo/quic-lossy/seed-4.json")).expect("report"));
+    }
+    assert!(
+        reports[0] == reports[1],
+        "the same seed gave different reports in two processes"
+    );
+}
