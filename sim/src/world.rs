@@ -100,8 +100,7 @@ impl WorldSpec {
 }
 
 /// A change to the world at a point of the timeline.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "action", rename_all = "kebab-case", deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Fault {
     /// The host's access link goes down: everything sent over it is dropped.
     LinkDown {
@@ -118,13 +117,10 @@ pub enum Fault {
         /// The host.
         host: String,
         /// New loss probability.
-        #[serde(default)]
         loss: Option<f64>,
         /// New rate in kbit/s.
-        #[serde(default)]
         bandwidth_kbps: Option<u64>,
         /// New queue size in bytes.
-        #[serde(default)]
         queue_bytes: Option<usize>,
     },
 }

@@ -38,7 +38,7 @@ pub(crate) async fn connect(
         .map_err(|e| establish(format!("TLS handshake: {e}")))
 }
 
-/// A queued outgoing frame, or a request to flush and shut down.
+/// A queued outgoing frame. (Shutdown is signalled by dropping the queue's sender.)
 #[derive(Debug)]
 enum Outgoing {
     Message(MessageId, Bytes),
