@@ -29,18 +29,20 @@ fn message(i: usize, size: usize) -> Vec<u8> {
     (0..size).map(|j| (i * 31 + j * 7) as u8).collect()
 }
 
+/// A listener on a free loopback port, and that port.
+async fn listen(net: &Arc<dyn Net>, config: Configuration) -> (Listener, u16) {
+    let listener = Listener::bind(net.clone(), "127.0.0.1:0".parse().expect("addr"), config)
+        .await
+        .expect("bind");
+    let port = listener.local_addr().port();
+    (listener, port)
+}
+
 async fn echo_over_loopback(protocol: Protocol) {
     let net: Arc<dyn Net> = TokioNet::shared();
     let ca = TestCa::new("loopback CA").expect("ca");
     let (server_config, client_config) = configs(&ca, protocol);
-    let mut listener = Listener::bind(
-        net.clone(),
-        "127.0.0.1:0".parse().expect("addr"),
-        server_config,
-    )
-    .await
-    .expect("bind");
-    let port = listener.local_addr().port();
+    let (mut listener, port) = listen(&net, server_config).await;
     let server = tokio::spawn(async move {
         let carrier = listener.accept().await.expect("accept");
         assert_eq!(carrier.protocol(), protocol);
@@ -91,14 +93,7 @@ async fn a_server_certificate_from_another_ca_is_rejected() {
     for protocol in [Protocol::Quic, Protocol::TlsTcp] {
         let (server_config, _) = configs(&impostor, protocol);
         let (_, client_config) = configs(&ca, protocol);
-        let listener = Listener::bind(
-            net.clone(),
-            "127.0.0.1:0".parse().expect("addr"),
-            server_config,
-        )
-        .await
-        .expect("bind");
-        let port = listener.local_addr().port();
+        let (_listener, port) = listen(&net, server_config).await;
         let err = Carrier::initiate(net.clone(), Remote::new("localhost", port), client_config)
             .await
             .expect_err("verification must fail");

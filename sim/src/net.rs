@@ -228,7 +228,7 @@ pub(crate) struct SimStream {
     peer: Option<SocketAddr>,
     state: Arc<WorldState>,
     host: String,
-    segments: Option<mpsc::UnboundedSender<Timed>>,
+    segments: Option<mpsc::UnboundedSender<(Instant, Bytes)>>,
     writer: Option<tokio::task::JoinHandle<()>>,
     wait: Option<Pin<Box<tokio::time::Sleep>>>,
 }
@@ -258,10 +258,10 @@ impl SimStream {
 
 async fn stream_writer(
     mut write: turmoil::net::tcp::OwnedWriteHalf,
-    mut segments: mpsc::UnboundedReceiver<Timed>,
+    mut segments: mpsc::UnboundedReceiver<(Instant, Bytes)>,
 ) {
     use tokio::io::AsyncWriteExt;
-    while let Some((at, _, data)) = segments.recv().await {
+    while let Some((at, data)) = segments.recv().await {
         wait_until(at).await;
         if write.write_all(&data).await.is_err() {
             return;
@@ -321,11 +321,7 @@ impl AsyncWrite for SimStream {
             match self.state.offer_stream(&self.host, segment.len()) {
                 Ok(at) => {
                     if segments
-                        .send((
-                            at,
-                            self.peer.unwrap_or(([0, 0, 0, 0], 0).into()),
-                            Bytes::copy_from_slice(segment),
-                        ))
+                        .send((at, Bytes::copy_from_slice(segment)))
                         .is_err()
                     {
                         return Poll::Ready(Err(io::Error::new(
