@@ -65,8 +65,8 @@ pub struct Workload {
     pub protocol: ProtocolName,
     /// Messages the client sends.
     pub messages: u32,
-    /// Smallest message in bytes (message 0 has this size).
-    #[serde(default = "one")]
+    /// Smallest message in bytes (message 0 has this size); at least 8.
+    #[serde(default = "eight")]
     pub min_size: usize,
     /// Largest message in bytes (message 1 has this size); others are log-uniform between.
     #[serde(default = "sixty_four_k")]
@@ -82,8 +82,8 @@ pub struct Workload {
     pub port: u16,
 }
 
-fn one() -> usize {
-    1
+fn eight() -> usize {
+    8
 }
 fn sixty_four_k() -> usize {
     65_536
@@ -255,11 +255,11 @@ impl Scenario {
                 "client and server must be different hosts".into(),
             ));
         }
-        if w.min_size == 0 || w.min_size > w.max_size {
+        if w.min_size < 8 || w.min_size > w.max_size {
             return Err(at(
                 0,
                 format!(
-                    "workload: need 1 <= min_size <= max_size, got {} and {}",
+                    "workload: need 8 <= min_size <= max_size (each message carries its 8-byte index), got {} and {}",
                     w.min_size, w.max_size
                 ),
             ));

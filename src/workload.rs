@@ -28,8 +28,6 @@ pub struct Trace {
     pub initiated_ms: Option<f64>,
     /// Messages by (direction, id).
     pub messages: BTreeMap<(Direction, u64), MessageRecord>,
-    /// The client → server message each server → client echo answers.
-    pub echo_of: BTreeMap<u64, u64>,
     /// The first failure of a workload program.
     pub error: Option<String>,
 }
@@ -95,7 +93,25 @@ pub fn payload(workload: &Workload, seed: u64, index: u64) -> Vec<u8> {
     };
     let mut data = vec![0u8; size];
     rng.fill_bytes(&mut data);
+    // The first 8 bytes name the message, so the receiver knows which one it got whatever
+    // the transport's own message naming (scenario files require min_size >= 8).
+    let n = data.len().min(8);
+    data[..n].copy_from_slice(&index.to_be_bytes()[..n]);
     data
+}
+
+/// The index a payload made by [`payload`] carries.
+pub fn index_of(data: &[u8]) -> Option<u64> {
+    let bytes: [u8; 8] = data.get(..8)?.try_into().ok()?;
+    Some(u64::from_be_bytes(bytes))
+}
+
+/// Whether `data` is exactly message `index`'s payload.
+fn intact(workload: &Workload, seed: u64, data: &[u8]) -> (Option<u64>, bool) {
+    match index_of(data) {
+        Some(i) => (Some(i), data == &payload(workload, seed, i)[..]),
+        None => (None, false),
+    }
 }
 
 /// The echo server: accepts carriers and sends every message straight back.
@@ -115,15 +131,19 @@ pub async fn echo_server(
             loop {
                 match carrier.receive().await {
                     Ok(Some(msg)) => {
-                        let intact = msg.data[..] == payload(&workload, seed, msg.id)[..];
-                        trace.delivered(Direction::ClientToServer, msg.id, intact);
+                        let (index, intact) = intact(&workload, seed, &msg.data);
+                        let Some(index) = index else {
+                            return trace.fail(format!(
+                                "server got a {} B message with no index",
+                                msg.data.len()
+                            ));
+                        };
+                        trace.delivered(Direction::ClientToServer, index, intact);
                         let len = msg.data.len();
-                        match carrier.send_bytes(msg.data).await {
-                            Ok(echo_id) => {
-                                trace.sent(Direction::ServerToClient, echo_id, len);
-                                trace.lock().echo_of.insert(echo_id, msg.id);
-                            }
-                            Err(e) => return trace.fail(format!("server send: {e}")),
+                        // The echo of message i is recorded as server → client message i.
+                        trace.sent(Direction::ServerToClient, index, len);
+                        if let Err(e) = carrier.send_bytes(msg.data).await {
+                            return trace.fail(format!("server send: {e}"));
                         }
                     }
                     Ok(None) => break,
@@ -163,9 +183,9 @@ pub async fn echo_client(
                 }
                 let data = payload(&workload, seed, i);
                 let len = data.len();
-                match carrier.send_bytes(data).await {
-                    Ok(id) => trace.sent(Direction::ClientToServer, id, len),
-                    Err(e) => return trace.fail(format!("client send {i}: {e}")),
+                trace.sent(Direction::ClientToServer, i, len);
+                if let Err(e) = carrier.send_bytes(data).await {
+                    return trace.fail(format!("client send {i}: {e}"));
                 }
             }
         })
@@ -175,10 +195,14 @@ pub async fn echo_client(
         while echoes < workload.messages {
             match carrier.receive().await {
                 Ok(Some(msg)) => {
-                    let original = trace.lock().echo_of.get(&msg.id).copied();
-                    let intact =
-                        original.is_some_and(|o| msg.data[..] == payload(&workload, seed, o)[..]);
-                    trace.delivered(Direction::ServerToClient, msg.id, intact);
+                    let (index, intact) = intact(&workload, seed, &msg.data);
+                    let Some(index) = index else {
+                        return trace.fail(format!(
+                            "client got a {} B echo with no index",
+                            msg.data.len()
+                        ));
+                    };
+                    trace.delivered(Direction::ServerToClient, index, intact);
                     echoes += 1;
                 }
                 Ok(None) => return trace.fail("server closed the carrier early".into()),

@@ -1,45 +1,89 @@
 //! Carriers: the application's handle to a peer.
 //!
-//! A carrier owns one transient at a time. `send` hands a message to the transient and returns
-//! its [`MessageId`]; `receive` yields messages the peer sent, in arrival order; `close` waits
-//! until everything sent has reached the peer's transport, then ends the transient.
+//! A carrier owns one transient at a time (a QUIC connection, or a TLS/TCP or TCP
+//! connection). What the application sends goes through the carrier's
+//! [`Outbox`](crate::outbox) (back-pressure, niceness, antecedents, lifetimes) to the
+//! transient's sending loop; what arrives comes back as [`Event`]s.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
+use crate::message::{MessageProperties, SendHandle, SendStatus};
 use crate::net::Net;
-use crate::transport::{quic, tls_tcp, Inbound, TransientTx};
-use crate::{Configuration, Error, Message, MessageId, Protocol, Received, Remote, Result};
+use crate::outbox::Outbox;
+use crate::transport::assemble::ReceiveLimits;
+use crate::transport::{quic, tls_tcp};
+use crate::{Configuration, Error, Event, Message, MessageId, Protocol, Received, Remote, Result};
+
+/// How the carrier reaches its transient to end it.
+#[derive(Debug)]
+enum Link {
+    Quic {
+        conn: quinn::Connection,
+        // Keeps a client's QUIC endpoint (and its socket) alive as long as the carrier.
+        endpoint: Option<quinn::Endpoint>,
+    },
+    Stream {
+        kill: watch::Sender<bool>,
+    },
+}
+
+/// Where an initiated carrier came from, so that it can be forked.
+#[derive(Clone)]
+pub(crate) struct Origin {
+    net: Arc<dyn Net>,
+    remote: Remote,
+}
+
+impl std::fmt::Debug for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Origin({})", self.remote)
+    }
+}
+
+/// An established transient, before it becomes a carrier.
+pub(crate) enum Transient {
+    Quic(quinn::Connection, Option<quinn::Endpoint>),
+    Stream(Box<dyn StreamIo>, SocketAddr, Protocol),
+}
+
+/// A byte stream a transient can run on (TLS or plain TCP).
+pub(crate) trait StreamIo:
+    tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin
+{
+}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> StreamIo for T {}
 
 /// The application's handle to a peer. See the [crate docs](crate) for an example.
 #[derive(Debug)]
 pub struct Carrier {
     protocol: Protocol,
     peer: SocketAddr,
-    tx: TransientTx,
-    rx: tokio::sync::Mutex<mpsc::Receiver<Inbound>>,
-    reader: JoinHandle<()>,
-    max_message_size: usize,
-    // Keeps a client's QUIC endpoint (and its socket) alive as long as the carrier.
-    _endpoint: Option<quinn::Endpoint>,
+    outbox: Arc<Outbox>,
+    events: tokio::sync::Mutex<mpsc::Receiver<Event>>,
+    sender: tokio::sync::Mutex<Option<JoinHandle<Result<()>>>>,
+    tasks: Vec<JoinHandle<()>>,
+    link: Link,
+    config: Configuration,
+    origin: Option<Origin>,
 }
 
 impl Carrier {
-    /// Initiates a carrier to `remote` over `net`, using the first protocol of
-    /// `config.protocols` and trying the resolved addresses in order.
+    /// Initiates a carrier to `remote` over `net`. The protocol stacks come from the
+    /// configuration's transport properties ([`Configuration::candidates`]); each is tried on
+    /// each resolved address in turn until one is established. If none is, the error names
+    /// every attempt.
     pub async fn initiate(
         net: Arc<dyn Net>,
         remote: Remote,
         config: Configuration,
     ) -> Result<Self> {
-        let protocol = *config
-            .protocols
-            .first()
-            .ok_or_else(|| Error::Config("no protocol allowed".into()))?;
+        let candidates = config.candidates()?;
         let addrs = net
             .resolve(&remote.host, remote.port)
             .await
@@ -47,25 +91,36 @@ impl Carrier {
                 name: remote.host.clone(),
                 source,
             })?;
-        let mut last = None;
-        for addr in addrs {
-            let attempt = Self::attempt(net.as_ref(), protocol, addr, &remote.host, &config);
-            match tokio::time::timeout(config.connect_timeout, attempt).await {
-                Ok(Ok(carrier)) => return Ok(carrier),
-                Ok(Err(e)) => last = Some(e),
-                Err(_) => {
-                    last = Some(Error::Timeout {
-                        protocol,
-                        remote: addr,
-                        timeout_ms: config.connect_timeout.as_millis() as u64,
-                    })
+        if addrs.is_empty() {
+            return Err(Error::Resolve {
+                name: remote.host.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses"),
+            });
+        }
+        let mut failures = Vec::new();
+        for &protocol in &candidates {
+            for &addr in &addrs {
+                match Self::attempt(net.as_ref(), protocol, addr, &remote.host, &config, None).await
+                {
+                    Ok(transient) => {
+                        let origin = Origin {
+                            net: net.clone(),
+                            remote: remote.clone(),
+                        };
+                        return Ok(Self::start(transient, &config, Some(origin)));
+                    }
+                    Err(e) => failures.push(e),
                 }
             }
         }
-        Err(last.unwrap_or_else(|| Error::Resolve {
-            name: remote.host.clone(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses"),
-        }))
+        if failures.len() == 1 {
+            if let Some(e) = failures.pop() {
+                return Err(e);
+            }
+        }
+        Err(Error::NoCandidate {
+            attempts: failures.iter().map(|e| e.to_string()).collect(),
+        })
     }
 
     async fn attempt(
@@ -74,51 +129,107 @@ impl Carrier {
         addr: SocketAddr,
         host: &str,
         config: &Configuration,
-    ) -> Result<Self> {
-        match protocol {
-            Protocol::Quic => {
-                let (endpoint, conn) = quic::connect(net, addr, host, config).await?;
-                Ok(Self::from_quic(conn, Some(endpoint), config))
+        endpoint: Option<&quinn::Endpoint>,
+    ) -> Result<Transient> {
+        let attempt = async {
+            match protocol {
+                Protocol::Quic => match endpoint {
+                    Some(ep) => {
+                        let conn = quic::connect_on(ep, addr, host, config).await?;
+                        Ok(Transient::Quic(conn, Some(ep.clone())))
+                    }
+                    None => {
+                        let (ep, conn) = quic::connect(net, addr, host, config).await?;
+                        Ok(Transient::Quic(conn, Some(ep)))
+                    }
+                },
+                Protocol::TlsTcp => {
+                    let stream = tls_tcp::connect(net, addr, host, config).await?;
+                    Ok(Transient::Stream(Box::new(stream), addr, protocol))
+                }
+                Protocol::Tcp => {
+                    let stream = tls_tcp::connect_plain(net, addr).await?;
+                    Ok(Transient::Stream(Box::new(stream), addr, protocol))
+                }
             }
-            Protocol::TlsTcp => {
-                let stream = tls_tcp::connect(net, addr, host, config).await?;
-                Ok(Self::from_tls(stream, addr, config))
-            }
+        };
+        match tokio::time::timeout(config.connect_timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(Error::Timeout {
+                protocol,
+                remote: addr,
+                timeout_ms: config.connect_timeout.as_millis() as u64,
+            }),
         }
     }
 
-    pub(crate) fn from_quic(
-        conn: quinn::Connection,
-        endpoint: Option<quinn::Endpoint>,
+    /// Turns an established transient into a carrier: starts its tasks.
+    pub(crate) fn start(
+        transient: Transient,
         config: &Configuration,
+        origin: Option<Origin>,
     ) -> Self {
-        let peer = conn.remote_address();
-        let (tx, rx, reader) = quic::start(conn, config.max_message_size);
-        Carrier {
-            protocol: Protocol::Quic,
-            peer,
-            tx: TransientTx::Quic(tx),
-            rx: tokio::sync::Mutex::new(rx),
-            reader,
-            max_message_size: config.max_message_size,
-            _endpoint: endpoint,
+        let (events_tx, events_rx) = mpsc::channel(config.receive_queue.max(2));
+        let _ = events_tx.try_send(Event::Ready);
+        let limits = ReceiveLimits::from_config(config);
+        match transient {
+            Transient::Quic(conn, endpoint) => {
+                let outbox = Outbox::new(config.send_buffer, quic::order_rule);
+                outbox.set_one_way(conn.rtt() / 2);
+                let (sender, reader) = quic::start(conn.clone(), outbox.clone(), events_tx, limits);
+                let reaper = tokio::spawn(outbox.clone().reaper());
+                Carrier {
+                    protocol: Protocol::Quic,
+                    peer: conn.remote_address(),
+                    outbox,
+                    events: tokio::sync::Mutex::new(events_rx),
+                    sender: tokio::sync::Mutex::new(Some(sender)),
+                    tasks: vec![reader, reaper],
+                    link: Link::Quic { conn, endpoint },
+                    config: config.clone(),
+                    origin,
+                }
+            }
+            Transient::Stream(stream, peer, protocol) => {
+                let outbox = Outbox::new(config.send_buffer, tls_tcp::order_rule);
+                let t = tls_tcp::start(stream, outbox.clone(), events_tx, limits);
+                let reaper = tokio::spawn(outbox.clone().reaper());
+                Carrier {
+                    protocol,
+                    peer,
+                    outbox,
+                    events: tokio::sync::Mutex::new(events_rx),
+                    sender: tokio::sync::Mutex::new(Some(t.writer)),
+                    tasks: vec![t.reader, reaper],
+                    link: Link::Stream { kill: t.kill },
+                    config: config.clone(),
+                    origin,
+                }
+            }
         }
     }
 
-    pub(crate) fn from_tls<S>(stream: S, peer: SocketAddr, config: &Configuration) -> Self
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-    {
-        let (tx, rx, reader) = tls_tcp::start(stream, config);
-        Carrier {
-            protocol: Protocol::TlsTcp,
-            peer,
-            tx: TransientTx::Tls(tx),
-            rx: tokio::sync::Mutex::new(rx),
-            reader,
-            max_message_size: config.max_message_size,
-            _endpoint: None,
-        }
+    /// A new carrier to the same remote with the same configuration and protocol (Post
+    /// Sockets' fork). On QUIC the new connection shares this carrier's endpoint and socket.
+    /// Only initiated carriers can fork: an accepted one does not know how to reach its peer.
+    pub async fn fork(&self) -> Result<Carrier> {
+        let origin = self.origin.clone().ok_or_else(|| {
+            Error::Config("only an initiated carrier can fork; this one was accepted".into())
+        })?;
+        let endpoint = match &self.link {
+            Link::Quic { endpoint, .. } => endpoint.as_ref(),
+            Link::Stream { .. } => None,
+        };
+        let transient = Self::attempt(
+            origin.net.as_ref(),
+            self.protocol,
+            self.peer,
+            &origin.remote.host,
+            &self.config,
+            endpoint,
+        )
+        .await?;
+        Ok(Self::start(transient, &self.config, Some(origin)))
     }
 
     /// The protocol stack of the current transient.
@@ -131,56 +242,244 @@ impl Carrier {
         self.peer
     }
 
-    /// Sends a message; returns its id once the transient has taken it.
-    pub async fn send(&self, message: impl Into<Message>) -> Result<MessageId> {
-        let message = message.into();
-        if message.data.len() > self.max_message_size {
+    /// Bytes of the send buffer in use (queued or unacknowledged messages).
+    pub fn buffered(&self) -> usize {
+        self.outbox.buffered()
+    }
+
+    fn check(&self, message: &Message) -> Result<()> {
+        let size = message.data.len();
+        if size > self.config.max_message_size {
             return Err(Error::MessageTooLarge {
-                size: message.data.len(),
-                max: self.max_message_size,
+                size,
+                max: self.config.max_message_size,
             });
         }
-        self.tx.send(message.data).await
+        if !message.properties.reliable {
+            match &self.link {
+                Link::Quic { conn, .. } => match conn.max_datagram_size() {
+                    Some(max) if size > max => {
+                        return Err(Error::MessageTooLarge { size, max });
+                    }
+                    Some(_) => {}
+                    None => {
+                        return Err(Error::Config(
+                            "the peer does not accept unreliable messages (QUIC datagrams)".into(),
+                        ))
+                    }
+                },
+                Link::Stream { .. } => {
+                    return Err(Error::Config(format!(
+                    "{} cannot send unreliable messages; require per_msg_reliability to get QUIC",
+                    self.protocol
+                )))
+                }
+            }
+        }
+        Ok(())
     }
 
-    /// Sends raw bytes as a message with default properties.
+    fn enqueue(
+        &self,
+        message: Message,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        start: Instant,
+    ) -> Result<SendHandle> {
+        let deadline = message.properties.lifetime.map(|l| start + l);
+        let (handle, props) = self.outbox.open(message.properties)?;
+        self.outbox.push(
+            handle.id(),
+            &props,
+            (0, message.data, true),
+            Some(permit),
+            deadline,
+        );
+        Ok(handle)
+    }
+
+    /// Sends a message. Waits while the send buffer is full (back-pressure), then queues it
+    /// and returns its handle, which reports the message's events. Errors here are about the
+    /// message itself (too large, unsupported property, unknown antecedent) or a closed
+    /// carrier; what happens later is in the handle.
+    pub async fn send(&self, message: impl Into<Message>) -> Result<SendHandle> {
+        let start = Instant::now();
+        let message = message.into();
+        self.check(&message)?;
+        let permit = self.outbox.reserve(message.data.len()).await?;
+        self.enqueue(message, permit, start)
+    }
+
+    /// Like [`send`](Self::send) but never waits: a full send buffer is
+    /// [`Error::WouldBlock`].
+    pub fn try_send(&self, message: impl Into<Message>) -> Result<SendHandle> {
+        let message = message.into();
+        self.check(&message)?;
+        let permit = self.outbox.try_reserve(message.data.len())?;
+        self.enqueue(message, permit, Instant::now())
+    }
+
+    /// Sends raw bytes as a message with default properties; returns its id.
     pub async fn send_bytes(&self, data: impl Into<Bytes>) -> Result<MessageId> {
-        self.send(Message::new(data)).await
+        Ok(self.send(Message::new(data)).await?.id())
     }
 
-    /// The next message from the peer. `Ok(None)` once the peer closed the carrier cleanly.
-    /// An `Err` for one message (for example an oversized one) leaves the carrier usable;
-    /// an `Err` that ends the transient is followed by `Ok(None)`. Concurrent callers each
-    /// get different messages.
+    /// Starts a message to be sent in parts (partial send). Parts go out as they are given;
+    /// the properties apply to the whole message. Unreliable messages cannot be partial.
+    pub fn start_message(&self, properties: MessageProperties) -> Result<PartialSend<'_>> {
+        if !properties.reliable {
+            return Err(Error::Config(
+                "an unreliable message cannot be sent in parts".into(),
+            ));
+        }
+        let deadline = properties.lifetime.map(|l| Instant::now() + l);
+        let (handle, props) = self.outbox.open(properties)?;
+        Ok(PartialSend {
+            carrier: self,
+            handle,
+            props,
+            offset: 0,
+            deadline,
+            finished: false,
+        })
+    }
+
+    /// The next event. `None` after the last one (`Closed` or `ConnectionError`).
+    pub async fn next_event(&self) -> Option<Event> {
+        self.events.lock().await.recv().await
+    }
+
+    /// The next whole message from the peer, skipping `Ready`. `Ok(None)` once the peer closed
+    /// the carrier. A `ReceiveError` (one bad message) is an `Err` and the carrier goes on; a
+    /// `ConnectionError` is an `Err` followed by `Ok(None)`. With partial delivery configured
+    /// use [`next_event`](Self::next_event): a part here is an error.
     pub async fn receive(&self) -> Result<Option<Received>> {
-        match self.rx.lock().await.recv().await {
-            Some(Ok(message)) => Ok(Some(message)),
-            Some(Err(e)) => Err(e),
-            None => Ok(None),
+        let mut events = self.events.lock().await;
+        loop {
+            match events.recv().await {
+                Some(Event::Ready) => continue,
+                Some(Event::Received(m)) => return Ok(Some(m)),
+                Some(Event::ReceivedPartial(p)) => {
+                    return Err(Error::Config(format!(
+                        "part of message {} arrived: with partial delivery use next_event",
+                        p.id
+                    )))
+                }
+                Some(Event::ReceiveError { error, .. }) => return Err(error),
+                Some(Event::ConnectionError(e)) => return Err(e),
+                Some(Event::Closed) | None => return Ok(None),
+            }
         }
     }
 
-    /// Closes gracefully: waits until every sent message has reached the peer's transport,
-    /// then ends the transient.
+    /// Closes gracefully: sends everything queued, waits until every message is settled
+    /// (acknowledged on QUIC, written on TLS/TCP), then ends the transient.
     pub async fn close(&self) -> Result<()> {
-        let result = self.tx.close().await;
-        if let Some(endpoint) = &self._endpoint {
-            // Give the CONNECTION_CLOSE a chance to leave before the socket goes away.
-            let _ =
-                tokio::time::timeout(std::time::Duration::from_millis(100), endpoint.wait_idle())
+        self.outbox.close();
+        let sender = self.sender.lock().await.take();
+        let result = match sender {
+            Some(task) => task
+                .await
+                .map_err(|e| Error::Connection(format!("sending task failed: {e}")))
+                .and_then(|r| r),
+            None => Ok(()),
+        };
+        match &self.link {
+            Link::Quic { conn, endpoint } => {
+                conn.close(0u32.into(), b"done");
+                if let Some(endpoint) = endpoint {
+                    // Give the CONNECTION_CLOSE a chance to leave before the socket goes.
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_millis(100),
+                        endpoint.wait_idle(),
+                    )
                     .await;
+                }
+            }
+            // The writer shut the stream down when it finished.
+            Link::Stream { .. } => {}
         }
         result
     }
 
-    /// Closes at once; queued messages are dropped.
+    /// Closes at once: queued and unacknowledged messages fail with "carrier aborted".
     pub fn abort(&self) {
-        self.tx.abort();
+        self.outbox.fail_all("carrier aborted");
+        match &self.link {
+            Link::Quic { conn, .. } => conn.close(1u32.into(), b"abort"),
+            Link::Stream { kill } => {
+                let _ = kill.send(true);
+            }
+        }
     }
 }
 
 impl Drop for Carrier {
     fn drop(&mut self) {
-        self.reader.abort();
+        for task in &self.tasks {
+            task.abort();
+        }
+        if let Ok(mut sender) = self.sender.try_lock() {
+            if let Some(task) = sender.take() {
+                task.abort();
+            }
+        }
+    }
+}
+
+/// A message being sent in parts (see [`Carrier::start_message`]). Dropping it before the
+/// last part abandons the message: it fails, and the peer discards what it received of it.
+#[derive(Debug)]
+pub struct PartialSend<'a> {
+    carrier: &'a Carrier,
+    handle: SendHandle,
+    props: Arc<MessageProperties>,
+    offset: u64,
+    deadline: Option<Instant>,
+    finished: bool,
+}
+
+impl PartialSend<'_> {
+    /// The message's handle.
+    pub fn handle(&self) -> &SendHandle {
+        &self.handle
+    }
+
+    /// Sends the next part; `end` makes it the last. Waits while the send buffer is full.
+    pub async fn send(&mut self, data: impl Into<Bytes>, end: bool) -> Result<()> {
+        if self.finished {
+            return Err(Error::Config("the message has already ended".into()));
+        }
+        let data = data.into();
+        let total = self.offset as usize + data.len();
+        if total > self.carrier.config.max_message_size {
+            return Err(Error::MessageTooLarge {
+                size: total,
+                max: self.carrier.config.max_message_size,
+            });
+        }
+        let permit = self.carrier.outbox.reserve(data.len()).await?;
+        let len = data.len() as u64;
+        self.carrier.outbox.push(
+            self.handle.id(),
+            &self.props,
+            (self.offset, data, end),
+            Some(permit),
+            self.deadline,
+        );
+        self.offset += len;
+        self.finished = end;
+        Ok(())
+    }
+}
+
+impl Drop for PartialSend<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.carrier.outbox.update(
+                self.handle.id(),
+                SendStatus::Failed("abandoned before its last part".into()),
+                true,
+            );
+        }
     }
 }

@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::TransportProperties;
+
 /// A protocol stack postsock can run a transient on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[non_exhaustive]
@@ -18,6 +20,9 @@ pub enum Protocol {
     Quic,
     /// TLS 1.3 over TCP, via rustls. Messages are framed as in docs/WIRE.md.
     TlsTcp,
+    /// Plain TCP with the same framing, no TLS. Selected only when the transport properties
+    /// lower `security` from Require.
+    Tcp,
 }
 
 impl Protocol {
@@ -26,6 +31,7 @@ impl Protocol {
         match self {
             Protocol::Quic => "quic",
             Protocol::TlsTcp => "tls-tcp",
+            Protocol::Tcp => "tcp",
         }
     }
 }
@@ -35,6 +41,7 @@ impl fmt::Display for Protocol {
         f.write_str(match self {
             Protocol::Quic => "QUIC",
             Protocol::TlsTcp => "TLS/TCP",
+            Protocol::Tcp => "TCP (no TLS)",
         })
     }
 }
@@ -80,26 +87,42 @@ pub struct Security {
 /// ```
 #[derive(Debug, Clone)]
 pub struct Configuration {
-    /// Allowed protocol stacks in order of preference.
+    /// Protocol stacks the stack may choose from, in order of preference when the transport
+    /// properties do not decide.
     pub protocols: Vec<Protocol>,
+    /// What the application needs; decides which of `protocols` are used and in what order.
+    pub properties: TransportProperties,
     /// Security parameters.
     pub security: Arc<Security>,
     /// Largest message accepted or sent, in bytes.
     pub max_message_size: usize,
     /// How long establishment may take before it fails.
     pub connect_timeout: Duration,
-    /// Messages a carrier may have queued for sending before `send` waits.
-    pub send_queue: usize,
+    /// Bytes of messages a carrier may hold queued or unacknowledged before `send` waits
+    /// (`try_send` reports it instead). Each message counts its size plus 64 bytes.
+    pub send_buffer: usize,
+    /// Events a carrier holds for an application that is not reading; when full the carrier
+    /// stops reading from the network and flow control slows the peer.
+    pub receive_queue: usize,
+    /// Deliver messages in parts ([`crate::Event::ReceivedPartial`]) once at least this many
+    /// bytes of one are waiting. `None`: whole messages only (unless `receive_max_length`).
+    pub receive_min_incomplete: Option<usize>,
+    /// Deliver no piece larger than this; longer messages come in parts.
+    pub receive_max_length: Option<usize>,
 }
 
 impl Default for Configuration {
     fn default() -> Self {
         Configuration {
-            protocols: vec![Protocol::Quic, Protocol::TlsTcp],
+            protocols: vec![Protocol::Quic, Protocol::TlsTcp, Protocol::Tcp],
+            properties: TransportProperties::default(),
             security: Arc::new(Security::default()),
             max_message_size: 16 << 20,
             connect_timeout: Duration::from_secs(10),
-            send_queue: 1024,
+            send_buffer: 4 << 20,
+            receive_queue: 256,
+            receive_min_incomplete: None,
+            receive_max_length: None,
         }
     }
 }
@@ -119,6 +142,30 @@ impl Configuration {
     pub fn max_message_size(&mut self, bytes: usize) -> &mut Self {
         self.max_message_size = bytes;
         self
+    }
+    /// Sets the transport properties.
+    pub fn properties(&mut self, properties: TransportProperties) -> &mut Self {
+        self.properties = properties;
+        self
+    }
+    /// Sets the send buffer limit in bytes.
+    pub fn send_buffer(&mut self, bytes: usize) -> &mut Self {
+        self.send_buffer = bytes;
+        self
+    }
+    /// Sets partial delivery: parts once `min_incomplete` bytes wait, none above `max_length`.
+    pub fn partial_delivery(
+        &mut self,
+        min_incomplete: Option<usize>,
+        max_length: Option<usize>,
+    ) -> &mut Self {
+        self.receive_min_incomplete = min_incomplete;
+        self.receive_max_length = max_length;
+        self
+    }
+    /// The protocol stacks to try, best first (see [`crate::select`]).
+    pub fn candidates(&self) -> crate::Result<Vec<Protocol>> {
+        crate::selection::select(&self.properties, &self.protocols)
     }
     /// Sets the establishment timeout.
     pub fn connect_timeout(&mut self, timeout: Duration) -> &mut Self {

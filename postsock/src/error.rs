@@ -31,6 +31,20 @@ pub enum Error {
         /// What went wrong, as reported by the protocol stack.
         reason: String,
     },
+    /// Every candidate (protocol × address) was tried and none could be established.
+    #[error("no candidate could be established: {}", .attempts.join("; "))]
+    NoCandidate {
+        /// One line per attempt: what was tried and why it failed.
+        attempts: Vec<String>,
+    },
+    /// The send buffer is full (`try_send`); `send` would wait.
+    #[error("send buffer full: {buffered} of {limit} bytes in use")]
+    WouldBlock {
+        /// Bytes in use.
+        buffered: usize,
+        /// The configured limit.
+        limit: usize,
+    },
     /// Establishment did not finish within the configured connect timeout.
     #[error("{protocol} to {remote} did not complete within {timeout_ms} ms")]
     Timeout {

@@ -44,12 +44,17 @@ mod error;
 mod listener;
 mod message;
 pub mod net;
+mod outbox;
+mod selection;
 pub mod transport;
 
-pub use carrier::Carrier;
+pub use carrier::{Carrier, PartialSend};
 pub use certs::TestCa;
 pub use config::{Configuration, Identity, Protocol, Remote, Security};
 pub use error::{Error, Result};
 pub use listener::Listener;
-pub use message::{Message, MessageId, Received};
+pub use message::{
+    Event, Message, MessageId, MessageProperties, Received, ReceivedPartial, SendHandle, SendStatus,
+};
+pub use selection::{select, Preference, Rejection, TransportProperties};
 pub use transport::tls::ALPN;

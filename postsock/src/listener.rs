@@ -11,6 +11,7 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use std::future::Future;
 
+use crate::carrier::Transient;
 use crate::net::{BoxFuture, ByteStream, Net, StreamListener};
 use crate::transport::{quic, tls};
 use crate::{Carrier, Configuration, Error, Protocol, Result};
@@ -28,14 +29,12 @@ impl Listener {
     /// Binds at `local` for every protocol in `config.protocols`. Needs
     /// `config.security.identity`.
     pub async fn bind(net: Arc<dyn Net>, local: SocketAddr, config: Configuration) -> Result<Self> {
-        if config.protocols.is_empty() {
-            return Err(Error::Config("no protocol allowed".into()));
-        }
+        let candidates = config.candidates()?;
         let (queue, incoming) = mpsc::channel(64);
         let mut tasks = Vec::new();
         let mut endpoint = None;
         let mut port = local.port();
-        if config.protocols.contains(&Protocol::Quic) {
+        if candidates.contains(&Protocol::Quic) {
             let ep = quic::endpoint(net.as_ref(), local, Some(&config)).await?;
             port = ep
                 .local_addr()
@@ -48,7 +47,11 @@ impl Listener {
             )));
             endpoint = Some(ep);
         }
-        if config.protocols.contains(&Protocol::TlsTcp) {
+        // One TCP port: TLS when it is a candidate, plain TCP only when TLS is not.
+        let stream_protocol = [Protocol::TlsTcp, Protocol::Tcp]
+            .into_iter()
+            .find(|p| candidates.contains(p));
+        if let Some(stream_protocol) = stream_protocol {
             let addr = SocketAddr::new(local.ip(), port);
             let listener = net
                 .listen_tcp(addr)
@@ -58,9 +61,15 @@ impl Listener {
                 .local_addr()
                 .map_err(|e| Error::io("reading the TCP listener address", e))?
                 .port();
-            let acceptor =
-                tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(&config.security)?));
-            tasks.push(tokio::spawn(accept_tls(listener, acceptor, queue, config)));
+            let acceptor = match stream_protocol {
+                Protocol::TlsTcp => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+                    tls::server_config(&config.security)?,
+                ))),
+                _ => None,
+            };
+            tasks.push(tokio::spawn(accept_stream(
+                listener, acceptor, queue, config,
+            )));
         }
         Ok(Listener {
             local: SocketAddr::new(local.ip(), port),
@@ -132,7 +141,7 @@ async fn accept_quic(
         let config = config.clone();
         async move {
             match incoming.await {
-                Ok(conn) => Some(Carrier::from_quic(conn, None, &config)),
+                Ok(conn) => Some(Carrier::start(Transient::Quic(conn, None), &config, None)),
                 Err(e) => {
                     tracing::debug!("QUIC handshake failed: {e}");
                     None
@@ -143,9 +152,9 @@ async fn accept_quic(
     accept_loop(next, handshake, queue).await;
 }
 
-async fn accept_tls(
+async fn accept_stream(
     listener: Box<dyn StreamListener>,
-    acceptor: tokio_rustls::TlsAcceptor,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
     queue: mpsc::Sender<Carrier>,
     config: Configuration,
 ) {
@@ -164,13 +173,17 @@ async fn accept_tls(
     let handshake = move |(stream, peer): (Box<dyn ByteStream>, SocketAddr)| {
         let (acceptor, config) = (acceptor.clone(), config.clone());
         async move {
-            match acceptor.accept(stream).await {
-                Ok(tls) => Some(Carrier::from_tls(tls, peer, &config)),
-                Err(e) => {
-                    tracing::debug!("TLS handshake from {peer} failed: {e}");
-                    None
-                }
-            }
+            let transient = match acceptor {
+                None => Transient::Stream(Box::new(stream), peer, Protocol::Tcp),
+                Some(acceptor) => match acceptor.accept(stream).await {
+                    Ok(tls) => Transient::Stream(Box::new(tls), peer, Protocol::TlsTcp),
+                    Err(e) => {
+                        tracing::debug!("TLS handshake from {peer} failed: {e}");
+                        return None;
+                    }
+                },
+            };
+            Some(Carrier::start(transient, &config, None))
         }
     };
     accept_loop(next, handshake, queue).await;

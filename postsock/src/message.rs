@@ -1,20 +1,68 @@
-//! Messages: what applications send and receive.
+//! Messages: what applications send and receive, their properties, and what happens to them.
+
+use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::sync::watch;
 
-/// A carrier-scoped message number, assigned by the sender in send order starting at 0.
+/// A carrier-scoped number the sender gives each message, in `send` order starting at 0.
 ///
-/// On QUIC it is the index of the unidirectional stream that carried the message; on TLS/TCP
-/// it is the id field of the frame header (docs/WIRE.md). Both ends therefore agree on it.
+/// It names the message in [`SendHandle`]s and in [`MessageProperties::antecedents`]. On
+/// TLS/TCP it is also the id field of the frame header, so the receiver sees the same number
+/// in [`Received::id`]; on QUIC the receiver sees the stream ID instead (docs/WIRE.md).
 pub type MessageId = u64;
+
+/// Per-message properties (Post Sockets §4.1, RFC 9622 §9.1.3). The defaults are those of a
+/// plain reliable, ordered message with no deadline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageProperties {
+    /// Time after which the message is useless. A message that cannot be handed to the network
+    /// in time (so that it would arrive after the deadline, judged by half the path's smoothed
+    /// RTT) is dropped and reported [`SendStatus::Expired`]. On QUIC a message still in flight
+    /// at its deadline is reset, so the peer never delivers it.
+    pub lifetime: Option<Duration>,
+    /// 0 is the most urgent. Under a backlog, lower niceness is sent first; equal niceness
+    /// keeps `send` order. On QUIC it also sets the stream priority.
+    pub niceness: u32,
+    /// Messages (of this carrier) that the peer application must receive before this one.
+    /// This message is held back until that is certain: on one ordered byte stream (TLS/TCP),
+    /// or between ordered QUIC streams, once the antecedent is handed to the transport;
+    /// otherwise once the antecedent is acknowledged. If an antecedent fails or expires this
+    /// message fails too.
+    pub antecedents: Vec<MessageId>,
+    /// Safe to replay: the only kind of message allowed into 0-RTT data.
+    pub idempotent: bool,
+    /// Hand to the network at once without waiting to coalesce (TLS/TCP flushes its record).
+    pub immediate: bool,
+    /// Delivered in order with the other ordered messages of the carrier (the default).
+    /// Unordered messages may overtake and be overtaken.
+    pub ordered: bool,
+    /// Retransmitted until acknowledged (the default). Unreliable messages travel as QUIC
+    /// DATAGRAM frames and are never retransmitted; they must fit one datagram.
+    pub reliable: bool,
+}
+
+impl Default for MessageProperties {
+    fn default() -> Self {
+        MessageProperties {
+            lifetime: None,
+            niceness: 0,
+            antecedents: Vec::new(),
+            idempotent: false,
+            immediate: false,
+            ordered: true,
+            reliable: true,
+        }
+    }
+}
 
 /// A message to send: bytes plus properties.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
     /// The payload.
     pub data: Bytes,
-    /// Safe to replay or to send in 0-RTT.
-    pub idempotent: bool,
+    /// How the stack should treat it.
+    pub properties: MessageProperties,
 }
 
 impl Message {
@@ -22,13 +70,54 @@ impl Message {
     pub fn new(data: impl Into<Bytes>) -> Self {
         Message {
             data: data.into(),
-            idempotent: false,
+            properties: MessageProperties::default(),
         }
+    }
+    /// Sets the lifetime.
+    pub fn lifetime(mut self, lifetime: Duration) -> Self {
+        self.properties.lifetime = Some(lifetime);
+        self
+    }
+    /// Sets the niceness (0 = most urgent).
+    pub fn niceness(mut self, niceness: u32) -> Self {
+        self.properties.niceness = niceness;
+        self
+    }
+    /// Adds an antecedent.
+    pub fn after(mut self, antecedent: MessageId) -> Self {
+        self.properties.antecedents.push(antecedent);
+        self
+    }
+    /// Marks the message idempotent.
+    pub fn idempotent(mut self) -> Self {
+        self.properties.idempotent = true;
+        self
+    }
+    /// Marks the message immediate.
+    pub fn immediate(mut self) -> Self {
+        self.properties.immediate = true;
+        self
+    }
+    /// Lets the message be delivered out of order.
+    pub fn unordered(mut self) -> Self {
+        self.properties.ordered = false;
+        self
+    }
+    /// Sends the message unreliably (a QUIC DATAGRAM frame).
+    pub fn unreliable(mut self) -> Self {
+        self.properties.reliable = false;
+        self
     }
 }
 
 impl From<Vec<u8>> for Message {
     fn from(data: Vec<u8>) -> Self {
+        Message::new(data)
+    }
+}
+
+impl From<Bytes> for Message {
+    fn from(data: Bytes) -> Self {
         Message::new(data)
     }
 }
@@ -39,11 +128,127 @@ impl From<&'static [u8]> for Message {
     }
 }
 
-/// A message delivered to the application.
+/// A whole message delivered to the application.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Received {
-    /// The sender's id for this message.
+    /// The transport's name for the message: the sender's [`MessageId`] on TLS/TCP, the
+    /// QUIC stream ID on QUIC, and a receive counter for unreliable datagrams.
     pub id: MessageId,
     /// The payload.
     pub data: Bytes,
+    /// False when the message arrived unreliably (a datagram).
+    pub reliable: bool,
+}
+
+/// A part of a message delivered before the whole of it (partial delivery, see
+/// [`crate::Configuration::receive_min_incomplete`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedPartial {
+    /// As in [`Received::id`].
+    pub id: MessageId,
+    /// Where this part starts within the message.
+    pub offset: u64,
+    /// The bytes of this part.
+    pub data: Bytes,
+    /// This part ends the message.
+    pub end: bool,
+}
+
+/// Where a sent message is. The terminal states are `Acked`, `Expired`, `Failed`, and
+/// `Sent` on protocols that cannot tell acknowledgement (TLS/TCP, datagrams).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendStatus {
+    /// Waiting in the carrier's queue (for capacity, antecedents or its turn by niceness).
+    Queued,
+    /// Handed to the transport protocol.
+    Sent,
+    /// The peer's transport acknowledged every byte (QUIC reliable messages).
+    Acked,
+    /// Dropped because its lifetime ended first; the peer never delivers it.
+    Expired,
+    /// Could not be sent; the reason says why.
+    Failed(String),
+}
+
+impl SendStatus {
+    /// A short lower-case name ("queued", "sent", ...).
+    pub fn name(&self) -> &'static str {
+        match self {
+            SendStatus::Queued => "queued",
+            SendStatus::Sent => "sent",
+            SendStatus::Acked => "acked",
+            SendStatus::Expired => "expired",
+            SendStatus::Failed(_) => "failed",
+        }
+    }
+}
+
+/// The sender's view of one message: its id and its per-message events. Dropping the handle
+/// does not affect the message.
+#[derive(Debug, Clone)]
+pub struct SendHandle {
+    pub(crate) id: MessageId,
+    pub(crate) status: watch::Receiver<(SendStatus, bool)>,
+}
+
+impl SendHandle {
+    /// The message's id.
+    pub fn id(&self) -> MessageId {
+        self.id
+    }
+
+    /// The status now.
+    pub fn status(&self) -> SendStatus {
+        self.status.borrow().0.clone()
+    }
+
+    /// Waits for the terminal outcome: exactly one of `Acked` (QUIC reliable), `Sent`
+    /// (TLS/TCP, datagrams), `Expired` or `Failed`.
+    pub async fn outcome(&self) -> SendStatus {
+        let mut rx = self.status.clone();
+        let done = rx.wait_for(|(_, terminal)| *terminal).await;
+        match done {
+            Ok(state) => state.0.clone(),
+            // The carrier went away without settling the message.
+            Err(_) => SendStatus::Failed("carrier dropped before the message was settled".into()),
+        }
+    }
+
+    /// Waits until the message has been handed to the transport (or settled otherwise);
+    /// returns the status then.
+    pub async fn sent(&self) -> SendStatus {
+        let mut rx = self.status.clone();
+        let done = rx
+            .wait_for(|(s, terminal)| *terminal || *s != SendStatus::Queued)
+            .await;
+        match done {
+            Ok(state) => state.0.clone(),
+            Err(_) => SendStatus::Failed("carrier dropped before the message was sent".into()),
+        }
+    }
+}
+
+/// What a carrier tells its application, in order (Post Sockets §4.2, RFC 9622 §8.3, §9.3).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Event {
+    /// The carrier is established; always the first event.
+    Ready,
+    /// A whole message arrived.
+    Received(Received),
+    /// Part of a message arrived.
+    ReceivedPartial(ReceivedPartial),
+    /// One message could not be received (for example it exceeded the maximum message size,
+    /// or was reset by the sender after part of it was delivered); the carrier goes on.
+    ReceiveError {
+        /// The transport's name for the message.
+        id: MessageId,
+        /// Why.
+        error: crate::Error,
+    },
+    /// The peer closed the carrier cleanly; always the last event.
+    Closed,
+    /// The carrier failed (the transient died or the peer violated the wire format); always
+    /// the last event.
+    ConnectionError(crate::Error),
 }

@@ -18,8 +18,12 @@ pub const HEADER_LEN: usize = 16;
 pub const TYPE_MESSAGE: u8 = 0x01;
 /// Frame type reserved for carrier-level acknowledgements (lossless failover).
 pub const TYPE_ACK: u8 = 0x02;
-/// Flag: this frame ends its message. Every message frame sets it in this version.
+/// Flag: this frame ends its message. Without it, more frames of the same id follow.
 pub const FLAG_FIN: u8 = 0x01;
+/// Flag: the sender abandoned the message (it expired or was aborted after some of it was
+/// sent); the receiver discards what it has of it. Set together with `FLAG_FIN` on an empty
+/// frame.
+pub const FLAG_ABORT: u8 = 0x02;
 
 /// A decoded frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,12 +41,37 @@ pub struct FrameHeader {
 impl FrameHeader {
     /// The header of a whole message.
     pub fn message(id: MessageId, len: u32) -> Self {
+        Self::part(id, len, true)
+    }
+
+    /// The header of a part of a message; `fin` ends it.
+    pub fn part(id: MessageId, len: u32, fin: bool) -> Self {
         FrameHeader {
             kind: TYPE_MESSAGE,
-            flags: FLAG_FIN,
+            flags: if fin { FLAG_FIN } else { 0 },
             id,
             len,
         }
+    }
+
+    /// The empty frame that abandons message `id`.
+    pub fn abort(id: MessageId) -> Self {
+        FrameHeader {
+            kind: TYPE_MESSAGE,
+            flags: FLAG_FIN | FLAG_ABORT,
+            id,
+            len: 0,
+        }
+    }
+
+    /// Whether this frame ends its message.
+    pub fn fin(&self) -> bool {
+        self.flags & FLAG_FIN != 0
+    }
+
+    /// Whether this frame abandons its message.
+    pub fn aborts(&self) -> bool {
+        self.flags & FLAG_ABORT != 0
     }
 
     /// Encodes the header.
@@ -73,15 +102,15 @@ impl FrameHeader {
                 header.kind
             )));
         }
-        if header.flags & !FLAG_FIN != 0 {
+        if header.flags & !(FLAG_FIN | FLAG_ABORT) != 0 {
             return Err(Error::Protocol(format!(
                 "unknown frame flags 0x{:02x}",
                 header.flags
             )));
         }
-        if header.flags & FLAG_FIN == 0 {
+        if header.aborts() && (header.len != 0 || !header.fin()) {
             return Err(Error::Protocol(
-                "partial message frames are not supported by this version".into(),
+                "an abort frame must be empty and carry FIN".into(),
             ));
         }
         if bytes[2] != 0 || bytes[3] != 0 {
@@ -133,10 +162,10 @@ mod tests {
             (
                 {
                     let mut b = good;
-                    b[1] = 0;
+                    b[1] = FLAG_FIN | FLAG_ABORT;
                     b
                 },
-                "partial message",
+                "abort frame must be empty",
             ),
             (
                 {

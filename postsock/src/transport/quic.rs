@@ -1,26 +1,41 @@
-//! QUIC transients via quinn. One reliable message = one unidirectional stream ended by FIN;
-//! the message id is the stream's index (docs/WIRE.md).
+//! QUIC transients via quinn (docs/WIRE.md): an ordered reliable message is one
+//! unidirectional stream ended by FIN, read in stream order; an unordered one is a
+//! bidirectional stream whose receive side goes unused; an unreliable one is a DATAGRAM frame.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::sync::{mpsc, Notify};
+use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
 
-use super::{inbound_channel, tls, Inbound};
+use super::assemble::{Assembly, ReceiveLimits};
+use super::tls;
+use crate::message::{MessageProperties, SendStatus};
 use crate::net::Net;
-use crate::{Configuration, Error, MessageId, Received, Result};
+use crate::outbox::{Item, Outbox};
+use crate::{Configuration, Error, Event, MessageId, Received, Result};
 
-/// Streams the peer may open at once (messages in flight towards us).
+/// Streams the peer may open at once (messages in flight towards us), per direction type.
 const MAX_CONCURRENT_STREAMS: u32 = 1024;
+/// Flow-control window of one stream, bytes.
+const STREAM_WINDOW: u32 = 2 << 20;
+/// Flow-control window of the connection (and quinn's send buffer), bytes.
+const CONNECTION_WINDOW: u32 = 8 << 20;
 
 fn transport_config() -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_uni_streams(MAX_CONCURRENT_STREAMS.into())
-        .max_concurrent_bidi_streams(0u32.into())
+        .max_concurrent_bidi_streams(MAX_CONCURRENT_STREAMS.into())
+        // Bounded windows: a receiver that stops reading holds at most this much.
+        .stream_receive_window(STREAM_WINDOW.into())
+        .receive_window(CONNECTION_WINDOW.into())
+        .send_window(CONNECTION_WINDOW as u64)
         .keep_alive_interval(Some(Duration::from_secs(5)));
     Arc::new(t)
 }
@@ -73,6 +88,17 @@ pub(crate) async fn connect(
         ([0u16; 8], 0).into()
     };
     let endpoint = endpoint(net, local, None).await?;
+    let connection = connect_on(&endpoint, remote, host, config).await?;
+    Ok((endpoint, connection))
+}
+
+/// Connects to `remote` from an existing endpoint.
+pub(crate) async fn connect_on(
+    endpoint: &quinn::Endpoint,
+    remote: SocketAddr,
+    host: &str,
+    config: &Configuration,
+) -> Result<quinn::Connection> {
     let crypto = QuicClientConfig::try_from(tls::client_config(&config.security)?)
         .map_err(|e| Error::Tls(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
@@ -88,123 +114,287 @@ pub(crate) async fn connect(
     let connecting = endpoint
         .connect_with(client, remote, &name)
         .map_err(|e| establish(e.to_string()))?;
-    let connection = connecting.await.map_err(|e| establish(e.to_string()))?;
-    Ok((endpoint, connection))
+    connecting.await.map_err(|e| establish(e.to_string()))
 }
 
-/// The sending side of a QUIC transient.
-#[derive(Debug)]
-pub(crate) struct QuicTx {
-    conn: quinn::Connection,
-    sends: Mutex<JoinSet<Result<()>>>,
+/// Between ordered reliable messages (unidirectional streams, read in stream order) handing
+/// the antecedent to quinn is enough; any other pairing waits for the acknowledgement.
+pub(crate) fn order_rule(ante: &MessageProperties, dep: &MessageProperties) -> bool {
+    ante.reliable && ante.ordered && dep.reliable && dep.ordered
 }
 
-impl QuicTx {
-    pub(crate) async fn send(&self, data: Bytes) -> Result<MessageId> {
-        let mut stream = self
-            .conn
-            .open_uni()
-            .await
-            .map_err(|e| Error::Connection(e.to_string()))?;
-        let id = stream.id().index();
-        let write = async move {
-            stream
-                .write_chunk(data)
-                .await
-                .map_err(|e| Error::Connection(format!("message {id}: {e}")))?;
-            stream
-                .finish()
-                .map_err(|e| Error::Connection(e.to_string()))?;
-            // Resolves once the peer has acknowledged every byte of the stream.
-            stream
-                .stopped()
-                .await
-                .map_err(|e| Error::Connection(format!("message {id}: {e}")))?;
-            Ok(())
-        };
-        self.sends
-            .lock()
-            .map_err(|_| Error::Connection("send task set poisoned".into()))?
-            .spawn(write);
-        Ok(id)
+/// Bytes handed to quinn and not yet settled, with a wake-up when they drop.
+#[derive(Debug, Default)]
+struct InFlight {
+    bytes: AtomicUsize,
+    drop: Notify,
+}
+
+impl InFlight {
+    fn add(&self, n: usize) {
+        self.bytes.fetch_add(n, Ordering::Relaxed);
     }
-
-    pub(crate) async fn close(&self) -> Result<()> {
-        let mut sends = std::mem::take(
-            &mut *self
-                .sends
-                .lock()
-                .map_err(|_| Error::Connection("send task set poisoned".into()))?,
-        );
-        let mut first_error = None;
-        while let Some(done) = sends.join_next().await {
-            let outcome = done.map_err(|e| Error::Connection(format!("send task failed: {e}")));
-            if let Err(e) = outcome.and_then(|r| r) {
-                first_error.get_or_insert(e);
+    fn sub(&self, n: usize) {
+        self.bytes.fetch_sub(n, Ordering::Relaxed);
+        self.drop.notify_waiters();
+    }
+    async fn below(&self, limit: usize) {
+        loop {
+            let notified = self.drop.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.bytes.load(Ordering::Relaxed) < limit {
+                return;
             }
+            notified.await;
         }
-        self.conn.close(0u32.into(), b"done");
-        match first_error {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-
-    pub(crate) fn abort(&self) {
-        if let Ok(mut sends) = self.sends.lock() {
-            sends.abort_all();
-        }
-        self.conn.close(1u32.into(), b"abort");
     }
 }
 
-/// Starts the reader of a QUIC transient; returns the sender side and the inbound channel.
+/// Least amount the sending loop keeps in flight, whatever the congestion window.
+const MIN_IN_FLIGHT: usize = 64 * 1024;
+
+/// The sending loop of a QUIC transient: takes items from the outbox while the bytes in flight
+/// stay below the congestion window (so niceness keeps deciding the order of a backlog, and
+/// lifetimes are judged close to the wire), opens one stream per message, sends unreliable
+/// messages as DATAGRAM frames.
+pub(crate) async fn send_loop(conn: quinn::Connection, outbox: Arc<Outbox>) -> Result<()> {
+    let in_flight = Arc::new(InFlight::default());
+    let mut tasks = JoinSet::new();
+    let mut open: BTreeMap<MessageId, mpsc::UnboundedSender<Item>> = BTreeMap::new();
+    let result = loop {
+        while tasks.try_join_next().is_some() {}
+        let window = (conn.stats().path.cwnd as usize).max(MIN_IN_FLIGHT);
+        in_flight.below(window).await;
+        let Some(item) = outbox.next(usize::MAX).await else {
+            break Ok(());
+        };
+        outbox.set_one_way(conn.rtt() / 2);
+        let len = item.data.len();
+        if let Some(tx) = open.get(&item.id) {
+            let (id, fin) = (item.id, item.fin);
+            in_flight.add(len);
+            if tx.send(item).is_err() {
+                in_flight.sub(len);
+            }
+            if fin {
+                open.remove(&id);
+            }
+            continue;
+        }
+        if item.abort {
+            continue;
+        }
+        if !item.props.reliable {
+            let status = match conn.send_datagram(item.data.clone()) {
+                Ok(()) => SendStatus::Sent,
+                Err(e) => SendStatus::Failed(format!("datagram: {e}")),
+            };
+            outbox.update(item.id, status, true);
+            continue;
+        }
+        let stream = if item.props.ordered {
+            conn.open_uni().await
+        } else {
+            conn.open_bi().await.map(|(send, _recv)| send)
+        };
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => break Err(Error::Connection(e.to_string())),
+        };
+        let priority = -(i32::try_from(item.props.niceness).unwrap_or(i32::MAX));
+        let _ = stream.set_priority(priority);
+        let rest = if item.fin {
+            None
+        } else {
+            let (tx, rx) = mpsc::unbounded_channel();
+            open.insert(item.id, tx);
+            Some(rx)
+        };
+        in_flight.add(len);
+        tasks.spawn(write_message(
+            stream,
+            item,
+            rest,
+            outbox.clone(),
+            in_flight.clone(),
+        ));
+    };
+    if let Err(e) = &result {
+        outbox.fail_all(&e.to_string());
+    }
+    drop(open);
+    while tasks.join_next().await.is_some() {}
+    result
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Writes one message to its stream (parts as they come), then waits for the peer's
+/// acknowledgement; resets the stream if the message's lifetime ends first.
+async fn write_message(
+    mut stream: quinn::SendStream,
+    first: Item,
+    mut rest: Option<mpsc::UnboundedReceiver<Item>>,
+    outbox: Arc<Outbox>,
+    in_flight: Arc<InFlight>,
+) {
+    let id = first.id;
+    let deadline = first
+        .deadline
+        .map(|d| d.checked_sub(outbox.one_way()).unwrap_or(d));
+    let mut counted = first.data.len();
+    let outcome = tokio::select! {
+        biased;
+        done = async {
+            stream.write_chunk(first.data.clone()).await.map_err(|e| e.to_string())?;
+            let mut fin = first.fin;
+            while !fin {
+                let Some(rx) = rest.as_mut() else { break };
+                let Some(next) = rx.recv().await else {
+                    return Err("message abandoned before its end".to_string());
+                };
+                counted += next.data.len();
+                if next.abort {
+                    return Err("message abandoned".to_string());
+                }
+                stream.write_chunk(next.data.clone()).await.map_err(|e| e.to_string())?;
+                fin = next.fin;
+            }
+            stream.finish().map_err(|e| e.to_string())?;
+            outbox.update(id, SendStatus::Sent, false);
+            match stream.stopped().await {
+                Ok(None) => Ok(SendStatus::Acked),
+                Ok(Some(code)) => Err(format!("the peer stopped reading it (code {code})")),
+                Err(e) => Err(e.to_string()),
+            }
+        } => done.unwrap_or_else(SendStatus::Failed),
+        _ = sleep_until(deadline) => SendStatus::Expired,
+    };
+    if outcome != SendStatus::Acked {
+        let _ = stream.reset(0u32.into());
+    }
+    if let Some(rx) = rest.as_mut() {
+        rx.close();
+        while let Ok(item) = rx.try_recv() {
+            counted += item.data.len();
+        }
+    }
+    outbox.update(id, outcome, true);
+    drop(first);
+    in_flight.sub(counted);
+}
+
+/// Starts the tasks of a QUIC transient: the sending loop and the reader.
 pub(crate) fn start(
     conn: quinn::Connection,
-    max_message_size: usize,
-) -> (QuicTx, mpsc::Receiver<Inbound>, tokio::task::JoinHandle<()>) {
-    let (tx, rx) = inbound_channel();
-    let reader = tokio::spawn(read_loop(conn.clone(), tx, max_message_size));
-    (
-        QuicTx {
-            conn,
-            sends: Mutex::new(JoinSet::new()),
-        },
-        rx,
-        reader,
-    )
+    outbox: Arc<Outbox>,
+    events: mpsc::Sender<Event>,
+    limits: ReceiveLimits,
+) -> (JoinHandle<Result<()>>, JoinHandle<()>) {
+    let sender = tokio::spawn(send_loop(conn.clone(), outbox));
+    let reader = tokio::spawn(read_loop(conn, events, limits));
+    (sender, reader)
 }
 
-async fn read_loop(conn: quinn::Connection, tx: mpsc::Sender<Inbound>, max: usize) {
-    let mut reads = JoinSet::new();
+/// Reads one message from a stream and delivers it (whole or in parts). Returns false when
+/// the application has gone (the event channel closed).
+async fn read_message(
+    mut stream: quinn::RecvStream,
+    events: &mpsc::Sender<Event>,
+    limits: &ReceiveLimits,
+) -> bool {
+    let id = u64::from(stream.id());
+    let mut assembly = Assembly::new(id, true);
+    loop {
+        let (data, end) = match stream.read_chunk(usize::MAX, true).await {
+            Ok(Some(chunk)) => (chunk.bytes, false),
+            Ok(None) => (Bytes::new(), true),
+            Err(quinn::ReadError::Reset(_)) => {
+                // The sender abandoned it (expired or aborted). Nothing was promised unless
+                // part of it was already delivered.
+                if assembly.partly_delivered() {
+                    let error = Error::Connection(format!(
+                        "the sender abandoned message {id} after part of it was delivered"
+                    ));
+                    return events.send(Event::ReceiveError { id, error }).await.is_ok();
+                }
+                return true;
+            }
+            // The connection ended; the reader loop reports why.
+            Err(_) => return true,
+        };
+        match assembly.push(&data, end, limits) {
+            Ok(out) => {
+                for event in out {
+                    if events.send(event).await.is_err() {
+                        return false;
+                    }
+                }
+            }
+            Err(error) => {
+                let _ = stream.stop(0u32.into());
+                return events.send(Event::ReceiveError { id, error }).await.is_ok();
+            }
+        }
+        if end {
+            return true;
+        }
+    }
+}
+
+/// Reads ordered messages: unidirectional streams, one after the other in stream order.
+async fn read_ordered(conn: quinn::Connection, events: mpsc::Sender<Event>, limits: ReceiveLimits) {
+    while let Ok(stream) = conn.accept_uni().await {
+        if !read_message(stream, &events, &limits).await {
+            return;
+        }
+    }
+}
+
+async fn read_loop(conn: quinn::Connection, events: mpsc::Sender<Event>, limits: ReceiveLimits) {
+    let ordered = tokio::spawn(read_ordered(conn.clone(), events.clone(), limits));
+    let mut unordered = JoinSet::new();
+    let mut datagrams: u64 = 0;
     let end = loop {
         tokio::select! {
             biased;
-            Some(_) = reads.join_next(), if !reads.is_empty() => {}
-            accepted = conn.accept_uni() => match accepted {
-                Ok(mut stream) => {
-                    let tx = tx.clone();
-                    reads.spawn(async move {
-                        let id = stream.id().index();
-                        let item = match stream.read_to_end(max).await {
-                            Ok(data) => Ok(Received { id, data: data.into() }),
-                            Err(quinn::ReadToEndError::TooLong) => Err(Error::Protocol(format!(
-                                "message {id} exceeds the maximum message size of {max} bytes"
-                            ))),
-                            Err(e) => Err(Error::Connection(format!("message {id}: {e}"))),
-                        };
-                        let _ = tx.send(item).await;
-                    });
+            Some(_) = unordered.join_next(), if !unordered.is_empty() => {}
+            bi = conn.accept_bi() => match bi {
+                Ok((_send, recv)) => {
+                    let events = events.clone();
+                    unordered.spawn(async move { read_message(recv, &events, &limits).await; });
+                }
+                Err(e) => break e,
+            },
+            datagram = conn.read_datagram() => match datagram {
+                Ok(data) => {
+                    if data.len() > limits.max_message_size {
+                        continue;
+                    }
+                    let event = Event::Received(Received { id: datagrams, data, reliable: false });
+                    datagrams += 1;
+                    if events.send(event).await.is_err() {
+                        return;
+                    }
                 }
                 Err(e) => break e,
             },
         }
     };
-    while reads.join_next().await.is_some() {}
-    match end {
-        quinn::ConnectionError::ApplicationClosed(_) | quinn::ConnectionError::LocallyClosed => {}
-        other => {
-            let _ = tx.send(Err(Error::Connection(other.to_string()))).await;
+    let _ = ordered.await;
+    while unordered.join_next().await.is_some() {}
+    let last = match end {
+        quinn::ConnectionError::ApplicationClosed(close) if close.error_code == 0u32.into() => {
+            Event::Closed
         }
-    }
+        quinn::ConnectionError::LocallyClosed => Event::Closed,
+        other => Event::ConnectionError(Error::Connection(other.to_string())),
+    };
+    let _ = events.send(last).await;
 }

@@ -1,18 +1,21 @@
-//! TLS 1.3 over TCP transients via tokio-rustls, with messages framed as in [`super::framing`].
+//! Stream transients: TLS 1.3 over TCP (tokio-rustls) and, when security is explicitly
+//! disabled, plain TCP; messages are framed as in [`super::framing`].
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use super::assemble::{Assembly, ReceiveLimits};
 use super::framing::{FrameHeader, HEADER_LEN};
-use super::{inbound_channel, tls, Inbound};
+use super::tls;
+use crate::message::{MessageProperties, SendStatus};
 use crate::net::{ByteStream, Net};
-use crate::{Configuration, Error, MessageId, Protocol, Received, Result};
+use crate::outbox::Outbox;
+use crate::{Configuration, Error, Event, MessageId, Protocol, Result};
 
 /// Connects TCP through `net`, then runs the TLS 1.3 client handshake.
 pub(crate) async fn connect(
@@ -38,138 +41,206 @@ pub(crate) async fn connect(
         .map_err(|e| establish(format!("TLS handshake: {e}")))
 }
 
-/// A queued outgoing frame. (Shutdown is signalled by dropping the queue's sender.)
-#[derive(Debug)]
-enum Outgoing {
-    Message(MessageId, Bytes),
+/// Connects plain TCP through `net` (only when the configuration allows an insecure stack).
+pub(crate) async fn connect_plain(
+    net: &dyn Net,
+    remote: SocketAddr,
+) -> Result<Box<dyn ByteStream>> {
+    net.connect_tcp(remote).await.map_err(|e| Error::Establish {
+        protocol: Protocol::Tcp,
+        remote,
+        reason: format!("TCP connect: {e}"),
+    })
 }
 
-/// The sending side of a TLS/TCP transient.
-#[derive(Debug)]
-pub(crate) struct TlsTx {
-    queue: Mutex<Option<mpsc::Sender<Outgoing>>>,
-    writer: Mutex<Option<JoinHandle<Result<()>>>>,
-    next_id: AtomicU64,
-    max_message_size: usize,
+/// Largest frame the writer emits: big messages are cut into frames of this size so that a
+/// more urgent message can go between them.
+pub(crate) const MAX_FRAME: usize = 16 * 1024;
+
+/// Messages on one ordered byte stream are delivered in the order they are written, so an
+/// antecedent handed to the writer is always delivered first.
+pub(crate) fn order_rule(_: &MessageProperties, _: &MessageProperties) -> bool {
+    true
 }
 
-impl TlsTx {
-    pub(crate) async fn send(&self, data: Bytes) -> Result<MessageId> {
-        if data.len() > self.max_message_size || data.len() > u32::MAX as usize {
-            return Err(Error::MessageTooLarge {
-                size: data.len(),
-                max: self.max_message_size,
-            });
-        }
-        let queue = self
-            .queue
-            .lock()
-            .map_err(|_| Error::Closed)?
-            .clone()
-            .ok_or(Error::Closed)?;
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        queue
-            .send(Outgoing::Message(id, data))
-            .await
-            .map_err(|_| Error::Connection("TLS/TCP writer has stopped".into()))?;
-        Ok(id)
-    }
-
-    pub(crate) async fn close(&self) -> Result<()> {
-        // Dropping the queue lets the writer drain it, flush, and send close_notify + FIN.
-        drop(self.queue.lock().map_err(|_| Error::Closed)?.take());
-        let writer = self.writer.lock().map_err(|_| Error::Closed)?.take();
-        match writer {
-            Some(handle) => handle
-                .await
-                .map_err(|e| Error::Connection(format!("TLS/TCP writer failed: {e}")))?,
-            None => Ok(()),
-        }
-    }
-
-    pub(crate) fn abort(&self) {
-        if let Ok(mut q) = self.queue.lock() {
-            q.take();
-        }
-        if let Ok(mut w) = self.writer.lock() {
-            if let Some(handle) = w.take() {
-                handle.abort();
-            }
-        }
-    }
+/// The running halves of a stream transient.
+pub(crate) struct StreamTasks {
+    pub writer: JoinHandle<Result<()>>,
+    pub reader: JoinHandle<()>,
+    pub kill: watch::Sender<bool>,
 }
 
-/// Starts the reader and writer tasks of an established TLS stream.
+/// Starts the writer (draining `outbox`) and the reader (feeding `events`) of a connected
+/// stream (TLS or plain TCP).
 pub(crate) fn start<S>(
     stream: S,
-    config: &Configuration,
-) -> (TlsTx, mpsc::Receiver<Inbound>, JoinHandle<()>)
+    outbox: Arc<Outbox>,
+    events: mpsc::Sender<Event>,
+    limits: ReceiveLimits,
+) -> StreamTasks
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let (read_half, write_half) = tokio::io::split(stream);
-    let (queue_tx, queue_rx) = mpsc::channel(config.send_queue.max(1));
-    let (tx, rx) = inbound_channel();
-    let writer = tokio::spawn(write_loop(write_half, queue_rx));
-    let reader = tokio::spawn(read_loop(read_half, tx, config.max_message_size));
-    (
-        TlsTx {
-            queue: Mutex::new(Some(queue_tx)),
-            writer: Mutex::new(Some(writer)),
-            next_id: AtomicU64::new(0),
-            max_message_size: config.max_message_size,
-        },
-        rx,
+    let (kill, killed) = watch::channel(false);
+    let writer = tokio::spawn(write_loop(write_half, outbox, killed));
+    let reader = tokio::spawn(read_loop(read_half, events, limits, kill.clone()));
+    StreamTasks {
+        writer,
         reader,
-    )
+        kill,
+    }
+}
+
+async fn killed(kill: &mut watch::Receiver<bool>) {
+    let _ = kill.wait_for(|k| *k).await;
 }
 
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut out: W,
-    mut queue: mpsc::Receiver<Outgoing>,
+    outbox: Arc<Outbox>,
+    mut kill: watch::Receiver<bool>,
 ) -> Result<()> {
-    let io = |e| Error::Connection(format!("TLS/TCP write: {e}"));
-    while let Some(Outgoing::Message(id, data)) = queue.recv().await {
-        // Lengths were checked in `send`.
-        let header = FrameHeader::message(id, data.len() as u32);
-        out.write_all(&header.encode()).await.map_err(io)?;
-        out.write_all(&data).await.map_err(io)?;
-        // Flush once the queue is momentarily empty, so bursts share TLS records.
-        if queue.is_empty() {
-            out.flush().await.map_err(io)?;
+    let result = async {
+        let io = |e: std::io::Error| Error::Connection(format!("TCP write: {e}"));
+        loop {
+            let item = tokio::select! {
+                biased;
+                _ = killed(&mut kill) => return Err(Error::Connection("transient ended".into())),
+                item = outbox.next(MAX_FRAME) => item,
+            };
+            let Some(item) = item else { break };
+            let header = if item.abort {
+                FrameHeader::abort(item.id)
+            } else {
+                // `next` cut the item to at most MAX_FRAME bytes.
+                FrameHeader::part(item.id, item.data.len() as u32, item.fin)
+            };
+            let write = async {
+                out.write_all(&header.encode()).await?;
+                out.write_all(&item.data).await?;
+                if item.props.immediate || outbox.idle() {
+                    out.flush().await?;
+                }
+                Ok::<_, std::io::Error>(())
+            };
+            tokio::select! {
+                biased;
+                _ = killed(&mut kill) => return Err(Error::Connection("transient ended".into())),
+                done = write => done.map_err(io)?,
+            }
+            if item.fin && !item.abort {
+                outbox.update(item.id, SendStatus::Sent, true);
+            }
         }
+        out.flush().await.map_err(io)?;
+        out.shutdown().await.map_err(io)?;
+        Ok(())
     }
-    out.flush().await.map_err(io)?;
-    out.shutdown().await.map_err(io)?;
-    Ok(())
+    .await;
+    if let Err(e) = &result {
+        outbox.fail_all(&e.to_string());
+    }
+    result
 }
 
-async fn read_loop<R: AsyncRead + Unpin>(mut input: R, tx: mpsc::Sender<Inbound>, max: usize) {
+/// Messages being reassembled at once; more is a protocol violation.
+const MAX_OPEN_MESSAGES: usize = 1024;
+
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut input: R,
+    events: mpsc::Sender<Event>,
+    limits: ReceiveLimits,
+    kill: watch::Sender<bool>,
+) {
+    // A clean end of stream is the peer's half-close: our writer may go on until we close.
+    // A violation or read error ends the whole transient.
+    match read_messages(&mut input, &events, &limits).await {
+        Ok(()) => {
+            let _ = events.send(Event::Closed).await;
+        }
+        Err(e) => {
+            let _ = kill.send(true);
+            let _ = events.send(Event::ConnectionError(e)).await;
+        }
+    }
+}
+
+async fn read_messages<R: AsyncRead + Unpin>(
+    input: &mut R,
+    events: &mpsc::Sender<Event>,
+    limits: &ReceiveLimits,
+) -> Result<()> {
+    let mut open: BTreeMap<MessageId, Assembly> = BTreeMap::new();
+    let mut discarding: BTreeSet<MessageId> = BTreeSet::new();
     loop {
-        match read_frame(&mut input, max).await {
-            Ok(Some(received)) => {
-                if tx.send(Ok(received)).await.is_err() {
-                    return;
+        let Some((header, data)) = read_frame(input, limits.max_message_size).await? else {
+            if let Some(id) = open.keys().next() {
+                return Err(Error::Protocol(format!(
+                    "stream ended in the middle of message {id}"
+                )));
+            }
+            return Ok(());
+        };
+        let id = header.id;
+        let mut out = Vec::new();
+        if header.aborts() {
+            discarding.remove(&id);
+            if let Some(a) = open.remove(&id) {
+                if a.partly_delivered() {
+                    out.push(Event::ReceiveError {
+                        id,
+                        error: Error::Connection(format!(
+                            "the sender abandoned message {id} after part of it was delivered"
+                        )),
+                    });
                 }
             }
-            Ok(None) => return,
-            Err(e) => {
-                let _ = tx.send(Err(e)).await;
-                return;
+        } else if discarding.contains(&id) {
+            if header.fin() {
+                discarding.remove(&id);
+            }
+        } else {
+            if !open.contains_key(&id) && open.len() >= MAX_OPEN_MESSAGES {
+                return Err(Error::Protocol(format!(
+                    "more than {MAX_OPEN_MESSAGES} messages interleaved at once"
+                )));
+            }
+            let a = open.entry(id).or_insert_with(|| Assembly::new(id, true));
+            match a.push(&data, header.fin(), limits) {
+                Ok(evs) => out = evs,
+                Err(error) => {
+                    open.remove(&id);
+                    if !header.fin() {
+                        discarding.insert(id);
+                    }
+                    out.push(Event::ReceiveError { id, error });
+                }
+            }
+            if header.fin() {
+                open.remove(&id);
+            }
+        }
+        for event in out {
+            if events.send(event).await.is_err() {
+                return Ok(());
             }
         }
     }
 }
 
 /// Reads one frame. `Ok(None)` is a clean end of stream at a frame boundary.
-async fn read_frame<R: AsyncRead + Unpin>(input: &mut R, max: usize) -> Result<Option<Received>> {
+async fn read_frame<R: AsyncRead + Unpin>(
+    input: &mut R,
+    max: usize,
+) -> Result<Option<(FrameHeader, Vec<u8>)>> {
     let mut header = [0u8; HEADER_LEN];
     let mut filled = 0;
     while filled < HEADER_LEN {
         let n = input
             .read(&mut header[filled..])
             .await
-            .map_err(|e| Error::Connection(format!("TLS/TCP read: {e}")))?;
+            .map_err(|e| Error::Connection(format!("TCP read: {e}")))?;
         if n == 0 {
             if filled == 0 {
                 return Ok(None);
@@ -189,13 +260,10 @@ async fn read_frame<R: AsyncRead + Unpin>(input: &mut R, max: usize) -> Result<O
                 header.id, header.len
             ))
         } else {
-            Error::Connection(format!("TLS/TCP read: {e}"))
+            Error::Connection(format!("TCP read: {e}"))
         }
     })?;
-    Ok(Some(Received {
-        id: header.id,
-        data: data.into(),
-    }))
+    Ok(Some((header, data)))
 }
 
 #[cfg(test)]
@@ -209,10 +277,7 @@ mod tests {
         wire.extend_from_slice(b"abc");
         let mut input = &wire[..];
         let got = read_frame(&mut input, 100).await.ok().flatten();
-        assert_eq!(
-            got.map(|r| (r.id, r.data)),
-            Some((7, Bytes::from_static(b"abc")))
-        );
+        assert_eq!(got.map(|(h, d)| (h.id, d)), Some((7, b"abc".to_vec())));
         assert!(matches!(read_frame(&mut input, 100).await, Ok(None)));
 
         let mut short = &wire[..HEADER_LEN + 1];

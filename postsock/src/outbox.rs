@@ -1,0 +1,648 @@
+//! The carrier's send queue: back-pressure, niceness, antecedents and lifetimes.
+//!
+//! Every message (or part of one) a carrier sends passes through its [`Outbox`]:
+//!
+//! * `send` first takes *permits* for the message's bytes from a semaphore sized by
+//!   `Configuration::send_buffer`; they return when the message is settled. That bounds the
+//!   memory of queued plus in-flight messages: a sender facing a slow path or a receiver that
+//!   stopped reading waits in `send` instead of growing a queue.
+//! * Items wait in a ready set ordered by (niceness, send order) or, while an antecedent is not
+//!   yet safe, in a blocked set. The transient's sending loop takes the best ready item
+//!   whenever it has room ([`Outbox::next`]).
+//! * A reaper expires items whose lifetime runs out before they are handed to the transient.
+//!
+//! Everything is keyed by `BTreeMap`/`BTreeSet` so the order of events never depends on
+//! hashing, and time comes from `tokio::time` only: the outbox behaves identically in the
+//! simulator for a given seed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::message::{MessageProperties, SendHandle, SendStatus};
+use crate::{Error, MessageId, Result};
+
+/// Bytes charged per message on top of its payload, so empty messages are bounded too.
+pub(crate) const PER_MESSAGE_OVERHEAD: usize = 64;
+/// Failed message ids remembered for antecedent checks.
+const FAILED_MEMORY: usize = 65_536;
+
+type StatusTx = Arc<watch::Sender<(SendStatus, bool)>>;
+
+/// One unit handed to a transient: a whole message, or a part of one.
+#[derive(Debug)]
+pub(crate) struct Item {
+    pub id: MessageId,
+    /// Where `data` starts within the message.
+    pub offset: u64,
+    pub data: Bytes,
+    /// This item ends the message.
+    pub fin: bool,
+    /// The sender abandoned the message: the transient must make the peer discard it.
+    pub abort: bool,
+    pub props: Arc<MessageProperties>,
+    pub deadline: Option<Instant>,
+    seq: u64,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Item {
+    /// Splits off everything after the first `n` bytes as a new item that keeps this item's
+    /// place in the queue (used by stream transports to interleave large messages).
+    pub(crate) fn split_rest(&mut self, n: usize) -> Option<Item> {
+        if self.data.len() <= n {
+            return None;
+        }
+        let rest = self.data.split_off(n);
+        let fin = std::mem::replace(&mut self.fin, false);
+        Some(Item {
+            id: self.id,
+            offset: self.offset + n as u64,
+            data: rest,
+            fin,
+            abort: false,
+            props: self.props.clone(),
+            deadline: self.deadline,
+            seq: self.seq,
+            _permit: self._permit.take(),
+        })
+    }
+}
+
+#[derive(Debug)]
+struct Live {
+    props: Arc<MessageProperties>,
+    status: StatusTx,
+    /// Some part has been handed to the transient.
+    started: bool,
+    /// The final part has been handed to the transient.
+    dispatched: bool,
+    /// No more parts will be pushed (the whole message is queued).
+    complete: bool,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    next_id: MessageId,
+    next_seq: u64,
+    live: BTreeMap<MessageId, Live>,
+    failed: BTreeMap<MessageId, &'static str>,
+    items: BTreeMap<u64, Item>,
+    ready: BTreeSet<(u32, u64)>,
+    blocked: BTreeSet<u64>,
+    deadlines: BTreeSet<(Instant, u64)>,
+    closed: bool,
+}
+
+/// Decides whether handing an antecedent to the transport already guarantees it is delivered
+/// before a dependent (true on one ordered byte stream).
+pub(crate) type OrderRule = fn(&MessageProperties, &MessageProperties) -> bool;
+
+/// The send queue of one carrier.
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    state: Mutex<State>,
+    wake: Notify,
+    reap: Notify,
+    permits: Arc<Semaphore>,
+    limit: usize,
+    one_way: Mutex<Duration>,
+    order_rule: OrderRule,
+}
+
+impl Outbox {
+    pub(crate) fn new(limit: usize, order_rule: OrderRule) -> Arc<Self> {
+        let limit = limit.clamp(PER_MESSAGE_OVERHEAD, Semaphore::MAX_PERMITS);
+        Arc::new(Outbox {
+            state: Mutex::new(State::default()),
+            wake: Notify::new(),
+            reap: Notify::new(),
+            permits: Arc::new(Semaphore::new(limit)),
+            limit,
+            one_way: Mutex::new(Duration::ZERO),
+            order_rule,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The permits a message of `len` bytes needs.
+    fn cost(&self, len: usize) -> u32 {
+        (len.saturating_add(PER_MESSAGE_OVERHEAD)).min(self.limit) as u32
+    }
+
+    /// Waits for buffer space for `len` bytes.
+    pub(crate) async fn reserve(&self, len: usize) -> Result<OwnedSemaphorePermit> {
+        self.permits
+            .clone()
+            .acquire_many_owned(self.cost(len))
+            .await
+            .map_err(|_| Error::Closed)
+    }
+
+    /// Takes buffer space for `len` bytes if it is free now.
+    pub(crate) fn try_reserve(&self, len: usize) -> Result<OwnedSemaphorePermit> {
+        match self.permits.clone().try_acquire_many_owned(self.cost(len)) {
+            Ok(p) => Ok(p),
+            Err(tokio::sync::TryAcquireError::NoPermits) => Err(Error::WouldBlock {
+                buffered: self.limit - self.permits.available_permits(),
+                limit: self.limit,
+            }),
+            Err(tokio::sync::TryAcquireError::Closed) => Err(Error::Closed),
+        }
+    }
+
+    /// Bytes of send buffer in use.
+    pub(crate) fn buffered(&self) -> usize {
+        self.limit - self.permits.available_permits()
+    }
+
+    /// The transient's estimate of the one-way delay, used to expire messages that could no
+    /// longer arrive in time.
+    pub(crate) fn set_one_way(&self, d: Duration) {
+        *self.one_way.lock().unwrap_or_else(|p| p.into_inner()) = d;
+    }
+
+    pub(crate) fn one_way(&self) -> Duration {
+        *self.one_way.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers a new message and returns its handle. `complete` says whether every part
+    /// is pushed now (a whole message) or more parts follow.
+    pub(crate) fn open(
+        &self,
+        props: MessageProperties,
+    ) -> Result<(SendHandle, Arc<MessageProperties>)> {
+        let mut st = self.lock();
+        if st.closed {
+            return Err(Error::Closed);
+        }
+        let id = st.next_id;
+        for &a in &props.antecedents {
+            if a >= id {
+                return Err(Error::Config(format!(
+                    "antecedent {a} of message {id} has not been sent on this carrier"
+                )));
+            }
+        }
+        st.next_id += 1;
+        let (tx, rx) = watch::channel((SendStatus::Queued, false));
+        let props = Arc::new(props);
+        st.live.insert(
+            id,
+            Live {
+                props: props.clone(),
+                status: Arc::new(tx),
+                started: false,
+                dispatched: false,
+                complete: false,
+            },
+        );
+        drop(st);
+        Ok((SendHandle { id, status: rx }, props))
+    }
+
+    /// Queues a part of message `id`: (offset in the message, bytes, whether it ends the
+    /// message). `deadline` is absolute.
+    pub(crate) fn push(
+        &self,
+        id: MessageId,
+        props: &Arc<MessageProperties>,
+        (offset, data, fin): (u64, Bytes, bool),
+        permit: Option<OwnedSemaphorePermit>,
+        deadline: Option<Instant>,
+    ) {
+        let abort = false;
+        let mut st = self.lock();
+        let Some(live) = st.live.get_mut(&id) else {
+            // Already settled (expired or failed): later parts are dropped with their permits.
+            return;
+        };
+        if fin || abort {
+            live.complete = true;
+        }
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        let item = Item {
+            id,
+            offset,
+            data,
+            fin,
+            abort,
+            props: props.clone(),
+            deadline,
+            seq,
+            _permit: permit,
+        };
+        if let Some(d) = deadline {
+            st.deadlines.insert((d, seq));
+        }
+        let niceness = item.props.niceness;
+        st.items.insert(seq, item);
+        match self.eligibility(&st, id) {
+            Eligible::Yes => {
+                st.ready.insert((niceness, seq));
+                drop(st);
+                self.wake.notify_one();
+            }
+            Eligible::No => {
+                st.blocked.insert(seq);
+            }
+            Eligible::Failed(a, why) => {
+                st.blocked.insert(seq);
+                let reason = format!("antecedent {a} {why}");
+                self.fail_locked(&mut st, id, SendStatus::Failed(reason));
+            }
+        }
+        self.reap.notify_one();
+    }
+
+    fn eligibility(&self, st: &State, id: MessageId) -> Eligible {
+        let Some(me) = st.live.get(&id) else {
+            return Eligible::Yes;
+        };
+        for &a in &me.props.antecedents {
+            if let Some(why) = st.failed.get(&a) {
+                return Eligible::Failed(a, why);
+            }
+            if let Some(ante) = st.live.get(&a) {
+                if !(ante.dispatched && (self.order_rule)(&ante.props, &me.props)) {
+                    return Eligible::No;
+                }
+            }
+        }
+        Eligible::Yes
+    }
+
+    /// The next item to hand to the transient, at most `max_len` bytes of it (the rest keeps
+    /// its place in the queue); `None` once the outbox is closed and empty.
+    pub(crate) async fn next(&self, max_len: usize) -> Option<Item> {
+        loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = self.lock();
+                self.expire_due(&mut st);
+                if let Some((niceness, seq)) = st.ready.pop_first() {
+                    let mut item = st.items.remove(&seq)?;
+                    match item.split_rest(max_len.max(1)) {
+                        Some(rest) => {
+                            st.items.insert(seq, rest);
+                            st.ready.insert((niceness, seq));
+                        }
+                        None => {
+                            if let Some(d) = item.deadline {
+                                st.deadlines.remove(&(d, seq));
+                            }
+                        }
+                    }
+                    if let Some(live) = st.live.get_mut(&item.id) {
+                        live.started = true;
+                        if item.fin {
+                            live.dispatched = true;
+                        }
+                    }
+                    if item.fin {
+                        self.release_blocked(&mut st);
+                    }
+                    return Some(item);
+                }
+                if st.closed && st.items.is_empty() {
+                    return None;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Whether nothing is ready to send right now (a stream transport flushes then).
+    pub(crate) fn idle(&self) -> bool {
+        self.lock().ready.is_empty()
+    }
+
+    /// Records a message's progress. A terminal status settles it: its permits are already
+    /// returned with its items, dependents are released or failed.
+    pub(crate) fn update(&self, id: MessageId, status: SendStatus, terminal: bool) {
+        let mut st = self.lock();
+        if !terminal {
+            if let Some(live) = st.live.get(&id) {
+                live.status.send_replace((status, false));
+            }
+            return;
+        }
+        match status {
+            SendStatus::Sent | SendStatus::Acked => {
+                if let Some(live) = st.live.remove(&id) {
+                    live.status.send_replace((status, true));
+                }
+                self.release_blocked(&mut st);
+            }
+            other => self.fail_locked(&mut st, id, other),
+        }
+    }
+
+    /// Fails a message: drops its queued parts and fails its dependents.
+    fn fail_locked(&self, st: &mut State, id: MessageId, status: SendStatus) {
+        let Some(live) = st.live.remove(&id) else {
+            return;
+        };
+        let why = match status {
+            SendStatus::Expired => "expired",
+            _ => "failed",
+        };
+        st.failed.insert(id, why);
+        while st.failed.len() > FAILED_MEMORY {
+            st.failed.pop_first();
+        }
+        let seqs: Vec<u64> = st
+            .items
+            .iter()
+            .filter(|(_, it)| it.id == id)
+            .map(|(s, _)| *s)
+            .collect();
+        for seq in seqs {
+            if let Some(item) = st.items.remove(&seq) {
+                st.ready.remove(&(item.props.niceness, seq));
+                st.blocked.remove(&seq);
+                if let Some(d) = item.deadline {
+                    st.deadlines.remove(&(d, seq));
+                }
+            }
+        }
+        if live.started && !live.dispatched {
+            // Part of it is on the wire: tell the peer to discard what it has.
+            let seq = st.next_seq;
+            st.next_seq += 1;
+            st.items.insert(
+                seq,
+                Item {
+                    id,
+                    offset: 0,
+                    data: Bytes::new(),
+                    fin: true,
+                    abort: true,
+                    props: live.props.clone(),
+                    deadline: None,
+                    seq,
+                    _permit: None,
+                },
+            );
+            st.ready.insert((0, seq));
+            self.wake.notify_one();
+        }
+        live.status.send_replace((status, true));
+        self.release_blocked(st);
+    }
+
+    /// Moves blocked items whose antecedents are now safe to the ready set; fails those whose
+    /// antecedents failed.
+    fn release_blocked(&self, st: &mut State) {
+        loop {
+            let mut changed = false;
+            let blocked: Vec<u64> = st.blocked.iter().copied().collect();
+            for seq in blocked {
+                let Some(id) = st.items.get(&seq).map(|i| i.id) else {
+                    st.blocked.remove(&seq);
+                    continue;
+                };
+                match self.eligibility(st, id) {
+                    Eligible::Yes => {
+                        st.blocked.remove(&seq);
+                        if let Some(n) = st.items.get(&seq).map(|i| i.props.niceness) {
+                            st.ready.insert((n, seq));
+                        }
+                        self.wake.notify_one();
+                        changed = true;
+                    }
+                    Eligible::No => {}
+                    Eligible::Failed(a, why) => {
+                        let reason = format!("antecedent {a} {why}");
+                        self.fail_locked(st, id, SendStatus::Failed(reason));
+                        changed = true;
+                        break;
+                    }
+                }
+            }
+            if !changed {
+                return;
+            }
+        }
+    }
+
+    /// Expires queued items whose deadline (less the one-way delay) has passed.
+    fn expire_due(&self, st: &mut State) {
+        let now = Instant::now();
+        let one_way = self.one_way();
+        while let Some(&(deadline, seq)) = st.deadlines.first() {
+            if deadline.checked_sub(one_way).unwrap_or(deadline) > now {
+                return;
+            }
+            st.deadlines.pop_first();
+            if let Some(id) = st.items.get(&seq).map(|i| i.id) {
+                self.fail_locked(st, id, SendStatus::Expired);
+            }
+        }
+    }
+
+    /// Runs until the outbox is closed and empty: expires queued items on time even while the
+    /// transient is busy.
+    pub(crate) async fn reaper(self: Arc<Self>) {
+        loop {
+            let notified = self.reap.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let next = {
+                let mut st = self.lock();
+                self.expire_due(&mut st);
+                if st.closed && st.items.is_empty() {
+                    return;
+                }
+                st.deadlines.first().map(|(d, _)| *d)
+            };
+            match next {
+                Some(deadline) => {
+                    let at = deadline.checked_sub(self.one_way()).unwrap_or(deadline);
+                    tokio::select! {
+                        biased;
+                        _ = notified => {}
+                        _ = tokio::time::sleep_until(at) => {}
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    /// No more messages: the sending loop ends once everything queued has been handed over.
+    pub(crate) fn close(&self) {
+        self.lock().closed = true;
+        self.permits.close();
+        self.wake.notify_one();
+        self.reap.notify_one();
+    }
+
+    /// Fails every unsettled message with `reason` (the transient is gone).
+    pub(crate) fn fail_all(&self, reason: &str) {
+        let mut st = self.lock();
+        st.closed = true;
+        let ids: Vec<MessageId> = st.live.keys().copied().collect();
+        for id in ids {
+            if let Some(live) = st.live.get_mut(&id) {
+                live.started = false;
+            }
+            self.fail_locked(&mut st, id, SendStatus::Failed(reason.to_string()));
+        }
+        st.items.clear();
+        st.ready.clear();
+        st.blocked.clear();
+        st.deadlines.clear();
+        drop(st);
+        self.permits.close();
+        self.wake.notify_one();
+        self.reap.notify_one();
+    }
+
+    /// Whether message `id` has been settled.
+    #[cfg(test)]
+    fn settled(&self, id: MessageId) -> bool {
+        !self.lock().live.contains_key(&id)
+    }
+}
+
+enum Eligible {
+    Yes,
+    No,
+    Failed(MessageId, &'static str),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn any_order(_: &MessageProperties, _: &MessageProperties) -> bool {
+        true
+    }
+    fn acked_only(_: &MessageProperties, _: &MessageProperties) -> bool {
+        false
+    }
+
+    fn send(o: &Outbox, data: &'static [u8], props: MessageProperties) -> SendHandle {
+        let (h, props) = o.open(props).expect("open");
+        let deadline = props.lifetime.map(|l| Instant::now() + l);
+        o.push(
+            h.id(),
+            &props,
+            (0, Bytes::from_static(data), true),
+            None,
+            deadline,
+        );
+        h
+    }
+
+    fn nice(n: u32) -> MessageProperties {
+        MessageProperties {
+            niceness: n,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lower_niceness_first_then_send_order() {
+        let o = Outbox::new(1 << 20, any_order);
+        send(&o, b"a", nice(5));
+        send(&o, b"b", nice(0));
+        send(&o, b"c", nice(5));
+        send(&o, b"d", nice(0));
+        o.close();
+        let mut got = Vec::new();
+        while let Some(item) = o.next(usize::MAX).await {
+            got.push(item.data);
+        }
+        assert_eq!(got, vec!["b", "d", "a", "c"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn antecedents_hold_back_until_safe() {
+        let o = Outbox::new(1 << 20, acked_only);
+        let a = send(&o, b"a", nice(9));
+        let b = send(
+            &o,
+            b"b",
+            MessageProperties {
+                antecedents: vec![a.id()],
+                ..Default::default()
+            },
+        );
+        // b is more urgent but must wait for a to be acknowledged.
+        let first = o.next(usize::MAX).await.expect("a");
+        assert_eq!(first.data, "a");
+        let pending = tokio::time::timeout(Duration::from_millis(10), o.next(usize::MAX)).await;
+        assert!(pending.is_err(), "b must wait for a's acknowledgement");
+        o.update(a.id(), SendStatus::Acked, true);
+        assert_eq!(o.next(usize::MAX).await.expect("b").data, "b");
+        assert_eq!(b.status(), SendStatus::Queued);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn expiry_and_failed_antecedent_cascade() {
+        let o = Outbox::new(1 << 20, any_order);
+        let reaper = tokio::spawn(o.clone().reaper());
+        let a = send(
+            &o,
+            b"a",
+            MessageProperties {
+                lifetime: Some(Duration::from_millis(50)),
+                ..Default::default()
+            },
+        );
+        let b = send(
+            &o,
+            b"b",
+            MessageProperties {
+                antecedents: vec![a.id()],
+                ..Default::default()
+            },
+        );
+        // Nobody takes items: the reaper expires a at 50 ms, and b fails with it.
+        let start = Instant::now();
+        assert_eq!(a.outcome().await, SendStatus::Expired);
+        assert_eq!(start.elapsed(), Duration::from_millis(50));
+        match b.outcome().await {
+            SendStatus::Failed(why) => assert!(why.contains("antecedent 0 expired"), "{why}"),
+            other => panic!("b should fail, got {other:?}"),
+        }
+        assert!(o.settled(0) && o.settled(1));
+        o.close();
+        assert!(o.next(usize::MAX).await.is_none());
+        reaper.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unknown_antecedent_is_rejected() {
+        let o = Outbox::new(1 << 20, any_order);
+        let err = o
+            .open(MessageProperties {
+                antecedents: vec![3],
+                ..Default::default()
+            })
+            .expect_err("no message 3 yet");
+        assert!(err.to_string().contains("antecedent 3"), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn buffer_limit_applies_back_pressure() {
+        let o = Outbox::new(1000, any_order);
+        let p = o.reserve(900).await.expect("fits");
+        assert!(matches!(o.try_reserve(100), Err(Error::WouldBlock { .. })));
+        assert!(o.buffered() >= 900);
+        drop(p);
+        assert!(o.try_reserve(100).is_ok());
+    }
+}
