@@ -108,36 +108,58 @@ fn simulate(
         world.net(server_host).map_err(|e| e.to_string())?;
     let client_net: Arc<dyn postsock::net::Net> =
         world.net(client_host).map_err(|e| e.to_string())?;
-    match w.kind {
-        WorkloadKind::Echo => {
-            let (workload, trace_s) = (w.clone(), trace.clone());
-            world
-                .host(server_host, move || {
-                    workload::echo_server(
-                        server_net.clone(),
-                        server.clone(),
-                        workload.clone(),
-                        seed,
-                        trace_s.clone(),
-                    )
-                })
-                .map_err(|e| e.to_string())?;
-            let client_deadline = deadline.saturating_sub(Duration::from_millis(w.start_ms));
-            world
-                .client(
-                    client_host,
+    let client_deadline = deadline.saturating_sub(Duration::from_millis(w.start_ms));
+    let (workload, trace_s) = (w.clone(), trace.clone());
+    let kind = w.kind;
+    world
+        .host(server_host, move || {
+            let (net, config, workload, trace) = (
+                server_net.clone(),
+                server.clone(),
+                workload.clone(),
+                trace_s.clone(),
+            );
+            async move {
+                match kind {
+                    WorkloadKind::Echo => {
+                        workload::echo_server(net, config, workload, seed, trace).await
+                    }
+                    WorkloadKind::Stream => {
+                        workload::stream_server(net, config, workload, seed, trace).await
+                    }
+                }
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    let (workload, trace_c) = (w.clone(), trace.clone());
+    world
+        .client(client_host, async move {
+            match kind {
+                WorkloadKind::Echo => {
                     workload::echo_client(
                         client_net,
                         client,
-                        w.clone(),
+                        workload,
                         seed,
                         client_deadline,
-                        trace.clone(),
-                    ),
-                )
-                .map_err(|e| e.to_string())?;
-        }
-    }
+                        trace_c,
+                    )
+                    .await
+                }
+                WorkloadKind::Stream => {
+                    workload::stream_client(
+                        client_net,
+                        client,
+                        workload,
+                        seed,
+                        client_deadline,
+                        trace_c,
+                    )
+                    .await
+                }
+            }
+        })
+        .map_err(|e| e.to_string())?;
     let mut pending = scenario.faults.iter().peekable();
     let result = loop {
         let elapsed = world.elapsed();

@@ -49,6 +49,8 @@ impl ProtocolName {
 pub enum WorkloadKind {
     /// The client sends messages; the server echoes each one back.
     Echo,
+    /// The client sends messages one way, with per-message properties; the server receives.
+    Stream,
 }
 
 /// The workload table.
@@ -80,6 +82,50 @@ pub struct Workload {
     /// Port the server listens on.
     #[serde(default = "default_port")]
     pub port: u16,
+    /// Stream only: message i has niceness `niceness[i % len]` (default all 0).
+    #[serde(default)]
+    pub niceness: Vec<u32>,
+    /// Stream only: every message's lifetime in ms.
+    #[serde(default)]
+    pub lifetime_ms: Option<u64>,
+    /// Stream only: messages come in groups of this many; every later message of a group
+    /// depends on the group's first (its antecedent).
+    #[serde(default)]
+    pub antecedent_group: Option<u32>,
+    /// Stream only: whether messages are ordered (default true).
+    #[serde(default = "yes")]
+    pub ordered: bool,
+    /// Stream only: whether messages are reliable (default true; false needs QUIC).
+    #[serde(default = "yes")]
+    pub reliable: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Workload {
+    /// The properties of message `index` of a stream workload.
+    pub fn properties(&self, index: u64) -> postsock::MessageProperties {
+        let mut p = postsock::MessageProperties {
+            niceness: if self.niceness.is_empty() {
+                0
+            } else {
+                self.niceness[(index % self.niceness.len() as u64) as usize]
+            },
+            lifetime: self.lifetime_ms.map(std::time::Duration::from_millis),
+            ordered: self.ordered,
+            reliable: self.reliable,
+            ..Default::default()
+        };
+        if let Some(group) = self.antecedent_group {
+            let head = index - index % u64::from(group);
+            if head != index {
+                p.antecedents.push(head);
+            }
+        }
+        p
+    }
 }
 
 fn eight() -> usize {
@@ -264,6 +310,39 @@ impl Scenario {
                 ),
             ));
         }
+        let stream_only = !w.niceness.is_empty()
+            || w.lifetime_ms.is_some()
+            || w.antecedent_group.is_some()
+            || !w.ordered
+            || !w.reliable;
+        if w.kind != WorkloadKind::Stream && stream_only {
+            return Err(at(
+                0,
+                "workload: niceness, lifetime_ms, antecedent_group, ordered and reliable apply to kind = \"stream\" only".into(),
+            ));
+        }
+        if w.antecedent_group.is_some_and(|g| g < 2) {
+            return Err(at(
+                0,
+                "workload: antecedent_group must be at least 2".into(),
+            ));
+        }
+        if !w.reliable && w.protocol != ProtocolName::Quic {
+            return Err(at(
+                0,
+                "workload: unreliable messages need protocol = \"quic\" (QUIC DATAGRAM frames)"
+                    .into(),
+            ));
+        }
+        if !w.reliable && w.max_size > 1200 {
+            return Err(at(
+                0,
+                format!(
+                    "workload: unreliable messages must fit one datagram: max_size {} > 1200",
+                    w.max_size
+                ),
+            ));
+        }
         let mut faults = Vec::new();
         for f in &file.fault {
             known_host(&f.host)?;
@@ -314,7 +393,7 @@ impl Scenario {
         let mut expect = Vec::new();
         for e in &file.expect {
             let metric = e.metric.get_ref();
-            if !reports::Metrics::NAMES.contains(&metric.as_str()) {
+            if !reports::Metrics::known(metric) {
                 return Err(at(
                     e.metric.span().start,
                     format!(

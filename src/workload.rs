@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use postsock::net::Net;
-use postsock::{Carrier, Configuration, Listener, Remote};
+use postsock::{
+    Carrier, Configuration, Event, Listener, Message, MessageProperties, Remote, SendStatus,
+};
 use rand::{Rng, RngCore};
 use reports::{Direction, MessageRecord};
 
@@ -47,15 +49,25 @@ impl SharedTrace {
     }
 
     fn sent(&self, direction: Direction, id: u64, bytes: usize) {
-        let record = MessageRecord {
-            direction,
-            id,
-            bytes: bytes as u64,
-            sent_ms: now_ms(),
-            delivered_ms: Vec::new(),
-            intact: true,
-        };
+        let record = MessageRecord::new(direction, id, bytes as u64, now_ms());
         self.lock().messages.insert((direction, id), record);
+    }
+
+    fn sent_with(&self, direction: Direction, id: u64, bytes: usize, props: &MessageProperties) {
+        let mut record = MessageRecord::new(direction, id, bytes as u64, now_ms());
+        record.niceness = Some(props.niceness);
+        record.deadline_ms = props
+            .lifetime
+            .map(|l| reports::model::round_us(record.sent_ms + l.as_secs_f64() * 1000.0));
+        record.antecedents = props.antecedents.clone();
+        record.reliable = props.reliable;
+        self.lock().messages.insert((direction, id), record);
+    }
+
+    fn outcome(&self, direction: Direction, id: u64, outcome: &SendStatus) {
+        if let Some(m) = self.lock().messages.get_mut(&(direction, id)) {
+            m.outcome = Some(outcome.name().to_string());
+        }
     }
 
     fn delivered(&self, direction: Direction, id: u64, intact: bool) {
@@ -222,3 +234,100 @@ pub async fn echo_client(
     }
     Ok(())
 }
+
+/// The stream server: accepts carriers and records every message it receives.
+pub async fn stream_server(
+    net: Arc<dyn Net>,
+    config: Configuration,
+    workload: Workload,
+    seed: u64,
+    trace: SharedTrace,
+) -> turmoil::Result {
+    let local = ([0, 0, 0, 0], workload.port).into();
+    let mut listener = Listener::bind(net, local, config).await?;
+    loop {
+        let carrier = listener.accept().await?;
+        let (workload, trace) = (workload.clone(), trace.clone());
+        tokio::spawn(async move {
+            while let Some(event) = carrier.next_event().await {
+                match event {
+                    Event::Received(msg) => {
+                        let (index, intact) = intact(&workload, seed, &msg.data);
+                        match index {
+                            Some(i) => trace.delivered(Direction::ClientToServer, i, intact),
+                            None => {
+                                trace.fail(format!("a {} B message with no index", msg.data.len()))
+                            }
+                        }
+                    }
+                    Event::ConnectionError(e) => return trace.fail(format!("server carrier: {e}")),
+                    Event::ReceiveError { id, error } => {
+                        return trace.fail(format!("server receive {id}: {error}"))
+                    }
+                    _ => {}
+                }
+            }
+        });
+    }
+}
+
+/// The stream client: sends every message with its properties, records each message's
+/// terminal outcome, closes.
+pub async fn stream_client(
+    net: Arc<dyn Net>,
+    config: Configuration,
+    workload: Workload,
+    seed: u64,
+    deadline: Duration,
+    trace: SharedTrace,
+) -> turmoil::Result {
+    tokio::time::sleep(Duration::from_millis(workload.start_ms)).await;
+    trace.lock().initiated_ms = Some(now_ms());
+    let remote = Remote::new(workload.server.get_ref().clone(), workload.port);
+    let carrier = match Carrier::initiate(net, remote, config).await {
+        Ok(c) => c,
+        Err(e) => {
+            trace.fail(format!("initiate: {e}"));
+            return Ok(());
+        }
+    };
+    let run = async {
+        let mut handles = Vec::new();
+        for i in 0..u64::from(workload.messages) {
+            if i > 0 && workload.interval_ms > 0 {
+                tokio::time::sleep(Duration::from_millis(workload.interval_ms)).await;
+            }
+            let data = payload(&workload, seed, i);
+            let props = workload.properties(i);
+            trace.sent_with(Direction::ClientToServer, i, data.len(), &props);
+            let message = Message {
+                data: data.into(),
+                properties: props,
+            };
+            match carrier.send(message).await {
+                Ok(handle) => handles.push((i, handle)),
+                Err(e) => return trace.fail(format!("client send {i}: {e}")),
+            }
+        }
+        for (i, handle) in handles {
+            let outcome = handle.outcome().await;
+            trace.outcome(Direction::ClientToServer, i, &outcome);
+        }
+    };
+    if tokio::time::timeout(deadline, run).await.is_err() {
+        trace.fail(format!(
+            "not every message was settled within {} s",
+            deadline.as_secs()
+        ));
+    }
+    if let Err(e) = carrier.close().await {
+        trace.fail(format!("close: {e}"));
+    }
+    // Acknowledged means the server's transport has the message; give its application the
+    // time to take what is still queued before the simulation ends with this client.
+    tokio::time::sleep(LINGER).await;
+    Ok(())
+}
+
+/// How long a stream client stays after closing.
+const LINGER: Duration = Duration::from_secs(2);

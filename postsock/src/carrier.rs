@@ -175,7 +175,7 @@ impl Carrier {
         match transient {
             Transient::Quic(conn, endpoint) => {
                 let outbox = Outbox::new(config.send_buffer, quic::order_rule);
-                outbox.set_one_way(conn.rtt() / 2);
+                outbox.set_rtt(conn.rtt(), conn.rtt());
                 let (sender, reader) = quic::start(conn.clone(), outbox.clone(), events_tx, limits);
                 let reaper = tokio::spawn(outbox.clone().reaper());
                 Carrier {
@@ -372,7 +372,7 @@ impl Carrier {
     }
 
     /// Closes gracefully: sends everything queued, waits until every message is settled
-    /// (acknowledged on QUIC, written on TLS/TCP), then ends the transient.
+    /// (acknowledged by the peer on every stack), then ends the transient.
     pub async fn close(&self) -> Result<()> {
         self.outbox.close();
         let sender = self.sender.lock().await.take();

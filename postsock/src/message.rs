@@ -22,7 +22,7 @@ pub struct MessageProperties {
     /// at its deadline is reset, so the peer never delivers it.
     pub lifetime: Option<Duration>,
     /// 0 is the most urgent. Under a backlog, lower niceness is sent first; equal niceness
-    /// keeps `send` order. On QUIC it also sets the stream priority.
+    /// keeps `send` order. On QUIC an unordered message's stream also gets it as priority.
     pub niceness: u32,
     /// Messages (of this carrier) that the peer application must receive before this one.
     /// This message is held back until that is certain: on one ordered byte stream (TLS/TCP),
@@ -154,17 +154,21 @@ pub struct ReceivedPartial {
     pub end: bool,
 }
 
-/// Where a sent message is. The terminal states are `Acked`, `Expired`, `Failed`, and
-/// `Sent` on protocols that cannot tell acknowledgement (TLS/TCP, datagrams).
+/// Where a sent message is. The terminal states are `Acked` (reliable messages on every
+/// stack: QUIC acknowledgements, carrier-level ACK frames on TLS/TCP), `Expired`, `Failed`,
+/// and `Sent` for unreliable datagrams (and for stream messages the peer can no longer
+/// acknowledge because it closed its direction first).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SendStatus {
     /// Waiting in the carrier's queue (for capacity, antecedents or its turn by niceness).
     Queued,
     /// Handed to the transport protocol.
     Sent,
-    /// The peer's transport acknowledged every byte (QUIC reliable messages).
+    /// The peer's stack has every byte of it.
     Acked,
-    /// Dropped because its lifetime ended first; the peer never delivers it.
+    /// Its lifetime ended before the peer acknowledged it: it was dropped from the queue, or
+    /// (QUIC) its stream was reset. The peer never delivers it after the deadline; if its
+    /// last byte was already on the wire it may have been delivered just before.
     Expired,
     /// Could not be sent; the reason says why.
     Failed(String),
@@ -202,8 +206,8 @@ impl SendHandle {
         self.status.borrow().0.clone()
     }
 
-    /// Waits for the terminal outcome: exactly one of `Acked` (QUIC reliable), `Sent`
-    /// (TLS/TCP, datagrams), `Expired` or `Failed`.
+    /// Waits for the terminal outcome: exactly one of `Acked` (reliable), `Sent`
+    /// (unreliable), `Expired` or `Failed`.
     pub async fn outcome(&self) -> SendStatus {
         let mut rx = self.status.clone();
         let done = rx.wait_for(|(_, terminal)| *terminal).await;

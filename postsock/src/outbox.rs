@@ -163,10 +163,13 @@ impl Outbox {
         self.limit - self.permits.available_permits()
     }
 
-    /// The transient's estimate of the one-way delay, used to expire messages that could no
-    /// longer arrive in time.
-    pub(crate) fn set_one_way(&self, d: Duration) {
-        *self.one_way.lock().unwrap_or_else(|p| p.into_inner()) = d;
+    /// Updates the estimate of the forward (sender → peer) delay used to expire messages
+    /// that could no longer arrive in time: the smoothed RTT less half the minimum RTT, so
+    /// queueing on the way out (the usual case on a slow uplink) counts in full rather than
+    /// halved; plus a quarter for the estimate's own lag behind a growing queue.
+    pub(crate) fn set_rtt(&self, srtt: Duration, min_rtt: Duration) {
+        let forward = srtt.saturating_sub(min_rtt / 2).max(min_rtt / 2) * 5 / 4;
+        *self.one_way.lock().unwrap_or_else(|p| p.into_inner()) = forward;
     }
 
     pub(crate) fn one_way(&self) -> Duration {

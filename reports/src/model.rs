@@ -43,6 +43,48 @@ pub struct MessageRecord {
     pub delivered_ms: Vec<f64>,
     /// Whether every delivery carried exactly the bytes that were sent.
     pub intact: bool,
+    /// The message's niceness, when the workload set properties.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub niceness: Option<u32>,
+    /// Absolute deadline (send time + lifetime), in simulated ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<f64>,
+    /// Messages (ids in this direction) it depends on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub antecedents: Vec<u64>,
+    /// False for an unreliable message.
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub reliable: bool,
+    /// The sender's terminal outcome ("acked", "sent", "expired", "failed"), when recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+impl MessageRecord {
+    /// A reliable message with no properties recorded.
+    pub fn new(direction: Direction, id: u64, bytes: u64, sent_ms: f64) -> Self {
+        MessageRecord {
+            direction,
+            id,
+            bytes,
+            sent_ms,
+            delivered_ms: Vec::new(),
+            intact: true,
+            niceness: None,
+            deadline_ms: None,
+            antecedents: Vec::new(),
+            reliable: true,
+            outcome: None,
+        }
+    }
 }
 
 /// One expectation of the scenario and how the run measured against it.
@@ -65,8 +107,22 @@ pub struct Metrics {
     pub messages_sent: u64,
     /// Messages delivered at least once.
     pub messages_delivered: u64,
-    /// Messages never delivered.
+    /// Reliable messages never delivered that the sender did not give up on (expired or
+    /// failed): for a reliable transport this must be 0.
     pub messages_lost: u64,
+    /// Messages the sender dropped because their lifetime ended.
+    pub messages_expired: u64,
+    /// Messages whose send failed (for example an antecedent expired).
+    pub messages_failed: u64,
+    /// Unreliable messages never delivered.
+    pub unreliable_lost: u64,
+    /// Deliveries later than the message's deadline (must be 0 where the stack can enforce it).
+    pub delivered_after_deadline: u64,
+    /// Messages delivered before one of their antecedents (must be 0).
+    pub antecedent_violations: u64,
+    /// Median latency of the messages of each niceness (key: the niceness).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub median_latency_by_niceness_ms: BTreeMap<u32, f64>,
     /// Extra deliveries beyond the first.
     pub messages_duplicated: u64,
     /// Messages delivered with bytes that differ from those sent.
@@ -94,23 +150,56 @@ impl Metrics {
             ..Metrics::default()
         };
         let mut latencies = Vec::new();
+        let mut by_niceness: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
         let mut first_delivery: Option<f64> = None;
+        let first_of: BTreeMap<(Direction, u64), f64> = messages
+            .iter()
+            .filter_map(|msg| Some(((msg.direction, msg.id), *msg.delivered_ms.first()?)))
+            .collect();
         for msg in messages {
             m.messages_sent += 1;
             m.bytes_sent += msg.bytes;
+            match msg.outcome.as_deref() {
+                Some("expired") => m.messages_expired += 1,
+                Some("failed") => m.messages_failed += 1,
+                _ => {}
+            }
             if let Some(&first) = msg.delivered_ms.first() {
                 m.messages_delivered += 1;
                 m.bytes_delivered += msg.bytes;
                 m.messages_duplicated += msg.delivered_ms.len() as u64 - 1;
                 latencies.push(first - msg.sent_ms);
+                if let Some(n) = msg.niceness {
+                    by_niceness.entry(n).or_default().push(first - msg.sent_ms);
+                }
                 if msg.direction == Direction::ClientToServer {
                     first_delivery = Some(first_delivery.map_or(first, |f: f64| f.min(first)));
                 }
-            } else {
+                if let Some(deadline) = msg.deadline_ms {
+                    m.delivered_after_deadline +=
+                        msg.delivered_ms.iter().filter(|&&d| d > deadline).count() as u64;
+                }
+                let violated = msg.antecedents.iter().any(|a| {
+                    first_of
+                        .get(&(msg.direction, *a))
+                        .is_none_or(|&before| before > first)
+                });
+                if violated {
+                    m.antecedent_violations += 1;
+                }
+            } else if !msg.reliable {
+                m.unreliable_lost += 1;
+            } else if !matches!(msg.outcome.as_deref(), Some("expired" | "failed")) {
                 m.messages_lost += 1;
             }
             if !msg.intact {
                 m.messages_corrupted += 1;
+            }
+        }
+        for (n, mut l) in by_niceness {
+            l.sort_by(f64::total_cmp);
+            if let Some(&median) = l.get(l.len() / 2) {
+                m.median_latency_by_niceness_ms.insert(n, round_us(median));
             }
         }
         m.ttfm_ms = match (initiated_ms, first_delivery) {
@@ -135,11 +224,30 @@ impl Metrics {
             "bytes_delivered" => Some(self.bytes_delivered as f64),
             "median_latency_ms" => self.median_latency_ms,
             "sim_duration_ms" => Some(self.sim_duration_ms),
-            _ => return None,
+            "messages_expired" => Some(self.messages_expired as f64),
+            "messages_failed" => Some(self.messages_failed as f64),
+            "unreliable_lost" => Some(self.unreliable_lost as f64),
+            "delivered_after_deadline" => Some(self.delivered_after_deadline as f64),
+            "antecedent_violations" => Some(self.antecedent_violations as f64),
+            other => {
+                let n: u32 = other
+                    .strip_prefix("median_latency_ms_niceness_")?
+                    .parse()
+                    .ok()?;
+                self.median_latency_by_niceness_ms.get(&n).copied()
+            }
         })
     }
 
-    /// Every metric name [`Metrics::get`] knows.
+    /// Whether [`Metrics::get`] knows `name`.
+    pub fn known(name: &str) -> bool {
+        Self::NAMES.contains(&name)
+            || name
+                .strip_prefix("median_latency_ms_niceness_")
+                .is_some_and(|n| n.parse::<u32>().is_ok())
+    }
+
+    /// Every metric name [`Metrics::get`] knows (`<N>` stands for a niceness).
     pub const NAMES: &'static [&'static str] = &[
         "ttfm_ms",
         "messages_sent",
@@ -151,6 +259,12 @@ impl Metrics {
         "bytes_delivered",
         "median_latency_ms",
         "sim_duration_ms",
+        "messages_expired",
+        "messages_failed",
+        "unreliable_lost",
+        "delivered_after_deadline",
+        "antecedent_violations",
+        "median_latency_ms_niceness_<N>",
     ];
 }
 
@@ -235,13 +349,47 @@ mod tests {
 
     fn rec(direction: Direction, id: u64, sent: f64, delivered: &[f64]) -> MessageRecord {
         MessageRecord {
-            direction,
-            id,
-            bytes: 10,
-            sent_ms: sent,
             delivered_ms: delivered.to_vec(),
-            intact: true,
+            ..MessageRecord::new(direction, id, 10, sent)
         }
+    }
+
+    #[test]
+    fn property_metrics() {
+        let c = Direction::ClientToServer;
+        let msgs = vec![
+            MessageRecord {
+                niceness: Some(0),
+                ..rec(c, 0, 0.0, &[30.0])
+            },
+            MessageRecord {
+                niceness: Some(5),
+                antecedents: vec![0],
+                deadline_ms: Some(20.0),
+                ..rec(c, 1, 0.0, &[25.0])
+            },
+            MessageRecord {
+                niceness: Some(5),
+                outcome: Some("expired".into()),
+                ..rec(c, 2, 0.0, &[])
+            },
+            MessageRecord {
+                reliable: false,
+                ..rec(c, 3, 0.0, &[])
+            },
+            rec(c, 4, 0.0, &[]),
+        ];
+        let m = Metrics::compute(&msgs, Some(0.0), 100.0);
+        assert_eq!(m.messages_expired, 1);
+        assert_eq!(m.unreliable_lost, 1);
+        assert_eq!(m.messages_lost, 1, "only the reliable, unexpired message 4");
+        assert_eq!(m.delivered_after_deadline, 1);
+        assert_eq!(
+            m.antecedent_violations, 1,
+            "1 arrived before its antecedent 0"
+        );
+        assert_eq!(m.get("median_latency_ms_niceness_5"), Some(Some(25.0)));
+        assert_eq!(m.get("median_latency_ms_niceness_7"), Some(None));
     }
 
     #[test]

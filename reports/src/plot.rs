@@ -112,3 +112,102 @@ pub fn time_sequence(report: &Report, path: &Path) -> Result<(), ReportError> {
     root.present().map_err(|e| err(&e))?;
     Ok(())
 }
+
+/// Whether `report` has per-message properties worth a latency-by-niceness plot.
+pub fn has_niceness(report: &Report) -> bool {
+    report.messages.iter().any(|m| m.niceness.is_some())
+}
+
+/// Latency against send order, one colour per niceness; expired messages are crosses on the
+/// top edge. Shows how urgent messages overtake a backlog and which ones a lifetime dropped.
+pub fn latency_by_niceness(report: &Report, path: &Path) -> Result<(), ReportError> {
+    register_font();
+    let shown = path.display().to_string();
+    let err = |e: &dyn std::fmt::Display| ReportError::Plot {
+        path: shown.clone(),
+        message: e.to_string(),
+    };
+    let mut max_latency: f64 = 1.0;
+    for m in &report.messages {
+        if let Some(d) = m.delivered_ms.first() {
+            max_latency = max_latency.max(d - m.sent_ms);
+        }
+    }
+    let max_latency = max_latency * 1.08;
+    let count = report.messages.len().max(1) as f64;
+    let root = BitMapBackend::new(path, (1000, 700)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let expired = report.metrics.messages_expired;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!(
+                "{} (seed {}, {}): latency by niceness, {} expired",
+                report.scenario, report.seed, report.protocol, expired
+            ),
+            ("sans-serif", 22),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(65)
+        .build_cartesian_2d(0f64..count, 0f64..max_latency)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("message (send order)")
+        .y_desc("latency, send to delivery (simulated ms)")
+        .label_style(("sans-serif", 15))
+        .draw()
+        .map_err(|e| err(&e))?;
+    let levels: std::collections::BTreeSet<u32> =
+        report.messages.iter().filter_map(|m| m.niceness).collect();
+    for (i, level) in levels.iter().enumerate() {
+        let colour = Palette99::pick(i).to_rgba();
+        let delivered: Vec<(f64, f64)> = report
+            .messages
+            .iter()
+            .filter(|m| m.niceness == Some(*level))
+            .filter_map(|m| Some((m.id as f64, m.delivered_ms.first()? - m.sent_ms)))
+            .collect();
+        let median = report
+            .metrics
+            .median_latency_by_niceness_ms
+            .get(level)
+            .map_or("-".to_string(), |v| format!("{v:.0} ms"));
+        chart
+            .draw_series(
+                delivered
+                    .iter()
+                    .map(|p| Circle::new(*p, 3, colour.filled())),
+            )
+            .map_err(|e| err(&e))?
+            .label(format!("niceness {level} (median {median})"))
+            .legend(move |(x, y)| Circle::new((x + 10, y), 4, colour.filled()));
+        let dropped: Vec<(f64, f64)> = report
+            .messages
+            .iter()
+            .filter(|m| m.niceness == Some(*level) && m.delivered_ms.is_empty())
+            .map(|m| (m.id as f64, max_latency * 0.98))
+            .collect();
+        if !dropped.is_empty() {
+            chart
+                .draw_series(
+                    dropped
+                        .iter()
+                        .map(|p| Cross::new(*p, 4, colour.stroke_width(2))),
+                )
+                .map_err(|e| err(&e))?
+                .label(format!("niceness {level} not delivered"))
+                .legend(move |(x, y)| Cross::new((x + 10, y), 4, colour.stroke_width(2)));
+        }
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 15))
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}

@@ -16,7 +16,9 @@ use crate::{Error, MessageId, Result};
 pub const HEADER_LEN: usize = 16;
 /// Frame type: a whole application message.
 pub const TYPE_MESSAGE: u8 = 0x01;
-/// Frame type reserved for carrier-level acknowledgements (lossless failover).
+/// Frame type: a carrier-level acknowledgement. Its id field is the number of messages the
+/// sender of the ACK has received completely (frames with FIN) on this stream so far; its
+/// flags and length are 0.
 pub const TYPE_ACK: u8 = 0x02;
 /// Flag: this frame ends its message. Without it, more frames of the same id follow.
 pub const FLAG_FIN: u8 = 0x01;
@@ -64,6 +66,21 @@ impl FrameHeader {
         }
     }
 
+    /// The acknowledgement of the first `count` messages.
+    pub fn ack(count: u64) -> Self {
+        FrameHeader {
+            kind: TYPE_ACK,
+            flags: 0,
+            id: count,
+            len: 0,
+        }
+    }
+
+    /// Whether this is an ACK frame.
+    pub fn is_ack(&self) -> bool {
+        self.kind == TYPE_ACK
+    }
+
     /// Whether this frame ends its message.
     pub fn fin(&self) -> bool {
         self.flags & FLAG_FIN != 0
@@ -96,6 +113,17 @@ impl FrameHeader {
             id: u64::from_be_bytes(id),
             len: u32::from_be_bytes(len),
         };
+        if bytes[2] != 0 || bytes[3] != 0 {
+            return Err(Error::Protocol("reserved header bytes are not zero".into()));
+        }
+        if header.kind == TYPE_ACK {
+            if header.flags != 0 || header.len != 0 {
+                return Err(Error::Protocol(
+                    "an ACK frame must have no flags and no payload".into(),
+                ));
+            }
+            return Ok(header);
+        }
         if header.kind != TYPE_MESSAGE {
             return Err(Error::Protocol(format!(
                 "unknown frame type 0x{:02x}",
@@ -112,9 +140,6 @@ impl FrameHeader {
             return Err(Error::Protocol(
                 "an abort frame must be empty and carry FIN".into(),
             ));
-        }
-        if bytes[2] != 0 || bytes[3] != 0 {
-            return Err(Error::Protocol("reserved header bytes are not zero".into()));
         }
         if header.len as usize > max_len {
             return Err(Error::Protocol(format!(
@@ -182,6 +207,11 @@ mod tests {
                 .to_string();
             assert!(err.contains(want), "{err} should mention {want}");
         }
+        let mut bad_ack = FrameHeader::ack(3).encode();
+        bad_ack[15] = 1;
+        let err = FrameHeader::decode(&bad_ack, 100).expect_err("ack with payload");
+        assert!(err.to_string().contains("ACK frame"), "{err}");
+        assert!(FrameHeader::decode(&FrameHeader::ack(3).encode(), 100).is_ok_and(|h| h.is_ack()));
         let big = FrameHeader::message(1, 101).encode();
         let err = FrameHeader::decode(&big, 100)
             .expect_err("too big")

@@ -152,7 +152,7 @@ impl InFlight {
 }
 
 /// Least amount the sending loop keeps in flight, whatever the congestion window.
-const MIN_IN_FLIGHT: usize = 64 * 1024;
+const MIN_IN_FLIGHT: usize = 8 * 1024;
 
 /// The sending loop of a QUIC transient: takes items from the outbox while the bytes in flight
 /// stay below the congestion window (so niceness keeps deciding the order of a backlog, and
@@ -162,6 +162,7 @@ pub(crate) async fn send_loop(conn: quinn::Connection, outbox: Arc<Outbox>) -> R
     let in_flight = Arc::new(InFlight::default());
     let mut tasks = JoinSet::new();
     let mut open: BTreeMap<MessageId, mpsc::UnboundedSender<Item>> = BTreeMap::new();
+    let mut min_rtt = conn.rtt();
     let result = loop {
         while tasks.try_join_next().is_some() {}
         let window = (conn.stats().path.cwnd as usize).max(MIN_IN_FLIGHT);
@@ -169,7 +170,9 @@ pub(crate) async fn send_loop(conn: quinn::Connection, outbox: Arc<Outbox>) -> R
         let Some(item) = outbox.next(usize::MAX).await else {
             break Ok(());
         };
-        outbox.set_one_way(conn.rtt() / 2);
+        let srtt = conn.rtt();
+        min_rtt = min_rtt.min(srtt);
+        outbox.set_rtt(srtt, min_rtt);
         let len = item.data.len();
         if let Some(tx) = open.get(&item.id) {
             let (id, fin) = (item.id, item.fin);
@@ -202,8 +205,13 @@ pub(crate) async fn send_loop(conn: quinn::Connection, outbox: Arc<Outbox>) -> R
             Ok(s) => s,
             Err(e) => break Err(Error::Connection(e.to_string())),
         };
-        let priority = -(i32::try_from(item.props.niceness).unwrap_or(i32::MAX));
-        let _ = stream.set_priority(priority);
+        // Ordered streams are read in stream order, which is already the order niceness
+        // chose; a priority would only starve earlier streams and block later ones behind
+        // them. Unordered streams are independent: there niceness becomes the priority.
+        if !item.props.ordered {
+            let priority = -(i32::try_from(item.props.niceness).unwrap_or(i32::MAX));
+            let _ = stream.set_priority(priority);
+        }
         let rest = if item.fin {
             None
         } else {

@@ -1,20 +1,22 @@
 //! Stream transients: TLS 1.3 over TCP (tokio-rustls) and, when security is explicitly
 //! disabled, plain TCP; messages are framed as in [`super::framing`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use super::assemble::{Assembly, ReceiveLimits};
 use super::framing::{FrameHeader, HEADER_LEN};
 use super::tls;
 use crate::message::{MessageProperties, SendStatus};
 use crate::net::{ByteStream, Net};
-use crate::outbox::Outbox;
+use crate::outbox::{Item, Outbox};
 use crate::{Configuration, Error, Event, MessageId, Protocol, Result};
 
 /// Connects TCP through `net`, then runs the TLS 1.3 client handshake.
@@ -63,6 +65,159 @@ pub(crate) fn order_rule(_: &MessageProperties, _: &MessageProperties) -> bool {
     true
 }
 
+/// Bounds on the writer's window of unacknowledged bytes.
+const MIN_WINDOW: u64 = 16 * 1024;
+const INITIAL_WINDOW: u64 = MIN_WINDOW;
+const MAX_WINDOW: u64 = 16 << 20;
+
+/// The unit ACK frames count: a message frame's payload length plus one (so an empty frame
+/// counts too).
+fn ack_units(len: usize) -> u64 {
+    len as u64 + 1
+}
+
+/// Carrier-level acknowledgement state of a stream transient, shared by writer and reader.
+///
+/// The writer keeps at most a window of unacknowledged bytes in flight: twice the measured
+/// delivery rate times the minimum RTT (at least 16 KiB). That keeps a backlog in the
+/// carrier's queue, where niceness and lifetimes still apply, rather than in TLS and socket
+/// buffers, without holding back a fast path.
+#[derive(Debug, Default)]
+struct Acks {
+    inner: std::sync::Mutex<AckInner>,
+    changed: Notify,
+}
+
+#[derive(Debug, Default)]
+struct AckInner {
+    /// Frames written and not yet acknowledged: where each ends in ACK units, when it was
+    /// written, and the message it completes (if it carried FIN).
+    frames: VecDeque<(u64, Instant, Option<MessageId>)>,
+    written: u64,
+    acked: u64,
+    srtt: Option<Duration>,
+    min_rtt: Option<Duration>,
+    /// Delivery rate in bytes per second, and the last point it was measured from.
+    rate: Option<f64>,
+    rate_mark: Option<(Instant, u64)>,
+    /// The peer's direction ended: no more ACKs will come.
+    peer_done: bool,
+}
+
+impl AckInner {
+    fn window(&self) -> u64 {
+        match (self.rate, self.min_rtt) {
+            (Some(rate), Some(min_rtt)) => {
+                ((2.0 * rate * min_rtt.as_secs_f64()) as u64).clamp(MIN_WINDOW, MAX_WINDOW)
+            }
+            _ => INITIAL_WINDOW,
+        }
+    }
+}
+
+impl Acks {
+    fn lock(&self) -> std::sync::MutexGuard<'_, AckInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits while the window is full.
+    async fn window_open(&self) {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let st = self.lock();
+                if st.peer_done || st.written - st.acked < st.window() {
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Waits until every written message is acknowledged or the peer can no longer ack.
+    async fn all_acked(&self) {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let st = self.lock();
+                if st.frames.is_empty() || st.peer_done {
+                    return;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    fn written(&self, id: MessageId, bytes: usize, fin: bool) {
+        let mut st = self.lock();
+        st.written += ack_units(bytes);
+        let end = st.written;
+        st.frames
+            .push_back((end, Instant::now(), fin.then_some(id)));
+    }
+
+    /// Applies the peer's ACK of `acked` units.
+    fn acknowledge(&self, acked: u64, outbox: &Outbox) -> Result<()> {
+        let mut st = self.lock();
+        if acked < st.acked || acked > st.written {
+            return Err(Error::Protocol(format!(
+                "ACK of {acked} units, outside the {}..={} sent",
+                st.acked, st.written
+            )));
+        }
+        let now = Instant::now();
+        let mut sample = None;
+        while let Some(&(end, at, fin)) = st.frames.front() {
+            if end > acked {
+                break;
+            }
+            st.frames.pop_front();
+            sample = Some(now - at);
+            if let Some(id) = fin {
+                outbox.update(id, SendStatus::Acked, true);
+            }
+        }
+        st.acked = acked;
+        if let Some(rtt) = sample {
+            let srtt = st.srtt.map_or(rtt, |s| (s * 7 + rtt) / 8);
+            let min_rtt = st.min_rtt.map_or(rtt, |m| m.min(rtt));
+            st.srtt = Some(srtt);
+            st.min_rtt = Some(min_rtt);
+            outbox.set_rtt(srtt, min_rtt);
+            // One delivery-rate sample per minimum RTT at most, smoothed.
+            match st.rate_mark {
+                Some((t0, a0)) if now - t0 >= min_rtt && now > t0 => {
+                    let sample = (acked - a0) as f64 / (now - t0).as_secs_f64();
+                    st.rate = Some(st.rate.map_or(sample, |r| 0.75 * r + 0.25 * sample));
+                    st.rate_mark = Some((now, acked));
+                }
+                Some(_) => {}
+                None => st.rate_mark = Some((now, acked)),
+            }
+        }
+        drop(st);
+        self.changed.notify_waiters();
+        Ok(())
+    }
+
+    /// The peer will send no more ACKs: what was written is as sent as it will get.
+    fn peer_done(&self, outbox: &Outbox) {
+        let mut st = self.lock();
+        st.peer_done = true;
+        for (_, _, fin) in st.frames.drain(..) {
+            if let Some(id) = fin {
+                outbox.update(id, SendStatus::Sent, true);
+            }
+        }
+        drop(st);
+        self.changed.notify_waiters();
+    }
+}
+
 /// The running halves of a stream transient.
 pub(crate) struct StreamTasks {
     pub writer: JoinHandle<Result<()>>,
@@ -83,8 +238,26 @@ where
 {
     let (read_half, write_half) = tokio::io::split(stream);
     let (kill, killed) = watch::channel(false);
-    let writer = tokio::spawn(write_loop(write_half, outbox, killed));
-    let reader = tokio::spawn(read_loop(read_half, events, limits, kill.clone()));
+    let (ack_tx, ack_rx) = watch::channel(0u64);
+    let acks = Arc::new(Acks::default());
+    let writer = tokio::spawn(write_loop(
+        write_half,
+        outbox.clone(),
+        acks.clone(),
+        ack_rx,
+        killed,
+    ));
+    let reader = tokio::spawn(read_loop(
+        read_half,
+        Receiver {
+            events,
+            limits,
+            outbox,
+            acks,
+            ack_tx,
+        },
+        kill.clone(),
+    ));
     StreamTasks {
         writer,
         reader,
@@ -96,44 +269,85 @@ async fn killed(kill: &mut watch::Receiver<bool>) {
     let _ = kill.wait_for(|k| *k).await;
 }
 
+enum Step {
+    Killed,
+    Ack,
+    Item(Option<Item>),
+    Done,
+    Flush,
+}
+
+/// How long the writer lets written data sit unflushed when nothing more comes (the queue
+/// can empty under it when queued messages expire).
+const FLUSH_DELAY: Duration = Duration::from_millis(1);
+
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut out: W,
     outbox: Arc<Outbox>,
+    acks: Arc<Acks>,
+    mut ack_rx: watch::Receiver<u64>,
     mut kill: watch::Receiver<bool>,
 ) -> Result<()> {
     let result = async {
         let io = |e: std::io::Error| Error::Connection(format!("TCP write: {e}"));
+        let mut draining = true;
+        let mut dirty = false;
         loop {
-            let item = tokio::select! {
+            let step = tokio::select! {
                 biased;
-                _ = killed(&mut kill) => return Err(Error::Connection("transient ended".into())),
-                item = outbox.next(MAX_FRAME) => item,
+                _ = killed(&mut kill) => Step::Killed,
+                Ok(()) = ack_rx.changed() => Step::Ack,
+                item = async { acks.window_open().await; outbox.next(MAX_FRAME).await }, if draining => Step::Item(item),
+                _ = acks.all_acked(), if !draining => Step::Done,
+                _ = tokio::time::sleep(FLUSH_DELAY), if dirty => Step::Flush,
             };
-            let Some(item) = item else { break };
-            let header = if item.abort {
-                FrameHeader::abort(item.id)
-            } else {
-                // `next` cut the item to at most MAX_FRAME bytes.
-                FrameHeader::part(item.id, item.data.len() as u32, item.fin)
-            };
-            let write = async {
-                out.write_all(&header.encode()).await?;
-                out.write_all(&item.data).await?;
-                if item.props.immediate || outbox.idle() {
-                    out.flush().await?;
+            match step {
+                Step::Killed => return Err(Error::Connection("transient ended".into())),
+                Step::Ack => {
+                    let count = *ack_rx.borrow_and_update();
+                    out.write_all(&FrameHeader::ack(count).encode()).await.map_err(io)?;
+                    out.flush().await.map_err(io)?;
+                    dirty = false;
                 }
-                Ok::<_, std::io::Error>(())
-            };
-            tokio::select! {
-                biased;
-                _ = killed(&mut kill) => return Err(Error::Connection("transient ended".into())),
-                done = write => done.map_err(io)?,
-            }
-            if item.fin && !item.abort {
-                outbox.update(item.id, SendStatus::Sent, true);
+                Step::Item(None) => {
+                    // Everything is written; wait for the acknowledgements (acking the peer
+                    // meanwhile), then end our direction.
+                    out.flush().await.map_err(io)?;
+                    draining = false;
+                }
+                Step::Done => break,
+                Step::Flush => {
+                    out.flush().await.map_err(io)?;
+                    dirty = false;
+                }
+                Step::Item(Some(item)) => {
+                    let header = if item.abort {
+                        FrameHeader::abort(item.id)
+                    } else {
+                        // `next` cut the item to at most MAX_FRAME bytes.
+                        FrameHeader::part(item.id, item.data.len() as u32, item.fin)
+                    };
+                    let write = async {
+                        out.write_all(&header.encode()).await?;
+                        out.write_all(&item.data).await?;
+                        let flush = item.props.immediate || outbox.idle();
+                        if flush {
+                            out.flush().await?;
+                        }
+                        Ok::<_, std::io::Error>(!flush)
+                    };
+                    tokio::select! {
+                        biased;
+                        _ = killed(&mut kill) => return Err(Error::Connection("transient ended".into())),
+                        done = write => dirty = done.map_err(io)?,
+                    }
+                    acks.written(item.id, item.data.len(), item.fin);
+                    if item.fin && !item.abort {
+                        outbox.update(item.id, SendStatus::Sent, false);
+                    }
+                }
             }
         }
-        out.flush().await.map_err(io)?;
         out.shutdown().await.map_err(io)?;
         Ok(())
     }
@@ -144,35 +358,39 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     result
 }
 
+/// What the reader of a stream transient feeds.
+struct Receiver {
+    events: mpsc::Sender<Event>,
+    limits: ReceiveLimits,
+    outbox: Arc<Outbox>,
+    acks: Arc<Acks>,
+    ack_tx: watch::Sender<u64>,
+}
+
 /// Messages being reassembled at once; more is a protocol violation.
 const MAX_OPEN_MESSAGES: usize = 1024;
 
-async fn read_loop<R: AsyncRead + Unpin>(
-    mut input: R,
-    events: mpsc::Sender<Event>,
-    limits: ReceiveLimits,
-    kill: watch::Sender<bool>,
-) {
+async fn read_loop<R: AsyncRead + Unpin>(mut input: R, rx: Receiver, kill: watch::Sender<bool>) {
     // A clean end of stream is the peer's half-close: our writer may go on until we close.
     // A violation or read error ends the whole transient.
-    match read_messages(&mut input, &events, &limits).await {
+    let end = read_messages(&mut input, &rx).await;
+    rx.acks.peer_done(&rx.outbox);
+    match end {
         Ok(()) => {
-            let _ = events.send(Event::Closed).await;
+            let _ = rx.events.send(Event::Closed).await;
         }
         Err(e) => {
             let _ = kill.send(true);
-            let _ = events.send(Event::ConnectionError(e)).await;
+            let _ = rx.events.send(Event::ConnectionError(e)).await;
         }
     }
 }
 
-async fn read_messages<R: AsyncRead + Unpin>(
-    input: &mut R,
-    events: &mpsc::Sender<Event>,
-    limits: &ReceiveLimits,
-) -> Result<()> {
+async fn read_messages<R: AsyncRead + Unpin>(input: &mut R, rx: &Receiver) -> Result<()> {
+    let (events, limits) = (&rx.events, &rx.limits);
     let mut open: BTreeMap<MessageId, Assembly> = BTreeMap::new();
     let mut discarding: BTreeSet<MessageId> = BTreeSet::new();
+    let mut received: u64 = 0;
     loop {
         let Some((header, data)) = read_frame(input, limits.max_message_size).await? else {
             if let Some(id) = open.keys().next() {
@@ -182,8 +400,13 @@ async fn read_messages<R: AsyncRead + Unpin>(
             }
             return Ok(());
         };
+        if header.is_ack() {
+            rx.acks.acknowledge(header.id, &rx.outbox)?;
+            continue;
+        }
         let id = header.id;
         let mut out = Vec::new();
+        received += ack_units(data.len());
         if header.aborts() {
             discarding.remove(&id);
             if let Some(a) = open.remove(&id) {
@@ -226,6 +449,8 @@ async fn read_messages<R: AsyncRead + Unpin>(
                 return Ok(());
             }
         }
+        // Acknowledge once the frame is with the application's queue (or the reassembly).
+        let _ = rx.ack_tx.send(received);
     }
 }
 
