@@ -212,3 +212,89 @@ fn tcp_pays_for_the_link_rate_like_quic() {
         assert_eq!(report.metrics.messages_lost, 0);
     }
 }
+
+fn api_runs(name: &str) -> Vec<reports::Report> {
+    let s = scenario(name);
+    (1..=3)
+        .map(|seed| {
+            let report = testbed::run(&s, seed).report;
+            assert!(
+                report.passed,
+                "{name} seed {seed} failed: {:?} {:?}",
+                report.error, report.expectations
+            );
+            report
+        })
+        .collect()
+}
+
+#[test]
+fn api_niceness_lets_urgent_messages_overtake_a_backlog() {
+    for name in ["api/niceness-quic", "api/niceness-tls-tcp"] {
+        for r in api_runs(name) {
+            let by = &r.metrics.median_latency_by_niceness_ms;
+            let (urgent, bulk) = (by[&0], by[&8]);
+            // 300 KiB need 9.6 s at 256 kbit/s; the 75 urgent ones alone 2.4 s.
+            assert!(
+                urgent * 3.0 < bulk,
+                "{name} seed {}: niceness 0 median {urgent} ms vs niceness 8 {bulk} ms",
+                r.seed
+            );
+            assert!(urgent < 2000.0, "{name}: {urgent}");
+            assert_eq!(r.metrics.messages_delivered, 300);
+        }
+    }
+}
+
+#[test]
+fn api_lifetimes_expire_what_cannot_arrive_in_time_and_nothing_arrives_late() {
+    for name in ["api/lifetime-quic", "api/lifetime-tls-tcp"] {
+        for r in api_runs(name) {
+            let m = &r.metrics;
+            assert_eq!(m.delivered_after_deadline, 0, "{name} seed {}", r.seed);
+            // 3 s at 256 kbit/s carry at most ~93 of the 300 messages (minus the handshake).
+            assert!(
+                m.messages_expired >= 200,
+                "{name}: {} expired",
+                m.messages_expired
+            );
+            assert!(
+                (80..=95).contains(&m.messages_delivered),
+                "{name}: {} delivered",
+                m.messages_delivered
+            );
+            // Every message has exactly one terminal outcome.
+            for msg in &r.messages {
+                let outcome = msg.outcome.as_deref();
+                assert!(
+                    matches!(outcome, Some("acked" | "expired")),
+                    "{name}: message {} ended {outcome:?}",
+                    msg.id
+                );
+                if outcome == Some("acked") {
+                    assert_eq!(msg.delivered_ms.len(), 1, "{name}: acked but not delivered");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn api_antecedents_hold_across_quic_streams_and_unreliable_messages_stay_lost() {
+    for r in api_runs("api/antecedents-quic") {
+        assert_eq!(r.metrics.antecedent_violations, 0);
+        assert_eq!(r.metrics.messages_delivered, 80);
+        assert!(r.messages.iter().any(|m| !m.antecedents.is_empty()));
+    }
+    for r in api_runs("api/unreliable-quic") {
+        let m = &r.metrics;
+        assert!(m.unreliable_lost >= 1 && m.unreliable_lost < 30, "{m:?}");
+        assert_eq!(m.messages_duplicated, 0, "a datagram was retransmitted");
+        assert_eq!(m.messages_delivered + m.unreliable_lost, 200);
+        // Never retransmitted: every delivered datagram took exactly the one-way delay.
+        assert_eq!(m.median_latency_ms, Some(20.0));
+        // A graceful close lets the last datagram leave instead of discarding it.
+        let last = r.messages.iter().max_by_key(|m| m.id).expect("messages");
+        assert_eq!(last.delivered_ms.len(), 1, "seed {}: last datagram", r.seed);
+    }
+}

@@ -27,6 +27,8 @@ enum Link {
         conn: quinn::Connection,
         // Keeps a client's QUIC endpoint (and its socket) alive as long as the carrier.
         endpoint: Option<quinn::Endpoint>,
+        /// The datagram send buffer's free space when empty.
+        datagram_buffer: usize,
     },
     Stream {
         kill: watch::Sender<bool>,
@@ -185,7 +187,11 @@ impl Carrier {
                     events: tokio::sync::Mutex::new(events_rx),
                     sender: tokio::sync::Mutex::new(Some(sender)),
                     tasks: vec![reader, reaper],
-                    link: Link::Quic { conn, endpoint },
+                    link: Link::Quic {
+                        datagram_buffer: conn.datagram_send_buffer_space(),
+                        conn,
+                        endpoint,
+                    },
                     config: config.clone(),
                     origin,
                 }
@@ -384,7 +390,19 @@ impl Carrier {
             None => Ok(()),
         };
         match &self.link {
-            Link::Quic { conn, endpoint } => {
+            Link::Quic {
+                conn,
+                endpoint,
+                datagram_buffer,
+            } => {
+                // Datagrams count as sent once quinn has them; let them leave before the
+                // CONNECTION_CLOSE discards them (bounded: they are unreliable anyway).
+                for _ in 0..100 {
+                    if conn.datagram_send_buffer_space() >= *datagram_buffer {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                }
                 conn.close(0u32.into(), b"done");
                 if let Some(endpoint) = endpoint {
                     // Give the CONNECTION_CLOSE a chance to leave before the socket goes.

@@ -22,7 +22,8 @@ pub struct MessageProperties {
     /// at its deadline is reset, so the peer never delivers it.
     pub lifetime: Option<Duration>,
     /// 0 is the most urgent. Under a backlog, lower niceness is sent first; equal niceness
-    /// keeps `send` order. On QUIC an unordered message's stream also gets it as priority.
+    /// keeps `send` order. An ordered message never overtakes an earlier ordered one (order
+    /// wins), so niceness reorders unordered messages, and unordered against ordered ones. On QUIC an unordered message's stream also gets it as priority.
     pub niceness: u32,
     /// Messages (of this carrier) that the peer application must receive before this one.
     /// This message is held back until that is certain: on one ordered byte stream (TLS/TCP),

@@ -83,6 +83,9 @@ struct Live {
     dispatched: bool,
     /// No more parts will be pushed (the whole message is queued).
     complete: bool,
+    /// The ordered reliable message sent before this one, if this one is ordered too: it
+    /// must be handed to the transport first (RFC 9622 §9.1.3.3, whatever the niceness).
+    prev_ordered: Option<MessageId>,
 }
 
 #[derive(Debug, Default)]
@@ -91,6 +94,7 @@ struct State {
     next_seq: u64,
     live: BTreeMap<MessageId, Live>,
     failed: BTreeMap<MessageId, &'static str>,
+    last_ordered: Option<MessageId>,
     items: BTreeMap<u64, Item>,
     ready: BTreeSet<(u32, u64)>,
     blocked: BTreeSet<u64>,
@@ -196,6 +200,11 @@ impl Outbox {
         }
         st.next_id += 1;
         let (tx, rx) = watch::channel((SendStatus::Queued, false));
+        let prev_ordered = if props.ordered && props.reliable {
+            st.last_ordered.replace(id)
+        } else {
+            None
+        };
         let props = Arc::new(props);
         st.live.insert(
             id,
@@ -205,6 +214,7 @@ impl Outbox {
                 started: false,
                 dispatched: false,
                 complete: false,
+                prev_ordered,
             },
         );
         drop(st);
@@ -270,6 +280,12 @@ impl Outbox {
         let Some(me) = st.live.get(&id) else {
             return Eligible::Yes;
         };
+        // Send order among ordered messages (a failed predecessor does not hold it up).
+        if let Some(prev) = me.prev_ordered.and_then(|p| st.live.get(&p)) {
+            if !prev.dispatched {
+                return Eligible::No;
+            }
+        }
         for &a in &me.props.antecedents {
             if let Some(why) = st.failed.get(&a) {
                 return Eligible::Failed(a, why);
@@ -552,6 +568,7 @@ mod tests {
     fn nice(n: u32) -> MessageProperties {
         MessageProperties {
             niceness: n,
+            ordered: false,
             ..Default::default()
         }
     }
@@ -569,6 +586,25 @@ mod tests {
             got.push(item.data);
         }
         assert_eq!(got, vec!["b", "d", "a", "c"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ordered_messages_keep_send_order_whatever_their_niceness() {
+        let o = Outbox::new(1 << 20, any_order);
+        let ordered = |n| MessageProperties {
+            niceness: n,
+            ..Default::default()
+        };
+        send(&o, b"a", ordered(9));
+        send(&o, b"b", nice(5));
+        send(&o, b"c", ordered(0));
+        o.close();
+        let mut got = Vec::new();
+        while let Some(item) = o.next(usize::MAX).await {
+            got.push(item.data);
+        }
+        // The unordered b overtakes a; c (niceness 0) still waits for a.
+        assert_eq!(got, vec!["b", "a", "c"]);
     }
 
     #[tokio::test(start_paused = true)]

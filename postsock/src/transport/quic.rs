@@ -365,6 +365,26 @@ async fn read_ordered(conn: quinn::Connection, events: mpsc::Sender<Event>, limi
     }
 }
 
+/// Delivers one received datagram as an unreliable message (one larger than the maximum
+/// message size is dropped). Returns false when the application has gone.
+async fn deliver_datagram(
+    events: &mpsc::Sender<Event>,
+    data: Bytes,
+    counter: &mut u64,
+    limits: &ReceiveLimits,
+) -> bool {
+    if data.len() > limits.max_message_size {
+        return true;
+    }
+    let event = Event::Received(Received {
+        id: *counter,
+        data,
+        reliable: false,
+    });
+    *counter += 1;
+    events.send(event).await.is_ok()
+}
+
 async fn read_loop(conn: quinn::Connection, events: mpsc::Sender<Event>, limits: ReceiveLimits) {
     let ordered = tokio::spawn(read_ordered(conn.clone(), events.clone(), limits));
     let mut unordered = JoinSet::new();
@@ -373,25 +393,35 @@ async fn read_loop(conn: quinn::Connection, events: mpsc::Sender<Event>, limits:
         tokio::select! {
             biased;
             Some(_) = unordered.join_next(), if !unordered.is_empty() => {}
+            datagram = conn.read_datagram() => match datagram {
+                Ok(data) => {
+                    if !deliver_datagram(&events, data, &mut datagrams, &limits).await {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    // Streams that arrived before the close are still readable.
+                    while let Ok((_send, recv)) = conn.accept_bi().await {
+                        let events = events.clone();
+                        unordered.spawn(async move { read_message(recv, &events, &limits).await; });
+                    }
+                    break e;
+                }
+            },
             bi = conn.accept_bi() => match bi {
                 Ok((_send, recv)) => {
                     let events = events.clone();
                     unordered.spawn(async move { read_message(recv, &events, &limits).await; });
                 }
-                Err(e) => break e,
-            },
-            datagram = conn.read_datagram() => match datagram {
-                Ok(data) => {
-                    if data.len() > limits.max_message_size {
-                        continue;
+                Err(e) => {
+                    // Datagrams that arrived before the close are still readable.
+                    while let Ok(data) = conn.read_datagram().await {
+                        if !deliver_datagram(&events, data, &mut datagrams, &limits).await {
+                            return;
+                        }
                     }
-                    let event = Event::Received(Received { id: datagrams, data, reliable: false });
-                    datagrams += 1;
-                    if events.send(event).await.is_err() {
-                        return;
-                    }
+                    break e;
                 }
-                Err(e) => break e,
             },
         }
     };

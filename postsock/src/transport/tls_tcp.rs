@@ -327,6 +327,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                         // `next` cut the item to at most MAX_FRAME bytes.
                         FrameHeader::part(item.id, item.data.len() as u32, item.fin)
                     };
+                    // Recorded before writing: the peer's ACK can come back before write_all
+                    // returns.
+                    acks.written(item.id, item.data.len(), item.fin);
                     let write = async {
                         out.write_all(&header.encode()).await?;
                         out.write_all(&item.data).await?;
@@ -341,7 +344,6 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                         _ = killed(&mut kill) => return Err(Error::Connection("transient ended".into())),
                         done = write => dirty = done.map_err(io)?,
                     }
-                    acks.written(item.id, item.data.len(), item.fin);
                     if item.fin && !item.abort {
                         outbox.update(item.id, SendStatus::Sent, false);
                     }

@@ -1,0 +1,609 @@
+//! The Post Sockets API's behaviour in the simulator, where time is exact: ordering,
+//! antecedents, partial messages, back-pressure, per-message outcomes, selection, fork.
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use postsock::net::Net;
+use postsock::{
+    Carrier, Configuration, Error, Event, Listener, Message, MessageProperties, Preference,
+    Protocol, Remote, Security, SendStatus, TestCa, TransportProperties,
+};
+use sim::{HostSpec, LinkParams, World, WorldSpec};
+
+type Log = Arc<Mutex<Vec<String>>>;
+
+fn log(l: &Log, s: impl Into<String>) {
+    l.lock().expect("log").push(s.into());
+}
+
+fn entries(l: &Log) -> Vec<String> {
+    l.lock().expect("log").clone()
+}
+
+fn configs(protocols: &[Protocol]) -> (Configuration, Configuration) {
+    let ca = TestCa::new("api CA").expect("ca");
+    let mut server = Configuration::default();
+    server.protocols(protocols).security(Security {
+        identity: Some(ca.issue(&["server"]).expect("identity")),
+        ..Security::default()
+    });
+    let mut client = Configuration::default();
+    client.protocols(protocols).security(Security {
+        trusted_roots: vec![ca.root()],
+        ..Security::default()
+    });
+    (server, client)
+}
+
+/// Runs `server` on every carrier the server accepts and `client` on a carrier initiated
+/// from a host whose uplink is `uplink`; returns when the client is done.
+fn simulate<S, SF, C, CF>(
+    uplink: LinkParams,
+    (server_config, client_config): (Configuration, Configuration),
+    server: S,
+    client: C,
+) where
+    S: Fn(Carrier) -> SF + Clone + 'static,
+    SF: Future<Output = ()> + Send + 'static,
+    C: FnOnce(Carrier) -> CF + 'static,
+    CF: Future<Output = ()> + 'static,
+{
+    let spec = WorldSpec {
+        hosts: vec![
+            HostSpec {
+                name: "client".into(),
+                gateway: None,
+                link: uplink,
+            },
+            HostSpec {
+                name: "server".into(),
+                gateway: None,
+                link: LinkParams {
+                    latency_ms: 10,
+                    ..LinkParams::default()
+                },
+            },
+        ],
+        gateways: vec![],
+    };
+    let mut world = World::new(&spec, 7, Duration::from_secs(120)).expect("world");
+    let server_net: Arc<dyn Net> = world.net("server").expect("net");
+    world
+        .host("server", move || {
+            let (net, config, server) = (server_net.clone(), server_config.clone(), server.clone());
+            async move {
+                let mut listener = Listener::bind(net, ([0, 0, 0, 0], 4433).into(), config).await?;
+                loop {
+                    let carrier = listener.accept().await?;
+                    tokio::spawn(server.clone()(carrier));
+                }
+            }
+        })
+        .expect("host");
+    let client_net: Arc<dyn Net> = world.net("client").expect("net");
+    world
+        .client("client", async move {
+            let carrier =
+                Carrier::initiate(client_net, Remote::new("server", 4433), client_config).await?;
+            client(carrier).await;
+            Ok(())
+        })
+        .expect("client");
+    while !world.step().expect("step") {}
+}
+
+fn link(latency_ms: u64, bandwidth_kbps: Option<u64>) -> LinkParams {
+    LinkParams {
+        latency_ms,
+        bandwidth_kbps,
+        ..LinkParams::default()
+    }
+}
+
+/// A server that logs every message's first byte (the tag) in arrival order.
+fn tag_logger(
+    l: Log,
+) -> impl Fn(Carrier) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Clone {
+    move |carrier: Carrier| {
+        let l = l.clone();
+        Box::pin(async move {
+            while let Ok(Some(m)) = carrier.receive().await {
+                log(&l, format!("{}", m.data[0] as char));
+            }
+        })
+    }
+}
+
+/// Big message `A` (niceness 9), then small `B` (niceness 0), with the given properties.
+fn arrival_order(a: MessageProperties, b_after_a: bool, b: MessageProperties) -> Vec<String> {
+    let l: Log = Log::default();
+    simulate(
+        link(10, Some(1000)),
+        configs(&[Protocol::Quic]),
+        tag_logger(l.clone()),
+        move |carrier| async move {
+            let mut big = vec![b'A'; 64 * 1024];
+            big[1] = 0;
+            let a = carrier
+                .send(Message {
+                    data: big.into(),
+                    properties: MessageProperties { niceness: 9, ..a },
+                })
+                .await
+                .expect("send A");
+            let mut b = MessageProperties { niceness: 0, ..b };
+            if b_after_a {
+                b.antecedents.push(a.id());
+            }
+            let b = carrier
+                .send(Message {
+                    data: Bytes::from_static(b"B"),
+                    properties: b,
+                })
+                .await
+                .expect("send B");
+            assert_eq!(a.outcome().await, SendStatus::Acked);
+            assert_eq!(b.outcome().await, SendStatus::Acked);
+            carrier.close().await.expect("close");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        },
+    );
+    entries(&l)
+}
+
+#[test]
+fn unordered_messages_overtake_and_antecedents_hold_them_back_across_quic_streams() {
+    let unordered = MessageProperties {
+        ordered: false,
+        ..Default::default()
+    };
+    // Two unordered messages on two streams: the small urgent one arrives first...
+    assert_eq!(
+        arrival_order(unordered.clone(), false, unordered.clone()),
+        ["B", "A"]
+    );
+    // ...unless it names the big one as its antecedent.
+    assert_eq!(
+        arrival_order(unordered.clone(), true, unordered.clone()),
+        ["A", "B"]
+    );
+    // Ordered messages keep send order whatever their niceness once both are in flight.
+    assert_eq!(
+        arrival_order(Default::default(), false, Default::default()),
+        ["A", "B"]
+    );
+}
+
+fn sim_ms() -> u128 {
+    turmoil::sim_elapsed().unwrap_or_default().as_millis()
+}
+
+/// What the server saw of a 3-part message (parts 200 ms apart) and a whole one.
+#[derive(Debug, Default)]
+struct PartialRun {
+    /// (offset, length, end, simulated ms) of each part.
+    parts: Vec<(u64, usize, bool, u128)>,
+    /// Everything else, in order.
+    events: Vec<String>,
+    /// When the client handed over its second part.
+    second_part_sent_ms: u128,
+    outcomes: Vec<String>,
+}
+
+fn partial_exchange(protocol: Protocol, abandon: bool) -> PartialRun {
+    let run = Arc::new(Mutex::new(PartialRun::default()));
+    let (mut server, client) = configs(&[protocol]);
+    server.partial_delivery(Some(1000), Some(4096));
+    let (rs, rc) = (run.clone(), run.clone());
+    simulate(
+        link(10, Some(10_000)),
+        (server, client),
+        move |carrier: Carrier| {
+            let run = rs.clone();
+            async move {
+                while let Some(event) = carrier.next_event().await {
+                    let mut r = run.lock().expect("run");
+                    match event {
+                        Event::Ready => r.events.push("ready".into()),
+                        Event::Received(m) => r.events.push(format!("whole {}", m.data.len())),
+                        Event::ReceivedPartial(p) => {
+                            if r.events.last().map(String::as_str) != Some("parts") {
+                                r.events.push("parts".into());
+                            }
+                            r.parts.push((p.offset, p.data.len(), p.end, sim_ms()));
+                        }
+                        Event::ReceiveError { .. } => r.events.push("receive-error".into()),
+                        Event::Closed => r.events.push("closed".into()),
+                        other => r.events.push(format!("{other:?}")),
+                    }
+                }
+            }
+        },
+        move |carrier| async move {
+            let handle = {
+                let mut part = carrier
+                    .start_message(MessageProperties::default())
+                    .expect("start");
+                part.send(vec![1u8; 3000], false).await.expect("part 1");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                rc.lock().expect("run").second_part_sent_ms = sim_ms();
+                part.send(vec![2u8; 5000], false).await.expect("part 2");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if !abandon {
+                    part.send(vec![3u8; 10], true).await.expect("part 3");
+                }
+                part.handle().clone()
+            };
+            let whole = carrier.send(vec![4u8; 100]).await.expect("whole");
+            let outcomes = vec![
+                handle.outcome().await.name().to_string(),
+                whole.outcome().await.name().to_string(),
+            ];
+            rc.lock().expect("run").outcomes = outcomes;
+            carrier.close().await.expect("close");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        },
+    );
+    let mut r = run.lock().expect("run");
+    std::mem::take(&mut *r)
+}
+
+/// Parts are contiguous from 0, never longer than the maximum, and all but the last reach
+/// the minimum unless a maximum-length cut made them.
+fn check_parts(protocol: Protocol, r: &PartialRun) -> u64 {
+    let mut next = 0;
+    for (i, &(offset, len, end, _)) in r.parts.iter().enumerate() {
+        assert_eq!(
+            offset, next,
+            "{protocol}: parts must be contiguous: {:?}",
+            r.parts
+        );
+        assert!(
+            len <= 4096,
+            "{protocol}: part longer than max_length: {:?}",
+            r.parts
+        );
+        assert_eq!(
+            end,
+            i + 1 == r.parts.len() && end,
+            "{protocol}: {:?}",
+            r.parts
+        );
+        next += len as u64;
+    }
+    // Partial delivery really is early: the first part was delivered before the sender
+    // even had its second part.
+    assert!(
+        r.parts[0].3 < r.second_part_sent_ms,
+        "{protocol}: first part at {} ms, second part sent at {} ms",
+        r.parts[0].3,
+        r.second_part_sent_ms
+    );
+    next
+}
+
+#[test]
+fn partial_messages_are_sent_and_delivered_in_parts() {
+    for protocol in [Protocol::Quic, Protocol::TlsTcp] {
+        let r = partial_exchange(protocol, false);
+        assert_eq!(check_parts(protocol, &r), 8010, "{protocol}");
+        assert!(
+            r.parts.last().is_some_and(|p| p.2),
+            "{protocol}: last part ends it"
+        );
+        // The small message is delivered whole (it fits max_length, min_incomplete is moot).
+        assert_eq!(
+            r.events,
+            ["ready", "parts", "whole 100", "closed"],
+            "{protocol}"
+        );
+        assert_eq!(r.outcomes, ["acked", "acked"], "{protocol}");
+    }
+}
+
+#[test]
+fn an_abandoned_partial_message_is_discarded_by_the_receiver() {
+    for protocol in [Protocol::Quic, Protocol::TlsTcp] {
+        let r = partial_exchange(protocol, true);
+        assert!(check_parts(protocol, &r) < 8000, "{protocol}");
+        assert!(
+            r.parts.iter().all(|p| !p.2),
+            "{protocol}: no part may claim the end"
+        );
+        assert_eq!(
+            r.events,
+            ["ready", "parts", "receive-error", "whole 100", "closed"],
+            "{protocol}"
+        );
+        assert_eq!(r.outcomes, ["failed", "acked"], "{protocol}");
+    }
+}
+
+#[test]
+fn back_pressure_bounds_what_a_sender_buffers_for_a_receiver_that_stopped_reading() {
+    for protocol in [Protocol::Quic, Protocol::TlsTcp] {
+        let l: Log = Log::default();
+        let (mut server, mut client) = configs(&[protocol]);
+        server.receive_queue = 8;
+        client.send_buffer(256 * 1024);
+        let ls = l.clone();
+        simulate(
+            link(10, Some(100_000)),
+            (server, client),
+            move |carrier: Carrier| {
+                let l = ls.clone();
+                async move {
+                    // Stop reading for 5 s, then read everything.
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    let mut n = 0;
+                    while let Ok(Some(_)) = carrier.receive().await {
+                        n += 1;
+                    }
+                    log(&l, format!("received {n}"));
+                }
+            },
+            {
+                let l = l.clone();
+                move |carrier| async move {
+                    let mut accepted = 0usize;
+                    let mut blocked = false;
+                    let mut max_buffered = 0;
+                    while accepted < 2000 {
+                        match carrier.try_send(vec![7u8; 64 * 1024]) {
+                            Ok(_) => accepted += 1,
+                            Err(Error::WouldBlock { buffered, limit }) => {
+                                assert_eq!(limit, 256 * 1024);
+                                assert!(buffered <= limit);
+                                blocked = true;
+                                break;
+                            }
+                            Err(e) => panic!("{e}"),
+                        }
+                        max_buffered = max_buffered.max(carrier.buffered());
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    assert!(blocked, "{protocol}: try_send never reported a full buffer");
+                    assert!(max_buffered <= 256 * 1024);
+                    log(&l, format!("accepted {accepted}"));
+                    carrier.close().await.expect("close");
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                }
+            },
+        );
+        let got = entries(&l);
+        let accepted: usize = got[0]
+            .strip_prefix("accepted ")
+            .and_then(|n| n.parse().ok())
+            .expect("accepted count");
+        // What left the sender is bounded by the receiver's windows and queue (QUIC: 8 MiB
+        // connection window; TLS/TCP: 8 queued events + the ACK window), not by the 2000 tries.
+        assert!(
+            accepted * 64 * 1024 <= 10 << 20,
+            "{protocol}: {accepted} messages accepted"
+        );
+        // Nothing was lost: once the receiver reads, it gets every accepted message.
+        assert_eq!(got[1], format!("received {accepted}"), "{protocol}");
+    }
+}
+
+#[test]
+fn every_message_gets_exactly_one_terminal_outcome() {
+    let l: Log = Log::default();
+    let lc = l.clone();
+    simulate(
+        link(10, Some(256)),
+        configs(&[Protocol::Quic]),
+        |carrier: Carrier| async move { while let Ok(Some(_)) = carrier.receive().await {} },
+        move |carrier| async move {
+            // A backlog of 20 KiB on a 256 kbit/s link (~640 ms), then a message that must
+            // arrive within 50 ms, and one that depends on it.
+            let backlog = carrier.send(vec![0u8; 20 * 1024]).await.expect("backlog");
+            let urgent_but_late = carrier
+                .send(
+                    Message::new(vec![1u8; 100])
+                        .lifetime(Duration::from_millis(50))
+                        .niceness(5),
+                )
+                .await
+                .expect("send");
+            let dependent = carrier
+                .send(Message::new(vec![2u8; 10]).after(urgent_but_late.id()))
+                .await
+                .expect("send");
+            let datagram = carrier
+                .send(Message::new(vec![3u8; 100]).unreliable())
+                .await
+                .expect("send");
+            for (name, h) in [
+                ("backlog", &backlog),
+                ("expiring", &urgent_but_late),
+                ("dependent", &dependent),
+                ("datagram", &datagram),
+            ] {
+                let outcome = h.outcome().await;
+                let text = match &outcome {
+                    SendStatus::Failed(why) => format!("{name}: failed ({why})"),
+                    other => format!("{name}: {}", other.name()),
+                };
+                log(&lc, text);
+                // Terminal means final: the status does not change afterwards.
+                assert_eq!(h.status(), outcome);
+            }
+            carrier.close().await.expect("close");
+        },
+    );
+    assert_eq!(
+        entries(&l),
+        [
+            "backlog: acked",
+            "expiring: expired",
+            "dependent: failed (antecedent 1 expired)",
+            "datagram: sent"
+        ]
+    );
+}
+
+#[test]
+fn stream_protocols_refuse_unreliable_messages_and_oversized_ones() {
+    let l: Log = Log::default();
+    let lc = l.clone();
+    let (server, mut client) = configs(&[Protocol::TlsTcp]);
+    client.max_message_size(1000);
+    simulate(
+        link(10, None),
+        (server, client),
+        |carrier: Carrier| async move { while let Ok(Some(_)) = carrier.receive().await {} },
+        move |carrier| async move {
+            let err = carrier
+                .send(Message::new(vec![0u8; 10]).unreliable())
+                .await
+                .expect_err("TLS/TCP cannot be unreliable");
+            log(&lc, err.to_string());
+            let err = carrier.send(vec![0u8; 1001]).await.expect_err("too large");
+            log(&lc, err.to_string());
+            let err = carrier
+                .send(Message::new(vec![0u8; 1]).after(5))
+                .await
+                .expect_err("unknown antecedent");
+            log(&lc, err.to_string());
+            carrier.close().await.expect("close");
+        },
+    );
+    let got = entries(&l);
+    assert!(
+        got[0].contains("cannot send unreliable messages"),
+        "{got:?}"
+    );
+    assert!(
+        got[1].contains("exceeds the maximum message size of 1000"),
+        "{got:?}"
+    );
+    assert!(got[2].contains("antecedent 5"), "{got:?}");
+}
+
+#[test]
+fn selection_picks_from_properties_and_plain_tcp_needs_security_lowered() {
+    // Defaults: QUIC first.
+    let (server, client) = configs(&[Protocol::Quic, Protocol::TlsTcp, Protocol::Tcp]);
+    let seen: Log = Log::default();
+    let s2 = seen.clone();
+    simulate(
+        link(10, None),
+        (server, client),
+        |_carrier: Carrier| async move {},
+        move |carrier| async move {
+            log(&s2, carrier.protocol().name());
+        },
+    );
+    assert_eq!(entries(&seen), ["quic"]);
+
+    // Avoiding multistreaming picks TLS/TCP over QUIC.
+    let (mut server, mut client) = configs(&[Protocol::Quic, Protocol::TlsTcp]);
+    let props = TransportProperties {
+        multistreaming: Preference::Avoid,
+        ..Default::default()
+    };
+    client.properties(props);
+    server.properties(props);
+    let seen: Log = Log::default();
+    let s2 = seen.clone();
+    simulate(
+        link(10, None),
+        (server, client),
+        |_carrier: Carrier| async move {},
+        move |carrier| async move {
+            log(&s2, carrier.protocol().name());
+        },
+    );
+    assert_eq!(entries(&seen), ["tls-tcp"]);
+
+    // Plain TCP only when security is explicitly prohibited; then it works end to end.
+    let props = TransportProperties {
+        security: Preference::Prohibit,
+        ..Default::default()
+    };
+    let mut server = Configuration::default();
+    server.properties(props);
+    let mut client = Configuration::default();
+    client.properties(props);
+    let seen: Log = Log::default();
+    let (s1, s2) = (seen.clone(), seen.clone());
+    simulate(
+        link(10, None),
+        (server, client),
+        move |carrier: Carrier| {
+            let s1 = s1.clone();
+            async move {
+                while let Ok(Some(m)) = carrier.receive().await {
+                    log(
+                        &s1,
+                        format!("server got {:?}", String::from_utf8_lossy(&m.data)),
+                    );
+                }
+            }
+        },
+        move |carrier| async move {
+            log(&s2, carrier.protocol().name());
+            let h = carrier.send(&b"in clear"[..]).await.expect("send");
+            assert_eq!(h.outcome().await, SendStatus::Acked);
+            carrier.close().await.expect("close");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        },
+    );
+    assert_eq!(entries(&seen), ["tcp", "server got \"in clear\""]);
+
+    // Required security never falls back to plain TCP.
+    let mut only_tcp = Configuration::default();
+    only_tcp.protocols(&[Protocol::Tcp]);
+    let err = only_tcp.candidates().expect_err("no secure stack");
+    assert!(err.to_string().contains("requires security"), "{err}");
+}
+
+#[test]
+fn fork_opens_another_carrier_to_the_same_remote() {
+    for protocol in [Protocol::Quic, Protocol::TlsTcp] {
+        let l: Log = Log::default();
+        let ls = l.clone();
+        let carriers = Arc::new(Mutex::new(0));
+        simulate(
+            link(10, None),
+            configs(&[protocol]),
+            move |carrier: Carrier| {
+                let (l, carriers) = (ls.clone(), carriers.clone());
+                async move {
+                    let n = {
+                        let mut c = carriers.lock().expect("count");
+                        *c += 1;
+                        *c
+                    };
+                    while let Ok(Some(m)) = carrier.receive().await {
+                        log(
+                            &l,
+                            format!("carrier {n}: {}", String::from_utf8_lossy(&m.data)),
+                        );
+                    }
+                }
+            },
+            move |carrier| async move {
+                let fork = carrier.fork().await.expect("fork");
+                assert_eq!(fork.protocol(), protocol);
+                assert_eq!(fork.peer_addr(), carrier.peer_addr());
+                let h = carrier.send(&b"original"[..]).await.expect("send");
+                assert_eq!(h.outcome().await, SendStatus::Acked);
+                let h = fork.send(&b"fork"[..]).await.expect("send");
+                assert_eq!(h.outcome().await, SendStatus::Acked);
+                fork.close().await.expect("close fork");
+                carrier.close().await.expect("close");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            },
+        );
+        assert_eq!(
+            entries(&l),
+            ["carrier 1: original", "carrier 2: fork"],
+            "{protocol}"
+        );
+    }
+}
