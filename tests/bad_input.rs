@@ -1,0 +1,194 @@
+//! Peers that violate docs/WIRE.md: the carrier they talk to ends with a clear
+//! `ConnectionError` (or, for one bad QUIC message, a `ReceiveError`), nothing panics, and
+//! other carriers of the same listener keep working. Real sockets.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use postsock::net::{Net, TokioNet};
+use postsock::{Carrier, Error, Event, Listener, Protocol, Remote, TestCa};
+use quinn::crypto::rustls::QuicClientConfig;
+use tokio::io::AsyncWriteExt;
+
+fn header(kind: u8, flags: u8, id: u64, len: u32) -> Vec<u8> {
+    let mut h = vec![kind, flags, 0, 0];
+    h.extend_from_slice(&id.to_be_bytes());
+    h.extend_from_slice(&len.to_be_bytes());
+    h
+}
+
+/// Bytes that violate the TLS/TCP framing, and what the error must say.
+fn violations() -> Vec<(&'static str, Vec<u8>, &'static str)> {
+    let mut truncated = header(1, 1, 0, 100);
+    truncated.extend_from_slice(&[0u8; 10]);
+    vec![
+        (
+            "oversized length",
+            header(1, 1, 0, 2 << 20),
+            "exceeds the maximum message size",
+        ),
+        ("truncated frame", truncated, "truncated frame"),
+        (
+            "unknown flags",
+            header(1, 0x80, 0, 0),
+            "unknown frame flags 0x80",
+        ),
+        (
+            "unknown type",
+            header(0x7f, 0, 0, 0),
+            "unknown frame type 0x7f",
+        ),
+        (
+            "garbage",
+            b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+            "reserved header bytes are not zero",
+        ),
+        ("ACK of nothing sent", header(2, 0, 5, 0), "ACK of 5 units"),
+        ("truncated header", vec![1, 1, 0], "truncated frame header"),
+    ]
+}
+
+async fn bind(ca: &TestCa, protocol: Protocol) -> (Listener, SocketAddr) {
+    let (mut server, _) = common::postsock_configs(ca, protocol);
+    server.max_message_size(1 << 20);
+    let net: Arc<dyn Net> = TokioNet::shared();
+    let listener = Listener::bind(net, "127.0.0.1:0".parse().expect("addr"), server)
+        .await
+        .expect("bind");
+    let addr = ([127, 0, 0, 1], listener.local_addr().port()).into();
+    (listener, addr)
+}
+
+/// The events of a carrier until its last one.
+async fn drain(carrier: &Carrier) -> Vec<Event> {
+    let mut events = Vec::new();
+    while let Some(e) = tokio::time::timeout(Duration::from_secs(10), carrier.next_event())
+        .await
+        .expect("the carrier must end, not hang")
+    {
+        events.push(e);
+    }
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_tcp_violations_end_only_the_offending_carrier() {
+    let ca = TestCa::new("bad input CA").expect("ca");
+    let (mut listener, addr) = bind(&ca, Protocol::TlsTcp).await;
+    let (_, client_config) = common::postsock_configs(&ca, Protocol::TlsTcp);
+
+    // A well-behaved carrier first; it must survive everything below.
+    let good = Carrier::initiate(
+        TokioNet::shared(),
+        Remote::new("localhost", addr.port()),
+        client_config,
+    )
+    .await
+    .expect("initiate");
+    let good_server = listener.accept().await.expect("accept good");
+
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(common::rustls_client(&ca)));
+    for (what, bytes, want) in violations() {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let mut tls = connector.connect(name, tcp).await.expect("handshake");
+        tls.write_all(&bytes).await.expect("write");
+        tls.flush().await.expect("flush");
+        // End our direction so a truncated frame is seen as truncated, not as slow.
+        let _ = tls.shutdown().await;
+        let carrier = listener.accept().await.expect("accept bad");
+        let events = drain(&carrier).await;
+        match events.last() {
+            Some(Event::ConnectionError(Error::Protocol(msg))) => {
+                assert!(msg.contains(want), "{what}: got `{msg}`, want `{want}`")
+            }
+            other => panic!("{what}: last event {other:?}"),
+        }
+        assert!(matches!(events.first(), Some(Event::Ready)), "{what}");
+        // Sending on the dead carrier is refused or fails; it never hangs or panics.
+        match carrier.send(&b"x"[..]).await {
+            Err(_) => {}
+            Ok(h) => assert!(
+                matches!(h.outcome().await, postsock::SendStatus::Failed(_)),
+                "{what}"
+            ),
+        }
+    }
+
+    // Garbage instead of a TLS handshake: the handshake fails, no carrier appears.
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+    tcp.write_all(&[0x16, 0x03, 0x01, 0xff, 0xff, 1, 2, 3])
+        .await
+        .expect("write");
+    drop(tcp);
+
+    // The good carrier still works both ways.
+    let h = good.send(&b"still here"[..]).await.expect("send");
+    assert_eq!(h.outcome().await, postsock::SendStatus::Acked);
+    let m = good_server
+        .receive()
+        .await
+        .expect("receive")
+        .expect("message");
+    assert_eq!(&m.data[..], b"still here");
+    good_server.send_bytes(m.data).await.expect("echo");
+    let echo = good.receive().await.expect("receive").expect("echo");
+    assert_eq!(&echo.data[..], b"still here");
+    good.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_quic_message_is_refused_and_the_carrier_goes_on() {
+    let ca = TestCa::new("bad input CA").expect("ca");
+    let (mut listener, addr) = bind(&ca, Protocol::Quic).await;
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )
+    .expect("endpoint");
+    let tls = QuicClientConfig::try_from(common::rustls_client(&ca)).expect("quic");
+    let conn = endpoint
+        .connect_with(quinn::ClientConfig::new(Arc::new(tls)), addr, "localhost")
+        .expect("connect")
+        .await
+        .expect("handshake");
+    let carrier = listener.accept().await.expect("accept");
+    // 2 MiB on one stream, over the listener's 1 MiB maximum; then a good message.
+    let big = conn.open_uni().await.expect("stream");
+    let writer = tokio::spawn(async move {
+        let mut big = big;
+        // The receiver stops the stream once it sees it is too big; the write then fails.
+        let _ = big.write_all(&vec![1u8; 2 << 20]).await;
+        let _ = big.finish();
+    });
+    let mut ok = conn.open_uni().await.expect("stream");
+    ok.write_all(b"fine").await.expect("write");
+    ok.finish().expect("finish");
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let e = tokio::time::timeout(Duration::from_secs(10), carrier.next_event())
+            .await
+            .expect("no hang")
+            .expect("event");
+        seen.push(match e {
+            Event::Ready => "ready".to_string(),
+            Event::ReceiveError { error, .. } => format!("receive-error: {error}"),
+            Event::Received(m) => format!("received {}", String::from_utf8_lossy(&m.data)),
+            other => format!("{other:?}"),
+        });
+    }
+    assert_eq!(seen[0], "ready");
+    assert!(
+        seen[1].contains("exceeds the maximum message size"),
+        "{seen:?}"
+    );
+    assert_eq!(seen[2], "received fine");
+    let _ = writer.await;
+    conn.close(0u32.into(), b"");
+}
