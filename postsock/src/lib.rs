@@ -41,6 +41,8 @@ mod carrier;
 mod certs;
 mod config;
 mod error;
+pub mod framer;
+mod kin;
 mod listener;
 mod message;
 pub mod net;
@@ -52,6 +54,8 @@ pub use carrier::{Carrier, PartialSend};
 pub use certs::TestCa;
 pub use config::{Configuration, Identity, Protocol, Remote, Security};
 pub use error::{Error, Result};
+pub use framer::{Framed, Framer, Json, LengthPrefix, Lines};
+pub use kin::{Request, Responder, Sink, Source};
 pub use listener::Listener;
 pub use message::{
     Event, Message, MessageId, MessageProperties, Received, ReceivedPartial, SendHandle, SendStatus,
