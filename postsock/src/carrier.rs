@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -17,7 +17,7 @@ use crate::message::{MessageProperties, SendHandle, SendStatus};
 use crate::net::Net;
 use crate::outbox::Outbox;
 use crate::transport::assemble::ReceiveLimits;
-use crate::transport::{quic, tls_tcp};
+use crate::transport::{event_channel, quic, tls_tcp, EventRx};
 use crate::{Configuration, Error, Event, Message, MessageId, Protocol, Received, Remote, Result};
 
 /// How the carrier reaches its transient to end it.
@@ -67,7 +67,7 @@ pub struct Carrier {
     protocol: Protocol,
     peer: SocketAddr,
     outbox: Arc<Outbox>,
-    events: tokio::sync::Mutex<mpsc::Receiver<Event>>,
+    events: tokio::sync::Mutex<EventRx>,
     sender: tokio::sync::Mutex<Option<JoinHandle<Result<()>>>>,
     tasks: Vec<JoinHandle<()>>,
     link: Link,
@@ -171,8 +171,8 @@ impl Carrier {
         config: &Configuration,
         origin: Option<Origin>,
     ) -> Self {
-        let (events_tx, events_rx) = mpsc::channel(config.receive_queue.max(2));
-        let _ = events_tx.try_send(Event::Ready);
+        let (events_tx, events_rx) = event_channel(config.receive_queue, config.receive_buffer);
+        events_tx.try_send(Event::Ready);
         let limits = ReceiveLimits::from_config(config);
         match transient {
             Transient::Quic(conn, endpoint) => {

@@ -104,6 +104,9 @@ pub struct Configuration {
     /// Events a carrier holds for an application that is not reading; when full the carrier
     /// stops reading from the network and flow control slows the peer.
     pub receive_queue: usize,
+    /// Payload bytes a carrier holds for an application that is not reading (received
+    /// messages and parts not yet taken), beyond which it stops reading from the network.
+    pub receive_buffer: usize,
     /// Deliver messages in parts ([`crate::Event::ReceivedPartial`]) once at least this many
     /// bytes of one are waiting. `None`: whole messages only (unless `receive_max_length`).
     pub receive_min_incomplete: Option<usize>,
@@ -121,6 +124,7 @@ impl Default for Configuration {
             connect_timeout: Duration::from_secs(10),
             send_buffer: 4 << 20,
             receive_queue: 256,
+            receive_buffer: 4 << 20,
             receive_min_incomplete: None,
             receive_max_length: None,
         }

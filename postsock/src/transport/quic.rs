@@ -15,7 +15,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 use super::assemble::{Assembly, ReceiveLimits};
-use super::tls;
+use super::{tls, EventTx};
 use crate::message::{MessageProperties, SendStatus};
 use crate::net::Net;
 use crate::outbox::{Item, Outbox};
@@ -302,7 +302,7 @@ async fn write_message(
 pub(crate) fn start(
     conn: quinn::Connection,
     outbox: Arc<Outbox>,
-    events: mpsc::Sender<Event>,
+    events: EventTx,
     limits: ReceiveLimits,
 ) -> (JoinHandle<Result<()>>, JoinHandle<()>) {
     let sender = tokio::spawn(send_loop(conn.clone(), outbox));
@@ -314,7 +314,7 @@ pub(crate) fn start(
 /// the application has gone (the event channel closed).
 async fn read_message(
     mut stream: quinn::RecvStream,
-    events: &mpsc::Sender<Event>,
+    events: &EventTx,
     limits: &ReceiveLimits,
 ) -> bool {
     let id = u64::from(stream.id());
@@ -357,7 +357,7 @@ async fn read_message(
 }
 
 /// Reads ordered messages: unidirectional streams, one after the other in stream order.
-async fn read_ordered(conn: quinn::Connection, events: mpsc::Sender<Event>, limits: ReceiveLimits) {
+async fn read_ordered(conn: quinn::Connection, events: EventTx, limits: ReceiveLimits) {
     while let Ok(stream) = conn.accept_uni().await {
         if !read_message(stream, &events, &limits).await {
             return;
@@ -368,7 +368,7 @@ async fn read_ordered(conn: quinn::Connection, events: mpsc::Sender<Event>, limi
 /// Delivers one received datagram as an unreliable message (one larger than the maximum
 /// message size is dropped). Returns false when the application has gone.
 async fn deliver_datagram(
-    events: &mpsc::Sender<Event>,
+    events: &EventTx,
     data: Bytes,
     counter: &mut u64,
     limits: &ReceiveLimits,
@@ -385,7 +385,7 @@ async fn deliver_datagram(
     events.send(event).await.is_ok()
 }
 
-async fn read_loop(conn: quinn::Connection, events: mpsc::Sender<Event>, limits: ReceiveLimits) {
+async fn read_loop(conn: quinn::Connection, events: EventTx, limits: ReceiveLimits) {
     let ordered = tokio::spawn(read_ordered(conn.clone(), events.clone(), limits));
     let mut unordered = JoinSet::new();
     let mut datagrams: u64 = 0;

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::assemble::{Assembly, ReceiveLimits};
 use super::framing::{FrameHeader, HEADER_LEN};
-use super::tls;
+use super::{tls, EventTx};
 use crate::message::{MessageProperties, SendStatus};
 use crate::net::{ByteStream, Net};
 use crate::outbox::{Item, Outbox};
@@ -230,7 +230,7 @@ pub(crate) struct StreamTasks {
 pub(crate) fn start<S>(
     stream: S,
     outbox: Arc<Outbox>,
-    events: mpsc::Sender<Event>,
+    events: EventTx,
     limits: ReceiveLimits,
 ) -> StreamTasks
 where
@@ -302,6 +302,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 _ = tokio::time::sleep(FLUSH_DELAY), if dirty => Step::Flush,
             };
             match step {
+                // Closing with everything acknowledged: the peer going away now costs nothing.
+                Step::Killed if !draining && acks.lock().frames.is_empty() => return Ok(()),
                 Step::Killed => return Err(Error::Connection("transient ended".into())),
                 Step::Ack => {
                     let count = *ack_rx.borrow_and_update();
@@ -362,7 +364,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 
 /// What the reader of a stream transient feeds.
 struct Receiver {
-    events: mpsc::Sender<Event>,
+    events: EventTx,
     limits: ReceiveLimits,
     outbox: Arc<Outbox>,
     acks: Arc<Acks>,
