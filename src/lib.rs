@@ -3,6 +3,7 @@
 //! The library behind the `postsock` command: scenario files ([`scenario`]), the application
 //! programs they run ([`workload`]), one run ([`runner`]) and whole suites ([`suite`]).
 
+pub mod bench;
 pub mod runner;
 pub mod scenario;
 pub mod suite;

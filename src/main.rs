@@ -59,6 +59,36 @@ enum Command {
         #[arg(long)]
         jobs: Option<usize>,
     },
+    /// Wall-clock benchmark on real loopback: postsock vs raw quinn and raw tokio-rustls
+    /// (throughput and latency as ratios), and sender memory under back-pressure.
+    Bench {
+        /// Smaller workloads and fewer repeats (a smoke run; figures are not comparable).
+        #[arg(long)]
+        quick: bool,
+        /// Where bench.json and bench.md go.
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+    },
+    /// (internal) The receiver of the memory benchmark.
+    #[command(hide = true)]
+    BenchReceiver {
+        #[arg(long)]
+        protocol: String,
+        #[arg(long)]
+        ca_out: PathBuf,
+    },
+    /// (internal) The sender of the memory benchmark.
+    #[command(hide = true)]
+    BenchSender {
+        #[arg(long)]
+        protocol: String,
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long)]
+        total_bytes: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -76,7 +106,97 @@ fn main() -> ExitCode {
             out,
             jobs,
         } => run_suite(&cli.scenarios, filter.as_deref(), seeds, &out, jobs),
+        Command::Bench { quick, out } => bench(quick, &out),
+        Command::BenchReceiver { protocol, ca_out } => match protocol_named(&protocol) {
+            Some(p) => done(testbed::bench::receiver(p, &ca_out)),
+            None => usage_error(format!("unknown protocol `{protocol}`")),
+        },
+        Command::BenchSender {
+            protocol,
+            port,
+            ca,
+            total_bytes,
+        } => match protocol_named(&protocol) {
+            Some(p) => done(testbed::bench::sender(p, port, &ca, total_bytes)),
+            None => usage_error(format!("unknown protocol `{protocol}`")),
+        },
     }
+}
+
+fn protocol_named(name: &str) -> Option<postsock::Protocol> {
+    [postsock::Protocol::Quic, postsock::Protocol::TlsTcp]
+        .into_iter()
+        .find(|p| p.name() == name)
+}
+
+fn done<E: std::fmt::Display>(r: Result<(), E>) -> ExitCode {
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn bench(quick: bool, out: &std::path::Path) -> ExitCode {
+    use testbed::bench;
+    let opts = if quick {
+        bench::Options {
+            small_count: 500,
+            large_count: 5,
+            rounds: 50,
+            repeats: 1,
+            memory_bytes: 64 << 20,
+            ..bench::Options::default()
+        }
+    } else {
+        bench::Options::default()
+    };
+    let rows = match bench::compare(&opts, &|what| eprintln!("measuring {what}")) {
+        Ok(rows) => rows,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut memory = Vec::new();
+    for protocol in [postsock::Protocol::Quic, postsock::Protocol::TlsTcp] {
+        eprintln!(
+            "measuring {} sender memory under back-pressure",
+            protocol.name()
+        );
+        match bench::memory(&exe, protocol, opts.memory_bytes) {
+            Ok(row) => memory.push(row),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    let report = bench::BenchReport { rows, memory };
+    let table = bench::markdown(&report);
+    println!("{table}");
+    let written = std::fs::create_dir_all(out)
+        .and_then(|()| std::fs::write(out.join("bench.md"), &table))
+        .and_then(|()| {
+            std::fs::write(
+                out.join("bench.json"),
+                serde_json::to_string_pretty(&report).unwrap_or_default(),
+            )
+        });
+    if let Err(e) = written {
+        eprintln!("error: writing {}: {e}", out.display());
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
 }
 
 fn usage_error(e: impl std::fmt::Display) -> ExitCode {

@@ -32,7 +32,7 @@ async fn a_responder_answers_each_remote_on_its_own_carrier() {
             reply.extend_from_slice(&request.message.data);
             request.respond(reply).await.expect("respond");
         }
-        froms
+        (froms, responder)
     });
     let mut clients = Vec::new();
     for protocol in [Protocol::Quic, Protocol::TlsTcp] {
@@ -56,9 +56,9 @@ async fn a_responder_answers_each_remote_on_its_own_carrier() {
     }
     let quic = clients.remove(0).await.expect("quic client");
     let tcp = clients.remove(0).await.expect("tls client");
+    let (froms, _responder) = serve.await.expect("responder");
     assert_eq!(quic, ["pong: quic #0", "pong: quic #1"]);
     assert_eq!(tcp, ["pong: tls-tcp #0", "pong: tls-tcp #1"]);
-    let froms = serve.await.expect("responder");
     let distinct: std::collections::BTreeSet<_> = froms.iter().collect();
     assert_eq!(distinct.len(), 2, "two remotes: {froms:?}");
 }

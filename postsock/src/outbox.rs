@@ -96,8 +96,12 @@ struct State {
     failed: BTreeMap<MessageId, &'static str>,
     last_ordered: Option<MessageId>,
     items: BTreeMap<u64, Item>,
+    /// The queued items (seqs) of each message.
+    seqs_of: BTreeMap<MessageId, BTreeSet<u64>>,
     ready: BTreeSet<(u32, u64)>,
     blocked: BTreeSet<u64>,
+    /// Blocked items by the message they wait for (re-checked only when it changes).
+    waiting: BTreeMap<MessageId, BTreeSet<u64>>,
     deadlines: BTreeSet<(Instant, u64)>,
     closed: bool,
 }
@@ -258,14 +262,16 @@ impl Outbox {
         }
         let niceness = item.props.niceness;
         st.items.insert(seq, item);
+        st.seqs_of.entry(id).or_default().insert(seq);
         match self.eligibility(&st, id) {
             Eligible::Yes => {
                 st.ready.insert((niceness, seq));
                 drop(st);
                 self.wake.notify_one();
             }
-            Eligible::No => {
+            Eligible::No(blocker) => {
                 st.blocked.insert(seq);
+                st.waiting.entry(blocker).or_default().insert(seq);
             }
             Eligible::Failed(a, why) => {
                 st.blocked.insert(seq);
@@ -273,7 +279,9 @@ impl Outbox {
                 self.fail_locked(&mut st, id, SendStatus::Failed(reason));
             }
         }
-        self.reap.notify_one();
+        if deadline.is_some() {
+            self.reap.notify_one();
+        }
     }
 
     fn eligibility(&self, st: &State, id: MessageId) -> Eligible {
@@ -281,9 +289,9 @@ impl Outbox {
             return Eligible::Yes;
         };
         // Send order among ordered messages (a failed predecessor does not hold it up).
-        if let Some(prev) = me.prev_ordered.and_then(|p| st.live.get(&p)) {
-            if !prev.dispatched {
-                return Eligible::No;
+        if let Some(p) = me.prev_ordered {
+            if st.live.get(&p).is_some_and(|prev| !prev.dispatched) {
+                return Eligible::No(p);
             }
         }
         for &a in &me.props.antecedents {
@@ -292,7 +300,7 @@ impl Outbox {
             }
             if let Some(ante) = st.live.get(&a) {
                 if !(ante.dispatched && (self.order_rule)(&ante.props, &me.props)) {
-                    return Eligible::No;
+                    return Eligible::No(a);
                 }
             }
         }
@@ -309,28 +317,7 @@ impl Outbox {
             {
                 let mut st = self.lock();
                 self.expire_due(&mut st);
-                if let Some((niceness, seq)) = st.ready.pop_first() {
-                    let mut item = st.items.remove(&seq)?;
-                    match item.split_rest(max_len.max(1)) {
-                        Some(rest) => {
-                            st.items.insert(seq, rest);
-                            st.ready.insert((niceness, seq));
-                        }
-                        None => {
-                            if let Some(d) = item.deadline {
-                                st.deadlines.remove(&(d, seq));
-                            }
-                        }
-                    }
-                    if let Some(live) = st.live.get_mut(&item.id) {
-                        live.started = true;
-                        if item.fin {
-                            live.dispatched = true;
-                        }
-                    }
-                    if item.fin {
-                        self.release_blocked(&mut st);
-                    }
+                if let Some(item) = self.pop(&mut st, max_len) {
                     return Some(item);
                 }
                 if st.closed && st.items.is_empty() {
@@ -339,6 +326,45 @@ impl Outbox {
             }
             notified.await;
         }
+    }
+
+    /// Like [`next`](Self::next) but only what is ready now.
+    pub(crate) fn try_next(&self, max_len: usize) -> Option<Item> {
+        let mut st = self.lock();
+        self.expire_due(&mut st);
+        self.pop(&mut st, max_len)
+    }
+
+    fn pop(&self, st: &mut State, max_len: usize) -> Option<Item> {
+        let (niceness, seq) = st.ready.pop_first()?;
+        let mut item = st.items.remove(&seq)?;
+        match item.split_rest(max_len.max(1)) {
+            Some(rest) => {
+                st.items.insert(seq, rest);
+                st.ready.insert((niceness, seq));
+            }
+            None => {
+                if let Some(d) = item.deadline {
+                    st.deadlines.remove(&(d, seq));
+                }
+                if let Some(seqs) = st.seqs_of.get_mut(&item.id) {
+                    seqs.remove(&seq);
+                    if seqs.is_empty() {
+                        st.seqs_of.remove(&item.id);
+                    }
+                }
+            }
+        }
+        if let Some(live) = st.live.get_mut(&item.id) {
+            live.started = true;
+            if item.fin {
+                live.dispatched = true;
+            }
+        }
+        if item.fin {
+            self.wake_waiters(st, item.id);
+        }
+        Some(item)
     }
 
     /// Whether nothing is ready to send right now (a stream transport flushes then).
@@ -361,7 +387,7 @@ impl Outbox {
                 if let Some(live) = st.live.remove(&id) {
                     live.status.send_replace((status, true));
                 }
-                self.release_blocked(&mut st);
+                self.wake_waiters(&mut st, id);
             }
             other => self.fail_locked(&mut st, id, other),
         }
@@ -369,8 +395,15 @@ impl Outbox {
 
     /// Fails a message: drops its queued parts and fails its dependents.
     fn fail_locked(&self, st: &mut State, id: MessageId, status: SendStatus) {
+        if self.fail_only(st, id, status) {
+            self.wake_waiters(st, id);
+        }
+    }
+
+    /// Fails a message without looking at its dependents; false if it was already settled.
+    fn fail_only(&self, st: &mut State, id: MessageId, status: SendStatus) -> bool {
         let Some(live) = st.live.remove(&id) else {
-            return;
+            return false;
         };
         let why = match status {
             SendStatus::Expired => "expired",
@@ -380,13 +413,7 @@ impl Outbox {
         while st.failed.len() > FAILED_MEMORY {
             st.failed.pop_first();
         }
-        let seqs: Vec<u64> = st
-            .items
-            .iter()
-            .filter(|(_, it)| it.id == id)
-            .map(|(s, _)| *s)
-            .collect();
-        for seq in seqs {
+        for seq in st.seqs_of.remove(&id).unwrap_or_default() {
             if let Some(item) = st.items.remove(&seq) {
                 st.ready.remove(&(item.props.niceness, seq));
                 st.blocked.remove(&seq);
@@ -413,44 +440,46 @@ impl Outbox {
                     _permit: None,
                 },
             );
+            st.seqs_of.entry(id).or_default().insert(seq);
             st.ready.insert((0, seq));
             self.wake.notify_one();
         }
         live.status.send_replace((status, true));
-        self.release_blocked(st);
+        true
     }
 
-    /// Moves blocked items whose antecedents are now safe to the ready set; fails those whose
-    /// antecedents failed.
-    fn release_blocked(&self, st: &mut State) {
-        loop {
-            let mut changed = false;
-            let blocked: Vec<u64> = st.blocked.iter().copied().collect();
-            for seq in blocked {
-                let Some(id) = st.items.get(&seq).map(|i| i.id) else {
+    /// Re-checks the items waiting for message `id` (it was dispatched, settled or failed):
+    /// moves them to the ready set, or to the next message they wait for, or fails them if
+    /// an antecedent failed, and so on down the chain of dependents.
+    fn wake_waiters(&self, st: &mut State, id: MessageId) {
+        let mut changed = vec![id];
+        while let Some(x) = changed.pop() {
+            for seq in st.waiting.remove(&x).unwrap_or_default() {
+                if !st.blocked.contains(&seq) {
+                    continue;
+                }
+                let Some((item_id, niceness)) =
+                    st.items.get(&seq).map(|i| (i.id, i.props.niceness))
+                else {
                     st.blocked.remove(&seq);
                     continue;
                 };
-                match self.eligibility(st, id) {
+                match self.eligibility(st, item_id) {
                     Eligible::Yes => {
                         st.blocked.remove(&seq);
-                        if let Some(n) = st.items.get(&seq).map(|i| i.props.niceness) {
-                            st.ready.insert((n, seq));
-                        }
+                        st.ready.insert((niceness, seq));
                         self.wake.notify_one();
-                        changed = true;
                     }
-                    Eligible::No => {}
+                    Eligible::No(blocker) => {
+                        st.waiting.entry(blocker).or_default().insert(seq);
+                    }
                     Eligible::Failed(a, why) => {
                         let reason = format!("antecedent {a} {why}");
-                        self.fail_locked(st, id, SendStatus::Failed(reason));
-                        changed = true;
-                        break;
+                        if self.fail_only(st, item_id, SendStatus::Failed(reason)) {
+                            changed.push(item_id);
+                        }
                     }
                 }
-            }
-            if !changed {
-                return;
             }
         }
     }
@@ -521,6 +550,8 @@ impl Outbox {
         st.items.clear();
         st.ready.clear();
         st.blocked.clear();
+        st.waiting.clear();
+        st.seqs_of.clear();
         st.deadlines.clear();
         drop(st);
         self.permits.close();
@@ -537,7 +568,8 @@ impl Outbox {
 
 enum Eligible {
     Yes,
-    No,
+    /// Waits for this message.
+    No(MessageId),
     Failed(MessageId, &'static str),
 }
 

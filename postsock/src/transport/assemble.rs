@@ -67,7 +67,7 @@ impl Assembly {
     /// An error means the message exceeded the maximum size and must be discarded.
     pub(crate) fn push(
         &mut self,
-        data: &[u8],
+        data: Bytes,
         end: bool,
         limits: &ReceiveLimits,
     ) -> Result<Vec<Event>, Error> {
@@ -78,8 +78,21 @@ impl Assembly {
                 self.id, limits.max_message_size
             )));
         }
-        self.buf.extend_from_slice(data);
         let mut out = Vec::new();
+        // A message that arrives in one piece and fits goes up without a copy.
+        if end
+            && self.buf.is_empty()
+            && self.delivered == 0
+            && limits.max_length.is_none_or(|m| data.len() <= m)
+        {
+            out.push(Event::Received(Received {
+                id: self.id,
+                data,
+                reliable: self.reliable,
+            }));
+            return Ok(out);
+        }
+        self.buf.extend_from_slice(&data);
         if let Some(max) = limits.max_length {
             while self.buf.len() > max || (self.buf.len() == max && !end) {
                 let chunk = self.buf.split_to(max).freeze();
@@ -141,9 +154,12 @@ mod tests {
     fn whole_messages_by_default() {
         let l = limits(None, None);
         let mut a = Assembly::new(1, true);
-        assert!(a.push(&[0; 30], false, &l).expect("fits").is_empty());
+        assert!(a
+            .push(Bytes::from(vec![0u8; 30]), false, &l)
+            .expect("fits")
+            .is_empty());
         assert_eq!(
-            describe(a.push(&[0; 20], true, &l).expect("fits")),
+            describe(a.push(Bytes::from(vec![0u8; 20]), true, &l).expect("fits")),
             ["whole 50"]
         );
     }
@@ -152,26 +168,29 @@ mod tests {
     fn min_incomplete_and_max_length_deliver_parts() {
         let l = limits(Some(25), None);
         let mut a = Assembly::new(1, true);
-        assert!(a.push(&[0; 10], false, &l).expect("fits").is_empty());
+        assert!(a
+            .push(Bytes::from(vec![0u8; 10]), false, &l)
+            .expect("fits")
+            .is_empty());
         assert_eq!(
-            describe(a.push(&[0; 20], false, &l).expect("fits")),
+            describe(a.push(Bytes::from(vec![0u8; 20]), false, &l).expect("fits")),
             ["part 0+30"]
         );
         assert_eq!(
-            describe(a.push(&[0; 5], true, &l).expect("fits")),
+            describe(a.push(Bytes::from(vec![0u8; 5]), true, &l).expect("fits")),
             ["part 30+5 end"]
         );
 
         let l = limits(None, Some(16));
         let mut a = Assembly::new(2, true);
         assert_eq!(
-            describe(a.push(&[0; 40], true, &l).expect("fits")),
+            describe(a.push(Bytes::from(vec![0u8; 40]), true, &l).expect("fits")),
             ["part 0+16", "part 16+16", "part 32+8 end"]
         );
         // A message that fits max_length is delivered whole.
         let mut b = Assembly::new(3, true);
         assert_eq!(
-            describe(b.push(&[0; 16], true, &l).expect("fits")),
+            describe(b.push(Bytes::from(vec![0u8; 16]), true, &l).expect("fits")),
             ["whole 16"]
         );
     }
@@ -180,8 +199,10 @@ mod tests {
     fn oversized_message_is_an_error() {
         let l = limits(None, None);
         let mut a = Assembly::new(1, true);
-        assert!(a.push(&[0; 60], false, &l).is_ok());
-        let err = a.push(&[0; 60], true, &l).expect_err("too big");
+        assert!(a.push(Bytes::from(vec![0u8; 60]), false, &l).is_ok());
+        let err = a
+            .push(Bytes::from(vec![0u8; 60]), true, &l)
+            .expect_err("too big");
         assert!(err.to_string().contains("maximum message size"), "{err}");
     }
 }

@@ -7,7 +7,7 @@
 pub(crate) mod assemble;
 pub mod framing;
 pub(crate) mod quic;
-pub(crate) mod tls;
+pub mod tls;
 pub(crate) mod tls_tcp;
 
 use std::sync::Arc;

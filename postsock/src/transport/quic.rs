@@ -165,8 +165,10 @@ pub(crate) async fn send_loop(conn: quinn::Connection, outbox: Arc<Outbox>) -> R
     let mut min_rtt = conn.rtt();
     let result = loop {
         while tasks.try_join_next().is_some() {}
-        let window = (conn.stats().path.cwnd as usize).max(MIN_IN_FLIGHT);
-        in_flight.below(window).await;
+        if in_flight.bytes.load(Ordering::Relaxed) >= MIN_IN_FLIGHT {
+            let window = (conn.stats().path.cwnd as usize).max(MIN_IN_FLIGHT);
+            in_flight.below(window).await;
+        }
         let Some(item) = outbox.next(usize::MAX).await else {
             break Ok(());
         };
@@ -337,7 +339,7 @@ async fn read_message(
             // The connection ended; the reader loop reports why.
             Err(_) => return true,
         };
-        match assembly.push(&data, end, limits) {
+        match assembly.push(data, end, limits) {
             Ok(out) => {
                 for event in out {
                     if events.send(event).await.is_err() {

@@ -13,7 +13,9 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-pub(crate) fn client_config(security: &Security) -> Result<rustls::ClientConfig> {
+/// The rustls client configuration postsock uses (TLS 1.3, ring, verification against
+/// `security.trusted_roots`, ALPN `postsock/1`).
+pub fn client_config(security: &Security) -> Result<rustls::ClientConfig> {
     if security.trusted_roots.is_empty() {
         return Err(Error::Config(
             "no trusted root certificates: set Security::trusted_roots (verification cannot be disabled)"
@@ -35,7 +37,9 @@ pub(crate) fn client_config(security: &Security) -> Result<rustls::ClientConfig>
     Ok(config)
 }
 
-pub(crate) fn server_config(security: &Security) -> Result<rustls::ServerConfig> {
+/// The rustls server configuration postsock uses (TLS 1.3, ring, `security.identity`, ALPN
+/// `postsock/1`).
+pub fn server_config(security: &Security) -> Result<rustls::ServerConfig> {
     let identity = security.identity.as_ref().ok_or_else(|| {
         Error::Config("a listener needs an identity: set Security::identity".into())
     })?;
@@ -49,7 +53,8 @@ pub(crate) fn server_config(security: &Security) -> Result<rustls::ServerConfig>
     Ok(config)
 }
 
-pub(crate) fn server_name(security: &Security, host: &str) -> Result<ServerName<'static>> {
+/// The name a server certificate is verified against.
+pub fn server_name(security: &Security, host: &str) -> Result<ServerName<'static>> {
     let name = security.server_name.as_deref().unwrap_or(host);
     ServerName::try_from(name.to_owned())
         .map_err(|e| Error::Config(format!("`{name}` is not a valid server name: {e}")))

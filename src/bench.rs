@@ -1,0 +1,611 @@
+//! Wall-clock benchmarks on real loopback sockets (`postsock bench`): postsock against the
+//! same message pattern written directly on quinn (one unidirectional stream per message) and
+//! on tokio-rustls (4-byte length prefix), and the memory of a sender whose receiver stopped
+//! reading. Machines are noisy, so every figure is compared as a ratio within one run, and
+//! each measurement is the best of several repeats, interleaved so drift hits all stacks.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use postsock::net::TokioNet;
+use postsock::transport::tls;
+use postsock::{Carrier, Configuration, Listener, Protocol, Remote, Security, TestCa};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::task::JoinSet;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Res<T> = Result<T, BoxError>;
+
+/// What to measure.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Messages of the small-message run.
+    pub small_count: usize,
+    /// Size of a small message.
+    pub small_size: usize,
+    /// Messages of the large-message run.
+    pub large_count: usize,
+    /// Size of a large message.
+    pub large_size: usize,
+    /// Echo round trips for the latency figure.
+    pub rounds: usize,
+    /// Repeats of every measurement (the best counts).
+    pub repeats: usize,
+    /// Bytes the memory benchmark tries to push at a receiver that does not read.
+    pub memory_bytes: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            small_count: 10_000,
+            small_size: 1024,
+            large_count: 100,
+            large_size: 1 << 20,
+            rounds: 1000,
+            repeats: 5,
+            memory_bytes: 1 << 30,
+        }
+    }
+}
+
+/// One comparison: postsock and the raw stack on the same workload.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    /// The workload, e.g. `10000 x 1 KiB`.
+    pub workload: String,
+    /// `quic` or `tls-tcp`.
+    pub protocol: String,
+    /// What is measured: `throughput` (MB/s, higher is better) or `median latency` (µs).
+    pub metric: String,
+    /// The raw stack's figure.
+    pub raw: f64,
+    /// postsock's figure.
+    pub postsock: f64,
+    /// postsock / raw.
+    pub ratio: f64,
+    /// Whether the ratio meets the target (≥ 0.9 for throughput, ≤ 1.1 for latency).
+    pub meets_target: bool,
+}
+
+/// Peak memory of a sender facing a receiver that stopped reading.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct MemoryRow {
+    /// `quic` or `tls-tcp`.
+    pub protocol: String,
+    /// Bytes the sender tried to push.
+    pub attempted_mib: u64,
+    /// Bytes `send` accepted before back-pressure held it.
+    pub accepted_mib: u64,
+    /// Whether `send` was held (it must be: the receiver reads nothing).
+    pub held: bool,
+    /// Peak resident set size of the sender process (VmHWM).
+    pub peak_rss_mib: f64,
+}
+
+/// Everything one `postsock bench` run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Throughput and latency comparisons.
+    pub rows: Vec<Row>,
+    /// Memory under back-pressure.
+    pub memory: Vec<MemoryRow>,
+}
+
+struct Pki {
+    server: Configuration,
+    client: Configuration,
+}
+
+fn pki(protocol: Protocol) -> Res<Pki> {
+    let ca = TestCa::new("bench CA")?;
+    let mut server = Configuration::default();
+    server.protocols(&[protocol]).security(Security {
+        identity: Some(ca.issue(&["localhost"])?),
+        ..Security::default()
+    });
+    let mut client = Configuration::default();
+    client.protocols(&[protocol]).security(Security {
+        trusted_roots: vec![ca.root()],
+        ..Security::default()
+    });
+    Ok(Pki { server, client })
+}
+
+fn loopback() -> SocketAddr {
+    ([127, 0, 0, 1], 0).into()
+}
+
+// ---------- postsock ----------
+
+async fn postsock_pair(protocol: Protocol) -> Res<(Carrier, Carrier)> {
+    let Pki { server, client } = pki(protocol)?;
+    let mut listener = Listener::bind(TokioNet::shared(), loopback(), server).await?;
+    let port = listener.local_addr().port();
+    let accept = tokio::spawn(async move { listener.accept().await });
+    let client =
+        Carrier::initiate(TokioNet::shared(), Remote::new("localhost", port), client).await?;
+    let server = accept.await??;
+    Ok((client, server))
+}
+
+async fn postsock_throughput(protocol: Protocol, count: usize, size: usize) -> Res<Duration> {
+    let (client, server) = postsock_pair(protocol).await?;
+    let data = Bytes::from(vec![0x5a; size]);
+    let receiver = tokio::spawn(async move {
+        let mut bytes = 0;
+        for _ in 0..count {
+            bytes += server.receive().await?.ok_or("closed early")?.data.len();
+        }
+        Ok::<_, BoxError>((Instant::now(), bytes, server))
+    });
+    let start = Instant::now();
+    for _ in 0..count {
+        client.send(data.clone()).await?;
+    }
+    let (end, bytes, _server) = receiver.await??;
+    if bytes != count * size {
+        return Err(format!("received {bytes} of {} bytes", count * size).into());
+    }
+    client.close().await?;
+    Ok(end - start)
+}
+
+async fn postsock_latency(protocol: Protocol, rounds: usize, size: usize) -> Res<Vec<Duration>> {
+    let (client, server) = postsock_pair(protocol).await?;
+    let echo = tokio::spawn(async move {
+        while let Ok(Some(m)) = server.receive().await {
+            if server.send_bytes(m.data).await.is_err() {
+                break;
+            }
+        }
+    });
+    let data = Bytes::from(vec![0x5a; size]);
+    let mut samples = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let start = Instant::now();
+        client.send(data.clone()).await?;
+        client.receive().await?.ok_or("closed early")?;
+        samples.push(start.elapsed());
+    }
+    client.close().await?;
+    echo.abort();
+    Ok(samples)
+}
+
+// ---------- raw quinn ----------
+
+fn quinn_endpoint(server: Option<quinn::ServerConfig>) -> Res<quinn::Endpoint> {
+    let socket = std::net::UdpSocket::bind(loopback())?;
+    Ok(quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        server,
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?)
+}
+
+async fn quinn_pair() -> Res<(quinn::Connection, quinn::Connection, [quinn::Endpoint; 2])> {
+    let Pki { server, client } = pki(Protocol::Quic)?;
+    let server_tls = QuicServerConfig::try_from(tls::server_config(&server.security)?)?;
+    let server_ep = quinn_endpoint(Some(quinn::ServerConfig::with_crypto(Arc::new(server_tls))))?;
+    let addr = server_ep.local_addr()?;
+    let client_ep = quinn_endpoint(None)?;
+    let client_tls = QuicClientConfig::try_from(tls::client_config(&client.security)?)?;
+    let connecting = client_ep.connect_with(
+        quinn::ClientConfig::new(Arc::new(client_tls)),
+        addr,
+        "localhost",
+    )?;
+    let accept = {
+        let ep = server_ep.clone();
+        tokio::spawn(async move {
+            ep.accept()
+                .await
+                .ok_or("no connection")?
+                .await
+                .map_err(BoxError::from)
+        })
+    };
+    let client_conn = connecting.await?;
+    let server_conn = accept.await??;
+    Ok((client_conn, server_conn, [client_ep, server_ep]))
+}
+
+async fn quinn_throughput(count: usize, size: usize) -> Res<Duration> {
+    let (client, server, _eps) = quinn_pair().await?;
+    let receiver = tokio::spawn(async move {
+        let mut reads = JoinSet::new();
+        for _ in 0..count {
+            let mut stream = server.accept_uni().await?;
+            reads.spawn(async move { stream.read_to_end(usize::MAX).await.map(|d| d.len()) });
+        }
+        let mut bytes = 0;
+        while let Some(r) = reads.join_next().await {
+            bytes += r??;
+        }
+        Ok::<_, BoxError>((Instant::now(), bytes))
+    });
+    let data = Bytes::from(vec![0x5a; size]);
+    let start = Instant::now();
+    for _ in 0..count {
+        let mut stream = client.open_uni().await?;
+        stream.write_chunk(data.clone()).await?;
+        stream.finish()?;
+    }
+    let (end, bytes) = receiver.await??;
+    if bytes != count * size {
+        return Err(format!("received {bytes} of {} bytes", count * size).into());
+    }
+    client.close(0u32.into(), b"");
+    Ok(end - start)
+}
+
+async fn quinn_latency(rounds: usize, size: usize) -> Res<Vec<Duration>> {
+    let (client, server, _eps) = quinn_pair().await?;
+    let echo = tokio::spawn(async move {
+        while let Ok(mut stream) = server.accept_uni().await {
+            let Ok(data) = stream.read_to_end(usize::MAX).await else {
+                break;
+            };
+            let Ok(mut out) = server.open_uni().await else {
+                break;
+            };
+            if out.write_chunk(data.into()).await.is_err() || out.finish().is_err() {
+                break;
+            }
+        }
+    });
+    let data = Bytes::from(vec![0x5a; size]);
+    let mut samples = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let start = Instant::now();
+        let mut stream = client.open_uni().await?;
+        stream.write_chunk(data.clone()).await?;
+        stream.finish()?;
+        let mut back = client.accept_uni().await?;
+        back.read_to_end(usize::MAX).await?;
+        samples.push(start.elapsed());
+    }
+    client.close(0u32.into(), b"");
+    echo.abort();
+    Ok(samples)
+}
+
+// ---------- raw tokio-rustls ----------
+
+type ClientTls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+type ServerTls = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+
+async fn tls_pair() -> Res<(ClientTls, ServerTls)> {
+    let Pki { server, client } = pki(Protocol::TlsTcp)?;
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(&server.security)?));
+    let connector =
+        tokio_rustls::TlsConnector::from(Arc::new(tls::client_config(&client.security)?));
+    let listener = tokio::net::TcpListener::bind(loopback()).await?;
+    let addr = listener.local_addr()?;
+    let accept = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await?;
+        tcp.set_nodelay(true)?;
+        acceptor.accept(tcp).await.map_err(BoxError::from)
+    });
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    let client_tls = connector.connect(name, tcp).await?;
+    Ok((client_tls, accept.await??))
+}
+
+async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> std::io::Result<Vec<u8>> {
+    let len = r.read_u32().await? as usize;
+    let mut data = vec![0u8; len];
+    r.read_exact(&mut data).await?;
+    Ok(data)
+}
+
+async fn write_frame<W: AsyncWriteExt + Unpin>(w: &mut W, data: &[u8]) -> std::io::Result<()> {
+    w.write_u32(data.len() as u32).await?;
+    w.write_all(data).await
+}
+
+async fn tls_throughput(count: usize, size: usize) -> Res<Duration> {
+    let (client, mut server) = tls_pair().await?;
+    let receiver = tokio::spawn(async move {
+        let mut bytes = 0;
+        for _ in 0..count {
+            bytes += read_frame(&mut server).await?.len();
+        }
+        Ok::<_, BoxError>((Instant::now(), bytes))
+    });
+    let data = vec![0x5a; size];
+    let start = Instant::now();
+    let mut out = BufWriter::with_capacity(64 * 1024, client);
+    for _ in 0..count {
+        write_frame(&mut out, &data).await?;
+    }
+    out.flush().await?;
+    let (end, bytes) = receiver.await??;
+    if bytes != count * size {
+        return Err(format!("received {bytes} of {} bytes", count * size).into());
+    }
+    Ok(end - start)
+}
+
+async fn tls_latency(rounds: usize, size: usize) -> Res<Vec<Duration>> {
+    let (mut client, mut server) = tls_pair().await?;
+    let echo = tokio::spawn(async move {
+        while let Ok(data) = read_frame(&mut server).await {
+            if write_frame(&mut server, &data).await.is_err() || server.flush().await.is_err() {
+                break;
+            }
+        }
+    });
+    let data = vec![0x5a; size];
+    let mut samples = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let start = Instant::now();
+        write_frame(&mut client, &data).await?;
+        client.flush().await?;
+        read_frame(&mut client).await?;
+        samples.push(start.elapsed());
+    }
+    echo.abort();
+    Ok(samples)
+}
+
+// ---------- driver ----------
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples.get(samples.len() / 2).copied().unwrap_or_default()
+}
+
+fn mb_per_s(bytes: usize, d: Duration) -> f64 {
+    bytes as f64 / d.as_secs_f64().max(1e-9) / 1e6
+}
+
+async fn throughput(protocol: Protocol, raw: bool, count: usize, size: usize) -> Res<Duration> {
+    match (protocol, raw) {
+        (Protocol::Quic, true) => quinn_throughput(count, size).await,
+        (_, true) => tls_throughput(count, size).await,
+        (p, false) => postsock_throughput(p, count, size).await,
+    }
+}
+
+async fn latency(protocol: Protocol, raw: bool, rounds: usize, size: usize) -> Res<Duration> {
+    let samples = match (protocol, raw) {
+        (Protocol::Quic, true) => quinn_latency(rounds, size).await?,
+        (_, true) => tls_latency(rounds, size).await?,
+        (p, false) => postsock_latency(p, rounds, size).await?,
+    };
+    Ok(median(samples))
+}
+
+fn size_label(size: usize) -> String {
+    if size >= 1 << 20 {
+        format!("{} MiB", size >> 20)
+    } else {
+        format!("{} KiB", size >> 10)
+    }
+}
+
+/// Runs the throughput and latency comparisons in this process.
+pub fn compare(opts: &Options, progress: &dyn Fn(&str)) -> Res<Vec<Row>> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut rows = Vec::new();
+    for protocol in [Protocol::Quic, Protocol::TlsTcp] {
+        for (count, size) in [
+            (opts.small_count, opts.small_size),
+            (opts.large_count, opts.large_size),
+        ] {
+            let workload = format!("{count} x {}", size_label(size));
+            progress(&format!("{} throughput, {workload}", protocol.name()));
+            let (mut best_raw, mut best_ps) = (Duration::MAX, Duration::MAX);
+            for _ in 0..opts.repeats {
+                best_raw = best_raw.min(rt.block_on(throughput(protocol, true, count, size))?);
+                best_ps = best_ps.min(rt.block_on(throughput(protocol, false, count, size))?);
+            }
+            let (raw, ps) = (
+                mb_per_s(count * size, best_raw),
+                mb_per_s(count * size, best_ps),
+            );
+            rows.push(Row {
+                workload,
+                protocol: protocol.name().into(),
+                metric: "throughput (MB/s)".into(),
+                raw,
+                postsock: ps,
+                ratio: ps / raw,
+                meets_target: ps / raw >= 0.9,
+            });
+        }
+        let workload = format!(
+            "{} echo round trips of {}",
+            opts.rounds,
+            size_label(opts.small_size)
+        );
+        progress(&format!("{} latency, {workload}", protocol.name()));
+        let (mut best_raw, mut best_ps) = (Duration::MAX, Duration::MAX);
+        for _ in 0..opts.repeats {
+            best_raw =
+                best_raw.min(rt.block_on(latency(protocol, true, opts.rounds, opts.small_size))?);
+            best_ps =
+                best_ps.min(rt.block_on(latency(protocol, false, opts.rounds, opts.small_size))?);
+        }
+        let (raw, ps) = (best_raw.as_secs_f64() * 1e6, best_ps.as_secs_f64() * 1e6);
+        rows.push(Row {
+            workload,
+            protocol: protocol.name().into(),
+            metric: "median latency (µs)".into(),
+            raw,
+            postsock: ps,
+            ratio: ps / raw,
+            meets_target: ps / raw <= 1.1,
+        });
+    }
+    Ok(rows)
+}
+
+// ---------- memory under back-pressure (separate processes) ----------
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |kib| kib / 1024.0)
+}
+
+/// `postsock bench-receiver`: accepts one carrier and never reads from it. Prints its port
+/// and writes the CA root (DER) to `ca_out`, then waits to be killed.
+pub fn receiver(protocol: Protocol, ca_out: &Path) -> Res<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let ca = TestCa::new("bench memory CA")?;
+        std::fs::write(ca_out, ca.root().as_ref())?;
+        let mut config = Configuration::default();
+        config.protocols(&[protocol]).security(Security {
+            identity: Some(ca.issue(&["localhost"])?),
+            ..Security::default()
+        });
+        let mut listener = Listener::bind(TokioNet::shared(), loopback(), config).await?;
+        println!("{}", listener.local_addr().port());
+        let _carrier = listener.accept().await?;
+        std::future::pending::<()>().await;
+        Ok(())
+    })
+}
+
+/// `postsock bench-sender`: pushes `total` bytes in 1 MiB messages at a receiver that reads
+/// nothing; stops when `send` has been held for 2 s. Prints a [`MemoryRow`] as JSON.
+pub fn sender(protocol: Protocol, port: u16, ca: &Path, total: u64) -> Res<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let row = rt.block_on(async {
+        let root = std::fs::read(ca)?;
+        let mut config = Configuration::default();
+        config.protocols(&[protocol]).security(Security {
+            trusted_roots: vec![rustls::pki_types::CertificateDer::from(root)],
+            ..Security::default()
+        });
+        let carrier =
+            Carrier::initiate(TokioNet::shared(), Remote::new("localhost", port), config).await?;
+        let chunk = Bytes::from(vec![0xa5; 1 << 20]);
+        let (mut accepted, mut held) = (0u64, false);
+        while accepted < total {
+            match tokio::time::timeout(Duration::from_secs(2), carrier.send(chunk.clone())).await {
+                Ok(r) => {
+                    r?;
+                    accepted += chunk.len() as u64;
+                }
+                Err(_) => {
+                    held = true;
+                    break;
+                }
+            }
+        }
+        carrier.abort();
+        Ok::<_, BoxError>(MemoryRow {
+            protocol: protocol.name().into(),
+            attempted_mib: total >> 20,
+            accepted_mib: accepted >> 20,
+            held,
+            peak_rss_mib: peak_rss_mib(),
+        })
+    })?;
+    println!("{}", serde_json::to_string(&row)?);
+    Ok(())
+}
+
+struct Child(std::process::Child);
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs the memory benchmark for `protocol` in two fresh processes of `exe`.
+pub fn memory(exe: &Path, protocol: Protocol, total: u64) -> Res<MemoryRow> {
+    use std::io::BufRead;
+    let dir = std::env::temp_dir().join(format!("postsock-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let ca: PathBuf = dir.join(format!("{}-ca.der", protocol.name()));
+    let mut receiver = Child(
+        Command::new(exe)
+            .args(["bench-receiver", "--protocol", protocol.name(), "--ca-out"])
+            .arg(&ca)
+            .stdout(Stdio::piped())
+            .spawn()?,
+    );
+    let mut line = String::new();
+    let stdout = receiver.0.stdout.take().ok_or("no receiver stdout")?;
+    std::io::BufReader::new(stdout).read_line(&mut line)?;
+    let port: u16 = line
+        .trim()
+        .parse()
+        .map_err(|e| format!("receiver said {line:?}: {e}"))?;
+    let out = Command::new(exe)
+        .args([
+            "bench-sender",
+            "--protocol",
+            protocol.name(),
+            "--port",
+            &port.to_string(),
+        ])
+        .args(["--total-bytes", &total.to_string(), "--ca"])
+        .arg(&ca)
+        .output()?;
+    drop(receiver);
+    let _ = std::fs::remove_dir_all(&dir);
+    if !out.status.success() {
+        return Err(format!("sender failed: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}
+
+/// The Markdown table of a report.
+pub fn markdown(report: &BenchReport) -> String {
+    let mut s = String::from(
+        "| protocol | workload | metric | raw | postsock | postsock / raw | target met |\n|---|---|---|---:|---:|---:|---|\n",
+    );
+    for r in &report.rows {
+        s.push_str(&format!(
+            "| {} | {} | {} | {:.1} | {:.1} | {:.2} | {} |\n",
+            r.protocol,
+            r.workload,
+            r.metric,
+            r.raw,
+            r.postsock,
+            r.ratio,
+            if r.meets_target { "yes" } else { "no" }
+        ));
+    }
+    s.push_str("\n| protocol | pushed at a receiver that reads nothing | accepted before `send` was held | held | sender peak RSS |\n|---|---:|---:|---|---:|\n");
+    for m in &report.memory {
+        s.push_str(&format!(
+            "| {} | {} MiB | {} MiB | {} | {:.1} MiB |\n",
+            m.protocol,
+            m.attempted_mib,
+            m.accepted_mib,
+            if m.held { "yes" } else { "no" },
+            m.peak_rss_mib
+        ));
+    }
+    s
+}
