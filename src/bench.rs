@@ -39,6 +39,10 @@ pub struct Options {
     pub repeats: usize,
     /// Bytes the memory benchmark tries to push at a receiver that does not read.
     pub memory_bytes: u64,
+    /// Only comparisons whose "protocol workload" label contains this (for profiling).
+    pub only: Option<String>,
+    /// Run both ends on one thread (tokio's current-thread runtime) instead of two workers.
+    pub current_thread: bool,
 }
 
 impl Default for Options {
@@ -51,7 +55,17 @@ impl Default for Options {
             rounds: 1000,
             repeats: 5,
             memory_bytes: 1 << 30,
+            only: None,
+            current_thread: false,
         }
+    }
+}
+
+impl Options {
+    fn wants(&self, protocol: Protocol, workload: &str) -> bool {
+        self.only
+            .as_deref()
+            .is_none_or(|f| format!("{} {workload}", protocol.name()).contains(f))
     }
 }
 
@@ -397,10 +411,16 @@ fn size_label(size: usize) -> String {
 
 /// Runs the throughput and latency comparisons in this process.
 pub fn compare(opts: &Options, progress: &dyn Fn(&str)) -> Res<Vec<Row>> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = if opts.current_thread {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?
+    };
     let mut rows = Vec::new();
     for protocol in [Protocol::Quic, Protocol::TlsTcp] {
         for (count, size) in [
@@ -408,6 +428,9 @@ pub fn compare(opts: &Options, progress: &dyn Fn(&str)) -> Res<Vec<Row>> {
             (opts.large_count, opts.large_size),
         ] {
             let workload = format!("{count} x {}", size_label(size));
+            if !opts.wants(protocol, &workload) {
+                continue;
+            }
             progress(&format!("{} throughput, {workload}", protocol.name()));
             let (mut best_raw, mut best_ps) = (Duration::MAX, Duration::MAX);
             for _ in 0..opts.repeats {
@@ -433,6 +456,9 @@ pub fn compare(opts: &Options, progress: &dyn Fn(&str)) -> Res<Vec<Row>> {
             opts.rounds,
             size_label(opts.small_size)
         );
+        if !opts.wants(protocol, &workload) {
+            continue;
+        }
         progress(&format!("{} latency, {workload}", protocol.name()));
         let (mut best_raw, mut best_ps) = (Duration::MAX, Duration::MAX);
         for _ in 0..opts.repeats {

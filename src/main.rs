@@ -68,6 +68,14 @@ enum Command {
         /// Where bench.json and bench.md go.
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
+        /// Only the comparisons whose "protocol workload" label contains this, and no memory
+        /// run (for profiling), e.g. `--only "tls-tcp 10000"`.
+        #[arg(long)]
+        only: Option<String>,
+        /// Run the throughput and latency comparisons on tokio's current-thread runtime
+        /// (default: a multi-thread runtime with 2 workers).
+        #[arg(long)]
+        current_thread: bool,
     },
     /// (internal) The receiver of the memory benchmark.
     #[command(hide = true)]
@@ -106,7 +114,12 @@ fn main() -> ExitCode {
             out,
             jobs,
         } => run_suite(&cli.scenarios, filter.as_deref(), seeds, &out, jobs),
-        Command::Bench { quick, out } => bench(quick, &out),
+        Command::Bench {
+            quick,
+            out,
+            only,
+            current_thread,
+        } => bench(quick, &out, only, current_thread),
         Command::BenchReceiver { protocol, ca_out } => match protocol_named(&protocol) {
             Some(p) => done(testbed::bench::receiver(p, &ca_out)),
             None => usage_error(format!("unknown protocol `{protocol}`")),
@@ -139,9 +152,14 @@ fn done<E: std::fmt::Display>(r: Result<(), E>) -> ExitCode {
     }
 }
 
-fn bench(quick: bool, out: &std::path::Path) -> ExitCode {
+fn bench(
+    quick: bool,
+    out: &std::path::Path,
+    only: Option<String>,
+    current_thread: bool,
+) -> ExitCode {
     use testbed::bench;
-    let opts = if quick {
+    let mut opts = if quick {
         bench::Options {
             small_count: 500,
             large_count: 5,
@@ -153,6 +171,9 @@ fn bench(quick: bool, out: &std::path::Path) -> ExitCode {
     } else {
         bench::Options::default()
     };
+    let profiling = only.is_some();
+    opts.only = only;
+    opts.current_thread = current_thread;
     let rows = match bench::compare(&opts, &|what| eprintln!("measuring {what}")) {
         Ok(rows) => rows,
         Err(e) => {
@@ -169,6 +190,9 @@ fn bench(quick: bool, out: &std::path::Path) -> ExitCode {
     };
     let mut memory = Vec::new();
     for protocol in [postsock::Protocol::Quic, postsock::Protocol::TlsTcp] {
+        if profiling {
+            break;
+        }
         eprintln!(
             "measuring {} sender memory under back-pressure",
             protocol.name()

@@ -433,6 +433,9 @@ impl Carrier {
 
 impl Drop for Carrier {
     fn drop(&mut self) {
+        // Whoever still waits on a message's outcome learns it will not come.
+        self.outbox
+            .fail_all("the carrier was dropped before the message was settled");
         for task in &self.tasks {
             task.abort();
         }

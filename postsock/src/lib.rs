@@ -1,19 +1,31 @@
 //! # postsock — Post Sockets in Rust
 //!
 //! An asynchronous, message-oriented transport API after the Post Sockets proposal
-//! (draft-trammell-taps-post-sockets-03) and the IETF TAPS documents (RFC 9621–9623).
-//! Applications send and receive *messages* on a *carrier*; the stack runs them over QUIC or
-//! TLS 1.3 over TCP, always with certificate verification.
+//! (draft-trammell-taps-post-sockets-03), with what the IETF TAPS documents (RFC 9621–9623)
+//! refined. Applications send and receive *messages* on a *carrier* and say what they need;
+//! the stack picks the protocol (QUIC, TLS 1.3 over TCP, plain TCP only when security is
+//! explicitly lowered), always with certificate verification.
 //!
 //! | Post Sockets concept | type here |
 //! |---|---|
-//! | Message | [`Message`] (to send), [`Received`] (delivered) |
-//! | Carrier | [`Carrier`] |
-//! | Transient | internal: a QUIC connection or TLS/TCP connection owned by a carrier |
+//! | Message, message properties (lifetime, niceness, antecedents, idempotent, immediate, ordered, reliable) | [`Message`], [`MessageProperties`] |
+//! | Message events (sent, acknowledged, expired, send error) | [`SendHandle`], [`SendStatus`] |
+//! | Partial send / partial receive | [`Carrier::start_message`] / [`PartialSend`], [`ReceivedPartial`] with [`Configuration::receive_min_incomplete`] and [`Configuration::receive_max_length`] |
+//! | Carrier (send, receive, events, fork, close, abort) | [`Carrier`], [`Event`] |
+//! | Transient | internal: a QUIC or TLS/TCP connection owned by a carrier |
 //! | Listener | [`Listener`] |
+//! | Responder, Source, Sink | [`Responder`] (with [`Request`]), [`Source`], [`Sink`] |
+//! | Parsing and serialisation in the stack (framers) | [`Framer`], [`Framed`]; [`LengthPrefix`], [`Lines`], [`Json`] |
 //! | Remote | [`Remote`] |
-//! | Configuration | [`Configuration`], [`Security`] |
+//! | Configuration, policy, selection | [`Configuration`], [`TransportProperties`], [`Preference`], [`select`], [`Security`] |
 //! | (the network) | [`net::Net`]: [`net::TokioNet`] for real sockets, the `sim` crate for simulation |
+//!
+//! The wire mapping of each protocol is specified in `docs/WIRE.md`; a peer that follows it
+//! needs nothing of this crate.
+//!
+//! Back-pressure is built in: a carrier holds at most [`Configuration::send_buffer`] bytes of
+//! unsettled messages (then `send` waits) and [`Configuration::receive_buffer`] bytes the
+//! application has not taken (then it stops reading and flow control slows the peer).
 //!
 //! ```no_run
 //! # async fn demo() -> postsock::Result<()> {

@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::watch;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Notify;
 
 /// A carrier-scoped number the sender gives each message, in `send` order starting at 0.
 ///
@@ -188,12 +190,57 @@ impl SendStatus {
     }
 }
 
+/// The shared state behind a [`SendHandle`]: the status and whether it is terminal.
+#[derive(Debug)]
+pub(crate) struct StatusCell {
+    state: Mutex<(SendStatus, bool)>,
+    changed: Notify,
+}
+
+impl StatusCell {
+    pub(crate) fn new() -> Arc<Self> {
+        Arc::new(StatusCell {
+            state: Mutex::new((SendStatus::Queued, false)),
+            changed: Notify::new(),
+        })
+    }
+
+    fn get(&self) -> (SendStatus, bool) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Sets the status; a terminal status is final.
+    pub(crate) fn set(&self, status: SendStatus, terminal: bool) {
+        {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            if state.1 {
+                return;
+            }
+            *state = (status, terminal);
+        }
+        self.changed.notify_waiters();
+    }
+
+    async fn wait_for(&self, done: impl Fn(&(SendStatus, bool)) -> bool) -> SendStatus {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let state = self.get();
+            if done(&state) {
+                return state.0;
+            }
+            notified.await;
+        }
+    }
+}
+
 /// The sender's view of one message: its id and its per-message events. Dropping the handle
 /// does not affect the message.
 #[derive(Debug, Clone)]
 pub struct SendHandle {
     pub(crate) id: MessageId,
-    pub(crate) status: watch::Receiver<(SendStatus, bool)>,
+    pub(crate) status: Arc<StatusCell>,
 }
 
 impl SendHandle {
@@ -204,32 +251,22 @@ impl SendHandle {
 
     /// The status now.
     pub fn status(&self) -> SendStatus {
-        self.status.borrow().0.clone()
+        self.status.get().0
     }
 
     /// Waits for the terminal outcome: exactly one of `Acked` (reliable), `Sent`
-    /// (unreliable), `Expired` or `Failed`.
+    /// (unreliable), `Expired` or `Failed`. (A carrier that is dropped settles every message
+    /// it holds as `Failed`.)
     pub async fn outcome(&self) -> SendStatus {
-        let mut rx = self.status.clone();
-        let done = rx.wait_for(|(_, terminal)| *terminal).await;
-        match done {
-            Ok(state) => state.0.clone(),
-            // The carrier went away without settling the message.
-            Err(_) => SendStatus::Failed("carrier dropped before the message was settled".into()),
-        }
+        self.status.wait_for(|(_, terminal)| *terminal).await
     }
 
     /// Waits until the message has been handed to the transport (or settled otherwise);
     /// returns the status then.
     pub async fn sent(&self) -> SendStatus {
-        let mut rx = self.status.clone();
-        let done = rx
+        self.status
             .wait_for(|(s, terminal)| *terminal || *s != SendStatus::Queued)
-            .await;
-        match done {
-            Ok(state) => state.0.clone(),
-            Err(_) => SendStatus::Failed("carrier dropped before the message was sent".into()),
-        }
+            .await
     }
 }
 

@@ -20,10 +20,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::message::{MessageProperties, SendHandle, SendStatus};
+use crate::message::{MessageProperties, SendHandle, SendStatus, StatusCell};
 use crate::{Error, MessageId, Result};
 
 /// Bytes charged per message on top of its payload, so empty messages are bounded too.
@@ -31,7 +31,7 @@ pub(crate) const PER_MESSAGE_OVERHEAD: usize = 64;
 /// Failed message ids remembered for antecedent checks.
 const FAILED_MEMORY: usize = 65_536;
 
-type StatusTx = Arc<watch::Sender<(SendStatus, bool)>>;
+type StatusTx = Arc<StatusCell>;
 
 /// One unit handed to a transient: a whole message, or a part of one.
 #[derive(Debug)]
@@ -203,7 +203,7 @@ impl Outbox {
             }
         }
         st.next_id += 1;
-        let (tx, rx) = watch::channel((SendStatus::Queued, false));
+        let cell = StatusCell::new();
         let prev_ordered = if props.ordered && props.reliable {
             st.last_ordered.replace(id)
         } else {
@@ -214,7 +214,7 @@ impl Outbox {
             id,
             Live {
                 props: props.clone(),
-                status: Arc::new(tx),
+                status: cell.clone(),
                 started: false,
                 dispatched: false,
                 complete: false,
@@ -222,7 +222,7 @@ impl Outbox {
             },
         );
         drop(st);
-        Ok((SendHandle { id, status: rx }, props))
+        Ok((SendHandle { id, status: cell }, props))
     }
 
     /// Queues a part of message `id`: (offset in the message, bytes, whether it ends the
@@ -265,9 +265,14 @@ impl Outbox {
         st.seqs_of.entry(id).or_default().insert(seq);
         match self.eligibility(&st, id) {
             Eligible::Yes => {
+                // Only the first ready item wakes the transient: while the set is not
+                // empty, it has not gone to sleep (it takes everything ready before it does).
+                let was_empty = st.ready.is_empty();
                 st.ready.insert((niceness, seq));
                 drop(st);
-                self.wake.notify_one();
+                if was_empty {
+                    self.wake.notify_one();
+                }
             }
             Eligible::No(blocker) => {
                 st.blocked.insert(seq);
@@ -378,14 +383,14 @@ impl Outbox {
         let mut st = self.lock();
         if !terminal {
             if let Some(live) = st.live.get(&id) {
-                live.status.send_replace((status, false));
+                live.status.set(status, false);
             }
             return;
         }
         match status {
             SendStatus::Sent | SendStatus::Acked => {
                 if let Some(live) = st.live.remove(&id) {
-                    live.status.send_replace((status, true));
+                    live.status.set(status, true);
                 }
                 self.wake_waiters(&mut st, id);
             }
@@ -444,7 +449,7 @@ impl Outbox {
             st.ready.insert((0, seq));
             self.wake.notify_one();
         }
-        live.status.send_replace((status, true));
+        live.status.set(status, true);
         true
     }
 

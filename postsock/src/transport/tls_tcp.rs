@@ -267,6 +267,9 @@ where
         ack_rx,
         killed,
     ));
+    // Frames are read in small pieces (a 16-byte header, then the payload): a buffer keeps
+    // that from costing a TLS read (and a system call) each.
+    let read_half = tokio::io::BufReader::with_capacity(64 * 1024, read_half);
     let reader = tokio::spawn(read_loop(
         read_half,
         Receiver {
