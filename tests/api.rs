@@ -77,9 +77,13 @@ fn loopback<S, SF, C, CF>(
         .expect("runtime");
     rt.block_on(async move {
         let net: Arc<dyn Net> = postsock::net::TokioNet::shared();
-        let mut listener = Listener::bind(net.clone(), "127.0.0.1:0".parse().expect("addr"), server_config)
-            .await
-            .expect("bind");
+        let mut listener = Listener::bind(
+            net.clone(),
+            "127.0.0.1:0".parse().expect("addr"),
+            server_config,
+        )
+        .await
+        .expect("bind");
         let port = listener.local_addr().port();
         let acceptor = tokio::spawn(async move {
             while let Ok(carrier) = listener.accept().await {
@@ -682,7 +686,59 @@ fn fork_opens_another_carrier_to_the_same_remote() {
         let mut got = entries(&l);
         got.sort_by_key(|e| e.ends_with("fork"));
         assert_eq!(got.len(), 2, "{protocol} {on:?}: {got:?}");
-        assert!(got[0].ends_with(": original") && got[1].ends_with(": fork"), "{got:?}");
-        assert_ne!(got[0][..9], got[1][..9], "{protocol} {on:?}: one carrier got both: {got:?}");
+        assert!(
+            got[0].ends_with(": original") && got[1].ends_with(": fork"),
+            "{got:?}"
+        );
+        assert_ne!(
+            got[0][..9],
+            got[1][..9],
+            "{protocol} {on:?}: one carrier got both: {got:?}"
+        );
+    }
+}
+
+#[test]
+fn abort_fails_what_is_pending_and_the_peer_sees_a_connection_error() {
+    for protocol in [Protocol::Quic, Protocol::TlsTcp] {
+        let l: Log = Log::default();
+        let (ls, lc) = (l.clone(), l.clone());
+        simulate(
+            link(10, Some(256)),
+            configs(&[protocol]),
+            move |carrier: Carrier| {
+                let l = ls.clone();
+                async move {
+                    while let Some(event) = carrier.next_event().await {
+                        match event {
+                            Event::ConnectionError(_) => log(&l, "server: connection error"),
+                            Event::Closed => log(&l, "server: closed"),
+                            _ => {}
+                        }
+                    }
+                }
+            },
+            move |carrier| async move {
+                // 64 KiB on a 256 kbit/s link: 2 s of sending, aborted after 100 ms.
+                let h = carrier.send(vec![0u8; 64 * 1024]).await.expect("send");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                carrier.abort();
+                match h.outcome().await {
+                    SendStatus::Failed(why) => log(&lc, format!("client: {why}")),
+                    other => log(&lc, format!("client: {other:?}")),
+                }
+                assert!(
+                    carrier.send(&b"late"[..]).await.is_err(),
+                    "aborted carriers refuse sends"
+                );
+                // The close travels behind what the 64 KiB link queue already holds.
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            },
+        );
+        assert_eq!(
+            entries(&l),
+            ["client: carrier aborted", "server: connection error"],
+            "{protocol}"
+        );
     }
 }

@@ -456,7 +456,13 @@ const MAX_OPEN_MESSAGES: usize = 1024;
 async fn read_loop<R: AsyncRead + Unpin>(mut input: R, rx: Receiver, kill: watch::Sender<bool>) {
     // A clean end of stream is the peer's half-close: our writer may go on until we close.
     // A violation or read error ends the whole transient.
-    let end = read_messages(&mut input, &rx).await;
+    let mut killed_rx = kill.subscribe();
+    let end = tokio::select! {
+        biased;
+        end = read_messages(&mut input, &rx) => end,
+        // Aborted locally (or the writer failed): drop our half too, so the connection closes.
+        _ = killed(&mut killed_rx) => Err(Error::Connection("aborted".into())),
+    };
     rx.acks.peer_done(&rx.outbox);
     match end {
         Ok(()) => {
