@@ -298,3 +298,19 @@ fn api_antecedents_hold_across_quic_streams_and_unreliable_messages_stay_lost() 
         assert_eq!(last.delivered_ms.len(), 1, "seed {}: last datagram", r.seed);
     }
 }
+
+#[test]
+fn api_runs_are_deterministic() {
+    // Lifetimes, niceness and antecedents add timers and queues to the stack: the same
+    // seed must still give the same bytes.
+    for name in [
+        "api/lifetime-quic",
+        "api/lifetime-tls-tcp",
+        "api/antecedents-quic",
+    ] {
+        let s = scenario(name);
+        let a = testbed::run(&s, 5).report.to_json().expect("json");
+        let b = testbed::run(&s, 5).report.to_json().expect("json");
+        assert_eq!(a, b, "{name}: same seed, different report");
+    }
+}
