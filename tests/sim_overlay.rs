@@ -31,6 +31,7 @@ fn spec() -> WorldSpec {
         gateways: vec![GatewaySpec {
             name: "nat".into(),
             latency_ms: 10,
+            middlebox: Default::default(),
         }],
     }
 }

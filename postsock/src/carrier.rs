@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use crate::message::{MessageProperties, SendHandle, SendStatus};
 use crate::net::Net;
 use crate::outbox::Outbox;
+use crate::racing::{self, EstablishmentReport};
 use crate::transport::assemble::ReceiveLimits;
 use crate::transport::{event_channel, quic, tls_tcp, EventRx};
 use crate::{Configuration, Error, Event, Message, MessageId, Protocol, Received, Remote, Result};
@@ -61,6 +62,47 @@ pub(crate) trait StreamIo:
 }
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> StreamIo for T {}
 
+/// One connection attempt: establishes `protocol` to `addr` within the connect timeout.
+pub(crate) async fn attempt(
+    net: &dyn Net,
+    protocol: Protocol,
+    addr: SocketAddr,
+    host: &str,
+    config: &Configuration,
+    endpoint: Option<&quinn::Endpoint>,
+) -> Result<Transient> {
+    let attempt = async {
+        match protocol {
+            Protocol::Quic => match endpoint {
+                Some(ep) => {
+                    let conn = quic::connect_on(ep, addr, host, config).await?;
+                    Ok(Transient::Quic(conn, Some(ep.clone())))
+                }
+                None => {
+                    let (ep, conn) = quic::connect(net, addr, host, config).await?;
+                    Ok(Transient::Quic(conn, Some(ep)))
+                }
+            },
+            Protocol::TlsTcp => {
+                let stream = tls_tcp::connect(net, addr, host, config).await?;
+                Ok(Transient::Stream(Box::new(stream), addr, protocol))
+            }
+            Protocol::Tcp => {
+                let stream = tls_tcp::connect_plain(net, addr).await?;
+                Ok(Transient::Stream(Box::new(stream), addr, protocol))
+            }
+        }
+    };
+    match tokio::time::timeout(config.connect_timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::Timeout {
+            protocol,
+            remote: addr,
+            timeout_ms: config.connect_timeout.as_millis() as u64,
+        }),
+    }
+}
+
 /// The application's handle to a peer. See the [crate docs](crate) for an example.
 #[derive(Debug)]
 pub struct Carrier {
@@ -73,19 +115,27 @@ pub struct Carrier {
     link: Link,
     config: Configuration,
     origin: Option<Origin>,
+    establishment: Option<EstablishmentReport>,
 }
 
 impl Carrier {
-    /// Initiates a carrier to `remote` over `net`. The protocol stacks come from the
-    /// configuration's transport properties ([`Configuration::candidates`]); each is tried on
-    /// each resolved address in turn until one is established. If none is, the error names
-    /// every attempt.
+    /// Initiates a carrier to `remote` over `net`. The candidates are the protocol stacks the
+    /// configuration's transport properties select ([`Configuration::candidates`]) on each
+    /// resolved address; they are raced (RFC 8305): one starts every
+    /// [`Configuration::attempt_delay`], or at once when one fails, and the first ready wins.
+    /// The race is bounded by the connect timeout; if nothing works the error names every
+    /// attempt and why it failed. [`Carrier::establishment`] tells how the race went.
     pub async fn initiate(
         net: Arc<dyn Net>,
         remote: Remote,
         config: Configuration,
     ) -> Result<Self> {
-        let candidates = config.candidates()?;
+        let protocols = config.candidates()?;
+        // Configuration errors (no trusted roots, a bad server name) before any packet.
+        if protocols.iter().any(|p| *p != Protocol::Tcp) {
+            crate::transport::tls::client_config(&config.security)?;
+            crate::transport::tls::server_name(&config.security, &remote.host)?;
+        }
         let addrs = net
             .resolve(&remote.host, remote.port)
             .await
@@ -99,70 +149,18 @@ impl Carrier {
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses"),
             });
         }
-        let mut failures = Vec::new();
-        for &protocol in &candidates {
-            for &addr in &addrs {
-                match Self::attempt(net.as_ref(), protocol, addr, &remote.host, &config, None).await
-                {
-                    Ok(transient) => {
-                        let origin = Origin {
-                            net: net.clone(),
-                            remote: remote.clone(),
-                        };
-                        return Ok(Self::start(transient, &config, Some(origin)));
-                    }
-                    Err(e) => failures.push(e),
-                }
-            }
-        }
-        if failures.len() == 1 {
-            if let Some(e) = failures.pop() {
-                return Err(e);
-            }
-        }
-        Err(Error::NoCandidate {
-            attempts: failures.iter().map(|e| e.to_string()).collect(),
-        })
+        let candidates = racing::candidates(&protocols, &addrs);
+        let (result, report) = racing::race(net.clone(), &remote.host, &config, candidates).await;
+        let transient = result?;
+        let origin = Origin { net, remote };
+        let mut carrier = Self::start(transient, &config, Some(origin));
+        carrier.establishment = Some(report);
+        Ok(carrier)
     }
 
-    async fn attempt(
-        net: &dyn Net,
-        protocol: Protocol,
-        addr: SocketAddr,
-        host: &str,
-        config: &Configuration,
-        endpoint: Option<&quinn::Endpoint>,
-    ) -> Result<Transient> {
-        let attempt = async {
-            match protocol {
-                Protocol::Quic => match endpoint {
-                    Some(ep) => {
-                        let conn = quic::connect_on(ep, addr, host, config).await?;
-                        Ok(Transient::Quic(conn, Some(ep.clone())))
-                    }
-                    None => {
-                        let (ep, conn) = quic::connect(net, addr, host, config).await?;
-                        Ok(Transient::Quic(conn, Some(ep)))
-                    }
-                },
-                Protocol::TlsTcp => {
-                    let stream = tls_tcp::connect(net, addr, host, config).await?;
-                    Ok(Transient::Stream(Box::new(stream), addr, protocol))
-                }
-                Protocol::Tcp => {
-                    let stream = tls_tcp::connect_plain(net, addr).await?;
-                    Ok(Transient::Stream(Box::new(stream), addr, protocol))
-                }
-            }
-        };
-        match tokio::time::timeout(config.connect_timeout, attempt).await {
-            Ok(result) => result,
-            Err(_) => Err(Error::Timeout {
-                protocol,
-                remote: addr,
-                timeout_ms: config.connect_timeout.as_millis() as u64,
-            }),
-        }
+    /// How this carrier's connection race went (`None` for an accepted carrier).
+    pub fn establishment(&self) -> Option<&EstablishmentReport> {
+        self.establishment.as_ref()
     }
 
     /// Turns an established transient into a carrier: starts its tasks.
@@ -194,6 +192,7 @@ impl Carrier {
                     },
                     config: config.clone(),
                     origin,
+                    establishment: None,
                 }
             }
             Transient::Stream(stream, peer, protocol) => {
@@ -210,6 +209,7 @@ impl Carrier {
                     link: Link::Stream { kill: t.kill },
                     config: config.clone(),
                     origin,
+                    establishment: None,
                 }
             }
         }
@@ -226,7 +226,7 @@ impl Carrier {
             Link::Quic { endpoint, .. } => endpoint.as_ref(),
             Link::Stream { .. } => None,
         };
-        let transient = Self::attempt(
+        let transient = attempt(
             origin.net.as_ref(),
             self.protocol,
             self.peer,

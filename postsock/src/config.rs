@@ -96,8 +96,11 @@ pub struct Configuration {
     pub security: Arc<Security>,
     /// Largest message accepted or sent, in bytes.
     pub max_message_size: usize,
-    /// How long establishment may take before it fails.
+    /// How long establishment may take before it fails (the whole race).
     pub connect_timeout: Duration,
+    /// How long a connection attempt runs before the next candidate starts racing it
+    /// (RFC 8305's connection attempt delay; default 250 ms, never below 10 ms).
+    pub attempt_delay: Duration,
     /// Bytes of messages a carrier may hold queued or unacknowledged before `send` waits
     /// (`try_send` reports it instead). Each message counts its size plus 64 bytes.
     pub send_buffer: usize,
@@ -122,6 +125,7 @@ impl Default for Configuration {
             security: Arc::new(Security::default()),
             max_message_size: 16 << 20,
             connect_timeout: Duration::from_secs(10),
+            attempt_delay: Duration::from_millis(250),
             send_buffer: 4 << 20,
             receive_queue: 256,
             receive_buffer: 4 << 20,

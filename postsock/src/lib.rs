@@ -59,6 +59,7 @@ mod listener;
 mod message;
 pub mod net;
 mod outbox;
+mod racing;
 mod selection;
 pub mod transport;
 
@@ -72,5 +73,6 @@ pub use listener::Listener;
 pub use message::{
     Event, Message, MessageId, MessageProperties, Received, ReceivedPartial, SendHandle, SendStatus,
 };
+pub use racing::{Attempt, AttemptOutcome, EstablishmentReport, MIN_ATTEMPT_DELAY};
 pub use selection::{select, Preference, Rejection, TransportProperties};
 pub use transport::tls::ALPN;

@@ -11,24 +11,59 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
 use crate::net::{SPLICE_OK, SPLICE_REFUSED};
 use crate::overlay::{self, OVERLAY_PORT};
-use crate::world::WorldState;
+use crate::world::{Middlebox, WorldState};
+
+/// The middlebox policy with its per-flow datagram counts.
+#[derive(Debug)]
+struct Filter {
+    policy: Middlebox,
+    /// Datagrams seen per (inside, remote) flow.
+    flows: Mutex<BTreeMap<(SocketAddr, SocketAddr), u32>>,
+}
+
+impl Filter {
+    /// Whether a datagram of the flow (inside, remote) may pass; counts it.
+    fn pass_udp(&self, inside: SocketAddr, remote: SocketAddr) -> bool {
+        let p = &self.policy;
+        if p.block_udp || p.block_udp_ports.contains(&remote.port()) {
+            return false;
+        }
+        if let Some(limit) = p.udp_blackhole_after {
+            let mut flows = self.flows.lock().unwrap_or_else(|e| e.into_inner());
+            let seen = flows.entry((inside, remote)).or_insert(0);
+            if *seen >= limit {
+                return false;
+            }
+            *seen += 1;
+        }
+        true
+    }
+}
 
 /// Runs the gateway `name` until the simulation ends.
-pub(crate) async fn run(state: Arc<WorldState>, name: String) -> turmoil::Result {
+pub(crate) async fn run(
+    state: Arc<WorldState>,
+    name: String,
+    policy: Middlebox,
+) -> turmoil::Result {
+    let filter = Arc::new(Filter {
+        policy,
+        flows: Mutex::new(BTreeMap::new()),
+    });
     let ip = state
         .resolve(&name)
         .ok_or_else(|| format!("gateway `{name}` has no address"))?;
     let inside =
         Arc::new(turmoil::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, OVERLAY_PORT)).await?);
     let tcp = turmoil::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, OVERLAY_PORT)).await?;
-    tokio::spawn(splice_loop(state.clone(), ip, tcp));
+    tokio::spawn(splice_loop(state.clone(), ip, tcp, filter.clone()));
 
     let mut mappings: BTreeMap<SocketAddr, Arc<turmoil::net::UdpSocket>> = BTreeMap::new();
     let mut used_ports: BTreeSet<u16> = BTreeSet::from([OVERLAY_PORT]);
@@ -38,11 +73,19 @@ pub(crate) async fn run(state: Arc<WorldState>, name: String) -> turmoil::Result
         let Some((dst, payload)) = overlay::decode(&buf[..n]) else {
             continue;
         };
+        if !filter.pass_udp(from, dst) {
+            continue;
+        }
         let public = match mappings.get(&from) {
             Some(s) => s.clone(),
             None => {
                 let socket = Arc::new(bind_public(from.port(), &mut used_ports).await?);
-                tokio::spawn(return_path(socket.clone(), inside.clone(), from));
+                tokio::spawn(return_path(
+                    socket.clone(),
+                    inside.clone(),
+                    from,
+                    filter.clone(),
+                ));
                 mappings.insert(from, socket.clone());
                 socket
             }
@@ -69,18 +112,42 @@ async fn return_path(
     public: Arc<turmoil::net::UdpSocket>,
     inside: Arc<turmoil::net::UdpSocket>,
     to: SocketAddr,
+    filter: Arc<Filter>,
 ) {
     let mut buf = vec![0u8; 65_536];
     while let Ok((n, src)) = public.recv_from(&mut buf).await {
-        let _ = inside.send_to(&overlay::encode(src, &buf[..n]), to).await;
+        if filter.pass_udp(to, src) {
+            let _ = inside.send_to(&overlay::encode(src, &buf[..n]), to).await;
+        }
     }
 }
 
-async fn splice_loop(state: Arc<WorldState>, ip: IpAddr, listener: turmoil::net::TcpListener) {
+async fn splice_loop(
+    state: Arc<WorldState>,
+    ip: IpAddr,
+    listener: turmoil::net::TcpListener,
+    filter: Arc<Filter>,
+) {
     while let Ok((inside, peer)) = listener.accept().await {
         let Some(dst) = state.pop_tcp_intent(peer.ip(), ip) else {
             continue;
         };
+        if filter.policy.tcp_blackhole {
+            // The SYN vanished: never answer, keep the inside end waiting.
+            tokio::spawn(async move {
+                let _held = inside;
+                std::future::pending::<()>().await;
+            });
+            continue;
+        }
+        if filter.policy.tcp_reset {
+            // A reset comes back as fast as a SYN-ACK would have from the gateway.
+            tokio::spawn(async move {
+                let mut inside = inside;
+                let _ = inside.write_u8(SPLICE_REFUSED).await;
+            });
+            continue;
+        }
         tokio::spawn(splice(state.clone(), ip, inside, dst));
     }
 }

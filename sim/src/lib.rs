@@ -26,7 +26,7 @@ pub mod world;
 
 pub use link::{LinkParams, Verdict};
 pub use net::SimNet;
-pub use world::{Fault, GatewaySpec, HostSpec, LinkCounters, World, WorldSpec};
+pub use world::{Fault, GatewaySpec, HostSpec, LinkCounters, Middlebox, World, WorldSpec};
 
 /// Errors of the simulator.
 #[derive(Debug, thiserror::Error)]

@@ -35,7 +35,7 @@ pub struct HostSpec {
 }
 
 /// A gateway host: translates addresses for the hosts behind it (endpoint-independent
-/// mapping and filtering, port-preserving).
+/// mapping and filtering, port-preserving), and applies its middlebox policy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewaySpec {
@@ -44,6 +44,41 @@ pub struct GatewaySpec {
     /// One-way latency from the gateway to the network core, in milliseconds.
     #[serde(default)]
     pub latency_ms: u64,
+    /// What the gateway blocks (nothing by default).
+    #[serde(default)]
+    pub middlebox: Middlebox,
+}
+
+/// A gateway's filtering policy: the middleboxes that make protocol racing necessary.
+/// Every rule applies to the traffic of the hosts behind the gateway, both directions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Middlebox {
+    /// Drop every UDP datagram.
+    #[serde(default)]
+    pub block_udp: bool,
+    /// Drop UDP datagrams to or from these remote ports.
+    #[serde(default)]
+    pub block_udp_ports: Vec<u16>,
+    /// Let each UDP flow (inside address and port, remote address and port) carry this many
+    /// datagrams, counting both directions, then drop everything of it: a QUIC handshake
+    /// that starts and never finishes.
+    #[serde(default)]
+    pub udp_blackhole_after: Option<u32>,
+    /// Swallow TCP connection attempts: the SYN vanishes, so a connect hangs until the
+    /// caller gives up, as on a real network.
+    #[serde(default)]
+    pub tcp_blackhole: bool,
+    /// Answer TCP connection attempts with a reset (connection refused).
+    #[serde(default)]
+    pub tcp_reset: bool,
+}
+
+impl Middlebox {
+    /// Whether any rule is set.
+    pub fn is_active(&self) -> bool {
+        *self != Middlebox::default()
+    }
 }
 
 /// The whole topology.
@@ -350,9 +385,10 @@ impl<'a> World<'a> {
             let name = g.name.clone();
             world.registered.insert(name.clone());
             let ip = world.state.nodes[&name].ip;
-            world
-                .sim
-                .host(ip, move || gateway::run(state.clone(), name.clone()));
+            let policy = g.middlebox.clone();
+            world.sim.host(ip, move || {
+                gateway::run(state.clone(), name.clone(), policy.clone())
+            });
         }
         Ok(world)
     }

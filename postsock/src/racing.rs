@@ -1,0 +1,232 @@
+//! Racing candidates (RFC 9623 §4, RFC 8305): staggered connection attempts over the
+//! candidate protocol stacks and addresses; the first to become ready wins, the others are
+//! cancelled. Every carrier keeps the [`EstablishmentReport`] of its race.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::carrier::{attempt, Transient};
+use crate::net::Net;
+use crate::{Configuration, Error, Protocol, Result};
+
+/// The shortest attempt delay allowed (RFC 8305 §5: never below 10 ms).
+pub const MIN_ATTEMPT_DELAY: Duration = Duration::from_millis(10);
+
+/// How one connection attempt of a race ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AttemptOutcome {
+    /// Became ready first: the carrier runs on it.
+    Won,
+    /// Became ready, but another attempt had already won; it was closed.
+    LostRace,
+    /// Failed; the reason as the protocol stack reported it.
+    Failed(String),
+    /// Still running when another attempt won (or the race timed out); it was cancelled.
+    Cancelled,
+}
+
+impl AttemptOutcome {
+    /// A short name: "won", "lost race", "failed", "cancelled".
+    pub fn name(&self) -> &'static str {
+        match self {
+            AttemptOutcome::Won => "won",
+            AttemptOutcome::LostRace => "lost race",
+            AttemptOutcome::Failed(_) => "failed",
+            AttemptOutcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One connection attempt of a race.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    /// The protocol stack tried.
+    pub protocol: Protocol,
+    /// The remote address tried.
+    pub remote: SocketAddr,
+    /// When the attempt started, from the start of the race.
+    pub started: Duration,
+    /// How long it ran until it ended (won, failed, or was cancelled).
+    pub duration: Duration,
+    /// How it ended.
+    pub outcome: AttemptOutcome,
+}
+
+impl fmt::Display for Attempt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} to {} (started at {} ms, {} after {} ms",
+            self.protocol.name(),
+            self.remote,
+            self.started.as_millis(),
+            self.outcome.name(),
+            self.duration.as_millis()
+        )?;
+        match &self.outcome {
+            AttemptOutcome::Failed(why) => write!(f, ": {why})"),
+            _ => write!(f, ")"),
+        }
+    }
+}
+
+/// What happened while a carrier was being established.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EstablishmentReport {
+    /// Every attempt that was started, in start order.
+    pub attempts: Vec<Attempt>,
+    /// From the start of the race until it was decided.
+    pub duration: Duration,
+}
+
+impl EstablishmentReport {
+    /// The winning attempt, if any.
+    pub fn winner(&self) -> Option<&Attempt> {
+        self.attempts
+            .iter()
+            .find(|a| a.outcome == AttemptOutcome::Won)
+    }
+}
+
+/// The candidates in the order they are tried: for each resolved address, each protocol
+/// stack in preference order (so a blocked protocol costs one attempt delay, not one per
+/// address).
+pub(crate) fn candidates(
+    protocols: &[Protocol],
+    addrs: &[SocketAddr],
+) -> Vec<(Protocol, SocketAddr)> {
+    addrs
+        .iter()
+        .flat_map(|&a| protocols.iter().map(move |&p| (p, a)))
+        .collect()
+}
+
+/// Races `candidates`: starts the first, then the next one attempt delay later, or at once
+/// when an attempt fails; the first ready transient wins. Bounded by the connect timeout.
+pub(crate) async fn race(
+    net: Arc<dyn Net>,
+    host: &str,
+    config: &Configuration,
+    candidates: Vec<(Protocol, SocketAddr)>,
+) -> (Result<Transient>, EstablishmentReport) {
+    let delay = config.attempt_delay.max(MIN_ATTEMPT_DELAY);
+    let start = Instant::now();
+    let deadline = start + config.connect_timeout;
+    let mut report = EstablishmentReport::default();
+    let mut running: JoinSet<(usize, Result<Transient>)> = JoinSet::new();
+    let mut next = 0;
+    let mut next_at = start;
+    // With a single candidate its own error says everything.
+    let mut only_error = None;
+    let finish = |report: &mut EstablishmentReport, i: usize, outcome: AttemptOutcome| {
+        let a = &mut report.attempts[i];
+        a.duration = start.elapsed().saturating_sub(a.started);
+        a.outcome = outcome;
+    };
+    loop {
+        if running.is_empty() && next >= candidates.len() {
+            report.duration = start.elapsed();
+            if let (1, Some(e)) = (candidates.len(), only_error.take()) {
+                return (Err(e), report);
+            }
+            let attempts = report.attempts.iter().map(ToString::to_string).collect();
+            return (Err(Error::NoCandidate { attempts }), report);
+        }
+        tokio::select! {
+            biased;
+            Some(done) = running.join_next(), if !running.is_empty() => {
+                let Ok((i, result)) = done else { continue };
+                match result {
+                    Ok(transient) => {
+                        finish(&mut report, i, AttemptOutcome::Won);
+                        // Attempts that also completed are closed; the rest are cancelled.
+                        while let Some(Ok((j, other))) = running.try_join_next() {
+                            let outcome = match other {
+                                Ok(_) => AttemptOutcome::LostRace,
+                                Err(e) => AttemptOutcome::Failed(e.to_string()),
+                            };
+                            finish(&mut report, j, outcome);
+                        }
+                        running.abort_all();
+                        for a in report.attempts.iter_mut() {
+                            if a.outcome == AttemptOutcome::Cancelled && a.duration.is_zero() {
+                                a.duration = start.elapsed().saturating_sub(a.started);
+                            }
+                        }
+                        report.duration = start.elapsed();
+                        return (Ok(transient), report);
+                    }
+                    Err(e) => {
+                        finish(&mut report, i, AttemptOutcome::Failed(e.to_string()));
+                        only_error = Some(e);
+                        // A failure starts the next candidate at once (RFC 8305 §5).
+                        next_at = Instant::now();
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                running.abort_all();
+                let timeout_ms = config.connect_timeout.as_millis();
+                for a in report.attempts.iter_mut() {
+                    if a.outcome == AttemptOutcome::Cancelled {
+                        a.duration = start.elapsed().saturating_sub(a.started);
+                        a.outcome = AttemptOutcome::Failed(format!(
+                            "no answer within the {timeout_ms} ms connect timeout"
+                        ));
+                    }
+                }
+                report.duration = start.elapsed();
+                if let [(protocol, remote)] = candidates[..] {
+                    let timeout_ms = timeout_ms as u64;
+                    return (Err(Error::Timeout { protocol, remote, timeout_ms }), report);
+                }
+                let attempts = report.attempts.iter().map(ToString::to_string).collect();
+                return (Err(Error::NoCandidate { attempts }), report);
+            }
+            _ = tokio::time::sleep_until(next_at), if next < candidates.len() => {
+                let (protocol, remote) = candidates[next];
+                report.attempts.push(Attempt {
+                    protocol,
+                    remote,
+                    started: start.elapsed(),
+                    duration: Duration::ZERO,
+                    // Until it ends one way or another.
+                    outcome: AttemptOutcome::Cancelled,
+                });
+                let (net, host, config, i) = (net.clone(), host.to_string(), config.clone(), next);
+                running.spawn(async move {
+                    (i, attempt(net.as_ref(), protocol, remote, &host, &config, None).await)
+                });
+                next += 1;
+                next_at = Instant::now() + delay;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn candidates_interleave_protocols_per_address() {
+        let a: SocketAddr = ([10, 0, 0, 1], 1).into();
+        let b: SocketAddr = ([10, 0, 0, 2], 1).into();
+        let c = candidates(&[Protocol::Quic, Protocol::TlsTcp], &[a, b]);
+        assert_eq!(
+            c,
+            vec![
+                (Protocol::Quic, a),
+                (Protocol::TlsTcp, a),
+                (Protocol::Quic, b),
+                (Protocol::TlsTcp, b)
+            ]
+        );
+    }
+}
