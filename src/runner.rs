@@ -26,21 +26,27 @@ struct Setup {
 }
 
 fn setup(scenario: &Scenario) -> Result<Setup, String> {
-    let protocol = scenario.workload.protocol.protocol();
+    let protocols = scenario.workload.protocol.protocols();
     let ca = TestCa::new("postsock testbed CA").map_err(|e| e.to_string())?;
     let identity = ca
         .issue(&[scenario.workload.server.get_ref().as_str()])
         .map_err(|e| e.to_string())?;
     let mut server = Configuration::default();
-    server.protocols(&[protocol]).security(Security {
+    server.protocols(&protocols).security(Security {
         identity: Some(identity),
         ..Security::default()
     });
     let mut client = Configuration::default();
-    client.protocols(&[protocol]).security(Security {
+    client.protocols(&protocols).security(Security {
         trusted_roots: vec![ca.root()],
         ..Security::default()
     });
+    if let Some(ms) = scenario.workload.attempt_delay_ms {
+        client.attempt_delay = Duration::from_millis(ms);
+    }
+    if let Some(ms) = scenario.workload.connect_timeout_ms {
+        client.connect_timeout(Duration::from_millis(ms));
+    }
     Ok(Setup { client, server })
 }
 
@@ -191,11 +197,15 @@ fn build_report(
 ) -> Report {
     let trace = trace.lock();
     let messages: Vec<_> = trace.messages.values().cloned().collect();
-    let metrics = Metrics::compute(
+    let mut metrics = Metrics::compute(
         &messages,
         trace.initiated_ms,
         reports::model::round_us(sim_ms),
     );
+    if let Some(est) = &trace.establishment {
+        metrics.attempts = est.attempts.len() as u64;
+        metrics.established = u64::from(est.error.is_none());
+    }
     let expectations: Vec<Expectation> = scenario
         .expect
         .iter()
@@ -208,7 +218,18 @@ fn build_report(
             }
         })
         .collect();
-    let error = run_error.or_else(|| trace.error.clone());
+    // A failed establishment is the run's error, unless the scenario expects it (an
+    // expectation on `established`).
+    let expects_failure = scenario.expect.iter().any(|e| e.metric == "established");
+    let establish_error = trace
+        .establishment
+        .as_ref()
+        .and_then(|e| e.error.clone())
+        .filter(|_| !expects_failure)
+        .map(|e| format!("initiate: {e}"));
+    let error = run_error
+        .or_else(|| trace.error.clone())
+        .or(establish_error);
     Report {
         schema_version: SCHEMA_VERSION,
         scenario: scenario.name.clone(),
@@ -216,10 +237,14 @@ fn build_report(
         passed: error.is_none() && expectations.iter().all(|e| e.passed),
         expectations,
         metrics,
-        protocol: scenario.workload.protocol.protocol().name().to_owned(),
+        protocol: trace
+            .protocol
+            .clone()
+            .unwrap_or_else(|| scenario.workload.protocol.name().to_owned()),
         error,
         links,
         faults,
+        establishment: trace.establishment.clone(),
         messages,
     }
 }

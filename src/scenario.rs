@@ -23,22 +23,34 @@ pub struct ScenarioError {
     pub message: String,
 }
 
-/// The protocol a workload's carrier is restricted to.
+/// The protocols a workload's carrier may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ProtocolName {
-    /// QUIC.
+    /// QUIC only.
     Quic,
-    /// TLS 1.3 over TCP.
+    /// TLS 1.3 over TCP only.
     TlsTcp,
+    /// Whatever the stack selects and wins the race (QUIC, then TLS/TCP).
+    Any,
 }
 
 impl ProtocolName {
-    /// The postsock protocol.
-    pub fn protocol(self) -> postsock::Protocol {
+    /// The postsock protocols allowed.
+    pub fn protocols(self) -> Vec<postsock::Protocol> {
         match self {
-            ProtocolName::Quic => postsock::Protocol::Quic,
-            ProtocolName::TlsTcp => postsock::Protocol::TlsTcp,
+            ProtocolName::Quic => vec![postsock::Protocol::Quic],
+            ProtocolName::TlsTcp => vec![postsock::Protocol::TlsTcp],
+            ProtocolName::Any => vec![postsock::Protocol::Quic, postsock::Protocol::TlsTcp],
+        }
+    }
+
+    /// The name used in scenario files and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProtocolName::Quic => "quic",
+            ProtocolName::TlsTcp => "tls-tcp",
+            ProtocolName::Any => "any",
         }
     }
 }
@@ -98,6 +110,12 @@ pub struct Workload {
     /// Stream only: whether messages are reliable (default true; false needs QUIC).
     #[serde(default = "yes")]
     pub reliable: bool,
+    /// The client's connection attempt delay in ms (default: postsock's 250 ms).
+    #[serde(default)]
+    pub attempt_delay_ms: Option<u64>,
+    /// The client's connect timeout in ms (default: postsock's 10 s).
+    #[serde(default)]
+    pub connect_timeout_ms: Option<u64>,
 }
 
 fn yes() -> bool {

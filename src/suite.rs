@@ -178,6 +178,10 @@ pub fn write_outputs(
         write(&path, &o.report.to_json()?)?;
         if plot_all || plotted.insert(o.report.scenario.clone()) {
             reports::plot::time_sequence(&o.report, &path.with_extension("png"))?;
+            if reports::plot::has_race(&o.report) {
+                let name = format!("seed-{}-race.png", o.report.seed);
+                reports::plot::racing_timeline(&o.report, &path.with_file_name(name))?;
+            }
             if reports::plot::has_niceness(&o.report) {
                 let name = format!("seed-{}-niceness.png", o.report.seed);
                 reports::plot::latency_by_niceness(&o.report, &path.with_file_name(name))?;

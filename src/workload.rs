@@ -32,6 +32,74 @@ pub struct Trace {
     pub messages: BTreeMap<(Direction, u64), MessageRecord>,
     /// The first failure of a workload program.
     pub error: Option<String>,
+    /// The client's connection race.
+    pub establishment: Option<reports::Establishment>,
+    /// The protocol the client's carrier runs on.
+    pub protocol: Option<String>,
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    reports::model::round_us(d.as_secs_f64() * 1000.0)
+}
+
+/// The report's record of a race.
+fn establishment(
+    report: &postsock::EstablishmentReport,
+    error: Option<String>,
+) -> reports::Establishment {
+    reports::Establishment {
+        attempts: report
+            .attempts
+            .iter()
+            .map(|a| reports::AttemptRecord {
+                protocol: a.protocol.name().to_string(),
+                remote: a.remote.to_string(),
+                started_ms: ms(a.started),
+                duration_ms: ms(a.duration),
+                outcome: a.outcome.name().to_string(),
+                reason: match &a.outcome {
+                    postsock::AttemptOutcome::Failed(why) => Some(why.clone()),
+                    _ => None,
+                },
+            })
+            .collect(),
+        duration_ms: ms(report.duration),
+        error,
+    }
+}
+
+/// Initiates the client's carrier and records how the race went.
+async fn initiate(
+    net: Arc<dyn Net>,
+    workload: &Workload,
+    config: Configuration,
+    trace: &SharedTrace,
+) -> Option<Carrier> {
+    tokio::time::sleep(Duration::from_millis(workload.start_ms)).await;
+    trace.lock().initiated_ms = Some(now_ms());
+    let started = tokio::time::Instant::now();
+    let remote = Remote::new(workload.server.get_ref().clone(), workload.port);
+    match Carrier::initiate(net, remote, config).await {
+        Ok(carrier) => {
+            let mut t = trace.lock();
+            t.protocol = Some(carrier.protocol().name().to_string());
+            t.establishment = carrier.establishment().map(|r| establishment(r, None));
+            Some(carrier)
+        }
+        Err(e) => {
+            // The error names every attempt; the report keeps them and the failure.
+            let report = match &e {
+                postsock::Error::NoCandidate { report, .. } => (**report).clone(),
+                _ => postsock::EstablishmentReport {
+                    attempts: Vec::new(),
+                    duration: started.elapsed(),
+                },
+            };
+            let record = establishment(&report, Some(e.to_string()));
+            trace.lock().establishment = Some(record);
+            None
+        }
+    }
 }
 
 /// A trace shared by the programs of one run.
@@ -176,16 +244,10 @@ pub async fn echo_client(
     deadline: Duration,
     trace: SharedTrace,
 ) -> turmoil::Result {
-    tokio::time::sleep(Duration::from_millis(workload.start_ms)).await;
-    trace.lock().initiated_ms = Some(now_ms());
-    let remote = Remote::new(workload.server.get_ref().clone(), workload.port);
-    let carrier = match Carrier::initiate(net, remote, config).await {
-        Ok(c) => Arc::new(c),
-        Err(e) => {
-            trace.fail(format!("initiate: {e}"));
-            return Ok(());
-        }
+    let Some(carrier) = initiate(net, &workload, config, &trace).await else {
+        return Ok(());
     };
+    let carrier = Arc::new(carrier);
     let sender = {
         let (carrier, workload, trace) = (carrier.clone(), workload.clone(), trace.clone());
         tokio::spawn(async move {
@@ -281,15 +343,8 @@ pub async fn stream_client(
     deadline: Duration,
     trace: SharedTrace,
 ) -> turmoil::Result {
-    tokio::time::sleep(Duration::from_millis(workload.start_ms)).await;
-    trace.lock().initiated_ms = Some(now_ms());
-    let remote = Remote::new(workload.server.get_ref().clone(), workload.port);
-    let carrier = match Carrier::initiate(net, remote, config).await {
-        Ok(c) => c,
-        Err(e) => {
-            trace.fail(format!("initiate: {e}"));
-            return Ok(());
-        }
+    let Some(carrier) = initiate(net, &workload, config, &trace).await else {
+        return Ok(());
     };
     let run = async {
         let mut handles = Vec::new();

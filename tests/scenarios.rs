@@ -314,3 +314,121 @@ fn api_runs_are_deterministic() {
         assert_eq!(a, b, "{name}: same seed, different report");
     }
 }
+
+fn blocking(name: &str) -> Vec<reports::Report> {
+    let s = scenario(name);
+    (1..=4)
+        .map(|seed| {
+            let r = testbed::run(&s, seed).report;
+            assert!(
+                r.passed,
+                "{name} seed {seed}: {:?} {:?}",
+                r.error, r.expectations
+            );
+            r
+        })
+        .collect()
+}
+
+fn attempts(r: &reports::Report) -> Vec<(String, f64, String)> {
+    r.establishment
+        .as_ref()
+        .expect("an establishment report")
+        .attempts
+        .iter()
+        .map(|a| (a.protocol.clone(), a.started_ms, a.outcome.clone()))
+        .collect()
+}
+
+#[test]
+fn blocked_or_black_holed_quic_falls_back_to_tls_after_one_attempt_delay() {
+    for name in ["blocking/udp-blocked", "blocking/quic-blackholed"] {
+        for r in blocking(name) {
+            // TLS/TCP starts at 250 ms and needs 2.5 RTT (100 ms) to the first message.
+            let ttfm = r.metrics.ttfm_ms.expect("a message arrived");
+            assert!(
+                (ttfm - 350.0).abs() <= 2.0,
+                "{name} seed {}: TTFM {ttfm}",
+                r.seed
+            );
+            assert_eq!(r.protocol, "tls-tcp");
+            assert_eq!(
+                attempts(&r),
+                [
+                    ("quic".to_string(), 0.0, "cancelled".to_string()),
+                    ("tls-tcp".to_string(), 250.0, "won".to_string())
+                ],
+                "{name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn black_holed_tcp_costs_quic_nothing() {
+    for r in blocking("blocking/tcp-blackholed") {
+        let ttfm = r.metrics.ttfm_ms.expect("a message arrived");
+        assert!((ttfm - 60.0).abs() <= 2.0, "TTFM {ttfm}");
+        assert_eq!(r.protocol, "quic");
+        // QUIC was ready at 40 ms, before TLS/TCP's turn at 250 ms.
+        assert_eq!(attempts(&r), [("quic".to_string(), 0.0, "won".to_string())]);
+    }
+}
+
+#[test]
+fn when_nothing_works_one_error_names_every_attempt_within_the_timeout() {
+    for (name, tls_reason) in [
+        (
+            "blocking/all-blocked",
+            "no answer within the 2000 ms connect timeout",
+        ),
+        ("blocking/tcp-reset", "refused"),
+    ] {
+        for r in blocking(name) {
+            let est = r.establishment.as_ref().expect("establishment");
+            let error = est.error.as_deref().expect("an error");
+            assert!(
+                error.contains("quic to ") && error.contains("tls-tcp to "),
+                "{error}"
+            );
+            assert_eq!(
+                est.duration_ms, 2000.0,
+                "{name}: bounded by the connect timeout"
+            );
+            assert_eq!(r.metrics.established, 0);
+            let tls = &est.attempts[1];
+            assert_eq!((tls.protocol.as_str(), tls.started_ms), ("tls-tcp", 250.0));
+            let reason = tls.reason.as_deref().unwrap_or_default();
+            assert!(reason.contains(tls_reason), "{name}: {reason}");
+            assert!(r.error.is_none(), "an expected failure is not a run error");
+        }
+    }
+}
+
+#[test]
+fn the_attempt_delay_is_configurable_but_never_below_10_ms() {
+    let dir = std::env::temp_dir().join(format!("postsock-delay-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let base = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/blocking/udp-blocked.toml"),
+    )
+    .expect("scenario");
+    for (delay, want_start) in [(100, 100.0), (1, 10.0)] {
+        let path = dir.join(format!("delay-{delay}.toml"));
+        let text = base
+            .replace(
+                "messages = 5",
+                &format!("messages = 5\nattempt_delay_ms = {delay}"),
+            )
+            .replace("max = 352", "max = 10000");
+        std::fs::write(&path, text).expect("write");
+        let s = suite::load_one(&dir, path.to_str().expect("utf8")).expect("load");
+        let r = testbed::run(&s, 1).report;
+        assert!(r.passed, "{:?}", r.error);
+        let tls = &attempts(&r)[1];
+        assert_eq!(tls.1, want_start, "attempt delay {delay} ms");
+        let ttfm = r.metrics.ttfm_ms.expect("ttfm");
+        assert!((ttfm - (want_start + 100.0)).abs() <= 2.0, "TTFM {ttfm}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

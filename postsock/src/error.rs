@@ -36,6 +36,8 @@ pub enum Error {
     NoCandidate {
         /// One line per attempt: what was tried and why it failed.
         attempts: Vec<String>,
+        /// The race in full.
+        report: Box<crate::EstablishmentReport>,
     },
     /// The send buffer is full (`try_send`); `send` would wait.
     #[error("send buffer full: {buffered} of {limit} bytes in use")]

@@ -107,6 +107,13 @@ pub(crate) fn candidates(
         .collect()
 }
 
+fn no_candidate(report: &EstablishmentReport) -> Error {
+    Error::NoCandidate {
+        attempts: report.attempts.iter().map(ToString::to_string).collect(),
+        report: Box::new(report.clone()),
+    }
+}
+
 /// Races `candidates`: starts the first, then the next one attempt delay later, or at once
 /// when an attempt fails; the first ready transient wins. Bounded by the connect timeout.
 pub(crate) async fn race(
@@ -135,8 +142,7 @@ pub(crate) async fn race(
             if let (1, Some(e)) = (candidates.len(), only_error.take()) {
                 return (Err(e), report);
             }
-            let attempts = report.attempts.iter().map(ToString::to_string).collect();
-            return (Err(Error::NoCandidate { attempts }), report);
+            return (Err(no_candidate(&report)), report);
         }
         tokio::select! {
             biased;
@@ -186,8 +192,7 @@ pub(crate) async fn race(
                     let timeout_ms = timeout_ms as u64;
                     return (Err(Error::Timeout { protocol, remote, timeout_ms }), report);
                 }
-                let attempts = report.attempts.iter().map(ToString::to_string).collect();
-                return (Err(Error::NoCandidate { attempts }), report);
+                return (Err(no_candidate(&report)), report);
             }
             _ = tokio::time::sleep_until(next_at), if next < candidates.len() => {
                 let (protocol, remote) = candidates[next];

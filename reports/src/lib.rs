@@ -15,7 +15,8 @@ pub mod plot;
 pub mod summary;
 
 pub use model::{
-    Direction, Expectation, MessageRecord, Metrics, Report, RunWallClock, WallClock, SCHEMA_VERSION,
+    AttemptRecord, Direction, Establishment, Expectation, MessageRecord, Metrics, Report,
+    RunWallClock, WallClock, SCHEMA_VERSION,
 };
 
 /// Errors while writing reports.

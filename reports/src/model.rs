@@ -87,6 +87,36 @@ impl MessageRecord {
     }
 }
 
+/// One connection attempt of the client's race (see postsock's `EstablishmentReport`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// `quic`, `tls-tcp` or `tcp`.
+    pub protocol: String,
+    /// The address tried.
+    pub remote: String,
+    /// Start, in ms from the start of the race.
+    pub started_ms: f64,
+    /// How long it ran.
+    pub duration_ms: f64,
+    /// `won`, `lost race`, `failed` or `cancelled`.
+    pub outcome: String,
+    /// Why it failed, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// How the client's carrier was established.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Establishment {
+    /// Every attempt started, in start order.
+    pub attempts: Vec<AttemptRecord>,
+    /// From the start of the race until it was decided, ms.
+    pub duration_ms: f64,
+    /// The error `initiate` returned, when nothing could be established.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// One expectation of the scenario and how the run measured against it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Expectation {
@@ -120,6 +150,10 @@ pub struct Metrics {
     pub delivered_after_deadline: u64,
     /// Messages delivered before one of their antecedents (must be 0).
     pub antecedent_violations: u64,
+    /// 1 if the client's carrier was established, 0 if not.
+    pub established: u64,
+    /// Connection attempts the client's race started.
+    pub attempts: u64,
     /// Median latency of the messages of each niceness (key: the niceness).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub median_latency_by_niceness_ms: BTreeMap<u32, f64>,
@@ -229,6 +263,8 @@ impl Metrics {
             "unreliable_lost" => Some(self.unreliable_lost as f64),
             "delivered_after_deadline" => Some(self.delivered_after_deadline as f64),
             "antecedent_violations" => Some(self.antecedent_violations as f64),
+            "established" => Some(self.established as f64),
+            "attempts" => Some(self.attempts as f64),
             other => {
                 let n: u32 = other
                     .strip_prefix("median_latency_ms_niceness_")?
@@ -264,6 +300,8 @@ impl Metrics {
         "unreliable_lost",
         "delivered_after_deadline",
         "antecedent_violations",
+        "established",
+        "attempts",
         "median_latency_ms_niceness_<N>",
     ];
 }
@@ -296,6 +334,9 @@ pub struct Report {
     pub links: BTreeMap<String, serde_json::Value>,
     /// Faults applied, with their simulated times.
     pub faults: Vec<String>,
+    /// The client's connection race.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub establishment: Option<Establishment>,
     /// Every application message.
     pub messages: Vec<MessageRecord>,
 }

@@ -211,3 +211,100 @@ pub fn latency_by_niceness(report: &Report, path: &Path) -> Result<(), ReportErr
     root.present().map_err(|e| err(&e))?;
     Ok(())
 }
+
+/// Whether `report` has a connection race worth a timeline (more than one attempt, or none
+/// that won).
+pub fn has_race(report: &Report) -> bool {
+    report
+        .establishment
+        .as_ref()
+        .is_some_and(|e| e.attempts.len() > 1 || e.attempts.iter().all(|a| a.outcome != "won"))
+}
+
+/// The racing timeline: one bar per connection attempt, from its start to its end,
+/// coloured by outcome.
+pub fn racing_timeline(report: &Report, path: &Path) -> Result<(), ReportError> {
+    register_font();
+    let shown = path.display().to_string();
+    let err = |e: &dyn std::fmt::Display| ReportError::Plot {
+        path: shown.clone(),
+        message: e.to_string(),
+    };
+    let Some(est) = &report.establishment else {
+        return Ok(());
+    };
+    let n = est.attempts.len().max(1);
+    let end = est
+        .attempts
+        .iter()
+        .map(|a| a.started_ms + a.duration_ms)
+        .fold(est.duration_ms, f64::max)
+        .max(1.0)
+        * 1.1;
+    let height = (160 + 60 * n) as u32;
+    let root = BitMapBackend::new(path, (1000, height)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let verdict = match &est.error {
+        Some(_) => "nothing established".to_string(),
+        None => format!("decided after {:.0} ms", est.duration_ms),
+    };
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!(
+                "{} (seed {}): connection race, {verdict}",
+                report.scenario, report.seed
+            ),
+            ("sans-serif", 22),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(10)
+        .build_cartesian_2d(0f64..end, 0f64..n as f64)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("time since initiate (simulated ms)")
+        .y_labels(0)
+        .label_style(("sans-serif", 15))
+        .disable_y_mesh()
+        .draw()
+        .map_err(|e| err(&e))?;
+    let colour = |outcome: &str| match outcome {
+        "won" => GREEN.mix(0.9),
+        "lost race" => BLUE.mix(0.6),
+        "failed" => RED.mix(0.8),
+        _ => BLACK.mix(0.35),
+    };
+    for (i, a) in est.attempts.iter().enumerate() {
+        let y = (n - i - 1) as f64;
+        let bar = Rectangle::new(
+            [
+                (a.started_ms, y + 0.25),
+                (a.started_ms + a.duration_ms.max(end / 500.0), y + 0.75),
+            ],
+            colour(&a.outcome).filled(),
+        );
+        chart
+            .draw_series(std::iter::once(bar))
+            .map_err(|e| err(&e))?;
+        let text = match &a.reason {
+            Some(r) => format!(
+                "{} {}: {}: {}",
+                a.protocol,
+                a.remote,
+                a.outcome,
+                r.chars().take(70).collect::<String>()
+            ),
+            None => format!("{} {}: {}", a.protocol, a.remote, a.outcome),
+        };
+        chart
+            .draw_series(std::iter::once(Text::new(
+                text,
+                (end / 100.0, y + 0.95),
+                ("sans-serif", 14),
+            )))
+            .map_err(|e| err(&e))?;
+    }
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}

@@ -121,7 +121,12 @@ impl Net for SimNet {
     fn connect_tcp(&self, remote: SocketAddr) -> BoxFuture<'_, io::Result<Box<dyn ByteStream>>> {
         Box::pin(async move {
             let start = Instant::now();
-            let refused = || io::Error::new(io::ErrorKind::ConnectionRefused, remote.to_string());
+            let refused = || {
+                io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    format!("connection to {remote} refused (reset)"),
+                )
+            };
             match self.gateway {
                 Some(gateway) => {
                     // The destination travels with the SYN, as it would inside a real packet.
