@@ -47,6 +47,10 @@ fn setup(scenario: &Scenario) -> Result<Setup, String> {
     if let Some(ms) = scenario.workload.connect_timeout_ms {
         client.connect_timeout(Duration::from_millis(ms));
     }
+    if scenario.workload.association {
+        client.associations = Some(postsock::Associations::new(Duration::from_secs(600)));
+    }
+    client.adaptive_attempt_delay = scenario.workload.adaptive_attempt_delay;
     Ok(Setup { client, server })
 }
 
@@ -202,6 +206,20 @@ fn build_report(
         trace.initiated_ms,
         reports::model::round_us(sim_ms),
     );
+    // Time to first message of the last carrier: from its initiation to the first
+    // client → server delivery after it.
+    if let Some(&last) = trace.initiations.last() {
+        let first = messages
+            .iter()
+            .filter(|m| m.direction == reports::Direction::ClientToServer)
+            .filter_map(|m| m.delivered_ms.first().copied())
+            .filter(|d| *d >= last)
+            .fold(None, |acc: Option<f64>, d| {
+                Some(acc.map_or(d, |a| a.min(d)))
+            });
+        metrics.ttfm_last_ms = first.map(|f| reports::model::round_us(f - last));
+    }
+    metrics.resumed = trace.resumed.last().copied().flatten().map(u64::from);
     if let Some(est) = &trace.establishment {
         metrics.attempts = est.attempts.len() as u64;
         metrics.established = u64::from(est.error.is_none());

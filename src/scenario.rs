@@ -116,6 +116,20 @@ pub struct Workload {
     /// The client's connect timeout in ms (default: postsock's 10 s).
     #[serde(default)]
     pub connect_timeout_ms: Option<u64>,
+    /// Echo only: carriers the client runs one after the other (default 1).
+    #[serde(default = "one_carrier")]
+    pub carriers: u32,
+    /// Whether the client keeps an association store (racing cache, TLS sessions) across
+    /// its carriers (default false).
+    #[serde(default)]
+    pub association: bool,
+    /// With an association that knows the RTT, shorten the attempt delay to 2 × RTT.
+    #[serde(default)]
+    pub adaptive_attempt_delay: bool,
+}
+
+fn one_carrier() -> u32 {
+    1
 }
 
 fn yes() -> bool {
@@ -337,6 +351,13 @@ impl Scenario {
             return Err(at(
                 0,
                 "workload: niceness, lifetime_ms, antecedent_group, ordered and reliable apply to kind = \"stream\" only".into(),
+            ));
+        }
+        if w.carriers == 0 || (w.carriers > 1 && w.kind != WorkloadKind::Echo) {
+            return Err(at(
+                0,
+                "workload: carriers must be at least 1, and more than 1 only for kind = \"echo\""
+                    .into(),
             ));
         }
         if w.antecedent_group.is_some_and(|g| g < 2) {

@@ -36,6 +36,10 @@ pub struct Trace {
     pub establishment: Option<reports::Establishment>,
     /// The protocol the client's carrier runs on.
     pub protocol: Option<String>,
+    /// When each of the client's carriers was initiated (ms).
+    pub initiations: Vec<f64>,
+    /// Whether each of the client's carriers resumed a TLS session (when known).
+    pub resumed: Vec<Option<bool>>,
 }
 
 fn ms(d: std::time::Duration) -> f64 {
@@ -75,8 +79,15 @@ async fn initiate(
     config: Configuration,
     trace: &SharedTrace,
 ) -> Option<Carrier> {
-    tokio::time::sleep(Duration::from_millis(workload.start_ms)).await;
-    trace.lock().initiated_ms = Some(now_ms());
+    if trace.lock().initiated_ms.is_none() {
+        tokio::time::sleep(Duration::from_millis(workload.start_ms)).await;
+    }
+    {
+        let mut t = trace.lock();
+        let now = now_ms();
+        t.initiated_ms.get_or_insert(now);
+        t.initiations.push(now);
+    }
     let started = tokio::time::Instant::now();
     let remote = Remote::new(workload.server.get_ref().clone(), workload.port);
     match Carrier::initiate(net, remote, config).await {
@@ -84,6 +95,7 @@ async fn initiate(
             let mut t = trace.lock();
             t.protocol = Some(carrier.protocol().name().to_string());
             t.establishment = carrier.establishment().map(|r| establishment(r, None));
+            t.resumed.push(carrier.resumed());
             Some(carrier)
         }
         Err(e) => {
@@ -159,7 +171,8 @@ impl SharedTrace {
 /// The deterministic payload of client message `index` for `seed`.
 pub fn payload(workload: &Workload, seed: u64, index: u64) -> Vec<u8> {
     let mut rng = sim::rng::stream(seed, &format!("workload/message/{index}"));
-    let size = match index {
+    // Every carrier of a run starts with a min_size message, then a max_size one.
+    let size = match index % u64::from(workload.messages.max(1)) {
         0 => workload.min_size,
         1 => workload.max_size,
         _ => {
@@ -244,15 +257,34 @@ pub async fn echo_client(
     deadline: Duration,
     trace: SharedTrace,
 ) -> turmoil::Result {
-    let Some(carrier) = initiate(net, &workload, config, &trace).await else {
-        return Ok(());
-    };
-    let carrier = Arc::new(carrier);
+    // With `carriers = N` the client runs N carriers one after the other (message indices
+    // continue), so a later one can profit from what the association learnt.
+    for round in 0..u64::from(workload.carriers) {
+        let Some(carrier) = initiate(net.clone(), &workload, config.clone(), &trace).await else {
+            return Ok(());
+        };
+        let base = round * u64::from(workload.messages);
+        echo_round(Arc::new(carrier), &workload, seed, base, deadline, &trace).await;
+        if trace.lock().error.is_some() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+async fn echo_round(
+    carrier: Arc<Carrier>,
+    workload: &Workload,
+    seed: u64,
+    base: u64,
+    deadline: Duration,
+    trace: &SharedTrace,
+) {
     let sender = {
         let (carrier, workload, trace) = (carrier.clone(), workload.clone(), trace.clone());
         tokio::spawn(async move {
-            for i in 0..u64::from(workload.messages) {
-                if i > 0 && workload.interval_ms > 0 {
+            for i in base..base + u64::from(workload.messages) {
+                if i > base && workload.interval_ms > 0 {
                     tokio::time::sleep(Duration::from_millis(workload.interval_ms)).await;
                 }
                 let data = payload(&workload, seed, i);
@@ -269,7 +301,7 @@ pub async fn echo_client(
         while echoes < workload.messages {
             match carrier.receive().await {
                 Ok(Some(msg)) => {
-                    let (index, intact) = intact(&workload, seed, &msg.data);
+                    let (index, intact) = intact(workload, seed, &msg.data);
                     let Some(index) = index else {
                         return trace.fail(format!(
                             "client got a {} B echo with no index",
@@ -294,7 +326,6 @@ pub async fn echo_client(
     if let Err(e) = carrier.close().await {
         trace.fail(format!("close: {e}"));
     }
-    Ok(())
 }
 
 /// The stream server: accepts carriers and records every message it receives.

@@ -432,3 +432,51 @@ fn the_attempt_delay_is_configurable_but_never_below_10_ms() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Runs a shipped scenario with `association = true` turned off.
+fn without_association(name: &str, seed: u64) -> reports::Report {
+    let dir = std::env::temp_dir().join(format!("postsock-noassoc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("scenarios/{name}.toml")),
+    )
+    .expect("scenario")
+    .replace("association = true", "association = false");
+    let path = dir.join(format!("{}.toml", name.replace('/', "-")));
+    std::fs::write(&path, text).expect("write");
+    let s = suite::load_one(&dir, path.to_str().expect("utf8")).expect("load");
+    testbed::run(&s, seed).report
+}
+
+#[test]
+fn an_association_remembers_the_race_winner_for_the_next_carrier() {
+    for r in blocking("blocking/udp-blocked-second-carrier") {
+        assert_eq!(
+            r.metrics.ttfm_ms,
+            Some(350.0),
+            "the first carrier pays the delay"
+        );
+        let last = r.metrics.ttfm_last_ms.expect("second carrier");
+        assert!((last - 100.0).abs() <= 2.0, "second carrier TTFM {last}");
+        // It raced TLS/TCP first: one attempt, won at once.
+        assert_eq!(
+            attempts(&r),
+            [("tls-tcp".to_string(), 0.0, "won".to_string())]
+        );
+    }
+    // Without the association the second carrier pays the delay again.
+    let r = without_association("blocking/udp-blocked-second-carrier", 1);
+    let last = r.metrics.ttfm_last_ms.expect("second carrier");
+    assert!((last - 350.0).abs() <= 2.0, "second carrier TTFM {last}");
+}
+
+#[test]
+fn a_second_tls_tcp_carrier_resumes_its_session() {
+    for r in blocking("resumption/tls-tcp-second-carrier") {
+        // rustls' handshake kind, not timing: the second handshake was a resumption.
+        assert_eq!(r.metrics.resumed, Some(1), "seed {}", r.seed);
+        assert_eq!(r.metrics.ttfm_last_ms, Some(100.0));
+    }
+    let r = without_association("resumption/tls-tcp-second-carrier", 1);
+    assert_eq!(r.metrics.resumed, Some(0), "no association, no tickets");
+}

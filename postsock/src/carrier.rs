@@ -13,6 +13,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::association::{AssociationKey, MaybeTls, TlsClients, DEFAULT_PATH};
 use crate::message::{MessageProperties, SendHandle, SendStatus};
 use crate::net::Net;
 use crate::outbox::Outbox;
@@ -41,6 +42,7 @@ enum Link {
 pub(crate) struct Origin {
     net: Arc<dyn Net>,
     remote: Remote,
+    tls: MaybeTls,
 }
 
 impl std::fmt::Debug for Origin {
@@ -52,7 +54,8 @@ impl std::fmt::Debug for Origin {
 /// An established transient, before it becomes a carrier.
 pub(crate) enum Transient {
     Quic(quinn::Connection, Option<quinn::Endpoint>),
-    Stream(Box<dyn StreamIo>, SocketAddr, Protocol),
+    /// A connected stream, its peer, its protocol, and whether TLS resumed a session.
+    Stream(Box<dyn StreamIo>, SocketAddr, Protocol, Option<bool>),
 }
 
 /// A byte stream a transient can run on (TLS or plain TCP).
@@ -70,26 +73,44 @@ pub(crate) async fn attempt(
     host: &str,
     config: &Configuration,
     endpoint: Option<&quinn::Endpoint>,
+    tls: &MaybeTls,
 ) -> Result<Transient> {
+    let tls_for = |pick: fn(&TlsClients) -> Arc<rustls::ClientConfig>| {
+        tls.as_ref()
+            .map(pick)
+            .ok_or_else(|| Error::Config("no TLS configuration for a secure protocol".into()))
+    };
     let attempt = async {
         match protocol {
             Protocol::Quic => match endpoint {
                 Some(ep) => {
-                    let conn = quic::connect_on(ep, addr, host, config).await?;
+                    let conn =
+                        quic::connect_on(ep, addr, host, config, tls_for(|t| t.quic.clone())?)
+                            .await?;
                     Ok(Transient::Quic(conn, Some(ep.clone())))
                 }
                 None => {
-                    let (ep, conn) = quic::connect(net, addr, host, config).await?;
+                    let (ep, conn) =
+                        quic::connect(net, addr, host, config, tls_for(|t| t.quic.clone())?)
+                            .await?;
                     Ok(Transient::Quic(conn, Some(ep)))
                 }
             },
             Protocol::TlsTcp => {
-                let stream = tls_tcp::connect(net, addr, host, config).await?;
-                Ok(Transient::Stream(Box::new(stream), addr, protocol))
+                let stream =
+                    tls_tcp::connect(net, addr, host, config, tls_for(|t| t.tcp.clone())?).await?;
+                let resumed =
+                    stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+                Ok(Transient::Stream(
+                    Box::new(stream),
+                    addr,
+                    protocol,
+                    Some(resumed),
+                ))
             }
             Protocol::Tcp => {
                 let stream = tls_tcp::connect_plain(net, addr).await?;
-                Ok(Transient::Stream(Box::new(stream), addr, protocol))
+                Ok(Transient::Stream(Box::new(stream), addr, protocol, None))
             }
         }
     };
@@ -116,6 +137,7 @@ pub struct Carrier {
     config: Configuration,
     origin: Option<Origin>,
     establishment: Option<EstablishmentReport>,
+    resumed: Option<bool>,
 }
 
 impl Carrier {
@@ -131,10 +153,31 @@ impl Carrier {
         config: Configuration,
     ) -> Result<Self> {
         let protocols = config.candidates()?;
-        // Configuration errors (no trusted roots, a bad server name) before any packet.
-        if protocols.iter().any(|p| *p != Protocol::Tcp) {
-            crate::transport::tls::client_config(&config.security)?;
+        // The association (if the configuration keeps them) orders the race and holds the
+        // TLS session caches; configuration errors show before any packet.
+        let association = config
+            .associations
+            .as_ref()
+            .map(|store| store.get(&AssociationKey::new(&config.security, &remote)));
+        let secure = protocols.iter().any(|p| *p != Protocol::Tcp);
+        let tls = match (&association, secure) {
+            (_, false) => None,
+            (Some(a), true) => Some(a.tls(&config.security)?),
+            (None, true) => Some(TlsClients::new(&config.security)?),
+        };
+        if secure {
             crate::transport::tls::server_name(&config.security, &remote.host)?;
+        }
+        let protocols = match &association {
+            Some(a) => a.order(DEFAULT_PATH, &protocols),
+            None => protocols,
+        };
+        let mut config = config;
+        if let Some(rtt) = association.as_ref().and_then(|a| a.rtt(DEFAULT_PATH)) {
+            if config.adaptive_attempt_delay {
+                // RFC 8305 §5 allows a delay from the RTT; 2 RTT covers a TLS/TCP handshake.
+                config.attempt_delay = config.attempt_delay.min(rtt * 2);
+            }
         }
         let addrs = net
             .resolve(&remote.host, remote.port)
@@ -150,12 +193,22 @@ impl Carrier {
             });
         }
         let candidates = racing::candidates(&protocols, &addrs);
-        let (result, report) = racing::race(net.clone(), &remote.host, &config, candidates).await;
+        let (result, report) =
+            racing::race(net.clone(), &remote.host, &config, candidates, &tls).await;
+        if let Some(a) = &association {
+            a.record(DEFAULT_PATH, &report);
+        }
         let transient = result?;
-        let origin = Origin { net, remote };
+        let origin = Origin { net, remote, tls };
         let mut carrier = Self::start(transient, &config, Some(origin));
         carrier.establishment = Some(report);
         Ok(carrier)
+    }
+
+    /// Whether the TLS handshake resumed an earlier session (rustls' handshake kind) — known
+    /// for TLS/TCP; `None` for QUIC (quinn does not expose it) and plain TCP.
+    pub fn resumed(&self) -> Option<bool> {
+        self.resumed
     }
 
     /// How this carrier's connection race went (`None` for an accepted carrier).
@@ -193,9 +246,10 @@ impl Carrier {
                     config: config.clone(),
                     origin,
                     establishment: None,
+                    resumed: None,
                 }
             }
-            Transient::Stream(stream, peer, protocol) => {
+            Transient::Stream(stream, peer, protocol, resumed) => {
                 let outbox = Outbox::new(config.send_buffer, tls_tcp::order_rule);
                 let t = tls_tcp::start(stream, outbox.clone(), events_tx, limits);
                 let reaper = tokio::spawn(outbox.clone().reaper());
@@ -210,6 +264,7 @@ impl Carrier {
                     config: config.clone(),
                     origin,
                     establishment: None,
+                    resumed,
                 }
             }
         }
@@ -233,6 +288,7 @@ impl Carrier {
             &origin.remote.host,
             &self.config,
             endpoint,
+            &origin.tls,
         )
         .await?;
         Ok(Self::start(transient, &self.config, Some(origin)))

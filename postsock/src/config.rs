@@ -115,6 +115,12 @@ pub struct Configuration {
     pub receive_min_incomplete: Option<usize>,
     /// Deliver no piece larger than this; longer messages come in parts.
     pub receive_max_length: Option<usize>,
+    /// Where carriers remember remotes (racing outcomes, TLS sessions); `None`: nothing is
+    /// remembered between carriers.
+    pub associations: Option<Arc<crate::Associations>>,
+    /// With an association that knows the path's RTT, race with an attempt delay of
+    /// 2 × RTT when that is shorter than `attempt_delay` (never below 10 ms).
+    pub adaptive_attempt_delay: bool,
 }
 
 impl Default for Configuration {
@@ -131,6 +137,8 @@ impl Default for Configuration {
             receive_buffer: 4 << 20,
             receive_min_incomplete: None,
             receive_max_length: None,
+            associations: None,
+            adaptive_attempt_delay: false,
         }
     }
 }

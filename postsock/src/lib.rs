@@ -49,6 +49,7 @@
 //! # Ok(()) }
 //! ```
 
+mod association;
 mod carrier;
 mod certs;
 mod config;
@@ -63,6 +64,7 @@ mod racing;
 mod selection;
 pub mod transport;
 
+pub use association::{Association, AssociationKey, Associations, PathMemory, DEFAULT_PATH};
 pub use carrier::{Carrier, PartialSend};
 pub use certs::TestCa;
 pub use config::{Configuration, Identity, Protocol, Remote, Security};

@@ -174,9 +174,13 @@ async fn accept_stream(
         let (acceptor, config) = (acceptor.clone(), config.clone());
         async move {
             let transient = match acceptor {
-                None => Transient::Stream(Box::new(stream), peer, Protocol::Tcp),
+                None => Transient::Stream(Box::new(stream), peer, Protocol::Tcp, None),
                 Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(tls) => Transient::Stream(Box::new(tls), peer, Protocol::TlsTcp),
+                    Ok(tls) => {
+                        let resumed = tls.get_ref().1.handshake_kind()
+                            == Some(rustls::HandshakeKind::Resumed);
+                        Transient::Stream(Box::new(tls), peer, Protocol::TlsTcp, Some(resumed))
+                    }
                     Err(e) => {
                         tracing::debug!("TLS handshake from {peer} failed: {e}");
                         return None;

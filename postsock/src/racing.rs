@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use crate::association::MaybeTls;
 use crate::carrier::{attempt, Transient};
 use crate::net::Net;
 use crate::{Configuration, Error, Protocol, Result};
@@ -121,6 +122,7 @@ pub(crate) async fn race(
     host: &str,
     config: &Configuration,
     candidates: Vec<(Protocol, SocketAddr)>,
+    tls: &MaybeTls,
 ) -> (Result<Transient>, EstablishmentReport) {
     let delay = config.attempt_delay.max(MIN_ATTEMPT_DELAY);
     let start = Instant::now();
@@ -205,8 +207,9 @@ pub(crate) async fn race(
                     outcome: AttemptOutcome::Cancelled,
                 });
                 let (net, host, config, i) = (net.clone(), host.to_string(), config.clone(), next);
+                let tls = tls.clone();
                 running.spawn(async move {
-                    (i, attempt(net.as_ref(), protocol, remote, &host, &config, None).await)
+                    (i, attempt(net.as_ref(), protocol, remote, &host, &config, None, &tls).await)
                 });
                 next += 1;
                 next_at = Instant::now() + delay;

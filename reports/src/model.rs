@@ -150,6 +150,13 @@ pub struct Metrics {
     pub delivered_after_deadline: u64,
     /// Messages delivered before one of their antecedents (must be 0).
     pub antecedent_violations: u64,
+    /// TTFM of the client's last carrier (differs from `ttfm_ms` when it runs several).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttfm_last_ms: Option<f64>,
+    /// 1 if the client's last carrier resumed a TLS session, 0 if it did a full handshake
+    /// (absent when the stack cannot tell, as on QUIC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumed: Option<u64>,
     /// 1 if the client's carrier was established, 0 if not.
     pub established: u64,
     /// Connection attempts the client's race started.
@@ -264,6 +271,8 @@ impl Metrics {
             "delivered_after_deadline" => Some(self.delivered_after_deadline as f64),
             "antecedent_violations" => Some(self.antecedent_violations as f64),
             "established" => Some(self.established as f64),
+            "ttfm_last_ms" => self.ttfm_last_ms,
+            "resumed" => self.resumed.map(|r| r as f64),
             "attempts" => Some(self.attempts as f64),
             other => {
                 let n: u32 = other
@@ -302,6 +311,8 @@ impl Metrics {
         "antecedent_violations",
         "established",
         "attempts",
+        "ttfm_last_ms",
+        "resumed",
         "median_latency_ms_niceness_<N>",
     ];
 }

@@ -81,6 +81,7 @@ pub(crate) async fn connect(
     remote: SocketAddr,
     host: &str,
     config: &Configuration,
+    tls: Arc<rustls::ClientConfig>,
 ) -> Result<(quinn::Endpoint, quinn::Connection)> {
     let local: SocketAddr = if remote.is_ipv4() {
         ([0, 0, 0, 0], 0).into()
@@ -88,7 +89,7 @@ pub(crate) async fn connect(
         ([0u16; 8], 0).into()
     };
     let endpoint = endpoint(net, local, None).await?;
-    let connection = connect_on(&endpoint, remote, host, config).await?;
+    let connection = connect_on(&endpoint, remote, host, config, tls).await?;
     Ok((endpoint, connection))
 }
 
@@ -98,9 +99,9 @@ pub(crate) async fn connect_on(
     remote: SocketAddr,
     host: &str,
     config: &Configuration,
+    tls: Arc<rustls::ClientConfig>,
 ) -> Result<quinn::Connection> {
-    let crypto = QuicClientConfig::try_from(tls::client_config(&config.security)?)
-        .map_err(|e| Error::Tls(e.to_string()))?;
+    let crypto = QuicClientConfig::try_from(tls).map_err(|e| Error::Tls(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
     client.transport_config(transport_config());
     let name = tls::server_name(&config.security, host)?

@@ -26,8 +26,8 @@ pub(crate) async fn connect(
     remote: SocketAddr,
     host: &str,
     config: &Configuration,
+    client: Arc<rustls::ClientConfig>,
 ) -> Result<tokio_rustls::client::TlsStream<Box<dyn ByteStream>>> {
-    let client = tls::client_config(&config.security)?;
     let name = tls::server_name(&config.security, host)?;
     let establish = |reason: String| Error::Establish {
         protocol: Protocol::TlsTcp,
@@ -38,7 +38,7 @@ pub(crate) async fn connect(
         .connect_tcp(remote)
         .await
         .map_err(|e| establish(format!("TCP connect: {e}")))?;
-    tokio_rustls::TlsConnector::from(Arc::new(client))
+    tokio_rustls::TlsConnector::from(client)
         .connect(name, tcp)
         .await
         .map_err(|e| establish(format!("TLS handshake: {e}")))
