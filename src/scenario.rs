@@ -126,6 +126,14 @@ pub struct Workload {
     /// With an association that knows the RTT, shorten the attempt delay to 2 × RTT.
     #[serde(default)]
     pub adaptive_attempt_delay: bool,
+    /// Echo only: pause between two carriers, in ms.
+    #[serde(default)]
+    pub carrier_gap_ms: u64,
+    /// Echo only: initiate each carrier with its first message
+    /// (`Carrier::initiate_with`), marked idempotent or not — an idempotent one may travel in
+    /// 0-RTT on a resumed QUIC carrier.
+    #[serde(default)]
+    pub first_idempotent: Option<bool>,
 }
 
 fn one_carrier() -> u32 {
@@ -177,6 +185,7 @@ fn default_duration() -> u64 {
 #[serde(rename_all = "kebab-case")]
 enum FaultAction {
     LinkDown,
+    Bounce,
     LinkUp,
     SetLink,
 }
@@ -389,7 +398,7 @@ impl Scenario {
             let has_params =
                 f.loss.is_some() || f.bandwidth_kbps.is_some() || f.queue_bytes.is_some();
             let fault = match f.action.get_ref() {
-                FaultAction::LinkDown | FaultAction::LinkUp if has_params => {
+                FaultAction::LinkDown | FaultAction::LinkUp | FaultAction::Bounce if has_params => {
                     return Err(at(
                         f.action.span().start,
                         "loss, bandwidth_kbps and queue_bytes belong to action `set-link` only"
@@ -397,6 +406,15 @@ impl Scenario {
                     ))
                 }
                 FaultAction::LinkDown => Fault::LinkDown { host },
+                FaultAction::Bounce => {
+                    if host != *file.workload.server.get_ref() {
+                        return Err(at(
+                            f.host.span().start,
+                            "only the workload's server can be bounced".into(),
+                        ));
+                    }
+                    Fault::Bounce { host }
+                }
                 FaultAction::LinkUp => Fault::LinkUp { host },
                 FaultAction::SetLink => {
                     let check = LinkParams {

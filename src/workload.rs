@@ -78,6 +78,7 @@ async fn initiate(
     workload: &Workload,
     config: Configuration,
     trace: &SharedTrace,
+    first: Option<Message>,
 ) -> Option<Carrier> {
     if trace.lock().initiated_ms.is_none() {
         tokio::time::sleep(Duration::from_millis(workload.start_ms)).await;
@@ -90,12 +91,17 @@ async fn initiate(
     }
     let started = tokio::time::Instant::now();
     let remote = Remote::new(workload.server.get_ref().clone(), workload.port);
-    match Carrier::initiate(net, remote, config).await {
+    let result = match first {
+        Some(message) => Carrier::initiate_with(net, remote, config, message)
+            .await
+            .map(|(c, _handle)| c),
+        None => Carrier::initiate(net, remote, config).await,
+    };
+    match result {
         Ok(carrier) => {
             let mut t = trace.lock();
             t.protocol = Some(carrier.protocol().name().to_string());
             t.establishment = carrier.establishment().map(|r| establishment(r, None));
-            t.resumed.push(carrier.resumed());
             Some(carrier)
         }
         Err(e) => {
@@ -260,11 +266,36 @@ pub async fn echo_client(
     // With `carriers = N` the client runs N carriers one after the other (message indices
     // continue), so a later one can profit from what the association learnt.
     for round in 0..u64::from(workload.carriers) {
-        let Some(carrier) = initiate(net.clone(), &workload, config.clone(), &trace).await else {
+        if round > 0 && workload.carrier_gap_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(workload.carrier_gap_ms)).await;
+        }
+        let base = round * u64::from(workload.messages);
+        // With `first_idempotent`, each carrier is initiated with its first message (which
+        // may then travel in 0-RTT when it is idempotent and a ticket is held).
+        let first = workload.first_idempotent.map(|idempotent| {
+            let data = payload(&workload, seed, base);
+            trace.sent(Direction::ClientToServer, base, data.len());
+            let mut m = Message::new(data);
+            m.properties.idempotent = idempotent;
+            m
+        });
+        let skip = u64::from(first.is_some());
+        let Some(carrier) = initiate(net.clone(), &workload, config.clone(), &trace, first).await
+        else {
             return Ok(());
         };
-        let base = round * u64::from(workload.messages);
-        echo_round(Arc::new(carrier), &workload, seed, base, deadline, &trace).await;
+        let carrier = Arc::new(carrier);
+        echo_round(
+            carrier.clone(),
+            &workload,
+            seed,
+            base,
+            skip,
+            deadline,
+            &trace,
+        )
+        .await;
+        trace.lock().resumed.push(carrier.resumed());
         if trace.lock().error.is_some() {
             break;
         }
@@ -277,13 +308,14 @@ async fn echo_round(
     workload: &Workload,
     seed: u64,
     base: u64,
+    already_sent: u64,
     deadline: Duration,
     trace: &SharedTrace,
 ) {
     let sender = {
         let (carrier, workload, trace) = (carrier.clone(), workload.clone(), trace.clone());
         tokio::spawn(async move {
-            for i in base..base + u64::from(workload.messages) {
+            for i in base + already_sent..base + u64::from(workload.messages) {
                 if i > base && workload.interval_ms > 0 {
                     tokio::time::sleep(Duration::from_millis(workload.interval_ms)).await;
                 }
@@ -374,7 +406,7 @@ pub async fn stream_client(
     deadline: Duration,
     trace: SharedTrace,
 ) -> turmoil::Result {
-    let Some(carrier) = initiate(net, &workload, config, &trace).await else {
+    let Some(carrier) = initiate(net, &workload, config, &trace, None).await else {
         return Ok(());
     };
     let run = async {

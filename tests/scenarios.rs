@@ -480,3 +480,63 @@ fn a_second_tls_tcp_carrier_resumes_its_session() {
     let r = without_association("resumption/tls-tcp-second-carrier", 1);
     assert_eq!(r.metrics.resumed, Some(0), "no association, no tickets");
 }
+
+#[test]
+fn quic_0rtt_carries_only_idempotent_messages_at_the_physical_limit() {
+    for r in blocking("resumption/quic-0rtt-idempotent") {
+        let last = r.metrics.ttfm_last_ms.expect("second carrier");
+        assert!(
+            (last - 20.0).abs() <= 2.0,
+            "0-RTT TTFM {last} ms, want 20 (0.5 RTT)"
+        );
+        assert_eq!(
+            r.metrics.resumed,
+            Some(1),
+            "the server accepted the resumption"
+        );
+        // The second carrier's other messages are not idempotent: none may ride in 0-RTT,
+        // so none arrives before the handshake allows (initiation + 60 ms).
+        let second: Vec<_> = r
+            .messages
+            .iter()
+            .filter(|m| m.direction == reports::Direction::ClientToServer && m.id > 5)
+            .collect();
+        let start = second.iter().map(|m| m.sent_ms).fold(f64::MAX, f64::min);
+        for m in second {
+            let at = m.delivered_ms[0];
+            assert!(
+                at - start >= 58.0,
+                "message {} arrived {} ms after initiate",
+                m.id,
+                at - start
+            );
+        }
+    }
+    for r in blocking("resumption/quic-0rtt-not-idempotent") {
+        let last = r.metrics.ttfm_last_ms.expect("second carrier");
+        assert!(
+            (last - 60.0).abs() <= 2.0,
+            "a non-idempotent first message waits: {last} ms"
+        );
+    }
+}
+
+#[test]
+fn an_invalid_ticket_after_a_server_restart_falls_back_to_a_full_handshake() {
+    for r in blocking("resumption/quic-0rtt-after-bounce") {
+        assert_eq!(
+            r.metrics.resumed,
+            Some(0),
+            "the restarted server cannot resume"
+        );
+        assert_eq!(
+            r.metrics.messages_delivered, 20,
+            "every message of both carriers"
+        );
+        assert_eq!(
+            r.metrics.messages_duplicated, 0,
+            "the rejected 0-RTT message is re-sent once"
+        );
+        assert!(r.faults.iter().any(|f| f.contains("Bounce")));
+    }
+}

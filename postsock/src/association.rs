@@ -161,6 +161,15 @@ impl Association {
         out
     }
 
+    /// The stack that won the last race on `path`, if known and fresh.
+    pub fn winner(&self, path: &str) -> Option<Protocol> {
+        let now = Instant::now();
+        self.paths()
+            .get(path)
+            .filter(|p| p.expires > now)
+            .and_then(|p| p.winner)
+    }
+
     /// The path's RTT, if known and fresh.
     pub fn rtt(&self, path: &str) -> Option<Duration> {
         let now = Instant::now();

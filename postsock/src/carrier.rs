@@ -9,8 +9,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
 use tokio::time::Instant;
 
 use crate::association::{AssociationKey, MaybeTls, TlsClients, DEFAULT_PATH};
@@ -54,6 +56,8 @@ impl std::fmt::Debug for Origin {
 /// An established transient, before it becomes a carrier.
 pub(crate) enum Transient {
     Quic(quinn::Connection, Option<quinn::Endpoint>),
+    /// A client connection in 0-RTT: usable before its handshake completes.
+    Quic0Rtt(quinn::Connection, quinn::Endpoint, quinn::ZeroRttAccepted),
     /// A connected stream, its peer, its protocol, and whether TLS resumed a session.
     Stream(Box<dyn StreamIo>, SocketAddr, Protocol, Option<bool>),
 }
@@ -137,7 +141,7 @@ pub struct Carrier {
     config: Configuration,
     origin: Option<Origin>,
     establishment: Option<EstablishmentReport>,
-    resumed: Option<bool>,
+    resumed: Arc<std::sync::OnceLock<bool>>,
 }
 
 impl Carrier {
@@ -205,10 +209,89 @@ impl Carrier {
         Ok(carrier)
     }
 
-    /// Whether the TLS handshake resumed an earlier session (rustls' handshake kind) — known
-    /// for TLS/TCP; `None` for QUIC (quinn does not expose it) and plain TCP.
+    /// Whether the TLS handshake resumed an earlier session: on TLS/TCP from rustls'
+    /// handshake kind; on QUIC known only for a 0-RTT carrier ([`Carrier::initiate_with`]),
+    /// once the server accepted (true) or rejected (false) the resumption; `None` otherwise.
     pub fn resumed(&self) -> Option<bool> {
-        self.resumed
+        self.resumed.get().copied()
+    }
+
+    /// Initiates a carrier and sends `first` on it — in 0-RTT when that is safe and possible:
+    /// the message is idempotent, the configuration keeps associations, QUIC won the last
+    /// race to this remote and its session ticket is still held. The message then reaches the
+    /// server half a round trip after the call; a non-idempotent message (or no ticket) waits
+    /// for a full handshake. If the server rejects the 0-RTT data (say it restarted and lost
+    /// its session state), the message is sent again after the handshake, once.
+    pub async fn initiate_with(
+        net: Arc<dyn Net>,
+        remote: Remote,
+        config: Configuration,
+        first: impl Into<Message>,
+    ) -> Result<(Self, SendHandle)> {
+        let first = first.into();
+        if first.properties.idempotent {
+            if let Some(carrier) = Self::try_0rtt(&net, &remote, &config).await? {
+                let handle = carrier.send(first).await?;
+                return Ok((carrier, handle));
+            }
+        }
+        let carrier = Self::initiate(net, remote, config).await?;
+        let handle = carrier.send(first).await?;
+        Ok((carrier, handle))
+    }
+
+    /// A 0-RTT QUIC carrier from the association's session ticket, if there is one to use.
+    async fn try_0rtt(
+        net: &Arc<dyn Net>,
+        remote: &Remote,
+        config: &Configuration,
+    ) -> Result<Option<Self>> {
+        let Some(store) = &config.associations else {
+            return Ok(None);
+        };
+        if !config.candidates()?.contains(&Protocol::Quic) {
+            return Ok(None);
+        }
+        let association = store.get(&AssociationKey::new(&config.security, remote));
+        if association.winner(DEFAULT_PATH) != Some(Protocol::Quic) {
+            return Ok(None);
+        }
+        let tls = association.tls(&config.security)?;
+        let Some(addr) = net
+            .resolve(&remote.host, remote.port)
+            .await
+            .ok()
+            .and_then(|a| a.first().copied())
+        else {
+            return Ok(None);
+        };
+        let connecting =
+            quic::connect_0rtt(net.as_ref(), addr, &remote.host, config, tls.quic.clone()).await?;
+        let Some((endpoint, conn, accepted)) = connecting else {
+            return Ok(None);
+        };
+        let started = Instant::now();
+        let origin = Origin {
+            net: net.clone(),
+            remote: remote.clone(),
+            tls: Some(tls),
+        };
+        let mut carrier = Self::start(
+            Transient::Quic0Rtt(conn, endpoint, accepted),
+            config,
+            Some(origin),
+        );
+        carrier.establishment = Some(EstablishmentReport {
+            attempts: vec![racing::Attempt {
+                protocol: Protocol::Quic,
+                remote: addr,
+                started: Duration::ZERO,
+                duration: started.elapsed(),
+                outcome: racing::AttemptOutcome::Won,
+            }],
+            duration: started.elapsed(),
+        });
+        Ok(Some(carrier))
     }
 
     /// How this carrier's connection race went (`None` for an accepted carrier).
@@ -225,11 +308,26 @@ impl Carrier {
         let (events_tx, events_rx) = event_channel(config.receive_queue, config.receive_buffer);
         events_tx.try_send(Event::Ready);
         let limits = ReceiveLimits::from_config(config);
+        let resumed = Arc::new(std::sync::OnceLock::new());
+        let (transient, zero_rtt) = match transient {
+            Transient::Quic0Rtt(conn, endpoint, accepted) => {
+                (Transient::Quic(conn, Some(endpoint)), Some(accepted))
+            }
+            other => (other, None),
+        };
         match transient {
+            Transient::Quic0Rtt(..) => unreachable!("converted above"),
             Transient::Quic(conn, endpoint) => {
                 let outbox = Outbox::new(config.send_buffer, quic::order_rule);
                 outbox.set_rtt(conn.rtt(), conn.rtt());
-                let (sender, reader) = quic::start(conn.clone(), outbox.clone(), events_tx, limits);
+                let (sender, reader) = quic::start(
+                    conn.clone(),
+                    outbox.clone(),
+                    events_tx,
+                    limits,
+                    zero_rtt,
+                    resumed.clone(),
+                );
                 let reaper = tokio::spawn(outbox.clone().reaper());
                 Carrier {
                     protocol: Protocol::Quic,
@@ -246,10 +344,13 @@ impl Carrier {
                     config: config.clone(),
                     origin,
                     establishment: None,
-                    resumed: None,
+                    resumed,
                 }
             }
-            Transient::Stream(stream, peer, protocol, resumed) => {
+            Transient::Stream(stream, peer, protocol, tls_resumed) => {
+                if let Some(r) = tls_resumed {
+                    let _ = resumed.set(r);
+                }
                 let outbox = Outbox::new(config.send_buffer, tls_tcp::order_rule);
                 let t = tls_tcp::start(stream, outbox.clone(), events_tx, limits);
                 let reaper = tokio::spawn(outbox.clone().reaper());

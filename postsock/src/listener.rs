@@ -140,12 +140,27 @@ async fn accept_quic(
     let handshake = move |incoming: quinn::Incoming| {
         let config = config.clone();
         async move {
-            match incoming.await {
-                Ok(conn) => Some(Carrier::start(Transient::Quic(conn, None), &config, None)),
+            // Accept at 0.5-RTT: a resuming client's 0-RTT messages (idempotent by
+            // construction) are delivered as they arrive; a handshake that then fails ends the
+            // carrier with a connection error.
+            let connecting = match incoming.accept() {
+                Ok(c) => c,
                 Err(e) => {
-                    tracing::debug!("QUIC handshake failed: {e}");
-                    None
+                    tracing::debug!("QUIC connection refused: {e}");
+                    return None;
                 }
+            };
+            match connecting.into_0rtt() {
+                Ok((conn, _always_true)) => {
+                    Some(Carrier::start(Transient::Quic(conn, None), &config, None))
+                }
+                Err(connecting) => match connecting.await {
+                    Ok(conn) => Some(Carrier::start(Transient::Quic(conn, None), &config, None)),
+                    Err(e) => {
+                        tracing::debug!("QUIC handshake failed: {e}");
+                        None
+                    }
+                },
             }
         }
     };

@@ -340,8 +340,43 @@ impl Outbox {
         self.pop(&mut st, max_len)
     }
 
+    /// Like [`next`](Self::next), but only items of messages whose properties satisfy
+    /// `wanted` (0-RTT takes only idempotent messages); the others keep their places.
+    pub(crate) async fn next_where(
+        &self,
+        max_len: usize,
+        wanted: impl Fn(&MessageProperties) -> bool,
+    ) -> Option<Item> {
+        loop {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = self.lock();
+                self.expire_due(&mut st);
+                let key = st
+                    .ready
+                    .iter()
+                    .find(|(_, seq)| st.items.get(seq).is_some_and(|i| wanted(&i.props)))
+                    .copied();
+                if let Some(key) = key {
+                    return self.take(&mut st, key, max_len);
+                }
+                if st.closed && st.items.is_empty() {
+                    return None;
+                }
+            }
+            notified.await;
+        }
+    }
+
     fn pop(&self, st: &mut State, max_len: usize) -> Option<Item> {
-        let (niceness, seq) = st.ready.pop_first()?;
+        let key = *st.ready.first()?;
+        self.take(st, key, max_len)
+    }
+
+    fn take(&self, st: &mut State, (niceness, seq): (u32, u64), max_len: usize) -> Option<Item> {
+        st.ready.remove(&(niceness, seq));
         let mut item = st.items.remove(&seq)?;
         match item.split_rest(max_len.max(1)) {
             Some(rest) => {

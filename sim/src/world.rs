@@ -158,13 +158,22 @@ pub enum Fault {
         /// New queue size in bytes.
         queue_bytes: Option<usize>,
     },
+    /// The host's software restarts (turmoil's bounce): its programs start afresh and every
+    /// socket and in-memory state (sessions, tickets) is lost.
+    Bounce {
+        /// The host.
+        host: String,
+    },
 }
 
 impl Fault {
     /// The host the fault applies to.
     pub fn host(&self) -> &str {
         match self {
-            Fault::LinkDown { host } | Fault::LinkUp { host } | Fault::SetLink { host, .. } => host,
+            Fault::LinkDown { host }
+            | Fault::LinkUp { host }
+            | Fault::SetLink { host, .. }
+            | Fault::Bounce { host } => host,
         }
     }
 }
@@ -299,6 +308,8 @@ pub struct World<'a> {
     sim: turmoil::Sim<'a>,
     state: Arc<WorldState>,
     registered: BTreeSet<String>,
+    /// Hosts running restartable (server) programs.
+    servers: BTreeSet<String>,
     wired: BTreeSet<(String, String)>,
 }
 
@@ -378,6 +389,7 @@ impl<'a> World<'a> {
             sim,
             state,
             registered: BTreeSet::new(),
+            servers: BTreeSet::new(),
             wired: BTreeSet::new(),
         };
         for g in &spec.gateways {
@@ -436,6 +448,7 @@ impl<'a> World<'a> {
     {
         self.node(host)?;
         self.registered.insert(host.to_owned());
+        self.servers.insert(host.to_owned());
         self.sim.host(host, program);
         Ok(())
     }
@@ -488,6 +501,15 @@ impl<'a> World<'a> {
                 "fault on `{host}`: gateways have no access link of their own in this version"
             )));
         }
+        if let Fault::Bounce { .. } = fault {
+            if !self.servers.contains(&host) {
+                return Err(SimError::Spec(format!(
+                    "bounce `{host}`: only a host that runs a server program can be restarted"
+                )));
+            }
+            self.sim.bounce(host.as_str());
+            return Ok(());
+        }
         let peers = self.access_peers(&host);
         match fault {
             // TCP has no loss model here: hold its segments while the link is down, as
@@ -502,7 +524,7 @@ impl<'a> World<'a> {
                     self.sim.release(host.as_str(), p.as_str());
                 }
             }
-            Fault::SetLink { .. } => {}
+            Fault::SetLink { .. } | Fault::Bounce { .. } => {}
         }
         let mut links = lock(&self.state.links);
         let link = links
@@ -511,6 +533,7 @@ impl<'a> World<'a> {
         match fault {
             Fault::LinkDown { .. } => link.is_down = true,
             Fault::LinkUp { .. } => link.is_down = false,
+            Fault::Bounce { .. } => {}
             Fault::SetLink {
                 loss,
                 bandwidth_kbps,

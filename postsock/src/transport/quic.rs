@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
@@ -54,8 +54,11 @@ pub(crate) async fn endpoint(
 ) -> Result<quinn::Endpoint> {
     let server_config = match server {
         Some(config) => {
-            let crypto = QuicServerConfig::try_from(tls::server_config(&config.security)?)
-                .map_err(|e| Error::Tls(e.to_string()))?;
+            let mut tls_config = tls::server_config(&config.security)?;
+            // Accept 0-RTT from clients resuming a session (quinn needs the maximum).
+            tls_config.max_early_data_size = u32::MAX;
+            let crypto =
+                QuicServerConfig::try_from(tls_config).map_err(|e| Error::Tls(e.to_string()))?;
             let mut sc = quinn::ServerConfig::with_crypto(Arc::new(crypto));
             sc.transport_config(transport_config());
             Some(sc)
@@ -91,6 +94,41 @@ pub(crate) async fn connect(
     let endpoint = endpoint(net, local, None).await?;
     let connection = connect_on(&endpoint, remote, host, config, tls).await?;
     Ok((endpoint, connection))
+}
+
+/// Starts a 0-RTT connection to `remote` on a fresh endpoint: `None` when rustls holds no
+/// session ticket for it (then nothing was sent).
+pub(crate) async fn connect_0rtt(
+    net: &dyn Net,
+    remote: SocketAddr,
+    host: &str,
+    config: &Configuration,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<Option<(quinn::Endpoint, quinn::Connection, quinn::ZeroRttAccepted)>> {
+    let local: SocketAddr = if remote.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        ([0u16; 8], 0).into()
+    };
+    let endpoint = endpoint(net, local, None).await?;
+    let crypto = QuicClientConfig::try_from(tls).map_err(|e| Error::Tls(e.to_string()))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    client.transport_config(transport_config());
+    let name = tls::server_name(&config.security, host)?
+        .to_str()
+        .into_owned();
+    let connecting =
+        endpoint
+            .connect_with(client, remote, &name)
+            .map_err(|e| Error::Establish {
+                protocol: crate::Protocol::Quic,
+                remote,
+                reason: e.to_string(),
+            })?;
+    Ok(connecting
+        .into_0rtt()
+        .ok()
+        .map(|(conn, accepted)| (endpoint, conn, accepted)))
 }
 
 /// Connects to `remote` from an existing endpoint.
@@ -159,83 +197,164 @@ const MIN_IN_FLIGHT: usize = 8 * 1024;
 /// stay below the congestion window (so niceness keeps deciding the order of a backlog, and
 /// lifetimes are judged close to the wire), opens one stream per message, sends unreliable
 /// messages as DATAGRAM frames.
-pub(crate) async fn send_loop(conn: quinn::Connection, outbox: Arc<Outbox>) -> Result<()> {
-    let in_flight = Arc::new(InFlight::default());
-    let mut tasks = JoinSet::new();
-    let mut open: BTreeMap<MessageId, mpsc::UnboundedSender<Item>> = BTreeMap::new();
-    let mut min_rtt = conn.rtt();
-    let result = loop {
-        while tasks.try_join_next().is_some() {}
-        if in_flight.bytes.load(Ordering::Relaxed) >= MIN_IN_FLIGHT {
-            let window = (conn.stats().path.cwnd as usize).max(MIN_IN_FLIGHT);
-            in_flight.below(window).await;
+/// Hands outbox items to quinn: one stream (or datagram) per message.
+struct Dispatcher {
+    conn: quinn::Connection,
+    outbox: Arc<Outbox>,
+    in_flight: Arc<InFlight>,
+    tasks: JoinSet<()>,
+    open: BTreeMap<MessageId, mpsc::UnboundedSender<Item>>,
+    min_rtt: Duration,
+    /// While in 0-RTT: becomes true if the server rejects the early data.
+    early: Option<watch::Receiver<bool>>,
+}
+
+impl Dispatcher {
+    fn new(conn: quinn::Connection, outbox: Arc<Outbox>) -> Self {
+        let min_rtt = conn.rtt();
+        Dispatcher {
+            conn,
+            outbox,
+            in_flight: Arc::new(InFlight::default()),
+            tasks: JoinSet::new(),
+            open: BTreeMap::new(),
+            min_rtt,
+            early: None,
         }
-        let Some(item) = outbox.next(usize::MAX).await else {
-            break Ok(());
-        };
-        let srtt = conn.rtt();
-        min_rtt = min_rtt.min(srtt);
-        outbox.set_rtt(srtt, min_rtt);
+    }
+
+    /// Waits until the bytes in flight are below the congestion window.
+    async fn room(&mut self) {
+        while self.tasks.try_join_next().is_some() {}
+        if self.in_flight.bytes.load(Ordering::Relaxed) >= MIN_IN_FLIGHT {
+            let window = (self.conn.stats().path.cwnd as usize).max(MIN_IN_FLIGHT);
+            self.in_flight.below(window).await;
+        }
+    }
+
+    async fn dispatch(&mut self, item: Item) -> Result<()> {
+        let srtt = self.conn.rtt();
+        self.min_rtt = self.min_rtt.min(srtt);
+        self.outbox.set_rtt(srtt, self.min_rtt);
         let len = item.data.len();
-        if let Some(tx) = open.get(&item.id) {
+        if let Some(tx) = self.open.get(&item.id) {
             let (id, fin) = (item.id, item.fin);
-            in_flight.add(len);
+            self.in_flight.add(len);
             if tx.send(item).is_err() {
-                in_flight.sub(len);
+                self.in_flight.sub(len);
             }
             if fin {
-                open.remove(&id);
+                self.open.remove(&id);
             }
-            continue;
+            return Ok(());
         }
         if item.abort {
-            continue;
+            return Ok(());
         }
         if !item.props.reliable {
-            let status = match conn.send_datagram(item.data.clone()) {
+            let status = match self.conn.send_datagram(item.data.clone()) {
                 Ok(()) => SendStatus::Sent,
                 Err(e) => SendStatus::Failed(format!("datagram: {e}")),
             };
-            outbox.update(item.id, status, true);
-            continue;
+            self.outbox.update(item.id, status, true);
+            return Ok(());
         }
-        let stream = if item.props.ordered {
-            conn.open_uni().await
-        } else {
-            conn.open_bi().await.map(|(send, _recv)| send)
-        };
-        let stream = match stream {
-            Ok(s) => s,
-            Err(e) => break Err(Error::Connection(e.to_string())),
-        };
-        // Ordered streams are read in stream order, which is already the order niceness
-        // chose; a priority would only starve earlier streams and block later ones behind
-        // them. Unordered streams are independent: there niceness becomes the priority.
-        if !item.props.ordered {
-            let priority = -(i32::try_from(item.props.niceness).unwrap_or(i32::MAX));
-            let _ = stream.set_priority(priority);
-        }
+        let stream = open_stream(&self.conn, &item.props)
+            .await
+            .map_err(|e| Error::Connection(e.to_string()))?;
         let rest = if item.fin {
             None
         } else {
             let (tx, rx) = mpsc::unbounded_channel();
-            open.insert(item.id, tx);
+            self.open.insert(item.id, tx);
             Some(rx)
         };
-        in_flight.add(len);
-        tasks.spawn(write_message(
+        self.in_flight.add(len);
+        self.tasks.spawn(write_message(
+            self.conn.clone(),
             stream,
             item,
             rest,
-            outbox.clone(),
-            in_flight.clone(),
+            self.outbox.clone(),
+            self.in_flight.clone(),
+            self.early.clone(),
         ));
-    };
+        Ok(())
+    }
+}
+
+/// Opens the stream a message travels on: unidirectional if ordered, bidirectional if not
+/// (with its niceness as priority: ordered streams are read in stream order, which is
+/// already the order niceness chose, so a priority would only starve earlier streams).
+async fn open_stream(
+    conn: &quinn::Connection,
+    props: &MessageProperties,
+) -> Result<quinn::SendStream, quinn::ConnectionError> {
+    if props.ordered {
+        conn.open_uni().await
+    } else {
+        let (send, _recv) = conn.open_bi().await?;
+        let priority = -(i32::try_from(props.niceness).unwrap_or(i32::MAX));
+        let _ = send.set_priority(priority);
+        Ok(send)
+    }
+}
+
+/// The sending loop of a QUIC transient: takes items from the outbox while the bytes in flight
+/// stay below the congestion window (so niceness keeps deciding the order of a backlog, and
+/// lifetimes are judged close to the wire), opens one stream per message, sends unreliable
+/// messages as DATAGRAM frames. On a 0-RTT connection, until the handshake completes, only
+/// idempotent messages go (in 0-RTT data); `resumed` then learns whether the server took them.
+pub(crate) async fn send_loop(
+    conn: quinn::Connection,
+    outbox: Arc<Outbox>,
+    zero_rtt: Option<quinn::ZeroRttAccepted>,
+    resumed: Arc<std::sync::OnceLock<bool>>,
+) -> Result<()> {
+    let mut d = Dispatcher::new(conn, outbox.clone());
+    let result: Result<()> = async {
+        if let Some(accepted) = zero_rtt {
+            tokio::pin!(accepted);
+            let (rejected_tx, rejected_rx) = watch::channel(false);
+            d.early = Some(rejected_rx);
+            loop {
+                d.room().await;
+                tokio::select! {
+                    biased;
+                    ok = &mut accepted => {
+                        let _ = resumed.set(ok);
+                        let _ = rejected_tx.send(!ok);
+                        break;
+                    }
+                    item = outbox.next_where(usize::MAX, |p| p.idempotent) => match item {
+                        Some(item) => d.dispatch(item).await?,
+                        None => {
+                            // Closed with nothing idempotent left: wait for the handshake
+                            // before the rest (if any) may go.
+                            let ok = (&mut accepted).await;
+                            let _ = resumed.set(ok);
+                            let _ = rejected_tx.send(!ok);
+                            break;
+                        }
+                    },
+                }
+            }
+            d.early = None;
+        }
+        loop {
+            d.room().await;
+            let Some(item) = outbox.next(usize::MAX).await else {
+                return Ok(());
+            };
+            d.dispatch(item).await?;
+        }
+    }
+    .await;
     if let Err(e) = &result {
         outbox.fail_all(&e.to_string());
     }
-    drop(open);
-    while tasks.join_next().await.is_some() {}
+    d.open.clear();
+    while d.tasks.join_next().await.is_some() {}
     result
 }
 
@@ -249,11 +368,13 @@ async fn sleep_until(deadline: Option<Instant>) {
 /// Writes one message to its stream (parts as they come), then waits for the peer's
 /// acknowledgement; resets the stream if the message's lifetime ends first.
 async fn write_message(
+    conn: quinn::Connection,
     mut stream: quinn::SendStream,
     first: Item,
     mut rest: Option<mpsc::UnboundedReceiver<Item>>,
     outbox: Arc<Outbox>,
     in_flight: Arc<InFlight>,
+    early: Option<watch::Receiver<bool>>,
 ) {
     let id = first.id;
     let deadline = first
@@ -263,7 +384,17 @@ async fn write_message(
     let outcome = tokio::select! {
         biased;
         done = async {
-            stream.write_chunk(first.data.clone()).await.map_err(|e| e.to_string())?;
+            // A whole message sent in 0-RTT that the server rejected is sent again on a new
+            // stream once the handshake is done (it was idempotent, or it would not have gone).
+            if let Err(quinn::WriteError::ZeroRttRejected) =
+                stream.write_chunk(first.data.clone()).await
+            {
+                if !first.fin {
+                    return Err("0-RTT rejected in the middle of a partial message".to_string());
+                }
+                stream = open_stream(&conn, &first.props).await.map_err(|e| e.to_string())?;
+                stream.write_chunk(first.data.clone()).await.map_err(|e| e.to_string())?;
+            }
             let mut fin = first.fin;
             while !fin {
                 let Some(rx) = rest.as_mut() else { break };
@@ -279,7 +410,22 @@ async fn write_message(
             }
             stream.finish().map_err(|e| e.to_string())?;
             outbox.update(id, SendStatus::Sent, false);
-            match stream.stopped().await {
+            // Sent in 0-RTT: learn of a rejection as soon as the handshake tells.
+            let mut stopped = match early {
+                Some(mut rejected) => tokio::select! {
+                    biased;
+                    r = stream.stopped() => r,
+                    Ok(_) = rejected.wait_for(|r| *r) => Err(quinn::StoppedError::ZeroRttRejected),
+                },
+                None => stream.stopped().await,
+            };
+            if let (Err(quinn::StoppedError::ZeroRttRejected), true) = (&stopped, first.fin) {
+                stream = open_stream(&conn, &first.props).await.map_err(|e| e.to_string())?;
+                stream.write_chunk(first.data.clone()).await.map_err(|e| e.to_string())?;
+                stream.finish().map_err(|e| e.to_string())?;
+                stopped = stream.stopped().await;
+            }
+            match stopped {
                 Ok(None) => Ok(SendStatus::Acked),
                 Ok(Some(code)) => Err(format!("the peer stopped reading it (code {code})")),
                 Err(e) => Err(e.to_string()),
@@ -307,8 +453,10 @@ pub(crate) fn start(
     outbox: Arc<Outbox>,
     events: EventTx,
     limits: ReceiveLimits,
+    zero_rtt: Option<quinn::ZeroRttAccepted>,
+    resumed: Arc<std::sync::OnceLock<bool>>,
 ) -> (JoinHandle<Result<()>>, JoinHandle<()>) {
-    let sender = tokio::spawn(send_loop(conn.clone(), outbox));
+    let sender = tokio::spawn(send_loop(conn.clone(), outbox, zero_rtt, resumed));
     let reader = tokio::spawn(read_loop(conn, events, limits));
     (sender, reader)
 }
