@@ -114,6 +114,7 @@ fn simulate(
         .map_err(|e| e.to_string())?;
     let w = &scenario.workload;
     let (client_host, server_host) = (w.client.get_ref().as_str(), w.server.get_ref().as_str());
+    trace.lock().path_one_way = world.path_latency(client_host, server_host);
     let server_net: Arc<dyn postsock::net::Net> =
         world.net(server_host).map_err(|e| e.to_string())?;
     let client_net: Arc<dyn postsock::net::Net> =
@@ -220,6 +221,22 @@ fn build_report(
         metrics.ttfm_last_ms = first.map(|f| reports::model::round_us(f - last));
     }
     metrics.resumed = trace.resumed.last().copied().flatten().map(u64::from);
+    if let (Some(one_way), Some(protocol)) = (trace.path_one_way, trace.protocol.as_deref()) {
+        let rtt = one_way.as_secs_f64() * 2000.0;
+        let fresh = if protocol == "quic" {
+            1.5 * rtt
+        } else {
+            2.5 * rtt
+        };
+        metrics.ttfm_limit_ms = Some(reports::model::round_us(fresh));
+        if trace.initiations.len() > 1 {
+            let zero_rtt = protocol == "quic"
+                && scenario.workload.association
+                && scenario.workload.first_idempotent == Some(true);
+            let limit = if zero_rtt { 0.5 * rtt } else { fresh };
+            metrics.ttfm_last_limit_ms = Some(reports::model::round_us(limit));
+        }
+    }
     if let Some(est) = &trace.establishment {
         metrics.attempts = est.attempts.len() as u64;
         metrics.established = u64::from(est.error.is_none());

@@ -205,6 +205,7 @@ pub fn write_outputs(
         &serde_json::to_string_pretty(&wall)?,
     )?;
     let reports: Vec<Report> = outcomes.iter().map(|o| o.report.clone()).collect();
+    reports::plot::ttfm_vs_limit(&reports, &out.join("ttfm-vs-limit.png"))?;
     let summary = out.join("summary.md");
     write(
         &summary,

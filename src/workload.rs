@@ -40,6 +40,8 @@ pub struct Trace {
     pub initiations: Vec<f64>,
     /// Whether each of the client's carriers resumed a TLS session (when known).
     pub resumed: Vec<Option<bool>>,
+    /// One-way latency of the client–server path.
+    pub path_one_way: Option<Duration>,
 }
 
 fn ms(d: std::time::Duration) -> f64 {

@@ -150,6 +150,14 @@ pub struct Metrics {
     pub delivered_after_deadline: u64,
     /// Messages delivered before one of their antecedents (must be 0).
     pub antecedent_violations: u64,
+    /// The physical limit of `ttfm_ms` on this path for the stack that carried it
+    /// (DESIGN.md §5: 1.5 RTT fresh QUIC, 2.5 RTT fresh TLS 1.3 over TCP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttfm_limit_ms: Option<f64>,
+    /// The physical limit of `ttfm_last_ms` (0.5 RTT for a resumed QUIC carrier whose first
+    /// message may use 0-RTT).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttfm_last_limit_ms: Option<f64>,
     /// TTFM of the client's last carrier (differs from `ttfm_ms` when it runs several).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttfm_last_ms: Option<f64>,

@@ -308,3 +308,102 @@ pub fn racing_timeline(report: &Report, path: &Path) -> Result<(), ReportError> 
     root.present().map_err(|e| err(&e))?;
     Ok(())
 }
+
+/// TTFM of each scenario (its first report) beside its physical limit: bars for the first
+/// carrier (and the last, when a scenario runs several), a black tick at each limit.
+pub fn ttfm_vs_limit(reports: &[Report], path: &Path) -> Result<(), ReportError> {
+    register_font();
+    let shown = path.display().to_string();
+    let err = |e: &dyn std::fmt::Display| ReportError::Plot {
+        path: shown.clone(),
+        message: e.to_string(),
+    };
+    let mut firsts: Vec<&Report> = Vec::new();
+    for r in reports {
+        if r.metrics.ttfm_ms.is_some() && !firsts.iter().any(|f| f.scenario == r.scenario) {
+            firsts.push(r);
+        }
+    }
+    firsts.sort_by(|a, b| a.scenario.cmp(&b.scenario));
+    let rows: Vec<(String, f64, Option<f64>)> = firsts
+        .iter()
+        .flat_map(|r| {
+            let m = &r.metrics;
+            let mut v = vec![(
+                r.scenario.clone(),
+                m.ttfm_ms.unwrap_or_default(),
+                m.ttfm_limit_ms,
+            )];
+            if let Some(last) = m.ttfm_last_ms.filter(|_| m.ttfm_last_limit_ms.is_some()) {
+                v.push((
+                    format!("{} (last carrier)", r.scenario),
+                    last,
+                    m.ttfm_last_limit_ms,
+                ));
+            }
+            v
+        })
+        .collect();
+    let n = rows.len().max(1);
+    let max = rows
+        .iter()
+        .map(|(_, t, l)| t.max(l.unwrap_or(0.0)))
+        .fold(1.0, f64::max)
+        * 1.15;
+    let root = BitMapBackend::new(path, (1100, (120 + 34 * n) as u32)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "time to first message vs its physical limit (seed of the first run)",
+            ("sans-serif", 22),
+        )
+        .margin(15)
+        .x_label_area_size(40)
+        .y_label_area_size(10)
+        .build_cartesian_2d(0f64..max, 0f64..n as f64)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("simulated ms")
+        .y_labels(0)
+        .disable_y_mesh()
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(|e| err(&e))?;
+    for (i, (name, ttfm, limit)) in rows.iter().enumerate() {
+        let y = (n - i - 1) as f64;
+        let over = limit.is_some_and(|l| *ttfm > l + 2.0);
+        let colour = if over {
+            RGBColor(230, 140, 40)
+        } else {
+            RGBColor(70, 130, 200)
+        };
+        chart
+            .draw_series(std::iter::once(Rectangle::new(
+                [(0.0, y + 0.2), (*ttfm, y + 0.8)],
+                colour.filled(),
+            )))
+            .map_err(|e| err(&e))?;
+        if let Some(l) = limit {
+            chart
+                .draw_series(std::iter::once(PathElement::new(
+                    vec![(*l, y + 0.05), (*l, y + 0.95)],
+                    BLACK.stroke_width(3),
+                )))
+                .map_err(|e| err(&e))?;
+        }
+        let label = match limit {
+            Some(l) => format!("{name}: {ttfm:.0} ms (limit {l:.0} ms)"),
+            None => format!("{name}: {ttfm:.0} ms"),
+        };
+        chart
+            .draw_series(std::iter::once(Text::new(
+                label,
+                (max * 0.01, y + 0.62),
+                ("sans-serif", 14),
+            )))
+            .map_err(|e| err(&e))?;
+    }
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}

@@ -410,6 +410,24 @@ impl<'a> World<'a> {
         self.state.seed
     }
 
+    /// The one-way latency between hosts `a` and `b` along the simulated path (access links,
+    /// gateways, core), if both exist.
+    pub fn path_latency(&self, a: &str, b: &str) -> Option<Duration> {
+        let edge = |name: &str| -> Option<(Duration, String)> {
+            let node = self.state.nodes.get(name)?;
+            Some(match &node.role {
+                Role::Private { gateway } => (node.latency, gateway.clone()),
+                _ => (Duration::ZERO, name.to_string()),
+            })
+        };
+        let (la, ea) = edge(a)?;
+        let (lb, eb) = edge(b)?;
+        let core = self
+            .state
+            .one_way(self.state.nodes.get(&ea)?.ip, self.state.nodes.get(&eb)?.ip)?;
+        Some(la + lb + core)
+    }
+
     /// The address of host or gateway `name` (for a host behind a gateway: its inside address).
     pub fn ip(&self, name: &str) -> Option<IpAddr> {
         self.state.resolve(name)
