@@ -186,6 +186,7 @@ fn default_duration() -> u64 {
 enum FaultAction {
     LinkDown,
     Bounce,
+    SetMiddlebox,
     LinkUp,
     SetLink,
 }
@@ -202,6 +203,8 @@ struct FaultEntry {
     bandwidth_kbps: Option<u64>,
     #[serde(default)]
     queue_bytes: Option<usize>,
+    #[serde(default)]
+    middlebox: Option<sim::Middlebox>,
 }
 
 /// A fault at a point of the timeline.
@@ -393,11 +396,46 @@ impl Scenario {
         }
         let mut faults = Vec::new();
         for f in &file.fault {
-            known_host(&f.host)?;
+            if *f.action.get_ref() == FaultAction::SetMiddlebox {
+                let gateways: Vec<&str> = world.gateways.iter().map(|g| g.name.as_str()).collect();
+                if !gateways.contains(&f.host.get_ref().as_str()) {
+                    return Err(at(
+                        f.host.span().start,
+                        format!(
+                            "set-middlebox needs a gateway, not `{}` (gateways: {})",
+                            f.host.get_ref(),
+                            gateways.join(", ")
+                        ),
+                    ));
+                }
+            } else {
+                known_host(&f.host)?;
+            }
             let host = f.host.get_ref().clone();
             let has_params =
                 f.loss.is_some() || f.bandwidth_kbps.is_some() || f.queue_bytes.is_some();
             let fault = match f.action.get_ref() {
+                _ if f.middlebox.is_some() && *f.action.get_ref() != FaultAction::SetMiddlebox => {
+                    return Err(at(
+                        f.action.span().start,
+                        "middlebox belongs to action `set-middlebox` only".into(),
+                    ))
+                }
+                FaultAction::SetMiddlebox => {
+                    if has_params {
+                        return Err(at(
+                            f.action.span().start,
+                            "set-middlebox takes a middlebox, not link parameters".into(),
+                        ));
+                    }
+                    let Some(middlebox) = f.middlebox.clone() else {
+                        return Err(at(
+                            f.action.span().start,
+                            "set-middlebox needs `middlebox = { ... }`".into(),
+                        ));
+                    };
+                    Fault::SetMiddlebox { host, middlebox }
+                }
                 FaultAction::LinkDown | FaultAction::LinkUp | FaultAction::Bounce if has_params => {
                     return Err(at(
                         f.action.span().start,

@@ -540,3 +540,28 @@ fn an_invalid_ticket_after_a_server_restart_falls_back_to_a_full_handshake() {
         assert!(r.faults.iter().any(|f| f.contains("Bounce")));
     }
 }
+
+#[test]
+fn a_known_rtt_shortens_the_fallback_penalty() {
+    // The first carrier learns QUIC works (RTT 40 ms); then UDP is blocked. The second
+    // carrier tries QUIC first and falls back to TLS/TCP after the attempt delay.
+    for (name, delay) in [
+        ("blocking/udp-blocked-later", 250.0),
+        ("blocking/udp-blocked-later-adaptive", 80.0),
+    ] {
+        for r in blocking(name) {
+            assert_eq!(r.metrics.ttfm_ms, Some(60.0), "{name}: QUIC at first");
+            let last = r.metrics.ttfm_last_ms.expect("second carrier");
+            // Penalty = the delay; then 2.5 RTT of TLS/TCP.
+            assert!((last - (delay + 100.0)).abs() <= 2.0, "{name}: TTFM {last}");
+            assert_eq!(
+                attempts(&r),
+                [
+                    ("quic".to_string(), 0.0, "cancelled".to_string()),
+                    ("tls-tcp".to_string(), delay, "won".to_string())
+                ],
+                "{name}"
+            );
+        }
+    }
+}

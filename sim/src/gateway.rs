@@ -20,18 +20,24 @@ use crate::net::{SPLICE_OK, SPLICE_REFUSED};
 use crate::overlay::{self, OVERLAY_PORT};
 use crate::world::{Middlebox, WorldState};
 
-/// The middlebox policy with its per-flow datagram counts.
+/// The gateway's middlebox (its policy lives in the world state, where faults change it)
+/// with its per-flow datagram counts.
 #[derive(Debug)]
 struct Filter {
-    policy: Middlebox,
+    state: Arc<WorldState>,
+    gateway: String,
     /// Datagrams seen per (inside, remote) flow.
     flows: Mutex<BTreeMap<(SocketAddr, SocketAddr), u32>>,
 }
 
 impl Filter {
+    fn policy(&self) -> Middlebox {
+        self.state.middlebox(&self.gateway)
+    }
+
     /// Whether a datagram of the flow (inside, remote) may pass; counts it.
     fn pass_udp(&self, inside: SocketAddr, remote: SocketAddr) -> bool {
-        let p = &self.policy;
+        let p = &self.policy();
         if p.block_udp || p.block_udp_ports.contains(&remote.port()) {
             return false;
         }
@@ -48,13 +54,10 @@ impl Filter {
 }
 
 /// Runs the gateway `name` until the simulation ends.
-pub(crate) async fn run(
-    state: Arc<WorldState>,
-    name: String,
-    policy: Middlebox,
-) -> turmoil::Result {
+pub(crate) async fn run(state: Arc<WorldState>, name: String) -> turmoil::Result {
     let filter = Arc::new(Filter {
-        policy,
+        state: state.clone(),
+        gateway: name.clone(),
         flows: Mutex::new(BTreeMap::new()),
     });
     let ip = state
@@ -132,7 +135,8 @@ async fn splice_loop(
         let Some(dst) = state.pop_tcp_intent(peer.ip(), ip) else {
             continue;
         };
-        if filter.policy.tcp_blackhole {
+        let policy = filter.policy();
+        if policy.tcp_blackhole {
             // The SYN vanished: never answer, keep the inside end waiting.
             tokio::spawn(async move {
                 let _held = inside;
@@ -140,7 +144,7 @@ async fn splice_loop(
             });
             continue;
         }
-        if filter.policy.tcp_reset {
+        if policy.tcp_reset {
             // A reset comes back as fast as a SYN-ACK would have from the gateway.
             tokio::spawn(async move {
                 let mut inside = inside;

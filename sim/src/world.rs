@@ -158,6 +158,13 @@ pub enum Fault {
         /// New queue size in bytes.
         queue_bytes: Option<usize>,
     },
+    /// A gateway's middlebox policy changes (for example UDP becomes blocked).
+    SetMiddlebox {
+        /// The gateway.
+        host: String,
+        /// The new policy.
+        middlebox: Middlebox,
+    },
     /// The host's software restarts (turmoil's bounce): its programs start afresh and every
     /// socket and in-memory state (sessions, tickets) is lost.
     Bounce {
@@ -173,6 +180,7 @@ impl Fault {
             Fault::LinkDown { host }
             | Fault::LinkUp { host }
             | Fault::SetLink { host, .. }
+            | Fault::SetMiddlebox { host, .. }
             | Fault::Bounce { host } => host,
         }
     }
@@ -217,6 +225,8 @@ pub(crate) struct WorldState {
     by_ip: BTreeMap<IpAddr, String>,
     links: Mutex<BTreeMap<String, AccessLink>>,
     tcp_intents: Mutex<BTreeMap<(IpAddr, IpAddr), VecDeque<SocketAddr>>>,
+    /// Each gateway's current middlebox policy (faults may change it).
+    middleboxes: Mutex<BTreeMap<String, Middlebox>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -225,6 +235,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl WorldState {
+    /// The current middlebox policy of gateway `name`.
+    pub(crate) fn middlebox(&self, name: &str) -> Middlebox {
+        lock(&self.middleboxes)
+            .get(name)
+            .cloned()
+            .unwrap_or_default()
+    }
+
     pub(crate) fn name_of(&self, ip: IpAddr) -> Option<&str> {
         self.by_ip.get(&ip).map(String::as_str)
     }
@@ -384,6 +402,12 @@ impl<'a> World<'a> {
             by_ip,
             links: Mutex::new(links),
             tcp_intents: Mutex::new(BTreeMap::new()),
+            middleboxes: Mutex::new(
+                spec.gateways
+                    .iter()
+                    .map(|g| (g.name.clone(), g.middlebox.clone()))
+                    .collect(),
+            ),
         });
         let mut world = World {
             sim,
@@ -397,10 +421,9 @@ impl<'a> World<'a> {
             let name = g.name.clone();
             world.registered.insert(name.clone());
             let ip = world.state.nodes[&name].ip;
-            let policy = g.middlebox.clone();
-            world.sim.host(ip, move || {
-                gateway::run(state.clone(), name.clone(), policy.clone())
-            });
+            world
+                .sim
+                .host(ip, move || gateway::run(state.clone(), name.clone()));
         }
         Ok(world)
     }
@@ -514,6 +537,15 @@ impl<'a> World<'a> {
     pub fn apply(&mut self, fault: &Fault) -> Result<(), SimError> {
         let host = fault.host().to_owned();
         let node = self.node(&host)?;
+        if let Fault::SetMiddlebox { middlebox, .. } = fault {
+            if node.role != Role::Gateway {
+                return Err(SimError::Spec(format!(
+                    "set-middlebox `{host}`: only gateways carry a middlebox"
+                )));
+            }
+            lock(&self.state.middleboxes).insert(host, middlebox.clone());
+            return Ok(());
+        }
         if node.role == Role::Gateway {
             return Err(SimError::Spec(format!(
                 "fault on `{host}`: gateways have no access link of their own in this version"
@@ -542,7 +574,7 @@ impl<'a> World<'a> {
                     self.sim.release(host.as_str(), p.as_str());
                 }
             }
-            Fault::SetLink { .. } | Fault::Bounce { .. } => {}
+            Fault::SetLink { .. } | Fault::Bounce { .. } | Fault::SetMiddlebox { .. } => {}
         }
         let mut links = lock(&self.state.links);
         let link = links
@@ -551,7 +583,7 @@ impl<'a> World<'a> {
         match fault {
             Fault::LinkDown { .. } => link.is_down = true,
             Fault::LinkUp { .. } => link.is_down = false,
-            Fault::Bounce { .. } => {}
+            Fault::Bounce { .. } | Fault::SetMiddlebox { .. } => {}
             Fault::SetLink {
                 loss,
                 bandwidth_kbps,
