@@ -124,6 +124,7 @@ fn simulate<S, SF, C, CF>(
                 name: "client".into(),
                 gateway: None,
                 link: uplink,
+                aliases: Vec::new(),
             },
             HostSpec {
                 name: "server".into(),
@@ -132,6 +133,7 @@ fn simulate<S, SF, C, CF>(
                     latency_ms: 10,
                     ..LinkParams::default()
                 },
+                aliases: Vec::new(),
             },
         ],
         gateways: vec![],

@@ -565,3 +565,26 @@ fn a_known_rtt_shortens_the_fallback_penalty() {
         }
     }
 }
+
+#[test]
+fn a_name_with_several_addresses_races_each_of_them() {
+    for r in blocking("blocking/two-addresses") {
+        let a = &r.establishment.as_ref().expect("race").attempts;
+        let got: Vec<_> = a
+            .iter()
+            .map(|a| (a.protocol.as_str(), a.started_ms, a.outcome.as_str()))
+            .collect();
+        // QUIC on the dead address; TLS/TCP on it after 250 ms, refused after 1 RTT (40 ms);
+        // the failure starts QUIC on the second address at once; it wins 1 RTT later.
+        assert_eq!(
+            got,
+            [
+                ("quic", 0.0, "cancelled"),
+                ("tls-tcp", 250.0, "failed"),
+                ("quic", 290.0, "won")
+            ]
+        );
+        assert_ne!(a[0].remote, a[2].remote, "two different addresses");
+        assert_eq!(r.metrics.ttfm_ms, Some(350.0));
+    }
+}

@@ -18,6 +18,7 @@ fn host(name: &str, gateway: Option<&str>, latency_ms: u64) -> HostSpec {
             latency_ms,
             ..LinkParams::default()
         },
+        aliases: Vec::new(),
     }
 }
 

@@ -172,18 +172,21 @@ impl Net for SimNet {
 
     fn resolve(&self, name: &str, port: u16) -> BoxFuture<'_, io::Result<Vec<SocketAddr>>> {
         let found = match name.parse::<IpAddr>() {
-            Ok(ip) => Some(ip),
-            Err(_) => self.state.resolve(name),
+            Ok(ip) => vec![ip],
+            Err(_) => self.state.resolve_all(name),
         };
         let name = name.to_owned();
         Box::pin(async move {
-            match found {
-                Some(ip) => Ok(vec![SocketAddr::new(ip, port)]),
-                None => Err(io::Error::new(
+            if found.is_empty() {
+                return Err(io::Error::new(
                     io::ErrorKind::NotFound,
                     format!("no simulated host is named `{name}`"),
-                )),
+                ));
             }
+            Ok(found
+                .into_iter()
+                .map(|ip| SocketAddr::new(ip, port))
+                .collect())
         })
     }
 

@@ -32,6 +32,11 @@ pub struct HostSpec {
     /// The host's access link (to its gateway, or to the core for a public host).
     #[serde(default)]
     pub link: LinkParams,
+    /// Further names this host answers to. Several hosts may share one (even another host's
+    /// name): resolving it returns all their addresses, in the order the hosts are listed,
+    /// as a DNS name with several address records would.
+    #[serde(default)]
+    pub aliases: Vec<String>,
 }
 
 /// A gateway host: translates addresses for the hosts behind it (endpoint-independent
@@ -113,6 +118,16 @@ impl WorldSpec {
             }
             if !names.insert(name.clone()) {
                 return Err(SimError::Spec(format!("host name `{name}` is used twice")));
+            }
+        }
+        for host in &self.hosts {
+            for alias in &host.aliases {
+                if alias == &host.name || alias.is_empty() || alias.parse::<IpAddr>().is_ok() {
+                    return Err(SimError::Spec(format!(
+                        "host `{}`: invalid alias `{alias}`",
+                        host.name
+                    )));
+                }
             }
         }
         let gateways: BTreeSet<&str> = self.gateways.iter().map(|g| g.name.as_str()).collect();
@@ -225,6 +240,8 @@ pub(crate) struct WorldState {
     by_ip: BTreeMap<IpAddr, String>,
     links: Mutex<BTreeMap<String, AccessLink>>,
     tcp_intents: Mutex<BTreeMap<(IpAddr, IpAddr), VecDeque<SocketAddr>>>,
+    /// Every host name and alias with the addresses it resolves to, in spec order.
+    names: BTreeMap<String, Vec<IpAddr>>,
     /// Each gateway's current middlebox policy (faults may change it).
     middleboxes: Mutex<BTreeMap<String, Middlebox>>,
 }
@@ -249,6 +266,11 @@ impl WorldState {
 
     pub(crate) fn resolve(&self, name: &str) -> Option<IpAddr> {
         self.nodes.get(name).map(|n| n.ip)
+    }
+
+    /// Every address `name` resolves to (host names and aliases), in spec order.
+    pub(crate) fn resolve_all(&self, name: &str) -> Vec<IpAddr> {
+        self.names.get(name).cloned().unwrap_or_default()
     }
 
     /// One-way latency between two nodes as configured in turmoil, if they can talk.
@@ -396,7 +418,21 @@ impl<'a> World<'a> {
             };
             links.insert(h.name.clone(), access);
         }
+        let mut names: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
+        for g in &spec.gateways {
+            names
+                .entry(g.name.clone())
+                .or_default()
+                .push(nodes[&g.name].ip);
+        }
+        for h in &spec.hosts {
+            let ip = nodes[&h.name].ip;
+            for name in std::iter::once(&h.name).chain(&h.aliases) {
+                names.entry(name.clone()).or_default().push(ip);
+            }
+        }
         let state = Arc::new(WorldState {
+            names,
             seed,
             nodes,
             by_ip,
