@@ -588,3 +588,17 @@ fn a_name_with_several_addresses_races_each_of_them() {
         assert_eq!(r.metrics.ttfm_ms, Some(350.0));
     }
 }
+
+#[test]
+fn a_second_quic_carrier_resumes_without_a_certificate_exchange() {
+    for r in blocking("resumption/quic-second-carrier") {
+        assert_eq!(r.metrics.resumed, Some(1), "seed {}", r.seed);
+        assert_eq!(r.metrics.ttfm_last_ms, Some(60.0), "no 0-RTT: 1.5 RTT");
+    }
+    let r = without_association("resumption/quic-second-carrier", 1);
+    assert_eq!(
+        r.metrics.resumed,
+        Some(0),
+        "no association, a full handshake"
+    );
+}

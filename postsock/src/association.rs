@@ -89,6 +89,8 @@ struct PathState {
 pub(crate) struct TlsClients {
     pub quic: Arc<rustls::ClientConfig>,
     pub tcp: Arc<rustls::ClientConfig>,
+    /// Observes full handshakes of the QUIC configuration (see `ObservingVerifier`).
+    pub quic_verifier: Arc<crate::transport::tls::ObservingVerifier>,
 }
 
 /// TLS client configurations, or none when only plain TCP may be used.
@@ -96,12 +98,13 @@ pub(crate) type MaybeTls = Option<TlsClients>;
 
 impl TlsClients {
     pub(crate) fn new(security: &Security) -> Result<Self> {
-        let mut quic = crate::transport::tls::client_config(security)?;
+        let (mut quic, quic_verifier) = crate::transport::tls::observed_client_config(security)?;
         // 0-RTT needs early data on; postsock only ever puts idempotent messages in it.
         quic.enable_early_data = true;
         Ok(TlsClients {
             quic: Arc::new(quic),
             tcp: Arc::new(crate::transport::tls::client_config(security)?),
+            quic_verifier,
         })
     }
 }

@@ -55,7 +55,8 @@ impl std::fmt::Debug for Origin {
 
 /// An established transient, before it becomes a carrier.
 pub(crate) enum Transient {
-    Quic(quinn::Connection, Option<quinn::Endpoint>),
+    /// A QUIC connection, the client's endpoint, and whether it resumed a session (if known).
+    Quic(quinn::Connection, Option<quinn::Endpoint>, Option<bool>),
     /// A client connection in 0-RTT: usable before its handshake completes.
     Quic0Rtt(quinn::Connection, quinn::Endpoint, quinn::ZeroRttAccepted),
     /// A connected stream, its peer, its protocol, and whether TLS resumed a session.
@@ -86,20 +87,30 @@ pub(crate) async fn attempt(
     };
     let attempt = async {
         match protocol {
-            Protocol::Quic => match endpoint {
-                Some(ep) => {
-                    let conn =
-                        quic::connect_on(ep, addr, host, config, tls_for(|t| t.quic.clone())?)
-                            .await?;
-                    Ok(Transient::Quic(conn, Some(ep.clone())))
-                }
-                None => {
-                    let (ep, conn) =
-                        quic::connect(net, addr, host, config, tls_for(|t| t.quic.clone())?)
-                            .await?;
-                    Ok(Transient::Quic(conn, Some(ep)))
-                }
-            },
+            Protocol::Quic => {
+                // A handshake in which rustls verified no certificate resumed a session.
+                let name = crate::transport::tls::server_name(&config.security, host)?
+                    .to_str()
+                    .into_owned();
+                let verifications = || tls.as_ref().map(|t| t.quic_verifier.verifications(&name));
+                let before = verifications();
+                let (conn, ep) = match endpoint {
+                    Some(ep) => {
+                        let conn =
+                            quic::connect_on(ep, addr, host, config, tls_for(|t| t.quic.clone())?)
+                                .await?;
+                        (conn, ep.clone())
+                    }
+                    None => {
+                        let (ep, conn) =
+                            quic::connect(net, addr, host, config, tls_for(|t| t.quic.clone())?)
+                                .await?;
+                        (conn, ep)
+                    }
+                };
+                let resumed = before.map(|b| verifications() == Some(b));
+                Ok(Transient::Quic(conn, Some(ep), resumed))
+            }
             Protocol::TlsTcp => {
                 let stream =
                     tls_tcp::connect(net, addr, host, config, tls_for(|t| t.tcp.clone())?).await?;
@@ -209,9 +220,10 @@ impl Carrier {
         Ok(carrier)
     }
 
-    /// Whether the TLS handshake resumed an earlier session: on TLS/TCP from rustls'
-    /// handshake kind; on QUIC known only for a 0-RTT carrier ([`Carrier::initiate_with`]),
-    /// once the server accepted (true) or rejected (false) the resumption; `None` otherwise.
+    /// Whether the TLS handshake resumed an earlier session (no certificate exchange): on
+    /// TLS/TCP from rustls' handshake kind; on QUIC from rustls not having verified a server
+    /// certificate during the handshake, or for a 0-RTT carrier ([`Carrier::initiate_with`])
+    /// from the server accepting the early data. `None` for accepted carriers and plain TCP.
     pub fn resumed(&self) -> Option<bool> {
         self.resumed.get().copied()
     }
@@ -311,13 +323,16 @@ impl Carrier {
         let resumed = Arc::new(std::sync::OnceLock::new());
         let (transient, zero_rtt) = match transient {
             Transient::Quic0Rtt(conn, endpoint, accepted) => {
-                (Transient::Quic(conn, Some(endpoint)), Some(accepted))
+                (Transient::Quic(conn, Some(endpoint), None), Some(accepted))
             }
             other => (other, None),
         };
         match transient {
             Transient::Quic0Rtt(..) => unreachable!("converted above"),
-            Transient::Quic(conn, endpoint) => {
+            Transient::Quic(conn, endpoint, quic_resumed) => {
+                if let Some(r) = quic_resumed {
+                    let _ = resumed.set(r);
+                }
                 let outbox = Outbox::new(config.send_buffer, quic::order_rule);
                 outbox.set_rtt(conn.rtt(), conn.rtt());
                 let (sender, reader) = quic::start(

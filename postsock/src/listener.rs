@@ -151,11 +151,17 @@ async fn accept_quic(
                 }
             };
             match connecting.into_0rtt() {
-                Ok((conn, _always_true)) => {
-                    Some(Carrier::start(Transient::Quic(conn, None), &config, None))
-                }
+                Ok((conn, _always_true)) => Some(Carrier::start(
+                    Transient::Quic(conn, None, None),
+                    &config,
+                    None,
+                )),
                 Err(connecting) => match connecting.await {
-                    Ok(conn) => Some(Carrier::start(Transient::Quic(conn, None), &config, None)),
+                    Ok(conn) => Some(Carrier::start(
+                        Transient::Quic(conn, None, None),
+                        &config,
+                        None,
+                    )),
                     Err(e) => {
                         tracing::debug!("QUIC handshake failed: {e}");
                         None

@@ -16,6 +16,83 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 /// The rustls client configuration postsock uses (TLS 1.3, ring, verification against
 /// `security.trusted_roots`, ALPN `postsock/1`).
 pub fn client_config(security: &Security) -> Result<rustls::ClientConfig> {
+    Ok(observed_client_config(security)?.0)
+}
+
+/// A server-certificate verifier that verifies exactly as rustls' WebPKI verifier does and
+/// counts the verifications per server name. rustls verifies a certificate only in a full
+/// handshake, so a handshake that leaves the count unchanged resumed a session: this is how
+/// a QUIC carrier (whose rustls connection quinn keeps to itself) learns it was resumed.
+#[derive(Debug)]
+pub(crate) struct ObservingVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    verified: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+impl ObservingVerifier {
+    /// Full handshakes (certificate verifications) with `name` so far.
+    pub(crate) fn verifications(&self, name: &str) -> u64 {
+        self.verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+impl rustls::client::danger::ServerCertVerifier for ObservingVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> std::result::Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let verified = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        *self
+            .verified
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(server_name.to_str().into_owned())
+            .or_insert(0) += 1;
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> std::result::Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// The client configuration with its observing verifier.
+pub(crate) fn observed_client_config(
+    security: &Security,
+) -> Result<(rustls::ClientConfig, Arc<ObservingVerifier>)> {
     if security.trusted_roots.is_empty() {
         return Err(Error::Config(
             "no trusted root certificates: set Security::trusted_roots (verification cannot be disabled)"
@@ -28,13 +105,22 @@ pub fn client_config(security: &Security) -> Result<rustls::ClientConfig> {
             .add(root.clone())
             .map_err(|e| Error::Tls(format!("bad trusted root: {e}")))?;
     }
+    let inner =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| Error::Tls(format!("building the certificate verifier: {e}")))?;
+    let verifier = Arc::new(ObservingVerifier {
+        inner,
+        verified: std::sync::Mutex::new(std::collections::BTreeMap::new()),
+    });
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| Error::Tls(e.to_string()))?
-        .with_root_certificates(roots)
+        .dangerous()
+        .with_custom_certificate_verifier(verifier.clone())
         .with_no_client_auth();
     config.alpn_protocols = vec![ALPN.to_vec()];
-    Ok(config)
+    Ok((config, verifier))
 }
 
 /// The rustls server configuration postsock uses (TLS 1.3, ring, `security.identity`, ALPN
