@@ -51,6 +51,21 @@ pub(crate) struct Item {
 }
 
 impl Item {
+    /// A copy to send again (0-RTT rejected); the original keeps the buffer permit.
+    pub(crate) fn copy_for_resend(&self) -> Item {
+        Item {
+            id: self.id,
+            offset: self.offset,
+            data: self.data.clone(),
+            fin: self.fin,
+            abort: false,
+            props: self.props.clone(),
+            deadline: self.deadline,
+            seq: self.seq,
+            _permit: None,
+        }
+    }
+
     /// Splits off everything after the first `n` bytes as a new item that keeps this item's
     /// place in the queue (used by stream transports to interleave large messages).
     pub(crate) fn split_rest(&mut self, n: usize) -> Option<Item> {

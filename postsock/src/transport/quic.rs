@@ -207,6 +207,8 @@ struct Dispatcher {
     min_rtt: Duration,
     /// While in 0-RTT: becomes true if the server rejects the early data.
     early: Option<watch::Receiver<bool>>,
+    /// Whole messages sent in 0-RTT, in order, to send again if it is rejected.
+    early_sent: Vec<Item>,
 }
 
 impl Dispatcher {
@@ -220,6 +222,7 @@ impl Dispatcher {
             open: BTreeMap::new(),
             min_rtt,
             early: None,
+            early_sent: Vec::new(),
         }
     }
 
@@ -270,8 +273,10 @@ impl Dispatcher {
             Some(rx)
         };
         self.in_flight.add(len);
+        if self.early.is_some() && item.fin && item.offset == 0 {
+            self.early_sent.push(item.copy_for_resend());
+        }
         self.tasks.spawn(write_message(
-            self.conn.clone(),
             stream,
             item,
             rest,
@@ -340,6 +345,14 @@ pub(crate) async fn send_loop(
                 }
             }
             d.early = None;
+            let resend = std::mem::take(&mut d.early_sent);
+            if resumed.get() == Some(&false) {
+                // The server discarded the 0-RTT data: send those messages again, first and
+                // in their order, now that the handshake is done.
+                for item in resend {
+                    d.dispatch(item).await?;
+                }
+            }
         }
         loop {
             d.room().await;
@@ -368,7 +381,6 @@ async fn sleep_until(deadline: Option<Instant>) {
 /// Writes one message to its stream (parts as they come), then waits for the peer's
 /// acknowledgement; resets the stream if the message's lifetime ends first.
 async fn write_message(
-    conn: quinn::Connection,
     mut stream: quinn::SendStream,
     first: Item,
     mut rest: Option<mpsc::UnboundedReceiver<Item>>,
@@ -384,16 +396,10 @@ async fn write_message(
     let outcome = tokio::select! {
         biased;
         done = async {
-            // A whole message sent in 0-RTT that the server rejected is sent again on a new
-            // stream once the handshake is done (it was idempotent, or it would not have gone).
-            if let Err(quinn::WriteError::ZeroRttRejected) =
-                stream.write_chunk(first.data.clone()).await
-            {
-                if !first.fin {
-                    return Err("0-RTT rejected in the middle of a partial message".to_string());
-                }
-                stream = open_stream(&conn, &first.props).await.map_err(|e| e.to_string())?;
-                stream.write_chunk(first.data.clone()).await.map_err(|e| e.to_string())?;
+            // Rejected 0-RTT: the send loop sends the message again, in order.
+            match stream.write_chunk(first.data.clone()).await {
+                Err(quinn::WriteError::ZeroRttRejected) => return Ok(None),
+                other => other.map_err(|e| e.to_string())?,
             }
             let mut fin = first.fin;
             while !fin {
@@ -405,13 +411,16 @@ async fn write_message(
                 if next.abort {
                     return Err("message abandoned".to_string());
                 }
-                stream.write_chunk(next.data.clone()).await.map_err(|e| e.to_string())?;
+                match stream.write_chunk(next.data.clone()).await {
+                    Err(quinn::WriteError::ZeroRttRejected) => return Ok(None),
+                    other => other.map_err(|e| e.to_string())?,
+                }
                 fin = next.fin;
             }
             stream.finish().map_err(|e| e.to_string())?;
             outbox.update(id, SendStatus::Sent, false);
             // Sent in 0-RTT: learn of a rejection as soon as the handshake tells.
-            let mut stopped = match early {
+            let stopped = match early {
                 Some(mut rejected) => tokio::select! {
                     biased;
                     r = stream.stopped() => r,
@@ -419,21 +428,16 @@ async fn write_message(
                 },
                 None => stream.stopped().await,
             };
-            if let (Err(quinn::StoppedError::ZeroRttRejected), true) = (&stopped, first.fin) {
-                stream = open_stream(&conn, &first.props).await.map_err(|e| e.to_string())?;
-                stream.write_chunk(first.data.clone()).await.map_err(|e| e.to_string())?;
-                stream.finish().map_err(|e| e.to_string())?;
-                stopped = stream.stopped().await;
-            }
             match stopped {
-                Ok(None) => Ok(SendStatus::Acked),
+                Err(quinn::StoppedError::ZeroRttRejected) => Ok(None),
+                Ok(None) => Ok(Some(SendStatus::Acked)),
                 Ok(Some(code)) => Err(format!("the peer stopped reading it (code {code})")),
                 Err(e) => Err(e.to_string()),
             }
-        } => done.unwrap_or_else(SendStatus::Failed),
-        _ = sleep_until(deadline) => SendStatus::Expired,
+        } => done.unwrap_or_else(|e| Some(SendStatus::Failed(e))),
+        _ = sleep_until(deadline) => Some(SendStatus::Expired),
     };
-    if outcome != SendStatus::Acked {
+    if outcome.as_ref() != Some(&SendStatus::Acked) {
         let _ = stream.reset(0u32.into());
     }
     if let Some(rx) = rest.as_mut() {
@@ -442,7 +446,16 @@ async fn write_message(
             counted += item.data.len();
         }
     }
-    outbox.update(id, outcome, true);
+    match outcome {
+        Some(outcome) => outbox.update(id, outcome, true),
+        // Handed back: the send loop re-sends it after the rejected 0-RTT.
+        None if first.fin && first.offset == 0 => {}
+        None => outbox.update(
+            id,
+            SendStatus::Failed("0-RTT rejected in the middle of a partial message".into()),
+            true,
+        ),
+    }
     drop(first);
     in_flight.sub(counted);
 }
