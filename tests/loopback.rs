@@ -114,3 +114,80 @@ async fn a_client_without_trusted_roots_is_refused_before_connecting() {
         .expect_err("no roots");
     assert!(matches!(err, Error::Config(_)), "{err}");
 }
+
+/// An echo server for the resumption tests: echoes every message on every carrier.
+async fn echo_listener(net: &Arc<dyn Net>, config: Configuration) -> u16 {
+    let (mut listener, port) = listen(net, config).await;
+    tokio::spawn(async move {
+        while let Ok(carrier) = listener.accept().await {
+            tokio::spawn(async move {
+                while let Ok(Some(m)) = carrier.receive().await {
+                    if carrier.send_bytes(m.data).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn associations_resume_sessions_and_carry_0rtt_over_real_sockets() {
+    let net: Arc<dyn Net> = TokioNet::shared();
+    let ca = TestCa::new("resumption CA").expect("ca");
+    for protocol in [Protocol::Quic, Protocol::TlsTcp] {
+        let (server_config, mut client_config) = configs(&ca, protocol);
+        client_config.associations = Some(postsock::Associations::new(
+            std::time::Duration::from_secs(60),
+        ));
+        let port = echo_listener(&net, server_config).await;
+        let remote = Remote::new("localhost", port);
+        let mut resumed = Vec::new();
+        for round in 0..3u8 {
+            let first = postsock::Message::new(vec![round; 100]).idempotent();
+            let (carrier, handle) =
+                Carrier::initiate_with(net.clone(), remote.clone(), client_config.clone(), first)
+                    .await
+                    .expect("initiate");
+            assert_eq!(handle.outcome().await, postsock::SendStatus::Acked);
+            let echo = carrier.receive().await.expect("receive").expect("echo");
+            assert_eq!(&echo.data[..], &[round; 100][..]);
+            resumed.push(carrier.resumed());
+            carrier.close().await.expect("close");
+        }
+        // The first handshake is full; the later ones resume (QUIC: in 0-RTT).
+        assert_eq!(resumed, [Some(false), Some(true), Some(true)], "{protocol}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_falls_back_to_tls_when_nothing_answers_on_udp() {
+    let net: Arc<dyn Net> = TokioNet::shared();
+    let ca = TestCa::new("racing CA").expect("ca");
+    let (mut server_config, mut client_config) = configs(&ca, Protocol::Quic);
+    // The server listens on TLS/TCP only; the client races QUIC and TLS/TCP.
+    server_config.protocols(&[Protocol::TlsTcp]);
+    client_config.protocols(&[Protocol::Quic, Protocol::TlsTcp]);
+    client_config.attempt_delay = std::time::Duration::from_millis(50);
+    let port = echo_listener(&net, server_config).await;
+    let carrier = Carrier::initiate(net, Remote::new("localhost", port), client_config)
+        .await
+        .expect("TLS/TCP wins");
+    assert_eq!(carrier.protocol(), Protocol::TlsTcp);
+    let report = carrier.establishment().expect("report");
+    let winner = report.winner().expect("a winner");
+    assert_eq!(winner.protocol, Protocol::TlsTcp);
+    // QUIC went first and either failed (an ICMP port unreachable) or was still waiting when
+    // TLS/TCP, started after the 50 ms delay, won.
+    let quic = &report.attempts[0];
+    assert_eq!(quic.protocol, Protocol::Quic);
+    match &quic.outcome {
+        postsock::AttemptOutcome::Failed(_) => {}
+        postsock::AttemptOutcome::Cancelled => {
+            assert!(winner.started >= std::time::Duration::from_millis(50))
+        }
+        other => panic!("QUIC attempt ended {other:?}"),
+    }
+    carrier.close().await.expect("close");
+}
