@@ -21,25 +21,27 @@ pub fn markdown(
     let _ = writeln!(out, "{passed} of {} runs passed.\n", reports.len());
     let _ = writeln!(
         out,
-        "| scenario | seed | protocol | result | TTFM ms | sent | delivered | lost | dup | corrupt | median latency ms | sim ms |"
+        "| scenario | seed | protocol | result | TTFM ms | limit ms | sent | delivered | lost | expired | dup | corrupt | median latency ms | sim ms |"
     );
     let _ = writeln!(
         out,
-        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for r in reports {
         let m = &r.metrics;
         let _ = writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} |",
             r.scenario,
             r.seed,
             r.protocol,
             if r.passed { "pass" } else { "**FAIL**" },
             opt(m.ttfm_ms),
+            opt(m.ttfm_limit_ms),
             m.messages_sent,
             m.messages_delivered,
             m.messages_lost,
+            m.messages_expired,
             m.messages_duplicated,
             m.messages_corrupted,
             opt(m.median_latency_ms),
