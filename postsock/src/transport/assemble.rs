@@ -30,6 +30,8 @@ impl ReceiveLimits {
 pub(crate) struct Assembly {
     id: MessageId,
     buf: BytesMut,
+    /// Whole-message delivery keeps the pieces and joins them once, at the end.
+    pieces: Vec<Bytes>,
     /// Bytes already delivered in parts.
     delivered: u64,
     total: usize,
@@ -41,6 +43,7 @@ impl Assembly {
         Assembly {
             id,
             buf: BytesMut::new(),
+            pieces: Vec::new(),
             delivered: 0,
             total: 0,
             reliable,
@@ -79,6 +82,29 @@ impl Assembly {
             )));
         }
         let mut out = Vec::new();
+        if limits.min_incomplete.is_none() && limits.max_length.is_none() {
+            // Whole messages only: join the pieces once (one copy, no regrowth).
+            if !end {
+                self.pieces.push(data);
+                return Ok(out);
+            }
+            let whole = if self.pieces.is_empty() {
+                data
+            } else {
+                let mut joined = BytesMut::with_capacity(self.total);
+                for piece in self.pieces.drain(..) {
+                    joined.extend_from_slice(&piece);
+                }
+                joined.extend_from_slice(&data);
+                joined.freeze()
+            };
+            out.push(Event::Received(Received {
+                id: self.id,
+                data: whole,
+                reliable: self.reliable,
+            }));
+            return Ok(out);
+        }
         // A message that arrives in one piece and fits goes up without a copy.
         if end
             && self.buf.is_empty()
