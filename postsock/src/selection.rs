@@ -37,7 +37,9 @@ pub struct TransportProperties {
     pub preserve_msg_boundaries: Preference,
     /// Single messages may be sent unreliably (`perMsgReliability`; default NoPreference).
     pub per_msg_reliability: Preference,
-    /// Data in the first flight (`zeroRttMsg`; default NoPreference). No stack offers it yet.
+    /// Data in the first flight (`zeroRttMsg`; default NoPreference). QUIC offers it: a
+    /// carrier initiated with `Carrier::initiate_with` sends an idempotent first message in
+    /// 0-RTT when its association holds a session ticket.
     pub zero_rtt_msg: Preference,
     /// Many messages in flight without head-of-line blocking between unordered ones
     /// (`multistreaming`; default Prefer).
@@ -80,7 +82,7 @@ fn capabilities(p: Protocol) -> Capabilities {
             preserve_order: true,
             preserve_msg_boundaries: true,
             per_msg_reliability: true,
-            zero_rtt_msg: false,
+            zero_rtt_msg: true,
             multistreaming: true,
             security: true,
         },
@@ -253,12 +255,13 @@ mod tests {
     }
 
     #[test]
-    fn zero_rtt_cannot_be_required_yet() {
+    fn requiring_zero_rtt_selects_quic_only() {
         let props = TransportProperties {
             zero_rtt_msg: Preference::Require,
             ..Default::default()
         };
-        let err = select(&props, &ALL).expect_err("nothing offers 0-RTT yet");
+        assert_eq!(select(&props, &ALL).expect("quic"), vec![Protocol::Quic]);
+        let err = select(&props, &[Protocol::TlsTcp]).expect_err("TLS/TCP has no 0-RTT here");
         assert!(err.to_string().contains("zero_rtt_msg"), "{err}");
     }
 }
