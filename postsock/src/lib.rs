@@ -17,6 +17,9 @@
 //! | Responder, Source, Sink | [`Responder`] (with [`Request`]), [`Source`], [`Sink`] |
 //! | Parsing and serialisation in the stack (framers) | [`Framer`], [`Framed`]; [`LengthPrefix`], [`Lines`], [`Json`] |
 //! | Remote | [`Remote`] |
+//! | Association (what is remembered of a remote: sessions, racing outcomes) | [`Associations`], [`Association`], [`Configuration::associations`] |
+//! | Racing candidate stacks and addresses | [`Carrier::initiate`], [`EstablishmentReport`], [`Configuration::attempt_delay`] |
+//! | Initiate-with-send, 0-RTT | [`Carrier::initiate_with`] |
 //! | Configuration, policy, selection | [`Configuration`], [`TransportProperties`], [`Preference`], [`select`], [`Security`] |
 //! | (the network) | [`net::Net`]: [`net::TokioNet`] for real sockets, the `sim` crate for simulation |
 //!
