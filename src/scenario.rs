@@ -187,6 +187,7 @@ enum FaultAction {
     LinkDown,
     Bounce,
     SetMiddlebox,
+    NatReboot,
     LinkUp,
     SetLink,
 }
@@ -396,13 +397,16 @@ impl Scenario {
         }
         let mut faults = Vec::new();
         for f in &file.fault {
-            if *f.action.get_ref() == FaultAction::SetMiddlebox {
+            if matches!(
+                f.action.get_ref(),
+                FaultAction::SetMiddlebox | FaultAction::NatReboot
+            ) {
                 let gateways: Vec<&str> = world.gateways.iter().map(|g| g.name.as_str()).collect();
                 if !gateways.contains(&f.host.get_ref().as_str()) {
                     return Err(at(
                         f.host.span().start,
                         format!(
-                            "set-middlebox needs a gateway, not `{}` (gateways: {})",
+                            "this action needs a gateway, not `{}` (gateways: {})",
                             f.host.get_ref(),
                             gateways.join(", ")
                         ),
@@ -435,6 +439,15 @@ impl Scenario {
                         ));
                     };
                     Fault::SetMiddlebox { host, middlebox }
+                }
+                FaultAction::NatReboot => {
+                    if has_params {
+                        return Err(at(
+                            f.action.span().start,
+                            "nat-reboot takes no parameters".into(),
+                        ));
+                    }
+                    Fault::NatReboot { host }
                 }
                 FaultAction::LinkDown | FaultAction::LinkUp | FaultAction::Bounce if has_params => {
                     return Err(at(

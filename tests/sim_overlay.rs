@@ -200,3 +200,92 @@ fn a_host_behind_a_gateway_is_unreachable_from_outside() {
         "a datagram bypassed the gateway"
     );
 }
+
+#[test]
+fn a_nat_reboot_rebinds_the_client_and_quic_reports_the_path_change() {
+    let mut world = World::new(&spec(), 5, Duration::from_secs(20)).expect("world");
+    let ca = TestCa::new("ca").expect("ca");
+    let mut server_config = Configuration::default();
+    server_config
+        .protocols(&[Protocol::Quic])
+        .security(Security {
+            identity: Some(ca.issue(&["server"]).expect("identity")),
+            ..Security::default()
+        });
+    let mut client_config = Configuration::default();
+    client_config
+        .protocols(&[Protocol::Quic])
+        .security(Security {
+            trusted_roots: vec![ca.root()],
+            ..Security::default()
+        });
+    let log: Arc<Mutex<Vec<String>>> = Arc::default();
+    let server_net: Arc<dyn Net> = world.net("server").expect("net");
+    let server_log = log.clone();
+    world
+        .host("server", move || {
+            let (net, config, log) = (
+                server_net.clone(),
+                server_config.clone(),
+                server_log.clone(),
+            );
+            async move {
+                let mut listener = Listener::bind(net, ([0, 0, 0, 0], 4433).into(), config).await?;
+                let carrier = listener.accept().await?;
+                log.lock()
+                    .expect("log")
+                    .push(format!("peer {}", carrier.peer_addr()));
+                while let Some(event) = carrier.next_event().await {
+                    let line = match event {
+                        postsock::Event::PathChange { remote } => format!("path {remote}"),
+                        postsock::Event::Received(_) => "message".to_string(),
+                        _ => continue,
+                    };
+                    log.lock().expect("log").push(line);
+                }
+                Ok(())
+            }
+        })
+        .expect("host");
+    let client_net: Arc<dyn Net> = world.net("inside").expect("net");
+    world
+        .client("inside", async move {
+            let carrier =
+                Carrier::initiate(client_net, Remote::new("server", 4433), client_config).await?;
+            for i in 0..40u8 {
+                let h = carrier.send(vec![i; 100]).await?;
+                if i == 39 {
+                    assert_eq!(h.outcome().await, postsock::SendStatus::Acked);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            carrier.close().await?;
+            Ok(())
+        })
+        .expect("client");
+    let mut rebooted = false;
+    loop {
+        if !rebooted && world.elapsed() >= Duration::from_millis(1000) {
+            world
+                .apply(&sim::Fault::NatReboot { host: "nat".into() })
+                .expect("reboot");
+            rebooted = true;
+        }
+        if world.step().expect("step") {
+            break;
+        }
+    }
+    let log = log.lock().expect("log").clone();
+    let messages = log.iter().filter(|l| *l == "message").count();
+    assert_eq!(messages, 40, "nothing lost across the rebinding: {log:?}");
+    let paths: Vec<_> = log.iter().filter(|l| l.starts_with("path ")).collect();
+    assert_eq!(paths.len(), 1, "one path change: {log:?}");
+    let before: SocketAddr = log[0].trim_start_matches("peer ").parse().expect("addr");
+    let after: SocketAddr = paths[0].trim_start_matches("path ").parse().expect("addr");
+    assert_eq!(before.ip(), after.ip(), "same NAT address");
+    assert_ne!(
+        before.port(),
+        after.port(),
+        "a new public port after the reboot"
+    );
+}

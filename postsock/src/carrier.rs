@@ -415,9 +415,13 @@ impl Carrier {
         self.protocol
     }
 
-    /// The peer's address as this end sees it (behind a NAT: the NAT's public address).
+    /// The peer's address as this end sees it now (behind a NAT: the NAT's public address;
+    /// on QUIC it follows migrations, see [`Event::PathChange`]).
     pub fn peer_addr(&self) -> SocketAddr {
-        self.peer
+        match &self.link {
+            Link::Quic { conn, .. } => conn.remote_address(),
+            Link::Stream { .. } => self.peer,
+        }
     }
 
     /// Bytes of the send buffer in use (queued or unacknowledged messages).
@@ -534,7 +538,7 @@ impl Carrier {
         let mut events = self.events.lock().await;
         loop {
             match events.recv().await {
-                Some(Event::Ready) => continue,
+                Some(Event::Ready) | Some(Event::PathChange { .. }) => continue,
                 Some(Event::Received(m)) => return Ok(Some(m)),
                 Some(Event::ReceivedPartial(p)) => {
                     return Err(Error::Config(format!(

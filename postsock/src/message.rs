@@ -288,6 +288,12 @@ pub enum Event {
         /// Why.
         error: crate::Error,
     },
+    /// The carrier's path changed: the peer is now reached at (or seen from) `remote`, for
+    /// example after the peer's NAT rebound its mapping (QUIC migrates the connection).
+    PathChange {
+        /// The peer's new address.
+        remote: std::net::SocketAddr,
+    },
     /// The peer closed the carrier cleanly; always the last event.
     Closed,
     /// The carrier failed (the transient died or the peer violated the wire format); always

@@ -68,11 +68,22 @@ pub(crate) async fn run(state: Arc<WorldState>, name: String) -> turmoil::Result
     let tcp = turmoil::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, OVERLAY_PORT)).await?;
     tokio::spawn(splice_loop(state.clone(), ip, tcp, filter.clone()));
 
-    let mut mappings: BTreeMap<SocketAddr, Arc<turmoil::net::UdpSocket>> = BTreeMap::new();
+    type Mapping = (Arc<turmoil::net::UdpSocket>, tokio::task::JoinHandle<()>);
+    let mut mappings: BTreeMap<SocketAddr, Mapping> = BTreeMap::new();
+    // Ports stay marked as used after a reboot, so a rebound flow gets a new one.
     let mut used_ports: BTreeSet<u16> = BTreeSet::from([OVERLAY_PORT]);
+    let mut epoch = state.nat_epoch(&name);
     let mut buf = vec![0u8; 65_600];
     loop {
         let (n, from) = inside.recv_from(&mut buf).await?;
+        let now = state.nat_epoch(&name);
+        if now != epoch {
+            // The NAT rebooted: forget every mapping; replies to old ports go nowhere.
+            epoch = now;
+            for (_, (_, task)) in std::mem::take(&mut mappings) {
+                task.abort();
+            }
+        }
         let Some((dst, payload)) = overlay::decode(&buf[..n]) else {
             continue;
         };
@@ -80,16 +91,17 @@ pub(crate) async fn run(state: Arc<WorldState>, name: String) -> turmoil::Result
             continue;
         }
         let public = match mappings.get(&from) {
-            Some(s) => s.clone(),
+            Some((s, _)) => s.clone(),
             None => {
                 let socket = Arc::new(bind_public(from.port(), &mut used_ports).await?);
-                tokio::spawn(return_path(
+                let task = tokio::spawn(return_path(
                     socket.clone(),
                     inside.clone(),
                     from,
                     filter.clone(),
+                    epoch,
                 ));
-                mappings.insert(from, socket.clone());
+                mappings.insert(from, (socket.clone(), task));
                 socket
             }
         };
@@ -116,9 +128,14 @@ async fn return_path(
     inside: Arc<turmoil::net::UdpSocket>,
     to: SocketAddr,
     filter: Arc<Filter>,
+    epoch: u64,
 ) {
     let mut buf = vec![0u8; 65_536];
     while let Ok((n, src)) = public.recv_from(&mut buf).await {
+        // A mapping from before a reboot is gone: what arrives on it is dropped.
+        if filter.state.nat_epoch(&filter.gateway) != epoch {
+            return;
+        }
         if filter.pass_udp(to, src) {
             let _ = inside.send_to(&overlay::encode(src, &buf[..n]), to).await;
         }

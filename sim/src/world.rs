@@ -180,6 +180,12 @@ pub enum Fault {
         /// The new policy.
         middlebox: Middlebox,
     },
+    /// A gateway's NAT reboots: every UDP mapping is dropped, so the hosts behind it reappear
+    /// from new public ports (a NAT rebinding).
+    NatReboot {
+        /// The gateway.
+        host: String,
+    },
     /// The host's software restarts (turmoil's bounce): its programs start afresh and every
     /// socket and in-memory state (sessions, tickets) is lost.
     Bounce {
@@ -196,6 +202,7 @@ impl Fault {
             | Fault::LinkUp { host }
             | Fault::SetLink { host, .. }
             | Fault::SetMiddlebox { host, .. }
+            | Fault::NatReboot { host }
             | Fault::Bounce { host } => host,
         }
     }
@@ -244,6 +251,8 @@ pub(crate) struct WorldState {
     names: BTreeMap<String, Vec<IpAddr>>,
     /// Each gateway's current middlebox policy (faults may change it).
     middleboxes: Mutex<BTreeMap<String, Middlebox>>,
+    /// How many times each gateway's NAT was rebooted (its mappings dropped).
+    nat_epochs: Mutex<BTreeMap<String, u64>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -252,6 +261,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl WorldState {
+    /// How many times gateway `name` lost its NAT mappings.
+    pub(crate) fn nat_epoch(&self, name: &str) -> u64 {
+        lock(&self.nat_epochs).get(name).copied().unwrap_or(0)
+    }
+
     /// The current middlebox policy of gateway `name`.
     pub(crate) fn middlebox(&self, name: &str) -> Middlebox {
         lock(&self.middleboxes)
@@ -438,6 +452,7 @@ impl<'a> World<'a> {
             by_ip,
             links: Mutex::new(links),
             tcp_intents: Mutex::new(BTreeMap::new()),
+            nat_epochs: Mutex::new(BTreeMap::new()),
             middleboxes: Mutex::new(
                 spec.gateways
                     .iter()
@@ -573,6 +588,15 @@ impl<'a> World<'a> {
     pub fn apply(&mut self, fault: &Fault) -> Result<(), SimError> {
         let host = fault.host().to_owned();
         let node = self.node(&host)?;
+        if let Fault::NatReboot { .. } = fault {
+            if node.role != Role::Gateway {
+                return Err(SimError::Spec(format!(
+                    "nat-reboot `{host}`: only gateways translate addresses"
+                )));
+            }
+            *lock(&self.state.nat_epochs).entry(host).or_insert(0) += 1;
+            return Ok(());
+        }
         if let Fault::SetMiddlebox { middlebox, .. } = fault {
             if node.role != Role::Gateway {
                 return Err(SimError::Spec(format!(
@@ -610,7 +634,10 @@ impl<'a> World<'a> {
                     self.sim.release(host.as_str(), p.as_str());
                 }
             }
-            Fault::SetLink { .. } | Fault::Bounce { .. } | Fault::SetMiddlebox { .. } => {}
+            Fault::SetLink { .. }
+            | Fault::Bounce { .. }
+            | Fault::SetMiddlebox { .. }
+            | Fault::NatReboot { .. } => {}
         }
         let mut links = lock(&self.state.links);
         let link = links
@@ -619,7 +646,7 @@ impl<'a> World<'a> {
         match fault {
             Fault::LinkDown { .. } => link.is_down = true,
             Fault::LinkUp { .. } => link.is_down = false,
-            Fault::Bounce { .. } | Fault::SetMiddlebox { .. } => {}
+            Fault::Bounce { .. } | Fault::SetMiddlebox { .. } | Fault::NatReboot { .. } => {}
             Fault::SetLink {
                 loss,
                 bandwidth_kbps,

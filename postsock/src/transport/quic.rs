@@ -549,7 +549,31 @@ async fn deliver_datagram(
     events.send(event).await.is_ok()
 }
 
+/// How often a QUIC carrier looks for a change of its peer's address.
+const PATH_CHECK: Duration = Duration::from_millis(20);
+
+/// Reports `PathChange` when the peer's address changes (quinn migrates the connection when
+/// packets arrive from a new address, after validating it, but tells no one).
+async fn watch_path(conn: quinn::Connection, events: EventTx) {
+    let mut last = conn.remote_address();
+    loop {
+        tokio::time::sleep(PATH_CHECK).await;
+        let now = conn.remote_address();
+        if now != last {
+            last = now;
+            if events
+                .send(Event::PathChange { remote: now })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
 async fn read_loop(conn: quinn::Connection, events: EventTx, limits: ReceiveLimits) {
+    let path = tokio::spawn(watch_path(conn.clone(), events.clone()));
     let ordered = tokio::spawn(read_ordered(conn.clone(), events.clone(), limits));
     let mut unordered = JoinSet::new();
     let mut datagrams: u64 = 0;
@@ -591,6 +615,7 @@ async fn read_loop(conn: quinn::Connection, events: EventTx, limits: ReceiveLimi
     };
     let _ = ordered.await;
     while unordered.join_next().await.is_some() {}
+    path.abort();
     let last = match end {
         quinn::ConnectionError::ApplicationClosed(close) if close.error_code == 0u32.into() => {
             Event::Closed
