@@ -143,3 +143,28 @@ fn two_processes_with_the_same_seed_write_identical_reports() {
         "the same seed gave different reports in two processes"
     );
 }
+
+#[test]
+fn an_unknown_nat_preset_or_knob_names_the_line_and_the_valid_names() {
+    let dir = temp_dir("nat");
+    let base =
+        "description = \"x\"\n[[host]]\nname = \"c\"\ngateway = \"g\"\n[[gateway]]\nname = \"g\"\n";
+    for (nat, want) in [
+        (
+            "nat = { preset = \"cone-ish\" }\n",
+            "unknown variant `cone-ish`, expected one of `open`, `full-cone`, `restricted-cone`, `port-restricted-cone`, `symmetric`",
+        ),
+        (
+            "nat = { mapping = \"address-dependent\", filter = \"x\" }\n",
+            "unknown field `filter`, expected one of `preset`, `mapping`, `filtering`, `ports`, `mapping_timeout_s`",
+        ),
+    ] {
+        let file = dir.join("nat.toml");
+        std::fs::write(&file, format!("{base}{nat}")).expect("write");
+        let out = postsock(&["run", file.to_str().expect("utf8")]);
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains(&format!("{}:7:", file.display())), "{stderr}");
+        assert!(stderr.contains(want), "want `{want}` in: {stderr}");
+    }
+}

@@ -1,6 +1,7 @@
 //! The simulator's overlay on turmoil: TCP costs a full RTT, gateways translate addresses,
 //! hosts behind gateways are unreachable from outside.
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -33,6 +34,7 @@ fn spec() -> WorldSpec {
             name: "nat".into(),
             latency_ms: 10,
             middlebox: Default::default(),
+            nat: Default::default(),
         }],
     }
 }
@@ -288,4 +290,194 @@ fn a_nat_reboot_rebinds_the_client_and_quic_reports_the_path_change() {
         after.port(),
         "a new public port after the reboot"
     );
+}
+
+/// A world with `inside` behind a NAT of the given behaviour, two servers and an outsider.
+fn nat_world(nat: sim::NatSpec) -> WorldSpec {
+    WorldSpec {
+        hosts: vec![
+            host("inside", Some("nat"), 5),
+            host("server-a", None, 10),
+            host("server-b", None, 10),
+            host("outsider", None, 10),
+        ],
+        gateways: vec![GatewaySpec {
+            name: "nat".into(),
+            latency_ms: 5,
+            middlebox: Default::default(),
+            nat,
+        }],
+    }
+}
+
+/// What the inside host saw of a NAT: the public addresses servers A and B observed for its
+/// one socket, and which senders' datagrams got through to it.
+#[derive(Debug, Default, Clone)]
+struct NatView {
+    seen_by: Vec<(String, SocketAddr)>,
+    received_from: Vec<String>,
+}
+
+fn observe_nat(nat: sim::NatSpec, second_send_after: Duration) -> NatView {
+    let mut world = World::new(&nat_world(nat), 9, Duration::from_secs(30)).expect("world");
+    let view = Arc::new(Mutex::new(NatView::default()));
+    let public_of_inside: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+    // Each server reports the source address it sees back to it, from port 7000 and 7001;
+    // server A also tells the outsider, which then writes to that address unsolicited.
+    for name in ["server-a", "server-b"] {
+        let (v, p) = (view.clone(), public_of_inside.clone());
+        let tag = name.to_string();
+        world
+            .host(name, move || {
+                let (v, p, tag) = (v.clone(), p.clone(), tag.clone());
+                async move {
+                    let main = turmoil::net::UdpSocket::bind(("0.0.0.0", 7000)).await?;
+                    let other = turmoil::net::UdpSocket::bind(("0.0.0.0", 7001)).await?;
+                    let mut buf = [0u8; 64];
+                    loop {
+                        let (_, from) = main.recv_from(&mut buf).await?;
+                        v.lock().expect("view").seen_by.push((tag.clone(), from));
+                        *p.lock().expect("public") = Some(from);
+                        main.send_to(b"from-7000", from).await?;
+                        other.send_to(b"from-7001", from).await?;
+                    }
+                }
+            })
+            .expect("server");
+    }
+    let p = public_of_inside.clone();
+    world
+        .host("outsider", move || {
+            let p = p.clone();
+            async move {
+                let socket = turmoil::net::UdpSocket::bind(("0.0.0.0", 7002)).await?;
+                loop {
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    let target = *p.lock().expect("public");
+                    if let Some(t) = target {
+                        socket.send_to(b"outsider", t).await?;
+                    }
+                }
+            }
+        })
+        .expect("outsider");
+    let gateway = world.ip("nat").expect("nat ip");
+    let a = world.ip("server-a").expect("ip");
+    let b = world.ip("server-b").expect("ip");
+    let v = view.clone();
+    world
+        .client("inside", async move {
+            let socket = turmoil::net::UdpSocket::bind(("0.0.0.0", 5000)).await?;
+            let via = (gateway, sim::overlay::OVERLAY_PORT);
+            socket
+                .send_to(&sim::overlay::encode((a, 7000).into(), b"hi"), via)
+                .await?;
+            let mut buf = [0u8; 128];
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(200);
+            while let Ok(Ok((n, _))) =
+                tokio::time::timeout_at(deadline, socket.recv_from(&mut buf)).await
+            {
+                if let Some((_, payload)) = sim::overlay::decode(&buf[..n]) {
+                    let what = String::from_utf8_lossy(payload).to_string();
+                    let mut v = v.lock().expect("view");
+                    if !v.received_from.contains(&what) {
+                        v.received_from.push(what);
+                    }
+                }
+            }
+            tokio::time::sleep(second_send_after).await;
+            socket
+                .send_to(&sim::overlay::encode((a, 7000).into(), b"again"), via)
+                .await?;
+            socket
+                .send_to(&sim::overlay::encode((b, 7000).into(), b"hi"), via)
+                .await?;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Ok(())
+        })
+        .expect("client");
+    while !world.step().expect("step") {}
+    let v = view.lock().expect("view").clone();
+    v
+}
+
+fn nat(preset: sim::NatPreset) -> sim::NatSpec {
+    sim::NatSpec {
+        preset: Some(preset),
+        ..Default::default()
+    }
+}
+
+#[test]
+fn nat_mapping_behaviour_decides_the_public_port_per_remote() {
+    // Endpoint-independent mapping: both servers see the same public address.
+    let cone = observe_nat(nat(sim::NatPreset::FullCone), Duration::ZERO);
+    let ports: BTreeSet<_> = cone.seen_by.iter().map(|(_, a)| *a).collect();
+    assert_eq!(ports.len(), 1, "{cone:?}");
+    assert_eq!(cone.seen_by[0].1.port(), 5000, "port-preserving");
+    // Symmetric: a new (random) port per remote endpoint.
+    let sym = observe_nat(nat(sim::NatPreset::Symmetric), Duration::ZERO);
+    let a: BTreeSet<_> = sym
+        .seen_by
+        .iter()
+        .filter(|(s, _)| s == "server-a")
+        .map(|(_, a)| *a)
+        .collect();
+    let b: BTreeSet<_> = sym
+        .seen_by
+        .iter()
+        .filter(|(s, _)| s == "server-b")
+        .map(|(_, a)| *a)
+        .collect();
+    assert_eq!(a.len(), 1, "same remote, same mapping: {sym:?}");
+    assert_ne!(a, b, "another remote, another port: {sym:?}");
+}
+
+#[test]
+fn nat_filtering_behaviour_decides_who_gets_in() {
+    let got = |p| {
+        let mut v = observe_nat(nat(p), Duration::ZERO).received_from;
+        v.sort();
+        v
+    };
+    // Full cone: anyone who learns the mapping gets in.
+    assert_eq!(
+        got(sim::NatPreset::FullCone),
+        ["from-7000", "from-7001", "outsider"]
+    );
+    // Restricted cone: only addresses the inside host has sent to.
+    assert_eq!(
+        got(sim::NatPreset::RestrictedCone),
+        ["from-7000", "from-7001"]
+    );
+    // Port-restricted cone: only the exact address and port.
+    assert_eq!(got(sim::NatPreset::PortRestrictedCone), ["from-7000"]);
+}
+
+#[test]
+fn an_idle_mapping_times_out() {
+    let short = sim::NatSpec {
+        mapping_timeout_s: Some(1),
+        ..Default::default()
+    };
+    let v = observe_nat(short, Duration::from_secs(2));
+    let a: Vec<_> = v
+        .seen_by
+        .iter()
+        .filter(|(s, _)| s == "server-a")
+        .map(|(_, a)| *a)
+        .collect();
+    assert_eq!(a.len(), 2);
+    assert_ne!(
+        a[0], a[1],
+        "after 2 s idle the 1 s mapping was gone: a new port"
+    );
+    let v = observe_nat(sim::NatSpec::default(), Duration::from_secs(2));
+    let a: Vec<_> = v
+        .seen_by
+        .iter()
+        .filter(|(s, _)| s == "server-a")
+        .map(|(_, a)| *a)
+        .collect();
+    assert_eq!(a[0], a[1], "the default 120 s mapping survives 2 s");
 }

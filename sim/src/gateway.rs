@@ -1,9 +1,12 @@
 //! The gateway program: address translation for the hosts behind a gateway.
 //!
 //! UDP: an inside host sends `[destination][payload]` to the gateway's overlay port. The
-//! gateway keeps one public socket per inside (address, port) — an endpoint-independent,
-//! port-preserving mapping — sends the payload from it, and wraps whatever arrives on it as
-//! `[source][payload]` back to the inside socket (endpoint-independent filtering).
+//! gateway keeps one public socket per mapping — keyed by the inside (address, port) and, as
+//! the NAT's mapping behaviour says (RFC 4787 §4.1), the remote address or address and port —
+//! with its port preserved, sequential or random (seeded). It sends the payload from that
+//! socket and wraps what arrives on it as `[source][payload]` back to the inside socket when
+//! the filtering behaviour (§5) admits the source. A mapping without outbound traffic for the
+//! mapping timeout is gone; a NAT reboot drops them all.
 //!
 //! TCP: an inside host connects to the overlay port; the destination travels with the SYN
 //! (see [`WorldState::push_tcp_intent`]). The gateway connects onwards, waits as long as the
@@ -18,7 +21,7 @@ use tokio::time::Instant;
 
 use crate::net::{SPLICE_OK, SPLICE_REFUSED};
 use crate::overlay::{self, OVERLAY_PORT};
-use crate::world::{Middlebox, WorldState};
+use crate::world::{Dependence, Middlebox, NatBehaviour, PortAssignment, WorldState};
 
 /// The gateway's middlebox (its policy lives in the world state, where faults change it)
 /// with its per-flow datagram counts.
@@ -53,8 +56,58 @@ impl Filter {
     }
 }
 
+/// One NAT mapping: its public socket, the task carrying replies back, the remotes the
+/// inside endpoint has sent to (for filtering) and when it last sent (for the idle timeout).
+struct Mapping {
+    socket: Arc<turmoil::net::UdpSocket>,
+    task: tokio::task::JoinHandle<()>,
+    state: Arc<MappingState>,
+}
+
+#[derive(Debug)]
+struct MappingState {
+    contacted: Mutex<BTreeSet<SocketAddr>>,
+    last_out: Mutex<Instant>,
+    timeout: std::time::Duration,
+    filtering: Dependence,
+}
+
+impl MappingState {
+    fn expired(&self, now: Instant) -> bool {
+        now.saturating_duration_since(*self.last_out.lock().unwrap_or_else(|e| e.into_inner()))
+            > self.timeout
+    }
+
+    /// RFC 4787 §5: whether a datagram from `src` may come in through this mapping.
+    fn admits(&self, src: SocketAddr) -> bool {
+        let contacted = self.contacted.lock().unwrap_or_else(|e| e.into_inner());
+        match self.filtering {
+            Dependence::EndpointIndependent => true,
+            Dependence::AddressDependent => contacted.iter().any(|c| c.ip() == src.ip()),
+            Dependence::AddressAndPortDependent => contacted.contains(&src),
+        }
+    }
+}
+
+/// The key of a mapping under the NAT's mapping behaviour (RFC 4787 §4.1).
+fn mapping_key(
+    nat: &NatBehaviour,
+    inside: SocketAddr,
+    remote: SocketAddr,
+) -> (SocketAddr, Option<SocketAddr>) {
+    match nat.mapping {
+        Dependence::EndpointIndependent => (inside, None),
+        Dependence::AddressDependent => (inside, Some(SocketAddr::new(remote.ip(), 0))),
+        Dependence::AddressAndPortDependent => (inside, Some(remote)),
+    }
+}
+
 /// Runs the gateway `name` until the simulation ends.
-pub(crate) async fn run(state: Arc<WorldState>, name: String) -> turmoil::Result {
+pub(crate) async fn run(
+    state: Arc<WorldState>,
+    name: String,
+    nat: NatBehaviour,
+) -> turmoil::Result {
     let filter = Arc::new(Filter {
         state: state.clone(),
         gateway: name.clone(),
@@ -68,10 +121,12 @@ pub(crate) async fn run(state: Arc<WorldState>, name: String) -> turmoil::Result
     let tcp = turmoil::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, OVERLAY_PORT)).await?;
     tokio::spawn(splice_loop(state.clone(), ip, tcp, filter.clone()));
 
-    type Mapping = (Arc<turmoil::net::UdpSocket>, tokio::task::JoinHandle<()>);
-    let mut mappings: BTreeMap<SocketAddr, Mapping> = BTreeMap::new();
-    // Ports stay marked as used after a reboot, so a rebound flow gets a new one.
-    let mut used_ports: BTreeSet<u16> = BTreeSet::from([OVERLAY_PORT]);
+    let mut mappings: BTreeMap<(SocketAddr, Option<SocketAddr>), Mapping> = BTreeMap::new();
+    // Ports stay marked as used once handed out, so a new mapping never reuses one.
+    let mut ports = PortPicker::new(
+        nat.ports,
+        crate::rng::stream(state.seed, &format!("nat/{name}")),
+    );
     let mut epoch = state.nat_epoch(&name);
     let mut buf = vec![0u8; 65_600];
     loop {
@@ -80,8 +135,8 @@ pub(crate) async fn run(state: Arc<WorldState>, name: String) -> turmoil::Result
         if now != epoch {
             // The NAT rebooted: forget every mapping; replies to old ports go nowhere.
             epoch = now;
-            for (_, (_, task)) in std::mem::take(&mut mappings) {
-                task.abort();
+            for (_, m) in std::mem::take(&mut mappings) {
+                m.task.abort();
             }
         }
         let Some((dst, payload)) = overlay::decode(&buf[..n]) else {
@@ -90,18 +145,47 @@ pub(crate) async fn run(state: Arc<WorldState>, name: String) -> turmoil::Result
         if !filter.pass_udp(from, dst) {
             continue;
         }
-        let public = match mappings.get(&from) {
-            Some((s, _)) => s.clone(),
+        let key = mapping_key(&nat, from, dst);
+        let t = Instant::now();
+        if mappings.get(&key).is_some_and(|m| m.state.expired(t)) {
+            if let Some(m) = mappings.remove(&key) {
+                m.task.abort();
+            }
+        }
+        let public = match mappings.get(&key) {
+            Some(m) => {
+                *m.state.last_out.lock().unwrap_or_else(|e| e.into_inner()) = t;
+                m.state
+                    .contacted
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(dst);
+                m.socket.clone()
+            }
             None => {
-                let socket = Arc::new(bind_public(from.port(), &mut used_ports).await?);
+                let socket = Arc::new(ports.bind(from.port()).await?);
+                let mstate = Arc::new(MappingState {
+                    contacted: Mutex::new(BTreeSet::from([dst])),
+                    last_out: Mutex::new(t),
+                    timeout: nat.mapping_timeout,
+                    filtering: nat.filtering,
+                });
                 let task = tokio::spawn(return_path(
                     socket.clone(),
                     inside.clone(),
                     from,
                     filter.clone(),
                     epoch,
+                    mstate.clone(),
                 ));
-                mappings.insert(from, (socket.clone(), task));
+                mappings.insert(
+                    key,
+                    Mapping {
+                        socket: socket.clone(),
+                        task,
+                        state: mstate,
+                    },
+                );
                 socket
             }
         };
@@ -109,34 +193,68 @@ pub(crate) async fn run(state: Arc<WorldState>, name: String) -> turmoil::Result
     }
 }
 
-/// Binds the public side of a new mapping, preserving the inside port when it is free.
-async fn bind_public(
-    wanted: u16,
-    used: &mut BTreeSet<u16>,
-) -> std::io::Result<turmoil::net::UdpSocket> {
-    let mut port = wanted.max(1024);
-    while used.contains(&port) {
-        port = if port == u16::MAX { 1024 } else { port + 1 };
-    }
-    used.insert(port);
-    turmoil::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).await
+/// Picks public ports: preserving, sequential or random (seeded), never one twice.
+struct PortPicker {
+    how: PortAssignment,
+    used: BTreeSet<u16>,
+    next: u16,
+    rng: rand_chacha::ChaCha8Rng,
 }
 
-/// Carries replies from the public socket of a mapping back to the inside host.
+impl PortPicker {
+    fn new(how: PortAssignment, rng: rand_chacha::ChaCha8Rng) -> Self {
+        PortPicker {
+            how,
+            used: BTreeSet::from([OVERLAY_PORT]),
+            next: 20_000,
+            rng,
+        }
+    }
+
+    async fn bind(&mut self, wanted: u16) -> std::io::Result<turmoil::net::UdpSocket> {
+        use rand::Rng;
+        let mut port = match self.how {
+            PortAssignment::Preserving => wanted.max(1024),
+            PortAssignment::Sequential => self.next,
+            PortAssignment::Random => self.rng.gen_range(1024..=u16::MAX),
+        };
+        while self.used.contains(&port) {
+            port = match self.how {
+                PortAssignment::Random => self.rng.gen_range(1024..=u16::MAX),
+                _ => {
+                    if port == u16::MAX {
+                        1024
+                    } else {
+                        port + 1
+                    }
+                }
+            };
+        }
+        self.used.insert(port);
+        if self.how == PortAssignment::Sequential {
+            self.next = port.checked_add(1).unwrap_or(1024);
+        }
+        turmoil::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).await
+    }
+}
+
+/// Carries replies from the public socket of a mapping back to the inside host, as the
+/// mapping's filtering and lifetime allow.
 async fn return_path(
     public: Arc<turmoil::net::UdpSocket>,
     inside: Arc<turmoil::net::UdpSocket>,
     to: SocketAddr,
     filter: Arc<Filter>,
     epoch: u64,
+    mapping: Arc<MappingState>,
 ) {
     let mut buf = vec![0u8; 65_536];
     while let Ok((n, src)) = public.recv_from(&mut buf).await {
-        // A mapping from before a reboot is gone: what arrives on it is dropped.
-        if filter.state.nat_epoch(&filter.gateway) != epoch {
+        // A mapping from before a reboot, or one that idled out, is gone.
+        if filter.state.nat_epoch(&filter.gateway) != epoch || mapping.expired(Instant::now()) {
             return;
         }
-        if filter.pass_udp(to, src) {
+        if mapping.admits(src) && filter.pass_udp(to, src) {
             let _ = inside.send_to(&overlay::encode(src, &buf[..n]), to).await;
         }
     }

@@ -26,7 +26,10 @@ pub mod world;
 
 pub use link::{LinkParams, Verdict};
 pub use net::SimNet;
-pub use world::{Fault, GatewaySpec, HostSpec, LinkCounters, Middlebox, World, WorldSpec};
+pub use world::{
+    Dependence, Fault, GatewaySpec, HostSpec, LinkCounters, Middlebox, NatBehaviour, NatPreset,
+    NatSpec, PortAssignment, World, WorldSpec,
+};
 
 /// Errors of the simulator.
 #[derive(Debug, thiserror::Error)]

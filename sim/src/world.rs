@@ -52,6 +52,124 @@ pub struct GatewaySpec {
     /// What the gateway blocks (nothing by default).
     #[serde(default)]
     pub middlebox: Middlebox,
+    /// How it translates (RFC 4787 behaviour); endpoint-independent and port-preserving by
+    /// default.
+    #[serde(default)]
+    pub nat: NatSpec,
+}
+
+/// How a NAT's mapping or filtering depends on the remote endpoint (RFC 4787 §4.1, §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Dependence {
+    /// The same for every remote.
+    #[default]
+    EndpointIndependent,
+    /// Per remote address.
+    AddressDependent,
+    /// Per remote address and port.
+    AddressAndPortDependent,
+}
+
+/// How a NAT picks the public port of a new mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PortAssignment {
+    /// The inside port when it is free.
+    #[default]
+    Preserving,
+    /// The next free port from 20000 up.
+    Sequential,
+    /// A free port drawn from the run's seed.
+    Random,
+}
+
+/// NAT presets by their usual names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NatPreset {
+    /// As open as a translating gateway gets: endpoint-independent mapping and filtering,
+    /// port-preserving (a host is reachable on its own port once it has sent a datagram).
+    Open,
+    /// Endpoint-independent mapping and filtering.
+    FullCone,
+    /// Endpoint-independent mapping, address-dependent filtering.
+    RestrictedCone,
+    /// Endpoint-independent mapping, address-and-port-dependent filtering.
+    PortRestrictedCone,
+    /// Address-and-port-dependent mapping and filtering, random ports.
+    Symmetric,
+}
+
+/// A gateway's NAT: a preset and/or explicit knobs (knobs override the preset).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatSpec {
+    /// A preset by name.
+    #[serde(default)]
+    pub preset: Option<NatPreset>,
+    /// Mapping behaviour.
+    #[serde(default)]
+    pub mapping: Option<Dependence>,
+    /// Filtering behaviour.
+    #[serde(default)]
+    pub filtering: Option<Dependence>,
+    /// Port assignment.
+    #[serde(default)]
+    pub ports: Option<PortAssignment>,
+    /// A mapping without outbound traffic for this long is dropped (RFC 4787 REQ-5: at least
+    /// 120 s, the default).
+    #[serde(default)]
+    pub mapping_timeout_s: Option<u64>,
+}
+
+/// The NAT behaviour a [`NatSpec`] resolves to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NatBehaviour {
+    /// Mapping behaviour.
+    pub mapping: Dependence,
+    /// Filtering behaviour.
+    pub filtering: Dependence,
+    /// Port assignment.
+    pub ports: PortAssignment,
+    /// Idle time after which a mapping is dropped.
+    pub mapping_timeout: Duration,
+}
+
+impl NatSpec {
+    /// The behaviour: the preset's (endpoint-independent, port-preserving without one),
+    /// overridden by the explicit knobs.
+    pub fn behaviour(&self) -> NatBehaviour {
+        use Dependence::*;
+        let (mapping, filtering, ports) = match self.preset {
+            None | Some(NatPreset::Open) | Some(NatPreset::FullCone) => (
+                EndpointIndependent,
+                EndpointIndependent,
+                PortAssignment::Preserving,
+            ),
+            Some(NatPreset::RestrictedCone) => (
+                EndpointIndependent,
+                AddressDependent,
+                PortAssignment::Preserving,
+            ),
+            Some(NatPreset::PortRestrictedCone) => (
+                EndpointIndependent,
+                AddressAndPortDependent,
+                PortAssignment::Preserving,
+            ),
+            Some(NatPreset::Symmetric) => (
+                AddressAndPortDependent,
+                AddressAndPortDependent,
+                PortAssignment::Random,
+            ),
+        };
+        NatBehaviour {
+            mapping: self.mapping.unwrap_or(mapping),
+            filtering: self.filtering.unwrap_or(filtering),
+            ports: self.ports.unwrap_or(ports),
+            mapping_timeout: Duration::from_secs(self.mapping_timeout_s.unwrap_or(120)),
+        }
+    }
 }
 
 /// A gateway's filtering policy: the middleboxes that make protocol racing necessary.
@@ -472,9 +590,10 @@ impl<'a> World<'a> {
             let name = g.name.clone();
             world.registered.insert(name.clone());
             let ip = world.state.nodes[&name].ip;
+            let nat = g.nat.behaviour();
             world
                 .sim
-                .host(ip, move || gateway::run(state.clone(), name.clone()));
+                .host(ip, move || gateway::run(state.clone(), name.clone(), nat));
         }
         Ok(world)
     }
