@@ -481,3 +481,88 @@ fn an_idle_mapping_times_out() {
         .collect();
     assert_eq!(a[0], a[1], "the default 120 s mapping survives 2 s");
 }
+
+/// Two hosts behind one NAT: B sends to A's public address. Returns the source A saw.
+fn hairpin(hairpin: bool) -> Option<SocketAddr> {
+    let spec = WorldSpec {
+        hosts: vec![
+            host("a", Some("nat"), 5),
+            host("b", Some("nat"), 5),
+            host("server-a", None, 10),
+        ],
+        gateways: vec![GatewaySpec {
+            name: "nat".into(),
+            latency_ms: 5,
+            middlebox: Default::default(),
+            nat: sim::NatSpec {
+                hairpin: Some(hairpin),
+                ..Default::default()
+            },
+        }],
+    };
+    let mut world = World::new(&spec, 3, Duration::from_secs(10)).expect("world");
+    let gateway = world.ip("nat").expect("ip");
+    let server = world.ip("server-a").expect("ip");
+    let a_public: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+    let a_saw: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+    world
+        .host("server-a", || async {
+            let s = turmoil::net::UdpSocket::bind(("0.0.0.0", 7000)).await?;
+            let mut buf = [0u8; 64];
+            loop {
+                let (_, from) = s.recv_from(&mut buf).await?;
+                // Tell the sender its public address.
+                s.send_to(from.to_string().as_bytes(), from).await?;
+            }
+        })
+        .expect("server");
+    let (pa, sa) = (a_public.clone(), a_saw.clone());
+    world
+        .host("a", move || {
+            let (pa, sa) = (pa.clone(), sa.clone());
+            async move {
+                let s = turmoil::net::UdpSocket::bind(("0.0.0.0", 5000)).await?;
+                let via = (gateway, sim::overlay::OVERLAY_PORT);
+                s.send_to(&sim::overlay::encode((server, 7000).into(), b"who"), via)
+                    .await?;
+                let mut buf = [0u8; 128];
+                loop {
+                    let (n, _) = s.recv_from(&mut buf).await?;
+                    let Some((src, payload)) = sim::overlay::decode(&buf[..n]) else {
+                        continue;
+                    };
+                    if src.ip() == server {
+                        let me: SocketAddr =
+                            String::from_utf8_lossy(payload).parse().expect("addr");
+                        *pa.lock().expect("a") = Some(me);
+                    } else {
+                        *sa.lock().expect("saw") = Some(src);
+                    }
+                }
+            }
+        })
+        .expect("a");
+    let pa = a_public.clone();
+    world
+        .client("b", async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let target = pa.lock().expect("a").expect("A's public address");
+            let s = turmoil::net::UdpSocket::bind(("0.0.0.0", 6000)).await?;
+            let via = (gateway, sim::overlay::OVERLAY_PORT);
+            s.send_to(&sim::overlay::encode(target, b"hello neighbour"), via)
+                .await?;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Ok(())
+        })
+        .expect("b");
+    while !world.step().expect("step") {}
+    let saw = *a_saw.lock().expect("saw");
+    saw
+}
+
+#[test]
+fn hairpinning_turns_traffic_to_the_nat_back_inside() {
+    let saw = hairpin(true).expect("A got B's datagram through the hairpin");
+    assert_eq!(saw.port(), 6000, "from B's public (port-preserved) address");
+    assert_eq!(hairpin(false), None, "without hairpinning it goes nowhere");
+}

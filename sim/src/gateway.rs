@@ -62,6 +62,9 @@ struct Mapping {
     socket: Arc<turmoil::net::UdpSocket>,
     task: tokio::task::JoinHandle<()>,
     state: Arc<MappingState>,
+    /// The inside endpoint it belongs to, and its public port.
+    inside: SocketAddr,
+    port: u16,
 }
 
 #[derive(Debug)]
@@ -178,17 +181,37 @@ pub(crate) async fn run(
                     epoch,
                     mstate.clone(),
                 ));
+                let port = socket.local_addr().map(|a| a.port()).unwrap_or(0);
                 mappings.insert(
                     key,
                     Mapping {
                         socket: socket.clone(),
                         task,
                         state: mstate,
+                        inside: from,
+                        port,
                     },
                 );
                 socket
             }
         };
+        if dst.ip() == ip {
+            // Addressed to this NAT's own public side: hairpinning (RFC 4787 REQ-9) turns it
+            // around to the inside endpoint owning that port, from the sender's public
+            // address, as that endpoint's filtering allows.
+            if nat.hairpin {
+                let src = SocketAddr::new(ip, public.local_addr().map(|a| a.port()).unwrap_or(0));
+                let target = mappings
+                    .values()
+                    .find(|m| m.port == dst.port() && !m.state.expired(t))
+                    .filter(|m| m.state.admits(src))
+                    .map(|m| m.inside);
+                if let Some(to) = target {
+                    let _ = inside.send_to(&overlay::encode(src, payload), to).await;
+                }
+            }
+            continue;
+        }
         let _ = public.send_to(payload, dst).await;
     }
 }

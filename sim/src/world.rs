@@ -121,6 +121,10 @@ pub struct NatSpec {
     /// 120 s, the default).
     #[serde(default)]
     pub mapping_timeout_s: Option<u64>,
+    /// Whether a datagram from inside to the NAT's own public address is turned around to
+    /// the inside endpoint that owns the port (RFC 4787 REQ-9; on for `open`, off otherwise).
+    #[serde(default)]
+    pub hairpin: Option<bool>,
 }
 
 /// The NAT behaviour a [`NatSpec`] resolves to.
@@ -134,6 +138,8 @@ pub struct NatBehaviour {
     pub ports: PortAssignment,
     /// Idle time after which a mapping is dropped.
     pub mapping_timeout: Duration,
+    /// Hairpinning on.
+    pub hairpin: bool,
 }
 
 impl NatSpec {
@@ -168,6 +174,7 @@ impl NatSpec {
             filtering: self.filtering.unwrap_or(filtering),
             ports: self.ports.unwrap_or(ports),
             mapping_timeout: Duration::from_secs(self.mapping_timeout_s.unwrap_or(120)),
+            hairpin: self.hairpin.unwrap_or(self.preset == Some(NatPreset::Open)),
         }
     }
 }
