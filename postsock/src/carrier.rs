@@ -55,12 +55,25 @@ impl std::fmt::Debug for Origin {
 
 /// An established transient, before it becomes a carrier.
 pub(crate) enum Transient {
-    /// A QUIC connection, the client's endpoint, and whether it resumed a session (if known).
-    Quic(quinn::Connection, Option<quinn::Endpoint>, Option<bool>),
-    /// A client connection in 0-RTT: usable before its handshake completes.
-    Quic0Rtt(quinn::Connection, quinn::Endpoint, quinn::ZeroRttAccepted),
-    /// A connected stream, its peer, its protocol, and whether TLS resumed a session.
-    Stream(Box<dyn StreamIo>, SocketAddr, Protocol, Option<bool>),
+    /// A QUIC connection.
+    Quic {
+        conn: quinn::Connection,
+        /// The client's endpoint (it must live as long as the connection).
+        endpoint: Option<quinn::Endpoint>,
+        /// Whether the handshake resumed a session, when known.
+        resumed: Option<bool>,
+        /// For a client connection in 0-RTT (usable before its handshake completes): whether
+        /// the server accepts the early data.
+        zero_rtt: Option<quinn::ZeroRttAccepted>,
+    },
+    /// A connected byte stream (TLS or plain TCP).
+    Stream {
+        stream: Box<dyn StreamIo>,
+        peer: SocketAddr,
+        protocol: Protocol,
+        /// Whether TLS resumed a session, when known.
+        resumed: Option<bool>,
+    },
 }
 
 /// A byte stream a transient can run on (TLS or plain TCP).
@@ -109,23 +122,33 @@ pub(crate) async fn attempt(
                     }
                 };
                 let resumed = before.map(|b| verifications() == Some(b));
-                Ok(Transient::Quic(conn, Some(ep), resumed))
+                Ok(Transient::Quic {
+                    conn,
+                    endpoint: Some(ep),
+                    resumed,
+                    zero_rtt: None,
+                })
             }
             Protocol::TlsTcp => {
                 let stream =
                     tls_tcp::connect(net, addr, host, config, tls_for(|t| t.tcp.clone())?).await?;
                 let resumed =
                     stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-                Ok(Transient::Stream(
-                    Box::new(stream),
-                    addr,
+                Ok(Transient::Stream {
+                    stream: Box::new(stream),
+                    peer: addr,
                     protocol,
-                    Some(resumed),
-                ))
+                    resumed: Some(resumed),
+                })
             }
             Protocol::Tcp => {
                 let stream = tls_tcp::connect_plain(net, addr).await?;
-                Ok(Transient::Stream(Box::new(stream), addr, protocol, None))
+                Ok(Transient::Stream {
+                    stream: Box::new(stream),
+                    peer: addr,
+                    protocol,
+                    resumed: None,
+                })
             }
         }
     };
@@ -289,7 +312,12 @@ impl Carrier {
             tls: Some(tls),
         };
         let mut carrier = Self::start(
-            Transient::Quic0Rtt(conn, endpoint, accepted),
+            Transient::Quic {
+                conn,
+                endpoint: Some(endpoint),
+                resumed: None,
+                zero_rtt: Some(accepted),
+            },
             config,
             Some(origin),
         );
@@ -321,16 +349,14 @@ impl Carrier {
         events_tx.try_send(Event::Ready);
         let limits = ReceiveLimits::from_config(config);
         let resumed = Arc::new(std::sync::OnceLock::new());
-        let (transient, zero_rtt) = match transient {
-            Transient::Quic0Rtt(conn, endpoint, accepted) => {
-                (Transient::Quic(conn, Some(endpoint), None), Some(accepted))
-            }
-            other => (other, None),
-        };
-        match transient {
-            Transient::Quic0Rtt(..) => unreachable!("converted above"),
-            Transient::Quic(conn, endpoint, quic_resumed) => {
-                if let Some(r) = quic_resumed {
+        let (protocol, peer, outbox, sender, tasks, link) = match transient {
+            Transient::Quic {
+                conn,
+                endpoint,
+                resumed: known,
+                zero_rtt,
+            } => {
+                if let Some(r) = known {
                     let _ = resumed.set(r);
                 }
                 let outbox = Outbox::new(config.send_buffer, quic::order_rule);
@@ -343,46 +369,48 @@ impl Carrier {
                     zero_rtt,
                     resumed.clone(),
                 );
-                let reaper = tokio::spawn(outbox.clone().reaper());
-                Carrier {
-                    protocol: Protocol::Quic,
-                    peer: conn.remote_address(),
+                let link = Link::Quic {
+                    datagram_buffer: conn.datagram_send_buffer_space(),
+                    conn: conn.clone(),
+                    endpoint,
+                };
+                (
+                    Protocol::Quic,
+                    conn.remote_address(),
                     outbox,
-                    events: tokio::sync::Mutex::new(events_rx),
-                    sender: tokio::sync::Mutex::new(Some(sender)),
-                    tasks: vec![reader, reaper],
-                    link: Link::Quic {
-                        datagram_buffer: conn.datagram_send_buffer_space(),
-                        conn,
-                        endpoint,
-                    },
-                    config: config.clone(),
-                    origin,
-                    establishment: None,
-                    resumed,
-                }
+                    sender,
+                    reader,
+                    link,
+                )
             }
-            Transient::Stream(stream, peer, protocol, tls_resumed) => {
-                if let Some(r) = tls_resumed {
+            Transient::Stream {
+                stream,
+                peer,
+                protocol,
+                resumed: known,
+            } => {
+                if let Some(r) = known {
                     let _ = resumed.set(r);
                 }
                 let outbox = Outbox::new(config.send_buffer, tls_tcp::order_rule);
                 let t = tls_tcp::start(stream, outbox.clone(), events_tx, limits);
-                let reaper = tokio::spawn(outbox.clone().reaper());
-                Carrier {
-                    protocol,
-                    peer,
-                    outbox,
-                    events: tokio::sync::Mutex::new(events_rx),
-                    sender: tokio::sync::Mutex::new(Some(t.writer)),
-                    tasks: vec![t.reader, reaper],
-                    link: Link::Stream { kill: t.kill },
-                    config: config.clone(),
-                    origin,
-                    establishment: None,
-                    resumed,
-                }
+                let link = Link::Stream { kill: t.kill };
+                (protocol, peer, outbox, t.writer, t.reader, link)
             }
+        };
+        let reaper = tokio::spawn(outbox.clone().reaper());
+        Carrier {
+            protocol,
+            peer,
+            outbox,
+            events: tokio::sync::Mutex::new(events_rx),
+            sender: tokio::sync::Mutex::new(Some(sender)),
+            tasks: vec![tasks, reaper],
+            link,
+            config: config.clone(),
+            origin,
+            establishment: None,
+            resumed,
         }
     }
 

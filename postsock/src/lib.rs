@@ -66,6 +66,7 @@ mod outbox;
 mod racing;
 mod selection;
 pub mod transport;
+mod wait;
 
 pub use association::{Association, AssociationKey, Associations, PathMemory, DEFAULT_PATH};
 pub use carrier::{Carrier, PartialSend};

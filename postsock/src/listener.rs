@@ -152,13 +152,23 @@ async fn accept_quic(
             };
             match connecting.into_0rtt() {
                 Ok((conn, _always_true)) => Some(Carrier::start(
-                    Transient::Quic(conn, None, None),
+                    Transient::Quic {
+                        conn,
+                        endpoint: None,
+                        resumed: None,
+                        zero_rtt: None,
+                    },
                     &config,
                     None,
                 )),
                 Err(connecting) => match connecting.await {
                     Ok(conn) => Some(Carrier::start(
-                        Transient::Quic(conn, None, None),
+                        Transient::Quic {
+                            conn,
+                            endpoint: None,
+                            resumed: None,
+                            zero_rtt: None,
+                        },
                         &config,
                         None,
                     )),
@@ -195,12 +205,22 @@ async fn accept_stream(
         let (acceptor, config) = (acceptor.clone(), config.clone());
         async move {
             let transient = match acceptor {
-                None => Transient::Stream(Box::new(stream), peer, Protocol::Tcp, None),
+                None => Transient::Stream {
+                    stream: Box::new(stream),
+                    peer,
+                    protocol: Protocol::Tcp,
+                    resumed: None,
+                },
                 Some(acceptor) => match acceptor.accept(stream).await {
                     Ok(tls) => {
                         let resumed = tls.get_ref().1.handshake_kind()
                             == Some(rustls::HandshakeKind::Resumed);
-                        Transient::Stream(Box::new(tls), peer, Protocol::TlsTcp, Some(resumed))
+                        Transient::Stream {
+                            stream: Box::new(tls),
+                            peer,
+                            protocol: Protocol::TlsTcp,
+                            resumed: Some(resumed),
+                        }
                     }
                     Err(e) => {
                         tracing::debug!("TLS handshake from {peer} failed: {e}");

@@ -222,16 +222,11 @@ impl StatusCell {
     }
 
     async fn wait_for(&self, done: impl Fn(&(SendStatus, bool)) -> bool) -> SendStatus {
-        loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
+        crate::wait::until(&self.changed, || {
             let state = self.get();
-            if done(&state) {
-                return state.0;
-            }
-            notified.await;
-        }
+            done(&state).then_some(state.0)
+        })
+        .await
     }
 }
 

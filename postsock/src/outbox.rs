@@ -330,22 +330,7 @@ impl Outbox {
     /// The next item to hand to the transient, at most `max_len` bytes of it (the rest keeps
     /// its place in the queue); `None` once the outbox is closed and empty.
     pub(crate) async fn next(&self, max_len: usize) -> Option<Item> {
-        loop {
-            let notified = self.wake.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let mut st = self.lock();
-                self.expire_due(&mut st);
-                if let Some(item) = self.pop(&mut st, max_len) {
-                    return Some(item);
-                }
-                if st.closed && st.items.is_empty() {
-                    return None;
-                }
-            }
-            notified.await;
-        }
+        self.next_where(max_len, |_| true).await
     }
 
     /// Like [`next`](Self::next) but only what is ready now.
@@ -362,27 +347,21 @@ impl Outbox {
         max_len: usize,
         wanted: impl Fn(&MessageProperties) -> bool,
     ) -> Option<Item> {
-        loop {
-            let notified = self.wake.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let mut st = self.lock();
-                self.expire_due(&mut st);
-                let key = st
-                    .ready
-                    .iter()
-                    .find(|(_, seq)| st.items.get(seq).is_some_and(|i| wanted(&i.props)))
-                    .copied();
-                if let Some(key) = key {
-                    return self.take(&mut st, key, max_len);
-                }
-                if st.closed && st.items.is_empty() {
-                    return None;
-                }
+        crate::wait::until(&self.wake, || {
+            let mut st = self.lock();
+            self.expire_due(&mut st);
+            let key = st
+                .ready
+                .iter()
+                .find(|(_, seq)| st.items.get(seq).is_some_and(|i| wanted(&i.props)))
+                .copied();
+            match key {
+                Some(key) => Some(self.take(&mut st, key, max_len)),
+                None if st.closed && st.items.is_empty() => Some(None),
+                None => None,
             }
-            notified.await;
-        }
+        })
+        .await
     }
 
     fn pop(&self, st: &mut State, max_len: usize) -> Option<Item> {

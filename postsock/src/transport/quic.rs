@@ -78,6 +78,43 @@ pub(crate) async fn endpoint(
     .map_err(|e| Error::io("creating QUIC endpoint", e))
 }
 
+/// A fresh client endpoint for reaching `remote`.
+async fn client_endpoint(net: &dyn Net, remote: SocketAddr) -> Result<quinn::Endpoint> {
+    let local: SocketAddr = if remote.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        ([0u16; 8], 0).into()
+    };
+    endpoint(net, local, None).await
+}
+
+/// Starts connecting to `remote` from `endpoint` (nothing is awaited yet).
+fn start_connect(
+    endpoint: &quinn::Endpoint,
+    remote: SocketAddr,
+    host: &str,
+    config: &Configuration,
+    tls: Arc<rustls::ClientConfig>,
+) -> Result<quinn::Connecting> {
+    let crypto = QuicClientConfig::try_from(tls).map_err(|e| Error::Tls(e.to_string()))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    client.transport_config(transport_config());
+    let name = tls::server_name(&config.security, host)?
+        .to_str()
+        .into_owned();
+    endpoint
+        .connect_with(client, remote, &name)
+        .map_err(|e| establish_error(remote, e))
+}
+
+fn establish_error(remote: SocketAddr, e: impl std::fmt::Display) -> Error {
+    Error::Establish {
+        protocol: crate::Protocol::Quic,
+        remote,
+        reason: e.to_string(),
+    }
+}
+
 /// Connects to `remote` over a fresh client endpoint.
 pub(crate) async fn connect(
     net: &dyn Net,
@@ -86,12 +123,7 @@ pub(crate) async fn connect(
     config: &Configuration,
     tls: Arc<rustls::ClientConfig>,
 ) -> Result<(quinn::Endpoint, quinn::Connection)> {
-    let local: SocketAddr = if remote.is_ipv4() {
-        ([0, 0, 0, 0], 0).into()
-    } else {
-        ([0u16; 8], 0).into()
-    };
-    let endpoint = endpoint(net, local, None).await?;
+    let endpoint = client_endpoint(net, remote).await?;
     let connection = connect_on(&endpoint, remote, host, config, tls).await?;
     Ok((endpoint, connection))
 }
@@ -105,26 +137,8 @@ pub(crate) async fn connect_0rtt(
     config: &Configuration,
     tls: Arc<rustls::ClientConfig>,
 ) -> Result<Option<(quinn::Endpoint, quinn::Connection, quinn::ZeroRttAccepted)>> {
-    let local: SocketAddr = if remote.is_ipv4() {
-        ([0, 0, 0, 0], 0).into()
-    } else {
-        ([0u16; 8], 0).into()
-    };
-    let endpoint = endpoint(net, local, None).await?;
-    let crypto = QuicClientConfig::try_from(tls).map_err(|e| Error::Tls(e.to_string()))?;
-    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-    client.transport_config(transport_config());
-    let name = tls::server_name(&config.security, host)?
-        .to_str()
-        .into_owned();
-    let connecting =
-        endpoint
-            .connect_with(client, remote, &name)
-            .map_err(|e| Error::Establish {
-                protocol: crate::Protocol::Quic,
-                remote,
-                reason: e.to_string(),
-            })?;
+    let endpoint = client_endpoint(net, remote).await?;
+    let connecting = start_connect(&endpoint, remote, host, config, tls)?;
     Ok(connecting
         .into_0rtt()
         .ok()
@@ -139,21 +153,9 @@ pub(crate) async fn connect_on(
     config: &Configuration,
     tls: Arc<rustls::ClientConfig>,
 ) -> Result<quinn::Connection> {
-    let crypto = QuicClientConfig::try_from(tls).map_err(|e| Error::Tls(e.to_string()))?;
-    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-    client.transport_config(transport_config());
-    let name = tls::server_name(&config.security, host)?
-        .to_str()
-        .into_owned();
-    let establish = |reason: String| Error::Establish {
-        protocol: crate::Protocol::Quic,
-        remote,
-        reason,
-    };
-    let connecting = endpoint
-        .connect_with(client, remote, &name)
-        .map_err(|e| establish(e.to_string()))?;
-    connecting.await.map_err(|e| establish(e.to_string()))
+    start_connect(endpoint, remote, host, config, tls)?
+        .await
+        .map_err(|e| establish_error(remote, e))
 }
 
 /// Between ordered reliable messages (unidirectional streams, read in stream order) handing
@@ -178,15 +180,10 @@ impl InFlight {
         self.drop.notify_waiters();
     }
     async fn below(&self, limit: usize) {
-        loop {
-            let notified = self.drop.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.bytes.load(Ordering::Relaxed) < limit {
-                return;
-            }
-            notified.await;
-        }
+        crate::wait::until(&self.drop, || {
+            (self.bytes.load(Ordering::Relaxed) < limit).then_some(())
+        })
+        .await
     }
 }
 

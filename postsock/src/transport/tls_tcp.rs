@@ -127,18 +127,7 @@ impl Acks {
 
     /// Waits while the window is full.
     async fn window_open(&self) {
-        loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let st = self.lock();
-                if st.peer_done || st.written - st.acked < st.window() {
-                    return;
-                }
-            }
-            notified.await;
-        }
+        crate::wait::until(&self.changed, || self.has_room().then_some(())).await
     }
 
     /// How many bytes of frames to gather into one write: about 2 ms at the measured
@@ -158,18 +147,11 @@ impl Acks {
 
     /// Waits until every written message is acknowledged or the peer can no longer ack.
     async fn all_acked(&self) {
-        loop {
-            let notified = self.changed.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let st = self.lock();
-                if st.frames.is_empty() || st.peer_done {
-                    return;
-                }
-            }
-            notified.await;
-        }
+        crate::wait::until(&self.changed, || {
+            let st = self.lock();
+            (st.frames.is_empty() || st.peer_done).then_some(())
+        })
+        .await
     }
 
     fn written(&self, id: MessageId, bytes: usize, fin: bool) {
