@@ -158,6 +158,27 @@ impl SharedTrace {
         }
     }
 
+    /// Records the delivery of `data`, a payload made by [`payload`], travelling `direction`;
+    /// returns its index (a payload without one is a failure of the run).
+    fn received(
+        &self,
+        workload: &Workload,
+        seed: u64,
+        direction: Direction,
+        data: &[u8],
+    ) -> Option<u64> {
+        let (index, intact) = intact(workload, seed, data);
+        match index {
+            Some(i) => self.delivered(direction, i, intact),
+            None => self.fail(format!(
+                "{}: a {} B message with no index",
+                direction.label(),
+                data.len()
+            )),
+        }
+        index
+    }
+
     fn delivered(&self, direction: Direction, id: u64, intact: bool) {
         let t = now_ms();
         let mut trace = self.lock();
@@ -215,6 +236,24 @@ fn intact(workload: &Workload, seed: u64, data: &[u8]) -> (Option<u64>, bool) {
     }
 }
 
+/// Listens on the workload's port and runs `handle` on every carrier accepted.
+async fn serve<F, Fut>(
+    net: Arc<dyn Net>,
+    config: Configuration,
+    workload: &Workload,
+    handle: F,
+) -> turmoil::Result
+where
+    F: Fn(Carrier) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let local = ([0, 0, 0, 0], workload.port).into();
+    let mut listener = Listener::bind(net, local, config).await?;
+    loop {
+        tokio::spawn(handle(listener.accept().await?));
+    }
+}
+
 /// The echo server: accepts carriers and sends every message straight back.
 pub async fn echo_server(
     net: Arc<dyn Net>,
@@ -223,26 +262,18 @@ pub async fn echo_server(
     seed: u64,
     trace: SharedTrace,
 ) -> turmoil::Result {
-    let local = ([0, 0, 0, 0], workload.port).into();
-    let mut listener = Listener::bind(net, local, config).await?;
-    loop {
-        let carrier = Arc::new(listener.accept().await?);
+    serve(net, config, &workload.clone(), move |carrier| {
         let (workload, trace) = (workload.clone(), trace.clone());
-        tokio::spawn(async move {
+        async move {
             loop {
                 match carrier.receive().await {
                     Ok(Some(msg)) => {
-                        let (index, intact) = intact(&workload, seed, &msg.data);
-                        let Some(index) = index else {
-                            return trace.fail(format!(
-                                "server got a {} B message with no index",
-                                msg.data.len()
-                            ));
+                        let dir = Direction::ClientToServer;
+                        let Some(index) = trace.received(&workload, seed, dir, &msg.data) else {
+                            return;
                         };
-                        trace.delivered(Direction::ClientToServer, index, intact);
-                        let len = msg.data.len();
                         // The echo of message i is recorded as server → client message i.
-                        trace.sent(Direction::ServerToClient, index, len);
+                        trace.sent(Direction::ServerToClient, index, msg.data.len());
                         if let Err(e) = carrier.send_bytes(msg.data).await {
                             return trace.fail(format!("server send: {e}"));
                         }
@@ -252,8 +283,9 @@ pub async fn echo_server(
                 }
             }
             let _ = carrier.close().await;
-        });
-    }
+        }
+    })
+    .await
 }
 
 /// The echo client: initiates, sends every message, waits for every echo, closes.
@@ -335,14 +367,10 @@ async fn echo_round(
         while echoes < workload.messages {
             match carrier.receive().await {
                 Ok(Some(msg)) => {
-                    let (index, intact) = intact(workload, seed, &msg.data);
-                    let Some(index) = index else {
-                        return trace.fail(format!(
-                            "client got a {} B echo with no index",
-                            msg.data.len()
-                        ));
-                    };
-                    trace.delivered(Direction::ServerToClient, index, intact);
+                    let dir = Direction::ServerToClient;
+                    if trace.received(workload, seed, dir, &msg.data).is_none() {
+                        return;
+                    }
                     echoes += 1;
                 }
                 Ok(None) => return trace.fail("server closed the carrier early".into()),
@@ -370,22 +398,14 @@ pub async fn stream_server(
     seed: u64,
     trace: SharedTrace,
 ) -> turmoil::Result {
-    let local = ([0, 0, 0, 0], workload.port).into();
-    let mut listener = Listener::bind(net, local, config).await?;
-    loop {
-        let carrier = listener.accept().await?;
+    serve(net, config, &workload.clone(), move |carrier| {
         let (workload, trace) = (workload.clone(), trace.clone());
-        tokio::spawn(async move {
+        async move {
             while let Some(event) = carrier.next_event().await {
                 match event {
                     Event::Received(msg) => {
-                        let (index, intact) = intact(&workload, seed, &msg.data);
-                        match index {
-                            Some(i) => trace.delivered(Direction::ClientToServer, i, intact),
-                            None => {
-                                trace.fail(format!("a {} B message with no index", msg.data.len()))
-                            }
-                        }
+                        let dir = Direction::ClientToServer;
+                        trace.received(&workload, seed, dir, &msg.data);
                     }
                     Event::ConnectionError(e) => return trace.fail(format!("server carrier: {e}")),
                     Event::ReceiveError { id, error } => {
@@ -394,8 +414,9 @@ pub async fn stream_server(
                     _ => {}
                 }
             }
-        });
-    }
+        }
+    })
+    .await
 }
 
 /// The stream client: sends every message with its properties, records each message's

@@ -5,6 +5,7 @@
 use std::path::Path;
 use std::sync::Once;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
 
@@ -22,14 +23,34 @@ fn register_font() {
     });
 }
 
+/// Turns a plotting failure into the error naming the file being drawn.
+fn plot_error(path: &Path) -> impl Fn(&dyn std::fmt::Display) -> ReportError {
+    let shown = path.display().to_string();
+    move |e| ReportError::Plot {
+        path: shown.clone(),
+        message: e.to_string(),
+    }
+}
+
+type Chart<'a, 'b> =
+    ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// The series legend every plot here uses: upper left, on a translucent white box.
+fn draw_legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>) -> Result<(), String> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 15))
+        .draw()
+        .map_err(|e| e.to_string())
+}
+
 /// Draws the time-sequence diagram of `report` into a PNG at `path`.
 pub fn time_sequence(report: &Report, path: &Path) -> Result<(), ReportError> {
     register_font();
-    let shown = path.display().to_string();
-    let err = |e: &dyn std::fmt::Display| ReportError::Plot {
-        path: shown.clone(),
-        message: e.to_string(),
-    };
+    let err = plot_error(path);
     let mut max_t: f64 = 1.0;
     for m in &report.messages {
         max_t = max_t.max(m.sent_ms);
@@ -101,14 +122,7 @@ pub fn time_sequence(report: &Report, path: &Path) -> Result<(), ReportError> {
                 .legend(move |(x, y)| Cross::new((x + 10, y), 5, colour.stroke_width(2)));
         }
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 15))
-        .draw()
-        .map_err(|e| err(&e))?;
+    draw_legend(&mut chart).map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))?;
     Ok(())
 }
@@ -122,11 +136,7 @@ pub fn has_niceness(report: &Report) -> bool {
 /// top edge. Shows how urgent messages overtake a backlog and which ones a lifetime dropped.
 pub fn latency_by_niceness(report: &Report, path: &Path) -> Result<(), ReportError> {
     register_font();
-    let shown = path.display().to_string();
-    let err = |e: &dyn std::fmt::Display| ReportError::Plot {
-        path: shown.clone(),
-        message: e.to_string(),
-    };
+    let err = plot_error(path);
     let mut max_latency: f64 = 1.0;
     for m in &report.messages {
         if let Some(d) = m.delivered_ms.first() {
@@ -200,14 +210,7 @@ pub fn latency_by_niceness(report: &Report, path: &Path) -> Result<(), ReportErr
                 .legend(move |(x, y)| Cross::new((x + 10, y), 4, colour.stroke_width(2)));
         }
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 15))
-        .draw()
-        .map_err(|e| err(&e))?;
+    draw_legend(&mut chart).map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))?;
     Ok(())
 }
@@ -225,11 +228,7 @@ pub fn has_race(report: &Report) -> bool {
 /// coloured by outcome.
 pub fn racing_timeline(report: &Report, path: &Path) -> Result<(), ReportError> {
     register_font();
-    let shown = path.display().to_string();
-    let err = |e: &dyn std::fmt::Display| ReportError::Plot {
-        path: shown.clone(),
-        message: e.to_string(),
-    };
+    let err = plot_error(path);
     let Some(est) = &report.establishment else {
         return Ok(());
     };
@@ -313,11 +312,7 @@ pub fn racing_timeline(report: &Report, path: &Path) -> Result<(), ReportError> 
 /// carrier (and the last, when a scenario runs several), a black tick at each limit.
 pub fn ttfm_vs_limit(reports: &[Report], path: &Path) -> Result<(), ReportError> {
     register_font();
-    let shown = path.display().to_string();
-    let err = |e: &dyn std::fmt::Display| ReportError::Plot {
-        path: shown.clone(),
-        message: e.to_string(),
-    };
+    let err = plot_error(path);
     let mut firsts: Vec<&Report> = Vec::new();
     for r in reports {
         if r.metrics.ttfm_ms.is_some() && !firsts.iter().any(|f| f.scenario == r.scenario) {
