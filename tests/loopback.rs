@@ -1,23 +1,16 @@
 //! The same carrier code over real loopback sockets (the tokio backend).
 
+mod common;
+
 use std::sync::Arc;
 
 use postsock::net::{Net, TokioNet};
-use postsock::{Carrier, Configuration, Error, Listener, Protocol, Remote, Security, TestCa};
+use postsock::{Carrier, Configuration, Error, Listener, Protocol, Remote, TestCa};
 
+/// A server listening on both protocols, and a client restricted to `protocol`.
 fn configs(ca: &TestCa, protocol: Protocol) -> (Configuration, Configuration) {
-    let mut server = Configuration::default();
-    server
-        .protocols(&[Protocol::Quic, Protocol::TlsTcp])
-        .security(Security {
-            identity: Some(ca.issue(&["localhost"]).expect("identity")),
-            ..Security::default()
-        });
-    let mut client = Configuration::default();
-    client.protocols(&[protocol]).security(Security {
-        trusted_roots: vec![ca.root()],
-        ..Security::default()
-    });
+    let (mut server, client) = common::postsock_configs(ca, protocol);
+    server.protocols(&[Protocol::Quic, Protocol::TlsTcp]);
     (server, client)
 }
 

@@ -23,6 +23,16 @@ fn host(name: &str, gateway: Option<&str>, latency_ms: u64) -> HostSpec {
     }
 }
 
+/// The gateway `nat`, `latency_ms` from the core, translating as `nat` says.
+fn gateway(latency_ms: u64, nat: sim::NatSpec) -> GatewaySpec {
+    GatewaySpec {
+        name: "nat".into(),
+        latency_ms,
+        middlebox: Default::default(),
+        nat,
+    }
+}
+
 fn spec() -> WorldSpec {
     WorldSpec {
         hosts: vec![
@@ -30,12 +40,7 @@ fn spec() -> WorldSpec {
             host("direct", None, 0),
             host("server", None, 20),
         ],
-        gateways: vec![GatewaySpec {
-            name: "nat".into(),
-            latency_ms: 10,
-            middlebox: Default::default(),
-            nat: Default::default(),
-        }],
+        gateways: vec![gateway(10, Default::default())],
     }
 }
 
@@ -301,12 +306,7 @@ fn nat_world(nat: sim::NatSpec) -> WorldSpec {
             host("server-b", None, 10),
             host("outsider", None, 10),
         ],
-        gateways: vec![GatewaySpec {
-            name: "nat".into(),
-            latency_ms: 5,
-            middlebox: Default::default(),
-            nat,
-        }],
+        gateways: vec![gateway(5, nat)],
     }
 }
 
@@ -490,15 +490,13 @@ fn hairpin(hairpin: bool) -> Option<SocketAddr> {
             host("b", Some("nat"), 5),
             host("server-a", None, 10),
         ],
-        gateways: vec![GatewaySpec {
-            name: "nat".into(),
-            latency_ms: 5,
-            middlebox: Default::default(),
-            nat: sim::NatSpec {
+        gateways: vec![gateway(
+            5,
+            sim::NatSpec {
                 hairpin: Some(hairpin),
                 ..Default::default()
             },
-        }],
+        )],
     };
     let mut world = World::new(&spec, 3, Duration::from_secs(10)).expect("world");
     let gateway = world.ip("nat").expect("ip");
