@@ -150,34 +150,23 @@ async fn accept_quic(
                     return None;
                 }
             };
-            match connecting.into_0rtt() {
-                Ok((conn, _always_true)) => Some(Carrier::start(
-                    Transient::Quic {
-                        conn,
-                        endpoint: None,
-                        resumed: None,
-                        zero_rtt: None,
-                    },
-                    &config,
-                    None,
-                )),
+            let conn = match connecting.into_0rtt() {
+                Ok((conn, _always_true)) => conn,
                 Err(connecting) => match connecting.await {
-                    Ok(conn) => Some(Carrier::start(
-                        Transient::Quic {
-                            conn,
-                            endpoint: None,
-                            resumed: None,
-                            zero_rtt: None,
-                        },
-                        &config,
-                        None,
-                    )),
+                    Ok(conn) => conn,
                     Err(e) => {
                         tracing::debug!("QUIC handshake failed: {e}");
-                        None
+                        return None;
                     }
                 },
-            }
+            };
+            let transient = Transient::Quic {
+                conn,
+                endpoint: None,
+                resumed: None,
+                zero_rtt: None,
+            };
+            Some(Carrier::start(transient, &config, None))
         }
     };
     accept_loop(next, handshake, queue).await;
