@@ -96,8 +96,6 @@ struct Live {
     started: bool,
     /// The final part has been handed to the transient.
     dispatched: bool,
-    /// No more parts will be pushed (the whole message is queued).
-    complete: bool,
     /// The ordered reliable message sent before this one, if this one is ordered too: it
     /// must be handed to the transport first (RFC 9622 §9.1.3.3, whatever the niceness).
     prev_ordered: Option<MessageId>,
@@ -199,8 +197,8 @@ impl Outbox {
         *self.one_way.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Registers a new message and returns its handle. `complete` says whether every part
-    /// is pushed now (a whole message) or more parts follow.
+    /// Registers a new message (its parts follow with [`push`](Self::push)) and returns its
+    /// handle.
     pub(crate) fn open(
         &self,
         props: MessageProperties,
@@ -232,7 +230,6 @@ impl Outbox {
                 status: cell.clone(),
                 started: false,
                 dispatched: false,
-                complete: false,
                 prev_ordered,
             },
         );
@@ -250,14 +247,10 @@ impl Outbox {
         permit: Option<OwnedSemaphorePermit>,
         deadline: Option<Instant>,
     ) {
-        let abort = false;
         let mut st = self.lock();
-        let Some(live) = st.live.get_mut(&id) else {
+        if !st.live.contains_key(&id) {
             // Already settled (expired or failed): later parts are dropped with their permits.
             return;
-        };
-        if fin || abort {
-            live.complete = true;
         }
         let seq = st.next_seq;
         st.next_seq += 1;
@@ -266,7 +259,7 @@ impl Outbox {
             offset,
             data,
             fin,
-            abort,
+            abort: false,
             props: props.clone(),
             deadline,
             seq,
