@@ -185,6 +185,8 @@ fn default_duration() -> u64 {
 #[serde(rename_all = "kebab-case")]
 enum FaultAction {
     LinkDown,
+    Blackhole,
+    Flap,
     Bounce,
     SetMiddlebox,
     NatReboot,
@@ -198,6 +200,17 @@ struct FaultEntry {
     at_ms: u64,
     action: Spanned<FaultAction>,
     host: Spanned<String>,
+    /// Which interface of a multi-homed host (link actions).
+    #[serde(default)]
+    interface: Option<Spanned<String>>,
+    /// `flap`: how long each down and each up phase lasts.
+    #[serde(default)]
+    period_ms: Option<u64>,
+    /// `flap`: how many down-up cycles.
+    #[serde(default)]
+    count: Option<u32>,
+    #[serde(default)]
+    latency_ms: Option<u64>,
     #[serde(default)]
     loss: Option<f64>,
     #[serde(default)]
@@ -416,10 +429,76 @@ impl Scenario {
                 known_host(&f.host)?;
             }
             let host = f.host.get_ref().clone();
-            let has_params =
-                f.loss.is_some() || f.bandwidth_kbps.is_some() || f.queue_bytes.is_some();
-            let fault = match f.action.get_ref() {
-                _ if f.middlebox.is_some() && *f.action.get_ref() != FaultAction::SetMiddlebox => {
+            let action = *f.action.get_ref();
+            let link_action = matches!(
+                action,
+                FaultAction::LinkDown
+                    | FaultAction::LinkUp
+                    | FaultAction::Blackhole
+                    | FaultAction::Flap
+                    | FaultAction::SetLink
+            );
+            let interface =
+                match &f.interface {
+                    Some(name) if !link_action => return Err(at(
+                        name.span().start,
+                        "interface belongs to the link actions (link-down, link-up, blackhole, \
+                         flap, set-link)"
+                            .into(),
+                    )),
+                    Some(name) => {
+                        let spec = world.hosts.iter().find(|h| h.name == host);
+                        let names: Vec<&str> = match spec {
+                            Some(h) if h.interfaces.is_empty() => vec![sim::DEFAULT_INTERFACE],
+                            Some(h) => h.interfaces.iter().map(|i| i.name.as_str()).collect(),
+                            None => Vec::new(),
+                        };
+                        if !names.contains(&name.get_ref().as_str()) {
+                            return Err(at(
+                                name.span().start,
+                                format!(
+                                    "host `{host}` has no interface `{}` (interfaces: {})",
+                                    name.get_ref(),
+                                    names.join(", ")
+                                ),
+                            ));
+                        }
+                        Some(name.get_ref().clone())
+                    }
+                    None => {
+                        let multi = world
+                            .hosts
+                            .iter()
+                            .find(|h| h.name == host)
+                            .filter(|h| h.interfaces.len() > 1);
+                        if let (Some(h), true) = (multi, link_action) {
+                            let names: Vec<&str> =
+                                h.interfaces.iter().map(|i| i.name.as_str()).collect();
+                            return Err(at(
+                                f.action.span().start,
+                                format!(
+                                    "host `{host}` has several interfaces: name one with \
+                                 `interface = ...` ({})",
+                                    names.join(", ")
+                                ),
+                            ));
+                        }
+                        None
+                    }
+                };
+            let has_params = f.loss.is_some()
+                || f.bandwidth_kbps.is_some()
+                || f.queue_bytes.is_some()
+                || f.latency_ms.is_some();
+            if (f.period_ms.is_some() || f.count.is_some()) && action != FaultAction::Flap {
+                return Err(at(
+                    f.action.span().start,
+                    "period_ms and count belong to action `flap` only".into(),
+                ));
+            }
+            let mut expanded = Vec::new();
+            let fault = match action {
+                _ if f.middlebox.is_some() && action != FaultAction::SetMiddlebox => {
                     return Err(at(
                         f.action.span().start,
                         "middlebox belongs to action `set-middlebox` only".into(),
@@ -449,14 +528,54 @@ impl Scenario {
                     }
                     Fault::NatReboot { host }
                 }
-                FaultAction::LinkDown | FaultAction::LinkUp | FaultAction::Bounce if has_params => {
+                FaultAction::LinkDown
+                | FaultAction::LinkUp
+                | FaultAction::Blackhole
+                | FaultAction::Flap
+                | FaultAction::Bounce
+                    if has_params =>
+                {
                     return Err(at(
                         f.action.span().start,
-                        "loss, bandwidth_kbps and queue_bytes belong to action `set-link` only"
+                        "loss, bandwidth_kbps, queue_bytes and latency_ms belong to action \
+                         `set-link` only"
                             .into(),
                     ))
                 }
-                FaultAction::LinkDown => Fault::LinkDown { host },
+                FaultAction::LinkDown => Fault::LinkDown { host, interface },
+                FaultAction::Blackhole => Fault::Blackhole { host, interface },
+                FaultAction::Flap => {
+                    let (Some(period), Some(count)) = (f.period_ms, f.count) else {
+                        return Err(at(
+                            f.action.span().start,
+                            "flap needs `period_ms` (each phase) and `count` (cycles)".into(),
+                        ));
+                    };
+                    if period == 0 || count == 0 {
+                        return Err(at(
+                            f.action.span().start,
+                            "flap needs a positive period_ms and count".into(),
+                        ));
+                    }
+                    // Down for a period, up for a period, `count` times.
+                    for k in 0..u64::from(count) {
+                        expanded.push(TimedFault {
+                            at_ms: f.at_ms + 2 * k * period,
+                            fault: Fault::LinkDown {
+                                host: host.clone(),
+                                interface: interface.clone(),
+                            },
+                        });
+                        expanded.push(TimedFault {
+                            at_ms: f.at_ms + (2 * k + 1) * period,
+                            fault: Fault::LinkUp {
+                                host: host.clone(),
+                                interface: interface.clone(),
+                            },
+                        });
+                    }
+                    Fault::LinkUp { host, interface }
+                }
                 FaultAction::Bounce => {
                     if host != *file.workload.server.get_ref() {
                         return Err(at(
@@ -466,7 +585,7 @@ impl Scenario {
                     }
                     Fault::Bounce { host }
                 }
-                FaultAction::LinkUp => Fault::LinkUp { host },
+                FaultAction::LinkUp => Fault::LinkUp { host, interface },
                 FaultAction::SetLink => {
                     let check = LinkParams {
                         loss: f.loss.unwrap_or(0.0),
@@ -477,25 +596,31 @@ impl Scenario {
                     check.validate().map_err(|e| at(f.action.span().start, e))?;
                     Fault::SetLink {
                         host,
+                        interface,
                         loss: f.loss,
                         bandwidth_kbps: f.bandwidth_kbps,
                         queue_bytes: f.queue_bytes,
+                        latency_ms: f.latency_ms,
                     }
                 }
             };
-            if f.at_ms >= file.duration_s * 1000 {
+            if expanded.is_empty() {
+                expanded.push(TimedFault {
+                    at_ms: f.at_ms,
+                    fault,
+                });
+            }
+            let last = expanded.iter().map(|t| t.at_ms).max().unwrap_or(f.at_ms);
+            if last >= file.duration_s * 1000 {
                 return Err(at(
                     f.action.span().start,
                     format!(
-                        "fault at {} ms is after the end of the scenario ({} s)",
-                        f.at_ms, file.duration_s
+                        "fault at {last} ms is after the end of the scenario ({} s)",
+                        file.duration_s
                     ),
                 ));
             }
-            faults.push(TimedFault {
-                at_ms: f.at_ms,
-                fault,
-            });
+            faults.extend(expanded);
         }
         faults.sort_by_key(|f| f.at_ms);
         let mut expect = Vec::new();

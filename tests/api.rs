@@ -125,6 +125,7 @@ fn simulate<S, SF, C, CF>(
                 gateway: None,
                 link: uplink,
                 aliases: Vec::new(),
+                interfaces: Vec::new(),
             },
             HostSpec {
                 name: "server".into(),
@@ -134,6 +135,7 @@ fn simulate<S, SF, C, CF>(
                     ..LinkParams::default()
                 },
                 aliases: Vec::new(),
+                interfaces: Vec::new(),
             },
         ],
         gateways: vec![],

@@ -157,12 +157,14 @@ fn link_down_fault_stalls_and_link_up_recovers() {
             at_ms: 100,
             fault: sim::Fault::LinkDown {
                 host: "client".into(),
+                interface: None,
             },
         },
         testbed::scenario::TimedFault {
             at_ms: 2100,
             fault: sim::Fault::LinkUp {
                 host: "client".into(),
+                interface: None,
             },
         },
     ];

@@ -20,6 +20,7 @@ fn host(name: &str, gateway: Option<&str>, latency_ms: u64) -> HostSpec {
             ..LinkParams::default()
         },
         aliases: Vec::new(),
+        interfaces: Vec::new(),
     }
 }
 

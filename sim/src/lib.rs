@@ -27,8 +27,9 @@ pub mod world;
 pub use link::{LinkParams, Verdict};
 pub use net::SimNet;
 pub use world::{
-    Dependence, Fault, GatewaySpec, HostSpec, LinkCounters, Middlebox, NatBehaviour, NatPreset,
-    NatSpec, PortAssignment, World, WorldSpec,
+    Dependence, Fault, GatewaySpec, HostSpec, InterfaceSpec, InterfaceStatus, LinkCounters,
+    Middlebox, NatBehaviour, NatPreset, NatSpec, PortAssignment, World, WorldSpec,
+    DEFAULT_INTERFACE,
 };
 
 /// Errors of the simulator.

@@ -20,7 +20,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use postsock::net::{AsyncUdpSocket, BoxFuture, ByteStream, Net, StreamListener};
+use postsock::net::{
+    AsyncUdpSocket, BoxFuture, ByteStream, Interface, LinkQuality, Net, StreamListener,
+};
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::UdpPoller;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
@@ -31,7 +33,7 @@ use tokio::time::Instant;
 use crate::link::Verdict;
 use crate::overlay::{self, OVERLAY_PORT};
 use crate::rng;
-use crate::world::{Role, WorldState};
+use crate::world::WorldState;
 
 /// Status byte a gateway sends when its spliced TCP connect succeeded.
 pub(crate) const SPLICE_OK: u8 = 0;
@@ -44,8 +46,15 @@ pub struct SimNet {
     state: Arc<WorldState>,
     host: String,
     ip: IpAddr,
-    gateway: Option<IpAddr>,
     seeds: AtomicU64,
+}
+
+/// Where one interface of the host leads: its address, gateway and access link.
+#[derive(Debug, Clone)]
+struct Route {
+    ip: IpAddr,
+    gateway: Option<IpAddr>,
+    link: String,
 }
 
 impl fmt::Debug for SimNet {
@@ -53,26 +62,41 @@ impl fmt::Debug for SimNet {
         f.debug_struct("SimNet")
             .field("host", &self.host)
             .field("ip", &self.ip)
-            .field("gateway", &self.gateway)
             .finish()
     }
 }
 
 impl SimNet {
     pub(crate) fn new(state: Arc<WorldState>, host: String) -> Self {
-        let node = &state.nodes[&host];
-        let ip = node.ip;
-        let gateway = match &node.role {
-            Role::Private { gateway } => state.resolve(gateway),
-            _ => None,
-        };
+        let ip = state.nodes[&host].ip;
         SimNet {
             state,
             host,
             ip,
-            gateway,
             seeds: AtomicU64::new(0),
         }
+    }
+
+    /// The interface owning local address `ip` (the first one for the host's own or an
+    /// unspecified address).
+    fn route(&self, ip: IpAddr) -> io::Result<Route> {
+        let node = &self.state.nodes[&self.host];
+        let iface = node.iface_for(ip).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::AddrNotAvailable,
+                format!("`{}` has no interface with address {ip}", self.host),
+            )
+        })?;
+        Ok(Route {
+            ip: iface.ip,
+            gateway: iface.gateway.as_ref().and_then(|g| self.state.resolve(g)),
+            link: iface.link.clone(),
+        })
+    }
+
+    /// The host's interfaces now, as the simulator knows them.
+    pub fn interface_status(&self) -> Vec<crate::world::InterfaceStatus> {
+        self.state.interfaces(&self.host)
     }
 
     /// The host's name.
@@ -106,20 +130,30 @@ impl SimNet {
 impl Net for SimNet {
     fn bind_udp(&self, local: SocketAddr) -> BoxFuture<'_, io::Result<Arc<dyn AsyncUdpSocket>>> {
         Box::pin(async move {
+            let route = self.route(local.ip())?;
             let bind: SocketAddr = (Ipv4Addr::UNSPECIFIED, local.port()).into();
             let socket = Arc::new(turmoil::net::UdpSocket::bind(bind).await?);
             let port = socket.local_addr()?.port();
-            let local = SocketAddr::new(self.ip, port);
-            let via = self.gateway.map(|g| SocketAddr::new(g, OVERLAY_PORT));
+            let local = SocketAddr::new(route.ip, port);
+            let via = route.gateway.map(|g| SocketAddr::new(g, OVERLAY_PORT));
             Ok(
-                SimUdpSocket::start(self.state.clone(), self.host.clone(), socket, local, via)
+                SimUdpSocket::start(self.state.clone(), route.link, socket, local, via)
                     as Arc<dyn AsyncUdpSocket>,
             )
         })
     }
 
     fn connect_tcp(&self, remote: SocketAddr) -> BoxFuture<'_, io::Result<Box<dyn ByteStream>>> {
+        self.connect_tcp_from(self.ip, remote)
+    }
+
+    fn connect_tcp_from(
+        &self,
+        local: IpAddr,
+        remote: SocketAddr,
+    ) -> BoxFuture<'_, io::Result<Box<dyn ByteStream>>> {
         Box::pin(async move {
+            let route = self.route(local)?;
             let start = Instant::now();
             let refused = || {
                 io::Error::new(
@@ -127,19 +161,21 @@ impl Net for SimNet {
                     format!("connection to {remote} refused (reset)"),
                 )
             };
-            match self.gateway {
+            match route.gateway {
                 Some(gateway) => {
                     // The destination travels with the SYN, as it would inside a real packet.
                     self.state.push_tcp_intent(self.ip, gateway, remote);
                     let mut stream =
                         match turmoil::net::TcpStream::connect((gateway, OVERLAY_PORT)).await {
                             Ok(s) => s,
-                            Err(_) => return self.unreachable(start, gateway).await,
+                            Err(_) => return self.unreachable(&route, start, gateway).await,
                         };
                     self.check_host(stream.local_addr()?)?;
                     // The gateway answers once the far side's SYN-ACK would have reached it.
                     match stream.read_u8().await {
-                        Ok(SPLICE_OK) => Ok(Box::new(self.stream(stream)) as Box<dyn ByteStream>),
+                        Ok(SPLICE_OK) => {
+                            Ok(Box::new(self.stream(stream, &route)) as Box<dyn ByteStream>)
+                        }
                         _ => Err(refused()),
                     }
                 }
@@ -148,9 +184,9 @@ impl Net for SimNet {
                         self.check_host(stream.local_addr()?)?;
                         // turmoil returns when the SYN arrives; the SYN-ACK needs as long again.
                         tokio::time::sleep_until(start + self.rtt_to(remote.ip())).await;
-                        Ok(Box::new(self.stream(stream)) as Box<dyn ByteStream>)
+                        Ok(Box::new(self.stream(stream, &route)) as Box<dyn ByteStream>)
                     }
-                    Err(_) => self.unreachable(start, remote.ip()).await,
+                    Err(_) => self.unreachable(&route, start, remote.ip()).await,
                 },
             }
         })
@@ -161,11 +197,12 @@ impl Net for SimNet {
             let bind: SocketAddr = (Ipv4Addr::UNSPECIFIED, local.port()).into();
             let listener = turmoil::net::TcpListener::bind(bind).await?;
             let port = listener.local_addr()?.port();
+            let route = self.route(local.ip())?;
             Ok(Box::new(SimListener {
                 listener,
-                local: SocketAddr::new(self.ip, port),
+                local: SocketAddr::new(route.ip, port),
                 state: self.state.clone(),
-                host: self.host.clone(),
+                link: route.link,
             }) as Box<dyn StreamListener>)
         })
     }
@@ -190,6 +227,32 @@ impl Net for SimNet {
         })
     }
 
+    fn interfaces(&self) -> Vec<Interface> {
+        self.state
+            .interfaces(&self.host)
+            .into_iter()
+            .map(|i| Interface {
+                name: i.name,
+                addrs: vec![i.ip],
+                up: i.up,
+                quality: Some(LinkQuality {
+                    latency: Duration::from_millis(i.latency_ms),
+                    loss: i.loss,
+                }),
+            })
+            .collect()
+    }
+
+    fn interfaces_changed(&self) -> BoxFuture<'_, ()> {
+        let mut changes = self.state.iface_changes.subscribe();
+        changes.mark_unchanged();
+        Box::pin(async move {
+            if changes.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        })
+    }
+
     fn rng_seed(&self) -> Option<[u8; 32]> {
         let n = self.seeds.fetch_add(1, Ordering::Relaxed);
         Some(rng::seed_bytes(
@@ -200,18 +263,19 @@ impl Net for SimNet {
 }
 
 impl SimNet {
-    fn stream(&self, stream: turmoil::net::TcpStream) -> SimStream {
-        SimStream::new(stream, self.state.clone(), self.host.clone())
+    fn stream(&self, stream: turmoil::net::TcpStream, route: &Route) -> SimStream {
+        SimStream::new(stream, self.state.clone(), route.link.clone())
     }
 
     /// A failed connect: a dead access link black-holes the SYN (the caller's timeout fires);
     /// otherwise the RST arrives after one round trip.
     async fn unreachable(
         &self,
+        route: &Route,
         start: Instant,
         towards: IpAddr,
     ) -> io::Result<Box<dyn ByteStream>> {
-        if self.state.link_is_down(&self.host) {
+        if self.state.link_is_down(&route.link) {
             std::future::pending::<()>().await;
         }
         tokio::time::sleep_until(start + self.rtt_to(towards)).await;
@@ -235,7 +299,8 @@ pub(crate) struct SimStream {
     local: Option<SocketAddr>,
     peer: Option<SocketAddr>,
     state: Arc<WorldState>,
-    host: String,
+    /// The access link its bytes go over.
+    link: String,
     segments: Option<mpsc::UnboundedSender<(Instant, Bytes)>>,
     writer: Option<tokio::task::JoinHandle<()>>,
     wait: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -245,7 +310,7 @@ impl SimStream {
     pub(crate) fn new(
         stream: turmoil::net::TcpStream,
         state: Arc<WorldState>,
-        host: String,
+        link: String,
     ) -> Self {
         let (local, peer) = (stream.local_addr().ok(), stream.peer_addr().ok());
         let (read, write) = stream.into_split();
@@ -256,7 +321,7 @@ impl SimStream {
             local,
             peer,
             state,
-            host,
+            link,
             segments: Some(tx),
             writer: Some(writer),
             wait: None,
@@ -289,7 +354,7 @@ impl Drop for SimStream {
 impl fmt::Debug for SimStream {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SimStream")
-            .field("host", &self.host)
+            .field("link", &self.link)
             .field("local", &self.local)
             .field("peer", &self.peer)
             .finish()
@@ -326,7 +391,7 @@ impl AsyncWrite for SimStream {
         };
         let mut taken = 0;
         for segment in buf.chunks(STREAM_SEGMENT) {
-            match self.state.offer_stream(&self.host, segment.len()) {
+            match self.state.offer_stream(&self.link, segment.len()) {
                 Ok(at) => {
                     if segments
                         .send((at, Bytes::copy_from_slice(segment)))
@@ -372,7 +437,7 @@ struct SimListener {
     listener: turmoil::net::TcpListener,
     local: SocketAddr,
     state: Arc<WorldState>,
-    host: String,
+    link: String,
 }
 
 impl fmt::Debug for SimListener {
@@ -387,7 +452,7 @@ impl StreamListener for SimListener {
     fn accept(&self) -> BoxFuture<'_, io::Result<(Box<dyn ByteStream>, SocketAddr)>> {
         Box::pin(async move {
             let (stream, peer) = self.listener.accept().await?;
-            let stream = SimStream::new(stream, self.state.clone(), self.host.clone());
+            let stream = SimStream::new(stream, self.state.clone(), self.link.clone());
             Ok((Box::new(stream) as Box<dyn ByteStream>, peer))
         })
     }
@@ -403,7 +468,8 @@ type Timed = (Instant, SocketAddr, Bytes);
 struct SimUdpSocket {
     local: SocketAddr,
     state: Arc<WorldState>,
-    host: String,
+    /// The access link of the interface it is bound to.
+    link: String,
     egress: mpsc::UnboundedSender<Timed>,
     ingress: Mutex<mpsc::UnboundedReceiver<(SocketAddr, Bytes)>>,
     tasks: Vec<AbortHandle>,
@@ -412,7 +478,7 @@ struct SimUdpSocket {
 impl fmt::Debug for SimUdpSocket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SimUdpSocket")
-            .field("host", &self.host)
+            .field("link", &self.link)
             .field("local", &self.local)
             .finish()
     }
@@ -429,7 +495,7 @@ impl Drop for SimUdpSocket {
 impl SimUdpSocket {
     fn start(
         state: Arc<WorldState>,
-        host: String,
+        link: String,
         socket: Arc<turmoil::net::UdpSocket>,
         local: SocketAddr,
         via: Option<SocketAddr>,
@@ -439,13 +505,13 @@ impl SimUdpSocket {
         let (ingress_tx, ingress_rx) = mpsc::unbounded_channel();
         let tasks = vec![
             tokio::spawn(egress(socket.clone(), egress_rx, via)).abort_handle(),
-            tokio::spawn(pump(socket, state.clone(), host.clone(), delay_tx, via)).abort_handle(),
+            tokio::spawn(pump(socket, state.clone(), link.clone(), delay_tx, via)).abort_handle(),
             tokio::spawn(deliver(delay_rx, ingress_tx)).abort_handle(),
         ];
         Arc::new(SimUdpSocket {
             local,
             state,
-            host,
+            link,
             egress: egress_tx,
             ingress: Mutex::new(ingress_rx),
             tasks,
@@ -453,7 +519,7 @@ impl SimUdpSocket {
     }
 
     fn offer(&self, dst: SocketAddr, datagram: &[u8]) {
-        if let Verdict::Deliver(at) = self.state.offer(&self.host, true, datagram.len()) {
+        if let Verdict::Deliver(at) = self.state.offer(&self.link, true, datagram.len()) {
             let _ = self
                 .egress
                 .send((at, dst, Bytes::copy_from_slice(datagram)));
@@ -496,7 +562,7 @@ async fn egress(
 async fn pump(
     socket: Arc<turmoil::net::UdpSocket>,
     state: Arc<WorldState>,
-    host: String,
+    link: String,
     delay: mpsc::UnboundedSender<Timed>,
     via: Option<SocketAddr>,
 ) {
@@ -514,7 +580,7 @@ async fn pump(
             Some(_) => continue,
             None => (from, &buf[..n]),
         };
-        if let Verdict::Deliver(at) = state.offer(&host, false, payload.len()) {
+        if let Verdict::Deliver(at) = state.offer(&link, false, payload.len()) {
             if delay
                 .send((at, src, Bytes::copy_from_slice(payload)))
                 .is_err()

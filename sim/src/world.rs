@@ -37,7 +37,27 @@ pub struct HostSpec {
     /// as a DNS name with several address records would.
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// The host's network interfaces, each through its own gateway (a multi-homed host, say
+    /// `wifi` and `cell`). Empty: one interface, `eth0`, with `gateway` and `link` above.
+    #[serde(default)]
+    pub interfaces: Vec<InterfaceSpec>,
 }
+
+/// One interface of a multi-homed host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterfaceSpec {
+    /// The interface's name (what postsock's path preferences refer to).
+    pub name: String,
+    /// The gateway this interface reaches the network through.
+    pub gateway: String,
+    /// The interface's access link to its gateway.
+    #[serde(default)]
+    pub link: LinkParams,
+}
+
+/// The name of a single-interface host's interface.
+pub const DEFAULT_INTERFACE: &str = "eth0";
 
 /// A gateway host: translates addresses for the hosts behind it (endpoint-independent
 /// mapping and filtering, port-preserving), and applies its middlebox policy.
@@ -256,47 +276,106 @@ impl WorldSpec {
             }
         }
         let gateways: BTreeSet<&str> = self.gateways.iter().map(|g| g.name.as_str()).collect();
+        let known_gateway = |host: &str, gw: &str| {
+            if gateways.contains(gw) {
+                return Ok(());
+            }
+            Err(SimError::Spec(format!(
+                "host `{host}` names gateway `{gw}`, which is not defined (gateways: {})",
+                gateways.iter().copied().collect::<Vec<_>>().join(", ")
+            )))
+        };
         for host in &self.hosts {
             if let Some(gw) = &host.gateway {
-                if !gateways.contains(gw.as_str()) {
-                    return Err(SimError::Spec(format!(
-                        "host `{}` names gateway `{gw}`, which is not defined (gateways: {})",
-                        host.name,
-                        gateways.iter().copied().collect::<Vec<_>>().join(", ")
-                    )));
-                }
+                known_gateway(&host.name, gw)?;
             }
             host.link
                 .validate()
                 .map_err(|e| SimError::Spec(format!("host `{}`: {e}", host.name)))?;
+            if host.interfaces.is_empty() {
+                continue;
+            }
+            if host.gateway.is_some() || host.link != LinkParams::default() {
+                return Err(SimError::Spec(format!(
+                    "host `{}` has `interfaces`: give each interface its gateway and link \
+                     instead of the host's `gateway` and `link`",
+                    host.name
+                )));
+            }
+            let mut seen = BTreeSet::new();
+            let mut via = BTreeSet::new();
+            for i in &host.interfaces {
+                if i.name.is_empty() || i.name.contains(|c: char| c.is_whitespace() || c == '/') {
+                    return Err(SimError::Spec(format!(
+                        "host `{}`: invalid interface name `{}`",
+                        host.name, i.name
+                    )));
+                }
+                if !seen.insert(i.name.as_str()) {
+                    return Err(SimError::Spec(format!(
+                        "host `{}`: interface `{}` is listed twice",
+                        host.name, i.name
+                    )));
+                }
+                known_gateway(&host.name, &i.gateway)?;
+                if !via.insert(i.gateway.as_str()) {
+                    return Err(SimError::Spec(format!(
+                        "host `{}`: two interfaces go through gateway `{}`; give each its own",
+                        host.name, i.gateway
+                    )));
+                }
+                i.link.validate().map_err(|e| {
+                    SimError::Spec(format!("host `{}` interface `{}`: {e}", host.name, i.name))
+                })?;
+            }
         }
         Ok(())
     }
 }
 
 /// A change to the world at a point of the timeline.
+///
+/// `interface` names one interface of a multi-homed host; `None` means the host's only
+/// interface (an error for a host with several).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Fault {
-    /// The host's access link goes down: everything sent over it is dropped.
+    /// The interface goes down and the host is told (its interface list shows it down, as
+    /// when Wi-Fi disassociates): everything sent over it is dropped.
     LinkDown {
         /// The host.
         host: String,
+        /// The interface.
+        interface: Option<String>,
     },
-    /// The host's access link comes back.
+    /// The interface comes back (this also ends a black hole).
     LinkUp {
         /// The host.
         host: String,
+        /// The interface.
+        interface: Option<String>,
     },
-    /// The host's access link changes its loss, rate or queue.
+    /// Everything sent over the interface silently vanishes; the host is not told (the
+    /// interface still looks up), as when the access point's uplink dies.
+    Blackhole {
+        /// The host.
+        host: String,
+        /// The interface.
+        interface: Option<String>,
+    },
+    /// The interface's access link changes its loss, rate, queue or latency.
     SetLink {
         /// The host.
         host: String,
+        /// The interface.
+        interface: Option<String>,
         /// New loss probability.
         loss: Option<f64>,
         /// New rate in kbit/s.
         bandwidth_kbps: Option<u64>,
         /// New queue size in bytes.
         queue_bytes: Option<usize>,
+        /// New one-way latency to the gateway (or core) in ms.
+        latency_ms: Option<u64>,
     },
     /// A gateway's middlebox policy changes (for example UDP becomes blocked).
     SetMiddlebox {
@@ -323,12 +402,24 @@ impl Fault {
     /// The host the fault applies to.
     pub fn host(&self) -> &str {
         match self {
-            Fault::LinkDown { host }
-            | Fault::LinkUp { host }
+            Fault::LinkDown { host, .. }
+            | Fault::LinkUp { host, .. }
+            | Fault::Blackhole { host, .. }
             | Fault::SetLink { host, .. }
             | Fault::SetMiddlebox { host, .. }
             | Fault::NatReboot { host }
             | Fault::Bounce { host } => host,
+        }
+    }
+
+    /// The interface the fault names, if any.
+    pub fn interface(&self) -> Option<&str> {
+        match self {
+            Fault::LinkDown { interface, .. }
+            | Fault::LinkUp { interface, .. }
+            | Fault::Blackhole { interface, .. }
+            | Fault::SetLink { interface, .. } => interface.as_deref(),
+            _ => None,
         }
     }
 }
@@ -336,7 +427,8 @@ impl Fault {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Role {
     Public,
-    Private { gateway: String },
+    /// Behind gateways: each interface names its own.
+    Private,
     Gateway,
 }
 
@@ -345,6 +437,70 @@ pub(crate) struct Node {
     pub(crate) ip: IpAddr,
     pub(crate) role: Role,
     pub(crate) latency: Duration,
+    /// Endpoint hosts: their interfaces (one for a single-homed host).
+    pub(crate) ifaces: Vec<Iface>,
+}
+
+/// One interface of an endpoint host.
+#[derive(Debug)]
+pub(crate) struct Iface {
+    pub(crate) name: String,
+    /// The interface's own address (the host's turmoil address for a single-homed host; a
+    /// private 10.200/16 address per interface for a multi-homed one).
+    pub(crate) ip: IpAddr,
+    pub(crate) gateway: Option<String>,
+    /// One-way latency to the gateway or the core, in ms (a fault may change it).
+    pub(crate) latency_ms: std::sync::atomic::AtomicU64,
+    /// The key of its access link.
+    pub(crate) link: String,
+}
+
+impl Iface {
+    pub(crate) fn latency(&self) -> Duration {
+        Duration::from_millis(self.latency_ms.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+impl Node {
+    /// The interface that reaches the network through gateway `gw`.
+    pub(crate) fn iface_via(&self, gw: &str) -> Option<&Iface> {
+        self.ifaces
+            .iter()
+            .find(|i| i.gateway.as_deref() == Some(gw))
+    }
+
+    /// The interface with address `ip`, or the first for the host's own or an unspecified
+    /// address.
+    pub(crate) fn iface_for(&self, ip: IpAddr) -> Option<&Iface> {
+        if ip.is_unspecified() || ip == self.ip || ip.is_loopback() {
+            return self.ifaces.first();
+        }
+        self.ifaces.iter().find(|i| i.ip == ip)
+    }
+
+    /// A public node's latency to the core (a public host's may change by fault).
+    pub(crate) fn own_latency(&self) -> Duration {
+        self.ifaces.first().map_or(self.latency, Iface::latency)
+    }
+
+    pub(crate) fn iface_named(&self, name: &str) -> Option<&Iface> {
+        self.ifaces.iter().find(|i| i.name == name)
+    }
+}
+
+/// An interface as a host sees it: name, address, whether it is up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InterfaceStatus {
+    /// Interface name.
+    pub name: String,
+    /// Its address.
+    pub ip: IpAddr,
+    /// Up (not taken down by a `link-down` fault; a black hole still looks up).
+    pub up: bool,
+    /// One-way latency of its access link in ms, as the host's link layer knows it.
+    pub latency_ms: u64,
+    /// Loss probability of its access link.
+    pub loss: f64,
 }
 
 /// Both directions of a host's access link.
@@ -352,7 +508,10 @@ pub(crate) struct Node {
 pub(crate) struct AccessLink {
     pub(crate) up: LinkDirection,
     pub(crate) down: LinkDirection,
+    /// Down with the host told (a `link-down` fault).
     pub(crate) is_down: bool,
+    /// Silently dropping everything (a `blackhole` fault).
+    pub(crate) blackholed: bool,
 }
 
 /// Counters of one host's access link.
@@ -378,6 +537,8 @@ pub(crate) struct WorldState {
     middleboxes: Mutex<BTreeMap<String, Middlebox>>,
     /// How many times each gateway's NAT was rebooted (its mappings dropped).
     nat_epochs: Mutex<BTreeMap<String, u64>>,
+    /// Bumped whenever an interface goes down or comes up (what hosts' path monitors wait on).
+    pub(crate) iface_changes: tokio::sync::watch::Sender<u64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -418,18 +579,18 @@ impl WorldState {
         let nb = self.nodes.get(self.name_of(b)?)?;
         let (an, bn) = (self.name_of(a)?, self.name_of(b)?);
         match (&na.role, &nb.role) {
-            (Role::Private { gateway }, _) if gateway == bn => Some(na.latency),
-            (_, Role::Private { gateway }) if gateway == an => Some(nb.latency),
-            (Role::Private { .. }, _) | (_, Role::Private { .. }) => None,
-            _ => Some(na.latency + nb.latency),
+            (Role::Private, _) => na.iface_via(bn).map(Iface::latency),
+            (_, Role::Private) => nb.iface_via(an).map(Iface::latency),
+            _ => Some(na.own_latency() + nb.own_latency()),
         }
     }
 
-    pub(crate) fn offer(&self, host: &str, upstream: bool, len: usize) -> Verdict {
+    /// Offers a datagram to access link `link` (see [`Iface::link`]).
+    pub(crate) fn offer(&self, link: &str, upstream: bool, len: usize) -> Verdict {
         let now = tokio::time::Instant::now();
         let mut links = lock(&self.links);
-        match links.get_mut(host) {
-            Some(link) if link.is_down => {
+        match links.get_mut(link) {
+            Some(link) if link.is_down || link.blackholed => {
                 let dir = if upstream {
                     &mut link.up
                 } else {
@@ -451,14 +612,15 @@ impl WorldState {
         }
     }
 
-    /// Offers stream bytes to `host`'s upstream link; see [`LinkDirection::offer_stream`].
+    /// Offers stream bytes to the upstream of access link `link`; see
+    /// [`LinkDirection::offer_stream`].
     pub(crate) fn offer_stream(
         &self,
-        host: &str,
+        link: &str,
         len: usize,
     ) -> Result<tokio::time::Instant, Duration> {
         let now = tokio::time::Instant::now();
-        match lock(&self.links).get_mut(host) {
+        match lock(&self.links).get_mut(link) {
             Some(link) => link.up.offer_stream(now, len),
             None => Ok(now),
         }
@@ -477,8 +639,32 @@ impl WorldState {
             .and_then(VecDeque::pop_front)
     }
 
-    pub(crate) fn link_is_down(&self, host: &str) -> bool {
-        lock(&self.links).get(host).is_some_and(|l| l.is_down)
+    /// Whether access link `link` drops everything (down or black-holed).
+    pub(crate) fn link_is_down(&self, link: &str) -> bool {
+        lock(&self.links)
+            .get(link)
+            .is_some_and(|l| l.is_down || l.blackholed)
+    }
+
+    /// The interfaces of endpoint host `host`, as it sees them.
+    pub(crate) fn interfaces(&self, host: &str) -> Vec<InterfaceStatus> {
+        let Some(node) = self.nodes.get(host) else {
+            return Vec::new();
+        };
+        let links = lock(&self.links);
+        node.ifaces
+            .iter()
+            .map(|i| {
+                let link = links.get(&i.link);
+                InterfaceStatus {
+                    name: i.name.clone(),
+                    ip: i.ip,
+                    up: !link.is_some_and(|l| l.is_down),
+                    latency_ms: i.latency().as_millis() as u64,
+                    loss: link.map_or(0.0, |l| l.up.params().loss),
+                }
+            })
+            .collect()
     }
 }
 
@@ -526,36 +712,76 @@ impl<'a> World<'a> {
                 ip,
                 role: Role::Gateway,
                 latency: Duration::from_millis(g.latency_ms),
+                ifaces: Vec::new(),
             };
             nodes.insert(g.name.clone(), node);
         }
-        for h in &spec.hosts {
+        for (index, h) in spec.hosts.iter().enumerate() {
             let ip = sim.lookup(h.name.as_str());
             by_ip.insert(ip, h.name.clone());
-            let role = match &h.gateway {
-                Some(gateway) => Role::Private {
-                    gateway: gateway.clone(),
-                },
-                None => Role::Public,
+            // (name, address, gateway, link parameters, link key)
+            let ifaces: Vec<(String, IpAddr, Option<String>, LinkParams, String)> =
+                if h.interfaces.is_empty() {
+                    vec![(
+                        DEFAULT_INTERFACE.to_string(),
+                        ip,
+                        h.gateway.clone(),
+                        h.link.clone(),
+                        h.name.clone(),
+                    )]
+                } else {
+                    h.interfaces
+                        .iter()
+                        .enumerate()
+                        .map(|(k, i)| {
+                            let addr = IpAddr::from([10, 200, index as u8, k as u8 + 1]);
+                            let key = format!("{}/{}", h.name, i.name);
+                            (
+                                i.name.clone(),
+                                addr,
+                                Some(i.gateway.clone()),
+                                i.link.clone(),
+                                key,
+                            )
+                        })
+                        .collect()
+                };
+            let role = if ifaces.iter().any(|i| i.2.is_some()) {
+                Role::Private
+            } else {
+                Role::Public
             };
+            for (_, _, _, params, key) in &ifaces {
+                let access = AccessLink {
+                    up: LinkDirection::new(
+                        params.clone(),
+                        rng::stream(seed, &format!("link/{key}/up")),
+                    ),
+                    down: LinkDirection::new(
+                        params.clone(),
+                        rng::stream(seed, &format!("link/{key}/down")),
+                    ),
+                    is_down: false,
+                    blackholed: false,
+                };
+                links.insert(key.clone(), access);
+            }
             let node = Node {
                 ip,
                 role,
                 latency: Duration::from_millis(h.link.latency_ms),
+                ifaces: ifaces
+                    .into_iter()
+                    .map(|(name, ip, gateway, params, link)| Iface {
+                        name,
+                        ip,
+                        gateway,
+                        latency_ms: params.latency_ms.into(),
+                        link,
+                    })
+                    .collect(),
             };
             nodes.insert(h.name.clone(), node);
-            let access = AccessLink {
-                up: LinkDirection::new(
-                    h.link.clone(),
-                    rng::stream(seed, &format!("link/{}/up", h.name)),
-                ),
-                down: LinkDirection::new(
-                    h.link.clone(),
-                    rng::stream(seed, &format!("link/{}/down", h.name)),
-                ),
-                is_down: false,
-            };
-            links.insert(h.name.clone(), access);
         }
         let mut names: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
         for g in &spec.gateways {
@@ -578,6 +804,7 @@ impl<'a> World<'a> {
             links: Mutex::new(links),
             tcp_intents: Mutex::new(BTreeMap::new()),
             nat_epochs: Mutex::new(BTreeMap::new()),
+            iface_changes: tokio::sync::watch::channel(0).0,
             middleboxes: Mutex::new(
                 spec.gateways
                     .iter()
@@ -611,14 +838,17 @@ impl<'a> World<'a> {
     }
 
     /// The one-way latency between hosts `a` and `b` along the simulated path (access links,
-    /// gateways, core), if both exist.
+    /// gateways, core; a multi-homed host's first interface), if both exist.
     pub fn path_latency(&self, a: &str, b: &str) -> Option<Duration> {
         let edge = |name: &str| -> Option<(Duration, String)> {
             let node = self.state.nodes.get(name)?;
-            Some(match &node.role {
-                Role::Private { gateway } => (node.latency, gateway.clone()),
-                _ => (Duration::ZERO, name.to_string()),
-            })
+            let first = node.ifaces.first();
+            Some(
+                match first.and_then(|i| i.gateway.as_ref().map(|g| (i, g))) {
+                    Some((iface, gateway)) => (iface.latency(), gateway.clone()),
+                    None => (Duration::ZERO, name.to_string()),
+                },
+            )
         };
         let (la, ea) = edge(a)?;
         let (lb, eb) = edge(b)?;
@@ -746,11 +976,28 @@ impl<'a> World<'a> {
             self.sim.bounce(host.as_str());
             return Ok(());
         }
-        let peers = self.access_peers(&host);
+        let iface = match fault.interface() {
+            Some(name) => node.iface_named(name),
+            None if node.ifaces.len() == 1 => node.ifaces.first(),
+            None => None,
+        }
+        .ok_or_else(|| {
+            let names: Vec<&str> = node.ifaces.iter().map(|i| i.name.as_str()).collect();
+            SimError::Spec(format!(
+                "fault on `{host}`: name one of its interfaces ({}){}",
+                names.join(", "),
+                fault
+                    .interface()
+                    .map(|n| format!(", not `{n}`"))
+                    .unwrap_or_default()
+            ))
+        })?;
+        let (key, gateway) = (iface.link.clone(), iface.gateway.clone());
+        let peers = self.access_peers(&host, gateway.as_deref());
         match fault {
-            // TCP has no loss model here: hold its segments while the link is down, as
-            // retransmission would deliver them after it returns. UDP is dropped below.
-            Fault::LinkDown { .. } => {
+            // TCP has no loss model here: hold its segments while the link drops everything,
+            // as retransmission would deliver them after it returns. UDP is dropped below.
+            Fault::LinkDown { .. } | Fault::Blackhole { .. } => {
                 for p in &peers {
                     self.sim.hold(host.as_str(), p.as_str());
                 }
@@ -760,23 +1007,42 @@ impl<'a> World<'a> {
                     self.sim.release(host.as_str(), p.as_str());
                 }
             }
-            Fault::SetLink { .. }
-            | Fault::Bounce { .. }
-            | Fault::SetMiddlebox { .. }
-            | Fault::NatReboot { .. } => {}
+            Fault::SetLink {
+                latency_ms: Some(ms),
+                ..
+            } => {
+                iface
+                    .latency_ms
+                    .store(*ms, std::sync::atomic::Ordering::Relaxed);
+                let (a, own) = (node.ip, Duration::from_millis(*ms));
+                for p in &peers {
+                    let peer = &self.state.nodes[p.as_str()];
+                    let lat = match &gateway {
+                        Some(_) => own,
+                        None => own + peer.own_latency(),
+                    };
+                    self.sim.set_link_latency(a, peer.ip, lat);
+                }
+            }
+            _ => {}
         }
         let mut links = lock(&self.state.links);
         let link = links
-            .get_mut(&host)
+            .get_mut(&key)
             .ok_or_else(|| SimError::Spec(format!("`{host}` has no access link")))?;
+        let was_down = link.is_down;
         match fault {
             Fault::LinkDown { .. } => link.is_down = true,
-            Fault::LinkUp { .. } => link.is_down = false,
-            Fault::Bounce { .. } | Fault::SetMiddlebox { .. } | Fault::NatReboot { .. } => {}
+            Fault::Blackhole { .. } => link.blackholed = true,
+            Fault::LinkUp { .. } => {
+                link.is_down = false;
+                link.blackholed = false;
+            }
             Fault::SetLink {
                 loss,
                 bandwidth_kbps,
                 queue_bytes,
+                latency_ms,
                 ..
             } => {
                 let mut params = link.up.params().clone();
@@ -789,26 +1055,35 @@ impl<'a> World<'a> {
                 if let Some(q) = queue_bytes {
                     params.queue_bytes = *q;
                 }
+                if let Some(ms) = latency_ms {
+                    params.latency_ms = *ms;
+                }
                 params
                     .validate()
                     .map_err(|e| SimError::Spec(format!("fault on `{host}`: {e}")))?;
                 link.up.set_params(params.clone());
                 link.down.set_params(params);
             }
+            Fault::Bounce { .. } | Fault::SetMiddlebox { .. } | Fault::NatReboot { .. } => {}
+        }
+        let changed = link.is_down != was_down;
+        drop(links);
+        if changed {
+            // Hosts' path monitors re-read the interface list (a black hole is not told).
+            self.state.iface_changes.send_modify(|n| *n += 1);
         }
         Ok(())
     }
 
-    /// The registered nodes `host` talks to over its access link.
-    fn access_peers(&self, host: &str) -> Vec<String> {
-        match &self.state.nodes[host].role {
-            Role::Private { gateway } => vec![gateway.clone()],
-            _ => self
+    /// The registered nodes `host` talks to over the access link through `gateway` (or, for
+    /// a public host, directly).
+    fn access_peers(&self, host: &str, gateway: Option<&str>) -> Vec<String> {
+        match gateway {
+            Some(gateway) => vec![gateway.to_string()],
+            None => self
                 .registered
                 .iter()
-                .filter(|n| {
-                    *n != host && !matches!(self.state.nodes[n.as_str()].role, Role::Private { .. })
-                })
+                .filter(|n| *n != host && self.state.nodes[n.as_str()].role != Role::Private)
                 .cloned()
                 .collect(),
         }

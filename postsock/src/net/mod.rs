@@ -15,9 +15,10 @@ mod tokio_net;
 use std::fmt::Debug;
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 pub use quinn::AsyncUdpSocket;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -38,12 +39,59 @@ pub trait StreamListener: Send + Sync + Debug {
     fn local_addr(&self) -> io::Result<SocketAddr>;
 }
 
+/// A network interface as the host sees it: what the path monitor reports to carriers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Interface {
+    /// Its name (`wlan0`, `wifi`, `cell`...): what path preferences refer to.
+    pub name: String,
+    /// Its addresses; binding a socket to one sends through this interface.
+    pub addrs: Vec<IpAddr>,
+    /// Whether it is operationally up.
+    pub up: bool,
+    /// What the link layer knows of the path's quality, if anything.
+    pub quality: Option<LinkQuality>,
+}
+
+/// Link-layer knowledge of an interface's path (the simulator knows it exactly; an OS
+/// interface list does not say).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LinkQuality {
+    /// One-way latency of the access link.
+    pub latency: Duration,
+    /// Loss probability of the access link.
+    pub loss: f64,
+}
+
 /// The network as postsock sees it. See the [module docs](self).
 pub trait Net: Send + Sync + Debug {
     /// Binds a datagram socket at `local` (port 0 picks a free port).
     fn bind_udp(&self, local: SocketAddr) -> BoxFuture<'_, io::Result<Arc<dyn AsyncUdpSocket>>>;
     /// Opens a byte stream to `remote`; returns once the connection is established.
     fn connect_tcp(&self, remote: SocketAddr) -> BoxFuture<'_, io::Result<Box<dyn ByteStream>>>;
+    /// Opens a byte stream to `remote` from local address `local` (through the interface
+    /// that owns it). Networks that cannot choose an interface say so with `Unsupported`.
+    fn connect_tcp_from(
+        &self,
+        local: IpAddr,
+        remote: SocketAddr,
+    ) -> BoxFuture<'_, io::Result<Box<dyn ByteStream>>> {
+        let _ = (local, remote);
+        Box::pin(async {
+            Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "this network cannot choose the interface of a stream",
+            ))
+        })
+    }
+    /// The host's interfaces now. Empty when the network cannot tell (one default path).
+    fn interfaces(&self) -> Vec<Interface> {
+        Vec::new()
+    }
+    /// Resolves when the interface list may have changed (the path monitor then reads it
+    /// again): at once on an OS or simulator notification, or after a polling interval.
+    fn interfaces_changed(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::pending())
+    }
     /// Listens for byte streams at `local`.
     fn listen_tcp(&self, local: SocketAddr) -> BoxFuture<'_, io::Result<Box<dyn StreamListener>>>;
     /// Resolves `name` to addresses with `port`. Literal IP addresses resolve to themselves.

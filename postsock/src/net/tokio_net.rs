@@ -1,10 +1,13 @@
 //! [`Net`] over the operating system's sockets, through tokio.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use super::{AsyncUdpSocket, BoxFuture, ByteStream, Net, StreamListener};
+use super::{AsyncUdpSocket, BoxFuture, ByteStream, Interface, Net, StreamListener};
+
+/// How often the OS interface list is read again (there is no portable change notification).
+const INTERFACE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 use quinn::Runtime;
 
 /// The real network: OS sockets driven by tokio.
@@ -49,6 +52,47 @@ impl Net for TokioNet {
             stream.set_nodelay(true)?;
             Ok(Box::new(stream) as Box<dyn ByteStream>)
         })
+    }
+
+    fn connect_tcp_from(
+        &self,
+        local: IpAddr,
+        remote: SocketAddr,
+    ) -> BoxFuture<'_, io::Result<Box<dyn ByteStream>>> {
+        Box::pin(async move {
+            let socket = match remote {
+                SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+            };
+            socket.bind(SocketAddr::new(local, 0))?;
+            let stream = socket.connect(remote).await?;
+            stream.set_nodelay(true)?;
+            Ok(Box::new(stream) as Box<dyn ByteStream>)
+        })
+    }
+
+    /// The OS interface list (getifaddrs on Unix), grouped by name in name order.
+    fn interfaces(&self) -> Vec<Interface> {
+        let Ok(list) = if_addrs::get_if_addrs() else {
+            return Vec::new();
+        };
+        let mut by_name: std::collections::BTreeMap<String, Interface> = Default::default();
+        for i in list {
+            let up = i.is_oper_up() || i.is_loopback();
+            let entry = by_name.entry(i.name.clone()).or_insert_with(|| Interface {
+                name: i.name.clone(),
+                addrs: Vec::new(),
+                up,
+                quality: None,
+            });
+            entry.addrs.push(i.ip());
+            entry.up |= up;
+        }
+        by_name.into_values().collect()
+    }
+
+    fn interfaces_changed(&self) -> BoxFuture<'_, ()> {
+        Box::pin(tokio::time::sleep(INTERFACE_POLL))
     }
 
     fn listen_tcp(&self, local: SocketAddr) -> BoxFuture<'_, io::Result<Box<dyn StreamListener>>> {
