@@ -51,6 +51,16 @@ fn setup(scenario: &Scenario) -> Result<Setup, String> {
         client.associations = Some(postsock::Associations::new(Duration::from_secs(600)));
     }
     client.adaptive_attempt_delay = scenario.workload.adaptive_attempt_delay;
+    for (name, pref) in &scenario.workload.interfaces {
+        client.paths.interface(name.clone(), pref.preference());
+    }
+    if let Some(ms) = scenario.workload.return_after_ms {
+        client.paths.return_after = Duration::from_millis(ms);
+    }
+    if let Some(s) = scenario.workload.dormant_timeout_s {
+        client.dormant_timeout = Duration::from_secs(s);
+        server.dormant_timeout = Duration::from_secs(s);
+    }
     Ok(Setup { client, server })
 }
 
@@ -237,6 +247,67 @@ fn build_report(
             metrics.ttfm_last_limit_ms = Some(reports::model::round_us(limit));
         }
     }
+    // Path faults on the client: the interruption each caused, until the next delivery.
+    let client = scenario.workload.client.get_ref();
+    let path_faults_ms: Vec<f64> = scenario
+        .faults
+        .iter()
+        .filter(|f| match &f.fault {
+            sim::Fault::LinkDown { host, .. } | sim::Fault::Blackhole { host, .. } => {
+                host == client
+            }
+            sim::Fault::NatReboot { host } => scenario
+                .world
+                .hosts
+                .iter()
+                .filter(|h| &h.name == client)
+                .any(|h| {
+                    h.gateway.as_ref() == Some(host)
+                        || h.interfaces.iter().any(|i| &i.gateway == host)
+                }),
+            _ => false,
+        })
+        .map(|f| f.at_ms as f64)
+        .collect();
+    let deliveries: Vec<f64> = {
+        let mut d: Vec<f64> = messages
+            .iter()
+            .filter(|m| m.direction == reports::Direction::ClientToServer)
+            .flat_map(|m| m.delivered_ms.iter().copied())
+            .collect();
+        d.sort_by(f64::total_cmp);
+        d
+    };
+    // After each fault: the longest stretch without a delivery, until the next fault (or
+    // 10 s). Deliveries already past the broken link when it broke still count.
+    metrics.failover_gap_ms = path_faults_ms
+        .iter()
+        .enumerate()
+        .filter_map(|(k, &t)| {
+            let until = path_faults_ms
+                .get(k + 1)
+                .copied()
+                .unwrap_or(f64::MAX)
+                .min(t + 10_000.0);
+            let mut prev = t;
+            let mut longest: Option<f64> = None;
+            for &d in deliveries.iter().filter(|&&d| d >= t && d <= until) {
+                longest = Some(longest.unwrap_or(0.0).max(d - prev));
+                prev = d;
+            }
+            longest.map(reports::model::round_us)
+        })
+        .reduce(f64::max);
+    metrics.handovers = trace
+        .path_events
+        .iter()
+        .filter(|e| e.event == "handover")
+        .count() as u64;
+    metrics.dormant = trace
+        .path_events
+        .iter()
+        .filter(|e| e.event == "dormant")
+        .count() as u64;
     if let Some(est) = &trace.establishment {
         metrics.attempts = est.attempts.len() as u64;
         metrics.established = u64::from(est.error.is_none());
@@ -280,6 +351,8 @@ fn build_report(
         links,
         faults,
         establishment: trace.establishment.clone(),
+        path_events: trace.path_events.clone(),
+        path_faults_ms,
         messages,
     }
 }

@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use std::collections::BTreeMap;
+
 use sim::{Fault, GatewaySpec, HostSpec, LinkParams, WorldSpec};
 use toml::Spanned;
 
@@ -134,6 +136,47 @@ pub struct Workload {
     /// 0-RTT on a resumed QUIC carrier.
     #[serde(default)]
     pub first_idempotent: Option<bool>,
+    /// The client's interface preferences, e.g. `{ wifi = "prefer", cell = "avoid" }`
+    /// (require, prefer, no-preference, avoid, prohibit).
+    #[serde(default)]
+    pub interfaces: BTreeMap<String, InterfacePreference>,
+    /// How long a better interface must stay up before the client moves back (ms; default
+    /// postsock's 2 s).
+    #[serde(default)]
+    pub return_after_ms: Option<u64>,
+    /// The dormant timeout of both ends, in s (default postsock's 30 s).
+    #[serde(default)]
+    pub dormant_timeout_s: Option<u64>,
+}
+
+/// A preference for an interface, as written in scenario files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InterfacePreference {
+    /// Only this interface (and other required ones).
+    Require,
+    /// This one first.
+    Prefer,
+    /// No preference.
+    NoPreference,
+    /// Others first.
+    Avoid,
+    /// Never.
+    Prohibit,
+}
+
+impl InterfacePreference {
+    /// As postsock's preference.
+    pub fn preference(self) -> postsock::Preference {
+        use postsock::Preference as P;
+        match self {
+            InterfacePreference::Require => P::Require,
+            InterfacePreference::Prefer => P::Prefer,
+            InterfacePreference::NoPreference => P::NoPreference,
+            InterfacePreference::Avoid => P::Avoid,
+            InterfacePreference::Prohibit => P::Prohibit,
+        }
+    }
 }
 
 fn one_carrier() -> u32 {

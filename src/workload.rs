@@ -42,6 +42,8 @@ pub struct Trace {
     pub resumed: Vec<Option<bool>>,
     /// One-way latency of the client–server path.
     pub path_one_way: Option<Duration>,
+    /// The client carrier's interface changes.
+    pub path_events: Vec<reports::PathEvent>,
 }
 
 fn ms(d: std::time::Duration) -> f64 {
@@ -102,6 +104,14 @@ async fn initiate(
     match result {
         Ok(carrier) => {
             let mut t = trace.lock();
+            if let Some(interface) = carrier.interface() {
+                t.path_events.push(reports::PathEvent {
+                    at_ms: now_ms(),
+                    event: "start".into(),
+                    interface: Some(interface),
+                    reason: None,
+                });
+            }
             t.protocol = Some(carrier.protocol().name().to_string());
             t.establishment = carrier.establishment().map(|r| establishment(r, None));
             Some(carrier)
@@ -432,6 +442,38 @@ pub async fn stream_client(
     let Some(carrier) = initiate(net, &workload, config, &trace, None).await else {
         return Ok(());
     };
+    let done = tokio::sync::Notify::new();
+    // The client's own events: path changes for the report.
+    let watch_events = async {
+        loop {
+            let event = tokio::select! {
+                biased;
+                _ = done.notified() => return,
+                e = carrier.next_event() => e,
+            };
+            match event {
+                Some(Event::Handover { interface, reason }) => {
+                    trace.lock().path_events.push(reports::PathEvent {
+                        at_ms: now_ms(),
+                        event: "handover".into(),
+                        interface: Some(interface),
+                        reason: Some(reason.name().into()),
+                    })
+                }
+                Some(Event::Dormant) => trace.lock().path_events.push(reports::PathEvent {
+                    at_ms: now_ms(),
+                    event: "dormant".into(),
+                    interface: None,
+                    reason: None,
+                }),
+                Some(Event::ConnectionError(e)) => {
+                    return trace.fail(format!("client carrier: {e}"));
+                }
+                Some(_) => {}
+                None => return,
+            }
+        }
+    };
     let run = async {
         let mut handles = Vec::new();
         for i in 0..u64::from(workload.messages) {
@@ -455,7 +497,12 @@ pub async fn stream_client(
             trace.outcome(Direction::ClientToServer, i, &outcome);
         }
     };
-    if tokio::time::timeout(deadline, run).await.is_err() {
+    let run = async {
+        let settled = tokio::time::timeout(deadline, run).await;
+        done.notify_one();
+        settled
+    };
+    if tokio::join!(run, watch_events).0.is_err() {
         trace.fail(format!(
             "not every message was settled within {} s",
             deadline.as_secs()

@@ -5,7 +5,7 @@
 //! [`Outbox`](crate::outbox) (back-pressure, niceness, antecedents, lifetimes) to the
 //! transient's sending loop; what arrives comes back as [`Event`]s.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -19,6 +19,7 @@ use crate::association::{AssociationKey, MaybeTls, TlsClients, DEFAULT_PATH};
 use crate::message::{MessageProperties, SendHandle, SendStatus};
 use crate::net::Net;
 use crate::outbox::Outbox;
+use crate::path::{CurrentPath, PathChoice, PathMonitor};
 use crate::racing::{self, EstablishmentReport};
 use crate::transport::assemble::ReceiveLimits;
 use crate::transport::{event_channel, quic, tls_tcp, EventRx};
@@ -84,10 +85,12 @@ pub(crate) trait StreamIo:
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> StreamIo for T {}
 
 /// One connection attempt: establishes `protocol` to `addr` within the connect timeout.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn attempt(
     net: &dyn Net,
     protocol: Protocol,
     addr: SocketAddr,
+    local: Option<IpAddr>,
     host: &str,
     config: &Configuration,
     endpoint: Option<&quinn::Endpoint>,
@@ -115,9 +118,9 @@ pub(crate) async fn attempt(
                         (conn, ep.clone())
                     }
                     None => {
+                        let tls = tls_for(|t| t.quic.clone())?;
                         let (ep, conn) =
-                            quic::connect(net, addr, host, config, tls_for(|t| t.quic.clone())?)
-                                .await?;
+                            quic::connect(net, addr, local, host, config, tls).await?;
                         (conn, ep)
                     }
                 };
@@ -130,8 +133,8 @@ pub(crate) async fn attempt(
                 })
             }
             Protocol::TlsTcp => {
-                let stream =
-                    tls_tcp::connect(net, addr, host, config, tls_for(|t| t.tcp.clone())?).await?;
+                let tls = tls_for(|t| t.tcp.clone())?;
+                let stream = tls_tcp::connect(net, addr, local, host, config, tls).await?;
                 let resumed =
                     stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
                 Ok(Transient::Stream {
@@ -142,7 +145,7 @@ pub(crate) async fn attempt(
                 })
             }
             Protocol::Tcp => {
-                let stream = tls_tcp::connect_plain(net, addr).await?;
+                let stream = tls_tcp::connect_plain(net, addr, local).await?;
                 Ok(Transient::Stream {
                     stream: Box::new(stream),
                     peer: addr,
@@ -162,6 +165,46 @@ pub(crate) async fn attempt(
     }
 }
 
+/// What a client carrier needs to steer its transient between interfaces.
+pub(crate) struct PathSetup {
+    monitor: PathMonitor,
+    choice: PathChoice,
+}
+
+/// The path monitor (when the network names interfaces) and the usable paths towards
+/// `remote`, best first. An error when interfaces exist but none is usable.
+fn usable_paths(
+    net: &Arc<dyn Net>,
+    config: &Configuration,
+    remote: IpAddr,
+) -> Result<(Option<PathMonitor>, Vec<PathChoice>)> {
+    let interfaces = net.interfaces();
+    if interfaces.is_empty() {
+        return Ok((None, Vec::new()));
+    }
+    let paths = crate::path::rank(&config.paths, &interfaces, remote);
+    if paths.is_empty() {
+        let listed: Vec<String> = interfaces
+            .iter()
+            .map(|i| format!("{} ({})", i.name, if i.up { "up" } else { "down" }))
+            .collect();
+        return Err(Error::Config(format!(
+            "no usable interface towards {remote}: the path policy and the interfaces \
+             [{}] leave none",
+            listed.join(", ")
+        )));
+    }
+    Ok((Some(PathMonitor::start(net.clone())), paths))
+}
+
+/// The association's path key: the interface for a multi-homed host, else the one default.
+fn path_key<'a>(monitor: Option<&PathMonitor>, paths: &'a [PathChoice]) -> &'a str {
+    match (monitor, paths.first()) {
+        (Some(m), Some(p)) if m.interfaces().len() > 1 => &p.interface,
+        _ => DEFAULT_PATH,
+    }
+}
+
 /// The application's handle to a peer. See the [crate docs](crate) for an example.
 #[derive(Debug)]
 pub struct Carrier {
@@ -176,6 +219,8 @@ pub struct Carrier {
     origin: Option<Origin>,
     establishment: Option<EstablishmentReport>,
     resumed: Arc<std::sync::OnceLock<bool>>,
+    /// The local interface in use (`None` when dormant or when the network names none).
+    path: CurrentPath,
 }
 
 impl Carrier {
@@ -206,17 +251,6 @@ impl Carrier {
         if secure {
             crate::transport::tls::server_name(&config.security, &remote.host)?;
         }
-        let protocols = match &association {
-            Some(a) => a.order(DEFAULT_PATH, &protocols),
-            None => protocols,
-        };
-        let mut config = config;
-        if let Some(rtt) = association.as_ref().and_then(|a| a.rtt(DEFAULT_PATH)) {
-            if config.adaptive_attempt_delay {
-                // RFC 8305 §5 allows a delay from the RTT; 2 RTT covers a TLS/TCP handshake.
-                config.attempt_delay = config.attempt_delay.min(rtt * 2);
-            }
-        }
         let addrs = net
             .resolve(&remote.host, remote.port)
             .await
@@ -230,15 +264,29 @@ impl Carrier {
                 source: std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses"),
             });
         }
-        let candidates = racing::candidates(&protocols, &addrs);
+        let (monitor, paths) = usable_paths(&net, &config, addrs[0].ip())?;
+        let key = path_key(monitor.as_ref(), &paths);
+        let protocols = match &association {
+            Some(a) => a.order(key, &protocols),
+            None => protocols,
+        };
+        let mut config = config;
+        if let Some(rtt) = association.as_ref().and_then(|a| a.rtt(key)) {
+            if config.adaptive_attempt_delay {
+                // RFC 8305 §5 allows a delay from the RTT; 2 RTT covers a TLS/TCP handshake.
+                config.attempt_delay = config.attempt_delay.min(rtt * 2);
+            }
+        }
+        let candidates = racing::candidates(&protocols, &addrs, &paths);
         let (result, report) =
             racing::race(net.clone(), &remote.host, &config, candidates, &tls).await;
         if let Some(a) = &association {
-            a.record(DEFAULT_PATH, &report);
+            a.record(key, &report);
         }
-        let transient = result?;
+        let (transient, path) = result?;
         let origin = Origin { net, remote, tls };
-        let mut carrier = Self::start(transient, &config, Some(origin));
+        let steer = monitor.zip(path).map(|(monitor, choice)| PathSetup { monitor, choice });
+        let mut carrier = Self::start_on(transient, &config, Some(origin), steer);
         carrier.establishment = Some(report);
         Ok(carrier)
     }
@@ -300,8 +348,12 @@ impl Carrier {
         else {
             return Ok(None);
         };
+        let (monitor, paths) = usable_paths(net, config, addr.ip())?;
+        let choice = paths.first().cloned();
+        let local = choice.as_ref().map(|c| c.local);
         let connecting =
-            quic::connect_0rtt(net.as_ref(), addr, &remote.host, config, tls.quic.clone()).await?;
+            quic::connect_0rtt(net.as_ref(), addr, local, &remote.host, config, tls.quic.clone())
+                .await?;
         let Some((endpoint, conn, accepted)) = connecting else {
             return Ok(None);
         };
@@ -311,7 +363,8 @@ impl Carrier {
             remote: remote.clone(),
             tls: Some(tls),
         };
-        let mut carrier = Self::start(
+        let steer = monitor.zip(choice).map(|(monitor, choice)| PathSetup { monitor, choice });
+        let mut carrier = Self::start_on(
             Transient::Quic {
                 conn,
                 endpoint: Some(endpoint),
@@ -320,11 +373,13 @@ impl Carrier {
             },
             config,
             Some(origin),
+            steer,
         );
         carrier.establishment = Some(EstablishmentReport {
             attempts: vec![racing::Attempt {
                 protocol: Protocol::Quic,
                 remote: addr,
+                interface: None,
                 started: Duration::ZERO,
                 duration: started.elapsed(),
                 outcome: racing::AttemptOutcome::Won,
@@ -345,6 +400,20 @@ impl Carrier {
         config: &Configuration,
         origin: Option<Origin>,
     ) -> Self {
+        Self::start_on(transient, config, origin, None)
+    }
+
+    /// [`start`](Self::start), steering the transient between interfaces when `steer` is given.
+    pub(crate) fn start_on(
+        transient: Transient,
+        config: &Configuration,
+        origin: Option<Origin>,
+        steer: Option<PathSetup>,
+    ) -> Self {
+        let path: CurrentPath = Arc::new(std::sync::Mutex::new(
+            steer.as_ref().map(|s| s.choice.interface.clone()),
+        ));
+        let mut extra = Vec::new();
         let (events_tx, events_rx) = event_channel(config.receive_queue, config.receive_buffer);
         events_tx.try_send(Event::Ready);
         let limits = ReceiveLimits::from_config(config);
@@ -361,6 +430,22 @@ impl Carrier {
                 }
                 let outbox = Outbox::new(config.send_buffer, quic::order_rule);
                 outbox.set_rtt(conn.rtt(), conn.rtt());
+                if let (Some(steer), Some(ep), Some(origin)) = (steer, &endpoint, &origin) {
+                    let user = quic::QuicPath {
+                        net: origin.net.clone(),
+                        endpoint: ep.clone(),
+                        conn: conn.clone(),
+                    };
+                    extra.push(tokio::spawn(crate::path::manage(
+                        user,
+                        steer.monitor,
+                        config.paths.clone(),
+                        conn.remote_address().ip(),
+                        steer.choice,
+                        path.clone(),
+                        events_tx.clone(),
+                    )));
+                }
                 let (sender, reader) = quic::start(
                     conn.clone(),
                     outbox.clone(),
@@ -368,6 +453,7 @@ impl Carrier {
                     limits,
                     zero_rtt,
                     resumed.clone(),
+                    config.dormant_timeout,
                 );
                 let link = Link::Quic {
                     datagram_buffer: conn.datagram_send_buffer_space(),
@@ -405,13 +491,20 @@ impl Carrier {
             outbox,
             events: tokio::sync::Mutex::new(events_rx),
             sender: tokio::sync::Mutex::new(Some(sender)),
-            tasks: vec![tasks, reaper],
+            tasks: [tasks, reaper].into_iter().chain(extra).collect(),
             link,
             config: config.clone(),
             origin,
             establishment: None,
             resumed,
+            path,
         }
+    }
+
+    /// The local interface the carrier uses now: `None` while dormant, and when the network
+    /// names no interfaces (or for an accepted carrier).
+    pub fn interface(&self) -> Option<String> {
+        self.path.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     /// A new carrier to the same remote with the same configuration and protocol (Post
@@ -425,10 +518,20 @@ impl Carrier {
             Link::Quic { endpoint, .. } => endpoint.as_ref(),
             Link::Stream { .. } => None,
         };
+        let local = match &self.link {
+            Link::Quic { .. } => None,
+            Link::Stream { .. } => {
+                let current = self.interface();
+                let interfaces = origin.net.interfaces();
+                let found = interfaces.iter().find(|i| Some(&i.name) == current.as_ref());
+                found.and_then(|i| i.addrs.iter().copied().find(|a| a.is_ipv4() == self.peer.is_ipv4()))
+            }
+        };
         let transient = attempt(
             origin.net.as_ref(),
             self.protocol,
             self.peer,
+            local,
             &origin.remote.host,
             &self.config,
             endpoint,
@@ -566,7 +669,10 @@ impl Carrier {
         let mut events = self.events.lock().await;
         loop {
             match events.recv().await {
-                Some(Event::Ready) | Some(Event::PathChange { .. }) => continue,
+                Some(Event::Ready)
+                | Some(Event::PathChange { .. })
+                | Some(Event::Handover { .. })
+                | Some(Event::Dormant) => continue,
                 Some(Event::Received(m)) => return Ok(Some(m)),
                 Some(Event::ReceivedPartial(p)) => {
                     return Err(Error::Config(format!(

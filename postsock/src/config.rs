@@ -121,6 +121,11 @@ pub struct Configuration {
     /// With an association that knows the path's RTT, race with an attempt delay of
     /// 2 × RTT when that is shorter than `attempt_delay` (never below 10 ms).
     pub adaptive_attempt_delay: bool,
+    /// Which interfaces carriers use and how they move between them.
+    pub paths: crate::PathPolicy,
+    /// How long a carrier may stay dormant (no working path, or on a listener the client
+    /// gone) before it ends with [`crate::Error::DormantTimeout`]. Default 30 s.
+    pub dormant_timeout: Duration,
 }
 
 impl Default for Configuration {
@@ -139,6 +144,8 @@ impl Default for Configuration {
             receive_max_length: None,
             associations: None,
             adaptive_attempt_delay: false,
+            paths: crate::PathPolicy::default(),
+            dormant_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -74,6 +74,13 @@ pub enum Error {
     /// The carrier's transient failed or was closed.
     #[error("connection error: {0}")]
     Connection(String),
+    /// The carrier stayed dormant (no working path to its peer) for the configured dormant
+    /// timeout and ended; what was still queued failed.
+    #[error("carrier ended after {after_ms} ms without a working path (dormant timeout)")]
+    DormantTimeout {
+        /// The dormant timeout, in ms.
+        after_ms: u64,
+    },
     /// The carrier was closed locally; no more messages can be sent.
     #[error("carrier is closed")]
     Closed,

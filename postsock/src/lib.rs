@@ -63,6 +63,7 @@ mod listener;
 mod message;
 pub mod net;
 mod outbox;
+pub mod path;
 mod racing;
 mod selection;
 pub mod transport;
@@ -79,6 +80,7 @@ pub use listener::Listener;
 pub use message::{
     Event, Message, MessageId, MessageProperties, Received, ReceivedPartial, SendHandle, SendStatus,
 };
+pub use path::{HandoverReason, PathMonitor, PathPolicy};
 pub use racing::{Attempt, AttemptOutcome, EstablishmentReport, MIN_ATTEMPT_DELAY};
 pub use selection::{select, Preference, Rejection, TransportProperties};
 pub use transport::tls::ALPN;

@@ -289,6 +289,18 @@ pub enum Event {
         /// The peer's new address.
         remote: std::net::SocketAddr,
     },
+    /// This end moved the carrier to another local interface (a QUIC migration, or a new
+    /// TLS/TCP transient continuing the carrier).
+    Handover {
+        /// The interface now in use.
+        interface: String,
+        /// Why.
+        reason: crate::HandoverReason,
+    },
+    /// No path to the peer works: the carrier keeps what is sent and waits for a path (the
+    /// next event is a `Handover` with reason `Recovered`, or the dormant timeout's
+    /// `ConnectionError`).
+    Dormant,
     /// The peer closed the carrier cleanly; always the last event.
     Closed,
     /// The carrier failed (the transient died or the peer violated the wire format); always

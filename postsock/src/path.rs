@@ -213,6 +213,195 @@ impl HandoverReason {
     }
 }
 
+/// What a path manager needs from the transient it steers.
+pub(crate) trait PathUser: Send {
+    /// Moves the transient onto `choice`.
+    fn move_to<'a>(&'a mut self, choice: &'a PathChoice) -> crate::net::BoxFuture<'a, bool>;
+    /// Traffic counters of the transient now.
+    fn health(&self) -> Health;
+}
+
+/// Traffic counters a path manager watches.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Health {
+    /// Datagrams (or segments) sent and received so far.
+    pub(crate) tx: u64,
+    pub(crate) rx: u64,
+    /// Packets sent and declared lost so far.
+    pub(crate) sent_packets: u64,
+    pub(crate) lost_packets: u64,
+    /// Smoothed RTT of the current path.
+    pub(crate) srtt: Duration,
+    /// The transient has ended: nothing left to steer.
+    pub(crate) ended: bool,
+}
+
+/// How often a path manager checks its path's health.
+const CHECK: Duration = Duration::from_millis(5);
+
+/// The carrier's current path, shared with the application's handle.
+pub(crate) type CurrentPath = Arc<std::sync::Mutex<Option<String>>>;
+
+/// Steers one client transient between interfaces (see the [module docs](self)) until the
+/// event queue closes. `current` starts as the path the transient was established on.
+pub(crate) async fn manage(
+    mut user: impl PathUser,
+    monitor: PathMonitor,
+    policy: PathPolicy,
+    remote: IpAddr,
+    start: PathChoice,
+    current: CurrentPath,
+    events: crate::transport::EventTx,
+) {
+    use tokio::time::Instant;
+    let mut interfaces = monitor.subscribe();
+    let set_current = |c: Option<&PathChoice>| {
+        *current.lock().unwrap_or_else(|p| p.into_inner()) = c.map(|c| c.interface.clone());
+    };
+    let t0 = Instant::now();
+    let mut cur: Option<PathChoice> = Some(start);
+    // Since when each interface has been up (interfaces up at the start count as stable).
+    let mut up_since: BTreeMap<String, Instant> = BTreeMap::new();
+    let stable = t0.checked_sub(policy.return_after).unwrap_or(t0);
+    for i in interfaces.borrow().iter().filter(|i| i.up) {
+        up_since.insert(i.name.clone(), stable);
+    }
+    // Interfaces left because they fell silent, until when they are not tried again.
+    let mut suspect: BTreeMap<String, Instant> = BTreeMap::new();
+    let mut last = user.health();
+    let mut unanswered_since: Option<Instant> = None;
+    let mut window: std::collections::VecDeque<(Instant, u64, u64)> = Default::default();
+    let mut ticker = tokio::time::interval(CHECK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            biased;
+            changed = interfaces.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = ticker.tick() => {}
+        }
+        let h = user.health();
+        if events.is_closed() || h.ended {
+            return;
+        }
+        let now = Instant::now();
+        let list = interfaces.borrow_and_update().clone();
+        for i in &list {
+            if i.up {
+                up_since.entry(i.name.clone()).or_insert(now);
+            } else {
+                up_since.remove(&i.name);
+                // Down and (later) up again: no longer suspected of silence.
+                suspect.remove(&i.name);
+            }
+        }
+        up_since.retain(|name, _| list.iter().any(|i| i.up && &i.name == name));
+        suspect.retain(|_, until| *until > now);
+        let usable: Vec<PathChoice> = rank(&policy, &list, remote)
+            .into_iter()
+            .filter(|c| !suspect.contains_key(&c.interface))
+            .collect();
+
+        // Health of the current path.
+        if h.rx != last.rx {
+            unanswered_since = None;
+        } else if h.tx != last.tx && unanswered_since.is_none() {
+            unanswered_since = Some(now);
+        }
+        window.push_back((now, h.sent_packets, h.lost_packets));
+        while window
+            .front()
+            .is_some_and(|(t, _, _)| now.duration_since(*t) > policy.quality_window)
+        {
+            window.pop_front();
+        }
+        last = h;
+        let silence = (h.srtt * policy.silence_rtts).max(policy.silence_floor);
+        let silent = unanswered_since.is_some_and(|t| now.duration_since(t) > silence);
+        let loss = window.front().map_or(0.0, |(_, sent, lost)| {
+            let sent = h.sent_packets.saturating_sub(*sent);
+            let lost = h.lost_packets.saturating_sub(*lost);
+            if sent >= 20 {
+                lost as f64 / sent as f64
+            } else {
+                0.0
+            }
+        });
+
+        let position = |name: &str| usable.iter().position(|c| c.interface == name);
+        let (target, reason) = match &cur {
+            None => match usable.first() {
+                Some(best) => (Some(best.clone()), HandoverReason::Recovered),
+                None => continue,
+            },
+            Some(c) if position(&c.interface).is_none() => {
+                (usable.first().cloned(), HandoverReason::InterfaceDown)
+            }
+            Some(c) if silent => {
+                suspect.insert(c.interface.clone(), now + policy.suspect_for);
+                let other = usable.iter().find(|u| u.interface != c.interface).cloned();
+                (other, HandoverReason::Silent)
+            }
+            Some(c) if loss > policy.max_loss => {
+                match usable.iter().find(|u| u.interface != c.interface) {
+                    Some(other) => (Some(other.clone()), HandoverReason::Degraded),
+                    None => continue,
+                }
+            }
+            Some(c) => {
+                let here = position(&c.interface).unwrap_or(0);
+                match usable.first() {
+                    Some(best)
+                        if here > 0
+                            && up_since.get(&best.interface).is_some_and(|t| {
+                                now.duration_since(*t) >= policy.return_after
+                            }) =>
+                    {
+                        (Some(best.clone()), HandoverReason::Preferred)
+                    }
+                    _ => continue,
+                }
+            }
+        };
+        if !policy.failover {
+            continue;
+        }
+        match target {
+            Some(choice) => {
+                if !user.move_to(&choice).await {
+                    // Binding on it failed: leave it alone for a while.
+                    suspect.insert(choice.interface.clone(), now + policy.return_after);
+                    continue;
+                }
+                set_current(Some(&choice));
+                cur = Some(choice.clone());
+                last = user.health();
+                unanswered_since = None;
+                window.clear();
+                let event = crate::Event::Handover {
+                    interface: choice.interface,
+                    reason,
+                };
+                if events.send(event).await.is_err() {
+                    return;
+                }
+            }
+            None => {
+                if cur.take().is_some() {
+                    set_current(None);
+                    unanswered_since = None;
+                    if events.send(crate::Event::Dormant).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use crate::association::MaybeTls;
 use crate::carrier::{attempt, Transient};
 use crate::net::Net;
+use crate::path::PathChoice;
 use crate::{Configuration, Error, Protocol, Result};
 
 /// The shortest attempt delay allowed (RFC 8305 §5: never below 10 ms).
@@ -51,6 +52,8 @@ pub struct Attempt {
     pub protocol: Protocol,
     /// The remote address tried.
     pub remote: SocketAddr,
+    /// The local interface it went out of (`None` when the network names none).
+    pub interface: Option<String>,
     /// When the attempt started, from the start of the race.
     pub started: Duration,
     /// How long it ran until it ended (won, failed, or was cancelled).
@@ -63,9 +66,13 @@ impl fmt::Display for Attempt {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} to {} (started at {} ms, {} after {} ms",
+            "{} to {}{} (started at {} ms, {} after {} ms",
             self.protocol.name(),
             self.remote,
+            self.interface
+                .as_ref()
+                .map(|i| format!(" via {i}"))
+                .unwrap_or_default(),
             self.started.as_millis(),
             self.outcome.name(),
             self.duration.as_millis()
@@ -95,16 +102,43 @@ impl EstablishmentReport {
     }
 }
 
-/// The candidates in the order they are tried: for each resolved address, each protocol
-/// stack in preference order (so a blocked protocol costs one attempt delay, not one per
-/// address).
+/// One candidate of the race: a protocol stack to a remote address over a local path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Candidate {
+    pub(crate) protocol: Protocol,
+    pub(crate) remote: SocketAddr,
+    /// The interface to go out of; `None`: wherever the network routes it.
+    pub(crate) path: Option<PathChoice>,
+}
+
+/// The candidates in the order they are tried: for each path (best interface first), each
+/// resolved address, each protocol stack in preference order (so a blocked protocol costs
+/// one attempt delay, not one per address, and a dead interface one per candidate on it).
+/// `paths` empty: the network names no interfaces; one unbound path.
 pub(crate) fn candidates(
     protocols: &[Protocol],
     addrs: &[SocketAddr],
-) -> Vec<(Protocol, SocketAddr)> {
-    addrs
+    paths: &[PathChoice],
+) -> Vec<Candidate> {
+    let paths: Vec<Option<&PathChoice>> = if paths.is_empty() {
+        vec![None]
+    } else {
+        paths.iter().map(Some).collect()
+    };
+    paths
         .iter()
-        .flat_map(|&a| protocols.iter().map(move |&p| (p, a)))
+        .flat_map(|path| {
+            addrs
+                .iter()
+                .filter(move |a| path.is_none_or(|p| p.local.is_ipv4() == a.is_ipv4()))
+                .flat_map(move |&remote| {
+                    protocols.iter().map(move |&protocol| Candidate {
+                        protocol,
+                        remote,
+                        path: path.cloned(),
+                    })
+                })
+        })
         .collect()
 }
 
@@ -121,14 +155,21 @@ pub(crate) async fn race(
     net: Arc<dyn Net>,
     host: &str,
     config: &Configuration,
-    candidates: Vec<(Protocol, SocketAddr)>,
+    candidates: Vec<Candidate>,
     tls: &MaybeTls,
-) -> (Result<Transient>, EstablishmentReport) {
+) -> (Result<(Transient, Option<PathChoice>)>, EstablishmentReport) {
     let delay = config.attempt_delay.max(MIN_ATTEMPT_DELAY);
     let start = Instant::now();
     let deadline = start + config.connect_timeout;
     let mut report = EstablishmentReport::default();
     let mut running: JoinSet<(usize, Result<Transient>)> = JoinSet::new();
+    // With one path there is nothing to say about interfaces in the report.
+    let name_paths = candidates
+        .iter()
+        .filter_map(|c| c.path.as_ref().map(|p| &p.interface))
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+        > 1;
     let mut next = 0;
     let mut next_at = start;
     // With a single candidate its own error says everything.
@@ -168,7 +209,7 @@ pub(crate) async fn race(
                             }
                         }
                         report.duration = start.elapsed();
-                        return (Ok(transient), report);
+                        return (Ok((transient, candidates[i].path.clone())), report);
                     }
                     Err(e) => {
                         finish(&mut report, i, AttemptOutcome::Failed(e.to_string()));
@@ -190,17 +231,18 @@ pub(crate) async fn race(
                     }
                 }
                 report.duration = start.elapsed();
-                if let [(protocol, remote)] = candidates[..] {
+                if let [Candidate { protocol, remote, .. }] = candidates[..] {
                     let timeout_ms = timeout_ms as u64;
                     return (Err(Error::Timeout { protocol, remote, timeout_ms }), report);
                 }
                 return (Err(no_candidate(&report)), report);
             }
             _ = tokio::time::sleep_until(next_at), if next < candidates.len() => {
-                let (protocol, remote) = candidates[next];
+                let Candidate { protocol, remote, path } = candidates[next].clone();
                 report.attempts.push(Attempt {
                     protocol,
                     remote,
+                    interface: path.as_ref().filter(|_| name_paths).map(|p| p.interface.clone()),
                     started: start.elapsed(),
                     duration: Duration::ZERO,
                     // Until it ends one way or another.
@@ -208,8 +250,10 @@ pub(crate) async fn race(
                 });
                 let (net, host, config, i) = (net.clone(), host.to_string(), config.clone(), next);
                 let tls = tls.clone();
+                let local = path.map(|p| p.local);
                 running.spawn(async move {
-                    (i, attempt(net.as_ref(), protocol, remote, &host, &config, None, &tls).await)
+                    let a = attempt(net.as_ref(), protocol, remote, local, &host, &config, None, &tls);
+                    (i, a.await)
                 });
                 next += 1;
                 next_at = Instant::now() + delay;
@@ -226,7 +270,10 @@ mod tests {
     fn candidates_interleave_protocols_per_address() {
         let a: SocketAddr = ([10, 0, 0, 1], 1).into();
         let b: SocketAddr = ([10, 0, 0, 2], 1).into();
-        let c = candidates(&[Protocol::Quic, Protocol::TlsTcp], &[a, b]);
+        let c: Vec<_> = candidates(&[Protocol::Quic, Protocol::TlsTcp], &[a, b], &[])
+            .into_iter()
+            .map(|c| (c.protocol, c.remote))
+            .collect();
         assert_eq!(
             c,
             vec![

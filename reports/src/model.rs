@@ -128,6 +128,10 @@ pub struct Expectation {
     pub measured: Option<f64>,
 }
 
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
 /// The metrics of one run (DESIGN.md §5), all in simulated time.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Metrics {
@@ -169,6 +173,17 @@ pub struct Metrics {
     pub established: u64,
     /// Connection attempts the client's race started.
     pub attempts: u64,
+    /// The longest interruption a path fault caused: for each fault that breaks the
+    /// client's path (link down, black hole, NAT reboot), the time from the fault to the next
+    /// client → server delivery; the largest. Absent without such faults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover_gap_ms: Option<f64>,
+    /// Times the client's carrier moved to another interface.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub handovers: u64,
+    /// Times the client's carrier went dormant (no working path).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dormant: u64,
     /// Median latency of the messages of each niceness (key: the niceness).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub median_latency_by_niceness_ms: BTreeMap<u32, f64>,
@@ -282,6 +297,9 @@ impl Metrics {
             "ttfm_last_ms" => self.ttfm_last_ms,
             "resumed" => self.resumed.map(|r| r as f64),
             "attempts" => Some(self.attempts as f64),
+            "failover_gap_ms" => self.failover_gap_ms,
+            "handovers" => Some(self.handovers as f64),
+            "dormant" => Some(self.dormant as f64),
             other => {
                 let n: u32 = other
                     .strip_prefix("median_latency_ms_niceness_")?
@@ -321,6 +339,9 @@ impl Metrics {
         "attempts",
         "ttfm_last_ms",
         "resumed",
+        "failover_gap_ms",
+        "handovers",
+        "dormant",
         "median_latency_ms_niceness_<N>",
     ];
 }
@@ -328,6 +349,21 @@ impl Metrics {
 /// Rounds to whole microseconds so that reports print stable, short numbers.
 pub fn round_us(ms: f64) -> f64 {
     (ms * 1000.0).round() / 1000.0
+}
+
+/// A change of the client carrier's path.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PathEvent {
+    /// Simulated time, ms.
+    pub at_ms: f64,
+    /// `start`, `handover` or `dormant`.
+    pub event: String,
+    /// The interface in use from now on (none while dormant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interface: Option<String>,
+    /// Why (for a handover): interface-down, silent, degraded, preferred, recovered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// The deterministic record of one run.
@@ -356,6 +392,13 @@ pub struct Report {
     /// The client's connection race.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub establishment: Option<Establishment>,
+    /// The client carrier's path: the interface it started on, then each handover and
+    /// dormant period, in simulated time.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub path_events: Vec<PathEvent>,
+    /// When path faults struck (ms), for marking failover gaps.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub path_faults_ms: Vec<f64>,
     /// Every application message.
     pub messages: Vec<MessageRecord>,
 }

@@ -52,6 +52,11 @@ impl EventTx {
         self.tx.send((event, permit)).await.map_err(|_| ())
     }
 
+    /// Whether the carrier is gone (nobody will read events again).
+    pub(crate) fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
     /// Queues an event if there is room now.
     pub(crate) fn try_send(&self, event: Event) -> bool {
         self.tx.try_send((event, None)).is_ok()

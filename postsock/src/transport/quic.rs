@@ -3,7 +3,7 @@
 //! bidirectional stream whose receive side goes unused; an unreliable one is a DATAGRAM frame.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,8 +28,14 @@ const STREAM_WINDOW: u32 = 2 << 20;
 /// Flow-control window of the connection (and quinn's send buffer), bytes.
 const CONNECTION_WINDOW: u32 = 8 << 20;
 
-fn transport_config() -> Arc<quinn::TransportConfig> {
+/// The transport parameters of every postsock QUIC connection. The idle timeout is the
+/// configuration's dormant timeout: a connection whose paths are all dead survives that long,
+/// so a dormant carrier can come back on another path (quinn migrates it).
+fn transport_config(config: &Configuration) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
+    let idle = quinn::IdleTimeout::try_from(config.dormant_timeout)
+        .unwrap_or_else(|_| quinn::IdleTimeout::from(quinn::VarInt::MAX));
+    t.max_idle_timeout(Some(idle));
     t.max_concurrent_uni_streams(MAX_CONCURRENT_STREAMS.into())
         .max_concurrent_bidi_streams(MAX_CONCURRENT_STREAMS.into())
         // Bounded windows: a receiver that stops reading holds at most this much.
@@ -60,7 +66,7 @@ pub(crate) async fn endpoint(
             let crypto =
                 QuicServerConfig::try_from(tls_config).map_err(|e| Error::Tls(e.to_string()))?;
             let mut sc = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-            sc.transport_config(transport_config());
+            sc.transport_config(transport_config(config));
             Some(sc)
         }
         None => None,
@@ -78,12 +84,17 @@ pub(crate) async fn endpoint(
     .map_err(|e| Error::io("creating QUIC endpoint", e))
 }
 
-/// A fresh client endpoint for reaching `remote`.
-async fn client_endpoint(net: &dyn Net, remote: SocketAddr) -> Result<quinn::Endpoint> {
-    let local: SocketAddr = if remote.is_ipv4() {
-        ([0, 0, 0, 0], 0).into()
-    } else {
-        ([0u16; 8], 0).into()
+/// A fresh client endpoint for reaching `remote`, bound on `local` (an interface's address)
+/// or on the unspecified address.
+async fn client_endpoint(
+    net: &dyn Net,
+    remote: SocketAddr,
+    local: Option<IpAddr>,
+) -> Result<quinn::Endpoint> {
+    let local: SocketAddr = match local {
+        Some(ip) => (ip, 0).into(),
+        None if remote.is_ipv4() => ([0, 0, 0, 0], 0).into(),
+        None => ([0u16; 8], 0).into(),
     };
     endpoint(net, local, None).await
 }
@@ -98,7 +109,7 @@ fn start_connect(
 ) -> Result<quinn::Connecting> {
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| Error::Tls(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-    client.transport_config(transport_config());
+    client.transport_config(transport_config(config));
     let name = tls::server_name(&config.security, host)?
         .to_str()
         .into_owned();
@@ -119,11 +130,12 @@ fn establish_error(remote: SocketAddr, e: impl std::fmt::Display) -> Error {
 pub(crate) async fn connect(
     net: &dyn Net,
     remote: SocketAddr,
+    local: Option<IpAddr>,
     host: &str,
     config: &Configuration,
     tls: Arc<rustls::ClientConfig>,
 ) -> Result<(quinn::Endpoint, quinn::Connection)> {
-    let endpoint = client_endpoint(net, remote).await?;
+    let endpoint = client_endpoint(net, remote, local).await?;
     let connection = connect_on(&endpoint, remote, host, config, tls).await?;
     Ok((endpoint, connection))
 }
@@ -133,11 +145,12 @@ pub(crate) async fn connect(
 pub(crate) async fn connect_0rtt(
     net: &dyn Net,
     remote: SocketAddr,
+    local: Option<IpAddr>,
     host: &str,
     config: &Configuration,
     tls: Arc<rustls::ClientConfig>,
 ) -> Result<Option<(quinn::Endpoint, quinn::Connection, quinn::ZeroRttAccepted)>> {
-    let endpoint = client_endpoint(net, remote).await?;
+    let endpoint = client_endpoint(net, remote, local).await?;
     let connecting = start_connect(&endpoint, remote, host, config, tls)?;
     Ok(connecting
         .into_0rtt()
@@ -465,9 +478,10 @@ pub(crate) fn start(
     limits: ReceiveLimits,
     zero_rtt: Option<quinn::ZeroRttAccepted>,
     resumed: Arc<std::sync::OnceLock<bool>>,
+    dormant_timeout: Duration,
 ) -> (JoinHandle<Result<()>>, JoinHandle<()>) {
     let sender = tokio::spawn(send_loop(conn.clone(), outbox, zero_rtt, resumed));
-    let reader = tokio::spawn(read_loop(conn, events, limits));
+    let reader = tokio::spawn(read_loop(conn, events, limits, dormant_timeout));
     (sender, reader)
 }
 
@@ -569,7 +583,12 @@ async fn watch_path(conn: quinn::Connection, events: EventTx) {
     }
 }
 
-async fn read_loop(conn: quinn::Connection, events: EventTx, limits: ReceiveLimits) {
+async fn read_loop(
+    conn: quinn::Connection,
+    events: EventTx,
+    limits: ReceiveLimits,
+    dormant_timeout: Duration,
+) {
     let path = tokio::spawn(watch_path(conn.clone(), events.clone()));
     let ordered = tokio::spawn(read_ordered(conn.clone(), events.clone(), limits));
     let mut unordered = JoinSet::new();
@@ -618,7 +637,46 @@ async fn read_loop(conn: quinn::Connection, events: EventTx, limits: ReceiveLimi
             Event::Closed
         }
         quinn::ConnectionError::LocallyClosed => Event::Closed,
+        // The idle timeout is the dormant timeout: no path worked for that long.
+        quinn::ConnectionError::TimedOut => Event::ConnectionError(Error::DormantTimeout {
+            after_ms: dormant_timeout.as_millis() as u64,
+        }),
         other => Event::ConnectionError(Error::Connection(other.to_string())),
     };
     let _ = events.send(last).await;
+}
+
+/// Steers a client connection between interfaces: moving is rebinding the endpoint to a
+/// socket on the new interface (quinn then migrates: new connection ID, a PING at once, and
+/// the server validates the new path); streams and queued messages carry on.
+pub(crate) struct QuicPath {
+    pub(crate) net: Arc<dyn Net>,
+    pub(crate) endpoint: quinn::Endpoint,
+    pub(crate) conn: quinn::Connection,
+}
+
+impl crate::path::PathUser for QuicPath {
+    fn move_to<'a>(
+        &'a mut self,
+        choice: &'a crate::path::PathChoice,
+    ) -> crate::net::BoxFuture<'a, bool> {
+        Box::pin(async move {
+            match self.net.bind_udp(SocketAddr::new(choice.local, 0)).await {
+                Ok(socket) => self.endpoint.rebind_abstract(socket).is_ok(),
+                Err(_) => false,
+            }
+        })
+    }
+
+    fn health(&self) -> crate::path::Health {
+        let s = self.conn.stats();
+        crate::path::Health {
+            tx: s.udp_tx.datagrams,
+            rx: s.udp_rx.datagrams,
+            sent_packets: s.path.sent_packets,
+            lost_packets: s.path.lost_packets,
+            srtt: self.conn.rtt(),
+            ended: self.conn.close_reason().is_some(),
+        }
+    }
 }

@@ -2,7 +2,7 @@
 //! disabled, plain TCP; messages are framed as in [`super::framing`].
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +24,7 @@ use crate::{Configuration, Error, Event, MessageId, Protocol, Result};
 pub(crate) async fn connect(
     net: &dyn Net,
     remote: SocketAddr,
+    local: Option<IpAddr>,
     host: &str,
     config: &Configuration,
     client: Arc<rustls::ClientConfig>,
@@ -34,8 +35,7 @@ pub(crate) async fn connect(
         remote,
         reason,
     };
-    let tcp = net
-        .connect_tcp(remote)
+    let tcp = tcp_connect(net, remote, local)
         .await
         .map_err(|e| establish(format!("TCP connect: {e}")))?;
     tokio_rustls::TlsConnector::from(client)
@@ -48,12 +48,25 @@ pub(crate) async fn connect(
 pub(crate) async fn connect_plain(
     net: &dyn Net,
     remote: SocketAddr,
+    local: Option<IpAddr>,
 ) -> Result<Box<dyn ByteStream>> {
-    net.connect_tcp(remote).await.map_err(|e| Error::Establish {
+    tcp_connect(net, remote, local).await.map_err(|e| Error::Establish {
         protocol: Protocol::Tcp,
         remote,
         reason: format!("TCP connect: {e}"),
     })
+}
+
+/// A TCP connection to `remote`, out of interface address `local` when given.
+async fn tcp_connect(
+    net: &dyn Net,
+    remote: SocketAddr,
+    local: Option<IpAddr>,
+) -> std::io::Result<Box<dyn ByteStream>> {
+    match local {
+        Some(ip) => net.connect_tcp_from(ip, remote).await,
+        None => net.connect_tcp(remote).await,
+    }
 }
 
 /// Largest frame the writer emits: big messages are cut into frames of this size so that a
