@@ -278,17 +278,15 @@ fn build_report(
         d.sort_by(f64::total_cmp);
         d
     };
-    // After each fault: the longest stretch without a delivery, until the next fault (or
-    // 10 s). Deliveries already past the broken link when it broke still count.
-    metrics.failover_gap_ms = path_faults_ms
+    // After each fault: the longest stretch without a delivery, until the next path fault
+    // (or the end of the run). Deliveries already past the broken link when it broke count.
+    let mut fault_times = path_faults_ms.clone();
+    fault_times.dedup();
+    metrics.failover_gap_ms = fault_times
         .iter()
         .enumerate()
         .filter_map(|(k, &t)| {
-            let until = path_faults_ms
-                .get(k + 1)
-                .copied()
-                .unwrap_or(f64::MAX)
-                .min(t + 10_000.0);
+            let until = fault_times.get(k + 1).copied().unwrap_or(f64::MAX);
             let mut prev = t;
             let mut longest: Option<f64> = None;
             for &d in deliveries.iter().filter(|&&d| d >= t && d <= until) {

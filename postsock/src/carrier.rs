@@ -34,6 +34,7 @@ enum Link {
         endpoint: Option<quinn::Endpoint>,
         /// The datagram send buffer's free space when empty.
         datagram_buffer: usize,
+        epoch: quic::PathEpoch,
     },
     Stream {
         kill: watch::Sender<bool>,
@@ -66,6 +67,8 @@ pub(crate) enum Transient {
         /// For a client connection in 0-RTT (usable before its handshake completes): whether
         /// the server accepts the early data.
         zero_rtt: Option<quinn::ZeroRttAccepted>,
+        /// Bumped when the endpoint moves to another interface (restarts congestion control).
+        epoch: quic::PathEpoch,
     },
     /// A connected byte stream (TLS or plain TCP).
     Stream {
@@ -93,7 +96,7 @@ pub(crate) async fn attempt(
     local: Option<IpAddr>,
     host: &str,
     config: &Configuration,
-    endpoint: Option<&quinn::Endpoint>,
+    endpoint: Option<(&quinn::Endpoint, &quic::PathEpoch)>,
     tls: &MaybeTls,
 ) -> Result<Transient> {
     let tls_for = |pick: fn(&TlsClients) -> Arc<rustls::ClientConfig>| {
@@ -110,18 +113,16 @@ pub(crate) async fn attempt(
                     .into_owned();
                 let verifications = || tls.as_ref().map(|t| t.quic_verifier.verifications(&name));
                 let before = verifications();
-                let (conn, ep) = match endpoint {
-                    Some(ep) => {
-                        let conn =
-                            quic::connect_on(ep, addr, host, config, tls_for(|t| t.quic.clone())?)
-                                .await?;
-                        (conn, ep.clone())
+                let tls = tls_for(|t| t.quic.clone())?;
+                let (conn, ep, epoch) = match endpoint {
+                    Some((ep, epoch)) => {
+                        let conn = quic::connect_on(ep, addr, host, config, tls, epoch).await?;
+                        (conn, ep.clone(), epoch.clone())
                     }
                     None => {
-                        let tls = tls_for(|t| t.quic.clone())?;
-                        let (ep, conn) =
+                        let (ep, conn, epoch) =
                             quic::connect(net, addr, local, host, config, tls).await?;
-                        (conn, ep)
+                        (conn, ep, epoch)
                     }
                 };
                 let resumed = before.map(|b| verifications() == Some(b));
@@ -130,6 +131,7 @@ pub(crate) async fn attempt(
                     endpoint: Some(ep),
                     resumed,
                     zero_rtt: None,
+                    epoch,
                 })
             }
             Protocol::TlsTcp => {
@@ -354,7 +356,7 @@ impl Carrier {
         let connecting =
             quic::connect_0rtt(net.as_ref(), addr, local, &remote.host, config, tls.quic.clone())
                 .await?;
-        let Some((endpoint, conn, accepted)) = connecting else {
+        let Some((endpoint, conn, accepted, epoch)) = connecting else {
             return Ok(None);
         };
         let started = Instant::now();
@@ -370,6 +372,7 @@ impl Carrier {
                 endpoint: Some(endpoint),
                 resumed: None,
                 zero_rtt: Some(accepted),
+                epoch,
             },
             config,
             Some(origin),
@@ -424,6 +427,7 @@ impl Carrier {
                 endpoint,
                 resumed: known,
                 zero_rtt,
+                epoch,
             } => {
                 if let Some(r) = known {
                     let _ = resumed.set(r);
@@ -435,6 +439,7 @@ impl Carrier {
                         net: origin.net.clone(),
                         endpoint: ep.clone(),
                         conn: conn.clone(),
+                        epoch: epoch.clone(),
                     };
                     extra.push(tokio::spawn(crate::path::manage(
                         user,
@@ -456,6 +461,7 @@ impl Carrier {
                     config.dormant_timeout,
                 );
                 let link = Link::Quic {
+                    epoch,
                     datagram_buffer: conn.datagram_send_buffer_space(),
                     conn: conn.clone(),
                     endpoint,
@@ -515,7 +521,9 @@ impl Carrier {
             Error::Config("only an initiated carrier can fork; this one was accepted".into())
         })?;
         let endpoint = match &self.link {
-            Link::Quic { endpoint, .. } => endpoint.as_ref(),
+            Link::Quic {
+                endpoint, epoch, ..
+            } => endpoint.as_ref().map(|e| (e, epoch)),
             Link::Stream { .. } => None,
         };
         let local = match &self.link {
@@ -704,6 +712,7 @@ impl Carrier {
                 conn,
                 endpoint,
                 datagram_buffer,
+                ..
             } => {
                 // Datagrams count as sent once quinn has them; let them leave before the
                 // CONNECTION_CLOSE discards them (bounded: they are unreliable anyway).

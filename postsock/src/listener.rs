@@ -165,6 +165,7 @@ async fn accept_quic(
                 endpoint: None,
                 resumed: None,
                 zero_rtt: None,
+                epoch: Default::default(),
             };
             Some(Carrier::start(transient, &config, None))
         }

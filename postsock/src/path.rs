@@ -47,8 +47,8 @@ pub struct PathPolicy {
     pub max_loss: f64,
     /// Window for measuring a path's loss. Default 1 s.
     pub quality_window: Duration,
-    /// After leaving a silent interface (which still looks up), do not return to it for this
-    /// long unless it goes down and comes back up. Default 10 s.
+    /// After leaving a silent or lossy interface (which still looks up), do not return to it
+    /// for this long unless it goes down and comes back up. Default 10 s.
     pub suspect_for: Duration,
     /// Whether carriers move between paths at all. Default true.
     pub failover: bool,
@@ -347,7 +347,11 @@ pub(crate) async fn manage(
             }
             Some(c) if loss > policy.max_loss => {
                 match usable.iter().find(|u| u.interface != c.interface) {
-                    Some(other) => (Some(other.clone()), HandoverReason::Degraded),
+                    Some(other) => {
+                        // Not back to it for a while: its link still looks up.
+                        suspect.insert(c.interface.clone(), now + policy.suspect_for);
+                        (Some(other.clone()), HandoverReason::Degraded)
+                    }
                     None => continue,
                 }
             }

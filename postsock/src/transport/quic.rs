@@ -15,6 +15,8 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 use super::assemble::{Assembly, ReceiveLimits};
+pub(crate) use super::cc::PathEpoch;
+use super::cc::PathAwareFactory;
 use super::{tls, EventTx};
 use crate::message::{MessageProperties, SendStatus};
 use crate::net::Net;
@@ -31,8 +33,14 @@ const CONNECTION_WINDOW: u32 = 8 << 20;
 /// The transport parameters of every postsock QUIC connection. The idle timeout is the
 /// configuration's dormant timeout: a connection whose paths are all dead survives that long,
 /// so a dormant carrier can come back on another path (quinn migrates it).
-fn transport_config(config: &Configuration) -> Arc<quinn::TransportConfig> {
+fn transport_config(
+    config: &Configuration,
+    epoch: Option<&PathEpoch>,
+) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
+    if let Some(epoch) = epoch {
+        t.congestion_controller_factory(PathAwareFactory::new(epoch.clone()));
+    }
     let idle = quinn::IdleTimeout::try_from(config.dormant_timeout)
         .unwrap_or_else(|_| quinn::IdleTimeout::from(quinn::VarInt::MAX));
     t.max_idle_timeout(Some(idle));
@@ -66,7 +74,7 @@ pub(crate) async fn endpoint(
             let crypto =
                 QuicServerConfig::try_from(tls_config).map_err(|e| Error::Tls(e.to_string()))?;
             let mut sc = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-            sc.transport_config(transport_config(config));
+            sc.transport_config(transport_config(config, None));
             Some(sc)
         }
         None => None,
@@ -106,10 +114,11 @@ fn start_connect(
     host: &str,
     config: &Configuration,
     tls: Arc<rustls::ClientConfig>,
+    epoch: &PathEpoch,
 ) -> Result<quinn::Connecting> {
     let crypto = QuicClientConfig::try_from(tls).map_err(|e| Error::Tls(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-    client.transport_config(transport_config(config));
+    client.transport_config(transport_config(config, Some(epoch)));
     let name = tls::server_name(&config.security, host)?
         .to_str()
         .into_owned();
@@ -126,7 +135,8 @@ fn establish_error(remote: SocketAddr, e: impl std::fmt::Display) -> Error {
     }
 }
 
-/// Connects to `remote` over a fresh client endpoint.
+/// Connects to `remote` over a fresh client endpoint; returns the endpoint, the connection
+/// and the epoch to bump when the endpoint moves to another interface.
 pub(crate) async fn connect(
     net: &dyn Net,
     remote: SocketAddr,
@@ -134,10 +144,11 @@ pub(crate) async fn connect(
     host: &str,
     config: &Configuration,
     tls: Arc<rustls::ClientConfig>,
-) -> Result<(quinn::Endpoint, quinn::Connection)> {
+) -> Result<(quinn::Endpoint, quinn::Connection, PathEpoch)> {
     let endpoint = client_endpoint(net, remote, local).await?;
-    let connection = connect_on(&endpoint, remote, host, config, tls).await?;
-    Ok((endpoint, connection))
+    let epoch = PathEpoch::default();
+    let connection = connect_on(&endpoint, remote, host, config, tls, &epoch).await?;
+    Ok((endpoint, connection, epoch))
 }
 
 /// Starts a 0-RTT connection to `remote` on a fresh endpoint: `None` when rustls holds no
@@ -149,14 +160,23 @@ pub(crate) async fn connect_0rtt(
     host: &str,
     config: &Configuration,
     tls: Arc<rustls::ClientConfig>,
-) -> Result<Option<(quinn::Endpoint, quinn::Connection, quinn::ZeroRttAccepted)>> {
+) -> Result<Option<ZeroRttConnection>> {
     let endpoint = client_endpoint(net, remote, local).await?;
-    let connecting = start_connect(&endpoint, remote, host, config, tls)?;
+    let epoch = PathEpoch::default();
+    let connecting = start_connect(&endpoint, remote, host, config, tls, &epoch)?;
     Ok(connecting
         .into_0rtt()
         .ok()
-        .map(|(conn, accepted)| (endpoint, conn, accepted)))
+        .map(|(conn, accepted)| (endpoint, conn, accepted, epoch)))
 }
+
+/// A client connection in 0-RTT: endpoint, connection, acceptance, path epoch.
+pub(crate) type ZeroRttConnection = (
+    quinn::Endpoint,
+    quinn::Connection,
+    quinn::ZeroRttAccepted,
+    PathEpoch,
+);
 
 /// Connects to `remote` from an existing endpoint.
 pub(crate) async fn connect_on(
@@ -165,8 +185,9 @@ pub(crate) async fn connect_on(
     host: &str,
     config: &Configuration,
     tls: Arc<rustls::ClientConfig>,
+    epoch: &PathEpoch,
 ) -> Result<quinn::Connection> {
-    start_connect(endpoint, remote, host, config, tls)?
+    start_connect(endpoint, remote, host, config, tls, epoch)?
         .await
         .map_err(|e| establish_error(remote, e))
 }
@@ -653,6 +674,7 @@ pub(crate) struct QuicPath {
     pub(crate) net: Arc<dyn Net>,
     pub(crate) endpoint: quinn::Endpoint,
     pub(crate) conn: quinn::Connection,
+    pub(crate) epoch: PathEpoch,
 }
 
 impl crate::path::PathUser for QuicPath {
@@ -661,10 +683,12 @@ impl crate::path::PathUser for QuicPath {
         choice: &'a crate::path::PathChoice,
     ) -> crate::net::BoxFuture<'a, bool> {
         Box::pin(async move {
-            match self.net.bind_udp(SocketAddr::new(choice.local, 0)).await {
-                Ok(socket) => self.endpoint.rebind_abstract(socket).is_ok(),
-                Err(_) => false,
-            }
+            let Ok(socket) = self.net.bind_udp(SocketAddr::new(choice.local, 0)).await else {
+                return false;
+            };
+            // A new path: fresh congestion control, old packets not counted (RFC 9000 §9.4).
+            self.epoch.bump();
+            self.endpoint.rebind_abstract(socket).is_ok()
         })
     }
 
