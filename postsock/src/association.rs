@@ -372,6 +372,7 @@ mod tests {
             attempts.push(Attempt {
                 protocol: f,
                 remote: addr,
+                interface: None,
                 started: Duration::ZERO,
                 duration: Duration::from_millis(5),
                 outcome: AttemptOutcome::Failed("refused".into()),
@@ -380,6 +381,7 @@ mod tests {
         attempts.push(Attempt {
             protocol: winner,
             remote: addr,
+            interface: None,
             started: Duration::from_millis(250),
             duration: Duration::from_millis(80),
             outcome: AttemptOutcome::Won,

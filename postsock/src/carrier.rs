@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use std::time::Duration;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use tokio::time::Instant;
@@ -37,7 +36,7 @@ enum Link {
         epoch: quic::PathEpoch,
     },
     Stream {
-        kill: watch::Sender<bool>,
+        core: Arc<tls_tcp::StreamCore>,
     },
 }
 
@@ -77,6 +76,8 @@ pub(crate) enum Transient {
         protocol: Protocol,
         /// Whether TLS resumed a session, when known.
         resumed: Option<bool>,
+        /// An accepted resumable carrier's token (from the client's HELLO).
+        token: Option<tls_tcp::Token>,
     },
 }
 
@@ -144,6 +145,7 @@ pub(crate) async fn attempt(
                     peer: addr,
                     protocol,
                     resumed: Some(resumed),
+                    token: None,
                 })
             }
             Protocol::Tcp => {
@@ -153,6 +155,7 @@ pub(crate) async fn attempt(
                     peer: addr,
                     protocol,
                     resumed: None,
+                    token: None,
                 })
             }
         }
@@ -165,6 +168,21 @@ pub(crate) async fn attempt(
             timeout_ms: config.connect_timeout.as_millis() as u64,
         }),
     }
+}
+
+/// A fresh carrier token: from the network's seeded RNG in the simulator, else from the
+/// system's secure random source.
+/// `None` when there is no secure random source: the carrier then cannot be continued.
+fn new_token(net: &dyn Net) -> Option<tls_tcp::Token> {
+    let mut token = [0u8; 16];
+    match net.rng_seed() {
+        Some(seed) => token.copy_from_slice(&seed[..16]),
+        None => {
+            let rng = rustls::crypto::ring::default_provider().secure_random;
+            rng.fill(&mut token).ok()?;
+        }
+    }
+    Some(token)
 }
 
 /// What a client carrier needs to steer its transient between interfaces.
@@ -287,7 +305,9 @@ impl Carrier {
         }
         let (transient, path) = result?;
         let origin = Origin { net, remote, tls };
-        let steer = monitor.zip(path).map(|(monitor, choice)| PathSetup { monitor, choice });
+        let steer = monitor
+            .zip(path)
+            .map(|(monitor, choice)| PathSetup { monitor, choice });
         let mut carrier = Self::start_on(transient, &config, Some(origin), steer);
         carrier.establishment = Some(report);
         Ok(carrier)
@@ -353,9 +373,15 @@ impl Carrier {
         let (monitor, paths) = usable_paths(net, config, addr.ip())?;
         let choice = paths.first().cloned();
         let local = choice.as_ref().map(|c| c.local);
-        let connecting =
-            quic::connect_0rtt(net.as_ref(), addr, local, &remote.host, config, tls.quic.clone())
-                .await?;
+        let connecting = quic::connect_0rtt(
+            net.as_ref(),
+            addr,
+            local,
+            &remote.host,
+            config,
+            tls.quic.clone(),
+        )
+        .await?;
         let Some((endpoint, conn, accepted, epoch)) = connecting else {
             return Ok(None);
         };
@@ -365,7 +391,9 @@ impl Carrier {
             remote: remote.clone(),
             tls: Some(tls),
         };
-        let steer = monitor.zip(choice).map(|(monitor, choice)| PathSetup { monitor, choice });
+        let steer = monitor
+            .zip(choice)
+            .map(|(monitor, choice)| PathSetup { monitor, choice });
         let mut carrier = Self::start_on(
             Transient::Quic {
                 conn,
@@ -471,7 +499,7 @@ impl Carrier {
                     conn.remote_address(),
                     outbox,
                     sender,
-                    reader,
+                    Some(reader),
                     link,
                 )
             }
@@ -480,14 +508,52 @@ impl Carrier {
                 peer,
                 protocol,
                 resumed: known,
+                token,
             } => {
                 if let Some(r) = known {
                     let _ = resumed.set(r);
                 }
                 let outbox = Outbox::new(config.send_buffer, tls_tcp::order_rule);
-                let t = tls_tcp::start(stream, outbox.clone(), events_tx, limits);
-                let link = Link::Stream { kill: t.kill };
-                (protocol, peer, outbox, t.writer, t.reader, link)
+                // An initiated TLS carrier can continue on a new transient: it names itself
+                // with a fresh token in a HELLO, inside TLS, before anything else.
+                let (token, preamble) = match (protocol, &origin) {
+                    (Protocol::TlsTcp, Some(o)) => match new_token(o.net.as_ref()) {
+                        Some(t) => (Some(t), vec![tls_tcp::hello_frame(&t, 0, 0).into()]),
+                        None => (None, Vec::new()),
+                    },
+                    _ => (token, Vec::new()),
+                };
+                let settings = tls_tcp::CoreSettings {
+                    limits,
+                    token,
+                    client: origin.is_some(),
+                    dormant_timeout: config.dormant_timeout,
+                };
+                let core = tls_tcp::StreamCore::new(outbox.clone(), events_tx.clone(), settings);
+                // A fresh core is detached: attaching its first transient cannot fail.
+                let _ = core.attach(stream, peer, None, preamble);
+                if let (Some(steer), Some(o), Some(_)) = (steer, &origin, token) {
+                    let user = tls_tcp::StreamPath {
+                        core: core.clone(),
+                        net: o.net.clone(),
+                        host: o.remote.host.clone(),
+                        config: config.clone(),
+                        tls: o.tls.as_ref().map(|t| t.tcp.clone()),
+                        remote: peer,
+                    };
+                    extra.push(tokio::spawn(crate::path::manage(
+                        user,
+                        steer.monitor,
+                        config.paths.clone(),
+                        peer.ip(),
+                        steer.choice,
+                        path.clone(),
+                        events_tx,
+                    )));
+                }
+                let sender = tokio::spawn(core.clone().finished());
+                let link = Link::Stream { core };
+                (protocol, peer, outbox, sender, None, link)
             }
         };
         let reaper = tokio::spawn(outbox.clone().reaper());
@@ -497,13 +563,21 @@ impl Carrier {
             outbox,
             events: tokio::sync::Mutex::new(events_rx),
             sender: tokio::sync::Mutex::new(Some(sender)),
-            tasks: [tasks, reaper].into_iter().chain(extra).collect(),
+            tasks: tasks.into_iter().chain([reaper]).chain(extra).collect(),
             link,
             config: config.clone(),
             origin,
             establishment: None,
             resumed,
             path,
+        }
+    }
+
+    /// The stream core of a TLS/TCP or TCP carrier.
+    pub(crate) fn stream_core(&self) -> Option<Arc<tls_tcp::StreamCore>> {
+        match &self.link {
+            Link::Stream { core } => Some(core.clone()),
+            Link::Quic { .. } => None,
         }
     }
 
@@ -531,8 +605,15 @@ impl Carrier {
             Link::Stream { .. } => {
                 let current = self.interface();
                 let interfaces = origin.net.interfaces();
-                let found = interfaces.iter().find(|i| Some(&i.name) == current.as_ref());
-                found.and_then(|i| i.addrs.iter().copied().find(|a| a.is_ipv4() == self.peer.is_ipv4()))
+                let found = interfaces
+                    .iter()
+                    .find(|i| Some(&i.name) == current.as_ref());
+                found.and_then(|i| {
+                    i.addrs
+                        .iter()
+                        .copied()
+                        .find(|a| a.is_ipv4() == self.peer.is_ipv4())
+                })
             }
         };
         let transient = attempt(
@@ -559,7 +640,7 @@ impl Carrier {
     pub fn peer_addr(&self) -> SocketAddr {
         match &self.link {
             Link::Quic { conn, .. } => conn.remote_address(),
-            Link::Stream { .. } => self.peer,
+            Link::Stream { core } => core.peer(),
         }
     }
 
@@ -743,9 +824,7 @@ impl Carrier {
         self.outbox.fail_all("carrier aborted");
         match &self.link {
             Link::Quic { conn, .. } => conn.close(1u32.into(), b"abort"),
-            Link::Stream { kill } => {
-                let _ = kill.send(true);
-            }
+            Link::Stream { core } => core.abort(),
         }
     }
 }

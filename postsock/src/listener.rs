@@ -3,8 +3,9 @@
 //! A listener binds QUIC (UDP) and TLS/TCP on the same port number, runs each handshake in
 //! its own task (a slow or failing handshake never blocks others) and queues ready carriers.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
@@ -13,8 +14,9 @@ use std::future::Future;
 
 use crate::carrier::Transient;
 use crate::net::{BoxFuture, ByteStream, Net, StreamListener};
-use crate::transport::{quic, tls};
-use crate::{Carrier, Configuration, Error, Protocol, Result};
+use crate::transport::framing::{FLAG_REFUSED, FLAG_RESUME};
+use crate::transport::{quic, tls, tls_tcp};
+use crate::{Carrier, Configuration, Error, Event, Protocol, Result};
 
 /// Accepts carriers. See the [crate docs](crate) for an example.
 #[derive(Debug)]
@@ -173,6 +175,44 @@ async fn accept_quic(
     accept_loop(next, handshake, queue).await;
 }
 
+/// How long a listener waits for a TLS client's first frame (ours send a HELLO at once).
+const HELLO_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Resumable carriers by token; a carrier that ended is forgotten.
+type Resumable = Arc<std::sync::Mutex<BTreeMap<tls_tcp::Token, Weak<tls_tcp::StreamCore>>>>;
+
+/// A client came back on a new transient with a HELLO that continues carrier `h.token`: the
+/// same carrier goes on over it (the application sees a `PathChange`, not a new carrier). An
+/// unknown token (the carrier ended, or never existed) is refused.
+async fn continue_carrier<S>(
+    registry: &Resumable,
+    mut stream: S,
+    peer: SocketAddr,
+    h: tls_tcp::Hello,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    use tokio::io::AsyncWriteExt;
+    let core = registry
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&h.token)
+        .and_then(Weak::upgrade);
+    let Some(core) = core else {
+        tracing::debug!("continuation from {peer} with an unknown token refused");
+        let refusal = tls_tcp::hello_frame(&h.token, 0, FLAG_RESUME | FLAG_REFUSED);
+        let _ = stream.write_all(&refusal).await;
+        let _ = stream.shutdown().await;
+        return;
+    };
+    let received = core.detach().await;
+    let answer = tls_tcp::hello_frame(&h.token, received, FLAG_RESUME);
+    match core.attach(stream, peer, Some(h.received), vec![answer.into()]) {
+        Ok(()) => core.announce(Event::PathChange { remote: peer }).await,
+        Err(e) => tracing::debug!("continuation from {peer} failed: {e}"),
+    }
+}
+
 async fn accept_stream(
     listener: Box<dyn StreamListener>,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
@@ -191,34 +231,57 @@ async fn accept_stream(
             }
         })
     };
+    let registry: Resumable = Default::default();
     let handshake = move |(stream, peer): (Box<dyn ByteStream>, SocketAddr)| {
-        let (acceptor, config) = (acceptor.clone(), config.clone());
+        let (acceptor, config, registry) = (acceptor.clone(), config.clone(), registry.clone());
         async move {
-            let transient = match acceptor {
-                None => Transient::Stream {
+            let Some(acceptor) = acceptor else {
+                let transient = Transient::Stream {
                     stream: Box::new(stream),
                     peer,
                     protocol: Protocol::Tcp,
                     resumed: None,
-                },
-                Some(acceptor) => match acceptor.accept(stream).await {
-                    Ok(tls) => {
-                        let resumed = tls.get_ref().1.handshake_kind()
-                            == Some(rustls::HandshakeKind::Resumed);
-                        Transient::Stream {
-                            stream: Box::new(tls),
-                            peer,
-                            protocol: Protocol::TlsTcp,
-                            resumed: Some(resumed),
-                        }
-                    }
-                    Err(e) => {
-                        tracing::debug!("TLS handshake from {peer} failed: {e}");
-                        return None;
-                    }
-                },
+                    token: None,
+                };
+                return Some(Carrier::start(transient, &config, None));
             };
-            Some(Carrier::start(transient, &config, None))
+            let mut tls = match acceptor.accept(stream).await {
+                Ok(tls) => tls,
+                Err(e) => {
+                    tracing::debug!("TLS handshake from {peer} failed: {e}");
+                    return None;
+                }
+            };
+            let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+            // The client's first frame: a HELLO names a new resumable carrier or continues
+            // one; anything else is read again by a carrier that cannot be continued.
+            let mut first = Vec::new();
+            let hello =
+                tokio::time::timeout(HELLO_WAIT, tls_tcp::read_hello(&mut tls, &mut first)).await;
+            let token = match hello {
+                Ok(Ok(Some(h))) if h.flags & FLAG_RESUME != 0 => {
+                    continue_carrier(&registry, tls, peer, h).await;
+                    return None;
+                }
+                Ok(Ok(Some(h))) => Some(h.token),
+                // Not a HELLO, a malformed one, or nothing yet: the carrier's reader sees the
+                // same bytes and judges them.
+                _ => None,
+            };
+            let transient = Transient::Stream {
+                stream: Box::new(tls_tcp::Prefixed::new(first, tls)),
+                peer,
+                protocol: Protocol::TlsTcp,
+                resumed: Some(resumed),
+                token,
+            };
+            let carrier = Carrier::start(transient, &config, None);
+            if let (Some(token), Some(core)) = (token, carrier.stream_core()) {
+                let mut map = registry.lock().unwrap_or_else(|p| p.into_inner());
+                map.retain(|_, c| c.strong_count() > 0);
+                map.insert(token, Arc::downgrade(&core));
+            }
+            Some(carrier)
         }
     };
     accept_loop(next, handshake, queue).await;

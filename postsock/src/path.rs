@@ -85,10 +85,7 @@ impl PathPolicy {
 
     /// Whether the policy allows interface `name` at all.
     pub fn allows(&self, name: &str) -> bool {
-        let required = self
-            .interfaces
-            .values()
-            .any(|p| *p == Preference::Require);
+        let required = self.interfaces.values().any(|p| *p == Preference::Require);
         match self.preference(name) {
             Preference::Prohibit => false,
             Preference::Require => true,
@@ -198,6 +195,8 @@ pub enum HandoverReason {
     Preferred,
     /// The carrier was dormant and an interface became usable.
     Recovered,
+    /// The transient broke (the peer reset it, say); a new one continues the carrier.
+    Broken,
 }
 
 impl HandoverReason {
@@ -209,6 +208,7 @@ impl HandoverReason {
             HandoverReason::Degraded => "degraded",
             HandoverReason::Preferred => "preferred",
             HandoverReason::Recovered => "recovered",
+            HandoverReason::Broken => "broken",
         }
     }
 }
@@ -234,6 +234,8 @@ pub(crate) struct Health {
     pub(crate) srtt: Duration,
     /// The transient has ended: nothing left to steer.
     pub(crate) ended: bool,
+    /// The transient broke but the carrier can continue on a new one.
+    pub(crate) broken: bool,
 }
 
 /// How often a path manager checks its path's health.
@@ -340,6 +342,8 @@ pub(crate) async fn manage(
             Some(c) if position(&c.interface).is_none() => {
                 (usable.first().cloned(), HandoverReason::InterfaceDown)
             }
+            // The transient broke under us (the carrier can continue on a new one).
+            Some(_) if h.broken => (usable.first().cloned(), HandoverReason::Broken),
             Some(c) if silent => {
                 suspect.insert(c.interface.clone(), now + policy.suspect_for);
                 let other = usable.iter().find(|u| u.interface != c.interface).cloned();
@@ -360,9 +364,9 @@ pub(crate) async fn manage(
                 match usable.first() {
                     Some(best)
                         if here > 0
-                            && up_since.get(&best.interface).is_some_and(|t| {
-                                now.duration_since(*t) >= policy.return_after
-                            }) =>
+                            && up_since
+                                .get(&best.interface)
+                                .is_some_and(|t| now.duration_since(*t) >= policy.return_after) =>
                     {
                         (Some(best.clone()), HandoverReason::Preferred)
                     }

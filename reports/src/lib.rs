@@ -15,8 +15,8 @@ pub mod plot;
 pub mod summary;
 
 pub use model::{
-    AttemptRecord, Direction, Establishment, Expectation, MessageRecord, Metrics, PathEvent, Report,
-    RunWallClock, WallClock, SCHEMA_VERSION,
+    AttemptRecord, Direction, Establishment, Expectation, MessageRecord, Metrics, PathEvent,
+    Report, RunWallClock, WallClock, SCHEMA_VERSION,
 };
 
 /// Errors while writing reports.

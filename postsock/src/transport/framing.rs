@@ -16,10 +16,24 @@ use crate::{Error, MessageId, Result};
 pub const HEADER_LEN: usize = 16;
 /// Frame type: a whole application message.
 pub const TYPE_MESSAGE: u8 = 0x01;
-/// Frame type: a carrier-level acknowledgement. Its id field is the number of messages the
-/// sender of the ACK has received completely (frames with FIN) on this stream so far; its
-/// flags and length are 0.
+/// Frame type: a carrier-level acknowledgement. Its id field counts the ACK units the sender
+/// of the ACK has received on this carrier so far (a MESSAGE frame is its payload length plus
+/// one units); its flags and length are 0.
 pub const TYPE_ACK: u8 = 0x02;
+/// Frame type: the first frame of a transient of a resumable carrier (docs/WIRE.md §
+/// Continuation). Payload: the 16-byte carrier token; id field: the ACK units the sender has
+/// received on this carrier so far (over all its transients).
+pub const TYPE_HELLO: u8 = 0x03;
+/// Frame type: the sender has finished sending on this carrier; end of stream follows. An
+/// end of stream without it, on a resumable carrier, is a broken transient, not a close. With
+/// `FLAG_ABORT` the sender aborted the carrier.
+pub const TYPE_CLOSE: u8 = 0x04;
+/// HELLO flag: continue an existing carrier (without it: a new carrier).
+pub const FLAG_RESUME: u8 = 0x01;
+/// HELLO flag (in the listener's answer): the token is unknown, the carrier cannot continue.
+pub const FLAG_REFUSED: u8 = 0x02;
+/// Length of a carrier token.
+pub const TOKEN_LEN: usize = 16;
 /// Flag: this frame ends its message. Without it, more frames of the same id follow.
 pub const FLAG_FIN: u8 = 0x01;
 /// Flag: the sender abandoned the message (it expired or was aborted after some of it was
@@ -76,6 +90,26 @@ impl FrameHeader {
         }
     }
 
+    /// A HELLO frame header (the token follows as payload).
+    pub fn hello(received: u64, flags: u8) -> Self {
+        FrameHeader {
+            kind: TYPE_HELLO,
+            flags,
+            id: received,
+            len: TOKEN_LEN as u32,
+        }
+    }
+
+    /// The CLOSE frame header; `abort`: the sender aborted the carrier.
+    pub fn close(abort: bool) -> Self {
+        FrameHeader {
+            kind: TYPE_CLOSE,
+            flags: if abort { FLAG_ABORT } else { 0 },
+            id: 0,
+            len: 0,
+        }
+    }
+
     /// Whether this is an ACK frame.
     pub fn is_ack(&self) -> bool {
         self.kind == TYPE_ACK
@@ -120,6 +154,23 @@ impl FrameHeader {
             if header.flags != 0 || header.len != 0 {
                 return Err(Error::Protocol(
                     "an ACK frame must have no flags and no payload".into(),
+                ));
+            }
+            return Ok(header);
+        }
+        if header.kind == TYPE_HELLO {
+            if header.flags & !(FLAG_RESUME | FLAG_REFUSED) != 0 || header.len as usize != TOKEN_LEN
+            {
+                return Err(Error::Protocol(
+                    "a HELLO frame carries a 16-byte token and only RESUME or REFUSED".into(),
+                ));
+            }
+            return Ok(header);
+        }
+        if header.kind == TYPE_CLOSE {
+            if header.flags & !FLAG_ABORT != 0 || header.len != 0 || header.id != 0 {
+                return Err(Error::Protocol(
+                    "a CLOSE frame must be empty, with at most the ABORT flag".into(),
                 ));
             }
             return Ok(header);

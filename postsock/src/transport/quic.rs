@@ -15,8 +15,8 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 use super::assemble::{Assembly, ReceiveLimits};
-pub(crate) use super::cc::PathEpoch;
 use super::cc::PathAwareFactory;
+pub(crate) use super::cc::PathEpoch;
 use super::{tls, EventTx};
 use crate::message::{MessageProperties, SendStatus};
 use crate::net::Net;
@@ -701,6 +701,7 @@ impl crate::path::PathUser for QuicPath {
             lost_packets: s.path.lost_packets,
             srtt: self.conn.rtt(),
             ended: self.conn.close_reason().is_some(),
+            broken: false,
         }
     }
 }

@@ -13,7 +13,9 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::assemble::{Assembly, ReceiveLimits};
-use super::framing::{FrameHeader, HEADER_LEN};
+use super::framing::{
+    FrameHeader, FLAG_REFUSED, FLAG_RESUME, HEADER_LEN, TOKEN_LEN, TYPE_CLOSE, TYPE_HELLO,
+};
 use super::{tls, EventTx};
 use crate::message::{MessageProperties, SendStatus};
 use crate::net::{ByteStream, Net};
@@ -50,11 +52,13 @@ pub(crate) async fn connect_plain(
     remote: SocketAddr,
     local: Option<IpAddr>,
 ) -> Result<Box<dyn ByteStream>> {
-    tcp_connect(net, remote, local).await.map_err(|e| Error::Establish {
-        protocol: Protocol::Tcp,
-        remote,
-        reason: format!("TCP connect: {e}"),
-    })
+    tcp_connect(net, remote, local)
+        .await
+        .map_err(|e| Error::Establish {
+            protocol: Protocol::Tcp,
+            remote,
+            reason: format!("TCP connect: {e}"),
+        })
 }
 
 /// A TCP connection to `remote`, out of interface address `local` when given.
@@ -91,23 +95,36 @@ fn ack_units(len: usize) -> u64 {
     len as u64 + 1
 }
 
-/// Carrier-level acknowledgement state of a stream transient, shared by writer and reader.
+/// Carrier-level acknowledgement state of a stream carrier, shared by writer and reader and
+/// kept across transients (ACK units count over the whole carrier).
 ///
 /// The writer keeps at most a window of unacknowledged bytes in flight: twice the measured
 /// delivery rate times the minimum RTT (at least 16 KiB). That keeps a backlog in the
 /// carrier's queue, where niceness and lifetimes still apply, rather than in TLS and socket
-/// buffers, without holding back a fast path.
+/// buffers, without holding back a fast path. A resumable carrier also keeps the bytes of
+/// every unacknowledged frame, to write them again on the next transient.
 #[derive(Debug, Default)]
 struct Acks {
     inner: std::sync::Mutex<AckInner>,
     changed: Notify,
 }
 
+/// A written, unacknowledged frame.
+#[derive(Debug)]
+struct SentFrame {
+    /// Where it ends, in ACK units.
+    end: u64,
+    /// When it was written.
+    at: Instant,
+    /// The message it completes, if it carried FIN.
+    fin: Option<MessageId>,
+    /// Its bytes (header and payload), kept by resumable carriers.
+    bytes: Option<(Bytes, Bytes)>,
+}
+
 #[derive(Debug, Default)]
 struct AckInner {
-    /// Frames written and not yet acknowledged: where each ends in ACK units, when it was
-    /// written, and the message it completes (if it carried FIN).
-    frames: VecDeque<(u64, Instant, Option<MessageId>)>,
+    frames: VecDeque<SentFrame>,
     written: u64,
     acked: u64,
     srtt: Option<Duration>,
@@ -130,6 +147,34 @@ impl AckInner {
             }
             _ => INITIAL_WINDOW,
         }
+    }
+
+    /// Settles every frame up to `acked` units; returns an RTT sample.
+    fn settle(&mut self, acked: u64, outbox: &Outbox) -> Option<Duration> {
+        let now = Instant::now();
+        let mut sample = None;
+        while let Some(f) = self.frames.front() {
+            if f.end > acked {
+                break;
+            }
+            sample = Some(now - f.at);
+            if let Some(id) = f.fin {
+                outbox.update(id, SendStatus::Acked, true);
+            }
+            self.frames.pop_front();
+        }
+        self.acked = acked;
+        sample
+    }
+
+    fn check(&self, acked: u64) -> Result<()> {
+        if acked < self.acked || acked > self.written {
+            return Err(Error::Protocol(format!(
+                "ACK of {acked} units, outside the {}..={} sent",
+                self.acked, self.written
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -167,37 +212,24 @@ impl Acks {
         .await
     }
 
-    fn written(&self, id: MessageId, bytes: usize, fin: bool) {
+    fn written(&self, item: &Item, header: &[u8; HEADER_LEN], keep: bool) {
         let mut st = self.lock();
-        st.written += ack_units(bytes);
-        let end = st.written;
-        st.frames
-            .push_back((end, Instant::now(), fin.then_some(id)));
+        st.written += ack_units(item.data.len());
+        let frame = SentFrame {
+            end: st.written,
+            at: Instant::now(),
+            fin: (item.fin && !item.abort).then_some(item.id),
+            bytes: keep.then(|| (Bytes::copy_from_slice(header), item.data.clone())),
+        };
+        st.frames.push_back(frame);
     }
 
     /// Applies the peer's ACK of `acked` units.
     fn acknowledge(&self, acked: u64, outbox: &Outbox) -> Result<()> {
         let mut st = self.lock();
-        if acked < st.acked || acked > st.written {
-            return Err(Error::Protocol(format!(
-                "ACK of {acked} units, outside the {}..={} sent",
-                st.acked, st.written
-            )));
-        }
+        st.check(acked)?;
         let now = Instant::now();
-        let mut sample = None;
-        while let Some(&(end, at, fin)) = st.frames.front() {
-            if end > acked {
-                break;
-            }
-            st.frames.pop_front();
-            sample = Some(now - at);
-            if let Some(id) = fin {
-                outbox.update(id, SendStatus::Acked, true);
-            }
-        }
-        st.acked = acked;
-        if let Some(rtt) = sample {
+        if let Some(rtt) = st.settle(acked, outbox) {
             let srtt = st.srtt.map_or(rtt, |s| (s * 7 + rtt) / 8);
             let min_rtt = st.min_rtt.map_or(rtt, |m| m.min(rtt));
             st.srtt = Some(srtt);
@@ -223,72 +255,635 @@ impl Acks {
     fn peer_done(&self, outbox: &Outbox) {
         let mut st = self.lock();
         st.peer_done = true;
-        for (_, _, fin) in st.frames.drain(..) {
-            if let Some(id) = fin {
+        for f in st.frames.drain(..) {
+            if let Some(id) = f.fin {
                 outbox.update(id, SendStatus::Sent, true);
             }
         }
         drop(st);
         self.changed.notify_waiters();
     }
-}
 
-/// The running halves of a stream transient.
-pub(crate) struct StreamTasks {
-    pub writer: JoinHandle<Result<()>>,
-    pub reader: JoinHandle<()>,
-    pub kill: watch::Sender<bool>,
-}
-
-/// Starts the writer (draining `outbox`) and the reader (feeding `events`) of a connected
-/// stream (TLS or plain TCP).
-pub(crate) fn start<S>(
-    stream: S,
-    outbox: Arc<Outbox>,
-    events: EventTx,
-    limits: ReceiveLimits,
-) -> StreamTasks
-where
-    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
-{
-    let (read_half, write_half) = tokio::io::split(stream);
-    let (kill, killed) = watch::channel(false);
-    let (ack_tx, ack_rx) = watch::channel(0u64);
-    let acks = Arc::new(Acks::default());
-    let writer = tokio::spawn(write_loop(
-        write_half,
-        outbox.clone(),
-        acks.clone(),
-        ack_rx,
-        killed,
-    ));
-    // Frames are read in small pieces (a 16-byte header, then the payload): a buffer keeps
-    // that from costing a TLS read (and a system call) each.
-    let read_half = tokio::io::BufReader::with_capacity(64 * 1024, read_half);
-    let reader = tokio::spawn(read_loop(
-        read_half,
-        Receiver {
-            events,
-            limits,
-            outbox,
-            acks,
-            ack_tx,
-        },
-        kill.clone(),
-    ));
-    StreamTasks {
-        writer,
-        reader,
-        kill,
+    /// A new transient continues the carrier and the peer has received `received` units:
+    /// settles what it has, forgets the old path's estimates, and returns the bytes of every
+    /// frame it has not received, to be written again first, in order.
+    fn resume(&self, received: u64, outbox: &Outbox) -> Result<Vec<Bytes>> {
+        let mut st = self.lock();
+        st.check(received)?;
+        st.settle(received, outbox);
+        st.srtt = None;
+        st.min_rtt = None;
+        st.rate = None;
+        st.rate_mark = None;
+        st.peer_done = false;
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for f in st.frames.iter_mut() {
+            f.at = now;
+            if let Some((header, data)) = &f.bytes {
+                out.push(header.clone());
+                out.push(data.clone());
+            }
+        }
+        drop(st);
+        self.changed.notify_waiters();
+        Ok(out)
     }
 }
 
-async fn killed(kill: &mut watch::Receiver<bool>) {
-    let _ = kill.wait_for(|k| *k).await;
+/// A resumable carrier's token: 16 random bytes the client sends inside TLS.
+pub(crate) type Token = [u8; TOKEN_LEN];
+
+/// What the reader of a stream carrier keeps across transients.
+#[derive(Debug, Default)]
+struct RecvState {
+    open: BTreeMap<MessageId, Assembly>,
+    discarding: BTreeSet<MessageId>,
+    /// ACK units received and processed on this carrier.
+    received: u64,
+}
+
+/// How a transient's reader ended.
+enum ReadEnd {
+    /// The peer closed cleanly (CLOSE and end of stream, or end of stream on a carrier that
+    /// cannot resume).
+    Clean,
+    /// Stopped at a frame boundary because another transient takes over.
+    Stopped,
+    /// The application went away.
+    Gone,
+    /// The transient broke (read error, end of stream without CLOSE).
+    Broken(Error),
+    /// The peer violated the wire format.
+    Fatal(Error),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CoreState {
+    /// A transient runs.
+    Active,
+    /// No transient: the carrier waits for one (dormant) or is switching.
+    Detached,
+    /// The carrier ended.
+    Ended,
+}
+
+/// The tasks of the running transient.
+struct Running {
+    /// KILL_STOP or KILL_ABORT ends the writer.
+    kill: watch::Sender<u8>,
+    stop: watch::Sender<bool>,
+    reader: JoinHandle<()>,
+    writer: JoinHandle<()>,
+}
+
+struct CoreInner {
+    epoch: u64,
+    state: CoreState,
+    current: Option<Running>,
+    peer: SocketAddr,
+}
+
+/// A stream carrier: the state that outlives its transients (TLS or TCP connections). A
+/// carrier with a token can continue on a new transient when one breaks (docs/WIRE.md,
+/// Continuation): each side tells the other how many ACK units it received, and writes again
+/// exactly the frames the other has not — no message lost, none delivered twice.
+pub(crate) struct StreamCore {
+    outbox: Arc<Outbox>,
+    events: std::sync::Mutex<Option<EventTx>>,
+    limits: ReceiveLimits,
+    acks: Arc<Acks>,
+    recv: Arc<tokio::sync::Mutex<RecvState>>,
+    token: Option<Token>,
+    /// The client side: its path manager reports dormancy; a listener's side reports it itself.
+    client: bool,
+    dormant_timeout: Duration,
+    inner: std::sync::Mutex<CoreInner>,
+    /// Our direction's fate once the outbox is closed: Ok when everything was acknowledged.
+    sent_all: watch::Sender<Option<std::result::Result<(), String>>>,
+    /// Frames written and read (for the path manager's silence detection).
+    tx: std::sync::atomic::AtomicU64,
+    rx: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for StreamCore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamCore")
+            .field("resumable", &self.token.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Settings of a new stream carrier.
+pub(crate) struct CoreSettings {
+    pub(crate) limits: ReceiveLimits,
+    pub(crate) token: Option<Token>,
+    pub(crate) client: bool,
+    pub(crate) dormant_timeout: Duration,
+}
+
+impl StreamCore {
+    pub(crate) fn new(outbox: Arc<Outbox>, events: EventTx, settings: CoreSettings) -> Arc<Self> {
+        let peer = SocketAddr::from(([0, 0, 0, 0], 0));
+        Arc::new(StreamCore {
+            outbox,
+            events: std::sync::Mutex::new(Some(events)),
+            limits: settings.limits,
+            acks: Arc::new(Acks::default()),
+            recv: Default::default(),
+            token: settings.token,
+            client: settings.client,
+            dormant_timeout: settings.dormant_timeout,
+            inner: std::sync::Mutex::new(CoreInner {
+                epoch: 0,
+                state: CoreState::Detached,
+                current: None,
+                peer,
+            }),
+            sent_all: watch::channel(None).0,
+            tx: Default::default(),
+            rx: Default::default(),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, CoreInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn events(&self) -> Option<EventTx> {
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The token, if the carrier can continue on a new transient.
+    pub(crate) fn token(&self) -> Option<Token> {
+        self.token
+    }
+
+    /// The peer's address on the current (or last) transient.
+    pub(crate) fn peer(&self) -> SocketAddr {
+        self.lock().peer
+    }
+
+    /// Frames written and read so far, and whether the carrier waits for a transient or ended.
+    pub(crate) fn traffic(&self) -> (u64, u64, bool, bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let st = self.lock().state;
+        (
+            self.tx.load(Relaxed),
+            self.rx.load(Relaxed),
+            st == CoreState::Detached,
+            st == CoreState::Ended,
+        )
+    }
+
+    /// Queues an event for the application (while the carrier lives).
+    pub(crate) async fn announce(&self, event: Event) {
+        if let Some(events) = self.events() {
+            let _ = events.send(event).await;
+        }
+    }
+
+    /// The smoothed RTT the ACKs measure.
+    pub(crate) fn srtt(&self) -> Duration {
+        self.acks.lock().srtt.unwrap_or(Duration::from_millis(100))
+    }
+
+    /// Runs the carrier on `stream`. `peer_received`: on a continuation, the ACK units the
+    /// peer said it has (the frames after them are written again first); `preamble`: frames to
+    /// write before anything else (a HELLO).
+    pub(crate) fn attach<S>(
+        self: &Arc<Self>,
+        stream: S,
+        peer: SocketAddr,
+        peer_received: Option<u64>,
+        preamble: Vec<Bytes>,
+    ) -> Result<()>
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let mut preamble = preamble;
+        if let Some(received) = peer_received {
+            preamble.extend(self.acks.resume(received, &self.outbox)?);
+        }
+        let mut st = self.lock();
+        if st.state == CoreState::Ended {
+            return Err(Error::Closed);
+        }
+        st.epoch += 1;
+        st.state = CoreState::Active;
+        st.peer = peer;
+        let epoch = st.epoch;
+        let (read_half, write_half) = tokio::io::split(stream);
+        let (kill, killed) = watch::channel(0u8);
+        let (stop, stopped) = watch::channel(false);
+        let (ack_tx, ack_rx) = watch::channel(0u64);
+        let core = self.clone();
+        let writer = tokio::spawn(async move {
+            let result = write_loop(write_half, &core, preamble, ack_rx, killed).await;
+            core.writer_ended(epoch, result);
+        });
+        // Frames are read in small pieces (a 16-byte header, then the payload): a buffer keeps
+        // that from costing a TLS read (and a system call) each.
+        let read_half = tokio::io::BufReader::with_capacity(64 * 1024, read_half);
+        let core = self.clone();
+        let reader = tokio::spawn(async move {
+            let end = read_messages(read_half, &core, ack_tx, stopped).await;
+            core.reader_ended(epoch, end).await;
+        });
+        let old = st.current.replace(Running {
+            kill,
+            stop,
+            reader,
+            writer,
+        });
+        drop(st);
+        if let Some(old) = old {
+            let _ = old.kill.send(KILL_STOP);
+        }
+        Ok(())
+    }
+
+    /// Stops the running transient at a frame boundary (so that what it read is exactly
+    /// accounted for) and returns the ACK units received so far. The carrier then waits for
+    /// [`attach`](Self::attach), for at most the dormant timeout.
+    pub(crate) async fn detach(self: &Arc<Self>) -> u64 {
+        let running = {
+            let mut st = self.lock();
+            if st.state == CoreState::Ended {
+                None
+            } else {
+                st.epoch += 1;
+                st.state = CoreState::Detached;
+                st.current.take()
+            }
+        };
+        if let Some(r) = running {
+            let _ = r.stop.send(true);
+            let _ = r.kill.send(KILL_STOP);
+            let _ = r.reader.await;
+            r.writer.abort();
+        }
+        self.watch_dormancy();
+        self.recv.lock().await.received
+    }
+
+    /// Ends the carrier after the dormant timeout unless a transient attaches first.
+    fn watch_dormancy(self: &Arc<Self>) {
+        let epoch = self.lock().epoch;
+        let core = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(core.dormant_timeout).await;
+            let still = {
+                let st = core.lock();
+                st.epoch == epoch && st.state == CoreState::Detached
+            };
+            if still {
+                let after_ms = core.dormant_timeout.as_millis() as u64;
+                core.end(Some(Error::DormantTimeout { after_ms })).await;
+            }
+        });
+    }
+
+    /// Ends the carrier: `None` after a clean close by the peer, else with an error (what is
+    /// still queued fails).
+    async fn end(self: &Arc<Self>, error: Option<Error>) {
+        self.end_with(error, KILL_STOP).await
+    }
+
+    async fn end_with(self: &Arc<Self>, error: Option<Error>, kill: u8) {
+        let running = {
+            let mut st = self.lock();
+            if st.state == CoreState::Ended {
+                return;
+            }
+            st.state = CoreState::Ended;
+            // After the peer's clean close our writer goes on until the application closes
+            // (a half-close); a failure stops it.
+            if error.is_some() {
+                st.current.take()
+            } else {
+                None
+            }
+        };
+        if let Some(r) = running {
+            let _ = r.kill.send(kill);
+        }
+        self.acks.peer_done(&self.outbox);
+        let event = match error {
+            Some(e) => {
+                self.outbox.fail_all(&e.to_string());
+                self.sent_all.send_if_modified(|s| {
+                    let unset = s.is_none();
+                    if unset {
+                        *s = Some(Err(e.to_string()));
+                    }
+                    unset
+                });
+                Event::ConnectionError(e)
+            }
+            None => Event::Closed,
+        };
+        let events = self.events.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(events) = events {
+            let _ = events.send(event).await;
+        }
+    }
+
+    /// Ends the carrier at once (the application aborted it).
+    pub(crate) fn abort(self: &Arc<Self>) {
+        let core = self.clone();
+        self.outbox.fail_all("carrier aborted");
+        tokio::spawn(async move {
+            let e = Error::Connection("carrier aborted".into());
+            core.end_with(Some(e), KILL_ABORT).await
+        });
+    }
+
+    /// Resolves once our direction is done: Ok when everything sent was acknowledged and the
+    /// stream shut down after the outbox closed; Err if the carrier failed first.
+    pub(crate) async fn finished(self: Arc<Self>) -> Result<()> {
+        let mut rx = self.sent_all.subscribe();
+        let done = rx.wait_for(Option::is_some).await;
+        match done.as_deref() {
+            Ok(Some(Ok(()))) => Ok(()),
+            Ok(Some(Err(e))) => Err(Error::Connection(e.clone())),
+            _ => Err(Error::Closed),
+        }
+    }
+
+    fn current_epoch(&self, epoch: u64) -> bool {
+        let st = self.lock();
+        st.epoch == epoch && st.state == CoreState::Active
+    }
+
+    /// The transient broke: a resumable carrier waits for another (dormant); any other ends.
+    async fn broken(self: &Arc<Self>, epoch: u64, error: Error) {
+        if self.token.is_none() {
+            return self.end(Some(error)).await;
+        }
+        let running = {
+            let mut st = self.lock();
+            if st.epoch != epoch || st.state != CoreState::Active {
+                return;
+            }
+            st.epoch += 1;
+            st.state = CoreState::Detached;
+            st.current.take()
+        };
+        if let Some(r) = running {
+            let _ = r.kill.send(KILL_STOP);
+        }
+        tracing::debug!("stream transient broke ({error}); carrier dormant");
+        self.watch_dormancy();
+        if !self.client {
+            if let Some(events) = self.events() {
+                let _ = events.send(Event::Dormant).await;
+            }
+        }
+    }
+
+    fn writer_ended(self: &Arc<Self>, epoch: u64, result: Result<()>) {
+        let state = {
+            let st = self.lock();
+            if st.epoch != epoch {
+                return;
+            }
+            st.state
+        };
+        match result {
+            Ok(()) => {
+                self.sent_all.send_replace(Some(Ok(())));
+            }
+            Err(e) if state == CoreState::Active => {
+                let core = self.clone();
+                tokio::spawn(async move { core.broken(epoch, e).await });
+            }
+            Err(e) => {
+                self.sent_all.send_if_modified(|s| {
+                    let unset = s.is_none();
+                    if unset {
+                        *s = Some(Err(e.to_string()));
+                    }
+                    unset
+                });
+            }
+        }
+    }
+
+    async fn reader_ended(self: &Arc<Self>, epoch: u64, end: ReadEnd) {
+        if !self.current_epoch(epoch) {
+            return;
+        }
+        match end {
+            ReadEnd::Stopped | ReadEnd::Gone => {}
+            ReadEnd::Clean => self.end(None).await,
+            ReadEnd::Fatal(e) => self.end(Some(e)).await,
+            ReadEnd::Broken(e) => self.broken(epoch, e).await,
+        }
+    }
+}
+
+/// A stream carrier's path user: moving is opening a new transient out of the new interface
+/// (TLS resumes the session from the association's cache) and continuing the carrier on it.
+pub(crate) struct StreamPath {
+    pub(crate) core: Arc<StreamCore>,
+    pub(crate) net: Arc<dyn Net>,
+    pub(crate) host: String,
+    pub(crate) config: Configuration,
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
+    pub(crate) remote: SocketAddr,
+}
+
+impl crate::path::PathUser for StreamPath {
+    fn move_to<'a>(
+        &'a mut self,
+        choice: &'a crate::path::PathChoice,
+    ) -> crate::net::BoxFuture<'a, bool> {
+        Box::pin(async move {
+            let (Some(token), Some(tls)) = (self.core.token(), self.tls.clone()) else {
+                return false;
+            };
+            let local = Some(choice.local);
+            let connect = connect(
+                self.net.as_ref(),
+                self.remote,
+                local,
+                &self.host,
+                &self.config,
+                tls,
+            );
+            let Ok(Ok(mut stream)) =
+                tokio::time::timeout(self.config.connect_timeout, connect).await
+            else {
+                return false;
+            };
+            let received = self.core.detach().await;
+            let hello = hello_frame(&token, received, FLAG_RESUME);
+            if stream.write_all(&hello).await.is_err() || stream.flush().await.is_err() {
+                return false;
+            }
+            let mut first = Vec::new();
+            let answer = read_hello(&mut stream, &mut first);
+            let answer = match tokio::time::timeout(self.config.connect_timeout, answer).await {
+                Ok(Ok(Some(h))) => h,
+                _ => return false,
+            };
+            if answer.flags & FLAG_REFUSED != 0 || answer.token != token {
+                let e = Error::Connection("the peer no longer knows this carrier".into());
+                self.core.end(Some(e)).await;
+                return false;
+            }
+            self.core
+                .attach(stream, self.remote, Some(answer.received), Vec::new())
+                .is_ok()
+        })
+    }
+
+    fn health(&self) -> crate::path::Health {
+        let (tx, rx, broken, ended) = self.core.traffic();
+        crate::path::Health {
+            tx,
+            rx,
+            sent_packets: 0,
+            lost_packets: 0,
+            srtt: self.core.srtt(),
+            ended,
+            broken,
+        }
+    }
+}
+
+/// A HELLO frame: header and token.
+pub(crate) fn hello_frame(token: &Token, received: u64, flags: u8) -> Vec<u8> {
+    let mut out = FrameHeader::hello(received, flags).encode().to_vec();
+    out.extend_from_slice(token);
+    out
+}
+
+/// A HELLO as read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Hello {
+    pub(crate) token: Token,
+    pub(crate) flags: u8,
+    pub(crate) received: u64,
+}
+
+/// Reads the first frame of a stream if it is a HELLO (consumed whole). Anything else stays in
+/// `read` (the bytes taken so far) for the carrier's reader to see again; so does a partial
+/// header if the caller gives up waiting.
+pub(crate) async fn read_hello<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    read: &mut Vec<u8>,
+) -> Result<Option<Hello>> {
+    while read.len() < HEADER_LEN {
+        let mut byte = [0u8; HEADER_LEN];
+        let want = HEADER_LEN - read.len();
+        let n = stream
+            .read(&mut byte[..want])
+            .await
+            .map_err(|e| Error::Connection(format!("TCP read: {e}")))?;
+        if n == 0 {
+            return Ok(None);
+        }
+        read.extend_from_slice(&byte[..n]);
+        if read[0] != TYPE_HELLO {
+            return Ok(None);
+        }
+    }
+    let mut header = [0u8; HEADER_LEN];
+    header.copy_from_slice(&read[..HEADER_LEN]);
+    if header[0] != TYPE_HELLO {
+        return Ok(None);
+    }
+    let h = FrameHeader::decode(&header, TOKEN_LEN)?;
+    let mut token = [0u8; TOKEN_LEN];
+    stream
+        .read_exact(&mut token)
+        .await
+        .map_err(|e| Error::Protocol(format!("truncated HELLO: {e}")))?;
+    read.clear();
+    Ok(Some(Hello {
+        token,
+        flags: h.flags,
+        received: h.id,
+    }))
+}
+
+/// A stream with bytes already read from it put back in front.
+pub(crate) struct Prefixed<S> {
+    prefix: Bytes,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    pub(crate) fn new(prefix: Vec<u8>, inner: S) -> Self {
+        Prefixed {
+            prefix: prefix.into(),
+            inner,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            let head = self.prefix.split_to(n);
+            buf.put_slice(&head);
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// How long an aborting writer may take to finish its frame and say goodbye.
+const ABORT_GRACE: Duration = Duration::from_secs(1);
+
+/// The writer stops (the transient is being replaced, or broke).
+const KILL_STOP: u8 = 1;
+/// The writer tells the peer the carrier is aborted, then stops.
+const KILL_ABORT: u8 = 2;
+
+async fn killed(kill: &mut watch::Receiver<u8>) -> u8 {
+    match kill.wait_for(|k| *k != 0).await {
+        Ok(k) => *k,
+        Err(_) => KILL_STOP,
+    }
 }
 
 enum Step {
-    Killed,
+    Killed(u8),
     Ack,
     AckDue,
     Item(Option<Item>),
@@ -309,15 +904,13 @@ const ACK_DELAY: Duration = Duration::from_millis(1);
 /// ...unless this many units are unacknowledged.
 const ACK_EVERY: u64 = 32 * 1024;
 
-fn encode_frame(batch: &mut BytesMut, item: &Item) {
-    let header = if item.abort {
-        FrameHeader::abort(item.id)
+fn frame_header(item: &Item) -> [u8; HEADER_LEN] {
+    if item.abort {
+        FrameHeader::abort(item.id).encode()
     } else {
         // `next` cut the item to at most MAX_FRAME bytes.
-        FrameHeader::part(item.id, item.data.len() as u32, item.fin)
-    };
-    batch.extend_from_slice(&header.encode());
-    batch.extend_from_slice(&item.data);
+        FrameHeader::part(item.id, item.data.len() as u32, item.fin).encode()
+    }
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {
@@ -329,35 +922,51 @@ async fn sleep_until_opt(at: Option<Instant>) {
 
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut out: W,
-    outbox: Arc<Outbox>,
-    acks: Arc<Acks>,
+    core: &StreamCore,
+    preamble: Vec<Bytes>,
     mut ack_rx: watch::Receiver<u64>,
-    mut kill: watch::Receiver<bool>,
+    mut kill: watch::Receiver<u8>,
 ) -> Result<()> {
-    let result = async {
-        let io = |e: std::io::Error| Error::Connection(format!("TCP write: {e}"));
-        let mut draining = true;
-        let mut dirty = false;
-        // The ACK count last sent, and when a pending one is due.
-        let mut ack_sent: u64 = 0;
-        let mut ack_due: Option<Instant> = None;
-        let mut batch = BytesMut::with_capacity(BATCH + MAX_FRAME + HEADER_LEN);
-        loop {
+    let (outbox, acks) = (&core.outbox, &core.acks);
+    let keep = core.token.is_some();
+    let io = |e: std::io::Error| Error::Connection(format!("TCP write: {e}"));
+    let mut draining = true;
+    let mut dirty = false;
+    // The ACK count last sent, and when a pending one is due.
+    let mut ack_sent: u64 = 0;
+    let mut ack_due: Option<Instant> = None;
+    let mut batch = BytesMut::with_capacity(BATCH + MAX_FRAME + HEADER_LEN);
+    for piece in preamble {
+        batch.extend_from_slice(&piece);
+    }
+    let mut flush = !batch.is_empty();
+    loop {
+        let mut sent_fins = Vec::new();
+        if batch.is_empty() && !flush {
             let step = tokio::select! {
                 biased;
-                _ = killed(&mut kill) => Step::Killed,
+                how = killed(&mut kill) => Step::Killed(how),
                 Ok(()) = ack_rx.changed() => Step::Ack,
                 _ = sleep_until_opt(ack_due) => Step::AckDue,
                 item = async { acks.window_open().await; outbox.next(MAX_FRAME).await }, if draining => Step::Item(item),
                 _ = acks.all_acked(), if !draining => Step::Done,
                 _ = tokio::time::sleep(FLUSH_DELAY), if dirty => Step::Flush,
             };
-            let mut sent_fins = Vec::new();
-            let mut flush = false;
             match step {
                 // Closing with everything acknowledged: the peer going away now costs nothing.
-                Step::Killed if !draining && acks.lock().frames.is_empty() => return Ok(()),
-                Step::Killed => return Err(Error::Connection("transient ended".into())),
+                Step::Killed(KILL_ABORT) => {
+                    // Best effort: the peer learns the carrier is over, not merely broken.
+                    let bye = FrameHeader::close(true).encode();
+                    let _ = tokio::time::timeout(ABORT_GRACE, async {
+                        out.write_all(&bye).await?;
+                        out.shutdown().await
+                    })
+                    .await;
+                    return Err(Error::Connection("carrier aborted".into()));
+                }
+                // Closing with everything acknowledged: the peer going away now costs nothing.
+                Step::Killed(_) if !draining && acks.lock().frames.is_empty() => return Ok(()),
+                Step::Killed(_) => return Err(Error::Connection("transient ended".into())),
                 Step::Ack => {
                     let count = *ack_rx.borrow_and_update();
                     if count - ack_sent < ACK_EVERY {
@@ -380,10 +989,12 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                     // Gather what is ready into one write, within the window.
                     let mut item = first;
                     loop {
+                        let header = frame_header(&item);
                         // Recorded before writing: the peer's ACK can come back before
                         // the write returns.
-                        acks.written(item.id, item.data.len(), item.fin);
-                        encode_frame(&mut batch, &item);
+                        acks.written(&item, &header, keep);
+                        batch.extend_from_slice(&header);
+                        batch.extend_from_slice(&item.data);
                         flush |= item.props.immediate;
                         if item.fin && !item.abort {
                             sent_fins.push(item.id);
@@ -399,13 +1010,16 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                     flush |= outbox.idle();
                 }
             }
-            // A pending ACK rides along with whatever is written now.
-            let count = *ack_rx.borrow_and_update();
-            if count > ack_sent {
-                batch.extend_from_slice(&FrameHeader::ack(count).encode());
-                ack_sent = count;
-            }
-            ack_due = None;
+        }
+        // A pending ACK rides along with whatever is written now.
+        let count = *ack_rx.borrow_and_update();
+        if count > ack_sent {
+            batch.extend_from_slice(&FrameHeader::ack(count).encode());
+            ack_sent = count;
+        }
+        ack_due = None;
+        let mut aborted = false;
+        {
             let write = async {
                 if !batch.is_empty() {
                     out.write_all(&batch).await?;
@@ -415,82 +1029,121 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 }
                 Ok::<_, std::io::Error>(())
             };
-            tokio::select! {
+            tokio::pin!(write);
+            let how = tokio::select! {
                 biased;
-                _ = killed(&mut kill) => return Err(Error::Connection("transient ended".into())),
-                done = write => done.map_err(io)?,
-            }
-            dirty = !flush;
-            batch.clear();
-            for id in sent_fins {
-                outbox.update(id, SendStatus::Sent, false);
+                how = killed(&mut kill) => Some(how),
+                done = &mut write => {
+                    done.map_err(io)?;
+                    None
+                }
+            };
+            match how {
+                // An abort lets the frame being written finish, so the CLOSE that follows
+                // is read as one.
+                Some(KILL_ABORT) => {
+                    aborted = tokio::time::timeout(ABORT_GRACE, &mut write)
+                        .await
+                        .is_ok_and(|r| r.is_ok());
+                }
+                Some(_) => return Err(Error::Connection("transient ended".into())),
+                None => {}
             }
         }
-        out.shutdown().await.map_err(io)?;
-        Ok(())
+        if aborted {
+            let bye = FrameHeader::close(true).encode();
+            let _ = tokio::time::timeout(ABORT_GRACE, async {
+                out.write_all(&bye).await?;
+                out.shutdown().await
+            })
+            .await;
+            return Err(Error::Connection("carrier aborted".into()));
+        }
+        core.tx.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        dirty = !flush;
+        flush = false;
+        batch.clear();
+        for id in sent_fins {
+            outbox.update(id, SendStatus::Sent, false);
+        }
     }
-    .await;
-    if let Err(e) = &result {
-        outbox.fail_all(&e.to_string());
+    if keep {
+        // A resumable carrier says it is done, so the peer can tell a close from a break.
+        out.write_all(&FrameHeader::close(false).encode())
+            .await
+            .map_err(io)?;
     }
-    result
-}
-
-/// What the reader of a stream transient feeds.
-struct Receiver {
-    events: EventTx,
-    limits: ReceiveLimits,
-    outbox: Arc<Outbox>,
-    acks: Arc<Acks>,
-    ack_tx: watch::Sender<u64>,
+    out.shutdown().await.map_err(io)?;
+    Ok(())
 }
 
 /// Messages being reassembled at once; more is a protocol violation.
 const MAX_OPEN_MESSAGES: usize = 1024;
 
-async fn read_loop<R: AsyncRead + Unpin>(mut input: R, rx: Receiver, kill: watch::Sender<bool>) {
-    // A clean end of stream is the peer's half-close: our writer may go on until we close.
-    // A violation or read error ends the whole transient.
-    let mut killed_rx = kill.subscribe();
-    let end = tokio::select! {
-        biased;
-        end = read_messages(&mut input, &rx) => end,
-        // Aborted locally (or the writer failed): drop our half too, so the connection closes.
-        _ = killed(&mut killed_rx) => Err(Error::Connection("aborted".into())),
+async fn read_messages<R: AsyncRead + Unpin>(
+    mut input: R,
+    core: &StreamCore,
+    ack_tx: watch::Sender<u64>,
+    mut stop: watch::Receiver<bool>,
+) -> ReadEnd {
+    let limits = &core.limits;
+    let Some(events) = core.events() else {
+        return ReadEnd::Gone;
     };
-    rx.acks.peer_done(&rx.outbox);
-    match end {
-        Ok(()) => {
-            let _ = rx.events.send(Event::Closed).await;
-        }
-        Err(e) => {
-            let _ = kill.send(true);
-            let _ = rx.events.send(Event::ConnectionError(e)).await;
-        }
-    }
-}
-
-async fn read_messages<R: AsyncRead + Unpin>(input: &mut R, rx: &Receiver) -> Result<()> {
-    let (events, limits) = (&rx.events, &rx.limits);
-    let mut open: BTreeMap<MessageId, Assembly> = BTreeMap::new();
-    let mut discarding: BTreeSet<MessageId> = BTreeSet::new();
-    let mut received: u64 = 0;
+    let resumable = core.token.is_some();
+    let mut st = core.recv.lock().await;
+    let mut closing = false;
     loop {
-        let Some((header, data)) = read_frame(input, limits.max_message_size).await? else {
-            if let Some(id) = open.keys().next() {
-                return Err(Error::Protocol(format!(
+        let frame = tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => return ReadEnd::Stopped,
+            frame = read_frame(&mut input, limits.max_message_size) => frame,
+        };
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e @ Error::Protocol(_)) => return ReadEnd::Fatal(e),
+            Err(e) if resumable => return ReadEnd::Broken(e),
+            Err(e) => return ReadEnd::Fatal(e),
+        };
+        core.rx.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let Some((header, data)) = frame else {
+            if resumable && !closing {
+                return ReadEnd::Broken(Error::Connection("the stream ended without CLOSE".into()));
+            }
+            if let Some(id) = st.open.keys().next() {
+                return ReadEnd::Fatal(Error::Protocol(format!(
                     "stream ended in the middle of message {id}"
                 )));
             }
-            return Ok(());
+            return ReadEnd::Clean;
         };
         if header.is_ack() {
-            rx.acks.acknowledge(header.id, &rx.outbox)?;
+            if let Err(e) = core.acks.acknowledge(header.id, &core.outbox) {
+                return ReadEnd::Fatal(e);
+            }
             continue;
+        }
+        match header.kind {
+            TYPE_CLOSE if header.aborts() => {
+                return ReadEnd::Fatal(Error::Connection("the peer aborted the carrier".into()))
+            }
+            TYPE_CLOSE => {
+                closing = true;
+                continue;
+            }
+            TYPE_HELLO => {
+                return ReadEnd::Fatal(Error::Protocol(
+                    "HELLO is only allowed as the first frame of a transient".into(),
+                ))
+            }
+            _ => {}
         }
         let id = header.id;
         let mut out = Vec::new();
-        received += ack_units(data.len());
+        st.received += ack_units(data.len());
+        let RecvState {
+            open, discarding, ..
+        } = &mut *st;
         if header.aborts() {
             discarding.remove(&id);
             if let Some(a) = open.remove(&id) {
@@ -509,7 +1162,7 @@ async fn read_messages<R: AsyncRead + Unpin>(input: &mut R, rx: &Receiver) -> Re
             }
         } else {
             if !open.contains_key(&id) && open.len() >= MAX_OPEN_MESSAGES {
-                return Err(Error::Protocol(format!(
+                return ReadEnd::Fatal(Error::Protocol(format!(
                     "more than {MAX_OPEN_MESSAGES} messages interleaved at once"
                 )));
             }
@@ -530,10 +1183,10 @@ async fn read_messages<R: AsyncRead + Unpin>(input: &mut R, rx: &Receiver) -> Re
         }
         // Acknowledge as the frame is handed to the application's queue (or the reassembly),
         // so the ACK can ride on an answer the application sends at once.
-        let _ = rx.ack_tx.send(received);
+        let _ = ack_tx.send(st.received);
         for event in out {
             if events.send(event).await.is_err() {
-                return Ok(());
+                return ReadEnd::Gone;
             }
         }
     }
