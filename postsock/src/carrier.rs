@@ -518,7 +518,7 @@ impl Carrier {
                 // with a fresh token in a HELLO, inside TLS, before anything else.
                 let (token, preamble) = match (protocol, &origin) {
                     (Protocol::TlsTcp, Some(o)) => match new_token(o.net.as_ref()) {
-                        Some(t) => (Some(t), vec![tls_tcp::hello_frame(&t, 0, 0).into()]),
+                        Some(t) => (Some(t), vec![tls_tcp::hello_frame(&t, 0, 0, 0).into()]),
                         None => (None, Vec::new()),
                     },
                     _ => (token, Vec::new()),
@@ -531,7 +531,7 @@ impl Carrier {
                 };
                 let core = tls_tcp::StreamCore::new(outbox.clone(), events_tx.clone(), settings);
                 // A fresh core is detached: attaching its first transient cannot fail.
-                let _ = core.attach(stream, peer, None, preamble);
+                let _ = core.attach(stream, peer, tls_tcp::Attach::New { preamble });
                 if let (Some(steer), Some(o), Some(_)) = (steer, &origin, token) {
                     let user = tls_tcp::StreamPath {
                         core: core.clone(),

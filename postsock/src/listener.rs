@@ -200,14 +200,17 @@ async fn continue_carrier<S>(
         .and_then(Weak::upgrade);
     let Some(core) = core else {
         tracing::debug!("continuation from {peer} with an unknown token refused");
-        let refusal = tls_tcp::hello_frame(&h.token, 0, FLAG_RESUME | FLAG_REFUSED);
+        let refusal = tls_tcp::hello_frame(&h.token, 0, 0, FLAG_RESUME | FLAG_REFUSED);
         let _ = stream.write_all(&refusal).await;
         let _ = stream.shutdown().await;
         return;
     };
     let received = core.detach().await;
-    let answer = tls_tcp::hello_frame(&h.token, received, FLAG_RESUME);
-    match core.attach(stream, peer, Some(h.received), vec![answer.into()]) {
+    let mode = tls_tcp::Attach::Continue {
+        peer: Some(h),
+        received,
+    };
+    match core.attach(stream, peer, mode) {
         Ok(()) => core.announce(Event::PathChange { remote: peer }).await,
         Err(e) => tracing::debug!("continuation from {peer} failed: {e}"),
     }

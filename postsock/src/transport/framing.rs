@@ -21,8 +21,9 @@ pub const TYPE_MESSAGE: u8 = 0x01;
 /// one units); its flags and length are 0.
 pub const TYPE_ACK: u8 = 0x02;
 /// Frame type: the first frame of a transient of a resumable carrier (docs/WIRE.md §
-/// Continuation). Payload: the 16-byte carrier token; id field: the ACK units the sender has
-/// received on this carrier so far (over all its transients).
+/// Continuation). Id field: the ACK units the sender has received on this carrier so far
+/// (over all its transients). Payload: the 16-byte carrier token, then (8 bytes, big-endian)
+/// the ACK unit position from which the sender writes its frames again on this transient.
 pub const TYPE_HELLO: u8 = 0x03;
 /// Frame type: the sender has finished sending on this carrier; end of stream follows. An
 /// end of stream without it, on a resumable carrier, is a broken transient, not a close. With
@@ -34,6 +35,8 @@ pub const FLAG_RESUME: u8 = 0x01;
 pub const FLAG_REFUSED: u8 = 0x02;
 /// Length of a carrier token.
 pub const TOKEN_LEN: usize = 16;
+/// Payload length of a HELLO frame: the token and the resend position.
+pub const HELLO_LEN: usize = TOKEN_LEN + 8;
 /// Flag: this frame ends its message. Without it, more frames of the same id follow.
 pub const FLAG_FIN: u8 = 0x01;
 /// Flag: the sender abandoned the message (it expired or was aborted after some of it was
@@ -90,13 +93,13 @@ impl FrameHeader {
         }
     }
 
-    /// A HELLO frame header (the token follows as payload).
+    /// A HELLO frame header (the token and the resend position follow as payload).
     pub fn hello(received: u64, flags: u8) -> Self {
         FrameHeader {
             kind: TYPE_HELLO,
             flags,
             id: received,
-            len: TOKEN_LEN as u32,
+            len: HELLO_LEN as u32,
         }
     }
 
@@ -159,10 +162,12 @@ impl FrameHeader {
             return Ok(header);
         }
         if header.kind == TYPE_HELLO {
-            if header.flags & !(FLAG_RESUME | FLAG_REFUSED) != 0 || header.len as usize != TOKEN_LEN
+            if header.flags & !(FLAG_RESUME | FLAG_REFUSED) != 0 || header.len as usize != HELLO_LEN
             {
                 return Err(Error::Protocol(
-                    "a HELLO frame carries a 16-byte token and only RESUME or REFUSED".into(),
+                    "a HELLO frame carries a token and a position (24 bytes) and only RESUME \
+                     or REFUSED"
+                        .into(),
                 ));
             }
             return Ok(header);

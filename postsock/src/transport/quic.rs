@@ -221,6 +221,9 @@ impl InFlight {
     }
 }
 
+/// How often a sending loop blocked on the congestion window reads the window again.
+const WINDOW_RECHECK: Duration = Duration::from_millis(5);
+
 /// Least amount the sending loop keeps in flight, whatever the congestion window.
 const MIN_IN_FLIGHT: usize = 8 * 1024;
 
@@ -257,12 +260,21 @@ impl Dispatcher {
         }
     }
 
-    /// Waits until the bytes in flight are below the congestion window.
+    /// Waits until the bytes in flight are below the congestion window. The window is read
+    /// again every few ms while waiting: it can open without anything being settled (a
+    /// handover restarts congestion control on the new path).
     async fn room(&mut self) {
         while self.tasks.try_join_next().is_some() {}
-        if self.in_flight.bytes.load(Ordering::Relaxed) >= MIN_IN_FLIGHT {
+        loop {
+            if self.in_flight.bytes.load(Ordering::Relaxed) < MIN_IN_FLIGHT {
+                return;
+            }
             let window = (self.conn.stats().path.cwnd as usize).max(MIN_IN_FLIGHT);
-            self.in_flight.below(window).await;
+            tokio::select! {
+                biased;
+                _ = self.in_flight.below(window) => return,
+                _ = tokio::time::sleep(WINDOW_RECHECK) => {}
+            }
         }
     }
 

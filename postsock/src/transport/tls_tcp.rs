@@ -14,7 +14,8 @@ use tokio::time::Instant;
 
 use super::assemble::{Assembly, ReceiveLimits};
 use super::framing::{
-    FrameHeader, FLAG_REFUSED, FLAG_RESUME, HEADER_LEN, TOKEN_LEN, TYPE_CLOSE, TYPE_HELLO,
+    FrameHeader, FLAG_REFUSED, FLAG_RESUME, HEADER_LEN, HELLO_LEN, TOKEN_LEN, TYPE_CLOSE,
+    TYPE_HELLO, TYPE_MESSAGE,
 };
 use super::{tls, EventTx};
 use crate::message::{MessageProperties, SendStatus};
@@ -264,13 +265,11 @@ impl Acks {
         self.changed.notify_waiters();
     }
 
-    /// A new transient continues the carrier and the peer has received `received` units:
-    /// settles what it has, forgets the old path's estimates, and returns the bytes of every
-    /// frame it has not received, to be written again first, in order.
-    fn resume(&self, received: u64, outbox: &Outbox) -> Result<Vec<Bytes>> {
+    /// A new transient continues the carrier: forgets the old path's estimates and returns
+    /// the position up to which the peer acknowledged, and the bytes of every frame after it,
+    /// to be written again first, in order (the peer skips what it already has).
+    fn restart(&self) -> (u64, Vec<Bytes>) {
         let mut st = self.lock();
-        st.check(received)?;
-        st.settle(received, outbox);
         st.srtt = None;
         st.min_rtt = None;
         st.rate = None;
@@ -285,10 +284,37 @@ impl Acks {
                 out.push(data.clone());
             }
         }
+        let acked = st.acked;
         drop(st);
         self.changed.notify_waiters();
-        Ok(out)
+        (acked, out)
     }
+}
+
+/// How a transient joins its carrier.
+pub(crate) enum Attach {
+    /// The carrier's first transient.
+    New {
+        /// Frames to write first.
+        preamble: Vec<Bytes>,
+    },
+    /// A continuation.
+    Continue {
+        /// The peer's HELLO, if already read.
+        peer: Option<Hello>,
+        /// What we received (from [`StreamCore::detach`]).
+        received: u64,
+    },
+}
+
+/// What a transient's reader starts with.
+#[derive(Debug, Default, Clone, Copy)]
+struct Entry {
+    /// The first frame must be the peer's HELLO.
+    expect_hello: bool,
+    /// The position (ACK units) of the first data frame the peer writes: frames before what
+    /// we already received are skipped.
+    skip_from: Option<u64>,
 }
 
 /// A resumable carrier's token: 16 random bytes the client sends inside TLS.
@@ -451,30 +477,51 @@ impl StreamCore {
         self.acks.lock().srtt.unwrap_or(Duration::from_millis(100))
     }
 
-    /// Runs the carrier on `stream`. `peer_received`: on a continuation, the ACK units the
-    /// peer said it has (the frames after them are written again first); `preamble`: frames to
-    /// write before anything else (a HELLO).
+    /// Runs the carrier on `stream`: a new carrier (with `preamble` written first: the
+    /// client's HELLO), or a continuation. A continuation writes HELLO (what we received, and
+    /// from where we write again) and then every unacknowledged frame; its reader skips the
+    /// frames it already has. `peer`: the peer's HELLO when already read (at a listener);
+    /// otherwise the reader expects it as the first frame.
     pub(crate) fn attach<S>(
         self: &Arc<Self>,
         stream: S,
-        peer: SocketAddr,
-        peer_received: Option<u64>,
-        preamble: Vec<Bytes>,
+        peer_addr: SocketAddr,
+        mode: Attach,
     ) -> Result<()>
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let mut preamble = preamble;
-        if let Some(received) = peer_received {
-            preamble.extend(self.acks.resume(received, &self.outbox)?);
-        }
+        let (preamble, entry) = match mode {
+            Attach::New { preamble } => (preamble, Entry::default()),
+            Attach::Continue { peer, received } => {
+                let token = self.token.ok_or(Error::Closed)?;
+                let (acked, frames) = self.acks.restart();
+                let mut preamble: Vec<Bytes> =
+                    vec![hello_frame(&token, received, acked, FLAG_RESUME).into()];
+                preamble.extend(frames);
+                let entry = match peer {
+                    Some(h) => {
+                        self.acks.acknowledge(h.received, &self.outbox)?;
+                        Entry {
+                            expect_hello: false,
+                            skip_from: Some(h.resend_from),
+                        }
+                    }
+                    None => Entry {
+                        expect_hello: true,
+                        skip_from: None,
+                    },
+                };
+                (preamble, entry)
+            }
+        };
         let mut st = self.lock();
         if st.state == CoreState::Ended {
             return Err(Error::Closed);
         }
         st.epoch += 1;
         st.state = CoreState::Active;
-        st.peer = peer;
+        st.peer = peer_addr;
         let epoch = st.epoch;
         let (read_half, write_half) = tokio::io::split(stream);
         let (kill, killed) = watch::channel(0u8);
@@ -490,7 +537,7 @@ impl StreamCore {
         let read_half = tokio::io::BufReader::with_capacity(64 * 1024, read_half);
         let core = self.clone();
         let reader = tokio::spawn(async move {
-            let end = read_messages(read_half, &core, ack_tx, stopped).await;
+            let end = read_messages(read_half, &core, ack_tx, stopped, entry).await;
             core.reader_ended(epoch, end).await;
         });
         let old = st.current.replace(Running {
@@ -703,7 +750,7 @@ impl crate::path::PathUser for StreamPath {
         choice: &'a crate::path::PathChoice,
     ) -> crate::net::BoxFuture<'a, bool> {
         Box::pin(async move {
-            let (Some(token), Some(tls)) = (self.core.token(), self.tls.clone()) else {
+            let (Some(_), Some(tls)) = (self.core.token(), self.tls.clone()) else {
                 return false;
             };
             let local = Some(choice.local);
@@ -715,30 +762,16 @@ impl crate::path::PathUser for StreamPath {
                 &self.config,
                 tls,
             );
-            let Ok(Ok(mut stream)) =
-                tokio::time::timeout(self.config.connect_timeout, connect).await
+            let Ok(Ok(stream)) = tokio::time::timeout(self.config.connect_timeout, connect).await
             else {
                 return false;
             };
             let received = self.core.detach().await;
-            let hello = hello_frame(&token, received, FLAG_RESUME);
-            if stream.write_all(&hello).await.is_err() || stream.flush().await.is_err() {
-                return false;
-            }
-            let mut first = Vec::new();
-            let answer = read_hello(&mut stream, &mut first);
-            let answer = match tokio::time::timeout(self.config.connect_timeout, answer).await {
-                Ok(Ok(Some(h))) => h,
-                _ => return false,
+            let mode = Attach::Continue {
+                peer: None,
+                received,
             };
-            if answer.flags & FLAG_REFUSED != 0 || answer.token != token {
-                let e = Error::Connection("the peer no longer knows this carrier".into());
-                self.core.end(Some(e)).await;
-                return false;
-            }
-            self.core
-                .attach(stream, self.remote, Some(answer.received), Vec::new())
-                .is_ok()
+            self.core.attach(stream, self.remote, mode).is_ok()
         })
     }
 
@@ -756,11 +789,29 @@ impl crate::path::PathUser for StreamPath {
     }
 }
 
-/// A HELLO frame: header and token.
-pub(crate) fn hello_frame(token: &Token, received: u64, flags: u8) -> Vec<u8> {
+/// A HELLO frame: header, token, resend position.
+pub(crate) fn hello_frame(token: &Token, received: u64, resend_from: u64, flags: u8) -> Vec<u8> {
     let mut out = FrameHeader::hello(received, flags).encode().to_vec();
     out.extend_from_slice(token);
+    out.extend_from_slice(&resend_from.to_be_bytes());
     out
+}
+
+/// Parses a HELLO frame's payload.
+fn parse_hello(header: &FrameHeader, payload: &[u8]) -> Result<Hello> {
+    if payload.len() != HELLO_LEN {
+        return Err(Error::Protocol("truncated HELLO".into()));
+    }
+    let mut token = [0u8; TOKEN_LEN];
+    token.copy_from_slice(&payload[..TOKEN_LEN]);
+    let mut at = [0u8; 8];
+    at.copy_from_slice(&payload[TOKEN_LEN..]);
+    Ok(Hello {
+        token,
+        flags: header.flags,
+        received: header.id,
+        resend_from: u64::from_be_bytes(at),
+    })
 }
 
 /// A HELLO as read.
@@ -768,7 +819,10 @@ pub(crate) fn hello_frame(token: &Token, received: u64, flags: u8) -> Vec<u8> {
 pub(crate) struct Hello {
     pub(crate) token: Token,
     pub(crate) flags: u8,
+    /// ACK units the sender has received.
     pub(crate) received: u64,
+    /// Where the frames the sender writes again on this transient start.
+    pub(crate) resend_from: u64,
 }
 
 /// Reads the first frame of a stream if it is a HELLO (consumed whole). Anything else stays in
@@ -798,18 +852,14 @@ pub(crate) async fn read_hello<S: AsyncRead + Unpin>(
     if header[0] != TYPE_HELLO {
         return Ok(None);
     }
-    let h = FrameHeader::decode(&header, TOKEN_LEN)?;
-    let mut token = [0u8; TOKEN_LEN];
+    let h = FrameHeader::decode(&header, HELLO_LEN)?;
+    let mut payload = [0u8; HELLO_LEN];
     stream
-        .read_exact(&mut token)
+        .read_exact(&mut payload)
         .await
         .map_err(|e| Error::Protocol(format!("truncated HELLO: {e}")))?;
     read.clear();
-    Ok(Some(Hello {
-        token,
-        flags: h.flags,
-        received: h.id,
-    }))
+    parse_hello(&h, &payload).map(Some)
 }
 
 /// A stream with bytes already read from it put back in front.
@@ -1085,7 +1135,11 @@ async fn read_messages<R: AsyncRead + Unpin>(
     core: &StreamCore,
     ack_tx: watch::Sender<u64>,
     mut stop: watch::Receiver<bool>,
+    entry: Entry,
 ) -> ReadEnd {
+    let mut expect_hello = entry.expect_hello;
+    // Position of the peer's next data frame while it writes again what we may have.
+    let mut skip = entry.skip_from;
     let limits = &core.limits;
     let Some(events) = core.events() else {
         return ReadEnd::Gone;
@@ -1117,11 +1171,52 @@ async fn read_messages<R: AsyncRead + Unpin>(
             }
             return ReadEnd::Clean;
         };
+        if expect_hello {
+            // A continuation: the peer's HELLO says what it has and where it starts again.
+            expect_hello = false;
+            if header.kind != TYPE_HELLO {
+                return ReadEnd::Fatal(Error::Protocol(
+                    "a continued transient must start with HELLO".into(),
+                ));
+            }
+            let h = match parse_hello(&header, &data) {
+                Ok(h) => h,
+                Err(e) => return ReadEnd::Fatal(e),
+            };
+            if h.flags & FLAG_REFUSED != 0 || Some(h.token) != core.token {
+                return ReadEnd::Fatal(Error::Connection(
+                    "the peer no longer knows this carrier".into(),
+                ));
+            }
+            if let Err(e) = core.acks.acknowledge(h.received, &core.outbox) {
+                return ReadEnd::Fatal(e);
+            }
+            skip = Some(h.resend_from);
+            continue;
+        }
         if header.is_ack() {
             if let Err(e) = core.acks.acknowledge(header.id, &core.outbox) {
                 return ReadEnd::Fatal(e);
             }
             continue;
+        }
+        if header.kind == TYPE_MESSAGE {
+            if let Some(at) = skip {
+                let end = at + ack_units(data.len());
+                if end <= st.received {
+                    // Written again by the peer; we have it.
+                    skip = Some(end);
+                    continue;
+                }
+                if at != st.received {
+                    return ReadEnd::Fatal(Error::Protocol(format!(
+                        "a frame written again at {at} units does not line up with the {} \
+                         received",
+                        st.received
+                    )));
+                }
+                skip = None;
+            }
         }
         match header.kind {
             TYPE_CLOSE if header.aborts() => {
