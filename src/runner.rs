@@ -296,6 +296,7 @@ fn build_report(
             longest.map(reports::model::round_us)
         })
         .reduce(f64::max);
+    metrics.carriers_accepted = trace.carriers_accepted;
     metrics.handovers = trace
         .path_events
         .iter()

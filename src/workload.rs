@@ -42,8 +42,11 @@ pub struct Trace {
     pub resumed: Vec<Option<bool>>,
     /// One-way latency of the client–server path.
     pub path_one_way: Option<Duration>,
-    /// The client carrier's interface changes.
+    /// The client carrier's interface changes (and the server carrier's dormancy and
+    /// continuations).
     pub path_events: Vec<reports::PathEvent>,
+    /// Carriers the server accepted.
+    pub carriers_accepted: u64,
 }
 
 fn ms(d: std::time::Duration) -> f64 {
@@ -112,6 +115,7 @@ async fn initiate(
                     reason: None,
                 });
             }
+
             t.protocol = Some(carrier.protocol().name().to_string());
             t.establishment = carrier.establishment().map(|r| establishment(r, None));
             Some(carrier)
@@ -189,6 +193,15 @@ impl SharedTrace {
         index
     }
 
+    fn path_event(&self, event: &str, interface: Option<String>, reason: Option<String>) {
+        self.lock().path_events.push(reports::PathEvent {
+            at_ms: now_ms(),
+            event: event.into(),
+            interface,
+            reason,
+        });
+    }
+
     fn delivered(&self, direction: Direction, id: u64, intact: bool) {
         let t = now_ms();
         let mut trace = self.lock();
@@ -248,6 +261,7 @@ fn intact(workload: &Workload, seed: u64, data: &[u8]) -> (Option<u64>, bool) {
 
 /// Listens on the workload's port and runs `handle` on every carrier accepted.
 async fn serve<F, Fut>(
+    trace: &SharedTrace,
     net: Arc<dyn Net>,
     config: Configuration,
     workload: &Workload,
@@ -260,7 +274,9 @@ where
     let local = ([0, 0, 0, 0], workload.port).into();
     let mut listener = Listener::bind(net, local, config).await?;
     loop {
-        tokio::spawn(handle(listener.accept().await?));
+        let carrier = listener.accept().await?;
+        trace.lock().carriers_accepted += 1;
+        tokio::spawn(handle(carrier));
     }
 }
 
@@ -272,7 +288,7 @@ pub async fn echo_server(
     seed: u64,
     trace: SharedTrace,
 ) -> turmoil::Result {
-    serve(net, config, &workload.clone(), move |carrier| {
+    serve(&trace.clone(), net, config, &workload.clone(), move |carrier| {
         let (workload, trace) = (workload.clone(), trace.clone());
         async move {
             loop {
@@ -408,7 +424,7 @@ pub async fn stream_server(
     seed: u64,
     trace: SharedTrace,
 ) -> turmoil::Result {
-    serve(net, config, &workload.clone(), move |carrier| {
+    serve(&trace.clone(), net, config, &workload.clone(), move |carrier| {
         let (workload, trace) = (workload.clone(), trace.clone());
         async move {
             while let Some(event) = carrier.next_event().await {
@@ -420,6 +436,10 @@ pub async fn stream_server(
                     Event::ConnectionError(e) => return trace.fail(format!("server carrier: {e}")),
                     Event::ReceiveError { id, error } => {
                         return trace.fail(format!("server receive {id}: {error}"))
+                    }
+                    Event::Dormant => trace.path_event("server-dormant", None, None),
+                    Event::PathChange { remote } => {
+                        trace.path_event("server-path-change", Some(remote.to_string()), None)
                     }
                     _ => {}
                 }
@@ -453,19 +473,9 @@ pub async fn stream_client(
             };
             match event {
                 Some(Event::Handover { interface, reason }) => {
-                    trace.lock().path_events.push(reports::PathEvent {
-                        at_ms: now_ms(),
-                        event: "handover".into(),
-                        interface: Some(interface),
-                        reason: Some(reason.name().into()),
-                    })
+                    trace.path_event("handover", Some(interface), Some(reason.name().into()))
                 }
-                Some(Event::Dormant) => trace.lock().path_events.push(reports::PathEvent {
-                    at_ms: now_ms(),
-                    event: "dormant".into(),
-                    interface: None,
-                    reason: None,
-                }),
+                Some(Event::Dormant) => trace.path_event("dormant", None, None),
                 Some(Event::ConnectionError(e)) => {
                     return trace.fail(format!("client carrier: {e}"));
                 }

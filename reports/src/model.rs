@@ -181,6 +181,10 @@ pub struct Metrics {
     /// Times the client's carrier moved to another interface.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub handovers: u64,
+    /// Carriers the server accepted (a carrier that continues on a new transient is still
+    /// one).
+    #[serde(default)]
+    pub carriers_accepted: u64,
     /// Times the client's carrier went dormant (no working path).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub dormant: u64,
@@ -300,6 +304,7 @@ impl Metrics {
             "failover_gap_ms" => self.failover_gap_ms,
             "handovers" => Some(self.handovers as f64),
             "dormant" => Some(self.dormant as f64),
+            "carriers_accepted" => Some(self.carriers_accepted as f64),
             other => {
                 let n: u32 = other
                     .strip_prefix("median_latency_ms_niceness_")?
@@ -342,6 +347,7 @@ impl Metrics {
         "failover_gap_ms",
         "handovers",
         "dormant",
+        "carriers_accepted",
         "median_latency_ms_niceness_<N>",
     ];
 }
@@ -356,7 +362,8 @@ pub fn round_us(ms: f64) -> f64 {
 pub struct PathEvent {
     /// Simulated time, ms.
     pub at_ms: f64,
-    /// `start`, `handover` or `dormant`.
+    /// `start`, `handover`, `dormant` (the client's carrier), `server-dormant`,
+    /// `server-path-change` (the server's).
     pub event: String,
     /// The interface in use from now on (none while dormant).
     #[serde(default, skip_serializing_if = "Option::is_none")]
