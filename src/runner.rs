@@ -282,19 +282,29 @@ fn build_report(
     // (or the end of the run). Deliveries already past the broken link when it broke count.
     let mut fault_times = path_faults_ms.clone();
     fault_times.dedup();
-    metrics.failover_gap_ms = fault_times
+    let gaps: Vec<reports::Gap> = fault_times
         .iter()
         .enumerate()
         .filter_map(|(k, &t)| {
             let until = fault_times.get(k + 1).copied().unwrap_or(f64::MAX);
             let mut prev = t;
-            let mut longest: Option<f64> = None;
+            let mut longest: Option<(f64, f64)> = None;
             for &d in deliveries.iter().filter(|&&d| d >= t && d <= until) {
-                longest = Some(longest.unwrap_or(0.0).max(d - prev));
+                if longest.is_none_or(|(a, b)| d - prev > b - a) {
+                    longest = Some((prev, d));
+                }
                 prev = d;
             }
-            longest.map(reports::model::round_us)
+            longest.map(|(from_ms, to_ms)| reports::Gap {
+                fault_ms: t,
+                from_ms,
+                to_ms,
+            })
         })
+        .collect();
+    metrics.failover_gap_ms = gaps
+        .iter()
+        .map(|g| reports::model::round_us(g.to_ms - g.from_ms))
         .reduce(f64::max);
     metrics.carriers_accepted = trace.carriers_accepted;
     metrics.handovers = trace
@@ -352,6 +362,7 @@ fn build_report(
         establishment: trace.establishment.clone(),
         path_events: trace.path_events.clone(),
         path_faults_ms,
+        gaps,
         messages,
     }
 }

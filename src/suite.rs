@@ -182,6 +182,10 @@ pub fn write_outputs(
                 let name = format!("seed-{}-race.png", o.report.seed);
                 reports::plot::racing_timeline(&o.report, &path.with_file_name(name))?;
             }
+            if reports::plot::has_paths(&o.report) {
+                let name = format!("seed-{}-goodput.png", o.report.seed);
+                reports::plot::goodput(&o.report, &path.with_file_name(name))?;
+            }
             if reports::plot::has_niceness(&o.report) {
                 let name = format!("seed-{}-niceness.png", o.report.seed);
                 reports::plot::latency_by_niceness(&o.report, &path.with_file_name(name))?;

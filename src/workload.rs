@@ -288,29 +288,36 @@ pub async fn echo_server(
     seed: u64,
     trace: SharedTrace,
 ) -> turmoil::Result {
-    serve(&trace.clone(), net, config, &workload.clone(), move |carrier| {
-        let (workload, trace) = (workload.clone(), trace.clone());
-        async move {
-            loop {
-                match carrier.receive().await {
-                    Ok(Some(msg)) => {
-                        let dir = Direction::ClientToServer;
-                        let Some(index) = trace.received(&workload, seed, dir, &msg.data) else {
-                            return;
-                        };
-                        // The echo of message i is recorded as server → client message i.
-                        trace.sent(Direction::ServerToClient, index, msg.data.len());
-                        if let Err(e) = carrier.send_bytes(msg.data).await {
-                            return trace.fail(format!("server send: {e}"));
+    serve(
+        &trace.clone(),
+        net,
+        config,
+        &workload.clone(),
+        move |carrier| {
+            let (workload, trace) = (workload.clone(), trace.clone());
+            async move {
+                loop {
+                    match carrier.receive().await {
+                        Ok(Some(msg)) => {
+                            let dir = Direction::ClientToServer;
+                            let Some(index) = trace.received(&workload, seed, dir, &msg.data)
+                            else {
+                                return;
+                            };
+                            // The echo of message i is recorded as server → client message i.
+                            trace.sent(Direction::ServerToClient, index, msg.data.len());
+                            if let Err(e) = carrier.send_bytes(msg.data).await {
+                                return trace.fail(format!("server send: {e}"));
+                            }
                         }
+                        Ok(None) => break,
+                        Err(e) => return trace.fail(format!("server receive: {e}")),
                     }
-                    Ok(None) => break,
-                    Err(e) => return trace.fail(format!("server receive: {e}")),
                 }
+                let _ = carrier.close().await;
             }
-            let _ = carrier.close().await;
-        }
-    })
+        },
+    )
     .await
 }
 
@@ -424,28 +431,36 @@ pub async fn stream_server(
     seed: u64,
     trace: SharedTrace,
 ) -> turmoil::Result {
-    serve(&trace.clone(), net, config, &workload.clone(), move |carrier| {
-        let (workload, trace) = (workload.clone(), trace.clone());
-        async move {
-            while let Some(event) = carrier.next_event().await {
-                match event {
-                    Event::Received(msg) => {
-                        let dir = Direction::ClientToServer;
-                        trace.received(&workload, seed, dir, &msg.data);
+    serve(
+        &trace.clone(),
+        net,
+        config,
+        &workload.clone(),
+        move |carrier| {
+            let (workload, trace) = (workload.clone(), trace.clone());
+            async move {
+                while let Some(event) = carrier.next_event().await {
+                    match event {
+                        Event::Received(msg) => {
+                            let dir = Direction::ClientToServer;
+                            trace.received(&workload, seed, dir, &msg.data);
+                        }
+                        Event::ConnectionError(e) => {
+                            return trace.fail(format!("server carrier: {e}"))
+                        }
+                        Event::ReceiveError { id, error } => {
+                            return trace.fail(format!("server receive {id}: {error}"))
+                        }
+                        Event::Dormant => trace.path_event("server-dormant", None, None),
+                        Event::PathChange { remote } => {
+                            trace.path_event("server-path-change", Some(remote.to_string()), None)
+                        }
+                        _ => {}
                     }
-                    Event::ConnectionError(e) => return trace.fail(format!("server carrier: {e}")),
-                    Event::ReceiveError { id, error } => {
-                        return trace.fail(format!("server receive {id}: {error}"))
-                    }
-                    Event::Dormant => trace.path_event("server-dormant", None, None),
-                    Event::PathChange { remote } => {
-                        trace.path_event("server-path-change", Some(remote.to_string()), None)
-                    }
-                    _ => {}
                 }
             }
-        }
-    })
+        },
+    )
     .await
 }
 

@@ -15,7 +15,7 @@ pub mod plot;
 pub mod summary;
 
 pub use model::{
-    AttemptRecord, Direction, Establishment, Expectation, MessageRecord, Metrics, PathEvent,
+    AttemptRecord, Direction, Establishment, Expectation, Gap, MessageRecord, Metrics, PathEvent,
     Report, RunWallClock, WallClock, SCHEMA_VERSION,
 };
 

@@ -357,6 +357,17 @@ pub fn round_us(ms: f64) -> f64 {
     (ms * 1000.0).round() / 1000.0
 }
 
+/// The longest stretch without a delivery after a path fault.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Gap {
+    /// When the fault struck, ms.
+    pub fault_ms: f64,
+    /// The delivery (or the fault) the stretch starts at, ms.
+    pub from_ms: f64,
+    /// The delivery that ends it, ms.
+    pub to_ms: f64,
+}
+
 /// A change of the client carrier's path.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PathEvent {
@@ -406,6 +417,9 @@ pub struct Report {
     /// When path faults struck (ms), for marking failover gaps.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub path_faults_ms: Vec<f64>,
+    /// For each path fault: the longest stretch without a client → server delivery after it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gaps: Vec<Gap>,
     /// Every application message.
     pub messages: Vec<MessageRecord>,
 }

@@ -13,6 +13,9 @@ use crate::{Direction, Report, ReportError};
 
 static FONT: Once = Once::new();
 
+/// The colour failover gaps are marked in.
+const ORANGE: RGBColor = RGBColor(255, 165, 0);
+
 /// The plots carry their own font, so they render the same on a machine without fonts.
 fn register_font() {
     FONT.call_once(|| {
@@ -122,14 +125,179 @@ pub fn time_sequence(report: &Report, path: &Path) -> Result<(), ReportError> {
                 .legend(move |(x, y)| Cross::new((x + 10, y), 5, colour.stroke_width(2)));
         }
     }
+    // Failover gaps: the stretch without deliveries after each path fault, as a band across
+    // the delivery axis, and the fault as a vertical line at its time.
+    for (k, g) in report.gaps.iter().enumerate() {
+        let band = Rectangle::new(
+            [(0.0, g.from_ms), (max_t, g.to_ms)],
+            ORANGE.mix(0.35).filled(),
+        );
+        let s = chart
+            .draw_series(std::iter::once(band))
+            .map_err(|e| err(&e))?;
+        if k == 0 {
+            s.label(format!(
+                "failover gap (longest {:.0} ms)",
+                report.metrics.failover_gap_ms.unwrap_or(0.0)
+            ))
+            .legend(|(x, y)| {
+                Rectangle::new([(x, y - 5), (x + 20, y + 5)], ORANGE.mix(0.5).filled())
+            });
+        }
+        let line = PathElement::new(vec![(g.fault_ms, 0.0), (g.fault_ms, max_t)], BLACK.mix(0.6));
+        let s = chart
+            .draw_series(std::iter::once(line))
+            .map_err(|e| err(&e))?;
+        if k == 0 {
+            s.label("path fault")
+                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.mix(0.6)));
+        }
+    }
     draw_legend(&mut chart).map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+/// Whether `report` has a client path timeline worth a goodput plot.
+pub fn has_paths(report: &Report) -> bool {
+    report.path_events.iter().any(|e| e.event == "start")
+}
+
+/// The client's path over time: `(from ms, to ms, interface or None while dormant)`.
+fn path_spans(report: &Report, end: f64) -> Vec<(f64, f64, Option<String>)> {
+    let changes: Vec<(f64, Option<String>)> = report
+        .path_events
+        .iter()
+        .filter(|e| matches!(e.event.as_str(), "start" | "handover" | "dormant"))
+        .map(|e| (e.at_ms, e.interface.clone()))
+        .collect();
+    changes
+        .iter()
+        .enumerate()
+        .map(|(i, (t, iface))| {
+            let until = changes.get(i + 1).map_or(end, |(t2, _)| *t2);
+            (*t, until, iface.clone())
+        })
+        .collect()
+}
+
+/// Goodput over time (client → server payload delivered per 100 ms), on a background shaded
+/// by the interface the client's carrier used (grey while dormant).
+pub fn goodput(report: &Report, path: &Path) -> Result<(), ReportError> {
+    register_font();
+    let err = plot_error(path);
+    const BIN_MS: f64 = 100.0;
+    let end = report
+        .messages
+        .iter()
+        .flat_map(|m| m.delivered_ms.first().copied())
+        .fold(1.0f64, f64::max)
+        + BIN_MS;
+    let bins = (end / BIN_MS).ceil() as usize;
+    let mut bytes = vec![0u64; bins + 1];
+    for m in report
+        .messages
+        .iter()
+        .filter(|m| m.direction == Direction::ClientToServer)
+    {
+        if let Some(&d) = m.delivered_ms.first() {
+            bytes[(d / BIN_MS) as usize] += m.bytes;
+        }
+    }
+    // kbit/s over each bin.
+    let series: Vec<(f64, f64)> = bytes
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (i as f64 * BIN_MS / 1000.0, *b as f64 * 8.0 / BIN_MS))
+        .collect();
+    let top = series.iter().map(|p| p.1).fold(1.0f64, f64::max) * 1.25;
+    let root = BitMapBackend::new(path, (1000, 500)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            format!(
+                "{} (seed {}, {}): goodput and the client's path",
+                report.scenario, report.seed, report.protocol
+            ),
+            ("sans-serif", 22),
+        )
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(65)
+        .build_cartesian_2d(0f64..end / 1000.0, 0f64..top)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("simulated time (s)")
+        .y_desc("goodput (kbit/s, 100 ms bins)")
+        .label_style(("sans-serif", 15))
+        .draw()
+        .map_err(|e| err(&e))?;
+    let palette = [
+        RGBColor(120, 170, 230),
+        RGBColor(130, 210, 130),
+        RGBColor(230, 190, 110),
+        RGBColor(200, 140, 210),
+    ];
+    let mut named: Vec<String> = Vec::new();
+    let mut labelled = std::collections::BTreeSet::new();
+    for (from, to, iface) in path_spans(report, end) {
+        let colour = match &iface {
+            Some(name) => {
+                let k = match named.iter().position(|n| n == name) {
+                    Some(k) => k,
+                    None => {
+                        named.push(name.clone());
+                        named.len() - 1
+                    }
+                };
+                palette[k % palette.len()]
+            }
+            None => RGBColor(190, 190, 190),
+        };
+        let label = iface.clone().unwrap_or_else(|| "dormant".into());
+        let first = labelled.insert(label.clone());
+        let rect = Rectangle::new(
+            [(from / 1000.0, 0.0), (to / 1000.0, top)],
+            colour.mix(0.35).filled(),
+        );
+        let s = chart
+            .draw_series(std::iter::once(rect))
+            .map_err(|e| err(&e))?;
+        if first {
+            s.label(format!("path: {label}")).legend(move |(x, y)| {
+                Rectangle::new([(x, y - 5), (x + 20, y + 5)], colour.mix(0.6).filled())
+            });
+        }
+    }
+    chart
+        .draw_series(LineSeries::new(series, BLACK.stroke_width(2)))
+        .map_err(|e| err(&e))?
+        .label("goodput")
+        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLACK.stroke_width(2)));
+    for t in &report.path_faults_ms {
+        let line = PathElement::new(vec![(t / 1000.0, 0.0), (t / 1000.0, top)], RED.mix(0.7));
+        chart
+            .draw_series(std::iter::once(line))
+            .map_err(|e| err(&e))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 15))
+        .draw()
+        .map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))?;
     Ok(())
 }
 
 /// Whether `report` has per-message properties worth a latency-by-niceness plot.
 pub fn has_niceness(report: &Report) -> bool {
-    report.messages.iter().any(|m| m.niceness.is_some())
+    let levels: std::collections::BTreeSet<u32> =
+        report.messages.iter().filter_map(|m| m.niceness).collect();
+    levels.len() > 1
 }
 
 /// Latency against send order, one colour per niceness; expired messages are crosses on the
