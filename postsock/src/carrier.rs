@@ -486,7 +486,7 @@ impl Carrier {
                     limits,
                     zero_rtt,
                     resumed.clone(),
-                    config.dormant_timeout,
+                    (config.dormant_timeout, config.keepalive),
                 );
                 let link = Link::Quic {
                     epoch,
@@ -528,6 +528,7 @@ impl Carrier {
                     token,
                     client: origin.is_some(),
                     dormant_timeout: config.dormant_timeout,
+                    keepalive: config.keepalive,
                 };
                 let core = tls_tcp::StreamCore::new(outbox.clone(), events_tx.clone(), settings);
                 // A fresh core is detached: attaching its first transient cannot fail.
@@ -834,6 +835,11 @@ impl Drop for Carrier {
         // Whoever still waits on a message's outcome learns it will not come.
         self.outbox
             .fail_all("the carrier was dropped before the message was settled");
+        // A stream carrier's transient tasks belong to its core: dropping the carrier aborts
+        // it (the peer learns at once), unless it already ended.
+        if let Link::Stream { core } = &self.link {
+            core.abort();
+        }
         for task in &self.tasks {
             task.abort();
         }

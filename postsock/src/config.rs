@@ -126,6 +126,10 @@ pub struct Configuration {
     /// How long a carrier may stay dormant (no working path, or on a listener the client
     /// gone) before it ends with [`crate::Error::DormantTimeout`]. Default 30 s.
     pub dormant_timeout: Duration,
+    /// An idle carrier proves its path at least this often (a QUIC PING, or an ACK frame on a
+    /// TLS/TCP carrier that can continue); three silent intervals make a listener's carrier
+    /// dormant. Default 1 s.
+    pub keepalive: Duration,
 }
 
 impl Default for Configuration {
@@ -146,6 +150,7 @@ impl Default for Configuration {
             adaptive_attempt_delay: false,
             paths: crate::PathPolicy::default(),
             dormant_timeout: Duration::from_secs(30),
+            keepalive: Duration::from_secs(1),
         }
     }
 }

@@ -50,7 +50,7 @@ fn transport_config(
         .stream_receive_window(STREAM_WINDOW.into())
         .receive_window(CONNECTION_WINDOW.into())
         .send_window(CONNECTION_WINDOW as u64)
-        .keep_alive_interval(Some(Duration::from_secs(5)));
+        .keep_alive_interval(Some(config.keepalive));
     Arc::new(t)
 }
 
@@ -511,10 +511,10 @@ pub(crate) fn start(
     limits: ReceiveLimits,
     zero_rtt: Option<quinn::ZeroRttAccepted>,
     resumed: Arc<std::sync::OnceLock<bool>>,
-    dormant_timeout: Duration,
+    timers: (Duration, Duration),
 ) -> (JoinHandle<Result<()>>, JoinHandle<()>) {
     let sender = tokio::spawn(send_loop(conn.clone(), outbox, zero_rtt, resumed));
-    let reader = tokio::spawn(read_loop(conn, events, limits, dormant_timeout));
+    let reader = tokio::spawn(read_loop(conn, events, limits, timers));
     (sender, reader)
 }
 
@@ -597,32 +597,54 @@ async fn deliver_datagram(
 const PATH_CHECK: Duration = Duration::from_millis(20);
 
 /// Reports `PathChange` when the peer's address changes (quinn migrates the connection when
-/// packets arrive from a new address, after validating it, but tells no one).
-async fn watch_path(conn: quinn::Connection, events: EventTx) {
+/// packets arrive from a new address, after validating it, but tells no one). On a listener's
+/// carrier, also `Dormant` once nothing has come from the client for three keepalive
+/// intervals (its path died; the connection waits for it until the dormant timeout), and a
+/// `PathChange` when it is heard from again.
+async fn watch_path(conn: quinn::Connection, events: EventTx, keepalive: Duration) {
     let mut last = conn.remote_address();
+    let server = conn.side() == quinn::Side::Server;
+    let mut rx = conn.stats().udp_rx.datagrams;
+    let mut heard = Instant::now();
+    let mut dormant = false;
     loop {
         tokio::time::sleep(PATH_CHECK).await;
         let now = conn.remote_address();
+        let got = conn.stats().udp_rx.datagrams;
+        let t = Instant::now();
+        let mut event = None;
+        if got != rx {
+            rx = got;
+            heard = t;
+            if dormant {
+                dormant = false;
+                last = now;
+                event = Some(Event::PathChange { remote: now });
+            }
+        } else if server && !dormant && t.duration_since(heard) > keepalive * 3 {
+            dormant = true;
+            event = Some(Event::Dormant);
+        }
         if now != last {
             last = now;
-            if events
-                .send(Event::PathChange { remote: now })
-                .await
-                .is_err()
-            {
+            event = Some(Event::PathChange { remote: now });
+        }
+        if let Some(event) = event {
+            if events.send(event).await.is_err() {
                 return;
             }
         }
     }
 }
 
+/// `timers`: the dormant timeout and the keepalive interval.
 async fn read_loop(
     conn: quinn::Connection,
     events: EventTx,
     limits: ReceiveLimits,
-    dormant_timeout: Duration,
+    (dormant_timeout, keepalive): (Duration, Duration),
 ) {
-    let path = tokio::spawn(watch_path(conn.clone(), events.clone()));
+    let path = tokio::spawn(watch_path(conn.clone(), events.clone(), keepalive));
     let ordered = tokio::spawn(read_ordered(conn.clone(), events.clone(), limits));
     let mut unordered = JoinSet::new();
     let mut datagrams: u64 = 0;

@@ -384,6 +384,8 @@ pub(crate) struct StreamCore {
     /// The client side: its path manager reports dormancy; a listener's side reports it itself.
     client: bool,
     dormant_timeout: Duration,
+    /// A resumable carrier writes at least this often (an ACK when idle).
+    keepalive: Duration,
     inner: std::sync::Mutex<CoreInner>,
     /// Our direction's fate once the outbox is closed: Ok when everything was acknowledged.
     sent_all: watch::Sender<Option<std::result::Result<(), String>>>,
@@ -406,6 +408,7 @@ pub(crate) struct CoreSettings {
     pub(crate) token: Option<Token>,
     pub(crate) client: bool,
     pub(crate) dormant_timeout: Duration,
+    pub(crate) keepalive: Duration,
 }
 
 impl StreamCore {
@@ -420,6 +423,7 @@ impl StreamCore {
             token: settings.token,
             client: settings.client,
             dormant_timeout: settings.dormant_timeout,
+            keepalive: settings.keepalive,
             inner: std::sync::Mutex::new(CoreInner {
                 epoch: 0,
                 state: CoreState::Detached,
@@ -641,12 +645,33 @@ impl StreamCore {
 
     /// Ends the carrier at once (the application aborted it).
     pub(crate) fn abort(self: &Arc<Self>) {
-        let core = self.clone();
         self.outbox.fail_all("carrier aborted");
-        tokio::spawn(async move {
-            let e = Error::Connection("carrier aborted".into());
-            core.end_with(Some(e), KILL_ABORT).await
+        let running = {
+            let mut st = self.lock();
+            if st.state == CoreState::Ended && st.current.is_none() {
+                return;
+            }
+            st.state = CoreState::Ended;
+            st.current.take()
+        };
+        // The writer tells the peer (CLOSE with ABORT) and stops; the reader stops with it.
+        if let Some(r) = running {
+            let _ = r.kill.send(KILL_ABORT);
+            let _ = r.stop.send(true);
+        }
+        self.acks.peer_done(&self.outbox);
+        let e = Error::Connection("carrier aborted".into());
+        self.sent_all.send_if_modified(|s| {
+            let unset = s.is_none();
+            if unset {
+                *s = Some(Err(e.to_string()));
+            }
+            unset
         });
+        let events = self.events.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(events) = events {
+            events.try_send(Event::ConnectionError(e));
+        }
     }
 
     /// Resolves once our direction is done: Ok when everything sent was acknowledged and the
@@ -933,6 +958,7 @@ async fn killed(kill: &mut watch::Receiver<u8>) -> u8 {
 }
 
 enum Step {
+    KeepAlive,
     Killed(u8),
     Ack,
     AckDue,
@@ -1001,6 +1027,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 item = async { acks.window_open().await; outbox.next(MAX_FRAME).await }, if draining => Step::Item(item),
                 _ = acks.all_acked(), if !draining => Step::Done,
                 _ = tokio::time::sleep(FLUSH_DELAY), if dirty => Step::Flush,
+                _ = tokio::time::sleep(core.keepalive), if keep => Step::KeepAlive,
             };
             match step {
                 // Closing with everything acknowledged: the peer going away now costs nothing.
@@ -1035,6 +1062,14 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 }
                 Step::Done => break,
                 Step::Flush => flush = true,
+                Step::KeepAlive => {
+                    // Idle for a keepalive interval: an ACK (new or not) tells the peer the
+                    // path still works.
+                    batch.extend_from_slice(
+                        &FrameHeader::ack(ack_sent.max(*ack_rx.borrow())).encode(),
+                    );
+                    flush = true;
+                }
                 Step::Item(Some(first)) => {
                     // Gather what is ready into one write, within the window.
                     let mut item = first;
@@ -1148,10 +1183,25 @@ async fn read_messages<R: AsyncRead + Unpin>(
     let mut st = core.recv.lock().await;
     let mut closing = false;
     loop {
+        // A resumable peer writes at least every keepalive interval: three silent intervals
+        // mean the path is gone (the carrier goes dormant until the client comes back).
+        let silence = async {
+            if resumable {
+                tokio::time::sleep(core.keepalive * 3).await
+            } else {
+                std::future::pending().await
+            }
+        };
         let frame = tokio::select! {
             biased;
             _ = stop.wait_for(|s| *s) => return ReadEnd::Stopped,
             frame = read_frame(&mut input, limits.max_message_size) => frame,
+            _ = silence => {
+                return ReadEnd::Broken(Error::Connection(format!(
+                    "nothing heard from the peer for {} ms",
+                    (core.keepalive * 3).as_millis()
+                )))
+            }
         };
         let frame = match frame {
             Ok(f) => f,
