@@ -514,7 +514,14 @@ pub async fn stream_client(
             };
             match carrier.send(message).await {
                 Ok(handle) => handles.push((i, handle)),
-                Err(e) => return trace.fail(format!("client send {i}: {e}")),
+                Err(e) => {
+                    // The carrier is gone: this message failed, the rest are never sent;
+                    // the outcomes of those sent before are still recorded.
+                    trace.fail(format!("client send {i}: {e}"));
+                    let failed = SendStatus::Failed(e.to_string());
+                    trace.outcome(Direction::ClientToServer, i, &failed);
+                    break;
+                }
             }
         }
         for (i, handle) in handles {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use postsock::net::{Net, TokioNet};
 use postsock::{Carrier, Error, Event, Listener, Protocol, Remote, TestCa};
 use quinn::crypto::rustls::QuicClientConfig;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn header(kind: u8, flags: u8, id: u64, len: u32) -> Vec<u8> {
     let mut h = vec![kind, flags, 0, 0];
@@ -191,4 +191,101 @@ async fn an_oversized_quic_message_is_refused_and_the_carrier_goes_on() {
     assert_eq!(seen[2], "received fine");
     let _ = writer.await;
     conn.close(0u32.into(), b"");
+}
+
+/// A HELLO frame as raw bytes: header (type 3), token, resend position.
+fn hello(flags: u8, received: u64, token: [u8; 16], resend_from: u64) -> Vec<u8> {
+    let mut h = header(3, flags, received, 24);
+    h.extend_from_slice(&token);
+    h.extend_from_slice(&resend_from.to_be_bytes());
+    h
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuation_with_a_forged_token_is_refused_and_pairs_with_nothing() {
+    let ca = TestCa::new("bad input CA").expect("ca");
+    let (mut listener, addr) = bind(&ca, Protocol::TlsTcp).await;
+    let (_, client_config) = common::postsock_configs(&ca, Protocol::TlsTcp);
+    let good = Carrier::initiate(
+        TokioNet::shared(),
+        Remote::new("localhost", addr.port()),
+        client_config,
+    )
+    .await
+    .expect("initiate");
+    let good_server = listener.accept().await.expect("accept good");
+
+    // A stranger (who passes TLS: anyone can) claims to continue a carrier it guessed.
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(common::rustls_client(&ca)));
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut tls = connector.connect(name, tcp).await.expect("handshake");
+    tls.write_all(&hello(0x01, 0, [7u8; 16], 0))
+        .await
+        .expect("write");
+    tls.write_all(&header(1, 1, 0, 5)).await.expect("write");
+    tls.write_all(b"forge").await.expect("write");
+    tls.flush().await.expect("flush");
+    // The answer is a refusal (RESUME | REFUSED), then the end of the stream.
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut answer)).await;
+    assert!(answer.len() >= 16, "an answer: {answer:?}");
+    assert_eq!((answer[0], answer[1]), (3, 0x03), "{answer:?}");
+    // No carrier appeared for it, and the genuine one received nothing from it.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), listener.accept())
+            .await
+            .is_err(),
+        "a forged continuation must not become a carrier"
+    );
+    let h = good.send(&b"mine"[..]).await.expect("send");
+    assert_eq!(h.outcome().await, postsock::SendStatus::Acked);
+    let m = good_server.receive().await.expect("receive").expect("msg");
+    assert_eq!(&m.data[..], b"mine");
+    good.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_misplaced_or_malformed_hello_ends_only_that_carrier() {
+    let ca = TestCa::new("bad input CA").expect("ca");
+    let (mut listener, addr) = bind(&ca, Protocol::TlsTcp).await;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(common::rustls_client(&ca)));
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "HELLO after a message",
+            [header(1, 1, 0, 1), b"x".to_vec(), hello(0, 0, [1u8; 16], 0)].concat(),
+            "HELLO is only allowed as the first frame",
+        ),
+        (
+            "HELLO with unknown flags",
+            hello(0x40, 0, [1u8; 16], 0),
+            "a HELLO frame carries",
+        ),
+        (
+            "HELLO of the wrong length",
+            header(3, 0, 0, 16),
+            "a HELLO frame carries",
+        ),
+        (
+            "CLOSE with a payload",
+            header(4, 0, 0, 3),
+            "a CLOSE frame must be empty",
+        ),
+    ];
+    for (what, bytes, want) in cases {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let mut tls = connector.connect(name, tcp).await.expect("handshake");
+        tls.write_all(&bytes).await.expect("write");
+        tls.flush().await.expect("flush");
+        let _ = tls.shutdown().await;
+        let carrier = listener.accept().await.expect("accept bad");
+        let events = drain(&carrier).await;
+        match events.last() {
+            Some(Event::ConnectionError(Error::Protocol(msg))) => {
+                assert!(msg.contains(want), "{what}: got `{msg}`, want `{want}`")
+            }
+            other => panic!("{what}: last event {other:?}"),
+        }
+    }
 }

@@ -184,3 +184,36 @@ async fn racing_falls_back_to_tls_when_nothing_answers_on_udp() {
     }
     carrier.close().await.expect("close");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_path_monitor_reads_the_real_interface_list() {
+    // On a real host the interfaces come from the OS (getifaddrs): loopback is there and up,
+    // and a carrier to a loopback address runs on it.
+    let net: Arc<dyn Net> = TokioNet::shared();
+    let list = net.interfaces();
+    let lo = list
+        .iter()
+        .find(|i| i.addrs.contains(&std::net::IpAddr::from([127, 0, 0, 1])))
+        .unwrap_or_else(|| panic!("no interface with 127.0.0.1 in {list:?}"));
+    assert!(lo.up, "{lo:?}");
+    let monitor = postsock::PathMonitor::start(net.clone());
+    assert_eq!(monitor.interfaces(), list);
+
+    let ca = TestCa::new("loopback CA").expect("ca");
+    for protocol in [Protocol::Quic, Protocol::TlsTcp] {
+        let (server_config, client_config) = configs(&ca, protocol);
+        let port = echo_listener(&net, server_config).await;
+        let carrier = Carrier::initiate(net.clone(), Remote::new("localhost", port), client_config)
+            .await
+            .expect("initiate");
+        assert_eq!(
+            carrier.interface().as_deref(),
+            Some(lo.name.as_str()),
+            "{protocol}"
+        );
+        carrier.send_bytes(&b"ping"[..]).await.expect("send");
+        let echo = carrier.receive().await.expect("receive").expect("echo");
+        assert_eq!(&echo.data[..], b"ping");
+        carrier.close().await.expect("close");
+    }
+}

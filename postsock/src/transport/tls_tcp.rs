@@ -252,6 +252,19 @@ impl Acks {
         Ok(())
     }
 
+    /// The carrier failed: what was written and not acknowledged may never have arrived.
+    fn fail_unacked(&self, outbox: &Outbox, reason: &str) {
+        let mut st = self.lock();
+        st.peer_done = true;
+        for f in st.frames.drain(..) {
+            if let Some(id) = f.fin {
+                outbox.update(id, SendStatus::Failed(reason.to_string()), true);
+            }
+        }
+        drop(st);
+        self.changed.notify_waiters();
+    }
+
     /// The peer will send no more ACKs: what was written is as sent as it will get.
     fn peer_done(&self, outbox: &Outbox) {
         let mut st = self.lock();
@@ -622,9 +635,15 @@ impl StreamCore {
         if let Some(r) = running {
             let _ = r.kill.send(kill);
         }
-        self.acks.peer_done(&self.outbox);
         let event = match error {
             Some(e) => {
+                // Unacknowledged messages of a resumable carrier may never have arrived;
+                // without continuation, written means sent as far as TCP goes.
+                if self.token.is_some() {
+                    self.acks.fail_unacked(&self.outbox, &e.to_string());
+                } else {
+                    self.acks.peer_done(&self.outbox);
+                }
                 self.outbox.fail_all(&e.to_string());
                 self.sent_all.send_if_modified(|s| {
                     let unset = s.is_none();
@@ -635,7 +654,10 @@ impl StreamCore {
                 });
                 Event::ConnectionError(e)
             }
-            None => Event::Closed,
+            None => {
+                self.acks.peer_done(&self.outbox);
+                Event::Closed
+            }
         };
         let events = self.events.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(events) = events {
