@@ -95,7 +95,7 @@ impl PathAware {
         }
     }
 
-    fn from_old_path(&self, sent: Instant) -> bool {
+    fn sent_on_old_path(&self, sent: Instant) -> bool {
         self.reset_at.is_some_and(|r| sent < r)
     }
 }
@@ -116,7 +116,7 @@ impl Controller for PathAware {
         rtt: &RttEstimator,
     ) {
         self.sync(now);
-        if self.from_old_path(sent) {
+        if self.sent_on_old_path(sent) {
             self.old = self.old.saturating_sub(bytes);
             return;
         }
@@ -147,7 +147,7 @@ impl Controller for PathAware {
     ) {
         self.sync(now);
         self.in_flight = self.in_flight.saturating_sub(lost_bytes);
-        if self.from_old_path(sent) {
+        if self.sent_on_old_path(sent) {
             // Losses on the old path say nothing about the new one.
             self.old = self.old.saturating_sub(lost_bytes);
             return;
