@@ -645,13 +645,7 @@ impl StreamCore {
                     self.acks.peer_done(&self.outbox);
                 }
                 self.outbox.fail_all(&e.to_string());
-                self.sent_all.send_if_modified(|s| {
-                    let unset = s.is_none();
-                    if unset {
-                        *s = Some(Err(e.to_string()));
-                    }
-                    unset
-                });
+                self.direction_failed(&e);
                 Event::ConnectionError(e)
             }
             None => {
@@ -683,13 +677,7 @@ impl StreamCore {
         }
         self.acks.peer_done(&self.outbox);
         let e = Error::Connection("carrier aborted".into());
-        self.sent_all.send_if_modified(|s| {
-            let unset = s.is_none();
-            if unset {
-                *s = Some(Err(e.to_string()));
-            }
-            unset
-        });
+        self.direction_failed(&e);
         let events = self.events.lock().unwrap_or_else(|p| p.into_inner()).take();
         if let Some(events) = events {
             events.try_send(Event::ConnectionError(e));
@@ -706,6 +694,17 @@ impl StreamCore {
             Ok(Some(Err(e))) => Err(Error::Connection(e.clone())),
             _ => Err(Error::Closed),
         }
+    }
+
+    /// Our direction ended with `e` (unless it had already finished).
+    fn direction_failed(&self, e: &Error) {
+        self.sent_all.send_if_modified(|s| {
+            let unset = s.is_none();
+            if unset {
+                *s = Some(Err(e.to_string()));
+            }
+            unset
+        });
     }
 
     fn current_epoch(&self, epoch: u64) -> bool {
@@ -756,13 +755,7 @@ impl StreamCore {
                 tokio::spawn(async move { core.broken(epoch, e).await });
             }
             Err(e) => {
-                self.sent_all.send_if_modified(|s| {
-                    let unset = s.is_none();
-                    if unset {
-                        *s = Some(Err(e.to_string()));
-                    }
-                    unset
-                });
+                self.direction_failed(&e);
             }
         }
     }
@@ -1018,6 +1011,17 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
+/// Tells the peer (best effort, bounded) that the carrier is aborted, not merely broken.
+async fn say_aborted<W: AsyncWrite + Unpin>(out: &mut W) -> Result<()> {
+    let bye = FrameHeader::close(true).encode();
+    let _ = tokio::time::timeout(ABORT_GRACE, async {
+        out.write_all(&bye).await?;
+        out.shutdown().await
+    })
+    .await;
+    Err(Error::Connection("carrier aborted".into()))
+}
+
 async fn write_loop<W: AsyncWrite + Unpin>(
     mut out: W,
     core: &StreamCore,
@@ -1052,17 +1056,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 _ = tokio::time::sleep(core.keepalive), if keep => Step::KeepAlive,
             };
             match step {
-                // Closing with everything acknowledged: the peer going away now costs nothing.
-                Step::Killed(KILL_ABORT) => {
-                    // Best effort: the peer learns the carrier is over, not merely broken.
-                    let bye = FrameHeader::close(true).encode();
-                    let _ = tokio::time::timeout(ABORT_GRACE, async {
-                        out.write_all(&bye).await?;
-                        out.shutdown().await
-                    })
-                    .await;
-                    return Err(Error::Connection("carrier aborted".into()));
-                }
+                Step::Killed(KILL_ABORT) => return say_aborted(&mut out).await,
                 // Closing with everything acknowledged: the peer going away now costs nothing.
                 Step::Killed(_) if !draining && acks.lock().frames.is_empty() => return Ok(()),
                 Step::Killed(_) => return Err(Error::Connection("transient ended".into())),
@@ -1158,13 +1152,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             }
         }
         if aborted {
-            let bye = FrameHeader::close(true).encode();
-            let _ = tokio::time::timeout(ABORT_GRACE, async {
-                out.write_all(&bye).await?;
-                out.shutdown().await
-            })
-            .await;
-            return Err(Error::Connection("carrier aborted".into()));
+            return say_aborted(&mut out).await;
         }
         core.tx.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         dirty = !flush;
