@@ -446,7 +446,8 @@ pub async fn stream_server(
                             trace.received(&workload, seed, dir, &msg.data);
                         }
                         Event::ConnectionError(e) => {
-                            return trace.fail(format!("server carrier: {e}"))
+                            trace.path_event("server-ended", None, Some(e.to_string()));
+                            return trace.fail(format!("server carrier: {e}"));
                         }
                         Event::ReceiveError { id, error } => {
                             return trace.fail(format!("server receive {id}: {error}"))

@@ -247,6 +247,14 @@ fn a_dormant_carrier_that_never_returns_ends_with_a_clear_error() {
             error.contains("dormant timeout") && error.contains("3000 ms"),
             "{protocol}: {error}"
         );
+        // The server's carrier went dormant and ended the same way.
+        let ended = r.path_events.iter().find(|e| e.event == "server-ended");
+        let why = ended.and_then(|e| e.reason.clone()).unwrap_or_default();
+        assert!(
+            why.contains("dormant timeout"),
+            "{protocol}: {:?}",
+            r.path_events
+        );
         // What could not be delivered failed; nothing is reported lost or duplicated.
         let m = &r.metrics;
         assert_eq!(m.messages_lost + m.messages_duplicated, 0, "{protocol}");
@@ -342,4 +350,37 @@ fn scenario_files_name_interfaces_clearly() {
     let bad = text.replace("gateway = \"cell-gw\"", "gateway = \"lte-gw\"");
     let e = parse(&bad).expect_err("gateway").to_string();
     assert!(e.contains("`lte-gw`, which is not defined"), "{e}");
+}
+
+#[test]
+fn a_latency_change_on_one_interface_shows_in_message_latency() {
+    let mut s = scenario("failover/quic-wifi-down");
+    // No outage: wifi's access link goes from 5 ms to 105 ms one way at 1 s.
+    s.faults = vec![TimedFault {
+        at_ms: 1000,
+        fault: sim::Fault::SetLink {
+            host: "client".into(),
+            interface: Some("wifi".into()),
+            loss: None,
+            bandwidth_kbps: None,
+            queue_bytes: None,
+            latency_ms: Some(105),
+        },
+    }];
+    s.expect
+        .retain(|e| e.metric != "handovers" && e.metric != "failover_gap_ms");
+    let r = testbed::run(&s, 1).report;
+    assert!(r.passed, "{:?} {:?}", r.error, r.expectations);
+    let latency = |from: f64, to: f64| {
+        let l: Vec<f64> = r
+            .messages
+            .iter()
+            .filter(|m| m.sent_ms >= from && m.sent_ms < to)
+            .filter_map(|m| Some(m.delivered_ms.first()? - m.sent_ms))
+            .collect();
+        l.iter().sum::<f64>() / l.len() as f64
+    };
+    // One way: 5 + 5 + 10 = 20 ms before, 120 ms after.
+    assert!((latency(200.0, 900.0) - 20.0).abs() < 2.0);
+    assert!((latency(2000.0, 4000.0) - 120.0).abs() < 2.0);
 }
