@@ -54,6 +54,7 @@ fn setup(scenario: &Scenario) -> Result<Setup, String> {
     for (name, pref) in &scenario.workload.interfaces {
         client.paths.interface(name.clone(), pref.preference());
     }
+    client.paths.link_quality = scenario.workload.link_quality;
     if let Some(ms) = scenario.workload.return_after_ms {
         client.paths.return_after = Duration::from_millis(ms);
     }

@@ -9,8 +9,8 @@
 //!
 //! - away at once when its interface goes down, when the path falls silent (nothing received
 //!   for [`PathPolicy::silence_rtts`] smoothed RTTs although something was sent: a black hole
-//!   nobody announced), or when its measured loss exceeds [`PathPolicy::max_loss`] and
-//!   another path is usable;
+//!   nobody announced), or when its loss — measured, or reported by the link layer through
+//!   the monitor — exceeds [`PathPolicy::max_loss`] and a path without such loss is usable;
 //! - back to a better interface once that one has been up for [`PathPolicy::return_after`];
 //! - nowhere when no interface is usable: the carrier is *dormant*
 //!   ([`Event::Dormant`](crate::Event::Dormant)), keeps what the application sends, and
@@ -52,6 +52,9 @@ pub struct PathPolicy {
     pub suspect_for: Duration,
     /// Whether carriers move between paths at all. Default true.
     pub failover: bool,
+    /// Whether loss the link layer reports (through the path monitor) counts like measured
+    /// loss. Default true.
+    pub link_quality: bool,
 }
 
 impl Default for PathPolicy {
@@ -65,6 +68,7 @@ impl Default for PathPolicy {
             quality_window: Duration::from_secs(1),
             suspect_for: Duration::from_secs(10),
             failover: true,
+            link_quality: true,
         }
     }
 }
@@ -334,6 +338,14 @@ pub(crate) async fn manage(
         });
 
         let position = |name: &str| usable.iter().position(|c| c.interface == name);
+        // What the link layer reports of an interface's loss (the simulator knows it; an OS
+        // interface list does not say, and then only measured loss counts).
+        let reported_loss = |name: &str| {
+            list.iter()
+                .find(|i| i.name == name && policy.link_quality)
+                .and_then(|i| i.quality)
+                .map_or(0.0, |q| q.loss)
+        };
         let (target, reason) = match &cur {
             None => match usable.first() {
                 Some(best) => (Some(best.clone()), HandoverReason::Recovered),
@@ -349,8 +361,11 @@ pub(crate) async fn manage(
                 let other = usable.iter().find(|u| u.interface != c.interface).cloned();
                 (other, HandoverReason::Silent)
             }
-            Some(c) if loss > policy.max_loss => {
-                match usable.iter().find(|u| u.interface != c.interface) {
+            Some(c) if loss > policy.max_loss || reported_loss(&c.interface) > policy.max_loss => {
+                let better = |u: &&PathChoice| {
+                    u.interface != c.interface && reported_loss(&u.interface) <= policy.max_loss
+                };
+                match usable.iter().find(better) {
                     Some(other) => {
                         // Not back to it for a while: its link still looks up.
                         suspect.insert(c.interface.clone(), now + policy.suspect_for);

@@ -1066,10 +1066,11 @@ impl<'a> World<'a> {
             }
             Fault::Bounce { .. } | Fault::SetMiddlebox { .. } | Fault::NatReboot { .. } => {}
         }
-        let changed = link.is_down != was_down;
+        // The host's monitors hear of an interface going down or up, and of a change of its
+        // link's quality (as a radio reports its signal); a black hole stays unannounced.
+        let changed = link.is_down != was_down || matches!(fault, Fault::SetLink { .. });
         drop(links);
         if changed {
-            // Hosts' path monitors re-read the interface list (a black hole is not told).
             self.state.iface_changes.send_modify(|n| *n += 1);
         }
         Ok(())
