@@ -77,6 +77,18 @@ enum Command {
         #[arg(long)]
         current_thread: bool,
     },
+    /// Run a STUN server (RFC 8489 Binding, no authentication) on real sockets: answers each
+    /// Binding request with the address it came from; drops and counts anything else.
+    StunServer {
+        /// Address to listen on.
+        #[arg(long, default_value = "0.0.0.0:3478")]
+        listen: std::net::SocketAddr,
+    },
+    /// Ask a STUN server for this host's server-reflexive address (real sockets).
+    StunClient {
+        /// The STUN server, as host:port.
+        server: String,
+    },
     /// (internal) The receiver of the memory benchmark.
     #[command(hide = true)]
     BenchReceiver {
@@ -120,6 +132,8 @@ fn main() -> ExitCode {
             only,
             current_thread,
         } => bench(quick, &out, only, current_thread),
+        Command::StunServer { listen } => done(stun_server(listen)),
+        Command::StunClient { server } => done(stun_client(&server)),
         Command::BenchReceiver { protocol, ca_out } => match protocol_named(&protocol) {
             Some(p) => done(testbed::bench::receiver(p, &ca_out)),
             None => usage_error(format!("unknown protocol `{protocol}`")),
@@ -134,6 +148,65 @@ fn main() -> ExitCode {
             None => usage_error(format!("unknown protocol `{protocol}`")),
         },
     }
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+}
+
+fn stun_server(listen: std::net::SocketAddr) -> Result<(), String> {
+    let rt = runtime().map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let net = postsock::net::TokioNet;
+        let server = postsock::stun::StunServer::bind(&net, listen)
+            .await
+            .map_err(|e| e.to_string())?;
+        println!("STUN server on {}", server.local_addr());
+        let stats = server.stats();
+        tokio::spawn(async move {
+            let mut last = (0, 0);
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+                let now = (stats.answered(), stats.dropped());
+                if now != last {
+                    eprintln!("answered {}, dropped {}", now.0, now.1);
+                    last = now;
+                }
+            }
+        });
+        server.run().await;
+        Err("the STUN socket failed".to_string())
+    })
+}
+
+fn stun_client(server: &str) -> Result<(), String> {
+    use postsock::net::Net;
+    let rt = runtime().map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let net = postsock::net::TokioNet;
+        let addr = tokio::net::lookup_host(server)
+            .await
+            .map_err(|e| format!("resolving {server}: {e}"))?
+            .next()
+            .ok_or_else(|| format!("`{server}` has no address"))?;
+        let local: std::net::SocketAddr = if addr.is_ipv4() {
+            ([0, 0, 0, 0], 0).into()
+        } else {
+            ([0u16; 8], 0).into()
+        };
+        let socket = net.bind_udp(local).await.map_err(|e| e.to_string())?;
+        let txid = postsock::stun::transaction_id(&net);
+        let answers = postsock::stun::Answers::Socket(socket.as_ref());
+        let timing = postsock::stun::Timing::default();
+        let reflexive = postsock::stun::binding(socket.as_ref(), answers, addr, txid, timing)
+            .await
+            .map_err(|e| e.to_string())?;
+        println!("{reflexive}");
+        Ok(())
+    })
 }
 
 fn protocol_named(name: &str) -> Option<postsock::Protocol> {

@@ -66,6 +66,7 @@ mod outbox;
 pub mod path;
 mod racing;
 mod selection;
+pub mod stun;
 pub mod transport;
 mod wait;
 

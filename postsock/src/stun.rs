@@ -1,0 +1,522 @@
+//! STUN (RFC 8489) Binding: learning one's server-reflexive address, and serving it.
+//!
+//! The message codec is the `stun_codec` crate (RFC 5389/8489 and the TURN attributes, which
+//! the relay client will need). On top of it:
+//!
+//! - [`binding`]: a client transaction on any datagram socket [`Net`] gives: a Binding request
+//!   retransmitted with RFC 8489 §6.2.1 timing (RTO doubling from `rto`, `Rc` requests), whose
+//!   success response's XOR-MAPPED-ADDRESS is the address the server saw — behind a NAT, the
+//!   NAT's public mapping.
+//! - [`StunServer`]: answers every well-formed Binding request with the source address it came
+//!   from; drops and counts everything else (malformed, oversized, responses, other methods).
+//!   `postsock stun-server` runs it on real sockets; the simulator runs the same code.
+//! - [`Demux`]: RFC 7983 demultiplexing on one socket. STUN messages start with a byte of 0
+//!   to 3, QUIC packets with one of 64 to 127 (or above 127 for long headers), so a QUIC
+//!   endpoint and STUN connectivity checks can share the socket the peer sees. [`Demux`]
+//!   hands quinn everything else and keeps STUN for itself.
+
+use std::io::{self, IoSliceMut};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytecodec::{DecodeExt, EncodeExt};
+use bytes::Bytes;
+use quinn::udp::{RecvMeta, Transmit};
+use stun_codec::rfc5389::attributes::{Software, XorMappedAddress};
+use stun_codec::rfc5389::{methods::BINDING, Attribute};
+use stun_codec::{Message, MessageClass, MessageDecoder, MessageEncoder, TransactionId};
+use tokio::sync::mpsc;
+
+use crate::net::{AsyncUdpSocket, Net};
+use crate::{Error, Result};
+
+/// Largest STUN message accepted (RFC 8489 §6.1: fits an unfragmented IPv4 datagram).
+pub const MAX_MESSAGE: usize = 548 * 2;
+/// The STUN magic cookie (RFC 8489 §5).
+const MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
+
+/// Whether `datagram` is a STUN message by RFC 7983's first-byte rule (and carries the magic
+/// cookie): what [`Demux`] keeps away from QUIC.
+pub fn is_stun(datagram: &[u8]) -> bool {
+    datagram.len() >= 20 && datagram[0] <= 3 && datagram[4..8] == MAGIC_COOKIE
+}
+
+/// A Binding request with transaction id `txid`.
+pub fn binding_request(txid: [u8; 12]) -> Vec<u8> {
+    let message =
+        Message::<Attribute>::new(MessageClass::Request, BINDING, TransactionId::new(txid));
+    encode(message)
+}
+
+fn encode(message: Message<Attribute>) -> Vec<u8> {
+    // Encoding a message built from valid attributes cannot fail.
+    MessageEncoder::new()
+        .encode_into_bytes(message)
+        .unwrap_or_default()
+}
+
+fn decode(datagram: &[u8]) -> Option<Message<Attribute>> {
+    if datagram.len() > MAX_MESSAGE || !is_stun(datagram) {
+        return None;
+    }
+    MessageDecoder::<Attribute>::new()
+        .decode_from_bytes(datagram)
+        .ok()?
+        .ok()
+}
+
+/// The server's answer to `datagram` received from `source`: a Binding success response
+/// carrying `source` as XOR-MAPPED-ADDRESS, or `None` if `datagram` is not a well-formed
+/// Binding request.
+pub fn answer(datagram: &[u8], source: SocketAddr) -> Option<Vec<u8>> {
+    let request = decode(datagram)?;
+    if request.class() != MessageClass::Request || request.method() != BINDING {
+        return None;
+    }
+    let mut response = Message::<Attribute>::new(
+        MessageClass::SuccessResponse,
+        BINDING,
+        request.transaction_id(),
+    );
+    response.add_attribute(XorMappedAddress::new(source));
+    if let Ok(software) = Software::new("postsock".to_string()) {
+        response.add_attribute(software);
+    }
+    Some(encode(response))
+}
+
+/// The reflexive address in a Binding success response to transaction `txid`; `None` for
+/// anything else (another transaction, an error response, a malformed message).
+pub fn reflexive_address(datagram: &[u8], txid: [u8; 12]) -> Option<SocketAddr> {
+    let response = decode(datagram)?;
+    if response.class() != MessageClass::SuccessResponse
+        || response.method() != BINDING
+        || response.transaction_id().as_bytes() != &txid
+    {
+        return None;
+    }
+    response
+        .get_attribute::<XorMappedAddress>()
+        .map(XorMappedAddress::address)
+}
+
+/// Sends one datagram on a quinn-style socket, waiting while it is not writable.
+pub async fn send_to(socket: &dyn AsyncUdpSocket, dst: SocketAddr, data: &[u8]) -> io::Result<()> {
+    let transmit = Transmit {
+        destination: dst,
+        ecn: None,
+        contents: data,
+        segment_size: None,
+        src_ip: None,
+    };
+    loop {
+        match socket.try_send(&transmit) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                tokio::time::sleep(Duration::from_millis(1)).await
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Receives one datagram from a quinn-style socket.
+pub async fn recv_from(socket: &dyn AsyncUdpSocket) -> io::Result<(SocketAddr, Bytes)> {
+    let mut buf = vec![0u8; 65_536];
+    let mut meta = [RecvMeta::default()];
+    std::future::poll_fn(|cx| {
+        let mut bufs = [IoSliceMut::new(&mut buf)];
+        socket.poll_recv(cx, &mut bufs, &mut meta)
+    })
+    .await?;
+    // A coalesced receive (GRO) carries several datagrams of `stride` bytes: keep the first.
+    let len = meta[0].len.min(meta[0].stride.max(1));
+    buf.truncate(len);
+    Ok((meta[0].addr, buf.into()))
+}
+
+/// Retransmission timing of a Binding transaction (RFC 8489 §6.2.1).
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    /// The first retransmission timeout; it doubles after each request.
+    pub rto: Duration,
+    /// How many requests in all (`Rc`).
+    pub requests: u32,
+    /// After the last request, wait this many RTOs (`Rm`) for the answer.
+    pub last_wait: u32,
+}
+
+impl Default for Timing {
+    fn default() -> Self {
+        Timing {
+            rto: Duration::from_millis(500),
+            requests: 7,
+            last_wait: 16,
+        }
+    }
+}
+
+/// Where STUN answers for a Binding transaction come from: a plain socket (every datagram
+/// is read), or a [`Demux`] (its STUN side).
+#[derive(Debug)]
+pub enum Answers<'a> {
+    /// Read the socket directly.
+    Socket(&'a dyn AsyncUdpSocket),
+    /// Read what a demultiplexer set aside.
+    Demux(&'a Demux),
+}
+
+impl Answers<'_> {
+    async fn next(&self) -> io::Result<(SocketAddr, Bytes)> {
+        match self {
+            Answers::Socket(s) => recv_from(*s).await,
+            Answers::Demux(d) => d.recv_stun().await,
+        }
+    }
+}
+
+/// One Binding transaction to `server` from `socket`: the server-reflexive address (the
+/// address the server saw the request come from).
+pub async fn binding(
+    socket: &dyn AsyncUdpSocket,
+    answers: Answers<'_>,
+    server: SocketAddr,
+    txid: [u8; 12],
+    timing: Timing,
+) -> Result<SocketAddr> {
+    let request = binding_request(txid);
+    let mut rto = timing.rto;
+    for sent in 1..=timing.requests.max(1) {
+        send_to(socket, server, &request)
+            .await
+            .map_err(|e| Error::io(format!("sending a STUN request to {server}"), e))?;
+        let wait = if sent == timing.requests {
+            timing.rto * timing.last_wait
+        } else {
+            rto
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let got = tokio::time::timeout_at(deadline, answers.next()).await;
+            match got {
+                Err(_) => break,
+                Ok(Err(e)) => return Err(Error::io("reading a STUN answer", e)),
+                Ok(Ok((from, data))) => {
+                    if from != server {
+                        continue;
+                    }
+                    if let Some(addr) = reflexive_address(&data, txid) {
+                        return Ok(addr);
+                    }
+                }
+            }
+        }
+        rto *= 2;
+    }
+    Err(Error::Connection(format!(
+        "no STUN answer from {server} after {} requests",
+        timing.requests
+    )))
+}
+
+/// A transaction id from the network's seeded RNG (simulator) or the secure random source.
+pub fn transaction_id(net: &dyn Net) -> [u8; 12] {
+    let mut id = [0u8; 12];
+    match net.rng_seed() {
+        Some(seed) => id.copy_from_slice(&seed[..12]),
+        None => {
+            let rng = rustls::crypto::ring::default_provider().secure_random;
+            // Without entropy the transaction is merely guessable, not broken.
+            let _ = rng.fill(&mut id);
+        }
+    }
+    id
+}
+
+/// What a [`StunServer`] did.
+#[derive(Debug, Default)]
+pub struct StunStats {
+    answered: AtomicU64,
+    dropped: AtomicU64,
+}
+
+impl StunStats {
+    /// Binding requests answered.
+    pub fn answered(&self) -> u64 {
+        self.answered.load(Ordering::Relaxed)
+    }
+    /// Datagrams dropped: malformed, oversized, not a Binding request.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// A STUN server (Binding only, no authentication: RFC 8489 §12's basic server).
+#[derive(Debug)]
+pub struct StunServer {
+    local: SocketAddr,
+    stats: Arc<StunStats>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StunServer {
+    /// Binds at `local` through `net` and starts answering.
+    pub async fn bind(net: &dyn Net, local: SocketAddr) -> Result<Self> {
+        let socket = net
+            .bind_udp(local)
+            .await
+            .map_err(|e| Error::io(format!("binding UDP {local}"), e))?;
+        let local = socket
+            .local_addr()
+            .map_err(|e| Error::io("reading the STUN socket address", e))?;
+        let stats = Arc::new(StunStats::default());
+        let task = tokio::spawn(serve(socket, stats.clone()));
+        Ok(StunServer { local, stats, task })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// What it has done so far.
+    pub fn stats(&self) -> Arc<StunStats> {
+        self.stats.clone()
+    }
+
+    /// Serves until the task ends (it does not, unless the socket fails).
+    pub async fn run(mut self) {
+        let task = std::mem::replace(&mut self.task, tokio::spawn(async {}));
+        let _ = task.await;
+    }
+}
+
+impl Drop for StunServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve(socket: Arc<dyn AsyncUdpSocket>, stats: Arc<StunStats>) {
+    loop {
+        let Ok((from, data)) = recv_from(socket.as_ref()).await else {
+            return;
+        };
+        match answer(&data, from) {
+            Some(reply) => {
+                if send_to(socket.as_ref(), from, &reply).await.is_ok() {
+                    stats.answered.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            None => {
+                stats.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(
+                    "dropped a {} B datagram from {from}: not a Binding request",
+                    data.len()
+                );
+            }
+        }
+    }
+}
+
+/// RFC 7983 demultiplexing: a socket shared by QUIC and STUN. Give quinn the `Demux` as its
+/// socket; STUN messages that arrive are set aside for [`Demux::recv_stun`], and
+/// [`Demux::send_stun`] sends from the same address quinn uses.
+#[derive(Debug)]
+pub struct Demux {
+    inner: Arc<dyn AsyncUdpSocket>,
+    stun_tx: mpsc::UnboundedSender<(SocketAddr, Bytes)>,
+    stun_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<(SocketAddr, Bytes)>>,
+    /// STUN messages set aside so far.
+    diverted: AtomicU64,
+    /// While nobody is reading quinn's side, this task reads STUN (see [`Demux::pump`]).
+    pump: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Demux {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn AsyncUdpSocket>) -> Arc<Self> {
+        let (stun_tx, stun_rx) = mpsc::unbounded_channel();
+        Arc::new(Demux {
+            inner,
+            stun_tx,
+            stun_rx: tokio::sync::Mutex::new(stun_rx),
+            diverted: AtomicU64::new(0),
+            pump: Mutex::new(None),
+        })
+    }
+
+    /// Sends a STUN message from the shared socket.
+    pub async fn send_stun(&self, dst: SocketAddr, data: &[u8]) -> io::Result<()> {
+        send_to(self.inner.as_ref(), dst, data).await
+    }
+
+    /// The next STUN message that arrived on the shared socket.
+    pub async fn recv_stun(&self) -> io::Result<(SocketAddr, Bytes)> {
+        self.stun_rx
+            .lock()
+            .await
+            .recv()
+            .await
+            .ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "demultiplexer closed"))
+    }
+
+    /// STUN messages set aside so far.
+    pub fn diverted(&self) -> u64 {
+        self.diverted.load(Ordering::Relaxed)
+    }
+
+    /// Reads the socket in a task of its own until quinn takes it over: before a QUIC
+    /// endpoint exists (connectivity checks come first), somebody must read.
+    pub fn pump(self: &Arc<Self>) {
+        let me = self.clone();
+        let task = tokio::spawn(async move {
+            let mut buf = vec![0u8; 65_536];
+            loop {
+                let mut meta = [RecvMeta::default()];
+                let got = std::future::poll_fn(|cx| {
+                    let mut bufs = [IoSliceMut::new(&mut buf)];
+                    me.poll_recv(cx, &mut bufs, &mut meta)
+                })
+                .await;
+                if got.is_err() {
+                    return;
+                }
+                // Not STUN, and no QUIC endpoint yet: dropped, as an unbound port would.
+            }
+        });
+        if let Some(old) = self
+            .pump
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(task)
+        {
+            old.abort();
+        }
+    }
+
+    /// Stops the reading task (quinn reads from now on).
+    pub fn stop_pump(&self) {
+        if let Some(task) = self.pump.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            task.abort();
+        }
+    }
+}
+
+impl Drop for Demux {
+    fn drop(&mut self) {
+        self.stop_pump();
+    }
+}
+
+impl AsyncUdpSocket for Demux {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn quinn::UdpPoller>> {
+        self.inner.clone().create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        self.inner.try_send(transmit)
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            let n = match self.inner.poll_recv(cx, bufs, meta) {
+                Poll::Ready(Ok(n)) => n,
+                other => return other,
+            };
+            // Keep the non-STUN entries, in order, at the front.
+            let mut kept = 0;
+            for i in 0..n {
+                let len = meta[i].len;
+                let single = meta[i].stride >= len;
+                if single && is_stun(&bufs[i][..len]) {
+                    let data = Bytes::copy_from_slice(&bufs[i][..len]);
+                    self.diverted.fetch_add(1, Ordering::Relaxed);
+                    let _ = self.stun_tx.send((meta[i].addr, data));
+                    continue;
+                }
+                if kept != i {
+                    let (front, back) = bufs.split_at_mut(i);
+                    front[kept][..len].copy_from_slice(&back[0][..len]);
+                    meta[kept] = meta[i];
+                }
+                kept += 1;
+            }
+            if kept > 0 {
+                return Poll::Ready(Ok(kept));
+            }
+            // Everything was STUN: read on (the inner socket registers the waker when empty).
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.inner.max_transmit_segments()
+    }
+
+    fn max_receive_segments(&self) -> usize {
+        self.inner.max_receive_segments()
+    }
+
+    fn may_fragment(&self) -> bool {
+        self.inner.may_fragment()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_answer_round_trip() {
+        let txid = [9u8; 12];
+        let request = binding_request(txid);
+        assert!(is_stun(&request));
+        let from: SocketAddr = "203.0.113.7:40001".parse().expect("addr");
+        let reply = answer(&request, from).expect("an answer");
+        assert_eq!(reflexive_address(&reply, txid), Some(from));
+        // Another transaction's answer is not ours.
+        assert_eq!(reflexive_address(&reply, [1u8; 12]), None);
+        // A response is not a request.
+        assert_eq!(answer(&reply, from), None);
+        let v6: SocketAddr = "[2001:db8::5]:7".parse().expect("addr");
+        let reply = answer(&request, v6).expect("an answer");
+        assert_eq!(reflexive_address(&reply, txid), Some(v6));
+    }
+
+    #[test]
+    fn malformed_messages_are_not_answered() {
+        let from: SocketAddr = "198.51.100.1:9".parse().expect("addr");
+        let good = binding_request([3u8; 12]);
+        let mut bad_cookie = good.clone();
+        bad_cookie[4] ^= 0xff;
+        let mut bad_length = good.clone();
+        bad_length[3] = 200;
+        let mut truncated_attribute = good.clone();
+        truncated_attribute[3] = 8;
+        truncated_attribute.extend_from_slice(&[0x80, 0x22, 0x00, 0x20]);
+        let oversized = [good.clone(), vec![0u8; 2000]].concat();
+        for (what, bytes) in [
+            ("empty", vec![]),
+            ("short", good[..19].to_vec()),
+            ("bad cookie", bad_cookie),
+            ("bad length", bad_length),
+            ("truncated attribute", truncated_attribute),
+            ("oversized", oversized),
+            ("QUIC long header", vec![0xc0; 40]),
+        ] {
+            assert_eq!(answer(&bytes, from), None, "{what}");
+        }
+    }
+}
