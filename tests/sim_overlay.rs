@@ -1,6 +1,8 @@
 //! The simulator's overlay on turmoil: TCP costs a full RTT, gateways translate addresses,
 //! hosts behind gateways are unreachable from outside.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -8,21 +10,10 @@ use std::time::Duration;
 
 use postsock::net::Net;
 use postsock::{Carrier, Configuration, Listener, Protocol, Remote, Security, TestCa};
-use sim::{GatewaySpec, HostSpec, LinkParams, World, WorldSpec};
+use sim::{GatewaySpec, World, WorldSpec};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn host(name: &str, gateway: Option<&str>, latency_ms: u64) -> HostSpec {
-    HostSpec {
-        name: name.into(),
-        gateway: gateway.map(Into::into),
-        link: LinkParams {
-            latency_ms,
-            ..LinkParams::default()
-        },
-        aliases: Vec::new(),
-        interfaces: Vec::new(),
-    }
-}
+use common::sim_host as host;
 
 /// The gateway `nat`, `latency_ms` from the core, translating as `nat` says.
 fn gateway(latency_ms: u64, nat: sim::NatSpec) -> GatewaySpec {

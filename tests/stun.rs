@@ -10,28 +10,18 @@ use std::time::Duration;
 
 use postsock::net::{Net, TokioNet};
 use postsock::stun::{self, Answers, Demux, StunServer, Timing};
-use sim::{GatewaySpec, HostSpec, LinkParams, NatPreset, NatSpec, World, WorldSpec};
+use sim::{GatewaySpec, NatPreset, NatSpec, World, WorldSpec};
 
-fn host(name: &str, gateway: Option<&str>, latency_ms: u64) -> HostSpec {
-    HostSpec {
-        name: name.into(),
-        gateway: gateway.map(Into::into),
-        link: LinkParams {
-            latency_ms,
-            ..LinkParams::default()
-        },
-        aliases: Vec::new(),
-        interfaces: Vec::new(),
-    }
-}
+use common::sim_host as host;
 
-/// A client behind a NAT with `preset`, and two public STUN servers.
+/// A client behind a NAT with `preset`, two public STUN servers, and a public server.
 fn world(preset: NatPreset) -> WorldSpec {
     WorldSpec {
         hosts: vec![
             host("client", Some("nat"), 5),
             host("stun1", None, 10),
             host("stun2", None, 15),
+            host("server", None, 10),
         ],
         gateways: vec![GatewaySpec {
             name: "nat".into(),
@@ -263,22 +253,7 @@ fn coturn_answers_postsocks_stun_client() {
 fn stun_and_quic_share_one_socket() {
     // A QUIC connection runs over a demultiplexed socket while STUN transactions on the same
     // socket get their answers: the server-reflexive address of the very socket QUIC uses.
-    let spec = WorldSpec {
-        hosts: vec![
-            host("client", Some("nat"), 5),
-            host("server", None, 10),
-            host("stun1", None, 10),
-        ],
-        gateways: vec![GatewaySpec {
-            name: "nat".into(),
-            latency_ms: 5,
-            middlebox: Default::default(),
-            nat: NatSpec {
-                preset: Some(NatPreset::PortRestrictedCone),
-                ..NatSpec::default()
-            },
-        }],
-    };
+    let spec = world(NatPreset::PortRestrictedCone);
     let mut world = World::new(&spec, 1, Duration::from_secs(30)).expect("world");
     run_stun_server(&mut world, "stun1");
     let ca = postsock::TestCa::new("demux CA").expect("ca");

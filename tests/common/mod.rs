@@ -1,5 +1,5 @@
-//! Helpers for tests that drive postsock from peers that know only docs/WIRE.md: plain rustls
-//! and quinn configurations, built here rather than taken from postsock.
+//! Helpers for tests: plain rustls and quinn configurations for peers that know only
+//! docs/WIRE.md (built here rather than taken from postsock), and simulator hosts.
 
 #![allow(dead_code)]
 
@@ -53,4 +53,18 @@ pub fn postsock_configs(ca: &TestCa, protocol: Protocol) -> (Configuration, Conf
         ..Security::default()
     });
     (server, client)
+}
+
+/// A simulated single-interface host `latency_ms` from its gateway (or the core).
+pub fn sim_host(name: &str, gateway: Option<&str>, latency_ms: u64) -> sim::HostSpec {
+    sim::HostSpec {
+        name: name.into(),
+        gateway: gateway.map(Into::into),
+        link: sim::LinkParams {
+            latency_ms,
+            ..sim::LinkParams::default()
+        },
+        aliases: Vec::new(),
+        interfaces: Vec::new(),
+    }
 }
