@@ -89,6 +89,22 @@ enum Command {
         /// The STUN server, as host:port.
         server: String,
     },
+    /// Run a rendezvous server on real sockets (QUIC and TLS/TCP on one port): pairs peers
+    /// that register the same pairing id and hands each the other's sealed candidates.
+    RendezvousServer {
+        /// Address to listen on.
+        #[arg(long, default_value = "0.0.0.0:7000")]
+        listen: std::net::SocketAddr,
+        /// The name its certificate is issued for (clients verify it).
+        #[arg(long, default_value = "localhost")]
+        name: String,
+        /// Where to write the (generated) CA certificate, DER, for clients to trust.
+        #[arg(long)]
+        ca_out: PathBuf,
+        /// How long a peer waits for the other, in seconds.
+        #[arg(long, default_value_t = 60)]
+        wait_s: u64,
+    },
     /// (internal) The receiver of the memory benchmark.
     #[command(hide = true)]
     BenchReceiver {
@@ -134,6 +150,12 @@ fn main() -> ExitCode {
         } => bench(quick, &out, only, current_thread),
         Command::StunServer { listen } => done(stun_server(listen)),
         Command::StunClient { server } => done(stun_client(&server)),
+        Command::RendezvousServer {
+            listen,
+            name,
+            ca_out,
+            wait_s,
+        } => done(rendezvous_server(listen, &name, &ca_out, wait_s)),
         Command::BenchReceiver { protocol, ca_out } => match protocol_named(&protocol) {
             Some(p) => done(testbed::bench::receiver(p, &ca_out)),
             None => usage_error(format!("unknown protocol `{protocol}`")),
@@ -179,6 +201,44 @@ fn stun_server(listen: std::net::SocketAddr) -> Result<(), String> {
         });
         server.run().await;
         Err("the STUN socket failed".to_string())
+    })
+}
+
+fn rendezvous_server(
+    listen: std::net::SocketAddr,
+    name: &str,
+    ca_out: &std::path::Path,
+    wait_s: u64,
+) -> Result<(), String> {
+    let rt = runtime().map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let ca = postsock::TestCa::new("postsock rendezvous CA").map_err(|e| e.to_string())?;
+        let identity = ca.issue(&[name]).map_err(|e| e.to_string())?;
+        let mut config = postsock::Configuration::default();
+        config.security(postsock::Security {
+            identity: Some(identity),
+            ..postsock::Security::default()
+        });
+        let net = postsock::net::TokioNet::shared();
+        let wait = std::time::Duration::from_secs(wait_s);
+        let server = postsock::rendezvous::RendezvousServer::bind(net, listen, config, wait)
+            .await
+            .map_err(|e| e.to_string())?;
+        println!(
+            "rendezvous server on {} (CA in {})",
+            server.local_addr(),
+            ca_out.display()
+        );
+        let stats = server.stats();
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+            eprintln!(
+                "paired {}, refused {}, malformed {}",
+                stats.paired(),
+                stats.refused(),
+                stats.malformed()
+            );
+        }
     })
 }
 

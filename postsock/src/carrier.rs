@@ -836,9 +836,9 @@ impl Drop for Carrier {
         self.outbox
             .fail_all("the carrier was dropped before the message was settled");
         // A stream carrier's transient tasks belong to its core: dropping the carrier aborts
-        // it (the peer learns at once), unless it already ended.
+        // it (the peer learns at once), unless the peer had closed it cleanly.
         if let Link::Stream { core } = &self.link {
-            core.abort();
+            core.dropped();
         }
         for task in &self.tasks {
             task.abort();

@@ -65,6 +65,7 @@ pub mod net;
 mod outbox;
 pub mod path;
 mod racing;
+pub mod rendezvous;
 mod selection;
 pub mod stun;
 pub mod transport;

@@ -659,6 +659,15 @@ impl StreamCore {
         }
     }
 
+    /// The application dropped the carrier: after the peer's clean close our writer finishes
+    /// what it has (the outbox is failed and closed) and closes cleanly; otherwise abort.
+    pub(crate) fn dropped(self: &Arc<Self>) {
+        if self.lock().state == CoreState::Ended {
+            return;
+        }
+        self.abort();
+    }
+
     /// Ends the carrier at once (the application aborted it).
     pub(crate) fn abort(self: &Arc<Self>) {
         self.outbox.fail_all("carrier aborted");
