@@ -224,6 +224,9 @@ fn rendezvous_server(
         let server = postsock::rendezvous::RendezvousServer::bind(net, listen, config, wait)
             .await
             .map_err(|e| e.to_string())?;
+        // Written once the server listens: a client that sees the file can connect.
+        std::fs::write(ca_out, ca.root().as_ref())
+            .map_err(|e| format!("writing {}: {e}", ca_out.display()))?;
         println!(
             "rendezvous server on {} (CA in {})",
             server.local_addr(),

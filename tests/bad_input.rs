@@ -223,8 +223,6 @@ async fn continuation_with_a_forged_token_is_refused_and_pairs_with_nothing() {
     tls.write_all(&hello(0x01, 0, [7u8; 16], 0))
         .await
         .expect("write");
-    tls.write_all(&header(1, 1, 0, 5)).await.expect("write");
-    tls.write_all(b"forge").await.expect("write");
     tls.flush().await.expect("flush");
     // The answer is a refusal (RESUME | REFUSED), then the end of the stream.
     let mut answer = Vec::new();

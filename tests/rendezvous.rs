@@ -60,7 +60,9 @@ fn info(port: u16) -> PeerInfo {
     }
 }
 
-type Outcomes = Arc<Mutex<Vec<(String, Result<PeerInfo, String>)>>>;
+/// Each client's name and what its exchange returned.
+type Outcome = (String, Result<PeerInfo, String>);
+type Outcomes = Arc<Mutex<Vec<Outcome>>>;
 
 /// What each client program does, started at `at_ms`.
 enum Act {
@@ -72,12 +74,7 @@ enum Act {
 
 /// Runs the world: the server, then each `(host, at_ms, act)`. Returns the outcomes and the
 /// server's stats.
-fn run(
-    acts: Vec<(&'static str, u64, Act)>,
-) -> (
-    Vec<(String, Result<PeerInfo, String>)>,
-    Arc<RendezvousStats>,
-) {
+fn run(acts: Vec<(&'static str, u64, Act)>) -> (Vec<Outcome>, Arc<RendezvousStats>) {
     let mut world = World::new(&spec(), 1, Duration::from_secs(60)).expect("world");
     let ca = TestCa::new("rendezvous CA").expect("ca");
     let mut server_config = Configuration::default();
@@ -158,10 +155,7 @@ fn run(
     (got, stats)
 }
 
-fn outcome<'a>(
-    got: &'a [(String, Result<PeerInfo, String>)],
-    who: &str,
-) -> &'a Result<PeerInfo, String> {
+fn outcome<'a>(got: &'a [Outcome], who: &str) -> &'a Result<PeerInfo, String> {
     &got.iter().find(|(n, _)| n == who).expect("outcome").1
 }
 
