@@ -64,6 +64,7 @@ mod message;
 pub mod net;
 mod outbox;
 pub mod path;
+pub mod punch;
 mod racing;
 pub mod rendezvous;
 mod selection;

@@ -66,6 +66,19 @@ pub(crate) async fn endpoint(
     local: SocketAddr,
     server: Option<&Configuration>,
 ) -> Result<quinn::Endpoint> {
+    let socket = net
+        .bind_udp(local)
+        .await
+        .map_err(|e| Error::io(format!("binding UDP {local}"), e))?;
+    endpoint_on(net, socket, server)
+}
+
+/// Creates a QUIC endpoint on `socket` (a server too when `server` is given).
+pub(crate) fn endpoint_on(
+    net: &dyn Net,
+    socket: Arc<dyn quinn::AsyncUdpSocket>,
+    server: Option<&Configuration>,
+) -> Result<quinn::Endpoint> {
     let server_config = match server {
         Some(config) => {
             let mut tls_config = tls::server_config(&config.security)?;
@@ -79,10 +92,6 @@ pub(crate) async fn endpoint(
         }
         None => None,
     };
-    let socket = net
-        .bind_udp(local)
-        .await
-        .map_err(|e| Error::io(format!("binding UDP {local}"), e))?;
     quinn::Endpoint::new_with_abstract_socket(
         endpoint_config(net),
         server_config,

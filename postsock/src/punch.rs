@@ -1,0 +1,342 @@
+//! Hole punching: a direct QUIC carrier between two peers behind NATs, found through a
+//! rendezvous (ICE-style, RFC 8445 in outline).
+//!
+//! Each peer:
+//! 1. binds one UDP socket and wraps it in a [`Demux`] (RFC 7983), so the STUN checks below
+//!    and the QUIC connection afterwards use the same socket — the same NAT mapping;
+//! 2. gathers candidates: its host address and its server-reflexive address (a STUN Binding
+//!    to the configured STUN server, from that socket);
+//! 3. makes a one-off certificate authority and identity, and exchanges candidates, the CA
+//!    certificate and a tie-breaker through the [rendezvous](crate::rendezvous) (sealed with
+//!    the key both derive from their shared secret);
+//! 4. sends STUN Binding requests (connectivity checks, named with a username derived from
+//!    the pairing key) to every candidate of the peer every `check_interval`, answers the
+//!    peer's checks with a Binding success to wherever they came from, and adds that source
+//!    as a peer-reflexive candidate (behind a symmetric NAT it is the only address that
+//!    works). The first pair whose check succeeds wins;
+//! 5. QUIC: the peer with the higher tie-breaker is the client and connects to the winning
+//!    address, verifying the other's certificate against the CA certificate received through
+//!    the rendezvous (verification stays on); the other accepts on its socket.
+//!
+//! When no pair works within `checks_for`, the error says so: a relay (TURN) would be needed,
+//! which postsock does not have yet.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytecodec::{DecodeExt, EncodeExt};
+use serde::{Deserialize, Serialize};
+use stun_codec::rfc5389::attributes::{Username, XorMappedAddress};
+use stun_codec::rfc5389::{methods::BINDING, Attribute};
+use stun_codec::{Message, MessageClass, MessageDecoder, MessageEncoder, TransactionId};
+use tokio::time::Instant;
+
+use crate::carrier::Transient;
+use crate::net::Net;
+use crate::rendezvous::{self, Candidate, CandidateKind, Pairing, PeerInfo};
+use crate::stun::{self, Answers, Demux};
+use crate::transport::{quic, tls};
+use crate::{Carrier, Configuration, Error, Remote, Result, Security, TestCa};
+
+/// Where the peers meet and how long they try.
+#[derive(Debug, Clone)]
+pub struct PunchConfig {
+    /// The rendezvous server.
+    pub rendezvous: Remote,
+    /// The rendezvous server's configuration (its trusted roots).
+    pub rendezvous_config: Configuration,
+    /// A STUN server for the server-reflexive candidate.
+    pub stun: SocketAddr,
+    /// How long to wait for the other peer at the rendezvous.
+    pub wait: Duration,
+    /// How often each candidate pair is checked.
+    pub check_interval: Duration,
+    /// How long checks run before giving up.
+    pub checks_for: Duration,
+}
+
+impl PunchConfig {
+    /// Defaults: wait 30 s for the peer, check every 20 ms for 5 s.
+    pub fn new(rendezvous: Remote, rendezvous_config: Configuration, stun: SocketAddr) -> Self {
+        PunchConfig {
+            rendezvous,
+            rendezvous_config,
+            stun,
+            wait: Duration::from_secs(30),
+            check_interval: Duration::from_millis(20),
+            checks_for: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How a punched carrier came about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PunchReport {
+    /// Always `direct` for now (no relay yet).
+    pub path: PathKind,
+    /// This peer's server-reflexive address.
+    pub reflexive: SocketAddr,
+    /// The peer's address the carrier runs to.
+    pub remote: SocketAddr,
+    /// Whether this peer was the QUIC client.
+    pub controlling: bool,
+    /// From the start until the first successful check.
+    pub checks_done: Duration,
+    /// From the start until the carrier was ready.
+    pub ready: Duration,
+}
+
+/// Direct or relayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PathKind {
+    /// Straight between the peers' NAT mappings.
+    Direct,
+}
+
+/// What each peer puts in [`PeerInfo::extra`].
+#[derive(Debug, Serialize, Deserialize)]
+struct Extra {
+    /// The peer's one-off CA certificate (DER), which its QUIC identity chains to.
+    root: Vec<u8>,
+    /// The higher one is the QUIC client.
+    tiebreak: u64,
+}
+
+/// The name the one-off identities are issued for.
+const PEER_NAME: &str = "peer.postsock.invalid";
+
+fn encode(message: Message<Attribute>) -> Vec<u8> {
+    MessageEncoder::new()
+        .encode_into_bytes(message)
+        .unwrap_or_default()
+}
+
+/// Establishes a direct QUIC carrier with the peer that shares `secret`.
+pub async fn punch(
+    net: Arc<dyn Net>,
+    secret: &[u8],
+    punch: &PunchConfig,
+    config: Configuration,
+) -> Result<(Carrier, PunchReport)> {
+    let t0 = Instant::now();
+    let pairing = Pairing::new(secret)?;
+    let socket = net
+        .bind_udp(([0, 0, 0, 0], 0).into())
+        .await
+        .map_err(|e| Error::io("binding the punching socket", e))?;
+    let host = socket
+        .local_addr()
+        .map_err(|e| Error::io("reading the punching socket's address", e))?;
+    let demux = Demux::new(socket);
+    demux.pump();
+    let txid = stun::transaction_id(net.as_ref());
+    let reflexive = stun::binding(
+        demux.as_ref(),
+        Answers::Demux(&demux),
+        punch.stun,
+        txid,
+        stun::Timing {
+            rto: Duration::from_millis(250),
+            ..stun::Timing::default()
+        },
+    )
+    .await?;
+
+    let ca = TestCa::new("postsock punched peer")?;
+    let identity = ca.issue(&[PEER_NAME])?;
+    let tiebreak = u64::from_be_bytes(
+        stun::transaction_id(net.as_ref())[..8]
+            .try_into()
+            .unwrap_or([0; 8]),
+    );
+    let extra = Extra {
+        root: ca.root().as_ref().to_vec(),
+        tiebreak,
+    };
+    let mine = PeerInfo {
+        candidates: vec![
+            Candidate {
+                kind: CandidateKind::ServerReflexive,
+                addr: reflexive,
+            },
+            Candidate {
+                kind: CandidateKind::Host,
+                addr: host,
+            },
+        ],
+        extra: serde_json::to_vec(&extra).map_err(|e| Error::Config(e.to_string()))?,
+    };
+    let theirs = rendezvous::exchange(
+        net.clone(),
+        punch.rendezvous.clone(),
+        punch.rendezvous_config.clone(),
+        &pairing,
+        &mine,
+        punch.wait,
+    )
+    .await?;
+    let their_extra: Extra = serde_json::from_slice(&theirs.extra)
+        .map_err(|e| Error::Protocol(format!("the peer's rendezvous extra: {e}")))?;
+    if their_extra.tiebreak == tiebreak {
+        return Err(Error::Protocol(
+            "both peers drew the same tie-breaker".into(),
+        ));
+    }
+    let controlling = tiebreak > their_extra.tiebreak;
+
+    // Connectivity checks on the shared socket.
+    let user = check_username(&pairing);
+    let remote = checks(&demux, &net, &theirs, &user, punch).await?;
+    let checks_done = t0.elapsed();
+
+    // Keep answering the peer's checks while QUIC starts (quinn reads the socket from now
+    // on; STUN still comes to us through the demultiplexer).
+    demux.stop_pump();
+    let responder = tokio::spawn(answer_checks(demux.clone(), user.clone()));
+    let result = if controlling {
+        let security = Security {
+            trusted_roots: vec![rustls::pki_types::CertificateDer::from(their_extra.root)],
+            server_name: Some(PEER_NAME.into()),
+            identity: None,
+        };
+        let mut client = config.clone();
+        client.security = Arc::new(security);
+        let tls = Arc::new(tls::client_config(&client.security)?);
+        let endpoint = quic::endpoint_on(net.as_ref(), demux.clone(), None)?;
+        let epoch = quic::PathEpoch::default();
+        let conn = quic::connect_on(&endpoint, remote, PEER_NAME, &client, tls, &epoch).await?;
+        Transient::Quic {
+            conn,
+            endpoint: Some(endpoint),
+            resumed: Some(false),
+            zero_rtt: None,
+            epoch,
+        }
+    } else {
+        let mut server = config.clone();
+        server.security = Arc::new(Security {
+            identity: Some(identity),
+            ..Security::default()
+        });
+        let endpoint = quic::endpoint_on(net.as_ref(), demux.clone(), Some(&server))?;
+        let incoming = tokio::time::timeout(punch.checks_for, endpoint.accept())
+            .await
+            .ok()
+            .flatten()
+            .ok_or_else(|| Error::Connection("the peer did not open the QUIC connection".into()))?;
+        let conn = incoming
+            .await
+            .map_err(|e| Error::Connection(format!("QUIC handshake with the peer: {e}")))?;
+        Transient::Quic {
+            conn,
+            endpoint: Some(endpoint),
+            resumed: None,
+            zero_rtt: None,
+            epoch: quic::PathEpoch::default(),
+        }
+    };
+    responder.abort();
+    let carrier = Carrier::start(result, &config, None);
+    let report = PunchReport {
+        path: PathKind::Direct,
+        reflexive,
+        remote,
+        controlling,
+        checks_done,
+        ready: t0.elapsed(),
+    };
+    Ok((carrier, report))
+}
+
+/// The USERNAME both peers' checks carry: derived from the pairing, so a stranger's probes
+/// are not answered.
+fn check_username(pairing: &Pairing) -> String {
+    format!("postsock:{}", &pairing.id()[..16])
+}
+
+fn check_request(txid: [u8; 12], user: &str) -> Vec<u8> {
+    let mut m = Message::<Attribute>::new(MessageClass::Request, BINDING, TransactionId::new(txid));
+    if let Ok(u) = Username::new(user.to_string()) {
+        m.add_attribute(u);
+    }
+    encode(m)
+}
+
+/// Answers `datagram` if it is a check with our username; returns the answer.
+fn answer_check(datagram: &[u8], from: SocketAddr, user: &str) -> Option<Vec<u8>> {
+    let m = MessageDecoder::<Attribute>::new()
+        .decode_from_bytes(datagram)
+        .ok()?
+        .ok()?;
+    if m.class() != MessageClass::Request || m.method() != BINDING {
+        return None;
+    }
+    if m.get_attribute::<Username>().map(Username::name) != Some(user) {
+        return None;
+    }
+    let mut r =
+        Message::<Attribute>::new(MessageClass::SuccessResponse, BINDING, m.transaction_id());
+    r.add_attribute(XorMappedAddress::new(from));
+    Some(encode(r))
+}
+
+/// Runs checks until one pair works; returns the peer address that answered.
+async fn checks(
+    demux: &Arc<Demux>,
+    net: &Arc<dyn Net>,
+    theirs: &PeerInfo,
+    user: &str,
+    punch: &PunchConfig,
+) -> Result<SocketAddr> {
+    let mut targets: BTreeSet<SocketAddr> = theirs.candidates.iter().map(|c| c.addr).collect();
+    let mut sent: std::collections::BTreeMap<[u8; 12], SocketAddr> = Default::default();
+    let deadline = Instant::now() + punch.checks_for;
+    let mut tick = tokio::time::interval(punch.check_interval);
+    loop {
+        tokio::select! {
+            biased;
+            got = demux.recv_stun() => {
+                let (from, data) = got.map_err(|e| Error::io("reading checks", e))?;
+                if let Some(reply) = answer_check(&data, from, user) {
+                    let _ = demux.send_stun(from, &reply).await;
+                    // Peer-reflexive: where the peer's check came from works for it.
+                    targets.insert(from);
+                    continue;
+                }
+                let answered = sent.iter().find_map(|(txid, to)| {
+                    (*to == from && stun::reflexive_address(&data, *txid).is_some()).then_some(*to)
+                });
+                if let Some(remote) = answered {
+                    return Ok(remote);
+                }
+            }
+            _ = tick.tick() => {
+                if Instant::now() >= deadline {
+                    return Err(Error::Connection(format!(
+                        "no candidate pair worked within {} ms (the peer's candidates: {}); a \
+                         relay would be needed, and TURN is not implemented yet",
+                        punch.checks_for.as_millis(),
+                        targets.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                    )));
+                }
+                for to in targets.clone() {
+                    let txid = stun::transaction_id(net.as_ref());
+                    sent.insert(txid, to);
+                    let _ = demux.send_stun(to, &check_request(txid, user)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Answers the peer's checks (it may still be checking when we are done).
+async fn answer_checks(demux: Arc<Demux>, user: String) {
+    while let Ok((from, data)) = demux.recv_stun().await {
+        if let Some(reply) = answer_check(&data, from, &user) {
+            let _ = demux.send_stun(from, &reply).await;
+        }
+    }
+}
