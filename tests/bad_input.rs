@@ -62,6 +62,22 @@ async fn bind(ca: &TestCa, protocol: Protocol) -> (Listener, SocketAddr) {
     (listener, addr)
 }
 
+/// A TLS/TCP listener and one well-behaved carrier to it: (listener, address, client side,
+/// server side).
+async fn good_pair(ca: &TestCa) -> (Listener, SocketAddr, Carrier, Carrier) {
+    let (mut listener, addr) = bind(ca, Protocol::TlsTcp).await;
+    let (_, client_config) = common::postsock_configs(ca, Protocol::TlsTcp);
+    let good = Carrier::initiate(
+        TokioNet::shared(),
+        Remote::new("localhost", addr.port()),
+        client_config,
+    )
+    .await
+    .expect("initiate");
+    let good_server = listener.accept().await.expect("accept good");
+    (listener, addr, good, good_server)
+}
+
 /// The events of a carrier until its last one.
 async fn drain(carrier: &Carrier) -> Vec<Event> {
     let mut events = Vec::new();
@@ -77,18 +93,8 @@ async fn drain(carrier: &Carrier) -> Vec<Event> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_tcp_violations_end_only_the_offending_carrier() {
     let ca = TestCa::new("bad input CA").expect("ca");
-    let (mut listener, addr) = bind(&ca, Protocol::TlsTcp).await;
-    let (_, client_config) = common::postsock_configs(&ca, Protocol::TlsTcp);
-
     // A well-behaved carrier first; it must survive everything below.
-    let good = Carrier::initiate(
-        TokioNet::shared(),
-        Remote::new("localhost", addr.port()),
-        client_config,
-    )
-    .await
-    .expect("initiate");
-    let good_server = listener.accept().await.expect("accept good");
+    let (mut listener, addr, good, good_server) = good_pair(&ca).await;
 
     let connector = tokio_rustls::TlsConnector::from(Arc::new(common::rustls_client(&ca)));
     for (what, bytes, want) in violations() {
@@ -204,16 +210,7 @@ fn hello(flags: u8, received: u64, token: [u8; 16], resend_from: u64) -> Vec<u8>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn continuation_with_a_forged_token_is_refused_and_pairs_with_nothing() {
     let ca = TestCa::new("bad input CA").expect("ca");
-    let (mut listener, addr) = bind(&ca, Protocol::TlsTcp).await;
-    let (_, client_config) = common::postsock_configs(&ca, Protocol::TlsTcp);
-    let good = Carrier::initiate(
-        TokioNet::shared(),
-        Remote::new("localhost", addr.port()),
-        client_config,
-    )
-    .await
-    .expect("initiate");
-    let good_server = listener.accept().await.expect("accept good");
+    let (mut listener, addr, good, good_server) = good_pair(&ca).await;
 
     // A stranger (who passes TLS: anyone can) claims to continue a carrier it guessed.
     let connector = tokio_rustls::TlsConnector::from(Arc::new(common::rustls_client(&ca)));

@@ -8,25 +8,13 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::sim_host as host;
+use common::{sim_host as host, sim_nat as gateway};
 use postsock::net::Net;
 use postsock::punch::{self, PunchConfig, PunchReport};
 use postsock::rendezvous::RendezvousServer;
 use postsock::stun::StunServer;
 use postsock::{Configuration, Protocol, Remote, Security, TestCa};
-use sim::{GatewaySpec, NatPreset, NatSpec, World, WorldSpec};
-
-fn gateway(name: &str, preset: NatPreset) -> GatewaySpec {
-    GatewaySpec {
-        name: name.into(),
-        latency_ms: 5,
-        middlebox: Default::default(),
-        nat: NatSpec {
-            preset: Some(preset),
-            ..NatSpec::default()
-        },
-    }
-}
+use sim::{NatPreset, World, WorldSpec};
 
 type Outcome = Result<(PunchReport, Vec<u8>), String>;
 

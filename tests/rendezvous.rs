@@ -7,25 +7,13 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::sim_host as host;
+use common::{sim_host as host, sim_nat as gateway};
 use postsock::net::Net;
 use postsock::rendezvous::{
     self, Candidate, CandidateKind, Pairing, PeerInfo, RendezvousServer, RendezvousStats,
 };
 use postsock::{Carrier, Configuration, Protocol, Remote, Security, TestCa};
-use sim::{GatewaySpec, NatPreset, NatSpec, World, WorldSpec};
-
-fn gateway(name: &str, preset: NatPreset) -> GatewaySpec {
-    GatewaySpec {
-        name: name.into(),
-        latency_ms: 5,
-        middlebox: Default::default(),
-        nat: NatSpec {
-            preset: Some(preset),
-            ..NatSpec::default()
-        },
-    }
-}
+use sim::{NatPreset, World, WorldSpec};
 
 fn spec() -> WorldSpec {
     WorldSpec {

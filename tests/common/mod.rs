@@ -68,3 +68,16 @@ pub fn sim_host(name: &str, gateway: Option<&str>, latency_ms: u64) -> sim::Host
         interfaces: Vec::new(),
     }
 }
+
+/// A simulated NAT gateway `name`, 5 ms from the core, behaving as `preset`.
+pub fn sim_nat(name: &str, preset: sim::NatPreset) -> sim::GatewaySpec {
+    sim::GatewaySpec {
+        name: name.into(),
+        latency_ms: 5,
+        middlebox: Default::default(),
+        nat: sim::NatSpec {
+            preset: Some(preset),
+            ..sim::NatSpec::default()
+        },
+    }
+}
