@@ -604,3 +604,45 @@ fn a_second_quic_carrier_resumes_without_a_certificate_exchange() {
         "no association, a full handshake"
     );
 }
+
+#[test]
+fn unknown_nat_presets_and_knobs_are_clear_errors() {
+    let path = Path::new("scenarios/x/nat.toml");
+    let text = |nat: &str| {
+        format!(
+            "description = \"nat\"\n[[gateway]]\nname = \"nat\"\nnat = {nat}\n[[host]]\n\
+             name = \"client\"\ngateway = \"nat\"\n[[host]]\nname = \"server\"\n[workload]\n\
+             kind = \"echo\"\nclient = \"client\"\nserver = \"server\"\nprotocol = \"quic\"\n\
+             messages = 1\n"
+        )
+    };
+    let parse = |nat: &str| Scenario::parse("x/nat", path, &text(nat)).map(|_| ());
+    assert!(parse("{ preset = \"symmetric\" }").is_ok());
+    for (nat, want) in [
+        (
+            "{ preset = \"cone-ish\" }",
+            "unknown variant `cone-ish`, expected one of `open`, `full-cone`, `restricted-cone`, \
+             `port-restricted-cone`, `symmetric`",
+        ),
+        (
+            "{ filtering = \"sometimes\" }",
+            "expected one of `endpoint-independent`, `address-dependent`, \
+             `address-and-port-dependent`",
+        ),
+        (
+            "{ hairpinning = true }",
+            "unknown field `hairpinning`, expected one of `preset`",
+        ),
+        (
+            "{ ports = \"lucky\" }",
+            "expected one of `preserving`, `sequential`, `random`",
+        ),
+    ] {
+        let e = parse(nat).expect_err(nat).to_string();
+        assert!(e.contains(want), "{nat}: {e}");
+        assert!(
+            e.starts_with("scenarios/x/nat.toml:4:"),
+            "file and line: {e}"
+        );
+    }
+}
