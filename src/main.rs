@@ -456,6 +456,8 @@ fn run_suite(
 ) -> ExitCode {
     let scenarios = match suite::load(dir, filter) {
         Ok(s) => s,
+        // `nat` alone: the NAT-pair matrix, which has no scenario files.
+        Err(_) if filter.is_some_and(|f| f.starts_with("nat")) => Vec::new(),
         Err(e) => return usage_error(e),
     };
     let seeds: Vec<u64> = (1..=seeds).collect();
@@ -497,5 +499,39 @@ fn run_suite(
             return ExitCode::FAILURE;
         }
     }
-    report_failures(&outcomes)
+    // The NAT-pair matrix belongs to the `nat/` family.
+    let matrix_ok = if filter.is_none_or(|f| "nat/".starts_with(f) || f.starts_with("nat")) {
+        let started = Instant::now();
+        let matrix = testbed::natmatrix::run(&seeds, jobs);
+        if let Err(e) = testbed::natmatrix::write(out, &matrix) {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+        println!("\n{}", testbed::natmatrix::markdown(&matrix));
+        println!(
+            "NAT matrix: {} punches in {:.2} s wall; {} (json, md, png)",
+            matrix.runs.len(),
+            started.elapsed().as_secs_f64(),
+            out.join("nat-matrix.*").display()
+        );
+        // A pair predicted direct must be direct in every seed.
+        let wrong: Vec<String> = matrix
+            .cells
+            .iter()
+            .filter(|c| c.predicted == "direct" && c.direct != c.runs)
+            .map(|c| format!("{}/{}: {} of {} direct", c.a, c.b, c.direct, c.runs))
+            .collect();
+        for w in &wrong {
+            eprintln!("- nat matrix {w}, predicted direct");
+        }
+        wrong.is_empty()
+    } else {
+        true
+    };
+    let code = report_failures(&outcomes);
+    if matrix_ok {
+        code
+    } else {
+        ExitCode::FAILURE
+    }
 }

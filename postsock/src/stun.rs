@@ -334,7 +334,13 @@ pub struct Demux {
     diverted: AtomicU64,
     /// While nobody is reading quinn's side, this task reads STUN (see [`Demux::pump`]).
     pump: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// What the pump read that is not STUN (a peer's first QUIC packets can arrive before
+    /// the endpoint exists): handed to quinn first.
+    early: Mutex<std::collections::VecDeque<(RecvMeta, Vec<u8>)>>,
 }
+
+/// Most datagrams kept for quinn while the pump reads.
+const EARLY_MAX: usize = 64;
 
 impl Demux {
     /// Wraps `inner`.
@@ -346,6 +352,7 @@ impl Demux {
             stun_rx: tokio::sync::Mutex::new(stun_rx),
             diverted: AtomicU64::new(0),
             pump: Mutex::new(None),
+            early: Mutex::new(Default::default()),
         })
     }
 
@@ -379,13 +386,18 @@ impl Demux {
                 let mut meta = [RecvMeta::default()];
                 let got = std::future::poll_fn(|cx| {
                     let mut bufs = [IoSliceMut::new(&mut buf)];
-                    me.poll_recv(cx, &mut bufs, &mut meta)
+                    me.poll_recv_demuxed(cx, &mut bufs, &mut meta)
                 })
                 .await;
                 if got.is_err() {
                     return;
                 }
-                // Not STUN, and no QUIC endpoint yet: dropped, as an unbound port would.
+                // Not STUN: kept (bounded) for the QUIC endpoint about to be created.
+                let mut early = me.early.lock().unwrap_or_else(|p| p.into_inner());
+                if early.len() < EARLY_MAX {
+                    let len = meta[0].len;
+                    early.push_back((meta[0], buf[..len].to_vec()));
+                }
             }
         });
         if let Some(old) = self
@@ -412,16 +424,9 @@ impl Drop for Demux {
     }
 }
 
-impl AsyncUdpSocket for Demux {
-    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn quinn::UdpPoller>> {
-        self.inner.clone().create_io_poller()
-    }
-
-    fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-        self.inner.try_send(transmit)
-    }
-
-    fn poll_recv(
+impl Demux {
+    /// Reads the inner socket, setting STUN aside; returns what is left (at least one).
+    fn poll_recv_demuxed(
         &self,
         cx: &mut Context<'_>,
         bufs: &mut [IoSliceMut<'_>],
@@ -455,6 +460,42 @@ impl AsyncUdpSocket for Demux {
             }
             // Everything was STUN: read on (the inner socket registers the waker when empty).
         }
+    }
+}
+
+impl AsyncUdpSocket for Demux {
+    fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn quinn::UdpPoller>> {
+        self.inner.clone().create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
+        self.inner.try_send(transmit)
+    }
+
+    fn poll_recv(
+        &self,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSliceMut<'_>],
+        meta: &mut [RecvMeta],
+    ) -> Poll<io::Result<usize>> {
+        let early = self
+            .early
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pop_front();
+        if let (Some((m, data)), Some(buf), Some(slot)) =
+            (early, bufs.first_mut(), meta.first_mut())
+        {
+            let n = data.len().min(buf.len());
+            buf[..n].copy_from_slice(&data[..n]);
+            *slot = RecvMeta {
+                len: n,
+                stride: n,
+                ..m
+            };
+            return Poll::Ready(Ok(1));
+        }
+        self.poll_recv_demuxed(cx, bufs, meta)
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {

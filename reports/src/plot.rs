@@ -570,3 +570,95 @@ pub fn ttfm_vs_limit(reports: &[Report], path: &Path) -> Result<(), ReportError>
     root.present().map_err(|e| err(&e))?;
     Ok(())
 }
+
+/// One cell of a NAT-pair matrix plot.
+#[derive(Debug, Clone)]
+pub struct MatrixCell {
+    /// Row label (the first peer's NAT).
+    pub row: String,
+    /// Column label (the second peer's NAT).
+    pub column: String,
+    /// Direct rate, 0 to 1.
+    pub rate: f64,
+    /// Median time to ready, ms.
+    pub median_ms: Option<f64>,
+    /// Whether a direct path is predicted.
+    pub predicted: bool,
+}
+
+/// The NAT-pair matrix as a heatmap: each cell coloured by its direct rate (red 0 → green 1),
+/// labelled with the rate and the median time to ready; a cell whose prediction is "relay"
+/// says so.
+pub fn nat_matrix(cells: &[MatrixCell], seeds: usize, path: &Path) -> Result<(), ReportError> {
+    register_font();
+    let err = plot_error(path);
+    let mut labels: Vec<String> = Vec::new();
+    for c in cells {
+        if !labels.contains(&c.row) {
+            labels.push(c.row.clone());
+        }
+    }
+    let n = labels.len().max(1);
+    let root = BitMapBackend::new(path, (1100, 800)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let (title, body) = root.split_vertically(60);
+    title
+        .draw(&Text::new(
+            format!(
+                "NAT-pair matrix ({seeds} seeds per cell; rows: first peer's NAT, columns: second's)"
+            ),
+            (20, 20),
+            ("sans-serif", 24),
+        ))
+        .map_err(|e| err(&e))?;
+    let (left, grid) = body.split_horizontally(190);
+    let (top, grid) = grid.split_vertically(40);
+    let (w, h) = grid.dim_in_pixel();
+    let (cw, ch) = (w as i32 / n as i32, (h as i32 - 20) / n as i32);
+    let index = |l: &str| labels.iter().position(|x| x == l).unwrap_or(0) as i32;
+    for (i, l) in labels.iter().enumerate() {
+        left.draw(&Text::new(
+            l.clone(),
+            (10, 40 + i as i32 * ch + ch / 2 - 8),
+            ("sans-serif", 16),
+        ))
+        .map_err(|e| err(&e))?;
+        top.draw(&Text::new(
+            l.clone(),
+            (i as i32 * cw + 8, 12),
+            ("sans-serif", 15),
+        ))
+        .map_err(|e| err(&e))?;
+    }
+    for c in cells {
+        let (x, y) = (index(&c.column) * cw, index(&c.row) * ch);
+        let red = (255.0 * (1.0 - c.rate)) as u8;
+        let green = (80.0 + 150.0 * c.rate) as u8;
+        let colour = RGBColor(red, green, 90);
+        grid.draw(&Rectangle::new(
+            [(x + 2, y + 2), (x + cw - 2, y + ch - 2)],
+            colour.mix(0.75).filled(),
+        ))
+        .map_err(|e| err(&e))?;
+        let lines = [
+            format!("{:.0} % direct", c.rate * 100.0),
+            c.median_ms
+                .map(|m| format!("ready {m:.0} ms"))
+                .unwrap_or_else(|| "—".into()),
+            format!(
+                "predicted: {}",
+                if c.predicted { "direct" } else { "relay" }
+            ),
+        ];
+        for (k, line) in lines.iter().enumerate() {
+            grid.draw(&Text::new(
+                line.clone(),
+                (x + 10, y + 12 + k as i32 * 20),
+                ("sans-serif", 15),
+            ))
+            .map_err(|e| err(&e))?;
+        }
+    }
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}

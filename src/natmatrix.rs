@@ -1,0 +1,423 @@
+//! The NAT-pair matrix: for every pair of NAT presets, two peers punch through (rendezvous,
+//! STUN, connectivity checks, QUIC) in the simulator, seed after seed. Each cell shows the
+//! outcome RFC 4787 behaviour predicts beside the measured direct rate and median time to
+//! ready.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use postsock::net::Net;
+use postsock::punch::{self, PunchConfig};
+use postsock::rendezvous::RendezvousServer;
+use postsock::stun::StunServer;
+use postsock::{Configuration, Protocol, Remote, Security, TestCa};
+use serde::{Deserialize, Serialize};
+use sim::{Dependence, GatewaySpec, HostSpec, LinkParams, NatPreset, NatSpec, World, WorldSpec};
+
+/// The presets, in matrix order.
+pub const PRESETS: [NatPreset; 5] = [
+    NatPreset::Open,
+    NatPreset::FullCone,
+    NatPreset::RestrictedCone,
+    NatPreset::PortRestrictedCone,
+    NatPreset::Symmetric,
+];
+
+/// A preset's name as scenario files write it.
+pub fn name(p: NatPreset) -> &'static str {
+    match p {
+        NatPreset::Open => "open",
+        NatPreset::FullCone => "full-cone",
+        NatPreset::RestrictedCone => "restricted-cone",
+        NatPreset::PortRestrictedCone => "port-restricted-cone",
+        NatPreset::Symmetric => "symmetric",
+    }
+}
+
+fn behaviour(p: NatPreset) -> sim::NatBehaviour {
+    NatSpec {
+        preset: Some(p),
+        ..NatSpec::default()
+    }
+    .behaviour()
+}
+
+/// Whether RFC 4787 behaviour lets two peers behind `a` and `b` reach each other directly
+/// with simultaneous checks from the sockets their STUN mappings belong to:
+/// - both map endpoint-independently: each learns the other's mapping from STUN, and each
+///   side's checks open its own filter for the other's;
+/// - one maps per destination: its checks leave from a port the other never learned, so the
+///   other's filter must admit any port of its address (endpoint-independent or
+///   address-dependent filtering); the answers then go back through that new mapping;
+/// - both map per destination: neither can learn the other's port.
+pub fn predict_direct(a: NatPreset, b: NatPreset) -> bool {
+    let (a, b) = (behaviour(a), behaviour(b));
+    let eim = |n: &sim::NatBehaviour| n.mapping == Dependence::EndpointIndependent;
+    let admits_any_port =
+        |n: &sim::NatBehaviour| n.filtering != Dependence::AddressAndPortDependent;
+    match (eim(&a), eim(&b)) {
+        (true, true) => true,
+        (false, true) => admits_any_port(&b),
+        (true, false) => admits_any_port(&a),
+        (false, false) => false,
+    }
+}
+
+/// One punch between peers behind `a` and `b`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PairRun {
+    /// Alice's NAT.
+    pub a: String,
+    /// Bob's NAT.
+    pub b: String,
+    /// The seed.
+    pub seed: u64,
+    /// Both ended with a direct carrier and a message went through it and back.
+    pub direct: bool,
+    /// Bob's time from his start to a ready carrier (he arrives second), ms.
+    pub ready_ms: Option<f64>,
+    /// Why not, if not.
+    pub error: Option<String>,
+}
+
+fn host(name: &str, gateway: Option<&str>, latency_ms: u64) -> HostSpec {
+    HostSpec {
+        name: name.into(),
+        gateway: gateway.map(Into::into),
+        link: LinkParams {
+            latency_ms,
+            ..LinkParams::default()
+        },
+        aliases: Vec::new(),
+        interfaces: Vec::new(),
+    }
+}
+
+fn gateway(name: &str, preset: NatPreset) -> GatewaySpec {
+    GatewaySpec {
+        name: name.into(),
+        latency_ms: 5,
+        middlebox: Default::default(),
+        nat: NatSpec {
+            preset: Some(preset),
+            ..NatSpec::default()
+        },
+    }
+}
+
+/// What one peer's program ends with: how its punch went and the bytes that came back.
+pub type PeerResult = Result<(punch::PunchReport, Vec<u8>), String>;
+
+/// Runs one punch (see [`punch_pair`]) and sums it up.
+pub fn run_pair(a: NatPreset, b: NatPreset, seed: u64) -> PairRun {
+    let (alice, bob) = punch_pair(a, b, seed);
+    let direct = matches!((&alice, &bob), (Ok((_, x)), Ok((_, y))) if x == PAYLOAD && y == PAYLOAD);
+    let error = match (&alice, &bob) {
+        (Err(e), _) | (_, Err(e)) => Some(e.clone()),
+        _ if !direct => Some("the message did not come back".into()),
+        _ => None,
+    };
+    PairRun {
+        a: name(a).into(),
+        b: name(b).into(),
+        seed,
+        direct,
+        ready_ms: bob
+            .ok()
+            .filter(|_| direct)
+            .map(|(r, _)| reports::model::round_us(r.ready.as_secs_f64() * 1000.0)),
+        error,
+    }
+}
+
+const PAYLOAD: &[u8] = b"through the NATs";
+
+/// Alice behind `a` starts at 0, Bob behind `b` at 150 ms; both punch through (rendezvous
+/// and STUN servers are public hosts), Alice sends a message, Bob echoes it. Returns Alice's
+/// and Bob's results.
+pub fn punch_pair(a: NatPreset, b: NatPreset, seed: u64) -> (PeerResult, PeerResult) {
+    let spec = WorldSpec {
+        hosts: vec![
+            host("alice", Some("nat-a"), 5),
+            host("bob", Some("nat-b"), 10),
+            host("stun", None, 10),
+            host("rdv", None, 10),
+        ],
+        gateways: vec![gateway("nat-a", a), gateway("nat-b", b)],
+    };
+    let failed = |e: String| (Err(e.clone()), Err(e));
+    let mut world = match World::new(&spec, seed, Duration::from_secs(60)) {
+        Ok(w) => w,
+        Err(e) => return failed(e.to_string()),
+    };
+    let ca = match TestCa::new("rendezvous CA") {
+        Ok(ca) => ca,
+        Err(e) => return failed(e.to_string()),
+    };
+    let identity = match ca.issue(&["rdv"]) {
+        Ok(i) => i,
+        Err(e) => return failed(e.to_string()),
+    };
+    let mut rdv_config = Configuration::default();
+    rdv_config.protocols(&[Protocol::Quic]).security(Security {
+        identity: Some(identity),
+        ..Security::default()
+    });
+    let setup = (|| -> Result<(), sim::SimError> {
+        let rdv_net: Arc<dyn Net> = world.net("rdv")?;
+        world.host("rdv", move || {
+            let (net, config) = (rdv_net.clone(), rdv_config.clone());
+            async move {
+                let wait = Duration::from_secs(10);
+                let addr = ([0, 0, 0, 0], 7000).into();
+                let _server = RendezvousServer::bind(net, addr, config, wait).await?;
+                std::future::pending::<()>().await;
+                Ok(())
+            }
+        })?;
+        let stun_net: Arc<dyn Net> = world.net("stun")?;
+        world.host("stun", move || {
+            let net = stun_net.clone();
+            async move {
+                let addr = ([0, 0, 0, 0], 3478).into();
+                StunServer::bind(net.as_ref(), addr).await?.run().await;
+                Ok(())
+            }
+        })?;
+        Ok(())
+    })();
+    if let Err(e) = setup {
+        return failed(e.to_string());
+    }
+    let Some(stun_ip) = world.ip("stun") else {
+        return failed("no STUN host".into());
+    };
+    let stun_addr = (stun_ip, 3478).into();
+    let outcomes: Arc<Mutex<Vec<(&'static str, PeerResult)>>> = Default::default();
+    for (who, start_ms) in [("alice", 0u64), ("bob", 150)] {
+        let net: Arc<dyn Net> = match world.net(who) {
+            Ok(n) => n,
+            Err(e) => return failed(e.to_string()),
+        };
+        let mut rdv = Configuration::default();
+        rdv.protocols(&[Protocol::Quic]).security(Security {
+            trusted_roots: vec![ca.root()],
+            ..Security::default()
+        });
+        let cfg = PunchConfig::new(Remote::new("rdv", 7000), rdv, stun_addr);
+        let out = outcomes.clone();
+        let program = async move {
+            tokio::time::sleep(Duration::from_millis(start_ms)).await;
+            let secret = b"alice and bob punch through with this secret";
+            let result = async {
+                let e = |e: postsock::Error| e.to_string();
+                let (carrier, report) = punch::punch(net, secret, &cfg, Configuration::default())
+                    .await
+                    .map_err(e)?;
+                let got = if who == "alice" {
+                    carrier.send_bytes(PAYLOAD).await.map_err(e)?;
+                    let echo = carrier.receive().await.map_err(e)?;
+                    echo.map(|m| m.data.to_vec()).unwrap_or_default()
+                } else {
+                    let m = carrier.receive().await.map_err(e)?;
+                    let data = m.map(|m| m.data).unwrap_or_default();
+                    carrier.send_bytes(data.clone()).await.map_err(e)?;
+                    data.to_vec()
+                };
+                // Let the last message be acknowledged before the program ends.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                Ok::<_, String>((report, got))
+            }
+            .await;
+            out.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((who, result));
+            Ok(())
+        };
+        if let Err(e) = world.client(who, program) {
+            return failed(e.to_string());
+        }
+    }
+    loop {
+        match world.step() {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => return failed(e.to_string()),
+        }
+    }
+    let mut got = outcomes.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    got.sort_by_key(|(n, _)| *n);
+    let mut it = got.into_iter().map(|(_, o)| o);
+    let missing = || Err("the program did not finish".to_string());
+    (
+        it.next().unwrap_or_else(missing),
+        it.next().unwrap_or_else(missing),
+    )
+}
+
+/// One cell of the matrix.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cell {
+    /// Alice's NAT.
+    pub a: String,
+    /// Bob's NAT.
+    pub b: String,
+    /// What RFC 4787 behaviour predicts: `direct`, or `relay` (a relay is needed).
+    pub predicted: String,
+    /// Runs (seeds).
+    pub runs: u64,
+    /// Runs that ended direct.
+    pub direct: u64,
+    /// Runs that ended connected through a relay (none yet: postsock has no TURN client).
+    pub relayed: u64,
+    /// Runs that ended without a carrier.
+    pub failed: u64,
+    /// Median time to ready of the direct runs, ms.
+    pub median_ready_ms: Option<f64>,
+    /// Whether the measured outcome matches the prediction in every run.
+    pub as_predicted: bool,
+}
+
+/// The whole matrix.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Matrix {
+    /// The seeds each cell ran.
+    pub seeds: Vec<u64>,
+    /// Cells, row-major (Alice's NAT, then Bob's).
+    pub cells: Vec<Cell>,
+    /// Every run.
+    pub runs: Vec<PairRun>,
+}
+
+/// Runs every pair of presets with every seed, on `jobs` threads.
+pub fn run(seeds: &[u64], jobs: usize) -> Matrix {
+    let mut work = Vec::new();
+    for a in PRESETS {
+        for b in PRESETS {
+            for &s in seeds {
+                work.push((a, b, s));
+            }
+        }
+    }
+    let next = Mutex::new(0usize);
+    let done: Mutex<Vec<(usize, PairRun)>> = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs.max(1) {
+            scope.spawn(|| loop {
+                let i = {
+                    let mut n = next.lock().unwrap_or_else(|p| p.into_inner());
+                    let i = *n;
+                    *n += 1;
+                    i
+                };
+                let Some(&(a, b, s)) = work.get(i) else {
+                    return;
+                };
+                let r = run_pair(a, b, s);
+                done.lock().unwrap_or_else(|p| p.into_inner()).push((i, r));
+            });
+        }
+    });
+    let mut runs = done.into_inner().unwrap_or_else(|p| p.into_inner());
+    runs.sort_by_key(|(i, _)| *i);
+    let runs: Vec<PairRun> = runs.into_iter().map(|(_, r)| r).collect();
+    let mut cells = Vec::new();
+    for a in PRESETS {
+        for b in PRESETS {
+            let these: Vec<&PairRun> = runs
+                .iter()
+                .filter(|r| r.a == name(a) && r.b == name(b))
+                .collect();
+            let direct = these.iter().filter(|r| r.direct).count() as u64;
+            let mut ready: Vec<f64> = these.iter().filter_map(|r| r.ready_ms).collect();
+            ready.sort_by(f64::total_cmp);
+            let predicted = predict_direct(a, b);
+            let runs_n = these.len() as u64;
+            cells.push(Cell {
+                a: name(a).into(),
+                b: name(b).into(),
+                predicted: if predicted { "direct" } else { "relay" }.into(),
+                runs: runs_n,
+                direct,
+                relayed: 0,
+                failed: runs_n - direct,
+                median_ready_ms: ready.get(ready.len() / 2).copied(),
+                as_predicted: if predicted {
+                    direct == runs_n
+                } else {
+                    direct == 0
+                },
+            });
+        }
+    }
+    Matrix {
+        seeds: seeds.to_vec(),
+        cells,
+        runs,
+    }
+}
+
+/// Writes `nat-matrix.json`, `nat-matrix.md` and `nat-matrix.png` into `out`.
+pub fn write(out: &Path, m: &Matrix) -> Result<(), reports::ReportError> {
+    std::fs::create_dir_all(out).map_err(|e| reports::ReportError::Io {
+        path: out.display().to_string(),
+        source: e,
+    })?;
+    let json = serde_json::to_string_pretty(m).map_err(reports::ReportError::from)? + "\n";
+    let path = out.join("nat-matrix.json");
+    std::fs::write(&path, json).map_err(|e| reports::ReportError::Io {
+        path: path.display().to_string(),
+        source: e,
+    })?;
+    let path = out.join("nat-matrix.md");
+    std::fs::write(&path, markdown(m)).map_err(|e| reports::ReportError::Io {
+        path: path.display().to_string(),
+        source: e,
+    })?;
+    let cells: Vec<reports::plot::MatrixCell> = m
+        .cells
+        .iter()
+        .map(|c| reports::plot::MatrixCell {
+            row: c.a.clone(),
+            column: c.b.clone(),
+            rate: c.direct as f64 / c.runs.max(1) as f64,
+            median_ms: c.median_ready_ms,
+            predicted: c.predicted == "direct",
+        })
+        .collect();
+    reports::plot::nat_matrix(&cells, m.seeds.len(), &out.join("nat-matrix.png"))
+}
+
+/// The matrix as a Markdown table: predicted / measured direct rate / median time to ready.
+pub fn markdown(m: &Matrix) -> String {
+    let mut s = format!(
+        "# NAT-pair matrix ({} seeds per cell)\n\nRows: Alice's NAT; columns: Bob's. Each cell: \
+         predicted outcome (RFC 4787) / direct runs / median time to ready (Bob, from his \
+         start).\n\n| |",
+        m.seeds.len()
+    );
+    for b in PRESETS {
+        s += &format!(" {} |", name(b));
+    }
+    s += "\n|---|";
+    for _ in PRESETS {
+        s += "---|";
+    }
+    s += "\n";
+    for a in PRESETS {
+        s += &format!("| **{}** |", name(a));
+        for b in PRESETS {
+            if let Some(c) = m.cells.iter().find(|c| c.a == name(a) && c.b == name(b)) {
+                let ready = c
+                    .median_ready_ms
+                    .map(|t| format!(" / {t:.0} ms"))
+                    .unwrap_or_default();
+                let mark = if c.as_predicted { "" } else { " ⚠" };
+                s += &format!(" {} / {}/{}{ready}{mark} |", c.predicted, c.direct, c.runs);
+            }
+        }
+        s += "\n";
+    }
+    s
+}
