@@ -13,7 +13,7 @@ use postsock::rendezvous::RendezvousServer;
 use postsock::stun::StunServer;
 use postsock::{Configuration, Protocol, Remote, Security, TestCa};
 use serde::{Deserialize, Serialize};
-use sim::{Dependence, GatewaySpec, HostSpec, LinkParams, NatPreset, NatSpec, World, WorldSpec};
+use sim::{Dependence, GatewaySpec, HostSpec, NatPreset, NatSpec, World, WorldSpec};
 
 /// The presets, in matrix order.
 pub const PRESETS: [NatPreset; 5] = [
@@ -82,28 +82,11 @@ pub struct PairRun {
 }
 
 fn host(name: &str, gateway: Option<&str>, latency_ms: u64) -> HostSpec {
-    HostSpec {
-        name: name.into(),
-        gateway: gateway.map(Into::into),
-        link: LinkParams {
-            latency_ms,
-            ..LinkParams::default()
-        },
-        aliases: Vec::new(),
-        interfaces: Vec::new(),
-    }
+    HostSpec::new(name, gateway, latency_ms)
 }
 
 fn gateway(name: &str, preset: NatPreset) -> GatewaySpec {
-    GatewaySpec {
-        name: name.into(),
-        latency_ms: 5,
-        middlebox: Default::default(),
-        nat: NatSpec {
-            preset: Some(preset),
-            ..NatSpec::default()
-        },
-    }
+    GatewaySpec::nat(name, preset)
 }
 
 /// What one peer's program ends with: how its punch went and the bytes that came back.

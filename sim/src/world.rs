@@ -43,6 +43,22 @@ pub struct HostSpec {
     pub interfaces: Vec<InterfaceSpec>,
 }
 
+impl HostSpec {
+    /// A single-interface host `latency_ms` from its gateway (or from the core).
+    pub fn new(name: &str, gateway: Option<&str>, latency_ms: u64) -> Self {
+        HostSpec {
+            name: name.into(),
+            gateway: gateway.map(Into::into),
+            link: LinkParams {
+                latency_ms,
+                ..LinkParams::default()
+            },
+            aliases: Vec::new(),
+            interfaces: Vec::new(),
+        }
+    }
+}
+
 /// One interface of a multi-homed host.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -76,6 +92,21 @@ pub struct GatewaySpec {
     /// default.
     #[serde(default)]
     pub nat: NatSpec,
+}
+
+impl GatewaySpec {
+    /// A NAT gateway `name`, 5 ms from the core, behaving as `preset`, blocking nothing.
+    pub fn nat(name: &str, preset: NatPreset) -> Self {
+        GatewaySpec {
+            name: name.into(),
+            latency_ms: 5,
+            middlebox: Middlebox::default(),
+            nat: NatSpec {
+                preset: Some(preset),
+                ..NatSpec::default()
+            },
+        }
+    }
 }
 
 /// How a NAT's mapping or filtering depends on the remote endpoint (RFC 4787 §4.1, §5).

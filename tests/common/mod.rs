@@ -57,27 +57,10 @@ pub fn postsock_configs(ca: &TestCa, protocol: Protocol) -> (Configuration, Conf
 
 /// A simulated single-interface host `latency_ms` from its gateway (or the core).
 pub fn sim_host(name: &str, gateway: Option<&str>, latency_ms: u64) -> sim::HostSpec {
-    sim::HostSpec {
-        name: name.into(),
-        gateway: gateway.map(Into::into),
-        link: sim::LinkParams {
-            latency_ms,
-            ..sim::LinkParams::default()
-        },
-        aliases: Vec::new(),
-        interfaces: Vec::new(),
-    }
+    sim::HostSpec::new(name, gateway, latency_ms)
 }
 
 /// A simulated NAT gateway `name`, 5 ms from the core, behaving as `preset`.
 pub fn sim_nat(name: &str, preset: sim::NatPreset) -> sim::GatewaySpec {
-    sim::GatewaySpec {
-        name: name.into(),
-        latency_ms: 5,
-        middlebox: Default::default(),
-        nat: sim::NatSpec {
-            preset: Some(preset),
-            ..sim::NatSpec::default()
-        },
-    }
+    sim::GatewaySpec::nat(name, preset)
 }
