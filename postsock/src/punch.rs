@@ -82,6 +82,9 @@ pub struct PunchReport {
     pub remote: SocketAddr,
     /// Whether this peer was the QUIC client.
     pub controlling: bool,
+    /// From the start until the rendezvous returned the peer's candidates (this includes
+    /// learning the reflexive address by STUN).
+    pub rendezvous: Duration,
     /// From the start until the first successful check.
     pub checks_done: Duration,
     /// From the start until the carrier was ready.
@@ -178,6 +181,7 @@ pub async fn punch(
         punch.wait,
     )
     .await?;
+    let rendezvous_done = t0.elapsed();
     let their_extra: Extra = serde_json::from_slice(&theirs.extra)
         .map_err(|e| Error::Protocol(format!("the peer's rendezvous extra: {e}")))?;
     if their_extra.tiebreak == tiebreak {
@@ -245,6 +249,7 @@ pub async fn punch(
         reflexive,
         remote,
         controlling,
+        rendezvous: rendezvous_done,
         checks_done,
         ready: t0.elapsed(),
     };
@@ -302,8 +307,13 @@ async fn checks(
                 let (from, data) = got.map_err(|e| Error::io("reading checks", e))?;
                 if let Some(reply) = answer_check(&data, from, user) {
                     let _ = demux.send_stun(from, &reply).await;
-                    // Peer-reflexive: where the peer's check came from works for it.
-                    targets.insert(from);
+                    // Peer-reflexive: where the peer's check came from works for it. A new
+                    // one is checked at once (RFC 8445 §7.3.1.4, a triggered check).
+                    if targets.insert(from) {
+                        let txid = stun::transaction_id(net.as_ref());
+                        sent.insert(txid, from);
+                        let _ = demux.send_stun(from, &check_request(txid, user)).await;
+                    }
                     continue;
                 }
                 let answered = sent.iter().find_map(|(txid, to)| {
