@@ -78,6 +78,37 @@ async fn good_pair(ca: &TestCa) -> (Listener, SocketAddr, Carrier, Carrier) {
     (listener, addr, good, good_server)
 }
 
+/// Writes `bytes` over a fresh TLS connection to the listener at `addr`, ends our direction
+/// (so a truncated frame is seen as truncated, not as slow), and returns the carrier the
+/// listener made of it with all its events.
+async fn send_violation(
+    ca: &TestCa,
+    listener: &mut Listener,
+    addr: SocketAddr,
+    bytes: &[u8],
+) -> (Carrier, Vec<Event>) {
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(common::rustls_client(ca)));
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+    let mut tls = connector.connect(name, tcp).await.expect("handshake");
+    tls.write_all(bytes).await.expect("write");
+    tls.flush().await.expect("flush");
+    let _ = tls.shutdown().await;
+    let carrier = listener.accept().await.expect("accept bad");
+    let events = drain(&carrier).await;
+    (carrier, events)
+}
+
+/// The last event is a `Protocol` error whose message contains `want`.
+fn assert_protocol_error(events: &[Event], what: &str, want: &str) {
+    match events.last() {
+        Some(Event::ConnectionError(Error::Protocol(msg))) => {
+            assert!(msg.contains(want), "{what}: got `{msg}`, want `{want}`")
+        }
+        other => panic!("{what}: last event {other:?}"),
+    }
+}
+
 /// The events of a carrier until its last one.
 async fn drain(carrier: &Carrier) -> Vec<Event> {
     let mut events = Vec::new();
@@ -96,23 +127,9 @@ async fn tls_tcp_violations_end_only_the_offending_carrier() {
     // A well-behaved carrier first; it must survive everything below.
     let (mut listener, addr, good, good_server) = good_pair(&ca).await;
 
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(common::rustls_client(&ca)));
     for (what, bytes, want) in violations() {
-        let tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
-        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-        let mut tls = connector.connect(name, tcp).await.expect("handshake");
-        tls.write_all(&bytes).await.expect("write");
-        tls.flush().await.expect("flush");
-        // End our direction so a truncated frame is seen as truncated, not as slow.
-        let _ = tls.shutdown().await;
-        let carrier = listener.accept().await.expect("accept bad");
-        let events = drain(&carrier).await;
-        match events.last() {
-            Some(Event::ConnectionError(Error::Protocol(msg))) => {
-                assert!(msg.contains(want), "{what}: got `{msg}`, want `{want}`")
-            }
-            other => panic!("{what}: last event {other:?}"),
-        }
+        let (carrier, events) = send_violation(&ca, &mut listener, addr, &bytes).await;
+        assert_protocol_error(&events, what, want);
         assert!(matches!(events.first(), Some(Event::Ready)), "{what}");
         // Sending on the dead carrier is refused or fails; it never hangs or panics.
         match carrier.send(&b"x"[..]).await {
@@ -244,7 +261,6 @@ async fn continuation_with_a_forged_token_is_refused_and_pairs_with_nothing() {
 async fn a_misplaced_or_malformed_hello_ends_only_that_carrier() {
     let ca = TestCa::new("bad input CA").expect("ca");
     let (mut listener, addr) = bind(&ca, Protocol::TlsTcp).await;
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(common::rustls_client(&ca)));
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         (
             "HELLO after a message",
@@ -268,19 +284,7 @@ async fn a_misplaced_or_malformed_hello_ends_only_that_carrier() {
         ),
     ];
     for (what, bytes, want) in cases {
-        let tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
-        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
-        let mut tls = connector.connect(name, tcp).await.expect("handshake");
-        tls.write_all(&bytes).await.expect("write");
-        tls.flush().await.expect("flush");
-        let _ = tls.shutdown().await;
-        let carrier = listener.accept().await.expect("accept bad");
-        let events = drain(&carrier).await;
-        match events.last() {
-            Some(Event::ConnectionError(Error::Protocol(msg))) => {
-                assert!(msg.contains(want), "{what}: got `{msg}`, want `{want}`")
-            }
-            other => panic!("{what}: last event {other:?}"),
-        }
+        let (_carrier, events) = send_violation(&ca, &mut listener, addr, &bytes).await;
+        assert_protocol_error(&events, what, want);
     }
 }

@@ -614,10 +614,6 @@ impl StreamCore {
     /// Ends the carrier: `None` after a clean close by the peer, else with an error (what is
     /// still queued fails).
     async fn end(self: &Arc<Self>, error: Option<Error>) {
-        self.end_with(error, KILL_STOP).await
-    }
-
-    async fn end_with(self: &Arc<Self>, error: Option<Error>, kill: u8) {
         let running = {
             let mut st = self.lock();
             if st.state == CoreState::Ended {
@@ -633,7 +629,7 @@ impl StreamCore {
             }
         };
         if let Some(r) = running {
-            let _ = r.kill.send(kill);
+            let _ = r.kill.send(KILL_STOP);
         }
         let event = match error {
             Some(e) => {
@@ -653,10 +649,15 @@ impl StreamCore {
                 Event::Closed
             }
         };
-        let events = self.events.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(events) = events {
+        if let Some(events) = self.take_events() {
             let _ = events.send(event).await;
         }
+    }
+
+    /// Our sender of the application's events, taken for the last one (the queue then closes
+    /// once the transient's tasks are gone).
+    fn take_events(&self) -> Option<EventTx> {
+        self.events.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
     /// The application dropped the carrier: after the peer's clean close our writer finishes
@@ -687,8 +688,7 @@ impl StreamCore {
         self.acks.peer_done(&self.outbox);
         let e = Error::Connection("carrier aborted".into());
         self.direction_failed(&e);
-        let events = self.events.lock().unwrap_or_else(|p| p.into_inner()).take();
-        if let Some(events) = events {
+        if let Some(events) = self.take_events() {
             events.try_send(Event::ConnectionError(e));
         }
     }
