@@ -1,7 +1,7 @@
 //! The NAT-pair matrix: for every pair of NAT presets, two peers punch through (rendezvous,
-//! STUN, connectivity checks, QUIC) in the simulator, seed after seed. Each cell shows the
-//! outcome RFC 4787 behaviour predicts beside the measured direct rate and median time to
-//! ready.
+//! STUN, connectivity checks, QUIC; a TURN relay when no direct pair works) in the simulator,
+//! seed after seed. Each cell shows the outcome RFC 4787 behaviour predicts beside the
+//! measured outcomes (direct / relayed / failed) and the median time to ready.
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -11,6 +11,7 @@ use postsock::net::Net;
 use postsock::punch::{self, PunchConfig};
 use postsock::rendezvous::RendezvousServer;
 use postsock::stun::StunServer;
+use postsock::turn::{TurnConfig, TurnServer, TurnServerConfig};
 use postsock::{Configuration, Protocol, Remote, Security, TestCa};
 use serde::{Deserialize, Serialize};
 use sim::{Dependence, GatewaySpec, HostSpec, NatPreset, NatSpec, World, WorldSpec};
@@ -73,8 +74,9 @@ pub struct PairRun {
     pub b: String,
     /// The seed.
     pub seed: u64,
-    /// Both ended with a direct carrier and a message went through it and back.
-    pub direct: bool,
+    /// `direct` or `relayed` (both ended with such a carrier and a message went through it
+    /// and back), or `failed`.
+    pub outcome: String,
     /// Bob's time from his start to a ready carrier (he arrives second), ms.
     pub ready_ms: Option<f64>,
     /// Why not, if not.
@@ -95,37 +97,77 @@ pub type PeerResult = Result<(punch::PunchReport, Vec<u8>), String>;
 /// Runs one punch (see [`punch_pair`]) and sums it up.
 pub fn run_pair(a: NatPreset, b: NatPreset, seed: u64) -> PairRun {
     let (alice, bob) = punch_pair(a, b, seed);
-    let direct = matches!((&alice, &bob), (Ok((_, x)), Ok((_, y))) if x == PAYLOAD && y == PAYLOAD);
+    let through =
+        matches!((&alice, &bob), (Ok((_, x)), Ok((_, y))) if x == PAYLOAD && y == PAYLOAD);
     let error = match (&alice, &bob) {
         (Err(e), _) | (_, Err(e)) => Some(e.clone()),
-        _ if !direct => Some("the message did not come back".into()),
+        _ if !through => Some("the message did not come back".into()),
         _ => None,
+    };
+    let direct = |o: &PeerResult| matches!(o, Ok((r, _)) if r.path == punch::PathKind::Direct);
+    let outcome = match (through, direct(&alice) && direct(&bob)) {
+        (false, _) => "failed",
+        (true, true) => "direct",
+        (true, false) => "relayed",
     };
     PairRun {
         a: name(a).into(),
         b: name(b).into(),
         seed,
-        direct,
+        outcome: outcome.into(),
         ready_ms: bob
             .ok()
-            .filter(|_| direct)
+            .filter(|_| through)
             .map(|(r, _)| reports::model::round_us(r.ready.as_secs_f64() * 1000.0)),
         error,
     }
 }
 
+/// The TURN server's credentials in the simulated worlds.
+const TURN_USER: &str = "matrix";
+const TURN_PASSWORD: &str = "relay-me-please";
+
 const PAYLOAD: &[u8] = b"through the NATs";
 
-/// Alice behind `a` starts at 0, Bob behind `b` at 150 ms; both punch through (rendezvous
-/// and STUN servers are public hosts), Alice sends a message, Bob echoes it. Returns Alice's
-/// and Bob's results.
+/// Alice behind `a` starts at 0, Bob behind `b` at 150 ms; both punch through (rendezvous,
+/// STUN and TURN servers are public hosts), Alice sends a message, Bob echoes it. Returns
+/// Alice's and Bob's results.
 pub fn punch_pair(a: NatPreset, b: NatPreset, seed: u64) -> (PeerResult, PeerResult) {
+    punch_pair_with(a, b, seed, PairSetup::default())
+}
+
+/// How [`punch_pair_with`] sets the peers up.
+#[derive(Debug, Clone, Copy)]
+pub struct PairSetup {
+    /// Whether the peers have the TURN server to fall back on.
+    pub turn: bool,
+    /// The peers' relay policy.
+    pub policy: punch::RelayPolicy,
+}
+
+impl Default for PairSetup {
+    fn default() -> Self {
+        PairSetup {
+            turn: true,
+            policy: punch::RelayPolicy::Fallback,
+        }
+    }
+}
+
+/// [`punch_pair`], set up as `setup` says.
+pub fn punch_pair_with(
+    a: NatPreset,
+    b: NatPreset,
+    seed: u64,
+    setup: PairSetup,
+) -> (PeerResult, PeerResult) {
     let spec = WorldSpec {
         hosts: vec![
             host("alice", Some("nat-a"), 5),
             host("bob", Some("nat-b"), 10),
             host("stun", None, 10),
             host("rdv", None, 10),
+            host("turn", None, 15),
         ],
         gateways: vec![gateway("nat-a", a), gateway("nat-b", b)],
     };
@@ -147,7 +189,7 @@ pub fn punch_pair(a: NatPreset, b: NatPreset, seed: u64) -> (PeerResult, PeerRes
         identity: Some(identity),
         ..Security::default()
     });
-    let setup = (|| -> Result<(), sim::SimError> {
+    let servers = (|| -> Result<(), sim::SimError> {
         let rdv_net: Arc<dyn Net> = world.net("rdv")?;
         world.host("rdv", move || {
             let (net, config) = (rdv_net.clone(), rdv_config.clone());
@@ -168,15 +210,30 @@ pub fn punch_pair(a: NatPreset, b: NatPreset, seed: u64) -> (PeerResult, PeerRes
                 Ok(())
             }
         })?;
+        let turn_net: Arc<dyn Net> = world.net("turn")?;
+        let turn_ip = world.ip("turn");
+        world.host("turn", move || {
+            let net = turn_net.clone();
+            async move {
+                let mut config = TurnServerConfig::new(TURN_USER, TURN_PASSWORD);
+                config.relay_ip = turn_ip;
+                let addr = ([0, 0, 0, 0], 3478).into();
+                TurnServer::bind(net, addr, config).await?.run().await;
+                Ok(())
+            }
+        })?;
         Ok(())
     })();
-    if let Err(e) = setup {
+    if let Err(e) = servers {
         return failed(e.to_string());
     }
     let Some(stun_ip) = world.ip("stun") else {
         return failed("no STUN host".into());
     };
     let stun_addr = (stun_ip, 3478).into();
+    let Some(turn_ip) = world.ip("turn") else {
+        return failed("no TURN host".into());
+    };
     let outcomes: Arc<Mutex<Vec<(&'static str, PeerResult)>>> = Default::default();
     for (who, start_ms) in [("alice", 0u64), ("bob", 150)] {
         let net: Arc<dyn Net> = match world.net(who) {
@@ -188,7 +245,15 @@ pub fn punch_pair(a: NatPreset, b: NatPreset, seed: u64) -> (PeerResult, PeerRes
             trusted_roots: vec![ca.root()],
             ..Security::default()
         });
-        let cfg = PunchConfig::new(Remote::new("rdv", 7000), rdv, stun_addr);
+        let mut cfg = PunchConfig::new(Remote::new("rdv", 7000), rdv, stun_addr);
+        if setup.turn {
+            cfg.turn = Some(TurnConfig {
+                server: (turn_ip, 3478).into(),
+                username: TURN_USER.into(),
+                password: TURN_PASSWORD.into(),
+            });
+        }
+        cfg.relay = setup.policy;
         let out = outcomes.clone();
         let program = async move {
             tokio::time::sleep(Duration::from_millis(start_ms)).await;
@@ -246,17 +311,17 @@ pub struct Cell {
     pub a: String,
     /// Bob's NAT.
     pub b: String,
-    /// What RFC 4787 behaviour predicts: `direct`, or `relay` (a relay is needed).
+    /// What RFC 4787 behaviour predicts: `direct`, or `relayed` (a relay is needed).
     pub predicted: String,
     /// Runs (seeds).
     pub runs: u64,
     /// Runs that ended direct.
     pub direct: u64,
-    /// Runs that ended connected through a relay (none yet: postsock has no TURN client).
+    /// Runs that ended connected through the relay.
     pub relayed: u64,
     /// Runs that ended without a carrier.
     pub failed: u64,
-    /// Median time to ready of the direct runs, ms.
+    /// Median time to ready of the connected runs, ms.
     pub median_ready_ms: Option<f64>,
     /// Whether the measured outcome matches the prediction in every run.
     pub as_predicted: bool,
@@ -312,7 +377,8 @@ pub fn run(seeds: &[u64], jobs: usize) -> Matrix {
                 .iter()
                 .filter(|r| r.a == name(a) && r.b == name(b))
                 .collect();
-            let direct = these.iter().filter(|r| r.direct).count() as u64;
+            let count = |o: &str| these.iter().filter(|r| r.outcome == o).count() as u64;
+            let (direct, relayed) = (count("direct"), count("relayed"));
             let mut ready: Vec<f64> = these.iter().filter_map(|r| r.ready_ms).collect();
             ready.sort_by(f64::total_cmp);
             let predicted = predict_direct(a, b);
@@ -320,16 +386,16 @@ pub fn run(seeds: &[u64], jobs: usize) -> Matrix {
             cells.push(Cell {
                 a: name(a).into(),
                 b: name(b).into(),
-                predicted: if predicted { "direct" } else { "relay" }.into(),
+                predicted: if predicted { "direct" } else { "relayed" }.into(),
                 runs: runs_n,
                 direct,
-                relayed: 0,
-                failed: runs_n - direct,
+                relayed,
+                failed: runs_n - direct - relayed,
                 median_ready_ms: ready.get(ready.len() / 2).copied(),
                 as_predicted: if predicted {
                     direct == runs_n
                 } else {
-                    direct == 0
+                    relayed == runs_n
                 },
             });
         }
@@ -365,6 +431,7 @@ pub fn write(out: &Path, m: &Matrix) -> Result<(), reports::ReportError> {
             row: c.a.clone(),
             column: c.b.clone(),
             rate: c.direct as f64 / c.runs.max(1) as f64,
+            relayed: c.relayed as f64 / c.runs.max(1) as f64,
             median_ms: c.median_ready_ms,
             predicted: c.predicted == "direct",
         })
@@ -372,12 +439,12 @@ pub fn write(out: &Path, m: &Matrix) -> Result<(), reports::ReportError> {
     reports::plot::nat_matrix(&cells, m.seeds.len(), &out.join("nat-matrix.png"))
 }
 
-/// The matrix as a Markdown table: predicted / measured direct rate / median time to ready.
+/// The matrix as a Markdown table: predicted / measured outcomes / median time to ready.
 pub fn markdown(m: &Matrix) -> String {
     let mut s = format!(
         "# NAT-pair matrix ({} seeds per cell)\n\nRows: Alice's NAT; columns: Bob's. Each cell: \
-         predicted outcome (RFC 4787) / direct runs / median time to ready (Bob, from his \
-         start).\n\n| |",
+         predicted outcome (RFC 4787) / direct, relayed and failed runs / median time to ready \
+         (Bob, from his start).\n\n| |",
         m.seeds.len()
     );
     for b in PRESETS {
@@ -397,7 +464,10 @@ pub fn markdown(m: &Matrix) -> String {
                     .map(|t| format!(" / {t:.0} ms"))
                     .unwrap_or_default();
                 let mark = if c.as_predicted { "" } else { " ⚠" };
-                s += &format!(" {} / {}/{}{ready}{mark} |", c.predicted, c.direct, c.runs);
+                s += &format!(
+                    " {} / {}d {}r {}f{ready}{mark} |",
+                    c.predicted, c.direct, c.relayed, c.failed
+                );
             }
         }
         s += "\n";

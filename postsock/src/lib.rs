@@ -70,6 +70,7 @@ pub mod rendezvous;
 mod selection;
 pub mod stun;
 pub mod transport;
+pub mod turn;
 mod wait;
 
 pub use association::{Association, AssociationKey, Associations, PathMemory, DEFAULT_PATH};

@@ -18,8 +18,15 @@
 //!    address, verifying the other's certificate against the CA certificate received through
 //!    the rendezvous (verification stays on); the other accepts on its socket.
 //!
-//! When no pair works within `checks_for`, the error says so: a relay (TURN) would be needed,
-//! which postsock does not have yet.
+//! With a TURN server configured ([`PunchConfig::turn`]), each peer also allocates a relayed
+//! address on it (from the same socket) and offers it as a candidate; checks then also run
+//! through the relay: to the peer's relayed address, and from ours. Direct pairs win: a
+//! relayed pair is taken only once `direct_first` has passed without a direct one (or at
+//! once with [`RelayPolicy::Only`], which offers only the relayed candidate, so the peer
+//! never learns this host's addresses). The carrier then runs over the relay, on a TURN
+//! channel, and [`PunchReport::path`] says so.
+//!
+//! When no pair works within `checks_for`, the error says which candidates were tried.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -36,8 +43,9 @@ use tokio::time::Instant;
 use crate::carrier::Transient;
 use crate::net::Net;
 use crate::rendezvous::{self, Candidate, CandidateKind, Pairing, PeerInfo};
-use crate::stun::{self, Answers, Demux};
+use crate::stun::{self, Answers, Demux, Via};
 use crate::transport::{quic, tls};
+use crate::turn::{self, TurnConfig};
 use crate::{Carrier, Configuration, Error, Remote, Result, Security, TestCa};
 
 /// Where the peers meet and how long they try.
@@ -55,10 +63,28 @@ pub struct PunchConfig {
     pub check_interval: Duration,
     /// How long checks run before giving up.
     pub checks_for: Duration,
+    /// A TURN server to relay through when no direct pair works.
+    pub turn: Option<TurnConfig>,
+    /// Whether relayed pairs are a fallback or the only ones used.
+    pub relay: RelayPolicy,
+    /// How long direct pairs have to work before a working relayed pair is taken.
+    pub direct_first: Duration,
+}
+
+/// When the relay is used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RelayPolicy {
+    /// Only when no direct pair works within `direct_first`.
+    #[default]
+    Fallback,
+    /// Always: only the relayed candidate is offered and only relayed pairs are used (the
+    /// peer learns no address of this host).
+    Only,
 }
 
 impl PunchConfig {
-    /// Defaults: wait 30 s for the peer, check every 20 ms for 5 s.
+    /// Defaults: wait 30 s for the peer, check every 20 ms for 5 s, no relay (a relayed pair
+    /// is taken after 1 s without a direct one once [`PunchConfig::turn`] is set).
     pub fn new(rendezvous: Remote, rendezvous_config: Configuration, stun: SocketAddr) -> Self {
         PunchConfig {
             rendezvous,
@@ -67,6 +93,9 @@ impl PunchConfig {
             wait: Duration::from_secs(30),
             check_interval: Duration::from_millis(20),
             checks_for: Duration::from_secs(5),
+            turn: None,
+            relay: RelayPolicy::Fallback,
+            direct_first: Duration::from_secs(1),
         }
     }
 }
@@ -74,7 +103,7 @@ impl PunchConfig {
 /// How a punched carrier came about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PunchReport {
-    /// Always `direct` for now (no relay yet).
+    /// Direct, or through which relayed address.
     pub path: PathKind,
     /// This peer's server-reflexive address.
     pub reflexive: SocketAddr,
@@ -97,6 +126,11 @@ pub struct PunchReport {
 pub enum PathKind {
     /// Straight between the peers' NAT mappings.
     Direct,
+    /// Through a TURN relay: the relayed address in use (this peer's or the other's).
+    Relayed {
+        /// The relayed transport address.
+        relay: SocketAddr,
+    },
 }
 
 /// What each peer puts in [`PeerInfo::extra`].
@@ -148,6 +182,16 @@ pub async fn punch(
     )
     .await?;
 
+    let allocation = match &punch.turn {
+        Some(t) => Some(turn::allocate(net.clone(), &demux, t).await?),
+        None if punch.relay == RelayPolicy::Only => {
+            return Err(Error::Config(
+                "relay policy `only` needs a TURN server".into(),
+            ))
+        }
+        None => None,
+    };
+
     let ca = TestCa::new("postsock punched peer")?;
     let identity = ca.issue(&[PEER_NAME])?;
     let tiebreak = u64::from_be_bytes(
@@ -159,17 +203,25 @@ pub async fn punch(
         root: ca.root().as_ref().to_vec(),
         tiebreak,
     };
+    let mut candidates = Vec::new();
+    if punch.relay != RelayPolicy::Only {
+        candidates.push(Candidate {
+            kind: CandidateKind::ServerReflexive,
+            addr: reflexive,
+        });
+        candidates.push(Candidate {
+            kind: CandidateKind::Host,
+            addr: host,
+        });
+    }
+    if let Some(a) = &allocation {
+        candidates.push(Candidate {
+            kind: CandidateKind::Relayed,
+            addr: a.relayed(),
+        });
+    }
     let mine = PeerInfo {
-        candidates: vec![
-            Candidate {
-                kind: CandidateKind::ServerReflexive,
-                addr: reflexive,
-            },
-            Candidate {
-                kind: CandidateKind::Host,
-                addr: host,
-            },
-        ],
+        candidates,
         extra: serde_json::to_vec(&extra).map_err(|e| Error::Config(e.to_string()))?,
     };
     let theirs = rendezvous::exchange(
@@ -191,16 +243,39 @@ pub async fn punch(
     }
     let controlling = tiebreak > their_extra.tiebreak;
 
-    // Connectivity checks on the shared socket.
+    // Connectivity checks on the shared socket (and through the relay).
     let user = check_username(&pairing);
-    let remote = checks(&demux, &net, &theirs, &user, punch).await?;
+    // Permissions for the peer's addresses on our allocation are installed while the checks
+    // run (direct pairs need not wait for them).
+    let ips: Vec<std::net::IpAddr> = theirs.candidates.iter().map(|c| c.addr.ip()).collect();
+    let permit = allocation
+        .as_ref()
+        .map(|a| Box::pin(a.permit(&ips)) as Permit<'_>);
+    let relayed_remote: BTreeSet<SocketAddr> = theirs
+        .candidates
+        .iter()
+        .filter(|c| c.kind == CandidateKind::Relayed)
+        .map(|c| c.addr)
+        .collect();
+    let plan = Plan {
+        user: &user,
+        relayed_remote: &relayed_remote,
+        relay: allocation.is_some(),
+        policy: punch.relay,
+    };
+    let (remote, via) = checks(&demux, &net, &theirs, &plan, punch, permit).await?;
     let checks_done = t0.elapsed();
+    let own_relay = allocation.as_ref().map(|a| a.relayed());
+    if let Some(a) = allocation {
+        a.keep(&demux);
+    }
 
     // Keep answering the peer's checks while QUIC starts (quinn reads the socket from now
     // on; STUN still comes to us through the demultiplexer).
     demux.stop_pump();
     let responder = tokio::spawn(answer_checks(demux.clone(), user.clone()));
     let result = if controlling {
+        demux.set_route(remote, via);
         let security = Security {
             trusted_roots: vec![rustls::pki_types::CertificateDer::from(their_extra.root)],
             server_name: Some(PEER_NAME.into()),
@@ -243,9 +318,19 @@ pub async fn punch(
         }
     };
     responder.abort();
+    // The controlled peer learns the pair from where QUIC came.
+    let remote = match &result {
+        Transient::Quic { conn, .. } => conn.remote_address(),
+        _ => remote,
+    };
+    let path = match (demux.route(remote), own_relay) {
+        (Via::Relay, Some(relay)) => PathKind::Relayed { relay },
+        _ if relayed_remote.contains(&remote) => PathKind::Relayed { relay: remote },
+        _ => PathKind::Direct,
+    };
     let carrier = Carrier::start(result, &config, None);
     let report = PunchReport {
-        path: PathKind::Direct,
+        path,
         reflexive,
         remote,
         controlling,
@@ -288,54 +373,116 @@ fn answer_check(datagram: &[u8], from: SocketAddr, user: &str) -> Option<Vec<u8>
     Some(encode(r))
 }
 
-/// Runs checks until one pair works; returns the peer address that answered.
+/// What the checks need to know besides the peer's candidates.
+struct Plan<'a> {
+    user: &'a str,
+    /// The peer's relayed candidates.
+    relayed_remote: &'a BTreeSet<SocketAddr>,
+    /// Whether we have an allocation.
+    relay: bool,
+    policy: RelayPolicy,
+}
+
+impl Plan<'_> {
+    /// Whether the pair goes through a relay (ours, or the peer's relayed address).
+    fn relayed(&self, pair: (SocketAddr, Via)) -> bool {
+        pair.1 == Via::Relay || self.relayed_remote.contains(&pair.0)
+    }
+
+    /// Whether the policy lets the pair be checked and used.
+    fn allowed(&self, pair: (SocketAddr, Via)) -> bool {
+        self.policy != RelayPolicy::Only || self.relayed(pair)
+    }
+}
+
+/// Installing the TURN permissions.
+type Permit<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>>;
+
+/// Runs checks until one pair works; returns the peer address that answered and the way.
+/// A direct pair is returned at once; a relayed one once `direct_first` has passed.
+/// `permit` (installing our relay's permissions) runs alongside.
 async fn checks(
     demux: &Arc<Demux>,
     net: &Arc<dyn Net>,
     theirs: &PeerInfo,
-    user: &str,
+    plan: &Plan<'_>,
     punch: &PunchConfig,
-) -> Result<SocketAddr> {
-    let mut targets: BTreeSet<SocketAddr> = theirs.candidates.iter().map(|c| c.addr).collect();
-    let mut sent: std::collections::BTreeMap<[u8; 12], SocketAddr> = Default::default();
-    let deadline = Instant::now() + punch.checks_for;
+    mut permit: Option<Permit<'_>>,
+) -> Result<(SocketAddr, Via)> {
+    let mut targets: BTreeSet<(SocketAddr, Via)> = BTreeSet::new();
+    for c in &theirs.candidates {
+        targets.insert((c.addr, Via::Direct));
+        if plan.relay {
+            targets.insert((c.addr, Via::Relay));
+        }
+    }
+    targets.retain(|p| plan.allowed(*p));
+    let mut sent: std::collections::BTreeMap<[u8; 12], (SocketAddr, Via)> = Default::default();
+    let start = Instant::now();
+    let deadline = start + punch.checks_for;
+    let direct_until = match plan.policy {
+        RelayPolicy::Only => start,
+        RelayPolicy::Fallback => start + punch.direct_first,
+    };
+    let mut relayed_ok: Option<(SocketAddr, Via)> = None;
     let mut tick = tokio::time::interval(punch.check_interval);
     loop {
         tokio::select! {
             biased;
-            got = demux.recv_stun() => {
-                let (from, data) = got.map_err(|e| Error::io("reading checks", e))?;
-                if let Some(reply) = answer_check(&data, from, user) {
-                    let _ = demux.send_stun(from, &reply).await;
+            done = async { permit.as_mut()?.await.into() }, if permit.is_some() => {
+                permit = None;
+                if let Some(Err(e)) = done {
+                    tracing::warn!("TURN permissions for the peer: {e}");
+                }
+            }
+            got = demux.recv_stun_via() => {
+                let (from, data, via) = got.map_err(|e| Error::io("reading checks", e))?;
+                let pair = (from, via);
+                if !plan.allowed(pair) {
+                    continue;
+                }
+                if let Some(reply) = answer_check(&data, from, plan.user) {
+                    let _ = demux.send_stun_via(from, &reply, via).await;
                     // Peer-reflexive: where the peer's check came from works for it. A new
                     // one is checked at once (RFC 8445 §7.3.1.4, a triggered check).
-                    if targets.insert(from) {
+                    if targets.insert(pair) {
                         let txid = stun::transaction_id(net.as_ref());
-                        sent.insert(txid, from);
-                        let _ = demux.send_stun(from, &check_request(txid, user)).await;
+                        sent.insert(txid, pair);
+                        let _ = demux.send_stun_via(from, &check_request(txid, plan.user), via).await;
                     }
                     continue;
                 }
                 let answered = sent.iter().find_map(|(txid, to)| {
-                    (*to == from && stun::reflexive_address(&data, *txid).is_some()).then_some(*to)
+                    (*to == pair && stun::reflexive_address(&data, *txid).is_some()).then_some(*to)
                 });
-                if let Some(remote) = answered {
-                    return Ok(remote);
+                if let Some(pair) = answered {
+                    if !plan.relayed(pair) || Instant::now() >= direct_until {
+                        return Ok(pair);
+                    }
+                    relayed_ok.get_or_insert(pair);
                 }
             }
             _ = tick.tick() => {
-                if Instant::now() >= deadline {
+                let now = Instant::now();
+                if let Some(pair) = relayed_ok.filter(|_| now >= direct_until) {
+                    return Ok(pair);
+                }
+                if now >= deadline {
+                    let relay = if plan.relay {
+                        "including through the TURN relay"
+                    } else {
+                        "and no TURN server is configured to relay through"
+                    };
                     return Err(Error::Connection(format!(
-                        "no candidate pair worked within {} ms (the peer's candidates: {}); a \
-                         relay would be needed, and TURN is not implemented yet",
+                        "no candidate pair worked within {} ms (the peer's candidates: {}), {relay}",
                         punch.checks_for.as_millis(),
-                        targets.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                        theirs.candidates.iter().map(|c| c.addr.to_string()).collect::<Vec<_>>().join(", ")
                     )));
                 }
-                for to in targets.clone() {
+                for (to, via) in targets.clone() {
                     let txid = stun::transaction_id(net.as_ref());
-                    sent.insert(txid, to);
-                    let _ = demux.send_stun(to, &check_request(txid, user)).await;
+                    sent.insert(txid, (to, via));
+                    let _ = demux.send_stun_via(to, &check_request(txid, plan.user), via).await;
                 }
             }
         }
@@ -344,9 +491,9 @@ async fn checks(
 
 /// Answers the peer's checks (it may still be checking when we are done).
 async fn answer_checks(demux: Arc<Demux>, user: String) {
-    while let Ok((from, data)) = demux.recv_stun().await {
+    while let Ok((from, data, via)) = demux.recv_stun_via().await {
         if let Some(reply) = answer_check(&data, from, &user) {
-            let _ = demux.send_stun(from, &reply).await;
+            let _ = demux.send_stun_via(from, &reply, via).await;
         }
     }
 }

@@ -325,11 +325,25 @@ async fn serve(socket: Arc<dyn AsyncUdpSocket>, stats: Arc<StunStats>) {
 /// RFC 7983 demultiplexing: a socket shared by QUIC and STUN. Give quinn the `Demux` as its
 /// socket; STUN messages that arrive are set aside for [`Demux::recv_stun`], and
 /// [`Demux::send_stun`] sends from the same address quinn uses.
+///
+/// With a TURN allocation attached ([`crate::turn::allocate`]), datagrams from the TURN
+/// server are unwrapped (ChannelData, Data indications) and then sorted the same way, marked
+/// [`Via::Relay`]; what goes to a peer that QUIC reaches through the relay is wrapped.
 #[derive(Debug)]
 pub struct Demux {
     inner: Arc<dyn AsyncUdpSocket>,
-    stun_tx: mpsc::UnboundedSender<(SocketAddr, Bytes)>,
-    stun_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<(SocketAddr, Bytes)>>,
+    stun_tx: mpsc::UnboundedSender<(SocketAddr, Bytes, Via)>,
+    stun_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<(SocketAddr, Bytes, Via)>>,
+    /// The TURN relay's routing, when one is attached.
+    relay: Mutex<crate::turn::RelayRoutes>,
+    /// Where the TURN server's own messages (responses) go: the TURN client.
+    turn_tx: Mutex<Option<mpsc::UnboundedSender<Bytes>>>,
+    /// Woken when QUIC starts reaching a peer through the relay (a channel is wanted).
+    relay_wanted: Arc<tokio::sync::Notify>,
+    /// The allocation's maintenance task (aborted, releasing it, with the socket).
+    relay_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Transaction ids of Send indications.
+    indications: AtomicU64,
     /// STUN messages set aside so far.
     diverted: AtomicU64,
     /// While nobody is reading quinn's side, this task reads STUN (see [`Demux::pump`]).
@@ -353,6 +367,11 @@ impl Demux {
             diverted: AtomicU64::new(0),
             pump: Mutex::new(None),
             early: Mutex::new(Default::default()),
+            relay: Mutex::new(Default::default()),
+            turn_tx: Mutex::new(None),
+            relay_wanted: Arc::new(tokio::sync::Notify::new()),
+            relay_task: Mutex::new(None),
+            indications: AtomicU64::new(0),
         })
     }
 
@@ -361,14 +380,117 @@ impl Demux {
         send_to(self.inner.as_ref(), dst, data).await
     }
 
-    /// The next STUN message that arrived on the shared socket.
+    /// Sends a STUN message straight from the shared socket, or through the TURN relay.
+    pub async fn send_stun_via(&self, dst: SocketAddr, data: &[u8], via: Via) -> io::Result<()> {
+        match via {
+            Via::Direct => send_to(self.inner.as_ref(), dst, data).await,
+            Via::Relay => {
+                let (server, wrapped) = self.wrap(dst, data)?;
+                send_to(self.inner.as_ref(), server, &wrapped).await
+            }
+        }
+    }
+
+    /// The next STUN message that arrived on the shared socket (straight or relayed).
     pub async fn recv_stun(&self) -> io::Result<(SocketAddr, Bytes)> {
+        self.recv_stun_via()
+            .await
+            .map(|(from, data, _)| (from, data))
+    }
+
+    /// The next STUN message, and whether it came straight or through the relay.
+    pub async fn recv_stun_via(&self) -> io::Result<(SocketAddr, Bytes, Via)> {
         self.stun_rx
             .lock()
             .await
             .recv()
             .await
             .ok_or_else(|| io::Error::new(io::ErrorKind::BrokenPipe, "demultiplexer closed"))
+    }
+
+    /// The socket underneath.
+    pub fn inner(&self) -> Arc<dyn AsyncUdpSocket> {
+        self.inner.clone()
+    }
+
+    fn routes(&self) -> std::sync::MutexGuard<'_, crate::turn::RelayRoutes> {
+        self.relay.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `data` for `peer` wrapped for the relay: where to send it and what.
+    fn wrap(&self, peer: SocketAddr, data: &[u8]) -> io::Result<(SocketAddr, Vec<u8>)> {
+        let n = self.indications.fetch_add(1, Ordering::Relaxed);
+        let mut txid = [0u8; 12];
+        txid[..4].copy_from_slice(b"psnd");
+        txid[4..].copy_from_slice(&n.to_be_bytes());
+        self.routes().wrap(txid, peer, data)
+    }
+
+    /// Routes datagrams from `server` to the returned receiver when they are not relayed
+    /// data (they are the TURN client's responses).
+    pub(crate) fn attach_relay(&self, server: SocketAddr) -> mpsc::UnboundedReceiver<Bytes> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        *self.turn_tx.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        self.routes().server = Some(server);
+        rx
+    }
+
+    pub(crate) fn set_relay_task(&self, task: tokio::task::JoinHandle<()>) {
+        if let Some(old) = self
+            .relay_task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(task)
+        {
+            old.abort();
+        }
+    }
+
+    pub(crate) fn relay_wanted(&self) -> Arc<tokio::sync::Notify> {
+        self.relay_wanted.clone()
+    }
+
+    /// Peers QUIC reaches through the relay that have no channel yet.
+    pub(crate) fn relay_unbound(&self) -> Vec<SocketAddr> {
+        let r = self.routes();
+        r.routes
+            .iter()
+            .filter(|(p, via)| **via == Via::Relay && !r.channels.contains_key(p))
+            .map(|(p, _)| *p)
+            .collect()
+    }
+
+    pub(crate) fn relay_channel_incoming(&self, channel: u16, peer: SocketAddr) {
+        self.routes().incoming.insert(channel, peer);
+    }
+
+    pub(crate) fn relay_channel_bound(&self, peer: SocketAddr, channel: u16) {
+        self.routes().channels.insert(peer, channel);
+    }
+
+    /// Sends QUIC for `peer` straight or through the relay (until a packet from `peer`
+    /// arrives the other way).
+    pub fn set_route(&self, peer: SocketAddr, via: Via) {
+        let mut r = self.routes();
+        match via {
+            Via::Direct => {
+                r.routes.remove(&peer);
+            }
+            Via::Relay => {
+                r.routes.insert(peer, via);
+                drop(r);
+                self.relay_wanted.notify_one();
+            }
+        }
+    }
+
+    /// How QUIC reaches `peer`.
+    pub fn route(&self, peer: SocketAddr) -> Via {
+        self.routes()
+            .routes
+            .get(&peer)
+            .copied()
+            .unwrap_or(Via::Direct)
     }
 
     /// STUN messages set aside so far.
@@ -421,10 +543,49 @@ impl Demux {
 impl Drop for Demux {
     fn drop(&mut self) {
         self.stop_pump();
+        if let Some(task) = self
+            .relay_task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            task.abort();
+        }
     }
 }
 
+/// How a datagram came, or goes: straight between the sockets, or through our TURN relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Via {
+    /// Straight.
+    Direct,
+    /// Through the TURN allocation on this socket.
+    Relay,
+}
+
 impl Demux {
+    /// Remembers how a QUIC packet from `peer` came, so that answers go the same way.
+    fn learn_route(&self, peer: SocketAddr, via: Via) {
+        let mut r = self.routes();
+        if r.server.is_none() {
+            return;
+        }
+        let before = r.routes.get(&peer).copied().unwrap_or(Via::Direct);
+        if before == via {
+            return;
+        }
+        match via {
+            Via::Direct => {
+                r.routes.remove(&peer);
+            }
+            Via::Relay => {
+                r.routes.insert(peer, via);
+                drop(r);
+                self.relay_wanted.notify_one();
+            }
+        }
+    }
+
     /// Reads the inner socket, setting STUN aside; returns what is left (at least one).
     fn poll_recv_demuxed(
         &self,
@@ -439,15 +600,43 @@ impl Demux {
             };
             // Keep the non-STUN entries, in order, at the front.
             let mut kept = 0;
+            let server = self.routes().server;
             for i in 0..n {
-                let len = meta[i].len;
+                let mut len = meta[i].len;
                 let single = meta[i].stride >= len;
+                let mut via = Via::Direct;
+                if single && Some(meta[i].addr) == server {
+                    let what = crate::turn::from_server(&bufs[i][..len], &self.routes().incoming);
+                    match what {
+                        crate::turn::FromServer::Peer(peer, data) => {
+                            let n = data.len().min(bufs[i].len());
+                            bufs[i][..n].copy_from_slice(&data[..n]);
+                            len = n;
+                            meta[i].len = n;
+                            meta[i].stride = n;
+                            meta[i].addr = peer;
+                            via = Via::Relay;
+                        }
+                        crate::turn::FromServer::Control => {
+                            let data = Bytes::copy_from_slice(&bufs[i][..len]);
+                            if let Some(tx) =
+                                &*self.turn_tx.lock().unwrap_or_else(|p| p.into_inner())
+                            {
+                                let _ = tx.send(data);
+                            }
+                            continue;
+                        }
+                        crate::turn::FromServer::Drop => continue,
+                    }
+                }
                 if single && is_stun(&bufs[i][..len]) {
                     let data = Bytes::copy_from_slice(&bufs[i][..len]);
                     self.diverted.fetch_add(1, Ordering::Relaxed);
-                    let _ = self.stun_tx.send((meta[i].addr, data));
+                    let _ = self.stun_tx.send((meta[i].addr, data, via));
                     continue;
                 }
+                // QUIC: answer the way it came.
+                self.learn_route(meta[i].addr, via);
                 if kept != i {
                     let (front, back) = bufs.split_at_mut(i);
                     front[kept][..len].copy_from_slice(&back[0][..len]);
@@ -469,7 +658,24 @@ impl AsyncUdpSocket for Demux {
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-        self.inner.try_send(transmit)
+        if self.route(transmit.destination) == Via::Direct {
+            return self.inner.try_send(transmit);
+        }
+        let size = transmit
+            .segment_size
+            .unwrap_or(transmit.contents.len())
+            .max(1);
+        for segment in transmit.contents.chunks(size) {
+            let (server, wrapped) = self.wrap(transmit.destination, segment)?;
+            self.inner.try_send(&Transmit {
+                destination: server,
+                ecn: transmit.ecn,
+                contents: &wrapped,
+                segment_size: None,
+                src_ip: transmit.src_ip,
+            })?;
+        }
+        Ok(())
     }
 
     fn poll_recv(

@@ -580,6 +580,8 @@ pub struct MatrixCell {
     pub column: String,
     /// Direct rate, 0 to 1.
     pub rate: f64,
+    /// Relayed rate, 0 to 1 (the rest failed).
+    pub relayed: f64,
     /// Median time to ready, ms.
     pub median_ms: Option<f64>,
     /// Whether a direct path is predicted.
@@ -632,22 +634,35 @@ pub fn nat_matrix(cells: &[MatrixCell], seeds: usize, path: &Path) -> Result<(),
     }
     for c in cells {
         let (x, y) = (index(&c.column) * cw, index(&c.row) * ch);
-        let red = (255.0 * (1.0 - c.rate)) as u8;
-        let green = (80.0 + 150.0 * c.rate) as u8;
-        let colour = RGBColor(red, green, 90);
+        // Green for direct, amber for relayed, red for failed, mixed by rate.
+        let failed = (1.0 - c.rate - c.relayed).max(0.0);
+        let mix = |d: f64, r: f64, f: f64| (d * c.rate + r * c.relayed + f * failed) as u8;
+        let colour = RGBColor(
+            mix(60.0, 250.0, 240.0),
+            mix(190.0, 190.0, 70.0),
+            mix(90.0, 60.0, 60.0),
+        );
         grid.draw(&Rectangle::new(
             [(x + 2, y + 2), (x + cw - 2, y + ch - 2)],
             colour.mix(0.75).filled(),
         ))
         .map_err(|e| err(&e))?;
         let lines = [
-            format!("{:.0} % direct", c.rate * 100.0),
+            if c.relayed > 0.0 {
+                format!(
+                    "{:.0} % direct, {:.0} % relayed",
+                    c.rate * 100.0,
+                    c.relayed * 100.0
+                )
+            } else {
+                format!("{:.0} % direct", c.rate * 100.0)
+            },
             c.median_ms
                 .map(|m| format!("ready {m:.0} ms"))
                 .unwrap_or_else(|| "—".into()),
             format!(
                 "predicted: {}",
-                if c.predicted { "direct" } else { "relay" }
+                if c.predicted { "direct" } else { "relayed" }
             ),
         ];
         for (k, line) in lines.iter().enumerate() {
