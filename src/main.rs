@@ -84,6 +84,23 @@ enum Command {
         #[arg(long, default_value = "0.0.0.0:3478")]
         listen: std::net::SocketAddr,
     },
+    /// Run a TURN relay (RFC 8656 over UDP: Allocate, Refresh, CreatePermission, ChannelBind,
+    /// Send/Data, ChannelData; long-term credentials; also a STUN Binding server) on real
+    /// sockets: the server the simulator's relay host runs.
+    TurnServer {
+        /// Address to listen on.
+        #[arg(long, default_value = "0.0.0.0:3478")]
+        listen: std::net::SocketAddr,
+        /// A user, as name:password (repeat for more).
+        #[arg(long = "user", required = true)]
+        users: Vec<String>,
+        /// The realm of the credentials.
+        #[arg(long, default_value = "postsock")]
+        realm: String,
+        /// The address relayed addresses are allocated on (needed when listening on 0.0.0.0).
+        #[arg(long)]
+        relay_ip: Option<std::net::IpAddr>,
+    },
     /// Ask a STUN server for this host's server-reflexive address (real sockets).
     StunClient {
         /// The STUN server, as host:port.
@@ -150,6 +167,12 @@ fn main() -> ExitCode {
         } => bench(quick, &out, only, current_thread),
         Command::StunServer { listen } => done(stun_server(listen)),
         Command::StunClient { server } => done(stun_client(&server)),
+        Command::TurnServer {
+            listen,
+            users,
+            realm,
+            relay_ip,
+        } => done(turn_server(listen, &users, realm, relay_ip)),
         Command::RendezvousServer {
             listen,
             name,
@@ -177,6 +200,55 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .worker_threads(2)
         .enable_all()
         .build()
+}
+
+fn turn_server(
+    listen: std::net::SocketAddr,
+    users: &[String],
+    realm: String,
+    relay_ip: Option<std::net::IpAddr>,
+) -> Result<(), String> {
+    let mut config = postsock::turn::TurnServerConfig::new("", "");
+    config.users.clear();
+    for u in users {
+        let (name, password) = u
+            .split_once(':')
+            .filter(|(n, p)| !n.is_empty() && !p.is_empty())
+            .ok_or_else(|| format!("--user {u:?}: expected name:password"))?;
+        config.users.insert(name.into(), password.into());
+    }
+    config.realm = realm;
+    config.relay_ip = relay_ip;
+    let rt = runtime().map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let server =
+            postsock::turn::TurnServer::bind(postsock::net::TokioNet::shared(), listen, config)
+                .await
+                .map_err(|e| e.to_string())?;
+        println!("TURN server on {}", server.local_addr());
+        let stats = server.stats();
+        tokio::spawn(async move {
+            let mut last = (0, 0, 0);
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+                let dropped = stats.malformed() + stats.unauthenticated() + stats.unpermitted();
+                let now = (
+                    stats.allocations(),
+                    stats.relayed_out() + stats.relayed_in(),
+                    dropped,
+                );
+                if now != last {
+                    eprintln!(
+                        "allocations {}, relayed {}, dropped {}",
+                        now.0, now.1, now.2
+                    );
+                    last = now;
+                }
+            }
+        });
+        server.run().await;
+        Ok(())
+    })
 }
 
 fn stun_server(listen: std::net::SocketAddr) -> Result<(), String> {

@@ -12,7 +12,7 @@ use postsock::net::{Net, TokioNet};
 use postsock::stun::{self, Answers, Demux, StunServer, Timing};
 use sim::{GatewaySpec, NatPreset, NatSpec, World, WorldSpec};
 
-use common::sim_host as host;
+use common::{free_udp_port, postsock_bin, sim_host as host, Child};
 
 /// A client behind a NAT with `preset`, two public STUN servers, and a public server.
 fn world(preset: NatPreset) -> WorldSpec {
@@ -165,25 +165,6 @@ async fn malformed_datagrams_are_dropped_counted_and_never_stop_the_server() {
 }
 
 /// The `postsock` binary built for the integration tests.
-fn postsock_bin() -> std::path::PathBuf {
-    std::path::PathBuf::from(env!("CARGO_BIN_EXE_postsock"))
-}
-
-fn free_udp_port() -> u16 {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
-    s.local_addr().expect("addr").port()
-}
-
-/// Kills the child process when dropped.
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Runs `postsock stun-client server` until it prints an address.
 fn stun_client(server: SocketAddr) -> SocketAddr {
     for _ in 0..50 {
@@ -217,35 +198,8 @@ fn the_stun_server_command_answers_the_stun_client_command() {
 
 #[test]
 fn coturn_answers_postsocks_stun_client() {
-    // coturn is a test dependency: `.ci/test` (the README's test command) installs it.
-    let turnserver = ["/usr/bin/turnserver", "/usr/sbin/turnserver"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("coturn's turnserver is not installed: run `bash .ci/test`, which installs it");
-    let port = free_udp_port();
-    let dir = std::env::temp_dir().join(format!("postsock-coturn-{port}"));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let config = dir.join("turnserver.conf");
-    std::fs::write(
-        &config,
-        format!(
-            "listening-ip=127.0.0.1\nlistening-port={port}\nrealm=postsock.test\n\
-             user=postsock:postsock-secret\nlt-cred-mech\nno-tls\nno-dtls\nno-cli\n\
-             fingerprint\npidfile={}\nuserdb={}\nlog-file=stdout\nsimple-log\n",
-            dir.join("turnserver.pid").display(),
-            dir.join("turndb").display(),
-        ),
-    )
-    .expect("config");
-    let _coturn = Child(
-        std::process::Command::new(turnserver)
-            .args(["-c", &config.to_string_lossy()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn turnserver"),
-    );
-    let reflexive = stun_client(([127, 0, 0, 1], port).into());
+    let coturn = common::Coturn::start();
+    let reflexive = stun_client(coturn.addr());
     assert_eq!(reflexive.ip(), IpAddr::from([127, 0, 0, 1]));
 }
 

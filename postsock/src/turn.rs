@@ -153,6 +153,11 @@ pub fn indication(method: Method, txid: [u8; 12], peer: SocketAddr, data: &[u8])
     encode(m)
 }
 
+/// A Send indication: what a client sends the server to relay `data` to `peer`.
+pub fn send_indication(txid: [u8; 12], peer: SocketAddr, data: &[u8]) -> Vec<u8> {
+    indication(SEND, txid, peer, data)
+}
+
 /// What a datagram from our TURN server is.
 #[derive(Debug)]
 pub(crate) enum FromServer {
@@ -398,7 +403,8 @@ pub struct Allocation {
 }
 
 /// Asks `turn.server` for an allocation from `demux`'s socket; from now on the demultiplexer
-/// routes relayed traffic (see the module documentation).
+/// routes relayed traffic (see the module documentation). Somebody must be reading the
+/// socket — the demultiplexer's pump, quinn, or the caller — for the answers to arrive.
 pub async fn allocate(
     net: Arc<dyn Net>,
     demux: &Arc<Demux>,
@@ -609,6 +615,7 @@ async fn maintain(alloc: Allocation, demux: Weak<Demux>) {
 #[derive(Debug, Default)]
 pub struct TurnStats {
     allocations: AtomicU64,
+    channels: AtomicU64,
     relayed_out: AtomicU64,
     relayed_in: AtomicU64,
     malformed: AtomicU64,
@@ -621,6 +628,10 @@ impl TurnStats {
     /// Allocations granted so far.
     pub fn allocations(&self) -> u64 {
         self.allocations.load(Ordering::Relaxed)
+    }
+    /// Channels bound (or refreshed) so far.
+    pub fn channels(&self) -> u64 {
+        self.channels.load(Ordering::Relaxed)
     }
     /// Datagrams relayed from clients to peers.
     pub fn relayed_out(&self) -> u64 {
@@ -1171,6 +1182,7 @@ impl Server {
                 }
                 a.channels.insert(ch, (peer, now + CHANNEL_LIFETIME));
                 a.permissions.insert(peer.ip(), now + PERMISSION_LIFETIME);
+                self.stats.channels.fetch_add(1, Ordering::Relaxed);
                 Ok(vec![])
             }
             _ => Err((400, "Bad Request")),
@@ -1211,7 +1223,7 @@ impl RelayRoutes {
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "no TURN relay"))?;
         let out = match self.channels.get(&peer) {
             Some(ch) => channel_data(*ch, data),
-            None => indication(SEND, txid, peer, data),
+            None => send_indication(txid, peer, data),
         };
         Ok((server, out))
     }

@@ -64,3 +64,108 @@ pub fn sim_host(name: &str, gateway: Option<&str>, latency_ms: u64) -> sim::Host
 pub fn sim_nat(name: &str, preset: sim::NatPreset) -> sim::GatewaySpec {
     sim::GatewaySpec::nat(name, preset)
 }
+
+/// The `postsock` binary built for these tests.
+pub fn postsock_bin() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_BIN_EXE_postsock"))
+}
+
+/// A UDP port free on loopback just now.
+pub fn free_udp_port() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+    s.local_addr().expect("addr").port()
+}
+
+/// Kills the child process when dropped.
+pub struct Child(pub std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A real coturn on loopback, with a generated configuration: realm `postsock.test`, user
+/// [`Coturn::USER`] / [`Coturn::PASSWORD`], relay ports in [`Coturn::RELAY_PORTS`], loopback
+/// peers allowed (the peers of the tests are on loopback). Stopped when dropped.
+pub struct Coturn {
+    port: u16,
+    _child: Child,
+}
+
+impl Coturn {
+    /// The user name.
+    pub const USER: &'static str = "postsock";
+    /// The password.
+    pub const PASSWORD: &'static str = "postsock-secret";
+    /// The relay port range coturn is told to use.
+    pub const RELAY_PORTS: std::ops::RangeInclusive<u16> = 49_160..=49_260;
+
+    /// Starts it. coturn is a test dependency: `.ci/test` (the README's test command)
+    /// installs it.
+    pub fn start() -> Self {
+        let turnserver = ["/usr/bin/turnserver", "/usr/sbin/turnserver"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("coturn's turnserver is not installed: run `bash .ci/test`, which installs it");
+        let port = free_udp_port();
+        let dir = std::env::temp_dir().join(format!("postsock-coturn-{port}"));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let config = dir.join("turnserver.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "listening-ip=127.0.0.1\nrelay-ip=127.0.0.1\nlistening-port={port}\n\
+                 min-port={}\nmax-port={}\nrealm=postsock.test\nuser={}:{}\nlt-cred-mech\n\
+                 allow-loopback-peers\nno-tls\nno-dtls\nno-tcp-relay\nno-cli\nfingerprint\n\
+                 pidfile={}\nuserdb={}\nlog-file=stdout\nsimple-log\n",
+                Self::RELAY_PORTS.start(),
+                Self::RELAY_PORTS.end(),
+                Self::USER,
+                Self::PASSWORD,
+                dir.join("turnserver.pid").display(),
+                dir.join("turndb").display(),
+            ),
+        )
+        .expect("config");
+        let child = Child(
+            std::process::Command::new(turnserver)
+                .args(["-c", &config.to_string_lossy()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("spawn turnserver"),
+        );
+        let coturn = Coturn {
+            port,
+            _child: child,
+        };
+        coturn.wait_ready();
+        coturn
+    }
+
+    /// Waits (up to 10 s) until it answers a STUN Binding request.
+    fn wait_ready(&self) {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
+        socket
+            .set_read_timeout(Some(std::time::Duration::from_millis(100)))
+            .expect("timeout");
+        let request = postsock::stun::binding_request([5; 12]);
+        let mut buf = [0u8; 1500];
+        for _ in 0..100 {
+            let _ = socket.send_to(&request, self.addr());
+            if let Ok((n, _)) = socket.recv_from(&mut buf) {
+                if postsock::stun::reflexive_address(&buf[..n], [5; 12]).is_some() {
+                    return;
+                }
+            }
+        }
+        panic!("coturn did not answer STUN within 10 s");
+    }
+
+    /// Where it listens.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+}
