@@ -12,7 +12,7 @@ use postsock::punch::{self, PunchConfig};
 use postsock::rendezvous::RendezvousServer;
 use postsock::stun::StunServer;
 use postsock::turn::{TurnConfig, TurnServer, TurnServerConfig};
-use postsock::{Configuration, Protocol, Remote, Security, TestCa};
+use postsock::{Carrier, Configuration, Protocol, Remote, Security, TestCa};
 use serde::{Deserialize, Serialize};
 use sim::{Dependence, GatewaySpec, HostSpec, NatPreset, NatSpec, World, WorldSpec};
 
@@ -260,9 +260,16 @@ pub fn punch_pair_with(
             let secret = b"alice and bob punch through with this secret";
             let result = async {
                 let e = |e: postsock::Error| e.to_string();
-                let (carrier, report) = punch::punch(net, secret, &cfg, Configuration::default())
+                let carrier = Carrier::rendezvous(net, secret, &cfg, Configuration::default())
                     .await
                     .map_err(e)?;
+                let report = carrier
+                    .rendezvous_report()
+                    .cloned()
+                    .ok_or("a rendezvous carrier without its report")?;
+                if !matches!(carrier.next_event().await, Some(postsock::Event::Ready)) {
+                    return Err("the first event was not Ready".into());
+                }
                 let got = if who == "alice" {
                     carrier.send_bytes(PAYLOAD).await.map_err(e)?;
                     let echo = carrier.receive().await.map_err(e)?;

@@ -58,6 +58,11 @@ fn setup(scenario: &Scenario) -> Result<Setup, String> {
     if let Some(ms) = scenario.workload.return_after_ms {
         client.paths.return_after = Duration::from_millis(ms);
     }
+    if let Some(ms) = scenario.workload.keepalive_ms {
+        let keepalive = (ms > 0).then(|| Duration::from_millis(ms));
+        client.keepalive = keepalive;
+        server.keepalive = keepalive;
+    }
     if let Some(s) = scenario.workload.dormant_timeout_s {
         client.dormant_timeout = Duration::from_secs(s);
         server.dormant_timeout = Duration::from_secs(s);
@@ -313,11 +318,9 @@ fn build_report(
         .iter()
         .filter(|e| e.event == "handover")
         .count() as u64;
-    metrics.dormant = trace
-        .path_events
-        .iter()
-        .filter(|e| e.event == "dormant")
-        .count() as u64;
+    let count = |what: &str| trace.path_events.iter().filter(|e| e.event == what).count() as u64;
+    metrics.dormant = count("dormant");
+    metrics.server_path_changes = count("server-path-change");
     if let Some(est) = &trace.establishment {
         metrics.attempts = est.attempts.len() as u64;
         metrics.established = u64::from(est.error.is_none());

@@ -147,6 +147,9 @@ pub struct Workload {
     /// The dormant timeout of both ends, in s (default postsock's 30 s).
     #[serde(default)]
     pub dormant_timeout_s: Option<u64>,
+    /// The keepalive interval of both ends, in ms (default postsock's 1000; 0: none).
+    #[serde(default)]
+    pub keepalive_ms: Option<u64>,
     /// Whether the client acts on the link layer's quality reports (default true); without
     /// them only the loss it measures itself counts, as on an OS that reports none.
     #[serde(default = "yes")]

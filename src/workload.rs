@@ -280,6 +280,45 @@ where
     }
 }
 
+/// Records a server carrier's event other than a message: its path's dormancy and changes,
+/// its end. An error is the run's failure.
+fn server_event(trace: &SharedTrace, event: Event) -> Result<(), String> {
+    match event {
+        Event::ConnectionError(e) => {
+            trace.path_event("server-ended", None, Some(e.to_string()));
+            Err(format!("server carrier: {e}"))
+        }
+        Event::ReceiveError { id, error } => Err(format!("server receive {id}: {error}")),
+        Event::Dormant => {
+            trace.path_event("server-dormant", None, None);
+            Ok(())
+        }
+        Event::PathChange { remote } => {
+            trace.path_event("server-path-change", Some(remote.to_string()), None);
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Records a client carrier's event other than a message: handovers, dormancy, its end.
+/// An error is the run's failure.
+fn client_event(trace: &SharedTrace, event: Event) -> Result<(), String> {
+    match event {
+        Event::Handover { interface, reason } => {
+            trace.path_event("handover", Some(interface), Some(reason.name().into()));
+            Ok(())
+        }
+        Event::Dormant => {
+            trace.path_event("dormant", None, None);
+            Ok(())
+        }
+        Event::ConnectionError(e) => Err(format!("client carrier: {e}")),
+        Event::ReceiveError { id, error } => Err(format!("client receive {id}: {error}")),
+        _ => Ok(()),
+    }
+}
+
 /// The echo server: accepts carriers and sends every message straight back.
 pub async fn echo_server(
     net: Arc<dyn Net>,
@@ -296,9 +335,9 @@ pub async fn echo_server(
         move |carrier| {
             let (workload, trace) = (workload.clone(), trace.clone());
             async move {
-                loop {
-                    match carrier.receive().await {
-                        Ok(Some(msg)) => {
+                while let Some(event) = carrier.next_event().await {
+                    match event {
+                        Event::Received(msg) => {
                             let dir = Direction::ClientToServer;
                             let Some(index) = trace.received(&workload, seed, dir, &msg.data)
                             else {
@@ -310,8 +349,12 @@ pub async fn echo_server(
                                 return trace.fail(format!("server send: {e}"));
                             }
                         }
-                        Ok(None) => break,
-                        Err(e) => return trace.fail(format!("server receive: {e}")),
+                        Event::Closed => break,
+                        other => {
+                            if let Err(e) = server_event(&trace, other) {
+                                return trace.fail(e);
+                            }
+                        }
                     }
                 }
                 let _ = carrier.close().await;
@@ -398,16 +441,22 @@ async fn echo_round(
     let receive_all = async {
         let mut echoes = 0;
         while echoes < workload.messages {
-            match carrier.receive().await {
-                Ok(Some(msg)) => {
+            match carrier.next_event().await {
+                Some(Event::Received(msg)) => {
                     let dir = Direction::ServerToClient;
                     if trace.received(workload, seed, dir, &msg.data).is_none() {
                         return;
                     }
                     echoes += 1;
                 }
-                Ok(None) => return trace.fail("server closed the carrier early".into()),
-                Err(e) => return trace.fail(format!("client receive: {e}")),
+                Some(Event::Closed) | None => {
+                    return trace.fail("server closed the carrier early".into())
+                }
+                Some(other) => {
+                    if let Err(e) = client_event(trace, other) {
+                        return trace.fail(e);
+                    }
+                }
             }
         }
     };
@@ -445,18 +494,11 @@ pub async fn stream_server(
                             let dir = Direction::ClientToServer;
                             trace.received(&workload, seed, dir, &msg.data);
                         }
-                        Event::ConnectionError(e) => {
-                            trace.path_event("server-ended", None, Some(e.to_string()));
-                            return trace.fail(format!("server carrier: {e}"));
+                        other => {
+                            if let Err(e) = server_event(&trace, other) {
+                                return trace.fail(e);
+                            }
                         }
-                        Event::ReceiveError { id, error } => {
-                            return trace.fail(format!("server receive {id}: {error}"))
-                        }
-                        Event::Dormant => trace.path_event("server-dormant", None, None),
-                        Event::PathChange { remote } => {
-                            trace.path_event("server-path-change", Some(remote.to_string()), None)
-                        }
-                        _ => {}
                     }
                 }
             }
@@ -488,14 +530,11 @@ pub async fn stream_client(
                 e = carrier.next_event() => e,
             };
             match event {
-                Some(Event::Handover { interface, reason }) => {
-                    trace.path_event("handover", Some(interface), Some(reason.name().into()))
+                Some(event) => {
+                    if let Err(e) = client_event(&trace, event) {
+                        return trace.fail(e);
+                    }
                 }
-                Some(Event::Dormant) => trace.path_event("dormant", None, None),
-                Some(Event::ConnectionError(e)) => {
-                    return trace.fail(format!("client carrier: {e}"));
-                }
-                Some(_) => {}
                 None => return,
             }
         }

@@ -238,6 +238,8 @@ pub struct Carrier {
     config: Configuration,
     origin: Option<Origin>,
     establishment: Option<EstablishmentReport>,
+    /// How a rendezvous carrier came about.
+    rendezvous: Option<crate::punch::PunchReport>,
     resumed: Arc<std::sync::OnceLock<bool>>,
     /// The local interface in use (`None` when dormant or when the network names none).
     path: CurrentPath,
@@ -425,6 +427,27 @@ impl Carrier {
         self.establishment.as_ref()
     }
 
+    /// Rendezvous: a carrier with the peer that shares `secret`, both behind whatever NATs —
+    /// met through the rendezvous server, hole-punched where the NATs allow, relayed through
+    /// the TURN server otherwise (see [`crate::punch`]). Like every carrier its first event is
+    /// `Ready`; [`Carrier::rendezvous_report`] tells whether its path is direct or relayed.
+    pub async fn rendezvous(
+        net: Arc<dyn Net>,
+        secret: &[u8],
+        punch: &crate::punch::PunchConfig,
+        config: Configuration,
+    ) -> Result<Self> {
+        let (mut carrier, report) = crate::punch::punch(net, secret, punch, config).await?;
+        carrier.rendezvous = Some(report);
+        Ok(carrier)
+    }
+
+    /// How a [`Carrier::rendezvous`] carrier came about: direct or relayed, the addresses,
+    /// the timings. `None` for other carriers.
+    pub fn rendezvous_report(&self) -> Option<&crate::punch::PunchReport> {
+        self.rendezvous.as_ref()
+    }
+
     /// Turns an established transient into a carrier: starts its tasks.
     pub(crate) fn start(
         transient: Transient,
@@ -569,6 +592,7 @@ impl Carrier {
             config: config.clone(),
             origin,
             establishment: None,
+            rendezvous: None,
             resumed,
             path,
         }

@@ -128,8 +128,10 @@ pub struct Configuration {
     pub dormant_timeout: Duration,
     /// An idle carrier proves its path at least this often (a QUIC PING, or an ACK frame on a
     /// TLS/TCP carrier that can continue); three silent intervals make a listener's carrier
-    /// dormant. Default 1 s.
-    pub keepalive: Duration,
+    /// dormant. Default 1 s. The keepalives also hold NAT mappings open (UDP mappings idle
+    /// out after as little as 30 s to 2 min). `None`: no keepalives (and silence is then no
+    /// sign of a dead path) — an idle carrier behind a NAT loses its mapping.
+    pub keepalive: Option<Duration>,
 }
 
 impl Default for Configuration {
@@ -150,7 +152,7 @@ impl Default for Configuration {
             adaptive_attempt_delay: false,
             paths: crate::PathPolicy::default(),
             dormant_timeout: Duration::from_secs(30),
-            keepalive: Duration::from_secs(1),
+            keepalive: Some(Duration::from_secs(1)),
         }
     }
 }

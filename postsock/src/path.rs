@@ -228,7 +228,8 @@ pub(crate) trait PathUser: Send {
 /// Traffic counters a path manager watches.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Health {
-    /// Datagrams (or segments) sent and received so far.
+    /// What was sent that the peer must answer (ack-eliciting QUIC frames; TLS writes that
+    /// carry data), and datagrams (or frames) received, so far.
     pub(crate) tx: u64,
     pub(crate) rx: u64,
     /// Packets sent and declared lost so far.

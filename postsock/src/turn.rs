@@ -827,7 +827,7 @@ impl Server {
                     self.on_client(from, &data, &peer_tx).await;
                 }
                 Some(p) = peer_rx.recv() => self.on_peer(p).await,
-                _ = sleep_until_opt(expiry) => self.expire(),
+                _ = crate::wait::until_opt(expiry) => self.expire(),
             }
         }
     }
@@ -1187,13 +1187,6 @@ impl Server {
             }
             _ => Err((400, "Bad Request")),
         }
-    }
-}
-
-async fn sleep_until_opt(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
     }
 }
 

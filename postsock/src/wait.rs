@@ -1,4 +1,5 @@
-//! Waiting on a condition guarded by a [`Notify`], without lost wake-ups.
+//! Waiting: on a condition guarded by a [`Notify`] without lost wake-ups, or until a time
+//! that may never come.
 
 use tokio::sync::Notify;
 
@@ -14,5 +15,13 @@ pub(crate) async fn until<T>(notify: &Notify, mut check: impl FnMut() -> Option<
             return value;
         }
         notified.await;
+    }
+}
+
+/// Sleeps until `at`, or forever when there is no `at` (a disabled `select!` timer).
+pub(crate) async fn until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

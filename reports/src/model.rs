@@ -188,6 +188,10 @@ pub struct Metrics {
     /// Times the client's carrier went dormant (no working path).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub dormant: u64,
+    /// Times the server saw the client's carrier come from a new address (a NAT rebinding,
+    /// a lost mapping, a migration) or come back after dormancy.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub server_path_changes: u64,
     /// Median latency of the messages of each niceness (key: the niceness).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub median_latency_by_niceness_ms: BTreeMap<u32, f64>,
@@ -304,6 +308,7 @@ impl Metrics {
             "failover_gap_ms" => self.failover_gap_ms,
             "handovers" => Some(self.handovers as f64),
             "dormant" => Some(self.dormant as f64),
+            "server_path_changes" => Some(self.server_path_changes as f64),
             "carriers_accepted" => Some(self.carriers_accepted as f64),
             other => {
                 let n: u32 = other
@@ -347,6 +352,7 @@ impl Metrics {
         "failover_gap_ms",
         "handovers",
         "dormant",
+        "server_path_changes",
         "carriers_accepted",
         "median_latency_ms_niceness_<N>",
     ];

@@ -50,7 +50,7 @@ fn transport_config(
         .stream_receive_window(STREAM_WINDOW.into())
         .receive_window(CONNECTION_WINDOW.into())
         .send_window(CONNECTION_WINDOW as u64)
-        .keep_alive_interval(Some(config.keepalive));
+        .keep_alive_interval(config.keepalive);
     Arc::new(t)
 }
 
@@ -520,7 +520,7 @@ pub(crate) fn start(
     limits: ReceiveLimits,
     zero_rtt: Option<quinn::ZeroRttAccepted>,
     resumed: Arc<std::sync::OnceLock<bool>>,
-    timers: (Duration, Duration),
+    timers: (Duration, Option<Duration>),
 ) -> (JoinHandle<Result<()>>, JoinHandle<()>) {
     let sender = tokio::spawn(send_loop(conn.clone(), outbox, zero_rtt, resumed));
     let reader = tokio::spawn(read_loop(conn, events, limits, timers));
@@ -610,7 +610,7 @@ const PATH_CHECK: Duration = Duration::from_millis(20);
 /// carrier, also `Dormant` once nothing has come from the client for three keepalive
 /// intervals (its path died; the connection waits for it until the dormant timeout), and a
 /// `PathChange` when it is heard from again.
-async fn watch_path(conn: quinn::Connection, events: EventTx, keepalive: Duration) {
+async fn watch_path(conn: quinn::Connection, events: EventTx, keepalive: Option<Duration>) {
     let mut last = conn.remote_address();
     let server = conn.side() == quinn::Side::Server;
     let mut rx = conn.stats().udp_rx.datagrams;
@@ -630,7 +630,7 @@ async fn watch_path(conn: quinn::Connection, events: EventTx, keepalive: Duratio
                 last = now;
                 event = Some(Event::PathChange { remote: now });
             }
-        } else if server && !dormant && t.duration_since(heard) > keepalive * 3 {
+        } else if server && !dormant && keepalive.is_some_and(|k| t.duration_since(heard) > k * 3) {
             dormant = true;
             event = Some(Event::Dormant);
         }
@@ -651,7 +651,7 @@ async fn read_loop(
     conn: quinn::Connection,
     events: EventTx,
     limits: ReceiveLimits,
-    (dormant_timeout, keepalive): (Duration, Duration),
+    (dormant_timeout, keepalive): (Duration, Option<Duration>),
 ) {
     let path = tokio::spawn(watch_path(conn.clone(), events.clone(), keepalive));
     let ordered = tokio::spawn(read_ordered(conn.clone(), events.clone(), limits));
@@ -737,8 +737,23 @@ impl crate::path::PathUser for QuicPath {
 
     fn health(&self) -> crate::path::Health {
         let s = self.conn.stats();
+        // Frames the peer must acknowledge: silence after an ACK-only packet means nothing.
+        let f = &s.frame_tx;
+        let eliciting = f.ping
+            + f.stream
+            + f.datagram
+            + f.crypto
+            + f.max_data
+            + f.max_stream_data
+            + f.reset_stream
+            + f.stop_sending
+            + f.path_challenge
+            + f.path_response
+            + f.new_connection_id
+            + f.retire_connection_id
+            + f.new_token;
         crate::path::Health {
-            tx: s.udp_tx.datagrams,
+            tx: eliciting,
             rx: s.udp_rx.datagrams,
             sent_packets: s.path.sent_packets,
             lost_packets: s.path.lost_packets,

@@ -398,7 +398,7 @@ pub(crate) struct StreamCore {
     client: bool,
     dormant_timeout: Duration,
     /// A resumable carrier writes at least this often (an ACK when idle).
-    keepalive: Duration,
+    keepalive: Option<Duration>,
     inner: std::sync::Mutex<CoreInner>,
     /// Our direction's fate once the outbox is closed: Ok when everything was acknowledged.
     sent_all: watch::Sender<Option<std::result::Result<(), String>>>,
@@ -421,7 +421,7 @@ pub(crate) struct CoreSettings {
     pub(crate) token: Option<Token>,
     pub(crate) client: bool,
     pub(crate) dormant_timeout: Duration,
-    pub(crate) keepalive: Duration,
+    pub(crate) keepalive: Option<Duration>,
 }
 
 impl StreamCore {
@@ -1013,13 +1013,6 @@ fn frame_header(item: &Item) -> [u8; HEADER_LEN] {
     }
 }
 
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// Tells the peer (best effort, bounded) that the carrier is aborted, not merely broken.
 async fn say_aborted<W: AsyncWrite + Unpin>(out: &mut W) -> Result<()> {
     let bye = FrameHeader::close(true).encode();
@@ -1051,6 +1044,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         batch.extend_from_slice(&piece);
     }
     let mut flush = !batch.is_empty();
+    let mut carries_data = false;
     loop {
         let mut sent_fins = Vec::new();
         if batch.is_empty() && !flush {
@@ -1058,11 +1052,11 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 biased;
                 how = killed(&mut kill) => Step::Killed(how),
                 Ok(()) = ack_rx.changed() => Step::Ack,
-                _ = sleep_until_opt(ack_due) => Step::AckDue,
+                _ = crate::wait::until_opt(ack_due) => Step::AckDue,
                 item = async { acks.window_open().await; outbox.next(MAX_FRAME).await }, if draining => Step::Item(item),
                 _ = acks.all_acked(), if !draining => Step::Done,
                 _ = tokio::time::sleep(FLUSH_DELAY), if dirty => Step::Flush,
-                _ = tokio::time::sleep(core.keepalive), if keep => Step::KeepAlive,
+                _ = crate::wait::until_opt(core.keepalive.map(|k| Instant::now() + k)), if keep => Step::KeepAlive,
             };
             match step {
                 Step::Killed(KILL_ABORT) => return say_aborted(&mut out).await,
@@ -1097,6 +1091,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 }
                 Step::Item(Some(first)) => {
                     // Gather what is ready into one write, within the window.
+                    carries_data = true;
                     let mut item = first;
                     loop {
                         let header = frame_header(&item);
@@ -1163,7 +1158,11 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         if aborted {
             return say_aborted(&mut out).await;
         }
-        core.tx.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Only writes the peer must acknowledge count as sent for the path's health: a lone
+        // ACK or keepalive gets no answer of its own, so silence after it means nothing.
+        if std::mem::take(&mut carries_data) {
+            core.tx.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         dirty = !flush;
         flush = false;
         batch.clear();
@@ -1204,11 +1203,11 @@ async fn read_messages<R: AsyncRead + Unpin>(
     loop {
         // A resumable peer writes at least every keepalive interval: three silent intervals
         // mean the path is gone (the carrier goes dormant until the client comes back).
+        let silent_for = core.keepalive.filter(|_| resumable).map(|k| k * 3);
         let silence = async {
-            if resumable {
-                tokio::time::sleep(core.keepalive * 3).await
-            } else {
-                std::future::pending().await
+            match silent_for {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
             }
         };
         let frame = tokio::select! {
@@ -1218,7 +1217,7 @@ async fn read_messages<R: AsyncRead + Unpin>(
             _ = silence => {
                 return ReadEnd::Broken(Error::Connection(format!(
                     "nothing heard from the peer for {} ms",
-                    (core.keepalive * 3).as_millis()
+                    silent_for.unwrap_or_default().as_millis()
                 )))
             }
         };
