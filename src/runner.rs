@@ -4,7 +4,11 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use postsock::{Configuration, Security, TestCa};
+use postsock::punch::PunchConfig;
+use postsock::rendezvous::RendezvousServer;
+use postsock::stun::StunServer;
+use postsock::turn::{TurnConfig, TurnServer, TurnServerConfig};
+use postsock::{Configuration, Protocol, Remote, Security, TestCa};
 use reports::{Expectation, Metrics, Report, SCHEMA_VERSION};
 use sim::World;
 
@@ -69,6 +73,118 @@ fn setup(scenario: &Scenario) -> Result<Setup, String> {
     }
     Ok(Setup { client, server })
 }
+
+/// The TURN relay's credentials in rendezvous scenarios.
+const TURN_USER: &str = "scenario";
+const TURN_PASSWORD: &str = "relay-for-the-testbed";
+
+/// Starts a rendezvous workload: the rendezvous, STUN and TURN servers on their hosts, and
+/// the two peers.
+fn start_rendezvous(
+    world: &mut World<'_>,
+    w: &crate::scenario::Workload,
+    seed: u64,
+    trace: &SharedTrace,
+    config: Configuration,
+    deadline: Duration,
+) -> Result<(), String> {
+    use postsock::net::Net;
+    let err = |e: sim::SimError| e.to_string();
+    let name = |h: &Option<toml::Spanned<String>>| h.as_ref().map(|h| h.get_ref().clone());
+    let (Some(rdv), Some(stun)) = (name(&w.rendezvous), name(&w.stun)) else {
+        return Err("a rendezvous workload needs rendezvous and stun hosts".into());
+    };
+    let turn = name(&w.turn);
+    let ca = TestCa::new("rendezvous CA").map_err(|e| e.to_string())?;
+    let identity = ca.issue(&[rdv.as_str()]).map_err(|e| e.to_string())?;
+    let mut rdv_config = Configuration::default();
+    rdv_config.protocols(&[Protocol::Quic]).security(Security {
+        identity: Some(identity),
+        ..Security::default()
+    });
+    let net: Arc<dyn Net> = world.net(&rdv).map_err(err)?;
+    world
+        .host(&rdv, move || {
+            let (net, config) = (net.clone(), rdv_config.clone());
+            async move {
+                let local = ([0, 0, 0, 0], RENDEZVOUS_PORT).into();
+                let wait = Duration::from_secs(30);
+                let _server = RendezvousServer::bind(net, local, config, wait).await?;
+                std::future::pending::<()>().await;
+                Ok(())
+            }
+        })
+        .map_err(err)?;
+    // A TURN server answers Binding requests too: one host may be both.
+    if turn.as_deref() != Some(stun.as_str()) {
+        let net: Arc<dyn Net> = world.net(&stun).map_err(err)?;
+        world
+            .host(&stun, move || {
+                let net = net.clone();
+                async move {
+                    let local = ([0, 0, 0, 0], 3478).into();
+                    StunServer::bind(net.as_ref(), local).await?.run().await;
+                    Ok(())
+                }
+            })
+            .map_err(err)?;
+    }
+    let ip = |h: &str| world.ip(h).ok_or_else(|| format!("no address for `{h}`"));
+    let stun_ip = ip(&stun)?;
+    let mut trust = Configuration::default();
+    trust.protocols(&[Protocol::Quic]).security(Security {
+        trusted_roots: vec![ca.root()],
+        ..Security::default()
+    });
+    let mut punch = PunchConfig::new(
+        Remote::new(rdv.clone(), RENDEZVOUS_PORT),
+        trust,
+        (stun_ip, 3478).into(),
+    );
+    if let Some(turn) = &turn {
+        let turn_ip = ip(turn)?;
+        punch.turn = Some(TurnConfig {
+            server: (turn_ip, 3478).into(),
+            username: TURN_USER.into(),
+            password: TURN_PASSWORD.into(),
+        });
+        let net: Arc<dyn Net> = world.net(turn).map_err(err)?;
+        world
+            .host(turn, move || {
+                let net = net.clone();
+                async move {
+                    let mut config = TurnServerConfig::new(TURN_USER, TURN_PASSWORD);
+                    config.relay_ip = Some(turn_ip);
+                    let local = ([0, 0, 0, 0], 3478).into();
+                    TurnServer::bind(net, local, config).await?.run().await;
+                    Ok(())
+                }
+            })
+            .map_err(err)?;
+    }
+    let meeting = workload::Meeting {
+        punch,
+        secret: format!("testbed pairing secret, seed {seed}").into_bytes(),
+    };
+    for (host, client) in [(w.client.get_ref(), true), (w.server.get_ref(), false)] {
+        let net: Arc<dyn Net> = world.net(host).map_err(err)?;
+        let program = workload::rendezvous_peer(
+            net,
+            config.clone(),
+            w.clone(),
+            seed,
+            deadline,
+            trace.clone(),
+            meeting.clone(),
+            client,
+        );
+        world.client(host, program).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Where the rendezvous server of a rendezvous workload listens.
+const RENDEZVOUS_PORT: u16 = 7000;
 
 /// Runs `scenario` with `seed`. Never panics: a failing host or a panic becomes the
 /// report's `error`.
@@ -136,57 +252,40 @@ fn simulate(
     let client_net: Arc<dyn postsock::net::Net> =
         world.net(client_host).map_err(|e| e.to_string())?;
     let client_deadline = deadline.saturating_sub(Duration::from_millis(w.start_ms));
-    let (workload, trace_s) = (w.clone(), trace.clone());
     let kind = w.kind;
-    world
-        .host(server_host, move || {
-            let (net, config, workload, trace) = (
-                server_net.clone(),
-                server.clone(),
-                workload.clone(),
-                trace_s.clone(),
-            );
-            async move {
-                match kind {
-                    WorkloadKind::Echo => {
+    if kind == WorkloadKind::RendezvousEcho {
+        start_rendezvous(&mut world, w, seed, trace, client, client_deadline)?;
+    } else {
+        let (workload, trace_s) = (w.clone(), trace.clone());
+        world
+            .host(server_host, move || {
+                let (net, config, workload, trace) = (
+                    server_net.clone(),
+                    server.clone(),
+                    workload.clone(),
+                    trace_s.clone(),
+                );
+                async move {
+                    if kind == WorkloadKind::Stream {
+                        workload::stream_server(net, config, workload, seed, trace).await
+                    } else {
                         workload::echo_server(net, config, workload, seed, trace).await
                     }
-                    WorkloadKind::Stream => {
-                        workload::stream_server(net, config, workload, seed, trace).await
-                    }
                 }
-            }
-        })
-        .map_err(|e| e.to_string())?;
-    let (workload, trace_c) = (w.clone(), trace.clone());
-    world
-        .client(client_host, async move {
-            match kind {
-                WorkloadKind::Echo => {
-                    workload::echo_client(
-                        client_net,
-                        client,
-                        workload,
-                        seed,
-                        client_deadline,
-                        trace_c,
-                    )
-                    .await
+            })
+            .map_err(|e| e.to_string())?;
+        let (workload, trace_c) = (w.clone(), trace.clone());
+        world
+            .client(client_host, async move {
+                let (net, config, deadline) = (client_net, client, client_deadline);
+                if kind == WorkloadKind::Stream {
+                    workload::stream_client(net, config, workload, seed, deadline, trace_c).await
+                } else {
+                    workload::echo_client(net, config, workload, seed, deadline, trace_c).await
                 }
-                WorkloadKind::Stream => {
-                    workload::stream_client(
-                        client_net,
-                        client,
-                        workload,
-                        seed,
-                        client_deadline,
-                        trace_c,
-                    )
-                    .await
-                }
-            }
-        })
-        .map_err(|e| e.to_string())?;
+            })
+            .map_err(|e| e.to_string())?;
+    }
     let mut pending = scenario.faults.iter().peekable();
     let result = loop {
         let elapsed = world.elapsed();
@@ -321,6 +420,8 @@ fn build_report(
     let count = |what: &str| trace.path_events.iter().filter(|e| e.event == what).count() as u64;
     metrics.dormant = count("dormant");
     metrics.server_path_changes = count("server-path-change");
+    metrics.relayed = trace.relayed.map(u64::from);
+    metrics.rendezvous_ms = trace.rendezvous_ms;
     if let Some(est) = &trace.establishment {
         metrics.attempts = est.attempts.len() as u64;
         metrics.established = u64::from(est.error.is_none());

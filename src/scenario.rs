@@ -65,6 +65,10 @@ pub enum WorkloadKind {
     Echo,
     /// The client sends messages one way, with per-message properties; the server receives.
     Stream,
+    /// Both hosts are peers behind their NATs: they meet through the `rendezvous` host
+    /// (`Carrier::rendezvous`: STUN from `stun`, hole punching, the TURN relay on `turn`
+    /// when nothing direct works); then the client sends messages and the server echoes them.
+    RendezvousEcho,
 }
 
 /// The workload table.
@@ -150,6 +154,15 @@ pub struct Workload {
     /// The keepalive interval of both ends, in ms (default postsock's 1000; 0: none).
     #[serde(default)]
     pub keepalive_ms: Option<u64>,
+    /// Rendezvous only: the public host running the rendezvous server.
+    #[serde(default)]
+    pub rendezvous: Option<Spanned<String>>,
+    /// Rendezvous only: the public host running the STUN server.
+    #[serde(default)]
+    pub stun: Option<Spanned<String>>,
+    /// Rendezvous only: the public host running the TURN relay (none: no relay).
+    #[serde(default)]
+    pub turn: Option<Spanned<String>>,
     /// Whether the client acts on the link layer's quality reports (default true); without
     /// them only the loss it measures itself counts, as on an OS that reports none.
     #[serde(default = "yes")]
@@ -407,6 +420,31 @@ impl Scenario {
             return Err(at(
                 w.server.span().start,
                 "client and server must be different hosts".into(),
+            ));
+        }
+        let infrastructure = [&w.rendezvous, &w.stun, &w.turn];
+        for h in infrastructure.into_iter().flatten() {
+            known_host(h)?;
+        }
+        if w.kind == WorkloadKind::RendezvousEcho {
+            if w.rendezvous.is_none() || w.stun.is_none() {
+                return Err(at(
+                    0,
+                    "workload: kind = \"rendezvous-echo\" needs a `rendezvous` and a `stun` host"
+                        .into(),
+                ));
+            }
+            if w.protocol != ProtocolName::Quic {
+                return Err(at(
+                    0,
+                    "workload: kind = \"rendezvous-echo\" runs on QUIC: protocol = \"quic\"".into(),
+                ));
+            }
+        } else if infrastructure.iter().any(|h| h.is_some()) {
+            return Err(at(
+                0,
+                "workload: rendezvous, stun and turn apply to kind = \"rendezvous-echo\" only"
+                    .into(),
             ));
         }
         if w.min_size < 8 || w.min_size > w.max_size {

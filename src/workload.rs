@@ -47,6 +47,10 @@ pub struct Trace {
     pub path_events: Vec<reports::PathEvent>,
     /// Carriers the server accepted.
     pub carriers_accepted: u64,
+    /// Rendezvous workloads: whether either peer's carrier runs through the relay.
+    pub relayed: Option<bool>,
+    /// Rendezvous workloads: the client's time from its start to a ready carrier.
+    pub rendezvous_ms: Option<f64>,
 }
 
 fn ms(d: std::time::Duration) -> f64 {
@@ -332,36 +336,90 @@ pub async fn echo_server(
         net,
         config,
         &workload.clone(),
-        move |carrier| {
-            let (workload, trace) = (workload.clone(), trace.clone());
-            async move {
-                while let Some(event) = carrier.next_event().await {
-                    match event {
-                        Event::Received(msg) => {
-                            let dir = Direction::ClientToServer;
-                            let Some(index) = trace.received(&workload, seed, dir, &msg.data)
-                            else {
-                                return;
-                            };
-                            // The echo of message i is recorded as server → client message i.
-                            trace.sent(Direction::ServerToClient, index, msg.data.len());
-                            if let Err(e) = carrier.send_bytes(msg.data).await {
-                                return trace.fail(format!("server send: {e}"));
-                            }
-                        }
-                        Event::Closed => break,
-                        other => {
-                            if let Err(e) = server_event(&trace, other) {
-                                return trace.fail(e);
-                            }
-                        }
-                    }
-                }
-                let _ = carrier.close().await;
-            }
-        },
+        move |carrier| echo_carrier(carrier, workload.clone(), seed, trace.clone()),
     )
     .await
+}
+
+/// Sends every message that arrives on `carrier` straight back, until the client closes.
+async fn echo_carrier(carrier: Carrier, workload: Workload, seed: u64, trace: SharedTrace) {
+    while let Some(event) = carrier.next_event().await {
+        match event {
+            Event::Received(msg) => {
+                let dir = Direction::ClientToServer;
+                let Some(index) = trace.received(&workload, seed, dir, &msg.data) else {
+                    return;
+                };
+                // The echo of message i is recorded as server → client message i.
+                trace.sent(Direction::ServerToClient, index, msg.data.len());
+                if let Err(e) = carrier.send_bytes(msg.data).await {
+                    return trace.fail(format!("server send: {e}"));
+                }
+            }
+            Event::Closed => break,
+            other => {
+                if let Err(e) = server_event(&trace, other) {
+                    return trace.fail(e);
+                }
+            }
+        }
+    }
+    let _ = carrier.close().await;
+}
+
+/// Where the two peers of a rendezvous workload meet, and the secret they share.
+#[derive(Debug, Clone)]
+pub struct Meeting {
+    /// Rendezvous, STUN and TURN servers.
+    pub punch: postsock::punch::PunchConfig,
+    /// The pairing secret.
+    pub secret: Vec<u8>,
+}
+
+/// One peer of a rendezvous workload: meets the other (`Carrier::rendezvous`), then runs
+/// the echo client on the carrier (the workload's client) or echoes (its server).
+#[allow(clippy::too_many_arguments)]
+pub async fn rendezvous_peer(
+    net: Arc<dyn Net>,
+    config: Configuration,
+    workload: Workload,
+    seed: u64,
+    deadline: Duration,
+    trace: SharedTrace,
+    meeting: Meeting,
+    client: bool,
+) -> turmoil::Result {
+    if client {
+        tokio::time::sleep(Duration::from_millis(workload.start_ms)).await;
+        let mut t = trace.lock();
+        let now = now_ms();
+        t.initiated_ms.get_or_insert(now);
+        t.initiations.push(now);
+    }
+    let who = if client { "client" } else { "server" };
+    let carrier = match Carrier::rendezvous(net, &meeting.secret, &meeting.punch, config).await {
+        Ok(c) => c,
+        Err(e) => {
+            trace.fail(format!("{who} rendezvous: {e}"));
+            return Ok(());
+        }
+    };
+    if let Some(r) = carrier.rendezvous_report() {
+        let mut t = trace.lock();
+        let relayed = r.path != postsock::punch::PathKind::Direct;
+        *t.relayed.get_or_insert(relayed) |= relayed;
+        if client {
+            t.rendezvous_ms = Some(ms(r.ready));
+            t.protocol = Some(carrier.protocol().name().to_string());
+        }
+    }
+    if client {
+        echo_round(Arc::new(carrier), &workload, seed, 0, 0, deadline, &trace).await;
+    } else {
+        trace.lock().carriers_accepted += 1;
+        echo_carrier(carrier, workload, seed, trace).await;
+    }
+    Ok(())
 }
 
 /// The echo client: initiates, sends every message, waits for every echo, closes.

@@ -22,6 +22,7 @@ fn gateway(latency_ms: u64, nat: sim::NatSpec) -> GatewaySpec {
         latency_ms,
         middlebox: Default::default(),
         nat,
+        behind: None,
     }
 }
 

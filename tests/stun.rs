@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use postsock::net::{Net, TokioNet};
 use postsock::stun::{self, Answers, Demux, StunServer, Timing};
-use sim::{GatewaySpec, NatPreset, NatSpec, World, WorldSpec};
+use sim::{GatewaySpec, NatPreset, World, WorldSpec};
 
 use common::{free_udp_port, postsock_bin, sim_host as host, Child};
 
@@ -23,15 +23,7 @@ fn world(preset: NatPreset) -> WorldSpec {
             host("stun2", None, 15),
             host("server", None, 10),
         ],
-        gateways: vec![GatewaySpec {
-            name: "nat".into(),
-            latency_ms: 5,
-            middlebox: Default::default(),
-            nat: NatSpec {
-                preset: Some(preset),
-                ..NatSpec::default()
-            },
-        }],
+        gateways: vec![GatewaySpec::nat("nat", preset)],
     }
 }
 

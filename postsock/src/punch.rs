@@ -136,8 +136,9 @@ pub enum PathKind {
 /// What each peer puts in [`PeerInfo::extra`].
 #[derive(Debug, Serialize, Deserialize)]
 struct Extra {
-    /// The peer's one-off CA certificate (DER), which its QUIC identity chains to.
-    root: Vec<u8>,
+    /// The peer's one-off CA certificate (DER, in hexadecimal: its length, and so the
+    /// messages', does not depend on the bytes), which its QUIC identity chains to.
+    root: String,
     /// The higher one is the QUIC client.
     tiebreak: u64,
 }
@@ -200,7 +201,7 @@ pub async fn punch(
             .unwrap_or([0; 8]),
     );
     let extra = Extra {
-        root: ca.root().as_ref().to_vec(),
+        root: rendezvous::hex(ca.root().as_ref()),
         tiebreak,
     };
     let mut candidates = Vec::new();
@@ -242,6 +243,8 @@ pub async fn punch(
         ));
     }
     let controlling = tiebreak > their_extra.tiebreak;
+    let their_root = rendezvous::unhex(&their_extra.root)
+        .ok_or_else(|| Error::Protocol("the peer's CA certificate is not hexadecimal".into()))?;
 
     // Connectivity checks on the shared socket (and through the relay).
     let user = check_username(&pairing);
@@ -277,7 +280,7 @@ pub async fn punch(
     let result = if controlling {
         demux.set_route(remote, via);
         let security = Security {
-            trusted_roots: vec![rustls::pki_types::CertificateDer::from(their_extra.root)],
+            trusted_roots: vec![rustls::pki_types::CertificateDer::from(their_root)],
             server_name: Some(PEER_NAME.into()),
             identity: None,
         };

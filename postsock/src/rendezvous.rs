@@ -59,9 +59,24 @@ pub struct Candidate {
 pub struct PeerInfo {
     /// Its candidates, best first.
     pub candidates: Vec<Candidate>,
-    /// Anything else the peers agree on (say the SHA-256 of a certificate to pin).
-    #[serde(default)]
+    /// Anything else the peers agree on (say the SHA-256 of a certificate to pin). Sent as
+    /// hexadecimal, so that the sealed message's length depends on its length only.
+    #[serde(default, with = "hex_bytes")]
     pub extra: Vec<u8>,
+}
+
+/// Serde for bytes as a hexadecimal string.
+mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::hex(bytes))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        super::unhex(&text).ok_or_else(|| serde::de::Error::custom("not hexadecimal"))
+    }
 }
 
 /// The values both peers derive from their shared secret.
@@ -144,11 +159,13 @@ impl Pairing {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hexadecimal.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unhex(text: &str) -> Option<Vec<u8>> {
+/// The bytes of a hexadecimal string; `None` if it is not one.
+pub(crate) fn unhex(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) {
         return None;
     }

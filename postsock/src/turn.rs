@@ -723,7 +723,7 @@ impl TurnServer {
             .local_addr()
             .map_err(|e| Error::io("reading the TURN socket address", e))?;
         let stats = Arc::new(TurnStats::default());
-        let nonce = hex(&stun::transaction_id(net.as_ref()));
+        let nonce = crate::rendezvous::hex(&stun::transaction_id(net.as_ref()));
         let server = Server {
             net,
             socket,
@@ -759,10 +759,6 @@ impl Drop for TurnServer {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 struct ServerAllocation {

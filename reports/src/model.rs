@@ -188,6 +188,14 @@ pub struct Metrics {
     /// Times the client's carrier went dormant (no working path).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub dormant: u64,
+    /// Rendezvous workloads: 1 if the peers' carrier runs through the TURN relay, 0 if it
+    /// is direct.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relayed: Option<u64>,
+    /// Rendezvous workloads: the client's time from its start to a ready carrier (meeting,
+    /// STUN, checks, QUIC handshake), ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rendezvous_ms: Option<f64>,
     /// Times the server saw the client's carrier come from a new address (a NAT rebinding,
     /// a lost mapping, a migration) or come back after dormancy.
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -309,6 +317,8 @@ impl Metrics {
             "handovers" => Some(self.handovers as f64),
             "dormant" => Some(self.dormant as f64),
             "server_path_changes" => Some(self.server_path_changes as f64),
+            "relayed" => self.relayed.map(|r| r as f64),
+            "rendezvous_ms" => self.rendezvous_ms,
             "carriers_accepted" => Some(self.carriers_accepted as f64),
             other => {
                 let n: u32 = other
@@ -353,6 +363,8 @@ impl Metrics {
         "handovers",
         "dormant",
         "server_path_changes",
+        "relayed",
+        "rendezvous_ms",
         "carriers_accepted",
         "median_latency_ms_niceness_<N>",
     ];

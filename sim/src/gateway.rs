@@ -11,6 +11,11 @@
 //! TCP: an inside host connects to the overlay port; the destination travels with the SYN
 //! (see [`WorldState::push_tcp_intent`]). The gateway connects onwards, waits as long as the
 //! far SYN-ACK would take to come back, answers one status byte, then splices the two streams.
+//! A NAT reboot loses the splices' state: their connections break.
+//!
+//! Chained: a gateway behind another (a home NAT behind a carrier-grade NAT) is itself an
+//! inside host of that one — its public sockets send through the upstream gateway's overlay
+//! and its splices connect through it — so everything it sends is translated twice.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -56,10 +61,53 @@ impl Filter {
     }
 }
 
+/// A mapping's public socket: on the core, or inside the upstream gateway (then every
+/// datagram goes through that gateway's overlay, and is translated again there).
+struct PublicSocket {
+    socket: turmoil::net::UdpSocket,
+    upstream: Option<SocketAddr>,
+}
+
+impl PublicSocket {
+    async fn send_to(&self, payload: &[u8], dst: SocketAddr) -> std::io::Result<()> {
+        match self.upstream {
+            None => self.socket.send_to(payload, dst).await.map(drop),
+            Some(up) => self
+                .socket
+                .send_to(&overlay::encode(dst, payload), up)
+                .await
+                .map(drop),
+        }
+    }
+
+    /// The next datagram: its length (at the front of `buf`) and its true source.
+    async fn recv_from(&self, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+        loop {
+            let (n, from) = self.socket.recv_from(buf).await?;
+            let Some(up) = self.upstream else {
+                return Ok((n, from));
+            };
+            if from != up {
+                continue;
+            }
+            let Some((src, payload)) = overlay::decode(&buf[..n]) else {
+                continue;
+            };
+            let len = payload.len();
+            buf.copy_within(n - len..n, 0);
+            return Ok((len, src));
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.socket.local_addr()
+    }
+}
+
 /// One NAT mapping: its public socket, the task carrying replies back, the remotes the
 /// inside endpoint has sent to (for filtering) and when it last sent (for the idle timeout).
 struct Mapping {
-    socket: Arc<turmoil::net::UdpSocket>,
+    socket: Arc<PublicSocket>,
     task: tokio::task::JoinHandle<()>,
     state: Arc<MappingState>,
     /// The inside endpoint it belongs to, and its public port.
@@ -105,11 +153,13 @@ fn mapping_key(
     }
 }
 
-/// Runs the gateway `name` until the simulation ends.
+/// Runs the gateway `name` until the simulation ends; `upstream` is the overlay address of
+/// the gateway it is behind, if any.
 pub(crate) async fn run(
     state: Arc<WorldState>,
     name: String,
     nat: NatBehaviour,
+    upstream: Option<SocketAddr>,
 ) -> turmoil::Result {
     let filter = Arc::new(Filter {
         state: state.clone(),
@@ -122,7 +172,13 @@ pub(crate) async fn run(
     let inside =
         Arc::new(turmoil::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, OVERLAY_PORT)).await?);
     let tcp = turmoil::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, OVERLAY_PORT)).await?;
-    tokio::spawn(splice_loop(state.clone(), ip, tcp, filter.clone()));
+    tokio::spawn(splice_loop(
+        state.clone(),
+        ip,
+        tcp,
+        filter.clone(),
+        upstream,
+    ));
 
     let mut mappings: BTreeMap<(SocketAddr, Option<SocketAddr>), Mapping> = BTreeMap::new();
     // Ports stay marked as used once handed out, so a new mapping never reuses one.
@@ -166,7 +222,10 @@ pub(crate) async fn run(
                 m.socket.clone()
             }
             None => {
-                let socket = Arc::new(ports.bind(from.port()).await?);
+                let socket = Arc::new(PublicSocket {
+                    socket: ports.bind(from.port()).await?,
+                    upstream,
+                });
                 let mstate = Arc::new(MappingState {
                     contacted: Mutex::new(BTreeSet::from([dst])),
                     last_out: Mutex::new(t),
@@ -264,7 +323,7 @@ impl PortPicker {
 /// Carries replies from the public socket of a mapping back to the inside host, as the
 /// mapping's filtering and lifetime allow.
 async fn return_path(
-    public: Arc<turmoil::net::UdpSocket>,
+    public: Arc<PublicSocket>,
     inside: Arc<turmoil::net::UdpSocket>,
     to: SocketAddr,
     filter: Arc<Filter>,
@@ -288,6 +347,7 @@ async fn splice_loop(
     ip: IpAddr,
     listener: turmoil::net::TcpListener,
     filter: Arc<Filter>,
+    upstream: Option<SocketAddr>,
 ) {
     while let Ok((inside, peer)) = listener.accept().await {
         let Some(dst) = state.pop_tcp_intent(peer.ip(), ip) else {
@@ -310,7 +370,26 @@ async fn splice_loop(
             });
             continue;
         }
-        tokio::spawn(splice(state.clone(), ip, inside, dst));
+        let epoch = filter.state.nat_epoch(&filter.gateway);
+        let reboots = filter.state.nat_reboots.subscribe();
+        let gateway = filter.gateway.clone();
+        let (st, state) = (state.clone(), state.clone());
+        tokio::spawn(async move {
+            // A reboot loses the NAT's state for the connection: it breaks.
+            let rebooted = async move {
+                let mut reboots = reboots;
+                while st.nat_epoch(&gateway) == epoch {
+                    if reboots.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+            };
+            tokio::select! {
+                biased;
+                _ = rebooted => {}
+                _ = splice(state, ip, inside, dst, upstream) => {}
+            }
+        });
     }
 }
 
@@ -319,7 +398,28 @@ async fn splice(
     ip: IpAddr,
     mut inside: turmoil::net::TcpStream,
     dst: SocketAddr,
+    upstream: Option<SocketAddr>,
 ) {
+    if let Some(up) = upstream {
+        // Behind another gateway: connect through it, which answers when the far end does.
+        state.push_tcp_intent(ip, up.ip(), dst);
+        let outside = match turmoil::net::TcpStream::connect(up).await {
+            Ok(mut s) => match tokio::io::AsyncReadExt::read_u8(&mut s).await {
+                Ok(SPLICE_OK) => Some(s),
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        let Some(mut outside) = outside else {
+            let _ = inside.write_u8(SPLICE_REFUSED).await;
+            return;
+        };
+        if inside.write_u8(SPLICE_OK).await.is_err() {
+            return;
+        }
+        let _ = tokio::io::copy_bidirectional(&mut inside, &mut outside).await;
+        return;
+    }
     let start = Instant::now();
     let rtt = state
         .one_way(ip, dst.ip())

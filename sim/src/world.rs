@@ -92,6 +92,11 @@ pub struct GatewaySpec {
     /// default.
     #[serde(default)]
     pub nat: NatSpec,
+    /// The gateway this one sits behind (a home NAT behind a carrier-grade NAT): its own
+    /// traffic is translated again there, and `latency_ms` is then the latency to that
+    /// gateway. Absent: on the core.
+    #[serde(default)]
+    pub behind: Option<String>,
 }
 
 impl GatewaySpec {
@@ -105,6 +110,7 @@ impl GatewaySpec {
                 preset: Some(preset),
                 ..NatSpec::default()
             },
+            behind: None,
         }
     }
 }
@@ -316,6 +322,31 @@ impl WorldSpec {
                 gateways.iter().copied().collect::<Vec<_>>().join(", ")
             )))
         };
+        for g in &self.gateways {
+            let mut seen = BTreeSet::from([g.name.as_str()]);
+            let mut up = g.behind.as_deref();
+            while let Some(u) = up {
+                if !gateways.contains(u) {
+                    return Err(SimError::Spec(format!(
+                        "gateway `{}` is behind gateway `{u}`, which is not defined \
+                         (gateways: {})",
+                        g.name,
+                        gateways.iter().copied().collect::<Vec<_>>().join(", ")
+                    )));
+                }
+                if !seen.insert(u) {
+                    return Err(SimError::Spec(format!(
+                        "gateway `{}`: the gateways it is behind form a loop",
+                        g.name
+                    )));
+                }
+                up = self
+                    .gateways
+                    .iter()
+                    .find(|x| x.name == u)
+                    .and_then(|x| x.behind.as_deref());
+            }
+        }
         for host in &self.hosts {
             if let Some(gw) = &host.gateway {
                 known_gateway(&host.name, gw)?;
@@ -468,6 +499,8 @@ pub(crate) struct Node {
     pub(crate) ip: IpAddr,
     pub(crate) role: Role,
     pub(crate) latency: Duration,
+    /// Gateways: the gateway this one is behind.
+    pub(crate) behind: Option<String>,
     /// Endpoint hosts: their interfaces (one for a single-homed host).
     pub(crate) ifaces: Vec<Iface>,
 }
@@ -568,6 +601,8 @@ pub(crate) struct WorldState {
     middleboxes: Mutex<BTreeMap<String, Middlebox>>,
     /// How many times each gateway's NAT was rebooted (its mappings dropped).
     nat_epochs: Mutex<BTreeMap<String, u64>>,
+    /// Bumped on every NAT reboot (what a gateway's TCP splices wait on).
+    pub(crate) nat_reboots: tokio::sync::watch::Sender<u64>,
     /// Bumped whenever an interface goes down or comes up (what hosts' path monitors wait on).
     pub(crate) iface_changes: tokio::sync::watch::Sender<u64>,
 }
@@ -612,6 +647,9 @@ impl WorldState {
         match (&na.role, &nb.role) {
             (Role::Private, _) => na.iface_via(bn).map(Iface::latency),
             (_, Role::Private) => nb.iface_via(an).map(Iface::latency),
+            // A gateway behind another reaches only that one (and its own inside hosts).
+            _ if na.behind.is_some() => (na.behind.as_deref() == Some(bn)).then_some(na.latency),
+            _ if nb.behind.is_some() => (nb.behind.as_deref() == Some(an)).then_some(nb.latency),
             _ => Some(na.own_latency() + nb.own_latency()),
         }
     }
@@ -743,6 +781,7 @@ impl<'a> World<'a> {
                 ip,
                 role: Role::Gateway,
                 latency: Duration::from_millis(g.latency_ms),
+                behind: g.behind.clone(),
                 ifaces: Vec::new(),
             };
             nodes.insert(g.name.clone(), node);
@@ -801,6 +840,7 @@ impl<'a> World<'a> {
                 ip,
                 role,
                 latency: Duration::from_millis(h.link.latency_ms),
+                behind: None,
                 ifaces: ifaces
                     .into_iter()
                     .map(|(name, ip, gateway, params, link)| Iface {
@@ -835,6 +875,7 @@ impl<'a> World<'a> {
             links: Mutex::new(links),
             tcp_intents: Mutex::new(BTreeMap::new()),
             nat_epochs: Mutex::new(BTreeMap::new()),
+            nat_reboots: tokio::sync::watch::channel(0).0,
             iface_changes: tokio::sync::watch::channel(0).0,
             middleboxes: Mutex::new(
                 spec.gateways
@@ -856,9 +897,13 @@ impl<'a> World<'a> {
             world.registered.insert(name.clone());
             let ip = world.state.nodes[&name].ip;
             let nat = g.nat.behaviour();
-            world
-                .sim
-                .host(ip, move || gateway::run(state.clone(), name.clone(), nat));
+            let upstream = g
+                .behind
+                .as_ref()
+                .map(|u| SocketAddr::new(world.state.nodes[u].ip, crate::overlay::OVERLAY_PORT));
+            world.sim.host(ip, move || {
+                gateway::run(state.clone(), name.clone(), nat, upstream)
+            });
         }
         Ok(world)
     }
@@ -982,6 +1027,7 @@ impl<'a> World<'a> {
                 )));
             }
             *lock(&self.state.nat_epochs).entry(host).or_insert(0) += 1;
+            self.state.nat_reboots.send_modify(|n| *n += 1);
             return Ok(());
         }
         if let Fault::SetMiddlebox { middlebox, .. } = fault {

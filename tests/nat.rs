@@ -1,0 +1,187 @@
+//! The `nat/` scenarios: mapping timeouts with and without keepalives, NAT reboots under a
+//! carrier, and peers behind chained NATs (home NATs behind a carrier-grade NAT) meeting with
+//! and without hairpinning — each across seeds, with its figures asserted. Also what the
+//! chained topology looks like from inside (STUN) and its spec errors.
+
+mod common;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use postsock::stun::{self, Answers, StunServer, Timing};
+use sim::{GatewaySpec, NatPreset, World, WorldSpec};
+use testbed::{suite, Scenario};
+
+use common::{sim_host, sim_nat};
+
+fn scenario(name: &str) -> Scenario {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+    suite::load_one(&dir, name).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs `name` with seeds 1 to 4; every run passes and loses nothing.
+fn run_all(name: &str) -> Vec<reports::Report> {
+    let s = scenario(name);
+    (1..=4)
+        .map(|seed| {
+            let r = testbed::run(&s, seed).report;
+            assert!(
+                r.passed,
+                "{name} seed {seed}: {:?} {:?}",
+                r.error, r.expectations
+            );
+            let m = &r.metrics;
+            assert_eq!(m.messages_delivered, m.messages_sent, "{name} seed {seed}");
+            assert_eq!(
+                m.messages_lost + m.messages_duplicated,
+                0,
+                "{name} seed {seed}"
+            );
+            r
+        })
+        .collect()
+}
+
+#[test]
+fn an_idle_carrier_loses_its_mapping_without_keepalives_and_keeps_it_with_them() {
+    // A message a minute through a NAT whose mappings idle out after 30 s.
+    for r in run_all("nat/quic-mapping-timeout-no-keepalive") {
+        // Messages 2, 3, 4 each found the mapping gone and came from a new port.
+        assert_eq!(r.metrics.server_path_changes, 3);
+    }
+    for r in run_all("nat/quic-mapping-timeout-keepalive") {
+        assert_eq!(r.metrics.server_path_changes, 0);
+        // Nor did the idle carrier look dead to its own path manager.
+        assert_eq!((r.metrics.handovers, r.metrics.dormant), (0, 0));
+    }
+}
+
+#[test]
+fn a_carrier_survives_its_nat_rebooting() {
+    for r in run_all("nat/quic-reboot") {
+        assert!(r.metrics.failover_gap_ms.expect("gap") <= 20.0);
+        assert_eq!(r.metrics.carriers_accepted, 1);
+        assert!(r.metrics.server_path_changes >= 1);
+    }
+    // TCP state is lost with the NAT: a new connection, the same carrier. RTT 40 ms.
+    for r in run_all("nat/tls-tcp-reboot") {
+        assert!(r.metrics.failover_gap_ms.expect("gap") <= 2.5 * 40.0 + 10.0);
+        assert_eq!(r.metrics.carriers_accepted, 1);
+        assert_eq!(r.metrics.handovers, 1);
+    }
+}
+
+#[test]
+fn peers_behind_one_cgnat_meet_directly_when_it_hairpins_and_through_the_relay_otherwise() {
+    let direct = run_all("nat/cgnat-hairpin");
+    for r in &direct {
+        assert_eq!(r.metrics.relayed, Some(0));
+    }
+    let relayed = run_all("nat/cgnat-no-hairpin");
+    for r in &relayed {
+        assert_eq!(r.metrics.relayed, Some(1));
+    }
+    // The relayed meeting waits out `direct_first` (1 s) first.
+    let ready = |rs: &[reports::Report]| rs[0].metrics.rendezvous_ms.expect("rendezvous_ms");
+    assert!(
+        ready(&relayed) > ready(&direct) + 1000.0,
+        "{} vs {}",
+        ready(&relayed),
+        ready(&direct)
+    );
+}
+
+#[test]
+fn the_nat_scenarios_are_deterministic() {
+    for name in ["nat/cgnat-no-hairpin", "nat/tls-tcp-reboot"] {
+        let s = scenario(name);
+        let a = serde_json::to_string(&testbed::run(&s, 3).report).expect("json");
+        let b = serde_json::to_string(&testbed::run(&s, 3).report).expect("json");
+        assert_eq!(a, b, "{name}");
+    }
+}
+
+#[test]
+fn behind_two_nats_stun_sees_the_outer_one() {
+    let mut cgnat = sim_nat("cgnat", NatPreset::PortRestrictedCone);
+    cgnat.latency_ms = 10;
+    let mut home = sim_nat("home", NatPreset::Symmetric);
+    home.latency_ms = 3;
+    home.behind = Some("cgnat".into());
+    let spec = WorldSpec {
+        hosts: vec![
+            sim_host("client", Some("home"), 2),
+            sim_host("stun", None, 10),
+        ],
+        gateways: vec![cgnat, home],
+    };
+    let mut world = World::new(&spec, 1, Duration::from_secs(10)).expect("world");
+    let stun_net = world.net("stun").expect("net");
+    world
+        .host("stun", move || {
+            let net = stun_net.clone();
+            async move {
+                StunServer::bind(net.as_ref(), ([0, 0, 0, 0], 3478).into())
+                    .await?
+                    .run()
+                    .await;
+                Ok(())
+            }
+        })
+        .expect("host");
+    let server = (world.ip("stun").expect("ip"), 3478).into();
+    let got = Arc::new(Mutex::new(None));
+    let (g, net) = (got.clone(), world.net("client").expect("net"));
+    world
+        .client("client", async move {
+            let socket =
+                postsock::net::Net::bind_udp(net.as_ref(), ([0, 0, 0, 0], 0).into()).await?;
+            let t0 = tokio::time::Instant::now();
+            let txid = stun::transaction_id(net.as_ref());
+            let addr = stun::binding(
+                socket.as_ref(),
+                Answers::Socket(socket.as_ref()),
+                server,
+                txid,
+                Timing::default(),
+            )
+            .await?;
+            *g.lock().expect("lock") = Some((addr, t0.elapsed()));
+            Ok(())
+        })
+        .expect("client");
+    while !world.step().expect("step") {}
+    let (addr, rtt) = got.lock().expect("lock").take().expect("an answer");
+    assert_eq!(
+        addr.ip(),
+        world.ip("cgnat").expect("ip"),
+        "translated twice"
+    );
+    // Client 2 + home NAT 3 (to the CGNAT) + CGNAT 10 + STUN 10, both ways.
+    assert_eq!(rtt, Duration::from_millis(2 * (2 + 3 + 10 + 10)));
+}
+
+#[test]
+fn chained_gateways_must_exist_and_not_loop() {
+    let mut a = GatewaySpec::nat("a", NatPreset::FullCone);
+    a.behind = Some("nowhere".into());
+    let spec = WorldSpec {
+        hosts: vec![sim_host("h", Some("a"), 1)],
+        gateways: vec![a.clone()],
+    };
+    let e = spec.validate().expect_err("unknown upstream").to_string();
+    assert!(
+        e.contains("behind gateway `nowhere`") && e.contains("gateways: a"),
+        "{e}"
+    );
+    let mut b = GatewaySpec::nat("b", NatPreset::FullCone);
+    b.behind = Some("a".into());
+    a.behind = Some("b".into());
+    let spec = WorldSpec {
+        hosts: vec![sim_host("h", Some("a"), 1)],
+        gateways: vec![a, b],
+    };
+    let e = spec.validate().expect_err("a loop").to_string();
+    assert!(e.contains("loop"), "{e}");
+}
