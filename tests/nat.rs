@@ -73,6 +73,18 @@ fn a_carrier_survives_its_nat_rebooting() {
 }
 
 #[test]
+fn a_punched_carrier_survives_a_nat_reboot_by_meeting_again() {
+    // Port-restricted NATs both sides: after Alice's reboots, neither can reach the other
+    // until they restart through the rendezvous; the same QUIC connection carries on.
+    for r in run_all("nat/rendezvous-reboot") {
+        let gap = r.metrics.failover_gap_ms.expect("gap");
+        // Three keepalive intervals of silence, then well under a second to meet again.
+        assert!((3000.0..=3700.0).contains(&gap), "{gap} ms");
+        assert_eq!(r.metrics.relayed, Some(0));
+    }
+}
+
+#[test]
 fn peers_behind_one_cgnat_meet_directly_when_it_hairpins_and_through_the_relay_otherwise() {
     let direct = run_all("nat/cgnat-hairpin");
     for r in &direct {

@@ -287,7 +287,7 @@ pub async fn punch(
         let mut client = config.clone();
         client.security = Arc::new(security);
         let tls = Arc::new(tls::client_config(&client.security)?);
-        let endpoint = quic::endpoint_on(net.as_ref(), demux.clone(), None)?;
+        let endpoint = quic::endpoint_on(net.as_ref(), demux.clone(), None, None)?;
         let epoch = quic::PathEpoch::default();
         let conn = quic::connect_on(&endpoint, remote, PEER_NAME, &client, tls, &epoch).await?;
         Transient::Quic {
@@ -303,7 +303,8 @@ pub async fn punch(
             identity: Some(identity),
             ..Security::default()
         });
-        let endpoint = quic::endpoint_on(net.as_ref(), demux.clone(), Some(&server))?;
+        let epoch = quic::PathEpoch::default();
+        let endpoint = quic::endpoint_on(net.as_ref(), demux.clone(), Some(&server), Some(&epoch))?;
         let incoming = tokio::time::timeout(punch.checks_for, endpoint.accept())
             .await
             .ok()
@@ -317,7 +318,7 @@ pub async fn punch(
             endpoint: Some(endpoint),
             resumed: None,
             zero_rtt: None,
-            epoch: quic::PathEpoch::default(),
+            epoch,
         }
     };
     responder.abort();
@@ -331,6 +332,28 @@ pub async fn punch(
         _ if relayed_remote.contains(&remote) => PathKind::Relayed { relay: remote },
         _ => PathKind::Direct,
     };
+    if let Transient::Quic {
+        conn,
+        endpoint: Some(endpoint),
+        epoch,
+        ..
+    } = &result
+    {
+        let keeper = Keeper {
+            endpoint: endpoint.clone(),
+            epoch: epoch.clone(),
+            net: net.clone(),
+            demux: demux.clone(),
+            conn: conn.clone(),
+            secret: secret.to_vec(),
+            punch: punch.clone(),
+            user: user.clone(),
+            host,
+            own_relay,
+            silence: config.keepalive.map(|k| k * 3),
+        };
+        tokio::spawn(keeper.run());
+    }
     let carrier = Carrier::start(result, &config, None);
     let report = PunchReport {
         path,
@@ -343,6 +366,147 @@ pub async fn punch(
     };
     Ok((carrier, report))
 }
+
+/// Keeps a punched carrier's path (and answers the peer's checks): when nothing has come from the peer for three keepalive
+/// intervals (its NAT, or ours, rebooted or rebound: the pair is dead), both peers notice —
+/// the break cuts both ways — and meet again through the rendezvous under a pairing derived
+/// from the secret and the restart's number (an ICE restart, RFC 8445 §2.4): fresh reflexive
+/// addresses, checks, a new pair. The QUIC connection carries on over it: the demultiplexer
+/// sends what QUIC addresses to the peer's old address to the new one ([`Demux::alias`]),
+/// so neither end's QUIC sees the move (a QUIC client could not follow a server that
+/// moved). Ends with the connection.
+struct Keeper {
+    net: Arc<dyn Net>,
+    demux: Arc<Demux>,
+    endpoint: quinn::Endpoint,
+    /// Bumped after a restart: the new path's congestion control starts afresh.
+    epoch: quic::PathEpoch,
+    conn: quinn::Connection,
+    secret: Vec<u8>,
+    punch: PunchConfig,
+    user: String,
+    host: SocketAddr,
+    own_relay: Option<SocketAddr>,
+    /// Three keepalive intervals; without keepalives silence means nothing and the keeper
+    /// only answers the peer's checks.
+    silence: Option<Duration>,
+}
+
+impl Keeper {
+    async fn run(self) {
+        let mut rx = self.conn.stats().udp_rx.datagrams;
+        let mut heard = Instant::now();
+        let mut restarts: u32 = 0;
+        loop {
+            // Meanwhile the peer's checks (it may still be checking) are answered, and
+            // nothing STUN piles up.
+            let tick = tokio::time::sleep(KEEPER_CHECK);
+            tokio::pin!(tick);
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = &mut tick => break,
+                    got = self.demux.recv_stun_via() => {
+                        let Ok((from, data, via)) = got else { return };
+                        if let Some(reply) = answer_check(&data, from, &self.user) {
+                            let _ = self.demux.send_stun_via(from, &reply, via).await;
+                        }
+                    }
+                }
+            }
+            if self.conn.close_reason().is_some() {
+                return;
+            }
+            let now = Instant::now();
+            let got = self.conn.stats().udp_rx.datagrams;
+            if got != rx {
+                rx = got;
+                heard = now;
+                continue;
+            }
+            if self.silence.is_none_or(|s| now.duration_since(heard) < s) {
+                continue;
+            }
+            restarts += 1;
+            match self.restart(restarts).await {
+                Ok((remote, via)) => {
+                    tracing::info!("rendezvous restart {restarts}: the peer is now at {remote}");
+                    self.demux.alias(self.conn.remote_address(), remote);
+                    self.demux.set_route(remote, via);
+                    // A new path: fresh congestion control (the old one collapsed during the
+                    // outage), and rebinding (to the same socket) makes quinn probe at once
+                    // instead of after its backed-off probe timeout.
+                    self.epoch.bump();
+                    if let Err(e) = self.endpoint.rebind_abstract(self.demux.clone()) {
+                        tracing::warn!("probing after the restart: {e}");
+                    }
+                }
+                Err(e) => tracing::warn!("rendezvous restart {restarts}: {e}"),
+            }
+            heard = Instant::now();
+        }
+    }
+
+    /// Meets the peer again and finds a working pair.
+    async fn restart(&self, n: u32) -> Result<(SocketAddr, Via)> {
+        let secret = [&self.secret[..], b"/restart/", &n.to_be_bytes()].concat();
+        let pairing = Pairing::new(&secret)?;
+        let txid = stun::transaction_id(self.net.as_ref());
+        let timing = stun::Timing {
+            rto: Duration::from_millis(250),
+            ..stun::Timing::default()
+        };
+        let demux = self.demux.as_ref();
+        let reflexive =
+            stun::binding(demux, Answers::Demux(demux), self.punch.stun, txid, timing).await?;
+        let mut candidates = Vec::new();
+        if self.punch.relay != RelayPolicy::Only {
+            candidates.push(Candidate {
+                kind: CandidateKind::ServerReflexive,
+                addr: reflexive,
+            });
+            candidates.push(Candidate {
+                kind: CandidateKind::Host,
+                addr: self.host,
+            });
+        }
+        if let Some(addr) = self.own_relay {
+            candidates.push(Candidate {
+                kind: CandidateKind::Relayed,
+                addr,
+            });
+        }
+        let mine = PeerInfo {
+            candidates,
+            extra: Vec::new(),
+        };
+        let theirs = rendezvous::exchange(
+            self.net.clone(),
+            self.punch.rendezvous.clone(),
+            self.punch.rendezvous_config.clone(),
+            &pairing,
+            &mine,
+            self.punch.wait,
+        )
+        .await?;
+        let relayed_remote: BTreeSet<SocketAddr> = theirs
+            .candidates
+            .iter()
+            .filter(|c| c.kind == CandidateKind::Relayed)
+            .map(|c| c.addr)
+            .collect();
+        let plan = Plan {
+            user: &self.user,
+            relayed_remote: &relayed_remote,
+            relay: self.own_relay.is_some(),
+            policy: self.punch.relay,
+        };
+        checks(&self.demux, &self.net, &theirs, &plan, &self.punch, None).await
+    }
+}
+
+/// How often a [`Keeper`] looks at its connection.
+const KEEPER_CHECK: Duration = Duration::from_millis(100);
 
 /// The USERNAME both peers' checks carry: derived from the pairing, so a stranger's probes
 /// are not answered.

@@ -484,6 +484,34 @@ impl Demux {
         }
     }
 
+    /// Sends what QUIC addresses to `known` to `real` instead, and shows what comes from
+    /// `real` to QUIC as coming from `known`: the peer moved (its NAT rebooted, a restart
+    /// found it elsewhere), and QUIC — whose client cannot follow a server that moves —
+    /// need not know.
+    pub fn alias(&self, known: SocketAddr, real: SocketAddr) {
+        let mut r = self.routes();
+        if known == real {
+            r.aliases.remove(&known);
+        } else {
+            r.aliases.insert(known, real);
+        }
+    }
+
+    /// Where a peer QUIC knows as `addr` really is.
+    fn real_address(&self, addr: SocketAddr) -> SocketAddr {
+        self.routes().aliases.get(&addr).copied().unwrap_or(addr)
+    }
+
+    /// The address QUIC knows the peer at `real` by.
+    fn quic_address(&self, real: SocketAddr) -> SocketAddr {
+        let r = self.routes();
+        r.aliases
+            .iter()
+            .find(|(_, to)| **to == real)
+            .map(|(known, _)| *known)
+            .unwrap_or(real)
+    }
+
     /// How QUIC reaches `peer`.
     pub fn route(&self, peer: SocketAddr) -> Via {
         self.routes()
@@ -635,8 +663,9 @@ impl Demux {
                     let _ = self.stun_tx.send((meta[i].addr, data, via));
                     continue;
                 }
-                // QUIC: answer the way it came.
+                // QUIC: answer the way it came; show QUIC the address it knows the peer by.
                 self.learn_route(meta[i].addr, via);
+                meta[i].addr = self.quic_address(meta[i].addr);
                 if kept != i {
                     let (front, back) = bufs.split_at_mut(i);
                     front[kept][..len].copy_from_slice(&back[0][..len]);
@@ -658,15 +687,22 @@ impl AsyncUdpSocket for Demux {
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-        if self.route(transmit.destination) == Via::Direct {
-            return self.inner.try_send(transmit);
+        let to = self.real_address(transmit.destination);
+        if self.route(to) == Via::Direct {
+            if to == transmit.destination {
+                return self.inner.try_send(transmit);
+            }
+            return self.inner.try_send(&Transmit {
+                destination: to,
+                ..*transmit
+            });
         }
         let size = transmit
             .segment_size
             .unwrap_or(transmit.contents.len())
             .max(1);
         for segment in transmit.contents.chunks(size) {
-            let (server, wrapped) = self.wrap(transmit.destination, segment)?;
+            let (server, wrapped) = self.wrap(to, segment)?;
             self.inner.try_send(&Transmit {
                 destination: server,
                 ecn: transmit.ecn,

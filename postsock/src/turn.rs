@@ -1196,6 +1196,9 @@ pub(crate) struct RelayRoutes {
     pub(crate) incoming: BTreeMap<u16, SocketAddr>,
     /// How QUIC reaches a peer: the way its last QUIC packet came, or as set.
     pub(crate) routes: BTreeMap<SocketAddr, Via>,
+    /// Peers QUIC knows by an address they no longer have (a restart found them
+    /// elsewhere): QUIC's address → the real one.
+    pub(crate) aliases: BTreeMap<SocketAddr, SocketAddr>,
 }
 
 impl RelayRoutes {

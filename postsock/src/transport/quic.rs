@@ -70,14 +70,16 @@ pub(crate) async fn endpoint(
         .bind_udp(local)
         .await
         .map_err(|e| Error::io(format!("binding UDP {local}"), e))?;
-    endpoint_on(net, socket, server)
+    endpoint_on(net, socket, server, None)
 }
 
-/// Creates a QUIC endpoint on `socket` (a server too when `server` is given).
+/// Creates a QUIC endpoint on `socket` (a server too when `server` is given; its
+/// connections' congestion control starts afresh whenever `server_epoch` is bumped).
 pub(crate) fn endpoint_on(
     net: &dyn Net,
     socket: Arc<dyn quinn::AsyncUdpSocket>,
     server: Option<&Configuration>,
+    server_epoch: Option<&PathEpoch>,
 ) -> Result<quinn::Endpoint> {
     let server_config = match server {
         Some(config) => {
@@ -87,7 +89,7 @@ pub(crate) fn endpoint_on(
             let crypto =
                 QuicServerConfig::try_from(tls_config).map_err(|e| Error::Tls(e.to_string()))?;
             let mut sc = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-            sc.transport_config(transport_config(config, None));
+            sc.transport_config(transport_config(config, server_epoch));
             Some(sc)
         }
         None => None,
