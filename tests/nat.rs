@@ -58,6 +58,21 @@ fn an_idle_carrier_loses_its_mapping_without_keepalives_and_keeps_it_with_them()
 }
 
 #[test]
+fn keepalives_hold_a_punched_pair_open_and_without_them_it_dies() {
+    for r in run_all("nat/rendezvous-idle") {
+        assert_eq!(r.metrics.server_path_changes, 0);
+        assert_eq!(r.metrics.relayed, Some(0));
+    }
+    // Without keepalives both mappings idle out between messages; the peer's port-restricted
+    // NAT filters the new port, and nothing tells either side to meet again.
+    let mut s = scenario("nat/rendezvous-idle");
+    s.workload.keepalive_ms = Some(0);
+    let r = testbed::run(&s, 1).report;
+    assert!(!r.passed);
+    assert!(r.metrics.messages_lost > 0, "{:?}", r.metrics);
+}
+
+#[test]
 fn a_carrier_survives_its_nat_rebooting() {
     for r in run_all("nat/quic-reboot") {
         assert!(r.metrics.failover_gap_ms.expect("gap") <= 20.0);
