@@ -130,6 +130,8 @@ fn datagrams_are_relayed_both_ways_and_only_from_permitted_peers() {
             // Nothing else arrives: the stranger had no permission.
             let more = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await;
             assert!(more.is_err(), "unexpected {more:?}");
+            // Everything our server sent was well-formed relayed data or a response.
+            assert_eq!(demux.relay_dropped(), 0);
             Ok(())
         })
         .expect("client");

@@ -344,6 +344,9 @@ pub struct Demux {
     relay_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Transaction ids of Send indications.
     indications: AtomicU64,
+    /// Datagrams from the TURN server that were neither relayed data nor STUN (an unbound
+    /// channel, malformed): dropped.
+    relay_dropped: AtomicU64,
     /// STUN messages set aside so far.
     diverted: AtomicU64,
     /// While nobody is reading quinn's side, this task reads STUN (see [`Demux::pump`]).
@@ -372,6 +375,7 @@ impl Demux {
             relay_wanted: Arc::new(tokio::sync::Notify::new()),
             relay_task: Mutex::new(None),
             indications: AtomicU64::new(0),
+            relay_dropped: AtomicU64::new(0),
         })
     }
 
@@ -526,6 +530,11 @@ impl Demux {
         self.diverted.load(Ordering::Relaxed)
     }
 
+    /// Datagrams from the TURN server dropped as malformed or for an unbound channel.
+    pub fn relay_dropped(&self) -> u64 {
+        self.relay_dropped.load(Ordering::Relaxed)
+    }
+
     /// Reads the socket in a task of its own until quinn takes it over: before a QUIC
     /// endpoint exists (connectivity checks come first), somebody must read.
     pub fn pump(self: &Arc<Self>) {
@@ -654,7 +663,10 @@ impl Demux {
                             }
                             continue;
                         }
-                        crate::turn::FromServer::Drop => continue,
+                        crate::turn::FromServer::Drop => {
+                            self.relay_dropped.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
                     }
                 }
                 if single && is_stun(&bufs[i][..len]) {

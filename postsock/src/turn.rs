@@ -1220,3 +1220,102 @@ impl RelayRoutes {
         Ok((server, out))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer() -> SocketAddr {
+        "198.51.100.7:4242".parse().expect("addr")
+    }
+
+    #[test]
+    fn channel_data_round_trips_and_malformed_is_refused() {
+        let wire = channel_data(0x4001, b"quic bytes");
+        assert_eq!(
+            parse_channel_data(&wire),
+            Some((0x4001, &b"quic bytes"[..]))
+        );
+        // Padding after the data (RFC 8656 §12.5 over TCP) is ignored.
+        let padded = [wire.clone(), vec![0, 0]].concat();
+        assert_eq!(
+            parse_channel_data(&padded),
+            Some((0x4001, &b"quic bytes"[..]))
+        );
+        let mut long = wire.clone();
+        long[3] += 1;
+        assert_eq!(
+            parse_channel_data(&long),
+            None,
+            "length beyond the datagram"
+        );
+        assert_eq!(parse_channel_data(&wire[..3]), None, "truncated header");
+        assert_eq!(
+            parse_channel_data(b"\x00\x01\x00\x00"),
+            None,
+            "not ChannelData"
+        );
+    }
+
+    #[test]
+    fn what_the_server_sends_is_unwrapped_or_dropped_never_misread() {
+        let incoming = BTreeMap::from([(0x4000, peer())]);
+        // ChannelData on a bound channel, and a Data indication: the peer's datagram.
+        match from_server(&channel_data(0x4000, b"hi"), &incoming) {
+            FromServer::Peer(p, d) => assert_eq!((p, d.as_slice()), (peer(), &b"hi"[..])),
+            other => panic!("{other:?}"),
+        }
+        match from_server(&indication(DATA, [1; 12], peer(), b"yo"), &incoming) {
+            FromServer::Peer(p, d) => assert_eq!((p, d.as_slice()), (peer(), &b"yo"[..])),
+            other => panic!("{other:?}"),
+        }
+        // A response is for the TURN client.
+        let mut response = Message::<Attribute>::new(
+            MessageClass::SuccessResponse,
+            ALLOCATE,
+            TransactionId::new([2; 12]),
+        );
+        response.add_attribute(Lifetime::from_u32(600));
+        assert!(matches!(
+            from_server(&encode(response), &incoming),
+            FromServer::Control
+        ));
+        // Dropped: an unbound channel, truncated ChannelData, a Data indication without its
+        // data or peer, garbage, an oversized message.
+        let no_data = {
+            let mut m = Message::<Attribute>::new(
+                MessageClass::Indication,
+                DATA,
+                TransactionId::new([3; 12]),
+            );
+            m.add_attribute(XorPeerAddress::new(peer()));
+            encode(m)
+        };
+        let no_peer = {
+            let mut m = Message::<Attribute>::new(
+                MessageClass::Indication,
+                DATA,
+                TransactionId::new([4; 12]),
+            );
+            m.add_attribute(Data::new(b"x".to_vec()).expect("data"));
+            encode(m)
+        };
+        let oversized = indication(DATA, [5; 12], peer(), &[7u8; 1600]);
+        for (what, bytes) in [
+            ("unbound channel", channel_data(0x4abc, b"hi")),
+            (
+                "truncated ChannelData",
+                channel_data(0x4000, b"hi")[..5].to_vec(),
+            ),
+            ("Data without DATA", no_data),
+            ("Data without a peer", no_peer),
+            ("garbage", vec![0x02; 40]),
+            ("oversized", oversized),
+        ] {
+            assert!(
+                matches!(from_server(&bytes, &incoming), FromServer::Drop),
+                "{what}"
+            );
+        }
+    }
+}
