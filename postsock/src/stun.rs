@@ -600,7 +600,55 @@ pub enum Via {
     Relay,
 }
 
+/// What [`Demux::sort`] made of one datagram.
+enum Sorted {
+    /// Set aside (STUN, the TURN client's answers) or dropped.
+    Taken,
+    /// QUIC for quinn: from `addr` (as QUIC knows the peer), with `payload` when it is not
+    /// the datagram as received (it came wrapped by the relay).
+    Quic {
+        addr: SocketAddr,
+        payload: Option<Vec<u8>>,
+    },
+}
+
 impl Demux {
+    /// Sorts one datagram from `from`: unwraps what the TURN `server` relays, sets STUN and
+    /// the TURN client's answers aside, learns how QUIC reaches the peer.
+    fn sort(&self, server: Option<SocketAddr>, from: SocketAddr, data: &[u8]) -> Sorted {
+        let (peer, via, relayed) = if Some(from) == server {
+            match crate::turn::from_server(data, &self.routes().incoming) {
+                crate::turn::FromServer::Peer(peer, inner) => (peer, Via::Relay, Some(inner)),
+                crate::turn::FromServer::Control => {
+                    if let Some(tx) = &*self.turn_tx.lock().unwrap_or_else(|p| p.into_inner()) {
+                        let _ = tx.send(Bytes::copy_from_slice(data));
+                    }
+                    return Sorted::Taken;
+                }
+                crate::turn::FromServer::Drop => {
+                    self.relay_dropped.fetch_add(1, Ordering::Relaxed);
+                    return Sorted::Taken;
+                }
+            }
+        } else {
+            (from, Via::Direct, None)
+        };
+        let payload = relayed.as_deref().unwrap_or(data);
+        if is_stun(payload) {
+            self.diverted.fetch_add(1, Ordering::Relaxed);
+            let _ = self
+                .stun_tx
+                .send((peer, Bytes::copy_from_slice(payload), via));
+            return Sorted::Taken;
+        }
+        // QUIC: answer the way it came; show QUIC the address it knows the peer by.
+        self.learn_route(peer, via);
+        Sorted::Quic {
+            addr: self.quic_address(peer),
+            payload: relayed,
+        }
+    }
+
     /// Remembers how a QUIC packet from `peer` came, so that answers go the same way.
     fn learn_route(&self, peer: SocketAddr, via: Via) {
         let mut r = self.routes();
@@ -635,49 +683,60 @@ impl Demux {
                 Poll::Ready(Ok(n)) => n,
                 other => return other,
             };
-            // Keep the non-STUN entries, in order, at the front.
+            // Keep the QUIC entries, in order, at the front.
             let mut kept = 0;
             let server = self.routes().server;
             for i in 0..n {
+                let from = meta[i].addr;
                 let mut len = meta[i].len;
-                let single = meta[i].stride >= len;
-                let mut via = Via::Direct;
-                if single && Some(meta[i].addr) == server {
-                    let what = crate::turn::from_server(&bufs[i][..len], &self.routes().incoming);
-                    match what {
-                        crate::turn::FromServer::Peer(peer, data) => {
-                            let n = data.len().min(bufs[i].len());
-                            bufs[i][..n].copy_from_slice(&data[..n]);
-                            len = n;
-                            meta[i].len = n;
-                            meta[i].stride = n;
-                            meta[i].addr = peer;
-                            via = Via::Relay;
-                        }
-                        crate::turn::FromServer::Control => {
-                            let data = Bytes::copy_from_slice(&bufs[i][..len]);
-                            if let Some(tx) =
-                                &*self.turn_tx.lock().unwrap_or_else(|p| p.into_inner())
-                            {
-                                let _ = tx.send(data);
-                            }
-                            continue;
-                        }
-                        crate::turn::FromServer::Drop => {
-                            self.relay_dropped.fetch_add(1, Ordering::Relaxed);
-                            continue;
+                let stride = meta[i].stride.max(1);
+                // A coalesced receive (GRO: same-sized datagrams from one source) of relayed
+                // or STUN datagrams: taken apart. The first stays here; the others are sorted
+                // one by one, the QUIC ones waiting in `early` for quinn's next read.
+                let mut first = None;
+                if stride < len && (Some(from) == server || is_stun(&bufs[i][..stride])) {
+                    first = Some(self.sort(server, from, &bufs[i][..stride]));
+                    for segment in bufs[i][stride..len].chunks(stride) {
+                        if let Sorted::Quic { addr, payload } = self.sort(server, from, segment) {
+                            let data = payload.unwrap_or_else(|| segment.to_vec());
+                            let m = RecvMeta {
+                                addr,
+                                len: data.len(),
+                                stride: data.len(),
+                                ..meta[i]
+                            };
+                            self.early
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .push_back((m, data));
                         }
                     }
+                    len = stride;
+                    meta[i].len = len;
+                    meta[i].stride = len;
                 }
-                if single && is_stun(&bufs[i][..len]) {
-                    let data = Bytes::copy_from_slice(&bufs[i][..len]);
-                    self.diverted.fetch_add(1, Ordering::Relaxed);
-                    let _ = self.stun_tx.send((meta[i].addr, data, via));
-                    continue;
+                if meta[i].stride >= len {
+                    let sorted = match first {
+                        Some(sorted) => sorted,
+                        None => self.sort(server, from, &bufs[i][..len]),
+                    };
+                    match sorted {
+                        Sorted::Taken => continue,
+                        Sorted::Quic { addr, payload } => {
+                            if let Some(data) = payload {
+                                len = data.len().min(bufs[i].len());
+                                bufs[i][..len].copy_from_slice(&data[..len]);
+                                meta[i].len = len;
+                                meta[i].stride = len;
+                            }
+                            meta[i].addr = addr;
+                        }
+                    }
+                } else {
+                    // QUIC segments from one peer, straight.
+                    self.learn_route(from, Via::Direct);
+                    meta[i].addr = self.quic_address(from);
                 }
-                // QUIC: answer the way it came; show QUIC the address it knows the peer by.
-                self.learn_route(meta[i].addr, via);
-                meta[i].addr = self.quic_address(meta[i].addr);
                 if kept != i {
                     let (front, back) = bufs.split_at_mut(i);
                     front[kept][..len].copy_from_slice(&back[0][..len]);
@@ -772,6 +831,97 @@ impl AsyncUdpSocket for Demux {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A socket that hands out prepared receives, each possibly a coalesced (GRO) batch.
+    #[derive(Debug, Default)]
+    struct Canned(Mutex<std::collections::VecDeque<(SocketAddr, Vec<u8>, usize)>>);
+
+    #[derive(Debug)]
+    struct Writable;
+
+    impl quinn::UdpPoller for Writable {
+        fn poll_writable(self: Pin<&mut Self>, _: &mut Context) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncUdpSocket for Canned {
+        fn create_io_poller(self: Arc<Self>) -> Pin<Box<dyn quinn::UdpPoller>> {
+            Box::pin(Writable)
+        }
+        fn try_send(&self, _: &Transmit) -> io::Result<()> {
+            Ok(())
+        }
+        fn poll_recv(
+            &self,
+            _: &mut Context,
+            bufs: &mut [IoSliceMut<'_>],
+            meta: &mut [RecvMeta],
+        ) -> Poll<io::Result<usize>> {
+            match self.0.lock().expect("lock").pop_front() {
+                Some((addr, data, stride)) => {
+                    bufs[0][..data.len()].copy_from_slice(&data);
+                    meta[0] = RecvMeta {
+                        addr,
+                        len: data.len(),
+                        stride,
+                        ..RecvMeta::default()
+                    };
+                    Poll::Ready(Ok(1))
+                }
+                None => Poll::Pending,
+            }
+        }
+        fn local_addr(&self) -> io::Result<SocketAddr> {
+            Ok(([127, 0, 0, 1], 1).into())
+        }
+    }
+
+    #[tokio::test]
+    async fn coalesced_relayed_and_stun_datagrams_are_taken_apart() {
+        let server: SocketAddr = "192.0.2.1:3478".parse().expect("addr");
+        let peer: SocketAddr = "198.51.100.2:5000".parse().expect("addr");
+        // Three same-sized ChannelData datagrams from the relay, coalesced by GRO; then two
+        // STUN requests from the peer, coalesced too.
+        let quic = |k: u8| vec![0x40 | k, 1, 2, 3, 4, 5, 6, 7];
+        let relayed: Vec<u8> = (0..3)
+            .flat_map(|k| crate::turn::channel_data(0x4000, &quic(k)))
+            .collect();
+        let stun: Vec<u8> = [binding_request([1; 12]), binding_request([2; 12])].concat();
+        let socket = Arc::new(Canned::default());
+        {
+            let mut q = socket.0.lock().expect("lock");
+            q.push_back((server, relayed, 12));
+            q.push_back((peer, stun, 20));
+        }
+        let demux = Demux::new(socket);
+        let _control = demux.attach_relay(server);
+        demux.relay_channel_incoming(0x4000, peer);
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            got.push(recv_from(demux.as_ref()).await.expect("quic"));
+        }
+        for (k, (from, data)) in got.iter().enumerate() {
+            assert_eq!(*from, peer, "unwrapped: from the peer");
+            assert_eq!(data.as_ref(), &quic(k as u8)[..], "datagram {k}, in order");
+        }
+        assert_eq!(
+            demux.route(peer),
+            Via::Relay,
+            "answers go back through the relay"
+        );
+        // Somebody reads on (as quinn would): the STUN batch is set aside.
+        demux.pump();
+        for txid in [[1u8; 12], [2; 12]] {
+            let (from, data, via) =
+                tokio::time::timeout(Duration::from_secs(1), demux.recv_stun_via())
+                    .await
+                    .expect("in time")
+                    .expect("stun");
+            assert_eq!((from, via), (peer, Via::Direct));
+            assert_eq!(data.as_ref(), &binding_request(txid)[..]);
+        }
+    }
 
     #[test]
     fn request_answer_round_trip() {
