@@ -1,5 +1,6 @@
-//! Hole punching: a direct QUIC carrier between two peers behind NATs, found through a
-//! rendezvous (ICE-style, RFC 8445 in outline).
+//! Hole punching: a QUIC carrier between two peers behind NATs, found through a rendezvous
+//! (ICE-style, RFC 8445 in outline) — direct where the NATs allow, through a TURN relay
+//! otherwise. [`crate::Carrier::rendezvous`] is the API; this module is the mechanism.
 //!
 //! Each peer:
 //! 1. binds one UDP socket and wraps it in a [`Demux`] (RFC 7983), so the STUN checks below
@@ -25,6 +26,9 @@
 //! once with [`RelayPolicy::Only`], which offers only the relayed candidate, so the peer
 //! never learns this host's addresses). The carrier then runs over the relay, on a TURN
 //! channel, and [`PunchReport::path`] says so.
+//!
+//! Afterwards a keeper answers the peer's late checks and, when the pair falls silent (a NAT
+//! rebooted), meets the peer again and moves the same QUIC connection to the new pair.
 //!
 //! When no pair works within `checks_for`, the error says which candidates were tried.
 
