@@ -5,52 +5,22 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use postsock::stun::{self, Answers, StunServer, Timing};
 use sim::{GatewaySpec, NatPreset, World, WorldSpec};
-use testbed::{suite, Scenario};
 
-use common::{sim_host, sim_nat};
-
-fn scenario(name: &str) -> Scenario {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
-    suite::load_one(&dir, name).unwrap_or_else(|e| panic!("{e}"))
-}
-
-/// Runs `name` with seeds 1 to 4; every run passes and loses nothing.
-fn run_all(name: &str) -> Vec<reports::Report> {
-    let s = scenario(name);
-    (1..=4)
-        .map(|seed| {
-            let r = testbed::run(&s, seed).report;
-            assert!(
-                r.passed,
-                "{name} seed {seed}: {:?} {:?}",
-                r.error, r.expectations
-            );
-            let m = &r.metrics;
-            assert_eq!(m.messages_delivered, m.messages_sent, "{name} seed {seed}");
-            assert_eq!(
-                m.messages_lost + m.messages_duplicated,
-                0,
-                "{name} seed {seed}"
-            );
-            r
-        })
-        .collect()
-}
+use common::{lossless_runs, scenario, sim_host, sim_nat};
 
 #[test]
 fn an_idle_carrier_loses_its_mapping_without_keepalives_and_keeps_it_with_them() {
     // A message a minute through a NAT whose mappings idle out after 30 s.
-    for r in run_all("nat/quic-mapping-timeout-no-keepalive") {
+    for r in lossless_runs("nat/quic-mapping-timeout-no-keepalive") {
         // Messages 2, 3, 4 each found the mapping gone and came from a new port.
         assert_eq!(r.metrics.server_path_changes, 3);
     }
-    for r in run_all("nat/quic-mapping-timeout-keepalive") {
+    for r in lossless_runs("nat/quic-mapping-timeout-keepalive") {
         assert_eq!(r.metrics.server_path_changes, 0);
         // Nor did the idle carrier look dead to its own path manager.
         assert_eq!((r.metrics.handovers, r.metrics.dormant), (0, 0));
@@ -59,7 +29,7 @@ fn an_idle_carrier_loses_its_mapping_without_keepalives_and_keeps_it_with_them()
 
 #[test]
 fn keepalives_hold_a_punched_pair_open_and_without_them_it_dies() {
-    for r in run_all("nat/rendezvous-idle") {
+    for r in lossless_runs("nat/rendezvous-idle") {
         assert_eq!(r.metrics.server_path_changes, 0);
         assert_eq!(r.metrics.relayed, Some(0));
     }
@@ -74,13 +44,13 @@ fn keepalives_hold_a_punched_pair_open_and_without_them_it_dies() {
 
 #[test]
 fn a_carrier_survives_its_nat_rebooting() {
-    for r in run_all("nat/quic-reboot") {
+    for r in lossless_runs("nat/quic-reboot") {
         assert!(r.metrics.failover_gap_ms.expect("gap") <= 20.0);
         assert_eq!(r.metrics.carriers_accepted, 1);
         assert!(r.metrics.server_path_changes >= 1);
     }
     // TCP state is lost with the NAT: a new connection, the same carrier. RTT 40 ms.
-    for r in run_all("nat/tls-tcp-reboot") {
+    for r in lossless_runs("nat/tls-tcp-reboot") {
         assert!(r.metrics.failover_gap_ms.expect("gap") <= 2.5 * 40.0 + 10.0);
         assert_eq!(r.metrics.carriers_accepted, 1);
         assert_eq!(r.metrics.handovers, 1);
@@ -91,7 +61,7 @@ fn a_carrier_survives_its_nat_rebooting() {
 fn a_punched_carrier_survives_a_nat_reboot_by_meeting_again() {
     // Port-restricted NATs both sides: after Alice's reboots, neither can reach the other
     // until they restart through the rendezvous; the same QUIC connection carries on.
-    for r in run_all("nat/rendezvous-reboot") {
+    for r in lossless_runs("nat/rendezvous-reboot") {
         let gap = r.metrics.failover_gap_ms.expect("gap");
         // Three keepalive intervals of silence, then well under a second to meet again.
         assert!((3000.0..=3700.0).contains(&gap), "{gap} ms");
@@ -101,11 +71,11 @@ fn a_punched_carrier_survives_a_nat_reboot_by_meeting_again() {
 
 #[test]
 fn peers_behind_one_cgnat_meet_directly_when_it_hairpins_and_through_the_relay_otherwise() {
-    let direct = run_all("nat/cgnat-hairpin");
+    let direct = lossless_runs("nat/cgnat-hairpin");
     for r in &direct {
         assert_eq!(r.metrics.relayed, Some(0));
     }
-    let relayed = run_all("nat/cgnat-no-hairpin");
+    let relayed = lossless_runs("nat/cgnat-no-hairpin");
     for r in &relayed {
         assert_eq!(r.metrics.relayed, Some(1));
     }

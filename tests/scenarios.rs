@@ -1,13 +1,12 @@
 //! The shipped scenarios in the simulator: outcomes, exact timings, determinism.
 
+mod common;
+
+use common::scenario;
+
 use std::path::Path;
 
 use testbed::{suite, Scenario};
-
-fn scenario(name: &str) -> Scenario {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
-    suite::load_one(&dir, name).unwrap_or_else(|e| panic!("{e}"))
-}
 
 fn assert_ttfm(name: &str, want_ms: f64) {
     let s = scenario(name);
@@ -216,18 +215,7 @@ fn tcp_pays_for_the_link_rate_like_quic() {
 }
 
 fn api_runs(name: &str) -> Vec<reports::Report> {
-    let s = scenario(name);
-    (1..=3)
-        .map(|seed| {
-            let report = testbed::run(&s, seed).report;
-            assert!(
-                report.passed,
-                "{name} seed {seed} failed: {:?} {:?}",
-                report.error, report.expectations
-            );
-            report
-        })
-        .collect()
+    common::passing_runs(name, 1..=3)
 }
 
 #[test]
@@ -318,18 +306,7 @@ fn api_runs_are_deterministic() {
 }
 
 fn blocking(name: &str) -> Vec<reports::Report> {
-    let s = scenario(name);
-    (1..=4)
-        .map(|seed| {
-            let r = testbed::run(&s, seed).report;
-            assert!(
-                r.passed,
-                "{name} seed {seed}: {:?} {:?}",
-                r.error, r.expectations
-            );
-            r
-        })
-        .collect()
+    common::passing_runs(name, 1..=4)
 }
 
 fn attempts(r: &reports::Report) -> Vec<(String, f64, String)> {

@@ -208,23 +208,8 @@ pub async fn punch(
         root: rendezvous::hex(ca.root().as_ref()),
         tiebreak,
     };
-    let mut candidates = Vec::new();
-    if punch.relay != RelayPolicy::Only {
-        candidates.push(Candidate {
-            kind: CandidateKind::ServerReflexive,
-            addr: reflexive,
-        });
-        candidates.push(Candidate {
-            kind: CandidateKind::Host,
-            addr: host,
-        });
-    }
-    if let Some(a) = &allocation {
-        candidates.push(Candidate {
-            kind: CandidateKind::Relayed,
-            addr: a.relayed(),
-        });
-    }
+    let own_relay = allocation.as_ref().map(|a| a.relayed());
+    let candidates = our_candidates(punch.relay, reflexive, host, own_relay);
     let mine = PeerInfo {
         candidates,
         extra: serde_json::to_vec(&extra).map_err(|e| Error::Config(e.to_string()))?,
@@ -258,12 +243,7 @@ pub async fn punch(
     let permit = allocation
         .as_ref()
         .map(|a| Box::pin(a.permit(&ips)) as Permit<'_>);
-    let relayed_remote: BTreeSet<SocketAddr> = theirs
-        .candidates
-        .iter()
-        .filter(|c| c.kind == CandidateKind::Relayed)
-        .map(|c| c.addr)
-        .collect();
+    let relayed_remote = relayed_candidates(&theirs);
     let plan = Plan {
         user: &user,
         relayed_remote: &relayed_remote,
@@ -272,7 +252,6 @@ pub async fn punch(
     };
     let (remote, via) = checks(&demux, &net, &theirs, &plan, punch, permit).await?;
     let checks_done = t0.elapsed();
-    let own_relay = allocation.as_ref().map(|a| a.relayed());
     if let Some(a) = allocation {
         a.keep(&demux);
     }
@@ -463,23 +442,7 @@ impl Keeper {
         let demux = self.demux.as_ref();
         let reflexive =
             stun::binding(demux, Answers::Demux(demux), self.punch.stun, txid, timing).await?;
-        let mut candidates = Vec::new();
-        if self.punch.relay != RelayPolicy::Only {
-            candidates.push(Candidate {
-                kind: CandidateKind::ServerReflexive,
-                addr: reflexive,
-            });
-            candidates.push(Candidate {
-                kind: CandidateKind::Host,
-                addr: self.host,
-            });
-        }
-        if let Some(addr) = self.own_relay {
-            candidates.push(Candidate {
-                kind: CandidateKind::Relayed,
-                addr,
-            });
-        }
+        let candidates = our_candidates(self.punch.relay, reflexive, self.host, self.own_relay);
         let mine = PeerInfo {
             candidates,
             extra: Vec::new(),
@@ -493,12 +456,7 @@ impl Keeper {
             self.punch.wait,
         )
         .await?;
-        let relayed_remote: BTreeSet<SocketAddr> = theirs
-            .candidates
-            .iter()
-            .filter(|c| c.kind == CandidateKind::Relayed)
-            .map(|c| c.addr)
-            .collect();
+        let relayed_remote = relayed_candidates(&theirs);
         let plan = Plan {
             user: &self.user,
             relayed_remote: &relayed_remote,
@@ -542,6 +500,41 @@ fn answer_check(datagram: &[u8], from: SocketAddr, user: &str) -> Option<Vec<u8>
         Message::<Attribute>::new(MessageClass::SuccessResponse, BINDING, m.transaction_id());
     r.add_attribute(XorMappedAddress::new(from));
     Some(encode(r))
+}
+
+/// What we offer the peer: server-reflexive and host (unless relay-only), and relayed.
+fn our_candidates(
+    policy: RelayPolicy,
+    reflexive: SocketAddr,
+    host: SocketAddr,
+    relayed: Option<SocketAddr>,
+) -> Vec<Candidate> {
+    let mut out = Vec::new();
+    if policy != RelayPolicy::Only {
+        out.push(Candidate {
+            kind: CandidateKind::ServerReflexive,
+            addr: reflexive,
+        });
+        out.push(Candidate {
+            kind: CandidateKind::Host,
+            addr: host,
+        });
+    }
+    out.extend(relayed.map(|addr| Candidate {
+        kind: CandidateKind::Relayed,
+        addr,
+    }));
+    out
+}
+
+/// The peer's relayed candidates.
+fn relayed_candidates(theirs: &PeerInfo) -> BTreeSet<SocketAddr> {
+    theirs
+        .candidates
+        .iter()
+        .filter(|c| c.kind == CandidateKind::Relayed)
+        .map(|c| c.addr)
+        .collect()
 }
 
 /// What the checks need to know besides the peer's candidates.

@@ -273,13 +273,9 @@ struct Book {
     paired: std::collections::BTreeSet<String>,
 }
 
-/// A rendezvous server: a postsock listener (QUIC and TLS/TCP) pairing registrations.
-#[derive(Debug)]
-pub struct RendezvousServer {
-    local: SocketAddr,
-    stats: Arc<RendezvousStats>,
-    task: tokio::task::JoinHandle<()>,
-}
+/// A rendezvous server: a postsock listener (QUIC and TLS/TCP on one port) pairing
+/// registrations.
+pub type RendezvousServer = crate::stun::Served<RendezvousStats>;
 
 impl RendezvousServer {
     /// Binds at `local` with `config` (which needs an identity) and starts pairing. A peer
@@ -300,23 +296,7 @@ impl RendezvousServer {
                 tokio::spawn(handle(carrier, book.clone(), s.clone(), wait));
             }
         });
-        Ok(RendezvousServer { local, stats, task })
-    }
-
-    /// The bound address (QUIC and TLS/TCP share the port).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local
-    }
-
-    /// What it has done so far.
-    pub fn stats(&self) -> Arc<RendezvousStats> {
-        self.stats.clone()
-    }
-}
-
-impl Drop for RendezvousServer {
-    fn drop(&mut self) {
-        self.task.abort();
+        Ok(crate::stun::Served::new(local, stats, task))
     }
 }
 

@@ -254,27 +254,18 @@ impl StunStats {
     }
 }
 
-/// A STUN server (Binding only, no authentication: RFC 8489 §12's basic server).
+/// A server running in a task of its own: where it listens and what it has done (`S`, its
+/// statistics). Dropping it stops it.
 #[derive(Debug)]
-pub struct StunServer {
+pub struct Served<S> {
     local: SocketAddr,
-    stats: Arc<StunStats>,
+    stats: Arc<S>,
     task: tokio::task::JoinHandle<()>,
 }
 
-impl StunServer {
-    /// Binds at `local` through `net` and starts answering.
-    pub async fn bind(net: &dyn Net, local: SocketAddr) -> Result<Self> {
-        let socket = net
-            .bind_udp(local)
-            .await
-            .map_err(|e| Error::io(format!("binding UDP {local}"), e))?;
-        let local = socket
-            .local_addr()
-            .map_err(|e| Error::io("reading the STUN socket address", e))?;
-        let stats = Arc::new(StunStats::default());
-        let task = tokio::spawn(serve(socket, stats.clone()));
-        Ok(StunServer { local, stats, task })
+impl<S> Served<S> {
+    pub(crate) fn new(local: SocketAddr, stats: Arc<S>, task: tokio::task::JoinHandle<()>) -> Self {
+        Served { local, stats, task }
     }
 
     /// The bound address.
@@ -283,7 +274,7 @@ impl StunServer {
     }
 
     /// What it has done so far.
-    pub fn stats(&self) -> Arc<StunStats> {
+    pub fn stats(&self) -> Arc<S> {
         self.stats.clone()
     }
 
@@ -294,9 +285,37 @@ impl StunServer {
     }
 }
 
-impl Drop for StunServer {
+impl<S> Drop for Served<S> {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// Binds a server's UDP socket at `local`; returns it and the address it got.
+pub(crate) async fn bind_server_socket(
+    net: &dyn Net,
+    local: SocketAddr,
+) -> Result<(Arc<dyn AsyncUdpSocket>, SocketAddr)> {
+    let socket = net
+        .bind_udp(local)
+        .await
+        .map_err(|e| Error::io(format!("binding UDP {local}"), e))?;
+    let bound = socket
+        .local_addr()
+        .map_err(|e| Error::io(format!("reading the address bound for {local}"), e))?;
+    Ok((socket, bound))
+}
+
+/// A STUN server (Binding only, no authentication: RFC 8489 §12's basic server).
+pub type StunServer = Served<StunStats>;
+
+impl StunServer {
+    /// Binds at `local` through `net` and starts answering.
+    pub async fn bind(net: &dyn Net, local: SocketAddr) -> Result<Self> {
+        let (socket, local) = bind_server_socket(net, local).await?;
+        let stats = Arc::new(StunStats::default());
+        let task = tokio::spawn(serve(socket, stats.clone()));
+        Ok(Served::new(local, stats, task))
     }
 }
 
@@ -475,7 +494,17 @@ impl Demux {
     /// Sends QUIC for `peer` straight or through the relay (until a packet from `peer`
     /// arrives the other way).
     pub fn set_route(&self, peer: SocketAddr, via: Via) {
-        let mut r = self.routes();
+        self.put_route(self.routes(), peer, via);
+    }
+
+    /// Records `via` as the way to `peer`; a peer newly reached through the relay wants a
+    /// channel.
+    fn put_route(
+        &self,
+        mut r: std::sync::MutexGuard<'_, crate::turn::RelayRoutes>,
+        peer: SocketAddr,
+        via: Via,
+    ) {
         match via {
             Via::Direct => {
                 r.routes.remove(&peer);
@@ -651,23 +680,13 @@ impl Demux {
 
     /// Remembers how a QUIC packet from `peer` came, so that answers go the same way.
     fn learn_route(&self, peer: SocketAddr, via: Via) {
-        let mut r = self.routes();
+        let r = self.routes();
         if r.server.is_none() {
             return;
         }
         let before = r.routes.get(&peer).copied().unwrap_or(Via::Direct);
-        if before == via {
-            return;
-        }
-        match via {
-            Via::Direct => {
-                r.routes.remove(&peer);
-            }
-            Via::Relay => {
-                r.routes.insert(peer, via);
-                drop(r);
-                self.relay_wanted.notify_one();
-            }
+        if before != via {
+            self.put_route(r, peer, via);
         }
     }
 

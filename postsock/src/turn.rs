@@ -686,12 +686,7 @@ impl TurnServerConfig {
 }
 
 /// A TURN server (UDP; see the module documentation for what it serves).
-#[derive(Debug)]
-pub struct TurnServer {
-    local: SocketAddr,
-    stats: Arc<TurnStats>,
-    task: tokio::task::JoinHandle<()>,
-}
+pub type TurnServer = crate::stun::Served<TurnStats>;
 
 impl TurnServer {
     /// Binds at `local` through `net` and starts serving.
@@ -715,13 +710,7 @@ impl TurnServer {
                 "a TURN server needs at least one user".into(),
             ));
         }
-        let socket = net
-            .bind_udp(local)
-            .await
-            .map_err(|e| Error::io(format!("binding UDP {local}"), e))?;
-        let local = socket
-            .local_addr()
-            .map_err(|e| Error::io("reading the TURN socket address", e))?;
+        let (socket, local) = stun::bind_server_socket(net.as_ref(), local).await?;
         let stats = Arc::new(TurnStats::default());
         let nonce = crate::rendezvous::hex(&stun::transaction_id(net.as_ref()));
         let server = Server {
@@ -735,29 +724,7 @@ impl TurnServer {
             by_relay: BTreeMap::new(),
         };
         let task = tokio::spawn(server.serve());
-        Ok(TurnServer { local, stats, task })
-    }
-
-    /// The bound address.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local
-    }
-
-    /// What it has done so far.
-    pub fn stats(&self) -> Arc<TurnStats> {
-        self.stats.clone()
-    }
-
-    /// Serves until the task ends (it does not, unless the socket fails).
-    pub async fn run(mut self) {
-        let task = std::mem::replace(&mut self.task, tokio::spawn(async {}));
-        let _ = task.await;
-    }
-}
-
-impl Drop for TurnServer {
-    fn drop(&mut self) {
-        self.task.abort();
+        Ok(crate::stun::Served::new(local, stats, task))
     }
 }
 

@@ -169,3 +169,41 @@ impl Coturn {
         ([127, 0, 0, 1], self.port).into()
     }
 }
+
+/// The shipped scenario `name` (say `nat/quic-reboot`).
+pub fn scenario(name: &str) -> testbed::Scenario {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+    testbed::suite::load_one(&dir, name).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs scenario `name` with each of `seeds`; every run must pass its expectations.
+pub fn passing_runs(name: &str, seeds: std::ops::RangeInclusive<u64>) -> Vec<reports::Report> {
+    let s = scenario(name);
+    seeds
+        .map(|seed| {
+            let r = testbed::run(&s, seed).report;
+            assert!(
+                r.passed,
+                "{name} seed {seed}: {:?} {:?}",
+                r.error, r.expectations
+            );
+            r
+        })
+        .collect()
+}
+
+/// [`passing_runs`] with seeds 1 to 4, each also delivering every message exactly once,
+/// intact.
+pub fn lossless_runs(name: &str) -> Vec<reports::Report> {
+    let runs = passing_runs(name, 1..=4);
+    for (r, seed) in runs.iter().zip(1..) {
+        let m = &r.metrics;
+        assert_eq!(m.messages_delivered, m.messages_sent, "{name} seed {seed}");
+        assert_eq!(
+            m.messages_lost + m.messages_duplicated + m.messages_corrupted,
+            0,
+            "{name} seed {seed}"
+        );
+    }
+    runs
+}
