@@ -70,6 +70,17 @@ fn a_punched_carrier_survives_a_nat_reboot_by_meeting_again() {
 }
 
 #[test]
+fn a_relayed_carrier_survives_a_nat_reboot_with_fresh_allocations() {
+    // Symmetric NATs both sides: only the relay works. Alice's reboot loses her allocation.
+    for r in lossless_runs("nat/rendezvous-relayed-reboot") {
+        let gap = r.metrics.failover_gap_ms.expect("gap");
+        // QUIC migrates at once where it can; otherwise 3 s to notice, 1 s of direct_first.
+        assert!(gap <= 4800.0, "{gap} ms");
+        assert_eq!(r.metrics.relayed, Some(1));
+    }
+}
+
+#[test]
 fn peers_behind_one_cgnat_meet_directly_when_it_hairpins_and_through_the_relay_otherwise() {
     let direct = lossless_runs("nat/cgnat-hairpin");
     for r in &direct {

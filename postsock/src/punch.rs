@@ -376,7 +376,7 @@ struct Keeper {
 }
 
 impl Keeper {
-    async fn run(self) {
+    async fn run(mut self) {
         let mut rx = self.conn.stats().udp_rx.datagrams;
         let mut heard = Instant::now();
         let mut restarts: u32 = 0;
@@ -430,18 +430,38 @@ impl Keeper {
         }
     }
 
-    /// Meets the peer again and finds a working pair.
-    async fn restart(&self, n: u32) -> Result<(SocketAddr, Via)> {
+    /// Meets the peer again and finds a working pair. With a TURN server, allocates afresh
+    /// first: if our NAT rebooted, the old allocation belongs to a mapping that is gone
+    /// (TURN allocations are bound to the 5-tuple; RFC 8656 has no mobility).
+    async fn restart(&mut self, n: u32) -> Result<(SocketAddr, Via)> {
         let secret = [&self.secret[..], b"/restart/", &n.to_be_bytes()].concat();
         let pairing = Pairing::new(&secret)?;
-        let txid = stun::transaction_id(self.net.as_ref());
-        let timing = stun::Timing {
-            rto: Duration::from_millis(250),
-            ..stun::Timing::default()
+        let allocation = match &self.punch.turn {
+            Some(t) => {
+                // The old allocation goes first (its server would refuse a second one for
+                // the same 5-tuple if our mapping survived).
+                self.demux.release_relay().await;
+                Some(turn::allocate(self.net.clone(), &self.demux, t).await?)
+            }
+            None => None,
         };
-        let demux = self.demux.as_ref();
-        let reflexive =
-            stun::binding(demux, Answers::Demux(demux), self.punch.stun, txid, timing).await?;
+        self.own_relay = allocation.as_ref().map(|a| a.relayed());
+        // The TURN server's own answers now go to the TURN client: if it is our STUN server
+        // too, its Allocate answer already said where our mapping is.
+        let reflexive = match allocation.as_ref().and_then(|a| a.mapped()) {
+            Some(mapped) if Some(self.punch.stun) == self.punch.turn.as_ref().map(|t| t.server) => {
+                mapped
+            }
+            _ => {
+                let txid = stun::transaction_id(self.net.as_ref());
+                let timing = stun::Timing {
+                    rto: Duration::from_millis(250),
+                    ..stun::Timing::default()
+                };
+                let demux = self.demux.as_ref();
+                stun::binding(demux, Answers::Demux(demux), self.punch.stun, txid, timing).await?
+            }
+        };
         let candidates = our_candidates(self.punch.relay, reflexive, self.host, self.own_relay);
         let mine = PeerInfo {
             candidates,
@@ -463,7 +483,15 @@ impl Keeper {
             relay: self.own_relay.is_some(),
             policy: self.punch.relay,
         };
-        checks(&self.demux, &self.net, &theirs, &plan, &self.punch, None).await
+        let ips: Vec<std::net::IpAddr> = theirs.candidates.iter().map(|c| c.addr.ip()).collect();
+        let permit = allocation
+            .as_ref()
+            .map(|a| Box::pin(a.permit(&ips)) as Permit<'_>);
+        let pair = checks(&self.demux, &self.net, &theirs, &plan, &self.punch, permit).await;
+        if let Some(a) = allocation {
+            a.keep(&self.demux);
+        }
+        pair
     }
 }
 

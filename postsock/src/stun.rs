@@ -454,8 +454,28 @@ impl Demux {
     pub(crate) fn attach_relay(&self, server: SocketAddr) -> mpsc::UnboundedReceiver<Bytes> {
         let (tx, rx) = mpsc::unbounded_channel();
         *self.turn_tx.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
-        self.routes().server = Some(server);
+        // A new allocation: the old one's channels and relayed routes mean nothing now.
+        let mut r = self.routes();
+        r.server = Some(server);
+        r.channels.clear();
+        r.incoming.clear();
+        r.routes.clear();
+        drop(r);
         rx
+    }
+
+    /// Stops the allocation's maintenance task and waits until it has released the
+    /// allocation (a Refresh with LIFETIME 0, sent as the task ends).
+    pub(crate) async fn release_relay(&self) {
+        let task = self
+            .relay_task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(task) = task {
+            task.abort();
+            let _ = task.await;
+        }
     }
 
     pub(crate) fn set_relay_task(&self, task: tokio::task::JoinHandle<()>) {
