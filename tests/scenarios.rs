@@ -595,10 +595,16 @@ fn unknown_nat_presets_and_knobs_are_clear_errors() {
     };
     let parse = |nat: &str| Scenario::parse("x/nat", path, &text(nat)).map(|_| ());
     assert!(parse("{ preset = \"symmetric\" }").is_ok());
+    // `none` is the other usual name of `open`.
+    let none = Scenario::parse("x/nat", path, &text("{ preset = \"none\" }")).expect("none");
+    assert_eq!(
+        none.world.gateways[0].nat.preset,
+        Some(sim::NatPreset::Open)
+    );
     for (nat, want) in [
         (
             "{ preset = \"cone-ish\" }",
-            "unknown variant `cone-ish`, expected one of `open`, `full-cone`, `restricted-cone`, \
+            "unknown variant `cone-ish`, expected one of `none`, `open`, `full-cone`, `restricted-cone`, \
              `port-restricted-cone`, `symmetric`",
         ),
         (

@@ -147,6 +147,8 @@ pub enum PortAssignment {
 pub enum NatPreset {
     /// As open as a translating gateway gets: endpoint-independent mapping and filtering,
     /// port-preserving (a host is reachable on its own port once it has sent a datagram).
+    /// Also spelled `none`.
+    #[serde(alias = "none")]
     Open,
     /// Endpoint-independent mapping and filtering.
     FullCone,
