@@ -152,7 +152,7 @@ fn an_unknown_nat_preset_or_knob_names_the_line_and_the_valid_names() {
     for (nat, want) in [
         (
             "nat = { preset = \"cone-ish\" }\n",
-            "unknown variant `cone-ish`, expected one of `open`, `full-cone`, `restricted-cone`, `port-restricted-cone`, `symmetric`",
+            "unknown variant `cone-ish`, expected one of `none`, `open`, `full-cone`, `restricted-cone`, `port-restricted-cone`, `symmetric`",
         ),
         (
             "nat = { mapping = \"address-dependent\", filter = \"x\" }\n",
