@@ -174,28 +174,21 @@ pub async fn punch(
         .map_err(|e| Error::io("reading the punching socket's address", e))?;
     let demux = Demux::new(socket);
     demux.pump();
-    let txid = stun::transaction_id(net.as_ref());
-    let reflexive = stun::binding(
-        demux.as_ref(),
-        Answers::Demux(&demux),
-        punch.stun,
-        txid,
-        stun::Timing {
-            rto: Duration::from_millis(250),
-            ..stun::Timing::default()
-        },
-    )
-    .await?;
+    if punch.turn.is_none() && punch.relay == RelayPolicy::Only {
+        return Err(Error::Config(
+            "relay policy `only` needs a TURN server".into(),
+        ));
+    }
 
-    let allocation = match &punch.turn {
-        Some(t) => Some(turn::allocate(net.clone(), &demux, t).await?),
-        None if punch.relay == RelayPolicy::Only => {
-            return Err(Error::Config(
-                "relay policy `only` needs a TURN server".into(),
-            ))
-        }
-        None => None,
+    let user = check_username(&pairing);
+    let spot = Spot {
+        net: &net,
+        demux: &demux,
+        host,
+        punch,
+        user: &user,
     };
+    let gathered = spot.gather().await?;
 
     let ca = TestCa::new("postsock punched peer")?;
     let identity = ca.issue(&[PEER_NAME])?;
@@ -208,22 +201,18 @@ pub async fn punch(
         root: rendezvous::hex(ca.root().as_ref()),
         tiebreak,
     };
-    let own_relay = allocation.as_ref().map(|a| a.relayed());
-    let candidates = our_candidates(punch.relay, reflexive, host, own_relay);
-    let mine = PeerInfo {
-        candidates,
-        extra: serde_json::to_vec(&extra).map_err(|e| Error::Config(e.to_string()))?,
-    };
-    let theirs = rendezvous::exchange(
-        net.clone(),
-        punch.rendezvous.clone(),
-        punch.rendezvous_config.clone(),
-        &pairing,
-        &mine,
-        punch.wait,
-    )
-    .await?;
-    let rendezvous_done = t0.elapsed();
+    let extra = serde_json::to_vec(&extra).map_err(|e| Error::Config(e.to_string()))?;
+    let met = spot.meet(&pairing, gathered, extra).await?;
+    let rendezvous_done = met.rendezvous_at.duration_since(t0);
+    let checks_done = t0.elapsed();
+    let Met {
+        theirs,
+        pair: (remote, via),
+        reflexive,
+        own_relay,
+        relayed_remote,
+        ..
+    } = met;
     let their_extra: Extra = serde_json::from_slice(&theirs.extra)
         .map_err(|e| Error::Protocol(format!("the peer's rendezvous extra: {e}")))?;
     if their_extra.tiebreak == tiebreak {
@@ -234,27 +223,6 @@ pub async fn punch(
     let controlling = tiebreak > their_extra.tiebreak;
     let their_root = rendezvous::unhex(&their_extra.root)
         .ok_or_else(|| Error::Protocol("the peer's CA certificate is not hexadecimal".into()))?;
-
-    // Connectivity checks on the shared socket (and through the relay).
-    let user = check_username(&pairing);
-    // Permissions for the peer's addresses on our allocation are installed while the checks
-    // run (direct pairs need not wait for them).
-    let ips: Vec<std::net::IpAddr> = theirs.candidates.iter().map(|c| c.addr.ip()).collect();
-    let permit = allocation
-        .as_ref()
-        .map(|a| Box::pin(a.permit(&ips)) as Permit<'_>);
-    let relayed_remote = relayed_candidates(&theirs);
-    let plan = Plan {
-        user: &user,
-        relayed_remote: &relayed_remote,
-        relay: allocation.is_some(),
-        policy: punch.relay,
-    };
-    let (remote, via) = checks(&demux, &net, &theirs, &plan, punch, permit).await?;
-    let checks_done = t0.elapsed();
-    if let Some(a) = allocation {
-        a.keep(&demux);
-    }
 
     // Keep answering the peer's checks while QUIC starts (quinn reads the socket from now
     // on; STUN still comes to us through the demultiplexer).
@@ -430,73 +398,144 @@ impl Keeper {
         }
     }
 
-    /// Meets the peer again and finds a working pair. With a TURN server, allocates afresh
-    /// first: if our NAT rebooted, the old allocation belongs to a mapping that is gone
-    /// (TURN allocations are bound to the 5-tuple; RFC 8656 has no mobility).
+    /// Meets the peer again and finds a working pair.
     async fn restart(&mut self, n: u32) -> Result<(SocketAddr, Via)> {
         let secret = [&self.secret[..], b"/restart/", &n.to_be_bytes()].concat();
         let pairing = Pairing::new(&secret)?;
-        let allocation = match &self.punch.turn {
-            Some(t) => {
-                // The old allocation goes first (its server would refuse a second one for
-                // the same 5-tuple if our mapping survived).
-                self.demux.release_relay().await;
-                Some(turn::allocate(self.net.clone(), &self.demux, t).await?)
-            }
-            None => None,
-        };
-        self.own_relay = allocation.as_ref().map(|a| a.relayed());
-        // The TURN server's own answers now go to the TURN client: if it is our STUN server
-        // too, its Allocate answer already said where our mapping is.
-        let reflexive = match allocation.as_ref().and_then(|a| a.mapped()) {
-            Some(mapped) if Some(self.punch.stun) == self.punch.turn.as_ref().map(|t| t.server) => {
-                mapped
-            }
-            _ => {
-                let txid = stun::transaction_id(self.net.as_ref());
-                let timing = stun::Timing {
-                    rto: Duration::from_millis(250),
-                    ..stun::Timing::default()
-                };
-                let demux = self.demux.as_ref();
-                stun::binding(demux, Answers::Demux(demux), self.punch.stun, txid, timing).await?
-            }
-        };
-        let candidates = our_candidates(self.punch.relay, reflexive, self.host, self.own_relay);
-        let mine = PeerInfo {
-            candidates,
-            extra: Vec::new(),
-        };
-        let theirs = rendezvous::exchange(
-            self.net.clone(),
-            self.punch.rendezvous.clone(),
-            self.punch.rendezvous_config.clone(),
-            &pairing,
-            &mine,
-            self.punch.wait,
-        )
-        .await?;
-        let relayed_remote = relayed_candidates(&theirs);
-        let plan = Plan {
+        let spot = Spot {
+            net: &self.net,
+            demux: &self.demux,
+            host: self.host,
+            punch: &self.punch,
             user: &self.user,
-            relayed_remote: &relayed_remote,
-            relay: self.own_relay.is_some(),
-            policy: self.punch.relay,
         };
-        let ips: Vec<std::net::IpAddr> = theirs.candidates.iter().map(|c| c.addr.ip()).collect();
-        let permit = allocation
-            .as_ref()
-            .map(|a| Box::pin(a.permit(&ips)) as Permit<'_>);
-        let pair = checks(&self.demux, &self.net, &theirs, &plan, &self.punch, permit).await;
-        if let Some(a) = allocation {
-            a.keep(&self.demux);
-        }
-        pair
+        let gathered = spot.gather().await?;
+        let met = spot.meet(&pairing, gathered, Vec::new()).await?;
+        self.own_relay = met.own_relay;
+        Ok(met.pair)
     }
 }
 
 /// How often a [`Keeper`] looks at its connection.
 const KEEPER_CHECK: Duration = Duration::from_millis(100);
+
+/// Where a peer meets the other: its socket, the servers, its checks' username.
+struct Spot<'a> {
+    net: &'a Arc<dyn Net>,
+    demux: &'a Arc<Demux>,
+    host: SocketAddr,
+    punch: &'a PunchConfig,
+    user: &'a str,
+}
+
+/// What a meeting found.
+struct Met {
+    theirs: PeerInfo,
+    /// The working pair: the peer's address and the way there.
+    pair: (SocketAddr, Via),
+    reflexive: SocketAddr,
+    own_relay: Option<SocketAddr>,
+    /// The peer's relayed candidates.
+    relayed_remote: BTreeSet<SocketAddr>,
+    /// When the rendezvous returned the peer's candidates.
+    rendezvous_at: Instant,
+}
+
+/// This peer's addresses, gathered on its socket.
+struct Gathered {
+    reflexive: SocketAddr,
+    allocation: Option<turn::Allocation>,
+}
+
+impl Spot<'_> {
+    /// The reflexive address (STUN), and with a TURN server an allocation on the socket —
+    /// any earlier one released first: after a NAT reboot it belongs to a mapping that is
+    /// gone (allocations are bound to the 5-tuple; RFC 8656 has no mobility).
+    async fn gather(&self) -> Result<Gathered> {
+        let (net, demux, punch) = (self.net, self.demux, self.punch);
+        let allocate = || async {
+            match &punch.turn {
+                Some(t) => {
+                    demux.release_relay().await;
+                    turn::allocate(net.clone(), demux, t).await.map(Some)
+                }
+                None => Ok(None),
+            }
+        };
+        // With a relay attached the TURN server's answers go to the TURN client: if it is
+        // our STUN server too, its Allocate answer says where our mapping is.
+        if punch.turn.as_ref().map(|t| t.server) == Some(punch.stun) {
+            let allocation = allocate().await?;
+            if let Some(reflexive) = allocation.as_ref().and_then(|a| a.mapped()) {
+                return Ok(Gathered {
+                    reflexive,
+                    allocation,
+                });
+            }
+        }
+        let txid = stun::transaction_id(net.as_ref());
+        let timing = stun::Timing {
+            rto: Duration::from_millis(250),
+            ..stun::Timing::default()
+        };
+        let answers = Answers::Demux(demux.as_ref());
+        let reflexive = stun::binding(demux.as_ref(), answers, punch.stun, txid, timing).await?;
+        Ok(Gathered {
+            reflexive,
+            allocation: allocate().await?,
+        })
+    }
+
+    /// One meeting under `pairing`: our candidates (and `extra`) exchanged through the
+    /// rendezvous; checks until a pair works, with our relay's permissions for the peer
+    /// installed alongside.
+    async fn meet(&self, pairing: &Pairing, gathered: Gathered, extra: Vec<u8>) -> Result<Met> {
+        let (net, demux, punch) = (self.net, self.demux, self.punch);
+        let Gathered {
+            reflexive,
+            allocation,
+        } = gathered;
+        let own_relay = allocation.as_ref().map(|a| a.relayed());
+        let mine = PeerInfo {
+            candidates: our_candidates(punch.relay, reflexive, self.host, own_relay),
+            extra,
+        };
+        let theirs = rendezvous::exchange(
+            net.clone(),
+            punch.rendezvous.clone(),
+            punch.rendezvous_config.clone(),
+            pairing,
+            &mine,
+            punch.wait,
+        )
+        .await?;
+        let rendezvous_at = Instant::now();
+        let relayed_remote = relayed_candidates(&theirs);
+        let plan = Plan {
+            user: self.user,
+            relayed_remote: &relayed_remote,
+            relay: allocation.is_some(),
+            policy: punch.relay,
+        };
+        // Direct pairs need not wait for the permissions.
+        let ips: Vec<std::net::IpAddr> = theirs.candidates.iter().map(|c| c.addr.ip()).collect();
+        let permit = allocation
+            .as_ref()
+            .map(|a| Box::pin(a.permit(&ips)) as Permit<'_>);
+        let pair = checks(demux, net, &theirs, &plan, punch, permit).await?;
+        if let Some(a) = allocation {
+            a.keep(demux);
+        }
+        Ok(Met {
+            theirs,
+            pair,
+            reflexive,
+            own_relay,
+            relayed_remote,
+            rendezvous_at,
+        })
+    }
+}
 
 /// The USERNAME both peers' checks carry: derived from the pairing, so a stranger's probes
 /// are not answered.

@@ -159,38 +159,48 @@ impl Default for Timing {
     }
 }
 
-/// Where STUN answers for a Binding transaction come from: a plain socket (every datagram
-/// is read), or a [`Demux`] (its STUN side).
+/// Where the answers of a STUN transaction come from: a plain socket (every datagram is
+/// read), a [`Demux`] (its STUN side), or what a demultiplexer hands a TURN client (every
+/// message from its server).
 #[derive(Debug)]
 pub enum Answers<'a> {
     /// Read the socket directly.
     Socket(&'a dyn AsyncUdpSocket),
     /// Read what a demultiplexer set aside.
     Demux(&'a Demux),
+    /// Messages from the TURN server at the address given.
+    Relay(&'a mut mpsc::UnboundedReceiver<Bytes>, SocketAddr),
 }
 
 impl Answers<'_> {
-    async fn next(&self) -> io::Result<(SocketAddr, Bytes)> {
+    async fn next(&mut self) -> io::Result<(SocketAddr, Bytes)> {
         match self {
             Answers::Socket(s) => recv_from(*s).await,
             Answers::Demux(d) => d.recv_stun().await,
+            Answers::Relay(rx, server) => match rx.recv().await {
+                Some(data) => Ok((*server, data)),
+                None => Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    "the TURN client's demultiplexer closed",
+                )),
+            },
         }
     }
 }
 
-/// One Binding transaction to `server` from `socket`: the server-reflexive address (the
-/// address the server saw the request come from).
-pub async fn binding(
+/// One client transaction with `server` (RFC 8489 §6.2.1): sends `request` from `socket`
+/// with `timing` until an answer from `server` that `accept` takes; `None` when none came.
+pub(crate) async fn transaction<T>(
     socket: &dyn AsyncUdpSocket,
-    answers: Answers<'_>,
+    answers: &mut Answers<'_>,
     server: SocketAddr,
-    txid: [u8; 12],
+    request: &[u8],
     timing: Timing,
-) -> Result<SocketAddr> {
-    let request = binding_request(txid);
+    mut accept: impl FnMut(&[u8]) -> Option<T>,
+) -> Result<Option<T>> {
     let mut rto = timing.rto;
     for sent in 1..=timing.requests.max(1) {
-        send_to(socket, server, &request)
+        send_to(socket, server, request)
             .await
             .map_err(|e| Error::io(format!("sending a STUN request to {server}"), e))?;
         let wait = if sent == timing.requests {
@@ -200,26 +210,40 @@ pub async fn binding(
         };
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let got = tokio::time::timeout_at(deadline, answers.next()).await;
-            match got {
+            match tokio::time::timeout_at(deadline, answers.next()).await {
                 Err(_) => break,
                 Ok(Err(e)) => return Err(Error::io("reading a STUN answer", e)),
                 Ok(Ok((from, data))) => {
-                    if from != server {
-                        continue;
-                    }
-                    if let Some(addr) = reflexive_address(&data, txid) {
-                        return Ok(addr);
+                    if let Some(t) = (from == server).then(|| accept(&data)).flatten() {
+                        return Ok(Some(t));
                     }
                 }
             }
         }
         rto *= 2;
     }
-    Err(Error::Connection(format!(
-        "no STUN answer from {server} after {} requests",
-        timing.requests
-    )))
+    Ok(None)
+}
+
+/// One Binding transaction to `server` from `socket`: the server-reflexive address (the
+/// address the server saw the request come from).
+pub async fn binding(
+    socket: &dyn AsyncUdpSocket,
+    mut answers: Answers<'_>,
+    server: SocketAddr,
+    txid: [u8; 12],
+    timing: Timing,
+) -> Result<SocketAddr> {
+    let request = binding_request(txid);
+    let accept = |data: &[u8]| reflexive_address(data, txid);
+    transaction(socket, &mut answers, server, &request, timing, accept)
+        .await?
+        .ok_or_else(|| {
+            Error::Connection(format!(
+                "no STUN answer from {server} after {} requests",
+                timing.requests
+            ))
+        })
 }
 
 /// A transaction id from the network's seeded RNG (simulator) or the secure random source.

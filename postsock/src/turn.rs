@@ -82,6 +82,14 @@ pub struct TurnConfig {
     pub password: String,
 }
 
+/// Retransmission of TURN requests: RFC 8489 §6.2.1 with a shorter first timeout and fewer
+/// requests (about 8 s in all before giving up).
+const TIMING: stun::Timing = stun::Timing {
+    rto: Duration::from_millis(250),
+    requests: 5,
+    last_wait: 16,
+};
+
 /// The protocol number of UDP in REQUESTED-TRANSPORT.
 const UDP: u8 = 17;
 /// How long a permission lasts (RFC 8656 §9).
@@ -348,33 +356,24 @@ impl Client {
         txid: [u8; 12],
     ) -> Result<Option<Message<Attribute>>> {
         let server = self.config.server;
-        let mut rto = Duration::from_millis(250);
-        for sent in 1..=5u32 {
-            stun::send_to(self.socket.as_ref(), server, request)
-                .await
-                .map_err(|e| Error::io(format!("sending to the TURN server {server}"), e))?;
-            let deadline = Instant::now() + if sent == 5 { rto * 2 } else { rto };
-            loop {
-                match tokio::time::timeout_at(deadline, control.recv()).await {
-                    Err(_) => break,
-                    Ok(None) => {
-                        return Err(Error::Connection("the TURN socket closed".into()));
-                    }
-                    Ok(Some(data)) => {
-                        if let Some(m) = decode(&data) {
-                            let class = m.class();
-                            let response = class == MessageClass::SuccessResponse
-                                || class == MessageClass::ErrorResponse;
-                            if response && m.transaction_id().as_bytes() == &txid {
-                                return Ok(Some(m));
-                            }
-                        }
-                    }
-                }
-            }
-            rto *= 2;
-        }
-        Ok(None)
+        let mut answers = stun::Answers::Relay(control, server);
+        let accept = |data: &[u8]| {
+            decode(data).filter(|m| {
+                matches!(
+                    m.class(),
+                    MessageClass::SuccessResponse | MessageClass::ErrorResponse
+                ) && m.transaction_id().as_bytes() == &txid
+            })
+        };
+        stun::transaction(
+            self.socket.as_ref(),
+            &mut answers,
+            server,
+            request,
+            TIMING,
+            accept,
+        )
+        .await
     }
 
     /// Frees the allocation now, without waiting for the answer (the socket is going).
@@ -885,12 +884,13 @@ impl Server {
             return;
         };
         match (m.class(), m.method()) {
-            (MessageClass::Request, BINDING) => {
-                let mut r =
-                    Message::new(MessageClass::SuccessResponse, BINDING, m.transaction_id());
-                r.add_attribute(XorMappedAddress::new(from));
-                self.send(from, &encode(r)).await;
-            }
+            // A Binding request: answered as the STUN server answers it.
+            (MessageClass::Request, BINDING) => match stun::answer(data, from) {
+                Some(reply) => self.send(from, &reply).await,
+                None => {
+                    self.stats.malformed.fetch_add(1, Ordering::Relaxed);
+                }
+            },
             (MessageClass::Indication, SEND) => {
                 let peer = m.get_attribute::<XorPeerAddress>().map(|a| a.address());
                 let payload = m.get_attribute::<Data>().map(|d| d.data().to_vec());
