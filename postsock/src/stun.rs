@@ -574,19 +574,30 @@ impl Demux {
         }
     }
 
-    /// Where a peer QUIC knows as `addr` really is.
-    fn real_address(&self, addr: SocketAddr) -> SocketAddr {
-        self.routes().aliases.get(&addr).copied().unwrap_or(addr)
+    /// Where a peer QUIC knows as `addr` really is, and the way there (one lock: this is
+    /// every QUIC send).
+    fn destination(&self, addr: SocketAddr) -> (SocketAddr, Via) {
+        let r = self.routes();
+        let to = r.aliases.get(&addr).copied().unwrap_or(addr);
+        (to, r.routes.get(&to).copied().unwrap_or(Via::Direct))
     }
 
-    /// The address QUIC knows the peer at `real` by.
-    fn quic_address(&self, real: SocketAddr) -> SocketAddr {
+    /// A QUIC packet came from `peer` by `via`: remembers the way, so that answers go the
+    /// same way, and returns the address QUIC knows the peer by (one lock: this is every
+    /// QUIC receive).
+    fn quic_arrival(&self, peer: SocketAddr, via: Via) -> SocketAddr {
         let r = self.routes();
-        r.aliases
+        let known = r
+            .aliases
             .iter()
-            .find(|(_, to)| **to == real)
+            .find(|(_, to)| **to == peer)
             .map(|(known, _)| *known)
-            .unwrap_or(real)
+            .unwrap_or(peer);
+        let before = r.routes.get(&peer).copied().unwrap_or(Via::Direct);
+        if r.server.is_some() && before != via {
+            self.put_route(r, peer, via);
+        }
+        known
     }
 
     /// How QUIC reaches `peer`.
@@ -715,22 +726,9 @@ impl Demux {
             return Sorted::Taken;
         }
         // QUIC: answer the way it came; show QUIC the address it knows the peer by.
-        self.learn_route(peer, via);
         Sorted::Quic {
-            addr: self.quic_address(peer),
+            addr: self.quic_arrival(peer, via),
             payload: relayed,
-        }
-    }
-
-    /// Remembers how a QUIC packet from `peer` came, so that answers go the same way.
-    fn learn_route(&self, peer: SocketAddr, via: Via) {
-        let r = self.routes();
-        if r.server.is_none() {
-            return;
-        }
-        let before = r.routes.get(&peer).copied().unwrap_or(Via::Direct);
-        if before != via {
-            self.put_route(r, peer, via);
         }
     }
 
@@ -797,8 +795,7 @@ impl Demux {
                     }
                 } else {
                     // QUIC segments from one peer, straight.
-                    self.learn_route(from, Via::Direct);
-                    meta[i].addr = self.quic_address(from);
+                    meta[i].addr = self.quic_arrival(from, Via::Direct);
                 }
                 if kept != i {
                     let (front, back) = bufs.split_at_mut(i);
@@ -821,8 +818,8 @@ impl AsyncUdpSocket for Demux {
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-        let to = self.real_address(transmit.destination);
-        if self.route(to) == Via::Direct {
+        let (to, via) = self.destination(transmit.destination);
+        if via == Via::Direct {
             if to == transmit.destination {
                 return self.inner.try_send(transmit);
             }
