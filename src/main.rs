@@ -208,7 +208,7 @@ fn turn_server(
     realm: String,
     relay_ip: Option<std::net::IpAddr>,
 ) -> Result<(), String> {
-    let mut config = postsock::turn::TurnServerConfig::new("", "");
+    let mut config = postsock::traversal::turn::TurnServerConfig::new("", "");
     config.users.clear();
     for u in users {
         let (name, password) = u
@@ -222,7 +222,7 @@ fn turn_server(
     let rt = runtime().map_err(|e| e.to_string())?;
     rt.block_on(async {
         let server =
-            postsock::turn::TurnServer::bind(postsock::net::TokioNet::shared(), listen, config)
+            postsock::traversal::turn::TurnServer::bind(postsock::net::TokioNet::shared(), listen, config)
                 .await
                 .map_err(|e| e.to_string())?;
         println!("TURN server on {}", server.local_addr());
@@ -255,7 +255,7 @@ fn stun_server(listen: std::net::SocketAddr) -> Result<(), String> {
     let rt = runtime().map_err(|e| e.to_string())?;
     rt.block_on(async {
         let net = postsock::net::TokioNet;
-        let server = postsock::stun::StunServer::bind(&net, listen)
+        let server = postsock::traversal::stun::StunServer::bind(&net, listen)
             .await
             .map_err(|e| e.to_string())?;
         println!("STUN server on {}", server.local_addr());
@@ -293,7 +293,7 @@ fn rendezvous_server(
         });
         let net = postsock::net::TokioNet::shared();
         let wait = std::time::Duration::from_secs(wait_s);
-        let server = postsock::rendezvous::RendezvousServer::bind(net, listen, config, wait)
+        let server = postsock::traversal::rendezvous::RendezvousServer::bind(net, listen, config, wait)
             .await
             .map_err(|e| e.to_string())?;
         // Written once the server listens: a client that sees the file can connect.
@@ -333,10 +333,10 @@ fn stun_client(server: &str) -> Result<(), String> {
             ([0u16; 8], 0).into()
         };
         let socket = net.bind_udp(local).await.map_err(|e| e.to_string())?;
-        let txid = postsock::stun::transaction_id(&net);
-        let answers = postsock::stun::Answers::Socket(socket.as_ref());
-        let timing = postsock::stun::Timing::default();
-        let reflexive = postsock::stun::binding(socket.as_ref(), answers, addr, txid, timing)
+        let txid = postsock::traversal::stun::transaction_id(&net);
+        let answers = postsock::traversal::stun::Answers::Socket(socket.as_ref());
+        let timing = postsock::traversal::stun::Timing::default();
+        let reflexive = postsock::traversal::stun::binding(socket.as_ref(), answers, addr, txid, timing)
             .await
             .map_err(|e| e.to_string())?;
         println!("{reflexive}");

@@ -8,10 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use postsock::net::Net;
-use postsock::punch::{self, PunchConfig};
-use postsock::rendezvous::RendezvousServer;
-use postsock::stun::StunServer;
-use postsock::turn::{TurnConfig, TurnServer, TurnServerConfig};
+use postsock::traversal::punch::{self, PunchConfig};
+use postsock::traversal::rendezvous::RendezvousServer;
+use postsock::traversal::stun::StunServer;
+use postsock::traversal::turn::{TurnConfig, TurnServer, TurnServerConfig};
 use postsock::{Carrier, Configuration, Protocol, Remote, Security, TestCa};
 use serde::{Deserialize, Serialize};
 use sim::{Dependence, GatewaySpec, HostSpec, NatPreset, NatSpec, World, WorldSpec};

@@ -4,10 +4,10 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use postsock::punch::PunchConfig;
-use postsock::rendezvous::RendezvousServer;
-use postsock::stun::StunServer;
-use postsock::turn::{TurnConfig, TurnServer, TurnServerConfig};
+use postsock::traversal::punch::PunchConfig;
+use postsock::traversal::rendezvous::RendezvousServer;
+use postsock::traversal::stun::StunServer;
+use postsock::traversal::turn::{TurnConfig, TurnServer, TurnServerConfig};
 use postsock::{Configuration, Protocol, Remote, Security, TestCa};
 use reports::{Expectation, Metrics, Report, SCHEMA_VERSION};
 use sim::World;

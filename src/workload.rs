@@ -371,7 +371,7 @@ async fn echo_carrier(carrier: Carrier, workload: Workload, seed: u64, trace: Sh
 #[derive(Debug, Clone)]
 pub struct Meeting {
     /// Rendezvous, STUN and TURN servers.
-    pub punch: postsock::punch::PunchConfig,
+    pub punch: postsock::traversal::punch::PunchConfig,
     /// The pairing secret.
     pub secret: Vec<u8>,
 }
@@ -406,7 +406,7 @@ pub async fn rendezvous_peer(
     };
     if let Some(r) = carrier.rendezvous_report() {
         let mut t = trace.lock();
-        let relayed = r.path != postsock::punch::PathKind::Direct;
+        let relayed = r.path != postsock::traversal::punch::PathKind::Direct;
         *t.relayed.get_or_insert(relayed) |= relayed;
         if client {
             t.rendezvous_ms = Some(ms(r.ready));

@@ -8,7 +8,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use postsock::stun::{self, Answers, StunServer, Timing};
+use postsock::traversal::stun::{self, Answers, StunServer, Timing};
 use sim::{GatewaySpec, NatPreset, World, WorldSpec};
 
 use common::{lossless_runs, scenario, sim_host, sim_nat};

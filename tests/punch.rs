@@ -4,7 +4,7 @@
 //! allows one; where it does not, through the simulator's TURN relay (or, without one, a
 //! clear error instead of a hang). The whole preset matrix matches its prediction.
 
-use postsock::punch::{PathKind, RelayPolicy};
+use postsock::traversal::punch::{PathKind, RelayPolicy};
 use sim::NatPreset;
 use testbed::natmatrix::{self, punch_pair, punch_pair_with, PairSetup, PeerResult};
 

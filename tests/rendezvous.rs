@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{sim_host as host, sim_nat as gateway};
 use postsock::net::Net;
-use postsock::rendezvous::{
+use postsock::traversal::rendezvous::{
     self, Candidate, CandidateKind, Pairing, PeerInfo, RendezvousServer, RendezvousStats,
 };
 use postsock::{Carrier, Configuration, Protocol, Remote, Security, TestCa};

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use postsock::net::{Net, TokioNet};
-use postsock::stun::{self, Answers, Demux, StunServer, Timing};
+use postsock::traversal::stun::{self, Answers, Demux, StunServer, Timing};
 use sim::{GatewaySpec, NatPreset, World, WorldSpec};
 
 use common::{free_udp_port, postsock_bin, sim_host as host, Child};

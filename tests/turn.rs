@@ -9,10 +9,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use postsock::net::{Net, TokioNet};
-use postsock::punch::{self, PathKind, PunchConfig, RelayPolicy};
-use postsock::rendezvous::RendezvousServer;
-use postsock::stun::{self, Demux, Via};
-use postsock::turn::{self, TurnConfig, TurnServer, TurnServerConfig, TurnStats};
+use postsock::traversal::punch::{self, PathKind, PunchConfig, RelayPolicy};
+use postsock::traversal::rendezvous::RendezvousServer;
+use postsock::traversal::stun::{self, Demux, Via};
+use postsock::traversal::turn::{self, TurnConfig, TurnServer, TurnServerConfig, TurnStats};
 use postsock::{Configuration, Protocol, Remote, Security, TestCa};
 use sim::{NatPreset, World, WorldSpec};
 

@@ -195,7 +195,7 @@ impl Configuration {
     }
     /// The protocol stacks to try, best first (see [`crate::select`]).
     pub fn candidates(&self) -> crate::Result<Vec<Protocol>> {
-        crate::selection::select(&self.properties, &self.protocols)
+        crate::establish::selection::select(&self.properties, &self.protocols)
     }
     /// Sets the establishment timeout.
     pub fn connect_timeout(&mut self, timeout: Duration) -> &mut Self {

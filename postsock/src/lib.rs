@@ -52,39 +52,38 @@
 //! # Ok(()) }
 //! ```
 
-mod association;
-mod carrier;
+// The layers, bottom up (docs/ARCHITECTURE.md): the vocabulary every layer speaks
+// (messages, configuration, errors), the network seam, paths, transports, establishment,
+// the application API, and NAT traversal built on top of it.
 mod certs;
 mod config;
 mod error;
-pub mod framer;
-mod kin;
-mod listener;
 mod message;
-pub mod net;
-mod outbox;
-pub mod path;
-pub mod punch;
-mod racing;
-pub mod rendezvous;
-mod selection;
-pub mod stun;
-pub mod transport;
-pub mod turn;
-mod wait;
+mod util;
 
-pub use association::{Association, AssociationKey, Associations, PathMemory, DEFAULT_PATH};
-pub use carrier::{Carrier, PartialSend};
+pub mod net;
+pub mod path;
+pub mod transport;
+
+mod establish;
+
+mod api;
+
+pub mod traversal;
+
+pub use establish::association::{Association, AssociationKey, Associations, PathMemory, DEFAULT_PATH};
+pub use api::carrier::{Carrier, PartialSend};
 pub use certs::TestCa;
 pub use config::{Configuration, Identity, Protocol, Remote, Security};
 pub use error::{Error, Result};
-pub use framer::{Framed, Framer, Json, LengthPrefix, Lines};
-pub use kin::{Request, Responder, Sink, Source};
-pub use listener::Listener;
+pub use api::framer;
+pub use api::framer::{Framed, Framer, Json, LengthPrefix, Lines};
+pub use api::roles::{Request, Responder, Sink, Source};
+pub use api::listener::Listener;
 pub use message::{
     Event, Message, MessageId, MessageProperties, Received, ReceivedPartial, SendHandle, SendStatus,
 };
 pub use path::{HandoverReason, PathMonitor, PathPolicy};
-pub use racing::{Attempt, AttemptOutcome, EstablishmentReport, MIN_ATTEMPT_DELAY};
-pub use selection::{select, Preference, Rejection, TransportProperties};
+pub use establish::racing::{Attempt, AttemptOutcome, EstablishmentReport, MIN_ATTEMPT_DELAY};
+pub use establish::selection::{select, Preference, Rejection, TransportProperties};
 pub use transport::tls::ALPN;

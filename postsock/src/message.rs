@@ -206,13 +206,13 @@ impl StatusCell {
     }
 
     fn get(&self) -> (SendStatus, bool) {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        crate::util::lock(&self.state).clone()
     }
 
     /// Sets the status; a terminal status is final.
     pub(crate) fn set(&self, status: SendStatus, terminal: bool) {
         {
-            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut state = crate::util::lock(&self.state);
             if state.1 {
                 return;
             }
@@ -222,7 +222,7 @@ impl StatusCell {
     }
 
     async fn wait_for(&self, done: impl Fn(&(SendStatus, bool)) -> bool) -> SendStatus {
-        crate::wait::until(&self.changed, || {
+        crate::util::until(&self.changed, || {
             let state = self.get();
             done(&state).then_some(state.0)
         })

@@ -151,12 +151,12 @@ impl Coturn {
         socket
             .set_read_timeout(Some(std::time::Duration::from_millis(100)))
             .expect("timeout");
-        let request = postsock::stun::binding_request([5; 12]);
+        let request = postsock::traversal::stun::binding_request([5; 12]);
         let mut buf = [0u8; 1500];
         for _ in 0..100 {
             let _ = socket.send_to(&request, self.addr());
             if let Ok((n, _)) = socket.recv_from(&mut buf) {
-                if postsock::stun::reflexive_address(&buf[..n], [5; 12]).is_some() {
+                if postsock::traversal::stun::reflexive_address(&buf[..n], [5; 12]).is_some() {
                     return;
                 }
             }

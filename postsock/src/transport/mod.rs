@@ -9,7 +9,8 @@ mod cc;
 pub mod framing;
 pub(crate) mod quic;
 pub mod tls;
-pub(crate) mod tls_tcp;
+pub(crate) mod outbox;
+pub(crate) mod stream;
 
 use std::sync::Arc;
 
@@ -89,4 +90,14 @@ pub(crate) fn event_channel(events: usize, bytes: usize) -> (EventTx, EventRx) {
         },
         EventRx { rx },
     )
+}
+
+impl crate::path::Announce for EventTx {
+    fn announce(&self, event: Event) -> crate::net::BoxFuture<'_, bool> {
+        Box::pin(async move { self.send(event).await.is_ok() })
+    }
+
+    fn gone(&self) -> bool {
+        self.is_closed()
+    }
 }

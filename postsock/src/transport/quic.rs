@@ -20,7 +20,7 @@ pub(crate) use super::cc::PathEpoch;
 use super::{tls, EventTx};
 use crate::message::{MessageProperties, SendStatus};
 use crate::net::Net;
-use crate::outbox::{Item, Outbox};
+use crate::transport::outbox::{Item, Outbox};
 use crate::{Configuration, Error, Event, MessageId, Received, Result};
 
 /// Streams the peer may open at once (messages in flight towards us), per direction type.
@@ -225,7 +225,7 @@ impl InFlight {
         self.drop.notify_waiters();
     }
     async fn below(&self, limit: usize) {
-        crate::wait::until(&self.drop, || {
+        crate::util::until(&self.drop, || {
             (self.bytes.load(Ordering::Relaxed) < limit).then_some(())
         })
         .await

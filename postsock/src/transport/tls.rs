@@ -32,9 +32,7 @@ pub(crate) struct ObservingVerifier {
 impl ObservingVerifier {
     /// Full handshakes (certificate verifications) with `name` so far.
     pub(crate) fn verifications(&self, name: &str) -> u64 {
-        self.verified
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        crate::util::lock(&self.verified)
             .get(name)
             .copied()
             .unwrap_or(0)
@@ -57,10 +55,7 @@ impl rustls::client::danger::ServerCertVerifier for ObservingVerifier {
             ocsp_response,
             now,
         )?;
-        *self
-            .verified
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        *crate::util::lock(&self.verified)
             .entry(server_name.to_str().into_owned())
             .or_insert(0) += 1;
         Ok(verified)

@@ -12,10 +12,10 @@ use tokio::task::{JoinHandle, JoinSet};
 
 use std::future::Future;
 
-use crate::carrier::Transient;
+use crate::establish::attempt::Transient;
 use crate::net::{BoxFuture, ByteStream, Net, StreamListener};
 use crate::transport::framing::{FLAG_REFUSED, FLAG_RESUME};
-use crate::transport::{quic, tls, tls_tcp};
+use crate::transport::{quic, stream as tls_tcp, tls};
 use crate::{Carrier, Configuration, Error, Event, Protocol, Result};
 
 /// Accepts carriers. See the [crate docs](crate) for an example.
@@ -193,9 +193,7 @@ async fn continue_carrier<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     use tokio::io::AsyncWriteExt;
-    let core = registry
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
+    let core = crate::util::lock(&registry)
         .get(&h.token)
         .and_then(Weak::upgrade);
     let Some(core) = core else {
@@ -280,7 +278,7 @@ async fn accept_stream(
             };
             let carrier = Carrier::start(transient, &config, None);
             if let (Some(token), Some(core)) = (token, carrier.stream_core()) {
-                let mut map = registry.lock().unwrap_or_else(|p| p.into_inner());
+                let mut map = crate::util::lock(&registry);
                 map.retain(|_, c| c.strong_count() > 0);
                 map.insert(token, Arc::downgrade(&core));
             }

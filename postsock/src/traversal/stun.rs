@@ -248,16 +248,8 @@ pub async fn binding(
 
 /// A transaction id from the network's seeded RNG (simulator) or the secure random source.
 pub fn transaction_id(net: &dyn Net) -> [u8; 12] {
-    let mut id = [0u8; 12];
-    match net.rng_seed() {
-        Some(seed) => id.copy_from_slice(&seed[..12]),
-        None => {
-            let rng = rustls::crypto::ring::default_provider().secure_random;
-            // Without entropy the transaction is merely guessable, not broken.
-            let _ = rng.fill(&mut id);
-        }
-    }
-    id
+    // Without entropy the transaction is merely guessable, not broken.
+    crate::util::random(net).unwrap_or_default()
 }
 
 /// What a [`StunServer`] did.
@@ -369,7 +361,7 @@ async fn serve(socket: Arc<dyn AsyncUdpSocket>, stats: Arc<StunStats>) {
 /// socket; STUN messages that arrive are set aside for [`Demux::recv_stun`], and
 /// [`Demux::send_stun`] sends from the same address quinn uses.
 ///
-/// With a TURN allocation attached ([`crate::turn::allocate`]), datagrams from the TURN
+/// With a TURN allocation attached ([`crate::traversal::turn::allocate`]), datagrams from the TURN
 /// server are unwrapped (ChannelData, Data indications) and then sorted the same way, marked
 /// [`Via::Relay`]; what goes to a peer that QUIC reaches through the relay is wrapped.
 #[derive(Debug)]
@@ -378,7 +370,7 @@ pub struct Demux {
     stun_tx: mpsc::UnboundedSender<(SocketAddr, Bytes, Via)>,
     stun_rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<(SocketAddr, Bytes, Via)>>,
     /// The TURN relay's routing, when one is attached.
-    relay: Mutex<crate::turn::RelayRoutes>,
+    relay: Mutex<crate::traversal::turn::RelayRoutes>,
     /// Where the TURN server's own messages (responses) go: the TURN client.
     turn_tx: Mutex<Option<mpsc::UnboundedSender<Bytes>>>,
     /// Woken when QUIC starts reaching a peer through the relay (a channel is wanted).
@@ -460,8 +452,8 @@ impl Demux {
         self.inner.clone()
     }
 
-    fn routes(&self) -> std::sync::MutexGuard<'_, crate::turn::RelayRoutes> {
-        self.relay.lock().unwrap_or_else(|p| p.into_inner())
+    fn routes(&self) -> std::sync::MutexGuard<'_, crate::traversal::turn::RelayRoutes> {
+        crate::util::lock(&self.relay)
     }
 
     /// `data` for `peer` wrapped for the relay: where to send it and what.
@@ -477,7 +469,7 @@ impl Demux {
     /// data (they are the TURN client's responses).
     pub(crate) fn attach_relay(&self, server: SocketAddr) -> mpsc::UnboundedReceiver<Bytes> {
         let (tx, rx) = mpsc::unbounded_channel();
-        *self.turn_tx.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        *crate::util::lock(&self.turn_tx) = Some(tx);
         // A new allocation: the old one's channels and relayed routes mean nothing now.
         let mut r = self.routes();
         r.server = Some(server);
@@ -491,10 +483,7 @@ impl Demux {
     /// Stops the allocation's maintenance task and waits until it has released the
     /// allocation (a Refresh with LIFETIME 0, sent as the task ends).
     pub(crate) async fn release_relay(&self) {
-        let task = self
-            .relay_task
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        let task = crate::util::lock(&self.relay_task)
             .take();
         if let Some(task) = task {
             task.abort();
@@ -503,10 +492,7 @@ impl Demux {
     }
 
     pub(crate) fn set_relay_task(&self, task: tokio::task::JoinHandle<()>) {
-        if let Some(old) = self
-            .relay_task
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        if let Some(old) = crate::util::lock(&self.relay_task)
             .replace(task)
         {
             old.abort();
@@ -545,7 +531,7 @@ impl Demux {
     /// channel.
     fn put_route(
         &self,
-        mut r: std::sync::MutexGuard<'_, crate::turn::RelayRoutes>,
+        mut r: std::sync::MutexGuard<'_, crate::traversal::turn::RelayRoutes>,
         peer: SocketAddr,
         via: Via,
     ) {
@@ -636,17 +622,14 @@ impl Demux {
                     return;
                 }
                 // Not STUN: kept (bounded) for the QUIC endpoint about to be created.
-                let mut early = me.early.lock().unwrap_or_else(|p| p.into_inner());
+                let mut early = crate::util::lock(&me.early);
                 if early.len() < EARLY_MAX {
                     let len = meta[0].len;
                     early.push_back((meta[0], buf[..len].to_vec()));
                 }
             }
         });
-        if let Some(old) = self
-            .pump
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        if let Some(old) = crate::util::lock(&self.pump)
             .replace(task)
         {
             old.abort();
@@ -655,7 +638,7 @@ impl Demux {
 
     /// Stops the reading task (quinn reads from now on).
     pub fn stop_pump(&self) {
-        if let Some(task) = self.pump.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(task) = crate::util::lock(&self.pump).take() {
             task.abort();
         }
     }
@@ -664,10 +647,7 @@ impl Demux {
 impl Drop for Demux {
     fn drop(&mut self) {
         self.stop_pump();
-        if let Some(task) = self
-            .relay_task
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        if let Some(task) = crate::util::lock(&self.relay_task)
             .take()
         {
             task.abort();
@@ -701,15 +681,15 @@ impl Demux {
     /// the TURN client's answers aside, learns how QUIC reaches the peer.
     fn sort(&self, server: Option<SocketAddr>, from: SocketAddr, data: &[u8]) -> Sorted {
         let (peer, via, relayed) = if Some(from) == server {
-            match crate::turn::from_server(data, &self.routes().incoming) {
-                crate::turn::FromServer::Peer(peer, inner) => (peer, Via::Relay, Some(inner)),
-                crate::turn::FromServer::Control => {
-                    if let Some(tx) = &*self.turn_tx.lock().unwrap_or_else(|p| p.into_inner()) {
+            match crate::traversal::turn::from_server(data, &self.routes().incoming) {
+                crate::traversal::turn::FromServer::Peer(peer, inner) => (peer, Via::Relay, Some(inner)),
+                crate::traversal::turn::FromServer::Control => {
+                    if let Some(tx) = &*crate::util::lock(&self.turn_tx) {
                         let _ = tx.send(Bytes::copy_from_slice(data));
                     }
                     return Sorted::Taken;
                 }
-                crate::turn::FromServer::Drop => {
+                crate::traversal::turn::FromServer::Drop => {
                     self.relay_dropped.fetch_add(1, Ordering::Relaxed);
                     return Sorted::Taken;
                 }
@@ -766,9 +746,7 @@ impl Demux {
                                 stride: data.len(),
                                 ..meta[i]
                             };
-                            self.early
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
+                            crate::util::lock(&self.early)
                                 .push_back((m, data));
                         }
                     }
@@ -851,10 +829,7 @@ impl AsyncUdpSocket for Demux {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        let early = self
-            .early
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        let early = crate::util::lock(&self.early)
             .pop_front();
         if let (Some((m, data)), Some(buf), Some(slot)) =
             (early, bufs.first_mut(), meta.first_mut())
@@ -945,7 +920,7 @@ mod tests {
         // STUN requests from the peer, coalesced too.
         let quic = |k: u8| vec![0x40 | k, 1, 2, 3, 4, 5, 6, 7];
         let relayed: Vec<u8> = (0..3)
-            .flat_map(|k| crate::turn::channel_data(0x4000, &quic(k)))
+            .flat_map(|k| crate::traversal::turn::channel_data(0x4000, &quic(k)))
             .collect();
         let stun: Vec<u8> = [binding_request([1; 12]), binding_request([2; 12])].concat();
         let socket = Arc::new(Canned::default());

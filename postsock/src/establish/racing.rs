@@ -10,10 +10,11 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::association::MaybeTls;
-use crate::carrier::{attempt, Transient};
+use crate::establish::association::MaybeTls;
+use crate::establish::attempt::{attempt, Transient};
 use crate::net::Net;
 use crate::path::PathChoice;
+use super::race::{Race, RaceEnd};
 use crate::{Configuration, Error, Protocol, Result};
 
 /// The shortest attempt delay allowed (RFC 8305 §5: never below 10 ms).
@@ -149,8 +150,8 @@ fn no_candidate(report: &EstablishmentReport) -> Error {
     }
 }
 
-/// Races `candidates`: starts the first, then the next one attempt delay later, or at once
-/// when an attempt fails; the first ready transient wins. Bounded by the connect timeout.
+/// Races `candidates` (see [`Race`] for the rules); the first ready transient wins. Bounded
+/// by the connect timeout.
 pub(crate) async fn race(
     net: Arc<dyn Net>,
     host: &str,
@@ -159,106 +160,71 @@ pub(crate) async fn race(
     tls: &MaybeTls,
 ) -> (Result<(Transient, Option<PathChoice>)>, EstablishmentReport) {
     let delay = config.attempt_delay.max(MIN_ATTEMPT_DELAY);
-    let start = Instant::now();
-    let deadline = start + config.connect_timeout;
-    let mut report = EstablishmentReport::default();
+    let mut race = Race::new(candidates, delay, config.connect_timeout, Instant::now());
     let mut running: JoinSet<(usize, Result<Transient>)> = JoinSet::new();
-    // With one path there is nothing to say about interfaces in the report.
-    let name_paths = candidates
-        .iter()
-        .filter_map(|c| c.path.as_ref().map(|p| &p.interface))
-        .collect::<std::collections::BTreeSet<_>>()
-        .len()
-        > 1;
-    let mut next = 0;
-    let mut next_at = start;
     // With a single candidate its own error says everything.
     let mut only_error = None;
-    let finish = |report: &mut EstablishmentReport, i: usize, outcome: AttemptOutcome| {
-        let a = &mut report.attempts[i];
-        a.duration = start.elapsed().saturating_sub(a.started);
-        a.outcome = outcome;
-    };
     loop {
-        if running.is_empty() && next >= candidates.len() {
-            report.duration = start.elapsed();
-            if let (1, Some(e)) = (candidates.len(), only_error.take()) {
-                return (Err(e), report);
-            }
-            return (Err(no_candidate(&report)), report);
-        }
-        tokio::select! {
-            biased;
-            Some(done) = running.join_next(), if !running.is_empty() => {
-                let Ok((i, result)) = done else { continue };
-                match result {
-                    Ok(transient) => {
-                        finish(&mut report, i, AttemptOutcome::Won);
-                        // Attempts that also completed are closed; the rest are cancelled.
-                        while let Some(Ok((j, other))) = running.try_join_next() {
-                            let outcome = match other {
-                                Ok(_) => AttemptOutcome::LostRace,
-                                Err(e) => AttemptOutcome::Failed(e.to_string()),
-                            };
-                            finish(&mut report, j, outcome);
-                        }
-                        running.abort_all();
-                        for a in report.attempts.iter_mut() {
-                            if a.outcome == AttemptOutcome::Cancelled && a.duration.is_zero() {
-                                a.duration = start.elapsed().saturating_sub(a.started);
+        let end = match race.end() {
+            Some(end) => end,
+            // Every attempt ended without a word (a panicked task): nothing is left to try.
+            None if running.is_empty() && race.next_start().is_none() => RaceEnd::Exhausted,
+            None => {
+                tokio::select! {
+                    biased;
+                    Some(done) = running.join_next(), if !running.is_empty() => {
+                        let Ok((i, result)) = done else { continue };
+                        match result {
+                            Ok(transient) => {
+                                // Attempts that also completed are closed; the rest cancelled.
+                                let mut also = Vec::new();
+                                while let Some(Ok((j, other))) = running.try_join_next() {
+                                    also.push((j, other.map(drop).map_err(|e| e.to_string())));
+                                }
+                                running.abort_all();
+                                race.won(Instant::now(), i, also);
+                                let path = race.candidates()[i].path.clone();
+                                return (Ok((transient, path)), race.report().clone());
+                            }
+                            Err(e) => {
+                                race.failed(Instant::now(), i, e.to_string());
+                                only_error = Some(e);
                             }
                         }
-                        report.duration = start.elapsed();
-                        return (Ok((transient, candidates[i].path.clone())), report);
                     }
-                    Err(e) => {
-                        finish(&mut report, i, AttemptOutcome::Failed(e.to_string()));
-                        only_error = Some(e);
-                        // A failure starts the next candidate at once (RFC 8305 §5).
-                        next_at = Instant::now();
+                    _ = tokio::time::sleep_until(race.deadline()) => {
+                        running.abort_all();
+                        race.timed_out(Instant::now());
                     }
-                }
-            }
-            _ = tokio::time::sleep_until(deadline) => {
-                running.abort_all();
-                let timeout_ms = config.connect_timeout.as_millis();
-                for a in report.attempts.iter_mut() {
-                    if a.outcome == AttemptOutcome::Cancelled {
-                        a.duration = start.elapsed().saturating_sub(a.started);
-                        a.outcome = AttemptOutcome::Failed(format!(
-                            "no answer within the {timeout_ms} ms connect timeout"
-                        ));
+                    _ = crate::util::until_opt(race.next_start()) => {
+                        let Some(i) = race.start_next(Instant::now()) else { continue };
+                        let Candidate { protocol, remote, path } = race.candidates()[i].clone();
+                        let (net, host, config) = (net.clone(), host.to_string(), config.clone());
+                        let tls = tls.clone();
+                        let local = path.map(|p| p.local);
+                        running.spawn(async move {
+                            let a = attempt(net.as_ref(), protocol, remote, local, &host, &config, None, &tls);
+                            (i, a.await)
+                        });
                     }
                 }
-                report.duration = start.elapsed();
-                if let [Candidate { protocol, remote, .. }] = candidates[..] {
-                    let timeout_ms = timeout_ms as u64;
-                    return (Err(Error::Timeout { protocol, remote, timeout_ms }), report);
-                }
-                return (Err(no_candidate(&report)), report);
+                continue;
             }
-            _ = tokio::time::sleep_until(next_at), if next < candidates.len() => {
-                let Candidate { protocol, remote, path } = candidates[next].clone();
-                report.attempts.push(Attempt {
-                    protocol,
-                    remote,
-                    interface: path.as_ref().filter(|_| name_paths).map(|p| p.interface.clone()),
-                    started: start.elapsed(),
-                    duration: Duration::ZERO,
-                    // Until it ends one way or another.
-                    outcome: AttemptOutcome::Cancelled,
-                });
-                let (net, host, config, i) = (net.clone(), host.to_string(), config.clone(), next);
-                let tls = tls.clone();
-                let local = path.map(|p| p.local);
-                running.spawn(async move {
-                    let a = attempt(net.as_ref(), protocol, remote, local, &host, &config, None, &tls);
-                    (i, a.await)
-                });
-                next += 1;
-                next_at = Instant::now() + delay;
-            }
-        }
+        };
+        let report = race.report().clone();
+        let error = match (end, race.only()) {
+            (RaceEnd::TimedOut, Some((protocol, remote))) => Error::Timeout {
+                protocol,
+                remote,
+                timeout_ms: config.connect_timeout.as_millis() as u64,
+            },
+            (RaceEnd::Exhausted, Some(_)) => match only_error.take() {
+                Some(e) => e,
+                None => no_candidate(&report),
+            },
+            _ => no_candidate(&report),
+        };
+        return (Err(error), report);
     }
 }
 

@@ -43,7 +43,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::net::{AsyncUdpSocket, Net};
-use crate::stun::{self, Demux, Via};
+use crate::traversal::stun::{self, Demux, Via};
 use crate::{Error, Result};
 
 define_attribute_enums!(
@@ -239,7 +239,7 @@ fn method_name(m: Method) -> &'static str {
 
 impl Client {
     fn auth(&self) -> Option<Auth> {
-        self.auth.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        crate::util::lock(&self.auth).clone()
     }
 
     /// `attrs` with USERNAME, REALM, NONCE and MESSAGE-INTEGRITY added (once the server has
@@ -314,7 +314,7 @@ impl Client {
                         (Some(401), Some(realm), Some(nonce)) if had.is_none() => {
                             let username = Username::new(self.config.username.clone())
                                 .map_err(|e| Error::Config(format!("TURN user name: {e}")))?;
-                            *self.auth.lock().unwrap_or_else(|p| p.into_inner()) = Some(Auth {
+                            *crate::util::lock(&self.auth) = Some(Auth {
                                 username,
                                 realm,
                                 nonce,
@@ -322,7 +322,7 @@ impl Client {
                         }
                         // 438 Stale Nonce: the new nonce, and again.
                         (Some(438), realm, Some(nonce)) if had.is_some() => {
-                            let mut a = self.auth.lock().unwrap_or_else(|p| p.into_inner());
+                            let mut a = crate::util::lock(&self.auth);
                             if let Some(a) = a.as_mut() {
                                 a.nonce = nonce;
                                 if let Some(r) = realm {
@@ -480,9 +480,7 @@ impl Allocation {
             .map(|ip| Attribute::XorPeerAddress(XorPeerAddress::new(SocketAddr::new(*ip, 0))))
             .collect();
         self.client.transact(CREATE_PERMISSION, &attrs).await?;
-        self.permitted
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        crate::util::lock(&self.permitted)
             .extend(ips);
         Ok(())
     }
@@ -544,10 +542,7 @@ async fn maintain(alloc: Allocation, demux: Weak<Demux>) {
             next_refresh = now + refresh_every;
         }
         if now >= next_permissions {
-            let ips: Vec<IpAddr> = alloc
-                .permitted
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
+            let ips: Vec<IpAddr> = crate::util::lock(&alloc.permitted)
                 .iter()
                 .copied()
                 .collect();
@@ -583,10 +578,7 @@ async fn maintain(alloc: Allocation, demux: Weak<Demux>) {
                 Attribute::XorPeerAddress(XorPeerAddress::new(peer)),
             ];
             // A permission for the peer comes with the binding.
-            alloc
-                .permitted
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
+            crate::util::lock(&alloc.permitted)
                 .insert(peer.ip());
             match alloc.client.transact(CHANNEL_BIND, &attrs).await {
                 Ok(_) => {
@@ -685,7 +677,7 @@ impl TurnServerConfig {
 }
 
 /// A TURN server (UDP; see the module documentation for what it serves).
-pub type TurnServer = crate::stun::Served<TurnStats>;
+pub type TurnServer = crate::traversal::stun::Served<TurnStats>;
 
 impl TurnServer {
     /// Binds at `local` through `net` and starts serving.
@@ -711,7 +703,7 @@ impl TurnServer {
         }
         let (socket, local) = stun::bind_server_socket(net.as_ref(), local).await?;
         let stats = Arc::new(TurnStats::default());
-        let nonce = crate::rendezvous::hex(&stun::transaction_id(net.as_ref()));
+        let nonce = crate::traversal::rendezvous::hex(&stun::transaction_id(net.as_ref()));
         let server = Server {
             net,
             socket,
@@ -723,7 +715,7 @@ impl TurnServer {
             by_relay: BTreeMap::new(),
         };
         let task = tokio::spawn(server.serve());
-        Ok(crate::stun::Served::new(local, stats, task))
+        Ok(crate::traversal::stun::Served::new(local, stats, task))
     }
 }
 
@@ -789,7 +781,7 @@ impl Server {
                     self.on_client(from, &data, &peer_tx).await;
                 }
                 Some(p) = peer_rx.recv() => self.on_peer(p).await,
-                _ = crate::wait::until_opt(expiry) => self.expire(),
+                _ = crate::util::until_opt(expiry) => self.expire(),
             }
         }
     }

@@ -21,7 +21,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::racing::{AttemptOutcome, EstablishmentReport};
+use crate::establish::racing::{AttemptOutcome, EstablishmentReport};
 use crate::{Error, Protocol, Result, Security};
 
 /// The name of the only path until multihoming (one interface per host).
@@ -120,7 +120,7 @@ pub struct Association {
 
 impl Association {
     fn paths(&self) -> MutexGuard<'_, BTreeMap<String, PathState>> {
-        self.paths.lock().unwrap_or_else(|p| p.into_inner())
+        crate::util::lock(&self.paths)
     }
 
     /// The key.
@@ -130,7 +130,7 @@ impl Association {
 
     /// The TLS client configurations (built on first use; their session caches persist).
     pub(crate) fn tls(&self, security: &Security) -> Result<TlsClients> {
-        let mut tls = self.tls.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tls = crate::util::lock(&self.tls);
         if let Some(t) = tls.as_ref() {
             return Ok(t.clone());
         }
@@ -213,7 +213,7 @@ impl Association {
     /// Forgets everything learnt (the TLS session caches included).
     pub fn clear(&self) {
         self.paths().clear();
-        *self.tls.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        *crate::util::lock(&self.tls) = None;
     }
 
     fn snapshot(&self) -> BTreeMap<String, PathMemory> {
@@ -269,7 +269,7 @@ impl Associations {
     }
 
     fn lock(&self) -> MutexGuard<'_, BTreeMap<AssociationKey, Arc<Association>>> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        crate::util::lock(&self.inner)
     }
 
     /// The association for `key`, created on first use.
@@ -363,7 +363,7 @@ impl Associations {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::racing::Attempt;
+    use crate::establish::racing::Attempt;
 
     fn race(winner: Protocol, failed: Option<Protocol>) -> EstablishmentReport {
         let addr = ([10, 0, 0, 1], 1).into();

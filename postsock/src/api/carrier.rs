@@ -2,7 +2,7 @@
 //!
 //! A carrier owns one transient at a time (a QUIC connection, or a TLS/TCP or TCP
 //! connection). What the application sends goes through the carrier's
-//! [`Outbox`](crate::outbox) (back-pressure, niceness, antecedents, lifetimes) to the
+//! [`Outbox`](crate::transport::outbox) (back-pressure, niceness, antecedents, lifetimes) to the
 //! transient's sending loop; what arrives comes back as [`Event`]s.
 
 use std::net::{IpAddr, SocketAddr};
@@ -14,14 +14,15 @@ use tokio::task::JoinHandle;
 
 use tokio::time::Instant;
 
-use crate::association::{AssociationKey, MaybeTls, TlsClients, DEFAULT_PATH};
+use crate::establish::association::{AssociationKey, MaybeTls, TlsClients, DEFAULT_PATH};
+use crate::establish::attempt::{attempt, new_token, Transient};
 use crate::message::{MessageProperties, SendHandle, SendStatus};
 use crate::net::Net;
-use crate::outbox::Outbox;
+use crate::transport::outbox::Outbox;
 use crate::path::{CurrentPath, PathChoice, PathMonitor};
-use crate::racing::{self, EstablishmentReport};
+use crate::establish::racing::{self, EstablishmentReport};
 use crate::transport::assemble::ReceiveLimits;
-use crate::transport::{event_channel, quic, tls_tcp, EventRx};
+use crate::transport::{event_channel, quic, stream as tls_tcp, EventRx};
 use crate::{Configuration, Error, Event, Message, MessageId, Protocol, Received, Remote, Result};
 
 /// How the carrier reaches its transient to end it.
@@ -52,137 +53,6 @@ impl std::fmt::Debug for Origin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Origin({})", self.remote)
     }
-}
-
-/// An established transient, before it becomes a carrier.
-pub(crate) enum Transient {
-    /// A QUIC connection.
-    Quic {
-        conn: quinn::Connection,
-        /// The client's endpoint (it must live as long as the connection).
-        endpoint: Option<quinn::Endpoint>,
-        /// Whether the handshake resumed a session, when known.
-        resumed: Option<bool>,
-        /// For a client connection in 0-RTT (usable before its handshake completes): whether
-        /// the server accepts the early data.
-        zero_rtt: Option<quinn::ZeroRttAccepted>,
-        /// Bumped when the endpoint moves to another interface (restarts congestion control).
-        epoch: quic::PathEpoch,
-    },
-    /// A connected byte stream (TLS or plain TCP).
-    Stream {
-        stream: Box<dyn StreamIo>,
-        peer: SocketAddr,
-        protocol: Protocol,
-        /// Whether TLS resumed a session, when known.
-        resumed: Option<bool>,
-        /// An accepted resumable carrier's token (from the client's HELLO).
-        token: Option<tls_tcp::Token>,
-    },
-}
-
-/// A byte stream a transient can run on (TLS or plain TCP).
-pub(crate) trait StreamIo:
-    tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin
-{
-}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> StreamIo for T {}
-
-/// One connection attempt: establishes `protocol` to `addr` within the connect timeout.
-#[allow(clippy::too_many_arguments)]
-pub(crate) async fn attempt(
-    net: &dyn Net,
-    protocol: Protocol,
-    addr: SocketAddr,
-    local: Option<IpAddr>,
-    host: &str,
-    config: &Configuration,
-    endpoint: Option<(&quinn::Endpoint, &quic::PathEpoch)>,
-    tls: &MaybeTls,
-) -> Result<Transient> {
-    let tls_for = |pick: fn(&TlsClients) -> Arc<rustls::ClientConfig>| {
-        tls.as_ref()
-            .map(pick)
-            .ok_or_else(|| Error::Config("no TLS configuration for a secure protocol".into()))
-    };
-    let attempt = async {
-        match protocol {
-            Protocol::Quic => {
-                // A handshake in which rustls verified no certificate resumed a session.
-                let name = crate::transport::tls::server_name(&config.security, host)?
-                    .to_str()
-                    .into_owned();
-                let verifications = || tls.as_ref().map(|t| t.quic_verifier.verifications(&name));
-                let before = verifications();
-                let tls = tls_for(|t| t.quic.clone())?;
-                let (conn, ep, epoch) = match endpoint {
-                    Some((ep, epoch)) => {
-                        let conn = quic::connect_on(ep, addr, host, config, tls, epoch).await?;
-                        (conn, ep.clone(), epoch.clone())
-                    }
-                    None => {
-                        let (ep, conn, epoch) =
-                            quic::connect(net, addr, local, host, config, tls).await?;
-                        (conn, ep, epoch)
-                    }
-                };
-                let resumed = before.map(|b| verifications() == Some(b));
-                Ok(Transient::Quic {
-                    conn,
-                    endpoint: Some(ep),
-                    resumed,
-                    zero_rtt: None,
-                    epoch,
-                })
-            }
-            Protocol::TlsTcp => {
-                let tls = tls_for(|t| t.tcp.clone())?;
-                let stream = tls_tcp::connect(net, addr, local, host, config, tls).await?;
-                let resumed =
-                    stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
-                Ok(Transient::Stream {
-                    stream: Box::new(stream),
-                    peer: addr,
-                    protocol,
-                    resumed: Some(resumed),
-                    token: None,
-                })
-            }
-            Protocol::Tcp => {
-                let stream = tls_tcp::connect_plain(net, addr, local).await?;
-                Ok(Transient::Stream {
-                    stream: Box::new(stream),
-                    peer: addr,
-                    protocol,
-                    resumed: None,
-                    token: None,
-                })
-            }
-        }
-    };
-    match tokio::time::timeout(config.connect_timeout, attempt).await {
-        Ok(result) => result,
-        Err(_) => Err(Error::Timeout {
-            protocol,
-            remote: addr,
-            timeout_ms: config.connect_timeout.as_millis() as u64,
-        }),
-    }
-}
-
-/// A fresh carrier token: from the network's seeded RNG in the simulator, else from the
-/// system's secure random source.
-/// `None` when there is no secure random source: the carrier then cannot be continued.
-fn new_token(net: &dyn Net) -> Option<tls_tcp::Token> {
-    let mut token = [0u8; 16];
-    match net.rng_seed() {
-        Some(seed) => token.copy_from_slice(&seed[..16]),
-        None => {
-            let rng = rustls::crypto::ring::default_provider().secure_random;
-            rng.fill(&mut token).ok()?;
-        }
-    }
-    Some(token)
 }
 
 /// What a client carrier needs to steer its transient between interfaces.
@@ -239,7 +109,7 @@ pub struct Carrier {
     origin: Option<Origin>,
     establishment: Option<EstablishmentReport>,
     /// How a rendezvous carrier came about.
-    rendezvous: Option<crate::punch::PunchReport>,
+    rendezvous: Option<crate::traversal::punch::PunchReport>,
     resumed: Arc<std::sync::OnceLock<bool>>,
     /// The local interface in use (`None` when dormant or when the network names none).
     path: CurrentPath,
@@ -429,22 +299,22 @@ impl Carrier {
 
     /// Rendezvous: a carrier with the peer that shares `secret`, both behind whatever NATs —
     /// met through the rendezvous server, hole-punched where the NATs allow, relayed through
-    /// the TURN server otherwise (see [`crate::punch`]). Like every carrier its first event is
+    /// the TURN server otherwise (see [`crate::traversal::punch`]). Like every carrier its first event is
     /// `Ready`; [`Carrier::rendezvous_report`] tells whether its path is direct or relayed.
     pub async fn rendezvous(
         net: Arc<dyn Net>,
         secret: &[u8],
-        punch: &crate::punch::PunchConfig,
+        punch: &crate::traversal::punch::PunchConfig,
         config: Configuration,
     ) -> Result<Self> {
-        let (mut carrier, report) = crate::punch::punch(net, secret, punch, config).await?;
+        let (mut carrier, report) = crate::traversal::punch::punch(net, secret, punch, config).await?;
         carrier.rendezvous = Some(report);
         Ok(carrier)
     }
 
     /// How a [`Carrier::rendezvous`] carrier came about: direct or relayed, the addresses,
     /// the timings. `None` for other carriers.
-    pub fn rendezvous_report(&self) -> Option<&crate::punch::PunchReport> {
+    pub fn rendezvous_report(&self) -> Option<&crate::traversal::punch::PunchReport> {
         self.rendezvous.as_ref()
     }
 
@@ -609,7 +479,7 @@ impl Carrier {
     /// The local interface the carrier uses now: `None` while dormant, and when the network
     /// names no interfaces (or for an accepted carrier).
     pub fn interface(&self) -> Option<String> {
-        self.path.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        crate::util::lock(&self.path).clone()
     }
 
     /// A new carrier to the same remote with the same configuration and protocol (Post

@@ -150,7 +150,7 @@ impl Outbox {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        crate::util::lock(&self.state)
     }
 
     /// The permits a message of `len` bytes needs.
@@ -190,11 +190,11 @@ impl Outbox {
     /// halved; plus a quarter for the estimate's own lag behind a growing queue.
     pub(crate) fn set_rtt(&self, srtt: Duration, min_rtt: Duration) {
         let forward = srtt.saturating_sub(min_rtt / 2).max(min_rtt / 2) * 5 / 4;
-        *self.one_way.lock().unwrap_or_else(|p| p.into_inner()) = forward;
+        *crate::util::lock(&self.one_way) = forward;
     }
 
     pub(crate) fn one_way(&self) -> Duration {
-        *self.one_way.lock().unwrap_or_else(|p| p.into_inner())
+        *crate::util::lock(&self.one_way)
     }
 
     /// Registers a new message (its parts follow with [`push`](Self::push)) and returns its
@@ -340,7 +340,7 @@ impl Outbox {
         max_len: usize,
         wanted: impl Fn(&MessageProperties) -> bool,
     ) -> Option<Item> {
-        crate::wait::until(&self.wake, || {
+        crate::util::until(&self.wake, || {
             let mut st = self.lock();
             self.expire_due(&mut st);
             let key = st

@@ -190,17 +190,10 @@ struct Matched {
     blob: String,
 }
 
+/// Random bytes for nonces and pairing secrets; without entropy a nonce is merely guessable
+/// (ring's RNG does not fail on Linux).
 fn random<const N: usize>(net: &dyn Net) -> [u8; N] {
-    let mut out = [0u8; N];
-    match net.rng_seed() {
-        Some(seed) => out.copy_from_slice(&seed[..N]),
-        None => {
-            let rng = rustls::crypto::ring::default_provider().secure_random;
-            // Without entropy the nonce is merely guessable; ring's RNG does not fail on Linux.
-            let _ = rng.fill(&mut out);
-        }
-    }
-    out
+    crate::util::random(net).unwrap_or([0; N])
 }
 
 /// Registers `mine` under `pairing` with the rendezvous server `server` and waits (at most
@@ -275,7 +268,7 @@ struct Book {
 
 /// A rendezvous server: a postsock listener (QUIC and TLS/TCP on one port) pairing
 /// registrations.
-pub type RendezvousServer = crate::stun::Served<RendezvousStats>;
+pub type RendezvousServer = crate::traversal::stun::Served<RendezvousStats>;
 
 impl RendezvousServer {
     /// Binds at `local` with `config` (which needs an identity) and starts pairing. A peer
@@ -296,12 +289,12 @@ impl RendezvousServer {
                 tokio::spawn(handle(carrier, book.clone(), s.clone(), wait));
             }
         });
-        Ok(crate::stun::Served::new(local, stats, task))
+        Ok(crate::traversal::stun::Served::new(local, stats, task))
     }
 }
 
 fn lock(book: &Mutex<Book>) -> std::sync::MutexGuard<'_, Book> {
-    book.lock().unwrap_or_else(|p| p.into_inner())
+    crate::util::lock(&book)
 }
 
 async fn handle(

@@ -8,7 +8,7 @@
 //! 2. gathers candidates: its host address and its server-reflexive address (a STUN Binding
 //!    to the configured STUN server, from that socket);
 //! 3. makes a one-off certificate authority and identity, and exchanges candidates, the CA
-//!    certificate and a tie-breaker through the [rendezvous](crate::rendezvous) (sealed with
+//!    certificate and a tie-breaker through the [rendezvous](crate::traversal::rendezvous) (sealed with
 //!    the key both derive from their shared secret);
 //! 4. sends STUN Binding requests (connectivity checks, named with a username derived from
 //!    the pairing key) to every candidate of the peer every `check_interval`, answers the
@@ -44,12 +44,12 @@ use stun_codec::rfc5389::{methods::BINDING, Attribute};
 use stun_codec::{Message, MessageClass, MessageDecoder, MessageEncoder, TransactionId};
 use tokio::time::Instant;
 
-use crate::carrier::Transient;
+use crate::establish::attempt::Transient;
 use crate::net::Net;
-use crate::rendezvous::{self, Candidate, CandidateKind, Pairing, PeerInfo};
-use crate::stun::{self, Answers, Demux, Via};
+use crate::traversal::rendezvous::{self, Candidate, CandidateKind, Pairing, PeerInfo};
+use crate::traversal::stun::{self, Answers, Demux, Via};
 use crate::transport::{quic, tls};
-use crate::turn::{self, TurnConfig};
+use crate::traversal::turn::{self, TurnConfig};
 use crate::{Carrier, Configuration, Error, Remote, Result, Security, TestCa};
 
 /// Where the peers meet and how long they try.
