@@ -221,10 +221,13 @@ fn turn_server(
     config.relay_ip = relay_ip;
     let rt = runtime().map_err(|e| e.to_string())?;
     rt.block_on(async {
-        let server =
-            postsock::traversal::turn::TurnServer::bind(postsock::net::TokioNet::shared(), listen, config)
-                .await
-                .map_err(|e| e.to_string())?;
+        let server = postsock::traversal::turn::TurnServer::bind(
+            postsock::net::TokioNet::shared(),
+            listen,
+            config,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
         println!("TURN server on {}", server.local_addr());
         let stats = server.stats();
         tokio::spawn(async move {
@@ -293,9 +296,10 @@ fn rendezvous_server(
         });
         let net = postsock::net::TokioNet::shared();
         let wait = std::time::Duration::from_secs(wait_s);
-        let server = postsock::traversal::rendezvous::RendezvousServer::bind(net, listen, config, wait)
-            .await
-            .map_err(|e| e.to_string())?;
+        let server =
+            postsock::traversal::rendezvous::RendezvousServer::bind(net, listen, config, wait)
+                .await
+                .map_err(|e| e.to_string())?;
         // Written once the server listens: a client that sees the file can connect.
         std::fs::write(ca_out, ca.root().as_ref())
             .map_err(|e| format!("writing {}: {e}", ca_out.display()))?;
@@ -336,9 +340,10 @@ fn stun_client(server: &str) -> Result<(), String> {
         let txid = postsock::traversal::stun::transaction_id(&net);
         let answers = postsock::traversal::stun::Answers::Socket(socket.as_ref());
         let timing = postsock::traversal::stun::Timing::default();
-        let reflexive = postsock::traversal::stun::binding(socket.as_ref(), answers, addr, txid, timing)
-            .await
-            .map_err(|e| e.to_string())?;
+        let reflexive =
+            postsock::traversal::stun::binding(socket.as_ref(), answers, addr, txid, timing)
+                .await
+                .map_err(|e| e.to_string())?;
         println!("{reflexive}");
         Ok(())
     })

@@ -194,7 +194,8 @@ async fn bad_input_is_dropped_and_counted_and_never_relayed() {
     let alloc = allocate(&net, &turn_config(addr)).await.expect("allocate");
     let relayed = alloc.relayed();
 
-    let send_indication = turn::send_indication([7; 12], victim_addr, b"spoofed");
+    let send_indication =
+        turn::send_indication([7; 12], victim_addr, b"spoofed").expect("small enough");
     let binding = stun::binding_request([1; 12]);
     let mut oversized = binding.clone();
     oversized.extend(vec![0u8; 2000]);

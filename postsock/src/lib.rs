@@ -71,19 +71,21 @@ mod api;
 
 pub mod traversal;
 
-pub use establish::association::{Association, AssociationKey, Associations, PathMemory, DEFAULT_PATH};
 pub use api::carrier::{Carrier, PartialSend};
+pub use api::framer;
+pub use api::framer::{Framed, Framer, Json, LengthPrefix, Lines};
+pub use api::listener::Listener;
+pub use api::roles::{Request, Responder, Sink, Source};
 pub use certs::TestCa;
 pub use config::{Configuration, Identity, Protocol, Remote, Security};
 pub use error::{Error, Result};
-pub use api::framer;
-pub use api::framer::{Framed, Framer, Json, LengthPrefix, Lines};
-pub use api::roles::{Request, Responder, Sink, Source};
-pub use api::listener::Listener;
+pub use establish::association::{
+    Association, AssociationKey, Associations, PathMemory, DEFAULT_PATH,
+};
+pub use establish::racing::{Attempt, AttemptOutcome, EstablishmentReport, MIN_ATTEMPT_DELAY};
+pub use establish::selection::{select, Preference, Rejection, TransportProperties};
 pub use message::{
     Event, Message, MessageId, MessageProperties, Received, ReceivedPartial, SendHandle, SendStatus,
 };
 pub use path::{HandoverReason, PathMonitor, PathPolicy};
-pub use establish::racing::{Attempt, AttemptOutcome, EstablishmentReport, MIN_ATTEMPT_DELAY};
-pub use establish::selection::{select, Preference, Rejection, TransportProperties};
 pub use transport::tls::ALPN;

@@ -16,12 +16,12 @@ use tokio::time::Instant;
 
 use crate::establish::association::{AssociationKey, MaybeTls, TlsClients, DEFAULT_PATH};
 use crate::establish::attempt::{attempt, new_token, Transient};
+use crate::establish::racing::{self, EstablishmentReport};
 use crate::message::{MessageProperties, SendHandle, SendStatus};
 use crate::net::Net;
-use crate::transport::outbox::Outbox;
 use crate::path::{CurrentPath, PathChoice, PathMonitor};
-use crate::establish::racing::{self, EstablishmentReport};
 use crate::transport::assemble::ReceiveLimits;
+use crate::transport::outbox::Outbox;
 use crate::transport::{event_channel, quic, stream as tls_tcp, EventRx};
 use crate::{Configuration, Error, Event, Message, MessageId, Protocol, Received, Remote, Result};
 
@@ -307,7 +307,8 @@ impl Carrier {
         punch: &crate::traversal::punch::PunchConfig,
         config: Configuration,
     ) -> Result<Self> {
-        let (mut carrier, report) = crate::traversal::punch::punch(net, secret, punch, config).await?;
+        let (mut carrier, report) =
+            crate::traversal::punch::punch(net, secret, punch, config).await?;
         carrier.rendezvous = Some(report);
         Ok(carrier)
     }

@@ -131,4 +131,3 @@ pub(crate) async fn attempt(
 pub(crate) fn new_token(net: &dyn Net) -> Option<tls_tcp::Token> {
     crate::util::random(net)
 }
-

@@ -7,6 +7,6 @@
 pub(crate) mod association;
 pub(crate) mod attempt;
 
+pub(crate) mod race;
 pub(crate) mod racing;
 pub(crate) mod selection;
-pub(crate) mod race;

@@ -49,7 +49,12 @@ pub(crate) struct Race {
 impl Race {
     /// A race over `candidates` starting at `now`, one attempt `delay` apart, bounded by
     /// `timeout`.
-    pub(crate) fn new(candidates: Vec<Candidate>, delay: Duration, timeout: Duration, now: Instant) -> Self {
+    pub(crate) fn new(
+        candidates: Vec<Candidate>,
+        delay: Duration,
+        timeout: Duration,
+        now: Instant,
+    ) -> Self {
         let name_paths = candidates
             .iter()
             .filter_map(|c| c.path.as_ref().map(|p| &p.interface))
@@ -220,7 +225,17 @@ mod tests {
 
     fn race(n: usize, t0: Instant) -> Race {
         let c = (0..n)
-            .map(|i| cand(if i % 2 == 0 { Protocol::Quic } else { Protocol::TlsTcp }, i as u8, None))
+            .map(|i| {
+                cand(
+                    if i % 2 == 0 {
+                        Protocol::Quic
+                    } else {
+                        Protocol::TlsTcp
+                    },
+                    i as u8,
+                    None,
+                )
+            })
             .collect();
         Race::new(c, Duration::from_millis(250), Duration::from_secs(10), t0)
     }
@@ -229,7 +244,13 @@ mod tests {
         r.report()
             .attempts
             .iter()
-            .map(|a| (a.outcome.name(), a.started.as_millis(), a.duration.as_millis()))
+            .map(|a| {
+                (
+                    a.outcome.name(),
+                    a.started.as_millis(),
+                    a.duration.as_millis(),
+                )
+            })
             .collect()
     }
 
@@ -246,7 +267,10 @@ mod tests {
         assert_eq!(outcomes(&r), vec![("cancelled", 0, 300), ("won", 250, 50)]);
         assert_eq!(r.report().duration, Duration::from_millis(300));
         assert_eq!(r.next_start(), None, "nothing starts after the race ended");
-        assert_eq!(r.report().winner().map(|a| a.protocol), Some(Protocol::TlsTcp));
+        assert_eq!(
+            r.report().winner().map(|a| a.protocol),
+            Some(Protocol::TlsTcp)
+        );
     }
 
     #[test]
@@ -257,7 +281,10 @@ mod tests {
         assert_eq!(r.failed(ms(t0, 30), 0, "refused".into()), None);
         assert_eq!(r.next_start(), Some(ms(t0, 30)));
         r.start_next(ms(t0, 30));
-        assert_eq!(r.failed(ms(t0, 70), 1, "refused".into()), Some(RaceEnd::Exhausted));
+        assert_eq!(
+            r.failed(ms(t0, 70), 1, "refused".into()),
+            Some(RaceEnd::Exhausted)
+        );
         assert_eq!(outcomes(&r), vec![("failed", 0, 30), ("failed", 30, 40)]);
     }
 
@@ -290,11 +317,17 @@ mod tests {
     #[test]
     fn interfaces_are_named_only_when_candidates_use_several() {
         let t0 = Instant::now();
-        let one = vec![cand(Protocol::Quic, 1, Some("wifi")), cand(Protocol::TlsTcp, 1, Some("wifi"))];
+        let one = vec![
+            cand(Protocol::Quic, 1, Some("wifi")),
+            cand(Protocol::TlsTcp, 1, Some("wifi")),
+        ];
         let mut r = Race::new(one, Duration::from_millis(250), Duration::from_secs(1), t0);
         r.start_next(t0);
         assert_eq!(r.report().attempts[0].interface, None);
-        let two = vec![cand(Protocol::Quic, 1, Some("wifi")), cand(Protocol::Quic, 1, Some("cell"))];
+        let two = vec![
+            cand(Protocol::Quic, 1, Some("wifi")),
+            cand(Protocol::Quic, 1, Some("cell")),
+        ];
         let mut r = Race::new(two, Duration::from_millis(250), Duration::from_secs(1), t0);
         r.start_next(t0);
         assert_eq!(r.report().attempts[0].interface.as_deref(), Some("wifi"));

@@ -10,11 +10,11 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::race::{Race, RaceEnd};
 use crate::establish::association::MaybeTls;
 use crate::establish::attempt::{attempt, Transient};
 use crate::net::Net;
 use crate::path::PathChoice;
-use super::race::{Race, RaceEnd};
 use crate::{Configuration, Error, Protocol, Result};
 
 /// The shortest attempt delay allowed (RFC 8305 §5: never below 10 ms).

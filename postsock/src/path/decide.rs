@@ -98,7 +98,12 @@ impl PathDecider {
     }
 
     /// One observation: the interfaces and the transient's counters at `now`.
-    pub(crate) fn handle(&mut self, now: Instant, list: &[Interface], h: Health) -> Option<Decision> {
+    pub(crate) fn handle(
+        &mut self,
+        now: Instant,
+        list: &[Interface],
+        h: Health,
+    ) -> Option<Decision> {
         let policy = &self.policy;
         for i in list {
             if i.up {
@@ -261,7 +266,14 @@ mod tests {
             srtt: Duration::from_millis(40),
             ..Health::default()
         };
-        PathDecider::new(PathPolicy::default(), REMOTE, choice("wifi", 1), &two_up(), health, t0)
+        PathDecider::new(
+            PathPolicy::default(),
+            REMOTE,
+            choice("wifi", 1),
+            &two_up(),
+            health,
+            t0,
+        )
     }
 
     fn ms(t0: Instant, ms: u64) -> Instant {
@@ -278,7 +290,10 @@ mod tests {
         let cell = choice("cell", 2);
         assert_eq!(
             d.handle(ms(t0, 10), &wifi_down, h),
-            Some(Decision::Move { to: cell.clone(), reason: HandoverReason::InterfaceDown })
+            Some(Decision::Move {
+                to: cell.clone(),
+                reason: HandoverReason::InterfaceDown
+            })
         );
         d.moved(cell, h);
         let all_down = vec![iface("wifi", 1, false), iface("cell", 2, false)];
@@ -289,7 +304,10 @@ mod tests {
         // The first interface back ends dormancy at once.
         assert_eq!(
             d.handle(ms(t0, 25), &wifi_down, h),
-            Some(Decision::Move { to: choice("cell", 2), reason: HandoverReason::Recovered })
+            Some(Decision::Move {
+                to: choice("cell", 2),
+                reason: HandoverReason::Recovered
+            })
         );
     }
 
@@ -305,7 +323,10 @@ mod tests {
         // ...then the path is silent: move, and suspect wifi.
         assert_eq!(
             d.handle(ms(t0, 130), &two_up(), h),
-            Some(Decision::Move { to: choice("cell", 2), reason: HandoverReason::Silent })
+            Some(Decision::Move {
+                to: choice("cell", 2),
+                reason: HandoverReason::Silent
+            })
         );
         d.moved(choice("cell", 2), h);
         // Wifi is better but suspected: no return within suspect_for (10 s)...
@@ -315,7 +336,10 @@ mod tests {
         // ...and after it, back to the preferred wifi (up long enough).
         assert_eq!(
             d.handle(ms(t0, 10_200), &two_up(), h),
-            Some(Decision::Move { to: choice("wifi", 1), reason: HandoverReason::Preferred })
+            Some(Decision::Move {
+                to: choice("wifi", 1),
+                reason: HandoverReason::Preferred
+            })
         );
     }
 
@@ -345,12 +369,18 @@ mod tests {
         h.rx = 1;
         assert_eq!(
             d.handle(ms(t0, 5), &two_up(), h),
-            Some(Decision::Move { to: choice("cell", 2), reason: HandoverReason::Degraded })
+            Some(Decision::Move {
+                to: choice("cell", 2),
+                reason: HandoverReason::Degraded
+            })
         );
         // With the link layer reporting the other path lossy too, stay.
         let mut d = decider(t0);
         let mut lossy = two_up();
-        lossy[1].quality = Some(LinkQuality { loss: 0.5, latency: Duration::ZERO });
+        lossy[1].quality = Some(LinkQuality {
+            loss: 0.5,
+            latency: Duration::ZERO,
+        });
         let mut h = d.last;
         assert_eq!(d.handle(ms(t0, 0), &lossy, h), None);
         h.sent_packets = 100;
@@ -391,7 +421,10 @@ mod tests {
         assert_eq!(d.handle(ms(t0, 4_000), &two_up(), h), None);
         assert_eq!(
             d.handle(ms(t0, 4_060), &two_up(), h),
-            Some(Decision::Move { to: choice("wifi", 1), reason: HandoverReason::Preferred })
+            Some(Decision::Move {
+                to: choice("wifi", 1),
+                reason: HandoverReason::Preferred
+            })
         );
         // Binding on it fails: not tried again for return_after.
         d.move_failed(&choice("wifi", 1), ms(t0, 4_060));
@@ -404,7 +437,14 @@ mod tests {
         let t0 = Instant::now();
         let mut policy = PathPolicy::default();
         policy.failover = false;
-        let mut d = PathDecider::new(policy, REMOTE, choice("wifi", 1), &two_up(), Health::default(), t0);
+        let mut d = PathDecider::new(
+            policy,
+            REMOTE,
+            choice("wifi", 1),
+            &two_up(),
+            Health::default(),
+            t0,
+        );
         let down = vec![iface("wifi", 1, false), iface("cell", 2, true)];
         assert_eq!(d.handle(ms(t0, 5), &down, Health::default()), None);
     }

@@ -52,4 +52,3 @@ impl Drop for PathMonitor {
         self.task.abort();
     }
 }
-

@@ -7,10 +7,10 @@
 pub(crate) mod assemble;
 mod cc;
 pub mod framing;
-pub(crate) mod quic;
-pub mod tls;
 pub(crate) mod outbox;
+pub(crate) mod quic;
 pub(crate) mod stream;
+pub mod tls;
 
 use std::sync::Arc;
 

@@ -46,9 +46,9 @@ use tokio::time::Instant;
 
 use crate::establish::attempt::Transient;
 use crate::net::Net;
+use crate::transport::{quic, tls};
 use crate::traversal::rendezvous::{self, Candidate, CandidateKind, Pairing, PeerInfo};
 use crate::traversal::stun::{self, Answers, Demux, Via};
-use crate::transport::{quic, tls};
 use crate::traversal::turn::{self, TurnConfig};
 use crate::{Carrier, Configuration, Error, Remote, Result, Security, TestCa};
 

@@ -483,8 +483,7 @@ impl Demux {
     /// Stops the allocation's maintenance task and waits until it has released the
     /// allocation (a Refresh with LIFETIME 0, sent as the task ends).
     pub(crate) async fn release_relay(&self) {
-        let task = crate::util::lock(&self.relay_task)
-            .take();
+        let task = crate::util::lock(&self.relay_task).take();
         if let Some(task) = task {
             task.abort();
             let _ = task.await;
@@ -492,9 +491,7 @@ impl Demux {
     }
 
     pub(crate) fn set_relay_task(&self, task: tokio::task::JoinHandle<()>) {
-        if let Some(old) = crate::util::lock(&self.relay_task)
-            .replace(task)
-        {
+        if let Some(old) = crate::util::lock(&self.relay_task).replace(task) {
             old.abort();
         }
     }
@@ -629,9 +626,7 @@ impl Demux {
                 }
             }
         });
-        if let Some(old) = crate::util::lock(&self.pump)
-            .replace(task)
-        {
+        if let Some(old) = crate::util::lock(&self.pump).replace(task) {
             old.abort();
         }
     }
@@ -647,9 +642,7 @@ impl Demux {
 impl Drop for Demux {
     fn drop(&mut self) {
         self.stop_pump();
-        if let Some(task) = crate::util::lock(&self.relay_task)
-            .take()
-        {
+        if let Some(task) = crate::util::lock(&self.relay_task).take() {
             task.abort();
         }
     }
@@ -682,7 +675,9 @@ impl Demux {
     fn sort(&self, server: Option<SocketAddr>, from: SocketAddr, data: &[u8]) -> Sorted {
         let (peer, via, relayed) = if Some(from) == server {
             match crate::traversal::turn::from_server(data, &self.routes().incoming) {
-                crate::traversal::turn::FromServer::Peer(peer, inner) => (peer, Via::Relay, Some(inner)),
+                crate::traversal::turn::FromServer::Peer(peer, inner) => {
+                    (peer, Via::Relay, Some(inner))
+                }
                 crate::traversal::turn::FromServer::Control => {
                     if let Some(tx) = &*crate::util::lock(&self.turn_tx) {
                         let _ = tx.send(Bytes::copy_from_slice(data));
@@ -746,8 +741,7 @@ impl Demux {
                                 stride: data.len(),
                                 ..meta[i]
                             };
-                            crate::util::lock(&self.early)
-                                .push_back((m, data));
+                            crate::util::lock(&self.early).push_back((m, data));
                         }
                     }
                     len = stride;
@@ -829,8 +823,7 @@ impl AsyncUdpSocket for Demux {
         bufs: &mut [IoSliceMut<'_>],
         meta: &mut [RecvMeta],
     ) -> Poll<io::Result<usize>> {
-        let early = crate::util::lock(&self.early)
-            .pop_front();
+        let early = crate::util::lock(&self.early).pop_front();
         if let (Some((m, data)), Some(buf), Some(slot)) =
             (early, bufs.first_mut(), meta.first_mut())
         {

@@ -285,10 +285,13 @@ mod tests {
         w.written(t0, 99, None, None); // units 0..100, message 1 continues
         w.written(t0, 99, Some(1), None); // ..200, message 1 ends
         w.written(ms(t0, 10), 49, Some(2), None); // ..250
-        // Half of message 1: nothing settles, but an RTT sample comes.
+                                                  // Half of message 1: nothing settles, but an RTT sample comes.
         let s = w.acknowledge(ms(t0, 40), 100).expect("in range");
         assert_eq!(s.acked, Vec::<MessageId>::new());
-        assert_eq!(s.rtt, Some((Duration::from_millis(40), Duration::from_millis(40))));
+        assert_eq!(
+            s.rtt,
+            Some((Duration::from_millis(40), Duration::from_millis(40)))
+        );
         let s = w.acknowledge(ms(t0, 60), 250).expect("in range");
         assert_eq!(s.acked, vec![1, 2]);
         // srtt = (7 × 40 + 50) / 8; min RTT stays 40.
@@ -305,7 +308,10 @@ mod tests {
         assert!(w.acknowledge(t0, 11).is_err(), "beyond what was written");
         w.acknowledge(t0, 10).expect("exact");
         let err = w.acknowledge(t0, 5).expect_err("backwards");
-        assert!(err.to_string().contains("outside the 10..=10 sent"), "{err}");
+        assert!(
+            err.to_string().contains("outside the 10..=10 sent"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -337,14 +343,18 @@ mod tests {
     fn restart_hands_back_unacknowledged_frames_and_forgets_the_path() {
         let t0 = Instant::now();
         let mut w = AckWindow::default();
-        let frame = |s: &'static str| Some((Bytes::from_static(b"H"), Bytes::from_static(s.as_bytes())));
+        let frame =
+            |s: &'static str| Some((Bytes::from_static(b"H"), Bytes::from_static(s.as_bytes())));
         w.written(t0, 1, Some(1), frame("a"));
         w.written(t0, 1, Some(2), frame("b"));
         w.acknowledge(ms(t0, 30), 2).expect("in range");
         assert!(w.srtt().is_some());
         let (acked, again) = w.restart(ms(t0, 100));
         assert_eq!(acked, 2);
-        assert_eq!(again, vec![Bytes::from_static(b"H"), Bytes::from_static(b"b")]);
+        assert_eq!(
+            again,
+            vec![Bytes::from_static(b"H"), Bytes::from_static(b"b")]
+        );
         assert_eq!(w.srtt(), None);
         // The resent frame's RTT counts from the restart.
         let s = w.acknowledge(ms(t0, 150), 4).expect("in range");

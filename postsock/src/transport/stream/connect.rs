@@ -53,4 +53,3 @@ pub(super) async fn tcp_connect(
         None => net.connect_tcp(remote).await,
     }
 }
-

@@ -130,4 +130,3 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
         std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
-

@@ -31,8 +31,8 @@ mod writer;
 
 use acks::*;
 pub(crate) use connect::{connect, connect_plain};
-pub(crate) use hello::{hello_frame, read_hello, Hello, Prefixed};
 use hello::parse_hello;
+pub(crate) use hello::{hello_frame, read_hello, Hello, Prefixed};
 use reader::*;
 use writer::*;
 
@@ -196,8 +196,7 @@ impl StreamCore {
     }
 
     fn events(&self) -> Option<EventTx> {
-        crate::util::lock(&self.events)
-            .clone()
+        crate::util::lock(&self.events).clone()
     }
 
     /// The token, if the carrier can continue on a new transient.
@@ -231,7 +230,10 @@ impl StreamCore {
 
     /// The smoothed RTT the ACKs measure.
     pub(crate) fn srtt(&self) -> Duration {
-        self.acks.lock().srtt().unwrap_or(Duration::from_millis(100))
+        self.acks
+            .lock()
+            .srtt()
+            .unwrap_or(Duration::from_millis(100))
     }
 
     /// Runs the carrier on `stream`: a new carrier (with `preamble` written first: the
@@ -577,4 +579,3 @@ impl crate::path::PathUser for StreamPath {
         }
     }
 }
-

@@ -219,7 +219,6 @@ async fn read_frame<R: AsyncRead + Unpin>(
     Ok(Some((header, data.freeze())))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -247,4 +246,3 @@ mod tests {
         assert!(err.to_string().contains("truncated frame header"), "{err}");
     }
 }
-

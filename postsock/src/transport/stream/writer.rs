@@ -215,4 +215,3 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     out.shutdown().await.map_err(io)?;
     Ok(())
 }
-

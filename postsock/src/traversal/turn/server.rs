@@ -1,0 +1,238 @@
+//! The TURN server: [`TurnServer`] runs the [`handler`](super::handler)'s decisions on
+//! sockets (one for clients, one relay socket per allocation).
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::handler::{Action, Handler};
+use crate::net::{AsyncUdpSocket, Net};
+use crate::traversal::stun;
+use crate::{Error, Result};
+
+/// What a [`TurnServer`] did.
+#[derive(Debug, Default)]
+pub struct TurnStats {
+    pub(super) allocations: AtomicU64,
+    pub(super) channels: AtomicU64,
+    pub(super) relayed_out: AtomicU64,
+    pub(super) relayed_in: AtomicU64,
+    pub(super) malformed: AtomicU64,
+    pub(super) unauthenticated: AtomicU64,
+    pub(super) unpermitted: AtomicU64,
+    pub(super) refused: AtomicU64,
+}
+
+impl TurnStats {
+    /// Allocations granted so far.
+    pub fn allocations(&self) -> u64 {
+        self.allocations.load(Ordering::Relaxed)
+    }
+    /// Channels bound (or refreshed) so far.
+    pub fn channels(&self) -> u64 {
+        self.channels.load(Ordering::Relaxed)
+    }
+    /// Datagrams relayed from clients to peers.
+    pub fn relayed_out(&self) -> u64 {
+        self.relayed_out.load(Ordering::Relaxed)
+    }
+    /// Datagrams relayed from peers to clients.
+    pub fn relayed_in(&self) -> u64 {
+        self.relayed_in.load(Ordering::Relaxed)
+    }
+    /// Dropped: not STUN, not ChannelData, truncated, oversized, unknown method or class.
+    pub fn malformed(&self) -> u64 {
+        self.malformed.load(Ordering::Relaxed)
+    }
+    /// Requests refused for missing or wrong credentials, or a stale nonce.
+    pub fn unauthenticated(&self) -> u64 {
+        self.unauthenticated.load(Ordering::Relaxed)
+    }
+    /// Datagrams dropped for want of a permission, allocation or channel.
+    pub fn unpermitted(&self) -> u64 {
+        self.unpermitted.load(Ordering::Relaxed)
+    }
+    /// Authenticated requests refused (bad request, mismatch, quota).
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+}
+
+/// How a [`TurnServer`] is set up.
+#[derive(Debug, Clone)]
+pub struct TurnServerConfig {
+    /// The realm of the long-term credentials.
+    pub realm: String,
+    /// User name → password.
+    pub users: BTreeMap<String, String>,
+    /// The address relayed addresses are allocated on (required when listening on the
+    /// unspecified address).
+    pub relay_ip: Option<IpAddr>,
+    /// Most allocations at once.
+    pub max_allocations: usize,
+}
+
+impl TurnServerConfig {
+    /// One user, realm `postsock`, 64 allocations.
+    pub fn new(username: &str, password: &str) -> Self {
+        TurnServerConfig {
+            realm: "postsock".into(),
+            users: [(username.to_string(), password.to_string())].into(),
+            relay_ip: None,
+            max_allocations: 64,
+        }
+    }
+}
+
+/// A TURN server (UDP; see the module documentation for what it serves).
+pub type TurnServer = crate::traversal::stun::Served<TurnStats>;
+
+impl TurnServer {
+    /// Binds at `local` through `net` and starts serving.
+    pub async fn bind(
+        net: Arc<dyn Net>,
+        local: SocketAddr,
+        config: TurnServerConfig,
+    ) -> Result<Self> {
+        let relay_ip = match (config.relay_ip, local.ip().is_unspecified()) {
+            (Some(ip), _) => ip,
+            (None, false) => local.ip(),
+            (None, true) => {
+                return Err(Error::Config(
+                    "a TURN server listening on the unspecified address needs a relay address"
+                        .into(),
+                ))
+            }
+        };
+        if config.users.is_empty() {
+            return Err(Error::Config(
+                "a TURN server needs at least one user".into(),
+            ));
+        }
+        let (socket, local) = stun::bind_server_socket(net.as_ref(), local).await?;
+        let stats = Arc::new(TurnStats::default());
+        let nonce = crate::traversal::rendezvous::hex(&stun::transaction_id(net.as_ref()));
+        let server = Server {
+            net,
+            socket,
+            relay_ip,
+            handler: Handler::new(config, nonce, stats.clone()),
+            relays: BTreeMap::new(),
+        };
+        let task = tokio::spawn(server.serve());
+        Ok(crate::traversal::stun::Served::new(local, stats, task))
+    }
+}
+
+/// A relay socket of an allocation, and the task reading what peers send to it.
+struct Relay {
+    socket: Arc<dyn AsyncUdpSocket>,
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// The driver: the server socket, the relay sockets, and the [`Handler`] deciding.
+struct Server {
+    net: Arc<dyn Net>,
+    socket: Arc<dyn AsyncUdpSocket>,
+    relay_ip: IpAddr,
+    handler: Handler,
+    /// Relayed address → its socket.
+    relays: BTreeMap<SocketAddr, Relay>,
+}
+
+/// A datagram a peer sent to a relayed address.
+struct FromPeer {
+    relayed: SocketAddr,
+    peer: SocketAddr,
+    data: Bytes,
+}
+
+impl Server {
+    async fn serve(mut self) {
+        let (peer_tx, mut peer_rx) = mpsc::unbounded_channel::<FromPeer>();
+        loop {
+            let expiry = self.handler.next_expiry();
+            let actions = tokio::select! {
+                biased;
+                got = stun::recv_from(self.socket.as_ref()) => {
+                    let Ok((from, data)) = got else { return };
+                    self.handler.on_client(Instant::now(), from, &data)
+                }
+                Some(p) = peer_rx.recv() => {
+                    let net = self.net.clone();
+                    let txid = || stun::transaction_id(net.as_ref());
+                    self.handler.on_peer(Instant::now(), p.relayed, p.peer, &p.data, txid).into_iter().collect()
+                }
+                _ = crate::util::until_opt(expiry) => self.handler.expire(Instant::now()),
+            };
+            self.act(actions, &peer_tx).await;
+        }
+    }
+
+    /// Carries out the handler's actions (an allocation's bound relay may bring more).
+    async fn act(&mut self, actions: Vec<Action>, peers: &mpsc::UnboundedSender<FromPeer>) {
+        let mut queue = std::collections::VecDeque::from(actions);
+        while let Some(action) = queue.pop_front() {
+            match action {
+                Action::Reply { to, data } => {
+                    let _ = stun::send_to(self.socket.as_ref(), to, &data).await;
+                }
+                Action::Relay {
+                    relayed,
+                    peer,
+                    data,
+                } => {
+                    if let Some(r) = self.relays.get(&relayed) {
+                        let _ = stun::send_to(r.socket.as_ref(), peer, &data).await;
+                    }
+                }
+                Action::Release { relayed } => {
+                    self.relays.remove(&relayed);
+                }
+                Action::BindRelay(pending) => {
+                    let bound = self.bind_relay(peers).await;
+                    queue.extend(self.handler.allocated(Instant::now(), pending, bound));
+                }
+            }
+        }
+    }
+
+    /// Binds a relay socket and starts reading what peers send to it.
+    async fn bind_relay(
+        &mut self,
+        peers: &mpsc::UnboundedSender<FromPeer>,
+    ) -> std::io::Result<SocketAddr> {
+        let socket = self.net.bind_udp(SocketAddr::new(self.relay_ip, 0)).await?;
+        let relayed = socket.local_addr()?;
+        let reader = {
+            let (socket, peers) = (socket.clone(), peers.clone());
+            tokio::spawn(async move {
+                while let Ok((peer, data)) = stun::recv_from(socket.as_ref()).await {
+                    if peers
+                        .send(FromPeer {
+                            relayed,
+                            peer,
+                            data,
+                        })
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            })
+        };
+        self.relays.insert(relayed, Relay { socket, reader });
+        Ok(relayed)
+    }
+}
