@@ -17,16 +17,18 @@
 //! inside host of that one — its public sockets send through the upstream gateway's overlay
 //! and its splices connect through it — so everything it sends is translated twice.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use tokio::io::AsyncWriteExt;
 use tokio::time::Instant;
 
+use crate::lock;
+use crate::nat::{Inbound, MappingKey, NatTable};
 use crate::net::{SPLICE_OK, SPLICE_REFUSED};
 use crate::overlay::{self, OVERLAY_PORT};
-use crate::world::{Dependence, Middlebox, NatBehaviour, PortAssignment, WorldState};
+use crate::world::{Middlebox, NatBehaviour, WorldState};
 
 /// The gateway's middlebox (its policy lives in the world state, where faults change it)
 /// with its per-flow datagram counts.
@@ -50,7 +52,7 @@ impl Filter {
             return false;
         }
         if let Some(limit) = p.udp_blackhole_after {
-            let mut flows = self.flows.lock().unwrap_or_else(|e| e.into_inner());
+            let mut flows = crate::lock(&self.flows);
             let seen = flows.entry((inside, remote)).or_insert(0);
             if *seen >= limit {
                 return false;
@@ -98,59 +100,6 @@ impl PublicSocket {
             return Ok((len, src));
         }
     }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.socket.local_addr()
-    }
-}
-
-/// One NAT mapping: its public socket, the task carrying replies back, the remotes the
-/// inside endpoint has sent to (for filtering) and when it last sent (for the idle timeout).
-struct Mapping {
-    socket: Arc<PublicSocket>,
-    task: tokio::task::JoinHandle<()>,
-    state: Arc<MappingState>,
-    /// The inside endpoint it belongs to, and its public port.
-    inside: SocketAddr,
-    port: u16,
-}
-
-#[derive(Debug)]
-struct MappingState {
-    contacted: Mutex<BTreeSet<SocketAddr>>,
-    last_out: Mutex<Instant>,
-    timeout: std::time::Duration,
-    filtering: Dependence,
-}
-
-impl MappingState {
-    fn expired(&self, now: Instant) -> bool {
-        now.saturating_duration_since(*self.last_out.lock().unwrap_or_else(|e| e.into_inner()))
-            > self.timeout
-    }
-
-    /// RFC 4787 §5: whether a datagram from `src` may come in through this mapping.
-    fn admits(&self, src: SocketAddr) -> bool {
-        let contacted = self.contacted.lock().unwrap_or_else(|e| e.into_inner());
-        match self.filtering {
-            Dependence::EndpointIndependent => true,
-            Dependence::AddressDependent => contacted.iter().any(|c| c.ip() == src.ip()),
-            Dependence::AddressAndPortDependent => contacted.contains(&src),
-        }
-    }
-}
-
-/// The key of a mapping under the NAT's mapping behaviour (RFC 4787 §4.1).
-fn mapping_key(
-    nat: &NatBehaviour,
-    inside: SocketAddr,
-    remote: SocketAddr,
-) -> (SocketAddr, Option<SocketAddr>) {
-    match nat.mapping {
-        Dependence::EndpointIndependent => (inside, None),
-        Dependence::AddressDependent => (inside, Some(SocketAddr::new(remote.ip(), 0))),
-        Dependence::AddressAndPortDependent => (inside, Some(remote)),
-    }
 }
 
 /// Runs the gateway `name` until the simulation ends; `upstream` is the overlay address of
@@ -180,12 +129,13 @@ pub(crate) async fn run(
         upstream,
     ));
 
-    let mut mappings: BTreeMap<(SocketAddr, Option<SocketAddr>), Mapping> = BTreeMap::new();
-    // Ports stay marked as used once handed out, so a new mapping never reuses one.
-    let mut ports = PortPicker::new(
-        nat.ports,
+    let table = Arc::new(Mutex::new(NatTable::new(
+        nat,
         crate::rng::stream(state.seed, &format!("nat/{name}")),
-    );
+    )));
+    // Each mapping's public socket and the task carrying replies back through it.
+    let mut sockets: BTreeMap<MappingKey, (Arc<PublicSocket>, tokio::task::JoinHandle<()>)> =
+        BTreeMap::new();
     let mut epoch = state.nat_epoch(&name);
     let mut buf = vec![0u8; 65_600];
     loop {
@@ -194,8 +144,9 @@ pub(crate) async fn run(
         if now != epoch {
             // The NAT rebooted: forget every mapping; replies to old ports go nowhere.
             epoch = now;
-            for (_, m) in std::mem::take(&mut mappings) {
-                m.task.abort();
+            lock(&table).reboot();
+            for (_, (_, task)) in std::mem::take(&mut sockets) {
+                task.abort();
             }
         }
         let Some((dst, payload)) = overlay::decode(&buf[..n]) else {
@@ -204,53 +155,30 @@ pub(crate) async fn run(
         if !filter.pass_udp(from, dst) {
             continue;
         }
-        let key = mapping_key(&nat, from, dst);
         let t = Instant::now();
-        if mappings.get(&key).is_some_and(|m| m.state.expired(t)) {
-            if let Some(m) = mappings.remove(&key) {
-                m.task.abort();
+        let out = lock(&table).outbound(t, from, dst);
+        if out.expired {
+            if let Some((_, task)) = sockets.remove(&out.key) {
+                task.abort();
             }
         }
-        let public = match mappings.get(&key) {
-            Some(m) => {
-                *m.state.last_out.lock().unwrap_or_else(|e| e.into_inner()) = t;
-                m.state
-                    .contacted
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(dst);
-                m.socket.clone()
-            }
-            None => {
+        let public = match sockets.get(&out.key) {
+            Some((socket, _)) if !out.created => socket.clone(),
+            _ => {
                 let socket = Arc::new(PublicSocket {
-                    socket: ports.bind(from.port()).await?,
+                    socket: turmoil::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, out.port))
+                        .await?,
                     upstream,
-                });
-                let mstate = Arc::new(MappingState {
-                    contacted: Mutex::new(BTreeSet::from([dst])),
-                    last_out: Mutex::new(t),
-                    timeout: nat.mapping_timeout,
-                    filtering: nat.filtering,
                 });
                 let task = tokio::spawn(return_path(
                     socket.clone(),
                     inside.clone(),
-                    from,
+                    table.clone(),
+                    out.key,
                     filter.clone(),
                     epoch,
-                    mstate.clone(),
                 ));
-                let port = socket.local_addr().map(|a| a.port()).unwrap_or(0);
-                mappings.insert(
-                    key,
-                    Mapping {
-                        socket: socket.clone(),
-                        task,
-                        state: mstate,
-                        inside: from,
-                        port,
-                    },
-                );
+                sockets.insert(out.key, (socket.clone(), task));
                 socket
             }
         };
@@ -258,65 +186,13 @@ pub(crate) async fn run(
             // Addressed to this NAT's own public side: hairpinning (RFC 4787 REQ-9) turns it
             // around to the inside endpoint owning that port, from the sender's public
             // address, as that endpoint's filtering allows.
-            if nat.hairpin {
-                let src = SocketAddr::new(ip, public.local_addr().map(|a| a.port()).unwrap_or(0));
-                let target = mappings
-                    .values()
-                    .find(|m| m.port == dst.port() && !m.state.expired(t))
-                    .filter(|m| m.state.admits(src))
-                    .map(|m| m.inside);
-                if let Some(to) = target {
-                    let _ = inside.send_to(&overlay::encode(src, payload), to).await;
-                }
+            let src = SocketAddr::new(ip, out.port);
+            if let Some(to) = lock(&table).hairpin(t, src, dst.port()) {
+                let _ = inside.send_to(&overlay::encode(src, payload), to).await;
             }
             continue;
         }
         let _ = public.send_to(payload, dst).await;
-    }
-}
-
-/// Picks public ports: preserving, sequential or random (seeded), never one twice.
-struct PortPicker {
-    how: PortAssignment,
-    used: BTreeSet<u16>,
-    next: u16,
-    rng: rand_chacha::ChaCha8Rng,
-}
-
-impl PortPicker {
-    fn new(how: PortAssignment, rng: rand_chacha::ChaCha8Rng) -> Self {
-        PortPicker {
-            how,
-            used: BTreeSet::from([OVERLAY_PORT]),
-            next: 20_000,
-            rng,
-        }
-    }
-
-    async fn bind(&mut self, wanted: u16) -> std::io::Result<turmoil::net::UdpSocket> {
-        use rand::Rng;
-        let mut port = match self.how {
-            PortAssignment::Preserving => wanted.max(1024),
-            PortAssignment::Sequential => self.next,
-            PortAssignment::Random => self.rng.gen_range(1024..=u16::MAX),
-        };
-        while self.used.contains(&port) {
-            port = match self.how {
-                PortAssignment::Random => self.rng.gen_range(1024..=u16::MAX),
-                _ => {
-                    if port == u16::MAX {
-                        1024
-                    } else {
-                        port + 1
-                    }
-                }
-            };
-        }
-        self.used.insert(port);
-        if self.how == PortAssignment::Sequential {
-            self.next = port.checked_add(1).unwrap_or(1024);
-        }
-        turmoil::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).await
     }
 }
 
@@ -325,18 +201,23 @@ impl PortPicker {
 async fn return_path(
     public: Arc<PublicSocket>,
     inside: Arc<turmoil::net::UdpSocket>,
-    to: SocketAddr,
+    table: Arc<Mutex<NatTable>>,
+    key: MappingKey,
     filter: Arc<Filter>,
     epoch: u64,
-    mapping: Arc<MappingState>,
 ) {
     let mut buf = vec![0u8; 65_536];
     while let Ok((n, src)) = public.recv_from(&mut buf).await {
-        // A mapping from before a reboot, or one that idled out, is gone.
-        if filter.state.nat_epoch(&filter.gateway) != epoch || mapping.expired(Instant::now()) {
+        // A mapping from before a reboot is gone.
+        if filter.state.nat_epoch(&filter.gateway) != epoch {
             return;
         }
-        if mapping.admits(src) && filter.pass_udp(to, src) {
+        let to = match lock(&table).inbound(Instant::now(), &key, src) {
+            Inbound::Gone => return,
+            Inbound::Filtered => continue,
+            Inbound::Deliver(to) => to,
+        };
+        if filter.pass_udp(to, src) {
             let _ = inside.send_to(&overlay::encode(src, &buf[..n]), to).await;
         }
     }

@@ -12,13 +12,15 @@
 //! | [`net`] | `SimNet`: datagram sockets and streams of one host |
 //! | [`link`] | the access-link model (rate, drop-tail queue, loss): pure and seeded |
 //! | [`overlay`] | the header that carries true addresses between a host and its gateway |
-//! | `gateway` | the gateway program: UDP address translation and TCP splicing |
+//! | `nat` | the NAT table (RFC 4787 mapping, filtering, ports, hairpin): pure |
+//! | `gateway` | the gateway program: sockets per NAT mapping, TCP splicing |
 //! | [`rng`] | deriving every random stream from the run's one seed |
 //!
 //! Same spec + same seed ⇒ the same simulation, event for event.
 
 mod gateway;
 pub mod link;
+mod nat;
 pub mod net;
 pub mod overlay;
 pub mod rng;
@@ -31,6 +33,12 @@ pub use world::{
     Middlebox, NatBehaviour, NatPreset, NatSpec, PortAssignment, World, WorldSpec,
     DEFAULT_INTERFACE,
 };
+
+/// Locks `m`; a lock poisoned by a panicked task is taken as it is (the data behind every
+/// mutex here is never left half-updated across a panic point).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Errors of the simulator.
 #[derive(Debug, thiserror::Error)]

@@ -640,10 +640,7 @@ impl AsyncUdpSocket for SimUdpSocket {
         let (Some(buf), Some(m)) = (bufs.first_mut(), meta.first_mut()) else {
             return Poll::Ready(Ok(0));
         };
-        let mut rx = match self.ingress.lock() {
-            Ok(rx) => rx,
-            Err(p) => p.into_inner(),
-        };
+        let mut rx = crate::lock(&self.ingress);
         match rx.poll_recv(cx) {
             Poll::Ready(Some((src, data))) => {
                 let n = data.len().min(buf.len());

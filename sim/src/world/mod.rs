@@ -1,0 +1,472 @@
+//! Worlds: the topology of a simulated network, built on one `turmoil::Sim`.
+//!
+//! A [`WorldSpec`] names endpoint hosts and gateways. Public hosts and gateways sit on a star
+//! around the network core: the one-way latency between two of them is the sum of their
+//! access latencies. A host with a `gateway` reaches the network only through that gateway
+//! (every other turmoil link of it is partitioned), so the rest of the world sees the gateway's
+//! address, as behind a NAT. [`World`] builds the turmoil simulation, runs the gateways, hands
+//! out a [`SimNet`] per host, and applies faults.
+
+mod spec;
+mod state;
+
+pub use spec::*;
+pub(crate) use state::*;
+pub use state::{InterfaceStatus, LinkCounters};
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::gateway;
+use crate::link::{LinkDirection, LinkParams};
+use crate::lock;
+use crate::net::SimNet;
+use crate::rng;
+use crate::SimError;
+
+/// A simulated network ready to run host programs.
+pub struct World<'a> {
+    sim: turmoil::Sim<'a>,
+    state: Arc<WorldState>,
+    registered: BTreeSet<String>,
+    /// Hosts running restartable (server) programs.
+    servers: BTreeSet<String>,
+    wired: BTreeSet<(String, String)>,
+}
+
+impl std::fmt::Debug for World<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("World")
+            .field("seed", &self.state.seed)
+            .field("registered", &self.registered)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> World<'a> {
+    /// Builds the world for `spec`; every random choice derives from `seed`.
+    /// `max_duration` bounds the simulated time of a run.
+    pub fn new(spec: &WorldSpec, seed: u64, max_duration: Duration) -> Result<Self, SimError> {
+        spec.validate()?;
+        let sim = turmoil::Builder::new()
+            .rng_seed(seed)
+            .tick_duration(Duration::from_millis(1))
+            .simulation_duration(max_duration)
+            .min_message_latency(Duration::ZERO)
+            .max_message_latency(Duration::ZERO)
+            .udp_capacity(1 << 16)
+            .tcp_capacity(1 << 16)
+            .build();
+        let mut nodes = BTreeMap::new();
+        let mut by_ip = BTreeMap::new();
+        let mut links = BTreeMap::new();
+        // Look names up in spec order so addresses are assigned deterministically.
+        for g in &spec.gateways {
+            let ip = sim.lookup(g.name.as_str());
+            by_ip.insert(ip, g.name.clone());
+            let node = Node {
+                ip,
+                role: Role::Gateway,
+                latency: Duration::from_millis(g.latency_ms),
+                behind: g.behind.clone(),
+                ifaces: Vec::new(),
+            };
+            nodes.insert(g.name.clone(), node);
+        }
+        for (index, h) in spec.hosts.iter().enumerate() {
+            let ip = sim.lookup(h.name.as_str());
+            by_ip.insert(ip, h.name.clone());
+            // (name, address, gateway, link parameters, link key)
+            let ifaces: Vec<(String, IpAddr, Option<String>, LinkParams, String)> =
+                if h.interfaces.is_empty() {
+                    vec![(
+                        DEFAULT_INTERFACE.to_string(),
+                        ip,
+                        h.gateway.clone(),
+                        h.link.clone(),
+                        h.name.clone(),
+                    )]
+                } else {
+                    h.interfaces
+                        .iter()
+                        .enumerate()
+                        .map(|(k, i)| {
+                            let addr = IpAddr::from([10, 200, index as u8, k as u8 + 1]);
+                            let key = format!("{}/{}", h.name, i.name);
+                            (
+                                i.name.clone(),
+                                addr,
+                                Some(i.gateway.clone()),
+                                i.link.clone(),
+                                key,
+                            )
+                        })
+                        .collect()
+                };
+            let role = if ifaces.iter().any(|i| i.2.is_some()) {
+                Role::Private
+            } else {
+                Role::Public
+            };
+            for (_, _, _, params, key) in &ifaces {
+                let access = AccessLink {
+                    up: LinkDirection::new(
+                        params.clone(),
+                        rng::stream(seed, &format!("link/{key}/up")),
+                    ),
+                    down: LinkDirection::new(
+                        params.clone(),
+                        rng::stream(seed, &format!("link/{key}/down")),
+                    ),
+                    is_down: false,
+                    blackholed: false,
+                };
+                links.insert(key.clone(), access);
+            }
+            let node = Node {
+                ip,
+                role,
+                latency: Duration::from_millis(h.link.latency_ms),
+                behind: None,
+                ifaces: ifaces
+                    .into_iter()
+                    .map(|(name, ip, gateway, params, link)| Iface {
+                        name,
+                        ip,
+                        gateway,
+                        latency_ms: params.latency_ms.into(),
+                        link,
+                    })
+                    .collect(),
+            };
+            nodes.insert(h.name.clone(), node);
+        }
+        let mut names: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
+        for g in &spec.gateways {
+            names
+                .entry(g.name.clone())
+                .or_default()
+                .push(nodes[&g.name].ip);
+        }
+        for h in &spec.hosts {
+            let ip = nodes[&h.name].ip;
+            for name in std::iter::once(&h.name).chain(&h.aliases) {
+                names.entry(name.clone()).or_default().push(ip);
+            }
+        }
+        let state = Arc::new(WorldState {
+            names,
+            seed,
+            nodes,
+            by_ip,
+            links: Mutex::new(links),
+            tcp_intents: Mutex::new(BTreeMap::new()),
+            nat_epochs: Mutex::new(BTreeMap::new()),
+            nat_reboots: tokio::sync::watch::channel(0).0,
+            iface_changes: tokio::sync::watch::channel(0).0,
+            middleboxes: Mutex::new(
+                spec.gateways
+                    .iter()
+                    .map(|g| (g.name.clone(), g.middlebox.clone()))
+                    .collect(),
+            ),
+        });
+        let mut world = World {
+            sim,
+            state,
+            registered: BTreeSet::new(),
+            servers: BTreeSet::new(),
+            wired: BTreeSet::new(),
+        };
+        for g in &spec.gateways {
+            let state = world.state.clone();
+            let name = g.name.clone();
+            world.registered.insert(name.clone());
+            let ip = world.state.nodes[&name].ip;
+            let nat = g.nat.behaviour();
+            let upstream = g
+                .behind
+                .as_ref()
+                .map(|u| SocketAddr::new(world.state.nodes[u].ip, crate::overlay::OVERLAY_PORT));
+            world.sim.host(ip, move || {
+                gateway::run(state.clone(), name.clone(), nat, upstream)
+            });
+        }
+        Ok(world)
+    }
+
+    /// The seed of this world.
+    pub fn seed(&self) -> u64 {
+        self.state.seed
+    }
+
+    /// The one-way latency between hosts `a` and `b` along the simulated path (access links,
+    /// gateways, core; a multi-homed host's first interface), if both exist.
+    pub fn path_latency(&self, a: &str, b: &str) -> Option<Duration> {
+        let edge = |name: &str| -> Option<(Duration, String)> {
+            let node = self.state.nodes.get(name)?;
+            let first = node.ifaces.first();
+            Some(
+                match first.and_then(|i| i.gateway.as_ref().map(|g| (i, g))) {
+                    Some((iface, gateway)) => (iface.latency(), gateway.clone()),
+                    None => (Duration::ZERO, name.to_string()),
+                },
+            )
+        };
+        let (la, ea) = edge(a)?;
+        let (lb, eb) = edge(b)?;
+        let core = self
+            .state
+            .one_way(self.state.nodes.get(&ea)?.ip, self.state.nodes.get(&eb)?.ip)?;
+        Some(la + lb + core)
+    }
+
+    /// The address of host or gateway `name` (for a host behind a gateway: its inside address).
+    pub fn ip(&self, name: &str) -> Option<IpAddr> {
+        self.state.resolve(name)
+    }
+
+    /// The network as seen from `host`. Use it only inside that host's program.
+    pub fn net(&self, host: &str) -> Result<Arc<SimNet>, SimError> {
+        let node = self.node(host)?;
+        if node.role == Role::Gateway {
+            return Err(SimError::Spec(format!(
+                "`{host}` is a gateway, not an endpoint host"
+            )));
+        }
+        Ok(Arc::new(SimNet::new(self.state.clone(), host.to_owned())))
+    }
+
+    fn node(&self, host: &str) -> Result<&Node, SimError> {
+        self.state.nodes.get(host).ok_or_else(|| {
+            SimError::Spec(format!(
+                "unknown host `{host}` (known: {})",
+                self.state
+                    .nodes
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+    }
+
+    /// Runs a long-lived program on `host` (restarted if the host bounces).
+    pub fn host<F, Fut>(&mut self, host: &str, program: F) -> Result<(), SimError>
+    where
+        F: Fn() -> Fut + 'a,
+        Fut: std::future::Future<Output = turmoil::Result> + 'static,
+    {
+        self.node(host)?;
+        self.registered.insert(host.to_owned());
+        self.servers.insert(host.to_owned());
+        self.sim.host(host, program);
+        Ok(())
+    }
+
+    /// Runs a client program on `host`; the world runs until every client has finished.
+    pub fn client<Fut>(&mut self, host: &str, program: Fut) -> Result<(), SimError>
+    where
+        Fut: std::future::Future<Output = turmoil::Result> + 'static,
+    {
+        self.node(host)?;
+        self.registered.insert(host.to_owned());
+        self.sim.client(host, program);
+        Ok(())
+    }
+
+    /// Sets latencies and partitions between every pair of registered nodes not yet wired.
+    fn wire(&mut self) {
+        let names: Vec<String> = self.registered.iter().cloned().collect();
+        for (i, a) in names.iter().enumerate() {
+            for b in &names[i + 1..] {
+                if !self.wired.insert((a.clone(), b.clone())) {
+                    continue;
+                }
+                let (ia, ib) = (self.state.nodes[a].ip, self.state.nodes[b].ip);
+                match self.state.one_way(ia, ib) {
+                    Some(lat) => self.sim.set_link_latency(ia, ib, lat),
+                    None => self.sim.partition(ia, ib),
+                }
+            }
+        }
+    }
+
+    /// Advances the simulation by one tick (1 ms). Returns `true` once every client finished.
+    pub fn step(&mut self) -> Result<bool, SimError> {
+        self.wire();
+        self.sim.step().map_err(|e| SimError::Host(e.to_string()))
+    }
+
+    /// Simulated time since the start.
+    pub fn elapsed(&self) -> Duration {
+        self.sim.elapsed()
+    }
+
+    /// Applies a fault now.
+    pub fn apply(&mut self, fault: &Fault) -> Result<(), SimError> {
+        let host = fault.host().to_owned();
+        let node = self.node(&host)?;
+        if let Fault::NatReboot { .. } = fault {
+            if node.role != Role::Gateway {
+                return Err(SimError::Spec(format!(
+                    "nat-reboot `{host}`: only gateways translate addresses"
+                )));
+            }
+            *lock(&self.state.nat_epochs).entry(host).or_insert(0) += 1;
+            self.state.nat_reboots.send_modify(|n| *n += 1);
+            return Ok(());
+        }
+        if let Fault::SetMiddlebox { middlebox, .. } = fault {
+            if node.role != Role::Gateway {
+                return Err(SimError::Spec(format!(
+                    "set-middlebox `{host}`: only gateways carry a middlebox"
+                )));
+            }
+            lock(&self.state.middleboxes).insert(host, middlebox.clone());
+            return Ok(());
+        }
+        if node.role == Role::Gateway {
+            return Err(SimError::Spec(format!(
+                "fault on `{host}`: gateways have no access link of their own in this version"
+            )));
+        }
+        if let Fault::Bounce { .. } = fault {
+            if !self.servers.contains(&host) {
+                return Err(SimError::Spec(format!(
+                    "bounce `{host}`: only a host that runs a server program can be restarted"
+                )));
+            }
+            self.sim.bounce(host.as_str());
+            return Ok(());
+        }
+        let iface = match fault.interface() {
+            Some(name) => node.iface_named(name),
+            None if node.ifaces.len() == 1 => node.ifaces.first(),
+            None => None,
+        }
+        .ok_or_else(|| {
+            let names: Vec<&str> = node.ifaces.iter().map(|i| i.name.as_str()).collect();
+            SimError::Spec(format!(
+                "fault on `{host}`: name one of its interfaces ({}){}",
+                names.join(", "),
+                fault
+                    .interface()
+                    .map(|n| format!(", not `{n}`"))
+                    .unwrap_or_default()
+            ))
+        })?;
+        let (key, gateway) = (iface.link.clone(), iface.gateway.clone());
+        let peers = self.access_peers(&host, gateway.as_deref());
+        match fault {
+            // TCP has no loss model here: hold its segments while the link drops everything,
+            // as retransmission would deliver them after it returns. UDP is dropped below.
+            Fault::LinkDown { .. } | Fault::Blackhole { .. } => {
+                for p in &peers {
+                    self.sim.hold(host.as_str(), p.as_str());
+                }
+            }
+            Fault::LinkUp { .. } => {
+                for p in &peers {
+                    self.sim.release(host.as_str(), p.as_str());
+                }
+            }
+            Fault::SetLink {
+                latency_ms: Some(ms),
+                ..
+            } => {
+                iface
+                    .latency_ms
+                    .store(*ms, std::sync::atomic::Ordering::Relaxed);
+                let (a, own) = (node.ip, Duration::from_millis(*ms));
+                for p in &peers {
+                    let peer = &self.state.nodes[p.as_str()];
+                    let lat = match &gateway {
+                        Some(_) => own,
+                        None => own + peer.own_latency(),
+                    };
+                    self.sim.set_link_latency(a, peer.ip, lat);
+                }
+            }
+            _ => {}
+        }
+        let mut links = lock(&self.state.links);
+        let link = links
+            .get_mut(&key)
+            .ok_or_else(|| SimError::Spec(format!("`{host}` has no access link")))?;
+        let was_down = link.is_down;
+        match fault {
+            Fault::LinkDown { .. } => link.is_down = true,
+            Fault::Blackhole { .. } => link.blackholed = true,
+            Fault::LinkUp { .. } => {
+                link.is_down = false;
+                link.blackholed = false;
+            }
+            Fault::SetLink {
+                loss,
+                bandwidth_kbps,
+                queue_bytes,
+                latency_ms,
+                ..
+            } => {
+                let mut params = link.up.params().clone();
+                if let Some(loss) = loss {
+                    params.loss = *loss;
+                }
+                if let Some(kbps) = bandwidth_kbps {
+                    params.bandwidth_kbps = Some(*kbps);
+                }
+                if let Some(q) = queue_bytes {
+                    params.queue_bytes = *q;
+                }
+                if let Some(ms) = latency_ms {
+                    params.latency_ms = *ms;
+                }
+                params
+                    .validate()
+                    .map_err(|e| SimError::Spec(format!("fault on `{host}`: {e}")))?;
+                link.up.set_params(params.clone());
+                link.down.set_params(params);
+            }
+            Fault::Bounce { .. } | Fault::SetMiddlebox { .. } | Fault::NatReboot { .. } => {}
+        }
+        // The host's monitors hear of an interface going down or up, and of a change of its
+        // link's quality (as a radio reports its signal); a black hole stays unannounced.
+        let changed = link.is_down != was_down || matches!(fault, Fault::SetLink { .. });
+        drop(links);
+        if changed {
+            self.state.iface_changes.send_modify(|n| *n += 1);
+        }
+        Ok(())
+    }
+
+    /// The registered nodes `host` talks to over the access link through `gateway` (or, for
+    /// a public host, directly).
+    fn access_peers(&self, host: &str, gateway: Option<&str>) -> Vec<String> {
+        match gateway {
+            Some(gateway) => vec![gateway.to_string()],
+            None => self
+                .registered
+                .iter()
+                .filter(|n| *n != host && self.state.nodes[n.as_str()].role != Role::Private)
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// Per-host access-link counters so far.
+    pub fn counters(&self) -> BTreeMap<String, LinkCounters> {
+        lock(&self.state.links)
+            .iter()
+            .map(|(name, l)| {
+                let c = LinkCounters {
+                    up: l.up.counters,
+                    down: l.down.counters,
+                };
+                (name.clone(), c)
+            })
+            .collect()
+    }
+}

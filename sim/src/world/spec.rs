@@ -1,0 +1,479 @@
+//! The world specification: hosts, interfaces, gateways, NAT behaviours, middleboxes, faults,
+//! and their validation. Plain data (serde); nothing here runs.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::link::LinkParams;
+use crate::SimError;
+
+/// An endpoint host (runs postsock).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostSpec {
+    /// Unique name; other hosts resolve it.
+    pub name: String,
+    /// The gateway this host reaches the network through; absent for a public host.
+    #[serde(default)]
+    pub gateway: Option<String>,
+    /// The host's access link (to its gateway, or to the core for a public host).
+    #[serde(default)]
+    pub link: LinkParams,
+    /// Further names this host answers to. Several hosts may share one (even another host's
+    /// name): resolving it returns all their addresses, in the order the hosts are listed,
+    /// as a DNS name with several address records would.
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// The host's network interfaces, each through its own gateway (a multi-homed host, say
+    /// `wifi` and `cell`). Empty: one interface, `eth0`, with `gateway` and `link` above.
+    #[serde(default)]
+    pub interfaces: Vec<InterfaceSpec>,
+}
+
+impl HostSpec {
+    /// A single-interface host `latency_ms` from its gateway (or from the core).
+    pub fn new(name: &str, gateway: Option<&str>, latency_ms: u64) -> Self {
+        HostSpec {
+            name: name.into(),
+            gateway: gateway.map(Into::into),
+            link: LinkParams {
+                latency_ms,
+                ..LinkParams::default()
+            },
+            aliases: Vec::new(),
+            interfaces: Vec::new(),
+        }
+    }
+}
+
+/// One interface of a multi-homed host.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InterfaceSpec {
+    /// The interface's name (what postsock's path preferences refer to).
+    pub name: String,
+    /// The gateway this interface reaches the network through.
+    pub gateway: String,
+    /// The interface's access link to its gateway.
+    #[serde(default)]
+    pub link: LinkParams,
+}
+
+/// The name of a single-interface host's interface.
+pub const DEFAULT_INTERFACE: &str = "eth0";
+
+/// A gateway host: translates addresses for the hosts behind it (endpoint-independent
+/// mapping and filtering, port-preserving), and applies its middlebox policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySpec {
+    /// Unique name.
+    pub name: String,
+    /// One-way latency from the gateway to the network core, in milliseconds.
+    #[serde(default)]
+    pub latency_ms: u64,
+    /// What the gateway blocks (nothing by default).
+    #[serde(default)]
+    pub middlebox: Middlebox,
+    /// How it translates (RFC 4787 behaviour); endpoint-independent and port-preserving by
+    /// default.
+    #[serde(default)]
+    pub nat: NatSpec,
+    /// The gateway this one sits behind (a home NAT behind a carrier-grade NAT): its own
+    /// traffic is translated again there, and `latency_ms` is then the latency to that
+    /// gateway. Absent: on the core.
+    #[serde(default)]
+    pub behind: Option<String>,
+}
+
+impl GatewaySpec {
+    /// A NAT gateway `name`, 5 ms from the core, behaving as `preset`, blocking nothing.
+    pub fn nat(name: &str, preset: NatPreset) -> Self {
+        GatewaySpec {
+            name: name.into(),
+            latency_ms: 5,
+            middlebox: Middlebox::default(),
+            nat: NatSpec {
+                preset: Some(preset),
+                ..NatSpec::default()
+            },
+            behind: None,
+        }
+    }
+}
+
+/// How a NAT's mapping or filtering depends on the remote endpoint (RFC 4787 §4.1, §5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Dependence {
+    /// The same for every remote.
+    #[default]
+    EndpointIndependent,
+    /// Per remote address.
+    AddressDependent,
+    /// Per remote address and port.
+    AddressAndPortDependent,
+}
+
+/// How a NAT picks the public port of a new mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PortAssignment {
+    /// The inside port when it is free.
+    #[default]
+    Preserving,
+    /// The next free port from 20000 up.
+    Sequential,
+    /// A free port drawn from the run's seed.
+    Random,
+}
+
+/// NAT presets by their usual names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NatPreset {
+    /// As open as a translating gateway gets: endpoint-independent mapping and filtering,
+    /// port-preserving (a host is reachable on its own port once it has sent a datagram).
+    /// Also spelled `none`.
+    #[serde(alias = "none")]
+    Open,
+    /// Endpoint-independent mapping and filtering.
+    FullCone,
+    /// Endpoint-independent mapping, address-dependent filtering.
+    RestrictedCone,
+    /// Endpoint-independent mapping, address-and-port-dependent filtering.
+    PortRestrictedCone,
+    /// Address-and-port-dependent mapping and filtering, random ports.
+    Symmetric,
+}
+
+/// A gateway's NAT: a preset and/or explicit knobs (knobs override the preset).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatSpec {
+    /// A preset by name.
+    #[serde(default)]
+    pub preset: Option<NatPreset>,
+    /// Mapping behaviour.
+    #[serde(default)]
+    pub mapping: Option<Dependence>,
+    /// Filtering behaviour.
+    #[serde(default)]
+    pub filtering: Option<Dependence>,
+    /// Port assignment.
+    #[serde(default)]
+    pub ports: Option<PortAssignment>,
+    /// A mapping without outbound traffic for this long is dropped (RFC 4787 REQ-5: at least
+    /// 120 s, the default).
+    #[serde(default)]
+    pub mapping_timeout_s: Option<u64>,
+    /// Whether a datagram from inside to the NAT's own public address is turned around to
+    /// the inside endpoint that owns the port (RFC 4787 REQ-9; on for `open`, off otherwise).
+    #[serde(default)]
+    pub hairpin: Option<bool>,
+}
+
+/// The NAT behaviour a [`NatSpec`] resolves to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NatBehaviour {
+    /// Mapping behaviour.
+    pub mapping: Dependence,
+    /// Filtering behaviour.
+    pub filtering: Dependence,
+    /// Port assignment.
+    pub ports: PortAssignment,
+    /// Idle time after which a mapping is dropped.
+    pub mapping_timeout: Duration,
+    /// Hairpinning on.
+    pub hairpin: bool,
+}
+
+impl NatSpec {
+    /// The behaviour: the preset's (endpoint-independent, port-preserving without one),
+    /// overridden by the explicit knobs.
+    pub fn behaviour(&self) -> NatBehaviour {
+        use Dependence::*;
+        let (mapping, filtering, ports) = match self.preset {
+            None | Some(NatPreset::Open) | Some(NatPreset::FullCone) => (
+                EndpointIndependent,
+                EndpointIndependent,
+                PortAssignment::Preserving,
+            ),
+            Some(NatPreset::RestrictedCone) => (
+                EndpointIndependent,
+                AddressDependent,
+                PortAssignment::Preserving,
+            ),
+            Some(NatPreset::PortRestrictedCone) => (
+                EndpointIndependent,
+                AddressAndPortDependent,
+                PortAssignment::Preserving,
+            ),
+            Some(NatPreset::Symmetric) => (
+                AddressAndPortDependent,
+                AddressAndPortDependent,
+                PortAssignment::Random,
+            ),
+        };
+        NatBehaviour {
+            mapping: self.mapping.unwrap_or(mapping),
+            filtering: self.filtering.unwrap_or(filtering),
+            ports: self.ports.unwrap_or(ports),
+            mapping_timeout: Duration::from_secs(self.mapping_timeout_s.unwrap_or(120)),
+            hairpin: self.hairpin.unwrap_or(self.preset == Some(NatPreset::Open)),
+        }
+    }
+}
+
+/// A gateway's filtering policy: the middleboxes that make protocol racing necessary.
+/// Every rule applies to the traffic of the hosts behind the gateway, both directions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Middlebox {
+    /// Drop every UDP datagram.
+    #[serde(default)]
+    pub block_udp: bool,
+    /// Drop UDP datagrams to or from these remote ports.
+    #[serde(default)]
+    pub block_udp_ports: Vec<u16>,
+    /// Let each UDP flow (inside address and port, remote address and port) carry this many
+    /// datagrams, counting both directions, then drop everything of it: a QUIC handshake
+    /// that starts and never finishes.
+    #[serde(default)]
+    pub udp_blackhole_after: Option<u32>,
+    /// Swallow TCP connection attempts: the SYN vanishes, so a connect hangs until the
+    /// caller gives up, as on a real network.
+    #[serde(default)]
+    pub tcp_blackhole: bool,
+    /// Answer TCP connection attempts with a reset (connection refused).
+    #[serde(default)]
+    pub tcp_reset: bool,
+}
+
+impl Middlebox {
+    /// Whether any rule is set.
+    pub fn is_active(&self) -> bool {
+        *self != Middlebox::default()
+    }
+}
+
+/// The whole topology.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorldSpec {
+    /// Endpoint hosts.
+    #[serde(default, rename = "host")]
+    pub hosts: Vec<HostSpec>,
+    /// Gateways.
+    #[serde(default, rename = "gateway")]
+    pub gateways: Vec<GatewaySpec>,
+}
+
+impl WorldSpec {
+    /// Checks names and references; errors name the offending host.
+    pub fn validate(&self) -> Result<(), SimError> {
+        let mut names = BTreeSet::new();
+        let all = self
+            .hosts
+            .iter()
+            .map(|h| &h.name)
+            .chain(self.gateways.iter().map(|g| &g.name));
+        for name in all {
+            if name.is_empty() || name.contains(char::is_whitespace) {
+                return Err(SimError::Spec(format!("invalid host name `{name}`")));
+            }
+            if name.parse::<IpAddr>().is_ok() {
+                return Err(SimError::Spec(format!(
+                    "host name `{name}` looks like an address"
+                )));
+            }
+            if !names.insert(name.clone()) {
+                return Err(SimError::Spec(format!("host name `{name}` is used twice")));
+            }
+        }
+        for host in &self.hosts {
+            for alias in &host.aliases {
+                if alias == &host.name || alias.is_empty() || alias.parse::<IpAddr>().is_ok() {
+                    return Err(SimError::Spec(format!(
+                        "host `{}`: invalid alias `{alias}`",
+                        host.name
+                    )));
+                }
+            }
+        }
+        let gateways: BTreeSet<&str> = self.gateways.iter().map(|g| g.name.as_str()).collect();
+        let known_gateway = |host: &str, gw: &str| {
+            if gateways.contains(gw) {
+                return Ok(());
+            }
+            Err(SimError::Spec(format!(
+                "host `{host}` names gateway `{gw}`, which is not defined (gateways: {})",
+                gateways.iter().copied().collect::<Vec<_>>().join(", ")
+            )))
+        };
+        for g in &self.gateways {
+            let mut seen = BTreeSet::from([g.name.as_str()]);
+            let mut up = g.behind.as_deref();
+            while let Some(u) = up {
+                if !gateways.contains(u) {
+                    return Err(SimError::Spec(format!(
+                        "gateway `{}` is behind gateway `{u}`, which is not defined \
+                         (gateways: {})",
+                        g.name,
+                        gateways.iter().copied().collect::<Vec<_>>().join(", ")
+                    )));
+                }
+                if !seen.insert(u) {
+                    return Err(SimError::Spec(format!(
+                        "gateway `{}`: the gateways it is behind form a loop",
+                        g.name
+                    )));
+                }
+                up = self
+                    .gateways
+                    .iter()
+                    .find(|x| x.name == u)
+                    .and_then(|x| x.behind.as_deref());
+            }
+        }
+        for host in &self.hosts {
+            if let Some(gw) = &host.gateway {
+                known_gateway(&host.name, gw)?;
+            }
+            host.link
+                .validate()
+                .map_err(|e| SimError::Spec(format!("host `{}`: {e}", host.name)))?;
+            if host.interfaces.is_empty() {
+                continue;
+            }
+            if host.gateway.is_some() || host.link != LinkParams::default() {
+                return Err(SimError::Spec(format!(
+                    "host `{}` has `interfaces`: give each interface its gateway and link \
+                     instead of the host's `gateway` and `link`",
+                    host.name
+                )));
+            }
+            let mut seen = BTreeSet::new();
+            let mut via = BTreeSet::new();
+            for i in &host.interfaces {
+                if i.name.is_empty() || i.name.contains(|c: char| c.is_whitespace() || c == '/') {
+                    return Err(SimError::Spec(format!(
+                        "host `{}`: invalid interface name `{}`",
+                        host.name, i.name
+                    )));
+                }
+                if !seen.insert(i.name.as_str()) {
+                    return Err(SimError::Spec(format!(
+                        "host `{}`: interface `{}` is listed twice",
+                        host.name, i.name
+                    )));
+                }
+                known_gateway(&host.name, &i.gateway)?;
+                if !via.insert(i.gateway.as_str()) {
+                    return Err(SimError::Spec(format!(
+                        "host `{}`: two interfaces go through gateway `{}`; give each its own",
+                        host.name, i.gateway
+                    )));
+                }
+                i.link.validate().map_err(|e| {
+                    SimError::Spec(format!("host `{}` interface `{}`: {e}", host.name, i.name))
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A change to the world at a point of the timeline.
+///
+/// `interface` names one interface of a multi-homed host; `None` means the host's only
+/// interface (an error for a host with several).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fault {
+    /// The interface goes down and the host is told (its interface list shows it down, as
+    /// when Wi-Fi disassociates): everything sent over it is dropped.
+    LinkDown {
+        /// The host.
+        host: String,
+        /// The interface.
+        interface: Option<String>,
+    },
+    /// The interface comes back (this also ends a black hole).
+    LinkUp {
+        /// The host.
+        host: String,
+        /// The interface.
+        interface: Option<String>,
+    },
+    /// Everything sent over the interface silently vanishes; the host is not told (the
+    /// interface still looks up), as when the access point's uplink dies.
+    Blackhole {
+        /// The host.
+        host: String,
+        /// The interface.
+        interface: Option<String>,
+    },
+    /// The interface's access link changes its loss, rate, queue or latency.
+    SetLink {
+        /// The host.
+        host: String,
+        /// The interface.
+        interface: Option<String>,
+        /// New loss probability.
+        loss: Option<f64>,
+        /// New rate in kbit/s.
+        bandwidth_kbps: Option<u64>,
+        /// New queue size in bytes.
+        queue_bytes: Option<usize>,
+        /// New one-way latency to the gateway (or core) in ms.
+        latency_ms: Option<u64>,
+    },
+    /// A gateway's middlebox policy changes (for example UDP becomes blocked).
+    SetMiddlebox {
+        /// The gateway.
+        host: String,
+        /// The new policy.
+        middlebox: Middlebox,
+    },
+    /// A gateway's NAT reboots: every UDP mapping is dropped, so the hosts behind it reappear
+    /// from new public ports (a NAT rebinding).
+    NatReboot {
+        /// The gateway.
+        host: String,
+    },
+    /// The host's software restarts (turmoil's bounce): its programs start afresh and every
+    /// socket and in-memory state (sessions, tickets) is lost.
+    Bounce {
+        /// The host.
+        host: String,
+    },
+}
+
+impl Fault {
+    /// The host the fault applies to.
+    pub fn host(&self) -> &str {
+        match self {
+            Fault::LinkDown { host, .. }
+            | Fault::LinkUp { host, .. }
+            | Fault::Blackhole { host, .. }
+            | Fault::SetLink { host, .. }
+            | Fault::SetMiddlebox { host, .. }
+            | Fault::NatReboot { host }
+            | Fault::Bounce { host } => host,
+        }
+    }
+
+    /// The interface the fault names, if any.
+    pub fn interface(&self) -> Option<&str> {
+        match self {
+            Fault::LinkDown { interface, .. }
+            | Fault::LinkUp { interface, .. }
+            | Fault::Blackhole { interface, .. }
+            | Fault::SetLink { interface, .. } => interface.as_deref(),
+            _ => None,
+        }
+    }
+}

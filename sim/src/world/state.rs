@@ -1,0 +1,260 @@
+//! The shared state of a running world: nodes and their interfaces, access links and their
+//! counters, middlebox policies and NAT epochs that faults change, resolution and routes.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::link::{DirectionCounters, LinkDirection, Verdict};
+
+use super::spec::*;
+use crate::lock;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Role {
+    Public,
+    /// Behind gateways: each interface names its own.
+    Private,
+    Gateway,
+}
+
+#[derive(Debug)]
+pub(crate) struct Node {
+    pub(crate) ip: IpAddr,
+    pub(crate) role: Role,
+    pub(crate) latency: Duration,
+    /// Gateways: the gateway this one is behind.
+    pub(crate) behind: Option<String>,
+    /// Endpoint hosts: their interfaces (one for a single-homed host).
+    pub(crate) ifaces: Vec<Iface>,
+}
+
+/// One interface of an endpoint host.
+#[derive(Debug)]
+pub(crate) struct Iface {
+    pub(crate) name: String,
+    /// The interface's own address (the host's turmoil address for a single-homed host; a
+    /// private 10.200/16 address per interface for a multi-homed one).
+    pub(crate) ip: IpAddr,
+    pub(crate) gateway: Option<String>,
+    /// One-way latency to the gateway or the core, in ms (a fault may change it).
+    pub(crate) latency_ms: std::sync::atomic::AtomicU64,
+    /// The key of its access link.
+    pub(crate) link: String,
+}
+
+impl Iface {
+    pub(crate) fn latency(&self) -> Duration {
+        Duration::from_millis(self.latency_ms.load(std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+impl Node {
+    /// The interface that reaches the network through gateway `gw`.
+    pub(crate) fn iface_via(&self, gw: &str) -> Option<&Iface> {
+        self.ifaces
+            .iter()
+            .find(|i| i.gateway.as_deref() == Some(gw))
+    }
+
+    /// The interface with address `ip`, or the first for the host's own or an unspecified
+    /// address.
+    pub(crate) fn iface_for(&self, ip: IpAddr) -> Option<&Iface> {
+        if ip.is_unspecified() || ip == self.ip || ip.is_loopback() {
+            return self.ifaces.first();
+        }
+        self.ifaces.iter().find(|i| i.ip == ip)
+    }
+
+    /// A public node's latency to the core (a public host's may change by fault).
+    pub(crate) fn own_latency(&self) -> Duration {
+        self.ifaces.first().map_or(self.latency, Iface::latency)
+    }
+
+    pub(crate) fn iface_named(&self, name: &str) -> Option<&Iface> {
+        self.ifaces.iter().find(|i| i.name == name)
+    }
+}
+
+/// An interface as a host sees it: name, address, whether it is up.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InterfaceStatus {
+    /// Interface name.
+    pub name: String,
+    /// Its address.
+    pub ip: IpAddr,
+    /// Up (not taken down by a `link-down` fault; a black hole still looks up).
+    pub up: bool,
+    /// One-way latency of its access link in ms, as the host's link layer knows it.
+    pub latency_ms: u64,
+    /// Loss probability of its access link.
+    pub loss: f64,
+}
+
+/// Both directions of a host's access link.
+#[derive(Debug)]
+pub(crate) struct AccessLink {
+    pub(crate) up: LinkDirection,
+    pub(crate) down: LinkDirection,
+    /// Down with the host told (a `link-down` fault).
+    pub(crate) is_down: bool,
+    /// Silently dropping everything (a `blackhole` fault).
+    pub(crate) blackholed: bool,
+}
+
+/// Counters of one host's access link.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkCounters {
+    /// From the host towards the network.
+    pub up: DirectionCounters,
+    /// From the network towards the host.
+    pub down: DirectionCounters,
+}
+
+/// State shared by every host program of one world (single-threaded under turmoil).
+#[derive(Debug)]
+pub(crate) struct WorldState {
+    pub(crate) seed: u64,
+    pub(crate) nodes: BTreeMap<String, Node>,
+    pub(super) by_ip: BTreeMap<IpAddr, String>,
+    pub(super) links: Mutex<BTreeMap<String, AccessLink>>,
+    pub(super) tcp_intents: Mutex<BTreeMap<(IpAddr, IpAddr), VecDeque<SocketAddr>>>,
+    /// Every host name and alias with the addresses it resolves to, in spec order.
+    pub(super) names: BTreeMap<String, Vec<IpAddr>>,
+    /// Each gateway's current middlebox policy (faults may change it).
+    pub(super) middleboxes: Mutex<BTreeMap<String, Middlebox>>,
+    /// How many times each gateway's NAT was rebooted (its mappings dropped).
+    pub(super) nat_epochs: Mutex<BTreeMap<String, u64>>,
+    /// Bumped on every NAT reboot (what a gateway's TCP splices wait on).
+    pub(crate) nat_reboots: tokio::sync::watch::Sender<u64>,
+    /// Bumped whenever an interface goes down or comes up (what hosts' path monitors wait on).
+    pub(crate) iface_changes: tokio::sync::watch::Sender<u64>,
+}
+
+impl WorldState {
+    /// How many times gateway `name` lost its NAT mappings.
+    pub(crate) fn nat_epoch(&self, name: &str) -> u64 {
+        lock(&self.nat_epochs).get(name).copied().unwrap_or(0)
+    }
+
+    /// The current middlebox policy of gateway `name`.
+    pub(crate) fn middlebox(&self, name: &str) -> Middlebox {
+        lock(&self.middleboxes)
+            .get(name)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn name_of(&self, ip: IpAddr) -> Option<&str> {
+        self.by_ip.get(&ip).map(String::as_str)
+    }
+
+    pub(crate) fn resolve(&self, name: &str) -> Option<IpAddr> {
+        self.nodes.get(name).map(|n| n.ip)
+    }
+
+    /// Every address `name` resolves to (host names and aliases), in spec order.
+    pub(crate) fn resolve_all(&self, name: &str) -> Vec<IpAddr> {
+        self.names.get(name).cloned().unwrap_or_default()
+    }
+
+    /// One-way latency between two nodes as configured in turmoil, if they can talk.
+    pub(crate) fn one_way(&self, a: IpAddr, b: IpAddr) -> Option<Duration> {
+        let na = self.nodes.get(self.name_of(a)?)?;
+        let nb = self.nodes.get(self.name_of(b)?)?;
+        let (an, bn) = (self.name_of(a)?, self.name_of(b)?);
+        match (&na.role, &nb.role) {
+            (Role::Private, _) => na.iface_via(bn).map(Iface::latency),
+            (_, Role::Private) => nb.iface_via(an).map(Iface::latency),
+            // A gateway behind another reaches only that one (and its own inside hosts).
+            _ if na.behind.is_some() => (na.behind.as_deref() == Some(bn)).then_some(na.latency),
+            _ if nb.behind.is_some() => (nb.behind.as_deref() == Some(an)).then_some(nb.latency),
+            _ => Some(na.own_latency() + nb.own_latency()),
+        }
+    }
+
+    /// Offers a datagram to access link `link` (see [`Iface::link`]).
+    pub(crate) fn offer(&self, link: &str, upstream: bool, len: usize) -> Verdict {
+        let now = tokio::time::Instant::now();
+        let mut links = lock(&self.links);
+        match links.get_mut(link) {
+            Some(link) if link.is_down || link.blackholed => {
+                let dir = if upstream {
+                    &mut link.up
+                } else {
+                    &mut link.down
+                };
+                dir.counters.offered += 1;
+                dir.counters.losses += 1;
+                Verdict::Lost
+            }
+            Some(link) => {
+                let dir = if upstream {
+                    &mut link.up
+                } else {
+                    &mut link.down
+                };
+                dir.offer(now, len)
+            }
+            None => Verdict::Deliver(now),
+        }
+    }
+
+    /// Offers stream bytes to the upstream of access link `link`; see
+    /// [`LinkDirection::offer_stream`].
+    pub(crate) fn offer_stream(
+        &self,
+        link: &str,
+        len: usize,
+    ) -> Result<tokio::time::Instant, Duration> {
+        let now = tokio::time::Instant::now();
+        match lock(&self.links).get_mut(link) {
+            Some(link) => link.up.offer_stream(now, len),
+            None => Ok(now),
+        }
+    }
+
+    pub(crate) fn push_tcp_intent(&self, from: IpAddr, gateway: IpAddr, dst: SocketAddr) {
+        lock(&self.tcp_intents)
+            .entry((from, gateway))
+            .or_default()
+            .push_back(dst);
+    }
+
+    pub(crate) fn pop_tcp_intent(&self, from: IpAddr, gateway: IpAddr) -> Option<SocketAddr> {
+        lock(&self.tcp_intents)
+            .get_mut(&(from, gateway))
+            .and_then(VecDeque::pop_front)
+    }
+
+    /// Whether access link `link` drops everything (down or black-holed).
+    pub(crate) fn link_is_down(&self, link: &str) -> bool {
+        lock(&self.links)
+            .get(link)
+            .is_some_and(|l| l.is_down || l.blackholed)
+    }
+
+    /// The interfaces of endpoint host `host`, as it sees them.
+    pub(crate) fn interfaces(&self, host: &str) -> Vec<InterfaceStatus> {
+        let Some(node) = self.nodes.get(host) else {
+            return Vec::new();
+        };
+        let links = lock(&self.links);
+        node.ifaces
+            .iter()
+            .map(|i| {
+                let link = links.get(&i.link);
+                InterfaceStatus {
+                    name: i.name.clone(),
+                    ip: i.ip,
+                    up: !link.is_some_and(|l| l.is_down),
+                    latency_ms: i.latency().as_millis() as u64,
+                    loss: link.map_or(0.0, |l| l.up.params().loss),
+                }
+            })
+            .collect()
+    }
+}
