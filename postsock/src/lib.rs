@@ -57,6 +57,7 @@
 // the application API, and NAT traversal built on top of it.
 mod certs;
 mod config;
+mod configuration;
 mod error;
 mod message;
 mod util;
@@ -77,12 +78,14 @@ pub use api::framer::{Framed, Framer, Json, LengthPrefix, Lines};
 pub use api::listener::Listener;
 pub use api::roles::{Request, Responder, Sink, Source};
 pub use certs::TestCa;
-pub use config::{Configuration, Identity, Protocol, Remote, Security};
+pub use config::{Identity, Protocol, Remote, Security};
+pub use configuration::Configuration;
 pub use error::{Error, Result};
 pub use establish::association::{
     Association, AssociationKey, Associations, PathMemory, DEFAULT_PATH,
 };
-pub use establish::racing::{Attempt, AttemptOutcome, EstablishmentReport, MIN_ATTEMPT_DELAY};
+pub use establish::race::MIN_ATTEMPT_DELAY;
+pub use establish::report::{Attempt, AttemptOutcome, EstablishmentReport};
 pub use establish::selection::{select, Preference, Rejection, TransportProperties};
 pub use message::{
     Event, Message, MessageId, MessageProperties, Received, ReceivedPartial, SendHandle, SendStatus,

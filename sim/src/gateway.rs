@@ -28,7 +28,8 @@ use crate::lock;
 use crate::nat::{Inbound, MappingKey, NatTable};
 use crate::net::{SPLICE_OK, SPLICE_REFUSED};
 use crate::overlay::{self, OVERLAY_PORT};
-use crate::world::{Middlebox, NatBehaviour, WorldState};
+use crate::world::spec::{Middlebox, NatBehaviour};
+use crate::world::state::WorldState;
 
 /// The gateway's middlebox (its policy lives in the world state, where faults change it)
 /// with its per-flow datagram counts.

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use tokio::time::Instant;
 
 use crate::overlay::OVERLAY_PORT;
-use crate::world::{Dependence, NatBehaviour, PortAssignment};
+use crate::world::spec::{Dependence, NatBehaviour, PortAssignment};
 
 /// A mapping's key under the NAT's mapping behaviour: the inside endpoint, and the remote
 /// address (or address and port) when the mapping depends on it (RFC 4787 §4.1).

@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use crate::link::Verdict;
 use crate::overlay::{self, OVERLAY_PORT};
 use crate::rng;
-use crate::world::WorldState;
+use crate::world::state::WorldState;
 
 /// Status byte a gateway sends when its spliced TCP connect succeeded.
 pub(crate) const SPLICE_OK: u8 = 0;
@@ -95,7 +95,7 @@ impl SimNet {
     }
 
     /// The host's interfaces now, as the simulator knows them.
-    pub fn interface_status(&self) -> Vec<crate::world::InterfaceStatus> {
+    pub fn interface_status(&self) -> Vec<crate::world::state::InterfaceStatus> {
         self.state.interfaces(&self.host)
     }
 

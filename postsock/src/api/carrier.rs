@@ -16,7 +16,9 @@ use tokio::time::Instant;
 
 use crate::establish::association::{AssociationKey, MaybeTls, TlsClients, DEFAULT_PATH};
 use crate::establish::attempt::{attempt, new_token, Transient};
-use crate::establish::racing::{self, EstablishmentReport};
+use crate::establish::race::candidates;
+use crate::establish::racing;
+use crate::establish::report::{Attempt, AttemptOutcome, EstablishmentReport};
 use crate::message::{MessageProperties, SendHandle, SendStatus};
 use crate::net::Net;
 use crate::path::{CurrentPath, PathChoice, PathMonitor};
@@ -169,7 +171,7 @@ impl Carrier {
                 config.attempt_delay = config.attempt_delay.min(rtt * 2);
             }
         }
-        let candidates = racing::candidates(&protocols, &addrs, &paths);
+        let candidates = candidates(&protocols, &addrs, &paths);
         let (result, report) =
             racing::race(net.clone(), &remote.host, &config, candidates, &tls).await;
         if let Some(a) = &association {
@@ -279,13 +281,13 @@ impl Carrier {
             steer,
         );
         carrier.establishment = Some(EstablishmentReport {
-            attempts: vec![racing::Attempt {
+            attempts: vec![Attempt {
                 protocol: Protocol::Quic,
                 remote: addr,
                 interface: None,
                 started: Duration::ZERO,
                 duration: started.elapsed(),
-                outcome: racing::AttemptOutcome::Won,
+                outcome: AttemptOutcome::Won,
             }],
             duration: started.elapsed(),
         });

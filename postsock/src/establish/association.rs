@@ -21,7 +21,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::establish::racing::{AttemptOutcome, EstablishmentReport};
+use crate::establish::report::{AttemptOutcome, EstablishmentReport};
 use crate::{Error, Protocol, Result, Security};
 
 /// The name of the only path until multihoming (one interface per host).
@@ -363,7 +363,7 @@ impl Associations {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::establish::racing::Attempt;
+    use crate::establish::report::Attempt;
 
     fn race(winner: Protocol, failed: Option<Protocol>) -> EstablishmentReport {
         let addr = ([10, 0, 0, 1], 1).into();

@@ -9,4 +9,5 @@ pub(crate) mod attempt;
 
 pub(crate) mod race;
 pub(crate) mod racing;
+pub(crate) mod report;
 pub(crate) mod selection;

@@ -13,7 +13,52 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::racing::{Attempt, AttemptOutcome, Candidate, EstablishmentReport};
+use super::report::{Attempt, AttemptOutcome, EstablishmentReport};
+use crate::path::PathChoice;
+use crate::Protocol;
+
+/// The shortest attempt delay allowed (RFC 8305 §5: never below 10 ms).
+pub const MIN_ATTEMPT_DELAY: Duration = Duration::from_millis(10);
+
+/// One candidate of the race: a protocol stack to a remote address over a local path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Candidate {
+    pub(crate) protocol: Protocol,
+    pub(crate) remote: SocketAddr,
+    /// The interface to go out of; `None`: wherever the network routes it.
+    pub(crate) path: Option<PathChoice>,
+}
+
+/// The candidates in the order they are tried: for each path (best interface first), each
+/// resolved address, each protocol stack in preference order (so a blocked protocol costs
+/// one attempt delay, not one per address, and a dead interface one per candidate on it).
+/// `paths` empty: the network names no interfaces; one unbound path.
+pub(crate) fn candidates(
+    protocols: &[Protocol],
+    addrs: &[SocketAddr],
+    paths: &[PathChoice],
+) -> Vec<Candidate> {
+    let paths: Vec<Option<&PathChoice>> = if paths.is_empty() {
+        vec![None]
+    } else {
+        paths.iter().map(Some).collect()
+    };
+    paths
+        .iter()
+        .flat_map(|path| {
+            addrs
+                .iter()
+                .filter(move |a| path.is_none_or(|p| p.local.is_ipv4() == a.is_ipv4()))
+                .flat_map(move |&remote| {
+                    protocols.iter().map(move |&protocol| Candidate {
+                        protocol,
+                        remote,
+                        path: path.cloned(),
+                    })
+                })
+        })
+        .collect()
+}
 
 /// How a race ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -205,8 +250,6 @@ impl Race {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::path::PathChoice;
-    use crate::Protocol;
 
     fn ms(t0: Instant, ms: u64) -> Instant {
         t0 + Duration::from_millis(ms)
@@ -338,5 +381,24 @@ mod tests {
         let r = race(0, Instant::now());
         assert_eq!(r.end(), Some(RaceEnd::Exhausted));
         assert_eq!(r.next_start(), None);
+    }
+
+    #[test]
+    fn candidates_interleave_protocols_per_address() {
+        let a: SocketAddr = ([10, 0, 0, 1], 1).into();
+        let b: SocketAddr = ([10, 0, 0, 2], 1).into();
+        let c: Vec<_> = candidates(&[Protocol::Quic, Protocol::TlsTcp], &[a, b], &[])
+            .into_iter()
+            .map(|c| (c.protocol, c.remote))
+            .collect();
+        assert_eq!(
+            c,
+            vec![
+                (Protocol::Quic, a),
+                (Protocol::TlsTcp, a),
+                (Protocol::Quic, b),
+                (Protocol::TlsTcp, b)
+            ]
+        );
     }
 }

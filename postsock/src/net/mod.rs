@@ -10,6 +10,7 @@
 //! Time is read through `tokio::time` everywhere: in the simulator tokio's clock is the
 //! simulated clock, on real sockets it is the monotonic clock.
 
+mod datagram;
 mod tokio_net;
 
 use std::fmt::Debug;
@@ -20,6 +21,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use datagram::{recv_from, send_to};
 pub use quinn::AsyncUdpSocket;
 use tokio::io::{AsyncRead, AsyncWrite};
 pub use tokio_net::TokioNet;

@@ -6,6 +6,10 @@
 //! carriers) and [`punch`] (candidates, ICE-style connectivity checks, relay fallback,
 //! restarts), which [`Carrier::rendezvous`](crate::Carrier::rendezvous) drives.
 
+mod codec;
+mod demux;
+mod transaction;
+
 pub mod punch;
 pub mod rendezvous;
 pub mod stun;

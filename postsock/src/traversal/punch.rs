@@ -37,16 +37,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytecodec::{DecodeExt, EncodeExt};
 use serde::{Deserialize, Serialize};
-use stun_codec::rfc5389::attributes::{Username, XorMappedAddress};
-use stun_codec::rfc5389::{methods::BINDING, Attribute};
-use stun_codec::{Message, MessageClass, MessageDecoder, MessageEncoder, TransactionId};
 use tokio::time::Instant;
 
 use crate::establish::attempt::Transient;
 use crate::net::Net;
 use crate::transport::{quic, tls};
+use crate::traversal::codec::stun::{answer_check, check_request};
 use crate::traversal::rendezvous::{self, Candidate, CandidateKind, Pairing, PeerInfo};
 use crate::traversal::stun::{self, Answers, Demux, Via};
 use crate::traversal::turn::{self, TurnConfig};
@@ -149,12 +146,6 @@ struct Extra {
 
 /// The name the one-off identities are issued for.
 const PEER_NAME: &str = "peer.postsock.invalid";
-
-fn encode(message: Message<Attribute>) -> Vec<u8> {
-    MessageEncoder::new()
-        .encode_into_bytes(message)
-        .unwrap_or_default()
-}
 
 /// Establishes a direct QUIC carrier with the peer that shares `secret`.
 pub async fn punch(
@@ -543,32 +534,6 @@ fn check_username(pairing: &Pairing) -> String {
     format!("postsock:{}", &pairing.id()[..16])
 }
 
-fn check_request(txid: [u8; 12], user: &str) -> Vec<u8> {
-    let mut m = Message::<Attribute>::new(MessageClass::Request, BINDING, TransactionId::new(txid));
-    if let Ok(u) = Username::new(user.to_string()) {
-        m.add_attribute(u);
-    }
-    encode(m)
-}
-
-/// Answers `datagram` if it is a check with our username; returns the answer.
-fn answer_check(datagram: &[u8], from: SocketAddr, user: &str) -> Option<Vec<u8>> {
-    let m = MessageDecoder::<Attribute>::new()
-        .decode_from_bytes(datagram)
-        .ok()?
-        .ok()?;
-    if m.class() != MessageClass::Request || m.method() != BINDING {
-        return None;
-    }
-    if m.get_attribute::<Username>().map(Username::name) != Some(user) {
-        return None;
-    }
-    let mut r =
-        Message::<Attribute>::new(MessageClass::SuccessResponse, BINDING, m.transaction_id());
-    r.add_attribute(XorMappedAddress::new(from));
-    Some(encode(r))
-}
-
 /// What we offer the peer: server-reflexive and host (unless relay-only), and relayed.
 fn our_candidates(
     policy: RelayPolicy,
@@ -679,7 +644,9 @@ async fn checks(
                     if targets.insert(pair) {
                         let txid = stun::transaction_id(net.as_ref());
                         sent.insert(txid, pair);
-                        let _ = demux.send_stun_via(from, &check_request(txid, plan.user), via).await;
+                        if let Some(request) = check_request(txid, plan.user) {
+                            let _ = demux.send_stun_via(from, &request, via).await;
+                        }
                     }
                     continue;
                 }
@@ -713,7 +680,9 @@ async fn checks(
                 for (to, via) in targets.clone() {
                     let txid = stun::transaction_id(net.as_ref());
                     sent.insert(txid, (to, via));
-                    let _ = demux.send_stun_via(to, &check_request(txid, plan.user), via).await;
+                    if let Some(request) = check_request(txid, plan.user) {
+                        let _ = demux.send_stun_via(to, &request, via).await;
+                    }
                 }
             }
         }

@@ -7,8 +7,8 @@
 //! address, as behind a NAT. [`World`] builds the turmoil simulation, runs the gateways, hands
 //! out a [`SimNet`] per host, and applies faults.
 
-mod spec;
-mod state;
+pub(crate) mod spec;
+pub(crate) mod state;
 
 pub use spec::*;
 pub(crate) use state::*;

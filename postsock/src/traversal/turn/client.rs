@@ -2,7 +2,6 @@
 //! socket lives.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -20,11 +19,11 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::net::{AsyncUdpSocket, Net};
-use crate::traversal::stun::{self, Demux, Via};
+use crate::traversal::stun::{self, Demux};
 use crate::{Error, Result};
 
-use super::codec::{channel_data, decode, encode, send_indication, Attribute, UDP};
 use super::{CHANNEL_LIFETIME, DEFAULT_LIFETIME, PERMISSION_LIFETIME};
+use crate::traversal::codec::turn::{decode, encode, Attribute, UDP};
 
 /// A TURN server and the long-term credentials to use it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -447,45 +446,5 @@ async fn maintain(alloc: Allocation, demux: Weak<Demux>) {
                 }
             }
         }
-    }
-}
-
-/// Routing decisions of a [`Demux`] with a relay attached.
-#[derive(Debug, Default)]
-pub(crate) struct RelayRoutes {
-    pub(crate) server: Option<SocketAddr>,
-    /// Bound channels usable for sending: peer → number.
-    pub(crate) channels: BTreeMap<SocketAddr, u16>,
-    /// Channel numbers the server may use towards us: number → peer.
-    pub(crate) incoming: BTreeMap<u16, SocketAddr>,
-    /// How QUIC reaches a peer: the way its last QUIC packet came, or as set.
-    pub(crate) routes: BTreeMap<SocketAddr, Via>,
-    /// Peers QUIC knows by an address they no longer have (a restart found them
-    /// elsewhere): QUIC's address → the real one.
-    pub(crate) aliases: BTreeMap<SocketAddr, SocketAddr>,
-}
-
-impl RelayRoutes {
-    /// `data` for `peer` as it goes to the server: ChannelData on a bound channel, else a
-    /// Send indication.
-    pub(crate) fn wrap(
-        &self,
-        txid: [u8; 12],
-        peer: SocketAddr,
-        data: &[u8],
-    ) -> io::Result<(SocketAddr, Vec<u8>)> {
-        let server = self
-            .server
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotConnected, "no TURN relay"))?;
-        let out = match self.channels.get(&peer) {
-            Some(ch) => channel_data(*ch, data),
-            None => send_indication(txid, peer, data).ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    "too large for a Send indication",
-                )
-            })?,
-        };
-        Ok((server, out))
     }
 }

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,12 +23,85 @@ use stun_codec::rfc5766::methods::{
 use stun_codec::{Message, MessageClass, TransactionId};
 use tokio::time::Instant;
 
-use super::codec::{
+use super::{CHANNEL_LIFETIME, DEFAULT_LIFETIME, MAX_LIFETIME, PERMISSION_LIFETIME};
+use crate::traversal::codec::turn::{
     channel_data, decode, encode, indication, is_channel_data, parse_channel_data, Attribute, UDP,
 };
-use super::server::{TurnServerConfig, TurnStats};
-use super::{CHANNEL_LIFETIME, DEFAULT_LIFETIME, MAX_LIFETIME, PERMISSION_LIFETIME};
 use crate::traversal::stun;
+
+/// What a [`TurnServer`] did.
+#[derive(Debug, Default)]
+pub struct TurnStats {
+    pub(super) allocations: AtomicU64,
+    pub(super) channels: AtomicU64,
+    pub(super) relayed_out: AtomicU64,
+    pub(super) relayed_in: AtomicU64,
+    pub(super) malformed: AtomicU64,
+    pub(super) unauthenticated: AtomicU64,
+    pub(super) unpermitted: AtomicU64,
+    pub(super) refused: AtomicU64,
+}
+
+impl TurnStats {
+    /// Allocations granted so far.
+    pub fn allocations(&self) -> u64 {
+        self.allocations.load(Ordering::Relaxed)
+    }
+    /// Channels bound (or refreshed) so far.
+    pub fn channels(&self) -> u64 {
+        self.channels.load(Ordering::Relaxed)
+    }
+    /// Datagrams relayed from clients to peers.
+    pub fn relayed_out(&self) -> u64 {
+        self.relayed_out.load(Ordering::Relaxed)
+    }
+    /// Datagrams relayed from peers to clients.
+    pub fn relayed_in(&self) -> u64 {
+        self.relayed_in.load(Ordering::Relaxed)
+    }
+    /// Dropped: not STUN, not ChannelData, truncated, oversized, unknown method or class.
+    pub fn malformed(&self) -> u64 {
+        self.malformed.load(Ordering::Relaxed)
+    }
+    /// Requests refused for missing or wrong credentials, or a stale nonce.
+    pub fn unauthenticated(&self) -> u64 {
+        self.unauthenticated.load(Ordering::Relaxed)
+    }
+    /// Datagrams dropped for want of a permission, allocation or channel.
+    pub fn unpermitted(&self) -> u64 {
+        self.unpermitted.load(Ordering::Relaxed)
+    }
+    /// Authenticated requests refused (bad request, mismatch, quota).
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+}
+
+/// How a [`TurnServer`] is set up.
+#[derive(Debug, Clone)]
+pub struct TurnServerConfig {
+    /// The realm of the long-term credentials.
+    pub realm: String,
+    /// User name → password.
+    pub users: BTreeMap<String, String>,
+    /// The address relayed addresses are allocated on (required when listening on the
+    /// unspecified address).
+    pub relay_ip: Option<IpAddr>,
+    /// Most allocations at once.
+    pub max_allocations: usize,
+}
+
+impl TurnServerConfig {
+    /// One user, realm `postsock`, 64 allocations.
+    pub fn new(username: &str, password: &str) -> Self {
+        TurnServerConfig {
+            realm: "postsock".into(),
+            users: [(username.to_string(), password.to_string())].into(),
+            relay_ip: None,
+            max_allocations: 64,
+        }
+    }
+}
 
 /// What the driver must do.
 #[derive(Debug, PartialEq, Eq)]

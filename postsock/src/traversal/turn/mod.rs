@@ -17,17 +17,17 @@
 //!   datagrams are dropped and counted; nothing reaches a peer without a permission.
 
 mod client;
-mod codec;
 mod handler;
 mod server;
 
 use std::time::Duration;
 
-pub(crate) use client::RelayRoutes;
+pub use crate::traversal::codec::turn::{
+    channel_data, is_channel_data, parse_channel_data, send_indication, MAX_MESSAGE,
+};
 pub use client::{allocate, Allocation, TurnConfig};
-pub use codec::{channel_data, is_channel_data, parse_channel_data, send_indication, MAX_MESSAGE};
-pub(crate) use codec::{from_server, FromServer};
-pub use server::{TurnServer, TurnServerConfig, TurnStats};
+pub use handler::{TurnServerConfig, TurnStats};
+pub use server::TurnServer;
 
 /// How long a permission lasts (RFC 8656 §9).
 pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);

@@ -18,7 +18,7 @@ use stun_codec::rfc5766::attributes::{
 use stun_codec::rfc5766::methods::{DATA, SEND};
 use stun_codec::{Message, MessageClass, MessageDecoder, MessageEncoder, Method, TransactionId};
 
-use crate::traversal::stun::{self};
+use super::stun::is_stun;
 
 define_attribute_enums!(
     Attribute,
@@ -46,10 +46,10 @@ define_attribute_enums!(
 );
 
 /// The protocol number of UDP in REQUESTED-TRANSPORT.
-pub(super) const UDP: u8 = 17;
+pub(crate) const UDP: u8 = 17;
 
 /// Encodes `message`; `None` if it cannot be (then nothing is sent: never an empty datagram).
-pub(super) fn encode(message: Message<Attribute>) -> Option<Vec<u8>> {
+pub(crate) fn encode(message: Message<Attribute>) -> Option<Vec<u8>> {
     MessageEncoder::new().encode_into_bytes(message).ok()
 }
 
@@ -59,7 +59,7 @@ pub const MAX_MESSAGE: usize = 1500;
 
 /// Decodes a STUN/TURN message; `None` if it is not one (or is larger than [`MAX_MESSAGE`]).
 pub(crate) fn decode(datagram: &[u8]) -> Option<Message<Attribute>> {
-    if datagram.len() > MAX_MESSAGE || !stun::is_stun(datagram) {
+    if datagram.len() > MAX_MESSAGE || !is_stun(datagram) {
         return None;
     }
     MessageDecoder::<Attribute>::new()

@@ -1,0 +1,91 @@
+//! What happened while a carrier was being established: every attempt of the race, how it
+//! ended, and how long the race took. Plain data, kept by every carrier.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::Protocol;
+
+/// How one connection attempt of a race ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AttemptOutcome {
+    /// Became ready first: the carrier runs on it.
+    Won,
+    /// Became ready, but another attempt had already won; it was closed.
+    LostRace,
+    /// Failed; the reason as the protocol stack reported it.
+    Failed(String),
+    /// Still running when another attempt won (or the race timed out); it was cancelled.
+    Cancelled,
+}
+
+impl AttemptOutcome {
+    /// A short name: "won", "lost race", "failed", "cancelled".
+    pub fn name(&self) -> &'static str {
+        match self {
+            AttemptOutcome::Won => "won",
+            AttemptOutcome::LostRace => "lost race",
+            AttemptOutcome::Failed(_) => "failed",
+            AttemptOutcome::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// One connection attempt of a race.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    /// The protocol stack tried.
+    pub protocol: Protocol,
+    /// The remote address tried.
+    pub remote: SocketAddr,
+    /// The local interface it went out of (`None` when the network names none).
+    pub interface: Option<String>,
+    /// When the attempt started, from the start of the race.
+    pub started: Duration,
+    /// How long it ran until it ended (won, failed, or was cancelled).
+    pub duration: Duration,
+    /// How it ended.
+    pub outcome: AttemptOutcome,
+}
+
+impl fmt::Display for Attempt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} to {}{} (started at {} ms, {} after {} ms",
+            self.protocol.name(),
+            self.remote,
+            self.interface
+                .as_ref()
+                .map(|i| format!(" via {i}"))
+                .unwrap_or_default(),
+            self.started.as_millis(),
+            self.outcome.name(),
+            self.duration.as_millis()
+        )?;
+        match &self.outcome {
+            AttemptOutcome::Failed(why) => write!(f, ": {why})"),
+            _ => write!(f, ")"),
+        }
+    }
+}
+
+/// What happened while a carrier was being established.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EstablishmentReport {
+    /// Every attempt that was started, in start order.
+    pub attempts: Vec<Attempt>,
+    /// From the start of the race until it was decided.
+    pub duration: Duration,
+}
+
+impl EstablishmentReport {
+    /// The winning attempt, if any.
+    pub fn winner(&self) -> Option<&Attempt> {
+        self.attempts
+            .iter()
+            .find(|a| a.outcome == AttemptOutcome::Won)
+    }
+}
