@@ -9,7 +9,7 @@ use postsock::traversal::rendezvous::RendezvousServer;
 use postsock::traversal::stun::StunServer;
 use postsock::traversal::turn::{TurnConfig, TurnServer, TurnServerConfig};
 use postsock::{Configuration, Protocol, Remote, Security, TestCa};
-use reports::{Expectation, Metrics, Report, SCHEMA_VERSION};
+use reports::{Expectation, Report, SCHEMA_VERSION};
 use sim::World;
 
 use crate::scenario::{Scenario, WorkloadKind};
@@ -306,55 +306,11 @@ fn simulate(
     result
 }
 
-fn build_report(
-    scenario: &Scenario,
-    seed: u64,
-    trace: &SharedTrace,
-    run_error: Option<String>,
-    faults: Vec<String>,
-    links: std::collections::BTreeMap<String, serde_json::Value>,
-    sim_ms: f64,
-) -> Report {
-    let trace = trace.lock();
-    let messages: Vec<_> = trace.messages.values().cloned().collect();
-    let mut metrics = Metrics::compute(
-        &messages,
-        trace.initiated_ms,
-        reports::model::round_us(sim_ms),
-    );
-    // Time to first message of the last carrier: from its initiation to the first
-    // client → server delivery after it.
-    if let Some(&last) = trace.initiations.last() {
-        let first = messages
-            .iter()
-            .filter(|m| m.direction == reports::Direction::ClientToServer)
-            .filter_map(|m| m.delivered_ms.first().copied())
-            .filter(|d| *d >= last)
-            .fold(None, |acc: Option<f64>, d| {
-                Some(acc.map_or(d, |a| a.min(d)))
-            });
-        metrics.ttfm_last_ms = first.map(|f| reports::model::round_us(f - last));
-    }
-    metrics.resumed = trace.resumed.last().copied().flatten().map(u64::from);
-    if let (Some(one_way), Some(protocol)) = (trace.path_one_way, trace.protocol.as_deref()) {
-        let rtt = one_way.as_secs_f64() * 2000.0;
-        let fresh = if protocol == "quic" {
-            1.5 * rtt
-        } else {
-            2.5 * rtt
-        };
-        metrics.ttfm_limit_ms = Some(reports::model::round_us(fresh));
-        if trace.initiations.len() > 1 {
-            let zero_rtt = protocol == "quic"
-                && scenario.workload.association
-                && scenario.workload.first_idempotent == Some(true);
-            let limit = if zero_rtt { 0.5 * rtt } else { fresh };
-            metrics.ttfm_last_limit_ms = Some(reports::model::round_us(limit));
-        }
-    }
-    // Path faults on the client: the interruption each caused, until the next delivery.
+/// When faults struck the client's path: link-down and black hole on the client, a reboot of
+/// a NAT the client is behind.
+fn client_path_faults(scenario: &Scenario) -> Vec<f64> {
     let client = scenario.workload.client.get_ref();
-    let path_faults_ms: Vec<f64> = scenario
+    scenario
         .faults
         .iter()
         .filter(|f| match &f.fault {
@@ -373,59 +329,40 @@ fn build_report(
             _ => false,
         })
         .map(|f| f.at_ms as f64)
-        .collect();
-    let deliveries: Vec<f64> = {
-        let mut d: Vec<f64> = messages
-            .iter()
-            .filter(|m| m.direction == reports::Direction::ClientToServer)
-            .flat_map(|m| m.delivered_ms.iter().copied())
-            .collect();
-        d.sort_by(f64::total_cmp);
-        d
+        .collect()
+}
+
+fn build_report(
+    scenario: &Scenario,
+    seed: u64,
+    trace: &SharedTrace,
+    run_error: Option<String>,
+    faults: Vec<String>,
+    links: std::collections::BTreeMap<String, serde_json::Value>,
+    sim_ms: f64,
+) -> Report {
+    let trace = trace.lock();
+    let messages: Vec<_> = trace.messages.values().cloned().collect();
+    let path_faults_ms = client_path_faults(scenario);
+    let zero_rtt =
+        scenario.workload.association && scenario.workload.first_idempotent == Some(true);
+    let facts = reports::RunFacts {
+        messages: &messages,
+        initiated_ms: trace.initiated_ms,
+        initiations: &trace.initiations,
+        sim_duration_ms: sim_ms,
+        resumed: trace.resumed.last().copied().flatten(),
+        path_one_way_ms: trace.path_one_way.map(|d| d.as_secs_f64() * 1000.0),
+        protocol: trace.protocol.as_deref(),
+        zero_rtt,
+        path_faults_ms: &path_faults_ms,
+        path_events: &trace.path_events,
+        carriers_accepted: trace.carriers_accepted,
+        relayed: trace.relayed,
+        rendezvous_ms: trace.rendezvous_ms,
+        establishment: trace.establishment.as_ref(),
     };
-    // After each fault: the longest stretch without a delivery, until the next path fault
-    // (or the end of the run). Deliveries already past the broken link when it broke count.
-    let mut fault_times = path_faults_ms.clone();
-    fault_times.dedup();
-    let gaps: Vec<reports::Gap> = fault_times
-        .iter()
-        .enumerate()
-        .filter_map(|(k, &t)| {
-            let until = fault_times.get(k + 1).copied().unwrap_or(f64::MAX);
-            let mut prev = t;
-            let mut longest: Option<(f64, f64)> = None;
-            for &d in deliveries.iter().filter(|&&d| d >= t && d <= until) {
-                if longest.is_none_or(|(a, b)| d - prev > b - a) {
-                    longest = Some((prev, d));
-                }
-                prev = d;
-            }
-            longest.map(|(from_ms, to_ms)| reports::Gap {
-                fault_ms: t,
-                from_ms,
-                to_ms,
-            })
-        })
-        .collect();
-    metrics.failover_gap_ms = gaps
-        .iter()
-        .map(|g| reports::model::round_us(g.to_ms - g.from_ms))
-        .reduce(f64::max);
-    metrics.carriers_accepted = trace.carriers_accepted;
-    metrics.handovers = trace
-        .path_events
-        .iter()
-        .filter(|e| e.event == "handover")
-        .count() as u64;
-    let count = |what: &str| trace.path_events.iter().filter(|e| e.event == what).count() as u64;
-    metrics.dormant = count("dormant");
-    metrics.server_path_changes = count("server-path-change");
-    metrics.relayed = trace.relayed.map(u64::from);
-    metrics.rendezvous_ms = trace.rendezvous_ms;
-    if let Some(est) = &trace.establishment {
-        metrics.attempts = est.attempts.len() as u64;
-        metrics.established = u64::from(est.error.is_none());
-    }
+    let (metrics, gaps) = reports::derive(&facts);
     let expectations: Vec<Expectation> = scenario
         .expect
         .iter()

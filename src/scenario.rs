@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
-use sim::{Fault, GatewaySpec, HostSpec, LinkParams, WorldSpec};
+use sim::{Fault, GatewaySpec, HostSpec, WorldSpec};
 use toml::Spanned;
 
 /// A scenario that failed to load: where, and why.
@@ -377,364 +377,41 @@ fn position(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// Turns a byte offset of the scenario text into a `file:line:col` error.
+struct Locator<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Locator<'_> {
+    fn at(&self, offset: usize, message: String) -> ScenarioError {
+        let (line, column) = position(self.text, offset);
+        ScenarioError {
+            path: self.path.display().to_string(),
+            line,
+            column,
+            message,
+        }
+    }
+}
+
 impl Scenario {
-    /// Parses scenario `name` from `text` (read from `path`).
+    /// Parses scenario `name` from `text` (read from `path`): the TOML, then the world, the
+    /// workload, the fault timeline and the expectations, each checked where it is read.
     pub fn parse(name: &str, path: &Path, text: &str) -> Result<Self, ScenarioError> {
-        let at = |offset: usize, message: String| {
-            let (line, column) = position(text, offset);
-            ScenarioError {
-                path: path.display().to_string(),
-                line,
-                column,
-                message,
-            }
-        };
+        let loc = Locator { path, text };
         let file: ScenarioFile = toml::from_str(text).map_err(|e| {
             let offset = e.span().map_or(0, |s| s.start);
-            at(offset, e.message().trim().to_owned())
+            loc.at(offset, e.message().trim().to_owned())
         })?;
         let world = WorldSpec {
             hosts: file.host,
             gateways: file.gateway,
         };
-        world.validate().map_err(|e| at(0, e.to_string()))?;
-        let endpoints: Vec<&str> = world.hosts.iter().map(|h| h.name.as_str()).collect();
-        let known_host = |h: &Spanned<String>| -> Result<(), ScenarioError> {
-            if endpoints.contains(&h.get_ref().as_str()) {
-                Ok(())
-            } else {
-                Err(at(
-                    h.span().start,
-                    format!(
-                        "unknown host `{}` (hosts: {})",
-                        h.get_ref(),
-                        endpoints.join(", ")
-                    ),
-                ))
-            }
-        };
-        let w = &file.workload;
-        known_host(&w.client)?;
-        known_host(&w.server)?;
-        if w.client.get_ref() == w.server.get_ref() {
-            return Err(at(
-                w.server.span().start,
-                "client and server must be different hosts".into(),
-            ));
-        }
-        let infrastructure = [&w.rendezvous, &w.stun, &w.turn];
-        for h in infrastructure.into_iter().flatten() {
-            known_host(h)?;
-        }
-        if w.kind == WorkloadKind::RendezvousEcho {
-            if w.rendezvous.is_none() || w.stun.is_none() {
-                return Err(at(
-                    0,
-                    "workload: kind = \"rendezvous-echo\" needs a `rendezvous` and a `stun` host"
-                        .into(),
-                ));
-            }
-            if w.protocol != ProtocolName::Quic {
-                return Err(at(
-                    0,
-                    "workload: kind = \"rendezvous-echo\" runs on QUIC: protocol = \"quic\"".into(),
-                ));
-            }
-        } else if infrastructure.iter().any(|h| h.is_some()) {
-            return Err(at(
-                0,
-                "workload: rendezvous, stun and turn apply to kind = \"rendezvous-echo\" only"
-                    .into(),
-            ));
-        }
-        if w.min_size < 8 || w.min_size > w.max_size {
-            return Err(at(
-                0,
-                format!(
-                    "workload: need 8 <= min_size <= max_size (each message carries its 8-byte index), got {} and {}",
-                    w.min_size, w.max_size
-                ),
-            ));
-        }
-        let stream_only = !w.niceness.is_empty()
-            || w.lifetime_ms.is_some()
-            || w.antecedent_group.is_some()
-            || !w.ordered
-            || !w.reliable;
-        if w.kind != WorkloadKind::Stream && stream_only {
-            return Err(at(
-                0,
-                "workload: niceness, lifetime_ms, antecedent_group, ordered and reliable apply to kind = \"stream\" only".into(),
-            ));
-        }
-        if w.carriers == 0 || (w.carriers > 1 && w.kind != WorkloadKind::Echo) {
-            return Err(at(
-                0,
-                "workload: carriers must be at least 1, and more than 1 only for kind = \"echo\""
-                    .into(),
-            ));
-        }
-        if w.antecedent_group.is_some_and(|g| g < 2) {
-            return Err(at(
-                0,
-                "workload: antecedent_group must be at least 2".into(),
-            ));
-        }
-        if !w.reliable && w.protocol != ProtocolName::Quic {
-            return Err(at(
-                0,
-                "workload: unreliable messages need protocol = \"quic\" (QUIC DATAGRAM frames)"
-                    .into(),
-            ));
-        }
-        if !w.reliable && w.max_size > 1200 {
-            return Err(at(
-                0,
-                format!(
-                    "workload: unreliable messages must fit one datagram: max_size {} > 1200",
-                    w.max_size
-                ),
-            ));
-        }
-        let mut faults = Vec::new();
-        for f in &file.fault {
-            if matches!(
-                f.action.get_ref(),
-                FaultAction::SetMiddlebox | FaultAction::NatReboot
-            ) {
-                let gateways: Vec<&str> = world.gateways.iter().map(|g| g.name.as_str()).collect();
-                if !gateways.contains(&f.host.get_ref().as_str()) {
-                    return Err(at(
-                        f.host.span().start,
-                        format!(
-                            "this action needs a gateway, not `{}` (gateways: {})",
-                            f.host.get_ref(),
-                            gateways.join(", ")
-                        ),
-                    ));
-                }
-            } else {
-                known_host(&f.host)?;
-            }
-            let host = f.host.get_ref().clone();
-            let action = *f.action.get_ref();
-            let link_action = matches!(
-                action,
-                FaultAction::LinkDown
-                    | FaultAction::LinkUp
-                    | FaultAction::Blackhole
-                    | FaultAction::Flap
-                    | FaultAction::SetLink
-            );
-            let interface =
-                match &f.interface {
-                    Some(name) if !link_action => return Err(at(
-                        name.span().start,
-                        "interface belongs to the link actions (link-down, link-up, blackhole, \
-                         flap, set-link)"
-                            .into(),
-                    )),
-                    Some(name) => {
-                        let spec = world.hosts.iter().find(|h| h.name == host);
-                        let names: Vec<&str> = match spec {
-                            Some(h) if h.interfaces.is_empty() => vec![sim::DEFAULT_INTERFACE],
-                            Some(h) => h.interfaces.iter().map(|i| i.name.as_str()).collect(),
-                            None => Vec::new(),
-                        };
-                        if !names.contains(&name.get_ref().as_str()) {
-                            return Err(at(
-                                name.span().start,
-                                format!(
-                                    "host `{host}` has no interface `{}` (interfaces: {})",
-                                    name.get_ref(),
-                                    names.join(", ")
-                                ),
-                            ));
-                        }
-                        Some(name.get_ref().clone())
-                    }
-                    None => {
-                        let multi = world
-                            .hosts
-                            .iter()
-                            .find(|h| h.name == host)
-                            .filter(|h| h.interfaces.len() > 1);
-                        if let (Some(h), true) = (multi, link_action) {
-                            let names: Vec<&str> =
-                                h.interfaces.iter().map(|i| i.name.as_str()).collect();
-                            return Err(at(
-                                f.action.span().start,
-                                format!(
-                                    "host `{host}` has several interfaces: name one with \
-                                 `interface = ...` ({})",
-                                    names.join(", ")
-                                ),
-                            ));
-                        }
-                        None
-                    }
-                };
-            let has_params = f.loss.is_some()
-                || f.bandwidth_kbps.is_some()
-                || f.queue_bytes.is_some()
-                || f.latency_ms.is_some();
-            if (f.period_ms.is_some() || f.count.is_some()) && action != FaultAction::Flap {
-                return Err(at(
-                    f.action.span().start,
-                    "period_ms and count belong to action `flap` only".into(),
-                ));
-            }
-            let mut expanded = Vec::new();
-            let fault = match action {
-                _ if f.middlebox.is_some() && action != FaultAction::SetMiddlebox => {
-                    return Err(at(
-                        f.action.span().start,
-                        "middlebox belongs to action `set-middlebox` only".into(),
-                    ))
-                }
-                FaultAction::SetMiddlebox => {
-                    if has_params {
-                        return Err(at(
-                            f.action.span().start,
-                            "set-middlebox takes a middlebox, not link parameters".into(),
-                        ));
-                    }
-                    let Some(middlebox) = f.middlebox.clone() else {
-                        return Err(at(
-                            f.action.span().start,
-                            "set-middlebox needs `middlebox = { ... }`".into(),
-                        ));
-                    };
-                    Fault::SetMiddlebox { host, middlebox }
-                }
-                FaultAction::NatReboot => {
-                    if has_params {
-                        return Err(at(
-                            f.action.span().start,
-                            "nat-reboot takes no parameters".into(),
-                        ));
-                    }
-                    Fault::NatReboot { host }
-                }
-                FaultAction::LinkDown
-                | FaultAction::LinkUp
-                | FaultAction::Blackhole
-                | FaultAction::Flap
-                | FaultAction::Bounce
-                    if has_params =>
-                {
-                    return Err(at(
-                        f.action.span().start,
-                        "loss, bandwidth_kbps, queue_bytes and latency_ms belong to action \
-                         `set-link` only"
-                            .into(),
-                    ))
-                }
-                FaultAction::LinkDown => Fault::LinkDown { host, interface },
-                FaultAction::Blackhole => Fault::Blackhole { host, interface },
-                FaultAction::Flap => {
-                    let (Some(period), Some(count)) = (f.period_ms, f.count) else {
-                        return Err(at(
-                            f.action.span().start,
-                            "flap needs `period_ms` (each phase) and `count` (cycles)".into(),
-                        ));
-                    };
-                    if period == 0 || count == 0 {
-                        return Err(at(
-                            f.action.span().start,
-                            "flap needs a positive period_ms and count".into(),
-                        ));
-                    }
-                    // Down for a period, up for a period, `count` times.
-                    for k in 0..u64::from(count) {
-                        expanded.push(TimedFault {
-                            at_ms: f.at_ms + 2 * k * period,
-                            fault: Fault::LinkDown {
-                                host: host.clone(),
-                                interface: interface.clone(),
-                            },
-                        });
-                        expanded.push(TimedFault {
-                            at_ms: f.at_ms + (2 * k + 1) * period,
-                            fault: Fault::LinkUp {
-                                host: host.clone(),
-                                interface: interface.clone(),
-                            },
-                        });
-                    }
-                    Fault::LinkUp { host, interface }
-                }
-                FaultAction::Bounce => {
-                    if host != *file.workload.server.get_ref() {
-                        return Err(at(
-                            f.host.span().start,
-                            "only the workload's server can be bounced".into(),
-                        ));
-                    }
-                    Fault::Bounce { host }
-                }
-                FaultAction::LinkUp => Fault::LinkUp { host, interface },
-                FaultAction::SetLink => {
-                    let check = LinkParams {
-                        loss: f.loss.unwrap_or(0.0),
-                        bandwidth_kbps: f.bandwidth_kbps,
-                        queue_bytes: f.queue_bytes.unwrap_or(64 * 1024),
-                        ..LinkParams::default()
-                    };
-                    check.validate().map_err(|e| at(f.action.span().start, e))?;
-                    Fault::SetLink {
-                        host,
-                        interface,
-                        loss: f.loss,
-                        bandwidth_kbps: f.bandwidth_kbps,
-                        queue_bytes: f.queue_bytes,
-                        latency_ms: f.latency_ms,
-                    }
-                }
-            };
-            if expanded.is_empty() {
-                expanded.push(TimedFault {
-                    at_ms: f.at_ms,
-                    fault,
-                });
-            }
-            let last = expanded.iter().map(|t| t.at_ms).max().unwrap_or(f.at_ms);
-            if last >= file.duration_s * 1000 {
-                return Err(at(
-                    f.action.span().start,
-                    format!(
-                        "fault at {last} ms is after the end of the scenario ({} s)",
-                        file.duration_s
-                    ),
-                ));
-            }
-            faults.extend(expanded);
-        }
-        faults.sort_by_key(|f| f.at_ms);
-        let mut expect = Vec::new();
-        for e in &file.expect {
-            let metric = e.metric.get_ref();
-            if !reports::Metrics::known(metric) {
-                return Err(at(
-                    e.metric.span().start,
-                    format!(
-                        "unknown metric `{metric}` (metrics: {})",
-                        reports::Metrics::NAMES.join(", ")
-                    ),
-                ));
-            }
-            if e.min.is_none() && e.max.is_none() {
-                return Err(at(
-                    e.metric.span().start,
-                    "an expectation needs `min`, `max` or both".into(),
-                ));
-            }
-            expect.push(Expect {
-                metric: metric.clone(),
-                min: e.min,
-                max: e.max,
-            });
-        }
+        world.validate().map_err(|e| loc.at(0, e.to_string()))?;
+        check_workload(&file.workload, &world, &loc)?;
+        let faults = timeline(&file.fault, &world, &file.workload, file.duration_s, &loc)?;
+        let expect = expectations(&file.expect, &loc)?;
         Ok(Scenario {
             name: name.to_owned(),
             path: path.to_owned(),
@@ -757,6 +434,253 @@ impl Scenario {
         })?;
         Self::parse(name, path, &text)
     }
+}
+
+/// The workload's hosts exist and its settings fit its kind and protocol.
+fn check_workload(w: &Workload, world: &WorldSpec, loc: &Locator) -> Result<(), ScenarioError> {
+    let endpoints: Vec<&str> = world.hosts.iter().map(|h| h.name.as_str()).collect();
+    let known_host = |h: &Spanned<String>| -> Result<(), ScenarioError> {
+        if endpoints.contains(&h.get_ref().as_str()) {
+            return Ok(());
+        }
+        let message = format!(
+            "unknown host `{}` (hosts: {})",
+            h.get_ref(),
+            endpoints.join(", ")
+        );
+        Err(loc.at(h.span().start, message))
+    };
+    let fail = |message: &str| Err(loc.at(0, format!("workload: {message}")));
+    known_host(&w.client)?;
+    known_host(&w.server)?;
+    if w.client.get_ref() == w.server.get_ref() {
+        return Err(loc.at(
+            w.server.span().start,
+            "client and server must be different hosts".into(),
+        ));
+    }
+    let infrastructure = [&w.rendezvous, &w.stun, &w.turn];
+    for h in infrastructure.into_iter().flatten() {
+        known_host(h)?;
+    }
+    if w.kind == WorkloadKind::RendezvousEcho {
+        if w.rendezvous.is_none() || w.stun.is_none() {
+            return fail("kind = \"rendezvous-echo\" needs a `rendezvous` and a `stun` host");
+        }
+        if w.protocol != ProtocolName::Quic {
+            return fail("kind = \"rendezvous-echo\" runs on QUIC: protocol = \"quic\"");
+        }
+    } else if infrastructure.iter().any(|h| h.is_some()) {
+        return fail("rendezvous, stun and turn apply to kind = \"rendezvous-echo\" only");
+    }
+    if w.min_size < 8 || w.min_size > w.max_size {
+        return fail(&format!(
+            "need 8 <= min_size <= max_size (each message carries its 8-byte index), got {} and {}",
+            w.min_size, w.max_size
+        ));
+    }
+    let stream_only = !w.niceness.is_empty()
+        || w.lifetime_ms.is_some()
+        || w.antecedent_group.is_some()
+        || !w.ordered
+        || !w.reliable;
+    if w.kind != WorkloadKind::Stream && stream_only {
+        return fail("niceness, lifetime_ms, antecedent_group, ordered and reliable apply to kind = \"stream\" only");
+    }
+    if w.carriers == 0 || (w.carriers > 1 && w.kind != WorkloadKind::Echo) {
+        return fail("carriers must be at least 1, and more than 1 only for kind = \"echo\"");
+    }
+    if w.antecedent_group.is_some_and(|g| g < 2) {
+        return fail("antecedent_group must be at least 2");
+    }
+    if !w.reliable && w.protocol != ProtocolName::Quic {
+        return fail("unreliable messages need protocol = \"quic\" (QUIC DATAGRAM frames)");
+    }
+    if !w.reliable && w.max_size > 1200 {
+        return fail(&format!(
+            "unreliable messages must fit one datagram: max_size {} > 1200",
+            w.max_size
+        ));
+    }
+    Ok(())
+}
+
+/// The fault timeline, sorted by time: each entry's keys fit its action, flaps expanded into
+/// their downs and ups, every fault checked against the world (`WorldSpec::check_fault`, the
+/// one place faults are validated), nothing after the end of the scenario.
+fn timeline(
+    entries: &[FaultEntry],
+    world: &WorldSpec,
+    workload: &Workload,
+    duration_s: u64,
+    loc: &Locator,
+) -> Result<Vec<TimedFault>, ScenarioError> {
+    let mut faults = Vec::new();
+    for f in entries {
+        let expanded = fault_entry(f, workload, loc)?;
+        for t in &expanded {
+            world.check_fault(&t.fault).map_err(|e| {
+                let offset = match e.part {
+                    sim::FaultPart::Host => f.host.span().start,
+                    sim::FaultPart::Interface => f
+                        .interface
+                        .as_ref()
+                        .map_or(f.action.span().start, |i| i.span().start),
+                    _ => f.action.span().start,
+                };
+                loc.at(offset, e.message)
+            })?;
+        }
+        let last = expanded.iter().map(|t| t.at_ms).max().unwrap_or(f.at_ms);
+        if last >= duration_s * 1000 {
+            return Err(loc.at(
+                f.action.span().start,
+                format!("fault at {last} ms is after the end of the scenario ({duration_s} s)"),
+            ));
+        }
+        faults.extend(expanded);
+    }
+    faults.sort_by_key(|f| f.at_ms);
+    Ok(faults)
+}
+
+/// One `[[fault]]` entry as the faults it stands for (a flap is several), its keys checked
+/// against its action.
+fn fault_entry(
+    f: &FaultEntry,
+    workload: &Workload,
+    loc: &Locator,
+) -> Result<Vec<TimedFault>, ScenarioError> {
+    let action = *f.action.get_ref();
+    let here = |message: &str| Err(loc.at(f.action.span().start, message.to_owned()));
+    let host = f.host.get_ref().clone();
+    let link_action = matches!(
+        action,
+        FaultAction::LinkDown
+            | FaultAction::LinkUp
+            | FaultAction::Blackhole
+            | FaultAction::Flap
+            | FaultAction::SetLink
+    );
+    if let (Some(name), false) = (&f.interface, link_action) {
+        return Err(loc.at(
+            name.span().start,
+            "interface belongs to the link actions (link-down, link-up, blackhole, flap, set-link)"
+                .into(),
+        ));
+    }
+    let interface = f.interface.as_ref().map(|i| i.get_ref().clone());
+    let has_params = f.loss.is_some()
+        || f.bandwidth_kbps.is_some()
+        || f.queue_bytes.is_some()
+        || f.latency_ms.is_some();
+    if (f.period_ms.is_some() || f.count.is_some()) && action != FaultAction::Flap {
+        return here("period_ms and count belong to action `flap` only");
+    }
+    if f.middlebox.is_some() && action != FaultAction::SetMiddlebox {
+        return here("middlebox belongs to action `set-middlebox` only");
+    }
+    let at = |at_ms: u64, fault: Fault| TimedFault { at_ms, fault };
+    let fault = match action {
+        FaultAction::SetMiddlebox => {
+            if has_params {
+                return here("set-middlebox takes a middlebox, not link parameters");
+            }
+            let Some(middlebox) = f.middlebox.clone() else {
+                return here("set-middlebox needs `middlebox = { ... }`");
+            };
+            Fault::SetMiddlebox { host, middlebox }
+        }
+        FaultAction::NatReboot if has_params => return here("nat-reboot takes no parameters"),
+        FaultAction::NatReboot => Fault::NatReboot { host },
+        FaultAction::LinkDown
+        | FaultAction::LinkUp
+        | FaultAction::Blackhole
+        | FaultAction::Flap
+        | FaultAction::Bounce
+            if has_params =>
+        {
+            return here(
+                "loss, bandwidth_kbps, queue_bytes and latency_ms belong to action `set-link` only",
+            )
+        }
+        FaultAction::LinkDown => Fault::LinkDown { host, interface },
+        FaultAction::LinkUp => Fault::LinkUp { host, interface },
+        FaultAction::Blackhole => Fault::Blackhole { host, interface },
+        FaultAction::Flap => {
+            let (Some(period), Some(count)) = (f.period_ms, f.count) else {
+                return here("flap needs `period_ms` (each phase) and `count` (cycles)");
+            };
+            if period == 0 || count == 0 {
+                return here("flap needs a positive period_ms and count");
+            }
+            // Down for a period, up for a period, `count` times.
+            let mut out = Vec::new();
+            for k in 0..u64::from(count) {
+                let (host, interface) = (host.clone(), interface.clone());
+                out.push(at(
+                    f.at_ms + 2 * k * period,
+                    Fault::LinkDown {
+                        host: host.clone(),
+                        interface: interface.clone(),
+                    },
+                ));
+                out.push(at(
+                    f.at_ms + (2 * k + 1) * period,
+                    Fault::LinkUp { host, interface },
+                ));
+            }
+            return Ok(out);
+        }
+        FaultAction::Bounce => {
+            if host != *workload.server.get_ref() {
+                return Err(loc.at(
+                    f.host.span().start,
+                    "only the workload's server can be bounced".into(),
+                ));
+            }
+            Fault::Bounce { host }
+        }
+        FaultAction::SetLink => Fault::SetLink {
+            host,
+            interface,
+            loss: f.loss,
+            bandwidth_kbps: f.bandwidth_kbps,
+            queue_bytes: f.queue_bytes,
+            latency_ms: f.latency_ms,
+        },
+    };
+    Ok(vec![at(f.at_ms, fault)])
+}
+
+/// The expectations: known metrics, each with a bound.
+fn expectations(entries: &[ExpectEntry], loc: &Locator) -> Result<Vec<Expect>, ScenarioError> {
+    entries
+        .iter()
+        .map(|e| {
+            let metric = e.metric.get_ref();
+            if !reports::Metrics::known(metric) {
+                return Err(loc.at(
+                    e.metric.span().start,
+                    format!(
+                        "unknown metric `{metric}` (metrics: {})",
+                        reports::Metrics::NAMES.join(", ")
+                    ),
+                ));
+            }
+            if e.min.is_none() && e.max.is_none() {
+                return Err(loc.at(
+                    e.metric.span().start,
+                    "an expectation needs `min`, `max` or both".into(),
+                ));
+            }
+            Ok(Expect {
+                metric: metric.clone(),
+                min: e.min,
+                max: e.max,
+            })
+        })
+        .collect()
 }
 
 /// Scenario files below `dir`, as (name, path), sorted by name.

@@ -13,6 +13,7 @@ use postsock::{
     Carrier, Configuration, Event, Listener, Message, MessageProperties, Remote, SendStatus,
 };
 use rand::{Rng, RngCore};
+use reports::PathEventKind;
 use reports::{Direction, MessageRecord};
 
 use crate::scenario::Workload;
@@ -114,7 +115,7 @@ async fn initiate(
             if let Some(interface) = carrier.interface() {
                 t.path_events.push(reports::PathEvent {
                     at_ms: now_ms(),
-                    event: "start".into(),
+                    event: PathEventKind::Start,
                     interface: Some(interface),
                     reason: None,
                 });
@@ -197,10 +198,10 @@ impl SharedTrace {
         index
     }
 
-    fn path_event(&self, event: &str, interface: Option<String>, reason: Option<String>) {
+    fn path_event(&self, event: PathEventKind, interface: Option<String>, reason: Option<String>) {
         self.lock().path_events.push(reports::PathEvent {
             at_ms: now_ms(),
-            event: event.into(),
+            event,
             interface,
             reason,
         });
@@ -289,16 +290,20 @@ where
 fn server_event(trace: &SharedTrace, event: Event) -> Result<(), String> {
     match event {
         Event::ConnectionError(e) => {
-            trace.path_event("server-ended", None, Some(e.to_string()));
+            trace.path_event(PathEventKind::ServerEnded, None, Some(e.to_string()));
             Err(format!("server carrier: {e}"))
         }
         Event::ReceiveError { id, error } => Err(format!("server receive {id}: {error}")),
         Event::Dormant => {
-            trace.path_event("server-dormant", None, None);
+            trace.path_event(PathEventKind::ServerDormant, None, None);
             Ok(())
         }
         Event::PathChange { remote } => {
-            trace.path_event("server-path-change", Some(remote.to_string()), None);
+            trace.path_event(
+                PathEventKind::ServerPathChange,
+                Some(remote.to_string()),
+                None,
+            );
             Ok(())
         }
         _ => Ok(()),
@@ -310,11 +315,15 @@ fn server_event(trace: &SharedTrace, event: Event) -> Result<(), String> {
 fn client_event(trace: &SharedTrace, event: Event) -> Result<(), String> {
     match event {
         Event::Handover { interface, reason } => {
-            trace.path_event("handover", Some(interface), Some(reason.name().into()));
+            trace.path_event(
+                PathEventKind::Handover,
+                Some(interface),
+                Some(reason.name().into()),
+            );
             Ok(())
         }
         Event::Dormant => {
-            trace.path_event("dormant", None, None);
+            trace.path_event(PathEventKind::Dormant, None, None);
             Ok(())
         }
         Event::ConnectionError(e) => Err(format!("client carrier: {e}")),

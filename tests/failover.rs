@@ -5,6 +5,7 @@
 mod common;
 
 use common::scenario;
+use reports::PathEventKind;
 
 use std::path::Path;
 
@@ -54,12 +55,12 @@ fn run_all(name: &str) -> Vec<reports::Report> {
     runs
 }
 
-fn reasons(report: &reports::Report) -> Vec<(String, Option<String>, Option<String>)> {
+fn reasons(report: &reports::Report) -> Vec<(PathEventKind, Option<String>, Option<String>)> {
     report
         .path_events
         .iter()
-        .filter(|e| e.event == "handover" || e.event == "dormant")
-        .map(|e| (e.event.clone(), e.interface.clone(), e.reason.clone()))
+        .filter(|e| matches!(e.event, PathEventKind::Handover | PathEventKind::Dormant))
+        .map(|e| (e.event, e.interface.clone(), e.reason.clone()))
         .collect()
 }
 
@@ -73,13 +74,16 @@ fn interface_down_quic_migrates_within_one_rtt_of_the_new_path() {
         assert_eq!(
             reasons(&r),
             [(
-                "handover".into(),
+                PathEventKind::Handover,
                 Some("cell".into()),
                 Some("interface-down".into())
             )]
         );
         // The handover is immediate: the interface event reaches the carrier at once.
-        let at = r.path_events.iter().find(|e| e.event == "handover");
+        let at = r
+            .path_events
+            .iter()
+            .find(|e| e.event == PathEventKind::Handover);
         assert_eq!(at.map(|e| e.at_ms), Some(2000.0));
     }
     // Ordered delivery additionally waits for what was lost on wifi to be sent again.
@@ -107,7 +111,7 @@ fn silent_black_hole_is_detected_within_the_rtt_bound() {
         assert_eq!(
             reasons(&r),
             [(
-                "handover".into(),
+                PathEventKind::Handover,
                 Some("cell".into()),
                 Some("silent".into())
             )]
@@ -137,7 +141,7 @@ fn tls_tcp_continues_the_carrier_on_the_new_path() {
         assert!(
             r.path_events
                 .iter()
-                .any(|e| e.event == "server-path-change"),
+                .any(|e| e.event == PathEventKind::ServerPathChange),
             "{:?}",
             r.path_events
         );
@@ -157,7 +161,7 @@ fn flapping_wifi_is_left_once_and_returned_to_once_it_is_stable() {
             let back = r
                 .path_events
                 .iter()
-                .filter(|e| e.event == "handover")
+                .filter(|e| e.event == PathEventKind::Handover)
                 .nth(1)
                 .map(|e| e.at_ms)
                 .expect("a return");
@@ -179,7 +183,7 @@ fn a_lossy_wifi_is_left_for_cell() {
             assert_eq!(
                 moves,
                 [(
-                    "handover".into(),
+                    PathEventKind::Handover,
                     Some("cell".into()),
                     Some("degraded".into())
                 )],
@@ -200,7 +204,10 @@ fn a_lossy_wifi_is_left_for_cell() {
             matches!(moves[0].2.as_deref(), Some("degraded" | "silent")),
             "{moves:?}"
         );
-        let at = r.path_events.iter().find(|e| e.event == "handover");
+        let at = r
+            .path_events
+            .iter()
+            .find(|e| e.event == PathEventKind::Handover);
         let at = at.map_or(0.0, |e| e.at_ms);
         assert!((2050.0..3000.0).contains(&at), "seed {seed}: moved at {at}");
     }
@@ -214,19 +221,31 @@ fn both_paths_down_the_carrier_is_dormant_then_active_on_cell() {
         for r in run_all(name) {
             let moves = reasons(&r);
             assert_eq!(moves.len(), 2, "{name}: {moves:?}");
-            assert_eq!(moves[0].0, "dormant");
+            assert_eq!(moves[0].0, PathEventKind::Dormant);
             assert_eq!(moves[1].2.as_deref(), Some("recovered"));
             // Cell returns at 12 s: everything sent meanwhile arrives within a few RTTs.
             let gap = r.metrics.failover_gap_ms.expect("gap");
             assert!(gap <= 10_000.0 + 3.0 * cell, "{name}: {gap}");
             // The server's carrier went dormant too, and came back.
-            let server: Vec<&str> = r
+            let server: Vec<PathEventKind> = r
                 .path_events
                 .iter()
-                .filter(|e| e.event.starts_with("server-"))
-                .map(|e| e.event.as_str())
+                .map(|e| e.event)
+                .filter(|e| {
+                    matches!(
+                        e,
+                        PathEventKind::ServerDormant | PathEventKind::ServerPathChange
+                    )
+                })
                 .collect();
-            assert_eq!(server, ["server-dormant", "server-path-change"], "{name}");
+            assert_eq!(
+                server,
+                [
+                    PathEventKind::ServerDormant,
+                    PathEventKind::ServerPathChange
+                ],
+                "{name}"
+            );
         }
     }
 }
@@ -245,7 +264,7 @@ fn a_nat_reboot_costs_quic_nothing_and_tls_a_reconnection() {
         assert_eq!(
             reasons(&r),
             [(
-                "handover".into(),
+                PathEventKind::Handover,
                 Some("wifi".into()),
                 Some("broken".into())
             )]
@@ -271,7 +290,10 @@ fn a_dormant_carrier_that_never_returns_ends_with_a_clear_error() {
             "{protocol}: {error}"
         );
         // The server's carrier went dormant and ended the same way.
-        let ended = r.path_events.iter().find(|e| e.event == "server-ended");
+        let ended = r
+            .path_events
+            .iter()
+            .find(|e| e.event == PathEventKind::ServerEnded);
         let why = ended.and_then(|e| e.reason.clone()).unwrap_or_default();
         assert!(
             why.contains("dormant timeout"),
@@ -305,9 +327,9 @@ fn a_prohibited_interface_is_never_used() {
     assert_eq!(
         reasons(&r),
         [
-            ("dormant".into(), None, None),
+            (PathEventKind::Dormant, None, None),
             (
-                "handover".into(),
+                PathEventKind::Handover,
                 Some("wifi".into()),
                 Some("recovered".into())
             )

@@ -6,17 +6,20 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`model`] | the report schema and the metrics computed from message records |
+//! | [`model`] | the report schema; message-level metrics |
+//! | [`derive`] | every metric of a run, from what the run recorded ([`RunFacts`]) |
 //! | [`summary`] | the Markdown summary of a suite |
 //! | [`plot`] | the message time-sequence diagram |
 
+pub mod derive;
 pub mod model;
 pub mod plot;
 pub mod summary;
 
+pub use derive::{derive, RunFacts};
 pub use model::{
     AttemptRecord, Direction, Establishment, Expectation, Gap, MessageRecord, Metrics, PathEvent,
-    Report, RunWallClock, WallClock, SCHEMA_VERSION,
+    PathEventKind, Report, RunWallClock, WallClock, SCHEMA_VERSION,
 };
 
 /// Errors while writing reports.

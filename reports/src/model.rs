@@ -386,14 +386,39 @@ pub struct Gap {
     pub to_ms: f64,
 }
 
-/// A change of the client carrier's path.
+/// What happened to a carrier's path: the one vocabulary the workload records, the runner
+/// counts and the plots draw (written kebab-case in reports: `start`, `server-path-change`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PathEventKind {
+    /// The client's carrier started on an interface.
+    Start,
+    /// The client's carrier moved to another interface.
+    Handover,
+    /// The client's carrier has no working path.
+    Dormant,
+    /// The server's carrier ended with an error.
+    ServerEnded,
+    /// The server's carrier heard nothing for its dormancy threshold.
+    ServerDormant,
+    /// The server's carrier came from a new address (or back after dormancy).
+    ServerPathChange,
+}
+
+impl PathEventKind {
+    /// Whether it changes the client's path (what the goodput plot shades).
+    pub fn client_path(self) -> bool {
+        matches!(self, Self::Start | Self::Handover | Self::Dormant)
+    }
+}
+
+/// A change of a carrier's path.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PathEvent {
     /// Simulated time, ms.
     pub at_ms: f64,
-    /// `start`, `handover`, `dormant` (the client's carrier), `server-dormant`,
-    /// `server-path-change` (the server's).
-    pub event: String,
+    /// What happened.
+    pub event: PathEventKind,
     /// The interface in use from now on (none while dormant).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,

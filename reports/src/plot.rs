@@ -160,7 +160,10 @@ pub fn time_sequence(report: &Report, path: &Path) -> Result<(), ReportError> {
 
 /// Whether `report` has a client path timeline worth a goodput plot.
 pub fn has_paths(report: &Report) -> bool {
-    report.path_events.iter().any(|e| e.event == "start")
+    report
+        .path_events
+        .iter()
+        .any(|e| e.event == crate::PathEventKind::Start)
 }
 
 /// The client's path over time: `(from ms, to ms, interface or None while dormant)`.
@@ -168,7 +171,7 @@ fn path_spans(report: &Report, end: f64) -> Vec<(f64, f64, Option<String>)> {
     let changes: Vec<(f64, Option<String>)> = report
         .path_events
         .iter()
-        .filter(|e| matches!(e.event.as_str(), "start" | "handover" | "dormant"))
+        .filter(|e| e.event.client_path())
         .map(|e| (e.at_ms, e.interface.clone()))
         .collect();
     changes

@@ -29,9 +29,9 @@ pub mod world;
 pub use link::{LinkParams, Verdict};
 pub use net::SimNet;
 pub use world::{
-    Dependence, Fault, GatewaySpec, HostSpec, InterfaceSpec, InterfaceStatus, LinkCounters,
-    Middlebox, NatBehaviour, NatPreset, NatSpec, PortAssignment, World, WorldSpec,
-    DEFAULT_INTERFACE,
+    Dependence, Fault, FaultError, FaultPart, GatewaySpec, HostSpec, InterfaceSpec,
+    InterfaceStatus, LinkCounters, Middlebox, NatBehaviour, NatPreset, NatSpec, PortAssignment,
+    World, WorldSpec, DEFAULT_INTERFACE,
 };
 
 /// Locks `m`; a lock poisoned by a panicked task is taken as it is (the data behind every

@@ -34,6 +34,8 @@ pub struct World<'a> {
     /// Hosts running restartable (server) programs.
     servers: BTreeSet<String>,
     wired: BTreeSet<(String, String)>,
+    /// What it was built from (faults are checked against it).
+    spec: WorldSpec,
 }
 
 impl std::fmt::Debug for World<'_> {
@@ -179,6 +181,7 @@ impl<'a> World<'a> {
             registered: BTreeSet::new(),
             servers: BTreeSet::new(),
             wired: BTreeSet::new(),
+            spec: spec.clone(),
         };
         for g in &spec.gateways {
             let state = world.state.clone();
@@ -307,31 +310,19 @@ impl<'a> World<'a> {
 
     /// Applies a fault now.
     pub fn apply(&mut self, fault: &Fault) -> Result<(), SimError> {
+        self.spec
+            .check_fault(fault)
+            .map_err(|e| SimError::Spec(format!("fault on `{}`: {e}", fault.host())))?;
         let host = fault.host().to_owned();
         let node = self.node(&host)?;
         if let Fault::NatReboot { .. } = fault {
-            if node.role != Role::Gateway {
-                return Err(SimError::Spec(format!(
-                    "nat-reboot `{host}`: only gateways translate addresses"
-                )));
-            }
             *lock(&self.state.nat_epochs).entry(host).or_insert(0) += 1;
             self.state.nat_reboots.send_modify(|n| *n += 1);
             return Ok(());
         }
         if let Fault::SetMiddlebox { middlebox, .. } = fault {
-            if node.role != Role::Gateway {
-                return Err(SimError::Spec(format!(
-                    "set-middlebox `{host}`: only gateways carry a middlebox"
-                )));
-            }
             lock(&self.state.middleboxes).insert(host, middlebox.clone());
             return Ok(());
-        }
-        if node.role == Role::Gateway {
-            return Err(SimError::Spec(format!(
-                "fault on `{host}`: gateways have no access link of their own in this version"
-            )));
         }
         if let Fault::Bounce { .. } = fault {
             if !self.servers.contains(&host) {
@@ -347,17 +338,8 @@ impl<'a> World<'a> {
             None if node.ifaces.len() == 1 => node.ifaces.first(),
             None => None,
         }
-        .ok_or_else(|| {
-            let names: Vec<&str> = node.ifaces.iter().map(|i| i.name.as_str()).collect();
-            SimError::Spec(format!(
-                "fault on `{host}`: name one of its interfaces ({}){}",
-                names.join(", "),
-                fault
-                    .interface()
-                    .map(|n| format!(", not `{n}`"))
-                    .unwrap_or_default()
-            ))
-        })?;
+        // check_fault made sure the interface exists.
+        .ok_or_else(|| SimError::Spec(format!("fault on `{host}`: no such interface")))?;
         let (key, gateway) = (iface.link.clone(), iface.gateway.clone());
         let peers = self.access_peers(&host, gateway.as_deref());
         match fault {

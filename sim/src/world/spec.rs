@@ -452,6 +452,102 @@ pub enum Fault {
     },
 }
 
+/// Which part of a fault a [`FaultError`] is about (so a scenario file can point at it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FaultPart {
+    /// The host (or gateway) it names.
+    Host,
+    /// The interface it names.
+    Interface,
+    /// The action and its parameters.
+    Action,
+}
+
+/// A fault that does not fit the world it is applied to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct FaultError {
+    /// What is wrong with.
+    pub part: FaultPart,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl WorldSpec {
+    /// Whether `fault` fits this world: the one place faults are validated, by the scenario
+    /// parser (which points at the offending key) and by [`World::apply`](super::World::apply).
+    /// Middlebox and NAT faults need a gateway, link faults an endpoint host and, on a
+    /// multi-homed host, one of its interfaces by name; new link parameters must be valid.
+    pub fn check_fault(&self, fault: &Fault) -> Result<(), FaultError> {
+        let err = |part, message: String| Err(FaultError { part, message });
+        let host = fault.host();
+        if matches!(fault, Fault::SetMiddlebox { .. } | Fault::NatReboot { .. }) {
+            if !self.gateways.iter().any(|g| g.name == host) {
+                let gateways: Vec<&str> = self.gateways.iter().map(|g| g.name.as_str()).collect();
+                return err(
+                    FaultPart::Host,
+                    format!(
+                        "this action needs a gateway, not `{host}` (gateways: {})",
+                        gateways.join(", ")
+                    ),
+                );
+            }
+            return Ok(());
+        }
+        let Some(spec) = self.hosts.iter().find(|h| h.name == host) else {
+            let hosts: Vec<&str> = self.hosts.iter().map(|h| h.name.as_str()).collect();
+            return err(
+                FaultPart::Host,
+                format!("unknown host `{host}` (hosts: {})", hosts.join(", ")),
+            );
+        };
+        let names: Vec<&str> = if spec.interfaces.is_empty() {
+            vec![DEFAULT_INTERFACE]
+        } else {
+            spec.interfaces.iter().map(|i| i.name.as_str()).collect()
+        };
+        let link_fault = !matches!(fault, Fault::Bounce { .. });
+        match fault.interface() {
+            Some(name) if !names.contains(&name) => {
+                return err(
+                    FaultPart::Interface,
+                    format!(
+                        "host `{host}` has no interface `{name}` (interfaces: {})",
+                        names.join(", ")
+                    ),
+                )
+            }
+            None if link_fault && names.len() > 1 => return err(
+                FaultPart::Action,
+                format!(
+                    "host `{host}` has several interfaces: name one with `interface = ...` ({})",
+                    names.join(", ")
+                ),
+            ),
+            _ => {}
+        }
+        if let Fault::SetLink {
+            loss,
+            bandwidth_kbps,
+            queue_bytes,
+            ..
+        } = fault
+        {
+            let check = LinkParams {
+                loss: loss.unwrap_or(0.0),
+                bandwidth_kbps: *bandwidth_kbps,
+                queue_bytes: queue_bytes.unwrap_or(64 * 1024),
+                ..LinkParams::default()
+            };
+            check
+                .validate()
+                .or_else(|message| err(FaultPart::Action, message))?;
+        }
+        Ok(())
+    }
+}
+
 impl Fault {
     /// The host the fault applies to.
     pub fn host(&self) -> &str {
@@ -475,5 +571,83 @@ impl Fault {
             | Fault::SetLink { interface, .. } => interface.as_deref(),
             _ => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn world() -> WorldSpec {
+        let mut phone = HostSpec::new("phone", None, 5);
+        phone.interfaces = vec![
+            InterfaceSpec {
+                name: "wifi".into(),
+                gateway: "home".into(),
+                link: LinkParams::default(),
+            },
+            InterfaceSpec {
+                name: "cell".into(),
+                gateway: "home".into(),
+                link: LinkParams::default(),
+            },
+        ];
+        WorldSpec {
+            hosts: vec![HostSpec::new("server", None, 10), phone],
+            gateways: vec![GatewaySpec::nat("home", NatPreset::FullCone)],
+        }
+    }
+
+    fn part(f: Fault) -> Option<(FaultPart, String)> {
+        world().check_fault(&f).err().map(|e| (e.part, e.message))
+    }
+
+    #[test]
+    fn faults_are_checked_against_the_world_once() {
+        let down = |host: &str, interface: Option<&str>| Fault::LinkDown {
+            host: host.into(),
+            interface: interface.map(Into::into),
+        };
+        assert_eq!(part(down("server", None)), None);
+        assert_eq!(part(down("server", Some("eth0"))), None);
+        assert_eq!(part(down("phone", Some("cell"))), None);
+        let (p, m) = part(down("phone", None)).expect("ambiguous");
+        assert_eq!(p, FaultPart::Action);
+        assert!(
+            m.contains("several interfaces") && m.contains("wifi, cell"),
+            "{m}"
+        );
+        let (p, m) = part(down("phone", Some("wlan0"))).expect("unknown interface");
+        assert_eq!(
+            (p, m.as_str()),
+            (
+                FaultPart::Interface,
+                "host `phone` has no interface `wlan0` (interfaces: wifi, cell)"
+            )
+        );
+        let (p, m) = part(down("home", None)).expect("a gateway has no link of its own");
+        assert_eq!(p, FaultPart::Host);
+        assert!(m.starts_with("unknown host `home`"), "{m}");
+        let (p, m) = part(Fault::NatReboot {
+            host: "server".into(),
+        })
+        .expect("not a gateway");
+        assert_eq!(p, FaultPart::Host);
+        assert!(m.contains("needs a gateway"), "{m}");
+        assert_eq!(
+            part(Fault::NatReboot {
+                host: "home".into()
+            }),
+            None
+        );
+        let bad_loss = Fault::SetLink {
+            host: "server".into(),
+            interface: None,
+            loss: Some(1.5),
+            bandwidth_kbps: None,
+            queue_bytes: None,
+            latency_ms: None,
+        };
+        assert_eq!(part(bad_loss).map(|p| p.0), Some(FaultPart::Action));
     }
 }
