@@ -103,7 +103,10 @@ async fn send_violation(
 fn assert_protocol_error(events: &[Event], what: &str, want: &str) {
     match events.last() {
         Some(Event::ConnectionError(Error::Protocol(msg))) => {
-            assert!(msg.contains(want), "{what}: got `{msg}`, want `{want}`")
+            assert!(
+                msg.to_string().contains(want),
+                "{what}: got `{msg}`, want `{want}`"
+            )
         }
         other => panic!("{what}: last event {other:?}"),
     }

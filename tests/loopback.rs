@@ -105,7 +105,10 @@ async fn a_client_without_trusted_roots_is_refused_before_connecting() {
     let err = Carrier::initiate(TokioNet::shared(), Remote::new("localhost", 9), config)
         .await
         .expect_err("no roots");
-    assert!(matches!(err, Error::Config(_)), "{err}");
+    assert!(
+        matches!(err, Error::Config(postsock::ConfigError::NoTrustedRoots)),
+        "{err}"
+    );
 }
 
 /// An echo server for the resumption tests: echoes every message on every carrier.

@@ -9,11 +9,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use postsock::net::{Net, TokioNet};
-use postsock::traversal::punch::{self, PathKind, PunchConfig, RelayPolicy};
+use postsock::traversal::punch::{PathKind, PunchConfig, RelayPolicy};
 use postsock::traversal::rendezvous::RendezvousServer;
 use postsock::traversal::stun::{self, Demux, Via};
 use postsock::traversal::turn::{self, TurnConfig, TurnServer, TurnServerConfig, TurnStats};
-use postsock::{Configuration, Protocol, Remote, Security, TestCa};
+use postsock::{Carrier, Configuration, Protocol, Remote, Security, TestCa};
 use sim::{NatPreset, World, WorldSpec};
 
 use common::{free_udp_port, postsock_bin, sim_host, sim_nat, Child, Coturn};
@@ -351,10 +351,13 @@ async fn two_peers_exchange_quic_messages_through_a_coturn_allocation() {
         let (net, cfg) = (net.clone(), cfg.clone());
         async move {
             let secret = b"two peers who only trust the relay";
-            let (carrier, report) =
-                punch::punch(net.clone(), secret, &cfg, Configuration::default())
-                    .await
-                    .unwrap_or_else(|e| panic!("{who}: {e}"));
+            let carrier = Carrier::rendezvous(net.clone(), secret, &cfg, Configuration::default())
+                .await
+                .unwrap_or_else(|e| panic!("{who}: {e}"));
+            let report = carrier
+                .rendezvous_report()
+                .cloned()
+                .expect("a rendezvous report");
             let mine = format!("hello from {who}");
             carrier.send_bytes(mine.clone()).await.expect("send");
             let got = carrier.receive().await.expect("receive").expect("message");

@@ -80,7 +80,7 @@ pub use api::roles::{Request, Responder, Sink, Source};
 pub use certs::TestCa;
 pub use config::{Identity, Protocol, Remote, Security};
 pub use configuration::Configuration;
-pub use error::{Error, Result};
+pub use error::{ConfigError, ConnectionError, Error, Result, Violation};
 pub use establish::association::{
     Association, AssociationKey, Associations, PathMemory, DEFAULT_PATH,
 };

@@ -18,13 +18,14 @@ use crate::establish::association::{AssociationKey, MaybeTls, TlsClients, DEFAUL
 use crate::establish::attempt::{attempt, new_token, Transient};
 use crate::establish::race::candidates;
 use crate::establish::racing;
-use crate::establish::report::{Attempt, AttemptOutcome, EstablishmentReport};
+use crate::establish::report::{Attempt, AttemptOutcome, EstablishmentReport, PunchReport};
 use crate::message::{MessageProperties, SendHandle, SendStatus};
 use crate::net::Net;
 use crate::path::{CurrentPath, PathChoice, PathMonitor};
 use crate::transport::assemble::ReceiveLimits;
 use crate::transport::outbox::Outbox;
 use crate::transport::{event_channel, quic, stream as tls_tcp, EventRx};
+use crate::{ConfigError, ConnectionError};
 use crate::{Configuration, Error, Event, Message, MessageId, Protocol, Received, Remote, Result};
 
 /// How the carrier reaches its transient to end it.
@@ -80,11 +81,11 @@ fn usable_paths(
             .iter()
             .map(|i| format!("{} ({})", i.name, if i.up { "up" } else { "down" }))
             .collect();
-        return Err(Error::Config(format!(
-            "no usable interface towards {remote}: the path policy and the interfaces \
-             [{}] leave none",
-            listed.join(", ")
-        )));
+        return Err(ConfigError::NoUsableInterface {
+            remote,
+            interfaces: listed,
+        }
+        .into());
     }
     Ok((Some(PathMonitor::start(net.clone())), paths))
 }
@@ -111,7 +112,7 @@ pub struct Carrier {
     origin: Option<Origin>,
     establishment: Option<EstablishmentReport>,
     /// How a rendezvous carrier came about.
-    rendezvous: Option<crate::traversal::punch::PunchReport>,
+    rendezvous: Option<PunchReport>,
     resumed: Arc<std::sync::OnceLock<bool>>,
     /// The local interface in use (`None` when dormant or when the network names none).
     path: CurrentPath,
@@ -299,26 +300,16 @@ impl Carrier {
         self.establishment.as_ref()
     }
 
-    /// Rendezvous: a carrier with the peer that shares `secret`, both behind whatever NATs —
-    /// met through the rendezvous server, hole-punched where the NATs allow, relayed through
-    /// the TURN server otherwise (see [`crate::traversal::punch`]). Like every carrier its first event is
-    /// `Ready`; [`Carrier::rendezvous_report`] tells whether its path is direct or relayed.
-    pub async fn rendezvous(
-        net: Arc<dyn Net>,
-        secret: &[u8],
-        punch: &crate::traversal::punch::PunchConfig,
-        config: Configuration,
-    ) -> Result<Self> {
-        let (mut carrier, report) =
-            crate::traversal::punch::punch(net, secret, punch, config).await?;
-        carrier.rendezvous = Some(report);
-        Ok(carrier)
-    }
-
     /// How a [`Carrier::rendezvous`] carrier came about: direct or relayed, the addresses,
     /// the timings. `None` for other carriers.
-    pub fn rendezvous_report(&self) -> Option<&crate::traversal::punch::PunchReport> {
+    pub fn rendezvous_report(&self) -> Option<&PunchReport> {
         self.rendezvous.as_ref()
+    }
+
+    /// Records how a rendezvous carrier came about.
+    pub(crate) fn met(mut self, report: PunchReport) -> Self {
+        self.rendezvous = Some(report);
+        self
     }
 
     /// Turns an established transient into a carrier: starts its tasks.
@@ -489,9 +480,10 @@ impl Carrier {
     /// Sockets' fork). On QUIC the new connection shares this carrier's endpoint and socket.
     /// Only initiated carriers can fork: an accepted one does not know how to reach its peer.
     pub async fn fork(&self) -> Result<Carrier> {
-        let origin = self.origin.clone().ok_or_else(|| {
-            Error::Config("only an initiated carrier can fork; this one was accepted".into())
-        })?;
+        let origin = self
+            .origin
+            .clone()
+            .ok_or_else(|| Error::from(ConfigError::ForkAccepted))?;
         let endpoint = match &self.link {
             Link::Quic {
                 endpoint, epoch, ..
@@ -562,17 +554,13 @@ impl Carrier {
                         return Err(Error::MessageTooLarge { size, max });
                     }
                     Some(_) => {}
-                    None => {
-                        return Err(Error::Config(
-                            "the peer does not accept unreliable messages (QUIC datagrams)".into(),
-                        ))
-                    }
+                    None => return Err(ConfigError::UnreliableRefused.into()),
                 },
                 Link::Stream { .. } => {
-                    return Err(Error::Config(format!(
-                    "{} cannot send unreliable messages; require per_msg_reliability to get QUIC",
-                    self.protocol
-                )))
+                    return Err(ConfigError::UnreliableOnStream {
+                        protocol: self.protocol,
+                    }
+                    .into())
                 }
             }
         }
@@ -627,9 +615,7 @@ impl Carrier {
     /// the properties apply to the whole message. Unreliable messages cannot be partial.
     pub fn start_message(&self, properties: MessageProperties) -> Result<PartialSend<'_>> {
         if !properties.reliable {
-            return Err(Error::Config(
-                "an unreliable message cannot be sent in parts".into(),
-            ));
+            return Err(ConfigError::UnreliablePartial.into());
         }
         let deadline = properties.lifetime.map(|l| Instant::now() + l);
         let (handle, props) = self.outbox.open(properties)?;
@@ -662,10 +648,7 @@ impl Carrier {
                 | Some(Event::Dormant) => continue,
                 Some(Event::Received(m)) => return Ok(Some(m)),
                 Some(Event::ReceivedPartial(p)) => {
-                    return Err(Error::Config(format!(
-                        "part of message {} arrived: with partial delivery use next_event",
-                        p.id
-                    )))
+                    return Err(ConfigError::PartialArrived { id: p.id }.into())
                 }
                 Some(Event::ReceiveError { error, .. }) => return Err(error),
                 Some(Event::ConnectionError(e)) => return Err(e),
@@ -682,7 +665,7 @@ impl Carrier {
         let result = match sender {
             Some(task) => task
                 .await
-                .map_err(|e| Error::Connection(format!("sending task failed: {e}")))
+                .map_err(|e| ConnectionError::TaskFailed(e.to_string()).into())
                 .and_then(|r| r),
             None => Ok(()),
         };
@@ -769,7 +752,7 @@ impl PartialSend<'_> {
     /// Sends the next part; `end` makes it the last. Waits while the send buffer is full.
     pub async fn send(&mut self, data: impl Into<Bytes>, end: bool) -> Result<()> {
         if self.finished {
-            return Err(Error::Config("the message has already ended".into()));
+            return Err(ConfigError::MessageEnded.into());
         }
         let data = data.into();
         let total = self.offset as usize + data.len();

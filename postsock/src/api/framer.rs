@@ -17,6 +17,7 @@ use std::marker::PhantomData;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::{Carrier, Error, Event, Message, MessageProperties, Result, SendHandle};
+use crate::{ConfigError, Violation};
 
 /// Typed framing and deframing.
 pub trait Framer: Send {
@@ -61,10 +62,7 @@ impl Framer for LengthPrefix {
         }
         let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
         if len > self.max {
-            return Err(Error::Protocol(format!(
-                "length-prefixed frame of {len} bytes exceeds the maximum of {}",
-                self.max
-            )));
+            return Err(Violation::PrefixTooLarge { len, max: self.max }.into());
         }
         if buf.len() < 4 + len {
             return Ok(None);
@@ -91,7 +89,7 @@ impl Framer for Lines {
     type Item = String;
     fn frame(&mut self, item: &String, out: &mut BytesMut) -> Result<()> {
         if item.contains('\n') {
-            return Err(Error::Config("a line cannot contain a newline".into()));
+            return Err(ConfigError::NewlineInLine.into());
         }
         if item.len() > self.max {
             return Err(Error::MessageTooLarge {
@@ -106,10 +104,7 @@ impl Framer for Lines {
     fn deframe(&mut self, buf: &mut BytesMut) -> Result<Option<String>> {
         let Some(end) = buf.iter().position(|&b| b == b'\n') else {
             if buf.len() > self.max {
-                return Err(Error::Protocol(format!(
-                    "line longer than the maximum of {} bytes",
-                    self.max
-                )));
+                return Err(Violation::LineTooLong { max: self.max }.into());
             }
             return Ok(None);
         };
@@ -120,7 +115,7 @@ impl Framer for Lines {
         }
         String::from_utf8(line.to_vec())
             .map(Some)
-            .map_err(|e| Error::Protocol(format!("line is not UTF-8: {e}")))
+            .map_err(|e| Error::from(Violation::NotUtf8(e.to_string())))
     }
 }
 
@@ -148,14 +143,14 @@ where
     type Item = T;
     fn frame(&mut self, item: &T, out: &mut BytesMut) -> Result<()> {
         // serde_json never writes a raw newline: newlines inside strings are escaped.
-        let text = serde_json::to_string(item).map_err(|e| Error::Config(format!("JSON: {e}")))?;
+        let text = serde_json::to_string(item).map_err(|e| ConfigError::Json(e.to_string()))?;
         self.lines.frame(&text, out)
     }
     fn deframe(&mut self, buf: &mut BytesMut) -> Result<Option<T>> {
         match self.lines.deframe(buf)? {
             Some(line) => serde_json::from_str(&line)
                 .map(Some)
-                .map_err(|e| Error::Protocol(format!("bad JSON value: {e}"))),
+                .map_err(|e| Error::from(Violation::BadJson(e.to_string()))),
             None => Ok(None),
         }
     }
@@ -213,7 +208,7 @@ impl<F: Framer> Framed<F> {
         let mut out = BytesMut::new();
         self.framer
             .lock()
-            .map_err(|_| Error::Config("framer poisoned".into()))?
+            .map_err(|_| ConfigError::FramerPoisoned)?
             .frame(item, &mut out)?;
         self.carrier
             .send(Message {
@@ -245,7 +240,7 @@ impl<F: Framer> Framed<F> {
             let mut framer = self
                 .framer
                 .lock()
-                .map_err(|_| Error::Config("framer poisoned".into()))?;
+                .map_err(|_| ConfigError::FramerPoisoned)?;
             loop {
                 let Inbound { buf, ready } = &mut *inbound;
                 match framer.deframe(buf) {
@@ -260,9 +255,7 @@ impl<F: Framer> Framed<F> {
             if end && !inbound.buf.is_empty() {
                 let left = inbound.buf.len();
                 inbound.buf.clear();
-                return Err(Error::Protocol(format!(
-                    "a message ended inside a frame ({left} bytes left over)"
-                )));
+                return Err(Violation::LeftOver { left }.into());
             }
         }
     }

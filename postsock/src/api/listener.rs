@@ -16,6 +16,7 @@ use crate::establish::attempt::Transient;
 use crate::net::{BoxFuture, ByteStream, Net, StreamListener};
 use crate::transport::framing::{FLAG_REFUSED, FLAG_RESUME};
 use crate::transport::{quic, stream as tls_tcp, tls};
+use crate::ConnectionError;
 use crate::{Carrier, Configuration, Error, Event, Protocol, Result};
 
 /// Accepts carriers. See the [crate docs](crate) for an example.
@@ -91,7 +92,7 @@ impl Listener {
         self.incoming
             .recv()
             .await
-            .ok_or_else(|| Error::Connection("listener stopped".into()))
+            .ok_or(ConnectionError::ListenerStopped.into())
     }
 }
 

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::establish::report::{AttemptOutcome, EstablishmentReport};
+use crate::ConfigError;
 use crate::{Error, Protocol, Result, Security};
 
 /// The name of the only path until multihoming (one interface per host).
@@ -312,7 +313,10 @@ impl Associations {
             version: 1,
             associations,
         })
-        .map_err(|e| Error::Config(format!("encoding associations: {e}")))?;
+        .map_err(|e| ConfigError::AssociationFile {
+            path: path.display().to_string(),
+            reason: format!("encoding associations: {e}"),
+        })?;
         std::fs::write(path, text).map_err(|e| Error::io(format!("writing {}", path.display()), e))
     }
 
@@ -320,14 +324,20 @@ impl Associations {
     pub fn load(&self, path: &Path) -> Result<()> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-        let saved: Saved = serde_json::from_str(&text)
-            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let saved: Saved =
+            serde_json::from_str(&text).map_err(|e| ConfigError::AssociationFile {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
         if saved.version != 1 {
-            return Err(Error::Config(format!(
-                "{}: association file version {} is not supported",
-                path.display(),
-                saved.version
-            )));
+            return Err(ConfigError::AssociationFile {
+                path: path.display().to_string(),
+                reason: format!(
+                    "association file version {} is not supported",
+                    saved.version
+                ),
+            }
+            .into());
         }
         let now = Instant::now();
         let protocol = |name: &str| {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::establish::association::{MaybeTls, TlsClients};
 use crate::net::Net;
 use crate::transport::{quic, stream as tls_tcp};
+use crate::ConfigError;
 use crate::{Configuration, Error, Protocol, Result};
 
 /// An established transient, before it becomes a carrier.
@@ -58,7 +59,7 @@ pub(crate) async fn attempt(
     let tls_for = |pick: fn(&TlsClients) -> Arc<rustls::ClientConfig>| {
         tls.as_ref()
             .map(pick)
-            .ok_or_else(|| Error::Config("no TLS configuration for a secure protocol".into()))
+            .ok_or_else(|| Error::from(ConfigError::NoTlsConfiguration))
     };
     let attempt = async {
         match protocol {

@@ -89,3 +89,36 @@ impl EstablishmentReport {
             .find(|a| a.outcome == AttemptOutcome::Won)
     }
 }
+
+/// How a punched carrier came about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PunchReport {
+    /// Direct, or through which relayed address.
+    pub path: PathKind,
+    /// This peer's server-reflexive address.
+    pub reflexive: SocketAddr,
+    /// The peer's address the carrier runs to.
+    pub remote: SocketAddr,
+    /// Whether this peer was the QUIC client.
+    pub controlling: bool,
+    /// From the start until the rendezvous returned the peer's candidates (this includes
+    /// learning the reflexive address by STUN).
+    pub rendezvous: Duration,
+    /// From the start until the first successful check.
+    pub checks_done: Duration,
+    /// From the start until the carrier was ready.
+    pub ready: Duration,
+}
+
+/// Direct or relayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PathKind {
+    /// Straight between the peers' NAT mappings.
+    Direct,
+    /// Through a TURN relay: the relayed address in use (this peer's or the other's).
+    Relayed {
+        /// The relayed transport address.
+        relay: SocketAddr,
+    },
+}

@@ -6,7 +6,8 @@
 
 use std::fmt;
 
-use crate::{Error, Protocol, Result};
+use crate::ConfigError;
+use crate::{Protocol, Result};
 
 /// How much a property matters (RFC 9622 §6.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -184,14 +185,7 @@ pub fn select(props: &TransportProperties, allowed: &[Protocol]) -> Result<Vec<P
         }
     }
     if ranked.is_empty() {
-        return Err(Error::Config(format!(
-            "no protocol stack meets the transport properties: {}",
-            if rejected.is_empty() {
-                "no protocol allowed".to_string()
-            } else {
-                rejected.join("; ")
-            }
-        )));
+        return Err(ConfigError::NoStackMeets { rejected }.into());
     }
     ranked.sort();
     Ok(ranked.into_iter().map(|(_, _, _, p)| p).collect())

@@ -2,6 +2,7 @@
 
 use bytes::{Bytes, BytesMut};
 
+use crate::Violation;
 use crate::{Error, Event, MessageId, Received, ReceivedPartial};
 
 /// How received messages are handed to the application.
@@ -76,10 +77,11 @@ impl Assembly {
     ) -> Result<Vec<Event>, Error> {
         self.total = self.total.saturating_add(data.len());
         if self.total > limits.max_message_size {
-            return Err(Error::Protocol(format!(
-                "message {} exceeds the maximum message size of {} bytes",
-                self.id, limits.max_message_size
-            )));
+            return Err(Violation::MessageTooLarge {
+                id: self.id,
+                max: limits.max_message_size,
+            }
+            .into());
         }
         let mut out = Vec::new();
         if limits.min_incomplete.is_none() && limits.max_length.is_none() {

@@ -10,7 +10,8 @@
 //! Decoding is pure: [`FrameHeader::decode`] validates a header against the limits and
 //! returns what the reader must do next, so violations are unit-testable without a network.
 
-use crate::{Error, MessageId, Result};
+use crate::Violation;
+use crate::{MessageId, Result};
 
 /// Size of the frame header in bytes.
 pub const HEADER_LEN: usize = 16;
@@ -151,57 +152,42 @@ impl FrameHeader {
             len: u32::from_be_bytes(len),
         };
         if bytes[2] != 0 || bytes[3] != 0 {
-            return Err(Error::Protocol("reserved header bytes are not zero".into()));
+            return Err(Violation::ReservedBytes.into());
         }
         if header.kind == TYPE_ACK {
             if header.flags != 0 || header.len != 0 {
-                return Err(Error::Protocol(
-                    "an ACK frame must have no flags and no payload".into(),
-                ));
+                return Err(Violation::MalformedAck.into());
             }
             return Ok(header);
         }
         if header.kind == TYPE_HELLO {
             if header.flags & !(FLAG_RESUME | FLAG_REFUSED) != 0 || header.len as usize != HELLO_LEN
             {
-                return Err(Error::Protocol(
-                    "a HELLO frame carries a token and a position (24 bytes) and only RESUME \
-                     or REFUSED"
-                        .into(),
-                ));
+                return Err(Violation::MalformedHello.into());
             }
             return Ok(header);
         }
         if header.kind == TYPE_CLOSE {
             if header.flags & !FLAG_ABORT != 0 || header.len != 0 || header.id != 0 {
-                return Err(Error::Protocol(
-                    "a CLOSE frame must be empty, with at most the ABORT flag".into(),
-                ));
+                return Err(Violation::MalformedClose.into());
             }
             return Ok(header);
         }
         if header.kind != TYPE_MESSAGE {
-            return Err(Error::Protocol(format!(
-                "unknown frame type 0x{:02x}",
-                header.kind
-            )));
+            return Err(Violation::UnknownFrameType(header.kind).into());
         }
         if header.flags & !(FLAG_FIN | FLAG_ABORT) != 0 {
-            return Err(Error::Protocol(format!(
-                "unknown frame flags 0x{:02x}",
-                header.flags
-            )));
+            return Err(Violation::UnknownFlags(header.flags).into());
         }
         if header.aborts() && (header.len != 0 || !header.fin()) {
-            return Err(Error::Protocol(
-                "an abort frame must be empty and carry FIN".into(),
-            ));
+            return Err(Violation::MalformedAbort.into());
         }
         if header.len as usize > max_len {
-            return Err(Error::Protocol(format!(
-                "frame of {} bytes exceeds the maximum message size of {max_len} bytes",
-                header.len
-            )));
+            return Err(Violation::FrameTooLarge {
+                len: u64::from(header.len),
+                max: max_len,
+            }
+            .into());
         }
         Ok(header)
     }

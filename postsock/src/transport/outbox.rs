@@ -24,6 +24,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use crate::message::{MessageProperties, SendHandle, SendStatus, StatusCell};
+use crate::ConfigError;
 use crate::{Error, MessageId, Result};
 
 /// Bytes charged per message on top of its payload, so empty messages are bounded too.
@@ -210,9 +211,7 @@ impl Outbox {
         let id = st.next_id;
         for &a in &props.antecedents {
             if a >= id {
-                return Err(Error::Config(format!(
-                    "antecedent {a} of message {id} has not been sent on this carrier"
-                )));
+                return Err(ConfigError::UnknownAntecedent { antecedent: a, id }.into());
             }
         }
         st.next_id += 1;

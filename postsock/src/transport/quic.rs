@@ -21,6 +21,7 @@ use super::{tls, EventTx};
 use crate::message::{MessageProperties, SendStatus};
 use crate::net::Net;
 use crate::transport::outbox::{Item, Outbox};
+use crate::ConnectionError;
 use crate::{Configuration, Error, Event, MessageId, Received, Result};
 
 /// Streams the peer may open at once (messages in flight towards us), per direction type.
@@ -318,7 +319,7 @@ impl Dispatcher {
         }
         let stream = open_stream(&self.conn, &item.props)
             .await
-            .map_err(|e| Error::Connection(e.to_string()))?;
+            .map_err(|e| ConnectionError::Quic(e.to_string()))?;
         let rest = if item.fin {
             None
         } else {
@@ -546,9 +547,7 @@ async fn read_message(
                 // The sender abandoned it (expired or aborted). Nothing was promised unless
                 // part of it was already delivered.
                 if assembly.partly_delivered() {
-                    let error = Error::Connection(format!(
-                        "the sender abandoned message {id} after part of it was delivered"
-                    ));
+                    let error = Error::from(ConnectionError::Abandoned { id });
                     return events.send(Event::ReceiveError { id, error }).await.is_ok();
                 }
                 return true;
@@ -707,7 +706,7 @@ async fn read_loop(
         quinn::ConnectionError::TimedOut => Event::ConnectionError(Error::DormantTimeout {
             after_ms: dormant_timeout.as_millis() as u64,
         }),
-        other => Event::ConnectionError(Error::Connection(other.to_string())),
+        other => Event::ConnectionError(ConnectionError::Quic(other.to_string()).into()),
     };
     let _ = events.send(last).await;
 }

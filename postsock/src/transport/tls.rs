@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use rustls::pki_types::ServerName;
 
+use crate::ConfigError;
 use crate::{Error, Result, Security};
 
 /// The ALPN protocol name of postsock's wire mapping (docs/WIRE.md).
@@ -89,10 +90,7 @@ pub(crate) fn observed_client_config(
     security: &Security,
 ) -> Result<(rustls::ClientConfig, Arc<ObservingVerifier>)> {
     if security.trusted_roots.is_empty() {
-        return Err(Error::Config(
-            "no trusted root certificates: set Security::trusted_roots (verification cannot be disabled)"
-                .into(),
-        ));
+        return Err(ConfigError::NoTrustedRoots.into());
     }
     let mut roots = rustls::RootCertStore::empty();
     for root in &security.trusted_roots {
@@ -121,9 +119,10 @@ pub(crate) fn observed_client_config(
 /// The rustls server configuration postsock uses (TLS 1.3, ring, `security.identity`, ALPN
 /// `postsock/1`).
 pub fn server_config(security: &Security) -> Result<rustls::ServerConfig> {
-    let identity = security.identity.as_ref().ok_or_else(|| {
-        Error::Config("a listener needs an identity: set Security::identity".into())
-    })?;
+    let identity = security
+        .identity
+        .as_ref()
+        .ok_or_else(|| Error::from(ConfigError::NoIdentity))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| Error::Tls(e.to_string()))?
@@ -137,6 +136,11 @@ pub fn server_config(security: &Security) -> Result<rustls::ServerConfig> {
 /// The name a server certificate is verified against.
 pub fn server_name(security: &Security, host: &str) -> Result<ServerName<'static>> {
     let name = security.server_name.as_deref().unwrap_or(host);
-    ServerName::try_from(name.to_owned())
-        .map_err(|e| Error::Config(format!("`{name}` is not a valid server name: {e}")))
+    ServerName::try_from(name.to_owned()).map_err(|e| {
+        ConfigError::InvalidServerName {
+            name: name.to_owned(),
+            reason: e.to_string(),
+        }
+        .into()
+    })
 }

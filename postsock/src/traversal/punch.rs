@@ -48,6 +48,7 @@ use crate::traversal::rendezvous::{self, Candidate, CandidateKind, Pairing, Peer
 use crate::traversal::stun::{self, Answers, Demux, Via};
 use crate::traversal::turn::{self, TurnConfig};
 use crate::{Carrier, Configuration, Error, Remote, Result, Security, TestCa};
+use crate::{ConfigError, ConnectionError, Violation};
 
 /// Where the peers meet and how long they try.
 #[derive(Debug, Clone)]
@@ -101,38 +102,7 @@ impl PunchConfig {
     }
 }
 
-/// How a punched carrier came about.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PunchReport {
-    /// Direct, or through which relayed address.
-    pub path: PathKind,
-    /// This peer's server-reflexive address.
-    pub reflexive: SocketAddr,
-    /// The peer's address the carrier runs to.
-    pub remote: SocketAddr,
-    /// Whether this peer was the QUIC client.
-    pub controlling: bool,
-    /// From the start until the rendezvous returned the peer's candidates (this includes
-    /// learning the reflexive address by STUN).
-    pub rendezvous: Duration,
-    /// From the start until the first successful check.
-    pub checks_done: Duration,
-    /// From the start until the carrier was ready.
-    pub ready: Duration,
-}
-
-/// Direct or relayed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum PathKind {
-    /// Straight between the peers' NAT mappings.
-    Direct,
-    /// Through a TURN relay: the relayed address in use (this peer's or the other's).
-    Relayed {
-        /// The relayed transport address.
-        relay: SocketAddr,
-    },
-}
+pub use crate::establish::report::{PathKind, PunchReport};
 
 /// What each peer puts in [`PeerInfo::extra`].
 #[derive(Debug, Serialize, Deserialize)]
@@ -148,12 +118,12 @@ struct Extra {
 const PEER_NAME: &str = "peer.postsock.invalid";
 
 /// Establishes a direct QUIC carrier with the peer that shares `secret`.
-pub async fn punch(
+pub(crate) async fn punch(
     net: Arc<dyn Net>,
     secret: &[u8],
     punch: &PunchConfig,
-    config: Configuration,
-) -> Result<(Carrier, PunchReport)> {
+    config: &Configuration,
+) -> Result<(Transient, PunchReport)> {
     let t0 = Instant::now();
     let pairing = Pairing::new(secret)?;
     let socket = net
@@ -166,9 +136,7 @@ pub async fn punch(
     let demux = Demux::new(socket);
     demux.pump();
     if punch.turn.is_none() && punch.relay == RelayPolicy::Only {
-        return Err(Error::Config(
-            "relay policy `only` needs a TURN server".into(),
-        ));
+        return Err(ConfigError::RelayOnlyWithoutTurn.into());
     }
 
     let user = check_username(&pairing);
@@ -192,7 +160,7 @@ pub async fn punch(
         root: rendezvous::hex(ca.root().as_ref()),
         tiebreak,
     };
-    let extra = serde_json::to_vec(&extra).map_err(|e| Error::Config(e.to_string()))?;
+    let extra = serde_json::to_vec(&extra).map_err(|e| ConfigError::Json(e.to_string()))?;
     let met = spot.meet(&pairing, gathered, extra).await?;
     let rendezvous_done = met.rendezvous_at.duration_since(t0);
     let checks_done = t0.elapsed();
@@ -205,15 +173,12 @@ pub async fn punch(
         ..
     } = met;
     let their_extra: Extra = serde_json::from_slice(&theirs.extra)
-        .map_err(|e| Error::Protocol(format!("the peer's rendezvous extra: {e}")))?;
+        .map_err(|e| Violation::RendezvousExtra(e.to_string()))?;
     if their_extra.tiebreak == tiebreak {
-        return Err(Error::Protocol(
-            "both peers drew the same tie-breaker".into(),
-        ));
+        return Err(Violation::SameTieBreaker.into());
     }
     let controlling = tiebreak > their_extra.tiebreak;
-    let their_root = rendezvous::unhex(&their_extra.root)
-        .ok_or_else(|| Error::Protocol("the peer's CA certificate is not hexadecimal".into()))?;
+    let their_root = rendezvous::unhex(&their_extra.root).ok_or(Violation::CaNotHex)?;
 
     // Keep answering the peer's checks while QUIC starts (quinn reads the socket from now
     // on; STUN still comes to us through the demultiplexer).
@@ -251,10 +216,10 @@ pub async fn punch(
             .await
             .ok()
             .flatten()
-            .ok_or_else(|| Error::Connection("the peer did not open the QUIC connection".into()))?;
+            .ok_or(ConnectionError::PeerDidNotConnect)?;
         let conn = incoming
             .await
-            .map_err(|e| Error::Connection(format!("QUIC handshake with the peer: {e}")))?;
+            .map_err(|e| ConnectionError::PeerHandshake(e.to_string()))?;
         Transient::Quic {
             conn,
             endpoint: Some(endpoint),
@@ -296,7 +261,6 @@ pub async fn punch(
         };
         tokio::spawn(keeper.run());
     }
-    let carrier = Carrier::start(result, &config, None);
     let report = PunchReport {
         path,
         reflexive,
@@ -306,7 +270,23 @@ pub async fn punch(
         checks_done,
         ready: t0.elapsed(),
     };
-    Ok((carrier, report))
+    Ok((result, report))
+}
+
+impl Carrier {
+    /// Rendezvous: a carrier with the peer that shares `secret`, both behind whatever NATs —
+    /// met through the rendezvous server, hole-punched where the NATs allow, relayed through
+    /// the TURN server otherwise (see [`crate::traversal::punch`]). Like every carrier its first event is
+    /// `Ready`; [`Carrier::rendezvous_report`] tells whether its path is direct or relayed.
+    pub async fn rendezvous(
+        net: Arc<dyn Net>,
+        secret: &[u8],
+        punch: &PunchConfig,
+        config: Configuration,
+    ) -> Result<Self> {
+        let (transient, report) = self::punch(net, secret, punch, &config).await?;
+        Ok(Carrier::start(transient, &config, None).met(report))
+    }
 }
 
 /// Keeps a punched carrier's path (and answers the peer's checks): when nothing has come from the peer for three keepalive
@@ -671,11 +651,12 @@ async fn checks(
                     } else {
                         "and no TURN server is configured to relay through"
                     };
-                    return Err(Error::Connection(format!(
-                        "no candidate pair worked within {} ms (the peer's candidates: {}), {relay}",
-                        punch.checks_for.as_millis(),
-                        theirs.candidates.iter().map(|c| c.addr.to_string()).collect::<Vec<_>>().join(", ")
-                    )));
+                    return Err(ConnectionError::NoCandidatePair {
+                        ms: punch.checks_for.as_millis(),
+                        candidates: theirs.candidates.iter().map(|c| c.addr.to_string()).collect(),
+                        relay: relay.to_string(),
+                    }
+                    .into());
                 }
                 for (to, via) in targets.clone() {
                     let txid = stun::transaction_id(net.as_ref());

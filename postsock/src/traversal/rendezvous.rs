@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::net::Net;
 use crate::{Carrier, Configuration, Error, Listener, Remote, Result};
+use crate::{ConfigError, ConnectionError, Violation};
 
 /// Largest registration or answer accepted, bytes.
 pub const MAX_MESSAGE: usize = 16 * 1024;
@@ -97,9 +98,7 @@ impl Pairing {
     /// Derives the pairing id and key from `secret` (at least 16 bytes).
     pub fn new(secret: &[u8]) -> Result<Self> {
         if secret.len() < 16 {
-            return Err(Error::Config(
-                "a pairing secret needs at least 16 bytes".into(),
-            ));
+            return Err(ConfigError::ShortSecret.into());
         }
         let k = hmac::Key::new(hmac::HMAC_SHA256, secret);
         let derive = |label: &[u8]| {
@@ -125,7 +124,7 @@ impl Pairing {
 
     /// Seals `info` for the other peer; `me` marks it as ours.
     fn seal(&self, info: &PeerInfo, me: [u8; 16], nonce: [u8; 12]) -> Result<String> {
-        let mut plain = serde_json::to_vec(info).map_err(|e| Error::Config(e.to_string()))?;
+        let mut plain = serde_json::to_vec(info).map_err(|e| ConfigError::Json(e.to_string()))?;
         let aad = [&self.id[..], &me[..]].concat();
         self.aead()
             .seal_in_place_append_tag(
@@ -133,7 +132,7 @@ impl Pairing {
                 Aad::from(&aad),
                 &mut plain,
             )
-            .map_err(|_| Error::Config("sealing failed".into()))?;
+            .map_err(|_| ConfigError::Sealing)?;
         Ok(hex(&[&me[..], &nonce[..], &plain[..]].concat()))
     }
 
@@ -213,27 +212,23 @@ pub async fn exchange(
         pair: pairing.id(),
         blob,
     };
-    let bytes = serde_json::to_vec(&register).map_err(|e| Error::Config(e.to_string()))?;
+    let bytes = serde_json::to_vec(&register).map_err(|e| ConfigError::Json(e.to_string()))?;
     let carrier = Carrier::initiate(net, server, config).await?;
     carrier.send_bytes(bytes).await?;
     let answer = tokio::time::timeout(wait, carrier.receive())
         .await
         .map_err(|_| {
-            Error::Connection(format!(
-                "no peer registered with the same pairing within {} ms",
-                wait.as_millis()
-            ))
+            Error::from(ConnectionError::NoPeer {
+                ms: wait.as_millis(),
+            })
         })??;
     let _ = carrier.close().await;
-    let answer = answer
-        .ok_or_else(|| Error::Connection("the rendezvous server closed without a peer".into()))?;
+    let answer = answer.ok_or(ConnectionError::RendezvousClosed)?;
     let matched: Matched = serde_json::from_slice(&answer.data)
-        .map_err(|e| Error::Protocol(format!("rendezvous answer: {e}")))?;
-    pairing.open(&matched.blob, me).ok_or_else(|| {
-        Error::Protocol(
-            "the peer's rendezvous message did not authenticate (wrong secret, or forged)".into(),
-        )
-    })
+        .map_err(|e| Violation::RendezvousAnswer(e.to_string()))?;
+    pairing
+        .open(&matched.blob, me)
+        .ok_or_else(|| Error::from(Violation::NotAuthenticated))
 }
 
 /// What a [`RendezvousServer`] did.

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::net::{AsyncUdpSocket, Net};
+use crate::ConnectionError;
 use crate::{Error, Result};
 
 pub use super::codec::stun::{answer, binding_request, is_stun, reflexive_address, MAX_MESSAGE};
@@ -41,10 +42,10 @@ pub async fn binding(
     transaction(socket, &mut answers, server, &request, timing, accept)
         .await?
         .ok_or_else(|| {
-            Error::Connection(format!(
-                "no STUN answer from {server} after {} requests",
-                timing.requests
-            ))
+            Error::from(ConnectionError::NoStunAnswer {
+                server,
+                requests: timing.requests,
+            })
         })
 }
 

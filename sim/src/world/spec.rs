@@ -518,13 +518,15 @@ impl WorldSpec {
                     ),
                 )
             }
-            None if link_fault && names.len() > 1 => return err(
-                FaultPart::Action,
-                format!(
+            None if link_fault && names.len() > 1 => {
+                return err(
+                    FaultPart::Action,
+                    format!(
                     "host `{host}` has several interfaces: name one with `interface = ...` ({})",
                     names.join(", ")
                 ),
-            ),
+                )
+            }
             _ => {}
         }
         if let Fault::SetLink {

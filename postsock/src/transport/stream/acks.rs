@@ -122,10 +122,12 @@ impl AckWindow {
     /// is a protocol violation.
     pub(super) fn acknowledge(&mut self, now: Instant, acked: u64) -> Result<Settled> {
         if acked < self.acked || acked > self.written {
-            return Err(Error::Protocol(format!(
-                "ACK of {acked} units, outside the {}..={} sent",
-                self.acked, self.written
-            )));
+            return Err(Violation::AckOutOfRange {
+                acked,
+                from: self.acked,
+                to: self.written,
+            }
+            .into());
         }
         let mut out = Settled::default();
         let mut sample = None;

@@ -14,7 +14,7 @@ pub(crate) fn hello_frame(token: &Token, received: u64, resend_from: u64, flags:
 /// Parses a HELLO frame's payload.
 pub(super) fn parse_hello(header: &FrameHeader, payload: &[u8]) -> Result<Hello> {
     if payload.len() != HELLO_LEN {
-        return Err(Error::Protocol("truncated HELLO".into()));
+        return Err(Violation::TruncatedHello.into());
     }
     let mut token = [0u8; TOKEN_LEN];
     token.copy_from_slice(&payload[..TOKEN_LEN]);
@@ -52,7 +52,7 @@ pub(crate) async fn read_hello<S: AsyncRead + Unpin>(
         let n = stream
             .read(&mut byte[..want])
             .await
-            .map_err(|e| Error::Connection(format!("TCP read: {e}")))?;
+            .map_err(|e| tcp("read", e))?;
         if n == 0 {
             return Ok(None);
         }
@@ -71,7 +71,7 @@ pub(crate) async fn read_hello<S: AsyncRead + Unpin>(
     stream
         .read_exact(&mut payload)
         .await
-        .map_err(|e| Error::Protocol(format!("truncated HELLO: {e}")))?;
+        .map_err(|_| Violation::TruncatedHello)?;
     read.clear();
     parse_hello(&h, &payload).map(Some)
 }

@@ -22,6 +22,7 @@ use crate::message::{MessageProperties, SendStatus};
 use crate::net::{ByteStream, Net};
 use crate::transport::outbox::{Item, Outbox};
 use crate::{Configuration, Error, Event, MessageId, Protocol, Result};
+use crate::{ConnectionError, Violation};
 
 mod acks;
 mod connect;
@@ -35,6 +36,15 @@ use hello::parse_hello;
 pub(crate) use hello::{hello_frame, read_hello, Hello, Prefixed};
 use reader::*;
 use writer::*;
+
+/// A failed read or write of the TCP connection.
+fn tcp(op: &'static str, e: std::io::Error) -> Error {
+    ConnectionError::Tcp {
+        op,
+        reason: e.to_string(),
+    }
+    .into()
+}
 
 /// Largest frame the writer emits: big messages are cut into frames of this size so that a
 /// more urgent message can go between them.
@@ -428,7 +438,7 @@ impl StreamCore {
             let _ = r.stop.send(true);
         }
         self.acks.peer_done(&self.outbox);
-        let e = Error::Connection("carrier aborted".into());
+        let e = Error::from(ConnectionError::Aborted);
         self.direction_failed(&e);
         if let Some(events) = self.take_events() {
             events.try_send(Event::ConnectionError(e));
@@ -442,7 +452,7 @@ impl StreamCore {
         let done = rx.wait_for(Option::is_some).await;
         match done.as_deref() {
             Ok(Some(Ok(()))) => Ok(()),
-            Ok(Some(Err(e))) => Err(Error::Connection(e.clone())),
+            Ok(Some(Err(e))) => Err(ConnectionError::Failed(e.clone()).into()),
             _ => Err(Error::Closed),
         }
     }

@@ -37,10 +37,12 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
             _ = stop.wait_for(|s| *s) => return ReadEnd::Stopped,
             frame = read_frame(&mut input, limits.max_message_size) => frame,
             _ = silence => {
-                return ReadEnd::Broken(Error::Connection(format!(
-                    "nothing heard from the peer for {} ms",
-                    silent_for.unwrap_or_default().as_millis()
-                )))
+                return ReadEnd::Broken(
+                    ConnectionError::Silent {
+                        ms: silent_for.unwrap_or_default().as_millis(),
+                    }
+                    .into(),
+                )
             }
         };
         let frame = match frame {
@@ -52,12 +54,10 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
         core.rx.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let Some((header, data)) = frame else {
             if resumable && !closing {
-                return ReadEnd::Broken(Error::Connection("the stream ended without CLOSE".into()));
+                return ReadEnd::Broken(ConnectionError::EndedWithoutClose.into());
             }
             if let Some(id) = st.open.keys().next() {
-                return ReadEnd::Fatal(Error::Protocol(format!(
-                    "stream ended in the middle of message {id}"
-                )));
+                return ReadEnd::Fatal(Violation::EndedInMessage { id: *id }.into());
             }
             return ReadEnd::Clean;
         };
@@ -65,18 +65,14 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
             // A continuation: the peer's HELLO says what it has and where it starts again.
             expect_hello = false;
             if header.kind != TYPE_HELLO {
-                return ReadEnd::Fatal(Error::Protocol(
-                    "a continued transient must start with HELLO".into(),
-                ));
+                return ReadEnd::Fatal(Violation::HelloExpected.into());
             }
             let h = match parse_hello(&header, &data) {
                 Ok(h) => h,
                 Err(e) => return ReadEnd::Fatal(e),
             };
             if h.flags & FLAG_REFUSED != 0 || Some(h.token) != core.token {
-                return ReadEnd::Fatal(Error::Connection(
-                    "the peer no longer knows this carrier".into(),
-                ));
+                return ReadEnd::Fatal(ConnectionError::UnknownCarrier.into());
             }
             if let Err(e) = core.acks.acknowledge(h.received, &core.outbox) {
                 return ReadEnd::Fatal(e);
@@ -99,28 +95,26 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
                     continue;
                 }
                 if at != st.received {
-                    return ReadEnd::Fatal(Error::Protocol(format!(
-                        "a frame written again at {at} units does not line up with the {} \
-                         received",
-                        st.received
-                    )));
+                    return ReadEnd::Fatal(
+                        Violation::ResendMisaligned {
+                            at,
+                            received: st.received,
+                        }
+                        .into(),
+                    );
                 }
                 skip = None;
             }
         }
         match header.kind {
             TYPE_CLOSE if header.aborts() => {
-                return ReadEnd::Fatal(Error::Connection("the peer aborted the carrier".into()))
+                return ReadEnd::Fatal(ConnectionError::PeerAborted.into())
             }
             TYPE_CLOSE => {
                 closing = true;
                 continue;
             }
-            TYPE_HELLO => {
-                return ReadEnd::Fatal(Error::Protocol(
-                    "HELLO is only allowed as the first frame of a transient".into(),
-                ))
-            }
+            TYPE_HELLO => return ReadEnd::Fatal(Violation::HelloMisplaced.into()),
             _ => {}
         }
         let id = header.id;
@@ -135,9 +129,7 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
                 if a.partly_delivered() {
                     out.push(Event::ReceiveError {
                         id,
-                        error: Error::Connection(format!(
-                            "the sender abandoned message {id} after part of it was delivered"
-                        )),
+                        error: ConnectionError::Abandoned { id }.into(),
                     });
                 }
             }
@@ -147,9 +139,12 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
             }
         } else {
             if !open.contains_key(&id) && open.len() >= MAX_OPEN_MESSAGES {
-                return ReadEnd::Fatal(Error::Protocol(format!(
-                    "more than {MAX_OPEN_MESSAGES} messages interleaved at once"
-                )));
+                return ReadEnd::Fatal(
+                    Violation::TooManyOpen {
+                        max: MAX_OPEN_MESSAGES,
+                    }
+                    .into(),
+                );
             }
             let a = open.entry(id).or_insert_with(|| Assembly::new(id, true));
             match a.push(data, header.fin(), limits) {
@@ -188,14 +183,16 @@ async fn read_frame<R: AsyncRead + Unpin>(
         let n = input
             .read(&mut header[filled..])
             .await
-            .map_err(|e| Error::Connection(format!("TCP read: {e}")))?;
+            .map_err(|e| tcp("read", e))?;
         if n == 0 {
             if filled == 0 {
                 return Ok(None);
             }
-            return Err(Error::Protocol(format!(
-                "truncated frame header: stream ended after {filled} of {HEADER_LEN} bytes"
-            )));
+            return Err(Violation::TruncatedHeader {
+                filled,
+                len: HEADER_LEN,
+            }
+            .into());
         }
         filled += n;
     }
@@ -208,12 +205,13 @@ async fn read_frame<R: AsyncRead + Unpin>(
             .take(want)
             .read_buf(&mut data)
             .await
-            .map_err(|e| Error::Connection(format!("TCP read: {e}")))?;
+            .map_err(|e| tcp("read", e))?;
         if n == 0 {
-            return Err(Error::Protocol(format!(
-                "truncated frame: message {} announced {} bytes",
-                header.id, header.len
-            )));
+            return Err(Violation::TruncatedFrame {
+                id: header.id,
+                len: header.len,
+            }
+            .into());
         }
     }
     Ok(Some((header, data.freeze())))

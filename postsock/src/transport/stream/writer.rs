@@ -57,7 +57,7 @@ async fn say_aborted<W: AsyncWrite + Unpin>(out: &mut W) -> Result<()> {
         out.shutdown().await
     })
     .await;
-    Err(Error::Connection("carrier aborted".into()))
+    Err(ConnectionError::Aborted.into())
 }
 
 pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
@@ -69,7 +69,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
 ) -> Result<()> {
     let (outbox, acks) = (&core.outbox, &core.acks);
     let keep = core.token.is_some();
-    let io = |e: std::io::Error| Error::Connection(format!("TCP write: {e}"));
+    let io = |e: std::io::Error| tcp("write", e);
     let mut draining = true;
     let mut dirty = false;
     // The ACK count last sent, and when a pending one is due.
@@ -98,7 +98,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
                 Step::Killed(KILL_ABORT) => return say_aborted(&mut out).await,
                 // Closing with everything acknowledged: the peer going away now costs nothing.
                 Step::Killed(_) if !draining && acks.lock().nothing_unacked() => return Ok(()),
-                Step::Killed(_) => return Err(Error::Connection("transient ended".into())),
+                Step::Killed(_) => return Err(ConnectionError::TransientEnded.into()),
                 Step::Ack => {
                     let count = *ack_rx.borrow_and_update();
                     if count - ack_sent < ACK_EVERY {
@@ -187,7 +187,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
                         .await
                         .is_ok_and(|r| r.is_ok());
                 }
-                Some(_) => return Err(Error::Connection("transient ended".into())),
+                Some(_) => return Err(ConnectionError::TransientEnded.into()),
                 None => {}
             }
         }

@@ -20,6 +20,7 @@ use tokio::time::Instant;
 
 use crate::net::{AsyncUdpSocket, Net};
 use crate::traversal::stun::{self, Demux};
+use crate::{ConfigError, ConnectionError, Violation};
 use crate::{Error, Result};
 
 use super::{CHANNEL_LIFETIME, DEFAULT_LIFETIME, PERMISSION_LIFETIME};
@@ -104,10 +105,10 @@ impl Client {
             }
         }
         encode(m).ok_or_else(|| {
-            Error::Protocol(format!(
+            Error::from(Violation::Turn(format!(
                 "a TURN {} request that cannot be encoded",
                 method_name(method)
-            ))
+            )))
         })
     }
 
@@ -120,10 +121,11 @@ impl Client {
             let txid = stun::transaction_id(self.net.as_ref());
             let request = self.build(method, txid, attrs)?;
             let Some(response) = self.exchange(&mut control, &request, txid).await? else {
-                return Err(Error::Connection(format!(
-                    "no answer from the TURN server {server} to {}",
-                    method_name(method)
-                )));
+                return Err(ConnectionError::NoTurnAnswer {
+                    server,
+                    method: method_name(method),
+                }
+                .into());
             };
             match response.class() {
                 MessageClass::SuccessResponse => {
@@ -140,11 +142,12 @@ impl Client {
                             })
                             .unwrap_or(false);
                         if !ok {
-                            return Err(Error::Protocol(format!(
+                            return Err(Violation::Turn(format!(
                                 "the TURN server {server}'s answer to {} failed its integrity \
                                  check",
                                 method_name(method)
-                            )));
+                            ))
+                            .into());
                         }
                     }
                     return Ok(response);
@@ -159,7 +162,7 @@ impl Client {
                         // credentials means they are wrong).
                         (Some(401), Some(realm), Some(nonce)) if had.is_none() => {
                             let username = Username::new(self.config.username.clone())
-                                .map_err(|e| Error::Config(format!("TURN user name: {e}")))?;
+                                .map_err(|e| ConfigError::TurnUserName(e.to_string()))?;
                             *crate::util::lock(&self.auth) = Some(Auth {
                                 username,
                                 realm,
@@ -177,21 +180,23 @@ impl Client {
                             }
                         }
                         _ => {
-                            return Err(Error::Connection(format!(
-                                "the TURN server {server} refused {}: {}",
-                                method_name(method),
-                                text_error(&response)
-                            )))
+                            return Err(ConnectionError::TurnRefused {
+                                server,
+                                method: method_name(method),
+                                reason: text_error(&response),
+                            }
+                            .into())
                         }
                     }
                 }
                 _ => {}
             }
         }
-        Err(Error::Connection(format!(
-            "the TURN server {server} kept refusing {} (wrong credentials?)",
-            method_name(method)
-        )))
+        Err(ConnectionError::TurnKeptRefusing {
+            server,
+            method: method_name(method),
+        }
+        .into())
     }
 
     /// Sends `request` until its response arrives; `None` after the last wait.
@@ -274,9 +279,7 @@ pub async fn allocate(
     let relayed = response
         .get_attribute::<XorRelayAddress>()
         .map(|a| a.address())
-        .ok_or_else(|| {
-            Error::Protocol("the TURN server's Allocate answer has no relayed address".into())
-        })?;
+        .ok_or_else(|| Error::from(Violation::NoRelayedAddress))?;
     let mapped = response
         .get_attribute::<XorMappedAddress>()
         .map(|a| a.address());

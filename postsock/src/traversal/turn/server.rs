@@ -12,7 +12,8 @@ use tokio::time::Instant;
 use super::handler::{Action, Handler, TurnServerConfig, TurnStats};
 use crate::net::{AsyncUdpSocket, Net};
 use crate::traversal::stun;
-use crate::{Error, Result};
+use crate::ConfigError;
+use crate::Result;
 
 /// A TURN server (UDP; see the module documentation for what it serves).
 pub type TurnServer = crate::traversal::stun::Served<TurnStats>;
@@ -27,17 +28,10 @@ impl TurnServer {
         let relay_ip = match (config.relay_ip, local.ip().is_unspecified()) {
             (Some(ip), _) => ip,
             (None, false) => local.ip(),
-            (None, true) => {
-                return Err(Error::Config(
-                    "a TURN server listening on the unspecified address needs a relay address"
-                        .into(),
-                ))
-            }
+            (None, true) => return Err(ConfigError::TurnRelayAddress.into()),
         };
         if config.users.is_empty() {
-            return Err(Error::Config(
-                "a TURN server needs at least one user".into(),
-            ));
+            return Err(ConfigError::TurnNoUser.into());
         }
         let (socket, local) = stun::bind_server_socket(net.as_ref(), local).await?;
         let stats = Arc::new(TurnStats::default());
