@@ -1,59 +1,14 @@
-//! Helpers for tests: plain rustls and quinn configurations for peers that know only
-//! docs/WIRE.md (built here rather than taken from postsock), and simulator hosts.
+//! Helpers for the testbed's tests: simulator hosts, the postsock binary, coturn, scenarios;
+//! and (shared with postsock's own tests) plain rustls configurations for peers that know
+//! only docs/WIRE.md.
 
 #![allow(dead_code)]
 
-use std::sync::Arc;
-
-use postsock::{Configuration, Protocol, Security, TestCa};
-
-/// The ALPN name docs/WIRE.md specifies.
-pub const ALPN: &[u8] = b"postsock/1";
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// A plain rustls client trusting `ca`, offering the postsock ALPN.
-pub fn rustls_client(ca: &TestCa) -> rustls::ClientConfig {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.root()).expect("root");
-    let mut config = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("tls13")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = vec![ALPN.to_vec()];
-    config
-}
-
-/// A plain rustls server for `localhost` with a certificate from `ca`.
-pub fn rustls_server(ca: &TestCa) -> rustls::ServerConfig {
-    let identity = ca.issue(&["localhost"]).expect("identity");
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("tls13")
-        .with_no_client_auth()
-        .with_single_cert(identity.cert_chain, identity.key)
-        .expect("cert");
-    config.alpn_protocols = vec![ALPN.to_vec()];
-    config
-}
-
-/// Server and client configurations of postsock for `protocol`, with certificates from `ca`.
-pub fn postsock_configs(ca: &TestCa, protocol: Protocol) -> (Configuration, Configuration) {
-    let mut server = Configuration::default();
-    server.protocols(&[protocol]).security(Security {
-        identity: Some(ca.issue(&["localhost"]).expect("identity")),
-        ..Security::default()
-    });
-    let mut client = Configuration::default();
-    client.protocols(&[protocol]).security(Security {
-        trusted_roots: vec![ca.root()],
-        ..Security::default()
-    });
-    (server, client)
-}
+// The wire-level helpers are postsock's own test helpers, shared.
+#[path = "../../postsock/tests/common/mod.rs"]
+mod wire;
+#[allow(unused_imports)]
+pub use wire::*;
 
 /// A simulated single-interface host `latency_ms` from its gateway (or the core).
 pub fn sim_host(name: &str, gateway: Option<&str>, latency_ms: u64) -> sim::HostSpec {
