@@ -533,8 +533,6 @@ fn run_suite(
 ) -> ExitCode {
     let scenarios = match suite::load(dir, filter) {
         Ok(s) => s,
-        // `nat` alone: the NAT-pair matrix, which has no scenario files.
-        Err(_) if filter.is_some_and(|f| f.starts_with("nat")) => Vec::new(),
         Err(e) => return usage_error(e),
     };
     let seeds: Vec<u64> = (1..=seeds).collect();
@@ -576,40 +574,38 @@ fn run_suite(
             return ExitCode::FAILURE;
         }
     }
-    // The NAT-pair matrix belongs to the `nat/` family.
-    let matrix_ok = if filter.is_none_or(|f| "nat/".starts_with(f) || f.starts_with("nat")) {
-        let started = Instant::now();
-        let matrix = testbed::natmatrix::run(&seeds, jobs);
-        if let Err(e) = testbed::natmatrix::write(out, &matrix) {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
+    // The NAT-pair matrix, from the reports of its generated scenarios (if the suite ran any).
+    let matrix_ok = match testbed::natmatrix::from_reports(outcomes.iter().map(|o| &o.report)) {
+        None => true,
+        Some(matrix) => {
+            if let Err(e) = testbed::natmatrix::write(out, &matrix) {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+            println!("\n{}", testbed::natmatrix::markdown(&matrix));
+            println!(
+                "NAT matrix: {} meetings; {} (json, md, png)",
+                matrix.runs.len(),
+                out.join("nat-matrix.*").display()
+            );
+            // Every pair must end connected, and a pair predicted direct must be direct,
+            // in every seed.
+            let wrong: Vec<String> = matrix
+                .cells
+                .iter()
+                .filter(|c| c.failed > 0 || (c.predicted == "direct" && c.direct != c.runs))
+                .map(|c| {
+                    format!(
+                        "{}/{}: {} direct, {} relayed, {} failed of {} (predicted {})",
+                        c.a, c.b, c.direct, c.relayed, c.failed, c.runs, c.predicted
+                    )
+                })
+                .collect();
+            for w in &wrong {
+                eprintln!("- nat matrix {w}");
+            }
+            wrong.is_empty()
         }
-        println!("\n{}", testbed::natmatrix::markdown(&matrix));
-        println!(
-            "NAT matrix: {} punches in {:.2} s wall; {} (json, md, png)",
-            matrix.runs.len(),
-            started.elapsed().as_secs_f64(),
-            out.join("nat-matrix.*").display()
-        );
-        // Every pair must end connected, and a pair predicted direct must be direct, in
-        // every seed.
-        let wrong: Vec<String> = matrix
-            .cells
-            .iter()
-            .filter(|c| c.failed > 0 || (c.predicted == "direct" && c.direct != c.runs))
-            .map(|c| {
-                format!(
-                    "{}/{}: {} direct, {} relayed, {} failed of {} (predicted {})",
-                    c.a, c.b, c.direct, c.relayed, c.failed, c.runs, c.predicted
-                )
-            })
-            .collect();
-        for w in &wrong {
-            eprintln!("- nat matrix {w}");
-        }
-        wrong.is_empty()
-    } else {
-        true
     };
     let code = report_failures(&outcomes);
     if matrix_ok {

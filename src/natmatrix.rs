@@ -16,6 +16,8 @@ use postsock::{Carrier, Configuration, Protocol, Remote, Security, TestCa};
 use serde::{Deserialize, Serialize};
 use sim::{Dependence, GatewaySpec, HostSpec, NatPreset, NatSpec, World, WorldSpec};
 
+use crate::scenario::Scenario;
+
 /// The presets, in matrix order.
 pub const PRESETS: [NatPreset; 5] = [
     NatPreset::Open,
@@ -93,35 +95,6 @@ fn gateway(name: &str, preset: NatPreset) -> GatewaySpec {
 
 /// What one peer's program ends with: how its punch went and the bytes that came back.
 pub type PeerResult = Result<(punch::PunchReport, Vec<u8>), String>;
-
-/// Runs one punch (see [`punch_pair`]) and sums it up.
-pub fn run_pair(a: NatPreset, b: NatPreset, seed: u64) -> PairRun {
-    let (alice, bob) = punch_pair(a, b, seed);
-    let through =
-        matches!((&alice, &bob), (Ok((_, x)), Ok((_, y))) if x == PAYLOAD && y == PAYLOAD);
-    let error = match (&alice, &bob) {
-        (Err(e), _) | (_, Err(e)) => Some(e.clone()),
-        _ if !through => Some("the message did not come back".into()),
-        _ => None,
-    };
-    let direct = |o: &PeerResult| matches!(o, Ok((r, _)) if r.path == punch::PathKind::Direct);
-    let outcome = match (through, direct(&alice) && direct(&bob)) {
-        (false, _) => "failed",
-        (true, true) => "direct",
-        (true, false) => "relayed",
-    };
-    PairRun {
-        a: name(a).into(),
-        b: name(b).into(),
-        seed,
-        outcome: outcome.into(),
-        ready_ms: bob
-            .ok()
-            .filter(|_| through)
-            .map(|(r, _)| reports::model::round_us(r.ready.as_secs_f64() * 1000.0)),
-        error,
-    }
-}
 
 /// The TURN server's credentials in the simulated worlds.
 const TURN_USER: &str = "matrix";
@@ -345,38 +318,132 @@ pub struct Matrix {
     pub runs: Vec<PairRun>,
 }
 
-/// Runs every pair of presets with every seed, on `jobs` threads.
-pub fn run(seeds: &[u64], jobs: usize) -> Matrix {
-    let mut work = Vec::new();
-    for a in PRESETS {
-        for b in PRESETS {
-            for &s in seeds {
-                work.push((a, b, s));
-            }
-        }
-    }
-    let next = Mutex::new(0usize);
-    let done: Mutex<Vec<(usize, PairRun)>> = Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        for _ in 0..jobs.max(1) {
-            scope.spawn(|| loop {
-                let i = {
-                    let mut n = next.lock().unwrap_or_else(|p| p.into_inner());
-                    let i = *n;
-                    *n += 1;
-                    i
-                };
-                let Some(&(a, b, s)) = work.get(i) else {
-                    return;
-                };
-                let r = run_pair(a, b, s);
-                done.lock().unwrap_or_else(|p| p.into_inner()).push((i, r));
-            });
-        }
+/// The name prefix of the matrix's generated scenarios: `nat/matrix/<a>--<b>`.
+pub const PREFIX: &str = "nat/matrix/";
+
+/// The scenario of one cell: Alice behind `a` (the workload's client, from 0 ms) and Bob
+/// behind `b` (its server, arriving 150 ms later) meet through the rendezvous, STUN and TURN
+/// hosts and echo one message. Generated as scenario text and parsed like any scenario file,
+/// so the runner runs it and every run has a report and a replay command.
+pub fn scenario(a: NatPreset, b: NatPreset) -> Result<Scenario, crate::scenario::ScenarioError> {
+    let world = WorldSpec {
+        hosts: vec![
+            host("alice", Some("nat-a"), 5),
+            host("bob", Some("nat-b"), 10),
+            host("stun", None, 10),
+            host("rdv", None, 10),
+            host("turn", None, 15),
+        ],
+        gateways: vec![gateway("nat-a", a), gateway("nat-b", b)],
+    };
+    let predicted = if predict_direct(a, b) {
+        "direct"
+    } else {
+        "through the relay"
+    };
+    let topology = toml::to_string(&world).map_err(|e| crate::scenario::ScenarioError {
+        path: format!("{PREFIX}{}--{}", name(a), name(b)),
+        line: 0,
+        column: 0,
+        message: e.to_string(),
+    })?;
+    let text = format!(
+        r#"description = "NAT pair {a} / {b}: Alice and Bob meet by rendezvous and echo one message; RFC 4787 predicts {predicted}"
+duration_s = 50
+
+[workload]
+kind = "rendezvous-echo"
+client = "alice"
+server = "bob"
+protocol = "quic"
+rendezvous = "rdv"
+stun = "stun"
+turn = "turn"
+messages = 1
+min_size = {len}
+max_size = {len}
+server_start_ms = 150
+
+[[expect]]
+metric = "messages_lost"
+max = 0
+
+[[expect]]
+metric = "messages_delivered"
+min = 2
+
+{topology}"#,
+        a = name(a),
+        b = name(b),
+        len = PAYLOAD.len(),
+    );
+    let scenario_name = format!("{PREFIX}{}--{}", name(a), name(b));
+    Scenario::parse(&scenario_name, Path::new(&scenario_name), &text)
+}
+
+/// Every cell's scenario, row-major (Alice's NAT, then Bob's).
+pub fn scenarios() -> Result<Vec<Scenario>, crate::scenario::ScenarioError> {
+    PRESETS
+        .iter()
+        .flat_map(|&a| PRESETS.iter().map(move |&b| scenario(a, b)))
+        .collect()
+}
+
+/// The presets of a matrix scenario's name.
+fn pair_of(scenario: &str) -> Option<(NatPreset, NatPreset)> {
+    let (a, b) = scenario.strip_prefix(PREFIX)?.split_once("--")?;
+    let find = |n: &str| PRESETS.iter().copied().find(|p| name(*p) == n);
+    Some((find(a)?, find(b)?))
+}
+
+/// One cell's run, read from its report: direct or relayed if the message went there and
+/// back, else failed; Bob's time to ready.
+fn pair_run(r: &reports::Report) -> Option<PairRun> {
+    let (a, b) = pair_of(&r.scenario)?;
+    let failed_expectations: Vec<&str> = r
+        .expectations
+        .iter()
+        .filter(|e| !e.passed)
+        .map(|e| e.name.as_str())
+        .collect();
+    let error = r.error.clone().or_else(|| {
+        (!failed_expectations.is_empty()).then(|| {
+            format!(
+                "the message did not come back ({})",
+                failed_expectations.join(", ")
+            )
+        })
     });
-    let mut runs = done.into_inner().unwrap_or_else(|p| p.into_inner());
-    runs.sort_by_key(|(i, _)| *i);
-    let runs: Vec<PairRun> = runs.into_iter().map(|(_, r)| r).collect();
+    let outcome = match (&error, r.metrics.relayed) {
+        (Some(_), _) => "failed",
+        (None, Some(1)) => "relayed",
+        (None, _) => "direct",
+    };
+    Some(PairRun {
+        a: name(a).into(),
+        b: name(b).into(),
+        seed: r.seed,
+        outcome: outcome.into(),
+        ready_ms: r.metrics.server_rendezvous_ms.filter(|_| error.is_none()),
+        error,
+    })
+}
+
+/// The matrix of the suite's reports of the matrix scenarios (others are ignored); `None`
+/// when there are none.
+pub fn from_reports<'a>(reports: impl IntoIterator<Item = &'a reports::Report>) -> Option<Matrix> {
+    let mut runs: Vec<PairRun> = reports.into_iter().filter_map(pair_run).collect();
+    if runs.is_empty() {
+        return None;
+    }
+    let order = |r: &PairRun| {
+        let at = |n: &str| PRESETS.iter().position(|p| name(*p) == n);
+        (at(&r.a), at(&r.b), r.seed)
+    };
+    runs.sort_by_key(order);
+    let mut seeds: Vec<u64> = runs.iter().map(|r| r.seed).collect();
+    seeds.sort_unstable();
+    seeds.dedup();
     let mut cells = Vec::new();
     for a in PRESETS {
         for b in PRESETS {
@@ -384,6 +451,9 @@ pub fn run(seeds: &[u64], jobs: usize) -> Matrix {
                 .iter()
                 .filter(|r| r.a == name(a) && r.b == name(b))
                 .collect();
+            if these.is_empty() {
+                continue;
+            }
             let count = |o: &str| these.iter().filter(|r| r.outcome == o).count() as u64;
             let (direct, relayed) = (count("direct"), count("relayed"));
             let mut ready: Vec<f64> = these.iter().filter_map(|r| r.ready_ms).collect();
@@ -407,11 +477,21 @@ pub fn run(seeds: &[u64], jobs: usize) -> Matrix {
             });
         }
     }
-    Matrix {
-        seeds: seeds.to_vec(),
-        cells,
-        runs,
-    }
+    Some(Matrix { seeds, cells, runs })
+}
+
+/// Runs every cell's scenario with every seed on `jobs` threads (as the suite does) and
+/// builds the matrix from the reports.
+pub fn run(seeds: &[u64], jobs: usize) -> Result<Matrix, crate::scenario::ScenarioError> {
+    let scenarios = scenarios()?;
+    let outcomes = crate::suite::run_all(&scenarios, seeds, jobs, &|_| {});
+    Ok(
+        from_reports(outcomes.iter().map(|o| &o.report)).unwrap_or(Matrix {
+            seeds: seeds.to_vec(),
+            cells: Vec::new(),
+            runs: Vec::new(),
+        }),
+    )
 }
 
 /// Writes `nat-matrix.json`, `nat-matrix.md` and `nat-matrix.png` into `out`.

@@ -360,6 +360,7 @@ fn build_report(
         carriers_accepted: trace.carriers_accepted,
         relayed: trace.relayed,
         rendezvous_ms: trace.rendezvous_ms,
+        server_rendezvous_ms: trace.server_rendezvous_ms,
         establishment: trace.establishment.as_ref(),
     };
     let (metrics, gaps) = reports::derive(&facts);

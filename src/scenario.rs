@@ -167,6 +167,10 @@ pub struct Workload {
     /// them only the loss it measures itself counts, as on an OS that reports none.
     #[serde(default = "yes")]
     pub link_quality: bool,
+    /// Rendezvous-echo only: the server peer starts this late, in ms (default 0), so the
+    /// peers reach the rendezvous apart.
+    #[serde(default)]
+    pub server_start_ms: u64,
 }
 
 /// A preference for an interface, as written in scenario files.
@@ -472,6 +476,9 @@ fn check_workload(w: &Workload, world: &WorldSpec, loc: &Locator) -> Result<(), 
         }
     } else if infrastructure.iter().any(|h| h.is_some()) {
         return fail("rendezvous, stun and turn apply to kind = \"rendezvous-echo\" only");
+    }
+    if w.server_start_ms > 0 && w.kind != WorkloadKind::RendezvousEcho {
+        return fail("server_start_ms applies to kind = \"rendezvous-echo\" only");
     }
     if w.min_size < 8 || w.min_size > w.max_size {
         return fail(&format!(

@@ -61,23 +61,42 @@ fn known(found: &[(String, PathBuf)]) -> String {
         .join(", ")
 }
 
-/// Loads every scenario below `dir` whose name starts with `filter` (all when `None`).
+/// The scenarios generated rather than written: one per cell of the NAT-pair matrix
+/// (`nat/matrix/<a>--<b>`). They run, report and replay like the files.
+pub fn generated() -> Result<Vec<Scenario>, LoadError> {
+    Ok(crate::natmatrix::scenarios()?)
+}
+
+/// Every scenario name: the files below `dir`, then the generated ones.
+fn known_all(found: &[(String, PathBuf)], generated: &[Scenario]) -> String {
+    let mut names = known(found);
+    for s in generated {
+        names.push_str(", ");
+        names.push_str(&s.name);
+    }
+    names
+}
+
+/// Loads every scenario whose name starts with `filter` (all when `None`): the files below
+/// `dir`, then the generated ones.
 pub fn load(dir: &Path, filter: Option<&str>) -> Result<Vec<Scenario>, LoadError> {
     let found = discover(dir)?;
-    let chosen: Vec<_> = found
+    let generated = generated()?;
+    let wanted = |name: &str| filter.is_none_or(|f| name.starts_with(f));
+    let mut chosen = found
         .iter()
-        .filter(|(name, _)| filter.is_none_or(|f| name.starts_with(f)))
-        .collect();
+        .filter(|(name, _)| wanted(name))
+        .map(|(name, path)| Scenario::load(name, path).map_err(LoadError::from))
+        .collect::<Result<Vec<_>, _>>()?;
+    let known = known_all(&found, &generated);
+    chosen.extend(generated.into_iter().filter(|s| wanted(&s.name)));
     if chosen.is_empty() {
         return Err(LoadError::NoMatch {
             filter: filter.unwrap_or("").to_owned(),
-            known: known(&found),
+            known,
         });
     }
-    chosen
-        .into_iter()
-        .map(|(name, path)| Scenario::load(name, path).map_err(LoadError::from))
-        .collect()
+    Ok(chosen)
 }
 
 /// Loads one scenario by name, or by path to a `.toml` file.
@@ -90,13 +109,18 @@ pub fn load_one(dir: &Path, name_or_path: &str) -> Result<Scenario, LoadError> {
         return Ok(Scenario::load(&name, as_path)?);
     }
     let found = discover(dir)?;
-    match found.iter().find(|(n, _)| n == name_or_path) {
-        Some((name, path)) => Ok(Scenario::load(name, path)?),
-        None => Err(LoadError::Unknown {
-            name: name_or_path.to_owned(),
-            known: known(&found),
-        }),
+    if let Some((name, path)) = found.iter().find(|(n, _)| n == name_or_path) {
+        return Ok(Scenario::load(name, path)?);
     }
+    let generated = generated()?;
+    let known = known_all(&found, &generated);
+    generated
+        .into_iter()
+        .find(|s| s.name == name_or_path)
+        .ok_or_else(|| LoadError::Unknown {
+            name: name_or_path.to_owned(),
+            known,
+        })
 }
 
 /// The one-line command that replays a run exactly.

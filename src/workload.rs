@@ -52,6 +52,8 @@ pub struct Trace {
     pub relayed: Option<bool>,
     /// Rendezvous workloads: the client's time from its start to a ready carrier.
     pub rendezvous_ms: Option<f64>,
+    /// Rendezvous workloads: the server peer's time from its start to a ready carrier.
+    pub server_rendezvous_ms: Option<f64>,
 }
 
 fn ms(d: std::time::Duration) -> f64 {
@@ -398,6 +400,9 @@ pub async fn rendezvous_peer(
     meeting: Meeting,
     client: bool,
 ) -> turmoil::Result {
+    if !client && workload.server_start_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(workload.server_start_ms)).await;
+    }
     if client {
         tokio::time::sleep(Duration::from_millis(workload.start_ms)).await;
         let mut t = trace.lock();
@@ -420,6 +425,8 @@ pub async fn rendezvous_peer(
         if client {
             t.rendezvous_ms = Some(ms(r.ready));
             t.protocol = Some(carrier.protocol().name().to_string());
+        } else {
+            t.server_rendezvous_ms = Some(ms(r.ready));
         }
     }
     if client {

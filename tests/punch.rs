@@ -102,7 +102,7 @@ fn relay_only_peers_use_the_relay_even_where_a_direct_pair_would_work() {
 
 #[test]
 fn the_matrix_matches_rfc_4787_predictions_in_every_seed() {
-    let m = natmatrix::run(&[1, 2], 2);
+    let m = natmatrix::run(&[1, 2], 2).expect("the generated scenarios parse");
     assert_eq!(m.cells.len(), 25);
     for c in &m.cells {
         assert!(c.as_predicted, "{c:?}");

@@ -38,6 +38,8 @@ pub struct RunFacts<'a> {
     pub relayed: Option<bool>,
     /// Rendezvous workloads: the client's time from its start to a ready carrier, ms.
     pub rendezvous_ms: Option<f64>,
+    /// Rendezvous workloads: the server peer's time from its start to a ready carrier, ms.
+    pub server_rendezvous_ms: Option<f64>,
     /// The client's race.
     pub establishment: Option<&'a Establishment>,
 }
@@ -85,6 +87,7 @@ pub fn derive(f: &RunFacts) -> (Metrics, Vec<Gap>) {
     metrics.server_path_changes = count(PathEventKind::ServerPathChange);
     metrics.relayed = f.relayed.map(u64::from);
     metrics.rendezvous_ms = f.rendezvous_ms;
+    metrics.server_rendezvous_ms = f.server_rendezvous_ms;
     if let Some(est) = f.establishment {
         metrics.attempts = est.attempts.len() as u64;
         metrics.established = u64::from(est.error.is_none());

@@ -196,6 +196,9 @@ pub struct Metrics {
     /// STUN, checks, QUIC handshake), ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rendezvous_ms: Option<f64>,
+    /// Rendezvous workloads: the server peer's time from its start to a ready carrier, ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_rendezvous_ms: Option<f64>,
     /// Times the server saw the client's carrier come from a new address (a NAT rebinding,
     /// a lost mapping, a migration) or come back after dormancy.
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -319,6 +322,7 @@ impl Metrics {
             "server_path_changes" => Some(self.server_path_changes as f64),
             "relayed" => self.relayed.map(|r| r as f64),
             "rendezvous_ms" => self.rendezvous_ms,
+            "server_rendezvous_ms" => self.server_rendezvous_ms,
             "carriers_accepted" => Some(self.carriers_accepted as f64),
             other => {
                 let n: u32 = other
@@ -365,6 +369,7 @@ impl Metrics {
         "server_path_changes",
         "relayed",
         "rendezvous_ms",
+        "server_rendezvous_ms",
         "carriers_accepted",
         "median_latency_ms_niceness_<N>",
     ];

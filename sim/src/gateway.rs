@@ -188,7 +188,8 @@ pub(crate) async fn run(
             // around to the inside endpoint owning that port, from the sender's public
             // address, as that endpoint's filtering allows.
             let src = SocketAddr::new(ip, out.port);
-            if let Some(to) = lock(&table).hairpin(t, src, dst.port()) {
+            let target = lock(&table).hairpin(t, src, dst.port());
+            if let Some(to) = target {
                 let _ = inside.send_to(&overlay::encode(src, payload), to).await;
             }
             continue;

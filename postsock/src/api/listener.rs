@@ -194,7 +194,7 @@ async fn continue_carrier<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     use tokio::io::AsyncWriteExt;
-    let core = crate::util::lock(&registry)
+    let core = crate::util::lock(registry)
         .get(&h.token)
         .and_then(Weak::upgrade);
     let Some(core) = core else {

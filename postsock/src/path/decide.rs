@@ -435,8 +435,10 @@ mod tests {
     #[test]
     fn failover_off_decides_nothing() {
         let t0 = Instant::now();
-        let mut policy = PathPolicy::default();
-        policy.failover = false;
+        let policy = PathPolicy {
+            failover: false,
+            ..PathPolicy::default()
+        };
         let mut d = PathDecider::new(
             policy,
             REMOTE,

@@ -289,7 +289,7 @@ impl RendezvousServer {
 }
 
 fn lock(book: &Mutex<Book>) -> std::sync::MutexGuard<'_, Book> {
-    crate::util::lock(&book)
+    crate::util::lock(book)
 }
 
 async fn handle(
