@@ -8,7 +8,7 @@
 //!
 //! | module | owns |
 //! |---|---|
-//! | [`world`] | the topology spec, building the turmoil simulation, faults |
+//! | [`world`] | the topology spec and fault checks (`spec`), the shared state (`state`), building and driving the turmoil simulation |
 //! | [`net`] | `SimNet`: datagram sockets and streams of one host |
 //! | [`link`] | the access-link model (rate, drop-tail queue, loss): pure and seeded |
 //! | [`overlay`] | the header that carries true addresses between a host and its gateway |
