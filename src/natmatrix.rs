@@ -127,14 +127,10 @@ impl Default for PairSetup {
     }
 }
 
-/// [`punch_pair`], set up as `setup` says.
-pub fn punch_pair_with(
-    a: NatPreset,
-    b: NatPreset,
-    seed: u64,
-    setup: PairSetup,
-) -> (PeerResult, PeerResult) {
-    let spec = WorldSpec {
+/// The world of one pair: Alice behind `a` (5 ms from her NAT), Bob behind `b` (10 ms), and
+/// public STUN, rendezvous and TURN hosts.
+fn pair_world(a: NatPreset, b: NatPreset) -> WorldSpec {
+    WorldSpec {
         hosts: vec![
             host("alice", Some("nat-a"), 5),
             host("bob", Some("nat-b"), 10),
@@ -143,7 +139,17 @@ pub fn punch_pair_with(
             host("turn", None, 15),
         ],
         gateways: vec![gateway("nat-a", a), gateway("nat-b", b)],
-    };
+    }
+}
+
+/// [`punch_pair`], set up as `setup` says.
+pub fn punch_pair_with(
+    a: NatPreset,
+    b: NatPreset,
+    seed: u64,
+    setup: PairSetup,
+) -> (PeerResult, PeerResult) {
+    let spec = pair_world(a, b);
     let failed = |e: String| (Err(e.clone()), Err(e));
     let mut world = match World::new(&spec, seed, Duration::from_secs(60)) {
         Ok(w) => w,
@@ -326,16 +332,7 @@ pub const PREFIX: &str = "nat/matrix/";
 /// hosts and echo one message. Generated as scenario text and parsed like any scenario file,
 /// so the runner runs it and every run has a report and a replay command.
 pub fn scenario(a: NatPreset, b: NatPreset) -> Result<Scenario, crate::scenario::ScenarioError> {
-    let world = WorldSpec {
-        hosts: vec![
-            host("alice", Some("nat-a"), 5),
-            host("bob", Some("nat-b"), 10),
-            host("stun", None, 10),
-            host("rdv", None, 10),
-            host("turn", None, 15),
-        ],
-        gateways: vec![gateway("nat-a", a), gateway("nat-b", b)],
-    };
+    let world = pair_world(a, b);
     let predicted = if predict_direct(a, b) {
         "direct"
     } else {

@@ -3,10 +3,10 @@
 
 use std::net::SocketAddr;
 
-use bytecodec::{DecodeExt, EncodeExt};
+use bytecodec::DecodeExt;
 use stun_codec::rfc5389::attributes::{Software, Username, XorMappedAddress};
 use stun_codec::rfc5389::{methods::BINDING, Attribute};
-use stun_codec::{Message, MessageClass, MessageDecoder, MessageEncoder, TransactionId};
+use stun_codec::{Message, MessageClass, MessageDecoder, TransactionId};
 
 /// Largest STUN message accepted (RFC 8489 §6.1: fits an unfragmented IPv4 datagram).
 pub const MAX_MESSAGE: usize = 548 * 2;
@@ -29,19 +29,12 @@ pub fn binding_request(txid: [u8; 12]) -> Vec<u8> {
     out
 }
 
-/// Encodes `message`; `None` if it cannot be (then nothing is sent: never an empty datagram).
 fn encode(message: Message<Attribute>) -> Option<Vec<u8>> {
-    MessageEncoder::new().encode_into_bytes(message).ok()
+    super::encode(message)
 }
 
 pub(crate) fn decode(datagram: &[u8]) -> Option<Message<Attribute>> {
-    if datagram.len() > MAX_MESSAGE || !is_stun(datagram) {
-        return None;
-    }
-    MessageDecoder::<Attribute>::new()
-        .decode_from_bytes(datagram)
-        .ok()?
-        .ok()
+    super::decode(datagram, MAX_MESSAGE)
 }
 
 /// The server's answer to `datagram` received from `source`: a Binding success response

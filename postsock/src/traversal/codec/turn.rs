@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use bytecodec::{DecodeExt, EncodeExt};
 use stun_codec::define_attribute_enums;
 use stun_codec::rfc5389::attributes::{
     ErrorCode, Fingerprint, MappedAddress, MessageIntegrity, Nonce, Realm, Software,
@@ -16,9 +15,7 @@ use stun_codec::rfc5766::attributes::{
     XorRelayAddress,
 };
 use stun_codec::rfc5766::methods::{DATA, SEND};
-use stun_codec::{Message, MessageClass, MessageDecoder, MessageEncoder, Method, TransactionId};
-
-use super::stun::is_stun;
+use stun_codec::{Message, MessageClass, Method, TransactionId};
 
 define_attribute_enums!(
     Attribute,
@@ -48,9 +45,9 @@ define_attribute_enums!(
 /// The protocol number of UDP in REQUESTED-TRANSPORT.
 pub(crate) const UDP: u8 = 17;
 
-/// Encodes `message`; `None` if it cannot be (then nothing is sent: never an empty datagram).
+/// Encodes `message`; `None` if it cannot be (then nothing is sent).
 pub(crate) fn encode(message: Message<Attribute>) -> Option<Vec<u8>> {
-    MessageEncoder::new().encode_into_bytes(message).ok()
+    super::encode(message)
 }
 
 /// Largest TURN message accepted: Send and Data indications carry whole datagrams (QUIC's
@@ -59,13 +56,7 @@ pub const MAX_MESSAGE: usize = 1500;
 
 /// Decodes a STUN/TURN message; `None` if it is not one (or is larger than [`MAX_MESSAGE`]).
 pub(crate) fn decode(datagram: &[u8]) -> Option<Message<Attribute>> {
-    if datagram.len() > MAX_MESSAGE || !is_stun(datagram) {
-        return None;
-    }
-    MessageDecoder::<Attribute>::new()
-        .decode_from_bytes(datagram)
-        .ok()?
-        .ok()
+    super::decode(datagram, MAX_MESSAGE)
 }
 
 /// Whether `datagram` starts like ChannelData (RFC 7983: first byte 64 to 79).
