@@ -7,7 +7,7 @@
 //! | module | owns |
 //! |---|---|
 //! | [`model`] | the report schema; message-level metrics |
-//! | [`derive`] | every metric of a run, from what the run recorded ([`RunFacts`]) |
+//! | [`derive`](mod@derive) | every metric of a run, from what the run recorded ([`RunFacts`]) |
 //! | [`summary`] | the Markdown summary of a suite |
 //! | [`plot`] | the message time-sequence diagram |
 

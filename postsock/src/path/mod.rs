@@ -1,6 +1,6 @@
 //! Paths: which interface a carrier uses, watching interfaces come and go, and when to move.
 //!
-//! A [`PathMonitor`] follows the host's interfaces through [`Net`]: in the simulator the
+//! A [`PathMonitor`] follows the host's interfaces through [`Net`](crate::net::Net): in the simulator the
 //! world tells it at once when an interface goes down or comes up; on a real host it reads
 //! the OS interface list (getifaddrs) every second. [`PathPolicy`] (in the
 //! [`Configuration`](crate::Configuration)) says which interfaces a carrier may use and which

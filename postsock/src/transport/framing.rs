@@ -59,7 +59,8 @@ pub struct FrameHeader {
 }
 
 impl FrameHeader {
-    /// The header of a whole message.
+    /// The header of a whole message (tests write such frames by hand).
+    #[cfg(test)]
     pub fn message(id: MessageId, len: u32) -> Self {
         Self::part(id, len, true)
     }

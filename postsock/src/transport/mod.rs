@@ -6,7 +6,7 @@
 
 pub(crate) mod assemble;
 mod cc;
-pub mod framing;
+pub(crate) mod framing;
 pub(crate) mod outbox;
 pub(crate) mod quic;
 pub(crate) mod stream;

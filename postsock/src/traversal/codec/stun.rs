@@ -14,7 +14,7 @@ pub const MAX_MESSAGE: usize = 548 * 2;
 const MAGIC_COOKIE: [u8; 4] = [0x21, 0x12, 0xA4, 0x42];
 
 /// Whether `datagram` is a STUN message by RFC 7983's first-byte rule (and carries the magic
-/// cookie): what [`Demux`] keeps away from QUIC.
+/// cookie): what [`Demux`](crate::traversal::stun::Demux) keeps away from QUIC.
 pub fn is_stun(datagram: &[u8]) -> bool {
     datagram.len() >= 20 && datagram[0] <= 3 && datagram[4..8] == MAGIC_COOKIE
 }

@@ -1,7 +1,7 @@
 //! The TURN server's decisions, without I/O: [`Handler`] holds the allocations (their
 //! permissions, channels and lifetimes), checks long-term credentials and answers requests.
 //! Every input carries `now`; every output is an [`Action`] for the driver
-//! ([`TurnServer`](super::TurnServer)) to carry out on its sockets. The unit tests below
+//! ([`TurnServer`](super::TurnServer)(super::TurnServer)) to carry out on its sockets. The unit tests below
 //! drive it with hand-made datagrams.
 
 use std::collections::BTreeMap;
@@ -29,7 +29,7 @@ use crate::traversal::codec::turn::{
 };
 use crate::traversal::stun;
 
-/// What a [`TurnServer`] did.
+/// What a [`TurnServer`](super::TurnServer) did.
 #[derive(Debug, Default)]
 pub struct TurnStats {
     pub(super) allocations: AtomicU64,
@@ -77,7 +77,7 @@ impl TurnStats {
     }
 }
 
-/// How a [`TurnServer`] is set up.
+/// How a [`TurnServer`](super::TurnServer) is set up.
 #[derive(Debug, Clone)]
 pub struct TurnServerConfig {
     /// The realm of the long-term credentials.

@@ -1,9 +1,9 @@
 //! TURN (RFC 8656) over UDP: a relay for peers whose NATs defeat hole punching.
 //!
-//! - [`allocate`] is the client: from a [`Demux`]'s socket (the one QUIC uses) it asks a TURN
+//! - [`allocate`] is the client: from a [`Demux`](crate::traversal::stun::Demux)'s socket (the one QUIC uses) it asks a TURN
 //!   server for an allocation with long-term credentials (the 401 / REALM / NONCE exchange,
 //!   MESSAGE-INTEGRITY on every request, 438 Stale Nonce handled), installs permissions for
-//!   the peer's addresses, and hands the [`Demux`] the relay so that traffic to a relayed peer
+//!   the peer's addresses, and hands the [`Demux`](crate::traversal::stun::Demux) the relay so that traffic to a relayed peer
 //!   is wrapped (ChannelData once a channel is bound, Send indications before) and traffic
 //!   from the relay is unwrapped (ChannelData, Data indications) before QUIC or the
 //!   connectivity checks see it. [`Allocation::keep`] refreshes the allocation, permissions
