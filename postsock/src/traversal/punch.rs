@@ -8,7 +8,7 @@
 //! 2. gathers candidates: its host address and its server-reflexive address (a STUN Binding
 //!    to the configured STUN server, from that socket);
 //! 3. makes a one-off certificate authority and identity, and exchanges candidates, the CA
-//!    certificate and a tie-breaker through the [`rendezvous`](crate::traversal::rendezvous) (sealed with
+//!    certificate and a tie-breaker through the [`rendezvous`] (sealed with
 //!    the key both derive from their shared secret);
 //! 4. sends STUN Binding requests (connectivity checks, named with a username derived from
 //!    the pairing key) to every candidate of the peer every `check_interval`, answers the
