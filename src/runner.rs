@@ -405,6 +405,12 @@ fn build_report(
         establishment: trace.establishment.clone(),
         path_events: trace.path_events.clone(),
         path_faults_ms,
+        oracles: scenario
+            .workload
+            .link_quality
+            .then(|| "link-quality".to_string())
+            .into_iter()
+            .collect(),
         gaps,
         messages,
     }

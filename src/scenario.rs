@@ -163,9 +163,11 @@ pub struct Workload {
     /// Rendezvous only: the public host running the TURN relay (none: no relay).
     #[serde(default)]
     pub turn: Option<Spanned<String>>,
-    /// Whether the client acts on the link layer's quality reports (default true); without
-    /// them only the loss it measures itself counts, as on an OS that reports none.
-    #[serde(default = "yes")]
+    /// An oracle, off by default: the client acts on the loss the simulator knows each access
+    /// link has (configured, not measured: no real host learns it this way). Off, the stack
+    /// learns path quality only from what it measures and from interfaces going up or down.
+    /// A run with it on names it in its report's `oracles`.
+    #[serde(default)]
     pub link_quality: bool,
     /// Rendezvous-echo only: the server peer starts this late, in ms (default 0), so the
     /// peers reach the rendezvous apart.

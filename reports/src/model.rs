@@ -465,6 +465,10 @@ pub struct Report {
     /// When path faults struck (ms), for marking failover gaps.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub path_faults_ms: Vec<f64>,
+    /// Knowledge the run gave the stack that no real network would (e.g. `link-quality`:
+    /// the configured loss of each access link). Empty for an honest run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub oracles: Vec<String>,
     /// For each path fault: the longest stretch without a client → server delivery after it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gaps: Vec<Gap>,
