@@ -557,3 +557,76 @@ fn hairpinning_turns_traffic_to_the_nat_back_inside() {
     assert_eq!(saw.port(), 6000, "from B's public (port-preserved) address");
     assert_eq!(hairpin(false), None, "without hairpinning it goes nowhere");
 }
+
+#[test]
+fn a_link_that_goes_down_loses_what_is_queued_on_it() {
+    // 100 kbit/s: a 1000-byte datagram takes 80 ms to leave. Ten sent at once leave at 80,
+    // 160, ... ms; the link goes down at 250 ms: the seven still queued are lost with it,
+    // counted, and never arrive — not even after it comes back.
+    let mut sender = host("sender", None, 10);
+    sender.link.bandwidth_kbps = Some(100);
+    sender.link.queue_bytes = 64 * 1024;
+    let spec = WorldSpec {
+        hosts: vec![sender, host("receiver", None, 10)],
+        gateways: vec![],
+    };
+    let mut world = World::new(&spec, 3, Duration::from_secs(10)).expect("world");
+    let got = Arc::new(Mutex::new(0u32));
+    let g = got.clone();
+    let receiver_net: Arc<dyn Net> = world.net("receiver").expect("net");
+    world
+        .host("receiver", move || {
+            let (net, g) = (receiver_net.clone(), g.clone());
+            async move {
+                let socket = net.bind_udp(([0, 0, 0, 0], 9000).into()).await?;
+                while postsock::net::recv_from(socket.as_ref()).await.is_ok() {
+                    *g.lock().expect("count") += 1;
+                }
+                Ok(())
+            }
+        })
+        .expect("receiver");
+    let sender_net: Arc<dyn Net> = world.net("sender").expect("net");
+    let to: SocketAddr = (world.ip("receiver").expect("ip"), 9000).into();
+    world
+        .client("sender", async move {
+            let socket = sender_net.bind_udp(([0, 0, 0, 0], 0).into()).await?;
+            for _ in 0..10 {
+                postsock::net::send_to(socket.as_ref(), to, &[7u8; 1000]).await?;
+            }
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            Ok(())
+        })
+        .expect("sender");
+    let down = sim::Fault::LinkDown {
+        host: "sender".into(),
+        interface: None,
+    };
+    let up = sim::Fault::LinkUp {
+        host: "sender".into(),
+        interface: None,
+    };
+    let (mut downed, mut upped) = (false, false);
+    loop {
+        let t = world.elapsed();
+        if !downed && t >= Duration::from_millis(250) {
+            world.apply(&down).expect("down");
+            downed = true;
+        }
+        if !upped && t >= Duration::from_millis(1500) {
+            world.apply(&up).expect("up");
+            upped = true;
+        }
+        if world.step().expect("step") {
+            break;
+        }
+    }
+    let counters = world.counters();
+    let sent = counters
+        .iter()
+        .find(|(name, _)| name.starts_with("sender"))
+        .map(|(_, c)| c.up)
+        .expect("the sender's link");
+    assert_eq!(sent.lost_on_link, 7, "{sent:?}");
+    assert_eq!(*got.lock().expect("count"), 3);
+}

@@ -92,6 +92,14 @@ pub struct DirectionCounters {
     pub losses: u64,
     /// Bytes that left the link.
     pub bytes: u64,
+    /// Datagrams that had passed the queue (and count above) but were still on the link
+    /// when it went down: lost with it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lost_on_link: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One direction of an access link.

@@ -504,9 +504,16 @@ impl SimUdpSocket {
         let (delay_tx, delay_rx) = mpsc::unbounded_channel();
         let (ingress_tx, ingress_rx) = mpsc::unbounded_channel();
         let tasks = vec![
-            tokio::spawn(egress(socket.clone(), egress_rx, via)).abort_handle(),
+            tokio::spawn(egress(
+                socket.clone(),
+                egress_rx,
+                via,
+                state.clone(),
+                link.clone(),
+            ))
+            .abort_handle(),
             tokio::spawn(pump(socket, state.clone(), link.clone(), delay_tx, via)).abort_handle(),
-            tokio::spawn(deliver(delay_rx, ingress_tx)).abort_handle(),
+            tokio::spawn(deliver(delay_rx, ingress_tx, state.clone(), link.clone())).abort_handle(),
         ];
         Arc::new(SimUdpSocket {
             local,
@@ -547,9 +554,15 @@ async fn egress(
     socket: Arc<turmoil::net::UdpSocket>,
     mut queue: mpsc::UnboundedReceiver<Timed>,
     via: Option<SocketAddr>,
+    state: Arc<WorldState>,
+    link: String,
 ) {
     while let Some((at, dst, data)) = queue.recv().await {
         wait_until(at).await;
+        // Queued on a link that went down meanwhile: lost, as what a dead NIC held is.
+        if !state.still_up(&link, true) {
+            continue;
+        }
         // UDP: a send that fails is a lost datagram, as on a real network.
         let _ = match via {
             Some(gateway) => socket.send_to(&overlay::encode(dst, &data), gateway).await,
@@ -595,9 +608,15 @@ async fn pump(
 async fn deliver(
     mut delay: mpsc::UnboundedReceiver<Timed>,
     ready: mpsc::UnboundedSender<(SocketAddr, Bytes)>,
+    state: Arc<WorldState>,
+    link: String,
 ) {
     while let Some((at, src, data)) = delay.recv().await {
         wait_until(at).await;
+        // Still crossing the access link when it went down: lost.
+        if !state.still_up(&link, false) {
+            continue;
+        }
         if ready.send((src, data)).is_err() {
             return;
         }

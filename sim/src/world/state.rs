@@ -230,6 +230,20 @@ impl WorldState {
             .and_then(VecDeque::pop_front)
     }
 
+    /// A datagram that was queued on access link `link` is leaving now: if the link went
+    /// down (or black) meanwhile it is lost with what was on the link, and counted.
+    pub(crate) fn still_up(&self, link: &str, upstream: bool) -> bool {
+        let mut links = lock(&self.links);
+        match links.get_mut(link) {
+            Some(l) if l.is_down || l.blackholed => {
+                let dir = if upstream { &mut l.up } else { &mut l.down };
+                dir.counters.lost_on_link += 1;
+                false
+            }
+            _ => true,
+        }
+    }
+
     /// Whether access link `link` drops everything (down or black-holed).
     pub(crate) fn link_is_down(&self, link: &str) -> bool {
         lock(&self.links)
