@@ -20,10 +20,10 @@ pub struct RunFacts<'a> {
     pub sim_duration_ms: f64,
     /// Whether the client's last carrier resumed a TLS session, when known.
     pub resumed: Option<bool>,
-    /// One-way latency of the client–server path, ms, and the protocol that carried the
-    /// client's carrier (`quic`, `tls-tcp`, `tcp`): the physical TTFM limits follow.
+    /// One-way latency of the client–server path, ms (with `protocol`, the physical TTFM
+    /// limits follow).
     pub path_one_way_ms: Option<f64>,
-    /// The protocol of the client's carrier.
+    /// The protocol of the client's carrier (`quic`, `tls-tcp`, `tcp`).
     pub protocol: Option<&'a str>,
     /// Whether later carriers may send their first message in 0-RTT (QUIC, association
     /// kept, first message idempotent): their limit is then 0.5 RTT.
@@ -34,7 +34,7 @@ pub struct RunFacts<'a> {
     pub path_events: &'a [PathEvent],
     /// Carriers the server accepted.
     pub carriers_accepted: u64,
-    /// Rendezvous workloads: whether the carrier is relayed, and the time to ready.
+    /// Rendezvous workloads: whether either peer's carrier runs through the relay.
     pub relayed: Option<bool>,
     /// Rendezvous workloads: the client's time from its start to a ready carrier, ms.
     pub rendezvous_ms: Option<f64>,

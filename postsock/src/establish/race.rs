@@ -78,7 +78,6 @@ pub(crate) struct Race {
     candidates: Vec<Candidate>,
     delay: Duration,
     start: Instant,
-    deadline: Instant,
     timeout: Duration,
     /// Whether the report names interfaces (only when candidates use more than one).
     name_paths: bool,
@@ -111,7 +110,6 @@ impl Race {
             candidates,
             delay,
             start: now,
-            deadline: now + timeout,
             timeout,
             name_paths,
             next: 0,
@@ -129,7 +127,7 @@ impl Race {
 
     /// When the race times out.
     pub(crate) fn deadline(&self) -> Instant {
-        self.deadline
+        self.start + self.timeout
     }
 
     /// How the race ended, once it has.

@@ -105,6 +105,22 @@ pub(crate) struct AccessLink {
     pub(crate) blackholed: bool,
 }
 
+impl AccessLink {
+    /// The direction a datagram takes: towards the network (`upstream`) or the host.
+    fn direction(&mut self, upstream: bool) -> &mut LinkDirection {
+        if upstream {
+            &mut self.up
+        } else {
+            &mut self.down
+        }
+    }
+
+    /// Whether it drops everything (down or black-holed).
+    fn dead(&self) -> bool {
+        self.is_down || self.blackholed
+    }
+}
+
 /// Counters of one host's access link.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkCounters {
@@ -181,24 +197,13 @@ impl WorldState {
         let now = tokio::time::Instant::now();
         let mut links = lock(&self.links);
         match links.get_mut(link) {
-            Some(link) if link.is_down || link.blackholed => {
-                let dir = if upstream {
-                    &mut link.up
-                } else {
-                    &mut link.down
-                };
+            Some(link) if link.dead() => {
+                let dir = link.direction(upstream);
                 dir.counters.offered += 1;
                 dir.counters.losses += 1;
                 Verdict::Lost
             }
-            Some(link) => {
-                let dir = if upstream {
-                    &mut link.up
-                } else {
-                    &mut link.down
-                };
-                dir.offer(now, len)
-            }
+            Some(link) => link.direction(upstream).offer(now, len),
             None => Verdict::Deliver(now),
         }
     }
@@ -235,9 +240,8 @@ impl WorldState {
     pub(crate) fn still_up(&self, link: &str, upstream: bool) -> bool {
         let mut links = lock(&self.links);
         match links.get_mut(link) {
-            Some(l) if l.is_down || l.blackholed => {
-                let dir = if upstream { &mut l.up } else { &mut l.down };
-                dir.counters.lost_on_link += 1;
+            Some(l) if l.dead() => {
+                l.direction(upstream).counters.lost_on_link += 1;
                 false
             }
             _ => true,
@@ -246,9 +250,7 @@ impl WorldState {
 
     /// Whether access link `link` drops everything (down or black-holed).
     pub(crate) fn link_is_down(&self, link: &str) -> bool {
-        lock(&self.links)
-            .get(link)
-            .is_some_and(|l| l.is_down || l.blackholed)
+        lock(&self.links).get(link).is_some_and(AccessLink::dead)
     }
 
     /// The interfaces of endpoint host `host`, as it sees them.

@@ -30,12 +30,12 @@ mod hello;
 mod reader;
 mod writer;
 
-use acks::*;
+use acks::{ack_units, Acks};
 pub(crate) use connect::{connect, connect_plain};
 use hello::parse_hello;
 pub(crate) use hello::{hello_frame, read_hello, Hello, Prefixed};
-use reader::*;
-use writer::*;
+use reader::read_messages;
+use writer::{write_loop, BATCH, BATCH_TIME, KILL_ABORT, KILL_STOP};
 
 /// A failed read or write of the TCP connection.
 fn tcp(op: &'static str, e: std::io::Error) -> Error {

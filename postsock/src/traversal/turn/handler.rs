@@ -20,7 +20,7 @@ use stun_codec::rfc5766::attributes::{
 use stun_codec::rfc5766::methods::{
     ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, DATA, REFRESH, SEND,
 };
-use stun_codec::{Message, MessageClass, TransactionId};
+use stun_codec::{Message, MessageClass, Method, TransactionId};
 use tokio::time::Instant;
 
 use super::{CHANNEL_LIFETIME, DEFAULT_LIFETIME, MAX_LIFETIME, PERMISSION_LIFETIME};
@@ -325,7 +325,7 @@ impl Handler {
                 };
                 let mut out = Vec::new();
                 let answer = self.request(now, &m, from, &user, &mut out);
-                if let Some(reply) = self.respond(&m, answer, &user) {
+                if let Some(reply) = self.respond(m.method(), m.transaction_id(), answer, &user) {
                     out.push(Action::Reply {
                         to: from,
                         data: reply,
@@ -380,28 +380,25 @@ impl Handler {
                     .map_err(|_| (500, "Server Error"))
             }
         };
-        let request = Message::<Attribute>::new(MessageClass::Request, ALLOCATE, transaction);
-        self.respond(&request, answer, &user)
+        self.respond(ALLOCATE, transaction, answer, &user)
             .map(|data| Action::Reply { to: client, data })
             .into_iter()
             .collect()
     }
 
-    /// The signed success or error response to `m`; `Ok(None)`: answered later.
+    /// The signed success or error response to request `method`/`transaction`; `Ok(None)`:
+    /// answered later.
     fn respond(
         &self,
-        m: &Message<Attribute>,
+        method: Method,
+        transaction: TransactionId,
         answer: Result<Option<Vec<Attribute>>, Refusal>,
         user: &str,
     ) -> Option<Vec<u8>> {
         let reply = match answer {
             Ok(None) => return None,
             Ok(Some(attrs)) => {
-                let mut r = Message::new(
-                    MessageClass::SuccessResponse,
-                    m.method(),
-                    m.transaction_id(),
-                );
+                let mut r = Message::new(MessageClass::SuccessResponse, method, transaction);
                 for a in attrs {
                     r.add_attribute(a);
                 }
@@ -409,8 +406,7 @@ impl Handler {
             }
             Err((code, reason)) => {
                 count(&self.stats.refused);
-                let mut r =
-                    Message::new(MessageClass::ErrorResponse, m.method(), m.transaction_id());
+                let mut r = Message::new(MessageClass::ErrorResponse, method, transaction);
                 if let Ok(e) = ErrorCode::new(code, reason.into()) {
                     r.add_attribute(e);
                 }
@@ -587,7 +583,6 @@ impl Handler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use stun_codec::Method;
 
     const CLIENT: &str = "192.0.2.10:5000";
     const PEER: &str = "198.51.100.7:4242";
