@@ -268,8 +268,9 @@ fn a_nat_reboot_costs_quic_nothing_and_tls_a_reconnection() {
         assert!(reasons(&r).is_empty());
         assert!(r.metrics.failover_gap_ms.expect("gap") <= 20.0);
     }
-    // The reboot loses the TCP connection's NAT state: the carrier continues on a new
-    // connection over wifi, within 2.5 RTT of wifi and a send interval.
+    // The reboot loses the TCP connection's NAT state: the server resets the first segment
+    // that arrives from the new mapping (1 RTT after a send interval), and the carrier
+    // continues on a new connection over wifi (2.5 RTT).
     let s = scenario("failover/tls-tcp-nat-rebind");
     let (wifi, _) = rtts(&s);
     for r in run_all("failover/tls-tcp-nat-rebind") {
@@ -282,7 +283,7 @@ fn a_nat_reboot_costs_quic_nothing_and_tls_a_reconnection() {
             )]
         );
         let gap = r.metrics.failover_gap_ms.expect("gap");
-        assert!(gap <= 2.5 * wifi + 10.0, "{gap} ms");
+        assert!((2.5 * wifi..=3.5 * wifi + 10.0).contains(&gap), "{gap} ms");
         assert_eq!(r.metrics.carriers_accepted, 1);
     }
 }

@@ -49,9 +49,11 @@ fn a_carrier_survives_its_nat_rebooting() {
         assert_eq!(r.metrics.carriers_accepted, 1);
         assert!(r.metrics.server_path_changes >= 1);
     }
-    // TCP state is lost with the NAT: a new connection, the same carrier. RTT 40 ms.
+    // TCP state is lost with the NAT: the first segment after the reboot is reset by the
+    // server (1 RTT), then a new connection, the same carrier (2.5 RTT). RTT 40 ms.
     for r in lossless_runs("nat/tls-tcp-reboot") {
-        assert!(r.metrics.failover_gap_ms.expect("gap") <= 2.5 * 40.0 + 10.0);
+        let gap = r.metrics.failover_gap_ms.expect("gap");
+        assert!((2.5 * 40.0..=3.5 * 40.0 + 10.0).contains(&gap), "{gap} ms");
         assert_eq!(r.metrics.carriers_accepted, 1);
         assert_eq!(r.metrics.handovers, 1);
     }

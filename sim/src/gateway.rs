@@ -8,27 +8,33 @@
 //! the filtering behaviour (§5) admits the source. A mapping without outbound traffic for the
 //! mapping timeout is gone; a NAT reboot drops them all.
 //!
-//! TCP: an inside host connects to the overlay port; the destination travels with the SYN
-//! (see [`WorldState::push_tcp_intent`]). The gateway connects onwards, waits as long as the
-//! far SYN-ACK would take to come back, answers one status byte, then splices the two streams.
-//! A NAT reboot loses the splices' state: their connections break.
+//! TCP (RFC 5382): inside hosts send whole IPv4 packets to the overlay port addressed to
+//! [`TCP_PORT`]. The gateway keeps a second table for TCP (same mapping and filtering
+//! behaviour, idle timeout [`TCP_MAPPING_TIMEOUT`]), rewrites each segment's source to its
+//! public address and the mapping's port, and sends it from its own `TCP_PORT`; what comes
+//! back is rewritten to the inside endpoint. A segment for no mapping is answered with a
+//! reset unless it is a SYN (REQ-4: unsolicited SYNs are dropped silently); filtered ones
+//! are dropped. Middleboxes act on outbound SYNs: black-holed, or answered with a reset. A
+//! NAT reboot forgets TCP mappings too: the connections' next segments are reset.
 //!
 //! Chained: a gateway behind another (a home NAT behind a carrier-grade NAT) is itself an
-//! inside host of that one — its public sockets send through the upstream gateway's overlay
-//! and its splices connect through it — so everything it sends is translated twice.
+//! inside host of that one — its public sockets send through the upstream gateway's overlay —
+//! so everything it sends is translated twice.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
-use tokio::io::AsyncWriteExt;
+use std::time::Duration;
+
 use tokio::time::Instant;
 
 use crate::lock;
 use crate::nat::{Inbound, MappingKey, NatTable};
-use crate::net::{SPLICE_OK, SPLICE_REFUSED};
 use crate::overlay::{self, OVERLAY_PORT};
+use crate::segment::{self, TCP_PORT};
 use crate::world::spec::{Middlebox, NatBehaviour};
+
 use crate::world::state::WorldState;
 
 /// The gateway's middlebox (its policy lives in the world state, where faults change it)
@@ -121,14 +127,25 @@ pub(crate) async fn run(
         .ok_or_else(|| format!("gateway `{name}` has no address"))?;
     let inside =
         Arc::new(turmoil::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, OVERLAY_PORT)).await?);
-    let tcp = turmoil::net::TcpListener::bind((Ipv4Addr::UNSPECIFIED, OVERLAY_PORT)).await?;
-    tokio::spawn(splice_loop(
-        state.clone(),
+    let tcp = Arc::new(TcpNat {
+        table: Mutex::new(NatTable::new(
+            NatBehaviour {
+                mapping_timeout: TCP_MAPPING_TIMEOUT,
+                ..nat
+            },
+            crate::rng::stream(state.seed, &format!("nat/{name}/tcp")),
+        )),
+        returns: Mutex::new(BTreeMap::new()),
+        epoch: Mutex::new(state.nat_epoch(&name)),
+        public: PublicSocket {
+            socket: turmoil::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, TCP_PORT)).await?,
+            upstream,
+        },
         ip,
-        tcp,
-        filter.clone(),
-        upstream,
-    ));
+        inside: inside.clone(),
+        filter: filter.clone(),
+    });
+    tokio::spawn(tcp.clone().inbound_loop());
 
     let table = Arc::new(Mutex::new(NatTable::new(
         nat,
@@ -153,6 +170,10 @@ pub(crate) async fn run(
         let Some((dst, payload)) = overlay::decode(&buf[..n]) else {
             continue;
         };
+        if dst.port() == TCP_PORT {
+            tcp.outbound(from, payload).await;
+            continue;
+        }
         if !filter.pass_udp(from, dst) {
             continue;
         }
@@ -225,99 +246,123 @@ async fn return_path(
     }
 }
 
-async fn splice_loop(
-    state: Arc<WorldState>,
+/// Idle time after which a TCP mapping goes (RFC 5382 REQ-5: at least 2 h 4 min).
+pub(crate) const TCP_MAPPING_TIMEOUT: Duration = Duration::from_secs(2 * 3600 + 4 * 60);
+
+/// The TCP half of a gateway (see the [module docs](self)).
+struct TcpNat {
+    table: Mutex<NatTable>,
+    /// Where each inside interface's TCP stack receives (turmoil address), by the address
+    /// in its packets.
+    returns: Mutex<BTreeMap<IpAddr, SocketAddr>>,
+    /// The NAT epoch the table belongs to.
+    epoch: Mutex<u64>,
+    public: PublicSocket,
     ip: IpAddr,
-    listener: turmoil::net::TcpListener,
+    inside: Arc<turmoil::net::UdpSocket>,
     filter: Arc<Filter>,
-    upstream: Option<SocketAddr>,
-) {
-    while let Ok((inside, peer)) = listener.accept().await {
-        let Some(dst) = state.pop_tcp_intent(peer.ip(), ip) else {
-            continue;
-        };
-        let policy = filter.policy();
-        if policy.tcp_blackhole {
-            // The SYN vanished: never answer, keep the inside end waiting.
-            tokio::spawn(async move {
-                let _held = inside;
-                std::future::pending::<()>().await;
-            });
-            continue;
-        }
-        if policy.tcp_reset {
-            // A reset comes back as fast as a SYN-ACK would have from the gateway.
-            tokio::spawn(async move {
-                let mut inside = inside;
-                let _ = inside.write_u8(SPLICE_REFUSED).await;
-            });
-            continue;
-        }
-        let epoch = filter.state.nat_epoch(&filter.gateway);
-        let reboots = filter.state.nat_reboots.subscribe();
-        let gateway = filter.gateway.clone();
-        let (st, state) = (state.clone(), state.clone());
-        tokio::spawn(async move {
-            // A reboot loses the NAT's state for the connection: it breaks.
-            let rebooted = async move {
-                let mut reboots = reboots;
-                while st.nat_epoch(&gateway) == epoch {
-                    if reboots.changed().await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                }
-            };
-            tokio::select! {
-                biased;
-                _ = rebooted => {}
-                _ = splice(state, ip, inside, dst, upstream) => {}
-            }
-        });
-    }
 }
 
-async fn splice(
-    state: Arc<WorldState>,
-    ip: IpAddr,
-    mut inside: turmoil::net::TcpStream,
-    dst: SocketAddr,
-    upstream: Option<SocketAddr>,
-) {
-    if let Some(up) = upstream {
-        // Behind another gateway: connect through it, which answers when the far end does.
-        state.push_tcp_intent(ip, up.ip(), dst);
-        let outside = match turmoil::net::TcpStream::connect(up).await {
-            Ok(mut s) => match tokio::io::AsyncReadExt::read_u8(&mut s).await {
-                Ok(SPLICE_OK) => Some(s),
-                _ => None,
-            },
-            Err(_) => None,
-        };
-        let Some(mut outside) = outside else {
-            let _ = inside.write_u8(SPLICE_REFUSED).await;
-            return;
-        };
-        if inside.write_u8(SPLICE_OK).await.is_err() {
-            return;
+impl TcpNat {
+    /// A reboot since the last packet forgets every TCP mapping.
+    fn sync_epoch(&self) {
+        let now = self.filter.state.nat_epoch(&self.filter.gateway);
+        let mut epoch = lock(&self.epoch);
+        if *epoch != now {
+            *epoch = now;
+            lock(&self.table).reboot();
         }
-        let _ = tokio::io::copy_bidirectional(&mut inside, &mut outside).await;
-        return;
     }
-    let start = Instant::now();
-    let rtt = state
-        .one_way(ip, dst.ip())
-        .map_or(Default::default(), |d| d * 2);
-    match turmoil::net::TcpStream::connect(dst).await {
-        Ok(mut outside) => {
-            tokio::time::sleep_until(start + rtt).await;
-            if inside.write_u8(SPLICE_OK).await.is_err() {
+
+    /// Sends `packet` to the inside stack owning its destination address.
+    async fn to_inside(&self, packet: &[u8], from: SocketAddr) {
+        let Some(seg) = segment::parse(packet) else {
+            return;
+        };
+        let to = lock(&self.returns).get(&seg.dst.ip()).copied();
+        if let Some(to) = to {
+            let _ = self
+                .inside
+                .send_to(&overlay::encode(from, packet), to)
+                .await;
+        }
+    }
+
+    /// A segment from an inside stack (its turmoil address `from`).
+    async fn outbound(&self, from: SocketAddr, packet: &[u8]) {
+        self.sync_epoch();
+        let Some(seg) = segment::parse(packet) else {
+            return;
+        };
+        lock(&self.returns).insert(seg.src.ip(), from);
+        if seg.syn && !seg.ack {
+            let policy = self.filter.policy();
+            if policy.tcp_blackhole {
                 return;
             }
-            let _ = tokio::io::copy_bidirectional(&mut inside, &mut outside).await;
+            if policy.tcp_reset {
+                if let Some(rst) = segment::reset_for(&seg) {
+                    self.to_inside(&rst, SocketAddr::new(seg.dst.ip(), TCP_PORT))
+                        .await;
+                }
+                return;
+            }
         }
-        Err(_) => {
-            tokio::time::sleep_until(start + rtt).await;
-            let _ = inside.write_u8(SPLICE_REFUSED).await;
+        let now = Instant::now();
+        let out = lock(&self.table).outbound(now, seg.src, seg.dst);
+        let public = SocketAddr::new(self.ip, out.port);
+        let mut packet = packet.to_vec();
+        if seg.dst.ip() == self.ip {
+            // Hairpinning: back in to the inside endpoint owning the port, from our public
+            // address, as its mapping's filtering allows.
+            let target = lock(&self.table).hairpin(now, public, seg.dst.port());
+            if let Some(target) = target {
+                if segment::rewrite(&mut packet, Some(public), Some(target)) {
+                    self.to_inside(&packet, SocketAddr::new(self.ip, TCP_PORT))
+                        .await;
+                }
+            }
+            return;
+        }
+        if segment::rewrite(&mut packet, Some(public), None) {
+            let _ = self
+                .public
+                .send_to(&packet, SocketAddr::new(seg.dst.ip(), TCP_PORT))
+                .await;
+        }
+    }
+
+    /// Segments arriving on the public side, until the simulation ends.
+    async fn inbound_loop(self: Arc<Self>) {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, from)) = self.public.recv_from(&mut buf).await {
+            self.sync_epoch();
+            let mut packet = buf[..n].to_vec();
+            let Some(seg) = segment::parse(&packet) else {
+                continue;
+            };
+            if seg.dst.ip() != self.ip {
+                continue;
+            }
+            let verdict = lock(&self.table).inbound_at(Instant::now(), seg.dst.port(), seg.src);
+            match verdict {
+                Inbound::Deliver(to) => {
+                    if segment::rewrite(&mut packet, None, Some(to)) {
+                        self.to_inside(&packet, from).await;
+                    }
+                }
+                Inbound::Filtered => {}
+                // No such flow (any more): reset it, except an unsolicited SYN (REQ-4).
+                Inbound::Gone if seg.syn && !seg.ack => {}
+                Inbound::Gone => {
+                    if let Some(rst) = segment::reset_for(&seg) {
+                        let _ = self
+                            .public
+                            .send_to(&rst, SocketAddr::new(seg.src.ip(), TCP_PORT))
+                            .await;
+                    }
+                }
+            }
         }
     }
 }

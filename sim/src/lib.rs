@@ -2,7 +2,7 @@
 //!
 //! Built on turmoil, which gives every host its own simulated tokio runtime and clock and a
 //! full mesh of links with per-link latency. What turmoil lacks — NAT, gateways, loss and
-//! bandwidth per access link, a TCP connect that costs a full round trip — this crate adds as
+//! bandwidth per access link, TCP that crosses them as packets — this crate adds as
 //! an overlay, without forking any protocol logic: postsock reaches the simulated network only
 //! through [`SimNet`], its implementation of `postsock::net::Net`.
 //!
@@ -13,7 +13,9 @@
 //! | [`link`] | the access-link model (rate, drop-tail queue, loss): pure and seeded |
 //! | [`overlay`] | the header that carries true addresses between a host and its gateway |
 //! | `nat` | the NAT table (RFC 4787 mapping, filtering, ports, hairpin): pure |
-//! | `gateway` | the gateway program: sockets per NAT mapping, TCP splicing |
+//! | `gateway` | the gateway program: sockets per UDP mapping, TCP segment translation |
+//! | `tcp` | real TCP (smoltcp) per host interface, as packets over the access link |
+//! | `segment` | TCP/IPv4 packets: parsing, rewriting (NAT), resets |
 //! | [`rng`] | deriving every random stream from the run's one seed |
 //!
 //! Same spec + same seed ⇒ the same simulation, event for event.
@@ -24,10 +26,13 @@ mod nat;
 pub mod net;
 pub mod overlay;
 pub mod rng;
+mod segment;
+mod tcp;
 pub mod world;
 
 pub use link::{LinkParams, Verdict};
 pub use net::SimNet;
+pub use segment::TCP_PORT;
 pub use world::{
     Dependence, Fault, FaultError, FaultPart, GatewaySpec, HostSpec, InterfaceSpec,
     InterfaceStatus, LinkCounters, Middlebox, NatBehaviour, NatPreset, NatSpec, PortAssignment,

@@ -133,34 +133,6 @@ impl LinkDirection {
         &self.params
     }
 
-    /// Offers `len` bytes of a reliable stream at `now`. Streams are never dropped: when the
-    /// queue is full the answer is how long to wait before offering again (the sender's
-    /// buffer is full), otherwise the departure time. Loss does not apply (TCP would repair
-    /// it; its retransmission delay is not modelled).
-    pub fn offer_stream(&mut self, now: Instant, len: usize) -> Result<Instant, Duration> {
-        let Some(kbps) = self.params.bandwidth_kbps else {
-            self.counters.offered += 1;
-            self.counters.delivered += 1;
-            self.counters.bytes += len as u64;
-            return Ok(now);
-        };
-        let start = self.busy_until.map_or(now, |b| b.max(now));
-        let backlog = start.saturating_duration_since(now);
-        let backlog_bytes = (backlog.as_nanos() * u128::from(kbps) / 8_000_000) as usize;
-        if backlog_bytes > 0 && backlog_bytes + len > self.params.queue_bytes {
-            let excess = (backlog_bytes + len - self.params.queue_bytes) as u64;
-            return Err(
-                Duration::from_nanos(excess * 8 * 1_000_000 / kbps).max(Duration::from_millis(1))
-            );
-        }
-        self.counters.offered += 1;
-        self.counters.delivered += 1;
-        self.counters.bytes += len as u64;
-        let done = start + Duration::from_nanos((len as u64 * 8 * 1_000_000) / kbps);
-        self.busy_until = Some(done);
-        Ok(done)
-    }
-
     /// Offers a datagram of `len` bytes at `now`.
     pub fn offer(&mut self, now: Instant, len: usize) -> Verdict {
         self.counters.offered += 1;
@@ -232,25 +204,6 @@ mod tests {
         // After the link drained, a datagram goes straight out.
         assert_eq!(l.offer(t0 + ms(100), 1250), Verdict::Deliver(t0 + ms(110)));
         assert_eq!(l.counters.queue_drops, 1);
-    }
-
-    #[test]
-    fn streams_wait_instead_of_dropping() {
-        let params = LinkParams {
-            bandwidth_kbps: Some(1000),
-            queue_bytes: 2500,
-            loss: 0.5,
-            ..LinkParams::default()
-        };
-        let mut l = link(params, 1);
-        let t0 = Instant::now();
-        let ms = Duration::from_millis;
-        assert_eq!(l.offer_stream(t0, 1250), Ok(t0 + ms(10)));
-        assert_eq!(l.offer_stream(t0, 1250), Ok(t0 + ms(20)));
-        // Full: wait until one segment's worth has drained.
-        assert_eq!(l.offer_stream(t0, 1250), Err(ms(10)));
-        assert_eq!(l.offer_stream(t0 + ms(10), 1250), Ok(t0 + ms(30)));
-        assert_eq!(l.counters.losses, 0, "streams are not subject to loss");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use tokio::time::Instant;
 
 use crate::overlay::OVERLAY_PORT;
+use crate::segment::TCP_PORT;
 use crate::world::spec::{Dependence, NatBehaviour, PortAssignment};
 
 /// A mapping's key under the NAT's mapping behaviour: the inside endpoint, and the remote
@@ -162,6 +163,18 @@ impl NatTable {
             .map(|m| m.inside)
     }
 
+    /// A packet from `src` arriving at `now` on public port `port` (TCP, where one public
+    /// socket carries every mapping): like [`inbound`](Self::inbound) for the mapping that
+    /// owns the port.
+    pub(crate) fn inbound_at(&self, now: Instant, port: u16, src: SocketAddr) -> Inbound {
+        match self.mappings.values().find(|m| m.port == port) {
+            None => Inbound::Gone,
+            Some(m) if self.expired(m, now) => Inbound::Gone,
+            Some(m) if self.admits(m, src) => Inbound::Deliver(m.inside),
+            Some(_) => Inbound::Filtered,
+        }
+    }
+
     /// The NAT rebooted: every mapping is forgotten (their ports are not handed out again).
     pub(crate) fn reboot(&mut self) -> Vec<MappingKey> {
         std::mem::take(&mut self.mappings).into_keys().collect()
@@ -181,7 +194,7 @@ impl PortPicker {
     fn new(how: PortAssignment, rng: rand_chacha::ChaCha8Rng) -> Self {
         PortPicker {
             how,
-            used: BTreeSet::from([OVERLAY_PORT]),
+            used: BTreeSet::from([OVERLAY_PORT, TCP_PORT]),
             next: 20_000,
             rng,
         }

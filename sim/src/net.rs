@@ -6,11 +6,11 @@
 //! the overlay header towards the gateway if the host is behind one. Receiving: a pump task
 //! takes datagrams from turmoil, unwraps the overlay header, offers them to the downstream
 //! direction of the access link, and a delivery task hands them to quinn at their departure
-//! time. Streams (TCP) go through turmoil directly, or spliced by the gateway; connecting costs
-//! one full round trip (turmoil alone returns after half of one).
+//! time. Streams are real TCP (smoltcp, see [`tcp`](crate::tcp)): each interface's stack sends
+//! whole IPv4 packets as datagrams over the same sockets, links and gateways.
 
+use std::collections::BTreeMap;
 use std::fmt;
-use std::future::Future;
 use std::io::{self, IoSliceMut};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
@@ -25,7 +25,6 @@ use postsock::net::{
 };
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::UdpPoller;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -33,12 +32,9 @@ use tokio::time::Instant;
 use crate::link::Verdict;
 use crate::overlay::{self, OVERLAY_PORT};
 use crate::rng;
+use crate::segment::TCP_PORT;
+use crate::tcp::{SimTcpListener, TcpStack};
 use crate::world::state::WorldState;
-
-/// Status byte a gateway sends when its spliced TCP connect succeeded.
-pub(crate) const SPLICE_OK: u8 = 0;
-/// Status byte a gateway sends when its spliced TCP connect was refused.
-pub(crate) const SPLICE_REFUSED: u8 = 1;
 
 /// The network as one simulated host sees it. Obtain it from [`World::net`](crate::World::net)
 /// and use it only inside that host's program.
@@ -47,11 +43,15 @@ pub struct SimNet {
     host: String,
     ip: IpAddr,
     seeds: AtomicU64,
+    /// The TCP stack of each interface that used TCP, by interface address.
+    tcp: tokio::sync::Mutex<BTreeMap<IpAddr, Arc<TcpStack>>>,
 }
 
 /// Where one interface of the host leads: its address, gateway and access link.
 #[derive(Debug, Clone)]
 struct Route {
+    /// The interface's position on the host.
+    index: usize,
     ip: IpAddr,
     gateway: Option<IpAddr>,
     link: String,
@@ -74,6 +74,7 @@ impl SimNet {
             host,
             ip,
             seeds: AtomicU64::new(0),
+            tcp: tokio::sync::Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -87,7 +88,13 @@ impl SimNet {
                 format!("`{}` has no interface with address {ip}", self.host),
             )
         })?;
+        let index = node
+            .ifaces
+            .iter()
+            .position(|i| i.ip == iface.ip)
+            .unwrap_or(0);
         Ok(Route {
+            index,
             ip: iface.ip,
             gateway: iface.gateway.as_ref().and_then(|g| self.state.resolve(g)),
             link: iface.link.clone(),
@@ -107,23 +114,6 @@ impl SimNet {
     /// The host's own address (behind a gateway: its inside address).
     pub fn ip(&self) -> IpAddr {
         self.ip
-    }
-
-    fn check_host(&self, bound: SocketAddr) -> io::Result<()> {
-        if bound.ip() != self.ip && !bound.ip().is_loopback() {
-            return Err(io::Error::other(format!(
-                "the SimNet of `{}` was used inside the program of another host ({})",
-                self.host,
-                bound.ip()
-            )));
-        }
-        Ok(())
-    }
-
-    fn rtt_to(&self, remote: IpAddr) -> Duration {
-        self.state
-            .one_way(self.ip, remote)
-            .map_or(Duration::ZERO, |d| d * 2)
     }
 }
 
@@ -153,57 +143,15 @@ impl Net for SimNet {
         remote: SocketAddr,
     ) -> BoxFuture<'_, io::Result<Box<dyn ByteStream>>> {
         Box::pin(async move {
-            let route = self.route(local)?;
-            let start = Instant::now();
-            let refused = || {
-                io::Error::new(
-                    io::ErrorKind::ConnectionRefused,
-                    format!("connection to {remote} refused (reset)"),
-                )
-            };
-            match route.gateway {
-                Some(gateway) => {
-                    // The destination travels with the SYN, as it would inside a real packet.
-                    self.state.push_tcp_intent(self.ip, gateway, remote);
-                    let mut stream =
-                        match turmoil::net::TcpStream::connect((gateway, OVERLAY_PORT)).await {
-                            Ok(s) => s,
-                            Err(_) => return self.unreachable(&route, start, gateway).await,
-                        };
-                    self.check_host(stream.local_addr()?)?;
-                    // The gateway answers once the far side's SYN-ACK would have reached it.
-                    match stream.read_u8().await {
-                        Ok(SPLICE_OK) => {
-                            Ok(Box::new(self.stream(stream, &route)) as Box<dyn ByteStream>)
-                        }
-                        _ => Err(refused()),
-                    }
-                }
-                None => match turmoil::net::TcpStream::connect(remote).await {
-                    Ok(stream) => {
-                        self.check_host(stream.local_addr()?)?;
-                        // turmoil returns when the SYN arrives; the SYN-ACK needs as long again.
-                        tokio::time::sleep_until(start + self.rtt_to(remote.ip())).await;
-                        Ok(Box::new(self.stream(stream, &route)) as Box<dyn ByteStream>)
-                    }
-                    Err(_) => self.unreachable(&route, start, remote.ip()).await,
-                },
-            }
+            let stack = self.tcp_stack(local).await?;
+            Ok(Box::new(stack.connect(remote).await?) as Box<dyn ByteStream>)
         })
     }
 
     fn listen_tcp(&self, local: SocketAddr) -> BoxFuture<'_, io::Result<Box<dyn StreamListener>>> {
         Box::pin(async move {
-            let bind: SocketAddr = (Ipv4Addr::UNSPECIFIED, local.port()).into();
-            let listener = turmoil::net::TcpListener::bind(bind).await?;
-            let port = listener.local_addr()?.port();
-            let route = self.route(local.ip())?;
-            Ok(Box::new(SimListener {
-                listener,
-                local: SocketAddr::new(route.ip, port),
-                state: self.state.clone(),
-                link: route.link,
-            }) as Box<dyn StreamListener>)
+            let stack = self.tcp_stack(local.ip()).await?;
+            Ok(Box::new(stack.listen(local.port())?) as Box<dyn StreamListener>)
         })
     }
 
@@ -263,209 +211,52 @@ impl Net for SimNet {
 }
 
 impl SimNet {
-    fn stream(&self, stream: turmoil::net::TcpStream, route: &Route) -> SimStream {
-        SimStream::new(stream, self.state.clone(), route.link.clone())
-    }
-
-    /// A failed connect: a dead access link black-holes the SYN (the caller's timeout fires);
-    /// otherwise the RST arrives after one round trip.
-    async fn unreachable(
-        &self,
-        route: &Route,
-        start: Instant,
-        towards: IpAddr,
-    ) -> io::Result<Box<dyn ByteStream>> {
-        if self.state.link_is_down(&route.link) {
-            std::future::pending::<()>().await;
+    /// The TCP stack of the interface owning `local`, started on first use (and again after
+    /// the host restarted, which ends the old one with its runtime).
+    async fn tcp_stack(&self, local: IpAddr) -> io::Result<Arc<TcpStack>> {
+        let route = self.route(local)?;
+        let mut stacks = self.tcp.lock().await;
+        if let Some(stack) = stacks.get(&route.ip).filter(|s| s.alive()) {
+            return Ok(stack.clone());
         }
-        tokio::time::sleep_until(start + self.rtt_to(towards)).await;
-        Err(io::Error::new(
-            io::ErrorKind::ConnectionRefused,
-            format!("connection to {towards} refused"),
-        ))
+        stacks.remove(&route.ip);
+        let port = TCP_PORT + route.index as u16;
+        let bind: SocketAddr = (Ipv4Addr::UNSPECIFIED, port).into();
+        let socket = Arc::new(turmoil::net::UdpSocket::bind(bind).await?);
+        let via = route.gateway.map(|g| SocketAddr::new(g, OVERLAY_PORT));
+        let udp = SimUdpSocket::start(
+            self.state.clone(),
+            route.link,
+            socket,
+            SocketAddr::new(route.ip, port),
+            via,
+        );
+        let seed = rng::seed_bytes(self.state.seed, &format!("tcp/{}/{}", self.host, route.ip));
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&seed[..8]);
+        let stack = TcpStack::start(route.ip, udp, u64::from_le_bytes(first))?;
+        stacks.insert(route.ip, stack.clone());
+        Ok(stack)
     }
 }
 
-/// Segment size in which stream bytes are offered to the access link.
-const STREAM_SEGMENT: usize = 1460;
-
-/// A simulated TCP stream whose writes pass through the host's access link.
-///
-/// Written bytes are taken at once (as into a socket send buffer), offered to the upstream
-/// link segment by segment, and handed to turmoil by a writer task at their departure times.
-/// When the link's queue is full, `poll_write` waits, like a full send buffer.
-pub(crate) struct SimStream {
-    read: turmoil::net::tcp::OwnedReadHalf,
-    local: Option<SocketAddr>,
-    peer: Option<SocketAddr>,
-    state: Arc<WorldState>,
-    /// The access link its bytes go over.
-    link: String,
-    segments: Option<mpsc::UnboundedSender<(Instant, Bytes)>>,
-    writer: Option<tokio::task::JoinHandle<()>>,
-    wait: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl SimStream {
-    pub(crate) fn new(
-        stream: turmoil::net::TcpStream,
-        state: Arc<WorldState>,
-        link: String,
-    ) -> Self {
-        let (local, peer) = (stream.local_addr().ok(), stream.peer_addr().ok());
-        let (read, write) = stream.into_split();
-        let (tx, rx) = mpsc::unbounded_channel();
-        let writer = tokio::spawn(stream_writer(write, rx));
-        SimStream {
-            read,
-            local,
-            peer,
-            state,
-            link,
-            segments: Some(tx),
-            writer: Some(writer),
-            wait: None,
-        }
-    }
-}
-
-async fn stream_writer(
-    mut write: turmoil::net::tcp::OwnedWriteHalf,
-    mut segments: mpsc::UnboundedReceiver<(Instant, Bytes)>,
-) {
-    use tokio::io::AsyncWriteExt;
-    while let Some((at, data)) = segments.recv().await {
-        wait_until(at).await;
-        if write.write_all(&data).await.is_err() {
-            return;
-        }
-    }
-    let _ = write.shutdown().await;
-}
-
-impl Drop for SimStream {
-    fn drop(&mut self) {
-        // Dropping the sender lets the writer drain what was written, then close.
-        self.segments.take();
-        self.writer.take();
-    }
-}
-
-impl fmt::Debug for SimStream {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SimStream")
-            .field("link", &self.link)
-            .field("local", &self.local)
-            .field("peer", &self.peer)
-            .finish()
-    }
-}
-
-impl AsyncRead for SimStream {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.read).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for SimStream {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        if let Some(wait) = self.wait.as_mut() {
-            if wait.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            self.wait = None;
-        }
-        let Some(segments) = self.segments.clone() else {
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::BrokenPipe,
-                "stream shut down",
-            )));
-        };
-        let mut taken = 0;
-        for segment in buf.chunks(STREAM_SEGMENT) {
-            match self.state.offer_stream(&self.link, segment.len()) {
-                Ok(at) => {
-                    if segments
-                        .send((at, Bytes::copy_from_slice(segment)))
-                        .is_err()
-                    {
-                        return Poll::Ready(Err(io::Error::new(
-                            io::ErrorKind::BrokenPipe,
-                            "stream writer stopped",
-                        )));
-                    }
-                    taken += segment.len();
-                }
-                Err(wait) => {
-                    if taken > 0 {
-                        break;
-                    }
-                    let mut sleep = Box::pin(tokio::time::sleep(wait));
-                    if sleep.as_mut().poll(cx).is_pending() {
-                        self.wait = Some(sleep);
-                        return Poll::Pending;
-                    }
-                    cx.waker().wake_by_ref();
-                    return Poll::Pending;
-                }
-            }
-        }
-        Poll::Ready(Ok(taken))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // Bytes taken by `poll_write` are on their way, as in a kernel send buffer.
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // The writer sends FIN once it has written everything queued before.
-        self.segments.take();
-        Poll::Ready(Ok(()))
-    }
-}
-
-struct SimListener {
-    listener: turmoil::net::TcpListener,
-    local: SocketAddr,
-    state: Arc<WorldState>,
-    link: String,
-}
-
-impl fmt::Debug for SimListener {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SimListener")
-            .field("local", &self.local)
-            .finish()
-    }
-}
-
-impl StreamListener for SimListener {
+impl StreamListener for SimTcpListener {
     fn accept(&self) -> BoxFuture<'_, io::Result<(Box<dyn ByteStream>, SocketAddr)>> {
         Box::pin(async move {
-            let (stream, peer) = self.listener.accept().await?;
-            let stream = SimStream::new(stream, self.state.clone(), self.link.clone());
+            let (stream, peer) = SimTcpListener::accept(self).await?;
             Ok((Box::new(stream) as Box<dyn ByteStream>, peer))
         })
     }
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
-        Ok(self.local)
+        Ok(SimTcpListener::local_addr(self))
     }
 }
 
 type Timed = (Instant, SocketAddr, Bytes);
 
 /// A datagram socket of a simulated host, as quinn sees it.
-struct SimUdpSocket {
+pub(crate) struct SimUdpSocket {
     local: SocketAddr,
     state: Arc<WorldState>,
     /// The access link of the interface it is bound to.
@@ -493,7 +284,7 @@ impl Drop for SimUdpSocket {
 }
 
 impl SimUdpSocket {
-    fn start(
+    pub(crate) fn start(
         state: Arc<WorldState>,
         link: String,
         socket: Arc<turmoil::net::UdpSocket>,
@@ -525,12 +316,27 @@ impl SimUdpSocket {
         })
     }
 
-    fn offer(&self, dst: SocketAddr, datagram: &[u8]) {
+    pub(crate) fn offer(&self, dst: SocketAddr, datagram: &[u8]) {
         if let Verdict::Deliver(at) = self.state.offer(&self.link, true, datagram.len()) {
             let _ = self
                 .egress
                 .send((at, dst, Bytes::copy_from_slice(datagram)));
         }
+    }
+
+    /// The next received datagram's payload (`None` once the socket is torn down).
+    pub(crate) async fn recv(&self) -> Option<Bytes> {
+        std::future::poll_fn(|cx| crate::lock(&self.ingress).poll_recv(cx))
+            .await
+            .map(|(_, data)| data)
+    }
+
+    /// A received datagram's payload, if one is waiting.
+    pub(crate) fn try_recv(&self) -> Option<Bytes> {
+        crate::lock(&self.ingress)
+            .try_recv()
+            .ok()
+            .map(|(_, data)| data)
     }
 }
 

@@ -59,7 +59,6 @@ impl<'a> World<'a> {
             .min_message_latency(Duration::ZERO)
             .max_message_latency(Duration::ZERO)
             .udp_capacity(1 << 16)
-            .tcp_capacity(1 << 16)
             .build();
         let mut nodes = BTreeMap::new();
         let mut by_ip = BTreeMap::new();
@@ -164,9 +163,7 @@ impl<'a> World<'a> {
             nodes,
             by_ip,
             links: Mutex::new(links),
-            tcp_intents: Mutex::new(BTreeMap::new()),
             nat_epochs: Mutex::new(BTreeMap::new()),
-            nat_reboots: tokio::sync::watch::channel(0).0,
             iface_changes: tokio::sync::watch::channel(0).0,
             middleboxes: Mutex::new(
                 spec.gateways
@@ -317,7 +314,6 @@ impl<'a> World<'a> {
         let node = self.node(&host)?;
         if let Fault::NatReboot { .. } = fault {
             *lock(&self.state.nat_epochs).entry(host).or_insert(0) += 1;
-            self.state.nat_reboots.send_modify(|n| *n += 1);
             return Ok(());
         }
         if let Fault::SetMiddlebox { middlebox, .. } = fault {

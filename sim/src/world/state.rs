@@ -1,8 +1,8 @@
 //! The shared state of a running world: nodes and their interfaces, access links and their
 //! counters, middlebox policies and NAT epochs that faults change, resolution and routes.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::net::{IpAddr, SocketAddr};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -137,15 +137,12 @@ pub(crate) struct WorldState {
     pub(crate) nodes: BTreeMap<String, Node>,
     pub(super) by_ip: BTreeMap<IpAddr, String>,
     pub(super) links: Mutex<BTreeMap<String, AccessLink>>,
-    pub(super) tcp_intents: Mutex<BTreeMap<(IpAddr, IpAddr), VecDeque<SocketAddr>>>,
     /// Every host name and alias with the addresses it resolves to, in spec order.
     pub(super) names: BTreeMap<String, Vec<IpAddr>>,
     /// Each gateway's current middlebox policy (faults may change it).
     pub(super) middleboxes: Mutex<BTreeMap<String, Middlebox>>,
     /// How many times each gateway's NAT was rebooted (its mappings dropped).
     pub(super) nat_epochs: Mutex<BTreeMap<String, u64>>,
-    /// Bumped on every NAT reboot (what a gateway's TCP splices wait on).
-    pub(crate) nat_reboots: tokio::sync::watch::Sender<u64>,
     /// Bumped whenever an interface goes down or comes up (what hosts' path monitors wait on).
     pub(crate) iface_changes: tokio::sync::watch::Sender<u64>,
 }
@@ -208,33 +205,6 @@ impl WorldState {
         }
     }
 
-    /// Offers stream bytes to the upstream of access link `link`; see
-    /// [`LinkDirection::offer_stream`].
-    pub(crate) fn offer_stream(
-        &self,
-        link: &str,
-        len: usize,
-    ) -> Result<tokio::time::Instant, Duration> {
-        let now = tokio::time::Instant::now();
-        match lock(&self.links).get_mut(link) {
-            Some(link) => link.up.offer_stream(now, len),
-            None => Ok(now),
-        }
-    }
-
-    pub(crate) fn push_tcp_intent(&self, from: IpAddr, gateway: IpAddr, dst: SocketAddr) {
-        lock(&self.tcp_intents)
-            .entry((from, gateway))
-            .or_default()
-            .push_back(dst);
-    }
-
-    pub(crate) fn pop_tcp_intent(&self, from: IpAddr, gateway: IpAddr) -> Option<SocketAddr> {
-        lock(&self.tcp_intents)
-            .get_mut(&(from, gateway))
-            .and_then(VecDeque::pop_front)
-    }
-
     /// A datagram that was queued on access link `link` is leaving now: if the link went
     /// down (or black) meanwhile it is lost with what was on the link, and counted.
     pub(crate) fn still_up(&self, link: &str, upstream: bool) -> bool {
@@ -246,11 +216,6 @@ impl WorldState {
             }
             _ => true,
         }
-    }
-
-    /// Whether access link `link` drops everything (down or black-holed).
-    pub(crate) fn link_is_down(&self, link: &str) -> bool {
-        lock(&self.links).get(link).is_some_and(AccessLink::dead)
     }
 
     /// The interfaces of endpoint host `host`, as it sees them.

@@ -1,0 +1,187 @@
+//! TCP segments as the simulator carries them: whole IPv4 packets (header, TCP header,
+//! payload, real checksums), sent as the payload of a turmoil datagram to a host's or
+//! gateway's [`TCP_PORT`]. Hosts make and take them with smoltcp (`tcp.rs`); gateways read
+//! and rewrite their addresses and ports here (that is the translation), and middleboxes and
+//! NATs answer with resets made here.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{
+    IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+};
+
+/// The turmoil port every host interface (its index added) and every gateway receives IP
+/// packets carrying TCP on. turmoil's own TCP is not used.
+pub const TCP_PORT: u16 = 4790;
+
+/// What a gateway needs to know of a segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Segment {
+    pub(crate) src: SocketAddr,
+    pub(crate) dst: SocketAddr,
+    pub(crate) syn: bool,
+    pub(crate) ack: bool,
+    pub(crate) rst: bool,
+    seq: u32,
+    ack_number: u32,
+    /// Sequence space it occupies: payload, plus one for SYN and for FIN.
+    len: u32,
+}
+
+/// Reads the addresses, ports and flags of an IPv4 packet carrying TCP; `None` if it is
+/// anything else or malformed.
+pub(crate) fn parse(packet: &[u8]) -> Option<Segment> {
+    let ip = Ipv4Packet::new_checked(packet).ok()?;
+    if ip.next_header() != IpProtocol::Tcp {
+        return None;
+    }
+    let (src_ip, dst_ip) = (ip.src_addr(), ip.dst_addr());
+    let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+    let payload = tcp.payload().len() as u32;
+    Some(Segment {
+        src: SocketAddr::new(src_ip.into(), tcp.src_port()),
+        dst: SocketAddr::new(dst_ip.into(), tcp.dst_port()),
+        syn: tcp.syn(),
+        ack: tcp.ack(),
+        rst: tcp.rst(),
+        seq: tcp.seq_number().0 as u32,
+        ack_number: tcp.ack_number().0 as u32,
+        len: payload + u32::from(tcp.syn()) + u32::from(tcp.fin()),
+    })
+}
+
+fn v4(addr: SocketAddr) -> Option<Ipv4Addr> {
+    match addr.ip() {
+        IpAddr::V4(ip) => Some(ip),
+        IpAddr::V6(_) => None,
+    }
+}
+
+/// Rewrites the source and/or destination address and port of a TCP/IPv4 packet and
+/// recomputes both checksums, as a NAT does. `false` if it is not such a packet.
+pub(crate) fn rewrite(packet: &mut [u8], src: Option<SocketAddr>, dst: Option<SocketAddr>) -> bool {
+    let Ok(mut ip) = Ipv4Packet::new_checked(&mut *packet) else {
+        return false;
+    };
+    if let Some(a) = src.and_then(v4) {
+        ip.set_src_addr(a);
+    }
+    if let Some(a) = dst.and_then(v4) {
+        ip.set_dst_addr(a);
+    }
+    ip.fill_checksum();
+    let (s, d) = (ip.src_addr(), ip.dst_addr());
+    let Ok(mut tcp) = TcpPacket::new_checked(ip.payload_mut()) else {
+        return false;
+    };
+    if let Some(a) = src {
+        tcp.set_src_port(a.port());
+    }
+    if let Some(a) = dst {
+        tcp.set_dst_port(a.port());
+    }
+    tcp.fill_checksum(&IpAddress::Ipv4(s), &IpAddress::Ipv4(d));
+    true
+}
+
+/// The reset answering `seg` (RFC 9293 §3.10.7.1), sent from its destination back to its
+/// source: a segment with ACK is answered at its acknowledgement number, one without
+/// acknowledges it. `None` for a reset (never answered) or a non-IPv4 segment.
+pub(crate) fn reset_for(seg: &Segment) -> Option<Vec<u8>> {
+    if seg.rst {
+        return None;
+    }
+    let (src, dst) = (v4(seg.dst)?, v4(seg.src)?);
+    let (seq, ack) = if seg.ack {
+        (seg.ack_number, None)
+    } else {
+        (0, Some(seg.seq.wrapping_add(seg.len)))
+    };
+    let tcp = TcpRepr {
+        src_port: seg.dst.port(),
+        dst_port: seg.src.port(),
+        control: TcpControl::Rst,
+        seq_number: TcpSeqNumber(seq as i32),
+        ack_number: ack.map(|a| TcpSeqNumber(a as i32)),
+        window_len: 0,
+        window_scale: None,
+        max_seg_size: None,
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload: &[],
+    };
+    let ip = Ipv4Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: IpProtocol::Tcp,
+        payload_len: tcp.buffer_len(),
+        hop_limit: 64,
+    };
+    let mut out = vec![0u8; ip.buffer_len() + tcp.buffer_len()];
+    let caps = ChecksumCapabilities::default();
+    let mut packet = Ipv4Packet::new_unchecked(&mut out[..]);
+    ip.emit(&mut packet, &caps);
+    tcp.emit(
+        &mut TcpPacket::new_unchecked(packet.payload_mut()),
+        &IpAddress::Ipv4(src),
+        &IpAddress::Ipv4(dst),
+        &caps,
+    );
+    Some(out)
+}
+
+/// The destination address of an IPv4 packet (where a host sends it).
+pub(crate) fn destination(packet: &[u8]) -> Option<IpAddr> {
+    Ipv4Packet::new_checked(packet)
+        .ok()
+        .map(|p| p.dst_addr().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn syn() -> Vec<u8> {
+        let seg = Segment {
+            src: "10.0.0.2:40000".parse().expect("addr"),
+            dst: "192.0.2.1:443".parse().expect("addr"),
+            syn: true,
+            ack: false,
+            rst: false,
+            seq: 1000,
+            ack_number: 0,
+            len: 1,
+        };
+        // A reset of a reset-answer is a valid TCP/IPv4 packet to test parsing with.
+        reset_for(&seg).expect("reset")
+    }
+
+    #[test]
+    fn a_reset_answers_a_syn_and_parses_back() {
+        let rst = parse(&syn()).expect("parses");
+        assert!(rst.rst && rst.ack && !rst.syn);
+        assert_eq!(rst.src, "192.0.2.1:443".parse().expect("addr"));
+        assert_eq!(rst.dst, "10.0.0.2:40000".parse().expect("addr"));
+        assert_eq!(rst.ack_number, 1001, "acknowledges the SYN");
+        assert_eq!(reset_for(&rst), None, "a reset is never answered");
+    }
+
+    #[test]
+    fn rewriting_keeps_checksums_valid() {
+        let mut p = syn();
+        let to: SocketAddr = "203.0.113.7:20000".parse().expect("addr");
+        assert!(rewrite(&mut p, None, Some(to)));
+        let ip = Ipv4Packet::new_checked(&p[..]).expect("ip");
+        assert!(ip.verify_checksum());
+        let tcp = TcpPacket::new_checked(ip.payload()).expect("tcp");
+        assert!(tcp.verify_checksum(
+            &IpAddress::Ipv4(ip.src_addr()),
+            &IpAddress::Ipv4(ip.dst_addr())
+        ));
+        assert_eq!(parse(&p).expect("parses").dst, to);
+        assert_eq!(destination(&p), Some(to.ip()));
+        assert_eq!(parse(b"not a packet"), None);
+    }
+}
