@@ -121,8 +121,9 @@ fn silent_black_hole_is_detected_within_the_rtt_bound() {
     // TLS/TCP: the same detection, then a new connection and a resumed TLS handshake.
     for r in run_all("failover/tls-tcp-wifi-blackhole") {
         let gap = r.metrics.failover_gap_ms.expect("a gap");
+        // A new connection costs 3.6 RTT of cell (smoltcp's 2-segment initial window).
         assert!(
-            gap <= 4.0 * wifi + 2.5 * cell + 5.0,
+            gap <= 9.0 * wifi + 3.6 * cell + 5.0,
             "seed {}: {gap}",
             r.seed
         );
@@ -135,8 +136,10 @@ fn tls_tcp_continues_the_carrier_on_the_new_path() {
     let (_, cell) = rtts(&s);
     for r in run_all("failover/tls-tcp-wifi-down") {
         let gap = r.metrics.failover_gap_ms.expect("a gap");
-        // TCP connect + resumed TLS handshake + half a round trip for what is sent again.
-        assert!(gap <= 2.5 * cell + 5.0, "seed {}: {gap}", r.seed);
+        // The interface event (210 ms), then TCP connect + resumed TLS handshake + half a
+        // round trip for what is sent again + one more because TCP starts from 2 segments.
+        assert!(gap <= 210.0 + 3.6 * cell + 5.0, "seed {}: {gap}", r.seed);
+        assert!(gap >= 210.0 + 2.5 * cell, "seed {}: {gap}", r.seed);
         // The listener's application saw the same carrier continue from a new address.
         assert!(
             r.path_events
@@ -195,15 +198,27 @@ fn a_lossy_wifi_is_left_for_cell() {
     }
     // TLS/TCP measures nothing in this simulator (its TCP is lossless): only the oracle,
     // named in the report, moves it, at once.
+    // TLS/TCP, no oracle either: TCP hides the loss, but its repairs leave the carrier's
+    // acknowledgements silent, and the silence moves it (345-400 ms after the loss starts).
     for r in run_all("failover/tls-tcp-wifi-degrades") {
-        assert_eq!(r.oracles, ["link-quality"]);
+        assert!(r.oracles.is_empty(), "{:?}", r.oracles);
         assert_eq!(
             reasons(&r),
             [(
                 PathEventKind::Handover,
                 Some("cell".into()),
-                Some("degraded".into())
+                Some("silent".into())
             )]
+        );
+        let at = r
+            .path_events
+            .iter()
+            .find(|e| e.event == PathEventKind::Handover)
+            .map_or(0.0, |e| e.at_ms);
+        assert!(
+            (2300.0..2500.0).contains(&at),
+            "seed {}: moved at {at}",
+            r.seed
         );
     }
     // The same oracle on QUIC: it leaves as soon as the loss is reported.
@@ -235,9 +250,10 @@ fn both_paths_down_the_carrier_is_dormant_then_active_on_cell() {
             assert_eq!(moves.len(), 2, "{name}: {moves:?}");
             assert_eq!(moves[0].0, PathEventKind::Dormant);
             assert_eq!(moves[1].2.as_deref(), Some("recovered"));
-            // Cell returns at 12 s: everything sent meanwhile arrives within a few RTTs.
+            // Cell returns at 12 s, noticed within 220 ms: everything sent meanwhile arrives
+            // within a few RTTs (TLS/TCP: a new connection, 3.6 RTT).
             let gap = r.metrics.failover_gap_ms.expect("gap");
-            assert!(gap <= 10_000.0 + 3.0 * cell, "{name}: {gap}");
+            assert!(gap <= 10_220.0 + 3.6 * cell + 5.0, "{name}: {gap}");
             // The server's carrier went dormant too, and came back.
             let server: Vec<PathEventKind> = r
                 .path_events
@@ -283,7 +299,7 @@ fn a_nat_reboot_costs_quic_nothing_and_tls_a_reconnection() {
             )]
         );
         let gap = r.metrics.failover_gap_ms.expect("gap");
-        assert!((2.5 * wifi..=3.5 * wifi + 10.0).contains(&gap), "{gap} ms");
+        assert!((2.5 * wifi..=6.0 * wifi).contains(&gap), "{gap} ms");
         assert_eq!(r.metrics.carriers_accepted, 1);
     }
 }

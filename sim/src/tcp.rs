@@ -158,6 +158,38 @@ impl Inner {
             })
     }
 
+    /// Whether `packet` is a SYN repeating one a connection already took. smoltcp hands a
+    /// SYN to the first socket that accepts it, and a listening socket placed before the
+    /// half-open one in the socket set would open a second connection with the same
+    /// addresses. The half-open socket repeats its SYN-ACK on its own timer instead.
+    fn repeated_syn(&self, packet: &[u8]) -> bool {
+        let Some(seg) = segment::parse(packet) else {
+            return false;
+        };
+        if !seg.syn || seg.ack {
+            return false;
+        }
+        self.sockets.iter().any(|(_, s)| match s {
+            smoltcp::socket::Socket::Tcp(t) => {
+                t.state() != State::Listen
+                    && t.local_endpoint().is_some_and(|e| endpoint(e) == seg.dst)
+                    && t.remote_endpoint().is_some_and(|e| endpoint(e) == seg.src)
+            }
+            #[allow(unreachable_patterns)]
+            _ => false,
+        })
+    }
+
+    /// A packet from the link.
+    fn arrive(&mut self, packet: &[u8]) {
+        if tracing_packets() {
+            trace_packet(self.now(), "rx", packet);
+        }
+        if !self.repeated_syn(packet) {
+            self.wire.rx.push_back(packet.to_vec());
+        }
+    }
+
     fn ephemeral(&mut self) -> io::Result<u16> {
         for _ in 0..=(u16::MAX - EPHEMERAL) {
             let port = self.next_port;
@@ -343,30 +375,48 @@ impl TcpStack {
         let mut g = lock(&self.inner);
         let now = g.now();
         let mut next = Some(Duration::ZERO);
-        // smoltcp emits one segment per socket per poll: poll until it has nothing due now
-        // (bounded, then yield to the host's other tasks).
-        for _ in 0..1024 {
+        {
             let Inner {
                 iface,
                 sockets,
                 wire,
                 ..
             } = &mut *g;
-            iface.poll(now, wire, sockets);
-            for packet in std::mem::take(&mut wire.tx) {
-                if let Some(dst) = segment::destination(&packet) {
-                    self.socket.offer(SocketAddr::new(dst, TCP_PORT), &packet);
-                }
+            // One packet at a time, each followed by what it makes smoltcp send: segments
+            // that arrive in the same millisecond are still acknowledged as they would be
+            // one after another (every second segment, RFC 5681), not once per batch.
+            while !wire.rx.is_empty() {
+                iface.poll_ingress_single(now, wire, sockets);
+                iface.poll_egress(now, wire, sockets);
+                self.transmit(now, wire);
             }
-            next = iface
-                .poll_delay(now, sockets)
-                .map(|d| Duration::from_micros(d.total_micros()));
-            if next != Some(Duration::ZERO) {
-                break;
+            // smoltcp emits one segment per socket per poll: poll until it has nothing due
+            // now (bounded, then yield to the host's other tasks).
+            for _ in 0..1024 {
+                iface.poll(now, wire, sockets);
+                self.transmit(now, wire);
+                next = iface
+                    .poll_delay(now, sockets)
+                    .map(|d| Duration::from_micros(d.total_micros()));
+                if next != Some(Duration::ZERO) {
+                    break;
+                }
             }
         }
         g.housekeep();
         next
+    }
+
+    /// Hands what smoltcp emitted to the link.
+    fn transmit(&self, now: smoltcp::time::Instant, wire: &mut Wire) {
+        for packet in std::mem::take(&mut wire.tx) {
+            if tracing_packets() {
+                trace_packet(now, "tx", &packet);
+            }
+            if let Some(dst) = segment::destination(&packet) {
+                self.socket.offer(SocketAddr::new(dst, TCP_PORT), &packet);
+            }
+        }
     }
 
     fn poke(&self) {
@@ -476,9 +526,9 @@ async fn drive(stack: std::sync::Weak<TcpStack>) {
             packet = socket.recv() => {
                 let Some(packet) = packet else { return };
                 let mut g = lock(&s.inner);
-                g.wire.rx.push_back(packet.to_vec());
+                g.arrive(&packet);
                 while let Some(more) = socket.try_recv() {
-                    g.wire.rx.push_back(more.to_vec());
+                    g.arrive(&more);
                 }
             }
             _ = s.wake.notified() => {}
@@ -662,4 +712,35 @@ impl Drop for SimTcpListener {
         drop(g);
         self.stack.poke();
     }
+}
+
+/// Whether `SIM_TCP_TRACE` is set: every segment a stack sends or receives is printed to
+/// stderr (simulated time in µs, addresses, sequence and acknowledgement numbers, length,
+/// window), to debug TCP behaviour in a scenario.
+fn tracing_packets() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var_os("SIM_TCP_TRACE").is_some())
+}
+
+fn trace_packet(now: smoltcp::time::Instant, dir: &str, packet: &[u8]) {
+    use smoltcp::wire::{Ipv4Packet, TcpPacket};
+    let Ok(ip) = Ipv4Packet::new_checked(packet) else {
+        return;
+    };
+    let Ok(t) = TcpPacket::new_checked(ip.payload()) else {
+        return;
+    };
+    eprintln!(
+        "{} {dir} {}:{} > {}:{} seq {} ack {} len {} win {} opts {:?}",
+        now.total_micros(),
+        ip.src_addr(),
+        t.src_port(),
+        ip.dst_addr(),
+        t.dst_port(),
+        t.seq_number().0 as u32,
+        t.ack_number().0 as u32,
+        t.payload().len(),
+        t.window_len(),
+        t.options().len()
+    );
 }
