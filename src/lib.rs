@@ -10,5 +10,5 @@ pub mod scenario;
 pub mod suite;
 pub mod workload;
 
-pub use runner::{run, RunOutcome};
+pub use runner::{run, run_with, RunOptions, RunOutcome};
 pub use scenario::{Scenario, ScenarioError};

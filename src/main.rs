@@ -44,6 +44,10 @@ enum Command {
         /// Output directory.
         #[arg(long, default_value = "target/reports")]
         out: PathBuf,
+        /// Also capture every access link's packets into DIR/<link>.pcapng, with the run's
+        /// TLS secrets in DIR/keys.log (open in Wireshark with that key log file).
+        #[arg(long, value_name = "DIR")]
+        pcap: Option<PathBuf>,
     },
     /// Run every scenario (or those whose name starts with FILTER) for several seeds.
     Suite {
@@ -152,7 +156,8 @@ fn main() -> ExitCode {
             scenario,
             seed,
             out,
-        } => run_one(&cli.scenarios, &scenario, seed, &out),
+            pcap,
+        } => run_one(&cli.scenarios, &scenario, seed, &out, pcap),
         Command::Suite {
             filter,
             seeds,
@@ -502,13 +507,27 @@ fn report_failures(outcomes: &[testbed::RunOutcome]) -> ExitCode {
     ExitCode::FAILURE
 }
 
-fn run_one(dir: &std::path::Path, name: &str, seed: u64, out: &std::path::Path) -> ExitCode {
+fn run_one(
+    dir: &std::path::Path,
+    name: &str,
+    seed: u64,
+    out: &std::path::Path,
+    pcap: Option<PathBuf>,
+) -> ExitCode {
     let scenario = match suite::load_one(dir, name) {
         Ok(s) => s,
         Err(e) => return usage_error(e),
     };
     let started = Instant::now();
-    let outcome = testbed::run(&scenario, seed);
+    let options = testbed::RunOptions { pcap: pcap.clone() };
+    let outcome = testbed::run_with(&scenario, seed, &options);
+    if let Some(dir) = &pcap {
+        println!(
+            "capture: {}/*.pcapng, TLS secrets in {}/keys.log",
+            dir.display(),
+            dir.display()
+        );
+    }
     let outcomes = [outcome];
     print_table(&outcomes);
     match suite::write_outputs(out, &outcomes, true, started) {

@@ -24,12 +24,39 @@ pub struct RunOutcome {
     pub wall: Duration,
 }
 
+/// What a run writes besides its report.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Capture every access link's packets into `<dir>/<link>.pcapng` and the TLS secrets
+    /// of the client's and server's carriers into `<dir>/keys.log` (SSLKEYLOGFILE format), so
+    /// Wireshark decodes the run's QUIC and TLS.
+    pub pcap: Option<std::path::PathBuf>,
+}
+
+/// TLS secrets in the NSS key log format, kept in memory until the run ends.
+#[derive(Debug, Default)]
+struct KeyLogBuffer(std::sync::Mutex<String>);
+
+impl rustls::KeyLog for KeyLogBuffer {
+    fn log(&self, label: &str, client_random: &[u8], secret: &[u8]) {
+        use std::fmt::Write;
+        let hex = |b: &[u8]| {
+            b.iter().fold(String::new(), |mut s, x| {
+                let _ = write!(s, "{x:02x}");
+                s
+            })
+        };
+        let mut out = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let _ = writeln!(out, "{label} {} {}", hex(client_random), hex(secret));
+    }
+}
+
 struct Setup {
     client: Configuration,
     server: Configuration,
 }
 
-fn setup(scenario: &Scenario) -> Result<Setup, String> {
+fn setup(scenario: &Scenario, key_log: Option<Arc<dyn rustls::KeyLog>>) -> Result<Setup, String> {
     let protocols = scenario.workload.protocol.protocols();
     let ca = TestCa::new("postsock testbed CA").map_err(|e| e.to_string())?;
     let identity = ca
@@ -38,11 +65,13 @@ fn setup(scenario: &Scenario) -> Result<Setup, String> {
     let mut server = Configuration::default();
     server.protocols(&protocols).security(Security {
         identity: Some(identity),
+        key_log: key_log.clone(),
         ..Security::default()
     });
     let mut client = Configuration::default();
     client.protocols(&protocols).security(Security {
         trusted_roots: vec![ca.root()],
+        key_log,
         ..Security::default()
     });
     if let Some(ms) = scenario.workload.attempt_delay_ms {
@@ -189,6 +218,12 @@ const RENDEZVOUS_PORT: u16 = 7000;
 /// Runs `scenario` with `seed`. Never panics: a failing host or a panic becomes the
 /// report's `error`.
 pub fn run(scenario: &Scenario, seed: u64) -> RunOutcome {
+    run_with(scenario, seed, &RunOptions::default())
+}
+
+/// [`run`], writing what `options` asks for besides the report (a capture failure becomes
+/// the report's `error`).
+pub fn run_with(scenario: &Scenario, seed: u64, options: &RunOptions) -> RunOutcome {
     let started = Instant::now();
     let trace = SharedTrace::default();
     let mut faults_applied = Vec::new();
@@ -198,6 +233,7 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunOutcome {
         simulate(
             scenario,
             seed,
+            options,
             &trace,
             &mut faults_applied,
             &mut links,
@@ -234,16 +270,25 @@ pub fn run(scenario: &Scenario, seed: u64) -> RunOutcome {
 fn simulate(
     scenario: &Scenario,
     seed: u64,
+    options: &RunOptions,
     trace: &SharedTrace,
     faults_applied: &mut Vec<String>,
     links: &mut std::collections::BTreeMap<String, serde_json::Value>,
     sim_ms: &mut f64,
 ) -> Result<(), String> {
-    let Setup { client, server } = setup(scenario)?;
+    let keys = options
+        .pcap
+        .as_ref()
+        .map(|_| Arc::new(KeyLogBuffer::default()));
+    let Setup { client, server } =
+        setup(scenario, keys.clone().map(|k| k as Arc<dyn rustls::KeyLog>))?;
     let deadline = Duration::from_secs(scenario.duration_s);
     // The world may run a little past the workload's deadline so the client can close.
     let mut world = World::new(&scenario.world, seed, deadline + Duration::from_secs(10))
         .map_err(|e| e.to_string())?;
+    if options.pcap.is_some() {
+        world.capture_packets();
+    }
     let w = &scenario.workload;
     let (client_host, server_host) = (w.client.get_ref().as_str(), w.server.get_ref().as_str());
     trace.lock().path_one_way = world.path_latency(client_host, server_host);
@@ -302,6 +347,12 @@ fn simulate(
     *sim_ms = world.elapsed().as_secs_f64() * 1000.0;
     for (host, counters) in world.counters() {
         links.insert(host, serde_json::to_value(counters).unwrap_or_default());
+    }
+    if let (Some(dir), Some(keys)) = (&options.pcap, keys) {
+        let capture = |e: std::io::Error| format!("writing the capture to {}: {e}", dir.display());
+        world.write_pcap(dir).map_err(capture)?;
+        let text = keys.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        std::fs::write(dir.join("keys.log"), text).map_err(capture)?;
     }
     result
 }

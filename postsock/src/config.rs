@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -70,6 +71,9 @@ pub struct Security {
     pub server_name: Option<String>,
     /// The identity a listener presents.
     pub identity: Option<Identity>,
+    /// Where TLS secrets are logged (NSS key log format, for Wireshark), if anywhere. Off by
+    /// default; it gives whoever reads the log the plaintext of every connection.
+    pub key_log: Option<Arc<dyn rustls::KeyLog>>,
 }
 
 /// The peer a carrier is initiated to: a host name (or literal address) and a port.

@@ -15,11 +15,13 @@
 //! | `nat` | the NAT table (RFC 4787 mapping, filtering, ports, hairpin): pure |
 //! | `gateway` | the gateway program: sockets per UDP mapping, TCP segment translation |
 //! | `tcp` | real TCP (smoltcp) per host interface, as packets over the access link |
+//! | `capture` | packets on every access link as pcap-ng (raw IPv4, simulated time) |
 //! | `segment` | TCP/IPv4 packets: parsing, rewriting (NAT), resets |
 //! | [`rng`] | deriving every random stream from the run's one seed |
 //!
 //! Same spec + same seed ⇒ the same simulation, event for event.
 
+mod capture;
 mod gateway;
 pub mod link;
 mod nat;

@@ -127,7 +127,7 @@ impl Net for SimNet {
             let local = SocketAddr::new(route.ip, port);
             let via = route.gateway.map(|g| SocketAddr::new(g, OVERLAY_PORT));
             Ok(
-                SimUdpSocket::start(self.state.clone(), route.link, socket, local, via)
+                SimUdpSocket::start(self.state.clone(), route.link, socket, local, via, false)
                     as Arc<dyn AsyncUdpSocket>,
             )
         })
@@ -230,6 +230,7 @@ impl SimNet {
             socket,
             SocketAddr::new(route.ip, port),
             via,
+            true,
         );
         let seed = rng::seed_bytes(self.state.seed, &format!("tcp/{}/{}", self.host, route.ip));
         let mut first = [0u8; 8];
@@ -290,7 +291,13 @@ impl SimUdpSocket {
         socket: Arc<turmoil::net::UdpSocket>,
         local: SocketAddr,
         via: Option<SocketAddr>,
+        raw_ip: bool,
     ) -> Arc<Self> {
+        let seen = Seen {
+            link: link.clone(),
+            local,
+            raw_ip,
+        };
         let (egress_tx, egress_rx) = mpsc::unbounded_channel();
         let (delay_tx, delay_rx) = mpsc::unbounded_channel();
         let (ingress_tx, ingress_rx) = mpsc::unbounded_channel();
@@ -300,11 +307,11 @@ impl SimUdpSocket {
                 egress_rx,
                 via,
                 state.clone(),
-                link.clone(),
+                seen.clone(),
             ))
             .abort_handle(),
             tokio::spawn(pump(socket, state.clone(), link.clone(), delay_tx, via)).abort_handle(),
-            tokio::spawn(deliver(delay_rx, ingress_tx, state.clone(), link.clone())).abort_handle(),
+            tokio::spawn(deliver(delay_rx, ingress_tx, state.clone(), seen)).abort_handle(),
         ];
         Arc::new(SimUdpSocket {
             local,
@@ -355,20 +362,30 @@ async fn wait_until(at: Instant) {
     }
 }
 
+/// What a socket's datagrams are captured as: its link, its address, and whether its
+/// datagrams carry IPv4 packets (a TCP stack's) rather than UDP payloads.
+#[derive(Debug, Clone)]
+struct Seen {
+    link: String,
+    local: SocketAddr,
+    raw_ip: bool,
+}
+
 /// Releases datagrams to turmoil at their departure times.
 async fn egress(
     socket: Arc<turmoil::net::UdpSocket>,
     mut queue: mpsc::UnboundedReceiver<Timed>,
     via: Option<SocketAddr>,
     state: Arc<WorldState>,
-    link: String,
+    seen: Seen,
 ) {
     while let Some((at, dst, data)) = queue.recv().await {
         wait_until(at).await;
         // Queued on a link that went down meanwhile: lost, as what a dead NIC held is.
-        if !state.still_up(&link, true) {
+        if !state.still_up(&seen.link, true) {
             continue;
         }
+        state.capture(&seen.link, seen.local, dst, &data, seen.raw_ip);
         // UDP: a send that fails is a lost datagram, as on a real network.
         let _ = match via {
             Some(gateway) => socket.send_to(&overlay::encode(dst, &data), gateway).await,
@@ -415,14 +432,15 @@ async fn deliver(
     mut delay: mpsc::UnboundedReceiver<Timed>,
     ready: mpsc::UnboundedSender<(SocketAddr, Bytes)>,
     state: Arc<WorldState>,
-    link: String,
+    seen: Seen,
 ) {
     while let Some((at, src, data)) = delay.recv().await {
         wait_until(at).await;
         // Still crossing the access link when it went down: lost.
-        if !state.still_up(&link, false) {
+        if !state.still_up(&seen.link, false) {
             continue;
         }
+        state.capture(&seen.link, src, seen.local, &data, seen.raw_ip);
         if ready.send((src, data)).is_err() {
             return;
         }

@@ -113,6 +113,9 @@ pub(crate) fn observed_client_config(
         .with_custom_certificate_verifier(verifier.clone())
         .with_no_client_auth();
     config.alpn_protocols = vec![ALPN.to_vec()];
+    if let Some(log) = &security.key_log {
+        config.key_log = log.clone();
+    }
     Ok((config, verifier))
 }
 
@@ -130,6 +133,9 @@ pub fn server_config(security: &Security) -> Result<rustls::ServerConfig> {
         .with_single_cert(identity.cert_chain.clone(), identity.key.clone_key())
         .map_err(|e| Error::Tls(format!("bad identity: {e}")))?;
     config.alpn_protocols = vec![ALPN.to_vec()];
+    if let Some(log) = &security.key_log {
+        config.key_log = log.clone();
+    }
     Ok(config)
 }
 

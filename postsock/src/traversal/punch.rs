@@ -190,6 +190,7 @@ pub(crate) async fn punch(
             trusted_roots: vec![rustls::pki_types::CertificateDer::from(their_root)],
             server_name: Some(PEER_NAME.into()),
             identity: None,
+            key_log: config.security.key_log.clone(),
         };
         let mut client = config.clone();
         client.security = Arc::new(security);
@@ -208,6 +209,7 @@ pub(crate) async fn punch(
         let mut server = config.clone();
         server.security = Arc::new(Security {
             identity: Some(identity),
+            key_log: config.security.key_log.clone(),
             ..Security::default()
         });
         let epoch = quic::PathEpoch::default();

@@ -165,6 +165,7 @@ impl<'a> World<'a> {
             links: Mutex::new(links),
             nat_epochs: Mutex::new(BTreeMap::new()),
             iface_changes: tokio::sync::watch::channel(0).0,
+            capture: Mutex::new(None),
             middleboxes: Mutex::new(
                 spec.gateways
                     .iter()
@@ -303,6 +304,22 @@ impl<'a> World<'a> {
     /// Simulated time since the start.
     pub fn elapsed(&self) -> Duration {
         self.sim.elapsed()
+    }
+
+    /// Captures every packet crossing an access link from now on (see
+    /// [`write_pcap`](Self::write_pcap)).
+    pub fn capture_packets(&mut self) {
+        *lock(&self.state.capture) = Some(Default::default());
+    }
+
+    /// Writes what was captured as `<dir>/<link>.pcapng`, one file per access link (raw
+    /// IPv4, simulated timestamps); returns the files. Nothing without
+    /// [`capture_packets`](Self::capture_packets).
+    pub fn write_pcap(&self, dir: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+        match lock(&self.state.capture).as_ref() {
+            Some(c) => c.write(dir),
+            None => Ok(Vec::new()),
+        }
     }
 
     /// Applies a fault now.

@@ -2,7 +2,7 @@
 //! counters, middlebox policies and NAT epochs that faults change, resolution and routes.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -145,6 +145,8 @@ pub(crate) struct WorldState {
     pub(super) nat_epochs: Mutex<BTreeMap<String, u64>>,
     /// Bumped whenever an interface goes down or comes up (what hosts' path monitors wait on).
     pub(crate) iface_changes: tokio::sync::watch::Sender<u64>,
+    /// Packets captured on the access links, when capturing.
+    pub(crate) capture: Mutex<Option<crate::capture::Capture>>,
 }
 
 impl WorldState {
@@ -215,6 +217,28 @@ impl WorldState {
                 false
             }
             _ => true,
+        }
+    }
+
+    /// Captures a datagram (or, with `raw_ip`, the IPv4 packet it carries) crossing access
+    /// link `link` now, if capturing.
+    pub(crate) fn capture(
+        &self,
+        link: &str,
+        src: SocketAddr,
+        dst: SocketAddr,
+        payload: &[u8],
+        raw_ip: bool,
+    ) {
+        let mut capture = lock(&self.capture);
+        let Some(c) = capture.as_mut() else {
+            return;
+        };
+        let at = turmoil::sim_elapsed().unwrap_or_default();
+        if raw_ip {
+            c.packet(link, at, payload.to_vec());
+        } else {
+            c.datagram(link, at, src, dst, payload);
         }
     }
 
