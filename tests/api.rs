@@ -41,7 +41,7 @@ fn configs(protocols: &[Protocol]) -> (Configuration, Configuration) {
 /// Where a test runs: in the simulator with the client's uplink, or on real loopback sockets.
 #[derive(Debug, Clone)]
 enum On {
-    Sim(LinkParams),
+    Sim(Box<LinkParams>),
     Real,
 }
 
@@ -55,7 +55,7 @@ where
     CF: Future<Output = ()> + 'static,
 {
     match on {
-        On::Sim(uplink) => simulate(uplink, configs, server, client),
+        On::Sim(uplink) => simulate(*uplink, configs, server, client),
         On::Real => loopback(configs, server, client),
     }
 }
@@ -354,7 +354,7 @@ fn check_parts(protocol: String, r: &PartialRun) -> u64 {
 
 /// The simulator (10 Mbit/s uplink, 10 ms) and real loopback sockets.
 fn everywhere() -> [On; 2] {
-    [On::Sim(link(10, Some(10_000))), On::Real]
+    [On::Sim(Box::new(link(10, Some(10_000)))), On::Real]
 }
 
 #[test]

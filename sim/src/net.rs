@@ -224,6 +224,7 @@ impl SimNet {
         let bind: SocketAddr = (Ipv4Addr::UNSPECIFIED, port).into();
         let socket = Arc::new(turmoil::net::UdpSocket::bind(bind).await?);
         let via = route.gateway.map(|g| SocketAddr::new(g, OVERLAY_PORT));
+        let mtu = self.state.mtu(&route.link);
         let udp = SimUdpSocket::start(
             self.state.clone(),
             route.link,
@@ -235,7 +236,7 @@ impl SimNet {
         let seed = rng::seed_bytes(self.state.seed, &format!("tcp/{}/{}", self.host, route.ip));
         let mut first = [0u8; 8];
         first.copy_from_slice(&seed[..8]);
-        let stack = TcpStack::start(route.ip, udp, u64::from_le_bytes(first))?;
+        let stack = TcpStack::start(route.ip, udp, u64::from_le_bytes(first), mtu)?;
         stacks.insert(route.ip, stack.clone());
         Ok(stack)
     }
@@ -264,6 +265,8 @@ pub(crate) struct SimUdpSocket {
     link: String,
     egress: mpsc::UnboundedSender<Timed>,
     ingress: Mutex<mpsc::UnboundedReceiver<(SocketAddr, Bytes)>>,
+    /// Its datagrams are IPv4 packets (a TCP stack's), not UDP payloads.
+    raw_ip: bool,
     tasks: Vec<AbortHandle>,
 }
 
@@ -310,7 +313,7 @@ impl SimUdpSocket {
                 seen.clone(),
             ))
             .abort_handle(),
-            tokio::spawn(pump(socket, state.clone(), link.clone(), delay_tx, via)).abort_handle(),
+            tokio::spawn(pump(socket, state.clone(), seen.clone(), delay_tx, via)).abort_handle(),
             tokio::spawn(deliver(delay_rx, ingress_tx, state.clone(), seen)).abort_handle(),
         ];
         Arc::new(SimUdpSocket {
@@ -319,12 +322,17 @@ impl SimUdpSocket {
             link,
             egress: egress_tx,
             ingress: Mutex::new(ingress_rx),
+            raw_ip,
             tasks,
         })
     }
 
     pub(crate) fn offer(&self, dst: SocketAddr, datagram: &[u8]) {
-        if let Verdict::Deliver(at) = self.state.offer(&self.link, true, datagram.len()) {
+        let len = datagram.len();
+        let verdict = self
+            .state
+            .offer(&self.link, true, len, ip_len(len, self.raw_ip));
+        for at in departures(verdict) {
             let _ = self
                 .egress
                 .send((at, dst, Bytes::copy_from_slice(datagram)));
@@ -394,11 +402,31 @@ async fn egress(
     }
 }
 
+/// The size of the IP packet a datagram of `len` bytes travels in (IPv4 and UDP headers,
+/// unless it is an IP packet itself).
+fn ip_len(len: usize, raw_ip: bool) -> usize {
+    if raw_ip {
+        len
+    } else {
+        len + 28
+    }
+}
+
+/// When the copies of a datagram leave a link: none, one, or two.
+fn departures(verdict: Verdict) -> impl Iterator<Item = Instant> {
+    let (first, copy) = match verdict {
+        Verdict::Deliver(at) => (Some(at), None),
+        Verdict::Duplicate(at) => (Some(at), Some(at)),
+        Verdict::QueueFull | Verdict::Lost | Verdict::TooBig => (None, None),
+    };
+    first.into_iter().chain(copy)
+}
+
 /// Takes datagrams from turmoil and offers them to the downstream direction of the link.
 async fn pump(
     socket: Arc<turmoil::net::UdpSocket>,
     state: Arc<WorldState>,
-    link: String,
+    seen: Seen,
     delay: mpsc::UnboundedSender<Timed>,
     via: Option<SocketAddr>,
 ) {
@@ -416,7 +444,9 @@ async fn pump(
             Some(_) => continue,
             None => (from, &buf[..n]),
         };
-        if let Verdict::Deliver(at) = state.offer(&link, false, payload.len()) {
+        let len = payload.len();
+        let verdict = state.offer(&seen.link, false, len, ip_len(len, seen.raw_ip));
+        for at in departures(verdict) {
             if delay
                 .send((at, src, Bytes::copy_from_slice(payload)))
                 .is_err()
@@ -504,5 +534,11 @@ impl AsyncUdpSocket for SimUdpSocket {
 
     fn local_addr(&self) -> io::Result<SocketAddr> {
         Ok(self.local)
+    }
+
+    fn may_fragment(&self) -> bool {
+        // As quinn-udp's sockets on Linux (don't-fragment set): a datagram larger than a
+        // link's MTU is dropped, never fragmented, so quinn's path MTU discovery runs.
+        false
     }
 }

@@ -41,10 +41,12 @@ const MTU: usize = 1500;
 const EPHEMERAL: u16 = 40_000;
 
 /// The packets between smoltcp and the link.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Wire {
     rx: VecDeque<Vec<u8>>,
     tx: Vec<Vec<u8>>,
+    /// The interface's MTU: the link's, at most 1500 (as an Ethernet interface's).
+    mtu: usize,
 }
 
 struct Rx(Vec<u8>);
@@ -84,7 +86,7 @@ impl Device for Wire {
     fn capabilities(&self) -> DeviceCapabilities {
         let mut caps = DeviceCapabilities::default();
         caps.medium = Medium::Ip;
-        caps.max_transmission_unit = MTU;
+        caps.max_transmission_unit = self.mtu;
         caps
     }
 }
@@ -158,36 +160,12 @@ impl Inner {
             })
     }
 
-    /// Whether `packet` is a SYN repeating one a connection already took. smoltcp hands a
-    /// SYN to the first socket that accepts it, and a listening socket placed before the
-    /// half-open one in the socket set would open a second connection with the same
-    /// addresses. The half-open socket repeats its SYN-ACK on its own timer instead.
-    fn repeated_syn(&self, packet: &[u8]) -> bool {
-        let Some(seg) = segment::parse(packet) else {
-            return false;
-        };
-        if !seg.syn || seg.ack {
-            return false;
-        }
-        self.sockets.iter().any(|(_, s)| match s {
-            smoltcp::socket::Socket::Tcp(t) => {
-                t.state() != State::Listen
-                    && t.local_endpoint().is_some_and(|e| endpoint(e) == seg.dst)
-                    && t.remote_endpoint().is_some_and(|e| endpoint(e) == seg.src)
-            }
-            #[allow(unreachable_patterns)]
-            _ => false,
-        })
-    }
-
     /// A packet from the link.
     fn arrive(&mut self, packet: &[u8]) {
         if tracing_packets() {
             trace_packet(self.now(), "rx", packet);
         }
-        if !self.repeated_syn(packet) {
-            self.wire.rx.push_back(packet.to_vec());
-        }
+        self.wire.rx.push_back(packet.to_vec());
     }
 
     fn ephemeral(&mut self) -> io::Result<u16> {
@@ -281,6 +259,28 @@ impl Inner {
     }
 }
 
+/// Whether `packet` is a SYN repeating one a connection already took (a retransmission, or
+/// a copy a link duplicated). smoltcp hands a SYN to the first socket that accepts it, and a
+/// spare listening socket would open a second connection with the same addresses. The
+/// half-open socket repeats its SYN-ACK on its own timer instead.
+fn repeated_syn(sockets: &SocketSet<'static>, packet: &[u8]) -> bool {
+    let Some(seg) = segment::parse(packet) else {
+        return false;
+    };
+    if !seg.syn || seg.ack {
+        return false;
+    }
+    sockets.iter().any(|(_, s)| match s {
+        smoltcp::socket::Socket::Tcp(t) => {
+            t.state() != State::Listen
+                && t.local_endpoint().is_some_and(|e| endpoint(e) == seg.dst)
+                && t.remote_endpoint().is_some_and(|e| endpoint(e) == seg.src)
+        }
+        #[allow(unreachable_patterns)]
+        _ => false,
+    })
+}
+
 fn new_socket() -> tcp::Socket<'static> {
     let mut s = tcp::Socket::new(
         tcp::SocketBuffer::new(vec![0u8; SOCKET_BUFFER]),
@@ -326,7 +326,12 @@ impl Drop for TcpStack {
 impl TcpStack {
     /// Starts the stack of the interface with address `ip`, sending and receiving through
     /// `socket`; `seed` seeds smoltcp (initial sequence numbers).
-    pub(crate) fn start(ip: IpAddr, socket: Arc<SimUdpSocket>, seed: u64) -> io::Result<Arc<Self>> {
+    pub(crate) fn start(
+        ip: IpAddr,
+        socket: Arc<SimUdpSocket>,
+        seed: u64,
+        mtu: Option<usize>,
+    ) -> io::Result<Arc<Self>> {
         let IpAddr::V4(ip) = ip else {
             return Err(io::Error::new(
                 io::ErrorKind::Unsupported,
@@ -334,7 +339,11 @@ impl TcpStack {
             ));
         };
         let epoch = tokio::time::Instant::now();
-        let mut wire = Wire::default();
+        let mut wire = Wire {
+            rx: VecDeque::new(),
+            tx: Vec::new(),
+            mtu: mtu.map_or(MTU, |m| m.min(MTU)),
+        };
         let mut config = Config::new(HardwareAddress::Ip);
         config.random_seed = seed;
         let mut iface = Interface::new(config, &mut wire, smoltcp::time::Instant::ZERO);
@@ -385,7 +394,11 @@ impl TcpStack {
             // One packet at a time, each followed by what it makes smoltcp send: segments
             // that arrive in the same millisecond are still acknowledged as they would be
             // one after another (every second segment, RFC 5681), not once per batch.
-            while !wire.rx.is_empty() {
+            while let Some(packet) = wire.rx.front() {
+                if repeated_syn(sockets, packet) {
+                    wire.rx.pop_front();
+                    continue;
+                }
                 iface.poll_ingress_single(now, wire, sockets);
                 iface.poll_egress(now, wire, sockets);
                 self.transmit(now, wire);

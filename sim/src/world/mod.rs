@@ -115,10 +115,12 @@ impl<'a> World<'a> {
                 let access = AccessLink {
                     up: LinkDirection::new(
                         params.clone(),
+                        true,
                         rng::stream(seed, &format!("link/{key}/up")),
                     ),
                     down: LinkDirection::new(
                         params.clone(),
+                        false,
                         rng::stream(seed, &format!("link/{key}/down")),
                     ),
                     is_down: false,

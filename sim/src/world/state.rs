@@ -191,8 +191,9 @@ impl WorldState {
         }
     }
 
-    /// Offers a datagram to access link `link` (see [`Iface::link`]).
-    pub(crate) fn offer(&self, link: &str, upstream: bool, len: usize) -> Verdict {
+    /// Offers a datagram of `len` bytes (an IP packet of `ip_len`) to access link `link`
+    /// (see [`Iface::link`]).
+    pub(crate) fn offer(&self, link: &str, upstream: bool, len: usize, ip_len: usize) -> Verdict {
         let now = tokio::time::Instant::now();
         let mut links = lock(&self.links);
         match links.get_mut(link) {
@@ -202,9 +203,14 @@ impl WorldState {
                 dir.counters.losses += 1;
                 Verdict::Lost
             }
-            Some(link) => link.direction(upstream).offer(now, len),
+            Some(link) => link.direction(upstream).offer(now, len, ip_len),
             None => Verdict::Deliver(now),
         }
+    }
+
+    /// The MTU of access link `link`, if it has one.
+    pub(crate) fn mtu(&self, link: &str) -> Option<usize> {
+        lock(&self.links).get(link).and_then(|l| l.up.params().mtu)
     }
 
     /// A datagram that was queued on access link `link` is leaving now: if the link went
@@ -257,7 +263,7 @@ impl WorldState {
                     ip: i.ip,
                     up: !link.is_some_and(|l| l.is_down),
                     latency_ms: i.latency().as_millis() as u64,
-                    loss: link.map_or(0.0, |l| l.up.params().loss),
+                    loss: link.map_or(0.0, |l| l.up.loss()),
                 }
             })
             .collect()

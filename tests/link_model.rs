@@ -1,0 +1,166 @@
+//! The access-link model's knobs in scenario files: jitter (with and without reordering),
+//! Gilbert-Elliott burst loss, duplication, MTU, asymmetric directions, CoDel. Bad values are
+//! `file:line:col` errors at the value; the stack survives every knob without losing or
+//! duplicating a message.
+
+mod common;
+
+use std::path::Path;
+
+use testbed::Scenario;
+
+/// An echo scenario whose client link is `{ latency_ms = 10, <knobs> }`.
+fn scenario_text(protocol: &str, knobs: &str) -> String {
+    format!(
+        r#"description = "link knobs"
+duration_s = 60
+[[host]]
+name = "client"
+link = {{ latency_ms = 10, {knobs} }}
+[[host]]
+name = "server"
+link = {{ latency_ms = 10 }}
+[workload]
+kind = "echo"
+client = "client"
+server = "server"
+protocol = "{protocol}"
+messages = 40
+interval_ms = 20
+min_size = 8
+max_size = 8000
+
+[[expect]]
+metric = "messages_lost"
+max = 0
+
+[[expect]]
+metric = "messages_duplicated"
+max = 0
+"#
+    )
+}
+
+fn parse(text: &str) -> Result<Scenario, String> {
+    Scenario::parse("x/link", Path::new("x/link.toml"), text).map_err(|e| e.to_string())
+}
+
+#[test]
+fn bad_link_knobs_are_errors_at_their_value() {
+    for (knob, value, message) in [
+        ("jitter_ms", "20000", "jitter_ms must be at most 10000 ms"),
+        ("mtu", "100", "mtu must be between 576 and 65535"),
+        (
+            "duplicate",
+            "1.5",
+            "a probability must be between 0.0 and 1.0",
+        ),
+        ("aqm", "\"red\"", "unknown variant `red`"),
+        (
+            "burst_loss",
+            "{ p_enter = 2.0, p_exit = 0.1 }",
+            "a probability",
+        ),
+        ("up", "{ loss = -1.0 }", "a probability"),
+        (
+            "down",
+            "{ bandwidth_kbps = 0 }",
+            "bandwidth_kbps must be positive",
+        ),
+        (
+            "down",
+            "{ queue_bytes = 100 }",
+            "queue_bytes must hold at least one",
+        ),
+        (
+            "up",
+            "{ delay_ms = 99999 }",
+            "delay_ms must be at most 60000",
+        ),
+        ("up", "{ rate = 5 }", "unknown field `rate`"),
+    ] {
+        let text = scenario_text("quic", &format!("{knob} = {value}"));
+        let err = parse(&text).expect_err(knob);
+        // Line 5 holds the link; the error points into the knob's value.
+        let line = text.lines().nth(4).expect("line 5");
+        let value_col = line.find(value).expect("value") + 1;
+        let prefix = "x/link.toml:5:";
+        assert!(err.starts_with(prefix), "{knob} = {value}: {err}");
+        let col: usize = err[prefix.len()..]
+            .split(':')
+            .next()
+            .and_then(|c| c.parse().ok())
+            .expect("a column");
+        assert!(
+            (value_col..value_col + value.len()).contains(&col),
+            "{knob} = {value}: column {col}, value at {value_col}: {err}"
+        );
+        assert!(err.contains(message), "{knob} = {value}: {err}");
+    }
+}
+
+fn run(protocol: &str, knobs: &str, seed: u64) -> reports::Report {
+    let s = parse(&scenario_text(protocol, knobs)).expect("valid");
+    let r = testbed::run(&s, seed).report;
+    assert!(
+        r.passed,
+        "{protocol} {knobs} seed {seed}: {:?} {:?}",
+        r.error, r.expectations
+    );
+    // 40 messages each way (the echo).
+    assert_eq!(r.metrics.messages_delivered, 80);
+    r
+}
+
+fn client_link(r: &reports::Report, dir: &str, counter: &str) -> u64 {
+    r.links["client"][dir][counter].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn quic_finds_a_small_mtu_and_tcp_fits_its_segments_to_it() {
+    for seed in 1..=2 {
+        // quinn starts at 1200 bytes and probes upwards to 1452: the probes above 1280 die.
+        let quic = run("quic", "mtu = 1280", seed);
+        assert!(client_link(&quic, "up", "too_big") > 0, "{:?}", quic.links);
+        // TCP takes its MSS from the interface MTU (1240) and announces it: nothing too big.
+        let tcp = run("tls-tcp", "mtu = 1280", seed);
+        assert_eq!(client_link(&tcp, "up", "too_big"), 0, "{:?}", tcp.links);
+        assert_eq!(client_link(&tcp, "down", "too_big"), 0, "{:?}", tcp.links);
+    }
+}
+
+#[test]
+fn jitter_reordering_duplication_and_burst_loss_lose_and_duplicate_nothing() {
+    // Bursts of 2 on average, ~2 % loss. Harsher bursts (p_enter = 0.02, p_exit = 0.3: ~6 %
+    // in bursts of 3.3) break TLS/TCP today, a stack bug left for issue 13: on seed 2 the
+    // client's carrier goes dormant on its only, working path at 348 ms, recovers only at
+    // 11.5 s, and the server then ends its carrier with "HELLO is only allowed as the first
+    // frame of a transient" although TCP delivered the bytes in order.
+    let knobs = "jitter_ms = 15, reorder = true, duplicate = 0.05, \
+                 burst_loss = { p_enter = 0.01, p_exit = 0.5 }";
+    for protocol in ["quic", "tls-tcp"] {
+        for seed in 1..=2 {
+            let r = run(protocol, knobs, seed);
+            let copies =
+                client_link(&r, "up", "duplicated") + client_link(&r, "down", "duplicated");
+            assert!(copies > 0, "{protocol}: {:?}", r.links);
+            let lost = client_link(&r, "up", "losses") + client_link(&r, "down", "losses");
+            assert!(lost > 0, "{protocol}: {:?}", r.links);
+        }
+    }
+}
+
+#[test]
+fn an_asymmetric_link_and_codel_carry_everything() {
+    // A 2 Mbit/s uplink with CoDel and a 20 Mbit/s downlink 15 ms longer than the uplink.
+    let knobs = "bandwidth_kbps = 20000, aqm = \"codel\", queue_bytes = 1000000, \
+                 up = { bandwidth_kbps = 2000 }, down = { delay_ms = 15 }";
+    for protocol in ["quic", "tls-tcp"] {
+        let r = run(protocol, knobs, 1);
+        // Fresh QUIC needs 1.5 RTT; the downlink adds 15 ms to each RTT: 60 + 22.5 ms.
+        if protocol == "quic" {
+            let ttfm = r.metrics.ttfm_ms.expect("ttfm");
+            assert!((82.0..=90.0).contains(&ttfm), "{ttfm}");
+        }
+    }
+}
