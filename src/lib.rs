@@ -4,6 +4,7 @@
 //! programs they run ([`workload`]), one run ([`runner`]) and whole suites ([`suite`]).
 
 pub mod bench;
+pub mod compare;
 pub mod natmatrix;
 pub mod runner;
 pub mod scenario;

@@ -447,7 +447,7 @@ fn usage_error(e: impl std::fmt::Display) -> ExitCode {
 }
 
 fn list(dir: &std::path::Path) -> ExitCode {
-    match suite::load(dir, None) {
+    match suite::load(dir, Some("")) {
         Ok(scenarios) => {
             let width = scenarios.iter().map(|s| s.name.len()).max().unwrap_or(0);
             for s in scenarios {
@@ -592,6 +592,20 @@ fn run_suite(
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
+    }
+    // The protocol comparison, from the reports of the compare/ family (if the suite ran it).
+    if let Some(comparison) = testbed::compare::from_reports(outcomes.iter().map(|o| &o.report)) {
+        if let Err(e) = testbed::compare::write(out, &comparison) {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+        println!(
+            "\nQUIC vs TLS/TCP: {} scenarios; {} (json, md), {} and {}",
+            comparison.cells.len(),
+            out.join("compare.*").display(),
+            out.join("compare-hol.png").display(),
+            out.join("compare/cdf-*.png").display()
+        );
     }
     // The NAT-pair matrix, from the reports of its generated scenarios (if the suite ran any).
     let matrix_ok = match testbed::natmatrix::from_reports(outcomes.iter().map(|o| &o.report)) {

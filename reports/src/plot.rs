@@ -680,3 +680,156 @@ pub fn nat_matrix(cells: &[MatrixCell], seeds: usize, path: &Path) -> Result<(),
     root.present().map_err(|e| err(&e))?;
     Ok(())
 }
+
+/// One line of a latency CDF plot: its label and its latencies in ms (any order).
+#[derive(Debug, Clone)]
+pub struct CdfSeries {
+    /// Legend text.
+    pub label: String,
+    /// Latencies, ms.
+    pub latencies_ms: Vec<f64>,
+}
+
+const SERIES_COLOURS: [RGBColor; 4] = [
+    RGBColor(40, 110, 190),
+    RGBColor(220, 110, 30),
+    RGBColor(60, 160, 80),
+    RGBColor(170, 60, 160),
+];
+
+/// Empirical CDFs of message latency, one line per series, on a logarithmic time axis.
+pub fn latency_cdf(title: &str, series: &[CdfSeries], path: &Path) -> Result<(), ReportError> {
+    register_font();
+    let err = plot_error(path);
+    let all = series.iter().flat_map(|s| s.latencies_ms.iter().copied());
+    let (lo, hi) = all.fold((f64::INFINITY, 0.0f64), |(lo, hi), x| {
+        (lo.min(x), hi.max(x))
+    });
+    let (lo, hi) = if lo.is_finite() {
+        ((lo * 0.8).max(0.1), (hi * 1.25).max(lo * 2.0))
+    } else {
+        (1.0, 1000.0)
+    };
+    let root = BitMapBackend::new(path, (900, 520)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(55)
+        .build_cartesian_2d((lo..hi).log_scale(), 0f64..1.0)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("one-way message latency, simulated ms (log)")
+        .y_desc("fraction of messages")
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(|e| err(&e))?;
+    for (i, s) in series.iter().enumerate() {
+        let mut xs = s.latencies_ms.clone();
+        xs.sort_by(f64::total_cmp);
+        let n = xs.len().max(1) as f64;
+        let colour = SERIES_COLOURS[i % SERIES_COLOURS.len()];
+        let points: Vec<(f64, f64)> = xs
+            .iter()
+            .enumerate()
+            .map(|(k, &x)| (x.max(lo), (k + 1) as f64 / n))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points, colour.stroke_width(2)))
+            .map_err(|e| err(&e))?
+            .label(s.label.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(3))
+            });
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 14))
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+/// One point of a head-of-line-blocking plot.
+#[derive(Debug, Clone)]
+pub struct HolPoint {
+    /// The protocol (one line per protocol and panel).
+    pub protocol: String,
+    /// The path's RTT in ms (one panel per RTT).
+    pub rtt_ms: u64,
+    /// Loss probability, 0 to 1.
+    pub loss: f64,
+    /// The 95th-percentile one-way latency, ms.
+    pub p95_ms: f64,
+}
+
+/// The 95th-percentile message latency against loss, one panel per RTT, one line per
+/// protocol: where a lost packet holds back later messages (TCP's one byte stream), the
+/// line climbs with loss.
+pub fn head_of_line(points: &[HolPoint], path: &Path) -> Result<(), ReportError> {
+    register_font();
+    let err = plot_error(path);
+    let mut rtts: Vec<u64> = points.iter().map(|p| p.rtt_ms).collect();
+    rtts.sort_unstable();
+    rtts.dedup();
+    let mut protocols: Vec<String> = points.iter().map(|p| p.protocol.clone()).collect();
+    protocols.sort();
+    protocols.dedup();
+    let root = BitMapBackend::new(path, (420 * rtts.len().max(1) as u32, 460)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let panels = root.split_evenly((1, rtts.len().max(1)));
+    for (panel, rtt) in panels.iter().zip(&rtts) {
+        let here: Vec<&HolPoint> = points.iter().filter(|p| p.rtt_ms == *rtt).collect();
+        let max_loss = here.iter().map(|p| p.loss * 100.0).fold(1.0, f64::max);
+        let max_ms = here.iter().map(|p| p.p95_ms).fold(1.0, f64::max) * 1.15;
+        let mut chart = ChartBuilder::on(panel)
+            .caption(format!("RTT {rtt} ms"), ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(75)
+            .build_cartesian_2d(0f64..max_loss, 0f64..max_ms)
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc("loss, %")
+            .y_desc("p95 latency, ms")
+            .label_style(("sans-serif", 13))
+            .draw()
+            .map_err(|e| err(&e))?;
+        for (i, protocol) in protocols.iter().enumerate() {
+            let colour = SERIES_COLOURS[i % SERIES_COLOURS.len()];
+            let mut line: Vec<(f64, f64)> = here
+                .iter()
+                .filter(|p| &p.protocol == protocol)
+                .map(|p| (p.loss * 100.0, p.p95_ms))
+                .collect();
+            line.sort_by(|a, b| a.0.total_cmp(&b.0));
+            chart
+                .draw_series(LineSeries::new(line.clone(), colour.stroke_width(2)))
+                .map_err(|e| err(&e))?
+                .label(protocol.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(3))
+                });
+            chart
+                .draw_series(line.iter().map(|&p| Circle::new(p, 3, colour.filled())))
+                .map_err(|e| err(&e))?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.9))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 13))
+            .draw()
+            .map_err(|e| err(&e))?;
+    }
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
