@@ -356,38 +356,27 @@ impl<'a> World<'a> {
         // check_fault made sure the interface exists.
         .ok_or_else(|| SimError::Spec(format!("fault on `{host}`: no such interface")))?;
         let (key, gateway) = (iface.link.clone(), iface.gateway.clone());
-        let peers = self.access_peers(&host, gateway.as_deref());
-        match fault {
-            // TCP has no loss model here: hold its segments while the link drops everything,
-            // as retransmission would deliver them after it returns. UDP is dropped below.
-            Fault::LinkDown { .. } | Fault::Blackhole { .. } => {
-                for p in &peers {
-                    self.sim.hold(host.as_str(), p.as_str());
-                }
+        // Link-down and black hole hold nothing in turmoil: a dead link drops what is offered
+        // to it or still queued on it in either direction (the access-link model, below), and
+        // what turmoil still carries towards the host is dropped when it reaches the dead link.
+        if let Fault::SetLink {
+            latency_ms: Some(ms),
+            ..
+        } = fault
+        {
+            let peers = self.access_peers(&host, gateway.as_deref());
+            iface
+                .latency_ms
+                .store(*ms, std::sync::atomic::Ordering::Relaxed);
+            let (a, own) = (node.ip, Duration::from_millis(*ms));
+            for p in &peers {
+                let peer = &self.state.nodes[p.as_str()];
+                let lat = match &gateway {
+                    Some(_) => own,
+                    None => own + peer.own_latency(),
+                };
+                self.sim.set_link_latency(a, peer.ip, lat);
             }
-            Fault::LinkUp { .. } => {
-                for p in &peers {
-                    self.sim.release(host.as_str(), p.as_str());
-                }
-            }
-            Fault::SetLink {
-                latency_ms: Some(ms),
-                ..
-            } => {
-                iface
-                    .latency_ms
-                    .store(*ms, std::sync::atomic::Ordering::Relaxed);
-                let (a, own) = (node.ip, Duration::from_millis(*ms));
-                for p in &peers {
-                    let peer = &self.state.nodes[p.as_str()];
-                    let lat = match &gateway {
-                        Some(_) => own,
-                        None => own + peer.own_latency(),
-                    };
-                    self.sim.set_link_latency(a, peer.ip, lat);
-                }
-            }
-            _ => {}
         }
         let mut links = lock(&self.state.links);
         let link = links
