@@ -6,7 +6,7 @@
 //! the overlay header towards the gateway if the host is behind one. Receiving: a pump task
 //! takes datagrams from turmoil, unwraps the overlay header, offers them to the downstream
 //! direction of the access link, and a delivery task hands them to quinn at their departure
-//! time. Streams are real TCP (smoltcp, see [`tcp`](crate::tcp)): each interface's stack sends
+//! time. Streams are real TCP (smoltcp, in the `tcp` module): each interface's stack sends
 //! whole IPv4 packets as datagrams over the same sockets, links and gateways.
 
 use std::collections::BTreeMap;
