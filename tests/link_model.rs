@@ -164,3 +164,118 @@ fn an_asymmetric_link_and_codel_carry_everything() {
         }
     }
 }
+
+/// Seconds of simulated time two clients behind one gateway take to send 1 MiB each over
+/// TCP at once, with the gateway's uplink limited to `uplink_kbps` (or not), and the
+/// uplink's counters.
+fn two_clients_through_one_gateway(uplink_kbps: Option<u64>) -> (f64, Option<sim::LinkCounters>) {
+    use postsock::net::Net;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut gw = common::sim_nat("nat", sim::NatPreset::FullCone);
+    gw.link = uplink_kbps.map(|kbps| sim::LinkParams {
+        bandwidth_kbps: Some(kbps),
+        queue_bytes: 128 * 1024,
+        ..sim::LinkParams::default()
+    });
+    let spec = sim::WorldSpec {
+        hosts: vec![
+            common::sim_host("a", Some("nat"), 5),
+            common::sim_host("b", Some("nat"), 5),
+            common::sim_host("server", None, 10),
+        ],
+        gateways: vec![gw],
+    };
+    let mut world = sim::World::new(&spec, 1, std::time::Duration::from_secs(120)).expect("world");
+    let server = world.net("server").expect("net");
+    let done = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let finished = done.clone();
+    world
+        .host("server", move || {
+            let (server, finished) = (server.clone(), finished.clone());
+            async move {
+                let listener = server.listen_tcp(([0, 0, 0, 0], 80).into()).await?;
+                loop {
+                    let (mut s, _) = listener.accept().await?;
+                    let finished = finished.clone();
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        let mut total = 0;
+                        while let Ok(n) = s.read(&mut buf).await {
+                            if n == 0 {
+                                break;
+                            }
+                            total += n;
+                        }
+                        let at = tokio::time::Instant::now();
+                        finished.lock().expect("lock").push((at, total));
+                    });
+                }
+            }
+        })
+        .expect("host");
+    let start = std::sync::Arc::new(std::sync::Mutex::new(None));
+    for name in ["a", "b"] {
+        let net = world.net(name).expect("net");
+        let (start, done) = (start.clone(), done.clone());
+        world
+            .client(name, async move {
+                let addr = net.resolve("server", 80).await?[0];
+                start
+                    .lock()
+                    .expect("lock")
+                    .get_or_insert(tokio::time::Instant::now());
+                let mut s = net.connect_tcp(addr).await?;
+                s.write_all(&vec![1u8; 1 << 20]).await?;
+                s.shutdown().await?;
+                while done.lock().expect("lock").len() < 2 {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                Ok(())
+            })
+            .expect("client");
+    }
+    while !world.step().expect("step") {}
+    let done = done.lock().expect("lock").clone();
+    assert_eq!(
+        done.iter().map(|d| d.1).collect::<Vec<_>>(),
+        [1 << 20, 1 << 20]
+    );
+    let start = start.lock().expect("lock").expect("started");
+    let end = done.iter().map(|d| d.0).max().expect("two");
+    (
+        (end - start).as_secs_f64(),
+        world.counters().get("gateway/nat").copied(),
+    )
+}
+
+#[test]
+fn a_gateway_uplink_is_a_bottleneck_shared_by_the_hosts_behind_it() {
+    // 2 MiB through a 4 Mbit/s uplink: at least 4.2 s, whoever sends it.
+    let (shared, counters) = two_clients_through_one_gateway(Some(4000));
+    assert!(shared >= 4.19, "{shared} s");
+    let c = counters.expect("the uplink has counters");
+    assert!(c.up.offered > 1400 && c.down.offered > 100, "{c:?}");
+    // Without the uplink the same transfer is limited by TCP only.
+    let (free, none) = two_clients_through_one_gateway(None);
+    assert!(none.is_none());
+    assert!(free < shared / 2.0, "{free} s vs {shared} s");
+    // A gateway link takes its latency from the gateway.
+    let text = r#"description = "x"
+[[gateway]]
+name = "nat"
+link = { latency_ms = 5, bandwidth_kbps = 1000 }
+[[host]]
+name = "client"
+gateway = "nat"
+[[host]]
+name = "server"
+[workload]
+kind = "echo"
+client = "client"
+server = "server"
+protocol = "quic"
+messages = 5
+"#;
+    let err = parse(text).expect_err("latency on a gateway link");
+    assert!(err.contains("leave link.latency_ms out"), "{err}");
+}

@@ -23,6 +23,7 @@ fn gateway(latency_ms: u64, nat: sim::NatSpec) -> GatewaySpec {
         middlebox: Default::default(),
         nat,
         behind: None,
+        link: None,
     }
 }
 

@@ -109,6 +109,103 @@ impl PublicSocket {
     }
 }
 
+/// Where a datagram crossing the gateway's uplink goes once it leaves the link.
+enum Hop {
+    /// Out of a mapping's public socket to `dst`.
+    Public(Arc<PublicSocket>, SocketAddr, Vec<u8>),
+    /// Out of the TCP socket to `dst`.
+    Tcp(Arc<TcpNat>, SocketAddr, Vec<u8>),
+    /// In to an inside host (the bytes carry the overlay header).
+    Inside(Arc<turmoil::net::UdpSocket>, SocketAddr, Vec<u8>),
+}
+
+impl Hop {
+    async fn send(self) {
+        let _ = match self {
+            Hop::Public(socket, dst, bytes) => socket.send_to(&bytes, dst).await,
+            Hop::Tcp(tcp, dst, bytes) => tcp.public.send_to(&bytes, dst).await,
+            Hop::Inside(socket, to, bytes) => socket.send_to(&bytes, to).await.map(drop),
+        };
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Hop::Public(_, _, b) | Hop::Tcp(_, _, b) => b.len(),
+            // Without the overlay header, which is not on the wire of a real NAT.
+            Hop::Inside(_, _, b) => overlay::decode(b).map_or(b.len(), |(_, p)| p.len()),
+        }
+    }
+
+    /// Whether the bytes are an IPv4 packet (TCP) rather than a UDP payload.
+    fn raw_ip(&self) -> bool {
+        match self {
+            Hop::Public(..) => false,
+            Hop::Tcp(..) => true,
+            Hop::Inside(_, to, _) => to.port() >= TCP_PORT && to.port() < TCP_PORT + 16,
+        }
+    }
+}
+
+/// The gateway's own uplink, when its spec gives it one: every datagram out of (`up`) or
+/// into (`down`) the gateway passes its link model and leaves at its departure time, in
+/// order; a gateway without one forwards at once.
+struct Uplink {
+    state: Arc<WorldState>,
+    key: String,
+    queues: Option<[tokio::sync::mpsc::UnboundedSender<(Instant, Hop)>; 2]>,
+}
+
+impl Uplink {
+    fn start(state: Arc<WorldState>, name: &str) -> Self {
+        let key = crate::world::gateway_link(name);
+        let queues = state.has_link(&key).then(|| {
+            [true, false].map(|upstream| {
+                let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Hop)>();
+                let (state, key) = (state.clone(), key.clone());
+                tokio::spawn(async move {
+                    while let Some((at, hop)) = rx.recv().await {
+                        crate::net::wait_until(at).await;
+                        if state.still_up(&key, upstream) {
+                            hop.send().await;
+                        }
+                    }
+                });
+                tx
+            })
+        });
+        Uplink { state, key, queues }
+    }
+
+    /// Sends `hop` over the uplink, towards the core (`upstream`) or an inside host.
+    async fn send(&self, upstream: bool, hop: Hop) {
+        let Some(queues) = &self.queues else {
+            return hop.send().await;
+        };
+        let len = hop.len();
+        let ip_len = if hop.raw_ip() { len } else { len + 28 };
+        let verdict = self.state.offer(&self.key, upstream, len, ip_len);
+        let mut times = crate::net::departures(verdict).peekable();
+        while let Some(at) = times.next() {
+            let copy = match (&hop, times.peek()) {
+                (_, None) => None,
+                (Hop::Public(s, d, b), Some(_)) => Some(Hop::Public(s.clone(), *d, b.clone())),
+                (Hop::Tcp(t, d, b), Some(_)) => Some(Hop::Tcp(t.clone(), *d, b.clone())),
+                (Hop::Inside(s, d, b), Some(_)) => Some(Hop::Inside(s.clone(), *d, b.clone())),
+            };
+            let queue = &queues[usize::from(!upstream)];
+            match copy {
+                Some(c) => {
+                    let _ = queue.send((at, c));
+                }
+                None => {
+                    let _ = queue.send((at, hop));
+                    return;
+                }
+            }
+        }
+    }
+}
+
 /// Runs the gateway `name` until the simulation ends; `upstream` is the overlay address of
 /// the gateway it is behind, if any.
 pub(crate) async fn run(
@@ -127,6 +224,7 @@ pub(crate) async fn run(
         .ok_or_else(|| format!("gateway `{name}` has no address"))?;
     let inside =
         Arc::new(turmoil::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, OVERLAY_PORT)).await?);
+    let uplink = Arc::new(Uplink::start(state.clone(), &name));
     let tcp = Arc::new(TcpNat {
         table: Mutex::new(NatTable::new(
             NatBehaviour {
@@ -144,6 +242,7 @@ pub(crate) async fn run(
         ip,
         inside: inside.clone(),
         filter: filter.clone(),
+        uplink: uplink.clone(),
     });
     tokio::spawn(tcp.clone().inbound_loop());
 
@@ -199,6 +298,7 @@ pub(crate) async fn run(
                     out.key,
                     filter.clone(),
                     epoch,
+                    uplink.clone(),
                 ));
                 sockets.insert(out.key, (socket.clone(), task));
                 socket
@@ -215,7 +315,9 @@ pub(crate) async fn run(
             }
             continue;
         }
-        let _ = public.send_to(payload, dst).await;
+        uplink
+            .send(true, Hop::Public(public, dst, payload.to_vec()))
+            .await;
     }
 }
 
@@ -228,6 +330,7 @@ async fn return_path(
     key: MappingKey,
     filter: Arc<Filter>,
     epoch: u64,
+    uplink: Arc<Uplink>,
 ) {
     let mut buf = vec![0u8; 65_536];
     while let Ok((n, src)) = public.recv_from(&mut buf).await {
@@ -241,7 +344,10 @@ async fn return_path(
             Inbound::Deliver(to) => to,
         };
         if filter.pass_udp(to, src) {
-            let _ = inside.send_to(&overlay::encode(src, &buf[..n]), to).await;
+            let bytes = overlay::encode(src, &buf[..n]);
+            uplink
+                .send(false, Hop::Inside(inside.clone(), to, bytes))
+                .await;
         }
     }
 }
@@ -261,6 +367,7 @@ struct TcpNat {
     ip: IpAddr,
     inside: Arc<turmoil::net::UdpSocket>,
     filter: Arc<Filter>,
+    uplink: Arc<Uplink>,
 }
 
 impl TcpNat {
@@ -280,16 +387,22 @@ impl TcpNat {
             return;
         };
         let to = lock(&self.returns).get(&seg.dst.ip()).copied();
-        if let Some(to) = to {
-            let _ = self
-                .inside
-                .send_to(&overlay::encode(from, packet), to)
+        let Some(to) = to else {
+            return;
+        };
+        let bytes = overlay::encode(from, packet);
+        if from.ip() == self.ip {
+            // Made here (hairpin, reset): it never crossed the uplink.
+            let _ = self.inside.send_to(&bytes, to).await;
+        } else {
+            self.uplink
+                .send(false, Hop::Inside(self.inside.clone(), to, bytes))
                 .await;
         }
     }
 
     /// A segment from an inside stack (its turmoil address `from`).
-    async fn outbound(&self, from: SocketAddr, packet: &[u8]) {
+    async fn outbound(self: &Arc<Self>, from: SocketAddr, packet: &[u8]) {
         self.sync_epoch();
         let Some(seg) = segment::parse(packet) else {
             return;
@@ -325,9 +438,9 @@ impl TcpNat {
             return;
         }
         if segment::rewrite(&mut packet, Some(public), None) {
-            let _ = self
-                .public
-                .send_to(&packet, SocketAddr::new(seg.dst.ip(), TCP_PORT))
+            let dst = SocketAddr::new(seg.dst.ip(), TCP_PORT);
+            self.uplink
+                .send(true, Hop::Tcp(self.clone(), dst, packet))
                 .await;
         }
     }
@@ -356,9 +469,9 @@ impl TcpNat {
                 Inbound::Gone if seg.syn && !seg.ack => {}
                 Inbound::Gone => {
                     if let Some(rst) = segment::reset_for(&seg) {
-                        let _ = self
-                            .public
-                            .send_to(&rst, SocketAddr::new(seg.src.ip(), TCP_PORT))
+                        let dst = SocketAddr::new(seg.src.ip(), TCP_PORT);
+                        self.uplink
+                            .send(true, Hop::Tcp(self.clone(), dst, rst))
                             .await;
                     }
                 }

@@ -361,7 +361,7 @@ impl SimUdpSocket {
 /// would hold every datagram to the next tick: a millisecond per hop, and a link rate capped
 /// at one datagram per tick. The link model computes exact departure times; here a datagram
 /// is released in the tick its departure time falls in, which keeps rates exact over time.
-async fn wait_until(at: Instant) {
+pub(crate) async fn wait_until(at: Instant) {
     const TICK_LESS_EPSILON: Duration = Duration::from_micros(999);
     if let Some(target) = at.checked_sub(TICK_LESS_EPSILON) {
         if target > Instant::now() {
@@ -413,7 +413,7 @@ fn ip_len(len: usize, raw_ip: bool) -> usize {
 }
 
 /// When the copies of a datagram leave a link: none, one, or two.
-fn departures(verdict: Verdict) -> impl Iterator<Item = Instant> {
+pub(crate) fn departures(verdict: Verdict) -> impl Iterator<Item = Instant> {
     let (first, copy) = match verdict {
         Verdict::Deliver(at) => (Some(at), None),
         Verdict::Duplicate(at) => (Some(at), Some(at)),

@@ -76,6 +76,26 @@ impl<'a> World<'a> {
             };
             nodes.insert(g.name.clone(), node);
         }
+        for g in &spec.gateways {
+            if let Some(params) = &g.link {
+                let key = gateway_link(&g.name);
+                let access = AccessLink {
+                    up: LinkDirection::new(
+                        params.clone(),
+                        true,
+                        rng::stream(seed, &format!("link/{key}/up")),
+                    ),
+                    down: LinkDirection::new(
+                        params.clone(),
+                        false,
+                        rng::stream(seed, &format!("link/{key}/down")),
+                    ),
+                    is_down: false,
+                    blackholed: false,
+                };
+                links.insert(key, access);
+            }
+        }
         for (index, h) in spec.hosts.iter().enumerate() {
             let ip = sim.lookup(h.name.as_str());
             by_ip.insert(ip, h.name.clone());
@@ -455,4 +475,9 @@ impl<'a> World<'a> {
             })
             .collect()
     }
+}
+
+/// The key of gateway `name`'s uplink among the links (`gateway/<name>`).
+pub(crate) fn gateway_link(name: &str) -> String {
+    format!("gateway/{name}")
 }

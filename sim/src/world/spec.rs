@@ -87,6 +87,11 @@ pub struct GatewaySpec {
     /// gateway. Absent: on the core.
     #[serde(default)]
     pub behind: Option<String>,
+    /// The gateway's own uplink (to the core, or to the gateway it is behind): rate, queue,
+    /// loss and the other link knobs, shared by every host behind it (its latency is
+    /// `latency_ms`, so `link.latency_ms` must be 0). Absent: latency only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<LinkParams>,
 }
 
 impl GatewaySpec {
@@ -100,6 +105,7 @@ impl GatewaySpec {
                 preset: Some(preset),
                 ..NatSpec::default()
             },
+            link: None,
             behind: None,
         }
     }
@@ -315,6 +321,16 @@ impl WorldSpec {
             )))
         };
         for g in &self.gateways {
+            if let Some(link) = &g.link {
+                if link.latency_ms != 0 {
+                    return Err(SimError::Spec(format!(
+                        "gateway `{}`: its link's latency is the gateway's latency_ms;                          leave link.latency_ms out",
+                        g.name
+                    )));
+                }
+                link.validate()
+                    .map_err(|e| SimError::Spec(format!("gateway `{}` link: {e}", g.name)))?;
+            }
             let mut seen = BTreeSet::from([g.name.as_str()]);
             let mut up = g.behind.as_deref();
             while let Some(u) = up {

@@ -208,6 +208,11 @@ impl WorldState {
         }
     }
 
+    /// Whether a link with key `link` exists.
+    pub(crate) fn has_link(&self, link: &str) -> bool {
+        lock(&self.links).contains_key(link)
+    }
+
     /// The MTU of access link `link`, if it has one.
     pub(crate) fn mtu(&self, link: &str) -> Option<usize> {
         lock(&self.links).get(link).and_then(|l| l.up.params().mtu)
