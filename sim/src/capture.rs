@@ -13,8 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use smoltcp::phy::ChecksumCapabilities;
-use smoltcp::wire::{IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, UdpPacket, UdpRepr};
+use smoltcp::wire::{IpAddress, IpProtocol, UdpPacket, UdpRepr};
 
 /// The packets captured on each access link, in order.
 #[derive(Debug, Default)]
@@ -74,26 +73,22 @@ fn udp_packet(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Option<Vec<u8
     if udp_len > usize::from(u16::MAX) - 20 {
         return None;
     }
-    let ip = Ipv4Repr {
-        src_addr: s,
-        dst_addr: d,
-        next_header: IpProtocol::Udp,
-        payload_len: udp_len,
-        hop_limit: 64,
-    };
-    let mut out = vec![0u8; ip.buffer_len() + udp_len];
-    let caps = ChecksumCapabilities::default();
-    let mut packet = Ipv4Packet::new_unchecked(&mut out[..]);
-    ip.emit(&mut packet, &caps);
-    udp.emit(
-        &mut UdpPacket::new_unchecked(packet.payload_mut()),
-        &IpAddress::Ipv4(s),
-        &IpAddress::Ipv4(d),
-        payload.len(),
-        |buf| buf.copy_from_slice(payload),
-        &caps,
-    );
-    Some(out)
+    Some(crate::segment::ipv4(
+        s,
+        d,
+        IpProtocol::Udp,
+        udp_len,
+        |buf, caps| {
+            udp.emit(
+                &mut UdpPacket::new_unchecked(buf),
+                &IpAddress::Ipv4(s),
+                &IpAddress::Ipv4(d),
+                payload.len(),
+                |b| b.copy_from_slice(payload),
+                caps,
+            );
+        },
+    ))
 }
 
 /// LINKTYPE_RAW: packets begin with their IP header.
@@ -156,6 +151,8 @@ fn write_pcapng(
 
 #[cfg(test)]
 mod tests {
+    use smoltcp::wire::Ipv4Packet;
+
     use super::*;
 
     #[test]

@@ -112,24 +112,44 @@ pub(crate) fn reset_for(seg: &Segment) -> Option<Vec<u8>> {
         timestamp: None,
         payload: &[],
     };
+    Some(ipv4(
+        src,
+        dst,
+        IpProtocol::Tcp,
+        tcp.buffer_len(),
+        |payload, caps| {
+            tcp.emit(
+                &mut TcpPacket::new_unchecked(payload),
+                &IpAddress::Ipv4(src),
+                &IpAddress::Ipv4(dst),
+                caps,
+            );
+        },
+    ))
+}
+
+/// An IPv4 packet from `src` to `dst` carrying `payload_len` bytes of `protocol`, which
+/// `fill` writes (with the checksum capabilities to use); the header checksum is computed.
+pub(crate) fn ipv4(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    protocol: IpProtocol,
+    payload_len: usize,
+    fill: impl FnOnce(&mut [u8], &ChecksumCapabilities),
+) -> Vec<u8> {
     let ip = Ipv4Repr {
         src_addr: src,
         dst_addr: dst,
-        next_header: IpProtocol::Tcp,
-        payload_len: tcp.buffer_len(),
+        next_header: protocol,
+        payload_len,
         hop_limit: 64,
     };
-    let mut out = vec![0u8; ip.buffer_len() + tcp.buffer_len()];
+    let mut out = vec![0u8; ip.buffer_len() + payload_len];
     let caps = ChecksumCapabilities::default();
     let mut packet = Ipv4Packet::new_unchecked(&mut out[..]);
     ip.emit(&mut packet, &caps);
-    tcp.emit(
-        &mut TcpPacket::new_unchecked(packet.payload_mut()),
-        &IpAddress::Ipv4(src),
-        &IpAddress::Ipv4(dst),
-        &caps,
-    );
-    Some(out)
+    fill(packet.payload_mut(), &caps);
+    out
 }
 
 /// The destination address of an IPv4 packet (where a host sends it).

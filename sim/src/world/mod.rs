@@ -20,10 +20,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::gateway;
-use crate::link::{LinkDirection, LinkParams};
+use crate::link::LinkParams;
 use crate::lock;
 use crate::net::SimNet;
-use crate::rng;
 use crate::SimError;
 
 /// A simulated network ready to run host programs.
@@ -79,21 +78,7 @@ impl<'a> World<'a> {
         for g in &spec.gateways {
             if let Some(params) = &g.link {
                 let key = gateway_link(&g.name);
-                let access = AccessLink {
-                    up: LinkDirection::new(
-                        params.clone(),
-                        true,
-                        rng::stream(seed, &format!("link/{key}/up")),
-                    ),
-                    down: LinkDirection::new(
-                        params.clone(),
-                        false,
-                        rng::stream(seed, &format!("link/{key}/down")),
-                    ),
-                    is_down: false,
-                    blackholed: false,
-                };
-                links.insert(key, access);
+                links.insert(key.clone(), AccessLink::new(params, &key, seed));
             }
         }
         for (index, h) in spec.hosts.iter().enumerate() {
@@ -132,21 +117,7 @@ impl<'a> World<'a> {
                 Role::Public
             };
             for (_, _, _, params, key) in &ifaces {
-                let access = AccessLink {
-                    up: LinkDirection::new(
-                        params.clone(),
-                        true,
-                        rng::stream(seed, &format!("link/{key}/up")),
-                    ),
-                    down: LinkDirection::new(
-                        params.clone(),
-                        false,
-                        rng::stream(seed, &format!("link/{key}/down")),
-                    ),
-                    is_down: false,
-                    blackholed: false,
-                };
-                links.insert(key.clone(), access);
+                links.insert(key.clone(), AccessLink::new(params, key, seed));
             }
             let node = Node {
                 ip,

@@ -106,6 +106,24 @@ pub(crate) struct AccessLink {
 }
 
 impl AccessLink {
+    /// An up link with `params` in both directions, each with its own random stream from
+    /// the run's `seed` and the link's `key`.
+    pub(crate) fn new(params: &crate::link::LinkParams, key: &str, seed: u64) -> Self {
+        let direction = |upstream: bool, side: &str| {
+            LinkDirection::new(
+                params.clone(),
+                upstream,
+                crate::rng::stream(seed, &format!("link/{key}/{side}")),
+            )
+        };
+        AccessLink {
+            up: direction(true, "up"),
+            down: direction(false, "down"),
+            is_down: false,
+            blackholed: false,
+        }
+    }
+
     /// The direction a datagram takes: towards the network (`upstream`) or the host.
     fn direction(&mut self, upstream: bool) -> &mut LinkDirection {
         if upstream {
