@@ -4,7 +4,10 @@
 //! programs they run ([`workload`]), one run ([`runner`]) and whole suites ([`suite`]).
 
 pub mod bench;
+pub mod chaos;
 pub mod compare;
+pub mod invariants;
+pub mod locate;
 pub mod natmatrix;
 pub mod runner;
 pub mod scenario;

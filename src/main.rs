@@ -63,6 +63,31 @@ enum Command {
         #[arg(long)]
         jobs: Option<usize>,
     },
+    /// Random fault timelines over scenarios (those whose name starts with FILTER, or a
+    /// scenario file), each run checked against the invariant oracle; failing timelines are
+    /// shrunk and written as scenario files with the command that replays them.
+    Chaos {
+        /// Only scenarios whose name starts with this (all when absent), or a .toml path.
+        filter: Option<String>,
+        /// Timelines per scenario.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+        runs: u64,
+        /// Seed of the first run (run k uses seed + k).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Take only this part of the runs: i/n runs those with k % n == i.
+        #[arg(long, default_value = "0/1")]
+        shard: testbed::chaos::Shard,
+        /// Most simulations spent shrinking one failing timeline (0: keep it as drawn).
+        #[arg(long, default_value_t = 40)]
+        shrink_budget: usize,
+        /// Output directory (findings go below DIR/chaos).
+        #[arg(long, default_value = "target/reports")]
+        out: PathBuf,
+        /// Worker threads (default: the number of cores).
+        #[arg(long)]
+        jobs: Option<usize>,
+    },
     /// Wall-clock benchmark on real loopback: postsock vs raw quinn and raw tokio-rustls
     /// (throughput and latency as ratios), and sender memory under back-pressure.
     Bench {
@@ -164,6 +189,24 @@ fn main() -> ExitCode {
             out,
             jobs,
         } => run_suite(&cli.scenarios, filter.as_deref(), seeds, &out, jobs),
+        Command::Chaos {
+            filter,
+            runs,
+            seed,
+            shard,
+            shrink_budget,
+            out,
+            jobs,
+        } => {
+            let options = testbed::chaos::Options {
+                runs,
+                seed,
+                shard,
+                shrink_budget,
+                jobs: jobs.unwrap_or_else(default_jobs),
+            };
+            run_chaos(&cli.scenarios, filter.as_deref(), &options, &out)
+        }
         Command::Bench {
             quick,
             out,
@@ -543,6 +586,86 @@ fn run_one(
     report_failures(&outcomes)
 }
 
+fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn progress(total: u64) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    if std::io::stderr().is_terminal() {
+        bar.set_style(
+            ProgressStyle::with_template("{bar:40} {pos}/{len} runs {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+    } else {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    bar
+}
+
+fn run_chaos(
+    dir: &std::path::Path,
+    filter: Option<&str>,
+    options: &testbed::chaos::Options,
+    out: &std::path::Path,
+) -> ExitCode {
+    let bases = match filter {
+        Some(f) if f.ends_with(".toml") => suite::load_one(dir, f).map(|s| vec![s]),
+        _ => suite::load(dir, filter),
+    };
+    let bases = match bases {
+        Ok(b) => b,
+        Err(e) => return usage_error(e),
+    };
+    let per = options.runs.div_ceil(options.shard.count);
+    let bar = progress(bases.len() as u64 * per);
+    let started = Instant::now();
+    let sweep = testbed::chaos::sweep(&bases, options, &|run| {
+        bar.set_message(format!("{} seed {}", run.scenario, run.seed));
+        bar.inc(1);
+    });
+    bar.finish_and_clear();
+    let sweep = match sweep {
+        Ok(s) => s,
+        Err(e) => return usage_error(e),
+    };
+    let summary = match testbed::chaos::write(out, &sweep) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: writing the chaos outputs below {}: {e}", out.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let sim: f64 = sweep.runs.iter().map(|r| r.report.metrics.sim_duration_ms).sum::<f64>() / 1000.0;
+    let wall = started.elapsed().as_secs_f64();
+    println!(
+        "{} chaos runs over {} scenarios in {wall:.1} s wall ({sim:.0} simulated s); {} broke an invariant. Summary: {}",
+        sweep.runs.len(),
+        bases.len(),
+        sweep.findings.len(),
+        summary.display()
+    );
+    for f in &sweep.findings {
+        println!(
+            "\n{} seed {}: {}\n  shrunk from {} to {} faults in {} runs: {}\n  replay as drawn: {}\n  replay minimal: {}",
+            f.run.scenario,
+            f.run.seed,
+            f.run.breaches.iter().map(|b| b.to_string()).collect::<Vec<_>>().join("; "),
+            f.run.timeline.len(),
+            f.minimal.len(),
+            f.shrink_runs,
+            f.minimal_breaches.first().map(|b| b.kind.name()).unwrap_or("-"),
+            testbed::chaos::replay_drawn(&f.run.scenario, f.run.seed),
+            testbed::chaos::replay_minimal(out, f),
+        );
+    }
+    if sweep.findings.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 fn run_suite(
     dir: &std::path::Path,
     filter: Option<&str>,
@@ -556,16 +679,8 @@ fn run_suite(
     };
     let seeds: Vec<u64> = (1..=seeds).collect();
     let total = (scenarios.len() * seeds.len()) as u64;
-    let bar = ProgressBar::new(total);
-    if std::io::stderr().is_terminal() {
-        bar.set_style(
-            ProgressStyle::with_template("{bar:40} {pos}/{len} runs {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-    } else {
-        bar.set_draw_target(ProgressDrawTarget::hidden());
-    }
-    let jobs = jobs.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let bar = progress(total);
+    let jobs = jobs.unwrap_or_else(default_jobs);
     let started = Instant::now();
     let outcomes = suite::run_all(&scenarios, &seeds, jobs, &|o| {
         bar.set_message(format!("{} seed {}", o.report.scenario, o.report.seed));

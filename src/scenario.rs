@@ -11,6 +11,17 @@ use std::collections::BTreeMap;
 use sim::{Fault, GatewaySpec, HostSpec, WorldSpec};
 use toml::Spanned;
 
+use crate::locate::{key_offset, Step};
+
+/// The longest scenario: a day of simulated time.
+const MAX_DURATION_S: u64 = 86_400;
+/// The largest message a workload may send: postsock's default maximum message size.
+const MAX_MESSAGE: usize = 16 << 20;
+/// The most messages a workload may send.
+const MAX_MESSAGES: u32 = 1_000_000;
+/// The most cycles of one flap.
+const MAX_FLAPS: u32 = 10_000;
+
 /// A scenario that failed to load: where, and why.
 #[derive(Debug, thiserror::Error)]
 #[error("{path}:{line}:{column}: {message}")]
@@ -374,6 +385,8 @@ pub struct Scenario {
     pub faults: Vec<TimedFault>,
     /// Expectations.
     pub expect: Vec<Expect>,
+    /// The TOML it was parsed from (chaos rewrites its faults and parses it again).
+    pub source: String,
 }
 
 fn position(text: &str, offset: usize) -> (usize, usize) {
@@ -390,6 +403,11 @@ struct Locator<'a> {
 }
 
 impl Locator<'_> {
+    /// An error at the key `path` (or the deepest key of it the text has; 1:1 if none).
+    fn key(&self, path: &[Step], message: String) -> ScenarioError {
+        self.at(key_offset(self.text, path).unwrap_or(0), message)
+    }
+
     fn at(&self, offset: usize, message: String) -> ScenarioError {
         let (line, column) = position(self.text, offset);
         ScenarioError {
@@ -414,8 +432,26 @@ impl Scenario {
             hosts: file.host,
             gateways: file.gateway,
         };
-        world.validate().map_err(|e| loc.at(0, e.to_string()))?;
-        check_workload(&file.workload, &world, &loc)?;
+        world.validate().map_err(|e| match &e {
+            sim::SimError::Invalid { key, message } => {
+                let path: Vec<Step> = key
+                    .iter()
+                    .map(|k| k.parse().map_or(Step::Key(k), Step::Index))
+                    .collect();
+                loc.key(&path, message.clone())
+            }
+            _ => loc.at(0, e.to_string()),
+        })?;
+        if file.duration_s == 0 || file.duration_s > MAX_DURATION_S {
+            return Err(loc.key(
+                &[Step::Key("duration_s")],
+                format!(
+                    "duration_s must be between 1 and {MAX_DURATION_S} (a day), got {}",
+                    file.duration_s
+                ),
+            ));
+        }
+        check_workload(&file.workload, &world, file.duration_s, &loc)?;
         let faults = timeline(&file.fault, &world, &file.workload, file.duration_s, &loc)?;
         let expect = expectations(&file.expect, &loc)?;
         Ok(Scenario {
@@ -427,6 +463,7 @@ impl Scenario {
             workload: file.workload,
             faults,
             expect,
+            source: text.to_owned(),
         })
     }
 
@@ -443,7 +480,12 @@ impl Scenario {
 }
 
 /// The workload's hosts exist and its settings fit its kind and protocol.
-fn check_workload(w: &Workload, world: &WorldSpec, loc: &Locator) -> Result<(), ScenarioError> {
+fn check_workload(
+    w: &Workload,
+    world: &WorldSpec,
+    duration_s: u64,
+    loc: &Locator,
+) -> Result<(), ScenarioError> {
     let endpoints: Vec<&str> = world.hosts.iter().map(|h| h.name.as_str()).collect();
     let known_host = |h: &Spanned<String>| -> Result<(), ScenarioError> {
         if endpoints.contains(&h.get_ref().as_str()) {
@@ -456,7 +498,14 @@ fn check_workload(w: &Workload, world: &WorldSpec, loc: &Locator) -> Result<(), 
         );
         Err(loc.at(h.span().start, message))
     };
-    let fail = |message: &str| Err(loc.at(0, format!("workload: {message}")));
+    // An error at `workload.<key>`.
+    let at = |key: &str, message: &str| {
+        Err(loc.key(
+            &[Step::Key("workload"), Step::Key(key)],
+            format!("workload: {message}"),
+        ))
+    };
+    let fail = |message: &str| Err(loc.key(&[Step::Key("workload")], format!("workload: {message}")));
     known_host(&w.client)?;
     known_host(&w.server)?;
     if w.client.get_ref() == w.server.get_ref() {
@@ -480,13 +529,70 @@ fn check_workload(w: &Workload, world: &WorldSpec, loc: &Locator) -> Result<(), 
         return fail("rendezvous, stun and turn apply to kind = \"rendezvous-echo\" only");
     }
     if w.server_start_ms > 0 && w.kind != WorkloadKind::RendezvousEcho {
-        return fail("server_start_ms applies to kind = \"rendezvous-echo\" only");
+        return at("server_start_ms", "server_start_ms applies to kind = \"rendezvous-echo\" only");
     }
     if w.min_size < 8 || w.min_size > w.max_size {
-        return fail(&format!(
+        return at("min_size", &format!(
             "need 8 <= min_size <= max_size (each message carries its 8-byte index), got {} and {}",
             w.min_size, w.max_size
         ));
+    }
+    if w.max_size > MAX_MESSAGE {
+        return at("max_size", &format!(
+            "max_size must be at most {MAX_MESSAGE} (postsock's default maximum message size), got {}",
+            w.max_size
+        ));
+    }
+    if w.messages == 0 || w.messages > MAX_MESSAGES {
+        return at("messages", &format!(
+            "messages must be between 1 and {MAX_MESSAGES}, got {}",
+            w.messages
+        ));
+    }
+    if w.port == 0 {
+        return at("port", "port must be between 1 and 65535");
+    }
+    if w.start_ms >= duration_s * 1000 {
+        return at("start_ms", &format!(
+            "start_ms {} is not before the end of the scenario ({duration_s} s)",
+            w.start_ms
+        ));
+    }
+    if w.attempt_delay_ms.is_some_and(|d| !(10..=60_000).contains(&d)) {
+        return at("attempt_delay_ms", "attempt_delay_ms must be between 10 and 60000 (RFC 8305 says at least 10 ms)");
+    }
+    let zero_or_huge = |v: Option<u64>, max: u64| v.is_some_and(|v| v == 0 || v > max);
+    if zero_or_huge(w.connect_timeout_ms, 3_600_000) {
+        return at("connect_timeout_ms", "connect_timeout_ms must be between 1 and 3600000");
+    }
+    if zero_or_huge(w.dormant_timeout_s, 86_400) {
+        return at("dormant_timeout_s", "dormant_timeout_s must be between 1 and 86400");
+    }
+    if zero_or_huge(w.lifetime_ms, 86_400_000) {
+        return at("lifetime_ms", "lifetime_ms must be between 1 and 86400000");
+    }
+    if w.keepalive_ms.is_some_and(|k| k > 3_600_000) {
+        return at("keepalive_ms", "keepalive_ms must be at most 3600000 (0: no keepalive)");
+    }
+    if w.first_idempotent.is_some() && w.kind != WorkloadKind::Echo {
+        return at("first_idempotent", "first_idempotent applies to kind = \"echo\" only");
+    }
+    let client_spec = world.hosts.iter().find(|h| &h.name == w.client.get_ref());
+    let client_interfaces: Vec<&str> = match client_spec {
+        Some(h) if !h.interfaces.is_empty() => h.interfaces.iter().map(|i| i.name.as_str()).collect(),
+        _ => vec!["eth0"],
+    };
+    for name in w.interfaces.keys() {
+        if !client_interfaces.contains(&name.as_str()) {
+            return Err(loc.key(
+                &[Step::Key("workload"), Step::Key("interfaces"), Step::Key(name)],
+                format!(
+                    "workload: the client `{}` has no interface `{name}` (interfaces: {})",
+                    w.client.get_ref(),
+                    client_interfaces.join(", ")
+                ),
+            ));
+        }
     }
     let stream_only = !w.niceness.is_empty()
         || w.lifetime_ms.is_some()
@@ -496,17 +602,17 @@ fn check_workload(w: &Workload, world: &WorldSpec, loc: &Locator) -> Result<(), 
     if w.kind != WorkloadKind::Stream && stream_only {
         return fail("niceness, lifetime_ms, antecedent_group, ordered and reliable apply to kind = \"stream\" only");
     }
-    if w.carriers == 0 || (w.carriers > 1 && w.kind != WorkloadKind::Echo) {
-        return fail("carriers must be at least 1, and more than 1 only for kind = \"echo\"");
+    if w.carriers == 0 || w.carriers > 10_000 || (w.carriers > 1 && w.kind != WorkloadKind::Echo) {
+        return at("carriers", "carriers must be between 1 and 10000, and more than 1 only for kind = \"echo\"");
     }
     if w.antecedent_group.is_some_and(|g| g < 2) {
-        return fail("antecedent_group must be at least 2");
+        return at("antecedent_group", "antecedent_group must be at least 2");
     }
     if !w.reliable && w.protocol != ProtocolName::Quic {
-        return fail("unreliable messages need protocol = \"quic\" (QUIC DATAGRAM frames)");
+        return at("reliable", "unreliable messages need protocol = \"quic\" (QUIC DATAGRAM frames)");
     }
     if !w.reliable && w.max_size > 1200 {
-        return fail(&format!(
+        return at("max_size", &format!(
             "unreliable messages must fit one datagram: max_size {} > 1200",
             w.max_size
         ));
@@ -525,8 +631,8 @@ fn timeline(
     loc: &Locator,
 ) -> Result<Vec<TimedFault>, ScenarioError> {
     let mut faults = Vec::new();
-    for f in entries {
-        let expanded = fault_entry(f, workload, loc)?;
+    for (index, f) in entries.iter().enumerate() {
+        let expanded = fault_entry(f, index, workload, loc)?;
         for t in &expanded {
             world.check_fault(&t.fault).map_err(|e| {
                 let offset = match e.part {
@@ -542,8 +648,8 @@ fn timeline(
         }
         let last = expanded.iter().map(|t| t.at_ms).max().unwrap_or(f.at_ms);
         if last >= duration_s * 1000 {
-            return Err(loc.at(
-                f.action.span().start,
+            return Err(loc.key(
+                &[Step::Key("fault"), Step::Index(index), Step::Key("at_ms")],
                 format!("fault at {last} ms is after the end of the scenario ({duration_s} s)"),
             ));
         }
@@ -557,10 +663,14 @@ fn timeline(
 /// against its action.
 fn fault_entry(
     f: &FaultEntry,
+    index: usize,
     workload: &Workload,
     loc: &Locator,
 ) -> Result<Vec<TimedFault>, ScenarioError> {
     let action = *f.action.get_ref();
+    let key = |k: &str, message: String| {
+        Err(loc.key(&[Step::Key("fault"), Step::Index(index), Step::Key(k)], message))
+    };
     let here = |message: &str| Err(loc.at(f.action.span().start, message.to_owned()));
     let host = f.host.get_ref().clone();
     let link_action = matches!(
@@ -620,8 +730,16 @@ fn fault_entry(
             let (Some(period), Some(count)) = (f.period_ms, f.count) else {
                 return here("flap needs `period_ms` (each phase) and `count` (cycles)");
             };
-            if period == 0 || count == 0 {
-                return here("flap needs a positive period_ms and count");
+            if period == 0 || period > 86_400_000 {
+                return key("period_ms", format!("flap: period_ms must be between 1 and 86400000, got {period}"));
+            }
+            if count == 0 || count > MAX_FLAPS {
+                return key("count", format!("flap: count must be between 1 and {MAX_FLAPS}, got {count}"));
+            }
+            // 2 × 10000 × 86400000 fits a u64, and so does the end added to at_ms below
+            // (at_ms itself is checked against the duration, at most a day).
+            if f.at_ms > MAX_DURATION_S * 1000 {
+                return key("at_ms", format!("fault at {} ms is after any scenario's end", f.at_ms));
             }
             // Down for a period, up for a period, `count` times.
             let mut out = Vec::new();
@@ -666,7 +784,21 @@ fn fault_entry(
 fn expectations(entries: &[ExpectEntry], loc: &Locator) -> Result<Vec<Expect>, ScenarioError> {
     entries
         .iter()
-        .map(|e| {
+        .enumerate()
+        .map(|(index, e)| {
+            let key = |k: &str, message: String| {
+                loc.key(&[Step::Key("expect"), Step::Index(index), Step::Key(k)], message)
+            };
+            for (name, bound) in [("min", e.min), ("max", e.max)] {
+                if bound.is_some_and(|b| !b.is_finite()) {
+                    return Err(key(name, format!("{name} must be a finite number")));
+                }
+            }
+            if let (Some(min), Some(max)) = (e.min, e.max) {
+                if min > max {
+                    return Err(key("min", format!("min {min} is above max {max}: nothing can pass")));
+                }
+            }
             let metric = e.metric.get_ref();
             if !reports::Metrics::known(metric) {
                 return Err(loc.at(

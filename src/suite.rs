@@ -150,25 +150,31 @@ pub fn run_all(
     jobs: usize,
     done: &(dyn Fn(&RunOutcome) + Sync),
 ) -> Vec<RunOutcome> {
-    let work: Vec<(usize, &Scenario, u64)> = scenarios
+    let work: Vec<(&Scenario, u64)> = scenarios
         .iter()
         .flat_map(|s| seeds.iter().map(move |seed| (s, *seed)))
-        .enumerate()
-        .map(|(i, (s, seed))| (i, s, seed))
         .collect();
+    par_map(&work, jobs, &|&(scenario, seed)| {
+        let outcome = runner::run(scenario, seed);
+        done(&outcome);
+        outcome
+    })
+}
+
+/// `f` over `items` on `jobs` threads, results in the items' order (so nothing depends on
+/// which thread ran what).
+pub fn par_map<T: Sync, R: Send>(items: &[T], jobs: usize, f: &(dyn Fn(&T) -> R + Sync)) -> Vec<R> {
     let next = AtomicUsize::new(0);
-    let results: Mutex<Vec<Option<RunOutcome>>> =
-        Mutex::new((0..work.len()).map(|_| None).collect());
+    let results: Mutex<Vec<Option<R>>> = Mutex::new((0..items.len()).map(|_| None).collect());
     std::thread::scope(|scope| {
-        for _ in 0..jobs.clamp(1, work.len().max(1)) {
+        for _ in 0..jobs.clamp(1, items.len().max(1)) {
             scope.spawn(|| loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(&(slot, scenario, seed)) = work.get(i) else {
+                let Some(item) = items.get(i) else {
                     break;
                 };
-                let outcome = runner::run(scenario, seed);
-                done(&outcome);
-                results.lock().unwrap_or_else(|p| p.into_inner())[slot] = Some(outcome);
+                let r = f(item);
+                results.lock().unwrap_or_else(|p| p.into_inner())[i] = Some(r);
             });
         }
     });

@@ -54,6 +54,16 @@ pub enum SimError {
     /// The world specification is inconsistent.
     #[error("{0}")]
     Spec(String),
+    /// A key of the world specification is invalid: `key` is its path in the scenario file
+    /// (`host`, `1`, `link`, ... with array indices as numbers), so the file's parser can
+    /// point at it.
+    #[error("{message}")]
+    Invalid {
+        /// The key's path.
+        key: Vec<String>,
+        /// What is wrong.
+        message: String,
+    },
     /// A host program failed or the simulation exceeded its duration.
     #[error("simulation: {0}")]
     Host(String),

@@ -14,7 +14,7 @@ use std::future::Future;
 
 use crate::establish::attempt::Transient;
 use crate::net::{BoxFuture, ByteStream, Net, StreamListener};
-use crate::transport::framing::{FLAG_REFUSED, FLAG_RESUME};
+use crate::transport::framing::{FLAG_REFUSED, FLAG_RESUME, TYPE_HELLO};
 use crate::transport::{quic, stream as tls_tcp, tls};
 use crate::ConnectionError;
 use crate::{Carrier, Configuration, Error, Event, Protocol, Result};
@@ -176,7 +176,9 @@ async fn accept_quic(
     accept_loop(next, handshake, queue).await;
 }
 
-/// How long a listener waits for a TLS client's first frame (ours send a HELLO at once).
+/// How long a listener waits for the first frame of a TLS client that did not negotiate ALPN
+/// `postsock/1` (such a peer need not speak first) before it starts a carrier that cannot
+/// continue.
 const HELLO_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Resumable carriers by token; a carrier that ended is forgotten.
@@ -258,14 +260,32 @@ async fn accept_stream(
             // The client's first frame: a HELLO names a new resumable carrier or continues
             // one; anything else is read again by a carrier that cannot be continued.
             let mut first = Vec::new();
-            let hello =
-                tokio::time::timeout(HELLO_WAIT, tls_tcp::read_hello(&mut tls, &mut first)).await;
+            // A `postsock/1` client writes a HELLO before anything else (docs/WIRE.md), so the
+            // listener waits for it as long as a carrier would wait for a lost path: on a
+            // lossy path TCP can deliver the segment carrying it seconds after the handshake
+            // (retransmitted after 1, 2, 4 s...), and a carrier started sooner would be handed
+            // to the application and then broken by the HELLO.
+            let speaks_first = tls.get_ref().1.alpn_protocol() == Some(crate::transport::tls::ALPN);
+            let wait = if speaks_first {
+                config.dormant_timeout.max(HELLO_WAIT)
+            } else {
+                HELLO_WAIT
+            };
+            let hello = tokio::time::timeout(wait, tls_tcp::read_hello(&mut tls, &mut first)).await;
             let token = match hello {
                 Ok(Ok(Some(h))) if h.flags & FLAG_RESUME != 0 => {
                     continue_carrier(&registry, tls, peer, h).await;
                     return None;
                 }
                 Ok(Ok(Some(h))) => Some(h.token),
+                // Waited in vain for a HELLO that had begun to arrive, or for any frame of a
+                // `postsock/1` client (which always starts with one): this connection carries
+                // no carrier. Starting one would hand the application a carrier the rest of
+                // the HELLO then breaks; the client continues or retries on a new connection.
+                Err(_) if speaks_first || first.first() == Some(&TYPE_HELLO) => {
+                    tracing::debug!("no complete HELLO from {peer} in {wait:?}: connection dropped");
+                    return None;
+                }
                 // Not a HELLO, a malformed one, or nothing yet: the carrier's reader sees the
                 // same bytes and judges them.
                 _ => None,

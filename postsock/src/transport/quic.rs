@@ -55,8 +55,36 @@ fn transport_config(
     Arc::new(t)
 }
 
-fn endpoint_config(net: &dyn Net) -> quinn::EndpointConfig {
-    let mut config = quinn::EndpointConfig::default();
+/// The endpoint configuration. A server's stateless-reset key is derived from its identity's
+/// private key (RFC 9000 §10.3.2: a static key), so a server that restarted and lost its
+/// connections answers their packets with resets the clients can verify: they end at once
+/// with "reset by peer" instead of waiting out their idle timeout on a path that works. The
+/// key of its connection IDs' check hash comes from the same secret: quinn drops (rather
+/// than resets) packets whose connection ID fails that check, so it too must survive a
+/// restart. Without an identity (a client) both keys are quinn's random ones.
+fn endpoint_config(net: &dyn Net, server: Option<&Configuration>) -> quinn::EndpointConfig {
+    let identity = server.and_then(|c| c.security.identity.as_ref());
+    let mut config = match identity {
+        Some(identity) => {
+            let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
+            ctx.update(b"postsock stateless reset key v1");
+            ctx.update(identity.key.secret_der());
+            let secret = ctx.finish();
+            let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_ref());
+            let mut config = quinn::EndpointConfig::new(Arc::new(key));
+            let mut cid_key = [0u8; 8];
+            cid_key.copy_from_slice(&ring::hmac::sign(
+                &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_ref()),
+                b"connection id check",
+            ).as_ref()[..8]);
+            let cid_key = u64::from_be_bytes(cid_key);
+            config.cid_generator(move || {
+                Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+            });
+            config
+        }
+        None => quinn::EndpointConfig::default(),
+    };
     config.rng_seed(net.rng_seed());
     config
 }
@@ -96,7 +124,7 @@ pub(crate) fn endpoint_on(
         None => None,
     };
     quinn::Endpoint::new_with_abstract_socket(
-        endpoint_config(net),
+        endpoint_config(net, server),
         server_config,
         socket,
         net.quic_runtime(),

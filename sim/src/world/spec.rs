@@ -279,74 +279,90 @@ pub struct WorldSpec {
 }
 
 impl WorldSpec {
-    /// Checks names and references; errors name the offending host.
+    /// Checks names and references; errors name the offending host and carry the path of
+    /// the offending key ([`SimError::Invalid`]).
     pub fn validate(&self) -> Result<(), SimError> {
-        let mut names = BTreeSet::new();
-        let all = self
-            .hosts
-            .iter()
-            .map(|h| &h.name)
-            .chain(self.gateways.iter().map(|g| &g.name));
-        for name in all {
-            if name.is_empty() || name.contains(char::is_whitespace) {
-                return Err(SimError::Spec(format!("invalid host name `{name}`")));
-            }
-            if name.parse::<IpAddr>().is_ok() {
-                return Err(SimError::Spec(format!(
-                    "host name `{name}` looks like an address"
-                )));
-            }
-            if !names.insert(name.clone()) {
-                return Err(SimError::Spec(format!("host name `{name}` is used twice")));
+        fn at(key: &[&str], message: String) -> SimError {
+            SimError::Invalid {
+                key: key.iter().map(|k| k.to_string()).collect(),
+                message,
             }
         }
-        for host in &self.hosts {
+        let mut names = BTreeSet::new();
+        let all = (self.hosts.iter().map(|h| &h.name).enumerate().map(|(i, n)| ("host", i, n)))
+            .chain(self.gateways.iter().map(|g| &g.name).enumerate().map(|(i, n)| ("gateway", i, n)));
+        for (table, i, name) in all {
+            let key = [table, &i.to_string(), "name"].map(str::to_string);
+            let key: Vec<&str> = key.iter().map(String::as_str).collect();
+            if name.is_empty() || name.contains(char::is_whitespace) {
+                return Err(at(&key, format!("invalid host name `{name}`")));
+            }
+            if name.parse::<IpAddr>().is_ok() {
+                return Err(at(&key, format!("host name `{name}` looks like an address")));
+            }
+            if !names.insert(name.clone()) {
+                return Err(at(&key, format!("host name `{name}` is used twice")));
+            }
+        }
+        for (i, host) in self.hosts.iter().enumerate() {
             for alias in &host.aliases {
                 if alias == &host.name || alias.is_empty() || alias.parse::<IpAddr>().is_ok() {
-                    return Err(SimError::Spec(format!(
-                        "host `{}`: invalid alias `{alias}`",
-                        host.name
-                    )));
+                    return Err(at(
+                        &["host", &i.to_string(), "aliases"],
+                        format!("host `{}`: invalid alias `{alias}`", host.name),
+                    ));
                 }
             }
         }
         let gateways: BTreeSet<&str> = self.gateways.iter().map(|g| g.name.as_str()).collect();
-        let known_gateway = |host: &str, gw: &str| {
+        let known_gateway = |key: &[&str], host: &str, gw: &str| {
             if gateways.contains(gw) {
                 return Ok(());
             }
-            Err(SimError::Spec(format!(
-                "host `{host}` names gateway `{gw}`, which is not defined (gateways: {})",
-                gateways.iter().copied().collect::<Vec<_>>().join(", ")
-            )))
+            Err(at(
+                key,
+                format!(
+                    "host `{host}` names gateway `{gw}`, which is not defined (gateways: {})",
+                    gateways.iter().copied().collect::<Vec<_>>().join(", ")
+                ),
+            ))
         };
-        for g in &self.gateways {
+        for (gi, g) in self.gateways.iter().enumerate() {
+            let gi = gi.to_string();
             if let Some(link) = &g.link {
                 if link.latency_ms != 0 {
-                    return Err(SimError::Spec(format!(
-                        "gateway `{}`: its link's latency is the gateway's latency_ms;                          leave link.latency_ms out",
-                        g.name
-                    )));
+                    return Err(at(
+                        &["gateway", &gi, "link", "latency_ms"],
+                        format!(
+                            "gateway `{}`: its link's latency is the gateway's latency_ms; \
+                             leave link.latency_ms out",
+                            g.name
+                        ),
+                    ));
                 }
-                link.validate()
-                    .map_err(|e| SimError::Spec(format!("gateway `{}` link: {e}", g.name)))?;
+                link.validate().map_err(|e| {
+                    at(&["gateway", &gi, "link"], format!("gateway `{}` link: {e}", g.name))
+                })?;
             }
             let mut seen = BTreeSet::from([g.name.as_str()]);
             let mut up = g.behind.as_deref();
             while let Some(u) = up {
                 if !gateways.contains(u) {
-                    return Err(SimError::Spec(format!(
-                        "gateway `{}` is behind gateway `{u}`, which is not defined \
-                         (gateways: {})",
-                        g.name,
-                        gateways.iter().copied().collect::<Vec<_>>().join(", ")
-                    )));
+                    return Err(at(
+                        &["gateway", &gi, "behind"],
+                        format!(
+                            "gateway `{}` is behind gateway `{u}`, which is not defined \
+                             (gateways: {})",
+                            g.name,
+                            gateways.iter().copied().collect::<Vec<_>>().join(", ")
+                        ),
+                    ));
                 }
                 if !seen.insert(u) {
-                    return Err(SimError::Spec(format!(
-                        "gateway `{}`: the gateways it is behind form a loop",
-                        g.name
-                    )));
+                    return Err(at(
+                        &["gateway", &gi, "behind"],
+                        format!("gateway `{}`: the gateways it is behind form a loop", g.name),
+                    ));
                 }
                 up = self
                     .gateways
@@ -355,47 +371,59 @@ impl WorldSpec {
                     .and_then(|x| x.behind.as_deref());
             }
         }
-        for host in &self.hosts {
+        for (hi, host) in self.hosts.iter().enumerate() {
+            let hi = hi.to_string();
             if let Some(gw) = &host.gateway {
-                known_gateway(&host.name, gw)?;
+                known_gateway(&["host", &hi, "gateway"], &host.name, gw)?;
             }
             host.link
                 .validate()
-                .map_err(|e| SimError::Spec(format!("host `{}`: {e}", host.name)))?;
+                .map_err(|e| at(&["host", &hi, "link"], format!("host `{}`: {e}", host.name)))?;
             if host.interfaces.is_empty() {
                 continue;
             }
             if host.gateway.is_some() || host.link != LinkParams::default() {
-                return Err(SimError::Spec(format!(
-                    "host `{}` has `interfaces`: give each interface its gateway and link \
-                     instead of the host's `gateway` and `link`",
-                    host.name
-                )));
+                return Err(at(
+                    &["host", &hi, "interfaces"],
+                    format!(
+                        "host `{}` has `interfaces`: give each interface its gateway and link \
+                         instead of the host's `gateway` and `link`",
+                        host.name
+                    ),
+                ));
             }
             let mut seen = BTreeSet::new();
             let mut via = BTreeSet::new();
-            for i in &host.interfaces {
+            for (ii, i) in host.interfaces.iter().enumerate() {
+                let ii = ii.to_string();
+                let key = |k: &'static str| ["host", hi.as_str(), "interfaces", ii.as_str(), k];
                 if i.name.is_empty() || i.name.contains(|c: char| c.is_whitespace() || c == '/') {
-                    return Err(SimError::Spec(format!(
-                        "host `{}`: invalid interface name `{}`",
-                        host.name, i.name
-                    )));
+                    return Err(at(
+                        &key("name"),
+                        format!("host `{}`: invalid interface name `{}`", host.name, i.name),
+                    ));
                 }
                 if !seen.insert(i.name.as_str()) {
-                    return Err(SimError::Spec(format!(
-                        "host `{}`: interface `{}` is listed twice",
-                        host.name, i.name
-                    )));
+                    return Err(at(
+                        &key("name"),
+                        format!("host `{}`: interface `{}` is listed twice", host.name, i.name),
+                    ));
                 }
-                known_gateway(&host.name, &i.gateway)?;
+                known_gateway(&key("gateway"), &host.name, &i.gateway)?;
                 if !via.insert(i.gateway.as_str()) {
-                    return Err(SimError::Spec(format!(
-                        "host `{}`: two interfaces go through gateway `{}`; give each its own",
-                        host.name, i.gateway
-                    )));
+                    return Err(at(
+                        &key("gateway"),
+                        format!(
+                            "host `{}`: two interfaces go through gateway `{}`; give each its own",
+                            host.name, i.gateway
+                        ),
+                    ));
                 }
                 i.link.validate().map_err(|e| {
-                    SimError::Spec(format!("host `{}` interface `{}`: {e}", host.name, i.name))
+                    at(
+                        &key("link"),
+                        format!("host `{}` interface `{}`: {e}", host.name, i.name),
+                    )
                 })?;
             }
         }

@@ -260,6 +260,12 @@ impl StreamCore {
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
+        // What a continuation's HELLO tells the peer we have: its keepalive ACKs never count
+        // from less (an ACK below what the peer knows we hold is a violation).
+        let start_received = match &mode {
+            Attach::New { .. } => 0,
+            Attach::Continue { received, .. } => *received,
+        };
         let (preamble, entry) = match mode {
             Attach::New { preamble } => (preamble, Entry::default()),
             Attach::Continue { peer, received } => {
@@ -295,7 +301,7 @@ impl StreamCore {
         let (read_half, write_half) = tokio::io::split(stream);
         let (kill, killed) = watch::channel(0u8);
         let (stop, stopped) = watch::channel(false);
-        let (ack_tx, ack_rx) = watch::channel(0u64);
+        let (ack_tx, ack_rx) = watch::channel(start_received);
         let core = self.clone();
         let writer = tokio::spawn(async move {
             let result = write_loop(write_half, &core, preamble, ack_rx, killed).await;

@@ -72,8 +72,9 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     let io = |e: std::io::Error| tcp("write", e);
     let mut draining = true;
     let mut dirty = false;
-    // The ACK count last sent, and when a pending one is due.
-    let mut ack_sent: u64 = 0;
+    // The ACK count last sent (a continuation's HELLO has sent the count it starts from),
+    // and when a pending one is due.
+    let mut ack_sent: u64 = *ack_rx.borrow_and_update();
     let mut ack_due: Option<Instant> = None;
     let mut batch = BytesMut::with_capacity(BATCH + MAX_FRAME + HEADER_LEN);
     for piece in preamble {
