@@ -159,7 +159,9 @@ pub fn active_window_ms(base: &Scenario) -> Result<u64, ScenarioError> {
     let (_, quiet) = with_timeline(base, &Vec::new())?;
     let report = crate::runner::run(&quiet, 1).report;
     let busy = report.metrics.sim_duration_ms as u64;
-    Ok(busy.saturating_sub(base.workload.start_ms).clamp(1_000, 30_000))
+    Ok(busy
+        .saturating_sub(base.workload.start_ms)
+        .clamp(1_000, 30_000))
 }
 
 /// Draws a random timeline for `scenario` from `seed`: one to four faults (link down, black
@@ -174,18 +176,25 @@ pub fn draw(scenario: &Scenario, window_ms: u64, seed: u64) -> Timeline {
     let window = window_ms.max(1);
     let mut out = Vec::new();
     for _ in 0..rng.gen_range(1..=4) {
-        let span = if rng.gen_bool(0.5) { window.div_ceil(5) } else { window };
+        let span = if rng.gen_bool(0.5) {
+            window.div_ceil(5)
+        } else {
+            window
+        };
         let at = start + rng.gen_range(0..span);
         let heal = |rng: &mut ChaCha8Rng, p: f64| {
-            rng.gen_bool(p)
-                .then(|| at + rng.gen_range(100..=15_000u64))
+            rng.gen_bool(p).then(|| at + rng.gen_range(100..=15_000u64))
         };
         let link = rng.gen_range(0..t.links.len());
         let (host, interface) = t.links[link].clone();
         let interface = interface.as_deref();
         match rng.gen_range(0..7) {
             0 | 1 => {
-                let action = if rng.gen_bool(0.5) { "link-down" } else { "blackhole" };
+                let action = if rng.gen_bool(0.5) {
+                    "link-down"
+                } else {
+                    "blackhole"
+                };
                 out.push(entry(at, action, &host, interface));
                 if let Some(up) = heal(&mut rng, 0.75) {
                     out.push(entry(up, "link-up", &host, interface));
@@ -193,7 +202,10 @@ pub fn draw(scenario: &Scenario, window_ms: u64, seed: u64) -> Timeline {
             }
             2 => {
                 let mut e = entry(at, "flap", &host, interface);
-                e.insert("period_ms".into(), Value::Integer(rng.gen_range(50..=3_000)));
+                e.insert(
+                    "period_ms".into(),
+                    Value::Integer(rng.gen_range(50..=3_000)),
+                );
                 e.insert("count".into(), Value::Integer(rng.gen_range(1..=6)));
                 out.push(e);
             }
@@ -228,7 +240,15 @@ pub fn draw(scenario: &Scenario, window_ms: u64, seed: u64) -> Timeline {
                 let mut e = entry(at, "set-middlebox", gateway, None);
                 e.insert("middlebox".into(), Value::Table(middlebox));
                 out.push(e);
-                if let Some(back) = heal(&mut rng, 0.6) {
+                // A flow blackholed after N datagrams lets every new flow (a rebinding, a
+                // new connection) through for N more: a carrier crawls on for ever, neither
+                // dead nor working, so that rule is always lifted again.
+                let heal_p = if rule == "udp_blackhole_after" {
+                    1.0
+                } else {
+                    0.6
+                };
+                if let Some(back) = heal(&mut rng, heal_p) {
                     let mut e = entry(back, "set-middlebox", gateway, None);
                     e.insert("middlebox".into(), Value::Table(Table::new()));
                     out.push(e);
@@ -239,11 +259,21 @@ pub fn draw(scenario: &Scenario, window_ms: u64, seed: u64) -> Timeline {
                 out.push(entry(at, "nat-reboot", gateway, None));
             }
             6 if t.bounce.is_some() => {
-                out.push(entry(at, "bounce", t.bounce.as_deref().unwrap_or_default(), None));
+                out.push(entry(
+                    at,
+                    "bounce",
+                    t.bounce.as_deref().unwrap_or_default(),
+                    None,
+                ));
             }
             _ => {
                 out.push(entry(at, "link-down", &host, interface));
-                out.push(entry(at + rng.gen_range(100..=5_000u64), "link-up", &host, interface));
+                out.push(entry(
+                    at + rng.gen_range(100..=5_000u64),
+                    "link-up",
+                    &host,
+                    interface,
+                ));
             }
         }
     }
@@ -254,7 +284,10 @@ pub fn draw(scenario: &Scenario, window_ms: u64, seed: u64) -> Timeline {
 /// `base` with `timeline` as its faults, no expectations and the duration [`settle_s`] past
 /// the last fault: the scenario a chaos run runs, as TOML and parsed (so it is checked like
 /// any file, and written out it replays exactly).
-pub fn with_timeline(base: &Scenario, timeline: &Timeline) -> Result<(String, Scenario), ScenarioError> {
+pub fn with_timeline(
+    base: &Scenario,
+    timeline: &Timeline,
+) -> Result<(String, Scenario), ScenarioError> {
     let parse_error = |e: toml::de::Error| ScenarioError {
         path: base.path.display().to_string(),
         line: 0,
@@ -272,9 +305,7 @@ pub fn with_timeline(base: &Scenario, timeline: &Timeline) -> Result<(String, Sc
         })
         .max()
         .unwrap_or(0);
-    let duration = base
-        .duration_s
-        .max(last_s.max(flap_end) + settle_s(base));
+    let duration = base.duration_s.max(last_s.max(flap_end) + settle_s(base));
     doc.insert("duration_s".into(), Value::Integer(duration as i64));
     doc.insert(
         "description".into(),
@@ -374,7 +405,9 @@ pub fn shrink(
             timeline = candidate;
         }
         for key in ["count", "period_ms"] {
-            let Some(Some(v)) = timeline.get(i).map(|t| t.get(key).and_then(Value::as_integer))
+            let Some(Some(v)) = timeline
+                .get(i)
+                .map(|t| t.get(key).and_then(Value::as_integer))
             else {
                 continue;
             };
@@ -410,16 +443,19 @@ pub fn shrink_run(base: &Scenario, run: &Run, budget: usize) -> Finding {
     let kind: Option<Kind> = run.breaches.first().map(|b| b.kind);
     let breaks = |t: &Timeline| -> Option<Vec<Breach>> {
         let r = run_timeline(base, t.clone(), run.seed).ok()?;
-        r.breaches.iter().any(|b| Some(b.kind) == kind).then_some(r.breaches)
+        r.breaches
+            .iter()
+            .any(|b| Some(b.kind) == kind)
+            .then_some(r.breaches)
     };
-    let (minimal, shrink_runs) = shrink(
-        run.timeline.clone(),
-        base.workload.start_ms,
-        budget,
-        &|t| breaks(t).is_some(),
-    );
+    let (minimal, shrink_runs) =
+        shrink(run.timeline.clone(), base.workload.start_ms, budget, &|t| {
+            breaks(t).is_some()
+        });
     let minimal_breaches = breaks(&minimal).unwrap_or_else(|| run.breaches.clone());
-    let minimal_text = with_timeline(base, &minimal).map(|(text, _)| text).unwrap_or_default();
+    let minimal_text = with_timeline(base, &minimal)
+        .map(|(text, _)| text)
+        .unwrap_or_default();
     Finding {
         run: run.clone(),
         minimal,
@@ -623,7 +659,10 @@ mod tests {
     fn shrinking_keeps_only_the_faults_that_matter_and_moves_them_early() {
         // Fails whenever a bounce happens at or after 1000 ms and a link-down is present.
         let fails = |tl: &Timeline| {
-            let has = |a: &str| tl.iter().any(|e| e.get("action").and_then(Value::as_str) == Some(a));
+            let has = |a: &str| {
+                tl.iter()
+                    .any(|e| e.get("action").and_then(Value::as_str) == Some(a))
+            };
             has("link-down")
                 && tl.iter().any(|e| {
                     e.get("action").and_then(Value::as_str) == Some("bounce") && at_ms(e) >= 1000
@@ -644,9 +683,14 @@ mod tests {
             .collect();
         assert_eq!(actions.len(), 2, "{minimal:?}");
         assert!(actions.contains(&"link-down") && actions.contains(&"bounce"));
-        let bounce = minimal.iter().find(|e| e.get("action").and_then(Value::as_str) == Some("bounce"));
+        let bounce = minimal
+            .iter()
+            .find(|e| e.get("action").and_then(Value::as_str) == Some("bounce"));
         let at = bounce.map(at_ms).unwrap_or_default();
-        assert!((1000..9000).contains(&at), "moved earlier but still failing: {at}");
+        assert!(
+            (1000..9000).contains(&at),
+            "moved earlier but still failing: {at}"
+        );
         assert!(fails(&minimal));
         assert!(spent <= 100);
         // A budget of zero changes nothing.

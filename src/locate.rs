@@ -29,18 +29,16 @@ fn walk(table: &dyn toml_edit::TableLike, path: &[Step]) -> Option<usize> {
         Some(Step::Key(_)) => item.as_table_like().and_then(|t| walk(t, &path[1..])),
         Some(Step::Index(i)) => {
             if let Some(tables) = item.as_array_of_tables() {
-                tables.get(*i).and_then(|t| {
-                    walk(t, &path[2..]).or_else(|| t.span().map(|s| s.start))
-                })
+                tables
+                    .get(*i)
+                    .and_then(|t| walk(t, &path[2..]).or_else(|| t.span().map(|s| s.start)))
             } else {
-                item.as_array()
-                    .and_then(|a| a.get(*i))
-                    .and_then(|v| {
-                        let inline = v.as_inline_table();
-                        inline
-                            .and_then(|t| walk(t, &path[2..]))
-                            .or_else(|| v.span().map(|s| s.start))
-                    })
+                item.as_array().and_then(|a| a.get(*i)).and_then(|v| {
+                    let inline = v.as_inline_table();
+                    inline
+                        .and_then(|t| walk(t, &path[2..]))
+                        .or_else(|| v.span().map(|s| s.start))
+                })
             }
         }
     };
@@ -63,7 +61,10 @@ mod tests {
         assert_eq!(at(&[Key("duration_s")]), Some("duration_s"));
         assert_eq!(at(&[Key("workload"), Key("messages")]), Some("messages"));
         assert_eq!(at(&[Key("host"), Index(1), Key("name")]), Some("name"));
-        let lat = key_offset(TEXT, &[Key("host"), Index(1), Key("link"), Key("latency_ms")]);
+        let lat = key_offset(
+            TEXT,
+            &[Key("host"), Index(1), Key("link"), Key("latency_ms")],
+        );
         assert_eq!(lat, TEXT.find("latency_ms"));
         let wifi = key_offset(TEXT, &[Key("workload"), Key("interfaces"), Key("wifi")]);
         assert_eq!(wifi, TEXT.find("wifi"));

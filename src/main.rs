@@ -632,11 +632,19 @@ fn run_chaos(
     let summary = match testbed::chaos::write(out, &sweep) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("error: writing the chaos outputs below {}: {e}", out.display());
+            eprintln!(
+                "error: writing the chaos outputs below {}: {e}",
+                out.display()
+            );
             return ExitCode::FAILURE;
         }
     };
-    let sim: f64 = sweep.runs.iter().map(|r| r.report.metrics.sim_duration_ms).sum::<f64>() / 1000.0;
+    let sim: f64 = sweep
+        .runs
+        .iter()
+        .map(|r| r.report.metrics.sim_duration_ms)
+        .sum::<f64>()
+        / 1000.0;
     let wall = started.elapsed().as_secs_f64();
     println!(
         "{} chaos runs over {} scenarios in {wall:.1} s wall ({sim:.0} simulated s); {} broke an invariant. Summary: {}",

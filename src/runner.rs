@@ -131,35 +131,47 @@ fn start_rendezvous(
         identity: Some(identity),
         ..Security::default()
     });
-    let net: Arc<dyn Net> = world.net(&rdv).map_err(err)?;
-    world
-        .host(&rdv, move || {
-            let (net, config) = (net.clone(), rdv_config.clone());
-            async move {
-                let local = ([0, 0, 0, 0], RENDEZVOUS_PORT).into();
-                let wait = Duration::from_secs(30);
-                let _server = RendezvousServer::bind(net, local, config, wait).await?;
-                std::future::pending::<()>().await;
-                Ok(())
-            }
-        })
-        .map_err(err)?;
-    // A TURN server answers Binding requests too: one host may be both.
+    let ip = |h: &str| world.ip(h).ok_or_else(|| format!("no address for `{h}`"));
+    let stun_ip = ip(&stun)?;
+    let turn_ip = match &turn {
+        Some(t) => Some(ip(t)?),
+        None => None,
+    };
+    // The infrastructure roles, by host: roles that share a host run in one host program
+    // (turmoil runs one per host). A TURN server answers Binding requests too, so a host
+    // that is both STUN and TURN runs the TURN server only.
+    let mut roles: std::collections::BTreeMap<String, Vec<Role>> = Default::default();
+    roles.entry(rdv.clone()).or_default().push(Role::Rendezvous);
     if turn.as_deref() != Some(stun.as_str()) {
-        let net: Arc<dyn Net> = world.net(&stun).map_err(err)?;
+        roles.entry(stun.clone()).or_default().push(Role::Stun);
+    }
+    if let (Some(turn), Some(turn_ip)) = (&turn, turn_ip) {
+        roles
+            .entry(turn.clone())
+            .or_default()
+            .push(Role::Turn(turn_ip));
+    }
+    for (host, roles) in roles {
+        let net: Arc<dyn Net> = world.net(&host).map_err(err)?;
+        let rdv_config = rdv_config.clone();
         world
-            .host(&stun, move || {
-                let net = net.clone();
+            .host(&host, move || {
+                let (net, roles, rdv_config) = (net.clone(), roles.clone(), rdv_config.clone());
                 async move {
-                    let local = ([0, 0, 0, 0], 3478).into();
-                    StunServer::bind(net.as_ref(), local).await?.run().await;
+                    let mut running = tokio::task::JoinSet::new();
+                    for role in roles {
+                        let (net, rdv_config) = (net.clone(), rdv_config.clone());
+                        running.spawn(async move { role.serve(net, rdv_config).await });
+                    }
+                    // A role that fails fails the host (and the run).
+                    while let Some(done) = running.join_next().await {
+                        done.map_err(|e| e.to_string())??;
+                    }
                     Ok(())
                 }
             })
             .map_err(err)?;
     }
-    let ip = |h: &str| world.ip(h).ok_or_else(|| format!("no address for `{h}`"));
-    let stun_ip = ip(&stun)?;
     let mut trust = Configuration::default();
     trust.protocols(&[Protocol::Quic]).security(Security {
         trusted_roots: vec![ca.root()],
@@ -170,26 +182,12 @@ fn start_rendezvous(
         trust,
         (stun_ip, 3478).into(),
     );
-    if let Some(turn) = &turn {
-        let turn_ip = ip(turn)?;
+    if let Some(turn_ip) = turn_ip {
         punch.turn = Some(TurnConfig {
             server: (turn_ip, 3478).into(),
             username: TURN_USER.into(),
             password: TURN_PASSWORD.into(),
         });
-        let net: Arc<dyn Net> = world.net(turn).map_err(err)?;
-        world
-            .host(turn, move || {
-                let net = net.clone();
-                async move {
-                    let mut config = TurnServerConfig::new(TURN_USER, TURN_PASSWORD);
-                    config.relay_ip = Some(turn_ip);
-                    let local = ([0, 0, 0, 0], 3478).into();
-                    TurnServer::bind(net, local, config).await?.run().await;
-                    Ok(())
-                }
-            })
-            .map_err(err)?;
     }
     let meeting = workload::Meeting {
         punch,
@@ -210,6 +208,55 @@ fn start_rendezvous(
         world.client(host, program).map_err(err)?;
     }
     Ok(())
+}
+
+/// A server a rendezvous workload runs on an infrastructure host.
+#[derive(Debug, Clone)]
+enum Role {
+    /// The rendezvous server (QUIC, port 7000).
+    Rendezvous,
+    /// A STUN server (port 3478).
+    Stun,
+    /// The TURN relay (port 3478), relaying on this address.
+    Turn(std::net::IpAddr),
+}
+
+impl Role {
+    async fn serve(
+        self,
+        net: Arc<dyn postsock::net::Net>,
+        rdv_config: Configuration,
+    ) -> Result<(), String> {
+        let stun_local = ([0, 0, 0, 0], 3478).into();
+        let failed = |e: postsock::Error| e.to_string();
+        match self {
+            Role::Rendezvous => {
+                let local = ([0, 0, 0, 0], RENDEZVOUS_PORT).into();
+                let wait = Duration::from_secs(30);
+                let _server = RendezvousServer::bind(net, local, rdv_config, wait)
+                    .await
+                    .map_err(failed)?;
+                std::future::pending::<()>().await;
+            }
+            Role::Stun => {
+                StunServer::bind(net.as_ref(), stun_local)
+                    .await
+                    .map_err(failed)?
+                    .run()
+                    .await
+            }
+            Role::Turn(relay_ip) => {
+                let mut config = TurnServerConfig::new(TURN_USER, TURN_PASSWORD);
+                config.relay_ip = Some(relay_ip);
+                TurnServer::bind(net, stun_local, config)
+                    .await
+                    .map_err(failed)?
+                    .run()
+                    .await;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Where the rendezvous server of a rendezvous workload listens.

@@ -426,7 +426,15 @@ impl Scenario {
         let loc = Locator { path, text };
         let file: ScenarioFile = toml::from_str(text).map_err(|e| {
             let offset = e.span().map_or(0, |s| s.start);
-            loc.at(offset, e.message().trim().to_owned())
+            let message = e.message().trim();
+            // The TOML parser says nothing for some syntax errors (a key with no value at the
+            // end of the file, say): the position is all it has.
+            let message = if message.is_empty() {
+                "invalid TOML: a value is missing or malformed here"
+            } else {
+                message
+            };
+            loc.at(offset, message.to_owned())
         })?;
         let world = WorldSpec {
             hosts: file.host,
@@ -505,7 +513,8 @@ fn check_workload(
             format!("workload: {message}"),
         ))
     };
-    let fail = |message: &str| Err(loc.key(&[Step::Key("workload")], format!("workload: {message}")));
+    let fail =
+        |message: &str| Err(loc.key(&[Step::Key("workload")], format!("workload: {message}")));
     known_host(&w.client)?;
     known_host(&w.server)?;
     if w.client.get_ref() == w.server.get_ref() {
@@ -517,6 +526,16 @@ fn check_workload(
     let infrastructure = [&w.rendezvous, &w.stun, &w.turn];
     for h in infrastructure.into_iter().flatten() {
         known_host(h)?;
+        if h.get_ref() == w.client.get_ref() || h.get_ref() == w.server.get_ref() {
+            return Err(loc.at(
+                h.span().start,
+                format!(
+                    "`{}` is a peer of the workload; the rendezvous, stun and turn servers \
+                     need hosts of their own (they may share one)",
+                    h.get_ref()
+                ),
+            ));
+        }
     }
     if w.kind == WorkloadKind::RendezvousEcho {
         if w.rendezvous.is_none() || w.stun.is_none() {
@@ -529,13 +548,19 @@ fn check_workload(
         return fail("rendezvous, stun and turn apply to kind = \"rendezvous-echo\" only");
     }
     if w.server_start_ms > 0 && w.kind != WorkloadKind::RendezvousEcho {
-        return at("server_start_ms", "server_start_ms applies to kind = \"rendezvous-echo\" only");
+        return at(
+            "server_start_ms",
+            "server_start_ms applies to kind = \"rendezvous-echo\" only",
+        );
     }
     if w.min_size < 8 || w.min_size > w.max_size {
-        return at("min_size", &format!(
+        return at(
+            "min_size",
+            &format!(
             "need 8 <= min_size <= max_size (each message carries its 8-byte index), got {} and {}",
             w.min_size, w.max_size
-        ));
+        ),
+        );
     }
     if w.max_size > MAX_MESSAGE {
         return at("max_size", &format!(
@@ -544,48 +569,77 @@ fn check_workload(
         ));
     }
     if w.messages == 0 || w.messages > MAX_MESSAGES {
-        return at("messages", &format!(
-            "messages must be between 1 and {MAX_MESSAGES}, got {}",
-            w.messages
-        ));
+        return at(
+            "messages",
+            &format!(
+                "messages must be between 1 and {MAX_MESSAGES}, got {}",
+                w.messages
+            ),
+        );
     }
     if w.port == 0 {
         return at("port", "port must be between 1 and 65535");
     }
     if w.start_ms >= duration_s * 1000 {
-        return at("start_ms", &format!(
-            "start_ms {} is not before the end of the scenario ({duration_s} s)",
-            w.start_ms
-        ));
+        return at(
+            "start_ms",
+            &format!(
+                "start_ms {} is not before the end of the scenario ({duration_s} s)",
+                w.start_ms
+            ),
+        );
     }
-    if w.attempt_delay_ms.is_some_and(|d| !(10..=60_000).contains(&d)) {
-        return at("attempt_delay_ms", "attempt_delay_ms must be between 10 and 60000 (RFC 8305 says at least 10 ms)");
+    if w.attempt_delay_ms
+        .is_some_and(|d| !(10..=60_000).contains(&d))
+    {
+        return at(
+            "attempt_delay_ms",
+            "attempt_delay_ms must be between 10 and 60000 (RFC 8305 says at least 10 ms)",
+        );
     }
     let zero_or_huge = |v: Option<u64>, max: u64| v.is_some_and(|v| v == 0 || v > max);
     if zero_or_huge(w.connect_timeout_ms, 3_600_000) {
-        return at("connect_timeout_ms", "connect_timeout_ms must be between 1 and 3600000");
+        return at(
+            "connect_timeout_ms",
+            "connect_timeout_ms must be between 1 and 3600000",
+        );
     }
     if zero_or_huge(w.dormant_timeout_s, 86_400) {
-        return at("dormant_timeout_s", "dormant_timeout_s must be between 1 and 86400");
+        return at(
+            "dormant_timeout_s",
+            "dormant_timeout_s must be between 1 and 86400",
+        );
     }
     if zero_or_huge(w.lifetime_ms, 86_400_000) {
         return at("lifetime_ms", "lifetime_ms must be between 1 and 86400000");
     }
     if w.keepalive_ms.is_some_and(|k| k > 3_600_000) {
-        return at("keepalive_ms", "keepalive_ms must be at most 3600000 (0: no keepalive)");
+        return at(
+            "keepalive_ms",
+            "keepalive_ms must be at most 3600000 (0: no keepalive)",
+        );
     }
     if w.first_idempotent.is_some() && w.kind != WorkloadKind::Echo {
-        return at("first_idempotent", "first_idempotent applies to kind = \"echo\" only");
+        return at(
+            "first_idempotent",
+            "first_idempotent applies to kind = \"echo\" only",
+        );
     }
     let client_spec = world.hosts.iter().find(|h| &h.name == w.client.get_ref());
     let client_interfaces: Vec<&str> = match client_spec {
-        Some(h) if !h.interfaces.is_empty() => h.interfaces.iter().map(|i| i.name.as_str()).collect(),
+        Some(h) if !h.interfaces.is_empty() => {
+            h.interfaces.iter().map(|i| i.name.as_str()).collect()
+        }
         _ => vec!["eth0"],
     };
     for name in w.interfaces.keys() {
         if !client_interfaces.contains(&name.as_str()) {
             return Err(loc.key(
-                &[Step::Key("workload"), Step::Key("interfaces"), Step::Key(name)],
+                &[
+                    Step::Key("workload"),
+                    Step::Key("interfaces"),
+                    Step::Key(name),
+                ],
                 format!(
                     "workload: the client `{}` has no interface `{name}` (interfaces: {})",
                     w.client.get_ref(),
@@ -603,19 +657,28 @@ fn check_workload(
         return fail("niceness, lifetime_ms, antecedent_group, ordered and reliable apply to kind = \"stream\" only");
     }
     if w.carriers == 0 || w.carriers > 10_000 || (w.carriers > 1 && w.kind != WorkloadKind::Echo) {
-        return at("carriers", "carriers must be between 1 and 10000, and more than 1 only for kind = \"echo\"");
+        return at(
+            "carriers",
+            "carriers must be between 1 and 10000, and more than 1 only for kind = \"echo\"",
+        );
     }
     if w.antecedent_group.is_some_and(|g| g < 2) {
         return at("antecedent_group", "antecedent_group must be at least 2");
     }
     if !w.reliable && w.protocol != ProtocolName::Quic {
-        return at("reliable", "unreliable messages need protocol = \"quic\" (QUIC DATAGRAM frames)");
+        return at(
+            "reliable",
+            "unreliable messages need protocol = \"quic\" (QUIC DATAGRAM frames)",
+        );
     }
     if !w.reliable && w.max_size > 1200 {
-        return at("max_size", &format!(
-            "unreliable messages must fit one datagram: max_size {} > 1200",
-            w.max_size
-        ));
+        return at(
+            "max_size",
+            &format!(
+                "unreliable messages must fit one datagram: max_size {} > 1200",
+                w.max_size
+            ),
+        );
     }
     Ok(())
 }
@@ -669,7 +732,10 @@ fn fault_entry(
 ) -> Result<Vec<TimedFault>, ScenarioError> {
     let action = *f.action.get_ref();
     let key = |k: &str, message: String| {
-        Err(loc.key(&[Step::Key("fault"), Step::Index(index), Step::Key(k)], message))
+        Err(loc.key(
+            &[Step::Key("fault"), Step::Index(index), Step::Key(k)],
+            message,
+        ))
     };
     let here = |message: &str| Err(loc.at(f.action.span().start, message.to_owned()));
     let host = f.host.get_ref().clone();
@@ -731,15 +797,24 @@ fn fault_entry(
                 return here("flap needs `period_ms` (each phase) and `count` (cycles)");
             };
             if period == 0 || period > 86_400_000 {
-                return key("period_ms", format!("flap: period_ms must be between 1 and 86400000, got {period}"));
+                return key(
+                    "period_ms",
+                    format!("flap: period_ms must be between 1 and 86400000, got {period}"),
+                );
             }
             if count == 0 || count > MAX_FLAPS {
-                return key("count", format!("flap: count must be between 1 and {MAX_FLAPS}, got {count}"));
+                return key(
+                    "count",
+                    format!("flap: count must be between 1 and {MAX_FLAPS}, got {count}"),
+                );
             }
             // 2 × 10000 × 86400000 fits a u64, and so does the end added to at_ms below
             // (at_ms itself is checked against the duration, at most a day).
             if f.at_ms > MAX_DURATION_S * 1000 {
-                return key("at_ms", format!("fault at {} ms is after any scenario's end", f.at_ms));
+                return key(
+                    "at_ms",
+                    format!("fault at {} ms is after any scenario's end", f.at_ms),
+                );
             }
             // Down for a period, up for a period, `count` times.
             let mut out = Vec::new();
@@ -787,7 +862,10 @@ fn expectations(entries: &[ExpectEntry], loc: &Locator) -> Result<Vec<Expect>, S
         .enumerate()
         .map(|(index, e)| {
             let key = |k: &str, message: String| {
-                loc.key(&[Step::Key("expect"), Step::Index(index), Step::Key(k)], message)
+                loc.key(
+                    &[Step::Key("expect"), Step::Index(index), Step::Key(k)],
+                    message,
+                )
             };
             for (name, bound) in [("min", e.min), ("max", e.max)] {
                 if bound.is_some_and(|b| !b.is_finite()) {
@@ -796,7 +874,10 @@ fn expectations(entries: &[ExpectEntry], loc: &Locator) -> Result<Vec<Expect>, S
             }
             if let (Some(min), Some(max)) = (e.min, e.max) {
                 if min > max {
-                    return Err(key("min", format!("min {min} is above max {max}: nothing can pass")));
+                    return Err(key(
+                        "min",
+                        format!("min {min} is above max {max}: nothing can pass"),
+                    ));
                 }
             }
             let metric = e.metric.get_ref();
@@ -900,5 +981,129 @@ max = 0
 
         let bad = GOOD.replace("latency_ms = 20", "latency_ms = -1");
         assert!(parse(&bad).is_err());
+    }
+
+    /// Each bad value is an error at its own key (line:col of the key), never a panic, an
+    /// abort or a silent acceptance.
+    #[test]
+    fn bad_values_are_errors_at_their_key() {
+        let with_fault = |fault: &str| format!("{GOOD}[[fault]]\n{fault}\n");
+        let cases: Vec<(String, &str, &str)> = vec![
+            (GOOD.replace("messages = 3", "messages = 0"), "messages = 0", "messages must be between"),
+            (format!("duration_s = 0\n{GOOD}"), "duration_s", "duration_s must be"),
+            (GOOD.replace("messages = 3", "messages = 3\nport = 0"), "port = 0", "port must be"),
+            (GOOD.replace("messages = 3", "messages = 3\nmax_size = 1000000000"), "max_size = 1", "max_size must be at most"),
+            (GOOD.replace("messages = 3", "messages = 3\nmin_size = 100\nmax_size = 10"), "min_size = 100", "min_size <= max_size"),
+            (GOOD.replace("messages = 3", "messages = 3\nconnect_timeout_ms = 0"), "connect_timeout_ms", "connect_timeout_ms must be"),
+            (GOOD.replace("messages = 3", "messages = 3\ndormant_timeout_s = 0"), "dormant_timeout_s", "dormant_timeout_s must be"),
+            (GOOD.replace("messages = 3", "messages = 3\nattempt_delay_ms = 2"), "attempt_delay_ms", "at least 10 ms"),
+            (GOOD.replace("messages = 3", "messages = 3\nstart_ms = 60000"), "start_ms", "not before the end"),
+            (GOOD.replace("messages = 3", "messages = 3\nfirst_idempotent = true").replace("\"echo\"", "\"stream\""), "first_idempotent", "kind = \"echo\" only"),
+            (GOOD.replace("messages = 3", "messages = 3\ninterfaces = { wlan9 = \"prefer\" }"), "wlan9", "no interface `wlan9`"),
+            (GOOD.replace("max = 0", "min = 5\nmax = 1"), "min = 5", "nothing can pass"),
+            (GOOD.replace("max = 0", "max = nan"), "max = nan", "finite"),
+            (with_fault("at_ms = 10\naction = \"flap\"\nhost = \"c\"\nperiod_ms = 100\ncount = 4000000000"), "count = 4", "count must be between"),
+            (with_fault("at_ms = 10\naction = \"flap\"\nhost = \"c\"\nperiod_ms = 0\ncount = 2"), "period_ms = 0", "period_ms must be"),
+            (with_fault("at_ms = 99000\naction = \"link-down\"\nhost = \"c\""), "at_ms = 99000", "after the end"),
+            (GOOD.replace("name = \"s\"", "name = \"c\""), "name = \"c\"\nlink", "used twice"),
+            (GOOD.replace("[[host]]\nname = \"c\"", "[[host]]\nname = \"c\"\ngateway = \"gw\""), "gateway = \"gw\"", "not defined"),
+        ];
+        for (text, at, message) in cases {
+            let e = match parse(&text) {
+                Err(e) => e,
+                Ok(_) => panic!("accepted:\n{text}"),
+            };
+            let offset = text
+                .find(at)
+                .unwrap_or_else(|| panic!("`{at}` not in\n{text}"));
+            assert_eq!((e.line, e.column), position(&text, offset), "{e}\n{text}");
+            assert!(e.message.contains(message), "{e}");
+        }
+    }
+
+    /// A property over seeded random mutations of every shipped scenario file: the parser
+    /// answers with a scenario or an error that has a position inside the text, and never
+    /// panics, aborts or allocates without bound.
+    #[test]
+    fn mutated_scenario_files_parse_or_fail_cleanly() {
+        use rand::{Rng, SeedableRng};
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        let files = discover(&dir).expect("scenarios");
+        let texts: Vec<String> = files
+            .iter()
+            .map(|(_, p)| std::fs::read_to_string(p).expect("read"))
+            .collect();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(13);
+        // Values that stress the checks: huge, negative, zero, NaN, wrong types.
+        let values = [
+            "0",
+            "-1",
+            "4294967296",
+            "18446744073709551615",
+            "nan",
+            "inf",
+            "1e308",
+            "\"x\"",
+            "true",
+            "[]",
+            "{}",
+            "0.0",
+            "99999999999",
+        ];
+        let mut accepted = 0;
+        for round in 0..3000 {
+            let mut text = texts[round % texts.len()].clone();
+            for _ in 0..rng.gen_range(1..=3) {
+                let bytes = text.as_bytes();
+                // Replace the value after a random `=` or cut, insert, or delete a char.
+                let at = rng.gen_range(0..=bytes.len());
+                let at = (0..=at)
+                    .rev()
+                    .find(|&i| text.is_char_boundary(i))
+                    .unwrap_or(0);
+                match rng.gen_range(0..4) {
+                    0 => {
+                        if let Some(eq) = text[at..].find("= ") {
+                            let start = at + eq + 2;
+                            let end = text[start..].find('\n').map_or(text.len(), |e| start + e);
+                            let v = values[rng.gen_range(0..values.len())];
+                            text.replace_range(start..end, v);
+                        }
+                    }
+                    1 => text.truncate(at),
+                    2 => text.insert(
+                        at,
+                        ['[', ']', '"', '=', '\n', '{', '9'][rng.gen_range(0..7)],
+                    ),
+                    _ => {
+                        if at < text.len() {
+                            text.remove(at);
+                        }
+                    }
+                }
+            }
+            match parse(&text) {
+                Ok(s) => {
+                    accepted += 1;
+                    assert!(s.duration_s >= 1 && s.workload.messages >= 1);
+                }
+                Err(e) => {
+                    assert!(
+                        e.line >= 1 && e.line <= text.lines().count().max(1) + 1,
+                        "{e}"
+                    );
+                    assert!(
+                        !e.message.is_empty(),
+                        "empty message at {}:{} for\n{text}",
+                        e.line,
+                        e.column
+                    );
+                }
+            }
+        }
+        assert!(
+            accepted > 50,
+            "mutations must leave some files valid ({accepted})"
+        );
     }
 }

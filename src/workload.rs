@@ -545,6 +545,11 @@ async fn echo_round(
         carrier.abort();
         return;
     }
+    if trace.lock().error.is_some() {
+        // The carrier ended with an error: nothing more will be sent or echoed.
+        sender.abort();
+        return;
+    }
     let _ = sender.await;
     if let Err(e) = carrier.close().await {
         trace.fail(format!("close: {e}"));

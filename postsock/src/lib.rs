@@ -72,6 +72,9 @@ mod api;
 
 pub mod traversal;
 
+#[cfg(test)]
+mod fuzz;
+
 pub use api::carrier::{Carrier, PartialSend};
 pub use api::framer;
 pub use api::framer::{Framed, Framer, Json, LengthPrefix, Lines};

@@ -20,8 +20,11 @@ pub type MessageId = u64;
 pub struct MessageProperties {
     /// Time after which the message is useless. A message that cannot be handed to the network
     /// in time (so that it would arrive after the deadline, judged by half the path's smoothed
-    /// RTT) is dropped and reported [`SendStatus::Expired`]. On QUIC a message still in flight
-    /// at its deadline is reset, so the peer never delivers it.
+    /// RTT) is dropped and reported [`SendStatus::Expired`]. On QUIC a message still
+    /// unacknowledged at its deadline less that one-way estimate is reset, so nothing of it is
+    /// sent after then; what was already on the path still arrives, after the deadline only
+    /// when the path's delay has grown past the estimate (a queue filling, a slower path).
+    /// TLS/TCP cannot recall what TCP has taken.
     pub lifetime: Option<Duration>,
     /// 0 is the most urgent. Under a backlog, lower niceness is sent first; equal niceness
     /// keeps `send` order. An ordered message never overtakes an earlier ordered one (order

@@ -283,7 +283,9 @@ async fn accept_stream(
                 // no carrier. Starting one would hand the application a carrier the rest of
                 // the HELLO then breaks; the client continues or retries on a new connection.
                 Err(_) if speaks_first || first.first() == Some(&TYPE_HELLO) => {
-                    tracing::debug!("no complete HELLO from {peer} in {wait:?}: connection dropped");
+                    tracing::debug!(
+                        "no complete HELLO from {peer} in {wait:?}: connection dropped"
+                    );
                     return None;
                 }
                 // Not a HELLO, a malformed one, or nothing yet: the carrier's reader sees the

@@ -6,7 +6,7 @@
 //! carriers) and [`punch`] (candidates, ICE-style connectivity checks, relay fallback,
 //! restarts), which [`Carrier::rendezvous`](crate::Carrier::rendezvous) drives.
 
-mod codec;
+pub(crate) mod codec;
 mod demux;
 mod transaction;
 

@@ -289,8 +289,19 @@ impl WorldSpec {
             }
         }
         let mut names = BTreeSet::new();
-        let all = (self.hosts.iter().map(|h| &h.name).enumerate().map(|(i, n)| ("host", i, n)))
-            .chain(self.gateways.iter().map(|g| &g.name).enumerate().map(|(i, n)| ("gateway", i, n)));
+        let all = (self
+            .hosts
+            .iter()
+            .map(|h| &h.name)
+            .enumerate()
+            .map(|(i, n)| ("host", i, n)))
+        .chain(
+            self.gateways
+                .iter()
+                .map(|g| &g.name)
+                .enumerate()
+                .map(|(i, n)| ("gateway", i, n)),
+        );
         for (table, i, name) in all {
             let key = [table, &i.to_string(), "name"].map(str::to_string);
             let key: Vec<&str> = key.iter().map(String::as_str).collect();
@@ -298,7 +309,10 @@ impl WorldSpec {
                 return Err(at(&key, format!("invalid host name `{name}`")));
             }
             if name.parse::<IpAddr>().is_ok() {
-                return Err(at(&key, format!("host name `{name}` looks like an address")));
+                return Err(at(
+                    &key,
+                    format!("host name `{name}` looks like an address"),
+                ));
             }
             if !names.insert(name.clone()) {
                 return Err(at(&key, format!("host name `{name}` is used twice")));
@@ -341,7 +355,10 @@ impl WorldSpec {
                     ));
                 }
                 link.validate().map_err(|e| {
-                    at(&["gateway", &gi, "link"], format!("gateway `{}` link: {e}", g.name))
+                    at(
+                        &["gateway", &gi, "link"],
+                        format!("gateway `{}` link: {e}", g.name),
+                    )
                 })?;
             }
             let mut seen = BTreeSet::from([g.name.as_str()]);
@@ -361,7 +378,10 @@ impl WorldSpec {
                 if !seen.insert(u) {
                     return Err(at(
                         &["gateway", &gi, "behind"],
-                        format!("gateway `{}`: the gateways it is behind form a loop", g.name),
+                        format!(
+                            "gateway `{}`: the gateways it is behind form a loop",
+                            g.name
+                        ),
                     ));
                 }
                 up = self
@@ -406,7 +426,10 @@ impl WorldSpec {
                 if !seen.insert(i.name.as_str()) {
                     return Err(at(
                         &key("name"),
-                        format!("host `{}`: interface `{}` is listed twice", host.name, i.name),
+                        format!(
+                            "host `{}`: interface `{}` is listed twice",
+                            host.name, i.name
+                        ),
                     ));
                 }
                 known_gateway(&key("gateway"), &host.name, &i.gateway)?;

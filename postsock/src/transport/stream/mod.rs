@@ -34,6 +34,8 @@ use acks::{ack_units, Acks};
 pub(crate) use connect::{connect, connect_plain};
 use hello::parse_hello;
 pub(crate) use hello::{hello_frame, read_hello, Hello, Prefixed};
+#[cfg(test)]
+pub(crate) use reader::read_frame;
 use reader::read_messages;
 use writer::{write_loop, BATCH, BATCH_TIME, KILL_ABORT, KILL_STOP};
 

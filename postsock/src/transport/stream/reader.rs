@@ -173,7 +173,7 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
 }
 
 /// Reads one frame. `Ok(None)` is a clean end of stream at a frame boundary.
-async fn read_frame<R: AsyncRead + Unpin>(
+pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     input: &mut R,
     max: usize,
 ) -> Result<Option<(FrameHeader, Bytes)>> {

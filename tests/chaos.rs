@@ -1,0 +1,212 @@
+//! Chaos: a CI-sized sweep of random fault timelines that must hold every invariant, the
+//! timelines that found bugs (each a regression test now), and the sweep's determinism.
+
+use std::path::Path;
+
+use testbed::chaos::{self, Options, Shard, Timeline};
+use testbed::invariants::{self, Kind};
+use testbed::{suite, Scenario};
+
+fn dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios")
+}
+
+fn load(name: &str) -> Scenario {
+    suite::load_one(&dir(), name).expect("scenario")
+}
+
+/// A timeline written as `[[fault]]` entries.
+fn timeline(toml_text: &str) -> Timeline {
+    #[derive(serde::Deserialize)]
+    struct Faults {
+        fault: Vec<toml::Table>,
+    }
+    toml::from_str::<Faults>(toml_text).expect("timeline").fault
+}
+
+fn kinds(run: &chaos::Run) -> Vec<Kind> {
+    run.breaches.iter().map(|b| b.kind).collect()
+}
+
+/// Fixed seeds over one scenario of each kind of carrier and fault family: every run holds
+/// every invariant. (The full sweep, ≥ 10,000 timelines, and what it found are in
+/// docs/RELIABILITY.md.)
+#[test]
+fn a_ci_sized_sweep_holds_every_invariant() {
+    let bases: Vec<Scenario> = [
+        "echo/quic",
+        "echo/tls-tcp-nat",
+        "failover/quic-wifi-down",
+        "failover/tls-tcp-wifi-down",
+        "failover/tls-tcp-idle",
+        "api/antecedents-quic",
+        "api/niceness-tls-tcp",
+        "nat/quic-reboot",
+        "resumption/tls-tcp-second-carrier",
+    ]
+    .into_iter()
+    .map(load)
+    .collect();
+    let options = Options {
+        runs: 3,
+        seed: 7000,
+        shard: Shard::default(),
+        shrink_budget: 0,
+        jobs: 2,
+    };
+    let sweep = chaos::sweep(&bases, &options, &|_| {}).expect("sweep");
+    assert_eq!(sweep.runs.len(), 27);
+    let failed: Vec<String> = sweep
+        .runs
+        .iter()
+        .filter(|r| !r.breaches.is_empty())
+        .map(|r| format!("{} seed {}: {:?}", r.scenario, r.seed, r.breaches))
+        .collect();
+    assert!(failed.is_empty(), "{failed:#?}");
+    // The timelines did strike: most runs saw faults and some carriers moved or went dormant.
+    let struck = sweep
+        .runs
+        .iter()
+        .filter(|r| !r.report.faults.is_empty())
+        .count();
+    assert!(struck >= 20, "only {struck} runs saw a fault");
+    let disturbed = sweep
+        .runs
+        .iter()
+        .filter(|r| r.report.path_events.len() > 1 || r.report.error.is_some())
+        .count();
+    assert!(disturbed >= 5, "only {disturbed} runs were disturbed");
+}
+
+#[test]
+fn timelines_come_from_the_seed_and_the_scenario() {
+    let a = load("echo/quic");
+    let b = load("echo/tls-tcp");
+    assert_eq!(chaos::draw(&a, 5_000, 3), chaos::draw(&a, 5_000, 3));
+    assert_ne!(chaos::draw(&a, 5_000, 3), chaos::draw(&a, 5_000, 4));
+    assert_ne!(chaos::draw(&a, 5_000, 3), chaos::draw(&b, 5_000, 3));
+    // A drawn timeline is a valid scenario, with room after its last fault to settle.
+    for seed in 0..50 {
+        let t = chaos::draw(&a, 5_000, seed);
+        let (text, s) = chaos::with_timeline(&a, &t).expect("valid");
+        assert!(s.expect.is_empty() && !s.faults.is_empty(), "{text}");
+        let last = s.faults.iter().map(|f| f.at_ms).max().unwrap_or(0);
+        assert!(s.duration_s * 1000 >= last + chaos::settle_s(&a) * 1000);
+    }
+}
+
+/// Found by chaos: after a continuation the TLS/TCP keepalive ACK counted from 0, below what
+/// the peer knew was received, and the peer ended the carrier with a protocol violation.
+#[test]
+fn a_keepalive_after_a_continuation_counts_from_what_was_received() {
+    let base = load("failover/tls-tcp-idle");
+    let t = timeline(
+        r#"[[fault]]
+at_ms = 1216
+action = "flap"
+host = "server"
+period_ms = 2370
+count = 1"#,
+    );
+    let run = chaos::run_timeline(&base, t, 4).expect("run");
+    assert!(run.breaches.is_empty(), "{:?}", run.breaches);
+    assert_eq!(run.report.metrics.messages_delivered, 8);
+}
+
+/// Found by chaos: a QUIC server that restarts (bounce) under an idle carrier lost its
+/// connections, and the client learnt it only from its idle timeout (5 min here). With the
+/// server's stateless-reset key derived from its identity, the client's next packet draws a
+/// verifiable reset.
+#[test]
+fn a_restarted_quic_server_resets_the_old_carrier_at_once() {
+    let base = load("nat/quic-mapping-timeout-no-keepalive");
+    let t = timeline(
+        r#"[[fault]]
+at_ms = 277
+action = "bounce"
+host = "server""#,
+    );
+    let run = chaos::run_timeline(&base, t, 1).expect("run");
+    assert!(run.breaches.is_empty(), "{:?}", run.breaches);
+    let error = run.report.error.clone().unwrap_or_default();
+    assert!(error.contains("reset by peer"), "{error}");
+    // The next message goes out at 60 s; the reset answers it within a round trip or two.
+    assert!(
+        run.report.metrics.sim_duration_ms < 61_000.0,
+        "{}",
+        run.report.metrics.sim_duration_ms
+    );
+}
+
+/// Found by chaos: on a lossy path the client's HELLO reached the listener after its 1 s
+/// wait; the listener had started a carrier that cannot continue, and the HELLO then broke it
+/// with a protocol violation. Now the server surfaces the restart as a clear error instead.
+#[test]
+fn a_slow_hello_is_waited_for() {
+    let base = load("echo/tls-tcp");
+    let t = timeline(
+        r#"[[fault]]
+at_ms = 67
+action = "bounce"
+host = "server"
+
+[[fault]]
+at_ms = 76
+action = "set-link"
+host = "server"
+latency_ms = 158
+loss = 0.3
+
+[[fault]]
+at_ms = 13072
+action = "set-link"
+host = "server"
+loss = 0.0"#,
+    );
+    let run = chaos::run_timeline(&base, t, 1).expect("run");
+    assert!(
+        !kinds(&run).contains(&Kind::ProtocolViolation),
+        "{:?}",
+        run.breaches
+    );
+    assert!(run.breaches.is_empty(), "{:?}", run.breaches);
+}
+
+/// The oracle reads reports: the same report checked twice gives the same breaches, and a
+/// shipped scenario's clean run has none.
+#[test]
+fn the_oracle_passes_a_clean_run() {
+    let s = load("api/antecedents-quic");
+    let outcome = testbed::run(&s, 1);
+    assert!(invariants::check(&outcome.report, &s).is_empty());
+}
+
+/// Found trying roles as a new user would: a rendezvous, STUN and TURN server on one host
+/// panicked inside turmoil ("already registered host"). They now share the host's program;
+/// a role on a peer's host is a scenario error at its key.
+#[test]
+fn infrastructure_roles_share_a_host_and_peers_keep_theirs() {
+    let text = std::fs::read_to_string(dir().join("nat/rendezvous-relayed-reboot.toml"))
+        .expect("scenario file");
+    let shared = text
+        .replace("stun = \"stun\"", "stun = \"rdv\"")
+        .replace("turn = \"turn\"", "turn = \"rdv\"");
+    let s = Scenario::parse("shared", Path::new("shared.toml"), &shared).expect("valid");
+    let report = testbed::run(&s, 1).report;
+    assert!(
+        report.passed,
+        "{:?} {:?}",
+        report.error, report.expectations
+    );
+    assert_eq!(report.metrics.relayed, Some(1));
+
+    let on_peer = text.replace("stun = \"stun\"", "stun = \"bob\"");
+    let e = Scenario::parse("peer", Path::new("peer.toml"), &on_peer).expect_err("a peer's host");
+    let line = on_peer
+        .lines()
+        .position(|l| l == "stun = \"bob\"")
+        .expect("line")
+        + 1;
+    assert_eq!((e.line, e.column), (line, 8), "{e}");
+    assert!(e.message.contains("hosts of their own"), "{e}");
+}
