@@ -526,7 +526,9 @@ fn print_table(outcomes: &[testbed::RunOutcome]) {
     }
 }
 
-fn report_failures(outcomes: &[testbed::RunOutcome]) -> ExitCode {
+/// Prints the failed runs with their replay commands; `path` is the scenario file a run was
+/// loaded from, when it was (its name alone would not find it again).
+fn report_failures(outcomes: &[testbed::RunOutcome], path: Option<&str>) -> ExitCode {
     let failed: Vec<_> = outcomes.iter().filter(|o| !o.report.passed).collect();
     if failed.is_empty() {
         return ExitCode::SUCCESS;
@@ -545,7 +547,13 @@ fn report_failures(outcomes: &[testbed::RunOutcome]) -> ExitCode {
                 e.measured.map_or("nothing".into(), |v| v.to_string())
             );
         }
-        eprintln!("    replay: {}", suite::replay_command(r));
+        match path {
+            Some(p) => eprintln!(
+                "    replay: cargo run --release -- run {p} --seed {}",
+                r.seed
+            ),
+            None => eprintln!("    replay: {}", suite::replay_command(r)),
+        }
     }
     ExitCode::FAILURE
 }
@@ -583,7 +591,7 @@ fn run_one(
             return ExitCode::FAILURE;
         }
     }
-    report_failures(&outcomes)
+    report_failures(&outcomes, name.ends_with(".toml").then_some(name))
 }
 
 fn default_jobs() -> usize {
@@ -763,7 +771,7 @@ fn run_suite(
             wrong.is_empty()
         }
     };
-    let code = report_failures(&outcomes);
+    let code = report_failures(&outcomes, None);
     if matrix_ok {
         code
     } else {

@@ -10,7 +10,8 @@
 //!
 //! TCP (RFC 5382): inside hosts send whole IPv4 packets to the overlay port addressed to
 //! [`TCP_PORT`]. The gateway keeps a second table for TCP (same mapping and filtering
-//! behaviour, idle timeout [`TCP_MAPPING_TIMEOUT`]), rewrites each segment's source to its
+//! behaviour, idle timeout [`TCP_MAPPING_TIMEOUT`], or the transitory 4 min once a FIN has
+//! passed each way or a RST either way), rewrites each segment's source to its
 //! public address and the mapping's port, and sends it from its own `TCP_PORT`; what comes
 //! back is rewritten to the inside endpoint. A segment for no mapping is answered with a
 //! reset unless it is a SYN (REQ-4: unsolicited SYNs are dropped silently); filtered ones
@@ -30,7 +31,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::lock;
-use crate::nat::{Inbound, MappingKey, NatTable};
+use crate::nat::{Inbound, MappingKey, NatTable, TcpMapping};
 use crate::overlay::{self, OVERLAY_PORT};
 use crate::segment::{self, TCP_PORT};
 use crate::world::spec::{Middlebox, NatBehaviour};
@@ -422,7 +423,12 @@ impl TcpNat {
             }
         }
         let now = Instant::now();
-        let out = lock(&self.table).outbound(now, seg.src, seg.dst);
+        let out = {
+            let mut table = lock(&self.table);
+            let out = table.outbound(now, seg.src, seg.dst);
+            table.note_tcp(TcpMapping::Out(out.key), seg.syn, seg.fin, seg.rst);
+            out
+        };
         let public = SocketAddr::new(self.ip, out.port);
         let mut packet = packet.to_vec();
         if seg.dst.ip() == self.ip {
@@ -457,7 +463,14 @@ impl TcpNat {
             if seg.dst.ip() != self.ip {
                 continue;
             }
-            let verdict = lock(&self.table).inbound_at(Instant::now(), seg.dst.port(), seg.src);
+            let verdict = {
+                let mut table = lock(&self.table);
+                let verdict = table.inbound_at(Instant::now(), seg.dst.port(), seg.src);
+                if matches!(verdict, Inbound::Deliver(_)) {
+                    table.note_tcp(TcpMapping::In(seg.dst.port()), seg.syn, seg.fin, seg.rst);
+                }
+                verdict
+            };
             match verdict {
                 Inbound::Deliver(to) => {
                     if segment::rewrite(&mut packet, None, Some(to)) {

@@ -29,6 +29,40 @@ struct Mapping {
     contacted: BTreeSet<SocketAddr>,
     /// When the inside endpoint last sent through it (for the idle timeout).
     last_out: Instant,
+    /// TCP: the connection is closing (a FIN each way, or a RST): the mapping's timeout is
+    /// the transitory one from then on (RFC 5382 REQ-5).
+    closing: Closing,
+}
+
+/// How far a TCP connection through a mapping has got towards its end.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Closing {
+    /// A FIN went out.
+    pub(crate) fin_out: bool,
+    /// A FIN came in.
+    pub(crate) fin_in: bool,
+    /// A RST went either way.
+    pub(crate) reset: bool,
+}
+
+impl Closing {
+    fn transitory(self) -> bool {
+        self.reset || (self.fin_out && self.fin_in)
+    }
+}
+
+/// RFC 5382 REQ-5: a TCP mapping whose connection is closing (FIN both ways, or RST) lives
+/// at least this long after its last outbound packet (the established idle timeout is 2 h
+/// 4 min).
+pub(crate) const TCP_TRANSITORY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(240);
+
+/// The mapping a TCP segment went through: by key going out, by public port coming in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TcpMapping {
+    /// An outbound segment's mapping.
+    Out(MappingKey),
+    /// The mapping owning this public port (an inbound segment).
+    In(u16),
 }
 
 /// Where an outbound datagram leaves.
@@ -83,7 +117,30 @@ impl NatTable {
     }
 
     fn expired(&self, m: &Mapping, now: Instant) -> bool {
-        now.saturating_duration_since(m.last_out) > self.behaviour.mapping_timeout
+        let timeout = if m.closing.transitory() {
+            self.behaviour.mapping_timeout.min(TCP_TRANSITORY_TIMEOUT)
+        } else {
+            self.behaviour.mapping_timeout
+        };
+        now.saturating_duration_since(m.last_out) > timeout
+    }
+
+    /// TCP: what a segment through mapping `key` (out) or public port `port` (in) says of
+    /// its connection's end. A SYN starts a connection afresh.
+    pub(crate) fn note_tcp(&mut self, mapping: TcpMapping, syn: bool, fin: bool, rst: bool) {
+        let m = match mapping {
+            TcpMapping::Out(key) => self.mappings.get_mut(&key),
+            TcpMapping::In(port) => self.mappings.values_mut().find(|m| m.port == port),
+        };
+        let Some(m) = m else { return };
+        if syn {
+            m.closing = Closing::default();
+        }
+        m.closing.reset |= rst;
+        match mapping {
+            TcpMapping::Out(_) => m.closing.fin_out |= fin,
+            TcpMapping::In(_) => m.closing.fin_in |= fin,
+        }
     }
 
     /// A datagram from `inside` to `remote` at `now`: the mapping it leaves through,
@@ -120,6 +177,7 @@ impl NatTable {
                 port,
                 contacted: BTreeSet::from([remote]),
                 last_out: now,
+                closing: Closing::default(),
             },
         );
         Outbound {
@@ -256,6 +314,37 @@ mod tests {
     const R1: &str = "192.0.2.1:3478";
     const R1_OTHER_PORT: &str = "192.0.2.1:9999";
     const R2: &str = "198.51.100.1:3478";
+
+    /// RFC 5382 REQ-5: an established TCP mapping lives 2 h 4 min idle; once its connection
+    /// closes (a FIN each way, or a RST) only the transitory 4 min. A new SYN through it
+    /// makes it established again.
+    #[test]
+    fn a_closed_tcp_connection_s_mapping_times_out_after_four_minutes() {
+        let mut t = table_with(crate::world::NatSpec {
+            mapping_timeout_s: Some(2 * 3600 + 4 * 60),
+            ..Default::default()
+        });
+        let t0 = Instant::now();
+        let out = t.outbound(t0, a(IN), a(R1));
+        let later = t0 + Duration::from_secs(600);
+        assert_eq!(t.inbound(later, &out.key, a(R1)), Inbound::Deliver(a(IN)));
+        // One FIN each way: transitory.
+        t.note_tcp(TcpMapping::Out(out.key), false, true, false);
+        assert_eq!(t.inbound(later, &out.key, a(R1)), Inbound::Deliver(a(IN)));
+        t.note_tcp(TcpMapping::In(out.port), false, true, false);
+        assert_eq!(t.inbound(later, &out.key, a(R1)), Inbound::Gone);
+        assert_eq!(
+            t.inbound(t0 + Duration::from_secs(239), &out.key, a(R1)),
+            Inbound::Deliver(a(IN))
+        );
+        // A RST alone does it too; a SYN undoes it.
+        let mut t2 = table(NatPreset::FullCone);
+        let out = t2.outbound(t0, a(IN), a(R1));
+        t2.note_tcp(TcpMapping::In(out.port), false, false, true);
+        assert!(t2.mappings.values().all(|m| m.closing.transitory()));
+        t2.note_tcp(TcpMapping::Out(out.key), true, false, false);
+        assert!(t2.mappings.values().all(|m| !m.closing.transitory()));
+    }
 
     #[test]
     fn endpoint_independent_mapping_reuses_one_port_for_every_remote() {

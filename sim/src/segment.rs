@@ -23,6 +23,7 @@ pub(crate) struct Segment {
     pub(crate) syn: bool,
     pub(crate) ack: bool,
     pub(crate) rst: bool,
+    pub(crate) fin: bool,
     seq: u32,
     ack_number: u32,
     /// Sequence space it occupies: payload, plus one for SYN and for FIN.
@@ -45,6 +46,7 @@ pub(crate) fn parse(packet: &[u8]) -> Option<Segment> {
         syn: tcp.syn(),
         ack: tcp.ack(),
         rst: tcp.rst(),
+        fin: tcp.fin(),
         seq: tcp.seq_number().0 as u32,
         ack_number: tcp.ack_number().0 as u32,
         len: payload + u32::from(tcp.syn()) + u32::from(tcp.fin()),
@@ -170,6 +172,7 @@ mod tests {
             syn: true,
             ack: false,
             rst: false,
+            fin: false,
             seq: 1000,
             ack_number: 0,
             len: 1,

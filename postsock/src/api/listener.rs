@@ -278,6 +278,12 @@ async fn accept_stream(
                     return None;
                 }
                 Ok(Ok(Some(h))) => Some(h.token),
+                // The connection ended or failed before its first byte (the losing attempt
+                // of a client's race, say): nothing to carry, no carrier.
+                Ok(Ok(None)) | Ok(Err(_)) if first.is_empty() => {
+                    tracing::debug!("connection from {peer} ended before its first frame");
+                    return None;
+                }
                 // Waited in vain for a HELLO that had begun to arrive, or for any frame of a
                 // `postsock/1` client (which always starts with one): this connection carries
                 // no carrier. Starting one would hand the application a carrier the rest of
