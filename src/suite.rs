@@ -81,8 +81,8 @@ fn known_all(found: &[(String, PathBuf)], generated: &[Scenario]) -> String {
 }
 
 /// Generated families a suite runs only when its filter names them: evaluations whose runs
-/// measure rather than check (the protocol comparison, where today's stack still fails
-/// some lossy TLS/TCP cells; see docs/ARCHITECTURE.md).
+/// measure rather than check (the protocol comparison, where one lossy QUIC run of 240 still
+/// fails; see docs/ARCHITECTURE.md).
 pub const OPT_IN: [&str; 1] = [crate::compare::PREFIX];
 
 /// Loads every scenario whose name starts with `filter` (all when `None`, except the

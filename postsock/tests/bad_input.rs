@@ -291,3 +291,53 @@ async fn a_misplaced_or_malformed_hello_ends_only_that_carrier() {
         assert_protocol_error(&events, what, want);
     }
 }
+
+/// A `postsock/1` client speaks first, but its HELLO may come late (TCP retransmitting it on
+/// a lossy path): the listener waits for it rather than starting a carrier that the HELLO
+/// would then break. A connection that ends before its first byte (the losing attempt of a
+/// race) makes no carrier at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_hello_is_awaited_and_a_silent_connection_makes_no_carrier() {
+    let ca = TestCa::new("bad input CA").expect("ca");
+    let (mut listener, addr) = bind(&ca, Protocol::TlsTcp).await;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(common::rustls_client(&ca)));
+    let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+
+    // Handshake, then nothing, then the end: no carrier.
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+    let mut silent = connector
+        .connect(name.clone(), tcp)
+        .await
+        .expect("handshake");
+    silent.flush().await.expect("flush");
+    drop(silent);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), listener.accept())
+            .await
+            .is_err(),
+        "a connection that said nothing must not become a carrier"
+    );
+
+    // Handshake, 1.5 s of nothing (the old listener gave up after 1 s), then HELLO and a
+    // message: one carrier, which receives it.
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+    let mut late = connector.connect(name, tcp).await.expect("handshake");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    late.write_all(
+        &[
+            hello(0, 0, [9u8; 16], 0),
+            header(1, 1, 0, 4),
+            b"late".to_vec(),
+        ]
+        .concat(),
+    )
+    .await
+    .expect("write");
+    late.flush().await.expect("flush");
+    let carrier = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+        .await
+        .expect("a carrier")
+        .expect("accept");
+    let m = carrier.receive().await.expect("receive").expect("message");
+    assert_eq!(&m.data[..], b"late");
+}
