@@ -1007,6 +1007,11 @@ max = 0
             (with_fault("at_ms = 99000\naction = \"link-down\"\nhost = \"c\""), "at_ms = 99000", "after the end"),
             (GOOD.replace("name = \"s\"", "name = \"c\""), "name = \"c\"\nlink", "used twice"),
             (GOOD.replace("[[host]]\nname = \"c\"", "[[host]]\nname = \"c\"\ngateway = \"gw\""), "gateway = \"gw\"", "not defined"),
+            (
+                GOOD.replace("[[host]]\nname = \"c\"", "[[gateway]]\nname = \"gw\"\nlink = { bandwidth_kbps = 1000, latency_ms = 5 }\n[[host]]\nname = \"c\"\ngateway = \"gw\""),
+                "latency_ms = 5",
+                "leave link.latency_ms out",
+            ),
         ];
         for (text, at, message) in cases {
             let e = match parse(&text) {
