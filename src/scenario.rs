@@ -704,7 +704,17 @@ fn timeline(
                         .interface
                         .as_ref()
                         .map_or(f.action.span().start, |i| i.span().start),
-                    _ => f.action.span().start,
+                    // A bad set-link value: at its key, when the message names one.
+                    _ => ["latency_ms", "loss", "bandwidth_kbps", "queue_bytes"]
+                        .into_iter()
+                        .find(|k| e.message.starts_with(k))
+                        .and_then(|k| {
+                            key_offset(
+                                loc.text,
+                                &[Step::Key("fault"), Step::Index(index), Step::Key(k)],
+                            )
+                        })
+                        .unwrap_or(f.action.span().start),
                 };
                 loc.at(offset, e.message)
             })?;
@@ -1007,6 +1017,9 @@ max = 0
             (with_fault("at_ms = 99000\naction = \"link-down\"\nhost = \"c\""), "at_ms = 99000", "after the end"),
             (GOOD.replace("name = \"s\"", "name = \"c\""), "name = \"c\"\nlink", "used twice"),
             (GOOD.replace("[[host]]\nname = \"c\"", "[[host]]\nname = \"c\"\ngateway = \"gw\""), "gateway = \"gw\"", "not defined"),
+            (GOOD.replace("latency_ms = 20", "latency_ms = 99999999"), "99999999", "at most 60000"),
+            (with_fault("at_ms = 10\naction = \"set-link\"\nhost = \"c\"\nlatency_ms = 70000"), "latency_ms = 7", "at most 60000"),
+            (with_fault("at_ms = 10\naction = \"set-link\"\nhost = \"c\"\nloss = 1.5"), "loss = 1.5", "between 0.0 and 1.0"),
             (
                 GOOD.replace("[[host]]\nname = \"c\"", "[[gateway]]\nname = \"gw\"\nlink = { bandwidth_kbps = 1000, latency_ms = 5 }\n[[host]]\nname = \"c\"\ngateway = \"gw\""),
                 "latency_ms = 5",

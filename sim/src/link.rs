@@ -19,8 +19,9 @@ use tokio::time::Instant;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LinkParams {
-    /// One-way propagation latency from the host to the network core, in milliseconds.
-    #[serde(default)]
+    /// One-way propagation latency from the host to the network core, in milliseconds (at
+    /// most 60000).
+    #[serde(default, deserialize_with = "de::latency_ms")]
     pub latency_ms: u64,
     /// Probability that a datagram is lost, per datagram and direction (0.0 to 1.0).
     #[serde(default)]
@@ -114,7 +115,7 @@ pub enum Aqm {
 }
 
 /// Deserializers that check their value, so a bad one is reported at its place in the file.
-mod de {
+pub(crate) mod de {
     use serde::de::Error;
     use serde::{Deserialize, Deserializer};
 
@@ -139,6 +140,18 @@ mod de {
         if ms > 10_000 {
             return Err(D::Error::custom(format!(
                 "jitter_ms must be at most 10000 ms, got {ms}"
+            )));
+        }
+        Ok(ms)
+    }
+
+    /// A one-way latency: at most a minute (a larger one is a typo, and would overflow the
+    /// simulated clock's arithmetic for the largest values).
+    pub(crate) fn latency_ms<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let ms = u64::deserialize(d)?;
+        if ms > 60_000 {
+            return Err(D::Error::custom(format!(
+                "latency_ms must be at most 60000 ms, got {ms}"
             )));
         }
         Ok(ms)

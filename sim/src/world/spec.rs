@@ -72,8 +72,9 @@ pub const DEFAULT_INTERFACE: &str = "eth0";
 pub struct GatewaySpec {
     /// Unique name.
     pub name: String,
-    /// One-way latency from the gateway to the network core, in milliseconds.
-    #[serde(default)]
+    /// One-way latency from the gateway to the network core, in milliseconds (at most
+    /// 60000).
+    #[serde(default, deserialize_with = "crate::link::de::latency_ms")]
     pub latency_ms: u64,
     /// What the gateway blocks (nothing by default).
     #[serde(default)]
@@ -600,9 +601,19 @@ impl WorldSpec {
             loss,
             bandwidth_kbps,
             queue_bytes,
+            latency_ms,
             ..
         } = fault
         {
+            if latency_ms.is_some_and(|ms| ms > 60_000) {
+                return err(
+                    FaultPart::Action,
+                    format!(
+                        "latency_ms must be at most 60000 ms, got {}",
+                        latency_ms.unwrap_or_default()
+                    ),
+                );
+            }
             let check = LinkParams {
                 loss: loss.unwrap_or(0.0),
                 bandwidth_kbps: *bandwidth_kbps,
