@@ -124,3 +124,30 @@ fn stun_and_turn_datagrams_decode_or_are_dropped() {
         "the unmutated request decodes"
     );
 }
+
+#[test]
+fn rendezvous_blobs_open_only_when_authentic() {
+    use crate::traversal::rendezvous::{unhex, Pairing, PeerInfo};
+    let mut g = Gen(4);
+    let pairing = Pairing::new(b"a pairing secret of some length").expect("pairing");
+    let info = PeerInfo {
+        candidates: Vec::new(),
+        extra: vec![1, 2, 3],
+    };
+    let blob = pairing.seal(&info, [1u8; 16], [2u8; 12]).expect("seal");
+    assert_eq!(pairing.open(&blob, [9u8; 16]), Some(info.clone()));
+    let raw = unhex(&blob).expect("hex");
+    for _ in 0..CASES {
+        // Mutated blobs (as bytes and as text) and random text: never a panic, and nothing
+        // but the untouched blob authenticates.
+        let bytes = g.mutate(&raw);
+        let text: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        if bytes != raw {
+            assert_eq!(pairing.open(&text, [9u8; 16]), None);
+        }
+        let mut garbled = blob.clone().into_bytes();
+        let at = (g.next() as usize) % garbled.len();
+        garbled[at] = g.next() as u8 % 128;
+        let _ = pairing.open(&String::from_utf8_lossy(&garbled), [9u8; 16]);
+    }
+}

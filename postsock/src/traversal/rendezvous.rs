@@ -123,7 +123,7 @@ impl Pairing {
     }
 
     /// Seals `info` for the other peer; `me` marks it as ours.
-    fn seal(&self, info: &PeerInfo, me: [u8; 16], nonce: [u8; 12]) -> Result<String> {
+    pub(crate) fn seal(&self, info: &PeerInfo, me: [u8; 16], nonce: [u8; 12]) -> Result<String> {
         let mut plain = serde_json::to_vec(info).map_err(|e| ConfigError::Json(e.to_string()))?;
         let aad = [&self.id[..], &me[..]].concat();
         self.aead()
@@ -137,7 +137,7 @@ impl Pairing {
     }
 
     /// Opens the other peer's blob: `None` if it does not authenticate, or is our own.
-    fn open(&self, blob: &str, me: [u8; 16]) -> Option<PeerInfo> {
+    pub(crate) fn open(&self, blob: &str, me: [u8; 16]) -> Option<PeerInfo> {
         let bytes = unhex(blob)?;
         if bytes.len() < 16 + 12 + aead::CHACHA20_POLY1305.tag_len() {
             return None;
