@@ -135,36 +135,29 @@ pub(crate) mod de {
         probability(d).map(Some)
     }
 
-    pub(super) fn jitter_ms<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    /// A duration in ms named `key`, at most `max`.
+    fn ms_at_most<'de, D: Deserializer<'de>>(d: D, key: &str, max: u64) -> Result<u64, D::Error> {
         let ms = u64::deserialize(d)?;
-        if ms > 10_000 {
+        if ms > max {
             return Err(D::Error::custom(format!(
-                "jitter_ms must be at most 10000 ms, got {ms}"
+                "{key} must be at most {max} ms, got {ms}"
             )));
         }
         Ok(ms)
+    }
+
+    pub(super) fn jitter_ms<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        ms_at_most(d, "jitter_ms", 10_000)
     }
 
     /// A one-way latency: at most a minute (a larger one is a typo, and would overflow the
     /// simulated clock's arithmetic for the largest values).
     pub(crate) fn latency_ms<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-        let ms = u64::deserialize(d)?;
-        if ms > 60_000 {
-            return Err(D::Error::custom(format!(
-                "latency_ms must be at most 60000 ms, got {ms}"
-            )));
-        }
-        Ok(ms)
+        ms_at_most(d, "latency_ms", 60_000)
     }
 
     pub(super) fn delay_ms<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
-        let ms = u64::deserialize(d)?;
-        if ms > 60_000 {
-            return Err(D::Error::custom(format!(
-                "delay_ms must be at most 60000 ms, got {ms}"
-            )));
-        }
-        Ok(ms)
+        ms_at_most(d, "delay_ms", 60_000)
     }
 
     pub(super) fn rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
