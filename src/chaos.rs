@@ -288,11 +288,11 @@ pub fn with_timeline(
     base: &Scenario,
     timeline: &Timeline,
 ) -> Result<(String, Scenario), ScenarioError> {
-    let parse_error = |e: toml::de::Error| ScenarioError {
-        path: base.path.display().to_string(),
-        line: 0,
-        column: 0,
-        message: format!("chaos cannot rewrite the scenario: {e}"),
+    let parse_error = |e: toml::de::Error| {
+        ScenarioError::whole_file(
+            &base.path,
+            format!("chaos cannot rewrite the scenario: {e}"),
+        )
     };
     let mut doc: Table = toml::from_str(&base.source).map_err(parse_error)?;
     let last_s = timeline.iter().map(at_ms).max().unwrap_or(0).div_ceil(1000);
@@ -317,11 +317,8 @@ pub fn with_timeline(
     if !faults.is_empty() {
         doc.insert("fault".into(), Value::Array(faults));
     }
-    let text = toml::to_string(&doc).map_err(|e| ScenarioError {
-        path: base.path.display().to_string(),
-        line: 0,
-        column: 0,
-        message: format!("chaos cannot write the scenario: {e}"),
+    let text = toml::to_string(&doc).map_err(|e| {
+        ScenarioError::whole_file(&base.path, format!("chaos cannot write the scenario: {e}"))
     })?;
     let scenario = Scenario::parse(&base.name, &base.path, &text)?;
     Ok((text, scenario))

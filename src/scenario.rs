@@ -36,6 +36,18 @@ pub struct ScenarioError {
     pub message: String,
 }
 
+impl ScenarioError {
+    /// An error about the file as a whole (line and column 0).
+    pub fn whole_file(path: &Path, message: String) -> Self {
+        ScenarioError {
+            path: path.display().to_string(),
+            line: 0,
+            column: 0,
+            message,
+        }
+    }
+}
+
 /// The protocols a workload's carrier may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -477,12 +489,8 @@ impl Scenario {
 
     /// Reads and parses the scenario file at `path`, naming it `name`.
     pub fn load(name: &str, path: &Path) -> Result<Self, ScenarioError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ScenarioError {
-            path: path.display().to_string(),
-            line: 0,
-            column: 0,
-            message: format!("cannot read: {e}"),
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ScenarioError::whole_file(path, format!("cannot read: {e}")))?;
         Self::parse(name, path, &text)
     }
 }
@@ -704,10 +712,9 @@ fn timeline(
                         .interface
                         .as_ref()
                         .map_or(f.action.span().start, |i| i.span().start),
-                    // A bad set-link value: at its key, when the message names one.
-                    _ => ["latency_ms", "loss", "bandwidth_kbps", "queue_bytes"]
-                        .into_iter()
-                        .find(|k| e.message.starts_with(k))
+                    // A bad parameter: at its key.
+                    _ => e
+                        .key
                         .and_then(|k| {
                             key_offset(
                                 loc.text,

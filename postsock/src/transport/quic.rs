@@ -71,16 +71,10 @@ fn endpoint_config(net: &dyn Net, server: Option<&Configuration>) -> quinn::Endp
             ctx.update(identity.key.secret_der());
             let secret = ctx.finish();
             let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_ref());
-            let mut config = quinn::EndpointConfig::new(Arc::new(key));
             let mut cid_key = [0u8; 8];
-            cid_key.copy_from_slice(
-                &ring::hmac::sign(
-                    &ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_ref()),
-                    b"connection id check",
-                )
-                .as_ref()[..8],
-            );
+            cid_key.copy_from_slice(&ring::hmac::sign(&key, b"connection id check").as_ref()[..8]);
             let cid_key = u64::from_be_bytes(cid_key);
+            let mut config = quinn::EndpointConfig::new(Arc::new(key));
             config.cid_generator(move || {
                 Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
             });

@@ -538,6 +538,8 @@ pub enum FaultPart {
 pub struct FaultError {
     /// What is wrong with.
     pub part: FaultPart,
+    /// For a bad parameter of the action: its key (`loss`, `latency_ms`...).
+    pub key: Option<&'static str>,
     /// What is wrong.
     pub message: String,
 }
@@ -548,7 +550,13 @@ impl WorldSpec {
     /// Middlebox and NAT faults need a gateway, link faults an endpoint host and, on a
     /// multi-homed host, one of its interfaces by name; new link parameters must be valid.
     pub fn check_fault(&self, fault: &Fault) -> Result<(), FaultError> {
-        let err = |part, message: String| Err(FaultError { part, message });
+        let err = |part, message: String| {
+            Err(FaultError {
+                part,
+                key: None,
+                message,
+            })
+        };
         let host = fault.host();
         if matches!(fault, Fault::SetMiddlebox { .. } | Fault::NatReboot { .. }) {
             if !self.gateways.iter().any(|g| g.name == host) {
@@ -605,14 +613,12 @@ impl WorldSpec {
             ..
         } = fault
         {
-            if latency_ms.is_some_and(|ms| ms > 60_000) {
-                return err(
-                    FaultPart::Action,
-                    format!(
-                        "latency_ms must be at most 60000 ms, got {}",
-                        latency_ms.unwrap_or_default()
-                    ),
-                );
+            if let Some(ms) = latency_ms.filter(|&ms| ms > 60_000) {
+                return Err(FaultError {
+                    part: FaultPart::Action,
+                    key: Some("latency_ms"),
+                    message: format!("latency_ms must be at most 60000 ms, got {ms}"),
+                });
             }
             let check = LinkParams {
                 loss: loss.unwrap_or(0.0),
@@ -620,9 +626,14 @@ impl WorldSpec {
                 queue_bytes: queue_bytes.unwrap_or(64 * 1024),
                 ..LinkParams::default()
             };
-            check
-                .validate()
-                .or_else(|message| err(FaultPart::Action, message))?;
+            check.validate().map_err(|message| FaultError {
+                part: FaultPart::Action,
+                // LinkParams::validate starts its message with the key it rejects.
+                key: ["loss", "bandwidth_kbps", "queue_bytes"]
+                    .into_iter()
+                    .find(|k| message.starts_with(k)),
+                message,
+            })?;
         }
         Ok(())
     }

@@ -262,14 +262,10 @@ impl StreamCore {
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        // What a continuation's HELLO tells the peer we have: its keepalive ACKs never count
-        // from less (an ACK below what the peer knows we hold is a violation).
-        let start_received = match &mode {
-            Attach::New { .. } => 0,
-            Attach::Continue { received, .. } => *received,
-        };
-        let (preamble, entry) = match mode {
-            Attach::New { preamble } => (preamble, Entry::default()),
+        // `start_received`: what a continuation's HELLO tells the peer we have; its keepalive
+        // ACKs never count from less (an ACK below what the peer knows we hold is a violation).
+        let (preamble, entry, start_received) = match mode {
+            Attach::New { preamble } => (preamble, Entry::default(), 0),
             Attach::Continue { peer, received } => {
                 let token = self.token.ok_or(Error::Closed)?;
                 let (acked, frames) = self.acks.restart();
@@ -289,7 +285,7 @@ impl StreamCore {
                         skip_from: None,
                     },
                 };
-                (preamble, entry)
+                (preamble, entry, received)
             }
         };
         let mut st = self.lock();
