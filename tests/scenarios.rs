@@ -236,6 +236,41 @@ fn api_niceness_lets_urgent_messages_overtake_a_backlog() {
     }
 }
 
+/// Found by a 200-seed sweep of `api/lifetime-quic`: when the client closed while its
+/// congestion window was full of packets the uplink queue had dropped, quinn-proto 0.11.19
+/// never sent the CONNECTION_CLOSE (a closing connection processes no ACK and runs no loss
+/// timer, so the window never opened); the server's next keepalive drew a stateless reset and
+/// its carrier ended "reset by peer". Fixed in the vendored quinn-proto (vendor/README.md).
+#[test]
+fn a_quic_close_on_a_full_congestion_window_reaches_the_peer() {
+    let s = scenario("api/lifetime-quic");
+    for seed in [13, 27, 56] {
+        let report = testbed::run(&s, seed).report;
+        assert_eq!(report.error, None, "seed {seed}");
+        assert!(
+            report
+                .path_events
+                .iter()
+                .all(|e| !format!("{e:?}").contains("reset")),
+            "seed {seed}: {:?}",
+            report.path_events
+        );
+    }
+}
+
+/// Found by a 200-seed run: with a quarter of margin on the forward-delay estimate these
+/// seeds delivered one message 1-26 ms after its deadline (handed over while a full uplink
+/// queue held ~40 ms more than the estimate). The margin is now a half.
+#[test]
+fn quic_lifetimes_hold_on_the_seeds_that_broke_them() {
+    let s = scenario("api/lifetime-quic");
+    for seed in [25, 26, 72, 107, 122, 157, 170, 179] {
+        let m = testbed::run(&s, seed).report.metrics;
+        assert_eq!(m.delivered_after_deadline, 0, "seed {seed}");
+        assert!(m.messages_delivered >= 75, "seed {seed}: {m:?}");
+    }
+}
+
 #[test]
 fn api_lifetimes_expire_what_cannot_arrive_in_time_and_nothing_arrives_late() {
     for name in ["api/lifetime-quic", "api/lifetime-tls-tcp"] {
@@ -261,8 +296,10 @@ fn api_lifetimes_expire_what_cannot_arrive_in_time_and_nothing_arrives_late() {
                 "{name}: {} expired",
                 m.messages_expired
             );
+            // The sender gives a message up once less than 1.5x its forward-delay estimate
+            // is left (~0.8 s with the queue full): 75-80 arrive over 200 seeds.
             assert!(
-                (80..=95).contains(&m.messages_delivered),
+                (75..=95).contains(&m.messages_delivered),
                 "{name}: {} delivered",
                 m.messages_delivered
             );

@@ -19,8 +19,9 @@ pub type MessageId = u64;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageProperties {
     /// Time after which the message is useless. A message that cannot be handed to the network
-    /// in time (so that it would arrive after the deadline, judged by half the path's smoothed
-    /// RTT) is dropped and reported [`SendStatus::Expired`]. On QUIC a message still
+    /// in time (so that it would arrive after the deadline, judged by the sender's estimate of
+    /// the forward delay: smoothed RTT less half the minimum, plus half again for its lag
+    /// behind a growing queue) is dropped and reported [`SendStatus::Expired`]. On QUIC a message still
     /// unacknowledged at its deadline less that one-way estimate is reset, so nothing of it is
     /// sent after then; what was already on the path still arrives, after the deadline only
     /// when the path's delay has grown past the estimate (a queue filling, a slower path).
