@@ -155,7 +155,8 @@ fn padhye_kbps(rtt_ms: f64, p: f64, t0_s: f64) -> f64 {
 #[test]
 fn bulk_tls_over_simulated_tcp_follows_the_mathis_model() {
     for loss in [0.01, 0.02] {
-        let runs: Vec<Bulk> = (1..=4)
+        // 16 seeds: single runs at 2 % spread from 0.63 to 0.78 of the model.
+        let runs: Vec<Bulk> = (1..=16)
             .map(|seed| bulk(loss, 40, 4 << 20, seed, None))
             .collect();
         let mean = runs.iter().map(|b| b.kbps).sum::<f64>() / runs.len() as f64;
@@ -167,22 +168,21 @@ fn bulk_tls_over_simulated_tcp_follows_the_mathis_model() {
             assert_eq!(b.read, 4 << 20, "everything arrives");
             assert!(b.losses > 0, "the link lost packets");
         }
-        // The model with timeouts (Padhye): within a factor of 1.5 at both loss rates
-        // (measured 1.24 and 1.03). smoltcp has no SACK: a second loss in a window, or a
-        // lost retransmission, waits for the RTO (at least 1 s, RFC 6298).
-        let with_timeouts = padhye_kbps(40.0, loss, 1.0);
+        // Mathis (no timeouts): within a factor of 1.5 at both loss rates (measured 0.84 at
+        // 1 % and 0.71 at 2 %). smoltcp has no SACK: a lost retransmission waits for the
+        // RTO, which follows Linux (the smoothed RTT + 200 ms, vendor/README.md); with
+        // RFC 6298's 1 s floor it was 0.48 at 2 %.
+        let ratio = mean / model;
+        assert!(
+            (1.0 / 1.5..=1.5).contains(&ratio),
+            "loss {loss}: {mean:.0} vs {model:.0} kbit/s (Mathis)"
+        );
+        // The model with timeouts (Padhye), minimum RTO 0.24 s: within 1.5 as well.
+        let with_timeouts = padhye_kbps(40.0, loss, 0.24);
         let ratio = mean / with_timeouts;
         assert!(
             (1.0 / 1.5..=1.5).contains(&ratio),
             "loss {loss}: {mean:.0} vs {with_timeouts:.0} kbit/s (Padhye)"
-        );
-        // Mathis (no timeouts): within 1.5 at 1 % (measured 0.79); at 2 % the timeouts
-        // Mathis ignores take over (measured 0.48).
-        let ratio = mean / model;
-        let floor = if loss <= 0.01 { 1.0 / 1.5 } else { 0.4 };
-        assert!(
-            (floor..=1.5).contains(&ratio),
-            "loss {loss}: {mean:.0} vs {model:.0} kbit/s (Mathis)"
         );
     }
 }
