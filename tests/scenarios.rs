@@ -271,6 +271,22 @@ fn quic_lifetimes_hold_on_the_seeds_that_broke_them() {
     }
 }
 
+/// `compare/quic-rtt100-loss5` seed 7: the link lost the client's only CONNECTION_CLOSE,
+/// the server stayed idle through the client's closing period, and its next keepalive drew
+/// a stateless reset: its carrier ended "reset by peer". With the goodbye (docs/WIRE.md,
+/// "Closing") the server knows the client left, and the carrier ends closed.
+#[test]
+fn a_lost_quic_close_after_a_goodbye_ends_the_peer_cleanly() {
+    let s = testbed::compare::scenario("quic", 100, 5.0).expect("scenario");
+    let report = testbed::run(&s, 7).report;
+    assert!(
+        report.passed,
+        "{:?} {:?}",
+        report.error, report.expectations
+    );
+    assert_eq!(report.error, None);
+}
+
 #[test]
 fn api_lifetimes_expire_what_cannot_arrive_in_time_and_nothing_arrives_late() {
     for name in ["api/lifetime-quic", "api/lifetime-tls-tcp"] {

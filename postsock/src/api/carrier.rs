@@ -38,6 +38,7 @@ enum Link {
         /// The datagram send buffer's free space when empty.
         datagram_buffer: usize,
         epoch: quic::PathEpoch,
+        goodbye: Arc<quic::Goodbye>,
     },
     Stream {
         core: Arc<tls_tcp::StreamCore>,
@@ -97,6 +98,10 @@ fn path_key<'a>(monitor: Option<&PathMonitor>, paths: &'a [PathChoice]) -> &'a s
         _ => DEFAULT_PATH,
     }
 }
+
+/// Bounds on how long a closing QUIC carrier waits for the peer to answer its goodbye.
+const GOODBYE_WAIT_MIN: Duration = Duration::from_millis(50);
+const GOODBYE_WAIT_MAX: Duration = Duration::from_secs(2);
 
 /// The application's handle to a peer. See the [crate docs](crate) for an example.
 #[derive(Debug)]
@@ -366,17 +371,22 @@ impl Carrier {
                         events_tx.clone(),
                     )));
                 }
+                let goodbye = Arc::new(quic::Goodbye::default());
                 let (sender, reader) = quic::start(
                     conn.clone(),
                     outbox.clone(),
-                    events_tx,
-                    limits,
                     zero_rtt,
                     resumed.clone(),
-                    (config.dormant_timeout, config.keepalive),
+                    quic::Reader {
+                        events: events_tx,
+                        limits,
+                        timers: (config.dormant_timeout, config.keepalive),
+                        goodbye: goodbye.clone(),
+                    },
                 );
                 let link = Link::Quic {
                     epoch,
+                    goodbye,
                     datagram_buffer: conn.datagram_send_buffer_space(),
                     conn: conn.clone(),
                     endpoint,
@@ -674,6 +684,7 @@ impl Carrier {
                 conn,
                 endpoint,
                 datagram_buffer,
+                goodbye,
                 ..
             } => {
                 // Datagrams count as sent once quinn has them; let them leave before the
@@ -684,6 +695,11 @@ impl Carrier {
                     }
                     tokio::time::sleep(std::time::Duration::from_millis(1)).await;
                 }
+                // Goodbye first (docs/WIRE.md, "Closing"), so that the peer takes the end
+                // of the connection as a close even if the CONNECTION_CLOSE is lost. A few
+                // round trips at most: a peer that does not answer is closed all the same.
+                let wait = (conn.rtt() * 4).clamp(GOODBYE_WAIT_MIN, GOODBYE_WAIT_MAX);
+                goodbye.say(conn, wait).await;
                 conn.close(0u32.into(), b"done");
                 if let Some(endpoint) = endpoint {
                     // Give the CONNECTION_CLOSE a chance to leave before the socket goes.

@@ -51,6 +51,11 @@ impl Assembly {
         }
     }
 
+    /// Whether no byte of this message has arrived yet.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.total == 0 && self.delivered == 0 && self.pieces.is_empty() && self.buf.is_empty()
+    }
+
     /// Whether part of this message has already reached the application.
     pub(crate) fn partly_delivered(&self) -> bool {
         self.delivered > 0

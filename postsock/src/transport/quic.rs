@@ -31,6 +31,65 @@ const STREAM_WINDOW: u32 = 2 << 20;
 /// Flow-control window of the connection (and quinn's send buffer), bytes.
 const CONNECTION_WINDOW: u32 = 8 << 20;
 
+/// The application error code of the RESET_STREAM that says goodbye (docs/WIRE.md,
+/// "Closing"): ASCII "bye".
+const GOODBYE: u32 = 0x0062_7965;
+
+/// The goodbye exchange of one QUIC connection (docs/WIRE.md, "Closing"). QUIC repeats a
+/// CONNECTION_CLOSE only in reply to packets that arrive while it is closing (RFC 9000
+/// §10.2.1): a close lost on the way to an idle peer leaves the peer to learn of it from a
+/// stateless reset or its idle timeout, which it cannot tell from a crash. A closing end
+/// therefore first resets a fresh bidirectional stream with the code `GOODBYE`, which QUIC
+/// delivers reliably, and waits (bounded) for the peer to answer in kind before it closes.
+/// An end that was told goodbye takes the connection's end, however it comes, as a close.
+#[derive(Debug, Default)]
+pub(crate) struct Goodbye {
+    /// We said goodbye first.
+    said: std::sync::atomic::AtomicBool,
+    /// The peer said goodbye (first, or in answer to ours).
+    heard: std::sync::atomic::AtomicBool,
+    answered: Notify,
+}
+
+impl Goodbye {
+    fn heard(&self) -> bool {
+        self.heard.load(Ordering::Acquire)
+    }
+
+    /// Says goodbye and waits up to `wait` for the peer's answer; false if none came. A peer
+    /// that only knows docs/WIRE.md's message mapping discards the reset stream and never
+    /// answers; so does one whose goodbye has already arrived (nothing to wait for then).
+    pub(crate) async fn say(&self, conn: &quinn::Connection, wait: Duration) -> bool {
+        let answered = self.answered.notified();
+        tokio::pin!(answered);
+        answered.as_mut().enable();
+        self.said.store(true, Ordering::Release);
+        if self.heard() {
+            return true;
+        }
+        let sent = tokio::time::timeout(wait, async {
+            let mut send = conn.open_bi().await.ok()?.0;
+            send.reset(GOODBYE.into()).ok()
+        })
+        .await;
+        if !matches!(sent, Ok(Some(()))) {
+            return false;
+        }
+        tokio::time::timeout(wait, answered).await.is_ok()
+    }
+
+    /// The peer's goodbye arrived: answer it unless it answers ours.
+    async fn hear(&self, conn: &quinn::Connection) {
+        let first = !self.heard.swap(true, Ordering::AcqRel);
+        self.answered.notify_waiters();
+        if first && !self.said.load(Ordering::Acquire) {
+            if let Ok((mut send, _)) = conn.open_bi().await {
+                let _ = send.reset(GOODBYE.into());
+            }
+        }
+    }
+}
+
 /// The transport parameters of every postsock QUIC connection. The idle timeout is the
 /// configuration's dormant timeout: a connection whose paths are all dead survives that long,
 /// so a dormant carrier can come back on another path (quinn migrates it).
@@ -540,18 +599,25 @@ async fn write_message(
     in_flight.sub(counted);
 }
 
+/// What a QUIC transient's reader needs.
+pub(crate) struct Reader {
+    pub(crate) events: EventTx,
+    pub(crate) limits: ReceiveLimits,
+    /// The dormant timeout and the keepalive interval.
+    pub(crate) timers: (Duration, Option<Duration>),
+    pub(crate) goodbye: Arc<Goodbye>,
+}
+
 /// Starts the tasks of a QUIC transient: the sending loop and the reader.
 pub(crate) fn start(
     conn: quinn::Connection,
     outbox: Arc<Outbox>,
-    events: EventTx,
-    limits: ReceiveLimits,
     zero_rtt: Option<quinn::ZeroRttAccepted>,
     resumed: Arc<std::sync::OnceLock<bool>>,
-    timers: (Duration, Option<Duration>),
+    reader: Reader,
 ) -> (JoinHandle<Result<()>>, JoinHandle<()>) {
     let sender = tokio::spawn(send_loop(conn.clone(), outbox, zero_rtt, resumed));
-    let reader = tokio::spawn(read_loop(conn, events, limits, timers));
+    let reader = tokio::spawn(read_loop(conn, reader));
     (sender, reader)
 }
 
@@ -561,6 +627,7 @@ async fn read_message(
     mut stream: quinn::RecvStream,
     events: &EventTx,
     limits: &ReceiveLimits,
+    goodbye: Option<(&Goodbye, &quinn::Connection)>,
 ) -> bool {
     let id = u64::from(stream.id());
     let mut assembly = Assembly::new(id, true);
@@ -568,6 +635,12 @@ async fn read_message(
         let (data, end) = match stream.read_chunk(usize::MAX, true).await {
             Ok(Some(chunk)) => (chunk.bytes, false),
             Ok(None) => (Bytes::new(), true),
+            Err(quinn::ReadError::Reset(code)) if code == GOODBYE.into() && assembly.is_empty() => {
+                if let Some((goodbye, conn)) = goodbye {
+                    goodbye.hear(conn).await;
+                }
+                return true;
+            }
             Err(quinn::ReadError::Reset(_)) => {
                 // The sender abandoned it (expired or aborted). Nothing was promised unless
                 // part of it was already delivered.
@@ -602,7 +675,7 @@ async fn read_message(
 /// Reads ordered messages: unidirectional streams, one after the other in stream order.
 async fn read_ordered(conn: quinn::Connection, events: EventTx, limits: ReceiveLimits) {
     while let Ok(stream) = conn.accept_uni().await {
-        if !read_message(stream, &events, &limits).await {
+        if !read_message(stream, &events, &limits, None).await {
             return;
         }
     }
@@ -672,13 +745,13 @@ async fn watch_path(conn: quinn::Connection, events: EventTx, keepalive: Option<
     }
 }
 
-/// `timers`: the dormant timeout and the keepalive interval.
-async fn read_loop(
-    conn: quinn::Connection,
-    events: EventTx,
-    limits: ReceiveLimits,
-    (dormant_timeout, keepalive): (Duration, Option<Duration>),
-) {
+async fn read_loop(conn: quinn::Connection, reader: Reader) {
+    let Reader {
+        events,
+        limits,
+        timers: (dormant_timeout, keepalive),
+        goodbye,
+    } = reader;
     let path = tokio::spawn(watch_path(conn.clone(), events.clone(), keepalive));
     let ordered = tokio::spawn(read_ordered(conn.clone(), events.clone(), limits));
     let mut unordered = JoinSet::new();
@@ -696,16 +769,20 @@ async fn read_loop(
                 Err(e) => {
                     // Streams that arrived before the close are still readable.
                     while let Ok((_send, recv)) = conn.accept_bi().await {
-                        let events = events.clone();
-                        unordered.spawn(async move { read_message(recv, &events, &limits).await; });
+                        let (events, conn, goodbye) = (events.clone(), conn.clone(), goodbye.clone());
+                        unordered.spawn(async move {
+                            read_message(recv, &events, &limits, Some((&goodbye, &conn))).await;
+                        });
                     }
                     break e;
                 }
             },
             bi = conn.accept_bi() => match bi {
                 Ok((_send, recv)) => {
-                    let events = events.clone();
-                    unordered.spawn(async move { read_message(recv, &events, &limits).await; });
+                    let (events, conn, goodbye) = (events.clone(), conn.clone(), goodbye.clone());
+                    unordered.spawn(async move {
+                        read_message(recv, &events, &limits, Some((&goodbye, &conn))).await;
+                    });
                 }
                 Err(e) => {
                     // Datagrams that arrived before the close are still readable.
@@ -724,6 +801,11 @@ async fn read_loop(
     path.abort();
     let last = match end {
         quinn::ConnectionError::ApplicationClosed(close) if close.error_code == 0u32.into() => {
+            Event::Closed
+        }
+        // The peer said goodbye: its close was lost, and its endpoint (or its silence) says
+        // the rest.
+        quinn::ConnectionError::Reset | quinn::ConnectionError::TimedOut if goodbye.heard() => {
             Event::Closed
         }
         quinn::ConnectionError::LocallyClosed => Event::Closed,

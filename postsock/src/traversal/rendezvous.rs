@@ -222,7 +222,11 @@ pub async fn exchange(
                 ms: wait.as_millis(),
             })
         })??;
-    let _ = carrier.close().await;
+    // The answer is in hand: the registration carrier closes on its own time (a QUIC close
+    // waits for the server's goodbye, a round trip the meeting need not wait for).
+    tokio::spawn(async move {
+        let _ = carrier.close().await;
+    });
     let answer = answer.ok_or(ConnectionError::RendezvousClosed)?;
     let matched: Matched = serde_json::from_slice(&answer.data)
         .map_err(|e| Violation::RendezvousAnswer(e.to_string()))?;
