@@ -22,38 +22,7 @@ use crate::scenario::{Scenario, ScenarioError, WorkloadKind};
 /// A timeline: `[[fault]]` entries as tables (`at_ms`, `action`, `host`, ...).
 pub type Timeline = Vec<Table>;
 
-/// Which runs of a sweep this process takes: run `k` when `k % count == index`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Shard {
-    /// This shard, from 0.
-    pub index: u64,
-    /// How many shards.
-    pub count: u64,
-}
-
-impl Default for Shard {
-    fn default() -> Self {
-        Shard { index: 0, count: 1 }
-    }
-}
-
-impl std::str::FromStr for Shard {
-    type Err = String;
-
-    /// `i/n` with `i < n`.
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("a shard is written i/n with 0 <= i < n, e.g. 0/4; got `{s}`");
-        let (i, n) = s.split_once('/').ok_or_else(bad)?;
-        let (index, count) = (
-            i.trim().parse::<u64>().map_err(|_| bad())?,
-            n.trim().parse::<u64>().map_err(|_| bad())?,
-        );
-        if count == 0 || index >= count {
-            return Err(bad());
-        }
-        Ok(Shard { index, count })
-    }
-}
+pub use crate::suite::Shard;
 
 /// How long a chaos scenario runs after its last fault: both ends' dormant timeout, the
 /// client's connect timeout and 20 s to re-establish, resend and close. A carrier that
@@ -501,7 +470,7 @@ pub fn sweep(
         .zip(windows)
         .flat_map(|(b, window)| {
             (0..options.runs)
-                .filter(|k| k % options.shard.count == options.shard.index)
+                .filter(|&k| options.shard.takes(k))
                 .map(move |k| (b, window, options.seed + k))
         })
         .collect();

@@ -6,6 +6,7 @@
 pub mod bench;
 pub mod chaos;
 pub mod compare;
+pub mod diff;
 pub mod invariants;
 pub mod locate;
 pub mod natmatrix;

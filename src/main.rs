@@ -62,6 +62,41 @@ enum Command {
         /// Worker threads (default: the number of cores).
         #[arg(long)]
         jobs: Option<usize>,
+        /// Take only this part of the runs: i/n runs the k-th (scenario, seed) pair when
+        /// k % n == i (one CI matrix job per shard; `postsock merge` joins their outputs).
+        #[arg(long, default_value = "0/1")]
+        shard: testbed::suite::Shard,
+        /// Also write a JUnit XML file: one testcase per (scenario, seed).
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+    },
+    /// Join the output directories of several suite shards (or suites over different
+    /// scenarios) into one: reports, plots, summary, NAT matrix and comparison, JUnit.
+    Merge {
+        /// The directories `suite --out` wrote.
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// Where the joined output goes.
+        #[arg(long, default_value = "target/reports")]
+        out: PathBuf,
+        /// Also write a JUnit XML file.
+        #[arg(long, value_name = "FILE")]
+        junit: Option<PathBuf>,
+    },
+    /// Compare two suite output directories (e.g. main's and a branch's): print, per
+    /// scenario, the metrics whose median over seeds moved by more than the threshold, and
+    /// runs that passed in BASE and fail in NEW. Exits 1 when anything got worse.
+    Diff {
+        /// The reference output directory.
+        base: PathBuf,
+        /// The output directory to judge.
+        new: PathBuf,
+        /// Relative change (0.1 = 10 %) below which a metric is taken as unchanged.
+        #[arg(long, default_value_t = 0.1)]
+        threshold: f64,
+        /// Absolute change below which a metric is taken as unchanged (ms, messages, kbit/s).
+        #[arg(long, default_value_t = 1.0)]
+        min_abs: f64,
     },
     /// Random fault timelines over scenarios (those whose name starts with FILTER, or a
     /// scenario file), each run checked against the invariant oracle; failing timelines are
@@ -188,7 +223,24 @@ fn main() -> ExitCode {
             seeds,
             out,
             jobs,
-        } => run_suite(&cli.scenarios, filter.as_deref(), seeds, &out, jobs),
+            shard,
+            junit,
+        } => run_suite(
+            &cli.scenarios,
+            filter.as_deref(),
+            seeds,
+            &out,
+            jobs,
+            shard,
+            junit.as_deref(),
+        ),
+        Command::Merge { dirs, out, junit } => merge(&cli.scenarios, &dirs, &out, junit.as_deref()),
+        Command::Diff {
+            base,
+            new,
+            threshold,
+            min_abs,
+        } => diff(&base, &new, threshold, min_abs),
         Command::Chaos {
             filter,
             runs,
@@ -528,7 +580,11 @@ fn print_table(outcomes: &[testbed::RunOutcome]) {
 
 /// Prints the failed runs with their replay commands; `path` is the scenario file a run was
 /// loaded from, when it was (its name alone would not find it again).
-fn report_failures(outcomes: &[testbed::RunOutcome], path: Option<&str>) -> ExitCode {
+fn report_failures(
+    outcomes: &[testbed::RunOutcome],
+    path: Option<&str>,
+    dir: &std::path::Path,
+) -> ExitCode {
     let failed: Vec<_> = outcomes.iter().filter(|o| !o.report.passed).collect();
     if failed.is_empty() {
         return ExitCode::SUCCESS;
@@ -549,10 +605,11 @@ fn report_failures(outcomes: &[testbed::RunOutcome], path: Option<&str>) -> Exit
         }
         match path {
             Some(p) => eprintln!(
-                "    replay: cargo run --release -- run {p} --seed {}",
+                "    replay: cargo run --release -- run {} --seed {}",
+                suite::shell_word(p),
                 r.seed
             ),
-            None => eprintln!("    replay: {}", suite::replay_command(r)),
+            None => eprintln!("    replay: {}", suite::replay_command(r, dir)),
         }
     }
     ExitCode::FAILURE
@@ -581,7 +638,7 @@ fn run_one(
     }
     let outcomes = [outcome];
     print_table(&outcomes);
-    match suite::write_outputs(out, &outcomes, true, started) {
+    match suite::write_outputs(out, &outcomes, true, started, dir) {
         Ok(_) => println!(
             "report: {}",
             suite::report_path(out, &outcomes[0].report).display()
@@ -591,7 +648,7 @@ fn run_one(
             return ExitCode::FAILURE;
         }
     }
-    report_failures(&outcomes, name.ends_with(".toml").then_some(name))
+    report_failures(&outcomes, name.ends_with(".toml").then_some(name), dir)
 }
 
 fn default_jobs() -> usize {
@@ -688,23 +745,45 @@ fn run_suite(
     seeds: u64,
     out: &std::path::Path,
     jobs: Option<usize>,
+    shard: testbed::suite::Shard,
+    junit: Option<&std::path::Path>,
 ) -> ExitCode {
     let scenarios = match suite::load(dir, filter) {
         Ok(s) => s,
         Err(e) => return usage_error(e),
     };
     let seeds: Vec<u64> = (1..=seeds).collect();
-    let total = (scenarios.len() * seeds.len()) as u64;
+    let total = suite::shard_runs(&scenarios, &seeds, shard).len() as u64;
+    if total == 0 {
+        return usage_error(format!(
+            "shard {}/{} has no run: the suite has only {} runs",
+            shard.index,
+            shard.count,
+            scenarios.len() * seeds.len()
+        ));
+    }
     let bar = progress(total);
     let jobs = jobs.unwrap_or_else(default_jobs);
     let started = Instant::now();
-    let outcomes = suite::run_all(&scenarios, &seeds, jobs, &|o| {
+    let outcomes = suite::run_shard(&scenarios, &seeds, shard, jobs, &|o| {
         bar.set_message(format!("{} seed {}", o.report.scenario, o.report.seed));
         bar.inc(1);
     });
     bar.finish_and_clear();
     print_table(&outcomes);
-    match suite::write_outputs(out, &outcomes, false, started) {
+    finish_suite(&outcomes, dir, out, junit, started)
+}
+
+/// Writes a suite's outputs (reports, plots, summary, JUnit, the protocol comparison and the
+/// NAT matrix when their runs are there) and reports what failed.
+fn finish_suite(
+    outcomes: &[testbed::RunOutcome],
+    dir: &std::path::Path,
+    out: &std::path::Path,
+    junit: Option<&std::path::Path>,
+    started: Instant,
+) -> ExitCode {
+    match suite::write_outputs(out, outcomes, false, started, dir) {
         Ok(summary) => {
             let wall = started.elapsed().as_secs_f64();
             let sim: f64 = outcomes
@@ -723,6 +802,19 @@ fn run_suite(
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
+    }
+    if let Some(path) = junit {
+        let xml = suite::junit(outcomes, dir);
+        let written = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(path, xml));
+        if let Err(e) = written {
+            eprintln!("error: writing {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+        println!("JUnit: {}", path.display());
     }
     // The protocol comparison, from the reports of the compare/ family (if the suite ran it).
     if let Some(comparison) = testbed::compare::from_reports(outcomes.iter().map(|o| &o.report)) {
@@ -771,10 +863,67 @@ fn run_suite(
             wrong.is_empty()
         }
     };
-    let code = report_failures(&outcomes, None);
+    let code = report_failures(outcomes, None, dir);
     if matrix_ok {
         code
     } else {
         ExitCode::FAILURE
+    }
+}
+
+/// `postsock merge`: one output from several suite outputs, in the suite's run order.
+fn merge(
+    dir: &std::path::Path,
+    dirs: &[PathBuf],
+    out: &std::path::Path,
+    junit: Option<&std::path::Path>,
+) -> ExitCode {
+    let started = Instant::now();
+    let mut outcomes = match suite::read_runs(dirs) {
+        Ok(o) => o,
+        Err(e) => return usage_error(e),
+    };
+    // The order an unsharded suite has: the scenario files, then the generated families;
+    // anything else (a scenario directory that is gone) after them, by name.
+    let order: std::collections::BTreeMap<String, usize> = suite::load(dir, Some(""))
+        .map(|all| {
+            all.into_iter()
+                .enumerate()
+                .map(|(i, s)| (s.name, i))
+                .collect()
+        })
+        .unwrap_or_default();
+    outcomes.sort_by(|a, b| {
+        let key = |o: &testbed::RunOutcome| {
+            (
+                order.get(&o.report.scenario).copied().unwrap_or(usize::MAX),
+                o.report.scenario.clone(),
+                o.report.seed,
+            )
+        };
+        key(a).cmp(&key(b))
+    });
+    println!(
+        "merged {} runs from {} directories",
+        outcomes.len(),
+        dirs.len()
+    );
+    finish_suite(&outcomes, dir, out, junit, started)
+}
+
+/// `postsock diff`.
+fn diff(base: &std::path::Path, new: &std::path::Path, threshold: f64, min_abs: f64) -> ExitCode {
+    let read = |d: &std::path::Path| suite::read_runs(&[d.to_path_buf()]);
+    let (a, b) = match (read(base), read(new)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => return usage_error(e),
+    };
+    let reports = |o: Vec<testbed::RunOutcome>| o.into_iter().map(|o| o.report).collect::<Vec<_>>();
+    let d = testbed::diff::compare(&reports(a), &reports(b), threshold, min_abs);
+    print!("{}", d.text());
+    if d.regressions() > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
     }
 }

@@ -134,12 +134,80 @@ pub fn load_one(dir: &Path, name_or_path: &str) -> Result<Scenario, LoadError> {
         })
 }
 
-/// The one-line command that replays a run exactly.
-pub fn replay_command(report: &Report) -> String {
+/// Which runs of a sweep this process takes: run `k` when `k % count == index` (a CI matrix
+/// job per shard; `postsock merge` joins their outputs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// This shard, from 0.
+    pub index: u64,
+    /// How many shards.
+    pub count: u64,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Shard { index: 0, count: 1 }
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+
+    /// `i/n` with `i < n`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("a shard is written i/n with 0 <= i < n, e.g. 0/4; got `{s}`");
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count) = (
+            i.trim().parse::<u64>().map_err(|_| bad())?,
+            n.trim().parse::<u64>().map_err(|_| bad())?,
+        );
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(Shard { index, count })
+    }
+}
+
+impl Shard {
+    /// Whether this shard takes run `k`.
+    pub fn takes(&self, k: u64) -> bool {
+        k % self.count == self.index
+    }
+}
+
+/// The scenario directory `run` and `suite` use unless told otherwise.
+pub fn default_scenarios_dir() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios"))
+}
+
+/// The one-line command that replays a run exactly: `dir` is where its scenario was loaded
+/// from (named in the command unless it is the default).
+pub fn replay_command(report: &Report, dir: &Path) -> String {
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    let scenarios = if same(dir, default_scenarios_dir()) {
+        String::new()
+    } else {
+        format!(" --scenarios {}", shell_word(&dir.display().to_string()))
+    };
     format!(
-        "cargo run --release -- run {} --seed {}",
+        "cargo run --release -- run {} --seed {}{scenarios}",
         report.scenario, report.seed
     )
+}
+
+/// `s` as one shell word (quoted when it holds anything but plain path characters).
+pub fn shell_word(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-+:=@,%".contains(c));
+    if plain {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }
 
 /// Runs every scenario with every seed on `jobs` threads; `done` is called after each run
@@ -150,10 +218,33 @@ pub fn run_all(
     jobs: usize,
     done: &(dyn Fn(&RunOutcome) + Sync),
 ) -> Vec<RunOutcome> {
-    let work: Vec<(&Scenario, u64)> = scenarios
+    run_shard(scenarios, seeds, Shard::default(), jobs, done)
+}
+
+/// The (scenario, seed) runs a shard takes: run `k` of the suite's (scenario, seed) order.
+pub fn shard_runs<'a>(
+    scenarios: &'a [Scenario],
+    seeds: &[u64],
+    shard: Shard,
+) -> Vec<(&'a Scenario, u64)> {
+    scenarios
         .iter()
         .flat_map(|s| seeds.iter().map(move |seed| (s, *seed)))
-        .collect();
+        .enumerate()
+        .filter(|&(k, _)| shard.takes(k as u64))
+        .map(|(_, run)| run)
+        .collect()
+}
+
+/// [`run_all`] for one shard of the runs.
+pub fn run_shard(
+    scenarios: &[Scenario],
+    seeds: &[u64],
+    shard: Shard,
+    jobs: usize,
+    done: &(dyn Fn(&RunOutcome) + Sync),
+) -> Vec<RunOutcome> {
+    let work = shard_runs(scenarios, seeds, shard);
     par_map(&work, jobs, &|&(scenario, seed)| {
         let outcome = runner::run(scenario, seed);
         done(&outcome);
@@ -212,6 +303,7 @@ pub fn write_outputs(
     outcomes: &[RunOutcome],
     plot_all: bool,
     started: Instant,
+    scenarios_dir: &Path,
 ) -> Result<PathBuf, ReportError> {
     let mut plotted = std::collections::BTreeSet::new();
     for o in outcomes {
@@ -254,7 +346,125 @@ pub fn write_outputs(
     let summary = out.join("summary.md");
     write(
         &summary,
-        &reports::summary::markdown(&reports, &wall, replay_command),
+        &reports::summary::markdown(&reports, &wall, |r| replay_command(r, scenarios_dir)),
     )?;
     Ok(summary)
+}
+
+/// A JUnit XML document of the runs: one `<testcase>` per (scenario, seed), class = the
+/// scenario, failures carrying the error, the failed expectations and the replay command.
+/// Times are wall-clock seconds (the one part that is not reproducible).
+pub fn junit(outcomes: &[RunOutcome], scenarios_dir: &Path) -> String {
+    fn esc(s: &str) -> String {
+        let mut out = String::with_capacity(s.len());
+        for c in s.chars() {
+            match c {
+                '&' => out.push_str("&amp;"),
+                '<' => out.push_str("&lt;"),
+                '>' => out.push_str("&gt;"),
+                '"' => out.push_str("&quot;"),
+                '\'' => out.push_str("&apos;"),
+                // XML 1.0 allows no other control characters.
+                c if (c as u32) < 0x20 && !matches!(c, '\n' | '\r' | '\t') => {
+                    out.push_str(&format!("\\u{{{:x}}}", c as u32));
+                }
+                c => out.push(c),
+            }
+        }
+        out
+    }
+    let failures = outcomes.iter().filter(|o| !o.report.passed).count();
+    let total_s: f64 = outcomes.iter().map(|o| o.wall.as_secs_f64()).sum();
+    let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    x.push_str(&format!(
+        "<testsuites name=\"postsock suite\" tests=\"{}\" failures=\"{failures}\" time=\"{total_s:.3}\">\n",
+        outcomes.len()
+    ));
+    x.push_str(&format!(
+        "  <testsuite name=\"postsock suite\" tests=\"{}\" failures=\"{failures}\" errors=\"0\" time=\"{total_s:.3}\">\n",
+        outcomes.len()
+    ));
+    for o in outcomes {
+        let r = &o.report;
+        x.push_str(&format!(
+            "    <testcase classname=\"{}\" name=\"seed {}\" time=\"{:.3}\"",
+            esc(&r.scenario),
+            r.seed,
+            o.wall.as_secs_f64()
+        ));
+        if r.passed {
+            x.push_str("/>\n");
+            continue;
+        }
+        let mut lines = Vec::new();
+        if let Some(e) = &r.error {
+            lines.push(format!("error: {e}"));
+        }
+        for e in r.expectations.iter().filter(|e| !e.passed) {
+            lines.push(format!(
+                "expectation `{}` failed, measured {}",
+                e.name,
+                e.measured.map_or("nothing".into(), |v| v.to_string())
+            ));
+        }
+        let replay = replay_command(r, scenarios_dir);
+        lines.push(format!("replay: {replay}"));
+        let message = lines.first().cloned().unwrap_or_default();
+        x.push_str(&format!(
+            ">\n      <failure message=\"{}\" type=\"expectation\">{}</failure>\n    </testcase>\n",
+            esc(&message),
+            esc(&lines.join("\n"))
+        ));
+    }
+    x.push_str("  </testsuite>\n</testsuites>\n");
+    x
+}
+
+/// Reads back the runs a suite (or several shards of one) wrote below `dirs`: every
+/// `seed-N.json` report with its wall-clock time from `wallclock.json`. Runs come out in
+/// (scenario, seed) order; a run found twice is an error.
+pub fn read_runs(dirs: &[PathBuf]) -> Result<Vec<RunOutcome>, ReportError> {
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|e| ReportError::Read {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
+    };
+    fn decode<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, ReportError> {
+        serde_json::from_str(text).map_err(|e| ReportError::Read {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
+    }
+    let mut runs: std::collections::BTreeMap<(String, u64), RunOutcome> = Default::default();
+    for dir in dirs {
+        let wall_path = dir.join("wallclock.json");
+        let wall: WallClock = decode(&wall_path, &read(&wall_path)?)?;
+        for w in wall.runs {
+            let path = dir.join(&w.scenario).join(format!("seed-{}.json", w.seed));
+            let report: Report = decode(&path, &read(&path)?)?;
+            if report.scenario != w.scenario || report.seed != w.seed {
+                return Err(ReportError::Read {
+                    path: path.display().to_string(),
+                    message: format!(
+                        "holds {} seed {}, not {} seed {}",
+                        report.scenario, report.seed, w.scenario, w.seed
+                    ),
+                });
+            }
+            let key = (w.scenario, w.seed);
+            if runs.contains_key(&key) {
+                return Err(ReportError::Read {
+                    path: path.display().to_string(),
+                    message: format!(
+                        "{} seed {} is in more than one of the merged directories",
+                        key.0, key.1
+                    ),
+                });
+            }
+            let wall = std::time::Duration::from_secs_f64(w.wall_ms.max(0.0) / 1000.0);
+            runs.insert(key, RunOutcome { report, wall });
+        }
+    }
+    Ok(runs.into_values().collect())
 }

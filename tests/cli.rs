@@ -111,13 +111,42 @@ fn a_failing_suite_exits_non_zero_and_prints_the_replay_command() {
         "2",
         "--out",
         out_dir.to_str().expect("utf8"),
+        "--junit",
+        out_dir.join("junit.xml").to_str().expect("utf8"),
     ]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = text(&out.stderr);
+    // JUnit: one testcase per run, each failure with its expectation and the replay.
+    let junit = std::fs::read_to_string(out_dir.join("junit.xml")).expect("junit");
+    assert!(junit.contains(r#"tests="2" failures="2""#), "{junit}");
+    assert_eq!(junit.matches("<testcase ").count(), 2, "{junit}");
+    assert_eq!(junit.matches("<failure ").count(), 2, "{junit}");
     assert!(
-        stderr.contains("replay: cargo run --release -- run x/impossible --seed 2"),
-        "{stderr}"
+        junit.contains("expectation `ttfm_ms &lt;= 10` failed"),
+        "{junit}"
     );
+    // The replay names the scenario directory the suite was given (a replay without it
+    // would look in the default one and not find x/impossible).
+    let replay = format!(
+        "replay: cargo run --release -- run x/impossible --seed 2 --scenarios {}",
+        dir.display()
+    );
+    assert!(stderr.contains(&replay), "{stderr}");
+    let summary_text = std::fs::read_to_string(out_dir.join("summary.md")).expect("summary");
+    assert!(
+        summary_text.contains(&replay["replay: ".len()..]),
+        "{summary_text}"
+    );
+    // And it works: the printed command's arguments give the same report, byte for byte.
+    let again = dir.join("again");
+    let args: Vec<&str> = replay["replay: cargo run --release -- ".len()..]
+        .split(' ')
+        .collect();
+    let out = postsock(&[&args[..], &["--out", again.to_str().expect("utf8")]].concat());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let first = std::fs::read_to_string(out_dir.join("x/impossible/seed-2.json")).expect("r");
+    let replayed = std::fs::read_to_string(again.join("x/impossible/seed-2.json")).expect("r");
+    assert_eq!(first, replayed);
     assert!(stderr.contains("ttfm_ms <= 10"), "{stderr}");
     let summary = std::fs::read_to_string(out_dir.join("summary.md")).expect("summary");
     assert!(summary.contains("0 of 2 runs passed"), "{summary}");
@@ -208,4 +237,121 @@ fn the_nat_matrix_scenarios_are_listed_run_and_replayed_like_files() {
             .expect("replayed report");
     assert_eq!(suite_report, replayed);
     assert!(suite_report.contains("\"relayed\": 1"), "{suite_report}");
+}
+
+/// Every `seed-*.json` below `dir`, by path, with its bytes.
+fn reports_below(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut std::collections::BTreeMap<String, Vec<u8>>) {
+        for entry in std::fs::read_dir(dir).expect("read dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else if path.extension().is_some_and(|e| e == "json")
+                && path
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("seed-"))
+            {
+                let rel = path
+                    .strip_prefix(root)
+                    .expect("below")
+                    .display()
+                    .to_string();
+                out.insert(rel, std::fs::read(&path).expect("read"));
+            }
+        }
+    }
+    let mut out = Default::default();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// JUnit without its wall-clock times.
+fn junit_cases(path: &Path) -> String {
+    let xml = std::fs::read_to_string(path).expect("junit");
+    xml.split(' ')
+        .filter(|word| !word.starts_with("time="))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[test]
+fn suite_shards_merge_into_what_one_suite_writes() {
+    let dir = temp_dir("shards");
+    let path = |p: &Path| p.to_str().expect("utf8").to_owned();
+    let suite = |out: &Path, extra: &[&str]| {
+        let (out_s, junit) = (path(out), path(&out.join("junit.xml")));
+        let mut args = vec![
+            "suite", "echo/", "--seeds", "2", "--out", &out_s, "--junit", &junit,
+        ];
+        args.extend_from_slice(extra);
+        let o = postsock(&args);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    };
+    let whole = dir.join("whole");
+    suite(&whole, &[]);
+    let shards: Vec<std::path::PathBuf> = (0..3).map(|i| dir.join(format!("shard{i}"))).collect();
+    for (i, s) in shards.iter().enumerate() {
+        let shard = format!("{i}/3");
+        suite(s, &["--shard", &shard]);
+    }
+    // The shards split the runs: none twice, none left out.
+    let parts: Vec<_> = shards.iter().map(|s| reports_below(s)).collect();
+    let all = reports_below(&whole);
+    assert_eq!(parts.iter().map(|p| p.len()).sum::<usize>(), all.len());
+    assert!(parts.iter().all(|p| !p.is_empty()));
+    let merged = dir.join("merged");
+    let mut args = vec!["merge".to_owned()];
+    args.extend(shards.iter().map(|s| path(s)));
+    args.extend([
+        "--out".into(),
+        path(&merged),
+        "--junit".into(),
+        path(&merged.join("junit.xml")),
+    ]);
+    let o = postsock(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(reports_below(&merged), all);
+    assert_eq!(
+        junit_cases(&merged.join("junit.xml")),
+        junit_cases(&whole.join("junit.xml"))
+    );
+    assert!(merged.join("summary.md").is_file());
+    // A run in two of the merged directories is an error, not a silent pick.
+    let o = postsock(&[
+        "merge",
+        &path(&shards[0]),
+        &path(&shards[0]),
+        "--out",
+        &path(&dir.join("twice")),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+    assert!(
+        text(&o.stderr).contains("more than one"),
+        "{}",
+        text(&o.stderr)
+    );
+
+    // diff: the same reports differ in nothing; a slower, failing run is a regression.
+    let o = postsock(&["diff", &path(&whole), &path(&merged)]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stdout));
+    assert!(
+        text(&o.stdout).contains("0 regression(s)"),
+        "{}",
+        text(&o.stdout)
+    );
+    let report = merged.join("echo/quic/seed-1.json");
+    let mut r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).expect("r")).expect("json");
+    r["passed"] = serde_json::Value::Bool(false);
+    let ttfm = r["metrics"]["ttfm_ms"].as_f64().expect("ttfm");
+    r["metrics"]["ttfm_ms"] = serde_json::json!(ttfm * 3.0);
+    std::fs::write(&report, serde_json::to_string_pretty(&r).expect("json")).expect("write");
+    let o = postsock(&["diff", &path(&whole), &path(&merged)]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o.stdout));
+    let out = text(&o.stdout);
+    assert!(
+        out.contains("REGRESSION now failing: echo/quic seed 1"),
+        "{out}"
+    );
+    assert!(out.contains("REGRESSION echo/quic ttfm_ms"), "{out}");
 }

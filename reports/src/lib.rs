@@ -46,4 +46,12 @@ pub enum ReportError {
     /// Encoding JSON failed.
     #[error("encoding JSON: {0}")]
     Json(#[from] serde_json::Error),
+    /// Reading a report (or a suite's output) back failed.
+    #[error("reading {path}: {message}")]
+    Read {
+        /// The file.
+        path: String,
+        /// What was wrong.
+        message: String,
+    },
 }
