@@ -659,7 +659,15 @@ fn progress(total: u64) -> ProgressBar {
     let bar = ProgressBar::new(total);
     if std::io::stderr().is_terminal() {
         bar.set_style(
-            ProgressStyle::with_template("{bar:40} {pos}/{len} runs {msg}")
+            ProgressStyle::with_template("{bar:40} {pos}/{len} runs, {rate}, ETA {eta} {wide_msg}")
+                .map(|style| {
+                    style.with_key(
+                        "rate",
+                        |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                            let _ = write!(w, "{:.1} runs/s", state.per_sec());
+                        },
+                    )
+                })
                 .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
     } else {
