@@ -98,6 +98,18 @@ enum Command {
         #[arg(long, default_value_t = 1.0)]
         min_abs: f64,
     },
+    /// Rewrite the golden reports (tests/golden/<scenario>/seed-<N>.json, compared byte for
+    /// byte by the tests) from fresh runs, after a change that is meant to move them.
+    Bless {
+        /// Also pin this scenario's run (with --seed).
+        scenario: Option<String>,
+        /// The seed of the run to add.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// The golden directory.
+        #[arg(long, default_value_os_t = testbed::suite::golden_dir())]
+        golden: PathBuf,
+    },
     /// Random fault timelines over scenarios (those whose name starts with FILTER, or a
     /// scenario file), each run checked against the invariant oracle; failing timelines are
     /// shrunk and written as scenario files with the command that replays them.
@@ -234,6 +246,24 @@ fn main() -> ExitCode {
             shard,
             junit.as_deref(),
         ),
+        Command::Bless {
+            scenario,
+            seed,
+            golden,
+        } => match suite::bless(
+            &golden,
+            &cli.scenarios,
+            scenario.as_deref().map(|s| (s, seed)),
+        ) {
+            Ok(changed) => {
+                for g in &changed {
+                    println!("rewrote {}", g.path.display());
+                }
+                println!("{} golden report(s) changed", changed.len());
+                ExitCode::SUCCESS
+            }
+            Err(e) => usage_error(e),
+        },
         Command::Merge { dirs, out, junit } => merge(&cli.scenarios, &dirs, &out, junit.as_deref()),
         Command::Diff {
             base,
@@ -652,7 +682,7 @@ fn run_one(
 }
 
 fn default_jobs() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
+    suite::default_jobs()
 }
 
 fn progress(total: u64) -> ProgressBar {

@@ -468,3 +468,102 @@ pub fn read_runs(dirs: &[PathBuf]) -> Result<Vec<RunOutcome>, ReportError> {
     }
     Ok(runs.into_values().collect())
 }
+
+/// Where the golden reports live: `tests/golden/<scenario>/seed-<N>.json`.
+pub fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
+}
+
+/// One golden report: the run it pins and its file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Golden {
+    /// The scenario.
+    pub scenario: String,
+    /// The seed.
+    pub seed: u64,
+    /// The checked-in report.
+    pub path: PathBuf,
+}
+
+/// Every golden report below `dir`, by path.
+pub fn goldens(dir: &Path) -> Result<Vec<Golden>, ReportError> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<Golden>) -> Result<(), ReportError> {
+        let entries = std::fs::read_dir(dir).map_err(|e| ReportError::Read {
+            path: dir.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).collect();
+        paths.sort();
+        for path in paths {
+            if path.is_dir() {
+                walk(root, &path, out)?;
+                continue;
+            }
+            let seed = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_prefix("seed-")?.strip_suffix(".json")?.parse().ok());
+            let (Some(seed), Some(parent)) = (seed, path.parent()) else {
+                continue;
+            };
+            let scenario = parent
+                .strip_prefix(root)
+                .map(|p| p.to_string_lossy().replace('\\', "/"))
+                .unwrap_or_default();
+            if !scenario.is_empty() {
+                out.push(Golden {
+                    scenario,
+                    seed,
+                    path,
+                });
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out)?;
+    Ok(out)
+}
+
+/// Runs a golden's scenario with its seed and returns the report's bytes as `to_json`
+/// writes them.
+pub fn golden_run(scenarios_dir: &Path, golden: &Golden) -> Result<String, String> {
+    let scenario = load_one(scenarios_dir, &golden.scenario).map_err(|e| e.to_string())?;
+    runner::run(&scenario, golden.seed)
+        .report
+        .to_json()
+        .map_err(|e| e.to_string())
+}
+
+/// Rewrites every golden report below `dir` from a fresh run (and adds `add`, a scenario
+/// and seed, first). Returns the goldens whose bytes changed.
+pub fn bless(
+    dir: &Path,
+    scenarios_dir: &Path,
+    add: Option<(&str, u64)>,
+) -> Result<Vec<Golden>, String> {
+    if let Some((scenario, seed)) = add {
+        // Check the name before making a directory for it.
+        load_one(scenarios_dir, scenario).map_err(|e| e.to_string())?;
+        let path = dir.join(scenario).join(format!("seed-{seed}.json"));
+        if !path.exists() {
+            write(&path, "").map_err(|e| e.to_string())?;
+        }
+    }
+    let all = goldens(dir).map_err(|e| e.to_string())?;
+    let fresh = par_map(&all, default_jobs(), &|g| golden_run(scenarios_dir, g));
+    let mut changed = Vec::new();
+    for (g, json) in all.into_iter().zip(fresh) {
+        let json = json.map_err(|e| format!("{} seed {}: {e}", g.scenario, g.seed))?;
+        if std::fs::read_to_string(&g.path).ok().as_deref() != Some(json.as_str()) {
+            write(&g.path, &json).map_err(|e| e.to_string())?;
+            changed.push(g);
+        }
+    }
+    Ok(changed)
+}
+
+/// Worker threads when not told: the number of cores.
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
