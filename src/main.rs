@@ -98,6 +98,8 @@ enum Command {
         #[arg(long, default_value_t = 1.0)]
         min_abs: f64,
     },
+    /// Print the JSON Schema of the reports (published as docs/report.schema.json).
+    Schema,
     /// Rewrite the golden reports (tests/golden/<scenario>/seed-<N>.json, compared byte for
     /// byte by the tests) from fresh runs, after a change that is meant to move them.
     Bless {
@@ -246,6 +248,13 @@ fn main() -> ExitCode {
             shard,
             junit.as_deref(),
         ),
+        Command::Schema => match serde_json::to_string_pretty(&reports::Report::schema()) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => usage_error(e),
+        },
         Command::Bless {
             scenario,
             seed,

@@ -3,13 +3,16 @@
 
 use std::collections::BTreeMap;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// Version of the JSON schema; bumped on incompatible changes.
 pub const SCHEMA_VERSION: u32 = 1;
 
 /// Which way a message travelled.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Direction {
     /// From the initiating side (client) to the listening side (server).
@@ -29,7 +32,7 @@ impl Direction {
 }
 
 /// One application message: when it was sent and every time it was delivered.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct MessageRecord {
     /// Direction of travel.
     pub direction: Direction,
@@ -88,7 +91,7 @@ impl MessageRecord {
 }
 
 /// One connection attempt of the client's race (see postsock's `EstablishmentReport`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct AttemptRecord {
     /// `quic`, `tls-tcp` or `tcp`.
     pub protocol: String,
@@ -106,7 +109,7 @@ pub struct AttemptRecord {
 }
 
 /// How the client's carrier was established.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Establishment {
     /// Every attempt started, in start order.
     pub attempts: Vec<AttemptRecord>,
@@ -118,7 +121,7 @@ pub struct Establishment {
 }
 
 /// One expectation of the scenario and how the run measured against it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Expectation {
     /// Human-readable form, e.g. `messages_lost <= 0`.
     pub name: String,
@@ -133,7 +136,7 @@ fn is_zero(n: &u64) -> bool {
 }
 
 /// The metrics of one run (DESIGN.md §5), all in simulated time.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Metrics {
     /// Time from `initiate` until the first message reached the peer application.
     pub ttfm_ms: Option<f64>,
@@ -399,7 +402,7 @@ pub fn round_us(ms: f64) -> f64 {
 }
 
 /// The longest stretch without a delivery after a path fault.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Gap {
     /// When the fault struck, ms.
     pub fault_ms: f64,
@@ -411,7 +414,9 @@ pub struct Gap {
 
 /// What happened to a carrier's path: the one vocabulary the workload records, the runner
 /// counts and the plots draw (written kebab-case in reports: `start`, `server-path-change`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum PathEventKind {
     /// The client's carrier started on an interface.
@@ -436,7 +441,7 @@ impl PathEventKind {
 }
 
 /// A change of a carrier's path.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct PathEvent {
     /// Simulated time, ms.
     pub at_ms: f64,
@@ -451,7 +456,7 @@ pub struct PathEvent {
 }
 
 /// The deterministic record of one run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct Report {
     /// [`SCHEMA_VERSION`].
     pub schema_version: u32,
@@ -495,6 +500,28 @@ pub struct Report {
 }
 
 impl Report {
+    /// The JSON Schema (draft 2020-12) every report follows, as published in
+    /// docs/report.schema.json.
+    pub fn schema() -> serde_json::Value {
+        let mut schema =
+            serde_json::to_value(schemars::schema_for!(Report)).unwrap_or(serde_json::Value::Null);
+        if let Some(obj) = schema.as_object_mut() {
+            obj.insert(
+                "$id".into(),
+                "https://postsock.invalid/report.schema.json".into(),
+            );
+            obj.insert(
+                "description".into(),
+                format!(
+                    "A postsock scenario run's report, schema_version {SCHEMA_VERSION}: the \
+                     deterministic record of one (scenario, seed) run."
+                )
+                .into(),
+            );
+        }
+        schema
+    }
+
     /// The JSON text of the report (pretty, with a trailing newline).
     pub fn to_json(&self) -> Result<String, serde_json::Error> {
         let mut s = serde_json::to_string_pretty(self)?;
