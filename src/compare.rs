@@ -31,7 +31,7 @@ fn name(protocol: &str, rtt_ms: u64, loss_percent: f64) -> String {
 }
 
 /// The parameters of a family scenario's name.
-fn parse_name(scenario: &str) -> Option<(String, u64, f64)> {
+pub fn parse_name(scenario: &str) -> Option<(String, u64, f64)> {
     let rest = scenario.strip_prefix(PREFIX)?;
     let (protocol, rest) = rest.split_once("-rtt")?;
     let (rtt, loss) = rest.split_once("-loss")?;
@@ -136,9 +136,12 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// The comparison from a suite's reports; `None` if none of the family ran.
-pub fn from_reports<'a>(reports: impl IntoIterator<Item = &'a Report>) -> Option<Comparison> {
+pub fn from_reports<R: std::borrow::Borrow<Report>>(
+    reports: impl IntoIterator<Item = R>,
+) -> Option<Comparison> {
     let mut cells: Vec<Cell> = Vec::new();
     for r in reports {
+        let r = r.borrow();
         let Some((protocol, rtt_ms, loss_percent)) = parse_name(&r.scenario) else {
             continue;
         };

@@ -812,17 +812,25 @@ fn run_suite(
     let bar = progress(total);
     let jobs = jobs.unwrap_or_else(default_jobs);
     let started = Instant::now();
-    let outcomes = suite::run_shard(&scenarios, &seeds, shard, jobs, &|o| {
+    // Each report goes to disk as its run ends; memory keeps only metrics and verdicts.
+    let outcomes = suite::run_to_disk(&scenarios, &seeds, shard, jobs, out, &|o| {
         bar.set_message(format!("{} seed {}", o.report.scenario, o.report.seed));
         bar.inc(1);
     });
     bar.finish_and_clear();
+    let outcomes = match outcomes {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     print_table(&outcomes);
     finish_suite(&outcomes, dir, out, junit, started)
 }
 
-/// Writes a suite's outputs (reports, plots, summary, JUnit, the protocol comparison and the
-/// NAT matrix when their runs are there) and reports what failed.
+/// Writes a suite's outputs besides the reports already below `out` (summary, JUnit, the
+/// protocol comparison and the NAT matrix when their runs are there) and reports what failed.
 fn finish_suite(
     outcomes: &[testbed::RunOutcome],
     dir: &std::path::Path,
@@ -830,7 +838,7 @@ fn finish_suite(
     junit: Option<&std::path::Path>,
     started: Instant,
 ) -> ExitCode {
-    match suite::write_outputs(out, outcomes, false, started, dir) {
+    match suite::write_summary(out, outcomes, started, dir) {
         Ok(summary) => {
             let wall = started.elapsed().as_secs_f64();
             let sim: f64 = outcomes
@@ -864,7 +872,24 @@ fn finish_suite(
         println!("JUnit: {}", path.display());
     }
     // The protocol comparison, from the reports of the compare/ family (if the suite ran it).
-    if let Some(comparison) = testbed::compare::from_reports(outcomes.iter().map(|o| &o.report)) {
+    // Its message latencies are read back from the reports on disk, one at a time.
+    let mut unreadable = None;
+    let compared = outcomes
+        .iter()
+        .filter(|o| testbed::compare::parse_name(&o.report.scenario).is_some())
+        .filter_map(|o| match suite::read_report(out, &o.report.scenario, o.report.seed) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                unreadable.get_or_insert(e);
+                None
+            }
+        });
+    let comparison = testbed::compare::from_reports(compared);
+    if let Some(e) = unreadable {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
+    if let Some(comparison) = comparison {
         if let Err(e) = testbed::compare::write(out, &comparison) {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
@@ -926,7 +951,11 @@ fn merge(
     junit: Option<&std::path::Path>,
 ) -> ExitCode {
     let started = Instant::now();
-    let mut outcomes = match suite::read_runs(dirs) {
+    // Each report is written below `out` as it is read; memory keeps the light ones.
+    if let Err(e) = std::fs::create_dir_all(out) {
+        return usage_error(format!("{}: {e}", out.display()));
+    }
+    let mut outcomes = match suite::read_runs_into(dirs, Some(out)) {
         Ok(o) => o,
         Err(e) => return usage_error(e),
     };

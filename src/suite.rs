@@ -296,35 +296,90 @@ pub fn report_path(out: &Path, report: &Report) -> PathBuf {
         .join(format!("seed-{}.json", report.seed))
 }
 
-/// Writes each run's JSON report, a time-sequence plot for the first run of each scenario
-/// (every run when `plot_all`), `summary.md` and `wallclock.json`.
-pub fn write_outputs(
+/// Writes one run's JSON report and, when `plot`, its plots: the time-sequence diagram and,
+/// where the run has what they show, the race timeline, goodput and niceness plots.
+pub fn write_run(out: &Path, report: &Report, plot: bool) -> Result<(), ReportError> {
+    let path = report_path(out, report);
+    write(&path, &report.to_json()?)?;
+    if !plot {
+        return Ok(());
+    }
+    reports::plot::time_sequence(report, &path.with_extension("png"))?;
+    if reports::plot::has_race(report) {
+        let name = format!("seed-{}-race.png", report.seed);
+        reports::plot::racing_timeline(report, &path.with_file_name(name))?;
+    }
+    if reports::plot::has_paths(report) {
+        let name = format!("seed-{}-goodput.png", report.seed);
+        reports::plot::goodput(report, &path.with_file_name(name))?;
+    }
+    if reports::plot::has_niceness(report) {
+        let name = format!("seed-{}-niceness.png", report.seed);
+        reports::plot::latency_by_niceness(report, &path.with_file_name(name))?;
+    }
+    Ok(())
+}
+
+/// Drops what a suite no longer needs in memory once a report is on disk: the per-message
+/// records (most of a report; the protocol comparison reads them back from the files), the
+/// link counters, faults, race and path timelines. What stays — scenario, seed, verdict,
+/// expectations, metrics, protocol, error — is what summaries, JUnit, the TTFM plot and the
+/// NAT matrix use.
+pub fn lighten(report: &mut Report) {
+    report.messages = Vec::new();
+    report.links = Default::default();
+    report.faults = Vec::new();
+    report.establishment = None;
+    report.path_events = Vec::new();
+    report.path_faults_ms = Vec::new();
+    report.oracles = Vec::new();
+    report.gaps = Vec::new();
+}
+
+/// Reads a run's report back from below `out`.
+pub fn read_report(out: &Path, scenario: &str, seed: u64) -> Result<Report, ReportError> {
+    let path = out.join(scenario).join(format!("seed-{seed}.json"));
+    let text = std::fs::read_to_string(&path).map_err(|e| ReportError::Read {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    serde_json::from_str(&text).map_err(|e| ReportError::Read {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })
+}
+
+/// Runs a shard of the suite like [`run_shard`], but writes each run's report (and, for the
+/// first seed of each scenario, its plots) below `out` as soon as it ends and keeps only the
+/// [`lighten`]ed report: a suite's memory does not grow with its runs' messages.
+pub fn run_to_disk(
+    scenarios: &[Scenario],
+    seeds: &[u64],
+    shard: Shard,
+    jobs: usize,
+    out: &Path,
+    done: &(dyn Fn(&RunOutcome) + Sync),
+) -> Result<Vec<RunOutcome>, ReportError> {
+    let work = shard_runs(scenarios, seeds, shard);
+    let first = seeds.first().copied();
+    let results = par_map(&work, jobs, &|&(scenario, seed)| {
+        let mut outcome = runner::run(scenario, seed);
+        let written = write_run(out, &outcome.report, Some(seed) == first);
+        lighten(&mut outcome.report);
+        done(&outcome);
+        written.map(|()| outcome)
+    });
+    results.into_iter().collect()
+}
+
+/// Writes `wallclock.json`, the TTFM plot and `summary.md` for runs whose reports are
+/// already on disk.
+pub fn write_summary(
     out: &Path,
     outcomes: &[RunOutcome],
-    plot_all: bool,
     started: Instant,
     scenarios_dir: &Path,
 ) -> Result<PathBuf, ReportError> {
-    let mut plotted = std::collections::BTreeSet::new();
-    for o in outcomes {
-        let path = report_path(out, &o.report);
-        write(&path, &o.report.to_json()?)?;
-        if plot_all || plotted.insert(o.report.scenario.clone()) {
-            reports::plot::time_sequence(&o.report, &path.with_extension("png"))?;
-            if reports::plot::has_race(&o.report) {
-                let name = format!("seed-{}-race.png", o.report.seed);
-                reports::plot::racing_timeline(&o.report, &path.with_file_name(name))?;
-            }
-            if reports::plot::has_paths(&o.report) {
-                let name = format!("seed-{}-goodput.png", o.report.seed);
-                reports::plot::goodput(&o.report, &path.with_file_name(name))?;
-            }
-            if reports::plot::has_niceness(&o.report) {
-                let name = format!("seed-{}-niceness.png", o.report.seed);
-                reports::plot::latency_by_niceness(&o.report, &path.with_file_name(name))?;
-            }
-        }
-    }
     let wall = WallClock {
         runs: outcomes
             .iter()
@@ -341,7 +396,7 @@ pub fn write_outputs(
         &out.join("wallclock.json"),
         &serde_json::to_string_pretty(&wall)?,
     )?;
-    let reports: Vec<Report> = outcomes.iter().map(|o| o.report.clone()).collect();
+    let reports: Vec<&Report> = outcomes.iter().map(|o| &o.report).collect();
     reports::plot::ttfm_vs_limit(&reports, &out.join("ttfm-vs-limit.png"))?;
     let summary = out.join("summary.md");
     write(
@@ -349,6 +404,23 @@ pub fn write_outputs(
         &reports::summary::markdown(&reports, &wall, |r| replay_command(r, scenarios_dir)),
     )?;
     Ok(summary)
+}
+
+/// Writes each run's JSON report, plots for the first run of each scenario (every run when
+/// `plot_all`), `summary.md` and `wallclock.json`.
+pub fn write_outputs(
+    out: &Path,
+    outcomes: &[RunOutcome],
+    plot_all: bool,
+    started: Instant,
+    scenarios_dir: &Path,
+) -> Result<PathBuf, ReportError> {
+    let mut plotted = std::collections::BTreeSet::new();
+    for o in outcomes {
+        let plot = plot_all || plotted.insert(o.report.scenario.clone());
+        write_run(out, &o.report, plot)?;
+    }
+    write_summary(out, outcomes, started, scenarios_dir)
 }
 
 /// A JUnit XML document of the runs: one `<testcase>` per (scenario, seed), class = the
@@ -424,6 +496,15 @@ pub fn junit(outcomes: &[RunOutcome], scenarios_dir: &Path) -> String {
 /// `seed-N.json` report with its wall-clock time from `wallclock.json`. Runs come out in
 /// (scenario, seed) order; a run found twice is an error.
 pub fn read_runs(dirs: &[PathBuf]) -> Result<Vec<RunOutcome>, ReportError> {
+    read_runs_into(dirs, None)
+}
+
+/// [`read_runs`], writing each report (with plots for seed 1, as a suite does) below
+/// `copy_to` as it is read and keeping only the [`lighten`]ed report in memory.
+pub fn read_runs_into(
+    dirs: &[PathBuf],
+    copy_to: Option<&Path>,
+) -> Result<Vec<RunOutcome>, ReportError> {
     let read = |path: &Path| {
         std::fs::read_to_string(path).map_err(|e| ReportError::Read {
             path: path.display().to_string(),
@@ -442,7 +523,7 @@ pub fn read_runs(dirs: &[PathBuf]) -> Result<Vec<RunOutcome>, ReportError> {
         let wall: WallClock = decode(&wall_path, &read(&wall_path)?)?;
         for w in wall.runs {
             let path = dir.join(&w.scenario).join(format!("seed-{}.json", w.seed));
-            let report: Report = decode(&path, &read(&path)?)?;
+            let mut report: Report = decode(&path, &read(&path)?)?;
             if report.scenario != w.scenario || report.seed != w.seed {
                 return Err(ReportError::Read {
                     path: path.display().to_string(),
@@ -461,6 +542,11 @@ pub fn read_runs(dirs: &[PathBuf]) -> Result<Vec<RunOutcome>, ReportError> {
                         key.0, key.1
                     ),
                 });
+            }
+            if let Some(out) = copy_to {
+                // A suite plots the first seed (1) of each scenario.
+                write_run(out, &report, report.seed == 1)?;
+                lighten(&mut report);
             }
             let wall = std::time::Duration::from_secs_f64(w.wall_ms.max(0.0) / 1000.0);
             runs.insert(key, RunOutcome { report, wall });

@@ -481,7 +481,11 @@ pub fn racing_timeline(report: &Report, path: &Path) -> Result<(), ReportError> 
 
 /// TTFM of each scenario (its first report) beside its physical limit: bars for the first
 /// carrier (and the last, when a scenario runs several), a black tick at each limit.
-pub fn ttfm_vs_limit(reports: &[Report], path: &Path) -> Result<(), ReportError> {
+pub fn ttfm_vs_limit<R: std::borrow::Borrow<Report>>(
+    reports: &[R],
+    path: &Path,
+) -> Result<(), ReportError> {
+    let reports: Vec<&Report> = reports.iter().map(|r| r.borrow()).collect();
     register_font();
     let err = plot_error(path);
     let mut firsts: Vec<&Report> = Vec::new();

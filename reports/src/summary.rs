@@ -10,11 +10,12 @@ fn opt(v: Option<f64>) -> String {
 
 /// Renders the suite summary: one row per run, the failures with their replay commands,
 /// and the wall-clock speed.
-pub fn markdown(
-    reports: &[Report],
+pub fn markdown<R: std::borrow::Borrow<Report>>(
+    reports: &[R],
     wall: &WallClock,
     replay: impl Fn(&Report) -> String,
 ) -> String {
+    let reports: Vec<&Report> = reports.iter().map(|r| r.borrow()).collect();
     let mut out = String::new();
     let passed = reports.iter().filter(|r| r.passed).count();
     let _ = writeln!(out, "# Scenario suite\n");
@@ -27,7 +28,7 @@ pub fn markdown(
         out,
         "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
-    for r in reports {
+    for &r in &reports {
         let m = &r.metrics;
         let _ = writeln!(
             out,
@@ -48,7 +49,7 @@ pub fn markdown(
             m.sim_duration_ms,
         );
     }
-    let failures: Vec<&Report> = reports.iter().filter(|r| !r.passed).collect();
+    let failures: Vec<&Report> = reports.iter().copied().filter(|r| !r.passed).collect();
     if !failures.is_empty() {
         let _ = writeln!(out, "\n## Failures\n");
         for r in failures {
