@@ -877,13 +877,15 @@ fn finish_suite(
     let compared = outcomes
         .iter()
         .filter(|o| testbed::compare::parse_name(&o.report.scenario).is_some())
-        .filter_map(|o| match suite::read_report(out, &o.report.scenario, o.report.seed) {
-            Ok(r) => Some(r),
-            Err(e) => {
-                unreadable.get_or_insert(e);
-                None
-            }
-        });
+        .filter_map(
+            |o| match suite::read_report(out, &o.report.scenario, o.report.seed) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    unreadable.get_or_insert(e);
+                    None
+                }
+            },
+        );
     let comparison = testbed::compare::from_reports(compared);
     if let Some(e) = unreadable {
         eprintln!("error: {e}");
@@ -935,6 +937,13 @@ fn finish_suite(
             wrong.is_empty()
         }
     };
+    match suite::write_html(out, outcomes, dir) {
+        Ok(path) => println!("HTML report: {}", path.display()),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let code = report_failures(outcomes, None, dir);
     if matrix_ok {
         code

@@ -653,3 +653,58 @@ pub fn bless(
 pub fn default_jobs() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
+
+/// For each scenario of the runs, a CDF of its message latencies over every seed
+/// (`<scenario>/latency-cdf.png`, one line per direction), read back from the reports on
+/// disk one scenario at a time.
+pub fn write_latency_cdfs(out: &Path, outcomes: &[RunOutcome]) -> Result<(), ReportError> {
+    let mut seeds: Vec<(&str, Vec<u64>)> = Vec::new();
+    for o in outcomes {
+        match seeds.iter_mut().find(|(s, _)| *s == o.report.scenario) {
+            Some((_, v)) => v.push(o.report.seed),
+            None => seeds.push((&o.report.scenario, vec![o.report.seed])),
+        }
+    }
+    for (scenario, list) in seeds {
+        let mut up = Vec::new();
+        let mut down = Vec::new();
+        for seed in &list {
+            let report = read_report(out, scenario, *seed)?;
+            for m in &report.messages {
+                let Some(first) = m.delivered_ms.first() else {
+                    continue;
+                };
+                match m.direction {
+                    reports::Direction::ClientToServer => up.push(first - m.sent_ms),
+                    reports::Direction::ServerToClient => down.push(first - m.sent_ms),
+                }
+            }
+        }
+        let mut series = Vec::new();
+        for (label, latencies_ms) in [("client → server", up), ("server → client", down)] {
+            if !latencies_ms.is_empty() {
+                series.push(reports::plot::CdfSeries {
+                    label: format!("{label} ({} messages)", latencies_ms.len()),
+                    latencies_ms,
+                });
+            }
+        }
+        if series.is_empty() {
+            continue;
+        }
+        let title = format!("{scenario}: message latency, {} seed(s)", list.len());
+        reports::plot::latency_cdf(&title, &series, &out.join(scenario).join("latency-cdf.png"))?;
+    }
+    Ok(())
+}
+
+/// Writes the latency CDFs and `index.html` (after every other plot of the suite exists).
+pub fn write_html(
+    out: &Path,
+    outcomes: &[RunOutcome],
+    scenarios_dir: &Path,
+) -> Result<PathBuf, ReportError> {
+    write_latency_cdfs(out, outcomes)?;
+    let reports: Vec<&Report> = outcomes.iter().map(|o| &o.report).collect();
+    reports::html::index(out, &reports, |r| replay_command(r, scenarios_dir))
+}

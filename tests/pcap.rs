@@ -59,17 +59,7 @@ fn packets(path: &Path) -> Vec<(u64, usize)> {
 }
 
 fn tshark() -> &'static str {
-    if Command::new("tshark").arg("--version").output().is_err() {
-        let ok = Command::new("sh")
-            .args([
-                "-c",
-                "apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y tshark",
-            ])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "tshark is missing and apt-get could not install it");
-    }
-    "tshark"
+    common::ensure_installed("tshark", "tshark")
 }
 
 /// tshark's one-line summaries of the packets of `file` matching `filter`, decrypted with

@@ -13,8 +13,8 @@ fn a_suite_streams_whole_reports_to_disk_and_keeps_light_ones() {
         suite::load_one(dir, "echo/tls-tcp").expect("scenario"),
     ];
     let seeds = [1, 2, 3];
-    let kept = suite::run_to_disk(&scenarios, &seeds, Shard::default(), 2, &out, &|_| {})
-        .expect("suite");
+    let kept =
+        suite::run_to_disk(&scenarios, &seeds, Shard::default(), 2, &out, &|_| {}).expect("suite");
     assert_eq!(kept.len(), 6);
     for o in &kept {
         let r = &o.report;
@@ -22,7 +22,10 @@ fn a_suite_streams_whole_reports_to_disk_and_keeps_light_ones() {
         assert!(r.messages.is_empty() && r.links.is_empty() && r.path_events.is_empty());
         assert!(r.metrics.messages_delivered > 0);
         // On disk: the whole report, byte for byte what a single run writes.
-        let scenario = scenarios.iter().find(|s| s.name == r.scenario).expect("known");
+        let scenario = scenarios
+            .iter()
+            .find(|s| s.name == r.scenario)
+            .expect("known");
         let whole = testbed::run(scenario, r.seed).report;
         let on_disk = std::fs::read_to_string(suite::report_path(&out, r)).expect("report");
         assert_eq!(on_disk, whole.to_json().expect("json"));

@@ -9,9 +9,11 @@
 //! | [`model`] | the report schema; message-level metrics |
 //! | [`derive`](mod@derive) | every metric of a run, from what the run recorded ([`RunFacts`]) |
 //! | [`summary`] | the Markdown summary of a suite |
+//! | [`html`] | the suite's self-contained HTML report |
 //! | [`plot`] | the message time-sequence diagram |
 
 pub mod derive;
+pub mod html;
 pub mod model;
 pub mod plot;
 pub mod summary;

@@ -162,3 +162,36 @@ pub fn lossless_runs(name: &str) -> Vec<reports::Report> {
     }
     runs
 }
+
+/// Makes sure `binary` is on the PATH, installing Debian's `package` (apt-get, as root or
+/// through sudo) if it is not; returns the binary's name.
+pub fn ensure_installed(binary: &'static str, package: &str) -> &'static str {
+    let present = || {
+        std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {binary}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !present() {
+        let sudo = if is_root() { "" } else { "sudo " };
+        let script = format!(
+            "{sudo}apt-get update && DEBIAN_FRONTEND=noninteractive {sudo}apt-get install -y {package}"
+        );
+        let ok = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(
+            ok && present(),
+            "{binary} is missing and apt-get could not install {package}"
+        );
+    }
+    binary
+}
+
+fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0"))
+}
