@@ -21,7 +21,12 @@ fn the_html_report_is_self_contained_and_renders_in_chromium() {
     // A scenario directory with one shipped scenario of each plot kind and one that fails.
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
     let scenarios = dir.join("scenarios");
-    for name in ["echo/quic", "failover/quic-wifi-down", "api/niceness-quic"] {
+    for name in [
+        "echo/quic",
+        "failover/quic-wifi-down",
+        "api/niceness-quic",
+        "blocking/udp-blocked",
+    ] {
         let to = scenarios.join(format!("{name}.toml"));
         std::fs::create_dir_all(to.parent().expect("parent")).expect("dir");
         std::fs::copy(shipped.join(format!("{name}.toml")), &to).expect("copy");
@@ -75,18 +80,25 @@ fn the_html_report_is_self_contained_and_renders_in_chromium() {
     assert!(images >= 10, "{images} images");
     assert_eq!(html.matches("src=\"data:image/png;base64,").count(), images);
     assert!(!html.contains("<script") && !html.contains("http://") && !html.contains("https://"));
-    for plot in [
-        "latency-cdf.png",
-        "seed-1.png",
-        "seed-1-goodput.png",
-        "seed-1-niceness.png",
+    // Every kind of per-scenario plot is drawn, and each is in the page.
+    for (scenario, plot) in [
+        ("failover/quic-wifi-down", "latency-cdf.png"),
+        ("failover/quic-wifi-down", "seed-1.png"),
+        ("failover/quic-wifi-down", "seed-1-goodput.png"),
+        ("api/niceness-quic", "seed-1-niceness.png"),
+        ("blocking/udp-blocked", "seed-1-race.png"),
     ] {
-        assert!(
-            out.join("failover/quic-wifi-down").join(plot).is_file()
-                || out.join("api/niceness-quic").join(plot).is_file(),
-            "{plot}"
-        );
+        let path = out.join(scenario).join(plot);
+        let png = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        assert!(png.len() > 10_000, "{} looks empty", path.display());
+        let alt = format!("alt=\"{scenario}: ");
+        assert!(html.contains(&alt), "{alt}");
     }
+    assert_eq!(
+        html.matches("alt=\"blocking/udp-blocked: connection race\"")
+            .count(),
+        1
+    );
 
     // Chromium: loads it with no console message; the DOM has the tables and the images
     // decoded; a tall screenshot is taken (left beside the report for a look).
