@@ -355,3 +355,36 @@ fn suite_shards_merge_into_what_one_suite_writes() {
     );
     assert!(out.contains("REGRESSION echo/quic ttfm_ms"), "{out}");
 }
+
+#[test]
+fn a_suite_filter_does_not_swallow_a_broken_file_it_selects() {
+    let dir = temp_dir("swallow");
+    std::fs::create_dir_all(dir.join("nat")).expect("dir");
+    std::fs::write(
+        dir.join("nat/broken.toml"),
+        "description = \"x\"\nduration_s = \"ten\"\n",
+    )
+    .expect("write");
+    let scenarios = dir.to_str().expect("utf8");
+    let out = dir.join("out");
+    // `nat` selects the broken file (and the generated NAT matrix): a usage error naming it.
+    for filter in ["nat", "nat/", "nat/b"] {
+        let o = postsock(&[
+            "--scenarios",
+            scenarios,
+            "suite",
+            filter,
+            "--seeds",
+            "1",
+            "--out",
+            out.to_str().expect("utf8"),
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{filter}");
+        let stderr = text(&o.stderr);
+        assert!(
+            stderr.contains("nat/broken.toml:2:14"),
+            "{filter}: {stderr}"
+        );
+        assert!(!out.join("summary.md").exists(), "{filter}: nothing ran");
+    }
+}
