@@ -5,7 +5,8 @@ pub(crate) mod stun;
 pub(crate) mod turn;
 
 use bytecodec::{DecodeExt, EncodeExt};
-use stun_codec::{Message, MessageDecoder, MessageEncoder};
+use stun_codec::TransactionId;
+use stun_codec::{AttributeType, Message, MessageClass, MessageDecoder, MessageEncoder, Method};
 
 /// Encodes `message` with attribute set `A`; `None` if it cannot be (then nothing is sent:
 /// never an empty datagram).
@@ -23,4 +24,44 @@ pub(crate) fn decode<A: stun_codec::Attribute>(datagram: &[u8], max: usize) -> O
         .decode_from_bytes(datagram)
         .ok()?
         .ok()
+}
+
+/// A datagram that is STUN by its header but whose attributes could not be decoded (a value
+/// out of range, a truncated attribute): enough to answer a request with 400.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Broken {
+    pub class: MessageClass,
+    pub method: Method,
+    pub transaction: TransactionId,
+}
+
+/// Like [`decode`], but tells a STUN message whose attributes are malformed (`Err`) from
+/// something that is not STUN at all (`None`).
+pub(crate) fn decode_or_broken<A: stun_codec::Attribute>(
+    datagram: &[u8],
+    max: usize,
+) -> Option<Result<Message<A>, Broken>> {
+    if datagram.len() > max || !stun::is_stun(datagram) {
+        return None;
+    }
+    match MessageDecoder::<A>::new()
+        .decode_from_bytes(datagram)
+        .ok()?
+    {
+        Ok(m) => Some(Ok(m)),
+        Err(b) => Some(Err(Broken {
+            class: b.class(),
+            method: b.method(),
+            transaction: b.transaction_id(),
+        })),
+    }
+}
+
+/// The comprehension-required attributes of `m` its attribute set does not know (RFC 8489
+/// §6.3.1: a request carrying any gets 420 listing them).
+pub(crate) fn unknown_required<A: stun_codec::Attribute>(m: &Message<A>) -> Vec<AttributeType> {
+    m.unknown_attributes()
+        .map(stun_codec::Attribute::get_type)
+        .filter(|t| t.is_comprehension_required())
+        .collect()
 }

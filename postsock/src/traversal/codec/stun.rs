@@ -4,7 +4,9 @@
 use std::net::SocketAddr;
 
 use bytecodec::DecodeExt;
-use stun_codec::rfc5389::attributes::{Software, Username, XorMappedAddress};
+use stun_codec::rfc5389::attributes::{
+    ErrorCode, Software, UnknownAttributes, Username, XorMappedAddress,
+};
 use stun_codec::rfc5389::{methods::BINDING, Attribute};
 use stun_codec::{Message, MessageClass, MessageDecoder, TransactionId};
 
@@ -38,12 +40,24 @@ pub(crate) fn decode(datagram: &[u8]) -> Option<Message<Attribute>> {
 }
 
 /// The server's answer to `datagram` received from `source`: a Binding success response
-/// carrying `source` as XOR-MAPPED-ADDRESS, or `None` if `datagram` is not a well-formed
-/// Binding request.
+/// carrying `source` as XOR-MAPPED-ADDRESS; 400 for a Binding request whose attributes are
+/// malformed, 420 (with UNKNOWN-ATTRIBUTES) for one with comprehension-required attributes
+/// it does not know (RFC 8489 §6.3.1); `None` for anything else.
 pub fn answer(datagram: &[u8], source: SocketAddr) -> Option<Vec<u8>> {
-    let request = decode(datagram)?;
+    let request = match super::decode_or_broken::<Attribute>(datagram, MAX_MESSAGE)? {
+        Ok(m) => m,
+        Err(b) if b.class == MessageClass::Request && b.method == BINDING => {
+            return error_response(BINDING, b.transaction, 400, "Bad Request", Vec::new());
+        }
+        Err(_) => return None,
+    };
     if request.class() != MessageClass::Request || request.method() != BINDING {
         return None;
+    }
+    let unknown = super::unknown_required(&request);
+    if !unknown.is_empty() {
+        let transaction = request.transaction_id();
+        return error_response(BINDING, transaction, 420, "Unknown Attribute", unknown);
     }
     let mut response = Message::<Attribute>::new(
         MessageClass::SuccessResponse,
@@ -55,6 +69,26 @@ pub fn answer(datagram: &[u8], source: SocketAddr) -> Option<Vec<u8>> {
         response.add_attribute(software);
     }
     encode(response)
+}
+
+/// An error response to request `method`/`transaction` (listing `unknown` attributes for a
+/// 420).
+fn error_response(
+    method: stun_codec::Method,
+    transaction: TransactionId,
+    code: u16,
+    reason: &str,
+    unknown: Vec<stun_codec::AttributeType>,
+) -> Option<Vec<u8>> {
+    let mut r = Message::<Attribute>::new(MessageClass::ErrorResponse, method, transaction);
+    r.add_attribute(ErrorCode::new(code, reason.into()).ok()?);
+    if !unknown.is_empty() {
+        r.add_attribute(UnknownAttributes::new(unknown));
+    }
+    if let Ok(software) = Software::new("postsock".to_string()) {
+        r.add_attribute(software);
+    }
+    encode(r)
 }
 
 /// The reflexive address in a Binding success response to transaction `txid`; `None` for
@@ -175,11 +209,47 @@ mod tests {
             ("short", good[..19].to_vec()),
             ("bad cookie", bad_cookie),
             ("bad length", bad_length),
-            ("truncated attribute", truncated_attribute),
             ("oversized", oversized),
             ("QUIC long header", vec![0xc0; 40]),
         ] {
             assert_eq!(answer(&bytes, from), None, "{what}");
         }
+        // A Binding request whose header is sound but whose attributes are not: 400.
+        let reply = answer(&truncated_attribute, from).expect("an answer");
+        let reply = decode(&reply).expect("STUN");
+        assert_eq!(reply.class(), MessageClass::ErrorResponse);
+        assert_eq!(
+            reply.get_attribute::<ErrorCode>().map(|e| e.code()),
+            Some(400)
+        );
+    }
+
+    #[test]
+    fn unknown_comprehension_required_attributes_get_420() {
+        let from: SocketAddr = "198.51.100.1:9".parse().expect("addr");
+        let mut request = binding_request([4u8; 12]);
+        // PRIORITY (0x0024, ICE) is not in this server's set; ICE-CONTROLLED (0x8029) is
+        // optional: only the first is listed.
+        request[3] = 20;
+        request.extend_from_slice(&[0x00, 0x24, 0x00, 0x04, 1, 2, 3, 4]);
+        request.extend_from_slice(&[0x80, 0x29, 0x00, 0x08, 0, 0, 0, 0, 0, 0, 0, 1]);
+        let reply = decode(&answer(&request, from).expect("an answer")).expect("STUN");
+        assert_eq!(
+            reply.get_attribute::<ErrorCode>().map(|e| e.code()),
+            Some(420)
+        );
+        let listed: Vec<u16> = reply
+            .get_attribute::<UnknownAttributes>()
+            .map(|u| u.unknowns().iter().map(|t| t.as_u16()).collect())
+            .unwrap_or_default();
+        assert_eq!(listed, vec![0x0024]);
+        // Only optional unknown attributes: answered as usual.
+        let mut optional = binding_request([5u8; 12]);
+        optional[3] = 12;
+        optional.extend_from_slice(&[0x80, 0x29, 0x00, 0x08, 0, 0, 0, 0, 0, 0, 0, 1]);
+        assert_eq!(
+            reflexive_address(&answer(&optional, from).expect("answer"), [5u8; 12]),
+            Some(from)
+        );
     }
 }

@@ -11,10 +11,11 @@ use stun_codec::rfc5389::attributes::{
     UnknownAttributes, Username, XorMappedAddress,
 };
 use stun_codec::rfc5766::attributes::{
-    ChannelNumber, Data, DontFragment, Lifetime, RequestedTransport, XorPeerAddress,
-    XorRelayAddress,
+    ChannelNumber, Data, DontFragment, EvenPort, Lifetime, RequestedTransport, ReservationToken,
+    XorPeerAddress, XorRelayAddress,
 };
 use stun_codec::rfc5766::methods::{DATA, SEND};
+use stun_codec::rfc8656::attributes::RequestedAddressFamily;
 use stun_codec::{Message, MessageClass, Method, TransactionId};
 
 define_attribute_enums!(
@@ -38,7 +39,10 @@ define_attribute_enums!(
         Data,
         XorRelayAddress,
         RequestedTransport,
-        DontFragment
+        DontFragment,
+        EvenPort,
+        ReservationToken,
+        RequestedAddressFamily
     ]
 );
 
@@ -50,13 +54,20 @@ pub(crate) fn encode(message: Message<Attribute>) -> Option<Vec<u8>> {
     super::encode(message)
 }
 
-/// Largest TURN message accepted: Send and Data indications carry whole datagrams (QUIC's
-/// are 1200 bytes and up), so the limit is a full-sized Ethernet datagram, not STUN's 548.
-pub const MAX_MESSAGE: usize = 1500;
+/// Largest TURN message accepted: Send and Data indications carry whole datagrams, up to the
+/// largest UDP payload (as coturn relays them), not STUN's 548 bytes.
+pub const MAX_MESSAGE: usize = 65_507;
 
 /// Decodes a STUN/TURN message; `None` if it is not one (or is larger than [`MAX_MESSAGE`]).
 pub(crate) fn decode(datagram: &[u8]) -> Option<Message<Attribute>> {
     super::decode(datagram, MAX_MESSAGE)
+}
+
+/// [`decode`], telling a STUN message with malformed attributes (`Err`) from non-STUN.
+pub(crate) fn decode_or_broken(
+    datagram: &[u8],
+) -> Option<Result<Message<Attribute>, super::Broken>> {
+    super::decode_or_broken(datagram, MAX_MESSAGE)
 }
 
 /// Whether `datagram` starts like ChannelData (RFC 7983: first byte 64 to 79).
@@ -227,7 +238,10 @@ mod tests {
             m.add_attribute(Data::new(b"x".to_vec()).expect("data"));
             encode(m).expect("encodes")
         };
-        let oversized = indication(DATA, [5; 12], peer(), &[7u8; 1600]).expect("fits");
+        // Data indications up to the largest UDP payload are fine (1600 bytes is); beyond it
+        // is no datagram at all.
+        let mut oversized = indication(DATA, [5; 12], peer(), &[7u8; 1600]).expect("fits");
+        oversized.resize(MAX_MESSAGE + 1, 0);
         for (what, bytes) in [
             ("unbound channel", channel_data(0x4abc, b"hi")),
             (

@@ -11,22 +11,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use stun_codec::rfc5389::attributes::{
-    ErrorCode, MessageIntegrity, Nonce, Realm, Username, XorMappedAddress,
+    ErrorCode, MessageIntegrity, Nonce, Realm, UnknownAttributes, Username, XorMappedAddress,
 };
 use stun_codec::rfc5389::methods::BINDING;
 use stun_codec::rfc5766::attributes::{
-    ChannelNumber, Data, Lifetime, RequestedTransport, XorPeerAddress, XorRelayAddress,
+    ChannelNumber, Data, EvenPort, Lifetime, RequestedTransport, ReservationToken, XorPeerAddress,
+    XorRelayAddress,
 };
 use stun_codec::rfc5766::methods::{
     ALLOCATE, CHANNEL_BIND, CREATE_PERMISSION, DATA, REFRESH, SEND,
 };
+use stun_codec::rfc8656::attributes::{AddressFamily, RequestedAddressFamily};
 use stun_codec::{Message, MessageClass, Method, TransactionId};
 use tokio::time::Instant;
 
 use super::{CHANNEL_LIFETIME, DEFAULT_LIFETIME, MAX_LIFETIME, PERMISSION_LIFETIME};
 use crate::traversal::codec::turn::{
-    channel_data, decode, encode, indication, is_channel_data, parse_channel_data, Attribute, UDP,
+    channel_data, decode_or_broken, encode, indication, is_channel_data, parse_channel_data,
+    Attribute, UDP,
 };
+use crate::traversal::codec::unknown_required;
 use crate::traversal::stun;
 
 /// What a [`TurnServer`](super::TurnServer) did.
@@ -127,6 +131,8 @@ pub(super) struct PendingAllocation {
     user: String,
     transaction: TransactionId,
     lifetime: Duration,
+    /// EVEN-PORT asked for an even relayed port (RFC 8656 §7.2).
+    pub(super) even_port: bool,
 }
 
 /// One allocation's state.
@@ -275,9 +281,28 @@ impl Handler {
                 }
             };
         }
-        let Some(m) = decode(data) else {
-            count(&self.stats.malformed);
-            return vec![];
+        let m = match decode_or_broken(data) {
+            Some(Ok(m)) => m,
+            // A request whose attributes do not decode (a channel number outside
+            // 0x4000-0x4FFF, a truncated attribute): 400, unsigned, since its integrity
+            // cannot be checked (RFC 8489 §6.3.1). Anything else malformed is dropped.
+            Some(Err(b)) if b.class == MessageClass::Request => {
+                count(&self.stats.malformed);
+                count(&self.stats.refused);
+                let mut r =
+                    Message::<Attribute>::new(MessageClass::ErrorResponse, b.method, b.transaction);
+                if let Ok(e) = ErrorCode::new(400, "Bad Request".into()) {
+                    r.add_attribute(e);
+                }
+                return encode(r)
+                    .map(|data| Action::Reply { to: from, data })
+                    .into_iter()
+                    .collect();
+            }
+            _ => {
+                count(&self.stats.malformed);
+                return vec![];
+            }
         };
         match (m.class(), m.method()) {
             // A Binding request: answered as the STUN server answers it.
@@ -323,6 +348,25 @@ impl Handler {
                             .collect()
                     }
                 };
+                // Authenticated: now its attributes are checked (RFC 8489 §6.3.1).
+                let unknown = unknown_required(&m);
+                if !unknown.is_empty() {
+                    count(&self.stats.refused);
+                    let mut r = Message::<Attribute>::new(
+                        MessageClass::ErrorResponse,
+                        m.method(),
+                        m.transaction_id(),
+                    );
+                    if let Ok(e) = ErrorCode::new(420, "Unknown Attribute".into()) {
+                        r.add_attribute(e);
+                    }
+                    r.add_attribute(UnknownAttributes::new(unknown));
+                    return self
+                        .sign(r, &user)
+                        .map(|data| Action::Reply { to: from, data })
+                        .into_iter()
+                        .collect();
+                }
                 let mut out = Vec::new();
                 let answer = self.request(now, &m, from, &user, &mut out);
                 if let Some(reply) = self.respond(m.method(), m.transaction_id(), answer, &user) {
@@ -353,6 +397,7 @@ impl Handler {
             user,
             transaction,
             lifetime,
+            ..
         } = pending;
         let answer = match relayed {
             Err(_) => Err((508, "Insufficient Capacity")),
@@ -509,6 +554,22 @@ impl Handler {
                 Some(_) => return Err((442, "Unsupported Transport Protocol")),
                 None => return Err((400, "Bad Request")),
             }
+            // RFC 8656 §7.2: IPv4 relays only; EVEN-PORT with RESERVATION-TOKEN is a
+            // contradiction; this server keeps no reservations, so it can neither honour a
+            // token nor reserve the next port (R bit).
+            if m.get_attribute::<RequestedAddressFamily>()
+                .is_some_and(|f| f.address_family() != AddressFamily::V4)
+            {
+                return Err((440, "Address Family not Supported"));
+            }
+            let even = m.get_attribute::<EvenPort>();
+            let token = m.get_attribute::<ReservationToken>();
+            if even.is_some() && token.is_some() {
+                return Err((400, "Bad Request"));
+            }
+            if token.is_some() || even.is_some_and(|e| e.is_requested()) {
+                return Err((508, "Insufficient Capacity"));
+            }
             if self.allocations.len() >= self.config.max_allocations {
                 return Err((486, "Allocation Quota Reached"));
             }
@@ -517,6 +578,7 @@ impl Handler {
                 user: user.to_string(),
                 transaction: m.transaction_id(),
                 lifetime: lifetime(m),
+                even_port: even.is_some(),
             }));
             return Ok(None);
         }
@@ -583,6 +645,7 @@ impl Handler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::traversal::codec::turn::decode;
 
     const CLIENT: &str = "192.0.2.10:5000";
     const PEER: &str = "198.51.100.7:4242";
@@ -809,5 +872,113 @@ mod tests {
         // Garbage is malformed.
         assert_eq!(h.on_client(now, addr(CLIENT), &[0x02; 40]), vec![]);
         assert_eq!(h.stats.malformed(), 1);
+    }
+
+    /// A raw STUN request: `method`, transaction [7; 12], then `attrs` as (type, value).
+    fn raw_request(method: u16, attrs: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut body = Vec::new();
+        for (t, v) in attrs {
+            body.extend_from_slice(&t.to_be_bytes());
+            body.extend_from_slice(&(v.len() as u16).to_be_bytes());
+            body.extend_from_slice(v);
+            body.resize(body.len().next_multiple_of(4), 0);
+        }
+        let mut m = Vec::new();
+        m.extend_from_slice(&method.to_be_bytes());
+        m.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        m.extend_from_slice(&[0x21, 0x12, 0xA4, 0x42]);
+        m.extend_from_slice(&[7; 12]);
+        m.extend_from_slice(&body);
+        m
+    }
+
+    #[test]
+    fn a_request_that_does_not_decode_gets_400_not_silence() {
+        let mut h = handler();
+        let now = Instant::now();
+        // ChannelBind with channel 0x577E: RFC 5766's range, outside RFC 8656's (coturn's
+        // turnutils_uclient sends such numbers).
+        let bind = raw_request(0x0009, &[(0x000C, &[0x57, 0x7E, 0, 0])]);
+        assert_eq!(
+            reply(&h.on_client(now, addr(CLIENT), &bind)),
+            (MessageClass::ErrorResponse, Some(400))
+        );
+        // A broken indication is still dropped: indications are never answered.
+        let send = raw_request(0x0016, &[(0x000C, &[0x57, 0x7E, 0, 0])]);
+        assert!(h.on_client(now, addr(CLIENT), &send).is_empty());
+    }
+
+    #[test]
+    fn unknown_comprehension_required_attributes_get_420_listing_them() {
+        let mut h = handler();
+        let now = Instant::now();
+        // 0x0030 is comprehension-required and unassigned; 0x8030 is optional and ignored.
+        // A TURN request is authenticated first (RFC 8489 §9.2.4): without credentials it
+        // gets 401 whatever it carries...
+        let bytes = raw_request(0x0003, &[(0x0019, &[17, 0, 0, 0]), (0x0030, &[1, 2, 3, 4])]);
+        assert_eq!(
+            reply(&h.on_client(now, addr(CLIENT), &bytes)),
+            (MessageClass::ErrorResponse, Some(401))
+        );
+        // ...and a Binding request (no credentials) with it gets 420 at once.
+        let binding = raw_request(0x0001, &[(0x0030, &[1, 2, 3, 4]), (0x8030, &[0; 4])]);
+        let actions = h.on_client(now, addr(CLIENT), &binding);
+        let [Action::Reply { data, .. }] = &actions[..] else {
+            panic!("{actions:?}");
+        };
+        let r = decode(data).expect("stun");
+        assert_eq!(r.get_attribute::<ErrorCode>().map(|e| e.code()), Some(420));
+        let listed: Vec<u16> = r
+            .get_attribute::<UnknownAttributes>()
+            .map(|u| u.unknowns().iter().map(|t| t.as_u16()).collect())
+            .unwrap_or_default();
+        assert_eq!(listed, vec![0x0030]);
+    }
+
+    #[test]
+    fn allocate_understands_even_port_and_the_address_family() {
+        let now = Instant::now();
+        let family = |f| Attribute::RequestedAddressFamily(RequestedAddressFamily::new(f));
+        let transport = || Attribute::RequestedTransport(RequestedTransport::new(UDP));
+        for (attrs, want) in [
+            (vec![transport(), family(AddressFamily::V4)], None),
+            (vec![transport(), family(AddressFamily::V6)], Some(440)),
+            (
+                vec![transport(), Attribute::EvenPort(EvenPort::new(false))],
+                None,
+            ),
+            (
+                vec![transport(), Attribute::EvenPort(EvenPort::new(true))],
+                Some(508),
+            ),
+            (
+                vec![
+                    transport(),
+                    Attribute::ReservationToken(ReservationToken::new(7)),
+                ],
+                Some(508),
+            ),
+        ] {
+            let mut h = handler();
+            let actions = h.on_client(
+                now,
+                addr(CLIENT),
+                &request(ALLOCATE, attrs.clone(), "secret", "nonce-1"),
+            );
+            match want {
+                None => {
+                    let [Action::BindRelay(p)] = &actions[..] else {
+                        panic!("{attrs:?}: {actions:?}");
+                    };
+                    let even = attrs.iter().any(|a| matches!(a, Attribute::EvenPort(_)));
+                    assert_eq!(p.even_port, even);
+                }
+                Some(code) => assert_eq!(
+                    reply(&actions),
+                    (MessageClass::ErrorResponse, Some(code)),
+                    "{attrs:?}"
+                ),
+            }
+        }
     }
 }

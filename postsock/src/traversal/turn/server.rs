@@ -120,19 +120,31 @@ impl Server {
                     self.relays.remove(&relayed);
                 }
                 Action::BindRelay(pending) => {
-                    let bound = self.bind_relay(peers).await;
+                    let bound = self.bind_relay(peers, pending.even_port).await;
                     queue.extend(self.handler.allocated(Instant::now(), pending, bound));
                 }
             }
         }
     }
 
-    /// Binds a relay socket and starts reading what peers send to it.
+    /// Binds a relay socket (an even port when asked) and starts reading what peers send to
+    /// it.
     async fn bind_relay(
         &mut self,
         peers: &mpsc::UnboundedSender<FromPeer>,
+        even_port: bool,
     ) -> std::io::Result<SocketAddr> {
-        let socket = self.net.bind_udp(SocketAddr::new(self.relay_ip, 0)).await?;
+        // EVEN-PORT: ephemeral ports come as the system hands them out; keep binding until
+        // one is even (odd ones are released at once), a bounded number of times.
+        let mut socket = self.net.bind_udp(SocketAddr::new(self.relay_ip, 0)).await?;
+        let mut tries = 1;
+        while even_port && socket.local_addr()?.port() % 2 == 1 {
+            if tries == EVEN_PORT_TRIES {
+                return Err(std::io::Error::other("no even relay port"));
+            }
+            socket = self.net.bind_udp(SocketAddr::new(self.relay_ip, 0)).await?;
+            tries += 1;
+        }
         let relayed = socket.local_addr()?;
         let reader = {
             let (socket, peers) = (socket.clone(), peers.clone());
@@ -155,3 +167,6 @@ impl Server {
         Ok(relayed)
     }
 }
+
+/// How many relay sockets an EVEN-PORT allocation binds at most to find an even port.
+const EVEN_PORT_TRIES: usize = 16;
