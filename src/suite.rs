@@ -427,24 +427,7 @@ pub fn write_outputs(
 /// scenario, failures carrying the error, the failed expectations and the replay command.
 /// Times are wall-clock seconds (the one part that is not reproducible).
 pub fn junit(outcomes: &[RunOutcome], scenarios_dir: &Path) -> String {
-    fn esc(s: &str) -> String {
-        let mut out = String::with_capacity(s.len());
-        for c in s.chars() {
-            match c {
-                '&' => out.push_str("&amp;"),
-                '<' => out.push_str("&lt;"),
-                '>' => out.push_str("&gt;"),
-                '"' => out.push_str("&quot;"),
-                '\'' => out.push_str("&apos;"),
-                // XML 1.0 allows no other control characters.
-                c if (c as u32) < 0x20 && !matches!(c, '\n' | '\r' | '\t') => {
-                    out.push_str(&format!("\\u{{{:x}}}", c as u32));
-                }
-                c => out.push(c),
-            }
-        }
-        out
-    }
+    let esc = reports::html::escape;
     let failures = outcomes.iter().filter(|o| !o.report.passed).count();
     let total_s: f64 = outcomes.iter().map(|o| o.wall.as_secs_f64()).sum();
     let mut x = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");

@@ -277,21 +277,7 @@ async fn bad_input_is_dropped_and_counted_and_never_relayed() {
 
 #[test]
 fn the_turn_server_command_serves_allocations() {
-    let port = free_udp_port();
-    let listen: SocketAddr = ([127, 0, 0, 1], port).into();
-    let _server = Child(
-        std::process::Command::new(postsock_bin())
-            .args([
-                "turn-server",
-                "--listen",
-                &listen.to_string(),
-                "--user",
-                &format!("{USER}:{PASSWORD}"),
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("spawn turn-server"),
-    );
+    let (_server, listen) = turn_server_process();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let net = TokioNet::shared();

@@ -8,8 +8,9 @@ use std::path::Path;
 
 use crate::{Report, ReportError};
 
-/// Escapes text for HTML.
-fn esc(s: &str) -> String {
+/// Escapes text for HTML and XML (element content and quoted attributes): the five markup
+/// characters, and control characters XML 1.0 does not allow, written as `\u{..}`.
+pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -18,11 +19,16 @@ fn esc(s: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&#39;"),
+            c if (c as u32) < 0x20 && !matches!(c, '\n' | '\r' | '\t') => {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32));
+            }
             c => out.push(c),
         }
     }
     out
 }
+
+use escape as esc;
 
 /// Standard base64 (RFC 4648 §4) with padding.
 fn base64(bytes: &[u8]) -> String {
@@ -280,11 +286,12 @@ mod tests {
     }
 
     #[test]
-    fn html_escapes_markup() {
+    fn html_escapes_markup_and_control_characters() {
         assert_eq!(
             esc("<a href=\"x\">&'"),
             "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
         );
+        assert_eq!(esc("a\u{1}b\tc"), "a\\u{1}b\tc");
     }
 
     #[test]
