@@ -389,6 +389,24 @@ fn turn_server_process() -> (Child, SocketAddr) {
     (child, listen)
 }
 
+/// Waits (up to 10 s) until `addr` answers a UDP datagram: a STUN Binding request for a
+/// TURN server, anything for `turnutils_peer`, which echoes what it gets.
+fn wait_until_answering(addr: SocketAddr) {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let probe = stun::binding_request([1; 12]);
+    let mut buf = [0u8; 1500];
+    for _ in 0..100 {
+        let _ = socket.send_to(&probe, addr);
+        if socket.recv_from(&mut buf).is_ok() {
+            return;
+        }
+    }
+    panic!("nothing answers on {addr}");
+}
+
 /// Runs coturn's `turnutils_uclient` with `flags` against `server` and a `turnutils_peer`
 /// echo peer, 10 messages of `len` bytes; returns its exit status and output. Bounded: a
 /// client that hangs (as it did when the server ignored its ChannelBind) is killed.
@@ -403,7 +421,8 @@ fn uclient(server: SocketAddr, flags: &[&str], len: usize) -> (Option<i32>, Stri
             .spawn()
             .expect("spawn turnutils_peer"),
     );
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until_answering(([127, 0, 0, 1], peer_port).into());
+    wait_until_answering(server);
     let (len, peer_port, port) = (
         len.to_string(),
         peer_port.to_string(),
@@ -450,7 +469,6 @@ fn uclient(server: SocketAddr, flags: &[&str], len: usize) -> (Option<i32>, Stri
 #[test]
 fn coturns_client_in_channel_mode_gets_an_answer_to_every_request() {
     let (_server, listen) = turn_server_process();
-    std::thread::sleep(Duration::from_millis(300));
     let (code, out) = uclient(listen, &["-v"], 100);
     assert_ne!(code, Some(124), "turnutils_uclient hung:\n{out}");
     // It allocated (EVEN-PORT, REQUESTED-ADDRESS-FAMILY understood) and refreshed...
@@ -468,7 +486,6 @@ fn coturns_client_in_channel_mode_gets_an_answer_to_every_request() {
 #[test]
 fn coturns_client_relays_send_indications_larger_than_1500_bytes() {
     let (_server, listen) = turn_server_process();
-    std::thread::sleep(Duration::from_millis(300));
     let (code, out) = uclient(listen, &["-s"], 2000);
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("tot_send_msgs=10, tot_recv_msgs=10"), "{out}");
