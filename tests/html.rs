@@ -115,7 +115,10 @@ fn the_html_report_is_self_contained_and_renders_in_chromium() {
         ];
         args.extend_from_slice(extra);
         args.push(&url);
-        let o = Command::new(chromium)
+        // Bounded: a browser that hangs fails the test instead of stalling CI.
+        let o = Command::new("timeout")
+            .arg("120")
+            .arg(chromium)
             .args(&args)
             .output()
             .expect("chromium");
