@@ -219,6 +219,48 @@ async fn an_oversized_quic_message_is_refused_and_the_carrier_goes_on() {
     conn.close(0u32.into(), b"");
 }
 
+/// docs/WIRE.md: on TLS/TCP a message larger than the receiver's maximum arrives frame by
+/// frame; the receiver reports a receive error for it, discards the rest of it and the
+/// carrier goes on. The frames were acknowledged, so the sender's outcome is `acked`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_tls_tcp_message_is_discarded_and_the_carrier_goes_on() {
+    let ca = TestCa::new("bad input CA").expect("ca");
+    // The listener's maximum is 1 MiB; the client's is the default 16 MiB.
+    let (_listener, _addr, client, server) = good_pair(&ca).await;
+    let big = client
+        .send(vec![1u8; 2 << 20])
+        .await
+        .expect("the sender allows 2 MiB");
+    let fine = client.send(b"fine".to_vec()).await.expect("send");
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let e = tokio::time::timeout(Duration::from_secs(10), server.next_event())
+            .await
+            .expect("no hang")
+            .expect("event");
+        seen.push(match e {
+            Event::Ready => "ready".to_string(),
+            Event::ReceiveError { error, .. } => format!("receive-error: {error}"),
+            Event::Received(m) => format!("received {}", String::from_utf8_lossy(&m.data)),
+            other => format!("{other:?}"),
+        });
+    }
+    assert_eq!(seen[0], "ready");
+    assert!(
+        seen[1].contains("exceeds the maximum message size"),
+        "{seen:?}"
+    );
+    assert_eq!(seen[2], "received fine");
+    assert_eq!(big.outcome().await, postsock::SendStatus::Acked);
+    assert_eq!(fine.outcome().await, postsock::SendStatus::Acked);
+    // A message larger than the sender's own maximum is refused before anything is written.
+    let too_big = client.send(vec![0u8; (16 << 20) + 1]).await;
+    assert!(
+        matches!(too_big, Err(postsock::Error::MessageTooLarge { .. })),
+        "{too_big:?}"
+    );
+}
+
 /// A HELLO frame as raw bytes: header (type 3), token, resend position.
 fn hello(flags: u8, received: u64, token: [u8; 16], resend_from: u64) -> Vec<u8> {
     let mut h = header(3, flags, received, 24);
