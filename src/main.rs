@@ -20,14 +20,10 @@ const USAGE: u8 = 2;
 )]
 struct Cli {
     /// Directory holding the scenario files.
-    #[arg(long, global = true, default_value = default_scenarios())]
+    #[arg(long, global = true, default_value = suite::DEFAULT_SCENARIOS)]
     scenarios: PathBuf,
     #[command(subcommand)]
     command: Command,
-}
-
-fn default_scenarios() -> &'static str {
-    concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios")
 }
 
 #[derive(Subcommand, Debug)]
@@ -632,15 +628,8 @@ fn report_failures(
     for o in failed {
         let r = &o.report;
         eprintln!("- {} seed {}:", r.scenario, r.seed);
-        if let Some(e) = &r.error {
-            eprintln!("    error: {e}");
-        }
-        for e in r.expectations.iter().filter(|e| !e.passed) {
-            eprintln!(
-                "    expectation `{}` failed, measured {}",
-                e.name,
-                e.measured.map_or("nothing".into(), |v| v.to_string())
-            );
+        for line in r.failures() {
+            eprintln!("    {line}");
         }
         match path {
             Some(p) => eprintln!(

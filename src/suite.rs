@@ -176,8 +176,11 @@ impl Shard {
 }
 
 /// The scenario directory `run` and `suite` use unless told otherwise.
+pub const DEFAULT_SCENARIOS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios");
+
+/// [`DEFAULT_SCENARIOS`] as a path.
 pub fn default_scenarios_dir() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios"))
+    Path::new(DEFAULT_SCENARIOS)
 }
 
 /// The one-line command that replays a run exactly: `dir` is where its scenario was loaded
@@ -218,7 +221,12 @@ pub fn run_all(
     jobs: usize,
     done: &(dyn Fn(&RunOutcome) + Sync),
 ) -> Vec<RunOutcome> {
-    run_shard(scenarios, seeds, Shard::default(), jobs, done)
+    let work = shard_runs(scenarios, seeds, Shard::default());
+    par_map(&work, jobs, &|&(scenario, seed)| {
+        let outcome = runner::run(scenario, seed);
+        done(&outcome);
+        outcome
+    })
 }
 
 /// The (scenario, seed) runs a shard takes: run `k` of the suite's (scenario, seed) order.
@@ -234,22 +242,6 @@ pub fn shard_runs<'a>(
         .filter(|&(k, _)| shard.takes(k as u64))
         .map(|(_, run)| run)
         .collect()
-}
-
-/// [`run_all`] for one shard of the runs.
-pub fn run_shard(
-    scenarios: &[Scenario],
-    seeds: &[u64],
-    shard: Shard,
-    jobs: usize,
-    done: &(dyn Fn(&RunOutcome) + Sync),
-) -> Vec<RunOutcome> {
-    let work = shard_runs(scenarios, seeds, shard);
-    par_map(&work, jobs, &|&(scenario, seed)| {
-        let outcome = runner::run(scenario, seed);
-        done(&outcome);
-        outcome
-    })
 }
 
 /// `f` over `items` on `jobs` threads, results in the items' order (so nothing depends on
@@ -292,8 +284,12 @@ fn write(path: &Path, text: &str) -> Result<(), ReportError> {
 
 /// Where the report of a run goes below `out`.
 pub fn report_path(out: &Path, report: &Report) -> PathBuf {
-    out.join(&report.scenario)
-        .join(format!("seed-{}.json", report.seed))
+    seed_path(out, &report.scenario, report.seed)
+}
+
+/// Where the report of `scenario` with `seed` goes below `out`.
+fn seed_path(out: &Path, scenario: &str, seed: u64) -> PathBuf {
+    out.join(scenario).join(format!("seed-{seed}.json"))
 }
 
 /// Writes one run's JSON report and, when `plot`, its plots: the time-sequence diagram and,
@@ -336,20 +332,22 @@ pub fn lighten(report: &mut Report) {
     report.gaps = Vec::new();
 }
 
-/// Reads a run's report back from below `out`.
-pub fn read_report(out: &Path, scenario: &str, seed: u64) -> Result<Report, ReportError> {
-    let path = out.join(scenario).join(format!("seed-{seed}.json"));
-    let text = std::fs::read_to_string(&path).map_err(|e| ReportError::Read {
+/// Reads and decodes the JSON file at `path`.
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, ReportError> {
+    let error = |message: String| ReportError::Read {
         path: path.display().to_string(),
-        message: e.to_string(),
-    })?;
-    serde_json::from_str(&text).map_err(|e| ReportError::Read {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    })
+        message,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+    serde_json::from_str(&text).map_err(|e| error(e.to_string()))
 }
 
-/// Runs a shard of the suite like [`run_shard`], but writes each run's report (and, for the
+/// Reads a run's report back from below `out`.
+pub fn read_report(out: &Path, scenario: &str, seed: u64) -> Result<Report, ReportError> {
+    read_json(&seed_path(out, scenario, seed))
+}
+
+/// Runs a shard of the suite like [`run_all`], but writes each run's report (and, for the
 /// first seed of each scenario, its plots) below `out` as soon as it ends and keeps only the
 /// [`lighten`]ed report: a suite's memory does not grow with its runs' messages.
 pub fn run_to_disk(
@@ -451,17 +449,7 @@ pub fn junit(outcomes: &[RunOutcome], scenarios_dir: &Path) -> String {
             x.push_str("/>\n");
             continue;
         }
-        let mut lines = Vec::new();
-        if let Some(e) = &r.error {
-            lines.push(format!("error: {e}"));
-        }
-        for e in r.expectations.iter().filter(|e| !e.passed) {
-            lines.push(format!(
-                "expectation `{}` failed, measured {}",
-                e.name,
-                e.measured.map_or("nothing".into(), |v| v.to_string())
-            ));
-        }
+        let mut lines = r.failures();
         let replay = replay_command(r, scenarios_dir);
         lines.push(format!("replay: {replay}"));
         let message = lines.first().cloned().unwrap_or_default();
@@ -488,25 +476,12 @@ pub fn read_runs_into(
     dirs: &[PathBuf],
     copy_to: Option<&Path>,
 ) -> Result<Vec<RunOutcome>, ReportError> {
-    let read = |path: &Path| {
-        std::fs::read_to_string(path).map_err(|e| ReportError::Read {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })
-    };
-    fn decode<T: serde::de::DeserializeOwned>(path: &Path, text: &str) -> Result<T, ReportError> {
-        serde_json::from_str(text).map_err(|e| ReportError::Read {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })
-    }
     let mut runs: std::collections::BTreeMap<(String, u64), RunOutcome> = Default::default();
     for dir in dirs {
-        let wall_path = dir.join("wallclock.json");
-        let wall: WallClock = decode(&wall_path, &read(&wall_path)?)?;
+        let wall: WallClock = read_json(&dir.join("wallclock.json"))?;
         for w in wall.runs {
-            let path = dir.join(&w.scenario).join(format!("seed-{}.json", w.seed));
-            let mut report: Report = decode(&path, &read(&path)?)?;
+            let path = seed_path(dir, &w.scenario, w.seed);
+            let mut report = read_report(dir, &w.scenario, w.seed)?;
             if report.scenario != w.scenario || report.seed != w.seed {
                 return Err(ReportError::Read {
                     path: path.display().to_string(),

@@ -166,6 +166,24 @@ async fn tls_tcp_violations_end_only_the_offending_carrier() {
     good.close().await.expect("close");
 }
 
+/// The first `n` events of `carrier`, each as a short line (10 s each at most).
+async fn first_events(carrier: &Carrier, n: usize) -> Vec<String> {
+    let mut seen = Vec::new();
+    while seen.len() < n {
+        let e = tokio::time::timeout(Duration::from_secs(10), carrier.next_event())
+            .await
+            .expect("no hang")
+            .expect("event");
+        seen.push(match e {
+            Event::Ready => "ready".to_string(),
+            Event::ReceiveError { error, .. } => format!("receive-error: {error}"),
+            Event::Received(m) => format!("received {}", String::from_utf8_lossy(&m.data)),
+            other => format!("{other:?}"),
+        });
+    }
+    seen
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_quic_message_is_refused_and_the_carrier_goes_on() {
     let ca = TestCa::new("bad input CA").expect("ca");
@@ -196,19 +214,7 @@ async fn an_oversized_quic_message_is_refused_and_the_carrier_goes_on() {
     let mut ok = conn.open_uni().await.expect("stream");
     ok.write_all(b"fine").await.expect("write");
     ok.finish().expect("finish");
-    let mut seen = Vec::new();
-    while seen.len() < 3 {
-        let e = tokio::time::timeout(Duration::from_secs(10), carrier.next_event())
-            .await
-            .expect("no hang")
-            .expect("event");
-        seen.push(match e {
-            Event::Ready => "ready".to_string(),
-            Event::ReceiveError { error, .. } => format!("receive-error: {error}"),
-            Event::Received(m) => format!("received {}", String::from_utf8_lossy(&m.data)),
-            other => format!("{other:?}"),
-        });
-    }
+    let seen = first_events(&carrier, 3).await;
     assert_eq!(seen[0], "ready");
     assert!(
         seen[1].contains("exceeds the maximum message size"),
@@ -232,19 +238,7 @@ async fn an_oversized_tls_tcp_message_is_discarded_and_the_carrier_goes_on() {
         .await
         .expect("the sender allows 2 MiB");
     let fine = client.send(b"fine".to_vec()).await.expect("send");
-    let mut seen = Vec::new();
-    while seen.len() < 3 {
-        let e = tokio::time::timeout(Duration::from_secs(10), server.next_event())
-            .await
-            .expect("no hang")
-            .expect("event");
-        seen.push(match e {
-            Event::Ready => "ready".to_string(),
-            Event::ReceiveError { error, .. } => format!("receive-error: {error}"),
-            Event::Received(m) => format!("received {}", String::from_utf8_lossy(&m.data)),
-            other => format!("{other:?}"),
-        });
-    }
+    let seen = first_events(&server, 3).await;
     assert_eq!(seen[0], "ready");
     assert!(
         seen[1].contains("exceeds the maximum message size"),

@@ -500,6 +500,21 @@ pub struct Report {
 }
 
 impl Report {
+    /// What failed in this run, one line each: the run's error (`error: ...`), then every
+    /// expectation that did not hold (``expectation `name` failed, measured v``). Empty for
+    /// a run that passed.
+    pub fn failures(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self.error.iter().map(|e| format!("error: {e}")).collect();
+        lines.extend(self.expectations.iter().filter(|e| !e.passed).map(|e| {
+            format!(
+                "expectation `{}` failed, measured {}",
+                e.name,
+                e.measured.map_or("nothing".into(), |v| v.to_string())
+            )
+        }));
+        lines
+    }
+
     /// The JSON Schema (draft 2020-12) every report follows, as published in
     /// docs/report.schema.json.
     pub fn schema() -> serde_json::Value {

@@ -53,7 +53,7 @@ impl Assembly {
 
     /// Whether no byte of this message has arrived yet.
     pub(crate) fn is_empty(&self) -> bool {
-        self.total == 0 && self.delivered == 0 && self.pieces.is_empty() && self.buf.is_empty()
+        self.total == 0
     }
 
     /// Whether part of this message has already reached the application.

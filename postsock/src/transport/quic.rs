@@ -56,26 +56,25 @@ impl Goodbye {
         self.heard.load(Ordering::Acquire)
     }
 
-    /// Says goodbye and waits up to `wait` for the peer's answer; false if none came. A peer
-    /// that only knows docs/WIRE.md's message mapping discards the reset stream and never
-    /// answers; so does one whose goodbye has already arrived (nothing to wait for then).
-    pub(crate) async fn say(&self, conn: &quinn::Connection, wait: Duration) -> bool {
+    /// Says goodbye and waits up to `wait` for the peer's answer (none if its goodbye has
+    /// already arrived). A peer that only knows docs/WIRE.md's message mapping discards the
+    /// reset stream and never answers: the wait runs out and the close goes ahead.
+    pub(crate) async fn say(&self, conn: &quinn::Connection, wait: Duration) {
         let answered = self.answered.notified();
         tokio::pin!(answered);
         answered.as_mut().enable();
         self.said.store(true, Ordering::Release);
         if self.heard() {
-            return true;
+            return;
         }
         let sent = tokio::time::timeout(wait, async {
             let mut send = conn.open_bi().await.ok()?.0;
             send.reset(GOODBYE.into()).ok()
         })
         .await;
-        if !matches!(sent, Ok(Some(()))) {
-            return false;
+        if matches!(sent, Ok(Some(()))) {
+            let _ = tokio::time::timeout(wait, answered).await;
         }
-        tokio::time::timeout(wait, answered).await.is_ok()
     }
 
     /// The peer's goodbye arrived: answer it unless it answers ours.

@@ -5,6 +5,7 @@ pub(crate) mod stun;
 pub(crate) mod turn;
 
 use bytecodec::{DecodeExt, EncodeExt};
+use stun_codec::rfc5389::attributes::{ErrorCode, UnknownAttributes};
 use stun_codec::TransactionId;
 use stun_codec::{AttributeType, Message, MessageClass, MessageDecoder, MessageEncoder, Method};
 
@@ -64,4 +65,27 @@ pub(crate) fn unknown_required<A: stun_codec::Attribute>(m: &Message<A>) -> Vec<
         .map(stun_codec::Attribute::get_type)
         .filter(|t| t.is_comprehension_required())
         .collect()
+}
+
+/// An error response to request `method`/`transaction`: ERROR-CODE `code` with `reason`, and
+/// UNKNOWN-ATTRIBUTES listing `unknown` when there are any (a 420). Callers add what else
+/// their response carries (a signature, a realm and nonce, SOFTWARE).
+pub(crate) fn error_message<A>(
+    method: Method,
+    transaction: TransactionId,
+    code: u16,
+    reason: &str,
+    unknown: Vec<AttributeType>,
+) -> Message<A>
+where
+    A: stun_codec::Attribute + From<ErrorCode> + From<UnknownAttributes>,
+{
+    let mut r = Message::<A>::new(MessageClass::ErrorResponse, method, transaction);
+    if let Ok(e) = ErrorCode::new(code, reason.into()) {
+        r.add_attribute(e);
+    }
+    if !unknown.is_empty() {
+        r.add_attribute(UnknownAttributes::new(unknown));
+    }
+    r
 }

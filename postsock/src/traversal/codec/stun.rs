@@ -4,9 +4,7 @@
 use std::net::SocketAddr;
 
 use bytecodec::DecodeExt;
-use stun_codec::rfc5389::attributes::{
-    ErrorCode, Software, UnknownAttributes, Username, XorMappedAddress,
-};
+use stun_codec::rfc5389::attributes::{Software, Username, XorMappedAddress};
 use stun_codec::rfc5389::{methods::BINDING, Attribute};
 use stun_codec::{Message, MessageClass, MessageDecoder, TransactionId};
 
@@ -47,7 +45,7 @@ pub fn answer(datagram: &[u8], source: SocketAddr) -> Option<Vec<u8>> {
     let request = match super::decode_or_broken::<Attribute>(datagram, MAX_MESSAGE)? {
         Ok(m) => m,
         Err(b) if b.class == MessageClass::Request && b.method == BINDING => {
-            return error_response(BINDING, b.transaction, 400, "Bad Request", Vec::new());
+            return error_response(b.transaction, 400, "Bad Request", Vec::new());
         }
         Err(_) => return None,
     };
@@ -57,7 +55,7 @@ pub fn answer(datagram: &[u8], source: SocketAddr) -> Option<Vec<u8>> {
     let unknown = super::unknown_required(&request);
     if !unknown.is_empty() {
         let transaction = request.transaction_id();
-        return error_response(BINDING, transaction, 420, "Unknown Attribute", unknown);
+        return error_response(transaction, 420, "Unknown Attribute", unknown);
     }
     let mut response = Message::<Attribute>::new(
         MessageClass::SuccessResponse,
@@ -71,20 +69,15 @@ pub fn answer(datagram: &[u8], source: SocketAddr) -> Option<Vec<u8>> {
     encode(response)
 }
 
-/// An error response to request `method`/`transaction` (listing `unknown` attributes for a
-/// 420).
+/// An error response to Binding request `transaction` (listing `unknown` attributes for a
+/// 420), with SOFTWARE.
 fn error_response(
-    method: stun_codec::Method,
     transaction: TransactionId,
     code: u16,
     reason: &str,
     unknown: Vec<stun_codec::AttributeType>,
 ) -> Option<Vec<u8>> {
-    let mut r = Message::<Attribute>::new(MessageClass::ErrorResponse, method, transaction);
-    r.add_attribute(ErrorCode::new(code, reason.into()).ok()?);
-    if !unknown.is_empty() {
-        r.add_attribute(UnknownAttributes::new(unknown));
-    }
+    let mut r = super::error_message::<Attribute>(BINDING, transaction, code, reason, unknown);
     if let Ok(software) = Software::new("postsock".to_string()) {
         r.add_attribute(software);
     }
@@ -163,6 +156,7 @@ mod check_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use stun_codec::rfc5389::attributes::{ErrorCode, UnknownAttributes};
 
     #[test]
     fn a_binding_request_is_what_the_codec_would_write() {

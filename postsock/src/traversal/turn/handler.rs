@@ -10,9 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use stun_codec::rfc5389::attributes::{
-    ErrorCode, MessageIntegrity, Nonce, Realm, UnknownAttributes, Username, XorMappedAddress,
-};
+use stun_codec::rfc5389::attributes::{MessageIntegrity, Nonce, Realm, Username, XorMappedAddress};
 use stun_codec::rfc5389::methods::BINDING;
 use stun_codec::rfc5766::attributes::{
     ChannelNumber, Data, EvenPort, Lifetime, RequestedTransport, ReservationToken, XorPeerAddress,
@@ -30,7 +28,7 @@ use crate::traversal::codec::turn::{
     channel_data, decode_or_broken, encode, indication, is_channel_data, parse_channel_data,
     Attribute, UDP,
 };
-use crate::traversal::codec::unknown_required;
+use crate::traversal::codec::{error_message, unknown_required};
 use crate::traversal::stun;
 
 /// What a [`TurnServer`](super::TurnServer) did.
@@ -289,11 +287,7 @@ impl Handler {
             Some(Err(b)) if b.class == MessageClass::Request => {
                 count(&self.stats.malformed);
                 count(&self.stats.refused);
-                let mut r =
-                    Message::<Attribute>::new(MessageClass::ErrorResponse, b.method, b.transaction);
-                if let Ok(e) = ErrorCode::new(400, "Bad Request".into()) {
-                    r.add_attribute(e);
-                }
+                let r = error_message(b.method, b.transaction, 400, "Bad Request", Vec::new());
                 return encode(r)
                     .map(|data| Action::Reply { to: from, data })
                     .into_iter()
@@ -352,15 +346,8 @@ impl Handler {
                 let unknown = unknown_required(&m);
                 if !unknown.is_empty() {
                     count(&self.stats.refused);
-                    let mut r = Message::<Attribute>::new(
-                        MessageClass::ErrorResponse,
-                        m.method(),
-                        m.transaction_id(),
-                    );
-                    if let Ok(e) = ErrorCode::new(420, "Unknown Attribute".into()) {
-                        r.add_attribute(e);
-                    }
-                    r.add_attribute(UnknownAttributes::new(unknown));
+                    let (method, transaction) = (m.method(), m.transaction_id());
+                    let r = error_message(method, transaction, 420, "Unknown Attribute", unknown);
                     return self
                         .sign(r, &user)
                         .map(|data| Action::Reply { to: from, data })
@@ -451,11 +438,7 @@ impl Handler {
             }
             Err((code, reason)) => {
                 count(&self.stats.refused);
-                let mut r = Message::new(MessageClass::ErrorResponse, method, transaction);
-                if let Ok(e) = ErrorCode::new(code, reason.into()) {
-                    r.add_attribute(e);
-                }
-                r
+                error_message(method, transaction, code, reason, Vec::new())
             }
         };
         self.sign(reply, user)
@@ -476,11 +459,7 @@ impl Handler {
     }
 
     fn challenge(&self, m: &Message<Attribute>, code: u16, reason: &str) -> Option<Vec<u8>> {
-        let mut r =
-            Message::<Attribute>::new(MessageClass::ErrorResponse, m.method(), m.transaction_id());
-        if let Ok(e) = ErrorCode::new(code, reason.into()) {
-            r.add_attribute(e);
-        }
+        let mut r = error_message(m.method(), m.transaction_id(), code, reason, Vec::new());
         if let Ok(realm) = Realm::new(self.config.realm.clone()) {
             r.add_attribute(realm);
         }
@@ -646,6 +625,7 @@ impl Handler {
 mod tests {
     use super::*;
     use crate::traversal::codec::turn::decode;
+    use stun_codec::rfc5389::attributes::{ErrorCode, UnknownAttributes};
 
     const CLIENT: &str = "192.0.2.10:5000";
     const PEER: &str = "198.51.100.7:4242";

@@ -136,15 +136,17 @@ impl Server {
     ) -> std::io::Result<SocketAddr> {
         // EVEN-PORT: ephemeral ports come as the system hands them out; keep binding until
         // one is even (odd ones are released at once), a bounded number of times.
-        let mut socket = self.net.bind_udp(SocketAddr::new(self.relay_ip, 0)).await?;
-        let mut tries = 1;
-        while even_port && socket.local_addr()?.port() % 2 == 1 {
+        let mut tries = 0;
+        let socket = loop {
+            let socket = self.net.bind_udp(SocketAddr::new(self.relay_ip, 0)).await?;
+            tries += 1;
+            if !even_port || socket.local_addr()?.port() % 2 == 0 {
+                break socket;
+            }
             if tries == EVEN_PORT_TRIES {
                 return Err(std::io::Error::other("no even relay port"));
             }
-            socket = self.net.bind_udp(SocketAddr::new(self.relay_ip, 0)).await?;
-            tries += 1;
-        }
+        };
         let relayed = socket.local_addr()?;
         let reader = {
             let (socket, peers) = (socket.clone(), peers.clone());
