@@ -300,6 +300,11 @@ fn server_event(trace: &SharedTrace, event: Event) -> Result<(), String> {
             trace.path_event(PathEventKind::ServerDormant, None, None);
             Ok(())
         }
+        Event::ProtocolChange { protocol } => {
+            let name = protocol.name().to_string();
+            trace.path_event(PathEventKind::ServerProtocolChange, None, Some(name));
+            Ok(())
+        }
         Event::PathChange { remote } => {
             trace.path_event(
                 PathEventKind::ServerPathChange,
@@ -326,6 +331,11 @@ fn client_event(trace: &SharedTrace, event: Event) -> Result<(), String> {
         }
         Event::Dormant => {
             trace.path_event(PathEventKind::Dormant, None, None);
+            Ok(())
+        }
+        Event::ProtocolChange { protocol } => {
+            let name = protocol.name().to_string();
+            trace.path_event(PathEventKind::ProtocolChange, None, Some(name));
             Ok(())
         }
         Event::ConnectionError(e) => Err(format!("client carrier: {e}")),

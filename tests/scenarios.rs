@@ -6,6 +6,7 @@ use common::scenario;
 
 use std::path::Path;
 
+use reports::PathEventKind;
 use testbed::{suite, Scenario};
 
 fn assert_ttfm(name: &str, want_ms: f64) {
@@ -708,5 +709,59 @@ fn unknown_nat_presets_and_knobs_are_clear_errors() {
             e.starts_with("scenarios/x/nat.toml:4:"),
             "file and line: {e}"
         );
+    }
+}
+
+#[test]
+fn a_quic_carrier_moves_to_tls_tcp_when_udp_is_blocked_under_it() {
+    // QUIC won the race; at 2 s a firewall drops UDP. The client hears nothing for twice the
+    // path manager's silence (2 × 3 × 40 ms), finds TLS/TCP to the listener working (2 RTT),
+    // and moves the carrier (1.5 RTT of HELLO and receipts); what QUIC had not delivered goes
+    // again over TLS/TCP. Both directions (echo), one carrier, nothing lost or twice.
+    for name in [
+        "blocking/udp-blocked-mid-carrier",
+        "blocking/udp-blocked-mid-echo",
+    ] {
+        for r in blocking(name) {
+            let m = &r.metrics;
+            assert_eq!((m.protocol_changes, m.carriers_accepted), (1, 1), "{name}");
+            assert_eq!(m.messages_delivered, m.messages_sent, "{name}");
+            assert_eq!(
+                m.messages_lost + m.messages_duplicated + m.messages_corrupted + m.messages_failed,
+                0,
+                "{name}"
+            );
+            let moved: Vec<_> = r
+                .path_events
+                .iter()
+                .filter(|e| {
+                    matches!(
+                        e.event,
+                        PathEventKind::ProtocolChange | PathEventKind::ServerProtocolChange
+                    )
+                })
+                .map(|e| e.reason.as_deref())
+                .collect();
+            assert_eq!(moved, [Some("tls-tcp"), Some("tls-tcp")], "{name}");
+            // The longest client → server latency: from the first message QUIC swallowed
+            // to its delivery over TLS/TCP. The silence clock starts at the first send after
+            // the last answer (up to 1 RTT, 40 ms, after the first message lost) and is read
+            // every 20 ms (twice: start and end); silence 240 ms; TCP and TLS handshakes
+            // (80 ms); HELLO rides with the TLS Finished, the listener's answer and our
+            // receipts take 1.5 RTT, the resent message right behind them (60 ms): 460 ms,
+            // measured 460 ms.
+            let bound = 40.0 + 2.0 * 20.0 + 240.0 + 80.0 + 60.0;
+            let worst = r
+                .messages
+                .iter()
+                .filter(|m| m.direction == reports::Direction::ClientToServer)
+                .filter_map(|m| m.delivered_ms.first().map(|d| d - m.sent_ms))
+                .fold(0.0, f64::max);
+            assert!(worst <= bound, "{name}: worst latency {worst} ms");
+            assert!(
+                worst >= 240.0,
+                "{name}: the move cannot beat the silence: {worst} ms"
+            );
+        }
     }
 }

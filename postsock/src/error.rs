@@ -280,11 +280,14 @@ pub enum Violation {
     #[error("a continued transient must start with HELLO")]
     HelloExpected,
     /// A HELLO frame of the wrong length or with other flags.
-    #[error("a HELLO frame carries a token and a position (24 bytes) and only RESUME or REFUSED")]
+    #[error("a HELLO frame carries a token and a position (24 bytes) and only RESUME, REFUSED or MOVE (not with RESUME); a MOVED frame a carrier identity and two receipts")]
     MalformedHello,
     /// HELLO anywhere but first.
     #[error("HELLO is only allowed as the first frame of a transient")]
     HelloMisplaced,
+    /// MOVED anywhere but right after a HELLO with MOVE.
+    #[error("MOVED is only allowed right after a HELLO with MOVE")]
+    MovedMisplaced,
     /// A frame written again after a continuation does not start where the receiver is.
     #[error("a frame written again at {at} units does not line up with the {received} received")]
     ResendMisaligned {

@@ -301,6 +301,14 @@ pub enum Event {
         /// Why.
         reason: crate::HandoverReason,
     },
+    /// The carrier moved to another protocol stack (a QUIC carrier raced with
+    /// `protocol = "any"` whose QUIC stopped working on a path where TLS/TCP still works):
+    /// messages the peer had not acknowledged go again over the new stack, none twice
+    /// (docs/WIRE.md, "Moving from QUIC").
+    ProtocolChange {
+        /// The protocol stack now in use.
+        protocol: crate::Protocol,
+    },
     /// No path to the peer works: the carrier keeps what is sent and waits for a path (the
     /// next event is a `Handover` with reason `Recovered`, or the dormant timeout's
     /// `ConnectionError`).

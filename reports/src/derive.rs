@@ -84,6 +84,7 @@ pub fn derive(f: &RunFacts) -> (Metrics, Vec<Gap>) {
     let count = |what| f.path_events.iter().filter(|e| e.event == what).count() as u64;
     metrics.handovers = count(PathEventKind::Handover);
     metrics.dormant = count(PathEventKind::Dormant);
+    metrics.protocol_changes = count(PathEventKind::ProtocolChange);
     metrics.server_path_changes = count(PathEventKind::ServerPathChange);
     metrics.relayed = f.relayed.map(u64::from);
     metrics.rendezvous_ms = f.rendezvous_ms;

@@ -191,6 +191,9 @@ pub struct Metrics {
     /// Times the client's carrier went dormant (no working path).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub dormant: u64,
+    /// Times the client's carrier moved to another protocol stack (QUIC to TLS/TCP).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub protocol_changes: u64,
     /// Rendezvous workloads: 1 if the peers' carrier runs through the TURN relay, 0 if it
     /// is direct.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -339,6 +342,7 @@ impl Metrics {
             "failover_gap_ms" => self.failover_gap_ms,
             "handovers" => Some(self.handovers as f64),
             "dormant" => Some(self.dormant as f64),
+            "protocol_changes" => Some(self.protocol_changes as f64),
             "server_path_changes" => Some(self.server_path_changes as f64),
             "relayed" => self.relayed.map(|r| r as f64),
             "rendezvous_ms" => self.rendezvous_ms,
@@ -387,6 +391,7 @@ impl Metrics {
         "failover_gap_ms",
         "handovers",
         "dormant",
+        "protocol_changes",
         "server_path_changes",
         "relayed",
         "rendezvous_ms",
@@ -431,6 +436,10 @@ pub enum PathEventKind {
     ServerDormant,
     /// The server's carrier came from a new address (or back after dormancy).
     ServerPathChange,
+    /// The client's carrier moved to another protocol stack (the reason names it).
+    ProtocolChange,
+    /// The server's carrier moved to another protocol stack (the reason names it).
+    ServerProtocolChange,
 }
 
 impl PathEventKind {

@@ -23,6 +23,7 @@ use crate::message::{MessageProperties, SendHandle, SendStatus};
 use crate::net::Net;
 use crate::path::{CurrentPath, PathChoice, PathMonitor};
 use crate::transport::assemble::ReceiveLimits;
+use crate::transport::moving::{self, MoveSettings, MoveWatch, QuicMove};
 use crate::transport::outbox::Outbox;
 use crate::transport::{event_channel, quic, stream as tls_tcp, EventRx};
 use crate::{ConfigError, ConnectionError};
@@ -99,6 +100,75 @@ fn path_key<'a>(monitor: Option<&PathMonitor>, paths: &'a [PathChoice]) -> &'a s
     }
 }
 
+/// What a client QUIC carrier needs to move to TLS/TCP: it was initiated (it knows how to
+/// reach the listener) and the configuration allows TLS/TCP.
+fn move_watch(
+    config: &Configuration,
+    origin: &Option<Origin>,
+    path: Option<CurrentPath>,
+) -> Option<MoveWatch> {
+    let origin = origin.as_ref()?;
+    let tls = origin.tls.as_ref()?;
+    if !config.candidates().ok()?.contains(&Protocol::TlsTcp) {
+        return None;
+    }
+    Some(MoveWatch {
+        net: origin.net.clone(),
+        host: origin.remote.host.clone(),
+        config: config.clone(),
+        tls: tls.tcp.clone(),
+        path,
+    })
+}
+
+/// Watches a client QUIC carrier until it moves to TLS/TCP; then, if the network names
+/// interfaces, steers the moved carrier between them like any TLS/TCP carrier.
+async fn watch_and_steer(
+    mv: Arc<QuicMove>,
+    w: MoveWatch,
+    start: Option<PathChoice>,
+    events: crate::transport::EventTx,
+) {
+    let (net, host, config, tls, current) = (
+        w.net.clone(),
+        w.host.clone(),
+        w.config.clone(),
+        w.tls.clone(),
+        w.path.clone(),
+    );
+    let Some(core) = moving::watch(mv, w).await else {
+        return;
+    };
+    let (Some(start), Some(current)) = (start, current) else {
+        return;
+    };
+    let remote = core.peer();
+    let list = net.interfaces();
+    let start = crate::path::rank(&config.paths, &list, remote.ip())
+        .into_iter()
+        .next()
+        .unwrap_or(start);
+    let user = tls_tcp::StreamPath {
+        core,
+        net: net.clone(),
+        host,
+        config: config.clone(),
+        tls: Some(tls),
+        remote,
+    };
+    let monitor = PathMonitor::start(net);
+    crate::path::manage(
+        user,
+        monitor,
+        config.paths.clone(),
+        remote.ip(),
+        start,
+        current,
+        events,
+    )
+    .await;
+}
+
 /// Bounds on how long a closing QUIC carrier waits for the peer to answer its goodbye.
 const GOODBYE_WAIT_MIN: Duration = Duration::from_millis(50);
 const GOODBYE_WAIT_MAX: Duration = Duration::from_secs(2);
@@ -121,6 +191,20 @@ pub struct Carrier {
     resumed: Arc<std::sync::OnceLock<bool>>,
     /// The local interface in use (`None` when dormant or when the network names none).
     path: CurrentPath,
+    /// A QUIC carrier's way to TLS/TCP (transport::moving).
+    moving: Option<Arc<QuicMove>>,
+}
+
+/// What a carrier's operations act on now: a QUIC carrier that moved runs on a stream core.
+enum Now<'a> {
+    Quic {
+        conn: &'a quinn::Connection,
+        endpoint: &'a Option<quinn::Endpoint>,
+        datagram_buffer: usize,
+        goodbye: &'a Arc<quic::Goodbye>,
+        epoch: &'a quic::PathEpoch,
+    },
+    Stream(Arc<tls_tcp::StreamCore>),
 }
 
 impl Carrier {
@@ -341,6 +425,7 @@ impl Carrier {
         events_tx.try_send(Event::Ready);
         let limits = ReceiveLimits::from_config(config);
         let resumed = Arc::new(std::sync::OnceLock::new());
+        let mut moving = None;
         let (protocol, peer, outbox, sender, tasks, link) = match transient {
             Transient::Quic {
                 conn,
@@ -354,6 +439,22 @@ impl Carrier {
                 }
                 let outbox = Outbox::new(config.send_buffer, quic::order_rule);
                 outbox.set_rtt(conn.rtt(), conn.rtt());
+                let mv = QuicMove::new(
+                    conn.clone(),
+                    outbox.clone(),
+                    events_tx.clone(),
+                    MoveSettings {
+                        limits,
+                        dormant_timeout: config.dormant_timeout,
+                        keepalive: config.keepalive,
+                    },
+                );
+                moving = Some(mv.clone());
+                let watch = move_watch(config, &origin, steer.is_some().then(|| path.clone()));
+                let restart_paths = match (&watch, &steer) {
+                    (Some(_), Some(s)) => Some(s.choice.clone()),
+                    _ => None,
+                };
                 if let (Some(steer), Some(ep), Some(origin)) = (steer, &endpoint, &origin) {
                     let user = quic::QuicPath {
                         net: origin.net.clone(),
@@ -371,10 +472,17 @@ impl Carrier {
                         events_tx.clone(),
                     )));
                 }
+                if let Some(w) = watch {
+                    extra.push(tokio::spawn(watch_and_steer(
+                        mv.clone(),
+                        w,
+                        restart_paths,
+                        events_tx.clone(),
+                    )));
+                }
                 let goodbye = Arc::new(quic::Goodbye::default());
                 let (sender, reader) = quic::start(
                     conn.clone(),
-                    outbox.clone(),
                     zero_rtt,
                     resumed.clone(),
                     quic::Reader {
@@ -383,6 +491,7 @@ impl Carrier {
                         timers: (config.dormant_timeout, config.keepalive),
                         goodbye: goodbye.clone(),
                     },
+                    mv,
                 );
                 let link = Link::Quic {
                     epoch,
@@ -469,15 +578,44 @@ impl Carrier {
             rendezvous: None,
             resumed,
             path,
+            moving,
         }
     }
 
-    /// The stream core of a TLS/TCP or TCP carrier.
-    pub(crate) fn stream_core(&self) -> Option<Arc<tls_tcp::StreamCore>> {
+    /// What the carrier runs on now.
+    fn now(&self) -> Now<'_> {
         match &self.link {
-            Link::Stream { core } => Some(core.clone()),
-            Link::Quic { .. } => None,
+            Link::Stream { core } => Now::Stream(core.clone()),
+            Link::Quic {
+                conn,
+                endpoint,
+                datagram_buffer,
+                epoch,
+                goodbye,
+            } => match self.moving.as_ref().and_then(|m| m.core()) {
+                Some(core) => Now::Stream(core),
+                None => Now::Quic {
+                    conn,
+                    endpoint,
+                    datagram_buffer: *datagram_buffer,
+                    goodbye,
+                    epoch,
+                },
+            },
         }
+    }
+
+    /// The stream core of a TLS/TCP or TCP carrier (or of a QUIC carrier that moved).
+    pub(crate) fn stream_core(&self) -> Option<Arc<tls_tcp::StreamCore>> {
+        match self.now() {
+            Now::Stream(core) => Some(core),
+            Now::Quic { .. } => None,
+        }
+    }
+
+    /// A QUIC carrier's way to TLS/TCP (a listener registers it for clients' moves).
+    pub(crate) fn quic_move(&self) -> Option<Arc<QuicMove>> {
+        self.moving.clone()
     }
 
     /// The local interface the carrier uses now: `None` while dormant, and when the network
@@ -494,15 +632,16 @@ impl Carrier {
             .origin
             .clone()
             .ok_or_else(|| Error::from(ConfigError::ForkAccepted))?;
-        let endpoint = match &self.link {
-            Link::Quic {
+        let now = self.now();
+        let endpoint = match &now {
+            Now::Quic {
                 endpoint, epoch, ..
-            } => endpoint.as_ref().map(|e| (e, epoch)),
-            Link::Stream { .. } => None,
+            } => endpoint.as_ref().map(|e| (e, *epoch)),
+            Now::Stream(_) => None,
         };
-        let local = match &self.link {
-            Link::Quic { .. } => None,
-            Link::Stream { .. } => {
+        let local = match &now {
+            Now::Quic { .. } => None,
+            Now::Stream(_) => {
                 let current = self.interface();
                 let interfaces = origin.net.interfaces();
                 let found = interfaces
@@ -518,8 +657,8 @@ impl Carrier {
         };
         let transient = attempt(
             origin.net.as_ref(),
-            self.protocol,
-            self.peer,
+            self.protocol(),
+            self.peer_addr(),
             local,
             &origin.remote.host,
             &self.config,
@@ -530,17 +669,21 @@ impl Carrier {
         Ok(Self::start(transient, &self.config, Some(origin)))
     }
 
-    /// The protocol stack of the current transient.
+    /// The protocol stack of the current transient (TLS/TCP once a QUIC carrier moved, see
+    /// [`Event::ProtocolChange`]).
     pub fn protocol(&self) -> Protocol {
-        self.protocol
+        match (&self.link, self.now()) {
+            (Link::Quic { .. }, Now::Stream(_)) => Protocol::TlsTcp,
+            _ => self.protocol,
+        }
     }
 
     /// The peer's address as this end sees it now (behind a NAT: the NAT's public address;
     /// on QUIC it follows migrations, see [`Event::PathChange`]).
     pub fn peer_addr(&self) -> SocketAddr {
-        match &self.link {
-            Link::Quic { conn, .. } => conn.remote_address(),
-            Link::Stream { core } => core.peer(),
+        match self.now() {
+            Now::Quic { conn, .. } => conn.remote_address(),
+            Now::Stream(core) => core.peer(),
         }
     }
 
@@ -558,17 +701,17 @@ impl Carrier {
             });
         }
         if !message.properties.reliable {
-            match &self.link {
-                Link::Quic { conn, .. } => match conn.max_datagram_size() {
+            match self.now() {
+                Now::Quic { conn, .. } => match conn.max_datagram_size() {
                     Some(max) if size > max => {
                         return Err(Error::MessageTooLarge { size, max });
                     }
                     Some(_) => {}
                     None => return Err(ConfigError::UnreliableRefused.into()),
                 },
-                Link::Stream { .. } => {
+                Now::Stream(_) => {
                     return Err(ConfigError::UnreliableOnStream {
-                        protocol: self.protocol,
+                        protocol: self.protocol(),
                     }
                     .into())
                 }
@@ -655,6 +798,7 @@ impl Carrier {
                 Some(Event::Ready)
                 | Some(Event::PathChange { .. })
                 | Some(Event::Handover { .. })
+                | Some(Event::ProtocolChange { .. })
                 | Some(Event::Dormant) => continue,
                 Some(Event::Received(m)) => return Ok(Some(m)),
                 Some(Event::ReceivedPartial(p)) => {
@@ -679,8 +823,8 @@ impl Carrier {
                 .and_then(|r| r),
             None => Ok(()),
         };
-        match &self.link {
-            Link::Quic {
+        match self.now() {
+            Now::Quic {
                 conn,
                 endpoint,
                 datagram_buffer,
@@ -690,7 +834,7 @@ impl Carrier {
                 // Datagrams count as sent once quinn has them; let them leave before the
                 // CONNECTION_CLOSE discards them (bounded: they are unreliable anyway).
                 for _ in 0..100 {
-                    if conn.datagram_send_buffer_space() >= *datagram_buffer {
+                    if conn.datagram_send_buffer_space() >= datagram_buffer {
                         break;
                     }
                     tokio::time::sleep(std::time::Duration::from_millis(1)).await;
@@ -711,7 +855,7 @@ impl Carrier {
                 }
             }
             // The writer shut the stream down when it finished.
-            Link::Stream { .. } => {}
+            Now::Stream(_) => {}
         }
         result
     }
@@ -719,9 +863,9 @@ impl Carrier {
     /// Closes at once: queued and unacknowledged messages fail with "carrier aborted".
     pub fn abort(&self) {
         self.outbox.fail_all("carrier aborted");
-        match &self.link {
-            Link::Quic { conn, .. } => conn.close(1u32.into(), b"abort"),
-            Link::Stream { core } => core.abort(),
+        match self.now() {
+            Now::Quic { conn, .. } => conn.close(1u32.into(), b"abort"),
+            Now::Stream(core) => core.abort(),
         }
     }
 }
@@ -733,7 +877,7 @@ impl Drop for Carrier {
             .fail_all("the carrier was dropped before the message was settled");
         // A stream carrier's transient tasks belong to its core: dropping the carrier aborts
         // it (the peer learns at once), unless the peer had closed it cleanly.
-        if let Link::Stream { core } = &self.link {
+        if let Now::Stream(core) = self.now() {
             core.dropped();
         }
         for task in &self.tasks {

@@ -14,7 +14,8 @@ use std::future::Future;
 
 use crate::establish::attempt::Transient;
 use crate::net::{BoxFuture, ByteStream, Net, StreamListener};
-use crate::transport::framing::{FLAG_REFUSED, FLAG_RESUME, TYPE_HELLO};
+use crate::transport::framing::{FLAG_MOVE, FLAG_REFUSED, FLAG_RESUME, TYPE_HELLO};
+use crate::transport::moving::{self, QuicMove};
 use crate::transport::{quic, stream as tls_tcp, tls};
 use crate::ConnectionError;
 use crate::{Carrier, Configuration, Error, Event, Protocol, Result};
@@ -34,6 +35,7 @@ impl Listener {
     pub async fn bind(net: Arc<dyn Net>, local: SocketAddr, config: Configuration) -> Result<Self> {
         let candidates = config.candidates()?;
         let (queue, incoming) = mpsc::channel(64);
+        let movable = Movable::default();
         let mut tasks = Vec::new();
         let mut endpoint = None;
         let mut port = local.port();
@@ -47,6 +49,7 @@ impl Listener {
                 ep.clone(),
                 queue.clone(),
                 config.clone(),
+                movable.clone(),
             )));
             endpoint = Some(ep);
         }
@@ -71,7 +74,7 @@ impl Listener {
                 _ => None,
             };
             tasks.push(tokio::spawn(accept_stream(
-                listener, acceptor, queue, config,
+                listener, acceptor, queue, config, movable,
             )));
         }
         Ok(Listener {
@@ -135,13 +138,14 @@ async fn accept_quic(
     endpoint: quinn::Endpoint,
     queue: mpsc::Sender<Carrier>,
     config: Configuration,
+    movable: Movable,
 ) {
     let next = move || -> BoxFuture<'static, Option<quinn::Incoming>> {
         let endpoint = endpoint.clone();
         Box::pin(async move { endpoint.accept().await })
     };
     let handshake = move |incoming: quinn::Incoming| {
-        let config = config.clone();
+        let (config, movable) = (config.clone(), movable.clone());
         async move {
             // Accept at 0.5-RTT: a resuming client's 0-RTT messages (idempotent by
             // construction) are delivered as they arrive; a handshake that then fails ends the
@@ -170,10 +174,75 @@ async fn accept_quic(
                 zero_rtt: None,
                 epoch: Default::default(),
             };
-            Some(Carrier::start(transient, &config, None))
+            let carrier = Carrier::start(transient, &config, None);
+            if let Some(mv) = carrier.quic_move() {
+                let mut list = crate::util::lock(&movable);
+                list.retain(|m| m.strong_count() > 0);
+                list.push(Arc::downgrade(&mv));
+            }
+            Some(carrier)
         }
     };
     accept_loop(next, handshake, queue).await;
+}
+
+/// The QUIC carriers of a listener, which a client can move to TLS/TCP; a carrier that ended
+/// is forgotten. Found by the identity both ends derive from the QUIC connection (each
+/// carrier's exporter is computed at the lookup: a carrier accepted at 0.5-RTT has none
+/// before its handshake completes).
+type Movable = Arc<std::sync::Mutex<Vec<Weak<QuicMove>>>>;
+
+/// A client moves a QUIC carrier of this listener to this TLS/TCP connection (docs/WIRE.md,
+/// "Moving from QUIC"): its HELLO (with MOVE) names the carrier's continuation token, the
+/// MOVED frame after it the QUIC carrier and what the client delivered. An unknown carrier
+/// is refused.
+async fn move_carrier<S>(
+    movable: &Movable,
+    registry: &Resumable,
+    (mut stream, peer): (S, SocketAddr),
+    h: tls_tcp::Hello,
+    wait: std::time::Duration,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    use tokio::io::AsyncWriteExt;
+    let moved = tokio::time::timeout(wait, moving::read_moved(&mut stream)).await;
+    let identity = match moved {
+        Ok(Ok((identity, None))) => identity,
+        Ok(Ok((_, Some(_)))) => {
+            tracing::debug!("move from {peer}: receipts before the listener's answer");
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::debug!("move from {peer}: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("move from {peer}: no MOVED frame in {wait:?}");
+            return;
+        }
+    };
+    let found = {
+        let list = crate::util::lock(movable);
+        list.iter()
+            .filter_map(Weak::upgrade)
+            .find(|m| m.identity() == Some(identity))
+    };
+    let Some(mv) = found else {
+        tracing::debug!("move from {peer} of an unknown carrier refused");
+        let refusal = tls_tcp::hello_frame(&h.token, 0, 0, FLAG_MOVE | FLAG_REFUSED);
+        let _ = stream.write_all(&refusal).await;
+        let _ = stream.shutdown().await;
+        return;
+    };
+    match mv.move_server(stream, peer, h.token, wait).await {
+        Ok(core) => {
+            let mut map = crate::util::lock(registry);
+            map.retain(|_, c| c.strong_count() > 0);
+            map.insert(h.token, Arc::downgrade(&core));
+        }
+        Err(e) => tracing::debug!("move from {peer} failed: {e}"),
+    }
 }
 
 /// How long a listener waits for the first frame of a TLS client that did not negotiate ALPN
@@ -222,6 +291,7 @@ async fn accept_stream(
     acceptor: Option<tokio_rustls::TlsAcceptor>,
     queue: mpsc::Sender<Carrier>,
     config: Configuration,
+    movable: Movable,
 ) {
     let listener: Arc<dyn StreamListener> = Arc::from(listener);
     let next = move || -> BoxFuture<'static, Option<(Box<dyn ByteStream>, SocketAddr)>> {
@@ -238,6 +308,7 @@ async fn accept_stream(
     let registry: Resumable = Default::default();
     let handshake = move |(stream, peer): (Box<dyn ByteStream>, SocketAddr)| {
         let (acceptor, config, registry) = (acceptor.clone(), config.clone(), registry.clone());
+        let movable = movable.clone();
         async move {
             let Some(acceptor) = acceptor else {
                 let transient = Transient::Stream {
@@ -273,6 +344,10 @@ async fn accept_stream(
             };
             let hello = tokio::time::timeout(wait, tls_tcp::read_hello(&mut tls, &mut first)).await;
             let token = match hello {
+                Ok(Ok(Some(h))) if h.flags & FLAG_MOVE != 0 => {
+                    move_carrier(&movable, &registry, (tls, peer), h, wait).await;
+                    return None;
+                }
                 Ok(Ok(Some(h))) if h.flags & FLAG_RESUME != 0 => {
                     continue_carrier(&registry, tls, peer, h).await;
                     return None;

@@ -30,8 +30,19 @@ pub const TYPE_HELLO: u8 = 0x03;
 /// end of stream without it, on a resumable carrier, is a broken transient, not a close. With
 /// `FLAG_ABORT` the sender aborted the carrier.
 pub const TYPE_CLOSE: u8 = 0x04;
+/// Frame type: follows a HELLO with `FLAG_MOVE` (docs/WIRE.md § Moving from QUIC). Payload:
+/// the 16-byte QUIC carrier identity (a TLS exporter of the QUIC connection), then what the
+/// sender received on QUIC: for unidirectional, then bidirectional streams the peer opened,
+/// each as 8 bytes (every stream index below it was received), 4 bytes (a count) and that
+/// many 8-byte stream indices above it that were received too. All big-endian.
+pub const TYPE_MOVED: u8 = 0x05;
 /// HELLO flag: continue an existing carrier (without it: a new carrier).
 pub const FLAG_RESUME: u8 = 0x01;
+/// HELLO flag: the carrier was QUIC until now and moves to this transient; a MOVED frame
+/// follows. The HELLO's token names the carrier from now on (for continuations).
+pub const FLAG_MOVE: u8 = 0x04;
+/// Largest MOVED payload (the identity and two receipts of at most 4096 indices each).
+pub const MOVED_MAX: usize = TOKEN_LEN + 2 * (12 + 8 * 4096);
 /// HELLO flag (in the listener's answer): the token is unknown, the carrier cannot continue.
 pub const FLAG_REFUSED: u8 = 0x02;
 /// Length of a carrier token.
@@ -162,7 +173,10 @@ impl FrameHeader {
             return Ok(header);
         }
         if header.kind == TYPE_HELLO {
-            if header.flags & !(FLAG_RESUME | FLAG_REFUSED) != 0 || header.len as usize != HELLO_LEN
+            let known = FLAG_RESUME | FLAG_REFUSED | FLAG_MOVE;
+            if header.flags & !known != 0
+                || header.flags & FLAG_RESUME != 0 && header.flags & FLAG_MOVE != 0
+                || header.len as usize != HELLO_LEN
             {
                 return Err(Violation::MalformedHello.into());
             }
@@ -171,6 +185,16 @@ impl FrameHeader {
         if header.kind == TYPE_CLOSE {
             if header.flags & !FLAG_ABORT != 0 || header.len != 0 || header.id != 0 {
                 return Err(Violation::MalformedClose.into());
+            }
+            return Ok(header);
+        }
+        if header.kind == TYPE_MOVED {
+            if header.flags != 0
+                || header.id != 0
+                || (header.len as usize) < TOKEN_LEN
+                || header.len as usize > MOVED_MAX
+            {
+                return Err(Violation::MalformedHello.into());
             }
             return Ok(header);
         }

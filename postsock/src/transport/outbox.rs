@@ -133,7 +133,7 @@ pub(crate) struct Outbox {
     permits: Arc<Semaphore>,
     limit: usize,
     one_way: Mutex<Duration>,
-    order_rule: OrderRule,
+    order_rule: Mutex<OrderRule>,
 }
 
 impl Outbox {
@@ -146,7 +146,7 @@ impl Outbox {
             permits: Arc::new(Semaphore::new(limit)),
             limit,
             one_way: Mutex::new(Duration::ZERO),
-            order_rule,
+            order_rule: Mutex::new(order_rule),
         })
     }
 
@@ -314,7 +314,8 @@ impl Outbox {
                 return Eligible::Failed(a, why);
             }
             if let Some(ante) = st.live.get(&a) {
-                if !(ante.dispatched && (self.order_rule)(&ante.props, &me.props)) {
+                let rule = *crate::util::lock(&self.order_rule);
+                if !(ante.dispatched && rule(&ante.props, &me.props)) {
                     return Eligible::No(a);
                 }
             }
@@ -555,6 +556,41 @@ impl Outbox {
                 None => notified.await,
             }
         }
+    }
+
+    /// The carrier moved to another protocol stack, whose order rule applies from now on.
+    pub(crate) fn set_order_rule(&self, rule: OrderRule) {
+        *crate::util::lock(&self.order_rule) = rule;
+    }
+
+    /// Queues again a whole message the transport had taken but cannot settle (the carrier
+    /// moved to another protocol stack before the peer acknowledged it). Handed-back messages
+    /// go before anything else, in the order they were first queued: their niceness becomes
+    /// the most urgent, which keeps ordered messages in order whatever came after them. A
+    /// message settled meanwhile is dropped.
+    pub(crate) fn requeue(&self, mut item: Item) {
+        let mut st = self.lock();
+        if !st.live.contains_key(&item.id) {
+            return;
+        }
+        if item.props.niceness != 0 {
+            let mut props = (*item.props).clone();
+            props.niceness = 0;
+            item.props = Arc::new(props);
+        }
+        let seq = item.seq;
+        if let Some(d) = item.deadline {
+            st.deadlines.insert((d, seq));
+        }
+        st.seqs_of.entry(item.id).or_default().insert(seq);
+        st.items.insert(seq, item);
+        let was_empty = st.ready.is_empty();
+        st.ready.insert((0, seq));
+        drop(st);
+        if was_empty {
+            self.wake.notify_one();
+        }
+        self.reap.notify_one();
     }
 
     /// No more messages: the sending loop ends once everything queued has been handed over.

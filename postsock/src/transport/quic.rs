@@ -20,6 +20,7 @@ pub(crate) use super::cc::PathEpoch;
 use super::{tls, EventTx};
 use crate::message::{MessageProperties, SendStatus};
 use crate::net::Net;
+use crate::transport::moving::{Handback, QuicMove, Receipts};
 use crate::transport::outbox::{Item, Outbox};
 use crate::ConnectionError;
 use crate::{Configuration, Error, Event, MessageId, Received, Result};
@@ -331,17 +332,23 @@ struct Dispatcher {
     conn: quinn::Connection,
     outbox: Arc<Outbox>,
     in_flight: Arc<InFlight>,
-    tasks: JoinSet<()>,
+    tasks: JoinSet<Option<Handback>>,
     open: BTreeMap<MessageId, mpsc::UnboundedSender<Item>>,
     min_rtt: Duration,
     /// While in 0-RTT: becomes true if the server rejects the early data.
     early: Option<watch::Receiver<bool>>,
     /// Whole messages sent in 0-RTT, in order, to send again if it is rejected.
     early_sent: Vec<Item>,
+    /// Becomes true when the carrier moves to another protocol (transport::moving).
+    halt: watch::Receiver<bool>,
+    /// What the loop took and hands back when halted.
+    handed: Vec<Handback>,
+    /// The task of the last ordered message (its sender drops when it settles).
+    last_ordered: Option<watch::Receiver<bool>>,
 }
 
 impl Dispatcher {
-    fn new(conn: quinn::Connection, outbox: Arc<Outbox>) -> Self {
+    fn new(conn: quinn::Connection, outbox: Arc<Outbox>, halt: watch::Receiver<bool>) -> Self {
         let min_rtt = conn.rtt();
         Dispatcher {
             conn,
@@ -352,14 +359,25 @@ impl Dispatcher {
             min_rtt,
             early: None,
             early_sent: Vec::new(),
+            halt,
+            handed: Vec::new(),
+            last_ordered: None,
         }
+    }
+
+    fn halted(&self) -> bool {
+        *self.halt.borrow()
     }
 
     /// Waits until the bytes in flight are below the congestion window. The window is read
     /// again every few ms while waiting: it can open without anything being settled (a
     /// handover restarts congestion control on the new path).
     async fn room(&mut self) {
-        while self.tasks.try_join_next().is_some() {}
+        while let Some(done) = self.tasks.try_join_next() {
+            if let Ok(Some(h)) = done {
+                self.handed.push(h);
+            }
+        }
         loop {
             if self.in_flight.bytes.load(Ordering::Relaxed) < MIN_IN_FLIGHT {
                 return;
@@ -400,9 +418,17 @@ impl Dispatcher {
             self.outbox.update(item.id, status, true);
             return Ok(());
         }
-        let stream = open_stream(&self.conn, &item.props)
-            .await
-            .map_err(|e| ConnectionError::Quic(e.to_string()))?;
+        let mut halt = self.halt.clone();
+        let opened = tokio::select! {
+            biased;
+            opened = open_stream(&self.conn, &item.props) => opened,
+            _ = until_set(&mut halt) => {
+                // Taken but never sent: it goes again after the move.
+                self.handed.push(Handback { stream: None, item });
+                return Ok(());
+            }
+        };
+        let stream = opened.map_err(|e| ConnectionError::Quic(e.to_string()))?;
         let rest = if item.fin {
             None
         } else {
@@ -414,13 +440,23 @@ impl Dispatcher {
         if self.early.is_some() && item.fin && item.offset == 0 {
             self.early_sent.push(item.copy_for_resend());
         }
+        let ordered = if item.props.ordered {
+            let (settled, rx) = watch::channel(false);
+            (self.last_ordered.replace(rx), Some(settled))
+        } else {
+            (None, None)
+        };
         self.tasks.spawn(write_message(
             stream,
             item,
             rest,
-            self.outbox.clone(),
-            self.in_flight.clone(),
-            self.early.clone(),
+            Shared {
+                outbox: self.outbox.clone(),
+                in_flight: self.in_flight.clone(),
+                early: self.early.clone(),
+                halt: self.halt.clone(),
+                ordered,
+            },
         ));
         Ok(())
     }
@@ -448,13 +484,18 @@ async fn open_stream(
 /// lifetimes are judged close to the wire), opens one stream per message, sends unreliable
 /// messages as DATAGRAM frames. On a 0-RTT connection, until the handshake completes, only
 /// idempotent messages go (in 0-RTT data); `resumed` then learns whether the server took them.
+///
+/// When `halt` becomes true (the carrier moves to TLS/TCP) it stops taking items and returns
+/// every whole message it took and did not see acknowledged.
 pub(crate) async fn send_loop(
     conn: quinn::Connection,
     outbox: Arc<Outbox>,
     zero_rtt: Option<quinn::ZeroRttAccepted>,
     resumed: Arc<std::sync::OnceLock<bool>>,
-) -> Result<()> {
-    let mut d = Dispatcher::new(conn, outbox.clone());
+    halt: watch::Receiver<bool>,
+) -> (Result<()>, Vec<Handback>) {
+    let mut d = Dispatcher::new(conn, outbox.clone(), halt.clone());
+    let mut halt = halt;
     let result: Result<()> = async {
         if let Some(accepted) = zero_rtt {
             tokio::pin!(accepted);
@@ -493,8 +534,20 @@ pub(crate) async fn send_loop(
             }
         }
         loop {
-            d.room().await;
-            let Some(item) = outbox.next(usize::MAX).await else {
+            if d.halted() {
+                return Ok(());
+            }
+            tokio::select! {
+                biased;
+                _ = until_set(&mut halt) => return Ok(()),
+                _ = d.room() => {}
+            }
+            let item = tokio::select! {
+                biased;
+                _ = until_set(&mut halt) => return Ok(()),
+                item = outbox.next(usize::MAX) => item,
+            };
+            let Some(item) = item else {
                 return Ok(());
             };
             d.dispatch(item).await?;
@@ -502,11 +555,29 @@ pub(crate) async fn send_loop(
     }
     .await;
     if let Err(e) = &result {
-        outbox.fail_all(&e.to_string());
+        if !d.halted() {
+            outbox.fail_all(&e.to_string());
+        }
     }
     d.open.clear();
-    while d.tasks.join_next().await.is_some() {}
-    result
+    let mut handed = std::mem::take(&mut d.handed);
+    while let Some(done) = d.tasks.join_next().await {
+        if let Ok(Some(h)) = done {
+            handed.push(h);
+        }
+    }
+    (result, handed)
+}
+
+/// What every message's writing task shares.
+struct Shared {
+    outbox: Arc<Outbox>,
+    in_flight: Arc<InFlight>,
+    early: Option<watch::Receiver<bool>>,
+    halt: watch::Receiver<bool>,
+    /// For an ordered message: the previous ordered message's task (gone once it settled),
+    /// and this one's, which the next one waits for.
+    ordered: (Option<watch::Receiver<bool>>, Option<watch::Sender<bool>>),
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -517,15 +588,22 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 /// Writes one message to its stream (parts as they come), then waits for the peer's
-/// acknowledgement; resets the stream if the message's lifetime ends first.
+/// acknowledgement; resets the stream if the message's lifetime ends first. If the carrier
+/// moves first, a whole message is handed back (the peer's receipts decide whether it goes
+/// again) and a partial one fails.
 async fn write_message(
     mut stream: quinn::SendStream,
     first: Item,
     mut rest: Option<mpsc::UnboundedReceiver<Item>>,
-    outbox: Arc<Outbox>,
-    in_flight: Arc<InFlight>,
-    early: Option<watch::Receiver<bool>>,
-) {
+    shared: Shared,
+) -> Option<Handback> {
+    let Shared {
+        outbox,
+        in_flight,
+        early,
+        mut halt,
+        ordered: (prev, _settled),
+    } = shared;
     let id = first.id;
     let deadline = first
         .deadline
@@ -533,6 +611,16 @@ async fn write_message(
     let mut counted = first.data.len();
     let outcome = tokio::select! {
         biased;
+        // First: once halted, the peer's receipts decide, even if the ack came just now.
+        _ = until_set(&mut halt) => {
+            in_flight.sub(counted);
+            if first.fin && first.offset == 0 {
+                return Some(Handback { stream: Some(stream.id()), item: first });
+            }
+            let why = "the carrier moved from QUIC in the middle of this partial message";
+            outbox.update(id, SendStatus::Failed(why.into()), true);
+            return None;
+        }
         done = async {
             // Rejected 0-RTT: the send loop sends the message again, in order.
             match stream.write_chunk(first.data.clone()).await {
@@ -568,7 +656,19 @@ async fn write_message(
             };
             match stopped {
                 Err(quinn::StoppedError::ZeroRttRejected) => Ok(None),
-                Ok(None) => Ok(Some(SendStatus::Acked)),
+                Ok(None) => {
+                    // Acknowledged by the peer's QUIC. An ordered message is reported acked
+                    // only after the ordered one before it settled: the peer delivers it only
+                    // after that one, and a move must find every message reported acked
+                    // delivered (transport::moving).
+                    // Its bytes are no longer in flight, whatever it waits for.
+                    in_flight.sub(counted);
+                    counted = 0;
+                    if let Some(mut prev) = prev {
+                        let _ = prev.wait_for(|_| false).await;
+                    }
+                    Ok(Some(SendStatus::Acked))
+                }
                 Ok(Some(code)) => Err(format!("the peer stopped reading it (code {code})")),
                 Err(e) => Err(e.to_string()),
             }
@@ -596,6 +696,7 @@ async fn write_message(
     }
     drop(first);
     in_flight.sub(counted);
+    None
 }
 
 /// What a QUIC transient's reader needs.
@@ -608,74 +709,178 @@ pub(crate) struct Reader {
 }
 
 /// Starts the tasks of a QUIC transient: the sending loop and the reader.
+/// The sending task ends with the sending loop, or, if the carrier moved to TLS/TCP, once
+/// our direction ends there.
 pub(crate) fn start(
     conn: quinn::Connection,
-    outbox: Arc<Outbox>,
     zero_rtt: Option<quinn::ZeroRttAccepted>,
     resumed: Arc<std::sync::OnceLock<bool>>,
     reader: Reader,
+    mv: Arc<QuicMove>,
 ) -> (JoinHandle<Result<()>>, JoinHandle<()>) {
-    let sender = tokio::spawn(send_loop(conn.clone(), outbox, zero_rtt, resumed));
-    let reader = tokio::spawn(read_loop(conn, reader));
+    let outbox = mv.outbox();
+    let halt = mv.halted();
+    let mover = mv.clone();
+    let sender = tokio::spawn(async move {
+        let (result, handed) = send_loop(conn.clone(), outbox, zero_rtt, resumed, halt).await;
+        if mover.sender_ended(handed) {
+            return mover.after_move().await;
+        }
+        result
+    });
+    let reader = tokio::spawn(read_loop(mv.conn(), reader, mv.receipts.clone()));
     (sender, reader)
 }
 
-/// Reads one message from a stream and delivers it (whole or in parts). Returns false when
-/// the application has gone (the event channel closed).
+/// How reading one message ended.
+#[derive(Debug, PartialEq, Eq)]
+enum ReadEnd {
+    /// Delivered, or nothing to deliver (reset, refused): read the next one.
+    Next,
+    /// Draining for a move, the stream was not whole: the sender sends it again over TLS/TCP.
+    NotWhole,
+    /// The application has gone (the event channel closed).
+    Gone,
+}
+
+/// Waits until the flag is set (or its sender is gone).
+async fn until_set(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|set| *set).await;
+}
+
+/// Polls `f` once: its output if it is ready now.
+async fn ready_now<F: std::future::Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    std::future::poll_fn(|cx| {
+        std::task::Poll::Ready(match f.as_mut().poll(cx) {
+            std::task::Poll::Ready(out) => Some(out),
+            std::task::Poll::Pending => None,
+        })
+    })
+    .await
+}
+
+/// Reads one message from a stream and delivers it (whole or in parts). When the carrier
+/// starts to move (`drain`), it reads on only what QUIC already holds: a stream that is not
+/// whole then is abandoned (what was delivered of it gets a receive error), its sender sends
+/// it again over TLS/TCP.
 async fn read_message(
     mut stream: quinn::RecvStream,
     events: &EventTx,
     limits: &ReceiveLimits,
+    receipts: &Receipts,
     goodbye: Option<(&Goodbye, &quinn::Connection)>,
-) -> bool {
+) -> ReadEnd {
     let id = u64::from(stream.id());
     let mut assembly = Assembly::new(id, true);
+    let mut drain = receipts.draining();
+    let abandon = |partly: bool| async move {
+        if !partly {
+            return ReadEnd::NotWhole;
+        }
+        let error = Error::from(ConnectionError::Abandoned { id });
+        match events.send(Event::ReceiveError { id, error }).await {
+            Ok(()) => ReadEnd::NotWhole,
+            Err(()) => ReadEnd::Gone,
+        }
+    };
     loop {
-        let (data, end) = match stream.read_chunk(usize::MAX, true).await {
+        let read = if *drain.borrow() {
+            match ready_now(stream.read_chunk(usize::MAX, true)).await {
+                Some(read) => read,
+                None => return abandon(assembly.partly_delivered()).await,
+            }
+        } else {
+            tokio::select! {
+                biased;
+                read = stream.read_chunk(usize::MAX, true) => read,
+                _ = until_set(&mut drain) => continue,
+            }
+        };
+        let (data, end) = match read {
             Ok(Some(chunk)) => (chunk.bytes, false),
             Ok(None) => (Bytes::new(), true),
             Err(quinn::ReadError::Reset(code)) if code == GOODBYE.into() && assembly.is_empty() => {
                 if let Some((goodbye, conn)) = goodbye {
                     goodbye.hear(conn).await;
                 }
-                return true;
+                return ReadEnd::Next;
             }
             Err(quinn::ReadError::Reset(_)) => {
                 // The sender abandoned it (expired or aborted). Nothing was promised unless
                 // part of it was already delivered.
                 if assembly.partly_delivered() {
                     let error = Error::from(ConnectionError::Abandoned { id });
-                    return events.send(Event::ReceiveError { id, error }).await.is_ok();
-                }
-                return true;
-            }
-            // The connection ended; the reader loop reports why.
-            Err(_) => return true,
-        };
-        match assembly.push(data, end, limits) {
-            Ok(out) => {
-                for event in out {
-                    if events.send(event).await.is_err() {
-                        return false;
+                    if events
+                        .send(Event::ReceiveError { id, error })
+                        .await
+                        .is_err()
+                    {
+                        return ReadEnd::Gone;
                     }
                 }
+                return ReadEnd::Next;
             }
+            // The connection ended; the reader loop reports why.
+            Err(_) if receipts.frozen() || *drain.borrow() => {
+                return abandon(assembly.partly_delivered()).await
+            }
+            Err(_) => return ReadEnd::Next,
+        };
+        let out = match assembly.push(data, end, limits) {
+            Ok(out) => out,
             Err(error) => {
                 let _ = stream.stop(0u32.into());
-                return events.send(Event::ReceiveError { id, error }).await.is_ok();
+                return match events.send(Event::ReceiveError { id, error }).await {
+                    Ok(()) => ReadEnd::Next,
+                    Err(()) => ReadEnd::Gone,
+                };
+            }
+        };
+        // A whole message counts as delivered for a move's receipts; once they are frozen
+        // nothing more is.
+        if (end || receipts.frozen()) && !receipts.deliver(stream.id()) {
+            return abandon(assembly.partly_delivered()).await;
+        }
+        for event in out {
+            if events.send(event).await.is_err() {
+                return ReadEnd::Gone;
             }
         }
         if end {
-            return true;
+            return ReadEnd::Next;
         }
     }
 }
 
 /// Reads ordered messages: unidirectional streams, one after the other in stream order.
-async fn read_ordered(conn: quinn::Connection, events: EventTx, limits: ReceiveLimits) {
-    while let Ok(stream) = conn.accept_uni().await {
-        if !read_message(stream, &events, &limits, None).await {
-            return;
+/// Draining for a move, it goes on only while the next stream is already whole.
+async fn read_ordered(
+    conn: quinn::Connection,
+    events: EventTx,
+    limits: ReceiveLimits,
+    receipts: Arc<Receipts>,
+) {
+    let mut drain = receipts.draining();
+    loop {
+        let stream = if *drain.borrow() {
+            match ready_now(conn.accept_uni()).await {
+                Some(Ok(stream)) => stream,
+                _ => return,
+            }
+        } else {
+            tokio::select! {
+                biased;
+                stream = conn.accept_uni() => match stream {
+                    Ok(stream) => stream,
+                    Err(_) => return,
+                },
+                _ = until_set(&mut drain) => continue,
+            }
+        };
+        match read_message(stream, &events, &limits, &receipts, None).await {
+            ReadEnd::Next => {}
+            ReadEnd::NotWhole | ReadEnd::Gone => return,
         }
     }
 }
@@ -744,21 +949,54 @@ async fn watch_path(conn: quinn::Connection, events: EventTx, keepalive: Option<
     }
 }
 
-async fn read_loop(conn: quinn::Connection, reader: Reader) {
+async fn read_loop(conn: quinn::Connection, reader: Reader, receipts: Arc<Receipts>) {
     let Reader {
         events,
         limits,
         timers: (dormant_timeout, keepalive),
         goodbye,
     } = reader;
+    // However this ends, nothing more is delivered after it: a move need not wait for it.
+    struct Drained<'a>(&'a Receipts);
+    impl Drop for Drained<'_> {
+        fn drop(&mut self) {
+            self.0.set_drained();
+        }
+    }
+    let _drained = Drained(&receipts);
     let path = tokio::spawn(watch_path(conn.clone(), events.clone(), keepalive));
-    let ordered = tokio::spawn(read_ordered(conn.clone(), events.clone(), limits));
+    let ordered = tokio::spawn(read_ordered(
+        conn.clone(),
+        events.clone(),
+        limits,
+        receipts.clone(),
+    ));
     let mut unordered = JoinSet::new();
+    let read_bi = |recv: quinn::RecvStream, unordered: &mut JoinSet<()>| {
+        let (events, conn, goodbye) = (events.clone(), conn.clone(), goodbye.clone());
+        let receipts = receipts.clone();
+        unordered.spawn(async move {
+            let goodbye = Some((&*goodbye, &conn));
+            read_message(recv, &events, &limits, &receipts, goodbye).await;
+        });
+    };
     let mut datagrams: u64 = 0;
+    let mut drain = receipts.draining();
     let end = loop {
         tokio::select! {
             biased;
             Some(_) = unordered.join_next(), if !unordered.is_empty() => {}
+            _ = until_set(&mut drain) => {
+                // A move: deliver what QUIC holds whole, then nothing more.
+                while let Some(Ok((_send, recv))) = ready_now(conn.accept_bi()).await {
+                    read_bi(recv, &mut unordered);
+                }
+                let _ = ordered.await;
+                while unordered.join_next().await.is_some() {}
+                receipts.set_drained();
+                path.abort();
+                return;
+            }
             datagram = conn.read_datagram() => match datagram {
                 Ok(data) => {
                     if !deliver_datagram(&events, data, &mut datagrams, &limits).await {
@@ -768,21 +1006,13 @@ async fn read_loop(conn: quinn::Connection, reader: Reader) {
                 Err(e) => {
                     // Streams that arrived before the close are still readable.
                     while let Ok((_send, recv)) = conn.accept_bi().await {
-                        let (events, conn, goodbye) = (events.clone(), conn.clone(), goodbye.clone());
-                        unordered.spawn(async move {
-                            read_message(recv, &events, &limits, Some((&goodbye, &conn))).await;
-                        });
+                        read_bi(recv, &mut unordered);
                     }
                     break e;
                 }
             },
             bi = conn.accept_bi() => match bi {
-                Ok((_send, recv)) => {
-                    let (events, conn, goodbye) = (events.clone(), conn.clone(), goodbye.clone());
-                    unordered.spawn(async move {
-                        read_message(recv, &events, &limits, Some((&goodbye, &conn))).await;
-                    });
-                }
+                Ok((_send, recv)) => read_bi(recv, &mut unordered),
                 Err(e) => {
                     // Datagrams that arrived before the close are still readable.
                     while let Ok(data) = conn.read_datagram().await {
@@ -798,6 +1028,10 @@ async fn read_loop(conn: quinn::Connection, reader: Reader) {
     let _ = ordered.await;
     while unordered.join_next().await.is_some() {}
     path.abort();
+    if receipts.frozen() || *drain.borrow() {
+        // The carrier moved on: this connection's end is not the carrier's.
+        return;
+    }
     let last = match end {
         quinn::ConnectionError::ApplicationClosed(close) if close.error_code == 0u32.into() => {
             Event::Closed
@@ -843,7 +1077,14 @@ impl crate::path::PathUser for QuicPath {
     }
 
     fn health(&self) -> crate::path::Health {
-        let s = self.conn.stats();
+        health(&self.conn)
+    }
+}
+
+/// A QUIC connection's traffic counters, for the path manager and the move watch.
+pub(crate) fn health(conn: &quinn::Connection) -> crate::path::Health {
+    {
+        let s = conn.stats();
         // Frames the peer must acknowledge: silence after an ACK-only packet means nothing.
         let f = &s.frame_tx;
         let eliciting = f.ping
@@ -864,8 +1105,8 @@ impl crate::path::PathUser for QuicPath {
             rx: s.udp_rx.datagrams,
             sent_packets: s.path.sent_packets,
             lost_packets: s.path.lost_packets,
-            srtt: self.conn.rtt(),
-            ended: self.conn.close_reason().is_some(),
+            srtt: conn.rtt(),
+            ended: conn.close_reason().is_some(),
             broken: false,
         }
     }

@@ -71,7 +71,10 @@ pub(crate) async fn read_hello<S: AsyncRead + Unpin>(
     stream
         .read_exact(&mut payload)
         .await
-        .map_err(|_| Violation::TruncatedHello)?;
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::UnexpectedEof => Violation::TruncatedHello.into(),
+            _ => tcp("read", e),
+        })?;
     read.clear();
     parse_hello(&h, &payload).map(Some)
 }

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use super::assemble::{Assembly, ReceiveLimits};
 use super::framing::{
     FrameHeader, FLAG_REFUSED, FLAG_RESUME, HEADER_LEN, HELLO_LEN, TOKEN_LEN, TYPE_CLOSE,
-    TYPE_HELLO, TYPE_MESSAGE,
+    TYPE_HELLO, TYPE_MESSAGE, TYPE_MOVED,
 };
 use super::{tls, EventTx};
 use crate::message::{MessageProperties, SendStatus};
@@ -40,7 +40,7 @@ use reader::read_messages;
 use writer::{write_loop, BATCH, BATCH_TIME, KILL_ABORT, KILL_STOP};
 
 /// A failed read or write of the TCP connection.
-fn tcp(op: &'static str, e: std::io::Error) -> Error {
+pub(crate) fn tcp(op: &'static str, e: std::io::Error) -> Error {
     ConnectionError::Tcp {
         op,
         reason: e.to_string(),

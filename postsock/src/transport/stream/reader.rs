@@ -115,6 +115,7 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
                 continue;
             }
             TYPE_HELLO => return ReadEnd::Fatal(Violation::HelloMisplaced.into()),
+            TYPE_MOVED => return ReadEnd::Fatal(Violation::MovedMisplaced.into()),
             _ => {}
         }
         let id = header.id;
