@@ -220,3 +220,40 @@ async fn the_path_monitor_reads_the_real_interface_list() {
         carrier.close().await.expect("close");
     }
 }
+
+/// The TLS/TCP client that closes right after the last echo arrived acknowledges it before
+/// its CLOSE: the server's last message ends acked, not merely sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closing_tls_client_acknowledges_the_last_echo() {
+    let net: Arc<dyn Net> = TokioNet::shared();
+    let ca = TestCa::new("loopback CA").expect("ca");
+    let (server_config, client_config) = configs(&ca, Protocol::TlsTcp);
+    let (mut listener, port) = listen(&net, server_config).await;
+    let server = tokio::spawn(async move {
+        let carrier = listener.accept().await.expect("accept");
+        let mut outcomes = Vec::new();
+        while let Some(msg) = carrier.receive().await.expect("server receive") {
+            outcomes.push(carrier.send(msg.data).await.expect("echo"));
+        }
+        carrier.close().await.expect("server close");
+        let mut settled = Vec::new();
+        for handle in outcomes {
+            settled.push(handle.outcome().await);
+        }
+        settled
+    });
+    let carrier = Carrier::initiate(net, Remote::new("localhost", port), client_config)
+        .await
+        .expect("initiate");
+    for i in 0..20u8 {
+        carrier.send_bytes(vec![i; 100]).await.expect("send");
+        carrier.receive().await.expect("receive").expect("an echo");
+    }
+    carrier.close().await.expect("close");
+    let settled = server.await.expect("server task");
+    assert_eq!(settled.len(), 20);
+    assert!(
+        settled.iter().all(|s| *s == postsock::SendStatus::Acked),
+        "{settled:?}"
+    );
+}

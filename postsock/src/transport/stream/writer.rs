@@ -207,11 +207,19 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
             outbox.update(id, SendStatus::Sent, false);
         }
     }
+    // The peer's last messages are acknowledged before we go, so that they end acked, not
+    // merely sent, at the peer.
+    let mut tail = Vec::new();
+    let count = *ack_rx.borrow();
+    if count > ack_sent {
+        tail.extend_from_slice(&FrameHeader::ack(count).encode());
+    }
     if keep {
         // A resumable carrier says it is done, so the peer can tell a close from a break.
-        out.write_all(&FrameHeader::close(false).encode())
-            .await
-            .map_err(io)?;
+        tail.extend_from_slice(&FrameHeader::close(false).encode());
+    }
+    if !tail.is_empty() {
+        out.write_all(&tail).await.map_err(io)?;
     }
     out.shutdown().await.map_err(io)?;
     Ok(())
