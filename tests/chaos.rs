@@ -43,6 +43,7 @@ fn a_ci_sized_sweep_holds_every_invariant() {
         "api/niceness-tls-tcp",
         "nat/quic-reboot",
         "resumption/tls-tcp-second-carrier",
+        "blocking/udp-blocked-mid-echo",
     ]
     .into_iter()
     .map(load)
@@ -55,7 +56,7 @@ fn a_ci_sized_sweep_holds_every_invariant() {
         jobs: 2,
     };
     let sweep = chaos::sweep(&bases, &options, &|_| {}).expect("sweep");
-    assert_eq!(sweep.runs.len(), 27);
+    assert_eq!(sweep.runs.len(), 30);
     let failed: Vec<String> = sweep
         .runs
         .iter()
@@ -238,4 +239,63 @@ fn a_server_restart_under_a_live_carrier_ends_it_clearly_and_settles_every_messa
             .iter()
             .all(|m| { m.direction != reports::Direction::ClientToServer || m.outcome.is_some() }));
     }
+}
+
+/// Found by chaos in the first version of the move to TLS/TCP: a server link that flaps
+/// under a QUIC carrier. Messages the server's QUIC had acknowledged, waiting behind an
+/// earlier ordered stream, were reported acked and never delivered once the move froze the
+/// reader. Now the reader drains what QUIC holds whole, and an ordered message is reported
+/// acked only after the one before it.
+#[test]
+fn a_move_under_a_flapping_link_loses_nothing() {
+    let base = load("blocking/udp-blocked-mid-carrier");
+    let t = timeline(
+        r#"[[fault]]
+at_ms = 720
+action = "flap"
+host = "server"
+period_ms = 1336
+count = 4"#,
+    );
+    let run = chaos::run_timeline(&base, t, 50024).expect("run");
+    assert!(run.breaches.is_empty(), "{:?}", run.breaches);
+    let m = &run.report.metrics;
+    assert_eq!((m.messages_delivered, m.messages_lost), (500, 0));
+    assert_eq!(
+        m.protocol_changes, 1,
+        "QUIC stays silent after the flaps; TLS/TCP works"
+    );
+}
+
+/// Found by chaos: a NAT reboot resets the new TLS/TCP connection in the middle of the move's
+/// exchange. The carrier ends with an error naming the move and a TCP read (not a protocol
+/// violation), and every message is settled.
+#[test]
+fn a_move_whose_connection_breaks_ends_the_carrier_clearly() {
+    let base = load("blocking/udp-blocked-mid-carrier");
+    let t = timeline(
+        r#"[[fault]]
+at_ms = 1124
+action = "set-link"
+host = "server"
+latency_ms = 290
+loss = 0.04
+
+[[fault]]
+at_ms = 1845
+action = "nat-reboot"
+host = "fw"
+
+[[fault]]
+at_ms = 3880
+action = "nat-reboot"
+host = "fw""#,
+    );
+    let run = chaos::run_timeline(&base, t, 50016).expect("run");
+    assert!(run.breaches.is_empty(), "{:?}", run.breaches);
+    let error = run.report.error.clone().unwrap_or_default();
+    assert!(
+        error.contains("moving the carrier from QUIC to TLS/TCP failed") && error.contains("TCP"),
+        "{error}"
+    );
 }

@@ -46,11 +46,11 @@ fn frame_headers_decode_or_fail_cleanly_and_round_trip() {
         raw.iter_mut().for_each(|b| *b = g.next() as u8);
         // Bias towards plausible headers: known types, zero reserved bytes.
         if g.next().is_multiple_of(2) {
-            raw[0] = 1 + (g.next() % 4) as u8;
+            raw[0] = 1 + (g.next() % 5) as u8;
             raw[2] = 0;
             raw[3] = 0;
             if g.next().is_multiple_of(2) {
-                raw[1] = (g.next() % 4) as u8;
+                raw[1] = (g.next() % 8) as u8;
             }
             if g.next().is_multiple_of(2) {
                 let len = [0, 24, (g.next() % 64) as u32][(g.next() % 3) as usize];
@@ -69,6 +69,40 @@ fn frame_headers_decode_or_fail_cleanly_and_round_trip() {
     assert!(
         accepted > 100,
         "the generator must reach valid headers too ({accepted})"
+    );
+}
+
+#[test]
+fn moved_receipts_parse_or_fail_cleanly_and_round_trip() {
+    use crate::transport::framing::HEADER_LEN;
+    use crate::transport::moving::Summary;
+    let mut g = Gen(7);
+    let mut good = Summary::default();
+    good.uni.floor = 40;
+    good.uni.above = [42, 45, 1000].into();
+    good.bi.floor = 3;
+    good.bi.above = [9].into();
+    let identity = [5u8; 16];
+    let payload = good.frame(&identity)[HEADER_LEN..].to_vec();
+    let mut parsed = 0;
+    for _ in 0..CASES {
+        let input = if g.next().is_multiple_of(8) {
+            g.bytes(200)
+        } else {
+            g.mutate(&payload)
+        };
+        if let Ok((id, Some(summary))) = Summary::parse(&input) {
+            parsed += 1;
+            // What parses is what the encoder writes, and says what it means.
+            assert_eq!(summary.frame(&id)[HEADER_LEN..], input[..]);
+            for seen in [&summary.uni, &summary.bi] {
+                assert!(seen.above.iter().all(|&i| i > seen.floor));
+            }
+        }
+    }
+    assert!(
+        parsed > 100,
+        "the generator must reach valid receipts too ({parsed})"
     );
 }
 

@@ -459,7 +459,8 @@ pub struct PathEvent {
     /// The interface in use from now on (none while dormant).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interface: Option<String>,
-    /// Why (for a handover): interface-down, silent, degraded, preferred, recovered.
+    /// Why (for a handover): interface-down, silent, degraded, preferred, recovered; for a
+    /// protocol change, the protocol now in use (`tls-tcp`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }

@@ -33,8 +33,9 @@ pub const TYPE_CLOSE: u8 = 0x04;
 /// Frame type: follows a HELLO with `FLAG_MOVE` (docs/WIRE.md § Moving from QUIC). Payload:
 /// the 16-byte QUIC carrier identity (a TLS exporter of the QUIC connection), then what the
 /// sender received on QUIC: for unidirectional, then bidirectional streams the peer opened,
-/// each as 8 bytes (every stream index below it was received), 4 bytes (a count) and that
-/// many 8-byte stream indices above it that were received too. All big-endian.
+/// each as 8 bytes (every stream index below it was delivered), 4 bytes (a count) and that
+/// many 8-byte stream indices above it, strictly increasing, that were delivered too. The
+/// client's first MOVED carries the identity only. All big-endian.
 pub const TYPE_MOVED: u8 = 0x05;
 /// HELLO flag: continue an existing carrier (without it: a new carrier).
 pub const FLAG_RESUME: u8 = 0x01;

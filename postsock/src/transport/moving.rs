@@ -132,11 +132,14 @@ impl Summary {
                 return Err(bad());
             }
             let mut above = BTreeSet::new();
+            let mut last = floor;
             for _ in 0..n {
+                // Strictly increasing, each above the floor: one way to write each receipt.
                 let i = take_u64(&mut rest)?;
-                if i <= floor {
+                if i <= last {
                     return Err(bad());
                 }
+                last = i;
                 above.insert(i);
             }
             let seen = Seen { floor, above };
@@ -642,7 +645,8 @@ pub(crate) async fn watch(mv: Arc<QuicMove>, w: MoveWatch) -> Option<Arc<StreamC
             && w.path
                 .as_ref()
                 .is_none_or(|p| crate::util::lock(p).is_none());
-        if !stuck || now < next_try {
+        // Before its handshake completed (a 0-RTT carrier) a QUIC connection has no identity.
+        if !stuck || now < next_try || mv.identity().is_none() {
             continue;
         }
         let peer = mv.conn.remote_address();
