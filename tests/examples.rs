@@ -84,7 +84,8 @@ fn echo_server_and_client_talk_over_real_sockets() {
     for protocol in [postsock::Protocol::Quic, postsock::Protocol::TlsTcp] {
         let (big, echo) = oversized_then_hello(port, &ca, protocol);
         assert!(
-            big.starts_with("acked") || protocol == postsock::Protocol::Quic && big.starts_with("failed"),
+            big.starts_with("acked")
+                || protocol == postsock::Protocol::Quic && big.starts_with("failed"),
             "{protocol}: big message {big}"
         );
         assert_eq!(echo, b"hello", "{protocol}: the carrier goes on");

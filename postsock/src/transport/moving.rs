@@ -495,6 +495,22 @@ impl QuicMove {
         ConnectionError::Failed(why).into()
     }
 
+    /// Runs the exchange of receipts for at most `wait`; if it fails or runs out of time
+    /// (`late` says so) the move failed and the carrier ends.
+    async fn within<T>(
+        &self,
+        wait: Duration,
+        exchange: impl std::future::Future<Output = Result<T>>,
+        late: &str,
+    ) -> Result<T> {
+        let error = match tokio::time::timeout(wait, exchange).await {
+            Ok(Ok(out)) => return Ok(out),
+            Ok(Err(e)) => e,
+            Err(_) => ConnectionError::Failed(late.into()).into(),
+        };
+        Err(self.failed(error).await)
+    }
+
     /// The client's side: moves the carrier onto `stream` (a TLS/TCP connection to the
     /// listener the QUIC connection reached). Three frames (docs/WIRE.md): HELLO with MOVE
     /// and the carrier's identity; the listener's answer with its receipts once its sending
@@ -536,14 +552,7 @@ impl QuicMove {
             write(&mut stream, &mine.frame(&identity)).await?;
             Ok::<_, Error>(theirs)
         };
-        let theirs = match tokio::time::timeout(wait, exchange).await {
-            Ok(Ok(theirs)) => theirs,
-            Ok(Err(e)) => return Err(self.failed(e).await),
-            Err(_) => {
-                let e = ConnectionError::Failed("no answer in time".into()).into();
-                return Err(self.failed(e).await);
-            }
-        };
+        let theirs = self.within(wait, exchange, "no answer in time").await?;
         self.finish(stream, peer, (token, true), &theirs, handed)
             .await
     }
@@ -577,14 +586,9 @@ impl QuicMove {
                 _ => Err(Violation::MalformedHello.into()),
             }
         };
-        let theirs = match tokio::time::timeout(wait, exchange).await {
-            Ok(Ok(theirs)) => theirs,
-            Ok(Err(e)) => return Err(self.failed(e).await),
-            Err(_) => {
-                let e = ConnectionError::Failed("no receipts from the client in time".into());
-                return Err(self.failed(e.into()).await);
-            }
-        };
+        let theirs = self
+            .within(wait, exchange, "no receipts from the client in time")
+            .await?;
         self.finish(stream, peer, (token, false), &theirs, handed)
             .await
     }
