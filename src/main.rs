@@ -142,6 +142,13 @@ enum Command {
         /// Where bench.json and bench.md go.
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
+        /// Instead: one bulk transfer inside the simulator on postsock and on bare quinn over
+        /// the same simulated sockets, compared by wall time (writes sim-bench.{json,md}).
+        #[arg(long)]
+        sim: bool,
+        /// Bytes of the `--sim` transfer.
+        #[arg(long, default_value_t = 10 << 20)]
+        sim_bytes: usize,
         /// Only the comparisons whose "protocol workload" label contains this, and no memory
         /// run (for profiling), e.g. `--only "tls-tcp 10000"`.
         #[arg(long)]
@@ -295,10 +302,18 @@ fn main() -> ExitCode {
             run_chaos(&cli.scenarios, filter.as_deref(), &options, &out)
         }
         Command::Bench {
+            sim: true,
+            sim_bytes,
+            quick,
+            out,
+            ..
+        } => bench_sim(sim_bytes, if quick { 1 } else { 5 }, &out),
+        Command::Bench {
             quick,
             out,
             only,
             current_thread,
+            ..
         } => bench(quick, &out, only, current_thread),
         Command::StunServer { listen } => done(stun_server(listen)),
         Command::StunClient { server } => done(stun_client(&server)),
@@ -562,6 +577,36 @@ fn bench(
             std::fs::write(
                 out.join("bench.json"),
                 serde_json::to_string_pretty(&report).unwrap_or_default(),
+            )
+        });
+    if let Err(e) = written {
+        eprintln!("error: writing {}: {e}", out.display());
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+fn bench_sim(bytes: usize, repeats: usize, out: &std::path::Path) -> ExitCode {
+    use testbed::bench_sim;
+    if bytes == 0 {
+        return usage_error("--sim-bytes must be at least 1");
+    }
+    let progress = |what: &str| eprintln!("simulating {what}");
+    let result = match bench_sim::compare(bytes, repeats, &progress) {
+        Ok(result) => result,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let table = bench_sim::markdown(&result);
+    println!("{table}");
+    let written = std::fs::create_dir_all(out)
+        .and_then(|()| std::fs::write(out.join("sim-bench.md"), &table))
+        .and_then(|()| {
+            std::fs::write(
+                out.join("sim-bench.json"),
+                serde_json::to_string_pretty(&result).unwrap_or_default(),
             )
         });
     if let Err(e) = written {
