@@ -67,6 +67,11 @@ impl Item {
         }
     }
 
+    /// Gives its share of the send buffer back (the transport no longer needs the room).
+    pub(crate) fn release_permit(&mut self) {
+        self._permit = None;
+    }
+
     /// Splits off everything after the first `n` bytes as a new item that keeps this item's
     /// place in the queue (used by stream transports to interleave large messages).
     pub(crate) fn split_rest(&mut self, n: usize) -> Option<Item> {

@@ -593,7 +593,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 /// again) and a partial one fails.
 async fn write_message(
     mut stream: quinn::SendStream,
-    first: Item,
+    mut first: Item,
     mut rest: Option<mpsc::UnboundedReceiver<Item>>,
     shared: Shared,
 ) -> Option<Handback> {
@@ -656,25 +656,39 @@ async fn write_message(
             };
             match stopped {
                 Err(quinn::StoppedError::ZeroRttRejected) => Ok(None),
-                Ok(None) => {
-                    // Acknowledged by the peer's QUIC. An ordered message is reported acked
-                    // only after the ordered one before it settled: the peer delivers it only
-                    // after that one, and a move must find every message reported acked
-                    // delivered (transport::moving).
-                    // Its bytes are no longer in flight, whatever it waits for.
-                    in_flight.sub(counted);
-                    counted = 0;
-                    if let Some(mut prev) = prev {
-                        let _ = prev.wait_for(|_| false).await;
-                    }
-                    Ok(Some(SendStatus::Acked))
-                }
+                Ok(None) => Ok(Some(SendStatus::Acked)),
                 Ok(Some(code)) => Err(format!("the peer stopped reading it (code {code})")),
                 Err(e) => Err(e.to_string()),
             }
         } => done.unwrap_or_else(|e| Some(SendStatus::Failed(e))),
         _ = sleep_until(deadline) => Some(SendStatus::Expired),
     };
+    // Acknowledged by the peer's QUIC. An ordered message is reported acked only once the
+    // ordered message before it settled: the peer delivers it only after that one (so a
+    // dependent waiting for its acknowledgement is not delivered first), and a move must
+    // find every message reported acked delivered (transport::moving). Its bytes and its
+    // buffer space are free at once.
+    if let (Some(SendStatus::Acked), Some(mut prev)) = (&outcome, prev) {
+        first.release_permit();
+        in_flight.sub(counted);
+        counted = 0;
+        let settled = tokio::select! {
+            biased;
+            _ = until_set(&mut halt) => false,
+            _ = prev.wait_for(|_| false) => true,
+        };
+        if !settled {
+            if first.fin && first.offset == 0 {
+                return Some(Handback {
+                    stream: Some(stream.id()),
+                    item: first,
+                });
+            }
+            let why = "the carrier moved from QUIC in the middle of this partial message";
+            outbox.update(id, SendStatus::Failed(why.into()), true);
+            return None;
+        }
+    }
     if outcome.as_ref() != Some(&SendStatus::Acked) {
         let _ = stream.reset(0u32.into());
     }
