@@ -257,3 +257,39 @@ async fn a_closing_tls_client_acknowledges_the_last_echo() {
         "{settled:?}"
     );
 }
+
+/// After its last event a carrier's event stream ends (`next_event` gives `None`), also for a
+/// QUIC carrier that could have moved to TLS/TCP (one that raced both protocols).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_event_stream_ends_after_the_last_event() {
+    let net: Arc<dyn Net> = TokioNet::shared();
+    let ca = TestCa::new("loopback CA").expect("ca");
+    let (server_config, mut client_config) = configs(&ca, Protocol::Quic);
+    client_config.protocols(&[Protocol::Quic, Protocol::TlsTcp]);
+    let (mut listener, port) = listen(&net, server_config).await;
+    let server = tokio::spawn(async move {
+        let carrier = listener.accept().await.expect("accept");
+        let msg = carrier
+            .receive()
+            .await
+            .expect("receive")
+            .expect("a message");
+        carrier.send_bytes(msg.data).await.expect("echo");
+        carrier.close().await.expect("server close");
+    });
+    let carrier = Carrier::initiate(net, Remote::new("localhost", port), client_config)
+        .await
+        .expect("initiate");
+    assert_eq!(carrier.protocol(), Protocol::Quic);
+    carrier.send_bytes(&b"ping"[..]).await.expect("send");
+    let mut last = None;
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(20), async {
+        while let Some(event) = carrier.next_event().await {
+            last = Some(format!("{event:?}"));
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "no end of the event stream after {last:?}");
+    assert!(last.is_some_and(|l| l.starts_with("Closed")));
+    server.await.expect("server task");
+}

@@ -302,7 +302,9 @@ struct Phase {
 pub(crate) struct QuicMove {
     conn: quinn::Connection,
     outbox: Arc<Outbox>,
-    events: EventTx,
+    /// The carrier's event queue, until the QUIC connection's reader has sent its last event
+    /// (then the queue must be able to close) or the carrier moved (the stream core has it).
+    events: Mutex<Option<EventTx>>,
     limits: ReceiveLimits,
     dormant_timeout: Duration,
     keepalive: Option<Duration>,
@@ -333,7 +335,7 @@ impl QuicMove {
         Arc::new(QuicMove {
             conn,
             outbox,
-            events,
+            events: Mutex::new(Some(events)),
             limits: settings.limits,
             dormant_timeout: settings.dormant_timeout,
             keepalive: settings.keepalive,
@@ -355,6 +357,24 @@ impl QuicMove {
 
     pub(crate) fn conn(&self) -> quinn::Connection {
         self.conn.clone()
+    }
+
+    /// The QUIC connection ended without a move (its reader sent the carrier's last event):
+    /// let go of the event queue, so that it closes.
+    pub(crate) fn release_events(&self) {
+        crate::util::lock(&self.events).take();
+    }
+
+    fn take_events(&self) -> Option<EventTx> {
+        crate::util::lock(&self.events).take()
+    }
+
+    /// Whether the carrier's event queue is gone (the application dropped the carrier, or
+    /// the carrier ended).
+    fn events_gone(&self) -> bool {
+        crate::util::lock(&self.events)
+            .as_ref()
+            .is_none_or(|e| e.is_closed())
     }
 
     /// What the sending loop watches: true once it must stop and hand back.
@@ -440,6 +460,13 @@ impl QuicMove {
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
         self.conn.close(MOVED_CODE.into(), b"moved to TLS/TCP");
+        let Some(events) = self.take_events() else {
+            // The QUIC connection had already ended the carrier (its last event is out).
+            let why = "the carrier ended before it could move";
+            self.outbox.fail_all(why);
+            self.outcome.send_replace(Some(Err(why.into())));
+            return Err(Error::Closed);
+        };
         for h in handed {
             match h.stream {
                 Some(s) if theirs.contains(s) => {
@@ -456,14 +483,13 @@ impl QuicMove {
             dormant_timeout: self.dormant_timeout,
             keepalive: self.keepalive,
         };
-        let core = StreamCore::new(self.outbox.clone(), self.events.clone(), settings);
         // The application hears of the move before anything arrives over TLS/TCP.
-        let _ = self
-            .events
+        let _ = events
             .send(Event::ProtocolChange {
                 protocol: Protocol::TlsTcp,
             })
             .await;
+        let core = StreamCore::new(self.outbox.clone(), events, settings);
         core.attach(
             stream,
             peer,
@@ -486,12 +512,10 @@ impl QuicMove {
         self.conn.close(MOVED_CODE.into(), b"move failed");
         self.outbox.fail_all(&why);
         self.outcome.send_replace(Some(Err(why.clone())));
-        let _ = self
-            .events
-            .send(Event::ConnectionError(
-                ConnectionError::Failed(why.clone()).into(),
-            ))
-            .await;
+        if let Some(events) = self.take_events() {
+            let error = ConnectionError::Failed(why.clone());
+            let _ = events.send(Event::ConnectionError(error.into())).await;
+        }
         ConnectionError::Failed(why).into()
     }
 
@@ -631,7 +655,7 @@ pub(crate) async fn watch(mv: Arc<QuicMove>, w: MoveWatch) -> Option<Arc<StreamC
     let mut next_try = Instant::now();
     loop {
         tokio::time::sleep(WATCH_EVERY).await;
-        if mv.conn.close_reason().is_some() || mv.moving() || mv.events.is_closed() {
+        if mv.conn.close_reason().is_some() || mv.moving() || mv.events_gone() {
             return None;
         }
         let h = crate::transport::quic::health(&mv.conn);

@@ -742,7 +742,7 @@ pub(crate) fn start(
         }
         result
     });
-    let reader = tokio::spawn(read_loop(mv.conn(), reader, mv.receipts.clone()));
+    let reader = tokio::spawn(read_loop(mv.conn(), reader, mv));
     (sender, reader)
 }
 
@@ -963,7 +963,8 @@ async fn watch_path(conn: quinn::Connection, events: EventTx, keepalive: Option<
     }
 }
 
-async fn read_loop(conn: quinn::Connection, reader: Reader, receipts: Arc<Receipts>) {
+async fn read_loop(conn: quinn::Connection, reader: Reader, mv: Arc<QuicMove>) {
+    let receipts = mv.receipts.clone();
     let Reader {
         events,
         limits,
@@ -1063,6 +1064,10 @@ async fn read_loop(conn: quinn::Connection, reader: Reader, receipts: Arc<Receip
         other => Event::ConnectionError(ConnectionError::Quic(other.to_string()).into()),
     };
     let _ = events.send(last).await;
+    // The last event: the carrier's event queue closes once this reader and the move's hold
+    // on it are gone.
+    drop(events);
+    mv.release_events();
 }
 
 /// Steers a client connection between interfaces: moving is rebinding the endpoint to a
