@@ -569,14 +569,23 @@ fn bench(
         }
     }
     let report = bench::BenchReport { rows, memory };
-    let table = bench::markdown(&report);
+    publish(out, "bench", &bench::markdown(&report), &report)
+}
+
+/// Prints a benchmark's table and writes it to `OUT/NAME.md`, its data to `OUT/NAME.json`.
+fn publish(
+    out: &std::path::Path,
+    name: &str,
+    table: &str,
+    data: &impl serde::Serialize,
+) -> ExitCode {
     println!("{table}");
     let written = std::fs::create_dir_all(out)
-        .and_then(|()| std::fs::write(out.join("bench.md"), &table))
+        .and_then(|()| std::fs::write(out.join(format!("{name}.md")), table))
         .and_then(|()| {
             std::fs::write(
-                out.join("bench.json"),
-                serde_json::to_string_pretty(&report).unwrap_or_default(),
+                out.join(format!("{name}.json")),
+                serde_json::to_string_pretty(data).unwrap_or_default(),
             )
         });
     if let Err(e) = written {
@@ -599,21 +608,7 @@ fn bench_sim(bytes: usize, repeats: usize, out: &std::path::Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let table = bench_sim::markdown(&result);
-    println!("{table}");
-    let written = std::fs::create_dir_all(out)
-        .and_then(|()| std::fs::write(out.join("sim-bench.md"), &table))
-        .and_then(|()| {
-            std::fs::write(
-                out.join("sim-bench.json"),
-                serde_json::to_string_pretty(&result).unwrap_or_default(),
-            )
-        });
-    if let Err(e) = written {
-        eprintln!("error: writing {}: {e}", out.display());
-        return ExitCode::FAILURE;
-    }
-    ExitCode::SUCCESS
+    publish(out, "sim-bench", &bench_sim::markdown(&result), &result)
 }
 
 fn usage_error(e: impl std::fmt::Display) -> ExitCode {
