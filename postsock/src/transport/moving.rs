@@ -103,15 +103,7 @@ impl Summary {
                 payload.extend_from_slice(&i.to_be_bytes());
             }
         }
-        let header = FrameHeader {
-            kind: TYPE_MOVED,
-            flags: 0,
-            id: 0,
-            len: payload.len() as u32,
-        };
-        let mut out = header.encode().to_vec();
-        out.extend_from_slice(&payload);
-        out
+        moved_frame(identity, &payload[TOKEN_LEN..])
     }
 
     /// Parses a MOVED frame's payload: the identity and the receipts (`None` in the
@@ -171,17 +163,23 @@ fn take_u64(rest: &mut &[u8]) -> Result<u64> {
     Ok(u64::from_be_bytes(b))
 }
 
-/// The client's first MOVED frame: the carrier's identity only.
-fn identity_frame(identity: &Token) -> Vec<u8> {
+/// A MOVED frame: the carrier's identity, then `receipts` (none in the client's first).
+fn moved_frame(identity: &Token, receipts: &[u8]) -> Vec<u8> {
     let header = FrameHeader {
         kind: TYPE_MOVED,
         flags: 0,
         id: 0,
-        len: TOKEN_LEN as u32,
+        len: (TOKEN_LEN + receipts.len()) as u32,
     };
     let mut out = header.encode().to_vec();
     out.extend_from_slice(identity);
+    out.extend_from_slice(receipts);
     out
+}
+
+/// The client's first MOVED frame: the carrier's identity only.
+fn identity_frame(identity: &Token) -> Vec<u8> {
+    moved_frame(identity, &[])
 }
 
 /// Reads a MOVED frame.

@@ -569,6 +569,20 @@ pub(crate) async fn send_loop(
     (result, handed)
 }
 
+/// The carrier moves: a whole message goes back to the send loop (the peer's receipts decide
+/// whether it is sent again); a partial one fails, its parts cannot be taken back.
+fn hand_back(item: Item, stream: quinn::StreamId, outbox: &Outbox) -> Option<Handback> {
+    if item.fin && item.offset == 0 {
+        return Some(Handback {
+            stream: Some(stream),
+            item,
+        });
+    }
+    let why = "the carrier moved from QUIC in the middle of this partial message";
+    outbox.update(item.id, SendStatus::Failed(why.into()), true);
+    None
+}
+
 /// What every message's writing task shares.
 struct Shared {
     outbox: Arc<Outbox>,
@@ -614,12 +628,7 @@ async fn write_message(
         // First: once halted, the peer's receipts decide, even if the ack came just now.
         _ = until_set(&mut halt) => {
             in_flight.sub(counted);
-            if first.fin && first.offset == 0 {
-                return Some(Handback { stream: Some(stream.id()), item: first });
-            }
-            let why = "the carrier moved from QUIC in the middle of this partial message";
-            outbox.update(id, SendStatus::Failed(why.into()), true);
-            return None;
+            return hand_back(first, stream.id(), &outbox);
         }
         done = async {
             // Rejected 0-RTT: the send loop sends the message again, in order.
@@ -678,15 +687,7 @@ async fn write_message(
             _ = prev.wait_for(|_| false) => true,
         };
         if !settled {
-            if first.fin && first.offset == 0 {
-                return Some(Handback {
-                    stream: Some(stream.id()),
-                    item: first,
-                });
-            }
-            let why = "the carrier moved from QUIC in the middle of this partial message";
-            outbox.update(id, SendStatus::Failed(why.into()), true);
-            return None;
+            return hand_back(first, stream.id(), &outbox);
         }
     }
     if outcome.as_ref() != Some(&SendStatus::Acked) {
@@ -1008,9 +1009,8 @@ async fn read_loop(conn: quinn::Connection, reader: Reader, mv: Arc<QuicMove>) {
                 }
                 let _ = ordered.await;
                 while unordered.join_next().await.is_some() {}
-                receipts.set_drained();
                 path.abort();
-                return;
+                return; // `_drained` says so.
             }
             datagram = conn.read_datagram() => match datagram {
                 Ok(data) => {
