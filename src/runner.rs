@@ -366,17 +366,38 @@ fn simulate(
                 }
             })
             .map_err(|e| e.to_string())?;
-        let (workload, trace_c) = (w.clone(), trace.clone());
-        world
-            .client(client_host, async move {
-                let (net, config, deadline) = (client_net, client, client_deadline);
-                if kind == WorkloadKind::Stream {
-                    workload::stream_client(net, config, workload, seed, deadline, trace_c).await
-                } else {
-                    workload::echo_client(net, config, workload, seed, deadline, trace_c).await
-                }
-            })
-            .map_err(|e| e.to_string())?;
+        let mut first_net = Some(client_net);
+        // Every client host (one, or each member of a client group) runs the client with
+        // its own carrier. The deadline counts from the workload's start.
+        for (index, host) in scenario.clients.iter().enumerate() {
+            // The client's program owns its network: when the program ends, so does the
+            // host's network (its TCP stacks stop).
+            let net: Arc<dyn postsock::net::Net> = match first_net.take() {
+                Some(net) => net,
+                None => world.net(host).map_err(|e| e.to_string())?,
+            };
+            let (workload, trace_c, config) = (w.clone(), trace.clone(), client.clone());
+            let member = workload::Member {
+                index: index as u64,
+            };
+            let stagger = Duration::from_millis(member.index * w.stagger_ms);
+            let deadline = client_deadline.saturating_sub(stagger);
+            world
+                .client(host, async move {
+                    if kind == WorkloadKind::Stream {
+                        workload::stream_client(
+                            net, config, workload, seed, deadline, trace_c, member,
+                        )
+                        .await
+                    } else {
+                        workload::echo_client(
+                            net, config, workload, seed, deadline, trace_c, member,
+                        )
+                        .await
+                    }
+                })
+                .map_err(|e| e.to_string())?;
+        }
     }
     let mut pending = scenario.faults.iter().peekable();
     let result = loop {

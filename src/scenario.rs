@@ -120,6 +120,10 @@ pub struct Workload {
     /// When the client starts, in simulated ms.
     #[serde(default)]
     pub start_ms: u64,
+    /// A client group (`[[host]] count = N`): member k (from 0) starts `k × stagger_ms`
+    /// after `start_ms` (default 0: all at once).
+    #[serde(default)]
+    pub stagger_ms: u64,
     /// Port the server listens on.
     #[serde(default = "default_port")]
     pub port: u16,
@@ -391,8 +395,11 @@ pub struct Scenario {
     pub duration_s: u64,
     /// The topology.
     pub world: WorldSpec,
-    /// The workload.
+    /// The workload. Its `client` is the first of [`clients`](Self::clients).
     pub workload: Workload,
+    /// The hosts running the workload's client: the workload's `client`, or every member of
+    /// the group it names (`[[host]] count = N`), in order.
+    pub clients: Vec<String>,
     /// Faults sorted by time.
     pub faults: Vec<TimedFault>,
     /// Expectations.
@@ -418,6 +425,20 @@ impl Locator<'_> {
     /// An error at the key `path` (or the deepest key of it the text has; 1:1 if none).
     fn key(&self, path: &[Step], message: String) -> ScenarioError {
         self.at(key_offset(self.text, path).unwrap_or(0), message)
+    }
+
+    /// A world-spec error at the key it names.
+    fn spec_error(&self, e: sim::SimError) -> ScenarioError {
+        match &e {
+            sim::SimError::Invalid { key, message } => {
+                let path: Vec<Step> = key
+                    .iter()
+                    .map(|k| k.parse().map_or(Step::Key(k), Step::Index))
+                    .collect();
+                self.key(&path, message.clone())
+            }
+            _ => self.at(0, e.to_string()),
+        }
     }
 
     fn at(&self, offset: usize, message: String) -> ScenarioError {
@@ -452,16 +473,7 @@ impl Scenario {
             hosts: file.host,
             gateways: file.gateway,
         };
-        world.validate().map_err(|e| match &e {
-            sim::SimError::Invalid { key, message } => {
-                let path: Vec<Step> = key
-                    .iter()
-                    .map(|k| k.parse().map_or(Step::Key(k), Step::Index))
-                    .collect();
-                loc.key(&path, message.clone())
-            }
-            _ => loc.at(0, e.to_string()),
-        })?;
+        world.validate().map_err(|e| loc.spec_error(e))?;
         if file.duration_s == 0 || file.duration_s > MAX_DURATION_S {
             return Err(loc.key(
                 &[Step::Key("duration_s")],
@@ -472,7 +484,9 @@ impl Scenario {
             ));
         }
         check_workload(&file.workload, &world, file.duration_s, &loc)?;
-        let faults = timeline(&file.fault, &world, &file.workload, file.duration_s, &loc)?;
+        let (world, workload, clients) =
+            expand_groups(world, file.workload, file.duration_s, &loc)?;
+        let faults = timeline(&file.fault, &world, &workload, file.duration_s, &loc)?;
         let expect = expectations(&file.expect, &loc)?;
         Ok(Scenario {
             name: name.to_owned(),
@@ -480,7 +494,8 @@ impl Scenario {
             description: file.description,
             duration_s: file.duration_s,
             world,
-            workload: file.workload,
+            workload,
+            clients,
             faults,
             expect,
             source: text.to_owned(),
@@ -493,6 +508,69 @@ impl Scenario {
             .map_err(|e| ScenarioError::whole_file(path, format!("cannot read: {e}")))?;
         Self::parse(name, path, &text)
     }
+}
+
+/// Expands host groups (`count = N`) into their members. The workload's client may name a
+/// group (every member runs the client, each with its own carrier); no other workload role
+/// may. Returns the expanded world, the workload with `client` set to the first member, and
+/// every client host.
+fn expand_groups(
+    world: WorldSpec,
+    mut workload: Workload,
+    duration_s: u64,
+    loc: &Locator,
+) -> Result<(WorldSpec, Workload, Vec<String>), ScenarioError> {
+    let group = |name: &str| {
+        world
+            .hosts
+            .iter()
+            .find(|h| h.name == name && h.count.is_some())
+    };
+    let roles = [
+        Some(&workload.server),
+        workload.rendezvous.as_ref(),
+        workload.stun.as_ref(),
+        workload.turn.as_ref(),
+    ];
+    for h in roles.into_iter().flatten() {
+        if group(h.get_ref()).is_some() {
+            return Err(loc.at(
+                h.span().start,
+                format!(
+                    "`{}` is a host group (count): only the workload's client may be one",
+                    h.get_ref()
+                ),
+            ));
+        }
+    }
+    let clients = match group(workload.client.get_ref()) {
+        Some(g) if workload.kind == WorkloadKind::RendezvousEcho => {
+            return Err(loc.at(
+                workload.client.span().start,
+                format!(
+                    "`{}` is a host group (count): a rendezvous workload has one client",
+                    g.name
+                ),
+            ))
+        }
+        Some(g) => g.members(),
+        None => vec![workload.client.get_ref().clone()],
+    };
+    let last = (clients.len() as u64 - 1).saturating_mul(workload.stagger_ms);
+    if workload.start_ms.saturating_add(last) >= duration_s * 1000 {
+        return Err(loc.key(
+            &[Step::Key("workload"), Step::Key("stagger_ms")],
+            format!(
+                "workload: the last of {} clients would start at {} ms, not before the end \
+                 of the scenario ({duration_s} s)",
+                clients.len(),
+                workload.start_ms.saturating_add(last)
+            ),
+        ));
+    }
+    let expanded = world.expand().map_err(|e| loc.spec_error(e))?;
+    workload.client = Spanned::new(workload.client.span(), clients[0].clone());
+    Ok((expanded, workload, clients))
 }
 
 /// The workload's hosts exist and its settings fit its kind and protocol.

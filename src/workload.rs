@@ -86,6 +86,35 @@ fn establishment(
     }
 }
 
+/// Which client of the run a client program is: the workload's only one, or a member of
+/// its client group (`[[host]] count = N`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Member {
+    /// Position in the group, from 0.
+    pub index: u64,
+}
+
+impl Member {
+    /// The first (or only) client: the one whose race, protocol and path events the
+    /// report shows. Every member's messages and errors are recorded.
+    fn primary(self) -> bool {
+        self.index == 0
+    }
+
+    /// Waits until this member's start: the workload's `start_ms`, plus `stagger_ms` per
+    /// member before it.
+    async fn start(self, workload: &Workload) {
+        let at = workload.start_ms + self.index * workload.stagger_ms;
+        tokio::time::sleep(Duration::from_millis(at)).await;
+    }
+
+    /// This member's first message index: members' messages are numbered apart, so each
+    /// message of the run has its own index (and payload).
+    fn first_index(self, workload: &Workload) -> u64 {
+        self.index * u64::from(workload.messages) * u64::from(workload.carriers)
+    }
+}
+
 /// Initiates the client's carrier and records how the race went.
 async fn initiate(
     net: Arc<dyn Net>,
@@ -93,10 +122,8 @@ async fn initiate(
     config: Configuration,
     trace: &SharedTrace,
     first: Option<Message>,
+    member: Member,
 ) -> Option<Carrier> {
-    if trace.lock().initiated_ms.is_none() {
-        tokio::time::sleep(Duration::from_millis(workload.start_ms)).await;
-    }
     {
         let mut t = trace.lock();
         let now = now_ms();
@@ -112,6 +139,7 @@ async fn initiate(
         None => Carrier::initiate(net, remote, config).await,
     };
     match result {
+        Ok(carrier) if !member.primary() => Some(carrier),
         Ok(carrier) => {
             let mut t = trace.lock();
             if let Some(interface) = carrier.interface() {
@@ -126,6 +154,10 @@ async fn initiate(
             t.protocol = Some(carrier.protocol().name().to_string());
             t.establishment = carrier.establishment().map(|r| establishment(r, None));
             Some(carrier)
+        }
+        Err(e) if !member.primary() => {
+            trace.fail(format!("client {} initiate: {e}", member.index + 1));
+            None
         }
         Err(e) => {
             // The error names every attempt; the report keeps them and the failure.
@@ -162,13 +194,20 @@ impl SharedTrace {
         self.lock().messages.insert((direction, id), record);
     }
 
-    fn sent_with(&self, direction: Direction, id: u64, bytes: usize, props: &MessageProperties) {
+    /// Records a message sent with `props`; its antecedents are carrier message ids, which
+    /// are trace ids less `first` (the sender's first index).
+    fn sent_with(
+        &self,
+        (direction, id, first): (Direction, u64, u64),
+        bytes: usize,
+        props: &MessageProperties,
+    ) {
         let mut record = MessageRecord::new(direction, id, bytes as u64, now_ms());
         record.niceness = Some(props.niceness);
         record.deadline_ms = props
             .lifetime
             .map(|l| reports::model::round_us(record.sent_ms + l.as_secs_f64() * 1000.0));
-        record.antecedents = props.antecedents.clone();
+        record.antecedents = props.antecedents.iter().map(|a| a + first).collect();
         record.reliable = props.reliable;
         self.lock().messages.insert((direction, id), record);
     }
@@ -319,7 +358,17 @@ fn server_event(trace: &SharedTrace, event: Event) -> Result<(), String> {
 
 /// Records a client carrier's event other than a message: handovers, dormancy, its end.
 /// An error is the run's failure.
-fn client_event(trace: &SharedTrace, event: Event) -> Result<(), String> {
+fn client_event(trace: &SharedTrace, event: Event, member: Member) -> Result<(), String> {
+    if !member.primary() {
+        // Only the first client's path is the report's.
+        return match event {
+            Event::ConnectionError(e) => Err(format!("client {}: {e}", member.index + 1)),
+            Event::ReceiveError { id, error } => {
+                Err(format!("client {} receive {id}: {error}", member.index + 1))
+            }
+            _ => Ok(()),
+        };
+    }
     match event {
         Event::Handover { interface, reason } => {
             trace.path_event(
@@ -440,7 +489,18 @@ pub async fn rendezvous_peer(
         }
     }
     if client {
-        echo_round(Arc::new(carrier), &workload, seed, 0, 0, deadline, &trace).await;
+        let only = Member { index: 0 };
+        echo_round(
+            Arc::new(carrier),
+            &workload,
+            seed,
+            0,
+            0,
+            deadline,
+            &trace,
+            only,
+        )
+        .await;
     } else {
         trace.lock().carriers_accepted += 1;
         echo_carrier(carrier, workload, seed, trace).await;
@@ -456,14 +516,16 @@ pub async fn echo_client(
     seed: u64,
     deadline: Duration,
     trace: SharedTrace,
+    member: Member,
 ) -> turmoil::Result {
+    member.start(&workload).await;
     // With `carriers = N` the client runs N carriers one after the other (message indices
     // continue), so a later one can profit from what the association learnt.
     for round in 0..u64::from(workload.carriers) {
         if round > 0 && workload.carrier_gap_ms > 0 {
             tokio::time::sleep(Duration::from_millis(workload.carrier_gap_ms)).await;
         }
-        let base = round * u64::from(workload.messages);
+        let base = member.first_index(&workload) + round * u64::from(workload.messages);
         // With `first_idempotent`, each carrier is initiated with its first message (which
         // may then travel in 0-RTT when it is idempotent and a ticket is held).
         let first = workload.first_idempotent.map(|idempotent| {
@@ -474,7 +536,15 @@ pub async fn echo_client(
             m
         });
         let skip = u64::from(first.is_some());
-        let Some(carrier) = initiate(net.clone(), &workload, config.clone(), &trace, first).await
+        let Some(carrier) = initiate(
+            net.clone(),
+            &workload,
+            config.clone(),
+            &trace,
+            first,
+            member,
+        )
+        .await
         else {
             return Ok(());
         };
@@ -487,9 +557,12 @@ pub async fn echo_client(
             skip,
             deadline,
             &trace,
+            member,
         )
         .await;
-        trace.lock().resumed.push(carrier.resumed());
+        if member.primary() {
+            trace.lock().resumed.push(carrier.resumed());
+        }
         if trace.lock().error.is_some() {
             break;
         }
@@ -505,6 +578,7 @@ async fn echo_round(
     already_sent: u64,
     deadline: Duration,
     trace: &SharedTrace,
+    member: Member,
 ) {
     let sender = {
         let (carrier, workload, trace) = (carrier.clone(), workload.clone(), trace.clone());
@@ -537,7 +611,7 @@ async fn echo_round(
                     return trace.fail("server closed the carrier early".into())
                 }
                 Some(other) => {
-                    if let Err(e) = client_event(trace, other) {
+                    if let Err(e) = client_event(trace, other, member) {
                         return trace.fail(e);
                     }
                 }
@@ -610,10 +684,13 @@ pub async fn stream_client(
     seed: u64,
     deadline: Duration,
     trace: SharedTrace,
+    member: Member,
 ) -> turmoil::Result {
-    let Some(carrier) = initiate(net, &workload, config, &trace, None).await else {
+    member.start(&workload).await;
+    let Some(carrier) = initiate(net, &workload, config, &trace, None, member).await else {
         return Ok(());
     };
+    let first = member.first_index(&workload);
     let done = tokio::sync::Notify::new();
     // The client's own events: path changes for the report.
     let watch_events = async {
@@ -625,7 +702,7 @@ pub async fn stream_client(
             };
             match event {
                 Some(event) => {
-                    if let Err(e) = client_event(&trace, event) {
+                    if let Err(e) = client_event(&trace, event, member) {
                         return trace.fail(e);
                     }
                 }
@@ -635,13 +712,13 @@ pub async fn stream_client(
     };
     let run = async {
         let mut handles = Vec::new();
-        for i in 0..u64::from(workload.messages) {
-            if i > 0 && workload.interval_ms > 0 {
+        for i in first..first + u64::from(workload.messages) {
+            if i > first && workload.interval_ms > 0 {
                 tokio::time::sleep(Duration::from_millis(workload.interval_ms)).await;
             }
             let data = payload(&workload, seed, i);
-            let props = workload.properties(i);
-            trace.sent_with(Direction::ClientToServer, i, data.len(), &props);
+            let props = workload.properties(i - first);
+            trace.sent_with((Direction::ClientToServer, i, first), data.len(), &props);
             let message = Message {
                 data: data.into(),
                 properties: props,

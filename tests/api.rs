@@ -126,6 +126,7 @@ fn simulate<S, SF, C, CF>(
                 link: uplink,
                 aliases: Vec::new(),
                 interfaces: Vec::new(),
+                count: None,
             },
             HostSpec {
                 name: "server".into(),
@@ -136,6 +137,7 @@ fn simulate<S, SF, C, CF>(
                 },
                 aliases: Vec::new(),
                 interfaces: Vec::new(),
+                count: None,
             },
         ],
         gateways: vec![],

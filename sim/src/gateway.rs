@@ -76,11 +76,15 @@ impl Filter {
 struct PublicSocket {
     socket: turmoil::net::UdpSocket,
     upstream: Option<SocketAddr>,
+    /// The world, and the gateway's address, to drop what is unroutable.
+    world: (Arc<WorldState>, IpAddr),
 }
 
 impl PublicSocket {
     async fn send_to(&self, payload: &[u8], dst: SocketAddr) -> std::io::Result<()> {
         match self.upstream {
+            // Addressed to a host behind another gateway: unroutable, dropped on the way.
+            None if !self.world.0.routable(self.world.1, dst.ip()) => Ok(()),
             None => self.socket.send_to(payload, dst).await.map(drop),
             Some(up) => self
                 .socket
@@ -239,6 +243,7 @@ pub(crate) async fn run(
         public: PublicSocket {
             socket: turmoil::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, TCP_PORT)).await?,
             upstream,
+            world: (state.clone(), ip),
         },
         ip,
         inside: inside.clone(),
@@ -255,9 +260,23 @@ pub(crate) async fn run(
     let mut sockets: BTreeMap<MappingKey, (Arc<PublicSocket>, tokio::task::JoinHandle<()>)> =
         BTreeMap::new();
     let mut epoch = state.nat_epoch(&name);
+    // Only the hosts (and gateways) behind this one reach its inside: nothing else routes
+    // to it.
+    let insiders: std::collections::BTreeSet<std::net::IpAddr> = state
+        .nodes
+        .values()
+        .filter(|n| {
+            n.behind.as_deref() == Some(name.as_str())
+                || n.ifaces.iter().any(|i| i.gateway.as_deref() == Some(&name))
+        })
+        .map(|n| n.ip)
+        .collect();
     let mut buf = vec![0u8; 65_600];
     loop {
         let (n, from) = inside.recv_from(&mut buf).await?;
+        if !insiders.contains(&from.ip()) {
+            continue;
+        }
         let now = state.nat_epoch(&name);
         if now != epoch {
             // The NAT rebooted: forget every mapping; replies to old ports go nowhere.
@@ -291,6 +310,7 @@ pub(crate) async fn run(
                     socket: turmoil::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, out.port))
                         .await?,
                     upstream,
+                    world: (state.clone(), ip),
                 });
                 let task = tokio::spawn(return_path(
                     socket.clone(),

@@ -19,7 +19,17 @@
 //! | `segment` | TCP/IPv4 packets: parsing, rewriting (NAT), resets |
 //! | [`rng`] | deriving every random stream from the run's one seed |
 //!
-//! Same spec + same seed ⇒ the same simulation, event for event.
+//! Same spec + same seed ⇒ the same simulation, event for event. That needs the build flag
+//! `--cfg tokio_unstable` (the workspace's `.cargo/config.toml` sets it): only then does
+//! turmoil seed each host's tokio runtime, whose RNG decides, among other things, the order
+//! in which `tokio::sync::watch` wakes its receivers.
+
+#[cfg(not(tokio_unstable))]
+compile_error!(
+    "sim needs `--cfg tokio_unstable` (set in .cargo/config.toml; a RUSTFLAGS environment \
+     variable replaces it): without it tokio's RNG is not seeded from the run's seed and two \
+     runs with one seed can differ"
+);
 
 mod capture;
 mod gateway;

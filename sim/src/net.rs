@@ -397,6 +397,8 @@ async fn egress(
         // UDP: a send that fails is a lost datagram, as on a real network.
         let _ = match via {
             Some(gateway) => socket.send_to(&overlay::encode(dst, &data), gateway).await,
+            // Addressed to a host behind a gateway: unroutable, dropped on the way.
+            None if !state.routable(seen.local.ip(), dst.ip()) => continue,
             None => socket.send_to(&data, dst).await,
         };
     }

@@ -32,7 +32,8 @@ pub struct World<'a> {
     registered: BTreeSet<String>,
     /// Hosts running restartable (server) programs.
     servers: BTreeSet<String>,
-    wired: BTreeSet<(String, String)>,
+    /// Registered nodes whose links are set.
+    wired: BTreeSet<String>,
     /// What it was built from (faults are checked against it).
     spec: WorldSpec,
 }
@@ -99,7 +100,15 @@ impl<'a> World<'a> {
                         .iter()
                         .enumerate()
                         .map(|(k, i)| {
-                            let addr = IpAddr::from([10, 200, index as u8, k as u8 + 1]);
+                            // 10.200.0.0/16 upwards by the host's position (a group before
+                            // it may push that past 255).
+                            let at = index as u32;
+                            let addr = IpAddr::from([
+                                10,
+                                200u8.wrapping_add((at >> 8) as u8),
+                                at as u8,
+                                k as u8 + 1,
+                            ]);
                             let key = format!("{}/{}", h.name, i.name);
                             (
                                 i.name.clone(),
@@ -271,20 +280,40 @@ impl<'a> World<'a> {
         Ok(())
     }
 
-    /// Sets latencies and partitions between every pair of registered nodes not yet wired.
+    /// Sets the latency of every link between a newly registered node and the registered
+    /// nodes it can reach (its gateways, for a host behind one). Pairs that cannot talk get
+    /// no link at all: what is sent to a host behind a gateway from anywhere but that gateway
+    /// is dropped on arrival (`net::pump`, the gateways' sockets), as a private address is
+    /// unroutable. So a world of n hosts behind one gateway costs n links, not n²/2.
     fn wire(&mut self) {
-        let names: Vec<String> = self.registered.iter().cloned().collect();
-        for (i, a) in names.iter().enumerate() {
-            for b in &names[i + 1..] {
-                if !self.wired.insert((a.clone(), b.clone())) {
-                    continue;
-                }
-                let (ia, ib) = (self.state.nodes[a].ip, self.state.nodes[b].ip);
-                match self.state.one_way(ia, ib) {
-                    Some(lat) => self.sim.set_link_latency(ia, ib, lat),
-                    None => self.sim.partition(ia, ib),
+        if self.wired.len() == self.registered.len() {
+            return;
+        }
+        let fresh: Vec<String> = self
+            .registered
+            .iter()
+            .filter(|n| !self.wired.contains(*n))
+            .cloned()
+            .collect();
+        for a in fresh {
+            let ia = self.state.nodes[&a].ip;
+            let peers: Vec<IpAddr> = if self.state.nodes[&a].role == Role::Private {
+                self.state.nodes[&a]
+                    .ifaces
+                    .iter()
+                    .filter_map(|i| i.gateway.as_ref())
+                    .filter(|g| self.wired.contains(*g))
+                    .map(|g| self.state.nodes[g].ip)
+                    .collect()
+            } else {
+                self.wired.iter().map(|b| self.state.nodes[b].ip).collect()
+            };
+            for ib in peers {
+                if let Some(lat) = self.state.one_way(ia, ib) {
+                    self.sim.set_link_latency(ia, ib, lat);
                 }
             }
+            self.wired.insert(a);
         }
     }
 

@@ -31,7 +31,15 @@ pub struct HostSpec {
     /// `wifi` and `cell`). Empty: one interface, `eth0`, with `gateway` and `link` above.
     #[serde(default)]
     pub interfaces: Vec<InterfaceSpec>,
+    /// A group of hosts alike: `count = N` stands for N hosts `<name>-1` … `<name>-N`, each
+    /// with its own address and its own access link as described here (see
+    /// [`WorldSpec::expand`]). Only for a single-interface host; at most [`MAX_GROUP`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u32>,
 }
+
+/// The largest host group (`count`).
+pub const MAX_GROUP: u32 = 10_000;
 
 impl HostSpec {
     /// A single-interface host `latency_ms` from its gateway (or from the core).
@@ -45,6 +53,15 @@ impl HostSpec {
             },
             aliases: Vec::new(),
             interfaces: Vec::new(),
+            count: None,
+        }
+    }
+
+    /// The names of the hosts this entry stands for: its own, or its group's members.
+    pub fn members(&self) -> Vec<String> {
+        match self.count {
+            None => vec![self.name.clone()],
+            Some(n) => (1..=n).map(|k| format!("{}-{k}", self.name)).collect(),
         }
     }
 }
@@ -280,6 +297,45 @@ pub struct WorldSpec {
 }
 
 impl WorldSpec {
+    /// The world with every host group (`count = N`) replaced by its N members, named
+    /// `<name>-1` … `<name>-N`, in place and in that order; each member keeps the group's
+    /// gateway, link and aliases, and also answers to the group's name. Fails if a member's
+    /// name is taken.
+    pub fn expand(&self) -> Result<WorldSpec, SimError> {
+        let mut hosts = Vec::with_capacity(self.hosts.len());
+        for (i, h) in self.hosts.iter().enumerate() {
+            if h.count.is_none() {
+                hosts.push(h.clone());
+                continue;
+            }
+            for member in h.members() {
+                if self.hosts.iter().any(|o| o.name == member)
+                    || self.gateways.iter().any(|g| g.name == member)
+                {
+                    return Err(SimError::Invalid {
+                        key: vec!["host".into(), i.to_string(), "count".into()],
+                        message: format!(
+                            "host `{}`: member name `{member}` is already taken",
+                            h.name
+                        ),
+                    });
+                }
+                let mut aliases = vec![h.name.clone()];
+                aliases.extend(h.aliases.iter().cloned());
+                hosts.push(HostSpec {
+                    name: member,
+                    aliases,
+                    count: None,
+                    ..h.clone()
+                });
+            }
+        }
+        Ok(WorldSpec {
+            hosts,
+            gateways: self.gateways.clone(),
+        })
+    }
+
     /// Checks names and references; errors name the offending host and carry the path of
     /// the offending key ([`SimError::Invalid`]).
     pub fn validate(&self) -> Result<(), SimError> {
@@ -320,6 +376,27 @@ impl WorldSpec {
             }
         }
         for (i, host) in self.hosts.iter().enumerate() {
+            if let Some(n) = host.count {
+                let key = ["host", &i.to_string(), "count"];
+                if n == 0 || n > MAX_GROUP {
+                    return Err(at(
+                        &key,
+                        format!(
+                            "host `{}`: count must be between 1 and {MAX_GROUP}, got {n}",
+                            host.name
+                        ),
+                    ));
+                }
+                if !host.interfaces.is_empty() {
+                    return Err(at(
+                        &key,
+                        format!(
+                            "host `{}`: a group (count) must be single-interface hosts",
+                            host.name
+                        ),
+                    ));
+                }
+            }
             for alias in &host.aliases {
                 if alias == &host.name || alias.is_empty() || alias.parse::<IpAddr>().is_ok() {
                     return Err(at(

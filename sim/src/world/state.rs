@@ -194,6 +194,14 @@ impl WorldState {
         self.names.get(name).cloned().unwrap_or_default()
     }
 
+    /// Whether a datagram from node `from` can reach node `to` at all: not if either sits
+    /// behind a gateway the other is not (a private address is unroutable). Senders drop
+    /// what cannot arrive before it reaches turmoil, as a router would, so the world needs no
+    /// turmoil partition per pair of hosts.
+    pub(crate) fn routable(&self, from: IpAddr, to: IpAddr) -> bool {
+        self.one_way(from, to).is_some()
+    }
+
     /// One-way latency between two nodes as configured in turmoil, if they can talk.
     pub(crate) fn one_way(&self, a: IpAddr, b: IpAddr) -> Option<Duration> {
         let na = self.nodes.get(self.name_of(a)?)?;
