@@ -483,7 +483,8 @@ pub fn compare(opts: &Options, progress: &dyn Fn(&str)) -> Res<Vec<Row>> {
 
 // ---------- memory under back-pressure (separate processes) ----------
 
-fn peak_rss_mib() -> f64 {
+/// This process's peak resident set size (VmHWM), MiB; NaN where /proc has none.
+pub fn peak_rss_mib() -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()

@@ -149,6 +149,14 @@ enum Command {
         /// Bytes of the `--sim` transfer.
         #[arg(long, default_value_t = 10 << 20)]
         sim_bytes: usize,
+        /// Instead: the simulator's cost against the number of simulated hosts. Runs the
+        /// `scale/` scenarios (a client group behind one NAT) resized to each `--clients`
+        /// size, each in its own process; writes scale-bench.{json,md,png}.
+        #[arg(long)]
+        scale: bool,
+        /// Client-group sizes of `--scale`.
+        #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
+        clients: Vec<u32>,
         /// Only the comparisons whose "protocol workload" label contains this, and no memory
         /// run (for profiling), e.g. `--only "tls-tcp 10000"`.
         #[arg(long)]
@@ -210,6 +218,14 @@ enum Command {
         protocol: String,
         #[arg(long)]
         ca_out: PathBuf,
+    },
+    /// (internal) One run of `bench --scale`: prints a scale row as JSON.
+    #[command(hide = true)]
+    BenchScaleRun {
+        #[arg(long)]
+        scenario: String,
+        #[arg(long)]
+        clients: u32,
     },
     /// (internal) The sender of the memory benchmark.
     #[command(hide = true)]
@@ -300,6 +316,25 @@ fn main() -> ExitCode {
                 jobs: jobs.unwrap_or_else(default_jobs),
             };
             run_chaos(&cli.scenarios, filter.as_deref(), &options, &out)
+        }
+        Command::Bench {
+            scale: true,
+            clients,
+            out,
+            ..
+        } => bench_scale(&cli.scenarios, &clients, &out),
+        Command::BenchScaleRun { scenario, clients } => {
+            match suite::load_one(&cli.scenarios, &scenario)
+                .map_err(|e| e.to_string())
+                .and_then(|s| testbed::bench_scale::measure(&s, clients))
+                .and_then(|row| serde_json::to_string(&row).map_err(|e| e.to_string()))
+            {
+                Ok(json) => {
+                    println!("{json}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => usage_error(e),
+            }
         }
         Command::Bench {
             sim: true,
@@ -609,6 +644,62 @@ fn bench_sim(bytes: usize, repeats: usize, out: &std::path::Path) -> ExitCode {
         }
     };
     publish(out, "sim-bench", &bench_sim::markdown(&result), &result)
+}
+
+/// The `scale/` scenarios shipped with the suite, in order.
+const SCALE_SCENARIOS: [&str; 2] = ["scale/cgnat-quic", "scale/cgnat-tls-tcp"];
+
+fn bench_scale(dir: &std::path::Path, sizes: &[u32], out: &std::path::Path) -> ExitCode {
+    use testbed::bench_scale::{self, ScaleRow};
+    if let Some(bad) = sizes.iter().find(|&&n| n == 0 || n > sim::MAX_GROUP) {
+        return usage_error(format!(
+            "--clients: {bad} is not between 1 and {}",
+            sim::MAX_GROUP
+        ));
+    }
+    let exe = match std::env::current_exe() {
+        Ok(exe) => exe,
+        Err(e) => return usage_error(e),
+    };
+    let mut rows: Vec<ScaleRow> = Vec::new();
+    for scenario in SCALE_SCENARIOS {
+        for &n in sizes {
+            eprintln!("simulating {scenario} with {n} clients");
+            let child = std::process::Command::new(&exe)
+                .arg("--scenarios")
+                .arg(dir)
+                .args(["bench-scale-run", "--scenario", scenario])
+                .args(["--clients", &n.to_string()])
+                .output();
+            let row = child.map_err(|e| e.to_string()).and_then(|o| {
+                if o.status.success() {
+                    serde_json::from_slice::<ScaleRow>(&o.stdout).map_err(|e| e.to_string())
+                } else {
+                    Err(String::from_utf8_lossy(&o.stderr).trim().to_owned())
+                }
+            });
+            match row {
+                Ok(row) => rows.push(row),
+                Err(e) => {
+                    eprintln!("error: {scenario} with {n} clients: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
+    let code = publish(out, "scale-bench", &bench_scale::markdown(&rows), &rows);
+    let png = out.join("scale-bench.png");
+    if let Err(e) = bench_scale::plot(&rows, &png) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
+    println!("plot: {}", png.display());
+    if rows.iter().all(ScaleRow::complete) {
+        code
+    } else {
+        eprintln!("error: a run did not deliver every message");
+        ExitCode::FAILURE
+    }
 }
 
 fn usage_error(e: impl std::fmt::Display) -> ExitCode {

@@ -1058,6 +1058,25 @@ max = 0
     }
 
     #[test]
+    fn a_client_group_expands_into_its_members() {
+        let text = GOOD.replace("name = \"c\"", "name = \"c\"\ncount = 3")
+            + "[[fault]]\nat_ms = 10\naction = \"link-down\"\nhost = \"c-2\"\n";
+        let s = parse(&text).expect("a group");
+        assert_eq!(s.clients, ["c-1", "c-2", "c-3"]);
+        assert_eq!(s.workload.client.get_ref(), "c-1");
+        let names: Vec<&str> = s.world.hosts.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(names, ["c-1", "c-2", "c-3", "s"]);
+        assert!(s.world.hosts[..3]
+            .iter()
+            .all(|h| h.aliases == ["c"] && h.count.is_none()));
+        // Faults name members; the group's own name is not a host.
+        let on_group = GOOD.replace("name = \"c\"", "name = \"c\"\ncount = 3")
+            + "[[fault]]\nat_ms = 10\naction = \"link-down\"\nhost = \"c\"\n";
+        let e = parse(&on_group).expect_err("a fault on the group");
+        assert!(e.message.contains("c-1"), "{e}");
+    }
+
+    #[test]
     fn errors_carry_line_and_column() {
         let bad = GOOD.replace("messages = 3", "messages = 3\nmesages = 4");
         let e = parse(&bad).expect_err("unknown key");
@@ -1105,6 +1124,11 @@ max = 0
             (GOOD.replace("latency_ms = 20", "latency_ms = 99999999"), "99999999", "at most 60000"),
             (with_fault("at_ms = 10\naction = \"set-link\"\nhost = \"c\"\nlatency_ms = 70000"), "latency_ms = 7", "at most 60000"),
             (with_fault("at_ms = 10\naction = \"set-link\"\nhost = \"c\"\nloss = 1.5"), "loss = 1.5", "between 0.0 and 1.0"),
+            (GOOD.replace("name = \"c\"", "name = \"c\"\ncount = 0"), "count = 0", "count must be between 1 and 10000"),
+            (GOOD.replace("name = \"c\"", "name = \"c\"\ncount = 2\ninterfaces = [{ name = \"wifi\", gateway = \"g\" }]\n[[gateway]]\nname = \"g\""), "count = 2", "single-interface"),
+            (GOOD.replace("name = \"s\"", "name = \"s\"\ncount = 3"), "\"s\"\nprotocol", "only the workload's client may be one"),
+            (GOOD.replace("name = \"c\"", "name = \"c\"\ncount = 10").replace("messages = 3", "messages = 3\nstagger_ms = 10000"), "stagger_ms", "would start at 90000 ms"),
+            (GOOD.replace("name = \"c\"", "name = \"c\"\ncount = 2\n[[host]]\nname = \"c-1\""), "count = 2", "member name `c-1` is already taken"),
             (
                 GOOD.replace("[[host]]\nname = \"c\"", "[[gateway]]\nname = \"gw\"\nlink = { bandwidth_kbps = 1000, latency_ms = 5 }\n[[host]]\nname = \"c\"\ngateway = \"gw\""),
                 "latency_ms = 5",

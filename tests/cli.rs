@@ -418,3 +418,53 @@ fn a_suite_filter_does_not_swallow_a_broken_file_it_selects() {
         assert!(!out.join("summary.md").exists(), "{filter}: nothing ran");
     }
 }
+
+/// `bench --scale` runs each scale scenario resized to each size in a process of its own and
+/// writes the table, the rows and the plot; every message of every run arrives.
+#[test]
+fn bench_scale_measures_each_group_size_in_its_own_process() {
+    let out_dir = temp_dir("bench-scale");
+    let out = postsock(&[
+        "bench",
+        "--scale",
+        "--clients",
+        "3,6",
+        "--out",
+        out_dir.to_str().expect("utf8"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(out_dir.join("scale-bench.json")).expect("json"))
+            .expect("rows");
+    let sizes: Vec<(String, u64)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["scenario"].as_str().unwrap_or("").to_owned(),
+                r["clients"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    assert_eq!(
+        sizes,
+        [
+            ("scale/cgnat-quic".to_owned(), 3),
+            ("scale/cgnat-quic".to_owned(), 6),
+            ("scale/cgnat-tls-tcp".to_owned(), 3),
+            ("scale/cgnat-tls-tcp".to_owned(), 6),
+        ]
+    );
+    for r in &rows {
+        assert_eq!(r["delivered"], r["expected"], "{r}");
+        assert_eq!(
+            r["expected"].as_u64(),
+            Some(r["clients"].as_u64().unwrap_or(0) * 20)
+        );
+        assert!(r["peak_rss_mib"].as_f64().is_some_and(|m| m > 1.0), "{r}");
+    }
+    assert!(out_dir.join("scale-bench.md").is_file());
+    assert!(out_dir.join("scale-bench.png").is_file());
+    let bad = postsock(&["bench", "--scale", "--clients", "0"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(text(&bad.stderr).contains("--clients: 0 is not between 1 and 10000"));
+}

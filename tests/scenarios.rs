@@ -765,3 +765,37 @@ fn a_quic_carrier_moves_to_tls_tcp_when_udp_is_blocked_under_it() {
         }
     }
 }
+
+/// A client group: 100 hosts behind one carrier-grade NAT, each with its own access link and
+/// its own carrier. Every member's 10 messages come back, the server accepts 100 carriers,
+/// and every member's access link carried its own traffic. The first member's race is the
+/// report's: 1.5 RTT to the first echo (RTT 2 × (5 + 10 + 5) ms).
+#[test]
+fn every_member_of_a_client_group_runs_its_own_carrier() {
+    for name in ["scale/cgnat-quic", "scale/cgnat-tls-tcp"] {
+        let s = scenario(name);
+        assert_eq!(s.clients.len(), 100);
+        let r = testbed::run(&s, 1).report;
+        assert!(r.passed, "{name}: {:?} {:?}", r.error, r.expectations);
+        assert_eq!(r.metrics.carriers_accepted, 100, "{name}");
+        for member in 0..100u64 {
+            let echoed = r
+                .messages
+                .iter()
+                .filter(|m| m.id / 10 == member && !m.delivered_ms.is_empty())
+                .count();
+            assert_eq!(echoed, 20, "{name}: member {member}'s messages, both ways");
+        }
+        for k in 1..=100 {
+            let link = &r.links[&format!("client-{k}")];
+            assert!(
+                link["up"]["delivered"].as_u64().unwrap_or(0) > 0
+                    && link["down"]["delivered"].as_u64().unwrap_or(0) > 0,
+                "{name}: client-{k}'s access link carried nothing: {link}"
+            );
+        }
+        let rtts = if name.ends_with("quic") { 1.5 } else { 2.5 };
+        let ttfm = r.metrics.ttfm_ms.expect("ttfm");
+        assert!((ttfm - rtts * 40.0).abs() <= 2.0, "{name}: TTFM {ttfm} ms");
+    }
+}

@@ -806,34 +806,125 @@ pub fn head_of_line(points: &[HolPoint], path: &Path) -> Result<(), ReportError>
             .label_style(("sans-serif", 13))
             .draw()
             .map_err(|e| err(&e))?;
-        for (i, protocol) in protocols.iter().enumerate() {
-            let colour = SERIES_COLOURS[i % SERIES_COLOURS.len()];
-            let mut line: Vec<(f64, f64)> = here
+        let lines = protocols.iter().map(|protocol| {
+            let line = here
                 .iter()
                 .filter(|p| &p.protocol == protocol)
                 .map(|p| (p.loss * 100.0, p.p95_ms))
                 .collect();
-            line.sort_by(|a, b| a.0.total_cmp(&b.0));
-            chart
-                .draw_series(LineSeries::new(line.clone(), colour.stroke_width(2)))
-                .map_err(|e| err(&e))?
-                .label(protocol.clone())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(3))
-                });
-            chart
-                .draw_series(line.iter().map(|&p| Circle::new(p, 3, colour.filled())))
-                .map_err(|e| err(&e))?;
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.9))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 13))
-            .draw()
-            .map_err(|e| err(&e))?;
+            (protocol.clone(), line)
+        });
+        marked_lines(&mut chart, lines, &err)?;
     }
     root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+/// One measurement of the simulator's cost at a number of simulated clients.
+#[derive(Debug, Clone)]
+pub struct ScalePoint {
+    /// The series (one line per series and panel), e.g. the protocol.
+    pub series: String,
+    /// Simulated clients.
+    pub clients: f64,
+    /// Wall-clock seconds of the run.
+    pub wall_s: f64,
+    /// Peak resident set size of the run's process, MiB.
+    pub rss_mib: f64,
+}
+
+/// How the simulator's wall time and memory grow with the number of clients: two log-log
+/// panels, one line per series.
+pub fn scale_curve(points: &[ScalePoint], path: &Path) -> Result<(), ReportError> {
+    register_font();
+    let err = plot_error(path);
+    let mut series: Vec<String> = points.iter().map(|p| p.series.clone()).collect();
+    series.sort();
+    series.dedup();
+    let (lo_n, hi_n) = points.iter().fold((f64::INFINITY, 1.0f64), |(lo, hi), p| {
+        (lo.min(p.clients), hi.max(p.clients))
+    });
+    let lo_n = if lo_n.is_finite() { lo_n } else { 1.0 };
+    let root = BitMapBackend::new(path, (1000, 460)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let panels = root.split_evenly((1, 2));
+    type Metric = fn(&ScalePoint) -> f64;
+    let metrics: [(&str, Metric); 2] = [
+        ("wall time, s (log)", |p| p.wall_s),
+        ("peak RSS, MiB (log)", |p| p.rss_mib),
+    ];
+    for (panel, (label, value)) in panels.iter().zip(metrics) {
+        let (lo, hi) = points
+            .iter()
+            .map(value)
+            .filter(|v| v.is_finite() && *v > 0.0)
+            .fold((f64::INFINITY, 0.0f64), |(lo, hi), v| {
+                (lo.min(v), hi.max(v))
+            });
+        let (lo, hi) = if lo.is_finite() {
+            (lo * 0.7, hi * 1.5)
+        } else {
+            (0.01, 1.0)
+        };
+        let mut chart = ChartBuilder::on(panel)
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(70)
+            .build_cartesian_2d((lo_n * 0.8..hi_n * 1.25).log_scale(), (lo..hi).log_scale())
+            .map_err(|e| err(&e))?;
+        chart
+            .configure_mesh()
+            .x_desc("simulated clients (log)")
+            .y_desc(label)
+            .label_style(("sans-serif", 13))
+            .draw()
+            .map_err(|e| err(&e))?;
+        let lines = series.iter().map(|name| {
+            let line = points
+                .iter()
+                .filter(|p| &p.series == name && value(p) > 0.0)
+                .map(|p| (p.clients, value(p)))
+                .collect();
+            (name.clone(), line)
+        });
+        marked_lines(&mut chart, lines, &err)?;
+    }
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+/// Draws one line per `(label, points)` (sorted by x), a marker on each point, and a legend
+/// in the upper left.
+fn marked_lines<'a, 'b: 'a, X, Y>(
+    chart: &mut ChartContext<'a, BitMapBackend<'b>, Cartesian2d<X, Y>>,
+    lines: impl Iterator<Item = (String, Vec<(f64, f64)>)>,
+    err: &impl Fn(&dyn std::fmt::Display) -> ReportError,
+) -> Result<(), ReportError>
+where
+    X: plotters::coord::ranged1d::Ranged<ValueType = f64>,
+    Y: plotters::coord::ranged1d::Ranged<ValueType = f64>,
+{
+    for (i, (label, mut line)) in lines.enumerate() {
+        let colour = SERIES_COLOURS[i % SERIES_COLOURS.len()];
+        line.sort_by(|a, b| a.0.total_cmp(&b.0));
+        chart
+            .draw_series(LineSeries::new(line.clone(), colour.stroke_width(2)))
+            .map_err(|e| err(&e))?
+            .label(label)
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(3))
+            });
+        chart
+            .draw_series(line.iter().map(|&p| Circle::new(p, 3, colour.filled())))
+            .map_err(|e| err(&e))?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .draw()
+        .map_err(|e| err(&e))?;
     Ok(())
 }

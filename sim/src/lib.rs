@@ -48,7 +48,7 @@ pub use segment::TCP_PORT;
 pub use world::{
     Dependence, Fault, FaultError, FaultPart, GatewaySpec, HostSpec, InterfaceSpec,
     InterfaceStatus, LinkCounters, Middlebox, NatBehaviour, NatPreset, NatSpec, PortAssignment,
-    World, WorldSpec, DEFAULT_INTERFACE,
+    World, WorldSpec, DEFAULT_INTERFACE, MAX_GROUP,
 };
 
 /// Locks `m`; a lock poisoned by a panicked task is taken as it is (the data behind every

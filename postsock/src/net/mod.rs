@@ -10,7 +10,7 @@
 //! Time is read through `tokio::time` everywhere: in the simulator tokio's clock is the
 //! simulated clock, on real sockets it is the monotonic clock.
 
-mod datagram;
+pub mod datagram;
 mod tokio_net;
 
 use std::fmt::Debug;
