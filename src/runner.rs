@@ -88,6 +88,8 @@ fn setup(scenario: &Scenario, key_log: Option<Arc<dyn rustls::KeyLog>>) -> Resul
         client.paths.interface(name.clone(), pref.preference());
     }
     client.paths.link_quality = scenario.workload.link_quality;
+    client.policies = scenario.policies.clone();
+    client.application = scenario.workload.application.clone();
     if let Some(ms) = scenario.workload.return_after_ms {
         client.paths.return_after = Duration::from_millis(ms);
     }

@@ -120,6 +120,13 @@ pub struct Workload {
     /// When the client starts, in simulated ms.
     #[serde(default)]
     pub start_ms: u64,
+    /// A policy file (JSON, `postsock::policy`) the client applies to each carrier it
+    /// initiates; a path relative to the scenario file's directory.
+    #[serde(default)]
+    pub policy: Option<Spanned<String>>,
+    /// The client application's name, for policies that match on it.
+    #[serde(default)]
+    pub application: Option<String>,
     /// A client group (`[[host]] count = N`): member k (from 0) starts `k × stagger_ms`
     /// after `start_ms` (default 0: all at once).
     #[serde(default)]
@@ -406,6 +413,8 @@ pub struct Scenario {
     pub expect: Vec<Expect>,
     /// The TOML it was parsed from (chaos rewrites its faults and parses it again).
     pub source: String,
+    /// The client's policies (the workload's `policy` file, read when the scenario is).
+    pub policies: Option<std::sync::Arc<postsock::PolicySet>>,
 }
 
 fn position(text: &str, offset: usize) -> (usize, usize) {
@@ -488,6 +497,15 @@ impl Scenario {
             expand_groups(world, file.workload, file.duration_s, &loc)?;
         let faults = timeline(&file.fault, &world, &workload, file.duration_s, &loc)?;
         let expect = expectations(&file.expect, &loc)?;
+        let policies = match &workload.policy {
+            Some(file) => {
+                let at = path.parent().unwrap_or(Path::new(".")).join(file.get_ref());
+                let set = postsock::PolicySet::load(&at)
+                    .map_err(|e| loc.at(file.span().start, format!("workload: {e}")))?;
+                Some(std::sync::Arc::new(set))
+            }
+            None => None,
+        };
         Ok(Scenario {
             name: name.to_owned(),
             path: path.to_owned(),
@@ -499,6 +517,7 @@ impl Scenario {
             faults,
             expect,
             source: text.to_owned(),
+            policies,
         })
     }
 

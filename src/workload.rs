@@ -83,6 +83,14 @@ fn establishment(
             .collect(),
         duration_ms: ms(report.duration),
         error,
+        policy: report
+            .policy
+            .iter()
+            .map(|c| reports::PolicyRecord {
+                policy: c.policy.clone(),
+                setting: c.setting.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -166,6 +174,7 @@ async fn initiate(
                 _ => postsock::EstablishmentReport {
                     attempts: Vec::new(),
                     duration: started.elapsed(),
+                    policy: Vec::new(),
                 },
             };
             let record = establishment(&report, Some(e.to_string()));
@@ -494,8 +503,7 @@ pub async fn rendezvous_peer(
             Arc::new(carrier),
             &workload,
             seed,
-            0,
-            0,
+            (0, 0),
             deadline,
             &trace,
             only,
@@ -553,8 +561,7 @@ pub async fn echo_client(
             carrier.clone(),
             &workload,
             seed,
-            base,
-            skip,
+            (base, skip),
             deadline,
             &trace,
             member,
@@ -574,8 +581,7 @@ async fn echo_round(
     carrier: Arc<Carrier>,
     workload: &Workload,
     seed: u64,
-    base: u64,
-    already_sent: u64,
+    (base, already_sent): (u64, u64),
     deadline: Duration,
     trace: &SharedTrace,
     member: Member,

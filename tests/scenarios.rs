@@ -799,3 +799,71 @@ fn every_member_of_a_client_group_runs_its_own_carrier() {
         assert!((ttfm - rtts * 40.0).abs() <= 2.0, "{name}: TTFM {ttfm} ms");
     }
 }
+
+/// Policies: a policy for the application shortens the first carrier's fallback from 350 to
+/// 150 ms (250 → 50 ms attempt delay); on the second carrier a policy that matches on what
+/// the stack learned (TLS/TCP won the last race) takes QUIC out of the race; the report
+/// names every choice, including the one a higher-priority policy overrode.
+#[test]
+fn policies_choose_from_the_request_and_from_what_the_stack_learned() {
+    for seed in 1..=3 {
+        let r = testbed::run(&scenario("blocking/udp-blocked-policy"), seed).report;
+        assert!(r.passed, "seed {seed}: {:?} {:?}", r.error, r.expectations);
+        assert_eq!(r.metrics.ttfm_ms, Some(150.0), "seed {seed}");
+        let e = r.establishment.expect("the second carrier's race");
+        let tried: Vec<&str> = e.attempts.iter().map(|a| a.protocol.as_str()).collect();
+        assert_eq!(tried, ["tls-tcp"], "seed {seed}");
+        let chosen: Vec<(&str, &str)> = e
+            .policy
+            .iter()
+            .map(|p| (p.policy.as_str(), p.setting.as_str()))
+            .collect();
+        assert_eq!(
+            chosen,
+            [
+                ("learned", "rtt 40.0 ms, blocked [], last winner tls-tcp"),
+                ("tls-where-quic-lost", "protocols = [tls-tcp]"),
+                (
+                    "sync-races-early",
+                    "protocols = [quic, tls-tcp] (not applied: set by tls-where-quic-lost)"
+                ),
+                ("sync-races-early", "attempt_delay_ms = 50"),
+            ],
+            "seed {seed}"
+        );
+    }
+}
+
+/// A policy file that is missing or wrong is the scenario's error, at the `policy` key.
+#[test]
+fn a_bad_policy_file_is_an_error_at_the_policy_key() {
+    let dir = std::env::temp_dir().join(format!("postsock-policy-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/blocking/udp-blocked-policy.toml"),
+    )
+    .expect("scenario");
+    let file = dir.join("s.toml");
+    for (json, want) in [
+        (None, "cannot read"),
+        (
+            Some(r#"{ "policies": [ { "name": "x", "set": { "protocols": ["udp"] } } ] }"#),
+            "policy `x`: unknown protocol `udp`",
+        ),
+    ] {
+        let policy = dir.join("udp-blocked-policy.json");
+        let _ = std::fs::remove_file(&policy);
+        if let Some(json) = json {
+            std::fs::write(&policy, json).expect("write");
+        }
+        std::fs::write(&file, &text).expect("write");
+        let e = Scenario::load("s", &file).expect_err("a bad policy");
+        let line = text
+            .lines()
+            .position(|l| l.starts_with("policy ="))
+            .expect("key")
+            + 1;
+        assert_eq!((e.line, e.column), (line, 10), "{e}");
+        assert!(e.message.contains(want), "want `{want}` in {e}");
+    }
+}

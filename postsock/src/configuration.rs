@@ -62,6 +62,11 @@ pub struct Configuration {
     /// out after as little as 30 s to 2 min). `None`: no keepalives (and silence is then no
     /// sign of a dead path) — an idle carrier behind a NAT loses its mapping.
     pub keepalive: Option<Duration>,
+    /// Policies (a PIB, [`crate::policy`]) applied to each carrier this configuration
+    /// initiates, before protocols are selected; `None`: none.
+    pub policies: Option<Arc<crate::PolicySet>>,
+    /// The application's name, for policies that match on it.
+    pub application: Option<String>,
 }
 
 impl Default for Configuration {
@@ -83,6 +88,8 @@ impl Default for Configuration {
             paths: crate::PathPolicy::default(),
             dormant_timeout: Duration::from_secs(30),
             keepalive: Some(Duration::from_secs(1)),
+            policies: None,
+            application: None,
         }
     }
 }

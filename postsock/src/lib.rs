@@ -60,6 +60,7 @@ mod config;
 mod configuration;
 mod error;
 mod message;
+pub mod policy;
 mod util;
 
 pub mod net;
@@ -94,4 +95,5 @@ pub use message::{
     Event, Message, MessageId, MessageProperties, Received, ReceivedPartial, SendHandle, SendStatus,
 };
 pub use path::{HandoverReason, PathMonitor, PathPolicy};
+pub use policy::{PolicyChoice, PolicySet};
 pub use transport::tls::ALPN;

@@ -21,7 +21,7 @@ pub mod summary;
 pub use derive::{derive, RunFacts};
 pub use model::{
     AttemptRecord, Direction, Establishment, Expectation, Gap, MessageRecord, Metrics, PathEvent,
-    PathEventKind, Report, RunWallClock, WallClock, SCHEMA_VERSION,
+    PathEventKind, PolicyRecord, Report, RunWallClock, WallClock, SCHEMA_VERSION,
 };
 
 /// Errors while writing reports.

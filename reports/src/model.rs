@@ -118,6 +118,19 @@ pub struct Establishment {
     /// The error `initiate` returned, when nothing could be established.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What the client's policies chose (first, as policy `learned`, what the stack knew of
+    /// the remote), highest priority first; absent without policies.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policy: Vec<PolicyRecord>,
+}
+
+/// One choice of a policy (see postsock's `PolicyChoice`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PolicyRecord {
+    /// The policy's name; `learned` for the stack's learned characteristics.
+    pub policy: String,
+    /// What it set (or, for `learned`, what was known).
+    pub setting: String,
 }
 
 /// One expectation of the scenario and how the run measured against it.

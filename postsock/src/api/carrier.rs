@@ -93,6 +93,45 @@ fn usable_paths(
 }
 
 /// The association's path key: the interface for a multi-homed host, else the one default.
+/// Applies the configuration's policies (if any) for a carrier to `remote`: returns the
+/// configuration they leave and what each chose. The CIB's view is the association's
+/// memory of the path a single-interface host uses, or of the first interface that is up.
+fn apply_policies(
+    net: &Arc<dyn Net>,
+    remote: &Remote,
+    mut config: Configuration,
+) -> (Configuration, Vec<crate::PolicyChoice>) {
+    let Some(policies) = config.policies.clone() else {
+        return (config, Vec::new());
+    };
+    let interfaces: Vec<String> = net
+        .interfaces()
+        .into_iter()
+        .filter(|i| i.up)
+        .map(|i| i.name)
+        .collect();
+    let path = match interfaces.as_slice() {
+        [_, _, ..] => interfaces[0].as_str(),
+        _ => DEFAULT_PATH,
+    };
+    let learned = config
+        .associations
+        .as_ref()
+        .map(|store| {
+            store
+                .get(&AssociationKey::new(&config.security, remote))
+                .characteristics(path)
+        })
+        .unwrap_or_default();
+    let request = crate::policy::PolicyRequest {
+        remote,
+        interfaces: interfaces.clone(),
+        learned,
+    };
+    let choices = policies.apply(&mut config, &request);
+    (config, choices)
+}
+
 fn path_key<'a>(monitor: Option<&PathMonitor>, paths: &'a [PathChoice]) -> &'a str {
     match (monitor, paths.first()) {
         (Some(m), Some(p)) if m.interfaces().len() > 1 => &p.interface,
@@ -219,6 +258,7 @@ impl Carrier {
         remote: Remote,
         config: Configuration,
     ) -> Result<Self> {
+        let (config, policy) = apply_policies(&net, &remote, config);
         let protocols = config.candidates()?;
         // The association (if the configuration keeps them) orders the race and holds the
         // TLS session caches; configuration errors show before any packet.
@@ -262,12 +302,22 @@ impl Carrier {
             }
         }
         let candidates = candidates(&protocols, &addrs, &paths);
-        let (result, report) =
+        let (result, mut report) =
             racing::race(net.clone(), &remote.host, &config, candidates, &tls).await;
+        report.policy = policy.clone();
         if let Some(a) = &association {
             a.record(key, &report);
         }
-        let (transient, path) = result?;
+        let (transient, path) = result.map_err(|e| match e {
+            Error::NoCandidate {
+                attempts,
+                mut report,
+            } => {
+                report.policy = policy;
+                Error::NoCandidate { attempts, report }
+            }
+            other => other,
+        })?;
         let origin = Origin { net, remote, tls };
         let steer = monitor
             .zip(path)
@@ -299,7 +349,11 @@ impl Carrier {
     ) -> Result<(Self, SendHandle)> {
         let first = first.into();
         if first.properties.idempotent {
-            if let Some(carrier) = Self::try_0rtt(&net, &remote, &config).await? {
+            let (policed, policy) = apply_policies(&net, &remote, config.clone());
+            if let Some(mut carrier) = Self::try_0rtt(&net, &remote, &policed).await? {
+                if let Some(report) = carrier.establishment.as_mut() {
+                    report.policy = policy;
+                }
                 let handle = carrier.send(first).await?;
                 return Ok((carrier, handle));
             }
@@ -380,6 +434,7 @@ impl Carrier {
                 outcome: AttemptOutcome::Won,
             }],
             duration: started.elapsed(),
+            policy: Vec::new(),
         });
         Ok(Some(carrier))
     }

@@ -174,6 +174,27 @@ impl Association {
             .and_then(|p| p.winner)
     }
 
+    /// What is known about `path` (the CIB's view): RTT and winner while fresh, and the
+    /// protocols whose failure is still believed.
+    pub fn characteristics(&self, path: &str) -> crate::policy::Characteristics {
+        let now = Instant::now();
+        let paths = self.paths();
+        let Some(p) = paths.get(path) else {
+            return Default::default();
+        };
+        let fresh = p.expires > now;
+        crate::policy::Characteristics {
+            rtt: p.rtt.filter(|_| fresh),
+            blocked: p
+                .failed
+                .iter()
+                .filter(|(_, until)| **until > now)
+                .map(|(proto, _)| *proto)
+                .collect(),
+            winner: p.winner.filter(|_| fresh),
+        }
+    }
+
     /// The path's RTT, if known and fresh.
     pub fn rtt(&self, path: &str) -> Option<Duration> {
         let now = Instant::now();
@@ -399,6 +420,7 @@ mod tests {
         EstablishmentReport {
             attempts,
             duration: Duration::from_millis(330),
+            policy: Vec::new(),
         }
     }
 

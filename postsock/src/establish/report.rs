@@ -79,6 +79,9 @@ pub struct EstablishmentReport {
     pub attempts: Vec<Attempt>,
     /// From the start of the race until it was decided.
     pub duration: Duration,
+    /// What the configuration's policies chose for this carrier, highest priority first
+    /// (after what the stack had learned, when a policy set is in use); empty without one.
+    pub policy: Vec<crate::PolicyChoice>,
 }
 
 impl EstablishmentReport {
