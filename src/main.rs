@@ -647,7 +647,11 @@ fn bench_sim(bytes: usize, repeats: usize, out: &std::path::Path) -> ExitCode {
 }
 
 /// The `scale/` scenarios shipped with the suite, in order.
-const SCALE_SCENARIOS: [&str; 2] = ["scale/cgnat-quic", "scale/cgnat-tls-tcp"];
+const SCALE_SCENARIOS: [&str; 3] = [
+    "scale/cgnat-quic",
+    "scale/cgnat-tls-tcp",
+    "scale/public-quic",
+];
 
 fn bench_scale(dir: &std::path::Path, sizes: &[u32], out: &std::path::Path) -> ExitCode {
     use testbed::bench_scale::{self, ScaleRow};

@@ -452,6 +452,8 @@ fn bench_scale_measures_each_group_size_in_its_own_process() {
             ("scale/cgnat-quic".to_owned(), 6),
             ("scale/cgnat-tls-tcp".to_owned(), 3),
             ("scale/cgnat-tls-tcp".to_owned(), 6),
+            ("scale/public-quic".to_owned(), 3),
+            ("scale/public-quic".to_owned(), 6),
         ]
     );
     for r in &rows {

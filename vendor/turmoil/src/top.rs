@@ -25,6 +25,12 @@ pub(crate) struct Topology {
     /// postsock patch: the links each host has, ordered by [`Topology::rank`].
     incident: IndexMap<IpAddr, Vec<(u64, Pair)>>,
 
+    /// postsock patch: links with messages in flight, the only ones a tick must visit.
+    active: indexmap::IndexSet<Pair>,
+
+    /// postsock patch: per host, the links holding messages deliverable to it, by rank.
+    ready: IndexMap<IpAddr, std::collections::BTreeMap<u64, Pair>>,
+
     /// We don't use a Rt for async. Right now, we just use it to tick time
     /// forward in the same way we do it elsewhere. We'd like to represent
     /// network state with async in the future.
@@ -185,6 +191,8 @@ impl Topology {
             links: IndexMap::new(),
             order: IndexMap::new(),
             incident: IndexMap::new(),
+            active: indexmap::IndexSet::new(),
+            ready: IndexMap::new(),
             rt: Rt::no_software(),
         }
     }
@@ -288,8 +296,14 @@ impl Topology {
     ) -> Result<()> {
         let pair = Pair::new(src.ip(), dst.ip());
         if self.link_mut(&pair).is_some() {
+            let now = self.rt.now();
             let link = self.links.get_mut(&pair).expect("just made");
-            link.enqueue_message(&self.config, rand, src, dst, message)
+            // A link is ticked only while it carries messages: bring its clock up to
+            // this step's (upstream ticks every link every step).
+            link.now = now;
+            let result = link.enqueue_message(&self.config, rand, src, dst, message);
+            self.note(&pair);
+            result
         } else {
             Err(Error::new(
                 ErrorKind::ConnectionRefused,
@@ -300,13 +314,47 @@ impl Topology {
 
     // Move messages from any network links to the `dst` host.
     pub(crate) fn deliver_messages(&mut self, rand: &mut dyn RngCore, dst: &mut Host) {
-        let Some(pairs) = self.incident.get(&dst.addr) else {
+        // Only the links holding something for `dst`, in upstream's order (a link without
+        // deliverable messages does nothing here).
+        let Some(ready) = self.ready.get_mut(&dst.addr).map(std::mem::take) else {
             return;
         };
-        for (_, pair) in pairs {
-            if let Some(link) = self.links.get_mut(pair) {
+        let now = self.rt.now();
+        for pair in ready.into_values() {
+            if let Some(link) = self.links.get_mut(&pair) {
+                link.now = now;
                 link.deliver_messages(&self.config, rand, dst);
+                self.note(&pair);
             }
+        }
+    }
+
+    /// postsock patch: records whether the link of `pair` has messages in flight (to tick)
+    /// and for which hosts it holds deliverable ones.
+    fn note(&mut self, pair: &Pair) {
+        let Some(link) = self.links.get(pair) else {
+            return;
+        };
+        if link.sent.is_empty() {
+            self.active.swap_remove(pair);
+        } else {
+            self.active.insert(pair.clone());
+        }
+        let waiting: Vec<IpAddr> = link
+            .deliverable
+            .iter()
+            .filter(|(_, queue)| !queue.is_empty())
+            .map(|(dst, _)| *dst)
+            .collect();
+        if waiting.is_empty() {
+            return;
+        }
+        let rank = self.rank(pair);
+        for dst in waiting {
+            self.ready
+                .entry(dst)
+                .or_default()
+                .insert(rank, pair.clone());
         }
     }
 
@@ -338,8 +386,14 @@ impl Topology {
 
     pub(crate) fn tick_by(&mut self, duration: Duration) {
         let _ = self.rt.tick(duration);
-        for link in self.links.values_mut() {
-            link.tick(self.rt.now());
+        // postsock patch: only links with messages in flight change when time passes.
+        let now = self.rt.now();
+        let active: Vec<Pair> = self.active.iter().cloned().collect();
+        for pair in active {
+            if let Some(link) = self.links.get_mut(&pair) {
+                link.tick(now);
+            }
+            self.note(&pair);
         }
     }
 
