@@ -801,6 +801,15 @@ fn run_one(
     }
     let outcomes = [outcome];
     print_table(&outcomes);
+    // What the client's policies chose (the establishment of its last carrier).
+    let choices = outcomes[0]
+        .report
+        .establishment
+        .iter()
+        .flat_map(|e| &e.policy);
+    for c in choices {
+        println!("policy {}: {}", c.policy, c.setting);
+    }
     match suite::write_outputs(out, &outcomes, true, started, dir) {
         Ok(_) => println!(
             "report: {}",

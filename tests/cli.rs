@@ -470,3 +470,24 @@ fn bench_scale_measures_each_group_size_in_its_own_process() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(text(&bad.stderr).contains("--clients: 0 is not between 1 and 10000"));
 }
+
+/// `run` prints what the client's policies chose.
+#[test]
+fn run_prints_what_each_policy_chose() {
+    let out_dir = temp_dir("policy");
+    let out = postsock(&[
+        "run",
+        "blocking/udp-blocked-policy",
+        "--out",
+        out_dir.to_str().expect("utf8"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    for line in [
+        "policy learned: rtt 40.0 ms, blocked [], last winner tls-tcp",
+        "policy tls-where-quic-lost: protocols = [tls-tcp]",
+        "policy sync-races-early: attempt_delay_ms = 50",
+    ] {
+        assert!(stdout.contains(line), "want `{line}` in:\n{stdout}");
+    }
+}
