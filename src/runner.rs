@@ -343,8 +343,6 @@ fn simulate(
     trace.lock().path_one_way = world.path_latency(client_host, server_host);
     let server_net: Arc<dyn postsock::net::Net> =
         world.net(server_host).map_err(|e| e.to_string())?;
-    let client_net: Arc<dyn postsock::net::Net> =
-        world.net(client_host).map_err(|e| e.to_string())?;
     let client_deadline = deadline.saturating_sub(Duration::from_millis(w.start_ms));
     let kind = w.kind;
     if kind == WorkloadKind::RendezvousEcho {
@@ -368,16 +366,12 @@ fn simulate(
                 }
             })
             .map_err(|e| e.to_string())?;
-        let mut first_net = Some(client_net);
         // Every client host (one, or each member of a client group) runs the client with
         // its own carrier. The deadline counts from the workload's start.
         for (index, host) in scenario.clients.iter().enumerate() {
             // The client's program owns its network: when the program ends, so does the
             // host's network (its TCP stacks stop).
-            let net: Arc<dyn postsock::net::Net> = match first_net.take() {
-                Some(net) => net,
-                None => world.net(host).map_err(|e| e.to_string())?,
-            };
+            let net: Arc<dyn postsock::net::Net> = world.net(host).map_err(|e| e.to_string())?;
             let (workload, trace_c, config) = (w.clone(), trace.clone(), client.clone());
             let member = workload::Member {
                 index: index as u64,

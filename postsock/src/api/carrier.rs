@@ -111,8 +111,8 @@ fn apply_policies(
         .map(|i| i.name)
         .collect();
     let path = match interfaces.as_slice() {
-        [_, _, ..] => interfaces[0].as_str(),
-        _ => DEFAULT_PATH,
+        [first, _, ..] => first.clone(),
+        _ => DEFAULT_PATH.to_owned(),
     };
     let learned = config
         .associations
@@ -120,12 +120,12 @@ fn apply_policies(
         .map(|store| {
             store
                 .get(&AssociationKey::new(&config.security, remote))
-                .characteristics(path)
+                .characteristics(&path)
         })
         .unwrap_or_default();
     let request = crate::policy::PolicyRequest {
         remote,
-        interfaces: interfaces.clone(),
+        interfaces,
         learned,
     };
     let choices = policies.apply(&mut config, &request);

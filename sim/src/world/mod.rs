@@ -282,9 +282,10 @@ impl<'a> World<'a> {
 
     /// Sets the latency of every link between a newly registered node and the registered
     /// nodes it can reach (its gateways, for a host behind one). Pairs that cannot talk get
-    /// no link at all: what is sent to a host behind a gateway from anywhere but that gateway
-    /// is dropped on arrival (`net::pump`, the gateways' sockets), as a private address is
-    /// unroutable. So a world of n hosts behind one gateway costs n links, not n²/2.
+    /// no link at all: what is addressed to a host behind a gateway from anywhere but that
+    /// gateway is dropped by the sender's network (`WorldState::routable`), as a private
+    /// address is unroutable. So a world of n hosts behind one gateway costs n links, not
+    /// n²/2.
     fn wire(&mut self) {
         if self.wired.len() == self.registered.len() {
             return;

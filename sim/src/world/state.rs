@@ -198,8 +198,20 @@ impl WorldState {
     /// behind a gateway the other is not (a private address is unroutable). Senders drop
     /// what cannot arrive before it reaches turmoil, as a router would, so the world needs no
     /// turmoil partition per pair of hosts.
+    ///
+    /// Asked per datagram by public hosts and by gateways that are not behind another (never
+    /// by a host behind a gateway, which sends only to its gateway), so it looks at the
+    /// receiving side only; for those senders it agrees with [`one_way`](Self::one_way).
     pub(crate) fn routable(&self, from: IpAddr, to: IpAddr) -> bool {
-        self.one_way(from, to).is_some()
+        let Some(node) = self.name_of(to).and_then(|n| self.nodes.get(n)) else {
+            // Not in the world: turmoil has no host there either.
+            return false;
+        };
+        let sender = self.name_of(from);
+        match node.role {
+            Role::Private => sender.is_some_and(|f| node.iface_via(f).is_some()),
+            _ => node.behind.is_none() || node.behind.as_deref() == sender,
+        }
     }
 
     /// One-way latency between two nodes as configured in turmoil, if they can talk.

@@ -332,29 +332,25 @@ impl Topology {
     /// postsock patch: records whether the link of `pair` has messages in flight (to tick)
     /// and for which hosts it holds deliverable ones.
     fn note(&mut self, pair: &Pair) {
-        let Some(link) = self.links.get(pair) else {
+        let rank = self.rank(pair);
+        let Topology {
+            links,
+            active,
+            ready,
+            ..
+        } = self;
+        let Some(link) = links.get(pair) else {
             return;
         };
         if link.sent.is_empty() {
-            self.active.swap_remove(pair);
+            active.swap_remove(pair);
         } else {
-            self.active.insert(pair.clone());
+            active.insert(pair.clone());
         }
-        let waiting: Vec<IpAddr> = link
-            .deliverable
-            .iter()
-            .filter(|(_, queue)| !queue.is_empty())
-            .map(|(dst, _)| *dst)
-            .collect();
-        if waiting.is_empty() {
-            return;
-        }
-        let rank = self.rank(pair);
-        for dst in waiting {
-            self.ready
-                .entry(dst)
-                .or_default()
-                .insert(rank, pair.clone());
+        for (dst, queue) in &link.deliverable {
+            if !queue.is_empty() {
+                ready.entry(*dst).or_default().insert(rank, pair.clone());
+            }
         }
     }
 
