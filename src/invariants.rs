@@ -8,6 +8,7 @@
 use reports::{Direction, MessageRecord, Report};
 
 use crate::scenario::{Scenario, WorkloadKind};
+use crate::workload::Member;
 
 /// What kind of invariant a run broke (the shrinker keeps a timeline only while the same
 /// kind still breaks).
@@ -181,15 +182,19 @@ pub fn check(report: &Report, scenario: &Scenario) -> Vec<Breach> {
             .iter()
             .filter(|m| m.direction == direction && !m.delivered_ms.is_empty())
             .collect();
+        // Order holds within one client's messages: the members of a client group each
+        // have their own carriers.
+        let member = |m: &MessageRecord| Member::of(w, m.id).index;
         delivered.sort_by(|a, b| {
-            a.delivered_ms[0]
-                .total_cmp(&b.delivered_ms[0])
+            member(a)
+                .cmp(&member(b))
+                .then(a.delivered_ms[0].total_cmp(&b.delivered_ms[0]))
                 .then(a.id.cmp(&b.id))
         });
         if ordered {
             for pair in delivered.windows(2) {
                 let (a, b) = (pair[0], pair[1]);
-                if a.reliable && b.reliable && a.id > b.id {
+                if a.reliable && b.reliable && a.id > b.id && member(a) == member(b) {
                     breach(
                         Kind::Order,
                         format!(
@@ -276,6 +281,27 @@ mod tests {
             None,
         );
         assert!(check(&r, &s).is_empty(), "{:?}", check(&r, &s));
+    }
+
+    #[test]
+    fn order_holds_within_each_member_of_a_client_group() {
+        // messages = 3: member 0 has messages 0-2, member 1 has 3-5.
+        let s = scenario("stream", "");
+        let apart = report(
+            vec![
+                message(0, &[4.0]),
+                message(1, &[5.0]),
+                message(3, &[1.0]),
+                message(4, &[2.0]),
+            ],
+            None,
+        );
+        assert!(check(&apart, &s).is_empty(), "{:?}", check(&apart, &s));
+        let swapped = report(
+            vec![message(0, &[4.0]), message(3, &[3.0]), message(4, &[2.0])],
+            None,
+        );
+        assert_eq!(kinds(&swapped, &s), [Kind::Order]);
     }
 
     #[test]

@@ -119,7 +119,20 @@ impl Member {
     /// This member's first message index: members' messages are numbered apart, so each
     /// message of the run has its own index (and payload).
     fn first_index(self, workload: &Workload) -> u64 {
-        self.index * u64::from(workload.messages) * u64::from(workload.carriers)
+        self.index * Self::block(workload)
+    }
+
+    /// How many message indexes each member has.
+    fn block(workload: &Workload) -> u64 {
+        (u64::from(workload.messages) * u64::from(workload.carriers)).max(1)
+    }
+
+    /// The member that sent (or was sent) message `index`: each member's carriers are
+    /// independent, so order holds only among one member's messages.
+    pub fn of(workload: &Workload, index: u64) -> Member {
+        Member {
+            index: index / Self::block(workload),
+        }
     }
 }
 

@@ -102,6 +102,11 @@ struct Live {
     started: bool,
     /// The final part has been handed to the transient.
     dispatched: bool,
+    /// The seq of the final part once it waits in the ready set (so does every earlier
+    /// part): whatever sorts after it in the ready order is handed over after it.
+    fin_ready: Option<u64>,
+    /// The seq of the first part queued.
+    first_seq: Option<u64>,
     /// The ordered reliable message sent before this one, if this one is ordered too: it
     /// must be handed to the transport first (RFC 9622 §9.1.3.3, whatever the niceness).
     prev_ordered: Option<MessageId>,
@@ -115,8 +120,9 @@ struct State {
     failed: BTreeMap<MessageId, &'static str>,
     last_ordered: Option<MessageId>,
     items: BTreeMap<u64, Item>,
-    /// The queued items (seqs) of each message.
-    seqs_of: BTreeMap<MessageId, BTreeSet<u64>>,
+    /// The queued items as (message, seq): one set for all messages, so that queueing a
+    /// message allocates nothing of its own.
+    queued: BTreeSet<(MessageId, u64)>,
     ready: BTreeSet<(u32, u64)>,
     blocked: BTreeSet<u64>,
     /// Blocked items by the message they wait for (re-checked only when it changes).
@@ -237,6 +243,8 @@ impl Outbox {
                 status: cell.clone(),
                 started: false,
                 dispatched: false,
+                fin_ready: None,
+                first_seq: None,
                 prev_ordered,
             },
         );
@@ -276,14 +284,20 @@ impl Outbox {
             st.deadlines.insert((d, seq));
         }
         let niceness = item.props.niceness;
+        if let Some(live) = st.live.get_mut(&id) {
+            live.first_seq.get_or_insert(seq);
+        }
         st.items.insert(seq, item);
-        st.seqs_of.entry(id).or_default().insert(seq);
+        st.queued.insert((id, seq));
         match self.eligibility(&st, id) {
             Eligible::Yes => {
                 // Only the first ready item wakes the transient: while the set is not
                 // empty, it has not gone to sleep (it takes everything ready before it does).
                 let was_empty = st.ready.is_empty();
                 st.ready.insert((niceness, seq));
+                if fin {
+                    self.fin_now_ready(&mut st, id, seq);
+                }
                 drop(st);
                 if was_empty {
                     self.wake.notify_one();
@@ -308,10 +322,22 @@ impl Outbox {
         let Some(me) = st.live.get(&id) else {
             return Eligible::Yes;
         };
-        // Send order among ordered messages (a failed predecessor does not hold it up).
+        // Send order among ordered messages (a failed predecessor does not hold it up). A
+        // predecessor whose every part is ready already goes first if this message's parts
+        // sort after its last one (ready order is niceness, then seq), and if every transient
+        // that takes this message takes it too (0-RTT takes only idempotent messages).
         if let Some(p) = me.prev_ordered {
-            if st.live.get(&p).is_some_and(|prev| !prev.dispatched) {
-                return Eligible::No(p);
+            if let Some(prev) = st.live.get(&p) {
+                let sorts_after = match (prev.fin_ready, me.first_seq) {
+                    (Some(fin), Some(first)) => {
+                        (prev.props.niceness, fin) < (me.props.niceness, first)
+                    }
+                    _ => false,
+                };
+                let goes_first = sorts_after && (prev.props.idempotent || !me.props.idempotent);
+                if !prev.dispatched && !goes_first {
+                    return Eligible::No(p);
+                }
             }
         }
         for &a in &me.props.antecedents {
@@ -382,12 +408,7 @@ impl Outbox {
                 if let Some(d) = item.deadline {
                     st.deadlines.remove(&(d, seq));
                 }
-                if let Some(seqs) = st.seqs_of.get_mut(&item.id) {
-                    seqs.remove(&seq);
-                    if seqs.is_empty() {
-                        st.seqs_of.remove(&item.id);
-                    }
-                }
+                st.queued.remove(&(item.id, seq));
             }
         }
         if let Some(live) = st.live.get_mut(&item.id) {
@@ -448,7 +469,13 @@ impl Outbox {
         while st.failed.len() > FAILED_MEMORY {
             st.failed.pop_first();
         }
-        for seq in st.seqs_of.remove(&id).unwrap_or_default() {
+        let seqs: Vec<u64> = st
+            .queued
+            .range((id, 0)..=(id, u64::MAX))
+            .map(|&(_, s)| s)
+            .collect();
+        for seq in seqs {
+            st.queued.remove(&(id, seq));
             if let Some(item) = st.items.remove(&seq) {
                 st.ready.remove(&(item.props.niceness, seq));
                 st.blocked.remove(&seq);
@@ -475,7 +502,7 @@ impl Outbox {
                     _permit: None,
                 },
             );
-            st.seqs_of.entry(id).or_default().insert(seq);
+            st.queued.insert((id, seq));
             st.ready.insert((0, seq));
             self.wake.notify_one();
         }
@@ -493,8 +520,8 @@ impl Outbox {
                 if !st.blocked.contains(&seq) {
                     continue;
                 }
-                let Some((item_id, niceness)) =
-                    st.items.get(&seq).map(|i| (i.id, i.props.niceness))
+                let Some((item_id, niceness, fin)) =
+                    st.items.get(&seq).map(|i| (i.id, i.props.niceness, i.fin))
                 else {
                     st.blocked.remove(&seq);
                     continue;
@@ -504,6 +531,10 @@ impl Outbox {
                         st.blocked.remove(&seq);
                         st.ready.insert((niceness, seq));
                         self.wake.notify_one();
+                        if fin && Self::mark_fin_ready(st, item_id, seq) {
+                            // Its ordered successor may now queue behind it.
+                            changed.push(item_id);
+                        }
                     }
                     Eligible::No(blocker) => {
                         st.waiting.entry(blocker).or_default().insert(seq);
@@ -516,6 +547,24 @@ impl Outbox {
                     }
                 }
             }
+        }
+    }
+
+    /// Records that message `id`'s final part is ready; true if that is news.
+    fn mark_fin_ready(st: &mut State, id: MessageId, seq: u64) -> bool {
+        match st.live.get_mut(&id) {
+            Some(live) if live.fin_ready.is_none() => {
+                live.fin_ready = Some(seq);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Message `id`'s final part became ready: releases what waits for that.
+    fn fin_now_ready(&self, st: &mut State, id: MessageId, seq: u64) {
+        if Self::mark_fin_ready(st, id, seq) && st.waiting.contains_key(&id) {
+            self.wake_waiters(st, id);
         }
     }
 
@@ -587,7 +636,7 @@ impl Outbox {
         if let Some(d) = item.deadline {
             st.deadlines.insert((d, seq));
         }
-        st.seqs_of.entry(item.id).or_default().insert(seq);
+        st.queued.insert((item.id, seq));
         st.items.insert(seq, item);
         let was_empty = st.ready.is_empty();
         st.ready.insert((0, seq));
@@ -621,7 +670,7 @@ impl Outbox {
         st.ready.clear();
         st.blocked.clear();
         st.waiting.clear();
-        st.seqs_of.clear();
+        st.queued.clear();
         st.deadlines.clear();
         drop(st);
         self.permits.close();
@@ -707,6 +756,109 @@ mod tests {
         }
         // The unordered b overtakes a; c (niceness 0) still waits for a.
         assert_eq!(got, vec!["b", "a", "c"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ordered_messages_behind_a_ready_predecessor_queue_straight_as_ready() {
+        let o = Outbox::new(1 << 20, any_order);
+        let ordered = |n| MessageProperties {
+            niceness: n,
+            ..Default::default()
+        };
+        send(&o, b"a", ordered(1));
+        send(&o, b"b", ordered(1));
+        send(&o, b"c", ordered(4));
+        send(&o, b"d", nice(2));
+        // b and c sort after a in the ready order already: nothing waits.
+        assert!(o.lock().blocked.is_empty());
+        assert!(o.lock().waiting.is_empty());
+        o.close();
+        let mut got = Vec::new();
+        while let Some(item) = o.next(usize::MAX).await {
+            got.push(item.data);
+        }
+        assert_eq!(got, vec!["a", "b", "d", "c"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_successor_queued_before_its_predecessor_ends_waits_for_its_dispatch() {
+        let o = Outbox::new(1 << 20, any_order);
+        let (a, props_a) = o.open(MessageProperties::default()).expect("open a");
+        o.push(
+            a.id(),
+            &props_a,
+            (0, Bytes::from_static(b"a1"), false),
+            None,
+            None,
+        );
+        send(&o, b"b", MessageProperties::default());
+        assert_eq!(o.lock().blocked.len(), 1, "b waits for a's last part");
+        o.push(
+            a.id(),
+            &props_a,
+            (2, Bytes::from_static(b"a2"), true),
+            None,
+            None,
+        );
+        // a2 was queued after b: b would sort before it, so it still waits.
+        assert_eq!(o.lock().blocked.len(), 1, "b must not sort before a2");
+        o.close();
+        let mut got = Vec::new();
+        while let Some(item) = o.next(usize::MAX).await {
+            got.push(item.data);
+        }
+        assert_eq!(got, vec!["a1", "a2", "b"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_chain_released_at_once_queues_behind_its_head() {
+        let o = Outbox::new(1 << 20, acked_only);
+        let head = send(&o, b"x", nice(0));
+        // a waits for x's acknowledgement; b and c follow a in send order.
+        send(
+            &o,
+            b"a",
+            MessageProperties {
+                antecedents: vec![head.id()],
+                ..Default::default()
+            },
+        );
+        send(&o, b"b", MessageProperties::default());
+        send(&o, b"c", MessageProperties::default());
+        assert_eq!(o.next(usize::MAX).await.expect("x").data, "x");
+        assert_eq!(o.lock().blocked.len(), 3);
+        o.update(head.id(), SendStatus::Acked, true);
+        // a is ready, and with it b behind a, and c behind b.
+        assert!(o.lock().blocked.is_empty());
+        o.close();
+        let mut got = Vec::new();
+        while let Some(item) = o.next(usize::MAX).await {
+            got.push(item.data);
+        }
+        assert_eq!(got, vec!["a", "b", "c"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idempotent_message_never_overtakes_its_ordered_predecessor_in_early_data() {
+        let o = Outbox::new(1 << 20, any_order);
+        send(&o, b"a", MessageProperties::default());
+        send(
+            &o,
+            b"b",
+            MessageProperties {
+                idempotent: true,
+                ..Default::default()
+            },
+        );
+        // 0-RTT takes only idempotent messages: b must not go before a.
+        let early = tokio::time::timeout(
+            Duration::from_millis(10),
+            o.next_where(usize::MAX, |p| p.idempotent),
+        )
+        .await;
+        assert!(early.is_err(), "b went out before its predecessor a");
+        assert_eq!(o.next(usize::MAX).await.expect("a").data, "a");
+        assert_eq!(o.next(usize::MAX).await.expect("b").data, "b");
     }
 
     #[tokio::test(start_paused = true)]
