@@ -602,6 +602,67 @@ fn an_invalid_ticket_after_a_server_restart_falls_back_to_a_full_handshake() {
 }
 
 #[test]
+fn tls_tcp_early_data_carries_only_idempotent_messages_at_1_5_rtt() {
+    for r in blocking("resumption/tls-tcp-early-data") {
+        // TCP's handshake (1 RTT), then the ClientHello with the message in early data,
+        // read by the server's application on arrival: 1.5 RTT of 40 ms.
+        let last = r.metrics.ttfm_last_ms.expect("second carrier");
+        assert!((last - 60.0).abs() <= 2.0, "early-data TTFM {last} ms");
+        assert_eq!(r.metrics.ttfm_last_limit_ms, Some(60.0));
+        assert_eq!(r.metrics.resumed, Some(1), "seed {}", r.seed);
+        // The second carrier's other messages are not idempotent: they wait for the
+        // handshake and arrive with the client's Finished, 2.5 RTT after initiate at best.
+        let second: Vec<_> = r
+            .messages
+            .iter()
+            .filter(|m| m.direction == reports::Direction::ClientToServer && m.id > 5)
+            .collect();
+        let start = second.iter().map(|m| m.sent_ms).fold(f64::MAX, f64::min);
+        for m in second {
+            let at = m.delivered_ms[0];
+            assert!(
+                at - start >= 98.0,
+                "message {} arrived {} ms after initiate",
+                m.id,
+                at - start
+            );
+        }
+    }
+    // Without an association there is no ticket, and no early data: 2.5 RTT.
+    let r = without_association("resumption/tls-tcp-early-data", 1);
+    assert_eq!(r.metrics.resumed, Some(0));
+    assert_eq!(r.metrics.ttfm_last_ms, Some(100.0));
+    // A first message that is not idempotent waits for the handshake on a resumed session.
+    for r in blocking("resumption/tls-tcp-second-carrier") {
+        assert_eq!(r.metrics.ttfm_last_ms, Some(100.0), "seed {}", r.seed);
+    }
+}
+
+#[test]
+fn rejected_tls_early_data_is_sent_again_after_a_full_handshake() {
+    for r in blocking("resumption/tls-tcp-early-data-after-bounce") {
+        assert_eq!(
+            r.metrics.resumed,
+            Some(0),
+            "the restarted server cannot resume"
+        );
+        assert_eq!(
+            r.metrics.messages_delivered, 20,
+            "every message of both carriers"
+        );
+        assert_eq!(
+            r.metrics.messages_duplicated, 0,
+            "the rejected message arrives once"
+        );
+        assert_eq!(
+            r.metrics.ttfm_last_ms,
+            Some(100.0),
+            "2.5 RTT, as a fresh carrier"
+        );
+    }
+}
+
+#[test]
 fn a_known_rtt_shortens_the_fallback_penalty() {
     // The first carrier learns QUIC works (RTT 40 ms); then UDP is blocked. The second
     // carrier tries QUIC first and falls back to TLS/TCP after the attempt delay.

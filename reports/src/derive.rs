@@ -25,8 +25,9 @@ pub struct RunFacts<'a> {
     pub path_one_way_ms: Option<f64>,
     /// The protocol of the client's carrier (`quic`, `tls-tcp`, `tcp`).
     pub protocol: Option<&'a str>,
-    /// Whether later carriers may send their first message in 0-RTT (QUIC, association
-    /// kept, first message idempotent): their limit is then 0.5 RTT.
+    /// Whether later carriers may send their first message in early data (association kept,
+    /// first message idempotent): their limit is then 0.5 RTT on QUIC (0-RTT), 1.5 RTT on
+    /// TLS/TCP (TCP's handshake, then the ClientHello with TLS 1.3 early data).
     pub zero_rtt: bool,
     /// When faults struck the client's path, ms.
     pub path_faults_ms: &'a [f64],
@@ -71,7 +72,11 @@ pub fn derive(f: &RunFacts) -> (Metrics, Vec<Gap>) {
         };
         metrics.ttfm_limit_ms = Some(round_us(fresh));
         if f.initiations.len() > 1 {
-            let limit = if f.zero_rtt { 0.5 * rtt } else { fresh };
+            let limit = match (f.zero_rtt, protocol) {
+                (true, "quic") => 0.5 * rtt,
+                (true, "tls-tcp") => 1.5 * rtt,
+                _ => fresh,
+            };
             metrics.ttfm_last_limit_ms = Some(round_us(limit));
         }
     }
@@ -186,6 +191,16 @@ mod tests {
         assert_eq!(
             (m.ttfm_limit_ms, m.ttfm_last_limit_ms),
             (Some(50.0), Some(50.0))
+        );
+        let early = RunFacts {
+            zero_rtt: true,
+            ..tls
+        };
+        let (m, _) = derive(&early);
+        assert_eq!(
+            m.ttfm_last_limit_ms,
+            Some(30.0),
+            "1.5 RTT in TLS early data"
         );
     }
 

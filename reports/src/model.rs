@@ -175,7 +175,7 @@ pub struct Metrics {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttfm_limit_ms: Option<f64>,
     /// The physical limit of `ttfm_last_ms` (0.5 RTT for a resumed QUIC carrier whose first
-    /// message may use 0-RTT).
+    /// message may use 0-RTT, 1.5 RTT for a resumed TLS/TCP one, in TLS early data).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttfm_last_limit_ms: Option<f64>,
     /// TTFM of the client's last carrier (differs from `ttfm_ms` when it runs several).

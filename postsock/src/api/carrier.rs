@@ -232,6 +232,9 @@ pub struct Carrier {
     path: CurrentPath,
     /// A QUIC carrier's way to TLS/TCP (transport::moving).
     moving: Option<Arc<QuicMove>>,
+    /// A TLS/TCP carrier in early data: its writer waits until this is dropped, so that the
+    /// first message `initiate_with` queues can go in early data.
+    early_gate: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// What a carrier's operations act on now: a QUIC carrier that moved runs on a stream core.
@@ -254,6 +257,17 @@ impl Carrier {
     /// The race is bounded by the connect timeout; if nothing works the error names every
     /// attempt and why it failed. [`Carrier::establishment`] tells how the race went.
     pub async fn initiate(
+        net: Arc<dyn Net>,
+        remote: Remote,
+        config: Configuration,
+    ) -> Result<Self> {
+        let mut carrier = Self::initiate_gated(net, remote, config).await?;
+        carrier.early_gate = None;
+        Ok(carrier)
+    }
+
+    /// [`initiate`](Self::initiate), its writer held before early data (see `early_gate`).
+    async fn initiate_gated(
         net: Arc<dyn Net>,
         remote: Remote,
         config: Configuration,
@@ -358,9 +372,12 @@ impl Carrier {
                 return Ok((carrier, handle));
             }
         }
-        let carrier = Self::initiate(net, remote, config).await?;
-        let handle = carrier.send(first).await?;
-        Ok((carrier, handle))
+        // On TLS/TCP a resumed session may carry it in early data: it is queued before the
+        // writer starts.
+        let mut carrier = Self::initiate_gated(net, remote, config).await?;
+        let handle = carrier.send(first).await;
+        carrier.early_gate = None;
+        Ok((carrier, handle?))
     }
 
     /// A 0-RTT QUIC carrier from the association's session ticket, if there is one to use.
@@ -462,10 +479,13 @@ impl Carrier {
         config: &Configuration,
         origin: Option<Origin>,
     ) -> Self {
-        Self::start_on(transient, config, origin, None)
+        let mut carrier = Self::start_on(transient, config, origin, None);
+        carrier.early_gate = None;
+        carrier
     }
 
     /// [`start`](Self::start), steering the transient between interfaces when `steer` is given.
+    /// A TLS/TCP transient in early data waits for `early_gate` to be dropped.
     pub(crate) fn start_on(
         transient: Transient,
         config: &Configuration,
@@ -479,8 +499,9 @@ impl Carrier {
         let (events_tx, events_rx) = event_channel(config.receive_queue, config.receive_buffer);
         events_tx.try_send(Event::Ready);
         let limits = ReceiveLimits::from_config(config);
-        let resumed = Arc::new(std::sync::OnceLock::new());
+        let mut resumed = Arc::new(std::sync::OnceLock::new());
         let mut moving = None;
+        let mut early_gate = None;
         let (protocol, peer, outbox, sender, tasks, link) = match transient {
             Transient::Quic {
                 conn,
@@ -569,11 +590,10 @@ impl Carrier {
                 peer,
                 protocol,
                 resumed: known,
+                early,
                 token,
             } => {
-                if let Some(r) = known {
-                    let _ = resumed.set(r);
-                }
+                resumed = known;
                 let outbox = Outbox::new(config.send_buffer, tls_tcp::order_rule);
                 // An initiated TLS carrier can continue on a new transient: it names itself
                 // with a fresh token in a HELLO, inside TLS, before anything else.
@@ -593,7 +613,12 @@ impl Carrier {
                 };
                 let core = tls_tcp::StreamCore::new(outbox.clone(), events_tx.clone(), settings);
                 // A fresh core is detached: attaching its first transient cannot fail.
-                let _ = core.attach(stream, peer, tls_tcp::Attach::New { preamble });
+                let early = early.then(|| {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    early_gate = Some(tx);
+                    rx
+                });
+                let _ = core.attach(stream, peer, tls_tcp::Attach::New { preamble, early });
                 if let (Some(steer), Some(o), Some(_)) = (steer, &origin, token) {
                     let user = tls_tcp::StreamPath {
                         core: core.clone(),
@@ -634,6 +659,7 @@ impl Carrier {
             resumed,
             path,
             moving,
+            early_gate,
         }
     }
 

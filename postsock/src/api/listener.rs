@@ -16,7 +16,7 @@ use crate::establish::attempt::Transient;
 use crate::net::{BoxFuture, ByteStream, Net, StreamListener};
 use crate::transport::framing::{FLAG_MOVE, FLAG_REFUSED, FLAG_RESUME, TYPE_HELLO};
 use crate::transport::moving::{self, QuicMove};
-use crate::transport::{quic, stream as tls_tcp, tls};
+use crate::transport::{quic, stream as tls_tcp};
 use crate::ConnectionError;
 use crate::{Carrier, Configuration, Error, Event, Protocol, Result};
 
@@ -68,9 +68,8 @@ impl Listener {
                 .map_err(|e| Error::io("reading the TCP listener address", e))?
                 .port();
             let acceptor = match stream_protocol {
-                Protocol::TlsTcp => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
-                    tls::server_config(&config.security)?,
-                ))),
+                // A resuming client's first idempotent messages may come in early data.
+                Protocol::TlsTcp => Some(tls_tcp::early_server_config(&config.security)?),
                 _ => None,
             };
             tasks.push(tokio::spawn(accept_stream(
@@ -288,7 +287,7 @@ async fn continue_carrier<S>(
 
 async fn accept_stream(
     listener: Box<dyn StreamListener>,
-    acceptor: Option<tokio_rustls::TlsAcceptor>,
+    acceptor: Option<Arc<rustls::ServerConfig>>,
     queue: mpsc::Sender<Carrier>,
     config: Configuration,
     movable: Movable,
@@ -315,19 +314,20 @@ async fn accept_stream(
                     stream: Box::new(stream),
                     peer,
                     protocol: Protocol::Tcp,
-                    resumed: None,
+                    resumed: Default::default(),
+                    early: false,
                     token: None,
                 };
                 return Some(Carrier::start(transient, &config, None));
             };
-            let mut tls = match acceptor.accept(stream).await {
+            let mut tls = match tls_tcp::ServerTls::accept(acceptor, stream).await {
                 Ok(tls) => tls,
                 Err(e) => {
                     tracing::debug!("TLS handshake from {peer} failed: {e}");
                     return None;
                 }
             };
-            let resumed = tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+            let resumed = tls.connection().handshake_kind() == Some(rustls::HandshakeKind::Resumed);
             // The client's first frame: a HELLO names a new resumable carrier or continues
             // one; anything else is read again by a carrier that cannot be continued.
             let mut first = Vec::new();
@@ -336,7 +336,8 @@ async fn accept_stream(
             // lossy path TCP can deliver the segment carrying it seconds after the handshake
             // (retransmitted after 1, 2, 4 s...), and a carrier started sooner would be handed
             // to the application and then broken by the HELLO.
-            let speaks_first = tls.get_ref().1.alpn_protocol() == Some(crate::transport::tls::ALPN);
+            let speaks_first =
+                tls.connection().alpn_protocol() == Some(crate::transport::tls::ALPN);
             let wait = if speaks_first {
                 config.dormant_timeout.max(HELLO_WAIT)
             } else {
@@ -344,12 +345,17 @@ async fn accept_stream(
             };
             let hello = tokio::time::timeout(wait, tls_tcp::read_hello(&mut tls, &mut first)).await;
             let token = match hello {
-                Ok(Ok(Some(h))) if h.flags & FLAG_MOVE != 0 => {
-                    move_carrier(&movable, &registry, (tls, peer), h, wait).await;
-                    return None;
-                }
-                Ok(Ok(Some(h))) if h.flags & FLAG_RESUME != 0 => {
-                    continue_carrier(&registry, tls, peer, h).await;
+                // Taking over a carrier waits for the handshake: early data can be replayed.
+                Ok(Ok(Some(h))) if h.flags & (FLAG_MOVE | FLAG_RESUME) != 0 => {
+                    if let Err(e) = tls.handshake().await {
+                        tracing::debug!("TLS handshake from {peer} failed: {e}");
+                        return None;
+                    }
+                    if h.flags & FLAG_MOVE != 0 {
+                        move_carrier(&movable, &registry, (tls, peer), h, wait).await;
+                    } else {
+                        continue_carrier(&registry, tls, peer, h).await;
+                    }
                     return None;
                 }
                 Ok(Ok(Some(h))) => Some(h.token),
@@ -377,7 +383,8 @@ async fn accept_stream(
                 stream: Box::new(tls_tcp::Prefixed::new(first, tls)),
                 peer,
                 protocol: Protocol::TlsTcp,
-                resumed: Some(resumed),
+                resumed: Arc::new(resumed.into()),
+                early: false,
                 token,
             };
             let carrier = Carrier::start(transient, &config, None);

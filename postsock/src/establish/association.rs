@@ -102,9 +102,11 @@ impl TlsClients {
         let (mut quic, quic_verifier) = crate::transport::tls::observed_client_config(security)?;
         // 0-RTT needs early data on; postsock only ever puts idempotent messages in it.
         quic.enable_early_data = true;
+        let mut tcp = crate::transport::tls::client_config(security)?;
+        tcp.enable_early_data = true;
         Ok(TlsClients {
             quic: Arc::new(quic),
-            tcp: Arc::new(crate::transport::tls::client_config(security)?),
+            tcp: Arc::new(tcp),
             quic_verifier,
         })
     }

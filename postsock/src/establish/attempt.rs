@@ -30,8 +30,11 @@ pub(crate) enum Transient {
         stream: Box<dyn StreamIo>,
         peer: SocketAddr,
         protocol: Protocol,
-        /// Whether TLS resumed a session, when known.
-        resumed: Option<bool>,
+        /// Whether TLS resumed a session, once known (a client in early data learns it when
+        /// its handshake completes).
+        resumed: Arc<std::sync::OnceLock<bool>>,
+        /// A client's stream still in TLS early data (see `tls_tcp::Attach::New`).
+        early: bool,
         /// An accepted resumable carrier's token (from the client's HELLO).
         token: Option<tls_tcp::Token>,
     },
@@ -93,14 +96,17 @@ pub(crate) async fn attempt(
             }
             Protocol::TlsTcp => {
                 let tls = tls_for(|t| t.tcp.clone())?;
-                let stream = tls_tcp::connect(net, addr, local, host, config, tls).await?;
-                let resumed =
-                    stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed);
+                // A session whose ticket allows it starts in early data: the carrier's first
+                // idempotent messages go with the ClientHello (1.5 RTT to the peer's
+                // application instead of 2.5).
+                let stream = tls_tcp::connect(net, addr, local, (host, true), config, tls).await?;
+                let stream = tls_tcp::ClientEarly::new(stream);
                 Ok(Transient::Stream {
+                    early: stream.in_early_data(),
+                    resumed: stream.resumed(),
                     stream: Box::new(stream),
                     peer: addr,
                     protocol,
-                    resumed: Some(resumed),
                     token: None,
                 })
             }
@@ -110,7 +116,8 @@ pub(crate) async fn attempt(
                     stream: Box::new(stream),
                     peer: addr,
                     protocol,
-                    resumed: None,
+                    resumed: Default::default(),
+                    early: false,
                     token: None,
                 })
             }

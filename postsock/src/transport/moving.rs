@@ -493,6 +493,7 @@ impl QuicMove {
             peer,
             Attach::New {
                 preamble: Vec::new(),
+                early: None,
             },
         )?;
         let _ = self.core.set(core.clone());
@@ -680,7 +681,7 @@ pub(crate) async fn watch(mv: Arc<QuicMove>, w: MoveWatch) -> Option<Arc<StreamC
             w.net.as_ref(),
             peer,
             None,
-            &w.host,
+            (&w.host, false),
             &w.config,
             w.tls.clone(),
         );

@@ -112,11 +112,70 @@ struct Live {
     prev_ordered: Option<MessageId>,
 }
 
+/// The unsettled messages by id. Ids are handed out in order and most settle in about that
+/// order, so a queue from the oldest unsettled id indexes them directly: one slot per id from
+/// there on (a settled slot is `None` until the ones before it settle too). A message that
+/// stays unsettled long (an antecedent never acknowledged) costs a slot per later id
+/// meanwhile, about 80 bytes, the price of lookups without a tree walk per message.
+#[derive(Debug, Default)]
+struct LiveMap {
+    first: MessageId,
+    slots: std::collections::VecDeque<Option<Live>>,
+}
+
+impl LiveMap {
+    /// Registers message `id`, the next id after every one registered before.
+    fn insert(&mut self, id: MessageId, live: Live) {
+        if self.slots.is_empty() {
+            self.first = id;
+        }
+        debug_assert_eq!(id, self.first + self.slots.len() as u64);
+        self.slots.push_back(Some(live));
+    }
+
+    fn slot(&self, id: MessageId) -> Option<usize> {
+        id.checked_sub(self.first).map(|i| i as usize)
+    }
+
+    fn get(&self, id: &MessageId) -> Option<&Live> {
+        self.slots.get(self.slot(*id)?)?.as_ref()
+    }
+
+    fn get_mut(&mut self, id: &MessageId) -> Option<&mut Live> {
+        let i = self.slot(*id)?;
+        self.slots.get_mut(i)?.as_mut()
+    }
+
+    fn contains_key(&self, id: &MessageId) -> bool {
+        self.get(id).is_some()
+    }
+
+    fn remove(&mut self, id: &MessageId) -> Option<Live> {
+        let i = self.slot(*id)?;
+        let live = self.slots.get_mut(i)?.take();
+        while let Some(None) = self.slots.front() {
+            self.slots.pop_front();
+            self.first += 1;
+        }
+        live
+    }
+
+    /// The ids of the unsettled messages, in order.
+    fn keys(&self) -> impl Iterator<Item = MessageId> + '_ {
+        let first = self.first;
+        self.slots
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.is_some())
+            .map(move |(i, _)| first + i as u64)
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     next_id: MessageId,
     next_seq: u64,
-    live: BTreeMap<MessageId, Live>,
+    live: LiveMap,
     failed: BTreeMap<MessageId, &'static str>,
     last_ordered: Option<MessageId>,
     items: BTreeMap<u64, Item>,
@@ -367,6 +426,27 @@ impl Outbox {
         self.pop(&mut st, max_len)
     }
 
+    /// Like [`try_next`](Self::try_next), but only items of messages whose properties
+    /// satisfy `wanted` (see [`next_where`](Self::next_where)).
+    pub(crate) fn try_next_where(
+        &self,
+        max_len: usize,
+        wanted: impl Fn(&MessageProperties) -> bool,
+    ) -> Option<Item> {
+        let mut st = self.lock();
+        self.expire_due(&mut st);
+        let key = Self::first_wanted(&st, wanted)?;
+        self.take(&mut st, key, max_len)
+    }
+
+    /// The first ready item of a message whose properties satisfy `wanted`.
+    fn first_wanted(st: &State, wanted: impl Fn(&MessageProperties) -> bool) -> Option<(u32, u64)> {
+        st.ready
+            .iter()
+            .find(|(_, seq)| st.items.get(seq).is_some_and(|i| wanted(&i.props)))
+            .copied()
+    }
+
     /// Like [`next`](Self::next), but only items of messages whose properties satisfy
     /// `wanted` (0-RTT takes only idempotent messages); the others keep their places.
     pub(crate) async fn next_where(
@@ -377,12 +457,7 @@ impl Outbox {
         crate::util::until(&self.wake, || {
             let mut st = self.lock();
             self.expire_due(&mut st);
-            let key = st
-                .ready
-                .iter()
-                .find(|(_, seq)| st.items.get(seq).is_some_and(|i| wanted(&i.props)))
-                .copied();
-            match key {
+            match Self::first_wanted(&st, &wanted) {
                 Some(key) => Some(self.take(&mut st, key, max_len)),
                 None if st.closed && st.items.is_empty() => Some(None),
                 None => None,
@@ -432,6 +507,24 @@ impl Outbox {
     /// returned with its items, dependents are released or failed.
     pub(crate) fn update(&self, id: MessageId, status: SendStatus, terminal: bool) {
         let mut st = self.lock();
+        self.update_locked(&mut st, id, status, terminal);
+    }
+
+    /// [`update`](Self::update) for several messages at once (one acknowledgement settles
+    /// many), in order, under one lock.
+    pub(crate) fn update_all(
+        &self,
+        ids: impl IntoIterator<Item = MessageId>,
+        status: impl Fn() -> SendStatus,
+        terminal: bool,
+    ) {
+        let mut st = self.lock();
+        for id in ids {
+            self.update_locked(&mut st, id, status(), terminal);
+        }
+    }
+
+    fn update_locked(&self, st: &mut State, id: MessageId, status: SendStatus, terminal: bool) {
         if !terminal {
             if let Some(live) = st.live.get(&id) {
                 live.status.set(status, false);
@@ -443,9 +536,11 @@ impl Outbox {
                 if let Some(live) = st.live.remove(&id) {
                     live.status.set(status, true);
                 }
-                self.wake_waiters(&mut st, id);
+                if st.waiting.contains_key(&id) {
+                    self.wake_waiters(st, id);
+                }
             }
-            other => self.fail_locked(&mut st, id, other),
+            other => self.fail_locked(st, id, other),
         }
     }
 
@@ -659,7 +754,7 @@ impl Outbox {
     pub(crate) fn fail_all(&self, reason: &str) {
         let mut st = self.lock();
         st.closed = true;
-        let ids: Vec<MessageId> = st.live.keys().copied().collect();
+        let ids: Vec<MessageId> = st.live.keys().collect();
         for id in ids {
             if let Some(live) = st.live.get_mut(&id) {
                 live.started = false;

@@ -234,9 +234,7 @@ impl Acks {
     pub(super) fn acknowledge(&self, acked: u64, outbox: &Outbox) -> Result<()> {
         let mut st = self.lock();
         let settled = st.acknowledge(Instant::now(), acked)?;
-        for id in settled.acked {
-            outbox.update(id, SendStatus::Acked, true);
-        }
+        outbox.update_all(settled.acked, || SendStatus::Acked, true);
         if let Some((srtt, min_rtt)) = settled.rtt {
             outbox.set_rtt(srtt, min_rtt);
         }
@@ -257,9 +255,7 @@ impl Acks {
 
     fn end(&self, outbox: &Outbox, status: impl Fn() -> SendStatus) {
         let mut st = self.lock();
-        for id in st.peer_done() {
-            outbox.update(id, status(), true);
-        }
+        outbox.update_all(st.peer_done(), status, true);
         drop(st);
         self.changed.notify_waiters();
     }

@@ -3,12 +3,15 @@
 
 use super::*;
 
-/// Connects TCP through `net`, then runs the TLS 1.3 client handshake.
+/// Connects TCP through `net`, then runs the TLS 1.3 client handshake. With `early`, a
+/// client resuming a session whose ticket allows early data gets its stream at once, still
+/// in the handshake: what it writes first goes in early data (see
+/// [`ClientEarly`](super::ClientEarly)).
 pub(crate) async fn connect(
     net: &dyn Net,
     remote: SocketAddr,
     local: Option<IpAddr>,
-    host: &str,
+    (host, early): (&str, bool),
     config: &Configuration,
     client: Arc<rustls::ClientConfig>,
 ) -> Result<tokio_rustls::client::TlsStream<Box<dyn ByteStream>>> {
@@ -22,6 +25,7 @@ pub(crate) async fn connect(
         .await
         .map_err(|e| establish(format!("TCP connect: {e}")))?;
     tokio_rustls::TlsConnector::from(client)
+        .early_data(early)
         .connect(name, tcp)
         .await
         .map_err(|e| establish(format!("TLS handshake: {e}")))

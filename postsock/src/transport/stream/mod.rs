@@ -26,12 +26,16 @@ use crate::{ConnectionError, Violation};
 
 mod acks;
 mod connect;
+mod early;
 mod hello;
 mod reader;
 mod writer;
 
 use acks::{ack_units, Acks};
 pub(crate) use connect::{connect, connect_plain};
+pub(crate) use early::{
+    server_config as early_server_config, ClientEarly, ServerTls, MAX_EARLY_DATA,
+};
 use hello::parse_hello;
 pub(crate) use hello::{hello_frame, read_hello, Hello, Prefixed};
 #[cfg(test)]
@@ -64,6 +68,10 @@ pub(crate) enum Attach {
     New {
         /// Frames to write first.
         preamble: Vec<Bytes>,
+        /// The stream is a client's still in TLS early data: once this gate opens (its sender
+        /// is dropped), the writer sends the preamble and the idempotent messages ready then,
+        /// and completes the handshake before anything else.
+        early: Option<tokio::sync::oneshot::Receiver<()>>,
     },
     /// A continuation.
     Continue {
@@ -264,8 +272,8 @@ impl StreamCore {
     {
         // `start_received`: what a continuation's HELLO tells the peer we have; its keepalive
         // ACKs never count from less (an ACK below what the peer knows we hold is a violation).
-        let (preamble, entry, start_received) = match mode {
-            Attach::New { preamble } => (preamble, Entry::default(), 0),
+        let (preamble, entry, start_received, early) = match mode {
+            Attach::New { preamble, early } => (preamble, Entry::default(), 0, early),
             Attach::Continue { peer, received } => {
                 let token = self.token.ok_or(Error::Closed)?;
                 let (acked, frames) = self.acks.restart();
@@ -285,7 +293,7 @@ impl StreamCore {
                         skip_from: None,
                     },
                 };
-                (preamble, entry, received)
+                (preamble, entry, received, None)
             }
         };
         let mut st = self.lock();
@@ -302,7 +310,7 @@ impl StreamCore {
         let (ack_tx, ack_rx) = watch::channel(start_received);
         let core = self.clone();
         let writer = tokio::spawn(async move {
-            let result = write_loop(write_half, &core, preamble, ack_rx, killed).await;
+            let result = write_loop(write_half, &core, (preamble, early), ack_rx, killed).await;
             core.writer_ended(epoch, result);
         });
         // Frames are read in small pieces (a 16-byte header, then the payload): a buffer keeps
@@ -563,7 +571,7 @@ impl crate::path::PathUser for StreamPath {
                 self.net.as_ref(),
                 self.remote,
                 local,
-                &self.host,
+                (&self.host, false),
                 &self.config,
                 tls,
             );

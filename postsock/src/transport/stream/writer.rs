@@ -49,6 +49,24 @@ fn frame_header(item: &Item) -> [u8; HEADER_LEN] {
     }
 }
 
+/// Adds `item`'s frame to `batch` (recorded as written first: the peer's ACK can come back
+/// before the write returns); true if the message asks to be sent immediately.
+fn append(
+    batch: &mut BytesMut,
+    item: &Item,
+    (acks, keep): (&Acks, bool),
+    sent_fins: &mut Vec<MessageId>,
+) -> bool {
+    let header = frame_header(item);
+    acks.written(item, &header, keep);
+    batch.extend_from_slice(&header);
+    batch.extend_from_slice(&item.data);
+    if item.fin && !item.abort {
+        sent_fins.push(item.id);
+    }
+    item.props.immediate
+}
+
 /// Tells the peer (best effort, bounded) that the carrier is aborted, not merely broken.
 async fn say_aborted<W: AsyncWrite + Unpin>(out: &mut W) -> Result<()> {
     let bye = FrameHeader::close(true).encode();
@@ -63,7 +81,7 @@ async fn say_aborted<W: AsyncWrite + Unpin>(out: &mut W) -> Result<()> {
 pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     mut out: W,
     core: &StreamCore,
-    preamble: Vec<Bytes>,
+    (preamble, early): (Vec<Bytes>, Option<tokio::sync::oneshot::Receiver<()>>),
     mut ack_rx: watch::Receiver<u64>,
     mut kill: watch::Receiver<u8>,
 ) -> Result<()> {
@@ -82,8 +100,26 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     }
     let mut flush = !batch.is_empty();
     let mut carries_data = false;
+    let mut sent_fins = Vec::new();
+    if let Some(gate) = early {
+        let _ = gate.await;
+        // TLS early data, which anyone who recorded it could replay: only idempotent
+        // messages (RFC 9622 §9.1.3.4), what is ready now and fits the ticket's allowance.
+        // The flush that follows completes the handshake; nothing else is written before.
+        loop {
+            let room = (MAX_EARLY_DATA as usize).saturating_sub(batch.len() + HEADER_LEN);
+            if room == 0 || !acks.has_room() {
+                break;
+            }
+            let Some(item) = outbox.try_next_where(room, |p| p.idempotent) else {
+                break;
+            };
+            carries_data = true;
+            append(&mut batch, &item, (acks, keep), &mut sent_fins);
+        }
+        flush = true;
+    }
     loop {
-        let mut sent_fins = Vec::new();
         if batch.is_empty() && !flush {
             let step = tokio::select! {
                 biased;
@@ -131,16 +167,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
                     carries_data = true;
                     let mut item = first;
                     loop {
-                        let header = frame_header(&item);
-                        // Recorded before writing: the peer's ACK can come back before
-                        // the write returns.
-                        acks.written(&item, &header, keep);
-                        batch.extend_from_slice(&header);
-                        batch.extend_from_slice(&item.data);
-                        flush |= item.props.immediate;
-                        if item.fin && !item.abort {
-                            sent_fins.push(item.id);
-                        }
+                        flush |= append(&mut batch, &item, (acks, keep), &mut sent_fins);
                         if batch.len() >= acks.batch_limit() || !acks.has_room() {
                             break;
                         }
@@ -203,9 +230,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
         dirty = !flush;
         flush = false;
         batch.clear();
-        for id in sent_fins {
-            outbox.update(id, SendStatus::Sent, false);
-        }
+        outbox.update_all(std::mem::take(&mut sent_fins), || SendStatus::Sent, false);
     }
     // The peer's last messages are acknowledged before we go, so that they end acked, not
     // merely sent, at the peer.

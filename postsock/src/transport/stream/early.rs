@@ -1,0 +1,448 @@
+//! TLS 1.3 early data over TCP.
+//!
+//! **Server:** [`ServerTls`] is the server side of a TLS connection that can be read before
+//! its handshake completes. tokio-rustls' acceptor finishes the handshake before it hands
+//! over the stream, and rustls keeps early data apart from ordinary application data
+//! (`ServerConnection::early_data`), so a resumed client's first messages would wait a full
+//! round trip for its Finished. `ServerTls::accept` returns as soon as the server has
+//! answered the ClientHello when it accepted early data; reads then yield the early data
+//! first, and the ordinary data after the handshake, in the order the client wrote them.
+//!
+//! Replays: TLS 1.3 early data can be replayed by anyone who recorded it (RFC 8446 §8). The
+//! listener's session store hands out single-use tickets (rustls takes a stateful ticket
+//! out of the store when it resumes), so a replayed ClientHello does not resume on the same
+//! listener, and a postsock client puts only idempotent messages in early data.
+//!
+//! **Client:** tokio-rustls' connector writes early data itself (feature `early-data`);
+//! [`ClientEarly`] wraps its stream to tell the carrier, once the handshake is done, whether
+//! the server resumed the session.
+
+use std::io::{self, Read, Write};
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, Waker};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The most early data a postsock listener accepts from one connection: the client's HELLO
+/// and its first idempotent messages. A client never writes more than the ticket allows.
+pub(crate) const MAX_EARLY_DATA: u32 = 16 * 1024;
+
+/// The rustls configuration of a TLS/TCP listener: postsock's (`tls::server_config`) with
+/// early data allowed. Its session store is stateful, so a ticket resumes once.
+pub(crate) fn server_config(
+    security: &crate::Security,
+) -> crate::Result<Arc<rustls::ServerConfig>> {
+    let mut config = super::tls::server_config(security)?;
+    config.max_early_data_size = MAX_EARLY_DATA;
+    Ok(Arc::new(config))
+}
+
+/// `io` seen as a blocking reader and writer inside a poll: `Pending` is `WouldBlock`.
+struct SyncIo<'a, 'b, IO> {
+    io: &'a mut IO,
+    cx: &'a mut Context<'b>,
+}
+
+impl<IO: AsyncRead + Unpin> Read for SyncIo<'_, '_, IO> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let mut rb = ReadBuf::new(buf);
+        match Pin::new(&mut *self.io).poll_read(self.cx, &mut rb) {
+            Poll::Ready(Ok(())) => Ok(rb.filled().len()),
+            Poll::Ready(Err(e)) => Err(e),
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> Write for SyncIo<'_, '_, IO> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match Pin::new(&mut *self.io).poll_write(self.cx, buf) {
+            Poll::Ready(r) => r,
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn tls_error(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// The server side of a TLS 1.3 connection whose early data is readable at once.
+pub(crate) struct ServerTls<IO> {
+    io: IO,
+    conn: rustls::ServerConnection,
+    /// The client closed TCP.
+    eof: bool,
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> ServerTls<IO> {
+    /// Runs the server handshake on `io` until the stream can be read: to its end, or, when
+    /// the server accepted the client's early data, until its answer to the ClientHello is
+    /// written (the rest completes as the stream is read).
+    pub(crate) async fn accept(config: Arc<rustls::ServerConfig>, io: IO) -> io::Result<Self> {
+        let mut conn = rustls::ServerConnection::new(config).map_err(tls_error)?;
+        // Whatever is written before the handshake completes waits inside rustls; the writer
+        // keeps it small (its window), and `poll_write` takes nothing new while TLS records
+        // are still unwritten.
+        conn.set_buffer_limit(None);
+        let mut tls = ServerTls {
+            io,
+            conn,
+            eof: false,
+        };
+        std::future::poll_fn(|cx| tls.poll_accept(cx)).await?;
+        Ok(tls)
+    }
+
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        loop {
+            while self.conn.wants_write() {
+                match self.write_tls(cx) {
+                    Poll::Ready(r) => r?,
+                    Poll::Pending => return Poll::Pending,
+                };
+            }
+            if !self.conn.is_handshaking() || self.conn.early_data().is_some() {
+                return Poll::Ready(Ok(()));
+            }
+            match self.read_tls(cx) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "TCP closed during the TLS handshake",
+                    )))
+                }
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Completes the handshake (reading on: what arrives meanwhile stays readable). Early
+    /// data is replayable; what must not be, waits for this.
+    pub(crate) async fn handshake(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| loop {
+            while self.conn.wants_write() {
+                std::task::ready!(self.write_tls(cx))?;
+            }
+            if !self.conn.is_handshaking() {
+                return Poll::Ready(Ok(()));
+            }
+            if self.eof {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "TCP closed during the TLS handshake",
+                )));
+            }
+            std::task::ready!(self.read_tls(cx))?;
+        })
+        .await
+    }
+
+    /// The rustls connection (ALPN, handshake kind).
+    pub(crate) fn connection(&self) -> &rustls::ServerConnection {
+        &self.conn
+    }
+
+    /// Reads TLS records from TCP and processes them; `Ok(0)` at TCP's end.
+    fn read_tls(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let n = match self.conn.read_tls(&mut SyncIo {
+            io: &mut self.io,
+            cx,
+        }) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Poll::Pending,
+            Err(e) => return Poll::Ready(Err(e)),
+        };
+        if n == 0 {
+            self.eof = true;
+        }
+        if let Err(e) = self.conn.process_new_packets() {
+            // Tell the client why (best effort: the alert is queued by rustls).
+            let waker = Waker::noop();
+            let _ = self.write_tls(&mut Context::from_waker(waker));
+            return Poll::Ready(Err(tls_error(e)));
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// Writes pending TLS records to TCP.
+    fn write_tls(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        match self.conn.write_tls(&mut SyncIo {
+            io: &mut self.io,
+            cx,
+        }) {
+            Ok(n) => Poll::Ready(Ok(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Poll::Pending,
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    /// Copies what can be read now into `buf`: early data first, then application data once
+    /// the handshake is complete. `None` when nothing is buffered.
+    fn read_buffered(&mut self, buf: &mut ReadBuf<'_>) -> Option<io::Result<()>> {
+        if let Some(mut early) = self.conn.early_data() {
+            match early.read(buf.initialize_unfilled()) {
+                Ok(0) => {}
+                Ok(n) => {
+                    buf.advance(n);
+                    return Some(Ok(()));
+                }
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        if self.conn.is_handshaking() {
+            return None;
+        }
+        match self.conn.reader().read(buf.initialize_unfilled()) {
+            Ok(n) => {
+                buf.advance(n);
+                Some(Ok(()))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for ServerTls<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        loop {
+            if let Some(r) = this.read_buffered(buf) {
+                return Poll::Ready(r);
+            }
+            // Records reading made (the session tickets after the client's Finished) go out
+            // now if TCP takes them, else with the writer's next flush: the reader never
+            // waits on, nor registers for, write readiness.
+            if this.conn.wants_write() {
+                let _ = this.write_tls(&mut Context::from_waker(Waker::noop()));
+            }
+            if this.eof {
+                return Poll::Ready(if this.conn.is_handshaking() {
+                    Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "TCP closed during the TLS handshake",
+                    ))
+                } else {
+                    // Read everything: rustls says whether a close_notify ended it.
+                    this.conn.reader().read(buf.initialize_unfilled()).map(|n| {
+                        buf.advance(n);
+                    })
+                });
+            }
+            match this.read_tls(cx) {
+                Poll::Ready(Ok(_)) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ServerTls<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        // Back-pressure: nothing new while earlier records wait for TCP.
+        while this.conn.wants_write() {
+            std::task::ready!(this.write_tls(cx))?;
+        }
+        let n = this.conn.writer().write(buf)?;
+        while this.conn.wants_write() {
+            match this.write_tls(cx) {
+                Poll::Ready(r) => r?,
+                // Taken: the records go out with the next write or flush.
+                Poll::Pending => break,
+            };
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        this.conn.writer().flush()?;
+        while this.conn.wants_write() {
+            std::task::ready!(this.write_tls(cx))?;
+        }
+        Pin::new(&mut this.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.conn.send_close_notify();
+        std::task::ready!(self.as_mut().poll_flush(cx))?;
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// A client TLS stream that may still be in its early-data phase: once the handshake is
+/// done (the first flush after the early data completes it), it records in `resumed`
+/// whether the server resumed the session.
+pub(crate) struct ClientEarly<IO> {
+    inner: tokio_rustls::client::TlsStream<IO>,
+    resumed: Arc<OnceLock<bool>>,
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> ClientEarly<IO> {
+    pub(crate) fn new(inner: tokio_rustls::client::TlsStream<IO>) -> Self {
+        let mut s = ClientEarly {
+            inner,
+            resumed: Arc::new(OnceLock::new()),
+        };
+        s.learn();
+        s
+    }
+
+    /// Whether the handshake resumed a session, once it is done.
+    pub(crate) fn resumed(&self) -> Arc<OnceLock<bool>> {
+        self.resumed.clone()
+    }
+
+    /// Whether the stream is still before the end of its handshake: what is written now
+    /// goes in early data.
+    pub(crate) fn in_early_data(&self) -> bool {
+        self.resumed.get().is_none()
+    }
+
+    fn learn(&mut self) {
+        if self.resumed.get().is_none() && !self.inner.get_ref().1.is_handshaking() {
+            let kind = self.inner.get_ref().1.handshake_kind();
+            let _ = self
+                .resumed
+                .set(kind == Some(rustls::HandshakeKind::Resumed));
+        }
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for ClientEarly<IO> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        this.learn();
+        r
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ClientEarly<IO> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.learn();
+        r
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_flush(cx);
+        this.learn();
+        r
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.learn();
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Security;
+
+    /// Moves every pending TLS record between the two ends until both are quiet.
+    fn exchange(client: &mut rustls::ClientConnection, server: &mut rustls::ServerConnection) {
+        for _ in 0..20 {
+            let mut c2s = Vec::new();
+            client.write_tls(&mut c2s).expect("client write");
+            let mut s2c = Vec::new();
+            server.write_tls(&mut s2c).expect("server write");
+            if c2s.is_empty() && s2c.is_empty() {
+                return;
+            }
+            if !c2s.is_empty() {
+                server.read_tls(&mut &c2s[..]).expect("server read");
+                server.process_new_packets().expect("server process");
+            }
+            if !s2c.is_empty() {
+                client.read_tls(&mut &s2c[..]).expect("client read");
+                client.process_new_packets().expect("client process");
+            }
+        }
+        panic!("the handshake did not settle");
+    }
+
+    #[test]
+    fn a_replayed_client_hello_with_early_data_is_not_resumed_again() {
+        let ca = crate::certs::TestCa::new("early CA").expect("ca");
+        let server_security = Security {
+            identity: Some(ca.issue(&["localhost"]).expect("identity")),
+            ..Default::default()
+        };
+        let client_security = Security {
+            trusted_roots: vec![ca.root()],
+            ..Default::default()
+        };
+        let server_config = server_config(&server_security).expect("server config");
+        let client_config = crate::establish::association::TlsClients::new(&client_security)
+            .expect("client configs")
+            .tcp;
+        let name = || rustls::pki_types::ServerName::try_from("localhost").expect("name");
+
+        // A full handshake leaves the client a ticket.
+        let mut client = rustls::ClientConnection::new(client_config.clone(), name()).expect("c");
+        let mut server = rustls::ServerConnection::new(server_config.clone()).expect("s");
+        exchange(&mut client, &mut server);
+        assert_eq!(client.handshake_kind(), Some(rustls::HandshakeKind::Full));
+
+        // The next connection resumes with early data; its first flight is recorded.
+        let mut client = rustls::ClientConnection::new(client_config, name()).expect("c");
+        client
+            .early_data()
+            .expect("the ticket allows early data")
+            .write_all(b"idempotent")
+            .expect("early write");
+        let mut flight = Vec::new();
+        client.write_tls(&mut flight).expect("client hello");
+
+        let accept = |flight: &[u8]| {
+            let mut server = rustls::ServerConnection::new(server_config.clone()).expect("s");
+            server.read_tls(&mut &flight[..]).expect("read");
+            server.process_new_packets().expect("process");
+            let mut early = Vec::new();
+            if let Some(mut data) = server.early_data() {
+                data.read_to_end(&mut early).expect("early read");
+            }
+            (server.handshake_kind(), early)
+        };
+        let (kind, early) = accept(&flight);
+        assert_eq!(kind, Some(rustls::HandshakeKind::Resumed));
+        assert_eq!(early, b"idempotent");
+        // The same bytes again (a replay): the ticket is spent, no early data is read.
+        let (kind, early) = accept(&flight);
+        assert_eq!(kind, Some(rustls::HandshakeKind::Full));
+        assert!(early.is_empty(), "a replay delivered {early:?}");
+    }
+}
