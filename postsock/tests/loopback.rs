@@ -293,3 +293,80 @@ async fn the_event_stream_ends_after_the_last_event() {
     assert!(last.is_some_and(|l| l.starts_with("Closed")));
     server.await.expect("server task");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_data_to_a_server_that_stops_answering_tls_ends_the_carrier() {
+    // A ticket from a real listener; then the port is taken by a TCP server that accepts
+    // and never speaks TLS. The resumed carrier starts in early data at once, and its
+    // handshake must not hold it forever: it ends (the handshake bounded by the connect
+    // timeout, then the dormant timeout), with its message failed.
+    let net: Arc<dyn Net> = TokioNet::shared();
+    let ca = TestCa::new("early CA").expect("ca");
+    let (mut server_config, mut client_config) = common::postsock_configs(&ca, Protocol::TlsTcp);
+    server_config.protocols(&[Protocol::TlsTcp]);
+    client_config.associations = Some(postsock::Associations::new(std::time::Duration::from_secs(
+        60,
+    )));
+    client_config.connect_timeout = std::time::Duration::from_millis(300);
+    client_config.dormant_timeout = std::time::Duration::from_millis(500);
+    // No keepalives, so silence alone never ends the carrier: only the handshake's bound.
+    client_config.keepalive = None;
+    let (mut listener, port) = listen(&net, server_config).await;
+    let server = tokio::spawn(async move {
+        let carrier = listener.accept().await.expect("accept");
+        let m = carrier.receive().await.expect("receive").expect("message");
+        carrier.send_bytes(m.data).await.expect("echo");
+        let _ = carrier.receive().await;
+    });
+    let remote = Remote::new("localhost", port);
+    let first = postsock::Message::new(&b"ticket"[..]).idempotent();
+    let (carrier, _) =
+        Carrier::initiate_with(net.clone(), remote.clone(), client_config.clone(), first)
+            .await
+            .expect("first carrier");
+    carrier.receive().await.expect("echo").expect("echo");
+    carrier.close().await.expect("close");
+    server.await.expect("server");
+
+    // The listener's accept task lets go of the port as it is aborted.
+    let mut silent = None;
+    for _ in 0..100 {
+        match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+            Ok(l) => {
+                silent = Some(l);
+                break;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+        }
+    }
+    let silent = silent.expect("the port again");
+    let held = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            held.push(stream);
+        }
+    });
+    let first = postsock::Message::new(&b"early"[..]).idempotent();
+    let start = std::time::Instant::now();
+    match Carrier::initiate_with(net, remote, client_config, first).await {
+        // In early data the carrier exists at once; its handshake then times out.
+        Ok((carrier, handle)) => {
+            let outcome =
+                tokio::time::timeout(std::time::Duration::from_secs(10), handle.outcome())
+                    .await
+                    .expect("the message settles");
+            assert!(
+                matches!(outcome, postsock::SendStatus::Failed(_)),
+                "{outcome:?}"
+            );
+            let ended = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+                while carrier.next_event().await.is_some() {}
+            })
+            .await;
+            assert!(ended.is_ok(), "the carrier still runs");
+        }
+        Err(e) => panic!("a ticket allowing early data should start the carrier: {e}"),
+    }
+    assert!(start.elapsed() < std::time::Duration::from_secs(10));
+    held.abort();
+}

@@ -614,9 +614,12 @@ impl Carrier {
                 let core = tls_tcp::StreamCore::new(outbox.clone(), events_tx.clone(), settings);
                 // A fresh core is detached: attaching its first transient cannot fail.
                 let early = early.then(|| {
-                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    let (tx, gate) = tokio::sync::oneshot::channel();
                     early_gate = Some(tx);
-                    rx
+                    tls_tcp::EarlyStart {
+                        gate,
+                        timeout: config.connect_timeout,
+                    }
                 });
                 let _ = core.attach(stream, peer, tls_tcp::Attach::New { preamble, early });
                 if let (Some(steer), Some(o), Some(_)) = (steer, &origin, token) {

@@ -68,10 +68,8 @@ pub(crate) enum Attach {
     New {
         /// Frames to write first.
         preamble: Vec<Bytes>,
-        /// The stream is a client's still in TLS early data: once this gate opens (its sender
-        /// is dropped), the writer sends the preamble and the idempotent messages ready then,
-        /// and completes the handshake before anything else.
-        early: Option<tokio::sync::oneshot::Receiver<()>>,
+        /// The stream is a client's still in TLS early data.
+        early: Option<EarlyStart>,
     },
     /// A continuation.
     Continue {
@@ -80,6 +78,15 @@ pub(crate) enum Attach {
         /// What we received (from [`StreamCore::detach`]).
         received: u64,
     },
+}
+
+/// How a client's writer starts a stream still in TLS early data: once `gate` opens (its
+/// sender is dropped), it writes the preamble and the idempotent messages ready then, and
+/// completes the handshake, within `timeout`, before anything else.
+#[derive(Debug)]
+pub(crate) struct EarlyStart {
+    pub(crate) gate: tokio::sync::oneshot::Receiver<()>,
+    pub(crate) timeout: Duration,
 }
 
 /// What a transient's reader starts with.

@@ -81,7 +81,7 @@ async fn say_aborted<W: AsyncWrite + Unpin>(out: &mut W) -> Result<()> {
 pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     mut out: W,
     core: &StreamCore,
-    (preamble, early): (Vec<Bytes>, Option<tokio::sync::oneshot::Receiver<()>>),
+    (preamble, early): (Vec<Bytes>, Option<EarlyStart>),
     mut ack_rx: watch::Receiver<u64>,
     mut kill: watch::Receiver<u8>,
 ) -> Result<()> {
@@ -101,11 +101,10 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     let mut flush = !batch.is_empty();
     let mut carries_data = false;
     let mut sent_fins = Vec::new();
-    if let Some(gate) = early {
-        let _ = gate.await;
+    if let Some(start) = early {
+        let _ = start.gate.await;
         // TLS early data, which anyone who recorded it could replay: only idempotent
         // messages (RFC 9622 §9.1.3.4), what is ready now and fits the ticket's allowance.
-        // The flush that follows completes the handshake; nothing else is written before.
         loop {
             let room = (MAX_EARLY_DATA as usize).saturating_sub(batch.len() + HEADER_LEN);
             if room == 0 || !acks.has_room() {
@@ -117,7 +116,36 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
             carries_data = true;
             append(&mut batch, &item, (acks, keep), &mut sent_fins);
         }
-        flush = true;
+        // The flush completes the handshake; nothing else is written before it. A server
+        // that took TCP but never answers TLS would otherwise hold the carrier forever.
+        let handshake = async {
+            out.write_all(&batch).await?;
+            out.flush().await
+        };
+        let done = tokio::select! {
+            biased;
+            _ = killed(&mut kill) => return Err(ConnectionError::TransientEnded.into()),
+            done = tokio::time::timeout(start.timeout, handshake) => done,
+        };
+        match done {
+            Ok(r) => r.map_err(io)?,
+            Err(_) => {
+                let e = std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "TLS handshake after early data not done in {:?}",
+                        start.timeout
+                    ),
+                );
+                return Err(tcp("handshake", e));
+            }
+        }
+        if std::mem::take(&mut carries_data) {
+            core.tx.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        batch.clear();
+        flush = false;
+        outbox.update_all(std::mem::take(&mut sent_fins), || SendStatus::Sent, false);
     }
     loop {
         if batch.is_empty() && !flush {
