@@ -29,9 +29,32 @@ pub(crate) struct Candidate {
     pub(crate) path: Option<PathChoice>,
 }
 
+/// The resolved addresses in the order they are tried (RFC 8305 §4): address families
+/// interleaved, starting with the family of the resolver's first address (its RFC 6724
+/// preference, usually IPv6), each family in the resolver's order. A broken family then
+/// costs one attempt delay before the other is tried, not one per address.
+pub(crate) fn interleave_families(addrs: &[SocketAddr]) -> Vec<SocketAddr> {
+    let Some(first) = addrs.first() else {
+        return Vec::new();
+    };
+    let (mut same, mut other): (std::collections::VecDeque<_>, std::collections::VecDeque<_>) =
+        addrs
+            .iter()
+            .copied()
+            .partition(|a| a.is_ipv4() == first.is_ipv4());
+    let mut out = Vec::with_capacity(addrs.len());
+    loop {
+        match (same.pop_front(), other.pop_front()) {
+            (None, None) => return out,
+            (a, b) => out.extend(a.into_iter().chain(b)),
+        }
+    }
+}
+
 /// The candidates in the order they are tried: for each path (best interface first), each
-/// resolved address, each protocol stack in preference order (so a blocked protocol costs
-/// one attempt delay, not one per address, and a dead interface one per candidate on it).
+/// resolved address (families interleaved: [`interleave_families`]), each protocol stack in
+/// preference order (so a blocked protocol costs one attempt delay, not one per address,
+/// and a dead interface one per candidate on it).
 /// `paths` empty: the network names no interfaces; one unbound path.
 pub(crate) fn candidates(
     protocols: &[Protocol],
@@ -43,6 +66,7 @@ pub(crate) fn candidates(
     } else {
         paths.iter().map(Some).collect()
     };
+    let addrs = interleave_families(addrs);
     paths
         .iter()
         .flat_map(|path| {
@@ -262,6 +286,45 @@ mod tests {
                 local: [10, 0, 0, 1].into(),
             }),
         }
+    }
+
+    #[test]
+    fn address_families_are_interleaved_from_the_resolvers_first() {
+        let v6 = |n: u16| {
+            SocketAddr::from((
+                std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, n),
+                443,
+            ))
+        };
+        let v4 = |n: u8| SocketAddr::from(([192, 0, 2, n], 443));
+        assert_eq!(
+            interleave_families(&[v6(1), v6(2), v6(3), v4(1), v4(2)]),
+            [v6(1), v4(1), v6(2), v4(2), v6(3)]
+        );
+        assert_eq!(
+            interleave_families(&[v4(1), v4(2), v6(1)]),
+            [v4(1), v6(1), v4(2)]
+        );
+        assert_eq!(interleave_families(&[v4(2), v4(1)]), [v4(2), v4(1)]);
+        assert!(interleave_families(&[]).is_empty());
+        // With two protocols: a dead IPv6 costs QUIC and TLS/TCP on it, then IPv4 comes.
+        let c = candidates(
+            &[Protocol::Quic, Protocol::TlsTcp],
+            &[v6(1), v6(2), v4(1)],
+            &[],
+        );
+        let order: Vec<_> = c.iter().map(|c| (c.remote, c.protocol)).collect();
+        assert_eq!(
+            order,
+            [
+                (v6(1), Protocol::Quic),
+                (v6(1), Protocol::TlsTcp),
+                (v4(1), Protocol::Quic),
+                (v4(1), Protocol::TlsTcp),
+                (v6(2), Protocol::Quic),
+                (v6(2), Protocol::TlsTcp),
+            ]
+        );
     }
 
     fn race(n: usize, t0: Instant) -> Race {
