@@ -541,6 +541,26 @@ fn a_second_tls_tcp_carrier_resumes_its_session() {
     assert_eq!(r.metrics.resumed, Some(0), "no association, no tickets");
 }
 
+/// The client messages of the second carrier of a 5-message echo (ids above 5) after its
+/// first arrive `min_ms` or more after it was initiated (its first message's send).
+fn assert_later_messages_not_before(r: &reports::Report, min_ms: f64) {
+    let second: Vec<_> = r
+        .messages
+        .iter()
+        .filter(|m| m.direction == reports::Direction::ClientToServer && m.id > 5)
+        .collect();
+    let start = second.iter().map(|m| m.sent_ms).fold(f64::MAX, f64::min);
+    for m in second {
+        let at = m.delivered_ms[0];
+        assert!(
+            at - start >= min_ms,
+            "message {} arrived {} ms after initiate",
+            m.id,
+            at - start
+        );
+    }
+}
+
 #[test]
 fn quic_0rtt_carries_only_idempotent_messages_at_the_physical_limit() {
     for r in blocking("resumption/quic-0rtt-idempotent") {
@@ -556,21 +576,7 @@ fn quic_0rtt_carries_only_idempotent_messages_at_the_physical_limit() {
         );
         // The second carrier's other messages are not idempotent: none may ride in 0-RTT,
         // so none arrives before the handshake allows (initiation + 60 ms).
-        let second: Vec<_> = r
-            .messages
-            .iter()
-            .filter(|m| m.direction == reports::Direction::ClientToServer && m.id > 5)
-            .collect();
-        let start = second.iter().map(|m| m.sent_ms).fold(f64::MAX, f64::min);
-        for m in second {
-            let at = m.delivered_ms[0];
-            assert!(
-                at - start >= 58.0,
-                "message {} arrived {} ms after initiate",
-                m.id,
-                at - start
-            );
-        }
+        assert_later_messages_not_before(&r, 58.0);
     }
     for r in blocking("resumption/quic-0rtt-not-idempotent") {
         let last = r.metrics.ttfm_last_ms.expect("second carrier");
@@ -612,21 +618,7 @@ fn tls_tcp_early_data_carries_only_idempotent_messages_at_1_5_rtt() {
         assert_eq!(r.metrics.resumed, Some(1), "seed {}", r.seed);
         // The second carrier's other messages are not idempotent: they wait for the
         // handshake and arrive with the client's Finished, 2.5 RTT after initiate at best.
-        let second: Vec<_> = r
-            .messages
-            .iter()
-            .filter(|m| m.direction == reports::Direction::ClientToServer && m.id > 5)
-            .collect();
-        let start = second.iter().map(|m| m.sent_ms).fold(f64::MAX, f64::min);
-        for m in second {
-            let at = m.delivered_ms[0];
-            assert!(
-                at - start >= 98.0,
-                "message {} arrived {} ms after initiate",
-                m.id,
-                at - start
-            );
-        }
+        assert_later_messages_not_before(&r, 98.0);
     }
     // Without an association there is no ticket, and no early data: 2.5 RTT.
     let r = without_association("resumption/tls-tcp-early-data", 1);

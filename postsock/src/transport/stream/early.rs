@@ -68,6 +68,13 @@ impl<IO: AsyncWrite + Unpin> Write for SyncIo<'_, '_, IO> {
     }
 }
 
+fn closed_in_handshake() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "TCP closed during the TLS handshake",
+    )
+}
+
 fn tls_error(e: rustls::Error) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, e)
 }
@@ -111,12 +118,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ServerTls<IO> {
                 return Poll::Ready(Ok(()));
             }
             match self.read_tls(cx) {
-                Poll::Ready(Ok(0)) => {
-                    return Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "TCP closed during the TLS handshake",
-                    )))
-                }
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(closed_in_handshake())),
                 Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => return Poll::Pending,
@@ -135,10 +137,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ServerTls<IO> {
                 return Poll::Ready(Ok(()));
             }
             if self.eof {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "TCP closed during the TLS handshake",
-                )));
+                return Poll::Ready(Err(closed_in_handshake()));
             }
             std::task::ready!(self.read_tls(cx))?;
         })
@@ -230,10 +229,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for ServerTls<IO> {
             }
             if this.eof {
                 return Poll::Ready(if this.conn.is_handshaking() {
-                    Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "TCP closed during the TLS handshake",
-                    ))
+                    Err(closed_in_handshake())
                 } else {
                     // Read everything: rustls says whether a close_notify ended it.
                     this.conn.reader().read(buf.initialize_unfilled()).map(|n| {
