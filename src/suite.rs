@@ -318,14 +318,13 @@ pub fn write_run(out: &Path, report: &Report, plot: bool) -> Result<(), ReportEr
 
 /// Drops what a suite no longer needs in memory once a report is on disk: the per-message
 /// records (most of a report; the protocol comparison reads them back from the files), the
-/// link counters, faults, race and path timelines. What stays — scenario, seed, verdict,
-/// expectations, metrics, protocol, error — is what summaries, JUnit, the TTFM plot and the
-/// NAT matrix use.
+/// link counters, faults and path timelines. What stays — scenario, seed, verdict,
+/// expectations, metrics, protocol, error, and the race (a few attempts, for the HTML
+/// report) — is what summaries, JUnit, the TTFM plot, the NAT matrix and the HTML use.
 pub fn lighten(report: &mut Report) {
     report.messages = Vec::new();
     report.links = Default::default();
     report.faults = Vec::new();
-    report.establishment = None;
     report.path_events = Vec::new();
     report.path_faults_ms = Vec::new();
     report.oracles = Vec::new();

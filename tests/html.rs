@@ -94,6 +94,22 @@ fn the_html_report_is_self_contained_and_renders_in_chromium() {
         let alt = format!("alt=\"{scenario}: ");
         assert!(html.contains(&alt), "{alt}");
     }
+    // The race as a table too: QUIC first, TLS/TCP after the attempt delay, and who won.
+    let section = html
+        .find("id=\"s-blocking/udp-blocked\"")
+        .expect("its section");
+    let race = section
+        + html[section..]
+            .find("<table class=\"race\"><caption>connection race, seed 1")
+            .expect("a race table");
+    let race = &html[race..race + html[race..].find("</table>").expect("its end")];
+    let at = |what: &str| {
+        race.find(what)
+            .unwrap_or_else(|| panic!("no {what} in {race}"))
+    };
+    let (quic, tls) = (at("<td>quic</td>"), at("<td>tls-tcp</td>"));
+    assert!(quic < tls, "{race}");
+    assert!(race.contains("<td>won</td>"), "{race}");
     assert_eq!(
         html.matches("alt=\"blocking/udp-blocked: connection race\"")
             .count(),

@@ -96,6 +96,46 @@ tr.fail td{background:#fde8e8}tr.pass td.rate{color:#186a1f}code{background:#f6f
 padding:0 .2em}img{max-width:100%;border:1px solid #ddd;margin:.5em 0}\
 section.scenario{margin:2em 0;border-top:1px solid #ddd}h2{margin-top:1.5em}";
 
+/// The client's race of one run, as a table, with what its policies chose.
+fn establishment(h: &mut String, e: &crate::Establishment, seed: u64) {
+    let _ = writeln!(
+        h,
+        "<table class=\"race\"><caption>connection race, seed {seed}: decided after {} ms{}</caption>\
+         <tr><th>protocol</th><th>remote</th><th>start</th><th>ran</th><th>outcome</th></tr>",
+        e.duration_ms,
+        e.error
+            .as_ref()
+            .map_or(String::new(), |err| format!(", {}", esc(err)))
+    );
+    for a in &e.attempts {
+        let outcome = match &a.reason {
+            Some(why) => format!("{}: {}", esc(&a.outcome), esc(why)),
+            None => esc(&a.outcome),
+        };
+        let _ = writeln!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{outcome}</td></tr>",
+            esc(&a.protocol),
+            esc(&a.remote),
+            a.started_ms,
+            a.duration_ms
+        );
+    }
+    h.push_str("</table>\n");
+    if !e.policy.is_empty() {
+        h.push_str("<ul class=\"policy\">");
+        for p in &e.policy {
+            let _ = write!(
+                h,
+                "<li>policy <code>{}</code>: {}</li>",
+                esc(&p.policy),
+                esc(&p.setting)
+            );
+        }
+        h.push_str("</ul>\n");
+    }
+}
+
 /// Writes `out/index.html` for a suite's reports (metrics and verdicts are enough: the
 /// plots are read from the files the suite wrote below `out`). `replay` gives each run's
 /// replay command. Scenarios appear in the order of their first run.
@@ -254,6 +294,9 @@ pub fn index<R: std::borrow::Borrow<Report>>(
                     esc(alt)
                 );
             }
+        }
+        if let Some(e) = &runs[0].establishment {
+            establishment(&mut h, e, first);
         }
         h.push_str("</section>\n");
     }
