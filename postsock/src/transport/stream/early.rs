@@ -106,42 +106,34 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ServerTls<IO> {
         Ok(tls)
     }
 
-    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+    /// Drives the handshake (writing what rustls has to send, reading on) until `done`
+    /// holds; what arrives meanwhile stays readable.
+    fn poll_handshake(
+        &mut self,
+        cx: &mut Context<'_>,
+        done: fn(&mut rustls::ServerConnection) -> bool,
+    ) -> Poll<io::Result<()>> {
         loop {
             while self.conn.wants_write() {
-                match self.write_tls(cx) {
-                    Poll::Ready(r) => r?,
-                    Poll::Pending => return Poll::Pending,
-                };
+                std::task::ready!(self.write_tls(cx))?;
             }
-            if !self.conn.is_handshaking() || self.conn.early_data().is_some() {
+            if done(&mut self.conn) {
                 return Poll::Ready(Ok(()));
             }
-            match self.read_tls(cx) {
-                Poll::Ready(Ok(0)) => return Poll::Ready(Err(closed_in_handshake())),
-                Poll::Ready(Ok(_)) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
+            if self.eof || std::task::ready!(self.read_tls(cx))? == 0 {
+                return Poll::Ready(Err(closed_in_handshake()));
             }
         }
     }
 
-    /// Completes the handshake (reading on: what arrives meanwhile stays readable). Early
-    /// data is replayable; what must not be, waits for this.
+    /// Readable: the handshake is complete, or the client's early data was accepted.
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_handshake(cx, |c| !c.is_handshaking() || c.early_data().is_some())
+    }
+
+    /// Completes the handshake. Early data is replayable; what must not be, waits for this.
     pub(crate) async fn handshake(&mut self) -> io::Result<()> {
-        std::future::poll_fn(|cx| loop {
-            while self.conn.wants_write() {
-                std::task::ready!(self.write_tls(cx))?;
-            }
-            if !self.conn.is_handshaking() {
-                return Poll::Ready(Ok(()));
-            }
-            if self.eof {
-                return Poll::Ready(Err(closed_in_handshake()));
-            }
-            std::task::ready!(self.read_tls(cx))?;
-        })
-        .await
+        std::future::poll_fn(|cx| self.poll_handshake(cx, |c| !c.is_handshaking())).await
     }
 
     /// The rustls connection (ALPN, handshake kind).
