@@ -98,6 +98,7 @@ fn spec() -> WorldSpec {
     client.link.bandwidth_kbps = Some(100_000);
     client.link.queue_bytes = 4 << 20;
     WorldSpec {
+        dns: Default::default(),
         hosts: vec![client, HostSpec::new("server", None, 10)],
         gateways: vec![],
     }

@@ -131,6 +131,7 @@ impl Default for PairSetup {
 /// public STUN, rendezvous and TURN hosts.
 fn pair_world(a: NatPreset, b: NatPreset) -> WorldSpec {
     WorldSpec {
+        dns: Default::default(),
         hosts: vec![
             host("alice", Some("nat-a"), 5),
             host("bob", Some("nat-b"), 10),

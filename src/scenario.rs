@@ -382,6 +382,8 @@ struct ScenarioFile {
     host: Vec<HostSpec>,
     #[serde(default)]
     gateway: Vec<GatewaySpec>,
+    #[serde(default)]
+    dns: sim::DnsSpec,
     workload: Workload,
     #[serde(default)]
     fault: Vec<FaultEntry>,
@@ -481,6 +483,7 @@ impl Scenario {
         let world = WorldSpec {
             hosts: file.host,
             gateways: file.gateway,
+            dns: file.dns,
         };
         world.validate().map_err(|e| loc.spec_error(e))?;
         if file.duration_s == 0 || file.duration_s > MAX_DURATION_S {

@@ -60,6 +60,15 @@ fn ms(d: std::time::Duration) -> f64 {
     reports::model::round_us(d.as_secs_f64() * 1000.0)
 }
 
+/// The DNS query for `family`.
+fn record_name(family: postsock::net::Family) -> String {
+    match family {
+        postsock::net::Family::V6 => "AAAA",
+        postsock::net::Family::V4 => "A",
+    }
+    .to_string()
+}
+
 /// The report's record of a race.
 fn establishment(
     report: &postsock::EstablishmentReport,
@@ -91,6 +100,24 @@ fn establishment(
                 setting: c.setting.clone(),
             })
             .collect(),
+        resolution: report
+            .resolution
+            .as_ref()
+            .map(|r| reports::ResolutionRecord {
+                queries: r
+                    .queries
+                    .iter()
+                    .map(|q| reports::QueryRecord {
+                        query: record_name(q.family),
+                        answered_ms: ms(q.answered),
+                        addresses: q.addresses.iter().map(ToString::to_string).collect(),
+                        error: q.error.clone(),
+                        late: q.late,
+                    })
+                    .collect(),
+                race_started_ms: ms(r.race_started),
+                unanswered: r.unanswered.iter().map(|f| record_name(*f)).collect(),
+            }),
     }
 }
 
@@ -185,9 +212,8 @@ async fn initiate(
             let report = match &e {
                 postsock::Error::NoCandidate { report, .. } => (**report).clone(),
                 _ => postsock::EstablishmentReport {
-                    attempts: Vec::new(),
                     duration: started.elapsed(),
-                    policy: Vec::new(),
+                    ..Default::default()
                 },
             };
             let record = establishment(&report, Some(e.to_string()));
@@ -339,7 +365,16 @@ where
     F: Fn(Carrier) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let local = ([0, 0, 0, 0], workload.port).into();
+    // A host with an IPv6 address listens on `[::]` (dual-stack where it has both).
+    let v6 = net
+        .interfaces()
+        .iter()
+        .any(|i| i.addrs.iter().any(|a| a.is_ipv6()));
+    let local = if v6 {
+        (std::net::Ipv6Addr::UNSPECIFIED, workload.port).into()
+    } else {
+        ([0, 0, 0, 0], workload.port).into()
+    };
     let mut listener = Listener::bind(net, local, config).await?;
     loop {
         let carrier = listener.accept().await?;

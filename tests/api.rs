@@ -119,6 +119,7 @@ fn simulate<S, SF, C, CF>(
     CF: Future<Output = ()> + 'static,
 {
     let spec = WorldSpec {
+        dns: Default::default(),
         hosts: vec![
             HostSpec {
                 name: "client".into(),
@@ -127,6 +128,8 @@ fn simulate<S, SF, C, CF>(
                 aliases: Vec::new(),
                 interfaces: Vec::new(),
                 count: None,
+                ip: Default::default(),
+                ipv6_blackhole: false,
             },
             HostSpec {
                 name: "server".into(),
@@ -138,6 +141,8 @@ fn simulate<S, SF, C, CF>(
                 aliases: Vec::new(),
                 interfaces: Vec::new(),
                 count: None,
+                ip: Default::default(),
+                ipv6_blackhole: false,
             },
         ],
         gateways: vec![],

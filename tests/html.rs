@@ -110,6 +110,10 @@ fn the_html_report_is_self_contained_and_renders_in_chromium() {
     let (quic, tls) = (at("<td>quic</td>"), at("<td>tls-tcp</td>"));
     assert!(quic < tls, "{race}");
     assert!(race.contains("<td>won</td>"), "{race}");
+    // Above the attempts: what DNS answered, and when the race started.
+    let dns = at("DNS: A at 0 ms (192.168.0.");
+    assert!(dns < quic, "{race}");
+    assert!(race.contains("the race started at 0 ms"), "{race}");
     assert_eq!(
         html.matches("alt=\"blocking/udp-blocked: connection race\"")
             .count(),

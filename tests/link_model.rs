@@ -178,6 +178,7 @@ fn two_clients_through_one_gateway(uplink_kbps: Option<u64>) -> (f64, Option<sim
         ..sim::LinkParams::default()
     });
     let spec = sim::WorldSpec {
+        dns: Default::default(),
         hosts: vec![
             common::sim_host("a", Some("nat"), 5),
             common::sim_host("b", Some("nat"), 5),

@@ -120,6 +120,7 @@ fn behind_two_nats_stun_sees_the_outer_one() {
     home.latency_ms = 3;
     home.behind = Some("cgnat".into());
     let spec = WorldSpec {
+        dns: Default::default(),
         hosts: vec![
             sim_host("client", Some("home"), 2),
             sim_host("stun", None, 10),
@@ -177,6 +178,7 @@ fn chained_gateways_must_exist_and_not_loop() {
     let mut a = GatewaySpec::nat("a", NatPreset::FullCone);
     a.behind = Some("nowhere".into());
     let spec = WorldSpec {
+        dns: Default::default(),
         hosts: vec![sim_host("h", Some("a"), 1)],
         gateways: vec![a.clone()],
     };
@@ -189,6 +191,7 @@ fn chained_gateways_must_exist_and_not_loop() {
     b.behind = Some("a".into());
     a.behind = Some("b".into());
     let spec = WorldSpec {
+        dns: Default::default(),
         hosts: vec![sim_host("h", Some("a"), 1)],
         gateways: vec![a, b],
     };

@@ -121,3 +121,23 @@ fn a_tls_over_tcp_capture_decodes_with_its_key_log() {
     assert!(!data.is_empty());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn ipv6_captures_decode_as_ipv6_with_the_key_log() {
+    // TLS over TCP over IPv6: smoltcp's IPv6 segments, as they crossed the links.
+    let dir = capture("echo/tls-tcp-ipv6", "a");
+    let syns = decode(&dir, "client.pcapng", "ipv6 && tcp.flags.syn == 1");
+    assert_eq!(syns.len(), 2, "{syns:?}");
+    assert!(
+        decode(&dir, "client.pcapng", "ip").is_empty(),
+        "nothing over IPv4"
+    );
+    let finished = decode(&dir, "client.pcapng", "tls.handshake.type == 20");
+    assert_eq!(finished.len(), 2, "{finished:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+    // QUIC over IPv6: UDP datagrams in IPv6 headers, decrypted.
+    let dir = capture("blocking/ipv6-only", "a");
+    let quic = decode(&dir, "client.pcapng", "ipv6 && quic.stream.stream_id");
+    assert!(!quic.is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -17,6 +17,7 @@ use sim::{NatPreset, World, WorldSpec};
 
 fn spec() -> WorldSpec {
     WorldSpec {
+        dns: Default::default(),
         hosts: vec![
             host("alice", Some("nat-a"), 5),
             host("bob", Some("nat-b"), 5),

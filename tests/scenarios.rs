@@ -698,6 +698,127 @@ fn a_name_with_several_addresses_races_each_of_them() {
     }
 }
 
+/// Each attempt's (protocol, remote address, start, outcome).
+fn attempts_to(r: &reports::Report) -> Vec<(String, String, f64, String)> {
+    r.establishment
+        .as_ref()
+        .expect("an establishment report")
+        .attempts
+        .iter()
+        .map(|a| {
+            let ip = a.remote.rsplit_once(':').map_or("", |(ip, _)| ip);
+            (
+                a.protocol.clone(),
+                ip.to_string(),
+                a.started_ms,
+                a.outcome.clone(),
+            )
+        })
+        .collect()
+}
+
+fn resolution(r: &reports::Report) -> &reports::ResolutionRecord {
+    r.establishment
+        .as_ref()
+        .and_then(|e| e.resolution.as_ref())
+        .expect("a resolution record")
+}
+
+fn owned(v: &[(&str, &str, f64, &str)]) -> Vec<(String, String, f64, String)> {
+    v.iter()
+        .map(|(a, b, c, d)| (a.to_string(), b.to_string(), *c, d.to_string()))
+        .collect()
+}
+
+#[test]
+fn broken_ipv6_falls_back_to_ipv4_after_the_ipv6_candidates() {
+    for r in blocking("blocking/ipv6-broken") {
+        // AAAA and A came together at 10 ms: the race starts with both, IPv6 first.
+        let res = resolution(&r);
+        let got: Vec<_> = res
+            .queries
+            .iter()
+            .map(|q| (q.query.as_str(), q.answered_ms, q.late))
+            .collect();
+        assert_eq!(got, [("AAAA", 10.0, false), ("A", 10.0, false)]);
+        assert_eq!(res.race_started_ms, 10.0);
+        // QUIC and TLS/TCP over IPv6 go unanswered (black hole, no ICMP); QUIC over IPv4
+        // two attempt delays later wins 1 RTT after it starts.
+        assert_eq!(
+            attempts_to(&r),
+            owned(&[
+                ("quic", "[2001:db8::2]", 0.0, "cancelled"),
+                ("tls-tcp", "[2001:db8::2]", 250.0, "cancelled"),
+                ("quic", "192.168.0.2", 500.0, "won"),
+            ])
+        );
+        // 10 ms DNS + 500 ms + 1.5 RTT (60 ms).
+        assert_eq!(r.metrics.ttfm_ms, Some(570.0), "seed {}", r.seed);
+        assert_eq!(r.metrics.messages_lost, 0);
+    }
+}
+
+#[test]
+fn hosts_ask_only_for_the_addresses_they_can_use() {
+    // IPv4-only client: no AAAA query at all; the A answer starts the race.
+    for r in blocking("blocking/ipv4-only") {
+        let res = resolution(&r);
+        assert_eq!(res.queries.len(), 1);
+        assert_eq!(res.queries[0].query, "A");
+        assert!(res.unanswered.is_empty());
+        assert_eq!(
+            attempts_to(&r),
+            owned(&[("quic", "192.168.0.2", 0.0, "won")])
+        );
+        assert_eq!(r.metrics.ttfm_ms, Some(75.0), "15 ms DNS + 1.5 RTT");
+    }
+    // IPv6-only client: AAAA only, QUIC over IPv6.
+    for r in blocking("blocking/ipv6-only") {
+        let res = resolution(&r);
+        assert_eq!(res.queries.len(), 1);
+        assert_eq!(res.queries[0].query, "AAAA");
+        assert_eq!(
+            attempts_to(&r),
+            owned(&[("quic", "[2001:db8::2]", 0.0, "won")])
+        );
+        assert_eq!(r.metrics.ttfm_ms, Some(70.0), "10 ms DNS + 1.5 RTT");
+    }
+}
+
+#[test]
+fn a_slow_aaaa_answer_costs_the_resolution_delay_and_no_more() {
+    for r in blocking("blocking/aaaa-slow") {
+        let res = resolution(&r);
+        // A at 10 ms, then the 50 ms resolution delay: the race starts at 60 ms over IPv4;
+        // the race is won before the AAAA answer (200 ms) comes.
+        assert_eq!(res.queries.len(), 1);
+        assert_eq!(
+            (res.queries[0].query.as_str(), res.queries[0].answered_ms),
+            ("A", 10.0)
+        );
+        assert_eq!(res.race_started_ms, 60.0);
+        assert_eq!(res.unanswered, ["AAAA"]);
+        assert_eq!(
+            attempts_to(&r),
+            owned(&[("quic", "192.168.0.2", 0.0, "won")])
+        );
+        assert_eq!(r.metrics.ttfm_ms, Some(120.0), "60 ms + 1.5 RTT");
+    }
+}
+
+#[test]
+fn tls_over_tcp_runs_over_ipv6_between_dual_stack_hosts() {
+    for r in blocking("echo/tls-tcp-ipv6") {
+        assert_eq!(
+            attempts_to(&r),
+            owned(&[("tls-tcp", "[2001:db8::2]", 0.0, "won")])
+        );
+        // As over IPv4: 2.5 RTT.
+        assert_eq!(r.metrics.ttfm_ms, Some(100.0), "seed {}", r.seed);
+        assert_eq!(r.metrics.messages_delivered, r.metrics.messages_sent);
+    }
+}
+
 #[test]
 fn a_second_quic_carrier_resumes_without_a_certificate_exchange() {
     for r in blocking("resumption/quic-second-carrier") {

@@ -29,6 +29,7 @@ fn gateway(latency_ms: u64, nat: sim::NatSpec) -> GatewaySpec {
 
 fn spec() -> WorldSpec {
     WorldSpec {
+        dns: Default::default(),
         hosts: vec![
             host("inside", Some("nat"), 5),
             host("direct", None, 0),
@@ -300,6 +301,7 @@ fn a_nat_reboot_rebinds_the_client_and_quic_reports_the_path_change() {
 /// A world with `inside` behind a NAT of the given behaviour, two servers and an outsider.
 fn nat_world(nat: sim::NatSpec) -> WorldSpec {
     WorldSpec {
+        dns: Default::default(),
         hosts: vec![
             host("inside", Some("nat"), 5),
             host("server-a", None, 10),
@@ -485,6 +487,7 @@ fn an_idle_mapping_times_out() {
 /// Two hosts behind one NAT: B sends to A's public address. Returns the source A saw.
 fn hairpin(hairpin: bool) -> Option<SocketAddr> {
     let spec = WorldSpec {
+        dns: Default::default(),
         hosts: vec![
             host("a", Some("nat"), 5),
             host("b", Some("nat"), 5),
@@ -574,6 +577,7 @@ fn a_link_that_goes_down_loses_what_is_queued_on_it() {
     sender.link.bandwidth_kbps = Some(100);
     sender.link.queue_bytes = 64 * 1024;
     let spec = WorldSpec {
+        dns: Default::default(),
         hosts: vec![sender, host("receiver", None, 10)],
         gateways: vec![],
     };

@@ -34,6 +34,7 @@ fn bulk(loss: f64, rtt_ms: u64, bytes: usize, seed: u64, down: Option<Duration>)
     client.link.bandwidth_kbps = Some(100_000);
     client.link.queue_bytes = 4 << 20;
     let spec = WorldSpec {
+        dns: Default::default(),
         hosts: vec![client, host("server", None, rtt_ms / 4)],
         gateways: vec![],
     };

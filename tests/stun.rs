@@ -17,6 +17,7 @@ use common::{free_udp_port, postsock_bin, sim_host as host, Child};
 /// A client behind a NAT with `preset`, two public STUN servers, and a public server.
 fn world(preset: NatPreset) -> WorldSpec {
     WorldSpec {
+        dns: Default::default(),
         hosts: vec![
             host("client", Some("nat"), 5),
             host("stun1", None, 10),

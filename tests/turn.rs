@@ -34,6 +34,7 @@ type Log = Arc<Mutex<Vec<(SocketAddr, Vec<u8>)>>>;
 #[test]
 fn datagrams_are_relayed_both_ways_and_only_from_permitted_peers() {
     let spec = WorldSpec {
+        dns: Default::default(),
         hosts: vec![
             sim_host("client", Some("nat"), 5),
             sim_host("turn", None, 10),

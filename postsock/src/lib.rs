@@ -89,7 +89,10 @@ pub use establish::association::{
     Association, AssociationKey, Associations, PathMemory, DEFAULT_PATH,
 };
 pub use establish::race::MIN_ATTEMPT_DELAY;
-pub use establish::report::{Attempt, AttemptOutcome, EstablishmentReport};
+pub use establish::report::{
+    Attempt, AttemptOutcome, EstablishmentReport, Query, ResolutionReport,
+};
+pub use establish::resolution::RESOLUTION_DELAY;
 pub use establish::selection::{select, Preference, Rejection, TransportProperties};
 pub use message::{
     Event, Message, MessageId, MessageProperties, Received, ReceivedPartial, SendHandle, SendStatus,

@@ -107,6 +107,28 @@ fn establishment(h: &mut String, e: &crate::Establishment, seed: u64) {
             .as_ref()
             .map_or(String::new(), |err| format!(", {}", esc(err)))
     );
+    if let Some(r) = &e.resolution {
+        let mut answers: Vec<String> = r
+            .queries
+            .iter()
+            .map(|q| {
+                let what = match &q.error {
+                    Some(err) => format!("failed: {}", esc(err)),
+                    None if q.addresses.is_empty() => "no address".to_owned(),
+                    None => esc(&q.addresses.join(", ")),
+                };
+                let late = if q.late { ", joined the race" } else { "" };
+                format!("{} at {} ms ({what}{late})", esc(&q.query), q.answered_ms)
+            })
+            .collect();
+        answers.extend(r.unanswered.iter().map(|q| format!("{} unanswered", esc(q))));
+        let _ = writeln!(
+            h,
+            "<tr><td colspan=\"5\">DNS: {}; the race started at {} ms</td></tr>",
+            answers.join("; "),
+            r.race_started_ms
+        );
+    }
     for a in &e.attempts {
         let outcome = match &a.reason {
             Some(why) => format!("{}: {}", esc(&a.outcome), esc(why)),

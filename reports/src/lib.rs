@@ -21,7 +21,8 @@ pub mod summary;
 pub use derive::{derive, RunFacts};
 pub use model::{
     AttemptRecord, Direction, Establishment, Expectation, Gap, MessageRecord, Metrics, PathEvent,
-    PathEventKind, PolicyRecord, Report, RunWallClock, WallClock, SCHEMA_VERSION,
+    PathEventKind, PolicyRecord, QueryRecord, Report, ResolutionRecord, RunWallClock, WallClock,
+    SCHEMA_VERSION,
 };
 
 /// Errors while writing reports.

@@ -122,6 +122,40 @@ pub struct Establishment {
     /// the remote), highest priority first; absent without policies.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub policy: Vec<PolicyRecord>,
+    /// How the server's name was resolved (Happy Eyeballs: AAAA and A asked together);
+    /// absent when no name was resolved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolution: Option<ResolutionRecord>,
+}
+
+/// The name resolution before a race (see postsock's `ResolutionReport`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct ResolutionRecord {
+    /// Each query's answer, in the order they came.
+    pub queries: Vec<QueryRecord>,
+    /// When the race started, from the start of resolution, ms (attempts' `started_ms`
+    /// count from here).
+    pub race_started_ms: f64,
+    /// Queries (`AAAA`, `A`) still unanswered when the race was decided.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unanswered: Vec<String>,
+}
+
+/// The answer to one DNS query.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct QueryRecord {
+    /// `AAAA` or `A`.
+    pub query: String,
+    /// When it came, from the start of resolution, ms.
+    pub answered_ms: f64,
+    /// The addresses in it.
+    pub addresses: Vec<String>,
+    /// The resolver's error, if it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Whether it came after the race had started (its addresses joined the race).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub late: bool,
 }
 
 /// One choice of a policy (see postsock's `PolicyChoice`).

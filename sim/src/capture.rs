@@ -4,8 +4,8 @@
 //!
 //! A datagram is captured where it leaves the host onto its link and where it is handed to
 //! the host off its link, with the addresses the host sees (inside addresses behind a NAT).
-//! UDP datagrams get an IPv4 and a UDP header (checksums computed); TCP segments already are
-//! IPv4 packets. Timestamps are simulated time since the start of the run.
+//! UDP datagrams get an IPv4 (or IPv6) and a UDP header (checksums computed); TCP segments
+//! already are IP packets. Timestamps are simulated time since the start of the run.
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -60,11 +60,9 @@ impl Capture {
     }
 }
 
-/// An IPv4/UDP packet around `payload`; `None` for IPv6 or an oversized payload.
+/// An IPv4/UDP or IPv6/UDP packet around `payload`; `None` for mixed families or an
+/// oversized payload.
 fn udp_packet(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Option<Vec<u8>> {
-    let (IpAddr::V4(s), IpAddr::V4(d)) = (src.ip(), dst.ip()) else {
-        return None;
-    };
     let udp = UdpRepr {
         src_port: src.port(),
         dst_port: dst.port(),
@@ -73,22 +71,26 @@ fn udp_packet(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Option<Vec<u8
     if udp_len > usize::from(u16::MAX) - 20 {
         return None;
     }
-    Some(crate::segment::ipv4(
-        s,
-        d,
-        IpProtocol::Udp,
-        udp_len,
-        |buf, caps| {
-            udp.emit(
-                &mut UdpPacket::new_unchecked(buf),
-                &IpAddress::Ipv4(s),
-                &IpAddress::Ipv4(d),
-                payload.len(),
-                |b| b.copy_from_slice(payload),
-                caps,
-            );
-        },
-    ))
+    let (s, d) = (IpAddress::from(src.ip()), IpAddress::from(dst.ip()));
+    let fill = |buf: &mut [u8], caps: &smoltcp::phy::ChecksumCapabilities| {
+        udp.emit(
+            &mut UdpPacket::new_unchecked(buf),
+            &s,
+            &d,
+            payload.len(),
+            |b| b.copy_from_slice(payload),
+            caps,
+        );
+    };
+    match (src.ip(), dst.ip()) {
+        (IpAddr::V4(s4), IpAddr::V4(d4)) => {
+            Some(crate::segment::ipv4(s4, d4, IpProtocol::Udp, udp_len, fill))
+        }
+        (IpAddr::V6(s6), IpAddr::V6(d6)) => {
+            Some(crate::segment::ipv6(s6, d6, IpProtocol::Udp, udp_len, fill))
+        }
+        _ => None,
+    }
 }
 
 /// LINKTYPE_RAW: packets begin with their IP header.

@@ -15,8 +15,9 @@
 //! | `nat` | the NAT table (RFC 4787 mapping, filtering, ports, hairpin): pure |
 //! | `gateway` | the gateway program: sockets per UDP mapping, TCP segment translation |
 //! | `tcp` | real TCP (smoltcp) per host interface, as packets over the access link |
-//! | `capture` | packets on every access link as pcap-ng (raw IPv4, simulated time) |
-//! | `segment` | TCP/IPv4 packets: parsing, rewriting (NAT), resets |
+//! | `capture` | packets on every access link as pcap-ng (raw IPv4 and IPv6, simulated time) |
+//! | `segment` | TCP/IP packets: parsing (IPv4 and IPv6), rewriting (NAT), resets |
+//! | `v6core` | the IPv6 core: routes IPv6 datagrams between hosts (an overlay on turmoil) |
 //! | [`rng`] | deriving every random stream from the run's one seed |
 //!
 //! Same spec + same seed ⇒ the same simulation, event for event. That needs the build flag
@@ -40,15 +41,16 @@ pub mod overlay;
 pub mod rng;
 mod segment;
 mod tcp;
+mod v6core;
 pub mod world;
 
 pub use link::{LinkParams, Verdict};
 pub use net::SimNet;
 pub use segment::TCP_PORT;
 pub use world::{
-    Dependence, Fault, FaultError, FaultPart, GatewaySpec, HostSpec, InterfaceSpec,
-    InterfaceStatus, LinkCounters, Middlebox, NatBehaviour, NatPreset, NatSpec, PortAssignment,
-    World, WorldSpec, DEFAULT_INTERFACE, MAX_GROUP,
+    Dependence, DnsSpec, Fault, FaultError, FaultPart, GatewaySpec, HostSpec, InterfaceSpec,
+    InterfaceStatus, IpVersions, LinkCounters, Middlebox, NatBehaviour, NatPreset, NatSpec,
+    PortAssignment, World, WorldSpec, DEFAULT_INTERFACE, MAX_GROUP,
 };
 
 /// Locks `m`; a lock poisoned by a panicked task is taken as it is (the data behind every

@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, IoSliceMut};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use postsock::net::{
-    AsyncUdpSocket, BoxFuture, ByteStream, Interface, LinkQuality, Net, StreamListener,
+    AsyncUdpSocket, BoxFuture, ByteStream, Family, Interface, LinkQuality, Net, StreamListener,
 };
 use quinn::udp::{RecvMeta, Transmit};
 use quinn::UdpPoller;
@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use crate::link::Verdict;
 use crate::overlay::{self, OVERLAY_PORT};
 use crate::rng;
-use crate::segment::TCP_PORT;
+use crate::segment::{TCP6_PORT, TCP_PORT};
 use crate::tcp::{SimTcpListener, TcpStack};
 use crate::world::state::WorldState;
 
@@ -101,6 +101,32 @@ impl SimNet {
         })
     }
 
+    /// Which families a socket bound to `ip` speaks: IPv4 (bool) and IPv6 (its address). An
+    /// IPv4 address: IPv4 only; the host's IPv6 address: IPv6 only; `::`: both that the host
+    /// has (as Linux's dual-stack sockets). Addresses the host lacks are errors.
+    fn families(&self, ip: IpAddr) -> io::Result<(bool, Option<IpAddr>)> {
+        let node = &self.state.nodes[&self.host];
+        let missing = |what: &str| {
+            io::Error::new(
+                io::ErrorKind::AddrNotAvailable,
+                format!("`{}` has no {what} address", self.host),
+            )
+        };
+        match ip {
+            IpAddr::V4(_) if !node.v4 => Err(missing("IPv4")),
+            IpAddr::V4(_) => Ok((true, None)),
+            IpAddr::V6(v6) if v6.is_unspecified() => {
+                if node.v4 || node.ipv6.is_some() {
+                    Ok((node.v4, node.ipv6))
+                } else {
+                    Err(missing("IP"))
+                }
+            }
+            IpAddr::V6(_) if node.ipv6 == Some(ip) => Ok((false, node.ipv6)),
+            IpAddr::V6(_) => Err(missing(&format!("IPv6 {ip}"))),
+        }
+    }
+
     /// The host's interfaces now, as the simulator knows them.
     pub fn interface_status(&self) -> Vec<crate::world::state::InterfaceStatus> {
         self.state.interfaces(&self.host)
@@ -121,20 +147,40 @@ impl Net for SimNet {
     fn bind_udp(&self, local: SocketAddr) -> BoxFuture<'_, io::Result<Arc<dyn AsyncUdpSocket>>> {
         Box::pin(async move {
             let route = self.route(local.ip())?;
+            let (v4, v6) = self.families(local.ip())?;
             let bind: SocketAddr = (Ipv4Addr::UNSPECIFIED, local.port()).into();
             let socket = Arc::new(turmoil::net::UdpSocket::bind(bind).await?);
             let port = socket.local_addr()?.port();
-            let local = SocketAddr::new(route.ip, port);
-            let via = route.gateway.map(|g| SocketAddr::new(g, OVERLAY_PORT));
+            let ends = Ends {
+                local: SocketAddr::new(route.ip, port),
+                v4,
+                v6: v6.map(|ip| SocketAddr::new(ip, port)),
+                via: route.gateway.map(|g| SocketAddr::new(g, OVERLAY_PORT)),
+                core: self.state.v6_core,
+                // An IPv4 socket names its interface's address, even bound to 0.0.0.0 (what
+                // candidates gathering reads); an IPv6 one what it was bound to.
+                bound: if local.is_ipv4() {
+                    route.ip
+                } else {
+                    local.ip()
+                },
+            };
             Ok(
-                SimUdpSocket::start(self.state.clone(), route.link, socket, local, via, false)
+                SimUdpSocket::start(self.state.clone(), route.link, socket, ends, false)
                     as Arc<dyn AsyncUdpSocket>,
             )
         })
     }
 
     fn connect_tcp(&self, remote: SocketAddr) -> BoxFuture<'_, io::Result<Box<dyn ByteStream>>> {
-        self.connect_tcp_from(self.ip, remote)
+        // From the host's address of the remote's IP version.
+        let local = match remote {
+            SocketAddr::V6(_) => self.state.nodes[&self.host]
+                .ipv6
+                .unwrap_or(Ipv6Addr::UNSPECIFIED.into()),
+            SocketAddr::V4(_) => self.ip,
+        };
+        self.connect_tcp_from(local, remote)
     }
 
     fn connect_tcp_from(
@@ -150,38 +196,71 @@ impl Net for SimNet {
 
     fn listen_tcp(&self, local: SocketAddr) -> BoxFuture<'_, io::Result<Box<dyn StreamListener>>> {
         Box::pin(async move {
-            let stack = self.tcp_stack(local.ip()).await?;
-            Ok(Box::new(stack.listen(local.port())?) as Box<dyn StreamListener>)
+            let (v4, v6) = self.families(local.ip())?;
+            let dual = local.ip().is_unspecified() && local.is_ipv6() && v4 && v6.is_some();
+            let first = match (v4, v6) {
+                (false, Some(ip)) => ip,
+                _ if local.is_ipv6() && !local.ip().is_unspecified() => local.ip(),
+                _ => self.ip,
+            };
+            let stack = self.tcp_stack(first).await?;
+            let listener = stack.listen(local.port())?;
+            let Some(ip) = v6.filter(|_| dual) else {
+                return Ok(Box::new(listener) as Box<dyn StreamListener>);
+            };
+            // `[::]` on a dual-stack host: both stacks, one port (as Linux's dual-stack
+            // listening socket).
+            let port = listener.local_addr().port();
+            let other = self.tcp_stack(ip).await?.listen(port)?;
+            Ok(Box::new(DualListener {
+                v4: listener,
+                v6: other,
+            }) as Box<dyn StreamListener>)
         })
     }
 
     fn resolve(&self, name: &str, port: u16) -> BoxFuture<'_, io::Result<Vec<SocketAddr>>> {
-        let found = match name.parse::<IpAddr>() {
-            Ok(ip) => vec![ip],
-            Err(_) => self.state.resolve_all(name),
-        };
-        let name = name.to_owned();
+        // Both queries at once: the answer comes with the slower one.
+        let both = (self.lookup(name, port, None), self.state.dns);
         Box::pin(async move {
-            if found.is_empty() {
-                return Err(io::Error::new(
-                    io::ErrorKind::NotFound,
-                    format!("no simulated host is named `{name}`"),
-                ));
-            }
-            Ok(found
-                .into_iter()
-                .map(|ip| SocketAddr::new(ip, port))
-                .collect())
+            let (found, dns) = both;
+            dns_wait(dns.a_ms.max(dns.aaaa_ms)).await;
+            found
+        })
+    }
+
+    fn resolve_family(
+        &self,
+        name: &str,
+        port: u16,
+        family: Family,
+    ) -> BoxFuture<'_, io::Result<Vec<SocketAddr>>> {
+        let found = self.lookup(name, port, Some(family));
+        let delay = match family {
+            Family::V4 => self.state.dns.a_ms,
+            Family::V6 => self.state.dns.aaaa_ms,
+        };
+        Box::pin(async move {
+            dns_wait(delay).await;
+            found
         })
     }
 
     fn interfaces(&self) -> Vec<Interface> {
+        let node = &self.state.nodes[&self.host];
         self.state
             .interfaces(&self.host)
             .into_iter()
-            .map(|i| Interface {
+            .enumerate()
+            .map(|(n, i)| Interface {
                 name: i.name,
-                addrs: vec![i.ip],
+                // The host's IPv6 address is on its (only) interface.
+                addrs: node
+                    .v4
+                    .then_some(i.ip)
+                    .into_iter()
+                    .chain(node.ipv6.filter(|_| n == 0))
+                    .collect(),
                 up: i.up,
                 quality: Some(LinkQuality {
                     latency: Duration::from_millis(i.latency_ms),
@@ -211,34 +290,98 @@ impl Net for SimNet {
 }
 
 impl SimNet {
+    /// The addresses `name` resolves to (of `family`, if given): a literal address to itself;
+    /// a name with no address (of the family) is an error (an empty answer).
+    fn lookup(&self, name: &str, port: u16, family: Option<Family>) -> io::Result<Vec<SocketAddr>> {
+        let all = match name.parse::<IpAddr>() {
+            Ok(ip) => vec![ip],
+            Err(_) => self.state.resolve_all(name),
+        };
+        if all.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no simulated host is named `{name}`"),
+            ));
+        }
+        Ok(all
+            .into_iter()
+            .filter(|ip| family.is_none_or(|f| Family::of(*ip) == f))
+            .map(|ip| SocketAddr::new(ip, port))
+            .collect())
+    }
+
     /// The TCP stack of the interface owning `local`, started on first use (and again after
     /// the host restarted, which ends the old one with its runtime).
     async fn tcp_stack(&self, local: IpAddr) -> io::Result<Arc<TcpStack>> {
         let route = self.route(local)?;
+        // One stack per interface and IP version: the host's IPv6 address has its own.
+        let (v4, v6) = self.families(local)?;
+        let ip = match v6 {
+            Some(v6) if !v4 || local.is_ipv6() && !local.is_unspecified() => v6,
+            _ => route.ip,
+        };
         let mut stacks = self.tcp.lock().await;
-        if let Some(stack) = stacks.get(&route.ip).filter(|s| s.alive()) {
+        if let Some(stack) = stacks.get(&ip).filter(|s| s.alive()) {
             return Ok(stack.clone());
         }
-        stacks.remove(&route.ip);
-        let port = TCP_PORT + route.index as u16;
+        stacks.remove(&ip);
+        let port = if ip.is_ipv6() {
+            TCP6_PORT
+        } else {
+            TCP_PORT + route.index as u16
+        };
         let bind: SocketAddr = (Ipv4Addr::UNSPECIFIED, port).into();
         let socket = Arc::new(turmoil::net::UdpSocket::bind(bind).await?);
-        let via = route.gateway.map(|g| SocketAddr::new(g, OVERLAY_PORT));
         let mtu = self.state.mtu(&route.link);
-        let udp = SimUdpSocket::start(
-            self.state.clone(),
-            route.link,
-            socket,
-            SocketAddr::new(route.ip, port),
-            via,
-            true,
-        );
-        let seed = rng::seed_bytes(self.state.seed, &format!("tcp/{}/{}", self.host, route.ip));
+        let ends = Ends {
+            local: SocketAddr::new(route.ip, port),
+            v4: ip.is_ipv4(),
+            v6: ip.is_ipv6().then_some(SocketAddr::new(ip, port)),
+            via: route.gateway.map(|g| SocketAddr::new(g, OVERLAY_PORT)),
+            core: self.state.v6_core,
+            bound: ip,
+        };
+        let udp = SimUdpSocket::start(self.state.clone(), route.link, socket, ends, true);
+        let seed = rng::seed_bytes(self.state.seed, &format!("tcp/{}/{}", self.host, ip));
         let mut first = [0u8; 8];
         first.copy_from_slice(&seed[..8]);
-        let stack = TcpStack::start(route.ip, udp, u64::from_le_bytes(first), mtu)?;
-        stacks.insert(route.ip, stack.clone());
+        let stack = TcpStack::start(ip, udp, u64::from_le_bytes(first), mtu)?;
+        stacks.insert(ip, stack.clone());
         Ok(stack)
+    }
+}
+
+/// Waits out a DNS delay of `ms` (none at all for 0: the answer is there at once).
+async fn dns_wait(ms: u64) {
+    if ms > 0 {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+}
+
+/// A dual-stack listener: the IPv4 and the IPv6 stack's listeners on one port.
+#[derive(Debug)]
+struct DualListener {
+    v4: SimTcpListener,
+    v6: SimTcpListener,
+}
+
+impl StreamListener for DualListener {
+    fn accept(&self) -> BoxFuture<'_, io::Result<(Box<dyn ByteStream>, SocketAddr)>> {
+        Box::pin(async move {
+            let (stream, peer) = tokio::select! {
+                biased;
+                r = self.v6.accept() => r?,
+                r = self.v4.accept() => r?,
+            };
+            Ok((Box::new(stream) as Box<dyn ByteStream>, peer))
+        })
+    }
+
+    fn local_addr(&self) -> io::Result<SocketAddr> {
+        Ok(SocketAddr::new(
+            Ipv6Addr::UNSPECIFIED.into(),
+            self.v4.local_addr().port(),
+        ))
     }
 }
 
@@ -257,9 +400,38 @@ impl StreamListener for SimTcpListener {
 
 type Timed = (Instant, SocketAddr, Bytes);
 
+/// Where a socket sends from and through.
+#[derive(Debug, Clone)]
+pub(crate) struct Ends {
+    /// Its IPv4 address and port (the interface's, even when it speaks only IPv6).
+    pub(crate) local: SocketAddr,
+    /// Whether it speaks IPv4.
+    pub(crate) v4: bool,
+    /// Its IPv6 address and port, when it speaks IPv6.
+    pub(crate) v6: Option<SocketAddr>,
+    /// The gateway's overlay address, behind a gateway.
+    pub(crate) via: Option<SocketAddr>,
+    /// The IPv6 core's overlay address.
+    pub(crate) core: Option<SocketAddr>,
+    /// The address it was bound to (what `local_addr` says).
+    pub(crate) bound: IpAddr,
+}
+
+impl Ends {
+    /// Its own address of `peer`'s family, if it speaks that family.
+    fn own(&self, peer: SocketAddr) -> Option<SocketAddr> {
+        match peer {
+            SocketAddr::V4(_) => self.v4.then_some(self.local),
+            SocketAddr::V6(_) => self.v6,
+        }
+    }
+}
+
 /// A datagram socket of a simulated host, as quinn sees it.
 pub(crate) struct SimUdpSocket {
+    /// What `local_addr` says.
     local: SocketAddr,
+    ends: Ends,
     state: Arc<WorldState>,
     /// The access link of the interface it is bound to.
     link: String,
@@ -292,13 +464,13 @@ impl SimUdpSocket {
         state: Arc<WorldState>,
         link: String,
         socket: Arc<turmoil::net::UdpSocket>,
-        local: SocketAddr,
-        via: Option<SocketAddr>,
+        ends: Ends,
         raw_ip: bool,
     ) -> Arc<Self> {
+        let local = SocketAddr::new(ends.bound, ends.local.port());
         let seen = Seen {
             link: link.clone(),
-            local,
+            ends: ends.clone(),
             raw_ip,
         };
         let (egress_tx, egress_rx) = mpsc::unbounded_channel();
@@ -308,16 +480,16 @@ impl SimUdpSocket {
             tokio::spawn(egress(
                 socket.clone(),
                 egress_rx,
-                via,
                 state.clone(),
                 seen.clone(),
             ))
             .abort_handle(),
-            tokio::spawn(pump(socket, state.clone(), seen.clone(), delay_tx, via)).abort_handle(),
+            tokio::spawn(pump(socket, state.clone(), seen.clone(), delay_tx)).abort_handle(),
             tokio::spawn(deliver(delay_rx, ingress_tx, state.clone(), seen)).abort_handle(),
         ];
         Arc::new(SimUdpSocket {
             local,
+            ends,
             state,
             link,
             egress: egress_tx,
@@ -328,10 +500,18 @@ impl SimUdpSocket {
     }
 
     pub(crate) fn offer(&self, dst: SocketAddr, datagram: &[u8]) {
+        // A family the socket does not speak: no route (as the OS's EAFNOSUPPORT or
+        // ENETUNREACH, which quinn takes as a lost datagram).
+        if self.ends.own(dst).is_none() {
+            return;
+        }
         let len = datagram.len();
-        let verdict = self
-            .state
-            .offer(&self.link, true, len, ip_len(len, self.raw_ip));
+        let verdict = self.state.offer(
+            &self.link,
+            true,
+            len,
+            ip_len(len, self.raw_ip, dst.is_ipv6()),
+        );
         for at in departures(verdict) {
             let _ = self
                 .egress
@@ -370,12 +550,12 @@ pub(crate) async fn wait_until(at: Instant) {
     }
 }
 
-/// What a socket's datagrams are captured as: its link, its address, and whether its
-/// datagrams carry IPv4 packets (a TCP stack's) rather than UDP payloads.
+/// What a socket's datagrams are captured as: its link, its addresses, and whether its
+/// datagrams carry IP packets (a TCP stack's) rather than UDP payloads.
 #[derive(Debug, Clone)]
 struct Seen {
     link: String,
-    local: SocketAddr,
+    ends: Ends,
     raw_ip: bool,
 }
 
@@ -383,34 +563,39 @@ struct Seen {
 async fn egress(
     socket: Arc<turmoil::net::UdpSocket>,
     mut queue: mpsc::UnboundedReceiver<Timed>,
-    via: Option<SocketAddr>,
     state: Arc<WorldState>,
     seen: Seen,
 ) {
+    let ends = &seen.ends;
     while let Some((at, dst, data)) = queue.recv().await {
         wait_until(at).await;
         // Queued on a link that went down meanwhile: lost, as what a dead NIC held is.
         if !state.still_up(&seen.link, true) {
             continue;
         }
-        state.capture(&seen.link, seen.local, dst, &data, seen.raw_ip);
+        let Some(own) = ends.own(dst) else { continue };
+        state.capture(&seen.link, own, dst, &data, seen.raw_ip);
         // UDP: a send that fails is a lost datagram, as on a real network.
-        let _ = match via {
-            Some(gateway) => socket.send_to(&overlay::encode(dst, &data), gateway).await,
+        let _ = match (dst.is_ipv6(), ends.via, ends.core) {
+            (true, _, Some(core)) => socket.send_to(&overlay::encode(dst, &data), core).await,
+            (true, _, None) => continue,
+            (false, Some(gateway), _) => {
+                socket.send_to(&overlay::encode(dst, &data), gateway).await
+            }
             // Addressed to a host behind a gateway: unroutable, dropped on the way.
-            None if !state.routable(seen.local.ip(), dst.ip()) => continue,
-            None => socket.send_to(&data, dst).await,
+            (false, None, _) if !state.routable(ends.local.ip(), dst.ip()) => continue,
+            (false, None, _) => socket.send_to(&data, dst).await,
         };
     }
 }
 
-/// The size of the IP packet a datagram of `len` bytes travels in (IPv4 and UDP headers,
-/// unless it is an IP packet itself).
-fn ip_len(len: usize, raw_ip: bool) -> usize {
-    if raw_ip {
-        len
-    } else {
-        len + 28
+/// The size of the IP packet a datagram of `len` bytes travels in (IPv4 or IPv6 and UDP
+/// headers, unless it is an IP packet itself).
+fn ip_len(len: usize, raw_ip: bool, v6: bool) -> usize {
+    match (raw_ip, v6) {
+        (true, _) => len,
+        (false, false) => len + 28,
+        (false, true) => len + 48,
     }
 }
 
@@ -430,24 +615,38 @@ async fn pump(
     state: Arc<WorldState>,
     seen: Seen,
     delay: mpsc::UnboundedSender<Timed>,
-    via: Option<SocketAddr>,
 ) {
+    let ends = &seen.ends;
     let mut buf = vec![0u8; 65_536];
     loop {
         let Ok((n, from)) = socket.recv_from(&mut buf).await else {
             return;
         };
-        let (src, payload) = match via {
-            Some(gateway) if from.ip() == gateway.ip() => match overlay::decode(&buf[..n]) {
+        let framed = match (ends.via, ends.core) {
+            (Some(gateway), _) => from.ip() == gateway.ip(),
+            (None, Some(core)) => from.ip() == core.ip(),
+            (None, None) => false,
+        };
+        let (src, payload) = match (ends.via, framed) {
+            (_, true) => match overlay::decode(&buf[..n]) {
                 Some(pair) => pair,
                 None => continue,
             },
             // Behind a gateway nothing else can reach us; drop what does.
-            Some(_) => continue,
-            None => (from, &buf[..n]),
+            (Some(_), false) => continue,
+            (None, false) => (from, &buf[..n]),
         };
+        // A family this socket does not speak: nothing listens for it here.
+        if ends.own(src).is_none() {
+            continue;
+        }
         let len = payload.len();
-        let verdict = state.offer(&seen.link, false, len, ip_len(len, seen.raw_ip));
+        let verdict = state.offer(
+            &seen.link,
+            false,
+            len,
+            ip_len(len, seen.raw_ip, src.is_ipv6()),
+        );
         for at in departures(verdict) {
             if delay
                 .send((at, src, Bytes::copy_from_slice(payload)))
@@ -472,7 +671,8 @@ async fn deliver(
         if !state.still_up(&seen.link, false) {
             continue;
         }
-        state.capture(&seen.link, src, seen.local, &data, seen.raw_ip);
+        let own = seen.ends.own(src).unwrap_or(seen.ends.local);
+        state.capture(&seen.link, src, own, &data, seen.raw_ip);
         if ready.send((src, data)).is_err() {
             return;
         }
@@ -525,7 +725,7 @@ impl AsyncUdpSocket for SimUdpSocket {
                     len: n,
                     stride: n,
                     ecn: None,
-                    dst_ip: Some(self.local.ip()),
+                    dst_ip: self.ends.own(src).map(|a| a.ip()),
                 };
                 Poll::Ready(Ok(1))
             }

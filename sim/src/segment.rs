@@ -8,12 +8,17 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+    IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, TcpControl, TcpPacket, TcpRepr,
+    TcpSeqNumber,
 };
 
 /// The turmoil port every host interface (its index added) and every gateway receives IP
 /// packets carrying TCP on. turmoil's own TCP is not used.
 pub const TCP_PORT: u16 = 4790;
+
+/// The turmoil port a host's IPv6 TCP stack receives IPv6 packets carrying TCP on (through
+/// the IPv6 core).
+pub const TCP6_PORT: u16 = TCP_PORT + 16;
 
 /// What a gateway needs to know of a segment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,19 +35,49 @@ pub(crate) struct Segment {
     len: u32,
 }
 
-/// Reads the addresses, ports and flags of an IPv4 packet carrying TCP; `None` if it is
-/// anything else or malformed.
-pub(crate) fn parse(packet: &[u8]) -> Option<Segment> {
-    let ip = Ipv4Packet::new_checked(packet).ok()?;
-    if ip.next_header() != IpProtocol::Tcp {
-        return None;
+/// The IP version of a packet, from its first nibble.
+fn version(packet: &[u8]) -> Option<u8> {
+    packet.first().map(|b| b >> 4)
+}
+
+/// The addresses and payload of an IPv4 or IPv6 packet carrying TCP (IPv6: no extension
+/// headers, as smoltcp sends none).
+fn tcp_of(packet: &[u8]) -> Option<(IpAddr, IpAddr, &[u8])> {
+    match version(packet)? {
+        4 => {
+            let ip = Ipv4Packet::new_checked(packet).ok()?;
+            (ip.next_header() == IpProtocol::Tcp).then_some(())?;
+            let len = usize::from(ip.total_len()).min(packet.len());
+            let hl = usize::from(ip.header_len());
+            Some((
+                ip.src_addr().into(),
+                ip.dst_addr().into(),
+                packet.get(hl..len)?,
+            ))
+        }
+        6 => {
+            let ip = Ipv6Packet::new_checked(packet).ok()?;
+            (ip.next_header() == IpProtocol::Tcp).then_some(())?;
+            let len = (40 + usize::from(ip.payload_len())).min(packet.len());
+            Some((
+                ip.src_addr().into(),
+                ip.dst_addr().into(),
+                packet.get(40..len)?,
+            ))
+        }
+        _ => None,
     }
-    let (src_ip, dst_ip) = (ip.src_addr(), ip.dst_addr());
-    let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+}
+
+/// Reads the addresses, ports and flags of an IPv4 or IPv6 packet carrying TCP; `None` if
+/// it is anything else or malformed.
+pub(crate) fn parse(packet: &[u8]) -> Option<Segment> {
+    let (src_ip, dst_ip, payload) = tcp_of(packet)?;
+    let tcp = TcpPacket::new_checked(payload).ok()?;
     let payload = tcp.payload().len() as u32;
     Some(Segment {
-        src: SocketAddr::new(src_ip.into(), tcp.src_port()),
-        dst: SocketAddr::new(dst_ip.into(), tcp.dst_port()),
+        src: SocketAddr::new(src_ip, tcp.src_port()),
+        dst: SocketAddr::new(dst_ip, tcp.dst_port()),
         syn: tcp.syn(),
         ack: tcp.ack(),
         rst: tcp.rst(),
@@ -154,11 +189,41 @@ pub(crate) fn ipv4(
     out
 }
 
-/// The destination address of an IPv4 packet (where a host sends it).
+/// An IPv6 packet from `src` to `dst` carrying `payload_len` bytes of `protocol`, which
+/// `fill` writes (with the checksum capabilities to use).
+pub(crate) fn ipv6(
+    src: std::net::Ipv6Addr,
+    dst: std::net::Ipv6Addr,
+    protocol: IpProtocol,
+    payload_len: usize,
+    fill: impl FnOnce(&mut [u8], &ChecksumCapabilities),
+) -> Vec<u8> {
+    let ip = smoltcp::wire::Ipv6Repr {
+        src_addr: src,
+        dst_addr: dst,
+        next_header: protocol,
+        payload_len,
+        hop_limit: 64,
+    };
+    let mut out = vec![0u8; ip.buffer_len() + payload_len];
+    let caps = ChecksumCapabilities::default();
+    let mut packet = Ipv6Packet::new_unchecked(&mut out[..]);
+    ip.emit(&mut packet);
+    fill(packet.payload_mut(), &caps);
+    out
+}
+
+/// The destination address of an IPv4 or IPv6 packet (where a host sends it).
 pub(crate) fn destination(packet: &[u8]) -> Option<IpAddr> {
-    Ipv4Packet::new_checked(packet)
-        .ok()
-        .map(|p| p.dst_addr().into())
+    match version(packet)? {
+        4 => Ipv4Packet::new_checked(packet)
+            .ok()
+            .map(|p| p.dst_addr().into()),
+        6 => Ipv6Packet::new_checked(packet)
+            .ok()
+            .map(|p| p.dst_addr().into()),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
@@ -29,7 +29,7 @@ use tokio::task::AbortHandle;
 
 use crate::lock;
 use crate::net::SimUdpSocket;
-use crate::segment::{self, TCP_PORT};
+use crate::segment::{self, TCP6_PORT, TCP_PORT};
 
 /// Receive and send buffer of every simulated TCP socket (window scaling applies).
 pub(crate) const SOCKET_BUFFER: usize = 256 * 1024;
@@ -295,6 +295,7 @@ fn new_socket() -> tcp::Socket<'static> {
 fn endpoint(e: IpEndpoint) -> SocketAddr {
     let ip: IpAddr = match e.addr {
         IpAddress::Ipv4(a) => a.into(),
+        IpAddress::Ipv6(a) => a.into(),
     };
     SocketAddr::new(ip, e.port)
 }
@@ -305,7 +306,7 @@ pub(crate) struct TcpStack {
     /// Wakes the driver: a stream read, wrote or closed.
     wake: Notify,
     socket: Arc<SimUdpSocket>,
-    ip: Ipv4Addr,
+    ip: IpAddr,
     driver: Mutex<Option<AbortHandle>>,
 }
 
@@ -332,12 +333,6 @@ impl TcpStack {
         seed: u64,
         mtu: Option<usize>,
     ) -> io::Result<Arc<Self>> {
-        let IpAddr::V4(ip) = ip else {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "simulated TCP is IPv4 only",
-            ));
-        };
         let epoch = tokio::time::Instant::now();
         let mut wire = Wire {
             rx: VecDeque::new(),
@@ -349,7 +344,7 @@ impl TcpStack {
         let mut iface = Interface::new(config, &mut wire, smoltcp::time::Instant::ZERO);
         // Every destination is on-link: the access link and the gateway do the routing.
         iface.update_ip_addrs(|addrs| {
-            let _ = addrs.push(IpCidr::new(IpAddress::Ipv4(ip), 0));
+            let _ = addrs.push(IpCidr::new(IpAddress::from(ip), 0));
         });
         let stack = Arc::new(TcpStack {
             inner: Mutex::new(Inner {
@@ -427,7 +422,8 @@ impl TcpStack {
                 trace_packet(now, "tx", &packet);
             }
             if let Some(dst) = segment::destination(&packet) {
-                self.socket.offer(SocketAddr::new(dst, TCP_PORT), &packet);
+                let port = if dst.is_ipv6() { TCP6_PORT } else { TCP_PORT };
+                self.socket.offer(SocketAddr::new(dst, port), &packet);
             }
         }
     }
@@ -438,12 +434,15 @@ impl TcpStack {
 
     /// Opens a connection to `remote` from a fresh local port; returns once established.
     pub(crate) async fn connect(self: &Arc<Self>, remote: SocketAddr) -> io::Result<SimTcpStream> {
-        let IpAddr::V4(rip) = remote.ip() else {
+        if remote.is_ipv4() != self.ip.is_ipv4() {
             return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "simulated TCP is IPv4 only",
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "connect to {remote} from {}: not the same IP version",
+                    self.ip
+                ),
             ));
-        };
+        }
         let handle = {
             let mut g = lock(&self.inner);
             let port = g.ephemeral()?;
@@ -451,8 +450,8 @@ impl TcpStack {
             let Inner { iface, .. } = &mut *g;
             s.connect(
                 iface.context(),
-                (IpAddress::Ipv4(rip), remote.port()),
-                (IpAddress::Ipv4(self.ip), port),
+                (IpAddress::from(remote.ip()), remote.port()),
+                (IpAddress::from(self.ip), port),
             )
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("connect: {e}")))?;
             let h = g.sockets.add(s);
@@ -463,7 +462,7 @@ impl TcpStack {
         let mut stream = SimTcpStream {
             stack: self.clone(),
             handle,
-            local: SocketAddr::new(self.ip.into(), 0),
+            local: SocketAddr::new(self.ip, 0),
             peer: remote,
         };
         std::future::poll_fn(|cx| {
@@ -675,7 +674,7 @@ impl fmt::Debug for SimTcpListener {
 
 impl SimTcpListener {
     pub(crate) fn local_addr(&self) -> SocketAddr {
-        SocketAddr::new(self.stack.ip.into(), self.port)
+        SocketAddr::new(self.stack.ip, self.port)
     }
 
     /// The next established connection.
@@ -736,19 +735,27 @@ fn tracing_packets() -> bool {
 }
 
 fn trace_packet(now: smoltcp::time::Instant, dir: &str, packet: &[u8]) {
-    use smoltcp::wire::{Ipv4Packet, TcpPacket};
-    let Ok(ip) = Ipv4Packet::new_checked(packet) else {
-        return;
+    use smoltcp::wire::{Ipv4Packet, Ipv6Packet, TcpPacket};
+    let (src, dst, payload): (IpAddr, IpAddr, &[u8]) = match packet.first().map(|b| b >> 4) {
+        Some(4) => match Ipv4Packet::new_checked(packet) {
+            Ok(ip) => (ip.src_addr().into(), ip.dst_addr().into(), ip.payload()),
+            Err(_) => return,
+        },
+        Some(6) => match Ipv6Packet::new_checked(packet) {
+            Ok(ip) => (ip.src_addr().into(), ip.dst_addr().into(), ip.payload()),
+            Err(_) => return,
+        },
+        _ => return,
     };
-    let Ok(t) = TcpPacket::new_checked(ip.payload()) else {
+    let Ok(t) = TcpPacket::new_checked(payload) else {
         return;
     };
     eprintln!(
         "{} {dir} {}:{} > {}:{} seq {} ack {} len {} win {} opts {:?}",
         now.total_micros(),
-        ip.src_addr(),
+        src,
         t.src_port(),
-        ip.dst_addr(),
+        dst,
         t.dst_port(),
         t.seq_number().0 as u32,
         t.ack_number().0 as u32,

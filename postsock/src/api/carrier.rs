@@ -17,10 +17,10 @@ use tokio::time::Instant;
 use crate::establish::association::{AssociationKey, MaybeTls, TlsClients, DEFAULT_PATH};
 use crate::establish::attempt::{attempt, new_token, Transient};
 use crate::establish::race::candidates;
-use crate::establish::racing;
 use crate::establish::report::{Attempt, AttemptOutcome, EstablishmentReport, PunchReport};
+use crate::establish::{racing, resolution};
 use crate::message::{MessageProperties, SendHandle, SendStatus};
-use crate::net::Net;
+use crate::net::{Family, Net};
 use crate::path::{CurrentPath, PathChoice, PathMonitor};
 use crate::transport::assemble::ReceiveLimits;
 use crate::transport::moving::{self, MoveSettings, MoveWatch, QuicMove};
@@ -71,25 +71,56 @@ pub(crate) struct PathSetup {
 fn usable_paths(
     net: &Arc<dyn Net>,
     config: &Configuration,
-    remote: IpAddr,
+    remotes: &[IpAddr],
 ) -> Result<(Option<PathMonitor>, Vec<PathChoice>)> {
     let interfaces = net.interfaces();
     if interfaces.is_empty() {
         return Ok((None, Vec::new()));
     }
-    let paths = crate::path::rank(&config.paths, &interfaces, remote);
+    // A choice per interface and per family of the remotes, best interface first.
+    let mut paths: Vec<PathChoice> = Vec::new();
+    for remote in remotes {
+        for choice in crate::path::rank(&config.paths, &interfaces, *remote) {
+            if !paths.contains(&choice) {
+                paths.push(choice);
+            }
+        }
+    }
+    let order: Vec<String> = crate::path::rank(&config.paths, &interfaces, remotes[0])
+        .into_iter()
+        .chain(paths.iter().cloned())
+        .map(|c| c.interface)
+        .collect();
+    paths.sort_by_key(|p| order.iter().position(|i| *i == p.interface));
     if paths.is_empty() {
         let listed: Vec<String> = interfaces
             .iter()
             .map(|i| format!("{} ({})", i.name, if i.up { "up" } else { "down" }))
             .collect();
         return Err(ConfigError::NoUsableInterface {
-            remote,
+            remote: remotes[0],
             interfaces: listed,
         }
         .into());
     }
     Ok((Some(PathMonitor::start(net.clone())), paths))
+}
+
+/// The address families worth asking DNS for (as `getaddrinfo`'s `AI_ADDRCONFIG`): those
+/// the host has an address of on an interface that is up; both when the network lists no
+/// interfaces.
+fn families(net: &Arc<dyn Net>) -> Vec<Family> {
+    let mut out: Vec<Family> = Vec::new();
+    for i in net.interfaces().iter().filter(|i| i.up) {
+        for a in &i.addrs {
+            let f = Family::of(*a);
+            if !out.contains(&f) {
+                out.push(f);
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 /// The association's path key: the interface for a multi-homed host, else the one default.
@@ -289,20 +320,20 @@ impl Carrier {
         if secure {
             crate::transport::tls::server_name(&config.security, &remote.host)?;
         }
-        let addrs = net
-            .resolve(&remote.host, remote.port)
+        let resolved = resolution::resolve(&net, &remote.host, remote.port, &families(&net))
             .await
             .map_err(|source| Error::Resolve {
                 name: remote.host.clone(),
                 source,
             })?;
-        if addrs.is_empty() {
-            return Err(Error::Resolve {
-                name: remote.host.clone(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "no addresses"),
-            });
-        }
-        let (monitor, paths) = usable_paths(&net, &config, addrs[0].ip())?;
+        let addrs = resolved.addrs;
+        // Paths for the families answered, and for the one still to come.
+        let mut remotes: Vec<IpAddr> = addrs.iter().map(|a| a.ip()).collect();
+        remotes.extend(resolved.resolution.pending().into_iter().map(|f| match f {
+            Family::V6 => IpAddr::from(std::net::Ipv6Addr::UNSPECIFIED),
+            Family::V4 => IpAddr::from(std::net::Ipv4Addr::UNSPECIFIED),
+        }));
+        let (monitor, paths) = usable_paths(&net, &config, &remotes)?;
         let key = path_key(monitor.as_ref(), &paths);
         let protocols = match &association {
             Some(a) => a.order(key, &protocols),
@@ -316,8 +347,21 @@ impl Carrier {
             }
         }
         let candidates = candidates(&protocols, &addrs, &paths);
-        let (result, mut report) =
-            racing::race(net.clone(), &remote.host, &config, candidates, &tls).await;
+        let resolving = racing::Resolving {
+            resolution: resolved.resolution,
+            late: resolved.late,
+            protocols: protocols.clone(),
+            paths: paths.clone(),
+        };
+        let (result, mut report) = racing::race(
+            net.clone(),
+            &remote.host,
+            &config,
+            candidates,
+            &tls,
+            Some(resolving),
+        )
+        .await;
         report.policy = policy.clone();
         if let Some(a) = &association {
             a.record(key, &report);
@@ -405,7 +449,7 @@ impl Carrier {
         else {
             return Ok(None);
         };
-        let (monitor, paths) = usable_paths(net, config, addr.ip())?;
+        let (monitor, paths) = usable_paths(net, config, &[addr.ip()])?;
         let choice = paths.first().cloned();
         let local = choice.as_ref().map(|c| c.local);
         let connecting = quic::connect_0rtt(
@@ -452,6 +496,7 @@ impl Carrier {
             }],
             duration: started.elapsed(),
             policy: Vec::new(),
+            resolution: None,
         });
         Ok(Some(carrier))
     }

@@ -422,7 +422,7 @@ mod tests {
         EstablishmentReport {
             attempts,
             duration: Duration::from_millis(330),
-            policy: Vec::new(),
+            ..EstablishmentReport::default()
         }
     }
 

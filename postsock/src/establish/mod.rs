@@ -10,4 +10,5 @@ pub(crate) mod attempt;
 pub(crate) mod race;
 pub(crate) mod racing;
 pub(crate) mod report;
+pub(crate) mod resolution;
 pub(crate) mod selection;

@@ -51,37 +51,49 @@ pub(crate) fn interleave_families(addrs: &[SocketAddr]) -> Vec<SocketAddr> {
     }
 }
 
-/// The candidates in the order they are tried: for each path (best interface first), each
-/// resolved address (families interleaved: [`interleave_families`]), each protocol stack in
-/// preference order (so a blocked protocol costs one attempt delay, not one per address,
-/// and a dead interface one per candidate on it).
+/// The candidates in the order they are tried: for each interface (best first), each
+/// resolved address (families interleaved: [`interleave_families`]) that the interface has a
+/// local address of the same family for, each protocol stack in preference order (so a
+/// blocked protocol costs one attempt delay, not one per address, and a dead interface one per
+/// candidate on it). `paths` holds a choice per interface and family.
 /// `paths` empty: the network names no interfaces; one unbound path.
 pub(crate) fn candidates(
     protocols: &[Protocol],
     addrs: &[SocketAddr],
     paths: &[PathChoice],
 ) -> Vec<Candidate> {
-    let paths: Vec<Option<&PathChoice>> = if paths.is_empty() {
-        vec![None]
-    } else {
-        paths.iter().map(Some).collect()
-    };
     let addrs = interleave_families(addrs);
-    paths
-        .iter()
-        .flat_map(|path| {
-            addrs
-                .iter()
-                .filter(move |a| path.is_none_or(|p| p.local.is_ipv4() == a.is_ipv4()))
-                .flat_map(move |&remote| {
-                    protocols.iter().map(move |&protocol| Candidate {
-                        protocol,
-                        remote,
-                        path: path.cloned(),
-                    })
-                })
-        })
-        .collect()
+    let mut interfaces: Vec<Option<&str>> = Vec::new();
+    for p in paths {
+        if !interfaces.contains(&Some(p.interface.as_str())) {
+            interfaces.push(Some(&p.interface));
+        }
+    }
+    if paths.is_empty() {
+        interfaces.push(None);
+    }
+    let mut out = Vec::new();
+    for interface in interfaces {
+        for &remote in &addrs {
+            let path = match interface {
+                None => None,
+                Some(name) => match paths
+                    .iter()
+                    .find(|p| p.interface == name && p.local.is_ipv4() == remote.is_ipv4())
+                {
+                    Some(p) => Some(p.clone()),
+                    // The interface has no address of this family.
+                    None => continue,
+                },
+            };
+            out.extend(protocols.iter().map(|&protocol| Candidate {
+                protocol,
+                remote,
+                path: path.clone(),
+            }));
+        }
+    }
+    out
 }
 
 /// How a race ended.
@@ -112,6 +124,8 @@ pub(crate) struct Race {
     running: usize,
     report: EstablishmentReport,
     end: Option<RaceEnd>,
+    /// More candidates may come (a late DNS answer): running out of them is not the end.
+    awaiting: bool,
 }
 
 impl Race {
@@ -141,7 +155,35 @@ impl Race {
             running: 0,
             report: EstablishmentReport::default(),
             end,
+            awaiting: false,
         }
+    }
+
+    /// More candidates may still come ([`add`](Self::add)): until they do, trying every
+    /// candidate without success does not end the race (RFC 8305 §3: a late AAAA answer joins
+    /// the race).
+    pub(crate) fn more_coming(mut self) -> Self {
+        self.awaiting = true;
+        if self.end == Some(RaceEnd::Exhausted) {
+            self.end = None;
+        }
+        self
+    }
+
+    /// The awaited candidates came at `now` (maybe none): they are tried after the ones
+    /// before them, one attempt delay apart. Returns the end of the race when nothing is left
+    /// to try.
+    pub(crate) fn add(&mut self, now: Instant, more: Vec<Candidate>) -> Option<RaceEnd> {
+        self.awaiting = false;
+        if self.end.is_some() {
+            return self.end;
+        }
+        if self.next >= self.candidates.len() && self.running == 0 {
+            self.next_at = now;
+        }
+        self.candidates.extend(more);
+        (self.running == 0 && self.next >= self.candidates.len())
+            .then(|| self.close(now, RaceEnd::Exhausted))
     }
 
     /// When the next candidate should start; `None` when all have started or the race ended.
@@ -214,7 +256,7 @@ impl Race {
         self.finish(now, i, AttemptOutcome::Failed(why));
         self.running = self.running.saturating_sub(1);
         self.next_at = now;
-        (self.running == 0 && self.next >= self.candidates.len())
+        (self.running == 0 && self.next >= self.candidates.len() && !self.awaiting)
             .then(|| self.close(now, RaceEnd::Exhausted))
     }
 
@@ -435,6 +477,67 @@ mod tests {
         let mut r = Race::new(two, Duration::from_millis(250), Duration::from_secs(1), t0);
         r.start_next(t0);
         assert_eq!(r.report().attempts[0].interface.as_deref(), Some("wifi"));
+    }
+
+    #[test]
+    fn late_candidates_join_and_keep_the_race_going() {
+        let t0 = Instant::now();
+        let mut r = race(1, t0).more_coming();
+        assert_eq!(r.start_next(t0), Some(0));
+        // The only candidate failed, but a late answer is awaited: not the end.
+        assert_eq!(r.failed(ms(t0, 30), 0, "refused".into()), None);
+        assert_eq!(r.next_start(), None);
+        // It comes: its candidate starts at once.
+        assert_eq!(r.add(ms(t0, 40), vec![cand(Protocol::Quic, 9, None)]), None);
+        assert_eq!(r.next_start(), Some(ms(t0, 40)));
+        assert_eq!(r.start_next(ms(t0, 40)), Some(1));
+        assert_eq!(
+            r.failed(ms(t0, 50), 1, "refused".into()),
+            Some(RaceEnd::Exhausted)
+        );
+        // A late answer with nothing in it ends a race that has nothing left.
+        let mut r = race(1, t0).more_coming();
+        r.start_next(t0);
+        r.failed(ms(t0, 5), 0, "refused".into());
+        assert_eq!(r.add(ms(t0, 9), Vec::new()), Some(RaceEnd::Exhausted));
+        // Nothing to start with, everything from the late answer.
+        let mut r = race(0, t0).more_coming();
+        assert_eq!(r.end(), None);
+        r.add(ms(t0, 60), vec![cand(Protocol::Quic, 1, None)]);
+        assert_eq!(r.start_next(ms(t0, 60)), Some(0));
+        assert_eq!(r.report().attempts[0].started, Duration::from_millis(60));
+    }
+
+    #[test]
+    fn dual_stack_interfaces_pair_each_address_with_their_own_family() {
+        let v6 = |n: u16| {
+            SocketAddr::from((
+                std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, n),
+                443,
+            ))
+        };
+        let v4 = SocketAddr::from(([192, 0, 2, 1], 443));
+        let path = |i: &str, local: std::net::IpAddr| PathChoice {
+            interface: i.into(),
+            local,
+        };
+        let wifi6 = path(
+            "wifi",
+            std::net::Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1).into(),
+        );
+        let wifi4 = path("wifi", [10, 0, 0, 1].into());
+        let cell4 = path("cell", [10, 0, 1, 1].into());
+        let c = candidates(
+            &[Protocol::Quic],
+            &[v6(1), v4],
+            &[wifi6.clone(), wifi4.clone(), cell4.clone()],
+        );
+        let got: Vec<_> = c
+            .iter()
+            .map(|c| (c.remote, c.path.clone().expect("a path")))
+            .collect();
+        // Families interleave on each interface; the IPv4-only one gets the IPv4 address.
+        assert_eq!(got, [(v6(1), wifi6), (v4, wifi4), (v4, cell4)]);
     }
 
     #[test]

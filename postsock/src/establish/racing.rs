@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use super::race::{Candidate, Race, RaceEnd, MIN_ATTEMPT_DELAY};
 use super::report::EstablishmentReport;
+use super::resolution::{LateAnswer, Resolution};
 use crate::establish::association::MaybeTls;
 use crate::establish::attempt::{attempt, Transient};
 use crate::net::Net;
@@ -22,17 +23,51 @@ fn no_candidate(report: &EstablishmentReport) -> Error {
     }
 }
 
+/// The name resolution behind a race: what it found so far, and the answer still to come,
+/// whose addresses become candidates over `protocols` and `paths` when it comes.
+pub(crate) struct Resolving {
+    pub(crate) resolution: Resolution,
+    pub(crate) late: Option<LateAnswer>,
+    pub(crate) protocols: Vec<crate::Protocol>,
+    pub(crate) paths: Vec<PathChoice>,
+}
+
 /// Races `candidates` (see [`Race`] for the rules); the first ready transient wins. Bounded
-/// by the connect timeout.
+/// by the connect timeout. With `resolving`, a late DNS answer adds its candidates, and the
+/// report tells the resolution.
 pub(crate) async fn race(
     net: Arc<dyn Net>,
     host: &str,
     config: &Configuration,
     candidates: Vec<Candidate>,
     tls: &MaybeTls,
+    resolving: Option<Resolving>,
 ) -> (Result<(Transient, Option<PathChoice>)>, EstablishmentReport) {
+    let (result, mut report, resolving) = run(net, host, config, candidates, tls, resolving).await;
+    report.resolution = resolving.map(|r| r.resolution.report());
+    (result, report)
+}
+
+type Raced = (
+    Result<(Transient, Option<PathChoice>)>,
+    EstablishmentReport,
+    Option<Resolving>,
+);
+
+async fn run(
+    net: Arc<dyn Net>,
+    host: &str,
+    config: &Configuration,
+    candidates: Vec<Candidate>,
+    tls: &MaybeTls,
+    mut resolving: Option<Resolving>,
+) -> Raced {
     let delay = config.attempt_delay.max(MIN_ATTEMPT_DELAY);
     let mut race = Race::new(candidates, delay, config.connect_timeout, Instant::now());
+    let mut late = resolving.as_mut().and_then(|r| r.late.take());
+    if late.is_some() {
+        race = race.more_coming();
+    }
     let mut running: JoinSet<(usize, Result<Transient>)> = JoinSet::new();
     // With a single candidate its own error says everything.
     let mut only_error = None;
@@ -44,6 +79,15 @@ pub(crate) async fn race(
             None => {
                 tokio::select! {
                     biased;
+                    (family, answer) = async { late.as_mut().expect("guarded").await }, if late.is_some() => {
+                        late = None;
+                        let now = Instant::now();
+                        if let Some(r) = resolving.as_mut() {
+                            r.resolution.answered(family, now, answer);
+                            let more = super::race::candidates(&r.protocols, &r.resolution.late(family), &r.paths);
+                            race.add(now, more);
+                        }
+                    }
                     Some(done) = running.join_next(), if !running.is_empty() => {
                         let Ok((i, result)) = done else { continue };
                         match result {
@@ -56,7 +100,7 @@ pub(crate) async fn race(
                                 running.abort_all();
                                 race.won(Instant::now(), i, also);
                                 let path = race.candidates()[i].path.clone();
-                                return (Ok((transient, path)), race.report().clone());
+                                return (Ok((transient, path)), race.report().clone(), resolving);
                             }
                             Err(e) => {
                                 race.failed(Instant::now(), i, e.to_string());
@@ -96,6 +140,6 @@ pub(crate) async fn race(
             },
             _ => no_candidate(&report),
         };
-        return (Err(error), report);
+        return (Err(error), report, resolving);
     }
 }

@@ -82,6 +82,36 @@ pub struct EstablishmentReport {
     /// What the configuration's policies chose for this carrier, highest priority first
     /// (after what the stack had learned, when a policy set is in use); empty without one.
     pub policy: Vec<crate::PolicyChoice>,
+    /// How the remote's name was resolved before (and during) the race; `None` when the
+    /// carrier did not resolve a name (a literal address, or a 0-RTT carrier).
+    pub resolution: Option<ResolutionReport>,
+}
+
+/// The name resolution of a race (Happy Eyeballs, RFC 8305 §3).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResolutionReport {
+    /// Each query's answer, in the order they came.
+    pub queries: Vec<Query>,
+    /// When the race started, from the start of resolution (the attempts' `started` times
+    /// count from here).
+    pub race_started: Duration,
+    /// The queries not answered by the time the race was decided.
+    pub unanswered: Vec<crate::net::Family>,
+}
+
+/// The answer to one query (AAAA or A).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Query {
+    /// The address family asked for.
+    pub family: crate::net::Family,
+    /// When the answer came, from the start of resolution.
+    pub answered: Duration,
+    /// The addresses in it.
+    pub addresses: Vec<std::net::IpAddr>,
+    /// The resolver's error, if the query failed.
+    pub error: Option<String>,
+    /// Whether it came after the race had started (its addresses joined the race).
+    pub late: bool,
 }
 
 impl EstablishmentReport {

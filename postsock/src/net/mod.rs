@@ -64,6 +64,34 @@ pub struct LinkQuality {
     pub loss: f64,
 }
 
+/// An IP address family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    /// IPv6 (AAAA records).
+    V6,
+    /// IPv4 (A records).
+    V4,
+}
+
+impl Family {
+    /// The family of `ip`.
+    pub fn of(ip: IpAddr) -> Self {
+        if ip.is_ipv4() {
+            Family::V4
+        } else {
+            Family::V6
+        }
+    }
+
+    /// `"ipv6"` or `"ipv4"`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Family::V6 => "ipv6",
+            Family::V4 => "ipv4",
+        }
+    }
+}
+
 /// The network as postsock sees it. See the [module docs](self).
 pub trait Net: Send + Sync + Debug {
     /// Binds a datagram socket at `local` (port 0 picks a free port).
@@ -98,6 +126,26 @@ pub trait Net: Send + Sync + Debug {
     fn listen_tcp(&self, local: SocketAddr) -> BoxFuture<'_, io::Result<Box<dyn StreamListener>>>;
     /// Resolves `name` to addresses with `port`. Literal IP addresses resolve to themselves.
     fn resolve(&self, name: &str, port: u16) -> BoxFuture<'_, io::Result<Vec<SocketAddr>>>;
+    /// Resolves `name` to the addresses of one family (an AAAA or an A query), with `port`.
+    /// Happy Eyeballs sends both at once and starts racing on the first useful answer
+    /// (RFC 8305 §3). The default filters
+    /// [`resolve`](Self::resolve)'s answer; a name with no address of the family is an empty
+    /// list, not an error.
+    fn resolve_family(
+        &self,
+        name: &str,
+        port: u16,
+        family: Family,
+    ) -> BoxFuture<'_, io::Result<Vec<SocketAddr>>> {
+        let all = self.resolve(name, port);
+        Box::pin(async move {
+            Ok(all
+                .await?
+                .into_iter()
+                .filter(|a| Family::of(a.ip()) == family)
+                .collect())
+        })
+    }
     /// A 32-byte seed for a protocol engine's random number generator, or `None` to let the
     /// engine draw from the operating system. Deterministic networks return seeded bytes so
     /// that connection IDs and similar choices repeat exactly.

@@ -25,6 +25,9 @@ use crate::lock;
 use crate::net::SimNet;
 use crate::SimError;
 
+/// The name of the IPv6 core node (a space keeps it apart from every valid host name).
+pub(crate) const V6_CORE: &str = "ipv6 core";
+
 /// A simulated network ready to run host programs.
 pub struct World<'a> {
     sim: turmoil::Sim<'a>,
@@ -73,6 +76,9 @@ impl<'a> World<'a> {
                 latency: Duration::from_millis(g.latency_ms),
                 behind: g.behind.clone(),
                 ifaces: Vec::new(),
+                ipv6: None,
+                v4: true,
+                ipv6_blackhole: false,
             };
             nodes.insert(g.name.clone(), node);
         }
@@ -128,7 +134,26 @@ impl<'a> World<'a> {
             for (_, _, _, params, key) in &ifaces {
                 links.insert(key.clone(), AccessLink::new(params, key, seed));
             }
+            let ipv6 = h.ip.v6().then(|| {
+                let n = index as u32 + 1;
+                IpAddr::from(std::net::Ipv6Addr::new(
+                    0x2001,
+                    0xdb8,
+                    0,
+                    0,
+                    0,
+                    0,
+                    (n >> 16) as u16,
+                    n as u16,
+                ))
+            });
+            if let Some(v6) = ipv6 {
+                by_ip.insert(v6, h.name.clone());
+            }
             let node = Node {
+                ipv6,
+                v4: h.ip.v4(),
+                ipv6_blackhole: h.ipv6_blackhole,
                 ip,
                 role,
                 latency: Duration::from_millis(h.link.latency_ms),
@@ -154,11 +179,37 @@ impl<'a> World<'a> {
                 .push(nodes[&g.name].ip);
         }
         for h in &spec.hosts {
-            let ip = nodes[&h.name].ip;
+            let node = &nodes[&h.name];
+            let addrs: Vec<IpAddr> = node
+                .ipv6
+                .into_iter()
+                .chain(node.v4.then_some(node.ip))
+                .collect();
             for name in std::iter::once(&h.name).chain(&h.aliases) {
-                names.entry(name.clone()).or_default().push(ip);
+                names.entry(name.clone()).or_default().extend(&addrs);
             }
         }
+        // IPv6 packets cross the IPv6 core (a node of its own, as turmoil's addresses are all
+        // IPv4): from a host to the core and on to the host owning the destination, each leg
+        // with its host's latency, so the IPv6 path is as long as the IPv4 one.
+        let v6_core = spec.hosts.iter().any(|h| h.ip.v6()).then(|| {
+            let ip = sim.lookup(V6_CORE);
+            by_ip.insert(ip, V6_CORE.to_owned());
+            nodes.insert(
+                V6_CORE.to_owned(),
+                Node {
+                    ip,
+                    role: Role::Gateway,
+                    latency: Duration::ZERO,
+                    behind: None,
+                    ifaces: Vec::new(),
+                    ipv6: None,
+                    v4: true,
+                    ipv6_blackhole: false,
+                },
+            );
+            SocketAddr::new(ip, crate::overlay::OVERLAY_PORT)
+        });
         let state = Arc::new(WorldState {
             names,
             seed,
@@ -168,6 +219,8 @@ impl<'a> World<'a> {
             nat_epochs: Mutex::new(BTreeMap::new()),
             iface_changes: tokio::sync::watch::channel(0).0,
             capture: Mutex::new(None),
+            dns: spec.dns,
+            v6_core,
             middleboxes: Mutex::new(
                 spec.gateways
                     .iter()
@@ -196,6 +249,13 @@ impl<'a> World<'a> {
             world.sim.host(ip, move || {
                 gateway::run(state.clone(), name.clone(), nat, upstream)
             });
+        }
+        if let Some(core) = v6_core {
+            let state = world.state.clone();
+            world.registered.insert(V6_CORE.to_owned());
+            world
+                .sim
+                .host(core.ip(), move || crate::v6core::run(state.clone()));
         }
         Ok(world)
     }

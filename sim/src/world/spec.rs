@@ -36,6 +36,58 @@ pub struct HostSpec {
     /// [`WorldSpec::expand`]). Only for a single-interface host; at most [`MAX_GROUP`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub count: Option<u32>,
+    /// The IP versions the host speaks: `ipv4` (the default), `dual` (dual-stack: an IPv4
+    /// and an IPv6 address) or `ipv6` (IPv6-only). IPv6 is for public single-interface hosts;
+    /// its addresses are `2001:db8::<n>`. Names resolve to AAAA records for IPv6 addresses.
+    #[serde(default, skip_serializing_if = "IpVersions::is_ipv4")]
+    pub ip: IpVersions,
+    /// IPv6 is broken for this host: it has an address and a route, but its IPv6 packets
+    /// vanish on the way (both ways), as behind a broken tunnel. Only with `ip = "dual"` or
+    /// `"ipv6"`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ipv6_blackhole: bool,
+}
+
+/// Which IP versions a host has addresses of.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IpVersions {
+    /// IPv4 only.
+    #[default]
+    Ipv4,
+    /// IPv4 and IPv6.
+    Dual,
+    /// IPv6 only.
+    Ipv6,
+}
+
+impl IpVersions {
+    fn is_ipv4(&self) -> bool {
+        *self == IpVersions::Ipv4
+    }
+
+    /// Whether the host has an IPv4 address.
+    pub fn v4(self) -> bool {
+        self != IpVersions::Ipv6
+    }
+
+    /// Whether the host has an IPv6 address.
+    pub fn v6(self) -> bool {
+        self != IpVersions::Ipv4
+    }
+}
+
+/// The world's DNS: how long each kind of query takes to answer (per query, from the host
+/// that asks). Zero: answered at once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsSpec {
+    /// Time to answer an A (IPv4) query, ms (at most 60000).
+    #[serde(default)]
+    pub a_ms: u64,
+    /// Time to answer an AAAA (IPv6) query, ms (at most 60000).
+    #[serde(default)]
+    pub aaaa_ms: u64,
 }
 
 /// The largest host group (`count`).
@@ -54,6 +106,8 @@ impl HostSpec {
             aliases: Vec::new(),
             interfaces: Vec::new(),
             count: None,
+            ip: IpVersions::Ipv4,
+            ipv6_blackhole: false,
         }
     }
 
@@ -294,6 +348,9 @@ pub struct WorldSpec {
     /// Gateways.
     #[serde(default, rename = "gateway")]
     pub gateways: Vec<GatewaySpec>,
+    /// The DNS.
+    #[serde(default)]
+    pub dns: DnsSpec,
 }
 
 impl WorldSpec {
@@ -333,6 +390,7 @@ impl WorldSpec {
         Ok(WorldSpec {
             hosts,
             gateways: self.gateways.clone(),
+            dns: self.dns,
         })
     }
 
@@ -397,6 +455,25 @@ impl WorldSpec {
                     ));
                 }
             }
+            if host.ip.v6() && (host.gateway.is_some() || !host.interfaces.is_empty()) {
+                return Err(at(
+                    &["host", &i.to_string(), "ip"],
+                    format!(
+                        "host `{}`: IPv6 is simulated for public single-interface hosts only \
+                         (no `gateway`, no `interfaces`)",
+                        host.name
+                    ),
+                ));
+            }
+            if host.ipv6_blackhole && !host.ip.v6() {
+                return Err(at(
+                    &["host", &i.to_string(), "ipv6_blackhole"],
+                    format!(
+                        "host `{}`: ipv6_blackhole needs an IPv6 address (ip = \"dual\" or \"ipv6\")",
+                        host.name
+                    ),
+                ));
+            }
             for alias in &host.aliases {
                 if alias == &host.name || alias.is_empty() || alias.parse::<IpAddr>().is_ok() {
                     return Err(at(
@@ -404,6 +481,14 @@ impl WorldSpec {
                         format!("host `{}`: invalid alias `{alias}`", host.name),
                     ));
                 }
+            }
+        }
+        for (key, ms) in [("a_ms", self.dns.a_ms), ("aaaa_ms", self.dns.aaaa_ms)] {
+            if ms > 60_000 {
+                return Err(at(
+                    &["dns", key],
+                    format!("dns.{key} must be at most 60000 ms, got {ms}"),
+                ));
             }
         }
         let gateways: BTreeSet<&str> = self.gateways.iter().map(|g| g.name.as_str()).collect();
@@ -761,6 +846,7 @@ mod tests {
             },
         ];
         WorldSpec {
+            dns: Default::default(),
             hosts: vec![HostSpec::new("server", None, 10), phone],
             gateways: vec![GatewaySpec::nat("home", NatPreset::FullCone)],
         }

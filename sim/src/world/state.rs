@@ -30,6 +30,13 @@ pub(crate) struct Node {
     pub(crate) behind: Option<String>,
     /// Endpoint hosts: their interfaces (one for a single-homed host).
     pub(crate) ifaces: Vec<Iface>,
+    /// The host's IPv6 address, if it has one (public single-interface hosts only).
+    pub(crate) ipv6: Option<IpAddr>,
+    /// Whether the host has an IPv4 address (its turmoil address; an IPv6-only host has one
+    /// too, inside the simulation, but nothing of it shows).
+    pub(crate) v4: bool,
+    /// Its IPv6 packets vanish on the way.
+    pub(crate) ipv6_blackhole: bool,
 }
 
 /// One interface of an endpoint host.
@@ -63,7 +70,7 @@ impl Node {
     /// The interface with address `ip`, or the first for the host's own or an unspecified
     /// address.
     pub(crate) fn iface_for(&self, ip: IpAddr) -> Option<&Iface> {
-        if ip.is_unspecified() || ip == self.ip || ip.is_loopback() {
+        if ip.is_unspecified() || ip == self.ip || ip.is_loopback() || Some(ip) == self.ipv6 {
             return self.ifaces.first();
         }
         self.ifaces.iter().find(|i| i.ip == ip)
@@ -165,6 +172,10 @@ pub(crate) struct WorldState {
     pub(crate) iface_changes: tokio::sync::watch::Sender<u64>,
     /// Packets captured on the access links, when capturing.
     pub(crate) capture: Mutex<Option<crate::capture::Capture>>,
+    /// How long DNS queries take.
+    pub(crate) dns: DnsSpec,
+    /// The IPv6 core's overlay address, when some host speaks IPv6.
+    pub(crate) v6_core: Option<SocketAddr>,
 }
 
 impl WorldState {
@@ -189,9 +200,16 @@ impl WorldState {
         self.nodes.get(name).map(|n| n.ip)
     }
 
-    /// Every address `name` resolves to (host names and aliases), in spec order.
+    /// Every address `name` resolves to (host names and aliases), in spec order; a host's
+    /// IPv6 address before its IPv4 one.
     pub(crate) fn resolve_all(&self, name: &str) -> Vec<IpAddr> {
         self.names.get(name).cloned().unwrap_or_default()
+    }
+
+    /// The node owning IPv6 address `ip`.
+    pub(crate) fn v6_owner(&self, ip: IpAddr) -> Option<&Node> {
+        let node = self.nodes.get(self.name_of(ip)?)?;
+        (node.ipv6 == Some(ip)).then_some(node)
     }
 
     /// Whether a datagram from node `from` can reach node `to` at all: not if either sits
