@@ -421,6 +421,34 @@ fn simulate(
     result
 }
 
+/// The earliest the client's race can start, ms: the world's DNS delays for the queries the
+/// client asks (the families it has) and the server answers (the families it has), by
+/// Happy Eyeballs' rules.
+fn resolution_floor(scenario: &Scenario) -> f64 {
+    use postsock::net::Family;
+    let host = |name: &str| scenario.world.hosts.iter().find(|h| h.name == name);
+    let client = scenario.clients.first().and_then(|c| host(c));
+    let server = host(scenario.workload.server.get_ref());
+    let (Some(client), Some(server)) = (client, server) else {
+        return 0.0;
+    };
+    let dns = scenario.world.dns;
+    let families = |h: &sim::HostSpec| {
+        let mut f = Vec::new();
+        if h.ip.v6() {
+            f.push(Family::V6);
+        }
+        if h.ip.v4() {
+            f.push(Family::V4);
+        }
+        f
+    };
+    let served = families(server);
+    let answers = [(Family::V6, dns.aaaa_ms), (Family::V4, dns.a_ms)]
+        .map(|(f, ms)| (f, std::time::Duration::from_millis(ms), served.contains(&f)));
+    postsock::race_start(&families(client), &answers).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
 /// When faults struck the client's path: link-down and black hole on the client, a reboot of
 /// a NAT the client is behind.
 fn client_path_faults(scenario: &Scenario) -> Vec<f64> {
@@ -468,6 +496,7 @@ fn build_report(
         sim_duration_ms: sim_ms,
         resumed: trace.resumed.last().copied().flatten(),
         path_one_way_ms: trace.path_one_way.map(|d| d.as_secs_f64() * 1000.0),
+        resolution_ms: resolution_floor(scenario),
         protocol: trace.protocol.as_deref(),
         zero_rtt,
         path_faults_ms: &path_faults_ms,

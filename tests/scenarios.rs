@@ -752,8 +752,9 @@ fn broken_ipv6_falls_back_to_ipv4_after_the_ipv6_candidates() {
                 ("quic", "192.168.0.2", 500.0, "won"),
             ])
         );
-        // 10 ms DNS + 500 ms + 1.5 RTT (60 ms).
+        // 10 ms DNS + 500 ms + 1.5 RTT (60 ms); the limit has no attempt delays.
         assert_eq!(r.metrics.ttfm_ms, Some(570.0), "seed {}", r.seed);
+        assert_eq!(r.metrics.ttfm_limit_ms, Some(70.0));
         assert_eq!(r.metrics.messages_lost, 0);
     }
 }
@@ -771,6 +772,7 @@ fn hosts_ask_only_for_the_addresses_they_can_use() {
             owned(&[("quic", "192.168.0.2", 0.0, "won")])
         );
         assert_eq!(r.metrics.ttfm_ms, Some(75.0), "15 ms DNS + 1.5 RTT");
+        assert_eq!(r.metrics.ttfm_limit_ms, Some(75.0));
     }
     // IPv6-only client: AAAA only, QUIC over IPv6.
     for r in blocking("blocking/ipv6-only") {
@@ -803,6 +805,8 @@ fn a_slow_aaaa_answer_costs_the_resolution_delay_and_no_more() {
             owned(&[("quic", "192.168.0.2", 0.0, "won")])
         );
         assert_eq!(r.metrics.ttfm_ms, Some(120.0), "60 ms + 1.5 RTT");
+        // At its limit: the resolution delay is part of it.
+        assert_eq!(r.metrics.ttfm_limit_ms, Some(120.0));
     }
 }
 

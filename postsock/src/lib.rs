@@ -92,7 +92,7 @@ pub use establish::race::MIN_ATTEMPT_DELAY;
 pub use establish::report::{
     Attempt, AttemptOutcome, EstablishmentReport, Query, ResolutionReport,
 };
-pub use establish::resolution::RESOLUTION_DELAY;
+pub use establish::resolution::{race_start, RESOLUTION_DELAY};
 pub use establish::selection::{select, Preference, Rejection, TransportProperties};
 pub use message::{
     Event, Message, MessageId, MessageProperties, Received, ReceivedPartial, SendHandle, SendStatus,

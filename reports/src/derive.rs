@@ -23,6 +23,9 @@ pub struct RunFacts<'a> {
     /// One-way latency of the client–server path, ms (with `protocol`, the physical TTFM
     /// limits follow).
     pub path_one_way_ms: Option<f64>,
+    /// When the client's race can start at the earliest, ms: how long DNS takes to give it
+    /// something to race (Happy Eyeballs' rules); part of every TTFM limit.
+    pub resolution_ms: f64,
     /// The protocol of the client's carrier (`quic`, `tls-tcp`, `tcp`).
     pub protocol: Option<&'a str>,
     /// Whether later carriers may send their first message in early data (association kept,
@@ -70,14 +73,14 @@ pub fn derive(f: &RunFacts) -> (Metrics, Vec<Gap>) {
         } else {
             2.5 * rtt
         };
-        metrics.ttfm_limit_ms = Some(round_us(fresh));
+        metrics.ttfm_limit_ms = Some(round_us(f.resolution_ms + fresh));
         if f.initiations.len() > 1 {
             let limit = match (f.zero_rtt, protocol) {
                 (true, "quic") => 0.5 * rtt,
                 (true, "tls-tcp") => 1.5 * rtt,
                 _ => fresh,
             };
-            metrics.ttfm_last_limit_ms = Some(round_us(limit));
+            metrics.ttfm_last_limit_ms = Some(round_us(f.resolution_ms + limit));
         }
     }
     let gaps = gaps(messages, f.path_faults_ms);
@@ -182,6 +185,15 @@ mod tests {
         assert_eq!(m.ttfm_last_ms, Some(12.0));
         assert_eq!(m.ttfm_limit_ms, Some(30.0), "1.5 RTT of 20 ms");
         assert_eq!(m.ttfm_last_limit_ms, Some(10.0), "0.5 RTT in 0-RTT");
+        // DNS first: every limit starts when the race can.
+        let (m, _) = derive(&RunFacts {
+            resolution_ms: 60.0,
+            ..facts
+        });
+        assert_eq!(
+            (m.ttfm_limit_ms, m.ttfm_last_limit_ms),
+            (Some(90.0), Some(70.0))
+        );
         let tls = RunFacts {
             protocol: Some("tls-tcp"),
             zero_rtt: false,

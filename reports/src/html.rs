@@ -121,7 +121,11 @@ fn establishment(h: &mut String, e: &crate::Establishment, seed: u64) {
                 format!("{} at {} ms ({what}{late})", esc(&q.query), q.answered_ms)
             })
             .collect();
-        answers.extend(r.unanswered.iter().map(|q| format!("{} unanswered", esc(q))));
+        answers.extend(
+            r.unanswered
+                .iter()
+                .map(|q| format!("{} unanswered", esc(q))),
+        );
         let _ = writeln!(
             h,
             "<tr><td colspan=\"5\">DNS: {}; the race started at {} ms</td></tr>",

@@ -167,6 +167,34 @@ impl Resolution {
     }
 }
 
+/// When a race starts, counted from the start of resolution, if the host asks the queries of
+/// `asked` and each answer comes at its time, with an address or without (`(family, time,
+/// has an address)`): RFC 8305 §3 as [`resolve`] applies it. `None` when no answer has an
+/// address. The floor of a carrier's time to first message, before any handshake.
+pub fn race_start(asked: &[Family], answers: &[(Family, Duration, bool)]) -> Option<Duration> {
+    let t0 = Instant::now();
+    let mut r = Resolution::new(asked, t0);
+    let mut answers: Vec<_> = answers.iter().filter(|a| asked.contains(&a.0)).collect();
+    answers.sort_by_key(|a| (a.1, a.0));
+    let mut now = Duration::ZERO;
+    for &&(family, at, positive) in &answers {
+        if let Some(start) = r.start_at() {
+            if start - t0 < at {
+                return Some((start - t0).max(now));
+            }
+        }
+        now = at;
+        let addr = match family {
+            Family::V6 => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0)),
+            Family::V4 => SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        let found = if positive { vec![addr] } else { Vec::new() };
+        r.answered(family, t0 + at, Ok(found));
+    }
+    let start = r.start_at()?;
+    Some((start - t0).max(now)).filter(|_| answers.iter().any(|a| a.2))
+}
+
 /// A query answer still to come when the race started: its family, the answer, and the time
 /// it came.
 pub(crate) type LateAnswer = BoxFuture<'static, (Family, std::io::Result<Vec<SocketAddr>>)>;
@@ -348,6 +376,44 @@ mod tests {
         assert_eq!(r.start_at(), Some(t0));
         assert!(r.start(t0).is_empty());
         assert_eq!(r.errors(), ["servfail"]);
+    }
+
+    #[test]
+    fn race_start_follows_the_rules() {
+        use Family::{V4, V6};
+        let both = [V6, V4];
+        // AAAA first: at once.
+        assert_eq!(
+            race_start(&both, &[(V6, ms(10), true), (V4, ms(10), true)]),
+            Some(ms(10))
+        );
+        // A first: the resolution delay, cut short by the AAAA answer.
+        assert_eq!(
+            race_start(&both, &[(V6, ms(200), true), (V4, ms(10), true)]),
+            Some(ms(60))
+        );
+        assert_eq!(
+            race_start(&both, &[(V6, ms(30), true), (V4, ms(10), true)]),
+            Some(ms(30))
+        );
+        // A negative AAAA answer ends the wait.
+        assert_eq!(
+            race_start(&both, &[(V6, ms(30), false), (V4, ms(10), true)]),
+            Some(ms(30))
+        );
+        assert_eq!(
+            race_start(&both, &[(V6, ms(5), false), (V4, ms(10), true)]),
+            Some(ms(10))
+        );
+        // Only what is asked counts; nothing positive: no race.
+        assert_eq!(
+            race_start(&[V4], &[(V6, ms(1), true), (V4, ms(15), true)]),
+            Some(ms(15))
+        );
+        assert_eq!(
+            race_start(&both, &[(V6, ms(1), false), (V4, ms(2), false)]),
+            None
+        );
     }
 
     #[test]
