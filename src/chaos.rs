@@ -49,6 +49,8 @@ struct Targets {
     bounce: Option<String>,
     /// Each link's configured (loss, latency_ms), to restore after a worse spell.
     base: Vec<(f64, u64)>,
+    /// Each link's host has an IPv6 address (its IPv6 can break).
+    v6: Vec<bool>,
 }
 
 fn targets(s: &Scenario) -> Targets {
@@ -71,10 +73,12 @@ fn targets(s: &Scenario) -> Targets {
             }
         }
     };
+    let mut v6 = Vec::new();
     for host in s.world.hosts.iter().filter(|h| ends.contains(&&h.name)) {
         if host.interfaces.is_empty() {
             links.push((host.name.clone(), None));
             base.push((host.link.loss, host.link.latency_ms));
+            v6.push(host.ip.v6());
             if let Some(g) = &host.gateway {
                 add_gateway(g, &mut gateways);
             }
@@ -82,6 +86,7 @@ fn targets(s: &Scenario) -> Targets {
         for i in &host.interfaces {
             links.push((host.name.clone(), Some(i.name.clone())));
             base.push((i.link.loss, i.link.latency_ms));
+            v6.push(false);
             add_gateway(&i.gateway, &mut gateways);
         }
     }
@@ -91,6 +96,7 @@ fn targets(s: &Scenario) -> Targets {
         gateways,
         bounce,
         base,
+        v6,
     }
 }
 
@@ -134,7 +140,7 @@ pub fn active_window_ms(base: &Scenario) -> Result<u64, ScenarioError> {
 }
 
 /// Draws a random timeline for `scenario` from `seed`: one to four faults (link down, black
-/// hole, flap, a worse link, a middlebox that starts blocking, a NAT reboot, a server
+/// hole, broken IPv6, flap, a worse link, a middlebox that starts blocking, a NAT reboot, a server
 /// restart), most of them healed later, struck while the workload is busy (`window_ms` from
 /// its start, see [`active_window_ms`]; half of the faults in its first fifth, when the
 /// carrier is being established).
@@ -158,6 +164,14 @@ pub fn draw(scenario: &Scenario, window_ms: u64, seed: u64) -> Timeline {
         let (host, interface) = t.links[link].clone();
         let interface = interface.as_deref();
         match rng.gen_range(0..7) {
+            // A host with IPv6 may lose just that (drawn only then: the timelines of
+            // IPv4-only worlds stay as they were).
+            0 | 1 if t.v6[link] && rng.gen_bool(0.3) => {
+                out.push(entry(at, "ipv6-blackhole", &host, None));
+                if let Some(up) = heal(&mut rng, 0.75) {
+                    out.push(entry(up, "ipv6-restore", &host, None));
+                }
+            }
             0 | 1 => {
                 let action = if rng.gen_bool(0.5) {
                     "link-down"

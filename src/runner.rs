@@ -449,17 +449,20 @@ fn resolution_floor(scenario: &Scenario) -> f64 {
     postsock::race_start(&families(client), &answers).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }
 
-/// When faults struck the client's path: link-down and black hole on the client, a reboot of
-/// a NAT the client is behind.
+/// When faults struck the client's path: link-down, black hole and broken IPv6 on the
+/// client, a reboot of a NAT the client is behind.
 fn client_path_faults(scenario: &Scenario) -> Vec<f64> {
     let client = scenario.workload.client.get_ref();
     scenario
         .faults
         .iter()
         .filter(|f| match &f.fault {
-            sim::Fault::LinkDown { host, .. } | sim::Fault::Blackhole { host, .. } => {
-                host == client
-            }
+            sim::Fault::LinkDown { host, .. }
+            | sim::Fault::Blackhole { host, .. }
+            | sim::Fault::Ipv6 {
+                host,
+                working: false,
+            } => host == client,
             sim::Fault::NatReboot { host } => scenario
                 .world
                 .hosts

@@ -287,6 +287,8 @@ fn default_duration() -> u64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 enum FaultAction {
+    Ipv6Blackhole,
+    Ipv6Restore,
     LinkDown,
     Blackhole,
     Flap,
@@ -893,6 +895,19 @@ fn fault_entry(
             };
             Fault::SetMiddlebox { host, middlebox }
         }
+        FaultAction::Ipv6Blackhole | FaultAction::Ipv6Restore
+            if has_params || f.interface.is_some() =>
+        {
+            return here("ipv6-blackhole and ipv6-restore take only a host");
+        }
+        FaultAction::Ipv6Blackhole => Fault::Ipv6 {
+            host,
+            working: false,
+        },
+        FaultAction::Ipv6Restore => Fault::Ipv6 {
+            host,
+            working: true,
+        },
         FaultAction::NatReboot if has_params => return here("nat-reboot takes no parameters"),
         FaultAction::NatReboot => Fault::NatReboot { host },
         FaultAction::LinkDown

@@ -824,6 +824,39 @@ fn tls_over_tcp_runs_over_ipv6_between_dual_stack_hosts() {
 }
 
 #[test]
+fn a_carrier_goes_on_over_ipv4_when_ipv6_breaks_under_it() {
+    let events = |r: &reports::Report| -> Vec<String> {
+        r.path_events
+            .iter()
+            .map(|e| format!("{:?}", e.event))
+            .collect()
+    };
+    // TLS/TCP: the path manager hands over to the server's IPv4 address on the same
+    // interface.
+    for r in common::lossless_runs("failover/tls-tcp-ipv6-breaks") {
+        assert_eq!(attempts_to(&r)[0].1, "[2001:db8::2]", "it started on IPv6");
+        assert_eq!(r.metrics.handovers, 1);
+        assert_eq!(r.metrics.carriers_accepted, 1);
+        assert_eq!(r.metrics.failover_gap_ms, Some(360.0), "seed {}", r.seed);
+        assert!(
+            !events(&r).iter().any(|e| e == "Dormant"),
+            "{:?}",
+            events(&r)
+        );
+    }
+    // QUIC cannot change its server address: dormant, then moved to TLS/TCP over IPv4.
+    for r in common::lossless_runs("failover/quic-ipv6-breaks") {
+        assert_eq!(
+            attempts_to(&r),
+            owned(&[("quic", "[2001:db8::2]", 0.0, "won")])
+        );
+        assert_eq!(r.metrics.protocol_changes, 1);
+        assert_eq!(r.metrics.carriers_accepted, 1);
+        assert_eq!(r.metrics.failover_gap_ms, Some(690.0), "seed {}", r.seed);
+    }
+}
+
+#[test]
 fn a_second_quic_carrier_resumes_without_a_certificate_exchange() {
     for r in blocking("resumption/quic-second-carrier") {
         assert_eq!(r.metrics.resumed, Some(1), "seed {}", r.seed);

@@ -223,6 +223,17 @@ fn ipv6_is_refused_where_the_simulator_cannot_route_it() {
     spec.hosts[0].ip = IpVersions::Ipv4;
     let e = World::new(&spec, 1, Duration::from_secs(1)).expect_err("black hole without IPv6");
     assert!(e.to_string().contains("ipv6_blackhole"), "{e}");
+    let spec = world(IpVersions::Ipv4, IpVersions::Dual, false);
+    let broken = |host: &str| sim::Fault::Ipv6 {
+        host: host.into(),
+        working: false,
+    };
+    let e = spec
+        .check_fault(&broken("client"))
+        .expect_err("no IPv6 to break");
+    assert!(e.to_string().contains("has no IPv6 address"), "{e}");
+    spec.check_fault(&broken("server"))
+        .expect("the server has IPv6");
     let mut spec = world(IpVersions::Dual, IpVersions::Dual, false);
     spec.dns.aaaa_ms = 60_001;
     let e = World::new(&spec, 1, Duration::from_secs(1)).expect_err("DNS delay too long");

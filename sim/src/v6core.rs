@@ -31,7 +31,10 @@ pub(crate) async fn run(state: Arc<WorldState>) -> turmoil::Result {
         let Some(receiver) = state.v6_owner(dst.ip()) else {
             continue;
         };
-        if sender.ipv6_blackhole || receiver.ipv6_blackhole {
+        let broken = |n: &crate::world::state::Node| {
+            n.ipv6_blackhole.load(std::sync::atomic::Ordering::Relaxed)
+        };
+        if broken(sender) || broken(receiver) {
             continue;
         }
         let framed = overlay::encode(SocketAddr::new(src, from.port()), payload);

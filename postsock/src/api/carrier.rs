@@ -52,6 +52,22 @@ pub(crate) struct Origin {
     net: Arc<dyn Net>,
     remote: Remote,
     tls: MaybeTls,
+    /// Every address the remote's name resolved to (the race's).
+    addrs: Vec<SocketAddr>,
+}
+
+impl Origin {
+    /// The remote's addresses of the other IP version than `peer`'s, first of each: where the
+    /// carrier goes on when `peer`'s version breaks.
+    fn alternates(&self, peer: SocketAddr) -> Vec<SocketAddr> {
+        let mut out: Vec<SocketAddr> = Vec::new();
+        for a in &self.addrs {
+            if a.is_ipv4() != peer.is_ipv4() && !out.iter().any(|o| o.is_ipv4() == a.is_ipv4()) {
+                out.push(*a);
+            }
+        }
+        out
+    }
 }
 
 impl std::fmt::Debug for Origin {
@@ -188,6 +204,7 @@ fn move_watch(
         config: config.clone(),
         tls: tls.tcp.clone(),
         path,
+        addrs: origin.addrs.clone(),
     })
 }
 
@@ -199,12 +216,13 @@ async fn watch_and_steer(
     start: Option<PathChoice>,
     events: crate::transport::EventTx,
 ) {
-    let (net, host, config, tls, current) = (
+    let (net, host, config, tls, current, addrs) = (
         w.net.clone(),
         w.host.clone(),
         w.config.clone(),
         w.tls.clone(),
         w.path.clone(),
+        w.addrs.clone(),
     );
     let Some(core) = moving::watch(mv, w).await else {
         return;
@@ -218,6 +236,12 @@ async fn watch_and_steer(
         .into_iter()
         .next()
         .unwrap_or(start);
+    let alternates: Vec<SocketAddr> = addrs
+        .iter()
+        .filter(|a| a.is_ipv4() != remote.is_ipv4())
+        .take(1)
+        .copied()
+        .collect();
     let user = tls_tcp::StreamPath {
         core,
         net: net.clone(),
@@ -225,13 +249,14 @@ async fn watch_and_steer(
         config: config.clone(),
         tls: Some(tls),
         remote,
+        alternates: alternates.clone(),
     };
     let monitor = PathMonitor::start(net);
     crate::path::manage(
         user,
         monitor,
         config.paths.clone(),
-        remote.ip(),
+        (remote.ip(), alternates.iter().map(|a| a.ip()).collect()),
         start,
         current,
         events,
@@ -376,7 +401,12 @@ impl Carrier {
             }
             other => other,
         })?;
-        let origin = Origin { net, remote, tls };
+        let origin = Origin {
+            net,
+            remote,
+            tls,
+            addrs,
+        };
         let steer = monitor
             .zip(path)
             .map(|(monitor, choice)| PathSetup { monitor, choice });
@@ -469,6 +499,7 @@ impl Carrier {
             net: net.clone(),
             remote: remote.clone(),
             tls: Some(tls),
+            addrs: vec![addr],
         };
         let steer = monitor
             .zip(choice)
@@ -583,11 +614,13 @@ impl Carrier {
                         conn: conn.clone(),
                         epoch: epoch.clone(),
                     };
+                    let peer = conn.remote_address();
+                    let alternates = origin.alternates(peer).iter().map(|a| a.ip()).collect();
                     extra.push(tokio::spawn(crate::path::manage(
                         user,
                         steer.monitor,
                         config.paths.clone(),
-                        conn.remote_address().ip(),
+                        (peer.ip(), alternates),
                         steer.choice,
                         path.clone(),
                         events_tx.clone(),
@@ -675,12 +708,14 @@ impl Carrier {
                         config: config.clone(),
                         tls: o.tls.as_ref().map(|t| t.tcp.clone()),
                         remote: peer,
+                        alternates: o.alternates(peer),
                     };
+                    let alternates = o.alternates(peer).iter().map(|a| a.ip()).collect();
                     extra.push(tokio::spawn(crate::path::manage(
                         user,
                         steer.monitor,
                         config.paths.clone(),
-                        peer.ip(),
+                        (peer.ip(), alternates),
                         steer.choice,
                         path.clone(),
                         events_tx,

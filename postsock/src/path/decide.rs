@@ -56,7 +56,14 @@ pub(crate) struct PathDecider {
     /// Since when each interface has been up (interfaces up at the start count as stable).
     up_since: BTreeMap<String, Instant>,
     /// Interfaces left because they fell silent or lossy, until when they are not tried again.
-    suspect: BTreeMap<String, Instant>,
+    /// Suspected paths, by (interface, towards IPv4) — the IP version counts: a broken IPv6
+    /// says nothing of IPv4 over the same interface.
+    suspect: BTreeMap<(String, bool), Instant>,
+    /// The remote's addresses of the other IP version (from resolution): where a carrier goes
+    /// when no path of the current version is left.
+    alternates: Vec<IpAddr>,
+    /// Alternate-version paths (by local address) that failed to open, until when.
+    alternate_failed: BTreeMap<IpAddr, Instant>,
     last: Health,
     unanswered_since: Option<Instant>,
     /// (time, packets sent, packets lost) over the quality window.
@@ -85,10 +92,39 @@ impl PathDecider {
             current: Some(start),
             up_since,
             suspect: BTreeMap::new(),
+            alternates: Vec::new(),
+            alternate_failed: BTreeMap::new(),
             last: health,
             unanswered_since: None,
             window: VecDeque::new(),
         }
+    }
+
+    /// The remote's addresses of another IP version, to fall back to (see
+    /// [`handle`](Self::handle)).
+    pub(crate) fn with_alternates(mut self, alternates: Vec<IpAddr>) -> Self {
+        self.alternates = alternates
+            .into_iter()
+            .filter(|a| a.is_ipv4() != self.remote.is_ipv4())
+            .collect();
+        self
+    }
+
+    /// A path to the remote over another IP version, when the current one has none left
+    /// (the current version is broken on every interface, say): the best interface with a
+    /// local address of an alternate's version that has not just failed to open.
+    fn fallback(&self, now: Instant, list: &[Interface]) -> Option<PathChoice> {
+        self.alternates.iter().find_map(|alt| {
+            rank(&self.policy, list, *alt).into_iter().find(|c| {
+                !self
+                    .suspect
+                    .contains_key(&(c.interface.clone(), c.local.is_ipv4()))
+                    && self
+                        .alternate_failed
+                        .get(&c.local)
+                        .is_none_or(|until| *until <= now)
+            })
+        })
     }
 
     /// The path in use; `None` while dormant.
@@ -111,7 +147,7 @@ impl PathDecider {
             } else {
                 self.up_since.remove(&i.name);
                 // Down and (later) up again: no longer suspected of silence.
-                self.suspect.remove(&i.name);
+                self.suspect.retain(|(name, _), _| name != &i.name);
             }
         }
         self.up_since
@@ -119,7 +155,11 @@ impl PathDecider {
         self.suspect.retain(|_, until| *until > now);
         let usable: Vec<PathChoice> = rank(policy, list, self.remote)
             .into_iter()
-            .filter(|c| !self.suspect.contains_key(&c.interface))
+            .filter(|c| {
+                !self
+                    .suspect
+                    .contains_key(&(c.interface.clone(), c.local.is_ipv4()))
+            })
             .collect();
 
         // Health of the current path.
@@ -161,8 +201,14 @@ impl PathDecider {
                 .map_or(0.0, |q| q.loss)
         };
         let (target, reason) = match &self.current {
-            None => match usable.first() {
-                Some(best) => (Some(best.clone()), HandoverReason::Recovered),
+            None => match usable.first().cloned().or_else(|| {
+                // Dormant with nothing of this IP version: the other one, if it works.
+                self.policy
+                    .failover
+                    .then(|| self.fallback(now, list))
+                    .flatten()
+            }) {
+                Some(best) => (Some(best), HandoverReason::Recovered),
                 None => return None,
             },
             Some(c) if position(&c.interface).is_none() => {
@@ -171,8 +217,10 @@ impl PathDecider {
             // The transient broke under us (the carrier can continue on a new one).
             Some(_) if h.broken => (usable.first().cloned(), HandoverReason::Broken),
             Some(c) if silent => {
-                self.suspect
-                    .insert(c.interface.clone(), now + policy.suspect_for);
+                self.suspect.insert(
+                    (c.interface.clone(), c.local.is_ipv4()),
+                    now + policy.suspect_for,
+                );
                 let other = usable.iter().find(|u| u.interface != c.interface).cloned();
                 (other, HandoverReason::Silent)
             }
@@ -183,8 +231,10 @@ impl PathDecider {
                 match usable.iter().find(better) {
                     Some(other) => {
                         // Not back to it for a while: its link still looks up.
-                        self.suspect
-                            .insert(c.interface.clone(), now + policy.suspect_for);
+                        self.suspect.insert(
+                            (c.interface.clone(), c.local.is_ipv4()),
+                            now + policy.suspect_for,
+                        );
                         (Some(other.clone()), HandoverReason::Degraded)
                     }
                     None => return None,
@@ -209,6 +259,14 @@ impl PathDecider {
         if !self.policy.failover {
             return None;
         }
+        // Nothing of this IP version is left: the other version, if the remote has it.
+        let target = match (target, reason) {
+            (
+                None,
+                HandoverReason::InterfaceDown | HandoverReason::Broken | HandoverReason::Silent,
+            ) => self.fallback(now, list),
+            (t, _) => t,
+        };
         match target {
             Some(to) => Some(Decision::Move { to, reason }),
             None => {
@@ -221,6 +279,17 @@ impl PathDecider {
 
     /// The transient now runs on `to`; `health` are its counters after the move.
     pub(crate) fn moved(&mut self, to: PathChoice, health: Health) {
+        // Onto the other IP version: its address is the remote now.
+        if to.local.is_ipv4() != self.remote.is_ipv4() {
+            if let Some(k) = self
+                .alternates
+                .iter()
+                .position(|a| a.is_ipv4() == to.local.is_ipv4())
+            {
+                let old = std::mem::replace(&mut self.remote, self.alternates.remove(k));
+                self.alternates.push(old);
+            }
+        }
         self.current = Some(to);
         self.last = health;
         self.unanswered_since = None;
@@ -229,8 +298,15 @@ impl PathDecider {
 
     /// Moving onto `to` failed (binding on it did not work): leave it alone for a while.
     pub(crate) fn move_failed(&mut self, to: &PathChoice, now: Instant) {
-        self.suspect
-            .insert(to.interface.clone(), now + self.policy.return_after);
+        if to.local.is_ipv4() != self.remote.is_ipv4() {
+            self.alternate_failed
+                .insert(to.local, now + self.policy.return_after);
+            return;
+        }
+        self.suspect.insert(
+            (to.interface.clone(), to.local.is_ipv4()),
+            now + self.policy.return_after,
+        );
     }
 }
 
@@ -341,6 +417,81 @@ mod tests {
                 reason: HandoverReason::Preferred
             })
         );
+    }
+
+    #[test]
+    fn a_silent_ip_version_falls_back_to_the_other_on_the_same_interface() {
+        let t0 = Instant::now();
+        let v6 = |n: u16| IpAddr::from(std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, n));
+        let (v4_remote, v6_remote) = (REMOTE, v6(2));
+        let eth = vec![Interface {
+            name: "eth0".into(),
+            addrs: vec![IpAddr::from([10, 0, 1, 1]), v6(1)],
+            up: true,
+            quality: None,
+        }];
+        let on = |local: IpAddr| PathChoice {
+            interface: "eth0".into(),
+            local,
+        };
+        let health = Health {
+            srtt: Duration::from_millis(40),
+            ..Health::default()
+        };
+        let mut d = PathDecider::new(
+            PathPolicy::default(),
+            v6_remote,
+            on(v6(1)),
+            &eth,
+            health,
+            t0,
+        )
+        .with_alternates(vec![v6(3), v4_remote]);
+        let mut h = d.last;
+        h.tx += 1;
+        assert_eq!(d.handle(ms(t0, 5), &eth, h), None);
+        // Silent IPv6, no other interface: IPv4 on the same one.
+        let to_v4 = on(IpAddr::from([10, 0, 1, 1]));
+        assert_eq!(
+            d.handle(ms(t0, 250), &eth, h),
+            Some(Decision::Move {
+                to: to_v4.clone(),
+                reason: HandoverReason::Silent
+            })
+        );
+        d.moved(to_v4.clone(), h);
+        // IPv4 is the remote now and is not suspected (the suspicion is IPv6's): it stays.
+        for t in (300..12_000).step_by(500) {
+            assert_eq!(d.handle(ms(t0, t), &eth, h), None, "at {t} ms");
+        }
+        // Without an alternate the same silence ends dormant; a failed fallback is not
+        // retried until return_after has passed.
+        let mut d = PathDecider::new(
+            PathPolicy::default(),
+            v6_remote,
+            on(v6(1)),
+            &eth,
+            health,
+            t0,
+        );
+        assert_eq!(d.handle(ms(t0, 5), &eth, h), None);
+        assert_eq!(d.handle(ms(t0, 250), &eth, h), Some(Decision::Dormant));
+        let mut d = PathDecider::new(
+            PathPolicy::default(),
+            v6_remote,
+            on(v6(1)),
+            &eth,
+            health,
+            t0,
+        )
+        .with_alternates(vec![v4_remote]);
+        d.handle(ms(t0, 5), &eth, h);
+        let Some(Decision::Move { to, .. }) = d.handle(ms(t0, 250), &eth, h) else {
+            panic!("a fallback");
+        };
+        d.move_failed(&to, ms(t0, 250));
+        assert_eq!(d.handle(ms(t0, 255), &eth, h), Some(Decision::Dormant));
+        assert_eq!(d.handle(ms(t0, 1_000), &eth, h), None);
     }
 
     #[test]

@@ -31,12 +31,14 @@ pub(crate) trait Announce: Send {
 const CHECK: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Steers one client transient between interfaces (see the [module docs](super)) until the
-/// event queue closes. `current` starts as the path the transient was established on.
+/// event queue closes. `current` starts as the path the transient was established on;
+/// `alternates` are the remote's addresses of the other IP version, to go on over when the
+/// current version has no path left.
 pub(crate) async fn manage(
     mut user: impl PathUser,
     monitor: PathMonitor,
     policy: PathPolicy,
-    remote: IpAddr,
+    (remote, alternates): (IpAddr, Vec<IpAddr>),
     start: PathChoice,
     current: CurrentPath,
     events: impl Announce,
@@ -46,7 +48,8 @@ pub(crate) async fn manage(
         *crate::util::lock(&current) = c.map(|c| c.interface.clone());
     };
     let list = interfaces.borrow().clone();
-    let mut decider = PathDecider::new(policy, remote, start, &list, user.health(), Instant::now());
+    let mut decider = PathDecider::new(policy, remote, start, &list, user.health(), Instant::now())
+        .with_alternates(alternates);
     let mut ticker = tokio::time::interval(CHECK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

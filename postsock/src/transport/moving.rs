@@ -634,6 +634,9 @@ pub(crate) struct MoveWatch {
     pub(crate) tls: Arc<rustls::ClientConfig>,
     /// The client's current interface (`None` while dormant), when a path manager steers it.
     pub(crate) path: Option<crate::path::CurrentPath>,
+    /// Every address the listener's name resolved to: when the QUIC peer's address does not
+    /// answer over TLS/TCP either (its IP version broke), the others are tried.
+    pub(crate) addrs: Vec<SocketAddr>,
 }
 
 /// How often the watch looks at the QUIC connection.
@@ -676,17 +679,19 @@ pub(crate) async fn watch(mv: Arc<QuicMove>, w: MoveWatch) -> Option<Arc<StreamC
         if !stuck || now < next_try || mv.identity().is_none() {
             continue;
         }
-        let peer = mv.conn.remote_address();
-        let connect = tls_tcp::connect(
-            w.net.as_ref(),
-            peer,
-            None,
-            (&w.host, false),
-            &w.config,
-            w.tls.clone(),
+        // The QUIC peer's address first, the other IP version's an attempt delay later;
+        // the first TLS/TCP connection up wins.
+        let quic_peer = mv.conn.remote_address();
+        let mut targets = vec![quic_peer];
+        targets.extend(
+            w.addrs
+                .iter()
+                .filter(|a| a.is_ipv4() != quic_peer.is_ipv4())
+                .take(1),
         );
+        let connect = first_stream(&w, &targets);
         match tokio::time::timeout(w.config.connect_timeout, connect).await {
-            Ok(Ok(stream)) => {
+            Ok(Ok((stream, peer))) => {
                 let wait = w.config.connect_timeout;
                 return match mv.move_client(w.net.as_ref(), stream, peer, wait).await {
                     Ok(core) => {
@@ -703,11 +708,63 @@ pub(crate) async fn watch(mv: Arc<QuicMove>, w: MoveWatch) -> Option<Arc<StreamC
                     }
                 };
             }
-            Ok(Err(e)) => tracing::debug!("TLS/TCP to {peer} for a move failed: {e}"),
-            Err(_) => tracing::debug!("TLS/TCP to {peer} for a move timed out"),
+            Ok(Err(e)) => tracing::debug!("TLS/TCP to {quic_peer} for a move failed: {e}"),
+            Err(_) => tracing::debug!("TLS/TCP to {quic_peer} for a move timed out"),
         }
         next_try = Instant::now() + backoff;
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Connects TLS/TCP to `targets`, each an attempt delay after the one before (at once when
+/// one fails); the first up wins, with its address. The last error if none comes up.
+async fn first_stream(
+    w: &MoveWatch,
+    targets: &[SocketAddr],
+) -> crate::Result<(
+    tokio_rustls::client::TlsStream<Box<dyn crate::net::ByteStream>>,
+    SocketAddr,
+)> {
+    let mut running = tokio::task::JoinSet::new();
+    let mut last = None;
+    let mut next = 0;
+    let delay = w.config.attempt_delay.max(crate::MIN_ATTEMPT_DELAY);
+    loop {
+        if next < targets.len() {
+            let (net, host, config, tls) = (
+                w.net.clone(),
+                w.host.clone(),
+                w.config.clone(),
+                w.tls.clone(),
+            );
+            let to = targets[next];
+            running.spawn(async move {
+                let r =
+                    tls_tcp::connect(net.as_ref(), to, None, (&host, false), &config, tls).await;
+                (to, r)
+            });
+            next += 1;
+        }
+        let more = next < targets.len();
+        let done = tokio::select! {
+            biased;
+            Some(done) = running.join_next(), if !running.is_empty() => Some(done),
+            _ = tokio::time::sleep(delay), if more => None,
+        };
+        match done {
+            Some(Ok((to, Ok(stream)))) => return Ok((stream, to)),
+            Some(Ok((_, Err(e)))) => last = Some(e),
+            Some(Err(_)) => {}
+            None => continue,
+        }
+        if running.is_empty() && next >= targets.len() {
+            return Err(last.unwrap_or_else(|| {
+                crate::Error::io(
+                    "moving to TLS/TCP",
+                    std::io::Error::other("no address to connect to"),
+                )
+            }));
+        }
     }
 }
 

@@ -1086,6 +1086,11 @@ impl crate::path::PathUser for QuicPath {
         choice: &'a crate::path::PathChoice,
     ) -> crate::net::BoxFuture<'a, bool> {
         Box::pin(async move {
+            // A QUIC client cannot move to another server address (RFC 9000 §9): a path of
+            // the other IP version is for the move to TLS/TCP (`moving::watch`).
+            if choice.local.is_ipv4() != self.conn.remote_address().is_ipv4() {
+                return false;
+            }
             let Ok(socket) = self.net.bind_udp(SocketAddr::new(choice.local, 0)).await else {
                 return false;
             };

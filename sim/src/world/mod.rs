@@ -78,7 +78,7 @@ impl<'a> World<'a> {
                 ifaces: Vec::new(),
                 ipv6: None,
                 v4: true,
-                ipv6_blackhole: false,
+                ipv6_blackhole: false.into(),
             };
             nodes.insert(g.name.clone(), node);
         }
@@ -153,7 +153,7 @@ impl<'a> World<'a> {
             let node = Node {
                 ipv6,
                 v4: h.ip.v4(),
-                ipv6_blackhole: h.ipv6_blackhole,
+                ipv6_blackhole: h.ipv6_blackhole.into(),
                 ip,
                 role,
                 latency: Duration::from_millis(h.link.latency_ms),
@@ -205,7 +205,7 @@ impl<'a> World<'a> {
                     ifaces: Vec::new(),
                     ipv6: None,
                     v4: true,
-                    ipv6_blackhole: false,
+                    ipv6_blackhole: false.into(),
                 },
             );
             SocketAddr::new(ip, crate::overlay::OVERLAY_PORT)
@@ -412,6 +412,11 @@ impl<'a> World<'a> {
             .map_err(|e| SimError::Spec(format!("fault on `{}`: {e}", fault.host())))?;
         let host = fault.host().to_owned();
         let node = self.node(&host)?;
+        if let Fault::Ipv6 { working, .. } = fault {
+            node.ipv6_blackhole
+                .store(!working, std::sync::atomic::Ordering::Relaxed);
+            return Ok(());
+        }
         if let Fault::NatReboot { .. } = fault {
             *lock(&self.state.nat_epochs).entry(host).or_insert(0) += 1;
             return Ok(());
@@ -497,7 +502,10 @@ impl<'a> World<'a> {
                 link.up.set_params(params.clone());
                 link.down.set_params(params);
             }
-            Fault::Bounce { .. } | Fault::SetMiddlebox { .. } | Fault::NatReboot { .. } => {}
+            Fault::Bounce { .. }
+            | Fault::SetMiddlebox { .. }
+            | Fault::NatReboot { .. }
+            | Fault::Ipv6 { .. } => {}
         }
         // The host's monitors hear of an interface going down or up, and of a change of its
         // link's quality (as a radio reports its signal); a black hole stays unannounced.

@@ -680,6 +680,14 @@ pub enum Fault {
         /// The host.
         host: String,
     },
+    /// The host's IPv6 breaks (`working = false`: its IPv6 packets vanish both ways, as
+    /// `ipv6_blackhole`; the host is not told) or is repaired. IPv4 is untouched.
+    Ipv6 {
+        /// The host (it must have an IPv6 address).
+        host: String,
+        /// Whether IPv6 works from now on.
+        working: bool,
+    },
 }
 
 /// Which part of a fault a [`FaultError`] is about (so a scenario file can point at it).
@@ -745,7 +753,13 @@ impl WorldSpec {
         } else {
             spec.interfaces.iter().map(|i| i.name.as_str()).collect()
         };
-        let link_fault = !matches!(fault, Fault::Bounce { .. });
+        if matches!(fault, Fault::Ipv6 { .. }) && !spec.ip.v6() {
+            return err(
+                FaultPart::Host,
+                format!("host `{host}` has no IPv6 address (ip = \"dual\" or \"ipv6\")"),
+            );
+        }
+        let link_fault = !matches!(fault, Fault::Bounce { .. } | Fault::Ipv6 { .. });
         match fault.interface() {
             Some(name) if !names.contains(&name) => {
                 return err(
@@ -811,7 +825,8 @@ impl Fault {
             | Fault::SetLink { host, .. }
             | Fault::SetMiddlebox { host, .. }
             | Fault::NatReboot { host }
-            | Fault::Bounce { host } => host,
+            | Fault::Bounce { host }
+            | Fault::Ipv6 { host, .. } => host,
         }
     }
 

@@ -35,8 +35,8 @@ pub(crate) struct Node {
     /// Whether the host has an IPv4 address (its turmoil address; an IPv6-only host has one
     /// too, inside the simulation, but nothing of it shows).
     pub(crate) v4: bool,
-    /// Its IPv6 packets vanish on the way.
-    pub(crate) ipv6_blackhole: bool,
+    /// Its IPv6 packets vanish on the way (a fault may change it).
+    pub(crate) ipv6_blackhole: std::sync::atomic::AtomicBool,
 }
 
 /// One interface of an endpoint host.

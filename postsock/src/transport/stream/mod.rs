@@ -562,6 +562,9 @@ pub(crate) struct StreamPath {
     pub(crate) config: Configuration,
     pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
     pub(crate) remote: SocketAddr,
+    /// The remote's addresses of the other IP version: a move onto a path of that version
+    /// connects to one of them.
+    pub(crate) alternates: Vec<SocketAddr>,
 }
 
 impl crate::path::PathUser for StreamPath {
@@ -574,9 +577,22 @@ impl crate::path::PathUser for StreamPath {
                 return false;
             };
             let local = Some(choice.local);
+            // A path of the other IP version leads to the remote's address of that version.
+            let remote = if choice.local.is_ipv4() == self.remote.is_ipv4() {
+                self.remote
+            } else {
+                match self
+                    .alternates
+                    .iter()
+                    .find(|a| a.is_ipv4() == choice.local.is_ipv4())
+                {
+                    Some(a) => *a,
+                    None => return false,
+                }
+            };
             let connect = connect(
                 self.net.as_ref(),
-                self.remote,
+                remote,
                 local,
                 (&self.host, false),
                 &self.config,
@@ -591,6 +607,11 @@ impl crate::path::PathUser for StreamPath {
                 peer: None,
                 received,
             };
+            if remote != self.remote {
+                self.alternates.retain(|a| *a != remote);
+                self.alternates
+                    .push(std::mem::replace(&mut self.remote, remote));
+            }
             self.core.attach(stream, self.remote, mode).is_ok()
         })
     }
