@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -82,15 +82,7 @@ fn udp_packet(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Option<Vec<u8
             caps,
         );
     };
-    match (src.ip(), dst.ip()) {
-        (IpAddr::V4(s4), IpAddr::V4(d4)) => {
-            Some(crate::segment::ipv4(s4, d4, IpProtocol::Udp, udp_len, fill))
-        }
-        (IpAddr::V6(s6), IpAddr::V6(d6)) => {
-            Some(crate::segment::ipv6(s6, d6, IpProtocol::Udp, udp_len, fill))
-        }
-        _ => None,
-    }
+    crate::segment::ip_packet(src.ip(), dst.ip(), IpProtocol::Udp, udp_len, fill)
 }
 
 /// LINKTYPE_RAW: packets begin with their IP header.

@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    IpAddress, IpProtocol, Ipv4Packet, Ipv4Repr, Ipv6Packet, TcpControl, TcpPacket, TcpRepr,
+    IpAddress, IpProtocol, IpRepr, Ipv4Packet, Ipv6Packet, TcpControl, TcpPacket, TcpRepr,
     TcpSeqNumber,
 };
 
@@ -149,9 +149,9 @@ pub(crate) fn reset_for(seg: &Segment) -> Option<Vec<u8>> {
         timestamp: None,
         payload: &[],
     };
-    Some(ipv4(
-        src,
-        dst,
+    ip_packet(
+        src.into(),
+        dst.into(),
         IpProtocol::Tcp,
         tcp.buffer_len(),
         |payload, caps| {
@@ -162,55 +162,28 @@ pub(crate) fn reset_for(seg: &Segment) -> Option<Vec<u8>> {
                 caps,
             );
         },
-    ))
+    )
 }
 
-/// An IPv4 packet from `src` to `dst` carrying `payload_len` bytes of `protocol`, which
-/// `fill` writes (with the checksum capabilities to use); the header checksum is computed.
-pub(crate) fn ipv4(
-    src: Ipv4Addr,
-    dst: Ipv4Addr,
+/// An IPv4 or IPv6 packet from `src` to `dst` carrying `payload_len` bytes of `protocol`,
+/// which `fill` writes (with the checksum capabilities to use); an IPv4 header's checksum is
+/// computed. `None` when the two addresses are of different versions.
+pub(crate) fn ip_packet(
+    src: IpAddr,
+    dst: IpAddr,
     protocol: IpProtocol,
     payload_len: usize,
     fill: impl FnOnce(&mut [u8], &ChecksumCapabilities),
-) -> Vec<u8> {
-    let ip = Ipv4Repr {
-        src_addr: src,
-        dst_addr: dst,
-        next_header: protocol,
-        payload_len,
-        hop_limit: 64,
-    };
-    let mut out = vec![0u8; ip.buffer_len() + payload_len];
+) -> Option<Vec<u8>> {
+    if src.is_ipv4() != dst.is_ipv4() {
+        return None;
+    }
+    let ip = IpRepr::new(src.into(), dst.into(), protocol, payload_len, 64);
+    let mut out = vec![0u8; ip.buffer_len()];
     let caps = ChecksumCapabilities::default();
-    let mut packet = Ipv4Packet::new_unchecked(&mut out[..]);
-    ip.emit(&mut packet, &caps);
-    fill(packet.payload_mut(), &caps);
-    out
-}
-
-/// An IPv6 packet from `src` to `dst` carrying `payload_len` bytes of `protocol`, which
-/// `fill` writes (with the checksum capabilities to use).
-pub(crate) fn ipv6(
-    src: std::net::Ipv6Addr,
-    dst: std::net::Ipv6Addr,
-    protocol: IpProtocol,
-    payload_len: usize,
-    fill: impl FnOnce(&mut [u8], &ChecksumCapabilities),
-) -> Vec<u8> {
-    let ip = smoltcp::wire::Ipv6Repr {
-        src_addr: src,
-        dst_addr: dst,
-        next_header: protocol,
-        payload_len,
-        hop_limit: 64,
-    };
-    let mut out = vec![0u8; ip.buffer_len() + payload_len];
-    let caps = ChecksumCapabilities::default();
-    let mut packet = Ipv6Packet::new_unchecked(&mut out[..]);
-    ip.emit(&mut packet);
-    fill(packet.payload_mut(), &caps);
-    out
+    ip.emit(&mut out[..], &caps);
+    fill(&mut out[ip.header_len()..], &caps);
+    Some(out)
 }
 
 /// The destination address of an IPv4 or IPv6 packet (where a host sends it).

@@ -438,15 +438,18 @@ mod tests {
             srtt: Duration::from_millis(40),
             ..Health::default()
         };
-        let mut d = PathDecider::new(
-            PathPolicy::default(),
-            v6_remote,
-            on(v6(1)),
-            &eth,
-            health,
-            t0,
-        )
-        .with_alternates(vec![v6(3), v4_remote]);
+        let fresh = |alternates: Vec<IpAddr>| {
+            PathDecider::new(
+                PathPolicy::default(),
+                v6_remote,
+                on(v6(1)),
+                &eth,
+                health,
+                t0,
+            )
+            .with_alternates(alternates)
+        };
+        let mut d = fresh(vec![v6(3), v4_remote]);
         let mut h = d.last;
         h.tx += 1;
         assert_eq!(d.handle(ms(t0, 5), &eth, h), None);
@@ -466,25 +469,10 @@ mod tests {
         }
         // Without an alternate the same silence ends dormant; a failed fallback is not
         // retried until return_after has passed.
-        let mut d = PathDecider::new(
-            PathPolicy::default(),
-            v6_remote,
-            on(v6(1)),
-            &eth,
-            health,
-            t0,
-        );
+        let mut d = fresh(Vec::new());
         assert_eq!(d.handle(ms(t0, 5), &eth, h), None);
         assert_eq!(d.handle(ms(t0, 250), &eth, h), Some(Decision::Dormant));
-        let mut d = PathDecider::new(
-            PathPolicy::default(),
-            v6_remote,
-            on(v6(1)),
-            &eth,
-            health,
-            t0,
-        )
-        .with_alternates(vec![v4_remote]);
+        let mut d = fresh(vec![v4_remote]);
         d.handle(ms(t0, 5), &eth, h);
         let Some(Decision::Move { to, .. }) = d.handle(ms(t0, 250), &eth, h) else {
             panic!("a fallback");
