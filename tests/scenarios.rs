@@ -1078,3 +1078,19 @@ fn a_bad_policy_file_is_an_error_at_the_policy_key() {
         assert!(e.message.contains(want), "want `{want}` in {e}");
     }
 }
+
+#[test]
+fn the_race_plot_shows_how_long_dns_took() {
+    // Drawn when resolution took time (or the race had several attempts), not otherwise.
+    for (name, want) in [("blocking/aaaa-slow", true), ("echo/quic", false)] {
+        let r = testbed::run(&scenario(name), 1).report;
+        assert_eq!(reports::plot::has_race(&r), want, "{name}");
+    }
+    let dir = std::env::temp_dir().join(format!("postsock-race-plot-{}", std::process::id()));
+    let r = testbed::run(&scenario("blocking/aaaa-slow"), 1).report;
+    suite::write_run(&dir, &r, true).expect("write");
+    let png = dir.join("blocking/aaaa-slow/seed-1-race.png");
+    let bytes = std::fs::read(&png).expect("the race plot");
+    assert!(bytes.len() > 10_000, "{} looks empty", png.display());
+    let _ = std::fs::remove_dir_all(&dir);
+}

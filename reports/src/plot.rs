@@ -389,26 +389,36 @@ pub fn latency_by_niceness(report: &Report, path: &Path) -> Result<(), ReportErr
 /// Whether `report` has a connection race worth a timeline (more than one attempt, or none
 /// that won).
 pub fn has_race(report: &Report) -> bool {
-    report
-        .establishment
-        .as_ref()
-        .is_some_and(|e| e.attempts.len() > 1 || e.attempts.iter().all(|a| a.outcome != "won"))
+    report.establishment.as_ref().is_some_and(|e| {
+        e.attempts.len() > 1
+            || e.attempts.iter().all(|a| a.outcome != "won")
+            || e.resolution.as_ref().is_some_and(|r| {
+                r.queries.len() + r.unanswered.len() > 1 || r.race_started_ms > 0.0
+            })
+    })
 }
 
-/// The racing timeline: one bar per connection attempt, from its start to its end,
-/// coloured by outcome.
+/// The racing timeline: a bar per DNS query (from the start to its answer) and one per
+/// connection attempt, from its start to its end, coloured by outcome.
 pub fn racing_timeline(report: &Report, path: &Path) -> Result<(), ReportError> {
     register_font();
     let err = plot_error(path);
     let Some(est) = &report.establishment else {
         return Ok(());
     };
-    let n = est.attempts.len().max(1);
+    // Attempts count from the race's start; DNS came before it.
+    let (offset, queries, unanswered) = match &est.resolution {
+        Some(r) => (r.race_started_ms, &r.queries[..], &r.unanswered[..]),
+        None => (0.0, &[][..], &[][..]),
+    };
+    let rows = queries.len() + unanswered.len();
+    let n = (est.attempts.len() + rows).max(1);
     let end = est
         .attempts
         .iter()
-        .map(|a| a.started_ms + a.duration_ms)
-        .fold(est.duration_ms, f64::max)
+        .map(|a| offset + a.started_ms + a.duration_ms)
+        .chain(queries.iter().map(|q| q.answered_ms))
+        .fold(offset + est.duration_ms, f64::max)
         .max(1.0)
         * 1.1;
     let height = (160 + 60 * n) as u32;
@@ -445,12 +455,51 @@ pub fn racing_timeline(report: &Report, path: &Path) -> Result<(), ReportError> 
         "failed" => RED.mix(0.8),
         _ => BLACK.mix(0.35),
     };
-    for (i, a) in est.attempts.iter().enumerate() {
+    let dns = queries
+        .iter()
+        .map(|q| {
+            let what = match &q.error {
+                Some(e) => format!("failed: {e}"),
+                None if q.addresses.is_empty() => "no address".into(),
+                None => q.addresses.join(", "),
+            };
+            let late = if q.late {
+                " (late: joined the race)"
+            } else {
+                ""
+            };
+            (q.answered_ms, format!("DNS {}: {what}{late}", q.query))
+        })
+        .chain(unanswered.iter().map(|q| {
+            (
+                end,
+                format!("DNS {q}: unanswered when the race was decided"),
+            )
+        }));
+    for (i, (until, text)) in dns.enumerate() {
         let y = (n - i - 1) as f64;
         let bar = Rectangle::new(
+            [(0.0, y + 0.25), (until.max(end / 500.0), y + 0.75)],
+            MAGENTA.mix(0.45).filled(),
+        );
+        chart
+            .draw_series(std::iter::once(bar))
+            .map_err(|e| err(&e))?;
+        chart
+            .draw_series(std::iter::once(Text::new(
+                text,
+                (end / 100.0, y + 0.95),
+                ("sans-serif", 14),
+            )))
+            .map_err(|e| err(&e))?;
+    }
+    for (i, a) in est.attempts.iter().enumerate() {
+        let y = (n - rows - i - 1) as f64;
+        let start = offset + a.started_ms;
+        let bar = Rectangle::new(
             [
-                (a.started_ms, y + 0.25),
-                (a.started_ms + a.duration_ms.max(end / 500.0), y + 0.75),
+                (start, y + 0.25),
+                (start + a.duration_ms.max(end / 500.0), y + 0.75),
             ],
             colour(&a.outcome).filled(),
         );
