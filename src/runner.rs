@@ -444,8 +444,12 @@ fn resolution_floor(scenario: &Scenario) -> f64 {
         f
     };
     let served = families(server);
-    let answers = [(Family::V6, dns.aaaa_ms), (Family::V4, dns.a_ms)]
-        .map(|(f, ms)| (f, std::time::Duration::from_millis(ms), served.contains(&f)));
+    let answers: Vec<_> = [(Family::V6, dns.aaaa_ms), (Family::V4, dns.a_ms)]
+        .into_iter()
+        // A lost AAAA query never answers.
+        .filter(|(f, _)| !(dns.aaaa_lost && *f == Family::V6))
+        .map(|(f, ms)| (f, std::time::Duration::from_millis(ms), served.contains(&f)))
+        .collect();
     postsock::race_start(&families(client), &answers).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }
 

@@ -808,6 +808,21 @@ fn a_slow_aaaa_answer_costs_the_resolution_delay_and_no_more() {
         // At its limit: the resolution delay is part of it.
         assert_eq!(r.metrics.ttfm_limit_ms, Some(120.0));
     }
+    // An AAAA query that is never answered costs the same, and no more.
+    for r in blocking("blocking/aaaa-lost") {
+        let res = resolution(&r);
+        assert_eq!(res.queries.len(), 1);
+        assert_eq!(res.race_started_ms, 60.0);
+        assert_eq!(res.unanswered, ["AAAA"]);
+        assert_eq!(
+            attempts_to(&r),
+            owned(&[("quic", "192.168.0.2", 0.0, "won")])
+        );
+        assert_eq!(
+            (r.metrics.ttfm_ms, r.metrics.ttfm_limit_ms),
+            (Some(120.0), Some(120.0))
+        );
+    }
 }
 
 #[test]

@@ -29,6 +29,7 @@ fn world(client: IpVersions, server: IpVersions, blackhole: bool) -> WorldSpec {
         dns: sim::DnsSpec {
             a_ms: 5,
             aaaa_ms: 30,
+            aaaa_lost: false,
         },
     }
 }
@@ -207,6 +208,38 @@ fn dns_answers_each_family_after_its_delay() {
             "A [192.168.0.2:443] after 5 ms",
             "both [[2001:db8::2]:443, 192.168.0.2:443] after 30 ms",
             "nobody: Err(NotFound)",
+        ]
+    );
+}
+
+#[test]
+fn a_lost_aaaa_query_never_answers_and_a_full_lookup_gives_up_on_it() {
+    let mut spec = world(IpVersions::Dual, IpVersions::Dual, false);
+    spec.dns.aaaa_lost = true;
+    let log = run(
+        &spec,
+        (Ipv6Addr::UNSPECIFIED, 9000).into(),
+        |net, log| async move {
+            let aaaa = tokio::time::timeout(
+                Duration::from_secs(3),
+                net.resolve_family("server", 443, Family::V6),
+            )
+            .await;
+            let t0 = tokio::time::Instant::now();
+            let both = net.resolve("server", 443).await?;
+            let waited = t0.elapsed().as_millis();
+            log.lock().expect("lock").extend([
+                format!("AAAA answered: {}", aaaa.is_ok()),
+                format!("both {both:?} after {waited} ms"),
+            ]);
+            Ok(())
+        },
+    );
+    assert_eq!(
+        log,
+        [
+            "AAAA answered: false",
+            "both [192.168.0.2:443] after 5000 ms"
         ]
     );
 }

@@ -224,6 +224,11 @@ impl Net for SimNet {
         let both = (self.lookup(name, port, None), self.state.dns);
         Box::pin(async move {
             let (found, dns) = both;
+            if dns.aaaa_lost {
+                // The A answer, once the resolver gives up on AAAA.
+                dns_wait(dns.a_ms.max(RESOLVER_TIMEOUT_MS)).await;
+                return found.map(|all| all.into_iter().filter(|a| a.is_ipv4()).collect());
+            }
             dns_wait(dns.a_ms.max(dns.aaaa_ms)).await;
             found
         })
@@ -240,7 +245,12 @@ impl Net for SimNet {
             Family::V4 => self.state.dns.a_ms,
             Family::V6 => self.state.dns.aaaa_ms,
         };
+        let lost = family == Family::V6 && self.state.dns.aaaa_lost;
         Box::pin(async move {
+            if lost {
+                // The query is dropped; the asker gives up on it when it likes.
+                std::future::pending::<()>().await;
+            }
             dns_wait(delay).await;
             found
         })
@@ -350,6 +360,9 @@ impl SimNet {
         Ok(stack)
     }
 }
+
+/// How long a lookup of both families waits for a lost answer (glibc's default).
+const RESOLVER_TIMEOUT_MS: u64 = 5_000;
 
 /// Waits out a DNS delay of `ms` (none at all for 0: the answer is there at once).
 async fn dns_wait(ms: u64) {

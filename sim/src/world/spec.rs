@@ -88,6 +88,11 @@ pub struct DnsSpec {
     /// Time to answer an AAAA (IPv6) query, ms (at most 60000).
     #[serde(default)]
     pub aaaa_ms: u64,
+    /// AAAA queries go unanswered (a resolver or middlebox that drops them): a client that
+    /// asks both families gets its A answer, and a lookup of both gives up on AAAA after the
+    /// resolver timeout (5 s).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub aaaa_lost: bool,
 }
 
 /// The largest host group (`count`).
