@@ -749,3 +749,77 @@ fn abort_fails_what_is_pending_and_the_peer_sees_a_connection_error() {
         );
     }
 }
+
+/// On real sockets: a dual-stack listener on `[::]` and a client to `localhost` race as Happy
+/// Eyeballs says. Which versions the host has is the machine's (an IPv6 loopback or not):
+/// the client asks AAAA only when an interface has an IPv6 address, the race starts with
+/// IPv6 when AAAA answered with an address, and the carrier works either way.
+#[test]
+fn a_dual_stack_listener_on_real_sockets_is_reached_by_happy_eyeballs() {
+    for protocol in [Protocol::Quic, Protocol::TlsTcp] {
+        let (server_config, client_config) = configs(&[protocol]);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            let net: Arc<dyn Net> = postsock::net::TokioNet::shared();
+            let has_v6 = net
+                .interfaces()
+                .iter()
+                .any(|i| i.up && i.addrs.iter().any(|a| a.is_ipv6()));
+            let any6 = std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0));
+            let any4 = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+            // `[::]` takes IPv4 too on Linux; a host without IPv6 listens on 0.0.0.0.
+            let bind = if has_v6 { any6 } else { any4 };
+            let mut listener = Listener::bind(net.clone(), bind, server_config)
+                .await
+                .expect("bind");
+            let port = listener.local_addr().port();
+            tokio::spawn(async move {
+                while let Ok(carrier) = listener.accept().await {
+                    tokio::spawn(async move {
+                        while let Ok(Some(m)) = carrier.receive().await {
+                            let _ = carrier.send(m.data).await;
+                        }
+                    });
+                }
+            });
+            let carrier = Carrier::initiate(net, Remote::new("localhost", port), client_config)
+                .await
+                .expect("initiate");
+            carrier.send(&b"hello"[..]).await.expect("send");
+            let echo = tokio::time::timeout(Duration::from_secs(10), carrier.receive())
+                .await
+                .expect("an echo in time")
+                .expect("receive")
+                .expect("a message");
+            assert_eq!(&echo.data[..], b"hello");
+            let report = carrier.establishment().expect("a race").clone();
+            let resolution = report.resolution.clone().expect("a resolution");
+            let asked: Vec<_> = resolution
+                .queries
+                .iter()
+                .map(|q| q.family)
+                .chain(resolution.unanswered.iter().copied())
+                .collect();
+            assert_eq!(
+                asked.contains(&postsock::net::Family::V6),
+                has_v6,
+                "AAAA asked exactly when the host has IPv6: {resolution:?}"
+            );
+            let aaaa = resolution
+                .queries
+                .iter()
+                .find(|q| q.family == postsock::net::Family::V6)
+                .is_some_and(|q| !q.addresses.is_empty());
+            let winner = report.winner().expect("a winner");
+            assert_eq!(
+                winner.remote.is_ipv6(),
+                aaaa,
+                "{protocol:?}: the race starts with IPv6 when AAAA has an address: {report:?}"
+            );
+        });
+    }
+}
