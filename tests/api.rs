@@ -60,6 +60,15 @@ where
     }
 }
 
+/// The runtime of the real-socket tests: two workers, as the bench's default.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 fn loopback<S, SF, C, CF>(
     (server_config, client_config): (Configuration, Configuration),
     server: S,
@@ -70,12 +79,7 @@ fn loopback<S, SF, C, CF>(
     C: FnOnce(Carrier) -> CF + 'static,
     CF: Future<Output = ()> + 'static,
 {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async move {
+    runtime().block_on(async move {
         let net: Arc<dyn Net> = postsock::net::TokioNet::shared();
         let mut listener = Listener::bind(
             net.clone(),
@@ -758,12 +762,7 @@ fn abort_fails_what_is_pending_and_the_peer_sees_a_connection_error() {
 fn a_dual_stack_listener_on_real_sockets_is_reached_by_happy_eyeballs() {
     for protocol in [Protocol::Quic, Protocol::TlsTcp] {
         let (server_config, client_config) = configs(&[protocol]);
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
+        runtime().block_on(async move {
             let net: Arc<dyn Net> = postsock::net::TokioNet::shared();
             let has_v6 = net
                 .interfaces()

@@ -411,8 +411,8 @@ pub fn racing_timeline(report: &Report, path: &Path) -> Result<(), ReportError> 
         Some(r) => (r.race_started_ms, &r.queries[..], &r.unanswered[..]),
         None => (0.0, &[][..], &[][..]),
     };
-    let rows = queries.len() + unanswered.len();
-    let n = (est.attempts.len() + rows).max(1);
+    let dns_rows = queries.len() + unanswered.len();
+    let n = (est.attempts.len() + dns_rows).max(1);
     let end = est
         .attempts
         .iter()
@@ -476,36 +476,12 @@ pub fn racing_timeline(report: &Report, path: &Path) -> Result<(), ReportError> 
                 format!("DNS {q}: unanswered when the race was decided"),
             )
         }));
-    for (i, (until, text)) in dns.enumerate() {
-        let y = (n - i - 1) as f64;
-        let bar = Rectangle::new(
-            [(0.0, y + 0.25), (until.max(end / 500.0), y + 0.75)],
-            MAGENTA.mix(0.45).filled(),
-        );
-        chart
-            .draw_series(std::iter::once(bar))
-            .map_err(|e| err(&e))?;
-        chart
-            .draw_series(std::iter::once(Text::new(
-                text,
-                (end / 100.0, y + 0.95),
-                ("sans-serif", 14),
-            )))
-            .map_err(|e| err(&e))?;
-    }
-    for (i, a) in est.attempts.iter().enumerate() {
-        let y = (n - rows - i - 1) as f64;
+    // One row per DNS query, then one per attempt: (from, to, colour, label).
+    let mut rows: Vec<(f64, f64, RGBAColor, String)> = dns
+        .map(|(until, text)| (0.0, until, MAGENTA.mix(0.45), text))
+        .collect();
+    rows.extend(est.attempts.iter().map(|a| {
         let start = offset + a.started_ms;
-        let bar = Rectangle::new(
-            [
-                (start, y + 0.25),
-                (start + a.duration_ms.max(end / 500.0), y + 0.75),
-            ],
-            colour(&a.outcome).filled(),
-        );
-        chart
-            .draw_series(std::iter::once(bar))
-            .map_err(|e| err(&e))?;
         let text = match &a.reason {
             Some(r) => format!(
                 "{} {}: {}: {}",
@@ -516,6 +492,20 @@ pub fn racing_timeline(report: &Report, path: &Path) -> Result<(), ReportError> 
             ),
             None => format!("{} {}: {}", a.protocol, a.remote, a.outcome),
         };
+        (start, start + a.duration_ms, colour(&a.outcome), text)
+    }));
+    for (i, (from, to, fill, text)) in rows.into_iter().enumerate() {
+        let y = (n - i - 1) as f64;
+        let bar = Rectangle::new(
+            [
+                (from, y + 0.25),
+                (from + (to - from).max(end / 500.0), y + 0.75),
+            ],
+            fill.filled(),
+        );
+        chart
+            .draw_series(std::iter::once(bar))
+            .map_err(|e| err(&e))?;
         chart
             .draw_series(std::iter::once(Text::new(
                 text,
