@@ -196,16 +196,12 @@ impl Net for SimNet {
 
     fn listen_tcp(&self, local: SocketAddr) -> BoxFuture<'_, io::Result<Box<dyn StreamListener>>> {
         Box::pin(async move {
-            let (v4, v6) = self.families(local.ip())?;
-            let dual = local.ip().is_unspecified() && local.is_ipv6() && v4 && v6.is_some();
-            let first = match (v4, v6) {
-                (false, Some(ip)) => ip,
-                _ if local.is_ipv6() && !local.ip().is_unspecified() => local.ip(),
-                _ => self.ip,
-            };
-            let stack = self.tcp_stack(first).await?;
+            // The stack of `local`'s version (IPv4 for `::` on a dual-stack host).
+            let stack = self.tcp_stack(local.ip()).await?;
             let listener = stack.listen(local.port())?;
-            let Some(ip) = v6.filter(|_| dual) else {
+            let (v4, v6) = self.families(local.ip())?;
+            let Some(ip) = v6.filter(|_| v4 && local.is_ipv6() && local.ip().is_unspecified())
+            else {
                 return Ok(Box::new(listener) as Box<dyn StreamListener>);
             };
             // `[::]` on a dual-stack host: both stacks, one port (as Linux's dual-stack

@@ -20,7 +20,7 @@ use crate::establish::race::candidates;
 use crate::establish::report::{Attempt, AttemptOutcome, EstablishmentReport, PunchReport};
 use crate::establish::{racing, resolution};
 use crate::message::{MessageProperties, SendHandle, SendStatus};
-use crate::net::{Family, Net};
+use crate::net::{other_version, Family, Net};
 use crate::path::{CurrentPath, PathChoice, PathMonitor};
 use crate::transport::assemble::ReceiveLimits;
 use crate::transport::moving::{self, MoveSettings, MoveWatch, QuicMove};
@@ -57,16 +57,9 @@ pub(crate) struct Origin {
 }
 
 impl Origin {
-    /// The remote's addresses of the other IP version than `peer`'s, first of each: where the
-    /// carrier goes on when `peer`'s version breaks.
+    /// The remote's address of the other IP version than `peer`'s, if it has one.
     fn alternates(&self, peer: SocketAddr) -> Vec<SocketAddr> {
-        let mut out: Vec<SocketAddr> = Vec::new();
-        for a in &self.addrs {
-            if a.is_ipv4() != peer.is_ipv4() && !out.iter().any(|o| o.is_ipv4() == a.is_ipv4()) {
-                out.push(*a);
-            }
-        }
-        out
+        other_version(&self.addrs, peer).into_iter().collect()
     }
 }
 
@@ -236,12 +229,7 @@ async fn watch_and_steer(
         .into_iter()
         .next()
         .unwrap_or(start);
-    let alternates: Vec<SocketAddr> = addrs
-        .iter()
-        .filter(|a| a.is_ipv4() != remote.is_ipv4())
-        .take(1)
-        .copied()
-        .collect();
+    let alternates: Vec<SocketAddr> = other_version(&addrs, remote).into_iter().collect();
     let user = tls_tcp::StreamPath {
         core,
         net: net.clone(),

@@ -37,7 +37,7 @@ pub(crate) struct Resolution {
     start: Instant,
     v6: Answer,
     v4: Answer,
-    /// When the race started (addresses were handed out), from the start.
+    /// Whether the race has started (the addresses were handed out).
     started: bool,
     report: ResolutionReport,
 }

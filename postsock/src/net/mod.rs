@@ -92,6 +92,15 @@ impl Family {
     }
 }
 
+/// The first of `addrs` of the other IP version than `peer`'s: where a carrier goes on when
+/// `peer`'s version breaks.
+pub(crate) fn other_version(addrs: &[SocketAddr], peer: SocketAddr) -> Option<SocketAddr> {
+    addrs
+        .iter()
+        .copied()
+        .find(|a| a.is_ipv4() != peer.is_ipv4())
+}
+
 /// The network as postsock sees it. See the [module docs](self).
 pub trait Net: Send + Sync + Debug {
     /// Binds a datagram socket at `local` (port 0 picks a free port).

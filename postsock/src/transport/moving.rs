@@ -683,12 +683,7 @@ pub(crate) async fn watch(mv: Arc<QuicMove>, w: MoveWatch) -> Option<Arc<StreamC
         // the first TLS/TCP connection up wins.
         let quic_peer = mv.conn.remote_address();
         let mut targets = vec![quic_peer];
-        targets.extend(
-            w.addrs
-                .iter()
-                .filter(|a| a.is_ipv4() != quic_peer.is_ipv4())
-                .take(1),
-        );
+        targets.extend(crate::net::other_version(&w.addrs, quic_peer));
         let connect = first_stream(&w, &targets);
         match tokio::time::timeout(w.config.connect_timeout, connect).await {
             Ok(Ok((stream, peer))) => {
