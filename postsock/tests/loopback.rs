@@ -370,3 +370,91 @@ async fn early_data_to_a_server_that_stops_answering_tls_ends_the_carrier() {
     assert!(start.elapsed() < std::time::Duration::from_secs(10));
     held.abort();
 }
+
+/// The real network, except that the next `taken` TCP listens find their port in use (as
+/// when another process holds the TCP port of the ephemeral UDP port a listener was given).
+#[derive(Debug)]
+struct TcpPortsTaken {
+    real: TokioNet,
+    taken: std::sync::atomic::AtomicU32,
+}
+
+impl Net for TcpPortsTaken {
+    fn bind_udp(
+        &self,
+        local: std::net::SocketAddr,
+    ) -> postsock::net::BoxFuture<'_, std::io::Result<Arc<dyn quinn::AsyncUdpSocket>>> {
+        self.real.bind_udp(local)
+    }
+    fn connect_tcp(
+        &self,
+        remote: std::net::SocketAddr,
+    ) -> postsock::net::BoxFuture<'_, std::io::Result<Box<dyn postsock::net::ByteStream>>> {
+        self.real.connect_tcp(remote)
+    }
+    fn listen_tcp(
+        &self,
+        local: std::net::SocketAddr,
+    ) -> postsock::net::BoxFuture<'_, std::io::Result<Box<dyn postsock::net::StreamListener>>> {
+        use std::sync::atomic::Ordering;
+        let refuse = self
+            .taken
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if refuse {
+            return Box::pin(async { Err(std::io::Error::from(std::io::ErrorKind::AddrInUse)) });
+        }
+        self.real.listen_tcp(local)
+    }
+    fn resolve(
+        &self,
+        name: &str,
+        port: u16,
+    ) -> postsock::net::BoxFuture<'_, std::io::Result<Vec<std::net::SocketAddr>>> {
+        self.real.resolve(name, port)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_on_port_zero_finds_a_port_free_for_both_protocols() {
+    let ca = TestCa::new("loopback CA").expect("ca");
+    let (server_config, client_config) = configs(&ca, Protocol::TlsTcp);
+    let net: Arc<dyn Net> = Arc::new(TcpPortsTaken {
+        real: TokioNet,
+        taken: 3.into(),
+    });
+    let (mut listener, port) = listen(&net, server_config.clone()).await;
+    let server = tokio::spawn(async move {
+        let carrier = listener.accept().await.expect("accept");
+        let msg = carrier
+            .receive()
+            .await
+            .expect("receive")
+            .expect("a message");
+        carrier.send_bytes(msg.data).await.expect("echo");
+        carrier.close().await.expect("server close");
+    });
+    let carrier = Carrier::initiate(net.clone(), Remote::new("localhost", port), client_config)
+        .await
+        .expect("initiate");
+    carrier.send_bytes(&b"ping"[..]).await.expect("send");
+    let echo = carrier.receive().await.expect("receive").expect("echo");
+    assert_eq!(&echo.data[..], b"ping");
+    server.await.expect("server task");
+
+    // A port the caller chose is never silently replaced.
+    let net: Arc<dyn Net> = Arc::new(TcpPortsTaken {
+        real: TokioNet,
+        taken: 1.into(),
+    });
+    let free = std::net::UdpSocket::bind("127.0.0.1:0").expect("probe");
+    let chosen = free.local_addr().expect("probe addr");
+    drop(free);
+    let err = Listener::bind(net, chosen, server_config)
+        .await
+        .expect_err("a chosen port in use is an error");
+    assert!(
+        format!("{err:?}").contains("AddrInUse"),
+        "unexpected error {err:?}"
+    );
+}

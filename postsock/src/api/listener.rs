@@ -34,39 +34,44 @@ impl Listener {
     /// `config.security.identity`.
     pub async fn bind(net: Arc<dyn Net>, local: SocketAddr, config: Configuration) -> Result<Self> {
         let candidates = config.candidates()?;
+        // One TCP port: TLS when it is a candidate, plain TCP only when TLS is not.
+        let stream_protocol = [Protocol::TlsTcp, Protocol::Tcp]
+            .into_iter()
+            .find(|p| candidates.contains(p));
+        let quic = candidates.contains(&Protocol::Quic);
+        let mut tries = 0;
+        let (endpoint, stream, port) = loop {
+            tries += 1;
+            match bind_sockets(
+                net.as_ref(),
+                local,
+                &config,
+                quic,
+                stream_protocol.is_some(),
+            )
+            .await
+            {
+                // An ephemeral port free for UDP may be taken for TCP: ask for another one,
+                // as the caller let the system choose.
+                Err(Error::Io { source, .. })
+                    if local.port() == 0
+                        && tries < EPHEMERAL_TRIES
+                        && source.kind() == std::io::ErrorKind::AddrInUse => {}
+                other => break other?,
+            }
+        };
         let (queue, incoming) = mpsc::channel(64);
         let movable = Movable::default();
         let mut tasks = Vec::new();
-        let mut endpoint = None;
-        let mut port = local.port();
-        if candidates.contains(&Protocol::Quic) {
-            let ep = quic::endpoint(net.as_ref(), local, Some(&config)).await?;
-            port = ep
-                .local_addr()
-                .map_err(|e| Error::io("reading the QUIC socket address", e))?
-                .port();
+        if let Some(ep) = &endpoint {
             tasks.push(tokio::spawn(accept_quic(
                 ep.clone(),
                 queue.clone(),
                 config.clone(),
                 movable.clone(),
             )));
-            endpoint = Some(ep);
         }
-        // One TCP port: TLS when it is a candidate, plain TCP only when TLS is not.
-        let stream_protocol = [Protocol::TlsTcp, Protocol::Tcp]
-            .into_iter()
-            .find(|p| candidates.contains(p));
-        if let Some(stream_protocol) = stream_protocol {
-            let addr = SocketAddr::new(local.ip(), port);
-            let listener = net
-                .listen_tcp(addr)
-                .await
-                .map_err(|e| Error::io(format!("listening on TCP {addr}"), e))?;
-            port = listener
-                .local_addr()
-                .map_err(|e| Error::io("reading the TCP listener address", e))?
-                .port();
+        if let (Some(listener), Some(stream_protocol)) = (stream, stream_protocol) {
             let acceptor = match stream_protocol {
                 // A resuming client's first idempotent messages may come in early data.
                 Protocol::TlsTcp => Some(tls_tcp::early_server_config(&config.security)?),
@@ -104,6 +109,48 @@ impl Drop for Listener {
             task.abort();
         }
     }
+}
+
+/// How often `bind` asks for another ephemeral port when the one chosen for UDP is taken
+/// for TCP.
+const EPHEMERAL_TRIES: u32 = 16;
+
+/// The QUIC endpoint and the TCP listener on one port number, and that port.
+async fn bind_sockets(
+    net: &dyn Net,
+    local: SocketAddr,
+    config: &Configuration,
+    quic: bool,
+    stream: bool,
+) -> Result<(
+    Option<quinn::Endpoint>,
+    Option<Box<dyn StreamListener>>,
+    u16,
+)> {
+    let mut port = local.port();
+    let mut endpoint = None;
+    if quic {
+        let ep = quic::endpoint(net, local, Some(config)).await?;
+        port = ep
+            .local_addr()
+            .map_err(|e| Error::io("reading the QUIC socket address", e))?
+            .port();
+        endpoint = Some(ep);
+    }
+    let mut listener = None;
+    if stream {
+        let addr = SocketAddr::new(local.ip(), port);
+        let tcp = net
+            .listen_tcp(addr)
+            .await
+            .map_err(|e| Error::io(format!("listening on TCP {addr}"), e))?;
+        port = tcp
+            .local_addr()
+            .map_err(|e| Error::io("reading the TCP listener address", e))?
+            .port();
+        listener = Some(tcp);
+    }
+    Ok((endpoint, listener, port))
 }
 
 /// Takes connections from `next` (until it yields `None`) and runs each `handshake` in a task
