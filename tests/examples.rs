@@ -90,6 +90,38 @@ fn echo_server_and_client_talk_over_real_sockets() {
         );
         assert_eq!(echo, b"hello", "{protocol}: the carrier goes on");
     }
+    // Two client processes sharing an association file: the second resumes from the
+    // tickets the first saved, its first message in early data.
+    for protocol in ["quic", "tls-tcp"] {
+        let file = dir.join(format!("associations-{protocol}.json"));
+        let run = || {
+            let out = Command::new(example("echo_client"))
+                .args(["--port", &port.to_string(), "--protocol", protocol, "--ca"])
+                .arg(&ca)
+                .arg("--associations")
+                .arg(&file)
+                .args(["again", "and again"])
+                .output()
+                .expect("run echo_client");
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            assert!(out.status.success(), "{protocol}: {text}");
+            assert!(
+                text.contains("echo: again\necho: and again"),
+                "{protocol}: {text}"
+            );
+            text
+        };
+        let first = run();
+        assert!(
+            first.contains("resumed Some(false), early data accepted None"),
+            "{protocol}: {first}"
+        );
+        let second = run();
+        assert!(
+            second.contains("resumed Some(true), early data accepted Some(true)"),
+            "{protocol}: {second}"
+        );
+    }
     let bad = Command::new(example("echo_client"))
         .args(["--port", &port.to_string()])
         .output()

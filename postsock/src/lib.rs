@@ -86,7 +86,7 @@ pub use config::{Identity, Protocol, Remote, Security};
 pub use configuration::Configuration;
 pub use error::{ConfigError, ConnectionError, Error, Result, Violation};
 pub use establish::association::{
-    Association, AssociationKey, Associations, PathMemory, DEFAULT_PATH,
+    Association, AssociationKey, Associations, PathMemory, SavedSessions, DEFAULT_PATH,
 };
 pub use establish::race::MIN_ATTEMPT_DELAY;
 pub use establish::report::{
@@ -94,6 +94,7 @@ pub use establish::report::{
 };
 pub use establish::resolution::{race_start, RESOLUTION_DELAY};
 pub use establish::selection::{select, Preference, Rejection, TransportProperties};
+pub use establish::sessions::{SavedTicket, TICKETS_PER_SERVER};
 pub use message::{
     Event, Message, MessageId, MessageProperties, Received, ReceivedPartial, SendHandle, SendStatus,
 };

@@ -139,7 +139,7 @@ async fn associations_resume_sessions_and_carry_0rtt_over_real_sockets() {
         ));
         let port = echo_listener(&net, server_config).await;
         let remote = Remote::new("localhost", port);
-        let mut resumed = Vec::new();
+        let (mut resumed, mut early) = (Vec::new(), Vec::new());
         for round in 0..3u8 {
             let first = postsock::Message::new(vec![round; 100]).idempotent();
             let (carrier, handle) =
@@ -150,10 +150,13 @@ async fn associations_resume_sessions_and_carry_0rtt_over_real_sockets() {
             let echo = carrier.receive().await.expect("receive").expect("echo");
             assert_eq!(&echo.data[..], &[round; 100][..]);
             resumed.push(carrier.resumed());
+            early.push(carrier.early_data());
             carrier.close().await.expect("close");
         }
-        // The first handshake is full; the later ones resume (QUIC: in 0-RTT).
+        // The first handshake is full; the later ones resume, their first message in early
+        // data (QUIC 0-RTT, TLS 1.3 early data).
         assert_eq!(resumed, [Some(false), Some(true), Some(true)], "{protocol}");
+        assert_eq!(early, [None, Some(true), Some(true)], "{protocol}");
     }
 }
 

@@ -276,6 +276,9 @@ pub struct Carrier {
     path: CurrentPath,
     /// A QUIC carrier's way to TLS/TCP (transport::moving).
     moving: Option<Arc<QuicMove>>,
+    /// For a carrier that sent before its handshake completed (QUIC 0-RTT, TLS 1.3 early
+    /// data): whether the server accepted that data, once known.
+    early_data: Option<Arc<std::sync::OnceLock<bool>>>,
     /// A TLS/TCP carrier in early data: its writer waits until this is dropped, so that the
     /// first message `initiate_with` queues can go in early data.
     early_gate: Option<tokio::sync::oneshot::Sender<()>>,
@@ -411,6 +414,15 @@ impl Carrier {
         self.resumed.get().copied()
     }
 
+    /// Whether this carrier sent data before its handshake completed (QUIC 0-RTT, or TLS 1.3
+    /// early data on a resumed TLS/TCP session) and the server accepted it: `Some(true)`
+    /// accepted, `Some(false)` rejected (the data was sent again after the handshake).
+    /// `None` when nothing went early (no ticket, a full handshake, an accepted carrier) or
+    /// the server's answer is not known yet.
+    pub fn early_data(&self) -> Option<bool> {
+        self.early_data.as_ref().and_then(|l| l.get().copied())
+    }
+
     /// Initiates a carrier and sends `first` on it — in 0-RTT when that is safe and possible:
     /// the message is idempotent, the configuration keeps associations, QUIC won the last
     /// race to this remote and its session ticket is still held. The message then reaches the
@@ -455,10 +467,6 @@ impl Carrier {
             return Ok(None);
         }
         let association = store.get(&AssociationKey::new(&config.security, remote));
-        if association.winner(DEFAULT_PATH) != Some(Protocol::Quic) {
-            return Ok(None);
-        }
-        let tls = association.tls(&config.security)?;
         let Some(addr) = net
             .resolve(&remote.host, remote.port)
             .await
@@ -468,6 +476,12 @@ impl Carrier {
             return Ok(None);
         };
         let (monitor, paths) = usable_paths(net, config, &[addr.ip()])?;
+        // The racing cache of the path the carrier would take (named by its interface on a
+        // host with several).
+        if association.winner(path_key(monitor.as_ref(), &paths)) != Some(Protocol::Quic) {
+            return Ok(None);
+        }
+        let tls = association.tls(&config.security)?;
         let choice = paths.first().cloned();
         let local = choice.as_ref().map(|c| c.local);
         let connecting = quic::connect_0rtt(
@@ -566,6 +580,7 @@ impl Carrier {
         let mut resumed = Arc::new(std::sync::OnceLock::new());
         let mut moving = None;
         let mut early_gate = None;
+        let mut early_data = None;
         let (protocol, peer, outbox, sender, tasks, link) = match transient {
             Transient::Quic {
                 conn,
@@ -576,6 +591,11 @@ impl Carrier {
             } => {
                 if let Some(r) = known {
                     let _ = resumed.set(r);
+                }
+                // A 0-RTT connection learns whether it resumed from the server's answer to
+                // its early data.
+                if zero_rtt.is_some() {
+                    early_data = Some(resumed.clone());
                 }
                 let outbox = Outbox::new(config.send_buffer, quic::order_rule);
                 outbox.set_rtt(conn.rtt(), conn.rtt());
@@ -679,7 +699,8 @@ impl Carrier {
                 };
                 let core = tls_tcp::StreamCore::new(outbox.clone(), events_tx.clone(), settings);
                 // A fresh core is detached: attaching its first transient cannot fail.
-                let early = early.then(|| {
+                early_data = early.clone();
+                let early = early.is_some().then(|| {
                     let (tx, gate) = tokio::sync::oneshot::channel();
                     early_gate = Some(tx);
                     tls_tcp::EarlyStart {
@@ -731,6 +752,7 @@ impl Carrier {
             path,
             moving,
             early_gate,
+            early_data,
         }
     }
 

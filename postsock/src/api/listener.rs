@@ -362,7 +362,7 @@ async fn accept_stream(
                     peer,
                     protocol: Protocol::Tcp,
                     resumed: Default::default(),
-                    early: false,
+                    early: None,
                     token: None,
                 };
                 return Some(Carrier::start(transient, &config, None));
@@ -431,7 +431,7 @@ async fn accept_stream(
                 peer,
                 protocol: Protocol::TlsTcp,
                 resumed: Arc::new(resumed.into()),
-                early: false,
+                early: None,
                 token,
             };
             let carrier = Carrier::start(transient, &config, None);

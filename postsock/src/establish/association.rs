@@ -10,8 +10,9 @@
 //!   known to fail and, knowing the RTT, may use a shorter attempt delay.
 //!
 //! Entries expire after the store's time-to-live. Associations never share state with each
-//! other, and a store can be cleared, or saved to and loaded from a JSON file (the racing
-//! cache only: rustls does not let session tickets leave the process).
+//! other, and a store can be cleared, or saved to and loaded from a JSON file: the racing
+//! caches and the TLS 1.3 session tickets (see [`super::sessions`]), so that a later process
+//! resumes — QUIC in 0-RTT — instead of starting over. Tickets expire as the server said.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -22,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::establish::report::{AttemptOutcome, EstablishmentReport};
+use crate::establish::sessions::{trust_fingerprint, Fnv, SavedTicket, Sessions};
 use crate::ConfigError;
 use crate::{Error, Protocol, Result, Security};
 
@@ -45,16 +47,14 @@ impl AssociationKey {
             None => "anonymous".to_string(),
             Some(id) => {
                 // FNV-1a of the leaf certificate: stable, and enough to tell identities apart.
-                let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-                for b in id
-                    .cert_chain
-                    .first()
-                    .map(|c| c.as_ref())
-                    .unwrap_or_default()
-                {
-                    h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-                }
-                format!("cert-{h:016x}")
+                let mut h = Fnv::default();
+                h.write(
+                    id.cert_chain
+                        .first()
+                        .map(|c| c.as_ref())
+                        .unwrap_or_default(),
+                );
+                format!("cert-{:016x}", h.0)
             }
         };
         AssociationKey {
@@ -92,6 +92,10 @@ pub(crate) struct TlsClients {
     pub tcp: Arc<rustls::ClientConfig>,
     /// Observes full handshakes of the QUIC configuration (see `ObservingVerifier`).
     pub quic_verifier: Arc<crate::transport::tls::ObservingVerifier>,
+    /// The TLS 1.3 session caches of `quic` and `tcp`.
+    pub(crate) sessions: Sessions,
+    /// What the sessions' trust depended on (see `trust_fingerprint`).
+    trust: String,
 }
 
 /// TLS client configurations, or none when only plain TCP may be used.
@@ -104,11 +108,67 @@ impl TlsClients {
         quic.enable_early_data = true;
         let mut tcp = crate::transport::tls::client_config(security)?;
         tcp.enable_early_data = true;
+        let sessions = Sessions::default();
+        quic.resumption = rustls::client::Resumption::store(sessions.quic.clone());
+        tcp.resumption = rustls::client::Resumption::store(sessions.tcp.clone());
         Ok(TlsClients {
             quic: Arc::new(quic),
             tcp: Arc::new(tcp),
             quic_verifier,
+            sessions,
+            trust: trust_fingerprint(security),
         })
+    }
+
+    /// The tickets held now, for the association file.
+    fn save(&self) -> SavedSessions {
+        let now = self.quic.current_time_or_now();
+        SavedSessions {
+            trust: self.trust.clone(),
+            quic: self.sessions.quic.export(now),
+            tls_tcp: self.sessions.tcp.export(now),
+        }
+    }
+
+    /// Restores tickets from the association file, if they were saved under the same trust.
+    fn restore(&self, saved: &SavedSessions) {
+        if saved.trust != self.trust {
+            return;
+        }
+        let now = self.quic.current_time_or_now();
+        self.sessions.quic.restore(&self.quic, &saved.quic, now);
+        self.sessions.tcp.restore(&self.tcp, &saved.tls_tcp, now);
+    }
+}
+
+/// The clock rustls judges ticket lifetimes by.
+trait TicketClock {
+    fn current_time_or_now(&self) -> rustls::pki_types::UnixTime;
+}
+
+impl TicketClock for rustls::ClientConfig {
+    fn current_time_or_now(&self) -> rustls::pki_types::UnixTime {
+        self.time_provider
+            .current_time()
+            .unwrap_or_else(rustls::pki_types::UnixTime::now)
+    }
+}
+
+/// An association's session tickets as saved in the association file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedSessions {
+    /// What the sessions' trust depended on: tickets are restored only under the same roots
+    /// and server-name rule.
+    pub trust: String,
+    /// Tickets of the QUIC configuration (their QUIC transport parameters included).
+    pub quic: Vec<SavedTicket>,
+    /// Tickets of the TLS/TCP configuration.
+    pub tls_tcp: Vec<SavedTicket>,
+}
+
+impl SavedSessions {
+    fn is_empty(&self) -> bool {
+        self.quic.is_empty() && self.tls_tcp.is_empty()
     }
 }
 
@@ -117,6 +177,8 @@ impl TlsClients {
 pub struct Association {
     key: AssociationKey,
     tls: Mutex<Option<TlsClients>>,
+    /// Tickets loaded from a file, waiting for the TLS configurations they are bound to.
+    loaded: Mutex<Option<SavedSessions>>,
     paths: Mutex<BTreeMap<String, PathState>>,
     ttl: Duration,
 }
@@ -138,6 +200,9 @@ impl Association {
             return Ok(t.clone());
         }
         let t = TlsClients::new(security)?;
+        if let Some(saved) = crate::util::lock(&self.loaded).take() {
+            t.restore(&saved);
+        }
         *tls = Some(t.clone());
         Ok(t)
     }
@@ -238,6 +303,29 @@ impl Association {
     pub fn clear(&self) {
         self.paths().clear();
         *crate::util::lock(&self.tls) = None;
+        *crate::util::lock(&self.loaded) = None;
+    }
+
+    /// The session tickets to save: those of the TLS configurations once built, else those
+    /// loaded and not yet used (still valid).
+    fn saved_sessions(&self) -> Option<SavedSessions> {
+        if let Some(tls) = crate::util::lock(&self.tls).as_ref() {
+            return Some(tls.save()).filter(|s| !s.is_empty());
+        }
+        let loaded = crate::util::lock(&self.loaded).clone()?;
+        let now = rustls::pki_types::UnixTime::now().as_secs();
+        let fresh = |t: &Vec<SavedTicket>| {
+            t.iter()
+                .filter(|t| t.valid_until.is_none_or(|v| v >= now))
+                .cloned()
+                .collect()
+        };
+        Some(SavedSessions {
+            trust: loaded.trust.clone(),
+            quic: fresh(&loaded.quic),
+            tls_tcp: fresh(&loaded.tls_tcp),
+        })
+        .filter(|s| !s.is_empty())
     }
 
     fn snapshot(&self) -> BTreeMap<String, PathMemory> {
@@ -281,7 +369,14 @@ struct Saved {
 struct SavedAssociation {
     key: AssociationKey,
     paths: BTreeMap<String, PathMemory>,
+    /// Absent in version 1 files, and when no ticket is held.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sessions: Option<SavedSessions>,
 }
+
+/// The association file's format version: 2 added session tickets (version 1 files, racing
+/// caches only, are still read).
+const FILE_VERSION: u32 = 2;
 
 impl Associations {
     /// An empty store whose entries are believed for `ttl`.
@@ -304,6 +399,7 @@ impl Associations {
                 Arc::new(Association {
                     key: key.clone(),
                     tls: Mutex::new(None),
+                    loaded: Mutex::new(None),
                     paths: Mutex::new(BTreeMap::new()),
                     ttl: self.ttl,
                 })
@@ -321,8 +417,10 @@ impl Associations {
         self.lock().clear();
     }
 
-    /// Saves the racing caches as JSON (TLS session tickets stay in memory: rustls keeps
-    /// them opaque).
+    /// Saves the racing caches and the TLS 1.3 session tickets as JSON. The tickets hold
+    /// their sessions' secrets, so the file is readable by its owner only (on Unix); it is
+    /// written to a temporary file beside `path` and renamed, so a reader never sees half
+    /// of it.
     pub fn save(&self, path: &Path) -> Result<()> {
         let associations = self
             .lock()
@@ -330,17 +428,19 @@ impl Associations {
             .map(|a| SavedAssociation {
                 key: a.key.clone(),
                 paths: a.snapshot(),
+                sessions: a.saved_sessions(),
             })
             .collect();
         let text = serde_json::to_string_pretty(&Saved {
-            version: 1,
+            version: FILE_VERSION,
             associations,
         })
         .map_err(|e| ConfigError::AssociationFile {
             path: path.display().to_string(),
             reason: format!("encoding associations: {e}"),
         })?;
-        std::fs::write(path, text).map_err(|e| Error::io(format!("writing {}", path.display()), e))
+        write_private(path, text.as_bytes())
+            .map_err(|e| Error::io(format!("writing {}", path.display()), e))
     }
 
     /// Loads racing caches saved by [`save`](Self::save) into this store.
@@ -352,7 +452,7 @@ impl Associations {
                 path: path.display().to_string(),
                 reason: e.to_string(),
             })?;
-        if saved.version != 1 {
+        if !(1..=FILE_VERSION).contains(&saved.version) {
             return Err(ConfigError::AssociationFile {
                 path: path.display().to_string(),
                 reason: format!(
@@ -370,6 +470,14 @@ impl Associations {
         };
         for sa in saved.associations {
             let a = self.get(&sa.key);
+            if let Some(sessions) = sa.sessions {
+                // Bound to the TLS configurations when they are built (or at once when
+                // they already are).
+                match crate::util::lock(&a.tls).as_ref() {
+                    Some(tls) => tls.restore(&sessions),
+                    None => *crate::util::lock(&a.loaded) = Some(sessions),
+                }
+            }
             let mut paths = a.paths();
             for (name, m) in sa.paths {
                 paths.insert(
@@ -390,6 +498,31 @@ impl Associations {
             }
         }
         Ok(())
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file beside it, readable by the owner only.
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let written = options.open(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    match written.and_then(|()| std::fs::rename(&tmp, path)) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
     }
 }
 

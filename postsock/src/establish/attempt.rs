@@ -33,8 +33,9 @@ pub(crate) enum Transient {
         /// Whether TLS resumed a session, once known (a client in early data learns it when
         /// its handshake completes).
         resumed: Arc<std::sync::OnceLock<bool>>,
-        /// A client's stream still in TLS early data (see `tls_tcp::Attach::New`).
-        early: bool,
+        /// A client's stream still in TLS early data (see `tls_tcp::Attach::New`): whether
+        /// the server accepts it, once known.
+        early: Option<Arc<std::sync::OnceLock<bool>>>,
         /// An accepted resumable carrier's token (from the client's HELLO).
         token: Option<tls_tcp::Token>,
     },
@@ -102,7 +103,7 @@ pub(crate) async fn attempt(
                 let stream = tls_tcp::connect(net, addr, local, (host, true), config, tls).await?;
                 let stream = tls_tcp::ClientEarly::new(stream);
                 Ok(Transient::Stream {
-                    early: stream.in_early_data(),
+                    early: stream.in_early_data().then(|| stream.early_accepted()),
                     resumed: stream.resumed(),
                     stream: Box::new(stream),
                     peer: addr,
@@ -117,7 +118,7 @@ pub(crate) async fn attempt(
                     peer: addr,
                     protocol,
                     resumed: Default::default(),
-                    early: false,
+                    early: None,
                     token: None,
                 })
             }

@@ -12,3 +12,4 @@ pub(crate) mod racing;
 pub(crate) mod report;
 pub(crate) mod resolution;
 pub(crate) mod selection;
+pub(crate) mod sessions;

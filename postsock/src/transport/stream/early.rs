@@ -278,10 +278,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ServerTls<IO> {
 
 /// A client TLS stream that may still be in its early-data phase: once the handshake is
 /// done (the first flush after the early data completes it), it records in `resumed`
-/// whether the server resumed the session.
+/// whether the server resumed the session, and in `accepted` whether it took the early data.
 pub(crate) struct ClientEarly<IO> {
     inner: tokio_rustls::client::TlsStream<IO>,
     resumed: Arc<OnceLock<bool>>,
+    accepted: Arc<OnceLock<bool>>,
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> ClientEarly<IO> {
@@ -289,6 +290,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientEarly<IO> {
         let mut s = ClientEarly {
             inner,
             resumed: Arc::new(OnceLock::new()),
+            accepted: Arc::new(OnceLock::new()),
         };
         s.learn();
         s
@@ -305,8 +307,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ClientEarly<IO> {
         self.resumed.get().is_none()
     }
 
+    /// Whether the server accepted the early data, once the handshake is done (tokio-rustls
+    /// writes rejected early data again after it).
+    pub(crate) fn early_accepted(&self) -> Arc<OnceLock<bool>> {
+        self.accepted.clone()
+    }
+
     fn learn(&mut self) {
         if self.resumed.get().is_none() && !self.inner.get_ref().1.is_handshaking() {
+            let _ = self
+                .accepted
+                .set(self.inner.get_ref().1.is_early_data_accepted());
             let kind = self.inner.get_ref().1.handshake_kind();
             let _ = self
                 .resumed
