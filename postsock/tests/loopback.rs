@@ -22,20 +22,23 @@ fn message(i: usize, size: usize) -> Vec<u8> {
     (0..size).map(|j| (i * 31 + j * 7) as u8).collect()
 }
 
-/// A listener on a free loopback port, and that port.
-async fn listen(net: &Arc<dyn Net>, config: Configuration) -> (Listener, u16) {
-    let listener = Listener::bind(net.clone(), "127.0.0.1:0".parse().expect("addr"), config)
+/// Accepts one carrier, echoes its first message and closes it.
+async fn echo_one(mut listener: Listener) {
+    let carrier = listener.accept().await.expect("accept");
+    let msg = carrier
+        .receive()
         .await
-        .expect("bind");
-    let port = listener.local_addr().port();
-    (listener, port)
+        .expect("receive")
+        .expect("a message");
+    carrier.send_bytes(msg.data).await.expect("echo");
+    carrier.close().await.expect("server close");
 }
 
 async fn echo_over_loopback(protocol: Protocol) {
     let net: Arc<dyn Net> = TokioNet::shared();
     let ca = TestCa::new("loopback CA").expect("ca");
     let (server_config, client_config) = configs(&ca, protocol);
-    let (mut listener, port) = listen(&net, server_config).await;
+    let (mut listener, port) = common::listen(&net, server_config).await;
     let server = tokio::spawn(async move {
         let carrier = listener.accept().await.expect("accept");
         assert_eq!(carrier.protocol(), protocol);
@@ -86,7 +89,7 @@ async fn a_server_certificate_from_another_ca_is_rejected() {
     for protocol in [Protocol::Quic, Protocol::TlsTcp] {
         let (server_config, _) = configs(&impostor, protocol);
         let (_, client_config) = configs(&ca, protocol);
-        let (_listener, port) = listen(&net, server_config).await;
+        let (_listener, port) = common::listen(&net, server_config).await;
         let err = Carrier::initiate(net.clone(), Remote::new("localhost", port), client_config)
             .await
             .expect_err("verification must fail");
@@ -111,23 +114,6 @@ async fn a_client_without_trusted_roots_is_refused_before_connecting() {
     );
 }
 
-/// An echo server for the resumption tests: echoes every message on every carrier.
-async fn echo_listener(net: &Arc<dyn Net>, config: Configuration) -> u16 {
-    let (mut listener, port) = listen(net, config).await;
-    tokio::spawn(async move {
-        while let Ok(carrier) = listener.accept().await {
-            tokio::spawn(async move {
-                while let Ok(Some(m)) = carrier.receive().await {
-                    if carrier.send_bytes(m.data).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    port
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn associations_resume_sessions_and_carry_0rtt_over_real_sockets() {
     let net: Arc<dyn Net> = TokioNet::shared();
@@ -137,7 +123,7 @@ async fn associations_resume_sessions_and_carry_0rtt_over_real_sockets() {
         client_config.associations = Some(postsock::Associations::new(
             std::time::Duration::from_secs(60),
         ));
-        let port = echo_listener(&net, server_config).await;
+        let port = common::echo_listener(&net, server_config).await;
         let remote = Remote::new("localhost", port);
         let (mut resumed, mut early) = (Vec::new(), Vec::new());
         for round in 0..3u8 {
@@ -169,7 +155,7 @@ async fn racing_falls_back_to_tls_when_nothing_answers_on_udp() {
     server_config.protocols(&[Protocol::TlsTcp]);
     client_config.protocols(&[Protocol::Quic, Protocol::TlsTcp]);
     client_config.attempt_delay = std::time::Duration::from_millis(50);
-    let port = echo_listener(&net, server_config).await;
+    let port = common::echo_listener(&net, server_config).await;
     let carrier = Carrier::initiate(net, Remote::new("localhost", port), client_config)
         .await
         .expect("TLS/TCP wins");
@@ -208,7 +194,7 @@ async fn the_path_monitor_reads_the_real_interface_list() {
     let ca = TestCa::new("loopback CA").expect("ca");
     for protocol in [Protocol::Quic, Protocol::TlsTcp] {
         let (server_config, client_config) = configs(&ca, protocol);
-        let port = echo_listener(&net, server_config).await;
+        let port = common::echo_listener(&net, server_config).await;
         let carrier = Carrier::initiate(net.clone(), Remote::new("localhost", port), client_config)
             .await
             .expect("initiate");
@@ -231,7 +217,7 @@ async fn a_closing_tls_client_acknowledges_the_last_echo() {
     let net: Arc<dyn Net> = TokioNet::shared();
     let ca = TestCa::new("loopback CA").expect("ca");
     let (server_config, client_config) = configs(&ca, Protocol::TlsTcp);
-    let (mut listener, port) = listen(&net, server_config).await;
+    let (mut listener, port) = common::listen(&net, server_config).await;
     let server = tokio::spawn(async move {
         let carrier = listener.accept().await.expect("accept");
         let mut outcomes = Vec::new();
@@ -269,17 +255,8 @@ async fn the_event_stream_ends_after_the_last_event() {
     let ca = TestCa::new("loopback CA").expect("ca");
     let (server_config, mut client_config) = configs(&ca, Protocol::Quic);
     client_config.protocols(&[Protocol::Quic, Protocol::TlsTcp]);
-    let (mut listener, port) = listen(&net, server_config).await;
-    let server = tokio::spawn(async move {
-        let carrier = listener.accept().await.expect("accept");
-        let msg = carrier
-            .receive()
-            .await
-            .expect("receive")
-            .expect("a message");
-        carrier.send_bytes(msg.data).await.expect("echo");
-        carrier.close().await.expect("server close");
-    });
+    let (listener, port) = common::listen(&net, server_config).await;
+    let server = tokio::spawn(echo_one(listener));
     let carrier = Carrier::initiate(net, Remote::new("localhost", port), client_config)
         .await
         .expect("initiate");
@@ -314,7 +291,7 @@ async fn early_data_to_a_server_that_stops_answering_tls_ends_the_carrier() {
     client_config.dormant_timeout = std::time::Duration::from_millis(500);
     // No keepalives, so silence alone never ends the carrier: only the handshake's bound.
     client_config.keepalive = None;
-    let (mut listener, port) = listen(&net, server_config).await;
+    let (mut listener, port) = common::listen(&net, server_config).await;
     let server = tokio::spawn(async move {
         let carrier = listener.accept().await.expect("accept");
         let m = carrier.receive().await.expect("receive").expect("message");
@@ -426,17 +403,8 @@ async fn a_listener_on_port_zero_finds_a_port_free_for_both_protocols() {
         real: TokioNet,
         taken: 3.into(),
     });
-    let (mut listener, port) = listen(&net, server_config.clone()).await;
-    let server = tokio::spawn(async move {
-        let carrier = listener.accept().await.expect("accept");
-        let msg = carrier
-            .receive()
-            .await
-            .expect("receive")
-            .expect("a message");
-        carrier.send_bytes(msg.data).await.expect("echo");
-        carrier.close().await.expect("server close");
-    });
+    let (listener, port) = common::listen(&net, server_config.clone()).await;
+    let server = tokio::spawn(echo_one(listener));
     let carrier = Carrier::initiate(net.clone(), Remote::new("localhost", port), client_config)
         .await
         .expect("initiate");

@@ -14,8 +14,7 @@ use std::time::Duration;
 
 use postsock::net::{Net, TokioNet};
 use postsock::{
-    Associations, Carrier, Configuration, Listener, Message, Protocol, Remote, Security,
-    SendStatus, TestCa,
+    Associations, Carrier, Configuration, Message, Protocol, Remote, Security, SendStatus, TestCa,
 };
 use rustls::pki_types::CertificateDer;
 
@@ -128,26 +127,7 @@ fn echo_server(runtime: &tokio::runtime::Runtime, ca: &TestCa) -> u16 {
     let net: Arc<dyn Net> = TokioNet::shared();
     let (mut server, _) = common::postsock_configs(ca, Protocol::Quic);
     server.protocols(&[Protocol::Quic, Protocol::TlsTcp]);
-    let mut listener = runtime
-        .block_on(Listener::bind(
-            net,
-            "127.0.0.1:0".parse().expect("addr"),
-            server,
-        ))
-        .expect("bind");
-    let port = listener.local_addr().port();
-    runtime.spawn(async move {
-        while let Ok(carrier) = listener.accept().await {
-            tokio::spawn(async move {
-                while let Ok(Some(m)) = carrier.receive().await {
-                    if carrier.send_bytes(m.data).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    port
+    runtime.block_on(common::echo_listener(&net, server))
 }
 
 fn scratch(name: &str) -> PathBuf {

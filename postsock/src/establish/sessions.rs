@@ -242,6 +242,19 @@ mod tests {
         Arc::new(config)
     }
 
+    /// Hands everything `from` has to write to `to`.
+    fn flight<A, B>(from: &mut rustls::ConnectionCommon<A>, to: &mut rustls::ConnectionCommon<B>) {
+        let mut buf = Vec::new();
+        while from.wants_write() {
+            from.write_tls(&mut buf).expect("write");
+        }
+        let mut rd = &buf[..];
+        while !rd.is_empty() {
+            to.read_tls(&mut rd).expect("read");
+            to.process_new_packets().expect("process");
+        }
+    }
+
     /// One TLS handshake in memory (early data offered when the client has a ticket);
     /// returns whether it resumed and whether the server took the early data.
     fn handshake(
@@ -258,28 +271,12 @@ mod tests {
         }
         let mut early_read = Vec::new();
         for _ in 0..10 {
-            let mut buf = Vec::new();
-            while c.wants_write() {
-                c.write_tls(&mut buf).expect("client write");
-            }
-            let mut rd = &buf[..];
-            while !rd.is_empty() {
-                s.read_tls(&mut rd).expect("server read");
-                s.process_new_packets().expect("server process");
-            }
+            flight(&mut c, &mut s);
             if let Some(mut e) = s.early_data() {
                 use std::io::Read;
                 let _ = e.read_to_end(&mut early_read);
             }
-            let mut buf = Vec::new();
-            while s.wants_write() {
-                s.write_tls(&mut buf).expect("server write");
-            }
-            let mut rd = &buf[..];
-            while !rd.is_empty() {
-                c.read_tls(&mut rd).expect("client read");
-                c.process_new_packets().expect("client process");
-            }
+            flight(&mut s, &mut c);
             if !c.is_handshaking() && !s.is_handshaking() && !c.wants_write() && !s.wants_write() {
                 break;
             }

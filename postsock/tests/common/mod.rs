@@ -6,7 +6,8 @@
 
 use std::sync::Arc;
 
-use postsock::{Configuration, Protocol, Security, TestCa};
+use postsock::net::Net;
+use postsock::{Configuration, Listener, Protocol, Security, TestCa};
 
 /// The ALPN name docs/WIRE.md specifies.
 pub const ALPN: &[u8] = b"postsock/1";
@@ -54,4 +55,30 @@ pub fn postsock_configs(ca: &TestCa, protocol: Protocol) -> (Configuration, Conf
         ..Security::default()
     });
     (server, client)
+}
+
+/// A listener on a free loopback port, and that port.
+pub async fn listen(net: &Arc<dyn Net>, config: Configuration) -> (Listener, u16) {
+    let listener = Listener::bind(net.clone(), "127.0.0.1:0".parse().expect("addr"), config)
+        .await
+        .expect("bind");
+    let port = listener.local_addr().port();
+    (listener, port)
+}
+
+/// An echo server on a free loopback port: echoes every message on every carrier.
+pub async fn echo_listener(net: &Arc<dyn Net>, config: Configuration) -> u16 {
+    let (mut listener, port) = listen(net, config).await;
+    tokio::spawn(async move {
+        while let Ok(carrier) = listener.accept().await {
+            tokio::spawn(async move {
+                while let Ok(Some(m)) = carrier.receive().await {
+                    if carrier.send_bytes(m.data).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    port
 }
