@@ -220,7 +220,7 @@ pub(crate) struct Sessions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::establish::association::{AssociationKey, Associations};
+    use crate::establish::association::{AssociationKey, Associations, TlsClients};
     use crate::{Remote, TestCa};
     use rustls::{ClientConnection, ServerConnection};
 
@@ -240,6 +240,22 @@ mod tests {
         .expect("server config");
         config.max_early_data_size = 16 * 1024;
         Arc::new(config)
+    }
+
+    /// A server, the client's security and its association key.
+    fn fixture() -> (Arc<rustls::ServerConfig>, Security, AssociationKey) {
+        let ca = TestCa::new("sessions CA").expect("ca");
+        let sec = security(&ca);
+        let key = AssociationKey::new(&sec, &Remote::new("localhost", 443));
+        (server(&ca), sec, key)
+    }
+
+    /// The TLS configurations of `key`'s association in a new store (as in a new process).
+    fn fresh_tls(sec: &Security, key: &AssociationKey) -> TlsClients {
+        Associations::new(std::time::Duration::from_secs(60))
+            .get(key)
+            .tls(sec)
+            .expect("tls")
     }
 
     /// Hands everything `from` has to write to `to`.
@@ -287,12 +303,8 @@ mod tests {
 
     #[test]
     fn tickets_exported_by_one_configuration_resume_in_another_with_early_data() {
-        let ca = TestCa::new("sessions CA").expect("ca");
-        let server = server(&ca);
-        let sec = security(&ca);
-        let first = Associations::new(std::time::Duration::from_secs(60));
-        let key = AssociationKey::new(&sec, &Remote::new("localhost", 443));
-        let tls = first.get(&key).tls(&sec).expect("tls");
+        let (server, sec, key) = fixture();
+        let tls = fresh_tls(&sec, &key);
         assert_eq!(
             handshake(&tls.tcp, &server),
             (false, false),
@@ -307,8 +319,7 @@ mod tests {
             .all(|t| t.valid_until.is_some_and(|v| v > now.as_secs())));
 
         // A new store with new configurations (new verifier objects), as in a new process.
-        let second = Associations::new(std::time::Duration::from_secs(60));
-        let tls2 = second.get(&key).tls(&sec).expect("tls");
+        let tls2 = fresh_tls(&sec, &key);
         assert_eq!(
             tls2.sessions.tcp.restore(&tls2.tcp, &saved, now),
             saved.len()
@@ -320,19 +331,14 @@ mod tests {
         );
 
         // Without the tickets the same configuration starts over.
-        let third = Associations::new(std::time::Duration::from_secs(60));
-        let tls3 = third.get(&key).tls(&sec).expect("tls");
+        let tls3 = fresh_tls(&sec, &key);
         assert_eq!(handshake(&tls3.tcp, &server), (false, false));
     }
 
     #[test]
     fn expired_damaged_or_foreign_tickets_are_not_restored() {
-        let ca = TestCa::new("sessions CA").expect("ca");
-        let server = server(&ca);
-        let sec = security(&ca);
-        let store = Associations::new(std::time::Duration::from_secs(60));
-        let key = AssociationKey::new(&sec, &Remote::new("localhost", 443));
-        let tls = store.get(&key).tls(&sec).expect("tls");
+        let (server, sec, key) = fixture();
+        let tls = fresh_tls(&sec, &key);
         handshake(&tls.tcp, &server);
         let now = UnixTime::now();
         let saved = tls.sessions.tcp.export(now);
@@ -372,12 +378,8 @@ mod tests {
 
     #[test]
     fn the_store_keeps_the_newest_tickets_and_uses_each_once() {
-        let ca = TestCa::new("sessions CA").expect("ca");
-        let server = server(&ca);
-        let sec = security(&ca);
-        let store = Associations::new(std::time::Duration::from_secs(60));
-        let key = AssociationKey::new(&sec, &Remote::new("localhost", 443));
-        let tls = store.get(&key).tls(&sec).expect("tls");
+        let (server, sec, key) = fixture();
+        let tls = fresh_tls(&sec, &key);
         for _ in 0..10 {
             handshake(&tls.tcp, &server);
         }
@@ -395,10 +397,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_association_file_carries_tickets_to_a_new_process_under_the_same_trust() {
-        let ca = TestCa::new("sessions CA").expect("ca");
-        let server = server(&ca);
-        let sec = security(&ca);
-        let key = AssociationKey::new(&sec, &Remote::new("localhost", 443));
+        let (server, sec, key) = fixture();
         let first = Associations::new(std::time::Duration::from_secs(60));
         handshake(&first.get(&key).tls(&sec).expect("tls").tcp, &server);
         let dir = std::env::temp_dir().join(format!("postsock-sessions-{}", std::process::id()));
