@@ -30,7 +30,8 @@ struct Seen {
 }
 
 /// The client process: loads the association file if there is one, initiates to the
-/// listener with an idempotent first message, checks its echo, closes and saves the file.
+/// listener with an idempotent first message, checks its echo and that of a second
+/// message, closes and saves the file.
 #[test]
 #[ignore = "the client process of the two-process tests, which run it"]
 fn client_process() {
@@ -71,6 +72,16 @@ fn client_process() {
         assert_eq!(handle.outcome().await, SendStatus::Acked);
         let echo = carrier.receive().await.expect("receive").expect("echo");
         assert_eq!(&echo.data[..], b"first, idempotent");
+        // The next echo is the next message's: the first arrived exactly once, even when
+        // its early data was rejected and it went again.
+        let second = carrier.send(b"second".to_vec()).await.expect("send");
+        let echo = carrier.receive().await.expect("receive").expect("echo");
+        assert_eq!(
+            &echo.data[..],
+            b"second",
+            "a duplicate of the first message"
+        );
+        assert_eq!(second.outcome().await, SendStatus::Acked);
         println!(
             "SEEN protocol={} resumed={:?} early_data={:?}",
             carrier.protocol(),
@@ -200,5 +211,45 @@ fn tickets_saved_under_other_roots_are_not_used() {
     std::fs::write(&file, text).expect("write");
     let seen = run_client(port, "tls-tcp", &ca_file, &file);
     assert_eq!((seen.resumed, seen.early_data), (Some(false), None));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn tickets_a_restarted_server_no_longer_knows_cost_a_full_handshake_and_lose_nothing() {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let ca = TestCa::new("two-process CA").expect("ca");
+    let dir = scratch("restart");
+    let ca_file = dir.join("ca.der");
+    std::fs::write(&ca_file, ca.root().as_ref()).expect("ca file");
+    let before = echo_server(&runtime, &ca);
+    // The same server after a restart: same name and certificate authority, new session
+    // state (its listener is new), reached at another port.
+    let after = echo_server(&runtime, &ca);
+    for (protocol, name) in [(Protocol::Quic, "quic"), (Protocol::TlsTcp, "tls-tcp")] {
+        let file = dir.join(format!("associations-{name}.json"));
+        assert_eq!(
+            run_client(before, name, &ca_file, &file).resumed,
+            Some(false)
+        );
+        // The file now names the restarted server: its tickets are stale there.
+        let text = std::fs::read_to_string(&file).expect("read");
+        let moved = text.replace(
+            &format!("\"localhost:{before}\""),
+            &format!("\"localhost:{after}\""),
+        );
+        assert_ne!(text, moved, "the association is keyed by host:port");
+        std::fs::write(&file, moved).expect("write");
+        // The early data is rejected and the message goes again after the handshake: the
+        // client process checks it is echoed once and acknowledged.
+        assert_eq!(
+            run_client(after, name, &ca_file, &file),
+            Seen {
+                protocol: protocol.to_string(),
+                resumed: Some(false),
+                early_data: Some(false),
+            },
+            "{name}"
+        );
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
