@@ -197,35 +197,66 @@ impl SendStatus {
 /// The shared state behind a [`SendHandle`]: the status and whether it is terminal.
 #[derive(Debug)]
 pub(crate) struct StatusCell {
-    state: Mutex<(SendStatus, bool)>,
+    state: Mutex<CellState>,
     changed: Notify,
+}
+
+#[derive(Debug)]
+struct CellState {
+    status: SendStatus,
+    terminal: bool,
+    /// Tasks in `wait_for`: with none, a change wakes nobody and costs no notification
+    /// (most handles are never awaited).
+    waiters: usize,
+}
+
+/// Counts a task in `wait_for` while it waits (also when its future is dropped).
+struct Waiting<'a>(&'a StatusCell);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        crate::util::lock(&self.0.state).waiters -= 1;
+    }
 }
 
 impl StatusCell {
     pub(crate) fn new() -> Arc<Self> {
         Arc::new(StatusCell {
-            state: Mutex::new((SendStatus::Queued, false)),
+            state: Mutex::new(CellState {
+                status: SendStatus::Queued,
+                terminal: false,
+                waiters: 0,
+            }),
             changed: Notify::new(),
         })
     }
 
     fn get(&self) -> (SendStatus, bool) {
-        crate::util::lock(&self.state).clone()
+        let state = crate::util::lock(&self.state);
+        (state.status.clone(), state.terminal)
     }
 
     /// Sets the status; a terminal status is final.
     pub(crate) fn set(&self, status: SendStatus, terminal: bool) {
-        {
+        let waiters = {
             let mut state = crate::util::lock(&self.state);
-            if state.1 {
+            if state.terminal {
                 return;
             }
-            *state = (status, terminal);
+            state.status = status;
+            state.terminal = terminal;
+            state.waiters
+        };
+        // A waiter counted itself under the lock before its first look at the status: if
+        // it is not counted yet, that look sees the status just set.
+        if waiters > 0 {
+            self.changed.notify_waiters();
         }
-        self.changed.notify_waiters();
     }
 
     async fn wait_for(&self, done: impl Fn(&(SendStatus, bool)) -> bool) -> SendStatus {
+        crate::util::lock(&self.state).waiters += 1;
+        let _waiting = Waiting(self);
         crate::util::until(&self.changed, || {
             let state = self.get();
             done(&state).then_some(state.0)

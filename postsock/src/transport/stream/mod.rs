@@ -41,7 +41,7 @@ pub(crate) use hello::{hello_frame, read_hello, Hello, Prefixed};
 #[cfg(test)]
 pub(crate) use reader::read_frame;
 use reader::read_messages;
-use writer::{write_loop, BATCH, BATCH_TIME, KILL_ABORT, KILL_STOP};
+use writer::{ack_signal, write_loop, AckTx, BATCH, BATCH_TIME, KILL_ABORT, KILL_STOP};
 
 /// A failed read or write of the TCP connection.
 pub(crate) fn tcp(op: &'static str, e: std::io::Error) -> Error {
@@ -314,7 +314,7 @@ impl StreamCore {
         let (read_half, write_half) = tokio::io::split(stream);
         let (kill, killed) = watch::channel(0u8);
         let (stop, stopped) = watch::channel(false);
-        let (ack_tx, ack_rx) = watch::channel(start_received);
+        let (ack_tx, ack_rx) = ack_signal(start_received);
         let core = self.clone();
         let writer = tokio::spawn(async move {
             let result = write_loop(write_half, &core, (preamble, early), ack_rx, killed).await;

@@ -8,7 +8,7 @@ const MAX_OPEN_MESSAGES: usize = 1024;
 pub(super) async fn read_messages<R: AsyncRead + Unpin>(
     mut input: R,
     core: &StreamCore,
-    ack_tx: watch::Sender<u64>,
+    ack_tx: AckTx,
     mut stop: watch::Receiver<bool>,
     entry: Entry,
 ) -> ReadEnd {
@@ -164,7 +164,7 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
         }
         // Acknowledge as the frame is handed to the application's queue (or the reassembly),
         // so the ACK can ride on an answer the application sends at once.
-        let _ = ack_tx.send(st.received);
+        ack_tx.received(st.received);
         for event in out {
             if events.send(event).await.is_err() {
                 return ReadEnd::Gone;

@@ -40,6 +40,48 @@ const ACK_DELAY: Duration = Duration::from_millis(1);
 /// ...unless this many units are unacknowledged.
 const ACK_EVERY: u64 = 32 * 1024;
 
+/// The reader's side of the count of units received, which the writer acknowledges.
+pub(super) struct AckTx {
+    tx: watch::Sender<u64>,
+    /// The count the writer last acknowledged.
+    sent: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// The writer's side of [`AckTx`].
+pub(super) struct AckRx {
+    rx: watch::Receiver<u64>,
+    sent: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// The count of units received (starting at `start`), from the reader to the writer.
+pub(super) fn ack_signal(start: u64) -> (AckTx, AckRx) {
+    let (tx, rx) = watch::channel(start);
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(start));
+    (
+        AckTx {
+            tx,
+            sent: sent.clone(),
+        },
+        AckRx { rx, sent },
+    )
+}
+
+impl AckTx {
+    /// `count` units are received. The writer is woken only when it has something to do:
+    /// for the first unit not yet acknowledged (it starts the ACK timer) and once
+    /// `ACK_EVERY` units wait (it acknowledges at once). Waking it for every frame cost a
+    /// task wake-up per received message. The writer, after each write, looks again at
+    /// what arrived meanwhile (`write_loop`), so no unit is left without a timer.
+    pub(super) fn received(&self, count: u64) {
+        self.tx.send_if_modified(|v| {
+            let before = *v;
+            *v = count;
+            let sent = self.sent.load(std::sync::atomic::Ordering::SeqCst);
+            before <= sent || count.saturating_sub(sent) >= ACK_EVERY
+        });
+    }
+}
+
 fn frame_header(item: &Item) -> [u8; HEADER_LEN] {
     if item.abort {
         FrameHeader::abort(item.id).encode()
@@ -82,7 +124,10 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     mut out: W,
     core: &StreamCore,
     (preamble, early): (Vec<Bytes>, Option<EarlyStart>),
-    mut ack_rx: watch::Receiver<u64>,
+    AckRx {
+        rx: mut ack_rx,
+        sent: ack_sent_shared,
+    }: AckRx,
     mut kill: watch::Receiver<u8>,
 ) -> Result<()> {
     let (outbox, acks) = (&core.outbox, &core.acks);
@@ -213,6 +258,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
         if count > ack_sent {
             batch.extend_from_slice(&FrameHeader::ack(count).encode());
             ack_sent = count;
+            ack_sent_shared.store(count, std::sync::atomic::Ordering::SeqCst);
         }
         ack_due = None;
         let mut aborted = false;
@@ -258,6 +304,12 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
         dirty = !flush;
         flush = false;
         batch.clear();
+        // What arrived during the write and is not acknowledged yet: the reader woke us
+        // only if it was the first unacknowledged unit (see `AckTx::received`), and that
+        // one's timer was just dropped.
+        if *ack_rx.borrow() > ack_sent {
+            ack_rx.mark_changed();
+        }
         outbox.update_all(std::mem::take(&mut sent_fins), || SendStatus::Sent, false);
     }
     // The peer's last messages are acknowledged before we go, so that they end acked, not
@@ -276,4 +328,33 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     }
     out.shutdown().await.map_err(io)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering::SeqCst;
+
+    #[test]
+    fn the_writer_is_woken_for_the_first_unacknowledged_unit_and_past_ack_every() {
+        let (tx, AckRx { mut rx, sent }) = ack_signal(0);
+        tx.received(10);
+        assert!(
+            rx.has_changed().expect("open"),
+            "the first unit starts the timer"
+        );
+        rx.borrow_and_update();
+        tx.received(20);
+        assert!(!rx.has_changed().expect("open"), "the timer already runs");
+        assert_eq!(*rx.borrow(), 20, "the count is current all the same");
+        tx.received(ACK_EVERY + 1);
+        assert!(
+            rx.has_changed().expect("open"),
+            "enough waits: acknowledge now"
+        );
+        rx.borrow_and_update();
+        sent.store(ACK_EVERY + 1, SeqCst);
+        tx.received(ACK_EVERY + 5);
+        assert!(rx.has_changed().expect("open"), "first unit after an ACK");
+    }
 }
