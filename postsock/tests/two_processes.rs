@@ -141,6 +141,29 @@ fn echo_server(runtime: &tokio::runtime::Runtime, ca: &TestCa) -> u16 {
     runtime.block_on(common::echo_listener(&net, server))
 }
 
+/// What every test here starts with: a runtime, a CA, a scratch directory and the CA's root
+/// in a file there (for the client processes).
+struct Setup {
+    runtime: tokio::runtime::Runtime,
+    ca: TestCa,
+    dir: PathBuf,
+    ca_file: PathBuf,
+}
+
+fn setup(name: &str) -> Setup {
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let ca = TestCa::new("two-process CA").expect("ca");
+    let dir = scratch(name);
+    let ca_file = dir.join("ca.der");
+    std::fs::write(&ca_file, ca.root().as_ref()).expect("ca file");
+    Setup {
+        runtime,
+        ca,
+        dir,
+        ca_file,
+    }
+}
+
 fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("postsock-two-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
@@ -150,11 +173,12 @@ fn scratch(name: &str) -> PathBuf {
 
 #[test]
 fn a_second_process_resumes_in_0rtt_from_the_association_file() {
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let ca = TestCa::new("two-process CA").expect("ca");
-    let dir = scratch("resume");
-    let ca_file = dir.join("ca.der");
-    std::fs::write(&ca_file, ca.root().as_ref()).expect("ca file");
+    let Setup {
+        runtime,
+        ca,
+        dir,
+        ca_file,
+    } = setup("resume");
     let port = echo_server(&runtime, &ca);
     for (protocol, name) in [(Protocol::Quic, "quic"), (Protocol::TlsTcp, "tls-tcp")] {
         let file = dir.join(format!("associations-{name}.json"));
@@ -188,11 +212,12 @@ fn a_second_process_resumes_in_0rtt_from_the_association_file() {
 
 #[test]
 fn tickets_saved_under_other_roots_are_not_used() {
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let ca = TestCa::new("two-process CA").expect("ca");
-    let dir = scratch("trust");
-    let ca_file = dir.join("ca.der");
-    std::fs::write(&ca_file, ca.root().as_ref()).expect("ca file");
+    let Setup {
+        runtime,
+        ca,
+        dir,
+        ca_file,
+    } = setup("trust");
     let port = echo_server(&runtime, &ca);
     let file = dir.join("associations.json");
     assert_eq!(
@@ -216,11 +241,12 @@ fn tickets_saved_under_other_roots_are_not_used() {
 
 #[test]
 fn tickets_a_restarted_server_no_longer_knows_cost_a_full_handshake_and_lose_nothing() {
-    let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let ca = TestCa::new("two-process CA").expect("ca");
-    let dir = scratch("restart");
-    let ca_file = dir.join("ca.der");
-    std::fs::write(&ca_file, ca.root().as_ref()).expect("ca file");
+    let Setup {
+        runtime,
+        ca,
+        dir,
+        ca_file,
+    } = setup("restart");
     let before = echo_server(&runtime, &ca);
     // The same server after a restart: same name and certificate authority, new session
     // state (its listener is new), reached at another port.
