@@ -161,7 +161,8 @@ fn stun_and_turn_datagrams_decode_or_are_dropped() {
 
 #[test]
 fn rendezvous_blobs_open_only_when_authentic() {
-    use crate::traversal::rendezvous::{unhex, Pairing, PeerInfo};
+    use crate::traversal::rendezvous::{Pairing, PeerInfo};
+    use crate::util::unhex;
     let mut g = Gen(4);
     let pairing = Pairing::new(b"a pairing secret of some length").expect("pairing");
     let info = PeerInfo {

@@ -23,6 +23,8 @@ use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::establish::report::{AttemptOutcome, EstablishmentReport};
+use rustls::pki_types::UnixTime;
+
 use crate::establish::sessions::{trust_fingerprint, Fnv, SavedTicket, Sessions};
 use crate::ConfigError;
 use crate::{Error, Protocol, Result, Security};
@@ -122,7 +124,7 @@ impl TlsClients {
 
     /// The tickets held now, for the association file.
     fn save(&self) -> SavedSessions {
-        let now = self.quic.current_time_or_now();
+        let now = ticket_clock(&self.quic);
         SavedSessions {
             trust: self.trust.clone(),
             quic: self.sessions.quic.export(now),
@@ -135,23 +137,18 @@ impl TlsClients {
         if saved.trust != self.trust {
             return;
         }
-        let now = self.quic.current_time_or_now();
+        let now = ticket_clock(&self.quic);
         self.sessions.quic.restore(&self.quic, &saved.quic, now);
         self.sessions.tcp.restore(&self.tcp, &saved.tls_tcp, now);
     }
 }
 
-/// The clock rustls judges ticket lifetimes by.
-trait TicketClock {
-    fn current_time_or_now(&self) -> rustls::pki_types::UnixTime;
-}
-
-impl TicketClock for rustls::ClientConfig {
-    fn current_time_or_now(&self) -> rustls::pki_types::UnixTime {
-        self.time_provider
-            .current_time()
-            .unwrap_or_else(rustls::pki_types::UnixTime::now)
-    }
+/// Now, by the clock rustls judges ticket lifetimes by.
+fn ticket_clock(config: &rustls::ClientConfig) -> UnixTime {
+    config
+        .time_provider
+        .current_time()
+        .unwrap_or_else(UnixTime::now)
 }
 
 /// An association's session tickets as saved in the association file.
@@ -169,6 +166,17 @@ pub struct SavedSessions {
 impl SavedSessions {
     fn is_empty(&self) -> bool {
         self.quic.is_empty() && self.tls_tcp.is_empty()
+    }
+
+    /// These sessions without the tickets expired at `now`; `None` when none is left.
+    fn fresh(&self, now: UnixTime) -> Option<SavedSessions> {
+        let fresh = |t: &[SavedTicket]| t.iter().filter(|t| !t.expired(now)).cloned().collect();
+        Some(SavedSessions {
+            trust: self.trust.clone(),
+            quic: fresh(&self.quic),
+            tls_tcp: fresh(&self.tls_tcp),
+        })
+        .filter(|s| !s.is_empty())
     }
 }
 
@@ -312,20 +320,9 @@ impl Association {
         if let Some(tls) = crate::util::lock(&self.tls).as_ref() {
             return Some(tls.save()).filter(|s| !s.is_empty());
         }
-        let loaded = crate::util::lock(&self.loaded).clone()?;
-        let now = rustls::pki_types::UnixTime::now().as_secs();
-        let fresh = |t: &Vec<SavedTicket>| {
-            t.iter()
-                .filter(|t| t.valid_until.is_none_or(|v| v >= now))
-                .cloned()
-                .collect()
-        };
-        Some(SavedSessions {
-            trust: loaded.trust.clone(),
-            quic: fresh(&loaded.quic),
-            tls_tcp: fresh(&loaded.tls_tcp),
-        })
-        .filter(|s| !s.is_empty())
+        crate::util::lock(&self.loaded)
+            .as_ref()?
+            .fresh(UnixTime::now())
     }
 
     fn snapshot(&self) -> BTreeMap<String, PathMemory> {

@@ -38,6 +38,13 @@ pub struct SavedTicket {
     pub session: String,
 }
 
+impl SavedTicket {
+    /// Whether the ticket's lifetime is over at `now`.
+    pub fn expired(&self, now: UnixTime) -> bool {
+        self.valid_until.is_some_and(|t| t < now.as_secs())
+    }
+}
+
 /// The TLS 1.3 client session cache of one TLS configuration.
 #[derive(Debug)]
 pub(crate) struct SessionStore {
@@ -72,18 +79,13 @@ impl SessionStore {
         self.tickets()
             .iter()
             .flat_map(|(name, values)| {
-                values.iter().filter_map(move |v| {
-                    let valid_until = v.valid_until().map(|t| t.as_secs());
-                    if valid_until.is_some_and(|t| t < now.as_secs()) {
-                        return None;
-                    }
-                    Some(SavedTicket {
-                        server_name: name.clone(),
-                        valid_until,
-                        session: crate::util::hex(&v.to_bytes()),
-                    })
+                values.iter().map(move |v| SavedTicket {
+                    server_name: name.clone(),
+                    valid_until: v.valid_until().map(|t| t.as_secs()),
+                    session: crate::util::hex(&v.to_bytes()),
                 })
             })
+            .filter(|t| !t.expired(now))
             .collect()
     }
 
@@ -99,7 +101,7 @@ impl SessionStore {
     ) -> usize {
         let mut restored = 0;
         for t in saved {
-            if t.valid_until.is_some_and(|v| v < now.as_secs()) {
+            if t.expired(now) {
                 continue;
             }
             let Ok(name) = ServerName::try_from(t.server_name.clone()) else {

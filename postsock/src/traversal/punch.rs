@@ -157,7 +157,7 @@ pub(crate) async fn punch(
             .unwrap_or([0; 8]),
     );
     let extra = Extra {
-        root: rendezvous::hex(ca.root().as_ref()),
+        root: crate::util::hex(ca.root().as_ref()),
         tiebreak,
     };
     let extra = serde_json::to_vec(&extra).map_err(|e| ConfigError::Json(e.to_string()))?;
@@ -178,7 +178,7 @@ pub(crate) async fn punch(
         return Err(Violation::SameTieBreaker.into());
     }
     let controlling = tiebreak > their_extra.tiebreak;
-    let their_root = rendezvous::unhex(&their_extra.root).ok_or(Violation::CaNotHex)?;
+    let their_root = crate::util::unhex(&their_extra.root).ok_or(Violation::CaNotHex)?;
 
     // Keep answering the peer's checks while QUIC starts (quinn reads the socket from now
     // on; STUN still comes to us through the demultiplexer).

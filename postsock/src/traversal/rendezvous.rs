@@ -71,12 +71,12 @@ mod hex_bytes {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&super::hex(bytes))
+        s.serialize_str(&crate::util::hex(bytes))
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let text = String::deserialize(d)?;
-        super::unhex(&text).ok_or_else(|| serde::de::Error::custom("not hexadecimal"))
+        crate::util::unhex(&text).ok_or_else(|| serde::de::Error::custom("not hexadecimal"))
     }
 }
 
@@ -158,7 +158,7 @@ impl Pairing {
     }
 }
 
-pub(crate) use crate::util::{hex, unhex};
+use crate::util::{hex, unhex};
 
 /// A registration, as sent to the server.
 #[derive(Debug, Serialize, Deserialize)]

@@ -35,7 +35,7 @@ impl TurnServer {
         }
         let (socket, local) = stun::bind_server_socket(net.as_ref(), local).await?;
         let stats = Arc::new(TurnStats::default());
-        let nonce = crate::traversal::rendezvous::hex(&stun::transaction_id(net.as_ref()));
+        let nonce = crate::util::hex(&stun::transaction_id(net.as_ref()));
         let server = Server {
             net,
             socket,
