@@ -86,6 +86,51 @@ pub struct Row {
     pub ratio: f64,
     /// Whether the ratio meets the target (≥ 0.9 for throughput, ≤ 1.1 for latency).
     pub meets_target: bool,
+    /// CPU time per message (per round trip for latency), both ends of the run.
+    pub cpu: CpuRow,
+}
+
+/// CPU time (all threads, both ends) per message or round trip, the least of the repeats:
+/// steadier than wall time on a shared machine, and what the per-message overhead costs.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct CpuRow {
+    /// The raw stack, µs.
+    pub raw_us: f64,
+    /// postsock, µs.
+    pub postsock_us: f64,
+}
+
+/// The least CPU time of the runs of each stack.
+#[derive(Default)]
+struct Cpu {
+    raw: Option<Duration>,
+    postsock: Option<Duration>,
+}
+
+impl Cpu {
+    fn measure<T>(slot: &mut Option<Duration>, run: impl FnOnce() -> Res<T>) -> Res<T> {
+        let before = cpu_time();
+        let out = run()?;
+        let used = cpu_time().saturating_sub(before);
+        *slot = Some(slot.map_or(used, |s| s.min(used)));
+        Ok(out)
+    }
+
+    fn raw<T>(&mut self, run: impl FnOnce() -> Res<T>) -> Res<T> {
+        Self::measure(&mut self.raw, run)
+    }
+
+    fn postsock<T>(&mut self, run: impl FnOnce() -> Res<T>) -> Res<T> {
+        Self::measure(&mut self.postsock, run)
+    }
+
+    fn per(&self, n: usize) -> CpuRow {
+        let us = |d: Option<Duration>| d.unwrap_or_default().as_secs_f64() * 1e6 / n.max(1) as f64;
+        CpuRow {
+            raw_us: us(self.raw),
+            postsock_us: us(self.postsock),
+        }
+    }
 }
 
 /// Peak memory of a sender facing a receiver that stopped reading.
@@ -433,9 +478,12 @@ pub fn compare(opts: &Options, progress: &dyn Fn(&str)) -> Res<Vec<Row>> {
             }
             progress(&format!("{} throughput, {workload}", protocol.name()));
             let (mut best_raw, mut best_ps) = (Duration::MAX, Duration::MAX);
+            let mut cpu = Cpu::default();
             for _ in 0..opts.repeats {
-                best_raw = best_raw.min(rt.block_on(throughput(protocol, true, count, size))?);
-                best_ps = best_ps.min(rt.block_on(throughput(protocol, false, count, size))?);
+                best_raw =
+                    best_raw.min(cpu.raw(|| rt.block_on(throughput(protocol, true, count, size)))?);
+                best_ps = best_ps
+                    .min(cpu.postsock(|| rt.block_on(throughput(protocol, false, count, size)))?);
             }
             let (raw, ps) = (
                 mb_per_s(count * size, best_raw),
@@ -449,6 +497,7 @@ pub fn compare(opts: &Options, progress: &dyn Fn(&str)) -> Res<Vec<Row>> {
                 postsock: ps,
                 ratio: ps / raw,
                 meets_target: ps / raw >= 0.9,
+                cpu: cpu.per(count),
             });
         }
         let workload = format!(
@@ -461,11 +510,14 @@ pub fn compare(opts: &Options, progress: &dyn Fn(&str)) -> Res<Vec<Row>> {
         }
         progress(&format!("{} latency, {workload}", protocol.name()));
         let (mut best_raw, mut best_ps) = (Duration::MAX, Duration::MAX);
+        let mut cpu = Cpu::default();
         for _ in 0..opts.repeats {
-            best_raw =
-                best_raw.min(rt.block_on(latency(protocol, true, opts.rounds, opts.small_size))?);
-            best_ps =
-                best_ps.min(rt.block_on(latency(protocol, false, opts.rounds, opts.small_size))?);
+            best_raw = best_raw.min(
+                cpu.raw(|| rt.block_on(latency(protocol, true, opts.rounds, opts.small_size)))?,
+            );
+            best_ps = best_ps.min(cpu.postsock(|| {
+                rt.block_on(latency(protocol, false, opts.rounds, opts.small_size))
+            })?);
         }
         let (raw, ps) = (best_raw.as_secs_f64() * 1e6, best_ps.as_secs_f64() * 1e6);
         rows.push(Row {
@@ -476,12 +528,31 @@ pub fn compare(opts: &Options, progress: &dyn Fn(&str)) -> Res<Vec<Row>> {
             postsock: ps,
             ratio: ps / raw,
             meets_target: ps / raw <= 1.1,
+            cpu: cpu.per(opts.rounds),
         });
     }
     Ok(rows)
 }
 
 // ---------- memory under back-pressure (separate processes) ----------
+
+/// CPU time of every live thread of this process so far (the scheduler's own accounting, in
+/// nanoseconds: /proc/self/task/*/schedstat; zero where /proc has none). The runtime's
+/// worker threads live through a whole run, so a difference of two readings is its CPU.
+pub fn cpu_time() -> Duration {
+    let mut ns = 0u64;
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for task in tasks.flatten() {
+            let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+            ns += stat
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    Duration::from_nanos(ns)
+}
 
 /// This process's peak resident set size (VmHWM), MiB; NaN where /proc has none.
 pub fn peak_rss_mib() -> f64 {
@@ -609,18 +680,21 @@ pub fn memory(exe: &Path, protocol: Protocol, total: u64) -> Res<MemoryRow> {
 /// The Markdown table of a report.
 pub fn markdown(report: &BenchReport) -> String {
     let mut s = String::from(
-        "| protocol | workload | metric | raw | postsock | postsock / raw | target met |\n|---|---|---|---:|---:|---:|---|\n",
+        "| protocol | workload | metric | raw | postsock | postsock / raw | target met | CPU µs per message, raw | postsock | postsock / raw |\n|---|---|---|---:|---:|---:|---|---:|---:|---:|\n",
     );
     for r in &report.rows {
         s.push_str(&format!(
-            "| {} | {} | {} | {:.1} | {:.1} | {:.2} | {} |\n",
+            "| {} | {} | {} | {:.1} | {:.1} | {:.2} | {} | {:.2} | {:.2} | {:.2} |\n",
             r.protocol,
             r.workload,
             r.metric,
             r.raw,
             r.postsock,
             r.ratio,
-            if r.meets_target { "yes" } else { "no" }
+            if r.meets_target { "yes" } else { "no" },
+            r.cpu.raw_us,
+            r.cpu.postsock_us,
+            r.cpu.postsock_us / r.cpu.raw_us.max(1e-9),
         ));
     }
     s.push_str("\n| protocol | pushed at a receiver that reads nothing | accepted before `send` was held | held | sender peak RSS |\n|---|---:|---:|---|---:|\n");
@@ -635,4 +709,32 @@ pub fn markdown(report: &BenchReport) -> String {
         ));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_counts_work_done_on_other_threads() {
+        let before = cpu_time();
+        let worker = std::thread::spawn(|| {
+            let mut x = 0u64;
+            for i in 0..50_000_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+            x
+        });
+        // Read while the thread is alive: a thread that has exited is no longer listed.
+        let mut during = Duration::ZERO;
+        while !worker.is_finished() {
+            during = cpu_time();
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        worker.join().expect("worker");
+        assert!(
+            during.saturating_sub(before) > Duration::from_millis(1),
+            "{before:?} then {during:?}"
+        );
+    }
 }
