@@ -23,13 +23,18 @@ fn the_family_is_thirty_generated_scenarios_run_only_when_named() {
     assert_eq!(one.workload.messages, 100);
 }
 
+/// Runs per protocol and loss.
+const SEEDS: u64 = 10;
+
 #[test]
 fn tcp_blocks_later_messages_behind_a_loss_and_quic_does_not() {
     let mut reports = Vec::new();
     for loss in [0.0, 1.0] {
         for protocol in compare::PROTOCOLS {
             let s = compare::scenario(protocol, 20, loss).expect("scenario");
-            for seed in 1..=2 {
+            // Ten seeds: at 1 % loss only a few of a run's 100 messages meet a loss, and the
+            // p95 of two runs (200 messages) sits on that edge.
+            for seed in 1..=SEEDS {
                 let r = testbed::run(&s, seed).report;
                 assert!(
                     r.passed,
@@ -52,11 +57,15 @@ fn tcp_blocks_later_messages_behind_a_loss_and_quic_does_not() {
     // 10 Mbit/s).
     for protocol in compare::PROTOCOLS {
         let x = cell(protocol, 0.0);
-        assert_eq!((x.runs, x.delivered), (2, 200));
+        assert_eq!(
+            (x.runs, x.delivered),
+            (SEEDS as usize, 100 * SEEDS as usize)
+        );
         assert!(x.p50_ms <= 15.0, "{protocol}: {x:?}");
     }
     // At 1 % loss, QUIC's unordered messages wait only for their own packets; TCP holds
-    // every later message behind a lost segment (measured p95: QUIC 17 ms, TLS/TCP 1.5 s).
+    // every later message behind a lost segment (measured p95 over the ten seeds: QUIC 24 ms,
+    // TLS/TCP 173 ms).
     let (quic, tcp) = (cell("quic", 1.0), cell("tls-tcp", 1.0));
     assert!(quic.p95_ms < 100.0, "{quic:?}");
     assert!(tcp.p95_ms > 5.0 * quic.p95_ms, "{tcp:?} vs {quic:?}");

@@ -867,7 +867,10 @@ fn a_carrier_goes_on_over_ipv4_when_ipv6_breaks_under_it() {
         );
         assert_eq!(r.metrics.protocol_changes, 1);
         assert_eq!(r.metrics.carriers_accepted, 1);
-        assert_eq!(r.metrics.failover_gap_ms, Some(690.0), "seed {}", r.seed);
+        // The silence that makes the carrier dormant (135-145 ms after the break, by where
+        // the last writes fell), then the move: an attempt delay and a TLS handshake.
+        let gap = r.metrics.failover_gap_ms.expect("a gap");
+        assert!((670.0..=690.0).contains(&gap), "seed {}: {gap}", r.seed);
     }
 }
 

@@ -123,9 +123,9 @@ async fn byte_streams_of_frames_never_panic_the_frame_reader() {
         let mut read = Vec::new();
         // A HELLO reader and a frame reader each take what they can; errors are fine.
         let _ = crate::transport::stream::read_hello(&mut input, &mut read).await;
-        let mut input = &wire[..];
+        let mut input = crate::transport::stream::FrameReader::new(&wire[..]);
         for _ in 0..8 {
-            match crate::transport::stream::read_frame(&mut input, 1 << 16).await {
+            match input.next(1 << 16).await {
                 Ok(Some(_)) => {}
                 Ok(None) | Err(_) => break,
             }

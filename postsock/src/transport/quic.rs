@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::{JoinHandle, JoinSet};
@@ -327,12 +328,68 @@ const MIN_IN_FLIGHT: usize = 8 * 1024;
 /// stay below the congestion window (so niceness keeps deciding the order of a backlog, and
 /// lifetimes are judged close to the wire), opens one stream per message, sends unreliable
 /// messages as DATAGRAM frames.
+/// The messages being written or awaiting their acknowledgement, each a future polled by the
+/// sending loop itself ([`Writes::drive`]) rather than a task of its own: no task spawned,
+/// scheduled and joined per message, and on a multi-thread runtime no message's stream
+/// contended for by another worker.
+#[derive(Default)]
+struct Writes {
+    pending: FuturesUnordered<
+        std::pin::Pin<Box<dyn std::future::Future<Output = Option<Handback>> + Send>>,
+    >,
+    /// What finished writes handed back (the carrier moved).
+    handed: Vec<Handback>,
+}
+
+impl Writes {
+    fn push(
+        &mut self,
+        write: impl std::future::Future<Output = Option<Handback>> + Send + 'static,
+    ) {
+        self.pending.push(Box::pin(write));
+    }
+
+    /// Runs `f` to its end, driving the writes meanwhile (`f` first: it is what the loop
+    /// waits for).
+    async fn drive<F: std::future::Future>(&mut self, f: F) -> F::Output {
+        let mut f = std::pin::pin!(f);
+        loop {
+            tokio::select! {
+                biased;
+                out = &mut f => return out,
+                Some(done) = self.pending.next(), if !self.pending.is_empty() => {
+                    self.handed.extend(done);
+                }
+            }
+        }
+    }
+
+    /// Drives the writes as far as they go without waiting (a new message's first write
+    /// reaches quinn at once).
+    async fn poll_now(&mut self) {
+        std::future::poll_fn(|cx| {
+            while let std::task::Poll::Ready(Some(done)) = self.pending.poll_next_unpin(cx) {
+                self.handed.extend(done);
+            }
+            std::task::Poll::Ready(())
+        })
+        .await
+    }
+
+    /// Drives every write to its end.
+    async fn finish(&mut self) {
+        while let Some(done) = self.pending.next().await {
+            self.handed.extend(done);
+        }
+    }
+}
+
 /// Hands outbox items to quinn: one stream (or datagram) per message.
 struct Dispatcher {
     conn: quinn::Connection,
     outbox: Arc<Outbox>,
     in_flight: Arc<InFlight>,
-    tasks: JoinSet<Option<Handback>>,
+    writes: Writes,
     open: BTreeMap<MessageId, mpsc::UnboundedSender<Item>>,
     min_rtt: Duration,
     /// While in 0-RTT: becomes true if the server rejects the early data.
@@ -341,8 +398,6 @@ struct Dispatcher {
     early_sent: Vec<Item>,
     /// Becomes true when the carrier moves to another protocol (transport::moving).
     halt: watch::Receiver<bool>,
-    /// What the loop took and hands back when halted.
-    handed: Vec<Handback>,
     /// The task of the last ordered message (its sender drops when it settles).
     last_ordered: Option<watch::Receiver<bool>>,
 }
@@ -354,13 +409,12 @@ impl Dispatcher {
             conn,
             outbox,
             in_flight: Arc::new(InFlight::default()),
-            tasks: JoinSet::new(),
+            writes: Writes::default(),
             open: BTreeMap::new(),
             min_rtt,
             early: None,
             early_sent: Vec::new(),
             halt,
-            handed: Vec::new(),
             last_ordered: None,
         }
     }
@@ -373,20 +427,25 @@ impl Dispatcher {
     /// again every few ms while waiting: it can open without anything being settled (a
     /// handover restarts congestion control on the new path).
     async fn room(&mut self) {
-        while let Some(done) = self.tasks.try_join_next() {
-            if let Ok(Some(h)) = done {
-                self.handed.push(h);
-            }
-        }
+        self.writes.poll_now().await;
         loop {
             if self.in_flight.bytes.load(Ordering::Relaxed) < MIN_IN_FLIGHT {
                 return;
             }
             let window = (self.conn.stats().path.cwnd as usize).max(MIN_IN_FLIGHT);
-            tokio::select! {
-                biased;
-                _ = self.in_flight.below(window) => return,
-                _ = tokio::time::sleep(WINDOW_RECHECK) => {}
+            let in_flight = self.in_flight.clone();
+            let below = self
+                .writes
+                .drive(async {
+                    tokio::select! {
+                        biased;
+                        _ = in_flight.below(window) => true,
+                        _ = tokio::time::sleep(WINDOW_RECHECK) => false,
+                    }
+                })
+                .await;
+            if below {
+                return;
             }
         }
     }
@@ -419,14 +478,21 @@ impl Dispatcher {
             return Ok(());
         }
         let mut halt = self.halt.clone();
-        let opened = tokio::select! {
-            biased;
-            opened = open_stream(&self.conn, &item.props) => opened,
-            _ = until_set(&mut halt) => {
-                // Taken but never sent: it goes again after the move.
-                self.handed.push(Handback { stream: None, item });
-                return Ok(());
-            }
+        let conn = &self.conn;
+        let opened = self
+            .writes
+            .drive(async {
+                tokio::select! {
+                    biased;
+                    opened = open_stream(conn, &item.props) => Some(opened),
+                    _ = until_set(&mut halt) => None,
+                }
+            })
+            .await;
+        let Some(opened) = opened else {
+            // Taken but never sent: it goes again after the move.
+            self.writes.handed.push(Handback { stream: None, item });
+            return Ok(());
         };
         let stream = opened.map_err(|e| ConnectionError::Quic(e.to_string()))?;
         let rest = if item.fin {
@@ -446,7 +512,7 @@ impl Dispatcher {
         } else {
             (None, None)
         };
-        self.tasks.spawn(write_message(
+        self.writes.push(write_message(
             stream,
             item,
             rest,
@@ -458,6 +524,7 @@ impl Dispatcher {
                 ordered,
             },
         ));
+        self.writes.poll_now().await;
         Ok(())
     }
 }
@@ -503,25 +570,29 @@ pub(crate) async fn send_loop(
             d.early = Some(rejected_rx);
             loop {
                 d.room().await;
-                tokio::select! {
-                    biased;
-                    ok = &mut accepted => {
-                        let _ = resumed.set(ok);
-                        let _ = rejected_tx.send(!ok);
-                        break;
-                    }
-                    item = outbox.next_where(usize::MAX, |p| p.idempotent) => match item {
-                        Some(item) => d.dispatch(item).await?,
-                        None => {
-                            // Closed with nothing idempotent left: wait for the handshake
-                            // before the rest (if any) may go.
-                            let ok = (&mut accepted).await;
-                            let _ = resumed.set(ok);
-                            let _ = rejected_tx.send(!ok);
-                            break;
+                let next = d
+                    .writes
+                    .drive(async {
+                        tokio::select! {
+                            biased;
+                            ok = &mut accepted => Err(ok),
+                            item = outbox.next_where(usize::MAX, |p| p.idempotent) => Ok(item),
                         }
-                    },
-                }
+                    })
+                    .await;
+                let ok = match next {
+                    Ok(Some(item)) => {
+                        d.dispatch(item).await?;
+                        continue;
+                    }
+                    Err(ok) => ok,
+                    // Closed with nothing idempotent left: wait for the handshake before the
+                    // rest (if any) may go.
+                    Ok(None) => d.writes.drive(&mut accepted).await,
+                };
+                let _ = resumed.set(ok);
+                let _ = rejected_tx.send(!ok);
+                break;
             }
             d.early = None;
             let resend = std::mem::take(&mut d.early_sent);
@@ -542,11 +613,16 @@ pub(crate) async fn send_loop(
                 _ = until_set(&mut halt) => return Ok(()),
                 _ = d.room() => {}
             }
-            let item = tokio::select! {
-                biased;
-                _ = until_set(&mut halt) => return Ok(()),
-                item = outbox.next(usize::MAX) => item,
-            };
+            let item = d
+                .writes
+                .drive(async {
+                    tokio::select! {
+                        biased;
+                        _ = until_set(&mut halt) => None,
+                        item = outbox.next(usize::MAX) => item,
+                    }
+                })
+                .await;
             let Some(item) = item else {
                 return Ok(());
             };
@@ -560,13 +636,8 @@ pub(crate) async fn send_loop(
         }
     }
     d.open.clear();
-    let mut handed = std::mem::take(&mut d.handed);
-    while let Some(done) = d.tasks.join_next().await {
-        if let Ok(Some(h)) = done {
-            handed.push(h);
-        }
-    }
-    (result, handed)
+    d.writes.finish().await;
+    (result, d.writes.handed)
 }
 
 /// The carrier moves: a whole message goes back to the send loop (the peer's receipts decide

@@ -38,9 +38,9 @@ pub(crate) use early::{
 };
 use hello::parse_hello;
 pub(crate) use hello::{hello_frame, read_hello, Hello, Prefixed};
-#[cfg(test)]
-pub(crate) use reader::read_frame;
 use reader::read_messages;
+#[cfg(test)]
+pub(crate) use reader::FrameReader;
 use writer::{ack_signal, write_loop, AckTx, BATCH, BATCH_TIME, KILL_ABORT, KILL_STOP};
 
 /// A failed read or write of the TCP connection.
@@ -320,9 +320,6 @@ impl StreamCore {
             let result = write_loop(write_half, &core, (preamble, early), ack_rx, killed).await;
             core.writer_ended(epoch, result);
         });
-        // Frames are read in small pieces (a 16-byte header, then the payload): a buffer keeps
-        // that from costing a TLS read (and a system call) each.
-        let read_half = tokio::io::BufReader::with_capacity(64 * 1024, read_half);
         let core = self.clone();
         let reader = tokio::spawn(async move {
             let end = read_messages(read_half, &core, ack_tx, stopped, entry).await;

@@ -6,7 +6,7 @@ use super::*;
 const MAX_OPEN_MESSAGES: usize = 1024;
 
 pub(super) async fn read_messages<R: AsyncRead + Unpin>(
-    mut input: R,
+    input: R,
     core: &StreamCore,
     ack_tx: AckTx,
     mut stop: watch::Receiver<bool>,
@@ -20,6 +20,7 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
         return ReadEnd::Gone;
     };
     let resumable = core.token.is_some();
+    let mut input = FrameReader::new(input);
     let mut st = core.recv.lock().await;
     let mut closing = false;
     loop {
@@ -35,7 +36,7 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
         let frame = tokio::select! {
             biased;
             _ = stop.wait_for(|s| *s) => return ReadEnd::Stopped,
-            frame = read_frame(&mut input, limits.max_message_size) => frame,
+            frame = input.next(limits.max_message_size) => frame,
             _ = silence => {
                 return ReadEnd::Broken(
                     ConnectionError::Silent {
@@ -173,49 +174,83 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
     }
 }
 
-/// Reads one frame. `Ok(None)` is a clean end of stream at a frame boundary.
-pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
-    input: &mut R,
-    max: usize,
-) -> Result<Option<(FrameHeader, Bytes)>> {
-    let mut header = [0u8; HEADER_LEN];
-    let mut filled = 0;
-    while filled < HEADER_LEN {
-        let n = input
-            .read(&mut header[filled..])
-            .await
-            .map_err(|e| tcp("read", e))?;
-        if n == 0 {
-            if filled == 0 {
-                return Ok(None);
-            }
-            return Err(Violation::TruncatedHeader {
-                filled,
-                len: HEADER_LEN,
-            }
-            .into());
-        }
-        filled += n;
-    }
-    let header = FrameHeader::decode(&header, max)?;
-    let len = header.len as usize;
-    let mut data = BytesMut::with_capacity(len);
-    while data.len() < len {
-        let want = (len - data.len()) as u64;
-        let n = (&mut *input)
-            .take(want)
-            .read_buf(&mut data)
-            .await
-            .map_err(|e| tcp("read", e))?;
-        if n == 0 {
-            return Err(Violation::TruncatedFrame {
-                id: header.id,
-                len: header.len,
-            }
-            .into());
+/// How much a [`FrameReader`] asks of the stream at once.
+const READ_CHUNK: usize = 64 * 1024;
+/// Frames shorter than this are copied out of the read buffer; longer ones share it. A
+/// shared frame keeps the whole buffer it came from alive while the application holds it:
+/// worth it to save the copy of a long frame, not to pin 64 KiB behind a few bytes.
+const SHARE_FROM: usize = 512;
+
+/// Reads frames from a byte stream through one buffer: each read takes whatever the stream
+/// has (up to [`READ_CHUNK`]), frames are cut from it, and a frame's payload is a slice of
+/// the buffer rather than a copy of its own (see [`SHARE_FROM`]).
+pub(crate) struct FrameReader<R> {
+    input: R,
+    buf: BytesMut,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub(crate) fn new(input: R) -> Self {
+        FrameReader {
+            input,
+            buf: BytesMut::new(),
         }
     }
-    Ok(Some((header, data.freeze())))
+
+    /// Reads more into the buffer, with room for at least `want` bytes in all; false at the
+    /// end of the stream.
+    async fn fill(&mut self, want: usize) -> Result<bool> {
+        let spare = self.buf.capacity() - self.buf.len();
+        let need = want.saturating_sub(self.buf.len()).max(1);
+        if spare < need || spare < READ_CHUNK / 8 {
+            // Reclaims the buffer in place once no frame shares it any more.
+            self.buf.reserve(need.max(READ_CHUNK));
+        }
+        let n = self
+            .input
+            .read_buf(&mut self.buf)
+            .await
+            .map_err(|e| tcp("read", e))?;
+        Ok(n > 0)
+    }
+
+    /// The next frame. `Ok(None)` is a clean end of stream at a frame boundary.
+    pub(crate) async fn next(&mut self, max: usize) -> Result<Option<(FrameHeader, Bytes)>> {
+        while self.buf.len() < HEADER_LEN {
+            if !self.fill(HEADER_LEN).await? {
+                if self.buf.is_empty() {
+                    return Ok(None);
+                }
+                return Err(Violation::TruncatedHeader {
+                    filled: self.buf.len(),
+                    len: HEADER_LEN,
+                }
+                .into());
+            }
+        }
+        let mut raw = [0u8; HEADER_LEN];
+        raw.copy_from_slice(&self.buf[..HEADER_LEN]);
+        let header = FrameHeader::decode(&raw, max)?;
+        let len = header.len as usize;
+        while self.buf.len() < HEADER_LEN + len {
+            if !self.fill(HEADER_LEN + len).await? {
+                return Err(Violation::TruncatedFrame {
+                    id: header.id,
+                    len: header.len,
+                }
+                .into());
+            }
+        }
+        let _ = self.buf.split_to(HEADER_LEN);
+        let data = if len < SHARE_FROM {
+            let data = Bytes::copy_from_slice(&self.buf[..len]);
+            let _ = self.buf.split_to(len);
+            data
+        } else {
+            self.buf.split_to(len).freeze()
+        };
+        Ok(Some((header, data)))
+    }
 }
 
 #[cfg(test)]
@@ -227,21 +262,111 @@ mod tests {
         let mut wire = Vec::new();
         wire.extend_from_slice(&FrameHeader::message(7, 3).encode());
         wire.extend_from_slice(b"abc");
-        let mut input = &wire[..];
-        let got = read_frame(&mut input, 100).await.ok().flatten();
+        let mut input = FrameReader::new(&wire[..]);
+        let got = input.next(100).await.ok().flatten();
         assert_eq!(
             got.map(|(h, d)| (h.id, d.to_vec())),
             Some((7, b"abc".to_vec()))
         );
-        assert!(matches!(read_frame(&mut input, 100).await, Ok(None)));
+        assert!(matches!(input.next(100).await, Ok(None)));
 
-        let mut short = &wire[..HEADER_LEN + 1];
-        let err = read_frame(&mut short, 100).await.expect_err("truncated");
+        let mut short = FrameReader::new(&wire[..HEADER_LEN + 1]);
+        let err = short.next(100).await.expect_err("truncated");
         assert!(err.to_string().contains("truncated frame"), "{err}");
-        let mut half = &wire[..5];
-        let err = read_frame(&mut half, 100)
-            .await
-            .expect_err("truncated header");
+        let mut half = FrameReader::new(&wire[..5]);
+        let err = half.next(100).await.expect_err("truncated header");
         assert!(err.to_string().contains("truncated frame header"), "{err}");
+    }
+
+    /// Hands out at most `step` bytes per read, as a TLS stream does record by record.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        step: usize,
+    }
+
+    impl AsyncRead for Trickle<'_> {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            let n = self.step.min(self.data.len()).min(buf.remaining());
+            let (now, rest) = self.data.split_at(n);
+            buf.put_slice(now);
+            self.data = rest;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    fn frames(lens: &[usize]) -> (Vec<u8>, Vec<Vec<u8>>) {
+        let mut wire = Vec::new();
+        let mut payloads = Vec::new();
+        for (id, &len) in lens.iter().enumerate() {
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 + id) as u8).collect();
+            wire.extend_from_slice(&FrameHeader::message(id as u64, len as u32).encode());
+            wire.extend_from_slice(&data);
+            payloads.push(data);
+        }
+        (wire, payloads)
+    }
+
+    #[tokio::test]
+    async fn frames_cut_across_reads_come_out_whole_and_in_order() {
+        // Short and long frames (copied and shared), one longer than a read chunk.
+        let lens = [0, 1, 511, 512, 1024, 16 * 1024, READ_CHUNK + 3, 9];
+        let (wire, payloads) = frames(&lens);
+        for step in [1, 7, 1000, usize::MAX] {
+            let mut input = FrameReader::new(Trickle { data: &wire, step });
+            for (id, want) in payloads.iter().enumerate() {
+                let (h, data) = input
+                    .next(1 << 20)
+                    .await
+                    .expect("frame")
+                    .expect("not the end");
+                assert_eq!((h.id, &data[..]), (id as u64, &want[..]), "step {step}");
+            }
+            assert!(matches!(input.next(1 << 20).await, Ok(None)), "step {step}");
+        }
+    }
+
+    #[tokio::test]
+    async fn long_frames_share_the_read_buffer_and_short_ones_are_copied() {
+        let (wire, _) = frames(&[SHARE_FROM, SHARE_FROM, 10]);
+        let mut input = FrameReader::new(&wire[..]);
+        let (_, a) = input.next(1 << 20).await.expect("a").expect("a");
+        let (_, b) = input.next(1 << 20).await.expect("b").expect("b");
+        let (_, c) = input.next(1 << 20).await.expect("c").expect("c");
+        // Shared: consecutive slices of one allocation.
+        assert_eq!(a.as_ptr().wrapping_add(a.len() + HEADER_LEN), b.as_ptr());
+        // Copied: not inside the buffer the others came from.
+        let after_b = b.as_ptr().wrapping_add(b.len() + HEADER_LEN);
+        assert_ne!(c.as_ptr(), after_b);
+        assert!(a.len() == SHARE_FROM && c.len() == 10);
+    }
+
+    #[tokio::test]
+    async fn the_read_buffer_is_reused_once_no_frame_holds_it() {
+        // One frame fills the whole first read.
+        let (wire, _) = frames(&[READ_CHUNK - HEADER_LEN, 1000]);
+        let mut input = FrameReader::new(Trickle {
+            data: &wire,
+            step: READ_CHUNK,
+        });
+        let (_, a) = input.next(1 << 20).await.expect("a").expect("a");
+        let start = a.as_ptr();
+        drop(a);
+        let (_, b) = input.next(1 << 20).await.expect("b").expect("b");
+        assert_eq!(b.as_ptr(), start, "the same allocation, from its start");
+
+        // Held by the application: the next frames go to a new buffer, the old one intact.
+        let (wire, payloads) = frames(&[READ_CHUNK - HEADER_LEN, 1000]);
+        let mut input = FrameReader::new(Trickle {
+            data: &wire,
+            step: READ_CHUNK,
+        });
+        let (_, a) = input.next(1 << 20).await.expect("a").expect("a");
+        let (_, b) = input.next(1 << 20).await.expect("b").expect("b");
+        assert_ne!(b.as_ptr(), a.as_ptr());
+        assert_eq!((&a[..], &b[..]), (&payloads[0][..], &payloads[1][..]));
     }
 }
