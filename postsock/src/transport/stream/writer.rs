@@ -91,10 +91,91 @@ fn frame_header(item: &Item) -> [u8; HEADER_LEN] {
     }
 }
 
+/// Payloads at least this long are written from the message's own buffer (a vectored write)
+/// rather than copied into the batch first.
+const VECTOR_FROM: usize = 4096;
+
+/// What one write sends: small pieces (headers, ACKs, short payloads) copied together, and
+/// long payloads referenced where they are, in order.
+pub(super) struct Batch {
+    parts: Vec<Bytes>,
+    small: BytesMut,
+    len: usize,
+}
+
+impl Batch {
+    fn new() -> Self {
+        Batch {
+            parts: Vec::new(),
+            small: BytesMut::with_capacity(16 * 1024),
+            len: 0,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn extend_from_slice(&mut self, bytes: &[u8]) {
+        self.small.extend_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    fn push(&mut self, data: &Bytes) {
+        if data.len() < VECTOR_FROM {
+            return self.extend_from_slice(data);
+        }
+        if !self.small.is_empty() {
+            self.parts.push(self.small.split().freeze());
+        }
+        self.parts.push(data.clone());
+        self.len += data.len();
+    }
+
+    /// Writes everything, in order, with as few system calls as the stream allows.
+    async fn write_to<W: AsyncWrite + Unpin>(&mut self, out: &mut W) -> std::io::Result<()> {
+        if !self.small.is_empty() {
+            self.parts.push(self.small.split().freeze());
+        }
+        let mut first = 0;
+        while first < self.parts.len() {
+            let slices: Vec<std::io::IoSlice<'_>> = self.parts[first..]
+                .iter()
+                .take(64)
+                .map(|p| std::io::IoSlice::new(p))
+                .collect();
+            let mut n = out.write_vectored(&slices).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            while n > 0 {
+                let part = &mut self.parts[first];
+                let take = n.min(part.len());
+                bytes::Buf::advance(part, take);
+                n -= take;
+                if part.is_empty() {
+                    first += 1;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn clear(&mut self) {
+        self.parts.clear();
+        self.small.clear();
+        self.len = 0;
+    }
+}
+
 /// Adds `item`'s frame to `batch` (recorded as written first: the peer's ACK can come back
 /// before the write returns); true if the message asks to be sent immediately.
 fn append(
-    batch: &mut BytesMut,
+    batch: &mut Batch,
     item: &Item,
     (acks, keep): (&Acks, bool),
     sent_fins: &mut Vec<MessageId>,
@@ -102,7 +183,7 @@ fn append(
     let header = frame_header(item);
     acks.written(item, &header, keep);
     batch.extend_from_slice(&header);
-    batch.extend_from_slice(&item.data);
+    batch.push(&item.data);
     if item.fin && !item.abort {
         sent_fins.push(item.id);
     }
@@ -139,7 +220,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     // and when a pending one is due.
     let mut ack_sent: u64 = *ack_rx.borrow_and_update();
     let mut ack_due: Option<Instant> = None;
-    let mut batch = BytesMut::with_capacity(BATCH + MAX_FRAME + HEADER_LEN);
+    let mut batch = Batch::new();
     for piece in preamble {
         batch.extend_from_slice(&piece);
     }
@@ -164,7 +245,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
         // The flush completes the handshake; nothing else is written before it. A server
         // that took TCP but never answers TLS would otherwise hold the carrier forever.
         let handshake = async {
-            out.write_all(&batch).await?;
+            batch.write_to(&mut out).await?;
             out.flush().await
         };
         let done = tokio::select! {
@@ -265,7 +346,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
         {
             let write = async {
                 if !batch.is_empty() {
-                    out.write_all(&batch).await?;
+                    batch.write_to(&mut out).await?;
                 }
                 if flush {
                     out.flush().await?;
@@ -334,6 +415,76 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
 mod tests {
     use super::*;
     use std::sync::atomic::Ordering::SeqCst;
+
+    /// Takes at most `step` bytes per write, and only from the first slice (as a stream
+    /// without vectored writes does).
+    struct Narrow {
+        got: Vec<u8>,
+        step: usize,
+    }
+
+    impl AsyncWrite for Narrow {
+        fn poll_write(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            let n = buf.len().min(self.step);
+            self.got.extend_from_slice(&buf[..n]);
+            std::task::Poll::Ready(Ok(n))
+        }
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_batch_writes_short_and_long_pieces_in_order_whatever_the_write_sizes() {
+        let long_a = Bytes::from((0..VECTOR_FROM + 5).map(|i| i as u8).collect::<Vec<_>>());
+        let long_b = Bytes::from(vec![0xab; 3 * VECTOR_FROM]);
+        let short = Bytes::from_static(b"short payload");
+        let mut want = Vec::new();
+        let mut batch = Batch::new();
+        for (head, data) in [
+            (&b"h1"[..], &long_a),
+            (b"h2", &short),
+            (b"h3", &long_b),
+            (b"h4", &long_a),
+        ] {
+            batch.extend_from_slice(head);
+            batch.push(data);
+            want.extend_from_slice(head);
+            want.extend_from_slice(data);
+        }
+        batch.extend_from_slice(b"ack");
+        want.extend_from_slice(b"ack");
+        assert_eq!(batch.len(), want.len());
+        // Long payloads are referenced, not copied.
+        assert!(batch.parts.iter().any(|p| p.as_ptr() == long_b.as_ptr()));
+        for step in [1, 7, 4096, usize::MAX] {
+            let mut b = Batch::new();
+            b.parts = batch.parts.clone();
+            b.small = batch.small.clone();
+            b.len = batch.len;
+            let mut out = Narrow {
+                got: Vec::new(),
+                step,
+            };
+            b.write_to(&mut out).await.expect("write");
+            assert_eq!(out.got, want, "step {step}");
+            b.clear();
+            assert!(b.is_empty());
+        }
+    }
 
     #[test]
     fn the_writer_is_woken_for_the_first_unacknowledged_unit_and_past_ack_every() {
