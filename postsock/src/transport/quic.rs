@@ -433,7 +433,7 @@ impl Dispatcher {
                 return;
             }
             let window = (self.conn.stats().path.cwnd as usize).max(MIN_IN_FLIGHT);
-            let in_flight = self.in_flight.clone();
+            let in_flight = &self.in_flight;
             let below = self
                 .writes
                 .drive(async {

@@ -241,10 +241,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 .into());
             }
         }
-        let _ = self.buf.split_to(HEADER_LEN);
+        bytes::Buf::advance(&mut self.buf, HEADER_LEN);
         let data = if len < SHARE_FROM {
             let data = Bytes::copy_from_slice(&self.buf[..len]);
-            let _ = self.buf.split_to(len);
+            bytes::Buf::advance(&mut self.buf, len);
             data
         } else {
             self.buf.split_to(len).freeze()

@@ -97,6 +97,7 @@ const VECTOR_FROM: usize = 4096;
 
 /// What one write sends: small pieces (headers, ACKs, short payloads) copied together, and
 /// long payloads referenced where they are, in order.
+#[derive(Clone)]
 pub(super) struct Batch {
     parts: Vec<Bytes>,
     small: BytesMut,
@@ -471,10 +472,7 @@ mod tests {
         // Long payloads are referenced, not copied.
         assert!(batch.parts.iter().any(|p| p.as_ptr() == long_b.as_ptr()));
         for step in [1, 7, 4096, usize::MAX] {
-            let mut b = Batch::new();
-            b.parts = batch.parts.clone();
-            b.small = batch.small.clone();
-            b.len = batch.len;
+            let mut b = batch.clone();
             let mut out = Narrow {
                 got: Vec::new(),
                 step,
