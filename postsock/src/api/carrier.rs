@@ -898,9 +898,12 @@ impl Carrier {
         &self,
         message: Message,
         permit: tokio::sync::OwnedSemaphorePermit,
-        start: Instant,
+        start: Option<Instant>,
     ) -> Result<SendHandle> {
-        let deadline = message.properties.lifetime.map(|l| start + l);
+        let deadline = message
+            .properties
+            .lifetime
+            .map(|l| start.unwrap_or_else(Instant::now) + l);
         let (handle, props) = self.outbox.open(message.properties)?;
         self.outbox.push(
             handle.id(),
@@ -917,8 +920,9 @@ impl Carrier {
     /// message itself (too large, unsupported property, unknown antecedent) or a closed
     /// carrier; what happens later is in the handle.
     pub async fn send(&self, message: impl Into<Message>) -> Result<SendHandle> {
-        let start = Instant::now();
         let message = message.into();
+        // A lifetime counts from this call, whatever the wait for buffer space.
+        let start = message.properties.lifetime.map(|_| Instant::now());
         self.check(&message)?;
         let permit = self.outbox.reserve(message.data.len()).await?;
         self.enqueue(message, permit, start)
@@ -930,7 +934,7 @@ impl Carrier {
         let message = message.into();
         self.check(&message)?;
         let permit = self.outbox.try_reserve(message.data.len())?;
-        self.enqueue(message, permit, Instant::now())
+        self.enqueue(message, permit, None)
     }
 
     /// Sends raw bytes as a message with default properties; returns its id.

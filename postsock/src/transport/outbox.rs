@@ -609,6 +609,9 @@ impl Outbox {
     /// moves them to the ready set, or to the next message they wait for, or fails them if
     /// an antecedent failed, and so on down the chain of dependents.
     fn wake_waiters(&self, st: &mut State, id: MessageId) {
+        if !st.waiting.contains_key(&id) {
+            return;
+        }
         let mut changed = vec![id];
         while let Some(x) = changed.pop() {
             for seq in st.waiting.remove(&x).unwrap_or_default() {
@@ -665,6 +668,9 @@ impl Outbox {
 
     /// Expires queued items whose deadline (less the one-way delay) has passed.
     fn expire_due(&self, st: &mut State) {
+        if st.deadlines.is_empty() {
+            return;
+        }
         let now = Instant::now();
         let one_way = self.one_way();
         while let Some(&(deadline, seq)) = st.deadlines.first() {

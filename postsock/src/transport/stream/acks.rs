@@ -34,7 +34,7 @@ struct SentFrame {
     /// The message it completes, if it carried FIN.
     fin: Option<MessageId>,
     /// Its bytes (header and payload), kept by resumable carriers.
-    bytes: Option<(Bytes, Bytes)>,
+    bytes: Option<([u8; HEADER_LEN], Bytes)>,
 }
 
 /// What the peer's ACK settled.
@@ -80,6 +80,29 @@ impl AckWindow {
         self.peer_done || self.written - self.acked < self.window()
     }
 
+    /// How many bytes of frames to gather into one write: about 2 ms at the measured
+    /// delivery rate, so a slow path gets small TLS records (a record is only readable once
+    /// whole) and a fast one few system calls.
+    pub(super) fn batch_limit(&self) -> usize {
+        self.rate.map_or(0, |rate| {
+            ((rate * BATCH_TIME.as_secs_f64()) as usize).min(BATCH)
+        })
+    }
+
+    /// Records that `item`'s frame, with `header`, was written at `now` (before the write
+    /// returns: the peer's ACK can come first); `keep` keeps its bytes for a continuation.
+    pub(super) fn written_item(
+        &mut self,
+        now: Instant,
+        item: &Item,
+        header: &[u8; HEADER_LEN],
+        keep: bool,
+    ) {
+        let fin = (item.fin && !item.abort).then_some(item.id);
+        let bytes = keep.then(|| (*header, item.data.clone()));
+        self.written(now, item.data.len(), fin, bytes);
+    }
+
     /// Whether nothing written waits for an acknowledgement any more.
     pub(super) fn settled(&self) -> bool {
         self.frames.is_empty() || self.peer_done
@@ -91,6 +114,7 @@ impl AckWindow {
     }
 
     /// The measured delivery rate in bytes per second, once there is one.
+    #[cfg(test)]
     pub(super) fn rate(&self) -> Option<f64> {
         self.rate
     }
@@ -107,7 +131,7 @@ impl AckWindow {
         now: Instant,
         len: usize,
         fin: Option<MessageId>,
-        bytes: Option<(Bytes, Bytes)>,
+        bytes: Option<([u8; HEADER_LEN], Bytes)>,
     ) {
         self.written += ack_units(len);
         self.frames.push_back(SentFrame {
@@ -179,7 +203,7 @@ impl AckWindow {
         for f in self.frames.iter_mut() {
             f.at = now;
             if let Some((header, data)) = &f.bytes {
-                out.push(header.clone());
+                out.push(Bytes::copy_from_slice(header));
                 out.push(data.clone());
             }
         }
@@ -204,15 +228,6 @@ impl Acks {
         crate::util::until(&self.changed, || self.has_room().then_some(())).await
     }
 
-    /// How many bytes of frames to gather into one write: about 2 ms at the measured
-    /// delivery rate, so a slow path gets small TLS records (a record is only readable once
-    /// whole) and a fast one few system calls.
-    pub(super) fn batch_limit(&self) -> usize {
-        self.lock().rate().map_or(0, |rate| {
-            ((rate * BATCH_TIME.as_secs_f64()) as usize).min(BATCH)
-        })
-    }
-
     /// Whether more may be written now.
     pub(super) fn has_room(&self) -> bool {
         self.lock().has_room()
@@ -221,13 +236,6 @@ impl Acks {
     /// Waits until every written message is acknowledged or the peer can no longer ack.
     pub(super) async fn all_acked(&self) {
         crate::util::until(&self.changed, || self.lock().settled().then_some(())).await
-    }
-
-    pub(super) fn written(&self, item: &Item, header: &[u8; HEADER_LEN], keep: bool) {
-        let fin = (item.fin && !item.abort).then_some(item.id);
-        let bytes = keep.then(|| (Bytes::copy_from_slice(header), item.data.clone()));
-        self.lock()
-            .written(Instant::now(), item.data.len(), fin, bytes);
     }
 
     /// Applies the peer's ACK of `acked` units.
@@ -341,8 +349,7 @@ mod tests {
     fn restart_hands_back_unacknowledged_frames_and_forgets_the_path() {
         let t0 = Instant::now();
         let mut w = AckWindow::default();
-        let frame =
-            |s: &'static str| Some((Bytes::from_static(b"H"), Bytes::from_static(s.as_bytes())));
+        let frame = |s: &'static str| Some(([7u8; HEADER_LEN], Bytes::from_static(s.as_bytes())));
         w.written(t0, 1, Some(1), frame("a"));
         w.written(t0, 1, Some(2), frame("b"));
         w.acknowledge(ms(t0, 30), 2).expect("in range");
@@ -351,7 +358,10 @@ mod tests {
         assert_eq!(acked, 2);
         assert_eq!(
             again,
-            vec![Bytes::from_static(b"H"), Bytes::from_static(b"b")]
+            vec![
+                Bytes::copy_from_slice(&[7u8; HEADER_LEN]),
+                Bytes::from_static(b"b")
+            ]
         );
         assert_eq!(w.srtt(), None);
         // The resent frame's RTT counts from the restart.

@@ -31,7 +31,7 @@ mod hello;
 mod reader;
 mod writer;
 
-use acks::{ack_units, Acks};
+use acks::{ack_units, AckWindow, Acks};
 pub(crate) use connect::{connect, connect_plain};
 pub(crate) use early::{
     server_config as early_server_config, ClientEarly, ServerTls, MAX_EARLY_DATA,

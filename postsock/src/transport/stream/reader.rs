@@ -33,18 +33,26 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
                 None => std::future::pending().await,
             }
         };
-        let frame = tokio::select! {
-            biased;
-            _ = stop.wait_for(|s| *s) => return ReadEnd::Stopped,
-            frame = input.next(limits.max_message_size) => frame,
-            _ = silence => {
-                return ReadEnd::Broken(
-                    ConnectionError::Silent {
-                        ms: silent_for.unwrap_or_default().as_millis(),
-                    }
-                    .into(),
-                )
-            }
+        if *stop.borrow() {
+            return ReadEnd::Stopped;
+        }
+        // Frames that came in one read are taken without a wait each (the wait below would
+        // register and drop a waiter on `stop` and a timer per frame).
+        let frame = match input.buffered(limits.max_message_size) {
+            Ok(None) => tokio::select! {
+                biased;
+                _ = stop.wait_for(|s| *s) => return ReadEnd::Stopped,
+                frame = input.next(limits.max_message_size) => frame,
+                _ = silence => {
+                    return ReadEnd::Broken(
+                        ConnectionError::Silent {
+                            ms: silent_for.unwrap_or_default().as_millis(),
+                        }
+                        .into(),
+                    )
+                }
+            },
+            got => got,
         };
         let frame = match frame {
             Ok(f) => f,
@@ -176,6 +184,9 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
 
 /// How much a [`FrameReader`] asks of the stream at once.
 const READ_CHUNK: usize = 64 * 1024;
+/// How much room one read offers the stream: a whole TLS record's plaintext, and a frame
+/// header.
+const READ_OFFER: usize = 16 * 1024 + HEADER_LEN;
 /// Frames shorter than this are copied out of the read buffer; longer ones share it. A
 /// shared frame keeps the whole buffer it came from alive while the application holds it:
 /// worth it to save the copy of a long frame, not to pin 64 KiB behind a few bytes.
@@ -206,40 +217,37 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             // Reclaims the buffer in place once no frame shares it any more.
             self.buf.reserve(need.max(READ_CHUNK));
         }
+        // A TLS stream zeroes all the room it is offered before copying into it: offering
+        // 64 KiB to take a 1 KiB record cost more than the copy. One record's worth (or what
+        // the frame still needs) is enough; the rest stays buffered in TLS for the next read.
+        let offer = need.max(READ_OFFER);
         let n = self
             .input
-            .read_buf(&mut self.buf)
+            .read_buf(&mut bytes::BufMut::limit(&mut self.buf, offer))
             .await
             .map_err(|e| tcp("read", e))?;
         Ok(n > 0)
     }
 
-    /// The next frame. `Ok(None)` is a clean end of stream at a frame boundary.
-    pub(crate) async fn next(&mut self, max: usize) -> Result<Option<(FrameHeader, Bytes)>> {
-        while self.buf.len() < HEADER_LEN {
-            if !self.fill(HEADER_LEN).await? {
-                if self.buf.is_empty() {
-                    return Ok(None);
-                }
-                return Err(Violation::TruncatedHeader {
-                    filled: self.buf.len(),
-                    len: HEADER_LEN,
-                }
-                .into());
-            }
+    /// The header of the next frame, if the buffer holds it.
+    fn header(&self, max: usize) -> Result<Option<FrameHeader>> {
+        if self.buf.len() < HEADER_LEN {
+            return Ok(None);
         }
         let mut raw = [0u8; HEADER_LEN];
         raw.copy_from_slice(&self.buf[..HEADER_LEN]);
-        let header = FrameHeader::decode(&raw, max)?;
+        FrameHeader::decode(&raw, max).map(Some)
+    }
+
+    /// The next frame if the buffer already holds all of it (nothing is read): the reader
+    /// takes frames that came in one read without a wait each.
+    pub(crate) fn buffered(&mut self, max: usize) -> Result<Option<(FrameHeader, Bytes)>> {
+        let Some(header) = self.header(max)? else {
+            return Ok(None);
+        };
         let len = header.len as usize;
-        while self.buf.len() < HEADER_LEN + len {
-            if !self.fill(HEADER_LEN + len).await? {
-                return Err(Violation::TruncatedFrame {
-                    id: header.id,
-                    len: header.len,
-                }
-                .into());
-            }
+        if self.buf.len() < HEADER_LEN + len {
+            return Ok(None);
         }
         bytes::Buf::advance(&mut self.buf, HEADER_LEN);
         let data = if len < SHARE_FROM {
@@ -250,6 +258,33 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             self.buf.split_to(len).freeze()
         };
         Ok(Some((header, data)))
+    }
+
+    /// The next frame. `Ok(None)` is a clean end of stream at a frame boundary.
+    pub(crate) async fn next(&mut self, max: usize) -> Result<Option<(FrameHeader, Bytes)>> {
+        loop {
+            if let Some(frame) = self.buffered(max)? {
+                return Ok(Some(frame));
+            }
+            let header = self.header(max)?;
+            let want = header.map_or(HEADER_LEN, |h| HEADER_LEN + h.len as usize);
+            if self.fill(want).await? {
+                continue;
+            }
+            return match header {
+                None if self.buf.is_empty() => Ok(None),
+                None => Err(Violation::TruncatedHeader {
+                    filled: self.buf.len(),
+                    len: HEADER_LEN,
+                }
+                .into()),
+                Some(h) => Err(Violation::TruncatedFrame {
+                    id: h.id,
+                    len: h.len,
+                }
+                .into()),
+            };
+        }
     }
 }
 

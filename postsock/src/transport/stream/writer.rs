@@ -178,11 +178,11 @@ impl Batch {
 fn append(
     batch: &mut Batch,
     item: &Item,
-    (acks, keep): (&Acks, bool),
+    (acks, keep, now): (&mut AckWindow, bool, Instant),
     sent_fins: &mut Vec<MessageId>,
 ) -> bool {
     let header = frame_header(item);
-    acks.written(item, &header, keep);
+    acks.written_item(now, item, &header, keep);
     batch.extend_from_slice(&header);
     batch.push(&item.data);
     if item.fin && !item.abort {
@@ -232,16 +232,19 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
         let _ = start.gate.await;
         // TLS early data, which anyone who recorded it could replay: only idempotent
         // messages (RFC 9622 §9.1.3.4), what is ready now and fits the ticket's allowance.
-        loop {
-            let room = (MAX_EARLY_DATA as usize).saturating_sub(batch.len() + HEADER_LEN);
-            if room == 0 || !acks.has_room() {
-                break;
+        {
+            let (mut window, now) = (acks.lock(), Instant::now());
+            loop {
+                let room = (MAX_EARLY_DATA as usize).saturating_sub(batch.len() + HEADER_LEN);
+                if room == 0 || !window.has_room() {
+                    break;
+                }
+                let Some(item) = outbox.try_next_where(room, |p| p.idempotent) else {
+                    break;
+                };
+                carries_data = true;
+                append(&mut batch, &item, (&mut window, keep, now), &mut sent_fins);
             }
-            let Some(item) = outbox.try_next_where(room, |p| p.idempotent) else {
-                break;
-            };
-            carries_data = true;
-            append(&mut batch, &item, (acks, keep), &mut sent_fins);
         }
         // The flush completes the handshake; nothing else is written before it. A server
         // that took TCP but never answers TLS would otherwise hold the carrier forever.
@@ -319,16 +322,22 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
                 }
                 Step::Item(Some(first)) => {
                     // Gather what is ready into one write, within the window.
+                    // One look at the clock and one lock of the ACK window for the whole
+                    // gather (the outbox is locked after it, as the reader's ACKs do).
                     carries_data = true;
                     let mut item = first;
-                    loop {
-                        flush |= append(&mut batch, &item, (acks, keep), &mut sent_fins);
-                        if batch.len() >= acks.batch_limit() || !acks.has_room() {
-                            break;
-                        }
-                        match outbox.try_next(MAX_FRAME) {
-                            Some(next) => item = next,
-                            None => break,
+                    {
+                        let (mut window, now) = (acks.lock(), Instant::now());
+                        loop {
+                            flush |=
+                                append(&mut batch, &item, (&mut window, keep, now), &mut sent_fins);
+                            if batch.len() >= window.batch_limit() || !window.has_room() {
+                                break;
+                            }
+                            match outbox.try_next(MAX_FRAME) {
+                                Some(next) => item = next,
+                                None => break,
+                            }
                         }
                     }
                     flush |= outbox.idle();
