@@ -904,15 +904,8 @@ impl Carrier {
             .properties
             .lifetime
             .map(|l| start.unwrap_or_else(Instant::now) + l);
-        let (handle, props) = self.outbox.open(message.properties)?;
-        self.outbox.push(
-            handle.id(),
-            &props,
-            (0, message.data, true),
-            Some(permit),
-            deadline,
-        );
-        Ok(handle)
+        self.outbox
+            .send(message.properties, message.data, permit, deadline)
     }
 
     /// Sends a message. Waits while the send buffer is full (back-pressure), then queues it

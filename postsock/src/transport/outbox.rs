@@ -72,6 +72,12 @@ impl Item {
         self._permit = None;
     }
 
+    /// Takes its share of the send buffer (to give it back together with others': each
+    /// return locks the semaphore).
+    pub(crate) fn take_permit(&mut self) -> Option<OwnedSemaphorePermit> {
+        self._permit.take()
+    }
+
     /// Splits off everything after the first `n` bytes as a new item that keeps this item's
     /// place in the queue (used by stream transports to interleave large messages).
     pub(crate) fn split_rest(&mut self, n: usize) -> Option<Item> {
@@ -277,7 +283,13 @@ impl Outbox {
         &self,
         props: MessageProperties,
     ) -> Result<(SendHandle, Arc<MessageProperties>)> {
-        let mut st = self.lock();
+        Self::open_locked(&mut self.lock(), props)
+    }
+
+    fn open_locked(
+        st: &mut State,
+        props: MessageProperties,
+    ) -> Result<(SendHandle, Arc<MessageProperties>)> {
         if st.closed {
             return Err(Error::Closed);
         }
@@ -307,8 +319,28 @@ impl Outbox {
                 prev_ordered,
             },
         );
-        drop(st);
         Ok((SendHandle { id, status: cell }, props))
+    }
+
+    /// [`open`](Self::open) and [`push`](Self::push) of a whole message, under one lock.
+    pub(crate) fn send(
+        &self,
+        props: MessageProperties,
+        data: Bytes,
+        permit: OwnedSemaphorePermit,
+        deadline: Option<Instant>,
+    ) -> Result<SendHandle> {
+        let mut st = self.lock();
+        let (handle, props) = Self::open_locked(&mut st, props)?;
+        self.push_locked(
+            st,
+            handle.id(),
+            &props,
+            (0, data, true),
+            Some(permit),
+            deadline,
+        );
+        Ok(handle)
     }
 
     /// Queues a part of message `id`: (offset in the message, bytes, whether it ends the
@@ -321,7 +353,25 @@ impl Outbox {
         permit: Option<OwnedSemaphorePermit>,
         deadline: Option<Instant>,
     ) {
-        let mut st = self.lock();
+        self.push_locked(
+            self.lock(),
+            id,
+            props,
+            (offset, data, fin),
+            permit,
+            deadline,
+        );
+    }
+
+    fn push_locked(
+        &self,
+        mut st: MutexGuard<'_, State>,
+        id: MessageId,
+        props: &Arc<MessageProperties>,
+        (offset, data, fin): (u64, Bytes, bool),
+        permit: Option<OwnedSemaphorePermit>,
+        deadline: Option<Instant>,
+    ) {
         if !st.live.contains_key(&id) {
             // Already settled (expired or failed): later parts are dropped with their permits.
             return;
@@ -419,15 +469,20 @@ impl Outbox {
         self.next_where(max_len, |_| true).await
     }
 
-    /// Like [`next`](Self::next) but only what is ready now.
-    pub(crate) fn try_next(&self, max_len: usize) -> Option<Item> {
+    /// Takes what is ready now, at most `max_len` bytes per item, in the order
+    /// [`next`](Self::next) would, for as long as `more` wants another; under one lock.
+    pub(crate) fn take_while(&self, max_len: usize, mut more: impl FnMut(Item) -> bool) {
         let mut st = self.lock();
         self.expire_due(&mut st);
-        self.pop(&mut st, max_len)
+        while let Some(item) = self.pop(&mut st, max_len) {
+            if !more(item) {
+                return;
+            }
+        }
     }
 
-    /// Like [`try_next`](Self::try_next), but only items of messages whose properties
-    /// satisfy `wanted` (see [`next_where`](Self::next_where)).
+    /// The next item that is ready now of a message whose properties satisfy `wanted` (see
+    /// [`next_where`](Self::next_where)).
     pub(crate) fn try_next_where(
         &self,
         max_len: usize,
@@ -838,6 +893,39 @@ mod tests {
             got.push(item.data);
         }
         assert_eq!(got, vec!["b", "d", "a", "c"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn take_while_takes_in_queue_order_until_told_and_buffer_space_returns_merged() {
+        let o = Outbox::new(1 << 20, any_order);
+        let each = 1 + PER_MESSAGE_OVERHEAD;
+        for (data, n) in [(b"a", 5), (b"b", 0), (b"c", 5), (b"d", 0)] {
+            let permit = o.reserve(1).await.expect("room");
+            o.send(nice(n), Bytes::from_static(data), permit, None)
+                .expect("send");
+        }
+        assert_eq!(o.buffered(), 4 * each);
+        let mut got = Vec::new();
+        let mut permits: Option<OwnedSemaphorePermit> = None;
+        o.take_while(usize::MAX, |mut item| {
+            let p = item
+                .take_permit()
+                .expect("a whole message holds its permit");
+            match permits.as_mut() {
+                Some(all) => all.merge(p),
+                None => permits = Some(p),
+            }
+            got.push(item.data);
+            got.len() < 3
+        });
+        assert_eq!(got, vec!["b", "d", "a"]);
+        assert_eq!(o.buffered(), 4 * each, "the merged permit still holds them");
+        drop(permits);
+        assert_eq!(o.buffered(), each);
+        o.close();
+        let rest = o.next(usize::MAX).await.map(|i| i.data);
+        assert_eq!(rest, Some(Bytes::from_static(b"c")));
+        assert!(o.next(usize::MAX).await.is_none());
     }
 
     #[tokio::test(start_paused = true)]

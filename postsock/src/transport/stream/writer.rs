@@ -322,22 +322,26 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
                 }
                 Step::Item(Some(first)) => {
                     // Gather what is ready into one write, within the window.
-                    // One look at the clock and one lock of the ACK window for the whole
-                    // gather (the outbox is locked after it, as the reader's ACKs do).
+                    // One look at the clock, one lock of the ACK window and one of the
+                    // outbox for the whole gather (in that order, as the reader's ACKs take
+                    // them), and the items' buffer space given back at once.
                     carries_data = true;
-                    let mut item = first;
                     {
                         let (mut window, now) = (acks.lock(), Instant::now());
-                        loop {
+                        let mut permits: Option<tokio::sync::OwnedSemaphorePermit> = None;
+                        let mut add = |mut item: Item| {
                             flush |=
                                 append(&mut batch, &item, (&mut window, keep, now), &mut sent_fins);
-                            if batch.len() >= window.batch_limit() || !window.has_room() {
-                                break;
+                            if let Some(p) = item.take_permit() {
+                                match permits.as_mut() {
+                                    Some(all) => all.merge(p),
+                                    None => permits = Some(p),
+                                }
                             }
-                            match outbox.try_next(MAX_FRAME) {
-                                Some(next) => item = next,
-                                None => break,
-                            }
+                            batch.len() < window.batch_limit() && window.has_room()
+                        };
+                        if add(first) {
+                            outbox.take_while(MAX_FRAME, add);
                         }
                     }
                     flush |= outbox.idle();
