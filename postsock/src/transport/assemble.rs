@@ -31,7 +31,9 @@ impl ReceiveLimits {
 pub(crate) struct Assembly {
     id: MessageId,
     buf: BytesMut,
-    /// Whole-message delivery keeps the pieces and joins them once, at the end.
+    /// Whole-message delivery keeps the pieces and joins them once, at the end; a message
+    /// that came in one piece goes up as it is (no copy, no list).
+    first: Option<Bytes>,
     pieces: Vec<Bytes>,
     /// Bytes already delivered in parts.
     delivered: u64,
@@ -44,6 +46,7 @@ impl Assembly {
         Assembly {
             id,
             buf: BytesMut::new(),
+            first: None,
             pieces: Vec::new(),
             delivered: 0,
             total: 0,
@@ -74,12 +77,28 @@ impl Assembly {
 
     /// Adds received bytes (`end`: the message is complete) and returns what to deliver.
     /// An error means the message exceeded the maximum size and must be discarded.
+    #[cfg(test)]
     pub(crate) fn push(
         &mut self,
         data: Bytes,
         end: bool,
         limits: &ReceiveLimits,
     ) -> Result<Vec<Event>, Error> {
+        let mut out = Vec::new();
+        self.push_into(data, end, limits, &mut out)?;
+        Ok(out)
+    }
+
+    /// Adds received bytes (`end`: the message is complete) and appends what to deliver to
+    /// `out` (a list the caller reuses: most messages need none of their own). An error
+    /// means the message exceeded the maximum size and must be discarded.
+    pub(crate) fn push_into(
+        &mut self,
+        data: Bytes,
+        end: bool,
+        limits: &ReceiveLimits,
+        out: &mut Vec<Event>,
+    ) -> Result<(), Error> {
         self.total = self.total.saturating_add(data.len());
         if self.total > limits.max_message_size {
             return Err(Violation::MessageTooLarge {
@@ -88,21 +107,26 @@ impl Assembly {
             }
             .into());
         }
-        let mut out = Vec::new();
         if limits.min_incomplete.is_none() && limits.max_length.is_none() {
             // Whole messages only: join the pieces once (one copy, no regrowth).
-            if !end {
-                self.pieces.push(data);
-                return Ok(out);
+            if !data.is_empty() {
+                match self.first {
+                    None => self.first = Some(data),
+                    Some(_) => self.pieces.push(data),
+                }
             }
+            if !end {
+                return Ok(());
+            }
+            let first = self.first.take().unwrap_or_default();
             let whole = if self.pieces.is_empty() {
-                data
+                first
             } else {
                 let mut joined = BytesMut::with_capacity(self.total);
+                joined.extend_from_slice(&first);
                 for piece in self.pieces.drain(..) {
                     joined.extend_from_slice(&piece);
                 }
-                joined.extend_from_slice(&data);
                 joined.freeze()
             };
             out.push(Event::Received(Received {
@@ -110,7 +134,7 @@ impl Assembly {
                 data: whole,
                 reliable: self.reliable,
             }));
-            return Ok(out);
+            return Ok(());
         }
         // A message that arrives in one piece and fits goes up without a copy.
         if end
@@ -123,7 +147,7 @@ impl Assembly {
                 data,
                 reliable: self.reliable,
             }));
-            return Ok(out);
+            return Ok(());
         }
         self.buf.extend_from_slice(&data);
         if let Some(max) = limits.max_length {
@@ -139,7 +163,7 @@ impl Assembly {
                     out.push(self.part(chunk, false));
                 }
             }
-            return Ok(out);
+            return Ok(());
         }
         let rest = self.buf.split().freeze();
         if self.partly_delivered() {
@@ -151,7 +175,7 @@ impl Assembly {
                 reliable: self.reliable,
             }));
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -181,6 +205,34 @@ mod tests {
                 other => format!("{other:?}"),
             })
             .collect()
+    }
+
+    #[test]
+    fn a_message_in_one_piece_goes_up_as_it_came_even_with_an_empty_end() {
+        // QUIC's pattern: the stream's bytes, then its end with no bytes.
+        let l = limits(None, None);
+        let piece = Bytes::from(vec![7u8; 30]);
+        let mut a = Assembly::new(1, true);
+        let mut out = Vec::new();
+        a.push_into(piece.clone(), false, &l, &mut out)
+            .expect("fits");
+        assert!(out.is_empty());
+        a.push_into(Bytes::new(), true, &l, &mut out).expect("fits");
+        match out.as_slice() {
+            [Event::Received(r)] => {
+                assert_eq!(r.data, piece);
+                assert_eq!(r.data.as_ptr(), piece.as_ptr(), "not copied");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Two pieces are joined, in order.
+        let mut b = Assembly::new(2, true);
+        out.clear();
+        b.push_into(Bytes::from_static(b"ab"), false, &l, &mut out)
+            .expect("fits");
+        b.push_into(Bytes::from_static(b"cd"), true, &l, &mut out)
+            .expect("fits");
+        assert!(matches!(out.as_slice(), [Event::Received(r)] if r.data == "abcd"));
     }
 
     #[test]

@@ -856,8 +856,10 @@ async fn read_message(
     limits: &ReceiveLimits,
     receipts: &Receipts,
     goodbye: Option<(&Goodbye, &quinn::Connection)>,
+    out: &mut Vec<Event>,
 ) -> ReadEnd {
     let id = u64::from(stream.id());
+    out.clear();
     let mut assembly = Assembly::new(id, true);
     let mut drain = receipts.draining();
     let abandon = |partly: bool| async move {
@@ -913,8 +915,8 @@ async fn read_message(
             }
             Err(_) => return ReadEnd::Next,
         };
-        let out = match assembly.push(data, end, limits) {
-            Ok(out) => out,
+        match assembly.push_into(data, end, limits, out) {
+            Ok(()) => {}
             Err(error) => {
                 let _ = stream.stop(0u32.into());
                 return match events.send(Event::ReceiveError { id, error }).await {
@@ -928,7 +930,7 @@ async fn read_message(
         if (end || receipts.frozen()) && !receipts.deliver(stream.id()) {
             return abandon(assembly.partly_delivered()).await;
         }
-        for event in out {
+        for event in out.drain(..) {
             if events.send(event).await.is_err() {
                 return ReadEnd::Gone;
             }
@@ -948,6 +950,7 @@ async fn read_ordered(
     receipts: Arc<Receipts>,
 ) {
     let mut drain = receipts.draining();
+    let mut out = Vec::new();
     loop {
         let stream = if *drain.borrow() {
             match ready_now(conn.accept_uni()).await {
@@ -964,7 +967,7 @@ async fn read_ordered(
                 _ = until_set(&mut drain) => continue,
             }
         };
-        match read_message(stream, &events, &limits, &receipts, None).await {
+        match read_message(stream, &events, &limits, &receipts, None, &mut out).await {
             ReadEnd::Next => {}
             ReadEnd::NotWhole | ReadEnd::Gone => return,
         }
@@ -1064,7 +1067,7 @@ async fn read_loop(conn: quinn::Connection, reader: Reader, mv: Arc<QuicMove>) {
         let receipts = receipts.clone();
         unordered.spawn(async move {
             let goodbye = Some((&*goodbye, &conn));
-            read_message(recv, &events, &limits, &receipts, goodbye).await;
+            read_message(recv, &events, &limits, &receipts, goodbye, &mut Vec::new()).await;
         });
     };
     let mut datagrams: u64 = 0;

@@ -23,6 +23,8 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
     let mut input = FrameReader::new(input);
     let mut st = core.recv.lock().await;
     let mut closing = false;
+    // What a frame delivers (most deliver one event): one list for all frames.
+    let mut out = Vec::new();
     loop {
         // A resumable peer writes at least every keepalive interval: three silent intervals
         // mean the path is gone (the carrier goes dormant until the client comes back).
@@ -128,7 +130,7 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
             _ => {}
         }
         let id = header.id;
-        let mut out = Vec::new();
+        out.clear();
         st.received += ack_units(data.len());
         let RecvState {
             open, discarding, ..
@@ -156,9 +158,15 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
                     .into(),
                 );
             }
-            let a = open.entry(id).or_insert_with(|| Assembly::new(id, true));
-            match a.push(data, header.fin(), limits) {
-                Ok(evs) => out = evs,
+            // A message in one frame (the usual case) needs no entry among the open ones.
+            let mut alone = Assembly::new(id, true);
+            let a = if header.fin() && !open.contains_key(&id) {
+                &mut alone
+            } else {
+                open.entry(id).or_insert_with(|| Assembly::new(id, true))
+            };
+            match a.push_into(data, header.fin(), limits, &mut out) {
+                Ok(()) => {}
                 Err(error) => {
                     open.remove(&id);
                     if !header.fin() {
@@ -174,7 +182,7 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
         // Acknowledge as the frame is handed to the application's queue (or the reassembly),
         // so the ACK can ride on an answer the application sends at once.
         ack_tx.received(st.received);
-        for event in out {
+        for event in out.drain(..) {
             if events.send(event).await.is_err() {
                 return ReadEnd::Gone;
             }
