@@ -286,8 +286,10 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
                 _ = crate::util::until_opt(ack_due) => Step::AckDue,
                 item = async { acks.window_open().await; outbox.next(MAX_FRAME).await }, if draining => Step::Item(item),
                 _ = acks.all_acked(), if !draining => Step::Done,
-                _ = tokio::time::sleep(FLUSH_DELAY), if dirty => Step::Flush,
-                _ = crate::util::until_opt(core.keepalive.map(|k| Instant::now() + k)), if keep => Step::KeepAlive,
+                // (select! builds every branch's future, disabled ones too: these read the
+                // clock and make a timer only when their branch is enabled.)
+                _ = crate::util::until_opt(dirty.then(|| Instant::now() + FLUSH_DELAY)), if dirty => Step::Flush,
+                _ = crate::util::until_opt(core.keepalive.filter(|_| keep).map(|k| Instant::now() + k)), if keep => Step::KeepAlive,
             };
             match step {
                 Step::Killed(KILL_ABORT) => return say_aborted(&mut out).await,
