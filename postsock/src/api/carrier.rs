@@ -894,20 +894,6 @@ impl Carrier {
         Ok(())
     }
 
-    fn enqueue(
-        &self,
-        message: Message,
-        permit: tokio::sync::OwnedSemaphorePermit,
-        start: Option<Instant>,
-    ) -> Result<SendHandle> {
-        let deadline = message
-            .properties
-            .lifetime
-            .map(|l| start.unwrap_or_else(Instant::now) + l);
-        self.outbox
-            .send(message.properties, message.data, permit, deadline)
-    }
-
     /// Sends a message. Waits while the send buffer is full (back-pressure), then queues it
     /// and returns its handle, which reports the message's events. Errors here are about the
     /// message itself (too large, unsupported property, unknown antecedent) or a closed
@@ -915,10 +901,11 @@ impl Carrier {
     pub async fn send(&self, message: impl Into<Message>) -> Result<SendHandle> {
         let message = message.into();
         // A lifetime counts from this call, whatever the wait for buffer space.
-        let start = message.properties.lifetime.map(|_| Instant::now());
+        let deadline = message.properties.lifetime.map(|l| Instant::now() + l);
         self.check(&message)?;
         let permit = self.outbox.reserve(message.data.len()).await?;
-        self.enqueue(message, permit, start)
+        self.outbox
+            .send(message.properties, message.data, permit, deadline)
     }
 
     /// Like [`send`](Self::send) but never waits: a full send buffer is
@@ -927,7 +914,9 @@ impl Carrier {
         let message = message.into();
         self.check(&message)?;
         let permit = self.outbox.try_reserve(message.data.len())?;
-        self.enqueue(message, permit, None)
+        let deadline = message.properties.lifetime.map(|l| Instant::now() + l);
+        self.outbox
+            .send(message.properties, message.data, permit, deadline)
     }
 
     /// Sends raw bytes as a message with default properties; returns its id.

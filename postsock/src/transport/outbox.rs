@@ -72,12 +72,6 @@ impl Item {
         self._permit = None;
     }
 
-    /// Takes its share of the send buffer (to give it back together with others': each
-    /// return locks the semaphore).
-    pub(crate) fn take_permit(&mut self) -> Option<OwnedSemaphorePermit> {
-        self._permit.take()
-    }
-
     /// Splits off everything after the first `n` bytes as a new item that keeps this item's
     /// place in the queue (used by stream transports to interleave large messages).
     pub(crate) fn split_rest(&mut self, n: usize) -> Option<Item> {
@@ -470,15 +464,27 @@ impl Outbox {
     }
 
     /// Takes what is ready now, at most `max_len` bytes per item, in the order
-    /// [`next`](Self::next) would, for as long as `more` wants another; under one lock.
+    /// [`next`](Self::next) would, for as long as `more` wants another; under one lock. For a
+    /// transport done with an item once it has it (a stream writer): the items come without
+    /// their share of the send buffer, which is given back all at once when this returns
+    /// (each return locks the semaphore).
     pub(crate) fn take_while(&self, max_len: usize, mut more: impl FnMut(Item) -> bool) {
+        let mut permits: Option<OwnedSemaphorePermit> = None;
         let mut st = self.lock();
         self.expire_due(&mut st);
-        while let Some(item) = self.pop(&mut st, max_len) {
+        while let Some(mut item) = self.pop(&mut st, max_len) {
+            if let Some(p) = item._permit.take() {
+                match permits.as_mut() {
+                    Some(all) => all.merge(p),
+                    None => permits = Some(p),
+                }
+            }
             if !more(item) {
-                return;
+                break;
             }
         }
+        drop(st);
+        drop(permits);
     }
 
     /// The next item that is ready now of a message whose properties satisfy `wanted` (see
@@ -906,21 +912,17 @@ mod tests {
         }
         assert_eq!(o.buffered(), 4 * each);
         let mut got = Vec::new();
-        let mut permits: Option<OwnedSemaphorePermit> = None;
-        o.take_while(usize::MAX, |mut item| {
-            let p = item
-                .take_permit()
-                .expect("a whole message holds its permit");
-            match permits.as_mut() {
-                Some(all) => all.merge(p),
-                None => permits = Some(p),
-            }
+        o.take_while(usize::MAX, |item| {
+            // Given back together, once taking is done.
+            assert_eq!(
+                o.buffered(),
+                4 * each,
+                "the taken items' space is still held"
+            );
             got.push(item.data);
             got.len() < 3
         });
         assert_eq!(got, vec!["b", "d", "a"]);
-        assert_eq!(o.buffered(), 4 * each, "the merged permit still holds them");
-        drop(permits);
         assert_eq!(o.buffered(), each);
         o.close();
         let rest = o.next(usize::MAX).await.map(|i| i.data);

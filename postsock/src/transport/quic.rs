@@ -324,10 +324,6 @@ const WINDOW_RECHECK: Duration = Duration::from_millis(5);
 /// Least amount the sending loop keeps in flight, whatever the congestion window.
 const MIN_IN_FLIGHT: usize = 8 * 1024;
 
-/// The sending loop of a QUIC transient: takes items from the outbox while the bytes in flight
-/// stay below the congestion window (so niceness keeps deciding the order of a backlog, and
-/// lifetimes are judged close to the wire), opens one stream per message, sends unreliable
-/// messages as DATAGRAM frames.
 /// The messages being written or awaiting their acknowledgement, each a future polled by the
 /// sending loop itself ([`Writes::drive`]) rather than a task of its own: no task spawned,
 /// scheduled and joined per message, and on a multi-thread runtime no message's stream

@@ -200,8 +200,8 @@ const READ_OFFER: usize = 16 * 1024 + HEADER_LEN;
 /// worth it to save the copy of a long frame, not to pin 64 KiB behind a few bytes.
 const SHARE_FROM: usize = 512;
 
-/// Reads frames from a byte stream through one buffer: each read takes whatever the stream
-/// has (up to [`READ_CHUNK`]), frames are cut from it, and a frame's payload is a slice of
+/// Reads frames from a byte stream through one buffer of [`READ_CHUNK`]: each read takes
+/// what the stream has (up to [`READ_OFFER`]), frames are cut from it, and a frame's payload is a slice of
 /// the buffer rather than a copy of its own (see [`SHARE_FROM`]).
 pub(crate) struct FrameReader<R> {
     input: R,

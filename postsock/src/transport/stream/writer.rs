@@ -286,10 +286,10 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
                 _ = crate::util::until_opt(ack_due) => Step::AckDue,
                 item = async { acks.window_open().await; outbox.next(MAX_FRAME).await }, if draining => Step::Item(item),
                 _ = acks.all_acked(), if !draining => Step::Done,
-                // (select! builds every branch's future, disabled ones too: these read the
-                // clock and make a timer only when their branch is enabled.)
-                _ = crate::util::until_opt(dirty.then(|| Instant::now() + FLUSH_DELAY)), if dirty => Step::Flush,
-                _ = crate::util::until_opt(core.keepalive.filter(|_| keep).map(|k| Instant::now() + k)), if keep => Step::KeepAlive,
+                // (select! builds every branch's future, so these read the clock and make a
+                // timer only when they can fire; otherwise they never complete.)
+                _ = crate::util::until_opt(dirty.then(|| Instant::now() + FLUSH_DELAY)) => Step::Flush,
+                _ = crate::util::until_opt(core.keepalive.filter(|_| keep).map(|k| Instant::now() + k)) => Step::KeepAlive,
             };
             match step {
                 Step::Killed(KILL_ABORT) => return say_aborted(&mut out).await,
@@ -326,20 +326,13 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
                     // Gather what is ready into one write, within the window.
                     // One look at the clock, one lock of the ACK window and one of the
                     // outbox for the whole gather (in that order, as the reader's ACKs take
-                    // them), and the items' buffer space given back at once.
+                    // them).
                     carries_data = true;
                     {
                         let (mut window, now) = (acks.lock(), Instant::now());
-                        let mut permits: Option<tokio::sync::OwnedSemaphorePermit> = None;
-                        let mut add = |mut item: Item| {
+                        let mut add = |item: Item| {
                             flush |=
                                 append(&mut batch, &item, (&mut window, keep, now), &mut sent_fins);
-                            if let Some(p) = item.take_permit() {
-                                match permits.as_mut() {
-                                    Some(all) => all.merge(p),
-                                    None => permits = Some(p),
-                                }
-                            }
                             batch.len() < window.batch_limit() && window.has_room()
                         };
                         if add(first) {
