@@ -17,7 +17,7 @@
 //! [`ClientEarly`] wraps its stream to tell the carrier, once the handshake is done, whether
 //! the server resumed the session.
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
@@ -58,6 +58,14 @@ impl<IO: AsyncRead + Unpin> Read for SyncIo<'_, '_, IO> {
 impl<IO: AsyncWrite + Unpin> Write for SyncIo<'_, '_, IO> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match Pin::new(&mut *self.io).poll_write(self.cx, buf) {
+            Poll::Ready(r) => r,
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
+    /// rustls hands its queued records as slices: one system call for all of them.
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match Pin::new(&mut *self.io).poll_write_vectored(self.cx, bufs) {
             Poll::Ready(r) => r,
             Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
         }
@@ -175,6 +183,18 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ServerTls<IO> {
         }
     }
 
+    /// After `n` bytes went into rustls: their records go to TCP as far as it takes them.
+    fn after_write(&mut self, n: usize, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        while self.conn.wants_write() {
+            match self.write_tls(cx) {
+                Poll::Ready(r) => r?,
+                // Taken: the records go out with the next write or flush.
+                Poll::Pending => break,
+            };
+        }
+        Poll::Ready(Ok(n))
+    }
+
     /// Copies what can be read now into `buf`: early data first, then application data once
     /// the handshake is complete. `None` when nothing is buffered.
     fn read_buffered(&mut self, buf: &mut ReadBuf<'_>) -> Option<io::Result<()>> {
@@ -191,15 +211,24 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ServerTls<IO> {
         if self.conn.is_handshaking() {
             return None;
         }
-        match self.conn.reader().read(buf.initialize_unfilled()) {
-            Ok(n) => {
-                buf.advance(n);
-                Some(Ok(()))
-            }
+        match read_plaintext(self.conn.reader(), buf) {
+            Ok(()) => Some(Ok(())),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
             Err(e) => Some(Err(e)),
         }
     }
+}
+
+/// Copies decrypted application data into `buf` straight from rustls' buffer, without
+/// zeroing `buf` first (as `Read::read` into `initialize_unfilled` would: a memset of all
+/// the room offered, per read). Same outcomes as `Reader::read`: `WouldBlock` when nothing
+/// is buffered, nothing added at a clean close, `UnexpectedEof` at an unclean one.
+fn read_plaintext(mut reader: rustls::Reader<'_>, buf: &mut ReadBuf<'_>) -> io::Result<()> {
+    let chunk = reader.fill_buf()?;
+    let n = chunk.len().min(buf.remaining());
+    buf.put_slice(&chunk[..n]);
+    reader.consume(n);
+    Ok(())
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for ServerTls<IO> {
@@ -224,9 +253,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for ServerTls<IO> {
                     Err(closed_in_handshake())
                 } else {
                     // Read everything: rustls says whether a close_notify ended it.
-                    this.conn.reader().read(buf.initialize_unfilled()).map(|n| {
-                        buf.advance(n);
-                    })
+                    read_plaintext(this.conn.reader(), buf)
                 });
             }
             match this.read_tls(cx) {
@@ -250,14 +277,26 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ServerTls<IO> {
             std::task::ready!(this.write_tls(cx))?;
         }
         let n = this.conn.writer().write(buf)?;
+        this.after_write(n, cx)
+    }
+
+    /// All of `bufs` in as few records as fit (rustls fills each record across slices), not
+    /// one record and one system call per slice as the default `poll_write_vectored` would.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
         while this.conn.wants_write() {
-            match this.write_tls(cx) {
-                Poll::Ready(r) => r?,
-                // Taken: the records go out with the next write or flush.
-                Poll::Pending => break,
-            };
+            std::task::ready!(this.write_tls(cx))?;
         }
-        Poll::Ready(Ok(n))
+        let n = this.conn.writer().write_vectored(bufs)?;
+        this.after_write(n, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -351,6 +390,21 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ClientEarly<IO> {
         r
     }
 
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.learn();
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_flush(cx);
@@ -391,6 +445,136 @@ mod tests {
             }
         }
         panic!("the handshake did not settle");
+    }
+
+    /// A stream that keeps a copy of every byte written through it, and writes vectored.
+    struct Tap {
+        io: tokio::io::DuplexStream,
+        seen: Arc<std::sync::Mutex<Vec<u8>>>,
+    }
+
+    impl AsyncRead for Tap {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Tap {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = std::task::ready!(Pin::new(&mut self.io).poll_write(cx, buf))?;
+            self.seen.lock().expect("tap").extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_write_vectored(
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            bufs: &[io::IoSlice<'_>],
+        ) -> Poll<io::Result<usize>> {
+            let all: Vec<u8> = bufs.iter().flat_map(|b| b.iter().copied()).collect();
+            self.poll_write(cx, &all)
+        }
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.io).poll_shutdown(cx)
+        }
+    }
+
+    /// The TLS records in `wire`: (content type, length).
+    fn records(wire: &[u8]) -> Vec<(u8, usize)> {
+        let mut out = Vec::new();
+        let mut rest = wire;
+        while rest.len() >= 5 {
+            let len = u16::from_be_bytes([rest[3], rest[4]]) as usize;
+            out.push((rest[0], len));
+            rest = &rest[(5 + len).min(rest.len())..];
+        }
+        out
+    }
+
+    fn pki() -> (crate::Security, crate::Security) {
+        let ca = crate::certs::TestCa::new("early CA").expect("ca");
+        let server = crate::Security {
+            identity: Some(ca.issue(&["localhost"]).expect("identity")),
+            ..Default::default()
+        };
+        let client = crate::Security {
+            trusted_roots: vec![ca.root()],
+            ..Default::default()
+        };
+        (server, client)
+    }
+
+    #[tokio::test]
+    async fn a_vectored_write_goes_out_in_one_record_each_way_and_reads_back_whole() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (server_security, client_security) = pki();
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let (client_seen, server_seen) = (Arc::default(), Arc::default());
+        let client_io = Tap {
+            io: a,
+            seen: Arc::clone(&client_seen),
+        };
+        let server_io = Tap {
+            io: b,
+            seen: Arc::clone(&server_seen),
+        };
+        let config = crate::establish::association::TlsClients::new(&client_security)
+            .expect("client configs")
+            .tcp;
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let connect = tokio_rustls::TlsConnector::from(config).connect(name, client_io);
+        let accept = ServerTls::accept(
+            server_config(&server_security).expect("server config"),
+            server_io,
+        );
+        let (client, server) = tokio::join!(connect, accept);
+        let mut client = ClientEarly::new(client.expect("client handshake"));
+        let mut server = server.expect("server accept");
+        server.handshake().await.expect("server handshake");
+        assert!(client.is_write_vectored() && server.is_write_vectored());
+
+        // A frame header and a long payload, as the writer's batch hands them.
+        let header = [7u8; 12];
+        let payload: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+        let mut want = header.to_vec();
+        want.extend_from_slice(&payload);
+        for (from_client, seen) in [(true, &client_seen), (false, &server_seen)] {
+            seen.lock().expect("tap").clear();
+            let slices = [io::IoSlice::new(&header), io::IoSlice::new(&payload)];
+            let n = if from_client {
+                client.write_vectored(&slices).await.expect("write")
+            } else {
+                server.write_vectored(&slices).await.expect("write")
+            };
+            assert_eq!(n, want.len(), "both slices taken at once");
+            let mut got = vec![0u8; want.len()];
+            if from_client {
+                client.flush().await.expect("flush");
+                server.read_exact(&mut got).await.expect("read");
+            } else {
+                server.flush().await.expect("flush");
+                client.read_exact(&mut got).await.expect("read");
+            }
+            assert_eq!(got, want);
+            let data: Vec<_> = records(&seen.lock().expect("tap"))
+                .into_iter()
+                .filter(|(kind, _)| *kind == 23)
+                .collect();
+            assert_eq!(data.len(), 1, "client {from_client}: {data:?}");
+        }
     }
 
     #[test]
