@@ -183,8 +183,18 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ServerTls<IO> {
         }
     }
 
-    /// After `n` bytes went into rustls: their records go to TCP as far as it takes them.
-    fn after_write(&mut self, n: usize, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+    /// Hands plaintext to rustls with `put`, once earlier records are out (back-pressure:
+    /// nothing new while they wait for TCP); the new records go to TCP as far as it takes
+    /// them.
+    fn write_plain(
+        &mut self,
+        cx: &mut Context<'_>,
+        put: impl FnOnce(&mut rustls::Writer<'_>) -> io::Result<usize>,
+    ) -> Poll<io::Result<usize>> {
+        while self.conn.wants_write() {
+            std::task::ready!(self.write_tls(cx))?;
+        }
+        let n = put(&mut self.conn.writer())?;
         while self.conn.wants_write() {
             match self.write_tls(cx) {
                 Poll::Ready(r) => r?,
@@ -271,13 +281,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ServerTls<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        // Back-pressure: nothing new while earlier records wait for TCP.
-        while this.conn.wants_write() {
-            std::task::ready!(this.write_tls(cx))?;
-        }
-        let n = this.conn.writer().write(buf)?;
-        this.after_write(n, cx)
+        self.get_mut().write_plain(cx, |w| w.write(buf))
     }
 
     /// All of `bufs` in as few records as fit (rustls fills each record across slices), not
@@ -287,12 +291,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ServerTls<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        while this.conn.wants_write() {
-            std::task::ready!(this.write_tls(cx))?;
-        }
-        let n = this.conn.writer().write_vectored(bufs)?;
-        this.after_write(n, cx)
+        self.get_mut().write_plain(cx, |w| w.write_vectored(bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
