@@ -424,8 +424,8 @@ struct Dispatcher {
     early_sent: Vec<Item>,
     /// Becomes true when the carrier moves to another protocol (transport::moving).
     halt: watch::Receiver<bool>,
-    /// The task of the last ordered message (its sender drops when it settles).
-    last_ordered: Option<watch::Receiver<bool>>,
+    /// The write of the last ordered message (settled when it ends).
+    last_ordered: Option<Arc<SettledState>>,
 }
 
 impl Dispatcher {
@@ -533,8 +533,8 @@ impl Dispatcher {
             self.early_sent.push(item.copy_for_resend());
         }
         let ordered = if item.props.ordered {
-            let (settled, rx) = watch::channel(false);
-            (self.last_ordered.replace(rx), Some(settled))
+            let settled = Settled::new();
+            (self.last_ordered.replace(settled.watch()), Some(settled))
         } else {
             (None, None)
         };
@@ -691,9 +691,54 @@ struct Shared {
     in_flight: Arc<InFlight>,
     early: Option<watch::Receiver<bool>>,
     halt: watch::Receiver<bool>,
-    /// For an ordered message: the previous ordered message's task (gone once it settled),
-    /// and this one's, which the next one waits for.
-    ordered: (Option<watch::Receiver<bool>>, Option<watch::Sender<bool>>),
+    /// For an ordered message: the previous ordered message's write (settled once it
+    /// ended), and this one's, which the next one waits for.
+    ordered: (Option<Arc<SettledState>>, Option<Settled>),
+}
+
+/// Whether one ordered message's write has ended, for the next ordered message to wait on.
+#[derive(Default)]
+struct SettledState {
+    done: std::sync::atomic::AtomicBool,
+    waker: futures_util::task::AtomicWaker,
+}
+
+impl SettledState {
+    /// Ready once the write has ended (its [`Settled`] dropped).
+    async fn wait(&self) {
+        std::future::poll_fn(|cx| {
+            if !self.done.load(Ordering::Acquire) {
+                self.waker.register(cx.waker());
+                if !self.done.load(Ordering::Acquire) {
+                    return std::task::Poll::Pending;
+                }
+            }
+            std::task::Poll::Ready(())
+        })
+        .await
+    }
+}
+
+/// Held by an ordered message's write; dropping it (the write ended, or was dropped)
+/// settles it. One allocation and one wake, where a `watch` channel per message cost a
+/// larger allocation and a lock of each of its eight waiter lists on drop.
+struct Settled(Arc<SettledState>);
+
+impl Settled {
+    fn new() -> Self {
+        Settled(Arc::default())
+    }
+
+    fn watch(&self) -> Arc<SettledState> {
+        self.0.clone()
+    }
+}
+
+impl Drop for Settled {
+    fn drop(&mut self) {
+        self.0.done.store(true, Ordering::Release);
+        self.0.waker.wake();
+    }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
@@ -779,14 +824,14 @@ async fn write_message(
     // dependent waiting for its acknowledgement is not delivered first), and a move must
     // find every message reported acked delivered (transport::moving). Its bytes and its
     // buffer space are free at once.
-    if let (Some(SendStatus::Acked), Some(mut prev)) = (&outcome, prev) {
+    if let (Some(SendStatus::Acked), Some(prev)) = (&outcome, prev) {
         first.release_permit();
         in_flight.sub(counted);
         counted = 0;
         let settled = tokio::select! {
             biased;
             _ = set_now(&halt) => false,
-            _ = prev.wait_for(|_| false) => true,
+            _ = prev.wait() => true,
         };
         if !settled {
             return hand_back(first, stream.id(), &outbox);
@@ -1251,5 +1296,33 @@ pub(crate) fn health(conn: &quinn::Connection) -> crate::path::Health {
             ended: conn.close_reason().is_some(),
             broken: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_next_ordered_write_waits_until_the_previous_one_is_dropped() {
+        let settled = Settled::new();
+        let prev = settled.watch();
+        let mut wait = Box::pin(prev.wait());
+        assert!(
+            ready_now(&mut wait).await.is_none(),
+            "ready before the previous write ended"
+        );
+        // Dropped on another task, as a write on another worker would be.
+        tokio::spawn(async move { drop(settled) })
+            .await
+            .expect("join");
+        tokio::time::timeout(Duration::from_secs(5), wait)
+            .await
+            .expect("woken when the previous write ended");
+        // Already settled: ready at once.
+        let late = Settled::new();
+        let watch = late.watch();
+        drop(late);
+        assert!(ready_now(watch.wait()).await.is_some());
     }
 }
