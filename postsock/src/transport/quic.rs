@@ -339,7 +339,7 @@ struct Writes {
     >,
     /// What finished writes handed back (the carrier moved).
     handed: Vec<Handback>,
-    /// The carrier's halt flag (it moves to TLS/TCP).
+    /// The carrier's halt flag: true when it moves to TLS/TCP (transport::moving).
     halt: watch::Receiver<bool>,
     /// Every write has been polled since the flag was set.
     woken: bool,
@@ -422,8 +422,6 @@ struct Dispatcher {
     early: Option<watch::Receiver<bool>>,
     /// Whole messages sent in 0-RTT, in order, to send again if it is rejected.
     early_sent: Vec<Item>,
-    /// Becomes true when the carrier moves to another protocol (transport::moving).
-    halt: watch::Receiver<bool>,
     /// The write of the last ordered message (settled when it ends).
     last_ordered: Option<Arc<SettledState>>,
 }
@@ -435,18 +433,17 @@ impl Dispatcher {
             conn,
             outbox,
             in_flight: Arc::new(InFlight::default()),
-            writes: Writes::new(halt.clone()),
+            writes: Writes::new(halt),
             open: BTreeMap::new(),
             min_rtt,
             early: None,
             early_sent: Vec::new(),
-            halt,
             last_ordered: None,
         }
     }
 
     fn halted(&self) -> bool {
-        *self.halt.borrow()
+        *self.writes.halt.borrow()
     }
 
     /// Waits until the bytes in flight are below the congestion window. The window is read
@@ -503,7 +500,7 @@ impl Dispatcher {
             self.outbox.update(item.id, status, true);
             return Ok(());
         }
-        let mut halt = self.halt.clone();
+        let mut halt = self.writes.halt.clone();
         let conn = &self.conn;
         let opened = self
             .writes
@@ -546,7 +543,7 @@ impl Dispatcher {
                 outbox: self.outbox.clone(),
                 in_flight: self.in_flight.clone(),
                 early: self.early.clone(),
-                halt: self.halt.clone(),
+                halt: self.writes.halt.clone(),
                 ordered,
             },
         ));

@@ -503,23 +503,27 @@ mod tests {
         out
     }
 
-    fn pki() -> (crate::Security, crate::Security) {
+    /// A listener's configuration (early data allowed) and a client's that trusts it.
+    fn configs() -> (Arc<rustls::ServerConfig>, Arc<rustls::ClientConfig>) {
         let ca = crate::certs::TestCa::new("early CA").expect("ca");
-        let server = crate::Security {
+        let server = Security {
             identity: Some(ca.issue(&["localhost"]).expect("identity")),
             ..Default::default()
         };
-        let client = crate::Security {
+        let client = Security {
             trusted_roots: vec![ca.root()],
             ..Default::default()
         };
-        (server, client)
+        let client = crate::establish::association::TlsClients::new(&client)
+            .expect("client configs")
+            .tcp;
+        (server_config(&server).expect("server config"), client)
     }
 
     #[tokio::test]
     async fn a_vectored_write_goes_out_in_one_record_each_way_and_reads_back_whole() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let (server_security, client_security) = pki();
+        let (server_config, config) = configs();
         let (a, b) = tokio::io::duplex(1 << 20);
         let (client_seen, server_seen) = (Arc::default(), Arc::default());
         let client_io = Tap {
@@ -530,15 +534,9 @@ mod tests {
             io: b,
             seen: Arc::clone(&server_seen),
         };
-        let config = crate::establish::association::TlsClients::new(&client_security)
-            .expect("client configs")
-            .tcp;
         let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
         let connect = tokio_rustls::TlsConnector::from(config).connect(name, client_io);
-        let accept = ServerTls::accept(
-            server_config(&server_security).expect("server config"),
-            server_io,
-        );
+        let accept = ServerTls::accept(server_config, server_io);
         let (client, server) = tokio::join!(connect, accept);
         let mut client = ClientEarly::new(client.expect("client handshake"));
         let mut server = server.expect("server accept");
@@ -578,19 +576,7 @@ mod tests {
 
     #[test]
     fn a_replayed_client_hello_with_early_data_is_not_resumed_again() {
-        let ca = crate::certs::TestCa::new("early CA").expect("ca");
-        let server_security = Security {
-            identity: Some(ca.issue(&["localhost"]).expect("identity")),
-            ..Default::default()
-        };
-        let client_security = Security {
-            trusted_roots: vec![ca.root()],
-            ..Default::default()
-        };
-        let server_config = server_config(&server_security).expect("server config");
-        let client_config = crate::establish::association::TlsClients::new(&client_security)
-            .expect("client configs")
-            .tcp;
+        let (server_config, client_config) = configs();
         let name = || rustls::pki_types::ServerName::try_from("localhost").expect("name");
 
         // A full handshake leaves the client a ticket.
