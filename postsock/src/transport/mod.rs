@@ -10,6 +10,7 @@ pub(crate) mod framing;
 pub(crate) mod moving;
 pub(crate) mod outbox;
 pub(crate) mod quic;
+mod seqmap;
 pub(crate) mod stream;
 pub mod tls;
 

@@ -20,9 +20,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
+use smallvec::SmallVec;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use super::seqmap::SeqMap;
 use crate::message::{MessageProperties, SendHandle, SendStatus, StatusCell};
 use crate::ConfigError;
 use crate::{Error, MessageId, Result};
@@ -107,81 +109,23 @@ struct Live {
     fin_ready: Option<u64>,
     /// The seq of the first part queued.
     first_seq: Option<u64>,
+    /// The seqs of its parts in the queue (usually one: no allocation of its own).
+    parts: SmallVec<[u64; 1]>,
     /// The ordered reliable message sent before this one, if this one is ordered too: it
     /// must be handed to the transport first (RFC 9622 §9.1.3.3, whatever the niceness).
     prev_ordered: Option<MessageId>,
-}
-
-/// The unsettled messages by id. Ids are handed out in order and most settle in about that
-/// order, so a queue from the oldest unsettled id indexes them directly: one slot per id from
-/// there on (a settled slot is `None` until the ones before it settle too). A message that
-/// stays unsettled long (an antecedent never acknowledged) costs a slot per later id
-/// meanwhile, about 80 bytes, the price of lookups without a tree walk per message.
-#[derive(Debug, Default)]
-struct LiveMap {
-    first: MessageId,
-    slots: std::collections::VecDeque<Option<Live>>,
-}
-
-impl LiveMap {
-    /// Registers message `id`, the next id after every one registered before.
-    fn insert(&mut self, id: MessageId, live: Live) {
-        if self.slots.is_empty() {
-            self.first = id;
-        }
-        debug_assert_eq!(id, self.first + self.slots.len() as u64);
-        self.slots.push_back(Some(live));
-    }
-
-    fn slot(&self, id: MessageId) -> Option<usize> {
-        id.checked_sub(self.first).map(|i| i as usize)
-    }
-
-    fn get(&self, id: &MessageId) -> Option<&Live> {
-        self.slots.get(self.slot(*id)?)?.as_ref()
-    }
-
-    fn get_mut(&mut self, id: &MessageId) -> Option<&mut Live> {
-        let i = self.slot(*id)?;
-        self.slots.get_mut(i)?.as_mut()
-    }
-
-    fn contains_key(&self, id: &MessageId) -> bool {
-        self.get(id).is_some()
-    }
-
-    fn remove(&mut self, id: &MessageId) -> Option<Live> {
-        let i = self.slot(*id)?;
-        let live = self.slots.get_mut(i)?.take();
-        while let Some(None) = self.slots.front() {
-            self.slots.pop_front();
-            self.first += 1;
-        }
-        live
-    }
-
-    /// The ids of the unsettled messages, in order.
-    fn keys(&self) -> impl Iterator<Item = MessageId> + '_ {
-        let first = self.first;
-        self.slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| s.is_some())
-            .map(move |(i, _)| first + i as u64)
-    }
 }
 
 #[derive(Debug, Default)]
 struct State {
     next_id: MessageId,
     next_seq: u64,
-    live: LiveMap,
+    /// The unsettled messages by id.
+    live: SeqMap<Live>,
     failed: BTreeMap<MessageId, &'static str>,
     last_ordered: Option<MessageId>,
-    items: BTreeMap<u64, Item>,
-    /// The queued items as (message, seq): one set for all messages, so that queueing a
-    /// message allocates nothing of its own.
-    queued: BTreeSet<(MessageId, u64)>,
+    /// The queued items by seq.
+    items: SeqMap<Item>,
     ready: BTreeSet<(u32, u64)>,
     blocked: BTreeSet<u64>,
     /// Blocked items by the message they wait for (re-checked only when it changes).
@@ -310,6 +254,7 @@ impl Outbox {
                 dispatched: false,
                 fin_ready: None,
                 first_seq: None,
+                parts: SmallVec::new(),
                 prev_ordered,
             },
         );
@@ -366,7 +311,7 @@ impl Outbox {
         permit: Option<OwnedSemaphorePermit>,
         deadline: Option<Instant>,
     ) {
-        if !st.live.contains_key(&id) {
+        if !st.live.contains_key(id) {
             // Already settled (expired or failed): later parts are dropped with their permits.
             return;
         }
@@ -387,11 +332,11 @@ impl Outbox {
             st.deadlines.insert((d, seq));
         }
         let niceness = item.props.niceness;
-        if let Some(live) = st.live.get_mut(&id) {
+        if let Some(live) = st.live.get_mut(id) {
             live.first_seq.get_or_insert(seq);
+            live.parts.push(seq);
         }
         st.items.insert(seq, item);
-        st.queued.insert((id, seq));
         match self.eligibility(&st, id) {
             Eligible::Yes => {
                 // Only the first ready item wakes the transient: while the set is not
@@ -422,7 +367,7 @@ impl Outbox {
     }
 
     fn eligibility(&self, st: &State, id: MessageId) -> Eligible {
-        let Some(me) = st.live.get(&id) else {
+        let Some(me) = st.live.get(id) else {
             return Eligible::Yes;
         };
         // Send order among ordered messages (a failed predecessor does not hold it up). A
@@ -430,7 +375,7 @@ impl Outbox {
         // sort after its last one (ready order is niceness, then seq), and if every transient
         // that takes this message takes it too (0-RTT takes only idempotent messages).
         if let Some(p) = me.prev_ordered {
-            if let Some(prev) = st.live.get(&p) {
+            if let Some(prev) = st.live.get(p) {
                 let sorts_after = match (prev.fin_ready, me.first_seq) {
                     (Some(fin), Some(first)) => {
                         (prev.props.niceness, fin) < (me.props.niceness, first)
@@ -447,7 +392,7 @@ impl Outbox {
             if let Some(why) = st.failed.get(&a) {
                 return Eligible::Failed(a, why);
             }
-            if let Some(ante) = st.live.get(&a) {
+            if let Some(ante) = st.live.get(a) {
                 let rule = *crate::util::lock(&self.order_rule);
                 if !(ante.dispatched && rule(&ante.props, &me.props)) {
                     return Eligible::No(a);
@@ -504,7 +449,7 @@ impl Outbox {
     fn first_wanted(st: &State, wanted: impl Fn(&MessageProperties) -> bool) -> Option<(u32, u64)> {
         st.ready
             .iter()
-            .find(|(_, seq)| st.items.get(seq).is_some_and(|i| wanted(&i.props)))
+            .find(|(_, seq)| st.items.get(*seq).is_some_and(|i| wanted(&i.props)))
             .copied()
     }
 
@@ -534,7 +479,7 @@ impl Outbox {
 
     fn take(&self, st: &mut State, (niceness, seq): (u32, u64), max_len: usize) -> Option<Item> {
         st.ready.remove(&(niceness, seq));
-        let mut item = st.items.remove(&seq)?;
+        let mut item = st.items.remove(seq)?;
         match item.split_rest(max_len.max(1)) {
             Some(rest) => {
                 st.items.insert(seq, rest);
@@ -544,10 +489,12 @@ impl Outbox {
                 if let Some(d) = item.deadline {
                     st.deadlines.remove(&(d, seq));
                 }
-                st.queued.remove(&(item.id, seq));
+                if let Some(live) = st.live.get_mut(item.id) {
+                    live.parts.retain(|s| *s != seq);
+                }
             }
         }
-        if let Some(live) = st.live.get_mut(&item.id) {
+        if let Some(live) = st.live.get_mut(item.id) {
             live.started = true;
             if item.fin {
                 live.dispatched = true;
@@ -587,14 +534,14 @@ impl Outbox {
 
     fn update_locked(&self, st: &mut State, id: MessageId, status: SendStatus, terminal: bool) {
         if !terminal {
-            if let Some(live) = st.live.get(&id) {
+            if let Some(live) = st.live.get(id) {
                 live.status.set(status, false);
             }
             return;
         }
         match status {
             SendStatus::Sent | SendStatus::Acked => {
-                if let Some(live) = st.live.remove(&id) {
+                if let Some(live) = st.live.remove(id) {
                     live.status.set(status, true);
                 }
                 if st.waiting.contains_key(&id) {
@@ -614,7 +561,7 @@ impl Outbox {
 
     /// Fails a message without looking at its dependents; false if it was already settled.
     fn fail_only(&self, st: &mut State, id: MessageId, status: SendStatus) -> bool {
-        let Some(live) = st.live.remove(&id) else {
+        let Some(live) = st.live.remove(id) else {
             return false;
         };
         let why = match status {
@@ -625,14 +572,8 @@ impl Outbox {
         while st.failed.len() > FAILED_MEMORY {
             st.failed.pop_first();
         }
-        let seqs: Vec<u64> = st
-            .queued
-            .range((id, 0)..=(id, u64::MAX))
-            .map(|&(_, s)| s)
-            .collect();
-        for seq in seqs {
-            st.queued.remove(&(id, seq));
-            if let Some(item) = st.items.remove(&seq) {
+        for &seq in &live.parts {
+            if let Some(item) = st.items.remove(seq) {
                 st.ready.remove(&(item.props.niceness, seq));
                 st.blocked.remove(&seq);
                 if let Some(d) = item.deadline {
@@ -658,7 +599,6 @@ impl Outbox {
                     _permit: None,
                 },
             );
-            st.queued.insert((id, seq));
             st.ready.insert((0, seq));
             self.wake.notify_one();
         }
@@ -680,7 +620,7 @@ impl Outbox {
                     continue;
                 }
                 let Some((item_id, niceness, fin)) =
-                    st.items.get(&seq).map(|i| (i.id, i.props.niceness, i.fin))
+                    st.items.get(seq).map(|i| (i.id, i.props.niceness, i.fin))
                 else {
                     st.blocked.remove(&seq);
                     continue;
@@ -711,7 +651,7 @@ impl Outbox {
 
     /// Records that message `id`'s final part is ready; true if that is news.
     fn mark_fin_ready(st: &mut State, id: MessageId, seq: u64) -> bool {
-        match st.live.get_mut(&id) {
+        match st.live.get_mut(id) {
             Some(live) if live.fin_ready.is_none() => {
                 live.fin_ready = Some(seq);
                 true
@@ -739,7 +679,7 @@ impl Outbox {
                 return;
             }
             st.deadlines.pop_first();
-            if let Some(id) = st.items.get(&seq).map(|i| i.id) {
+            if let Some(id) = st.items.get(seq).map(|i| i.id) {
                 self.fail_locked(st, id, SendStatus::Expired);
             }
         }
@@ -786,7 +726,7 @@ impl Outbox {
     /// message settled meanwhile is dropped.
     pub(crate) fn requeue(&self, mut item: Item) {
         let mut st = self.lock();
-        if !st.live.contains_key(&item.id) {
+        if !st.live.contains_key(item.id) {
             return;
         }
         if item.props.niceness != 0 {
@@ -798,7 +738,9 @@ impl Outbox {
         if let Some(d) = item.deadline {
             st.deadlines.insert((d, seq));
         }
-        st.queued.insert((item.id, seq));
+        if let Some(live) = st.live.get_mut(item.id) {
+            live.parts.push(seq);
+        }
         st.items.insert(seq, item);
         let was_empty = st.ready.is_empty();
         st.ready.insert((0, seq));
@@ -823,7 +765,7 @@ impl Outbox {
         st.closed = true;
         let ids: Vec<MessageId> = st.live.keys().collect();
         for id in ids {
-            if let Some(live) = st.live.get_mut(&id) {
+            if let Some(live) = st.live.get_mut(id) {
                 live.started = false;
             }
             self.fail_locked(&mut st, id, SendStatus::Failed(reason.to_string()));
@@ -832,7 +774,6 @@ impl Outbox {
         st.ready.clear();
         st.blocked.clear();
         st.waiting.clear();
-        st.queued.clear();
         st.deadlines.clear();
         drop(st);
         self.permits.close();
@@ -843,7 +784,7 @@ impl Outbox {
     /// Whether message `id` has been settled.
     #[cfg(test)]
     fn settled(&self, id: MessageId) -> bool {
-        !self.lock().live.contains_key(&id)
+        !self.lock().live.contains_key(id)
     }
 }
 
