@@ -24,7 +24,7 @@ use smallvec::SmallVec;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use super::seqmap::SeqMap;
+use super::seqmap::{LaneSet, SeqMap};
 use crate::message::{MessageProperties, SendHandle, SendStatus, StatusCell};
 use crate::ConfigError;
 use crate::{Error, MessageId, Result};
@@ -126,12 +126,15 @@ struct State {
     last_ordered: Option<MessageId>,
     /// The queued items by seq.
     items: SeqMap<Item>,
-    ready: BTreeSet<(u32, u64)>,
+    /// The ready items as (niceness, seq), in the order they go.
+    ready: LaneSet<(u32, u64)>,
     blocked: BTreeSet<u64>,
     /// Blocked items by the message they wait for (re-checked only when it changes).
     waiting: BTreeMap<MessageId, BTreeSet<u64>>,
-    deadlines: BTreeSet<(Instant, u64)>,
+    deadlines: LaneSet<(Instant, u64)>,
     closed: bool,
+    /// The properties of the last message opened.
+    last_props: Option<Arc<MessageProperties>>,
 }
 
 /// Decides whether handing an antecedent to the transport already guarantees it is delivered
@@ -244,7 +247,15 @@ impl Outbox {
         } else {
             None
         };
-        let props = Arc::new(props);
+        // Most messages carry the same properties as the one before: they share its copy.
+        let props = match &st.last_props {
+            Some(last) if **last == props => last.clone(),
+            _ => {
+                let props = Arc::new(props);
+                st.last_props = Some(props.clone());
+                props
+            }
+        };
         st.live.insert(
             id,
             Live {

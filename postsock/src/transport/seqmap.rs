@@ -11,9 +11,12 @@
 //! front entries move to a B-tree of stragglers, which keeps memory in proportion to the
 //! entries held. Keys inserted below `base` (an item queued again) go there too.
 //!
+//! [`LaneSet`] does the same for an ordered set whose keys mostly come in increasing order
+//! and leave from the front: the ready queue ordered by (niceness, seq).
+//!
 //! Iteration is in key order, so nothing here depends on hashing.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 /// Empty slots tolerated beyond the entries held before stragglers move out of the buffer
 /// (and the gap an insert may open before the buffer is emptied into the B-tree).
@@ -162,6 +165,91 @@ impl<T> SeqMap<T> {
     }
 }
 
+/// An ordered set of keys that mostly arrive in increasing order and leave from the front:
+/// those sit in a sorted ring buffer (the lane), O(1) to add at either end and to take the
+/// first; any other key goes to a B-tree beside it. The set is the union of the two.
+#[derive(Debug)]
+pub(crate) struct LaneSet<K> {
+    lane: VecDeque<K>,
+    rest: BTreeSet<K>,
+}
+
+impl<K> Default for LaneSet<K> {
+    fn default() -> Self {
+        LaneSet {
+            lane: VecDeque::new(),
+            rest: BTreeSet::new(),
+        }
+    }
+}
+
+impl<K: Ord + Copy> LaneSet<K> {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.lane.is_empty() && self.rest.is_empty()
+    }
+
+    /// Adds `key`; false if it was there already.
+    pub(crate) fn insert(&mut self, key: K) -> bool {
+        match (self.lane.front(), self.lane.back()) {
+            (Some(_), Some(&back)) if key > back && !self.rest.contains(&key) => {
+                self.lane.push_back(key)
+            }
+            (Some(&front), _) if key < front && !self.rest.contains(&key) => {
+                self.lane.push_front(key)
+            }
+            (Some(_), _) => {
+                if self.lane.binary_search(&key).is_ok() {
+                    return false;
+                }
+                return self.rest.insert(key);
+            }
+            (None, _) if self.rest.contains(&key) => return false,
+            (None, _) => self.lane.push_back(key),
+        }
+        true
+    }
+
+    pub(crate) fn remove(&mut self, key: &K) -> bool {
+        if self.lane.front() == Some(key) {
+            self.lane.pop_front();
+            return true;
+        }
+        match self.lane.binary_search(key) {
+            Ok(i) => self.lane.remove(i).is_some(),
+            Err(_) => self.rest.remove(key),
+        }
+    }
+
+    pub(crate) fn first(&self) -> Option<&K> {
+        match (self.lane.front(), self.rest.first()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub(crate) fn pop_first(&mut self) -> Option<K> {
+        let first = *self.first()?;
+        self.remove(&first);
+        Some(first)
+    }
+
+    /// The keys, in order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &K> + '_ {
+        let (mut a, mut b) = (self.lane.iter().peekable(), self.rest.iter().peekable());
+        std::iter::from_fn(move || match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if x <= y => a.next(),
+            (Some(_), Some(_)) => b.next(),
+            (Some(_), None) => a.next(),
+            (None, _) => b.next(),
+        })
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.lane.clear();
+        self.rest.clear();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,6 +302,46 @@ mod tests {
         assert!(m.keys().eq(reference.keys().copied()));
         m.clear();
         assert!(m.is_empty() && m.keys().next().is_none());
+    }
+
+    #[test]
+    fn lane_set_behaves_like_a_btree_set_under_random_use() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+        let mut set = LaneSet::default();
+        let mut reference = BTreeSet::new();
+        let mut next = 0u64;
+        for _ in 0..200_000 {
+            let niceness = if rng.next_u32() % 20 == 0 {
+                rng.next_u32() % 3
+            } else {
+                0
+            };
+            match rng.next_u32() % 10 {
+                0..=3 => {
+                    let key = (niceness, next);
+                    next += 1;
+                    assert_eq!(set.insert(key), reference.insert(key));
+                }
+                4..=5 => assert_eq!(set.pop_first(), reference.pop_first()),
+                6 => {
+                    let key = (niceness, u64::from(rng.next_u32()) % (next + 1));
+                    assert_eq!(set.insert(key), reference.insert(key));
+                }
+                7 => {
+                    let key = (niceness, u64::from(rng.next_u32()) % (next + 1));
+                    assert_eq!(set.remove(&key), reference.remove(&key));
+                }
+                8 => {
+                    let n = (rng.next_u32() % 4) as usize;
+                    assert!(set.iter().take(n).eq(reference.iter().take(n)));
+                    assert_eq!(set.first(), reference.first());
+                }
+                _ => assert_eq!(set.is_empty(), reference.is_empty()),
+            }
+        }
+        assert!(set.iter().eq(reference.iter()));
+        set.clear();
+        assert!(set.is_empty() && set.first().is_none());
     }
 
     #[test]
