@@ -11,8 +11,8 @@
 //!   whenever it has room ([`Outbox::next`]).
 //! * A reaper expires items whose lifetime runs out before they are handed to the transient.
 //!
-//! Everything is keyed by `BTreeMap`/`BTreeSet` so the order of events never depends on
-//! hashing, and time comes from `tokio::time` only: the outbox behaves identically in the
+//! Everything is kept in ordered structures (the ring buffers of `seqmap.rs`, `BTreeMap`,
+//! `BTreeSet`) so the order of events never depends on hashing, and time comes from `tokio::time` only: the outbox behaves identically in the
 //! simulator for a given seed.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -489,23 +489,25 @@ impl Outbox {
     }
 
     fn take(&self, st: &mut State, (niceness, seq): (u32, u64), max_len: usize) -> Option<Item> {
-        st.ready.remove(&(niceness, seq));
-        let mut item = st.items.remove(seq)?;
-        match item.split_rest(max_len.max(1)) {
-            Some(rest) => {
-                st.items.insert(seq, rest);
-                st.ready.insert((niceness, seq));
-            }
-            None => {
-                if let Some(d) = item.deadline {
-                    st.deadlines.remove(&(d, seq));
-                }
-                if let Some(live) = st.live.get_mut(item.id) {
-                    live.parts.retain(|s| *s != seq);
-                }
+        let Some(queued) = st.items.get_mut(seq) else {
+            st.ready.remove(&(niceness, seq));
+            return None;
+        };
+        // Too long: the head goes, the rest keeps the item's place (and its ready entry).
+        let (item, whole) = match queued.split_rest(max_len.max(1)) {
+            Some(rest) => (std::mem::replace(queued, rest), false),
+            None => (st.items.remove(seq)?, true),
+        };
+        if whole {
+            st.ready.remove(&(niceness, seq));
+            if let Some(d) = item.deadline {
+                st.deadlines.remove(&(d, seq));
             }
         }
         if let Some(live) = st.live.get_mut(item.id) {
+            if whole {
+                live.parts.retain(|s| *s != seq);
+            }
             live.started = true;
             if item.fin {
                 live.dispatched = true;
@@ -880,6 +882,38 @@ mod tests {
         let rest = o.next(usize::MAX).await.map(|i| i.data);
         assert_eq!(rest, Some(Bytes::from_static(b"c")));
         assert!(o.next(usize::MAX).await.is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_item_goes_in_pieces_that_keep_its_place_and_its_buffer_space() {
+        let o = Outbox::new(1 << 20, any_order);
+        let permit = o.reserve(10).await.expect("room");
+        o.send(nice(0), Bytes::from_static(b"0123456789"), permit, None)
+            .expect("send");
+        let permit = o.reserve(1).await.expect("room");
+        o.send(nice(0), Bytes::from_static(b"x"), permit, None)
+            .expect("send");
+        let both = 11 + 2 * PER_MESSAGE_OVERHEAD;
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            let item = o.next(4).await.expect("item");
+            got.push((item.id, item.offset, item.data.clone(), item.fin));
+            if !item.fin {
+                assert_eq!(o.buffered(), both, "the rest still holds the space");
+            }
+        }
+        let (a, x) = (got[0].0, got[0].0 + 1);
+        assert_eq!(
+            got,
+            vec![
+                (a, 0, Bytes::from_static(b"0123"), false),
+                (a, 4, Bytes::from_static(b"4567"), false),
+                (a, 8, Bytes::from_static(b"89"), true),
+            ]
+        );
+        assert_eq!(o.buffered(), 1 + PER_MESSAGE_OVERHEAD);
+        let last = o.next(4).await.expect("item");
+        assert_eq!((last.id, last.data), (x, Bytes::from_static(b"x")));
     }
 
     #[tokio::test(start_paused = true)]

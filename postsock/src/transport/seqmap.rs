@@ -190,21 +190,19 @@ impl<K: Ord + Copy> LaneSet<K> {
 
     /// Adds `key`; false if it was there already.
     pub(crate) fn insert(&mut self, key: K) -> bool {
-        match (self.lane.front(), self.lane.back()) {
-            (Some(_), Some(&back)) if key > back && !self.rest.contains(&key) => {
-                self.lane.push_back(key)
-            }
-            (Some(&front), _) if key < front && !self.rest.contains(&key) => {
-                self.lane.push_front(key)
-            }
-            (Some(_), _) => {
-                if self.lane.binary_search(&key).is_ok() {
-                    return false;
-                }
-                return self.rest.insert(key);
-            }
-            (None, _) if self.rest.contains(&key) => return false,
-            (None, _) => self.lane.push_back(key),
+        let after = self.lane.back().is_none_or(|back| key > *back);
+        let before = self.lane.front().is_some_and(|front| key < *front);
+        if !(after || before) {
+            // Within the lane's range: there already, or beside it.
+            return self.lane.binary_search(&key).is_err() && self.rest.insert(key);
+        }
+        if self.rest.contains(&key) {
+            return false;
+        }
+        if after {
+            self.lane.push_back(key);
+        } else {
+            self.lane.push_front(key);
         }
         true
     }
