@@ -33,6 +33,8 @@ use crate::{Error, MessageId, Result};
 pub(crate) const PER_MESSAGE_OVERHEAD: usize = 64;
 /// Failed message ids remembered for antecedent checks.
 const FAILED_MEMORY: usize = 65_536;
+/// The least room [`Outbox::take_while`] cuts an item to fit; a smaller room leaves it whole.
+pub(crate) const CUT_FROM: usize = 4096;
 
 type StatusTx = Arc<StatusCell>;
 
@@ -419,25 +421,35 @@ impl Outbox {
         self.next_where(max_len, |_| true).await
     }
 
-    /// Takes what is ready now, at most `max_len` bytes per item, in the order
-    /// [`next`](Self::next) would, for as long as `more` wants another; under one lock. For a
-    /// transport done with an item once it has it (a stream writer): the items come without
-    /// their share of the send buffer, which is given back all at once when this returns
-    /// (each return locks the semaphore).
-    pub(crate) fn take_while(&self, max_len: usize, mut more: impl FnMut(Item) -> bool) {
+    /// Takes what is ready now, in the order [`next`](Self::next) would, while `more` (given
+    /// each item taken) leaves room for another: it answers how many bytes the next item may
+    /// have, 0 to stop. An item longer than that room is cut to fit only when the room is at
+    /// least [`CUT_FROM`] bytes (a long message goes in pieces anyway); a shorter room leaves
+    /// it whole for the next call, rather than cutting a small message into two frames. Under
+    /// one lock. For a transport done with an item once it has it (a stream writer): the items
+    /// come without their share of the send buffer, which is given back all at once when this
+    /// returns (each return locks the semaphore).
+    pub(crate) fn take_while(&self, room: usize, mut more: impl FnMut(Item) -> usize) {
         let mut permits: Option<OwnedSemaphorePermit> = None;
         let mut st = self.lock();
         self.expire_due(&mut st);
-        while let Some(mut item) = self.pop(&mut st, max_len) {
+        let mut room = room;
+        while room > 0 {
+            let Some(&key) = st.ready.first() else { break };
+            let fits = st.items.get(key.1).is_none_or(|i| i.data.len() <= room);
+            if !fits && room < CUT_FROM {
+                break;
+            }
+            let Some(mut item) = self.take(&mut st, key, room) else {
+                continue;
+            };
             if let Some(p) = item._permit.take() {
                 match permits.as_mut() {
                     Some(all) => all.merge(p),
                     None => permits = Some(p),
                 }
             }
-            if !more(item) {
-                break;
-            }
+            room = more(item);
         }
         drop(st);
         drop(permits);
@@ -481,11 +493,6 @@ impl Outbox {
             }
         })
         .await
-    }
-
-    fn pop(&self, st: &mut State, max_len: usize) -> Option<Item> {
-        let key = *st.ready.first()?;
-        self.take(st, key, max_len)
     }
 
     fn take(&self, st: &mut State, (niceness, seq): (u32, u64), max_len: usize) -> Option<Item> {
@@ -874,7 +881,11 @@ mod tests {
                 "the taken items' space is still held"
             );
             got.push(item.data);
-            got.len() < 3
+            if got.len() < 3 {
+                usize::MAX
+            } else {
+                0
+            }
         });
         assert_eq!(got, vec!["b", "d", "a"]);
         assert_eq!(o.buffered(), each);
@@ -882,6 +893,46 @@ mod tests {
         let rest = o.next(usize::MAX).await.map(|i| i.data);
         assert_eq!(rest, Some(Bytes::from_static(b"c")));
         assert!(o.next(usize::MAX).await.is_none());
+    }
+
+    /// The room `take_while` is told bounds each item: a long one is cut to a room of at
+    /// least `CUT_FROM`, a smaller room stops the taking and leaves the item whole.
+    #[tokio::test(start_paused = true)]
+    async fn take_while_cuts_to_a_large_room_and_stops_at_a_small_one() {
+        let o = Outbox::new(1 << 20, any_order);
+        for len in [3 * CUT_FROM + 5, 100, 100] {
+            let permit = o.reserve(len).await.expect("room");
+            o.send(nice(0), Bytes::from(vec![7u8; len]), permit, None)
+                .expect("send");
+        }
+        // Rooms after each item: a large one (the long message is cut), then one just below
+        // CUT_FROM (the rest of the long message waits whole).
+        let rooms = [CUT_FROM, CUT_FROM - 1];
+        let mut got = Vec::new();
+        o.take_while(CUT_FROM + 1, |item| {
+            got.push((item.id, item.data.len(), item.fin));
+            rooms.get(got.len() - 1).copied().unwrap_or(0)
+        });
+        assert_eq!(got, vec![(0, CUT_FROM + 1, false), (0, CUT_FROM, false)]);
+        // A short message fits a small room whole; the next call takes the rest in order.
+        let mut got = Vec::new();
+        o.take_while(CUT_FROM - 1, |item| {
+            got.push((item.id, item.data.len(), item.fin));
+            100
+        });
+        assert_eq!(
+            got,
+            Vec::<(u64, usize, bool)>::new(),
+            "the long rest does not fit and is not cut"
+        );
+        o.take_while(usize::MAX, |item| {
+            got.push((item.id, item.data.len(), item.fin));
+            100
+        });
+        assert_eq!(
+            got,
+            vec![(0, CUT_FROM + 4, true), (1, 100, true), (2, 100, true)]
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -31,7 +31,10 @@ enum Step {
 /// can empty under it when queued messages expire).
 const FLUSH_DELAY: Duration = Duration::from_millis(1);
 
-/// Most bytes of frames gathered into one write (one system call).
+/// Most bytes of frames gathered into one write (one system call): what the TLS layer takes
+/// in one write (rustls's default buffer limit). A batch a few bytes longer went out as two
+/// writes, the second a TLS record and a system call of its own for those few bytes (at
+/// 1 MiB messages, half the system calls and a tiny record to decrypt per 64 KiB).
 pub(super) const BATCH: usize = 64 * 1024;
 /// How much sending time one write may gather (see [`Acks::batch_limit`]).
 pub(super) const BATCH_TIME: Duration = Duration::from_millis(2);
@@ -330,13 +333,20 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
                     carries_data = true;
                     {
                         let (mut window, now) = (acks.lock(), Instant::now());
+                        // The room for the next frame's payload: the batch stays within the
+                        // limit with that frame's header and an ACK that may ride along.
                         let mut add = |item: Item| {
                             flush |=
                                 append(&mut batch, &item, (&mut window, keep, now), &mut sent_fins);
-                            batch.len() < window.batch_limit() && window.has_room()
+                            if !window.has_room() {
+                                return 0;
+                            }
+                            let used = batch.len() + 2 * HEADER_LEN;
+                            window.batch_limit().saturating_sub(used).min(MAX_FRAME)
                         };
-                        if add(first) {
-                            outbox.take_while(MAX_FRAME, add);
+                        let room = add(first);
+                        if room > 0 {
+                            outbox.take_while(room, add);
                         }
                     }
                     flush |= outbox.idle();
