@@ -26,15 +26,26 @@ impl ReceiveLimits {
     }
 }
 
+/// `buf` frozen, its spare capacity given back when it is more than a quarter of its length
+/// (a buffer that grew by doubling can be up to twice what it holds, and the application
+/// keeps the message as long as it likes).
+fn fitted(buf: BytesMut) -> Bytes {
+    if buf.capacity() - buf.len() <= buf.len() / 4 {
+        return buf.freeze();
+    }
+    let mut v: Vec<u8> = buf.into();
+    v.shrink_to_fit();
+    Bytes::from(v)
+}
+
 /// One message being received.
 #[derive(Debug)]
 pub(crate) struct Assembly {
     id: MessageId,
     buf: BytesMut,
-    /// Whole-message delivery keeps the pieces and joins them once, at the end; a message
-    /// that came in one piece goes up as it is (no copy, no list).
+    /// Whole-message delivery: the first piece, kept as it is until a second one comes (a
+    /// message that came in one piece goes up without a copy).
     first: Option<Bytes>,
-    pieces: Vec<Bytes>,
     /// Bytes already delivered in parts.
     delivered: u64,
     total: usize,
@@ -47,7 +58,6 @@ impl Assembly {
             id,
             buf: BytesMut::new(),
             first: None,
-            pieces: Vec::new(),
             delivered: 0,
             total: 0,
             reliable,
@@ -108,26 +118,29 @@ impl Assembly {
             .into());
         }
         if limits.min_incomplete.is_none() && limits.max_length.is_none() {
-            // Whole messages only: join the pieces once (one copy, no regrowth).
+            // Whole messages only. One that comes in one piece goes up as it is (no copy);
+            // a longer one is copied into one buffer piece by piece as it comes, so its
+            // pieces (slices of the reader's buffers) are let go at once: the reader reuses
+            // its buffer in place, and the message never holds twice its size (pieces kept
+            // for one join at the end did, and freeing 2 MiB at once per 1 MiB message made
+            // the allocator give pages back to the system and fault them in again).
             if !data.is_empty() {
-                match self.first {
-                    None => self.first = Some(data),
-                    Some(_) => self.pieces.push(data),
+                match self.first.take() {
+                    None if self.buf.is_empty() => self.first = Some(data),
+                    None => self.buf.extend_from_slice(&data),
+                    Some(first) => {
+                        self.buf.reserve(2 * (first.len() + data.len()));
+                        self.buf.extend_from_slice(&first);
+                        self.buf.extend_from_slice(&data);
+                    }
                 }
             }
             if !end {
                 return Ok(());
             }
-            let first = self.first.take().unwrap_or_default();
-            let whole = if self.pieces.is_empty() {
-                first
-            } else {
-                let mut joined = BytesMut::with_capacity(self.total);
-                joined.extend_from_slice(&first);
-                for piece in self.pieces.drain(..) {
-                    joined.extend_from_slice(&piece);
-                }
-                joined.freeze()
+            let whole = match self.first.take() {
+                Some(first) => first,
+                None => fitted(self.buf.split()),
             };
             out.push(Event::Received(Received {
                 id: self.id,
@@ -233,6 +246,35 @@ mod tests {
         b.push_into(Bytes::from_static(b"cd"), true, &l, &mut out)
             .expect("fits");
         assert!(matches!(out.as_slice(), [Event::Received(r)] if r.data == "abcd"));
+    }
+
+    /// A message in many pieces holds no piece past the next one (each piece is copied in as
+    /// it comes, so the buffers they are slices of can be reused).
+    #[test]
+    fn pieces_of_a_long_message_are_let_go_as_they_come() {
+        let l = ReceiveLimits {
+            max_message_size: 1 << 20,
+            min_incomplete: None,
+            max_length: None,
+        };
+        let mut a = Assembly::new(1, true);
+        let mut out = Vec::new();
+        let mut expect = Vec::new();
+        let mut held = Vec::new();
+        for i in 0..40u8 {
+            let piece = Bytes::from(vec![i; 1000 + usize::from(i)]);
+            expect.extend_from_slice(&piece);
+            held.push(piece.clone());
+            a.push_into(piece, i == 39, &l, &mut out).expect("fits");
+            // Every piece but the first is let go at once; the first once a second came.
+            let released = held.iter().filter(|p| p.is_unique()).count();
+            let want = if i == 0 { 0 } else { usize::from(i) + 1 };
+            assert_eq!(released, want, "after piece {i}");
+        }
+        match out.as_slice() {
+            [Event::Received(r)] => assert!(r.data == expect, "the message is not intact"),
+            other => panic!("{} events", other.len()),
+        }
     }
 
     #[test]
