@@ -25,6 +25,12 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
     let mut closing = false;
     // What a frame delivers (most deliver one event): one list for all frames.
     let mut out = Vec::new();
+    // The ACK delay of the first unit not yet acknowledged (see `AckTx::received`): the
+    // reader keeps that timer, so the writer is not woken to start it. One timer, reset
+    // when a new delay starts (a new one per wait cost a timer registration per read).
+    let ack_timer = tokio::time::sleep_until(Instant::now());
+    tokio::pin!(ack_timer);
+    let mut ack_armed = false;
     loop {
         // A resumable peer writes at least every keepalive interval: three silent intervals
         // mean the path is gone (the carrier goes dormant until the client comes back).
@@ -44,6 +50,12 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
             Ok(None) => tokio::select! {
                 biased;
                 _ = stop.wait_for(|s| *s) => return ReadEnd::Stopped,
+                // Before the input, so that a steady trickle of frames cannot hold it off.
+                _ = &mut ack_timer, if ack_armed && ack_tx.pending() => {
+                    ack_tx.due_now();
+                    ack_armed = false;
+                    continue;
+                }
                 frame = input.next(limits.max_message_size) => frame,
                 _ = silence => {
                     return ReadEnd::Broken(
@@ -181,10 +193,28 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
         }
         // Acknowledge as the frame is handed to the application's queue (or the reassembly),
         // so the ACK can ride on an answer the application sends at once.
-        ack_tx.received(st.received);
+        if ack_tx.received(st.received) {
+            ack_timer.as_mut().reset(AckTx::ack_due_at());
+            ack_armed = true;
+        }
         for event in out.drain(..) {
-            if events.send(event).await.is_err() {
-                return ReadEnd::Gone;
+            // A full queue holds the reader here; the ACK delay still runs out on time.
+            let send = events.send(event);
+            tokio::pin!(send);
+            loop {
+                tokio::select! {
+                    biased;
+                    sent = &mut send => {
+                        if sent.is_err() {
+                            return ReadEnd::Gone;
+                        }
+                        break;
+                    }
+                    _ = &mut ack_timer, if ack_armed && ack_tx.pending() => {
+                        ack_tx.due_now();
+                        ack_armed = false;
+                    }
+                }
             }
         }
     }

@@ -52,40 +52,67 @@ pub(super) struct AckTx {
     tx: watch::Sender<u64>,
     /// The count the writer last acknowledged.
     sent: Arc<std::sync::atomic::AtomicU64>,
+    /// Set (with a wake-up) when the reader's ACK delay ran out: acknowledge now.
+    due: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The writer's side of [`AckTx`].
 pub(super) struct AckRx {
     rx: watch::Receiver<u64>,
     sent: Arc<std::sync::atomic::AtomicU64>,
+    due: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The count of units received (starting at `start`), from the reader to the writer.
 pub(super) fn ack_signal(start: u64) -> (AckTx, AckRx) {
     let (tx, rx) = watch::channel(start);
     let sent = Arc::new(std::sync::atomic::AtomicU64::new(start));
+    let due = Arc::new(std::sync::atomic::AtomicBool::new(false));
     (
         AckTx {
             tx,
             sent: sent.clone(),
+            due: due.clone(),
         },
-        AckRx { rx, sent },
+        AckRx { rx, sent, due },
     )
 }
 
 impl AckTx {
-    /// `count` units are received. The writer is woken only when it has something to do:
-    /// for the first unit not yet acknowledged (it starts the ACK timer) and once
-    /// `ACK_EVERY` units wait (it acknowledges at once). Waking it for every frame cost a
-    /// task wake-up per received message. The writer, after each write, looks again at
-    /// what arrived meanwhile (`write_loop`), so no unit is left without a timer.
-    pub(super) fn received(&self, count: u64) {
+    /// `count` units are received. The writer is woken only once `ACK_EVERY` units wait
+    /// (it acknowledges at once); true if this is the first unit not yet acknowledged, for
+    /// which the reader starts the ACK delay itself (`ack_due_at`). Waking the writer to
+    /// start that timer cost a task wake-up per received message, and, on a runtime with
+    /// several workers, mostly a hand-over to another worker: the reader wakes the
+    /// application with the same message, and of two tasks woken at once one moves. An
+    /// answer the application sends within the delay carries the ACK, and the writer,
+    /// after each write, looks again at what arrived meanwhile (`write_loop`).
+    pub(super) fn received(&self, count: u64) -> bool {
+        let mut first = false;
         self.tx.send_if_modified(|v| {
             let before = *v;
             *v = count;
             let sent = self.sent.load(std::sync::atomic::Ordering::SeqCst);
-            before <= sent || count.saturating_sub(sent) >= ACK_EVERY
+            first = before <= sent && count > sent;
+            count.saturating_sub(sent) >= ACK_EVERY
         });
+        first
+    }
+
+    /// When an ACK is due for the first unit not yet acknowledged, if it arrives now.
+    pub(super) fn ack_due_at() -> Instant {
+        Instant::now() + ACK_DELAY
+    }
+
+    /// Whether some received unit is not acknowledged yet.
+    pub(super) fn pending(&self) -> bool {
+        *self.tx.borrow() > self.sent.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The ACK delay ran out with units unacknowledged: the writer acknowledges now.
+    pub(super) fn due_now(&self) {
+        self.due.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.tx.send_modify(|_| {});
     }
 }
 
@@ -216,6 +243,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     AckRx {
         rx: mut ack_rx,
         sent: ack_sent_shared,
+        due: ack_due_now,
     }: AckRx,
     mut kill: watch::Receiver<u8>,
 ) -> Result<()> {
@@ -305,7 +333,8 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
                 Step::Killed(_) => return Err(ConnectionError::TransientEnded.into()),
                 Step::Ack => {
                     let count = *ack_rx.borrow_and_update();
-                    if count - ack_sent < ACK_EVERY {
+                    let due = ack_due_now.swap(false, std::sync::atomic::Ordering::SeqCst);
+                    if count - ack_sent < ACK_EVERY && !due {
                         ack_due.get_or_insert_with(|| Instant::now() + ACK_DELAY);
                         continue;
                     }
@@ -507,25 +536,36 @@ mod tests {
     }
 
     #[test]
-    fn the_writer_is_woken_for_the_first_unacknowledged_unit_and_past_ack_every() {
-        let (tx, AckRx { mut rx, sent }) = ack_signal(0);
-        tx.received(10);
+    fn the_writer_is_woken_past_ack_every_and_when_the_readers_delay_runs_out() {
+        let (tx, AckRx { mut rx, sent, due }) = ack_signal(0);
+        assert!(!tx.pending());
         assert!(
-            rx.has_changed().expect("open"),
-            "the first unit starts the timer"
+            tx.received(10),
+            "the first unit: the reader starts the delay"
         );
-        rx.borrow_and_update();
-        tx.received(20);
-        assert!(!rx.has_changed().expect("open"), "the timer already runs");
+        assert!(
+            !rx.has_changed().expect("open"),
+            "the writer is not woken for it"
+        );
+        assert!(tx.pending());
+        assert!(!tx.received(20), "the delay already runs");
+        assert!(!rx.has_changed().expect("open"));
         assert_eq!(*rx.borrow(), 20, "the count is current all the same");
-        tx.received(ACK_EVERY + 1);
+        assert!(!tx.received(ACK_EVERY + 1));
         assert!(
             rx.has_changed().expect("open"),
             "enough waits: acknowledge now"
         );
         rx.borrow_and_update();
         sent.store(ACK_EVERY + 1, SeqCst);
-        tx.received(ACK_EVERY + 5);
-        assert!(rx.has_changed().expect("open"), "first unit after an ACK");
+        assert!(!tx.pending(), "all acknowledged");
+        assert!(tx.received(ACK_EVERY + 5), "first unit after an ACK");
+        assert!(!rx.has_changed().expect("open"));
+        tx.due_now();
+        assert!(rx.has_changed().expect("open"), "the delay ran out");
+        assert!(
+            due.load(SeqCst),
+            "and the writer is told to acknowledge now"
+        );
     }
 }
