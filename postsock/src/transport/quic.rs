@@ -804,11 +804,22 @@ async fn write_message(
             outbox.update(id, SendStatus::Sent, false);
             // Sent in 0-RTT: learn of a rejection as soon as the handshake tells.
             let stopped = match early {
-                Some(mut rejected) => tokio::select! {
-                    biased;
-                    r = stream.stopped() => r,
-                    Ok(_) = rejected.wait_for(|r| *r) => Err(quinn::StoppedError::ZeroRttRejected),
-                },
+                Some(mut rejected) => {
+                    let stopped = tokio::select! {
+                        biased;
+                        r = stream.stopped() => r,
+                        Ok(_) = rejected.wait_for(|r| *r) => Err(quinn::StoppedError::ZeroRttRejected),
+                    };
+                    // The peer's acknowledgement of 0-RTT data can be seen before the send
+                    // loop has taken the handshake's outcome: the message is reported acked
+                    // only once `Carrier::resumed` and `early_data` know it (the send loop
+                    // answers here right after setting them, and lets go of the sender soon
+                    // after: either ends this wait).
+                    if matches!(stopped, Ok(None)) {
+                        let _ = rejected.changed().await;
+                    }
+                    stopped
+                }
                 None => stream.stopped().await,
             };
             match stopped {
