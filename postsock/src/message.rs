@@ -236,8 +236,13 @@ impl StatusCell {
         (state.status.clone(), state.terminal)
     }
 
-    /// Sets the status; a terminal status is final.
-    pub(crate) fn set(&self, status: SendStatus, terminal: bool) {
+    /// Sets the status; a terminal status is final. With no handle left (the outbox holds
+    /// the only reference; most applications drop the handle `send` returns) nobody can look
+    /// at it again, and the cell is left alone.
+    pub(crate) fn set(self: &Arc<Self>, status: SendStatus, terminal: bool) {
+        if Arc::strong_count(self) == 1 {
+            return;
+        }
         let waiters = {
             let mut state = crate::util::lock(&self.state);
             if state.terminal {

@@ -262,7 +262,7 @@ pub struct Carrier {
     protocol: Protocol,
     peer: SocketAddr,
     outbox: Arc<Outbox>,
-    events: tokio::sync::Mutex<EventRx>,
+    events: EventRx,
     sender: tokio::sync::Mutex<Option<JoinHandle<Result<()>>>>,
     tasks: Vec<JoinHandle<()>>,
     link: Link,
@@ -740,7 +740,7 @@ impl Carrier {
             protocol,
             peer,
             outbox,
-            events: tokio::sync::Mutex::new(events_rx),
+            events: events_rx,
             sender: tokio::sync::Mutex::new(Some(sender)),
             tasks: tasks.into_iter().chain([reaper]).chain(extra).collect(),
             link,
@@ -944,7 +944,7 @@ impl Carrier {
 
     /// The next event. `None` after the last one (`Closed` or `ConnectionError`).
     pub async fn next_event(&self) -> Option<Event> {
-        self.events.lock().await.recv().await
+        self.events.recv().await
     }
 
     /// The next whole message from the peer, skipping `Ready`. `Ok(None)` once the peer closed
@@ -952,9 +952,8 @@ impl Carrier {
     /// `ConnectionError` is an `Err` followed by `Ok(None)`. With partial delivery configured
     /// use [`next_event`](Self::next_event): a part here is an error.
     pub async fn receive(&self) -> Result<Option<Received>> {
-        let mut events = self.events.lock().await;
         loop {
-            match events.recv().await {
+            match self.events.recv().await {
                 Some(Event::Ready)
                 | Some(Event::PathChange { .. })
                 | Some(Event::Handover { .. })

@@ -14,84 +14,219 @@ mod seqmap;
 pub(crate) mod stream;
 pub mod tls;
 
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use smallvec::SmallVec;
 
 use crate::Event;
-
-type Queued = (Event, Option<OwnedSemaphorePermit>);
 
 /// The transient's side of a carrier's event queue. The queue is bounded twice: in events
 /// (`Configuration::receive_queue`) and in payload bytes (`Configuration::receive_buffer`), so
 /// an application that stops reading holds a bounded amount of memory; past the bound the
 /// readers stop and the transport's flow control slows the peer.
-#[derive(Debug, Clone)]
+///
+/// One mutex guards the queue and both bounds: an event costs one uncontended lock to queue
+/// and one to take, where a bounded `mpsc` channel plus a byte semaphore cost two semaphore
+/// operations and a channel slot each way (and the carrier's receive lock a third). Waiting
+/// tasks leave their wakers in the queue; both ends take part in tokio's cooperative
+/// budget, as the channel did.
+#[derive(Debug)]
 pub(crate) struct EventTx {
-    tx: mpsc::Sender<Queued>,
-    bytes: Arc<Semaphore>,
-    limit: usize,
+    q: Arc<EventQueue>,
+}
+
+#[derive(Debug)]
+struct EventQueue {
+    state: Mutex<QueueState>,
+    /// At most this many events queued.
+    events: usize,
+    /// At most this many payload bytes queued.
+    bytes: usize,
+}
+
+#[derive(Debug)]
+struct QueueState {
+    /// Events with the payload bytes each is charged.
+    queue: VecDeque<(Event, usize)>,
+    held: usize,
+    /// Live `EventTx` handles: with none left and nothing queued, `recv` ends.
+    senders: usize,
+    /// The `EventRx` is alive.
+    receiver: bool,
+    /// Tasks waiting for an event, and for room.
+    rx_waiting: SmallVec<[Waker; 1]>,
+    tx_waiting: SmallVec<[Waker; 1]>,
+}
+
+impl EventQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        crate::util::lock(&self.state)
+    }
+
+    /// The payload bytes `event` is charged (at most the whole bound, so it fits an empty
+    /// queue).
+    fn charge(&self, event: &Event) -> usize {
+        match event {
+            Event::Received(m) => m.data.len(),
+            Event::ReceivedPartial(p) => p.data.len(),
+            _ => 0,
+        }
+        .min(self.bytes)
+    }
+}
+
+/// Leaves `waker` in `list` unless it is there already.
+fn park(list: &mut SmallVec<[Waker; 1]>, waker: &Waker) {
+    if !list.iter().any(|w| w.will_wake(waker)) {
+        list.push(waker.clone());
+    }
+}
+
+fn wake_all(list: SmallVec<[Waker; 1]>) {
+    for w in list {
+        w.wake();
+    }
+}
+
+impl Clone for EventTx {
+    fn clone(&self) -> Self {
+        self.q.lock().senders += 1;
+        EventTx { q: self.q.clone() }
+    }
+}
+
+impl Drop for EventTx {
+    fn drop(&mut self) {
+        let mut st = self.q.lock();
+        st.senders -= 1;
+        if st.senders == 0 {
+            let waiting = std::mem::take(&mut st.rx_waiting);
+            drop(st);
+            wake_all(waiting);
+        }
+    }
 }
 
 impl EventTx {
     /// Queues an event, waiting for room. Fails once the carrier is gone.
     pub(crate) async fn send(&self, event: Event) -> Result<(), ()> {
-        let size = match &event {
-            Event::Received(m) => m.data.len(),
-            Event::ReceivedPartial(p) => p.data.len(),
-            _ => 0,
+        let size = self.q.charge(&event);
+        let mut event = Some(event);
+        poll_fn(|cx| self.poll_send(cx, &mut event, size)).await
+    }
+
+    fn poll_send(
+        &self,
+        cx: &mut Context<'_>,
+        event: &mut Option<Event>,
+        size: usize,
+    ) -> Poll<Result<(), ()>> {
+        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+        let mut st = self.q.lock();
+        if !st.receiver {
+            return Poll::Ready(Err(()));
         }
-        .min(self.limit);
-        let permit = if size > 0 {
-            Some(
-                self.bytes
-                    .clone()
-                    .acquire_many_owned(size as u32)
-                    .await
-                    .map_err(|_| ())?,
-            )
-        } else {
-            None
+        if st.queue.len() >= self.q.events || st.held + size > self.q.bytes {
+            park(&mut st.tx_waiting, cx.waker());
+            return Poll::Pending;
+        }
+        let Some(event) = event.take() else {
+            return Poll::Ready(Ok(()));
         };
-        self.tx.send((event, permit)).await.map_err(|_| ())
+        st.queue.push_back((event, size));
+        st.held += size;
+        let waiting = std::mem::take(&mut st.rx_waiting);
+        drop(st);
+        wake_all(waiting);
+        coop.made_progress();
+        Poll::Ready(Ok(()))
     }
 
     /// Whether the carrier is gone (nobody will read events again).
     pub(crate) fn is_closed(&self) -> bool {
-        self.tx.is_closed()
+        !self.q.lock().receiver
     }
 
-    /// Queues an event if there is room now.
+    /// Queues an event if there is room now (in events: its bytes are not charged).
     pub(crate) fn try_send(&self, event: Event) -> bool {
-        self.tx.try_send((event, None)).is_ok()
+        let mut st = self.q.lock();
+        if !st.receiver || st.queue.len() >= self.q.events {
+            return false;
+        }
+        st.queue.push_back((event, 0));
+        let waiting = std::mem::take(&mut st.rx_waiting);
+        drop(st);
+        wake_all(waiting);
+        true
     }
 }
 
 /// The carrier's side of its event queue.
 #[derive(Debug)]
 pub(crate) struct EventRx {
-    rx: mpsc::Receiver<Queued>,
+    q: Arc<EventQueue>,
 }
 
 impl EventRx {
-    /// The next event; its bytes leave the queue's budget as it is handed over.
-    pub(crate) async fn recv(&mut self) -> Option<Event> {
-        self.rx.recv().await.map(|(event, _permit)| event)
+    /// The next event; its bytes leave the queue's budget as it is handed over. `None` once
+    /// every sender is gone and nothing is queued. Several tasks may wait at once; each event
+    /// goes to one of them.
+    pub(crate) async fn recv(&self) -> Option<Event> {
+        poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Option<Event>> {
+        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+        let mut st = self.q.lock();
+        match st.queue.pop_front() {
+            Some((event, size)) => {
+                st.held -= size;
+                let waiting = std::mem::take(&mut st.tx_waiting);
+                drop(st);
+                wake_all(waiting);
+                coop.made_progress();
+                Poll::Ready(Some(event))
+            }
+            None if st.senders == 0 => Poll::Ready(None),
+            None => {
+                park(&mut st.rx_waiting, cx.waker());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Drop for EventRx {
+    fn drop(&mut self) {
+        let mut st = self.q.lock();
+        st.receiver = false;
+        st.held = 0;
+        let queued = std::mem::take(&mut st.queue);
+        let waiting = std::mem::take(&mut st.tx_waiting);
+        drop(st);
+        drop(queued);
+        wake_all(waiting);
     }
 }
 
 /// An event queue of at most `events` events and `bytes` payload bytes.
 pub(crate) fn event_channel(events: usize, bytes: usize) -> (EventTx, EventRx) {
-    let (tx, rx) = mpsc::channel(events.max(2));
-    let limit = bytes.clamp(1, Semaphore::MAX_PERMITS.min(u32::MAX as usize));
-    (
-        EventTx {
-            tx,
-            bytes: Arc::new(Semaphore::new(limit)),
-            limit,
-        },
-        EventRx { rx },
-    )
+    let q = Arc::new(EventQueue {
+        state: Mutex::new(QueueState {
+            queue: VecDeque::new(),
+            held: 0,
+            senders: 1,
+            receiver: true,
+            rx_waiting: SmallVec::new(),
+            tx_waiting: SmallVec::new(),
+        }),
+        events: events.max(2),
+        bytes: bytes.max(1),
+    });
+    (EventTx { q: q.clone() }, EventRx { q })
 }
 
 impl crate::path::Announce for EventTx {
@@ -101,5 +236,138 @@ impl crate::path::Announce for EventTx {
 
     fn gone(&self) -> bool {
         self.is_closed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Received;
+    use bytes::Bytes;
+    use std::time::Duration;
+
+    fn message(id: u64, len: usize) -> Event {
+        Event::Received(Received {
+            id,
+            data: Bytes::from(vec![0u8; len]),
+            reliable: true,
+        })
+    }
+
+    fn id(event: Option<Event>) -> u64 {
+        match event {
+            Some(Event::Received(m)) => m.id,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    /// Whether `f` completes within a (paused-clock) second.
+    async fn done<T>(f: impl std::future::Future<Output = T>) -> Option<T> {
+        tokio::time::timeout(Duration::from_secs(1), f).await.ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_event_queue_holds_senders_at_either_bound_and_lets_them_on_as_events_go() {
+        // Bound in events: two.
+        let (tx, rx) = event_channel(2, 1 << 20);
+        assert!(done(tx.send(message(1, 10))).await.is_some());
+        assert!(done(tx.send(Event::Ready)).await.is_some());
+        assert!(
+            done(tx.send(message(2, 10))).await.is_none(),
+            "two events queued"
+        );
+        assert!(
+            !tx.try_send(Event::Dormant),
+            "try_send respects the bound too"
+        );
+        assert_eq!(id(rx.recv().await), 1);
+        let waiting = tokio::spawn({
+            let tx = tx.clone();
+            async move { tx.send(message(3, 10)).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(matches!(rx.recv().await, Some(Event::Ready)));
+        assert_eq!(
+            done(waiting).await.expect("let on").expect("joined"),
+            Ok(())
+        );
+        assert_eq!(id(rx.recv().await), 3);
+
+        // Bound in bytes: 100; an event longer than the bound is charged the bound, so it
+        // fits an empty queue.
+        let (tx, rx) = event_channel(16, 100);
+        assert!(done(tx.send(message(1, 60))).await.is_some());
+        assert!(
+            done(tx.send(message(2, 60))).await.is_none(),
+            "120 of 100 bytes"
+        );
+        assert!(
+            done(tx.send(Event::Ready)).await.is_some(),
+            "no payload: no bytes"
+        );
+        assert_eq!(id(rx.recv().await), 1);
+        assert!(matches!(rx.recv().await, Some(Event::Ready)));
+        assert!(
+            done(tx.send(message(3, 500))).await.is_some(),
+            "alone it fits"
+        );
+        assert!(
+            done(tx.send(message(4, 1))).await.is_none(),
+            "the bound is full"
+        );
+        assert_eq!(id(rx.recv().await), 3);
+        assert!(done(tx.send(message(4, 1))).await.is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_event_queue_ends_when_either_side_is_gone() {
+        let (tx, rx) = event_channel(4, 1000);
+        let other = tx.clone();
+        assert!(tx.send(message(1, 1)).await.is_ok());
+        drop(tx);
+        assert_eq!(id(rx.recv().await), 1);
+        assert!(done(rx.recv()).await.is_none(), "a sender is left: wait");
+        let ended = tokio::spawn(async move { rx.recv().await.is_none() });
+        tokio::task::yield_now().await;
+        drop(other);
+        assert!(
+            done(ended).await.expect("woken").expect("joined"),
+            "every sender gone"
+        );
+
+        let (tx, rx) = event_channel(2, 1);
+        assert!(tx.send(message(1, 1)).await.is_ok());
+        assert!(!tx.is_closed());
+        let held = tokio::spawn({
+            let tx = tx.clone();
+            async move { tx.send(message(2, 1)).await }
+        });
+        tokio::task::yield_now().await;
+        drop(rx);
+        assert!(tx.is_closed());
+        assert_eq!(done(held).await.expect("woken").expect("joined"), Err(()));
+        assert!(tx.send(message(3, 1)).await.is_err());
+        assert!(!tx.try_send(Event::Ready));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_event_goes_to_one_of_several_waiting_receivers() {
+        let (tx, rx) = event_channel(8, 1000);
+        let rx = Arc::new(rx);
+        let mut waiting = Vec::new();
+        for _ in 0..3 {
+            let rx = rx.clone();
+            waiting.push(tokio::spawn(async move { id(rx.recv().await) }));
+        }
+        tokio::task::yield_now().await;
+        for i in 1..=3 {
+            tx.send(message(i, 1)).await.expect("open");
+        }
+        let mut got = Vec::new();
+        for w in waiting {
+            got.push(done(w).await.expect("each woken").expect("joined"));
+        }
+        got.sort();
+        assert_eq!(got, [1, 2, 3]);
     }
 }

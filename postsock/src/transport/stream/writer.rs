@@ -54,6 +54,10 @@ pub(super) struct AckTx {
     sent: Arc<std::sync::atomic::AtomicU64>,
     /// Set (with a wake-up) when the reader's ACK delay ran out: acknowledge now.
     due: Arc<std::sync::atomic::AtomicBool>,
+    /// The `sent` count at the last wake-up for `ACK_EVERY`: one per ACK the writer sends.
+    /// (Waking at every frame past the threshold cost a notification of the writer's
+    /// watchers per frame until it ran; what arrives while it writes it looks at after.)
+    woke_at: std::sync::atomic::AtomicU64,
 }
 
 /// The writer's side of [`AckTx`].
@@ -73,6 +77,7 @@ pub(super) fn ack_signal(start: u64) -> (AckTx, AckRx) {
             tx,
             sent: sent.clone(),
             due: due.clone(),
+            woke_at: std::sync::atomic::AtomicU64::new(u64::MAX),
         },
         AckRx { rx, sent, due },
     )
@@ -88,13 +93,19 @@ impl AckTx {
     /// answer the application sends within the delay carries the ACK, and the writer,
     /// after each write, looks again at what arrived meanwhile (`write_loop`).
     pub(super) fn received(&self, count: u64) -> bool {
+        use std::sync::atomic::Ordering::{Relaxed, SeqCst};
         let mut first = false;
         self.tx.send_if_modified(|v| {
             let before = *v;
             *v = count;
-            let sent = self.sent.load(std::sync::atomic::Ordering::SeqCst);
+            let sent = self.sent.load(SeqCst);
             first = before <= sent && count > sent;
-            count.saturating_sub(sent) >= ACK_EVERY
+            let wake =
+                count.saturating_sub(sent) >= ACK_EVERY && self.woke_at.load(Relaxed) != sent;
+            if wake {
+                self.woke_at.store(sent, Relaxed);
+            }
+            wake
         });
         first
     }
@@ -557,7 +568,13 @@ mod tests {
             "enough waits: acknowledge now"
         );
         rx.borrow_and_update();
-        sent.store(ACK_EVERY + 1, SeqCst);
+        assert!(!tx.received(ACK_EVERY + 2));
+        assert!(
+            !rx.has_changed().expect("open"),
+            "woken once per ACK, not at every frame until it goes"
+        );
+        assert_eq!(*rx.borrow(), ACK_EVERY + 2);
+        sent.store(ACK_EVERY + 2, SeqCst);
         assert!(!tx.pending(), "all acknowledged");
         assert!(tx.received(ACK_EVERY + 5), "first unit after an ACK");
         assert!(!rx.has_changed().expect("open"));
@@ -566,6 +583,12 @@ mod tests {
         assert!(
             due.load(SeqCst),
             "and the writer is told to acknowledge now"
+        );
+        rx.borrow_and_update();
+        assert!(!tx.received(2 * ACK_EVERY + 2));
+        assert!(
+            rx.has_changed().expect("open"),
+            "past ACK_EVERY again after the writer's ACK: woken again"
         );
     }
 }
