@@ -822,3 +822,46 @@ fn a_dual_stack_listener_on_real_sockets_is_reached_by_happy_eyeballs() {
         });
     }
 }
+
+/// Simulated time from sending the last of `count` 1 KiB messages on a new TLS/TCP carrier to
+/// its acknowledgement (link RTT 40 ms, 100 Mbit/s).
+fn last_ack_after(count: usize) -> Duration {
+    let took: Arc<Mutex<Option<Duration>>> = Arc::default();
+    let out = took.clone();
+    simulate(
+        link(10, Some(100_000)),
+        configs(&[Protocol::TlsTcp]),
+        |carrier: Carrier| async move { while let Ok(Some(_)) = carrier.receive().await {} },
+        move |carrier| async move {
+            let mut last = None;
+            for _ in 0..count {
+                last = Some((
+                    tokio::time::Instant::now(),
+                    carrier.send(vec![7u8; 1024]).await.expect("send"),
+                ));
+            }
+            let (at, handle) = last.expect("sent");
+            assert_eq!(handle.outcome().await, SendStatus::Acked);
+            *out.lock().expect("lock") = Some(at.elapsed());
+        },
+    );
+    let took = *took.lock().expect("lock");
+    took.expect("acknowledged")
+}
+
+#[test]
+fn a_frame_that_fills_the_senders_window_is_acknowledged_without_the_receivers_delay() {
+    // A new carrier's window is 16 KiB of ACK units (1025 per 1 KiB message): the 16th
+    // message fills it, and nothing more could go until an ACK. Its frame asks for the ACK at
+    // once (FLAG_ACK_NOW); the 15th's waits for the receiver's ACK delay (1 ms).
+    let fifteen = last_ack_after(15);
+    let sixteen = last_ack_after(16);
+    assert!(
+        sixteen + Duration::from_micros(500) < fifteen,
+        "16 messages: last acked after {sixteen:?}; 15: {fifteen:?}"
+    );
+    assert!(
+        sixteen >= Duration::from_millis(40),
+        "at least the RTT: {sixteen:?}"
+    );
+}

@@ -56,6 +56,10 @@ pub const FLAG_FIN: u8 = 0x01;
 /// sent); the receiver discards what it has of it. Set together with `FLAG_FIN` on an empty
 /// frame.
 pub const FLAG_ABORT: u8 = 0x02;
+/// MESSAGE flag: this frame fills the sender's window of unacknowledged bytes; the receiver
+/// acknowledges at once rather than after its ACK delay (the sender can write nothing more
+/// until it does).
+pub const FLAG_ACK_NOW: u8 = 0x04;
 
 /// A decoded frame header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,6 +146,11 @@ impl FrameHeader {
         self.flags & FLAG_ABORT != 0
     }
 
+    /// Whether the sender asks for an ACK at once (its window is full).
+    pub fn ack_now(&self) -> bool {
+        self.kind == TYPE_MESSAGE && self.flags & FLAG_ACK_NOW != 0
+    }
+
     /// Encodes the header.
     pub fn encode(&self) -> [u8; HEADER_LEN] {
         let mut out = [0u8; HEADER_LEN];
@@ -202,7 +211,7 @@ impl FrameHeader {
         if header.kind != TYPE_MESSAGE {
             return Err(Violation::UnknownFrameType(header.kind).into());
         }
-        if header.flags & !(FLAG_FIN | FLAG_ABORT) != 0 {
+        if header.flags & !(FLAG_FIN | FLAG_ABORT | FLAG_ACK_NOW) != 0 {
             return Err(Violation::UnknownFlags(header.flags).into());
         }
         if header.aborts() && (header.len != 0 || !header.fin()) {
@@ -286,5 +295,16 @@ mod tests {
             .to_string();
         assert!(err.contains("exceeds the maximum"), "{err}");
         assert!(FrameHeader::decode(&FrameHeader::message(1, 100).encode(), 100).is_ok());
+        let mut ack_now = FrameHeader::message(1, 10).encode();
+        ack_now[1] |= FLAG_ACK_NOW;
+        let h = FrameHeader::decode(&ack_now, 100).expect("ACK_NOW is a MESSAGE flag");
+        assert!(h.ack_now() && h.fin() && !h.aborts());
+        assert!(!FrameHeader::decode(&good, 100).is_ok_and(|h| h.ack_now()));
+        let mut ack_flagged = FrameHeader::ack(3).encode();
+        ack_flagged[1] = FLAG_ACK_NOW;
+        assert!(
+            FrameHeader::decode(&ack_flagged, 100).is_err(),
+            "not on an ACK"
+        );
     }
 }

@@ -80,6 +80,12 @@ impl AckWindow {
         self.peer_done || self.written - self.acked < self.window()
     }
 
+    /// Whether a frame of `len` payload bytes written now leaves no room (its sender then
+    /// asks for an ACK at once: `FLAG_ACK_NOW`).
+    pub(super) fn fills_window(&self, len: usize) -> bool {
+        !self.peer_done && self.written + ack_units(len) - self.acked >= self.window()
+    }
+
     /// How many bytes of frames to gather into one write: about 2 ms at the measured
     /// delivery rate, so a slow path gets small TLS records (a record is only readable once
     /// whole) and a fast one few system calls.

@@ -14,8 +14,8 @@ use tokio::time::Instant;
 
 use super::assemble::{Assembly, ReceiveLimits};
 use super::framing::{
-    FrameHeader, FLAG_REFUSED, FLAG_RESUME, HEADER_LEN, HELLO_LEN, TOKEN_LEN, TYPE_CLOSE,
-    TYPE_HELLO, TYPE_MESSAGE, TYPE_MOVED,
+    FrameHeader, FLAG_ACK_NOW, FLAG_REFUSED, FLAG_RESUME, HEADER_LEN, HELLO_LEN, TOKEN_LEN,
+    TYPE_CLOSE, TYPE_HELLO, TYPE_MESSAGE, TYPE_MOVED,
 };
 use super::{tls, EventTx};
 use crate::message::{MessageProperties, SendStatus};

@@ -193,7 +193,12 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
         }
         // Acknowledge as the frame is handed to the application's queue (or the reassembly),
         // so the ACK can ride on an answer the application sends at once.
-        if ack_tx.received(st.received) {
+        let first = ack_tx.received(st.received);
+        if header.ack_now() {
+            // The peer's window is full: acknowledge now, not after the delay.
+            ack_tx.due_now();
+            ack_armed = false;
+        } else if first {
             ack_timer.as_mut().reset(AckTx::ack_due_at());
             ack_armed = true;
         }

@@ -226,7 +226,13 @@ fn append(
     (acks, keep, now): (&mut AckWindow, bool, Instant),
     sent_fins: &mut Vec<MessageId>,
 ) -> bool {
-    let header = frame_header(item);
+    let mut header = frame_header(item);
+    if acks.fills_window(item.data.len()) {
+        // Nothing more goes out until an ACK comes: the peer should not hold it back for
+        // its ACK delay (at the start of a carrier, with the first small window, that delay
+        // was most of each round trip).
+        header[1] |= FLAG_ACK_NOW;
+    }
     acks.written_item(now, item, &header, keep);
     batch.extend_from_slice(&header);
     batch.push(&item.data);
