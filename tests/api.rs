@@ -185,6 +185,11 @@ fn link(latency_ms: u64, bandwidth_kbps: Option<u64>) -> LinkParams {
     }
 }
 
+/// A server that reads and drops everything.
+async fn drain(carrier: Carrier) {
+    while let Ok(Some(_)) = carrier.receive().await {}
+}
+
 /// A server that logs every message's first byte (the tag) in arrival order.
 fn tag_logger(
     l: Log,
@@ -489,7 +494,7 @@ fn every_message_gets_exactly_one_terminal_outcome() {
     simulate(
         link(10, Some(256)),
         configs(&[Protocol::Quic]),
-        |carrier: Carrier| async move { while let Ok(Some(_)) = carrier.receive().await {} },
+        drain,
         move |carrier| async move {
             // A backlog of 20 KiB on a 256 kbit/s link (~640 ms), then a message that must
             // arrive within 50 ms, and one that depends on it.
@@ -548,7 +553,7 @@ fn stream_protocols_refuse_unreliable_messages_and_oversized_ones() {
     simulate(
         link(10, None),
         (server, client),
-        |carrier: Carrier| async move { while let Ok(Some(_)) = carrier.receive().await {} },
+        drain,
         move |carrier| async move {
             let err = carrier
                 .send(Message::new(vec![0u8; 10]).unreliable())
@@ -831,7 +836,7 @@ fn last_ack_after(count: usize) -> Duration {
     simulate(
         link(10, Some(100_000)),
         configs(&[Protocol::TlsTcp]),
-        |carrier: Carrier| async move { while let Ok(Some(_)) = carrier.receive().await {} },
+        drain,
         move |carrier| async move {
             let mut last = None;
             for _ in 0..count {
