@@ -66,6 +66,16 @@ impl EventQueue {
         crate::util::lock(&self.state)
     }
 
+    /// Queues `event`, charged `size` bytes (the caller checked the bounds under `st`), and
+    /// wakes the tasks waiting for an event.
+    fn push(mut st: std::sync::MutexGuard<'_, QueueState>, event: Event, size: usize) {
+        st.queue.push_back((event, size));
+        st.held += size;
+        let waiting = std::mem::take(&mut st.rx_waiting);
+        drop(st);
+        wake_all(waiting);
+    }
+
     /// The payload bytes `event` is charged (at most the whole bound, so it fits an empty
     /// queue).
     fn charge(&self, event: &Event) -> usize {
@@ -133,15 +143,10 @@ impl EventTx {
             park(&mut st.tx_waiting, cx.waker());
             return Poll::Pending;
         }
-        let Some(event) = event.take() else {
-            return Poll::Ready(Ok(()));
-        };
-        st.queue.push_back((event, size));
-        st.held += size;
-        let waiting = std::mem::take(&mut st.rx_waiting);
-        drop(st);
-        wake_all(waiting);
-        coop.made_progress();
+        if let Some(event) = event.take() {
+            EventQueue::push(st, event, size);
+            coop.made_progress();
+        }
         Poll::Ready(Ok(()))
     }
 
@@ -152,14 +157,11 @@ impl EventTx {
 
     /// Queues an event if there is room now (in events: its bytes are not charged).
     pub(crate) fn try_send(&self, event: Event) -> bool {
-        let mut st = self.q.lock();
+        let st = self.q.lock();
         if !st.receiver || st.queue.len() >= self.q.events {
             return false;
         }
-        st.queue.push_back((event, 0));
-        let waiting = std::mem::take(&mut st.rx_waiting);
-        drop(st);
-        wake_all(waiting);
+        EventQueue::push(st, event, 0);
         true
     }
 }

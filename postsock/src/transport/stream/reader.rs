@@ -52,8 +52,7 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
                 _ = stop.wait_for(|s| *s) => return ReadEnd::Stopped,
                 // Before the input, so that a steady trickle of frames cannot hold it off.
                 _ = &mut ack_timer, if ack_armed && ack_tx.pending() => {
-                    ack_tx.due_now();
-                    ack_armed = false;
+                    ack_now(&ack_tx, &mut ack_armed);
                     continue;
                 }
                 frame = input.next(limits.max_message_size) => frame,
@@ -196,8 +195,7 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
         let first = ack_tx.received(st.received);
         if header.ack_now() {
             // The peer's window is full: acknowledge now, not after the delay.
-            ack_tx.due_now();
-            ack_armed = false;
+            ack_now(&ack_tx, &mut ack_armed);
         } else if first {
             ack_timer.as_mut().reset(AckTx::ack_due_at());
             ack_armed = true;
@@ -216,13 +214,19 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
                         break;
                     }
                     _ = &mut ack_timer, if ack_armed && ack_tx.pending() => {
-                        ack_tx.due_now();
-                        ack_armed = false;
+                        ack_now(&ack_tx, &mut ack_armed);
                     }
                 }
             }
         }
     }
+}
+
+/// The writer acknowledges now (the ACK delay ran out, or the peer's window is full); the
+/// reader's delay timer is disarmed until the next unacknowledged unit.
+fn ack_now(ack_tx: &AckTx, armed: &mut bool) {
+    ack_tx.due_now();
+    *armed = false;
 }
 
 /// How much a [`FrameReader`] asks of the stream at once.
