@@ -1,5 +1,9 @@
 //! The `postsock` command: exit codes, error messages, outputs.
 
+mod common;
+
+use common::TempDir;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -14,11 +18,9 @@ fn text(out: &[u8]) -> String {
     String::from_utf8_lossy(out).into_owned()
 }
 
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("postsock-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
+/// A fresh directory for one test, removed when the test ends.
+fn temp_dir(name: &str) -> TempDir {
+    TempDir::new(&format!("cli-{name}"))
 }
 
 #[test]
@@ -490,4 +492,14 @@ fn run_prints_what_each_policy_chose() {
     ] {
         assert!(stdout.contains(line), "want `{line}` in:\n{stdout}");
     }
+}
+
+#[test]
+fn a_tests_directory_goes_when_the_test_ends() {
+    let dir = temp_dir("goes");
+    std::fs::create_dir_all(dir.join("nested")).expect("dir");
+    std::fs::write(dir.join("nested/file"), b"x").expect("write");
+    let path = dir.path().to_path_buf();
+    drop(dir);
+    assert!(!path.exists(), "{} is still there", path.display());
 }

@@ -7,7 +7,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{sim_host as host, sim_nat as gateway};
+use common::{sim_host as host, sim_nat as gateway, TempDir};
 use postsock::net::Net;
 use postsock::traversal::rendezvous::{
     self, Candidate, CandidateKind, Pairing, PeerInfo, RendezvousServer, RendezvousStats,
@@ -220,8 +220,8 @@ async fn the_rendezvous_server_command_pairs_two_real_peers() {
         let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("udp");
         s.local_addr().expect("addr").port()
     };
-    let ca_out = std::env::temp_dir().join(format!("postsock-rdv-ca-{port}.der"));
-    let _ = std::fs::remove_file(&ca_out);
+    let dir = TempDir::new(&format!("rdv-ca-{port}"));
+    let ca_out = dir.join("ca.der");
     let _server = Child(
         std::process::Command::new(env!("CARGO_BIN_EXE_postsock"))
             .args([

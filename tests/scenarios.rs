@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::scenario;
+use common::{scenario, TempDir};
 
 use std::path::Path;
 
@@ -453,8 +453,7 @@ fn when_nothing_works_one_error_names_every_attempt_within_the_timeout() {
 
 #[test]
 fn the_attempt_delay_is_configurable_but_never_below_10_ms() {
-    let dir = std::env::temp_dir().join(format!("postsock-delay-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let dir = TempDir::new("delay");
     let base = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/blocking/udp-blocked.toml"),
     )
@@ -490,13 +489,12 @@ fn the_attempt_delay_is_configurable_but_never_below_10_ms() {
         let ttfm = r.metrics.ttfm_ms.expect("ttfm");
         assert!((ttfm - (want_start + 100.0)).abs() <= 2.0, "TTFM {ttfm}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Runs a shipped scenario with `association = true` turned off.
 fn without_association(name: &str, seed: u64) -> reports::Report {
-    let dir = std::env::temp_dir().join(format!("postsock-noassoc-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    // Tests run at once: one directory per scenario and seed.
+    let dir = TempDir::new(&format!("noassoc-{}-{seed}", name.replace('/', "-")));
     let text = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("scenarios/{name}.toml")),
     )
@@ -1066,8 +1064,7 @@ fn policies_choose_from_the_request_and_from_what_the_stack_learned() {
 /// A policy file that is missing or wrong is the scenario's error, at the `policy` key.
 #[test]
 fn a_bad_policy_file_is_an_error_at_the_policy_key() {
-    let dir = std::env::temp_dir().join(format!("postsock-policy-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("dir");
+    let dir = TempDir::new("policy");
     let text = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/blocking/udp-blocked-policy.toml"),
     )
@@ -1104,11 +1101,10 @@ fn the_race_plot_shows_how_long_dns_took() {
         let r = testbed::run(&scenario(name), 1).report;
         assert_eq!(reports::plot::has_race(&r), want, "{name}");
     }
-    let dir = std::env::temp_dir().join(format!("postsock-race-plot-{}", std::process::id()));
+    let dir = TempDir::new("race-plot");
     let r = testbed::run(&scenario("blocking/aaaa-slow"), 1).report;
     suite::write_run(&dir, &r, true).expect("write");
     let png = dir.join("blocking/aaaa-slow/seed-1-race.png");
     let bytes = std::fs::read(&png).expect("the race plot");
     assert!(bytes.len() > 10_000, "{} looks empty", png.display());
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -8,6 +8,7 @@
 
 mod common;
 
+use common::TempDir;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -146,7 +147,7 @@ fn echo_server(runtime: &tokio::runtime::Runtime, ca: &TestCa) -> u16 {
 struct Setup {
     runtime: tokio::runtime::Runtime,
     ca: TestCa,
-    dir: PathBuf,
+    dir: TempDir,
     ca_file: PathBuf,
 }
 
@@ -164,11 +165,8 @@ fn setup(name: &str) -> Setup {
     }
 }
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("postsock-two-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("scratch dir");
-    dir
+fn scratch(name: &str) -> TempDir {
+    TempDir::new(&format!("two-{name}"))
 }
 
 #[test]
@@ -207,7 +205,6 @@ fn a_second_process_resumes_in_0rtt_from_the_association_file() {
         let third = run_client(port, name, &ca_file, &file);
         assert_eq!(third.resumed, Some(false), "{name}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -236,7 +233,6 @@ fn tickets_saved_under_other_roots_are_not_used() {
     std::fs::write(&file, text).expect("write");
     let seen = run_client(port, "tls-tcp", &ca_file, &file);
     assert_eq!((seen.resumed, seen.early_data), (Some(false), None));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -277,5 +273,4 @@ fn tickets_a_restarted_server_no_longer_knows_cost_a_full_handshake_and_lose_not
             "{name}"
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -47,6 +47,9 @@ impl Drop for Child {
 pub struct Coturn {
     port: u16,
     _child: Child,
+    /// Its configuration, pid file and user database; removed after it stopped (fields drop
+    /// in order).
+    _dir: TempDir,
 }
 
 impl Coturn {
@@ -65,8 +68,7 @@ impl Coturn {
             .find(|p| std::path::Path::new(p).exists())
             .expect("coturn's turnserver is not installed: run `bash .ci/test`, which installs it");
         let port = free_udp_port();
-        let dir = std::env::temp_dir().join(format!("postsock-coturn-{port}"));
-        std::fs::create_dir_all(&dir).expect("dir");
+        let dir = TempDir::new(&format!("coturn-{port}"));
         let config = dir.join("turnserver.conf");
         std::fs::write(
             &config,
@@ -95,6 +97,7 @@ impl Coturn {
         let coturn = Coturn {
             port,
             _child: child,
+            _dir: dir,
         };
         coturn.wait_ready();
         coturn
