@@ -424,8 +424,6 @@ struct Dispatcher {
     early_sent: Vec<Item>,
     /// The write of the last ordered message (settled when it ends).
     last_ordered: Option<Arc<SettledState>>,
-    /// The congestion window as last read (at least [`MIN_IN_FLIGHT`]).
-    window: usize,
 }
 
 impl Dispatcher {
@@ -441,7 +439,6 @@ impl Dispatcher {
             early: None,
             early_sent: Vec::new(),
             last_ordered: None,
-            window: MIN_IN_FLIGHT,
         }
     }
 
@@ -449,10 +446,12 @@ impl Dispatcher {
         *self.writes.halt.borrow()
     }
 
-    /// Whether the bytes in flight are below the congestion window last read (by
-    /// [`room`](Self::room)), and the carrier has not halted.
+    /// Whether [`room`](Self::room) would return at once (the bytes in flight are below the
+    /// congestion window), and the carrier has not halted.
     fn room_now(&self) -> bool {
-        self.in_flight.bytes.load(Ordering::Relaxed) < self.window && !self.halted()
+        let in_flight = self.in_flight.bytes.load(Ordering::Relaxed);
+        let below = in_flight < MIN_IN_FLIGHT || in_flight < self.conn.stats().path.cwnd as usize;
+        below && !self.halted()
     }
 
     /// Waits until the bytes in flight are below the congestion window. The window is read
@@ -465,7 +464,6 @@ impl Dispatcher {
                 return;
             }
             let window = (self.conn.stats().path.cwnd as usize).max(MIN_IN_FLIGHT);
-            self.window = window;
             let in_flight = &self.in_flight;
             let below = self
                 .writes
@@ -665,8 +663,8 @@ pub(crate) async fn send_loop(
                 return Ok(());
             };
             d.dispatch(item).await?;
-            // What else is ready goes at once while the window last read has room: no wait
-            // on the outbox and no look at the window per message of a burst.
+            // What else is ready goes at once while the window has room, by the rule `room`
+            // applies: no wait on the outbox and no select per message of a burst.
             while d.room_now() {
                 let Some(item) = outbox.try_next_where(usize::MAX, |_| true) else {
                     break;
