@@ -16,8 +16,7 @@ fn postsock(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn the_html_report_is_self_contained_and_renders_in_chromium() {
-    let dir = std::env::temp_dir().join(format!("postsock-html-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = common::TempDir::new("html");
     // A scenario directory with one shipped scenario of each plot kind and one that fails.
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
     let scenarios = dir.join("scenarios");
