@@ -449,12 +449,21 @@ impl Dispatcher {
         *self.writes.halt.borrow()
     }
 
-    /// Whether [`room`](Self::room) would return at once (the bytes in flight are below the
-    /// congestion window), and the carrier has not halted.
+    /// The window the bytes in flight must stay below, read now; `None` while less than
+    /// [`MIN_IN_FLIGHT`] is in flight (there is room whatever the window).
+    fn window_now(&self) -> Option<usize> {
+        if self.in_flight.bytes.load(Ordering::Relaxed) < MIN_IN_FLIGHT {
+            return None;
+        }
+        Some((self.conn.stats().path.cwnd as usize).max(MIN_IN_FLIGHT))
+    }
+
+    /// Whether [`room`](Self::room) would return at once, and the carrier has not halted.
     fn room_now(&self) -> bool {
-        let in_flight = self.in_flight.bytes.load(Ordering::Relaxed);
-        let below = in_flight < MIN_IN_FLIGHT || in_flight < self.conn.stats().path.cwnd as usize;
-        below && !self.halted()
+        let room = self
+            .window_now()
+            .is_none_or(|w| self.in_flight.bytes.load(Ordering::Relaxed) < w);
+        room && !self.halted()
     }
 
     /// Waits until the bytes in flight are below the congestion window. The window is read
@@ -463,10 +472,9 @@ impl Dispatcher {
     async fn room(&mut self) {
         self.writes.poll_now().await;
         loop {
-            if self.in_flight.bytes.load(Ordering::Relaxed) < MIN_IN_FLIGHT {
+            let Some(window) = self.window_now() else {
                 return;
-            }
-            let window = (self.conn.stats().path.cwnd as usize).max(MIN_IN_FLIGHT);
+            };
             let in_flight = &self.in_flight;
             let below = self
                 .writes
