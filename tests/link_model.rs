@@ -280,3 +280,98 @@ messages = 5
     let err = parse(text).expect_err("latency on a gateway link");
     assert!(err.contains("leave link.latency_ms out"), "{err}");
 }
+
+/// When a datagram the restarted server sends first reaches the client (simulated ms), with
+/// the test pausing the wall clock `wall_pause` just before it bounces the server.
+///
+/// The server's 100 kbit/s uplink is still busy with a burst the first incarnation queued
+/// when the server restarts; the second incarnation's datagram leaves after that burst.
+fn first_datagram_after_a_restart(wall_pause: std::time::Duration) -> Vec<(u64, usize)> {
+    use postsock::net::{datagram, Net};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let mut server_spec = common::sim_host("server", None, 10);
+    server_spec.link = sim::LinkParams {
+        latency_ms: 10,
+        bandwidth_kbps: Some(100),
+        queue_bytes: 64 * 1024,
+        ..sim::LinkParams::default()
+    };
+    let spec = sim::WorldSpec {
+        dns: Default::default(),
+        hosts: vec![common::sim_host("client", None, 10), server_spec],
+        gateways: vec![],
+    };
+    let mut world = sim::World::new(&spec, 7, std::time::Duration::from_secs(60)).expect("world");
+    let (server, client) = (
+        world.net("server").expect("net"),
+        world.net("client").expect("net"),
+    );
+    let target = std::net::SocketAddr::new(world.ip("client").expect("ip"), 9);
+    let incarnations = std::sync::Arc::new(AtomicUsize::new(0));
+    let started = incarnations.clone();
+    world
+        .host("server", move || {
+            let (server, started) = (server.clone(), started.clone());
+            async move {
+                let socket = server.bind_udp(([0, 0, 0, 0], 0).into()).await?;
+                // The first incarnation queues 20 × 1000 bytes (1.6 s at 100 kbit/s); the
+                // second one sends one byte.
+                let size = if started.fetch_add(1, Ordering::SeqCst) == 0 {
+                    1000
+                } else {
+                    1
+                };
+                for _ in 0..if size == 1 { 1 } else { 20 } {
+                    datagram::send_to(&*socket, target, &vec![7u8; size]).await?;
+                }
+                std::future::pending::<()>().await;
+                Ok(())
+            }
+        })
+        .expect("host");
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = got.clone();
+    world
+        .client("client", async move {
+            let socket = client.bind_udp(([0, 0, 0, 0], 9).into()).await?;
+            loop {
+                let (_, data) = datagram::recv_from(&*socket).await?;
+                let at = turmoil::sim_elapsed()
+                    .expect("in the simulation")
+                    .as_millis() as u64;
+                seen.lock().expect("lock").push((at, data.len()));
+                if data.len() == 1 {
+                    return Ok(());
+                }
+            }
+        })
+        .expect("client");
+    while world.elapsed() < std::time::Duration::from_millis(200) {
+        assert!(!world.step().expect("step"), "ended before the restart");
+    }
+    assert_eq!(incarnations.load(Ordering::SeqCst), 1);
+    std::thread::sleep(wall_pause);
+    world
+        .apply(&sim::Fault::Bounce {
+            host: "server".into(),
+        })
+        .expect("bounce");
+    while !world.step().expect("step") {}
+    assert_eq!(incarnations.load(Ordering::SeqCst), 2);
+    let got = got.lock().expect("lock").clone();
+    got
+}
+
+#[test]
+fn a_restarted_hosts_link_keeps_the_simulations_clock() {
+    // A restarted host's tokio runtime has a new clock whose instants start from the wall
+    // clock at the restart; the link must judge its queue by simulated time, so how long the
+    // machine took to get there changes nothing.
+    let quick = first_datagram_after_a_restart(std::time::Duration::ZERO);
+    let slow = first_datagram_after_a_restart(std::time::Duration::from_millis(700));
+    assert_eq!(quick, slow);
+    // Two of the burst arrived before the restart at 200 ms (80 ms each at 100 kbit/s, plus
+    // 20 ms of latency); the rest, queued at the host, went with it. The marker waits for the
+    // link to finish what it had started, 20 × 80 ms, and arrives 20 ms later.
+    assert_eq!(quick, [(100, 1000), (180, 1000), (1620, 1)]);
+}

@@ -216,6 +216,7 @@ impl<'a> World<'a> {
             nodes,
             by_ip,
             links: Mutex::new(links),
+            origin: tokio::time::Instant::now(),
             nat_epochs: Mutex::new(BTreeMap::new()),
             iface_changes: tokio::sync::watch::channel(0).0,
             capture: Mutex::new(None),

@@ -176,6 +176,9 @@ pub(crate) struct WorldState {
     pub(crate) dns: DnsSpec,
     /// The IPv6 core's overlay address, when some host speaks IPv6.
     pub(crate) v6_core: Option<SocketAddr>,
+    /// An instant that stands for the simulation's start on the links' clock (see
+    /// [`WorldState::offer`]).
+    pub(crate) origin: tokio::time::Instant,
 }
 
 impl WorldState {
@@ -250,17 +253,34 @@ impl WorldState {
     /// Offers a datagram of `len` bytes (an IP packet of `ip_len`) to access link `link`
     /// (see [`Iface::link`]).
     pub(crate) fn offer(&self, link: &str, upstream: bool, len: usize, ip_len: usize) -> Verdict {
-        let now = tokio::time::Instant::now();
-        let mut links = lock(&self.links);
-        match links.get_mut(link) {
-            Some(link) if link.dead() => {
-                let dir = link.direction(upstream);
-                dir.counters.offered += 1;
-                dir.counters.losses += 1;
-                Verdict::Lost
+        // The links keep their state (when a queue drains, when the last datagram left) on
+        // the simulation's clock, not the offering host's: each host has its own tokio
+        // clock, and a host that restarts gets a new one whose instants bear no fixed
+        // relation to the old one's (its base is the wall clock at the restart). Instants
+        // from both would meet in the link's state, and what a restarted server's link did
+        // would depend on how fast the machine ran the simulation.
+        let local = tokio::time::Instant::now();
+        let sim = turmoil::sim_elapsed().map(|e| self.origin + e);
+        let now = sim.unwrap_or(local);
+        let verdict = {
+            let mut links = lock(&self.links);
+            match links.get_mut(link) {
+                Some(link) if link.dead() => {
+                    let dir = link.direction(upstream);
+                    dir.counters.offered += 1;
+                    dir.counters.losses += 1;
+                    Verdict::Lost
+                }
+                Some(link) => link.direction(upstream).offer(now, len, ip_len),
+                None => Verdict::Deliver(now),
             }
-            Some(link) => link.direction(upstream).offer(now, len, ip_len),
-            None => Verdict::Deliver(now),
+        };
+        // Back on the host's clock, which is what it waits on.
+        let local_at = |at: tokio::time::Instant| local + at.saturating_duration_since(now);
+        match verdict {
+            Verdict::Deliver(at) => Verdict::Deliver(local_at(at)),
+            Verdict::Duplicate(at) => Verdict::Duplicate(local_at(at)),
+            other => other,
         }
     }
 
