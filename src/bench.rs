@@ -252,11 +252,13 @@ fn quinn_endpoint(server: Option<quinn::ServerConfig>) -> Res<quinn::Endpoint> {
 
 async fn quinn_pair() -> Res<(quinn::Connection, quinn::Connection, [quinn::Endpoint; 2])> {
     let Pki { server, client } = pki(Protocol::Quic)?;
-    let server_tls = QuicServerConfig::try_from(tls::server_config(&server.security)?)?;
+    let server_tls =
+        QuicServerConfig::try_from(tls::server_config(&server.security, tls::system_clock())?)?;
     let server_ep = quinn_endpoint(Some(quinn::ServerConfig::with_crypto(Arc::new(server_tls))))?;
     let addr = server_ep.local_addr()?;
     let client_ep = quinn_endpoint(None)?;
-    let client_tls = QuicClientConfig::try_from(tls::client_config(&client.security)?)?;
+    let client_tls =
+        QuicClientConfig::try_from(tls::client_config(&client.security, tls::system_clock())?)?;
     let connecting = client_ep.connect_with(
         quinn::ClientConfig::new(Arc::new(client_tls)),
         addr,
@@ -344,9 +346,14 @@ type ServerTls = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
 
 async fn tls_pair() -> Res<(ClientTls, ServerTls)> {
     let Pki { server, client } = pki(Protocol::TlsTcp)?;
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(&server.security)?));
-    let connector =
-        tokio_rustls::TlsConnector::from(Arc::new(tls::client_config(&client.security)?));
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(
+        &server.security,
+        tls::system_clock(),
+    )?));
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls::client_config(
+        &client.security,
+        tls::system_clock(),
+    )?));
     let listener = tokio::net::TcpListener::bind(loopback()).await?;
     let addr = listener.local_addr()?;
     let accept = tokio::spawn(async move {

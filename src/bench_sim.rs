@@ -115,8 +115,8 @@ pub fn transfer(stack: Stack, bytes: usize, seed: u64) -> Res<(Duration, Duratio
     let got = received.clone();
     match stack {
         Stack::BareQuinn => {
-            let server_tls = tls::server_config(&server_config.security)?;
-            let client_tls = tls::client_config(&client_config.security)?;
+            let server_tls = tls::server_config(&server_config.security, server_net.tls_clock())?;
+            let client_tls = tls::client_config(&client_config.security, client_net.tls_clock())?;
             world.host("server", move || {
                 let (net, tls, got) = (server_net.clone(), server_tls.clone(), got.clone());
                 async move {

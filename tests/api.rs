@@ -1,6 +1,8 @@
 //! The Post Sockets API's behaviour in the simulator, where time is exact: ordering,
 //! antecedents, partial messages, back-pressure, per-message outcomes, selection, fork.
 
+mod common;
+
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -869,4 +871,58 @@ fn a_frame_that_fills_the_senders_window_is_acknowledged_without_the_receivers_d
         sixteen >= Duration::from_millis(40),
         "at least the RTT: {sixteen:?}"
     );
+}
+
+#[test]
+fn tls_reads_the_simulations_calendar_so_tickets_age_in_simulated_time() {
+    // A session ticket's expiry is the simulation's calendar (2026-01-01 00:00 UTC at the
+    // start, then simulated time) plus the lifetime the server gave it (24 h), whatever the
+    // wall clock says; and a file saved after 90 simulated seconds still holds it.
+    const EPOCH_S: u64 = 1_767_225_600;
+    for protocol in [Protocol::Quic, Protocol::TlsTcp] {
+        let (server, mut client) = configs(&[protocol]);
+        let store = postsock::Associations::new(Duration::from_secs(600));
+        client.associations = Some(store.clone());
+        let dir = common::TempDir::new(&format!("calendar-{protocol}"));
+        let file = dir.join("associations.json");
+        let saved = file.clone();
+        let echo = |carrier: Carrier| async move {
+            while let Ok(Some(m)) = carrier.receive().await {
+                if carrier.send_bytes(m.data).await.is_err() {
+                    break;
+                }
+            }
+        };
+        run_on(
+            On::Sim(Box::new(link(10, None))),
+            (server, client),
+            echo,
+            move |carrier| async move {
+                carrier.send_bytes(vec![1u8; 10]).await.expect("send");
+                carrier.receive().await.expect("receive").expect("echo");
+                carrier.close().await.expect("close");
+                tokio::time::sleep(Duration::from_secs(90)).await;
+                store.save(&saved).expect("save");
+            },
+        );
+        let text = std::fs::read_to_string(&file).expect("saved");
+        let json: serde_json::Value = serde_json::from_str(&text).expect("json");
+        let sessions = &json["associations"][0]["sessions"];
+        let tickets = sessions[if protocol == Protocol::Quic {
+            "quic"
+        } else {
+            "tls_tcp"
+        }]
+        .as_array()
+        .expect("tickets");
+        assert!(!tickets.is_empty(), "{text}");
+        for t in tickets {
+            // Received within the first simulated second.
+            assert_eq!(
+                t["valid_until"],
+                EPOCH_S + 24 * 60 * 60,
+                "{protocol}: {text}"
+            );
+        }
+    }
 }

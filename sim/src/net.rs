@@ -286,6 +286,10 @@ impl Net for SimNet {
         })
     }
 
+    fn tls_clock(&self) -> Arc<dyn rustls::time_provider::TimeProvider> {
+        Arc::new(Calendar::default())
+    }
+
     fn rng_seed(&self) -> Option<[u8; 32]> {
         let n = self.seeds.fetch_add(1, Ordering::Relaxed);
         Some(rng::seed_bytes(
@@ -294,6 +298,35 @@ impl Net for SimNet {
         ))
     }
 }
+
+/// The simulation's calendar as TLS reads it: [`EPOCH`] plus the simulated time, so a
+/// session ticket ages (and expires) in simulated time and every run reads the same dates.
+/// Read outside the simulation (after it ended), it says the last time it told.
+#[derive(Debug)]
+struct Calendar {
+    last: Mutex<Duration>,
+}
+
+impl Default for Calendar {
+    fn default() -> Self {
+        Calendar {
+            last: Mutex::new(EPOCH),
+        }
+    }
+}
+
+impl rustls::time_provider::TimeProvider for Calendar {
+    fn current_time(&self) -> Option<rustls::pki_types::UnixTime> {
+        let mut last = crate::lock(&self.last);
+        if let Some(now) = turmoil::since_epoch() {
+            *last = now;
+        }
+        Some(rustls::pki_types::UnixTime::since_unix_epoch(*last))
+    }
+}
+
+/// When every simulation starts on the calendar: 2026-01-01 00:00:00 UTC.
+pub(crate) const EPOCH: Duration = Duration::from_secs(1_767_225_600);
 
 impl SimNet {
     /// The addresses `name` resolves to (of `family`, if given): a literal address to itself;

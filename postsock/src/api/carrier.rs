@@ -330,8 +330,8 @@ impl Carrier {
         let secure = protocols.iter().any(|p| *p != Protocol::Tcp);
         let tls = match (&association, secure) {
             (_, false) => None,
-            (Some(a), true) => Some(a.tls(&config.security)?),
-            (None, true) => Some(TlsClients::new(&config.security)?),
+            (Some(a), true) => Some(a.tls(&config.security, net.tls_clock())?),
+            (None, true) => Some(TlsClients::new(&config.security, net.tls_clock())?),
         };
         if secure {
             crate::transport::tls::server_name(&config.security, &remote.host)?;
@@ -481,7 +481,7 @@ impl Carrier {
         if association.winner(path_key(monitor.as_ref(), &paths)) != Some(Protocol::Quic) {
             return Ok(None);
         }
-        let tls = association.tls(&config.security)?;
+        let tls = association.tls(&config.security, net.tls_clock())?;
         let choice = paths.first().cloned();
         let local = choice.as_ref().map(|c| c.local);
         let connecting = quic::connect_0rtt(

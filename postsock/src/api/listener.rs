@@ -74,7 +74,10 @@ impl Listener {
         if let (Some(listener), Some(stream_protocol)) = (stream, stream_protocol) {
             let acceptor = match stream_protocol {
                 // A resuming client's first idempotent messages may come in early data.
-                Protocol::TlsTcp => Some(tls_tcp::early_server_config(&config.security)?),
+                Protocol::TlsTcp => Some(tls_tcp::early_server_config(
+                    &config.security,
+                    net.tls_clock(),
+                )?),
                 _ => None,
             };
             tasks.push(tokio::spawn(accept_stream(

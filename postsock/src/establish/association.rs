@@ -104,11 +104,12 @@ pub(crate) struct TlsClients {
 pub(crate) type MaybeTls = Option<TlsClients>;
 
 impl TlsClients {
-    pub(crate) fn new(security: &Security) -> Result<Self> {
-        let (mut quic, quic_verifier) = crate::transport::tls::observed_client_config(security)?;
+    pub(crate) fn new(security: &Security, clock: crate::transport::tls::Clock) -> Result<Self> {
+        let (mut quic, quic_verifier) =
+            crate::transport::tls::observed_client_config(security, clock.clone())?;
         // 0-RTT needs early data on; postsock only ever puts idempotent messages in it.
         quic.enable_early_data = true;
-        let mut tcp = crate::transport::tls::client_config(security)?;
+        let mut tcp = crate::transport::tls::client_config(security, clock)?;
         tcp.enable_early_data = true;
         let sessions = Sessions::default();
         quic.resumption = rustls::client::Resumption::store(sessions.quic.clone());
@@ -201,13 +202,18 @@ impl Association {
         &self.key
     }
 
-    /// The TLS client configurations (built on first use; their session caches persist).
-    pub(crate) fn tls(&self, security: &Security) -> Result<TlsClients> {
+    /// The TLS client configurations (built on first use, on `clock`; their session caches
+    /// persist).
+    pub(crate) fn tls(
+        &self,
+        security: &Security,
+        clock: crate::transport::tls::Clock,
+    ) -> Result<TlsClients> {
         let mut tls = crate::util::lock(&self.tls);
         if let Some(t) = tls.as_ref() {
             return Ok(t.clone());
         }
-        let t = TlsClients::new(security)?;
+        let t = TlsClients::new(security, clock)?;
         if let Some(saved) = crate::util::lock(&self.loaded).take() {
             t.restore(&saved);
         }

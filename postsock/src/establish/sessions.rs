@@ -235,10 +235,13 @@ mod tests {
 
     fn server(ca: &TestCa) -> Arc<rustls::ServerConfig> {
         let identity = ca.issue(&["localhost"]).expect("identity");
-        let mut config = crate::transport::tls::server_config(&Security {
-            identity: Some(identity),
-            ..Security::default()
-        })
+        let mut config = crate::transport::tls::server_config(
+            &Security {
+                identity: Some(identity),
+                ..Security::default()
+            },
+            crate::transport::tls::system_clock(),
+        )
         .expect("server config");
         config.max_early_data_size = 16 * 1024;
         Arc::new(config)
@@ -256,7 +259,7 @@ mod tests {
     fn fresh_tls(sec: &Security, key: &AssociationKey) -> TlsClients {
         Associations::new(std::time::Duration::from_secs(60))
             .get(key)
-            .tls(sec)
+            .tls(sec, crate::transport::tls::system_clock())
             .expect("tls")
     }
 
@@ -401,7 +404,14 @@ mod tests {
     async fn the_association_file_carries_tickets_to_a_new_process_under_the_same_trust() {
         let (server, sec, key) = fixture();
         let first = Associations::new(std::time::Duration::from_secs(60));
-        handshake(&first.get(&key).tls(&sec).expect("tls").tcp, &server);
+        handshake(
+            &first
+                .get(&key)
+                .tls(&sec, crate::transport::tls::system_clock())
+                .expect("tls")
+                .tcp,
+            &server,
+        );
         let dir = std::env::temp_dir().join(format!("postsock-sessions-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let file = dir.join("associations.json");
@@ -426,14 +436,20 @@ mod tests {
 
         let second = Associations::new(std::time::Duration::from_secs(60));
         second.load(&file).expect("load");
-        let tls = second.get(&key).tls(&sec).expect("tls");
+        let tls = second
+            .get(&key)
+            .tls(&sec, crate::transport::tls::system_clock())
+            .expect("tls");
         assert_eq!(handshake(&tls.tcp, &server), (true, true));
 
         // Under other roots the same association restores nothing.
         let other = security(&TestCa::new("another CA").expect("ca"));
         let third = Associations::new(std::time::Duration::from_secs(60));
         third.load(&file).expect("load");
-        let tls = third.get(&key).tls(&other).expect("tls");
+        let tls = third
+            .get(&key)
+            .tls(&other, crate::transport::tls::system_clock())
+            .expect("tls");
         assert!(tls.sessions.tcp.export(UnixTime::now()).is_empty());
         assert!(tls.sessions.quic.export(UnixTime::now()).is_empty());
 

@@ -172,7 +172,7 @@ pub(crate) fn endpoint_on(
 ) -> Result<quinn::Endpoint> {
     let server_config = match server {
         Some(config) => {
-            let mut tls_config = tls::server_config(&config.security)?;
+            let mut tls_config = tls::server_config(&config.security, net.tls_clock())?;
             // Accept 0-RTT from clients resuming a session (quinn needs the maximum).
             tls_config.max_early_data_size = u32::MAX;
             let crypto =

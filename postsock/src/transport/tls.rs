@@ -16,8 +16,19 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 
 /// The rustls client configuration postsock uses (TLS 1.3, ring, verification against
 /// `security.trusted_roots`, ALPN `postsock/1`).
-pub fn client_config(security: &Security) -> Result<rustls::ClientConfig> {
-    Ok(observed_client_config(security)?.0)
+/// `clock` is the calendar certificates and tickets are judged by ([`Net::tls_clock`]).
+///
+/// [`Net::tls_clock`]: crate::net::Net::tls_clock
+pub fn client_config(security: &Security, clock: Clock) -> Result<rustls::ClientConfig> {
+    Ok(observed_client_config(security, clock)?.0)
+}
+
+/// The calendar a TLS configuration reads (see [`Net::tls_clock`](crate::net::Net::tls_clock)).
+pub type Clock = Arc<dyn rustls::time_provider::TimeProvider>;
+
+/// The system's calendar, for configurations used on real sockets only.
+pub fn system_clock() -> Clock {
+    Arc::new(rustls::time_provider::DefaultTimeProvider)
 }
 
 /// A server-certificate verifier that verifies exactly as rustls' WebPKI verifier does and
@@ -88,6 +99,7 @@ impl rustls::client::danger::ServerCertVerifier for ObservingVerifier {
 /// The client configuration with its observing verifier.
 pub(crate) fn observed_client_config(
     security: &Security,
+    clock: Clock,
 ) -> Result<(rustls::ClientConfig, Arc<ObservingVerifier>)> {
     if security.trusted_roots.is_empty() {
         return Err(ConfigError::NoTrustedRoots.into());
@@ -106,7 +118,7 @@ pub(crate) fn observed_client_config(
         inner,
         verified: std::sync::Mutex::new(std::collections::BTreeMap::new()),
     });
-    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+    let mut config = rustls::ClientConfig::builder_with_details(provider(), clock)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| Error::Tls(e.to_string()))?
         .dangerous()
@@ -120,13 +132,13 @@ pub(crate) fn observed_client_config(
 }
 
 /// The rustls server configuration postsock uses (TLS 1.3, ring, `security.identity`, ALPN
-/// `postsock/1`).
-pub fn server_config(security: &Security) -> Result<rustls::ServerConfig> {
+/// `postsock/1`); `clock` as for [`client_config`].
+pub fn server_config(security: &Security, clock: Clock) -> Result<rustls::ServerConfig> {
     let identity = security
         .identity
         .as_ref()
         .ok_or_else(|| Error::from(ConfigError::NoIdentity))?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+    let mut config = rustls::ServerConfig::builder_with_details(provider(), clock)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| Error::Tls(e.to_string()))?
         .with_no_client_auth()

@@ -194,7 +194,7 @@ pub(crate) async fn punch(
         };
         let mut client = config.clone();
         client.security = Arc::new(security);
-        let tls = Arc::new(tls::client_config(&client.security)?);
+        let tls = Arc::new(tls::client_config(&client.security, net.tls_clock())?);
         let endpoint = quic::endpoint_on(net.as_ref(), demux.clone(), None, None)?;
         let epoch = quic::PathEpoch::default();
         let conn = quic::connect_on(&endpoint, remote, PEER_NAME, &client, tls, &epoch).await?;

@@ -57,6 +57,7 @@ impl<'a> World<'a> {
         spec.validate()?;
         let sim = turmoil::Builder::new()
             .rng_seed(seed)
+            .epoch(std::time::UNIX_EPOCH + crate::net::EPOCH)
             .tick_duration(Duration::from_millis(1))
             .simulation_duration(max_duration)
             .min_message_latency(Duration::ZERO)

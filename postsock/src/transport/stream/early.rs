@@ -32,8 +32,9 @@ pub(crate) const MAX_EARLY_DATA: u32 = 16 * 1024;
 /// early data allowed. Its session store is stateful, so a ticket resumes once.
 pub(crate) fn server_config(
     security: &crate::Security,
+    clock: super::tls::Clock,
 ) -> crate::Result<Arc<rustls::ServerConfig>> {
-    let mut config = super::tls::server_config(security)?;
+    let mut config = super::tls::server_config(security, clock)?;
     config.max_early_data_size = MAX_EARLY_DATA;
     Ok(Arc::new(config))
 }
@@ -514,10 +515,16 @@ mod tests {
             trusted_roots: vec![ca.root()],
             ..Default::default()
         };
-        let client = crate::establish::association::TlsClients::new(&client)
-            .expect("client configs")
-            .tcp;
-        (server_config(&server).expect("server config"), client)
+        let client = crate::establish::association::TlsClients::new(
+            &client,
+            super::super::tls::system_clock(),
+        )
+        .expect("client configs")
+        .tcp;
+        (
+            server_config(&server, super::super::tls::system_clock()).expect("server config"),
+            client,
+        )
     }
 
     #[tokio::test]
