@@ -502,4 +502,10 @@ fn a_tests_directory_goes_when_the_test_ends() {
     let path = dir.path().to_path_buf();
     drop(dir);
     assert!(!path.exists(), "{} is still there", path.display());
+    // A name with a slash (a protocol's, "TLS/TCP") is still one directory, and it goes.
+    let dir = common::TempDir::new("goes-TLS/TCP");
+    let path = dir.path().to_path_buf();
+    assert_eq!(path.parent(), Some(std::env::temp_dir().as_path()));
+    drop(dir);
+    assert!(!path.exists(), "{} is still there", path.display());
 }

@@ -90,6 +90,9 @@ pub struct TempDir(std::path::PathBuf);
 
 impl TempDir {
     pub fn new(name: &str) -> Self {
+        // One directory, whatever the name holds ("TLS/TCP" would make two, and only the
+        // inner one would go).
+        let name = name.replace(['/', '\\'], "-");
         let dir = std::env::temp_dir().join(format!("postsock-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("create a temporary directory");
