@@ -96,6 +96,32 @@ fn timelines_come_from_the_seed_and_the_scenario() {
     }
 }
 
+/// A run's report is the same whatever ran before it in the process and however long the
+/// machine took: a sweep's runs follow one another on a worker thread, and a replay runs
+/// alone. (Sweeps of one seed once differed by a second: a restarted server's access link
+/// read a clock that started from the wall clock at the restart, docs/RELIABILITY.md.)
+#[test]
+fn a_run_with_a_server_restart_repeats_alone_or_after_others() {
+    let base = load("scale/public-quic");
+    let window = chaos::active_window_ms(&base).expect("window");
+    // Seed 11305 restarts the server 53 ms in, while 100 clients are connecting.
+    let timeline = chaos::draw(&base, window, 11305);
+    let report = |run: chaos::Run| serde_json::to_string(&run.report).expect("json");
+    let alone = report(chaos::run_timeline(&base, timeline.clone(), 11305).expect("run"));
+    assert!(
+        alone.contains("Bounce"),
+        "the timeline restarts the server: {timeline:?}"
+    );
+    let before = chaos::draw(&base, window, 11304);
+    chaos::run_timeline(&base, before, 11304).expect("run");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let after = report(chaos::run_timeline(&base, timeline, 11305).expect("run"));
+    assert!(
+        alone == after,
+        "the run changed after another one in the process"
+    );
+}
+
 /// Found by chaos: after a continuation the TLS/TCP keepalive ACK counted from 0, below what
 /// the peer knew was received, and the peer ended the carrier with a protocol violation.
 #[test]
