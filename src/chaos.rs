@@ -545,6 +545,19 @@ struct FindingRecord<'a> {
     replay_minimal: String,
 }
 
+/// One run of a sweep, as the summary lists it.
+#[derive(serde::Serialize)]
+struct RunRecord<'a> {
+    scenario: &'a str,
+    seed: u64,
+    /// Simulated duration in milliseconds.
+    sim_ms: f64,
+    /// Faults in its timeline.
+    faults: usize,
+    /// The kinds of invariant it broke (empty: none).
+    breaches: std::collections::BTreeSet<&'static str>,
+}
+
 #[derive(serde::Serialize)]
 struct SweepRecord<'a> {
     runs: usize,
@@ -552,9 +565,12 @@ struct SweepRecord<'a> {
     by_kind: std::collections::BTreeMap<&'static str, usize>,
     sim_s: f64,
     findings: Vec<FindingRecord<'a>>,
+    /// Every run in (scenario, seed) order, so two sweeps can be compared run by run.
+    per_run: Vec<RunRecord<'a>>,
 }
 
-/// Writes `chaos/summary.json` and, per finding, its minimal scenario (`seed-S.toml`, with
+/// Writes `chaos/summary.json` (the counts, the simulated total, every finding, and every run
+/// with its simulated duration) and, per finding, its minimal scenario (`seed-S.toml`, with
 /// its replay command on top) and the minimal run's report below `out`. Returns the
 /// summary's path.
 pub fn write(out: &Path, sweep: &Sweep) -> std::io::Result<PathBuf> {
@@ -610,6 +626,17 @@ pub fn write(out: &Path, sweep: &Sweep) -> std::io::Result<PathBuf> {
             .sum::<f64>()
             / 1000.0,
         findings,
+        per_run: sweep
+            .runs
+            .iter()
+            .map(|r| RunRecord {
+                scenario: &r.scenario,
+                seed: r.seed,
+                sim_ms: r.report.metrics.sim_duration_ms,
+                faults: r.timeline.len(),
+                breaches: r.breaches.iter().map(|b| b.kind.name()).collect(),
+            })
+            .collect(),
     };
     let summary = dir.join("summary.json");
     std::fs::write(

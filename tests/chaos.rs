@@ -1,6 +1,8 @@
 //! Chaos: a CI-sized sweep of random fault timelines that must hold every invariant, the
 //! timelines that found bugs (each a regression test now), and the sweep's determinism.
 
+mod common;
+
 use std::path::Path;
 
 use testbed::chaos::{self, Options, Shard, Timeline};
@@ -94,6 +96,46 @@ fn timelines_come_from_the_seed_and_the_scenario() {
         let last = s.faults.iter().map(|f| f.at_ms).max().unwrap_or(0);
         assert!(s.duration_s * 1000 >= last + chaos::settle_s(&a) * 1000);
     }
+}
+
+/// The summary lists every run with its simulated duration (what two sweeps are compared
+/// by, run by run), and they add up to its total.
+#[test]
+fn the_summary_lists_every_run_with_its_simulated_time() {
+    let bases = vec![load("echo/quic")];
+    let options = Options {
+        runs: 3,
+        seed: 7100,
+        shard: Shard::default(),
+        shrink_budget: 0,
+        jobs: 2,
+    };
+    let sweep = chaos::sweep(&bases, &options, &|_| {}).expect("sweep");
+    let out = common::TempDir::new("chaos-summary");
+    let path = chaos::write(&out, &sweep).expect("write");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("read")).expect("json");
+    let per_run = summary["per_run"].as_array().expect("per_run");
+    assert_eq!(per_run.len(), 3);
+    let mut total = 0.0;
+    for (entry, run) in per_run.iter().zip(&sweep.runs) {
+        assert_eq!(entry["scenario"], "echo/quic");
+        assert_eq!(entry["seed"], run.seed);
+        assert_eq!(entry["sim_ms"], run.report.metrics.sim_duration_ms);
+        assert_eq!(entry["faults"], run.timeline.len());
+        let broke: std::collections::BTreeSet<&str> = kinds(run).iter().map(|k| k.name()).collect();
+        assert_eq!(entry["breaches"], serde_json::json!(broke));
+        total += entry["sim_ms"].as_f64().expect("ms");
+    }
+    assert_eq!(
+        [7100, 7101, 7102],
+        [0, 1, 2].map(|i| per_run[i]["seed"].as_u64().expect("seed"))
+    );
+    let sim_s = summary["sim_s"].as_f64().expect("sim_s");
+    assert!(
+        (total / 1000.0 - sim_s).abs() < 1e-9,
+        "{total} ms vs {sim_s} s"
+    );
 }
 
 /// A run's report is the same whatever ran before it in the process and however long the
