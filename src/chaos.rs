@@ -576,12 +576,20 @@ struct SweepRecord<'a> {
 pub fn write(out: &Path, sweep: &Sweep) -> std::io::Result<PathBuf> {
     let dir = out.join("chaos");
     std::fs::create_dir_all(&dir)?;
+    let per_run: Vec<RunRecord> = sweep
+        .runs
+        .iter()
+        .map(|r| RunRecord {
+            scenario: &r.scenario,
+            seed: r.seed,
+            sim_ms: r.report.metrics.sim_duration_ms,
+            faults: r.timeline.len(),
+            breaches: r.breaches.iter().map(|b| b.kind.name()).collect(),
+        })
+        .collect();
     let mut by_kind = std::collections::BTreeMap::new();
-    for r in &sweep.runs {
-        let kinds: std::collections::BTreeSet<Kind> = r.breaches.iter().map(|b| b.kind).collect();
-        for k in kinds {
-            *by_kind.entry(k.name()).or_insert(0) += 1;
-        }
+    for kind in per_run.iter().flat_map(|r| &r.breaches) {
+        *by_kind.entry(*kind).or_insert(0) += 1;
     }
     let mut findings = Vec::new();
     for f in &sweep.findings {
@@ -617,26 +625,11 @@ pub fn write(out: &Path, sweep: &Sweep) -> std::io::Result<PathBuf> {
     }
     let record = SweepRecord {
         runs: sweep.runs.len(),
-        failed: sweep.runs.iter().filter(|r| !r.breaches.is_empty()).count(),
+        failed: per_run.iter().filter(|r| !r.breaches.is_empty()).count(),
         by_kind,
-        sim_s: sweep
-            .runs
-            .iter()
-            .map(|r| r.report.metrics.sim_duration_ms)
-            .sum::<f64>()
-            / 1000.0,
+        sim_s: per_run.iter().map(|r| r.sim_ms).sum::<f64>() / 1000.0,
         findings,
-        per_run: sweep
-            .runs
-            .iter()
-            .map(|r| RunRecord {
-                scenario: &r.scenario,
-                seed: r.seed,
-                sim_ms: r.report.metrics.sim_duration_ms,
-                faults: r.timeline.len(),
-                breaches: r.breaches.iter().map(|b| b.kind.name()).collect(),
-            })
-            .collect(),
+        per_run,
     };
     let summary = dir.join("summary.json");
     std::fs::write(

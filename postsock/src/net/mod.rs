@@ -164,8 +164,8 @@ pub trait Net: Send + Sync + Debug {
     /// The calendar TLS judges certificates and session tickets by (their validity, a
     /// ticket's lifetime and age, 0-RTT's freshness check): the system's clock by default; a
     /// simulated network's own, so that a ticket ages in simulated time and runs repeat.
-    fn tls_clock(&self) -> Arc<dyn rustls::time_provider::TimeProvider> {
-        Arc::new(rustls::time_provider::DefaultTimeProvider)
+    fn tls_clock(&self) -> crate::transport::tls::Clock {
+        crate::transport::tls::system_clock()
     }
     /// The runtime quinn uses for timers and tasks. Defaults to tokio's.
     fn quic_runtime(&self) -> Arc<dyn quinn::Runtime> {
