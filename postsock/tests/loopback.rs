@@ -429,3 +429,101 @@ async fn a_listener_on_port_zero_finds_a_port_free_for_both_protocols() {
         "unexpected error {err:?}"
     );
 }
+
+/// On a multi-thread runtime a message queued on an idle TLS/TCP carrier is written by the
+/// queueing thread itself (transport/inline.rs): it is `Sent` by the time `try_send`
+/// returns, from a thread outside the runtime, even while every worker is busy. Lone requests and bursts then
+/// alternate, so the writer changes hands between queueing threads and its task many times;
+/// a lost wake-up would stall the echo (the timeout), a reordering would show.
+#[test]
+fn an_idle_tls_carrier_is_written_by_the_queueing_thread_and_nothing_is_lost() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let net: Arc<dyn Net> = TokioNet::shared();
+    let ca = TestCa::new("loopback CA").expect("ca");
+    let (server_config, client_config) = configs(&ca, Protocol::TlsTcp);
+    let (carrier, server) = rt.block_on(async {
+        let (mut listener, port) = common::listen(&net, server_config).await;
+        let server = tokio::spawn(async move {
+            let carrier = listener.accept().await.expect("accept");
+            while let Some(msg) = carrier.receive().await.expect("server receive") {
+                carrier.send_bytes(msg.data).await.expect("echo");
+            }
+            carrier.close().await.expect("server close");
+        });
+        let carrier = Carrier::initiate(net, Remote::new("localhost", port), client_config)
+            .await
+            .expect("initiate");
+        (Arc::new(carrier), server)
+    });
+    // Waits until every message sent so far is acknowledged (nothing in flight).
+    let settle = |handles: &[postsock::SendHandle]| {
+        rt.block_on(async {
+            for h in handles {
+                assert_eq!(h.outcome().await, postsock::SendStatus::Acked);
+            }
+        })
+    };
+    // From this thread, outside the runtime, while both of its workers are held (so the
+    // writer's task cannot run): a lone message is on the wire before `try_send` returns.
+    let mut handles = Vec::new();
+    for i in 0..20u8 {
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let mut release = Vec::new();
+        for _ in 0..2 {
+            let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+            let started_tx = started_tx.clone();
+            release.push(release_tx);
+            rt.spawn(async move {
+                started_tx.send(()).expect("started");
+                // Deliberately blocking: this worker runs nothing else until released.
+                let _ = release_rx.recv();
+            });
+        }
+        for _ in 0..2 {
+            started
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .expect("both workers held");
+        }
+        let handle = carrier.try_send(vec![i; 100]).expect("try_send");
+        assert_eq!(
+            handle.status(),
+            postsock::SendStatus::Sent,
+            "message {i} was written by the thread that queued it"
+        );
+        drop(release);
+        let echo = rt
+            .block_on(carrier.receive())
+            .expect("receive")
+            .expect("an echo");
+        assert_eq!(echo.data.as_ref(), &[i; 100][..]);
+        handles.push(handle);
+        settle(&handles);
+    }
+    // Lone requests and bursts, from the runtime's side.
+    rt.block_on(async {
+        tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            let mut next = 0usize;
+            for round in 0..300 {
+                let n = if round % 10 == 0 { 40 } else { 1 };
+                for k in 0..n {
+                    let data = message(next + k, 1 + (next + k) % 3000);
+                    carrier.send_bytes(data).await.expect("send");
+                }
+                for k in 0..n {
+                    let echo = carrier.receive().await.expect("receive").expect("an echo");
+                    let want = message(next + k, 1 + (next + k) % 3000);
+                    assert_eq!(echo.data.as_ref(), &want[..], "echo {} in order", next + k);
+                }
+                next += n;
+            }
+        })
+        .await
+        .expect("every echo within the minute");
+        carrier.close().await.expect("close");
+        server.await.expect("server task");
+    });
+}

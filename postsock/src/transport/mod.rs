@@ -7,6 +7,7 @@
 pub(crate) mod assemble;
 mod cc;
 pub(crate) mod framing;
+pub(crate) mod inline;
 pub(crate) mod moving;
 pub(crate) mod outbox;
 pub(crate) mod quic;

@@ -24,6 +24,7 @@ use smallvec::SmallVec;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use super::inline::RunInline;
 use super::seqmap::{LaneSet, SeqMap};
 use crate::message::{MessageProperties, SendHandle, SendStatus, StatusCell};
 use crate::ConfigError;
@@ -153,6 +154,8 @@ pub(crate) struct Outbox {
     limit: usize,
     one_way: Mutex<Duration>,
     order_rule: Mutex<OrderRule>,
+    /// The sending loop, when a queueing thread may run it (see `inline.rs`).
+    inline: Mutex<Option<Arc<dyn RunInline>>>,
 }
 
 impl Outbox {
@@ -166,6 +169,7 @@ impl Outbox {
             limit,
             one_way: Mutex::new(Duration::ZERO),
             order_rule: Mutex::new(order_rule),
+            inline: Mutex::new(None),
         })
     }
 
@@ -361,7 +365,7 @@ impl Outbox {
                 }
                 drop(st);
                 if was_empty {
-                    self.wake.notify_one();
+                    self.wake_sender();
                 }
             }
             Eligible::No(blocker) => {
@@ -376,6 +380,21 @@ impl Outbox {
         }
         if deadline.is_some() {
             self.reap.notify_one();
+        }
+    }
+
+    /// Sets (or clears) the sending loop a queueing thread may run itself.
+    pub(crate) fn set_inline(&self, driven: Option<Arc<dyn RunInline>>) {
+        *crate::util::lock(&self.inline) = driven;
+    }
+
+    /// Wakes the sending loop for a newly ready item: on a carrier with nothing in flight
+    /// it runs here, where it can (see `inline.rs`).
+    fn wake_sender(&self) {
+        let inline = crate::util::lock(&self.inline).clone();
+        match inline {
+            Some(d) if d.idle() => d.run_inline(&mut || self.wake.notify_one()),
+            _ => self.wake.notify_one(),
         }
     }
 

@@ -316,10 +316,21 @@ impl StreamCore {
         let (stop, stopped) = watch::channel(false);
         let (ack_tx, ack_rx) = ack_signal(start_received);
         let core = self.clone();
-        let writer = tokio::spawn(async move {
-            let result = write_loop(write_half, &core, (preamble, early), ack_rx, killed).await;
-            core.writer_ended(epoch, result);
-        });
+        let idle = {
+            let core = Arc::downgrade(self);
+            Box::new(move || {
+                core.upgrade()
+                    .is_some_and(|c| c.acks.lock().nothing_unacked())
+            })
+        };
+        let (writer, inline) = super::inline::spawn(
+            async move {
+                let result = write_loop(write_half, &core, (preamble, early), ack_rx, killed).await;
+                core.writer_ended(epoch, result);
+            },
+            idle,
+        );
+        self.outbox.set_inline(inline);
         let core = self.clone();
         let reader = tokio::spawn(async move {
             let end = read_messages(read_half, &core, ack_tx, stopped, entry).await;

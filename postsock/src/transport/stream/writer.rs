@@ -270,8 +270,10 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     let mut draining = true;
     let mut dirty = false;
     // The ACK count last sent (a continuation's HELLO has sent the count it starts from),
-    // and when a pending one is due.
-    let mut ack_sent: u64 = *ack_rx.borrow_and_update();
+    // and when a pending one is due. The count the transient started from, not the count
+    // now: a writer first polled after its reader took frames must still acknowledge them
+    // (it took the current count, and a peer's first message then waited for a keepalive).
+    let mut ack_sent: u64 = ack_sent_shared.load(std::sync::atomic::Ordering::SeqCst);
     let mut ack_due: Option<Instant> = None;
     let mut batch = Batch::new();
     for piece in preamble {
@@ -550,6 +552,64 @@ mod tests {
             b.clear();
             assert!(b.is_empty());
         }
+    }
+
+    /// A writer first polled after its reader took frames (its task scheduled late, or run
+    /// first by a queueing thread: transport/inline.rs) still acknowledges them: with the
+    /// next thing it writes. It used to start from the count at its first poll, as if that
+    /// were acknowledged, and the peer's first message waited for a keepalive.
+    #[tokio::test]
+    async fn a_writer_started_late_acknowledges_what_was_received_before() {
+        use tokio::io::AsyncReadExt;
+        let outbox = Outbox::new(1 << 20, super::super::order_rule);
+        let (events, _rx) = crate::transport::event_channel(16, 1 << 20);
+        let core = StreamCore::new(
+            outbox.clone(),
+            events,
+            CoreSettings {
+                limits: ReceiveLimits::from_config(&crate::Configuration::default()),
+                token: None,
+                client: false,
+                dormant_timeout: Duration::from_secs(10),
+                keepalive: None,
+            },
+        );
+        let (tx, rx) = ack_signal(0);
+        // The reader takes a 100-byte message before the writer first runs.
+        assert!(tx.received(101), "the first unit not yet acknowledged");
+        let (ours, mut peer) = tokio::io::duplex(1 << 16);
+        let (_kill, killed) = watch::channel(0u8);
+        let writer = tokio::spawn({
+            let core = core.clone();
+            async move { write_loop(ours, &core, (Vec::new(), None), rx, killed).await }
+        });
+        let permit = outbox.reserve(3).await.expect("room");
+        outbox
+            .send(
+                MessageProperties::default(),
+                Bytes::from_static(b"abc"),
+                permit,
+                None,
+            )
+            .expect("queued");
+        // The answer's frame, then the ACK riding along with it.
+        let mut got = vec![0u8; 2 * HEADER_LEN + 3];
+        tokio::time::timeout(Duration::from_secs(5), peer.read_exact(&mut got))
+            .await
+            .expect("written at once, not after a delay")
+            .expect("read");
+        let header = |at: usize| {
+            let bytes: [u8; HEADER_LEN] = got[at..at + HEADER_LEN].try_into().expect("len");
+            FrameHeader::decode(&bytes, 1 << 20).expect("a frame header")
+        };
+        assert_eq!(header(0).kind, crate::transport::framing::TYPE_MESSAGE);
+        let ack = header(HEADER_LEN + 3);
+        assert_eq!(
+            (ack.kind, ack.id),
+            (crate::transport::framing::TYPE_ACK, 101),
+            "the units received before the writer started are acknowledged"
+        );
+        writer.abort();
     }
 
     #[test]
