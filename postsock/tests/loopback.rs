@@ -34,19 +34,22 @@ async fn echo_one(mut listener: Listener) {
     carrier.close().await.expect("server close");
 }
 
+/// Accepts one carrier (which must run `protocol`), echoes every message and closes it.
+async fn echo_all(mut listener: Listener, protocol: Protocol) {
+    let carrier = listener.accept().await.expect("accept");
+    assert_eq!(carrier.protocol(), protocol);
+    while let Some(msg) = carrier.receive().await.expect("server receive") {
+        carrier.send_bytes(msg.data).await.expect("echo");
+    }
+    carrier.close().await.expect("server close");
+}
+
 async fn echo_over_loopback(protocol: Protocol) {
     let net: Arc<dyn Net> = TokioNet::shared();
     let ca = TestCa::new("loopback CA").expect("ca");
     let (server_config, client_config) = configs(&ca, protocol);
-    let (mut listener, port) = common::listen(&net, server_config).await;
-    let server = tokio::spawn(async move {
-        let carrier = listener.accept().await.expect("accept");
-        assert_eq!(carrier.protocol(), protocol);
-        while let Some(msg) = carrier.receive().await.expect("server receive") {
-            carrier.send_bytes(msg.data).await.expect("echo");
-        }
-        carrier.close().await.expect("server close");
-    });
+    let (listener, port) = common::listen(&net, server_config).await;
+    let server = tokio::spawn(echo_all(listener, protocol));
     let carrier = Carrier::initiate(net, Remote::new("localhost", port), client_config)
         .await
         .expect("initiate");
@@ -446,14 +449,8 @@ fn an_idle_tls_carrier_is_written_by_the_queueing_thread_and_nothing_is_lost() {
     let ca = TestCa::new("loopback CA").expect("ca");
     let (server_config, client_config) = configs(&ca, Protocol::TlsTcp);
     let (carrier, server) = rt.block_on(async {
-        let (mut listener, port) = common::listen(&net, server_config).await;
-        let server = tokio::spawn(async move {
-            let carrier = listener.accept().await.expect("accept");
-            while let Some(msg) = carrier.receive().await.expect("server receive") {
-                carrier.send_bytes(msg.data).await.expect("echo");
-            }
-            carrier.close().await.expect("server close");
-        });
+        let (listener, port) = common::listen(&net, server_config).await;
+        let server = tokio::spawn(echo_all(listener, Protocol::TlsTcp));
         let carrier = Carrier::initiate(net, Remote::new("localhost", port), client_config)
             .await
             .expect("initiate");

@@ -269,6 +269,16 @@ mod tests {
         idle: AtomicBool,
     }
 
+    impl Probe {
+        fn new() -> Arc<Probe> {
+            Arc::new(Probe {
+                notify: Notify::new(),
+                taken: AtomicUsize::new(0),
+                idle: AtomicBool::new(true),
+            })
+        }
+    }
+
     fn start(probe: &Arc<Probe>) -> (tokio::task::JoinHandle<()>, Option<Arc<Driven<()>>>) {
         let p = probe.clone();
         let idle = probe.clone();
@@ -285,11 +295,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_queueing_thread_runs_an_idle_loop_itself_and_no_wake_up_is_lost() {
-        let probe = Arc::new(Probe {
-            notify: Notify::new(),
-            taken: AtomicUsize::new(0),
-            idle: AtomicBool::new(true),
-        });
+        let probe = Probe::new();
         let (task, driven) = start(&probe);
         let driven = driven.expect("a multi-thread runtime");
         // Let the task poll the loop once, so it waits on the notification.
@@ -339,11 +345,7 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn on_one_thread_the_loop_is_an_ordinary_task() {
-        let probe = Arc::new(Probe {
-            notify: Notify::new(),
-            taken: AtomicUsize::new(0),
-            idle: AtomicBool::new(true),
-        });
+        let probe = Probe::new();
         let (task, driven) = start(&probe);
         assert!(driven.is_none());
         probe.notify.notify_one();
