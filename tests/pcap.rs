@@ -4,18 +4,15 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-fn capture(name: &str, tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "postsock-pcap-{}-{}-{tag}",
-        std::process::id(),
-        name.replace('/', "-")
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
+/// Runs `name` (seed 1) with captures into a directory that goes when the result is
+/// dropped, pass or fail.
+fn capture(name: &str, tag: &str) -> common::TempDir {
+    let dir = common::TempDir::new(&format!("pcap-{name}-{tag}"));
     let options = testbed::RunOptions {
-        pcap: Some(dir.clone()),
+        pcap: Some(dir.to_path_buf()),
     };
     let r = testbed::run_with(&common::scenario(name), 1, &options).report;
     assert!(r.passed, "{name}: {:?} {:?}", r.error, r.expectations);
@@ -103,8 +100,6 @@ fn a_quic_capture_decodes_with_its_key_log() {
         assert!(!a.is_empty());
         assert_eq!(a, b, "{link}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
-    let _ = std::fs::remove_dir_all(&again);
 }
 
 #[test]
@@ -119,7 +114,6 @@ fn a_tls_over_tcp_capture_decodes_with_its_key_log() {
     assert_eq!(syns.len(), 2, "{syns:?}");
     let data = decode(&dir, "server.pcapng", "tls.app_data");
     assert!(!data.is_empty());
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -134,10 +128,8 @@ fn ipv6_captures_decode_as_ipv6_with_the_key_log() {
     );
     let finished = decode(&dir, "client.pcapng", "tls.handshake.type == 20");
     assert_eq!(finished.len(), 2, "{finished:?}");
-    let _ = std::fs::remove_dir_all(&dir);
     // QUIC over IPv6: UDP datagrams in IPv6 headers, decrypted.
     let dir = capture("blocking/ipv6-only", "a");
     let quic = decode(&dir, "client.pcapng", "ipv6 && quic.stream.stream_id");
     assert!(!quic.is_empty());
-    let _ = std::fs::remove_dir_all(&dir);
 }
