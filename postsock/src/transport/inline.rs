@@ -7,10 +7,10 @@
 //! thread's own wake-up). Raw tokio-rustls has no such hand-over: the application writes
 //! itself.
 //!
-//! [`spawn`] keeps the loop's future where both its task and a queueing thread can reach it.
-//! When a message is queued on a carrier with nothing in flight (the `idle` test: a lone
-//! message, a request after its answer), the queueing thread polls the loop itself, with the
-//! loop's wake-ups held back while it does (they land as a flag it looks at). With data in
+//! [`Driven::spawn`] keeps the loop's future where both its task and a queueing thread can
+//! reach it. When a message is queued on a carrier with nothing in flight (the `idle` test:
+//! a lone message, a request after its answer), the queueing thread polls the loop itself,
+//! with the loop's wake-ups held back while it does (they land as a flag it looks at). With data in
 //! flight the task is woken as usual, so messages sent in a stream are gathered into one
 //! write by the task, as before (Nagle's rule, turned round: write now only when nothing is
 //! outstanding). Whichever of the two polls, the other finds the future taken and leaves a
@@ -36,7 +36,7 @@ use std::task::{Context, Poll, Wake, Waker};
 
 use crate::util::lock;
 
-type Fut<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+type Fut = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// An application thread is polling the loop: wake-ups are noted, not sent to the task.
 const INLINE: u8 = 1;
@@ -55,28 +55,16 @@ const MAX_INLINE_POLLS: usize = 4;
 pub(crate) type Idle = Box<dyn Fn() -> bool + Send + Sync>;
 
 /// A sending loop that its task and, when idle, a queueing thread can poll.
-pub(crate) struct Driven<T> {
-    fut: Mutex<Option<Fut<T>>>,
-    /// The loop's output, when a queueing thread saw it finish (the task returns it).
-    out: Mutex<Option<T>>,
+pub(crate) struct Driven {
+    /// `None` once the loop finished or its task went.
+    fut: Mutex<Option<Fut>>,
     state: AtomicU8,
     task: Mutex<Option<Waker>>,
     handle: tokio::runtime::Handle,
     idle: Idle,
 }
 
-/// What the send queue sees of a [`Driven`] loop, whatever its output.
-pub(crate) trait RunInline: Send + Sync + std::fmt::Debug {
-    /// Whether the loop has nothing in flight (the moment to poll it inline).
-    fn idle(&self) -> bool;
-    /// Runs `wake` (what wakes the loop for a queued message) with the loop's wake-ups
-    /// held, then polls the loop here while it has something to do, at most a few times;
-    /// whatever it still wants goes to its task. If the task is polling it right now, `wake`
-    /// simply wakes the task.
-    fn run_inline(self: Arc<Self>, wake: &mut dyn FnMut());
-}
-
-impl<T> std::fmt::Debug for Driven<T> {
+impl std::fmt::Debug for Driven {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Driven")
             .field("state", &self.state.load(SeqCst))
@@ -84,7 +72,7 @@ impl<T> std::fmt::Debug for Driven<T> {
     }
 }
 
-impl<T: Send + 'static> Wake for Driven<T> {
+impl Wake for Driven {
     fn wake(self: Arc<Self>) {
         self.wake_by_ref();
     }
@@ -101,29 +89,20 @@ impl<T: Send + 'static> Wake for Driven<T> {
     }
 }
 
-/// Spawns `fut` as a task that queueing threads may also poll (see the module's
-/// documentation); `None` in the second place on a current-thread runtime, where it is an
-/// ordinary task. The handle aborts the loop and returns its output as a task's would.
-pub(crate) fn spawn<T: Send + 'static>(
-    fut: impl Future<Output = T> + Send + 'static,
-    idle: Idle,
-) -> (tokio::task::JoinHandle<T>, Option<Arc<dyn RunInline>>) {
-    let (task, driven) = Driven::spawn(fut, idle);
-    (task, driven.map(|d| d as Arc<dyn RunInline>))
-}
-
-impl<T: Send + 'static> Driven<T> {
-    fn spawn(
-        fut: impl Future<Output = T> + Send + 'static,
+impl Driven {
+    /// Spawns `fut` as a task that queueing threads may also poll (see the module's
+    /// documentation); `None` in the second place on a current-thread runtime, where it is
+    /// an ordinary task. The handle aborts the loop as a task's would.
+    pub(crate) fn spawn(
+        fut: impl Future<Output = ()> + Send + 'static,
         idle: Idle,
-    ) -> (tokio::task::JoinHandle<T>, Option<Arc<Self>>) {
+    ) -> (tokio::task::JoinHandle<()>, Option<Arc<Self>>) {
         let handle = tokio::runtime::Handle::current();
         if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread {
             return (tokio::spawn(fut), None);
         }
         let driven = Arc::new(Driven {
             fut: Mutex::new(Some(Box::pin(fut))),
-            out: Mutex::new(None),
             state: AtomicU8::new(0),
             task: Mutex::new(None),
             handle,
@@ -138,11 +117,11 @@ impl<T: Send + 'static> Driven<T> {
         }
     }
 
-    /// Polls the loop (whose future the caller holds) once with this loop's waker; its
-    /// output once it finished.
-    fn poll_once(self: &Arc<Self>, fut: &mut Option<Fut<T>>) -> Poll<T> {
+    /// Polls the loop (whose future the caller holds) once with this loop's waker; ready
+    /// once it finished (or had finished).
+    fn poll_once(self: &Arc<Self>, fut: &mut Option<Fut>) -> Poll<()> {
         let Some(f) = fut.as_mut() else {
-            unreachable!("a finished loop is not polled");
+            return Poll::Ready(());
         };
         let waker = Waker::from(self.clone());
         let out = f.as_mut().poll(&mut Context::from_waker(&waker));
@@ -151,14 +130,17 @@ impl<T: Send + 'static> Driven<T> {
         }
         out
     }
-}
 
-impl<T: Send + 'static> RunInline for Driven<T> {
-    fn idle(&self) -> bool {
+    /// Whether the loop has nothing in flight (the moment to poll it inline).
+    pub(crate) fn idle(&self) -> bool {
         self.state.load(SeqCst) & CANCELLED == 0 && (self.idle)()
     }
 
-    fn run_inline(self: Arc<Self>, wake: &mut dyn FnMut()) {
+    /// Runs `wake` (what wakes the loop for a queued message) with the loop's wake-ups
+    /// held, then polls the loop here while it has something to do, at most a few times;
+    /// whatever it still wants goes to its task. If the task is polling it right now, `wake`
+    /// simply wakes the task.
+    pub(crate) fn run_inline(self: &Arc<Self>, wake: impl FnOnce()) {
         let mut fut = match self.fut.try_lock() {
             Ok(g) => g,
             // Taken by the task, or left by a panic: the task's to deal with.
@@ -179,9 +161,8 @@ impl<T: Send + 'static> RunInline for Driven<T> {
                 if self.state.fetch_and(!WOKEN, SeqCst) & WOKEN == 0 && i > 0 {
                     break;
                 }
-                if let Poll::Ready(out) = self.poll_once(&mut fut) {
-                    // Finished: the task returns it at its next poll.
-                    *lock(&self.out) = Some(out);
+                if self.poll_once(&mut fut).is_ready() {
+                    // Finished: the task ends at its next poll.
                     self.state.fetch_or(WOKEN, SeqCst);
                     break;
                 }
@@ -201,12 +182,12 @@ impl<T: Send + 'static> RunInline for Driven<T> {
 }
 
 /// The task's side: polls the loop unless a queueing thread has it.
-struct Task<T>(Arc<Driven<T>>);
+struct Task(Arc<Driven>);
 
-impl<T: Send + 'static> Future for Task<T> {
-    type Output = T;
+impl Future for Task {
+    type Output = ();
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let d = &self.0;
         {
             let mut task = lock(&d.task);
@@ -220,13 +201,7 @@ impl<T: Send + 'static> Future for Task<T> {
                     if attempt == 1 {
                         d.state.fetch_and(!WANTED, SeqCst);
                     }
-                    if fut.is_none() {
-                        // A queueing thread saw it finish.
-                        return match lock(&d.out).take() {
-                            Some(out) => Poll::Ready(out),
-                            None => panic!("the sending loop's output was taken"),
-                        };
-                    }
+                    // (Ready at once if a queueing thread saw it finish.)
                     return d.poll_once(&mut fut);
                 }
                 Err(TryLockError::Poisoned(_)) => {
@@ -244,7 +219,7 @@ impl<T: Send + 'static> Future for Task<T> {
     }
 }
 
-impl<T> Drop for Task<T> {
+impl Drop for Task {
     fn drop(&mut self) {
         // Aborted or dropped with its runtime: the loop goes with it (now, or when the
         // queueing thread polling it lets go).
@@ -279,7 +254,7 @@ mod tests {
         }
     }
 
-    fn start(probe: &Arc<Probe>) -> (tokio::task::JoinHandle<()>, Option<Arc<Driven<()>>>) {
+    fn start(probe: &Arc<Probe>) -> (tokio::task::JoinHandle<()>, Option<Arc<Driven>>) {
         let p = probe.clone();
         let idle = probe.clone();
         Driven::spawn(
@@ -304,7 +279,7 @@ mod tests {
         }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         assert!(driven.idle());
-        driven.clone().run_inline(&mut || probe.notify.notify_one());
+        driven.run_inline(|| probe.notify.notify_one());
         assert_eq!(
             probe.taken.load(SeqCst),
             1,
@@ -318,7 +293,7 @@ mod tests {
             tokio::spawn(async move {
                 for i in 0..n {
                     if i % 2 == 0 {
-                        driven.clone().run_inline(&mut || probe.notify.notify_one());
+                        driven.run_inline(|| probe.notify.notify_one());
                     } else {
                         probe.notify.notify_one();
                     }

@@ -24,7 +24,7 @@ use smallvec::SmallVec;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use super::inline::RunInline;
+use super::inline::Driven;
 use super::seqmap::{LaneSet, SeqMap};
 use crate::message::{MessageProperties, SendHandle, SendStatus, StatusCell};
 use crate::ConfigError;
@@ -155,7 +155,7 @@ pub(crate) struct Outbox {
     one_way: Mutex<Duration>,
     order_rule: Mutex<OrderRule>,
     /// The sending loop, when a queueing thread may run it (see `inline.rs`).
-    inline: Mutex<Option<Arc<dyn RunInline>>>,
+    inline: Mutex<Option<Arc<Driven>>>,
 }
 
 impl Outbox {
@@ -384,7 +384,7 @@ impl Outbox {
     }
 
     /// Sets (or clears) the sending loop a queueing thread may run itself.
-    pub(crate) fn set_inline(&self, driven: Option<Arc<dyn RunInline>>) {
+    pub(crate) fn set_inline(&self, driven: Option<Arc<Driven>>) {
         *crate::util::lock(&self.inline) = driven;
     }
 
@@ -393,7 +393,7 @@ impl Outbox {
     fn wake_sender(&self) {
         let inline = crate::util::lock(&self.inline).clone();
         match inline {
-            Some(d) if d.idle() => d.run_inline(&mut || self.wake.notify_one()),
+            Some(d) if d.idle() => d.run_inline(|| self.wake.notify_one()),
             _ => self.wake.notify_one(),
         }
     }

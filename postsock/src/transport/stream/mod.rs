@@ -323,7 +323,7 @@ impl StreamCore {
                     .is_some_and(|c| c.acks.lock().nothing_unacked())
             })
         };
-        let (writer, inline) = super::inline::spawn(
+        let (writer, inline) = super::inline::Driven::spawn(
             async move {
                 let result = write_loop(write_half, &core, (preamble, early), ack_rx, killed).await;
                 core.writer_ended(epoch, result);
