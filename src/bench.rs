@@ -43,6 +43,17 @@ pub struct Options {
     pub only: Option<String>,
     /// Run both ends on one thread (tokio's current-thread runtime) instead of two workers.
     pub current_thread: bool,
+    /// Measure only this stack (for profiling one side; the other's figures read 0).
+    pub side: Option<Side>,
+}
+
+/// One of the two stacks a comparison runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Side {
+    /// Raw quinn or raw tokio-rustls.
+    Raw,
+    /// postsock.
+    Postsock,
 }
 
 impl Default for Options {
@@ -57,6 +68,7 @@ impl Default for Options {
             memory_bytes: 1 << 30,
             only: None,
             current_thread: false,
+            side: None,
         }
     }
 }
@@ -66,6 +78,19 @@ impl Options {
         self.only
             .as_deref()
             .is_none_or(|f| format!("{} {workload}", protocol.name()).contains(f))
+    }
+
+    /// Narrows a run for profiling: one comparison, one stack, a number of repeats.
+    pub fn profiling(&mut self, only: Option<String>, side: Option<Side>, repeats: Option<usize>) {
+        self.only = only;
+        self.side = side;
+        if let Some(n) = repeats {
+            self.repeats = n.max(1);
+        }
+    }
+
+    fn runs(&self, side: Side) -> bool {
+        self.side.is_none_or(|s| s == side)
     }
 }
 
@@ -432,7 +457,19 @@ fn median(mut samples: Vec<Duration>) -> Duration {
     samples.get(samples.len() / 2).copied().unwrap_or_default()
 }
 
+/// postsock's figure over raw's; 0 when either stack was not measured (`--side`).
+fn ratio(postsock: f64, raw: f64) -> f64 {
+    if postsock > 0.0 && raw > 0.0 {
+        postsock / raw
+    } else {
+        0.0
+    }
+}
+
 fn mb_per_s(bytes: usize, d: Duration) -> f64 {
+    if d == Duration::MAX {
+        return 0.0;
+    }
     bytes as f64 / d.as_secs_f64().max(1e-9) / 1e6
 }
 
@@ -487,10 +524,15 @@ pub fn compare(opts: &Options, progress: &dyn Fn(&str)) -> Res<Vec<Row>> {
             let (mut best_raw, mut best_ps) = (Duration::MAX, Duration::MAX);
             let mut cpu = Cpu::default();
             for _ in 0..opts.repeats {
-                best_raw =
-                    best_raw.min(cpu.raw(|| rt.block_on(throughput(protocol, true, count, size)))?);
-                best_ps = best_ps
-                    .min(cpu.postsock(|| rt.block_on(throughput(protocol, false, count, size)))?);
+                if opts.runs(Side::Raw) {
+                    best_raw = best_raw
+                        .min(cpu.raw(|| rt.block_on(throughput(protocol, true, count, size)))?);
+                }
+                if opts.runs(Side::Postsock) {
+                    best_ps = best_ps.min(
+                        cpu.postsock(|| rt.block_on(throughput(protocol, false, count, size)))?,
+                    );
+                }
             }
             let (raw, ps) = (
                 mb_per_s(count * size, best_raw),
@@ -502,8 +544,8 @@ pub fn compare(opts: &Options, progress: &dyn Fn(&str)) -> Res<Vec<Row>> {
                 metric: "throughput (MB/s)".into(),
                 raw,
                 postsock: ps,
-                ratio: ps / raw,
-                meets_target: ps / raw >= 0.9,
+                ratio: ratio(ps, raw),
+                meets_target: ratio(ps, raw) >= 0.9,
                 cpu: cpu.per(count),
             });
         }
@@ -519,22 +561,34 @@ pub fn compare(opts: &Options, progress: &dyn Fn(&str)) -> Res<Vec<Row>> {
         let (mut best_raw, mut best_ps) = (Duration::MAX, Duration::MAX);
         let mut cpu = Cpu::default();
         for _ in 0..opts.repeats {
-            best_raw = best_raw.min(
-                cpu.raw(|| rt.block_on(latency(protocol, true, opts.rounds, opts.small_size)))?,
-            );
-            best_ps = best_ps.min(cpu.postsock(|| {
-                rt.block_on(latency(protocol, false, opts.rounds, opts.small_size))
-            })?);
+            if opts.runs(Side::Raw) {
+                best_raw =
+                    best_raw.min(cpu.raw(|| {
+                        rt.block_on(latency(protocol, true, opts.rounds, opts.small_size))
+                    })?);
+            }
+            if opts.runs(Side::Postsock) {
+                best_ps = best_ps.min(cpu.postsock(|| {
+                    rt.block_on(latency(protocol, false, opts.rounds, opts.small_size))
+                })?);
+            }
         }
-        let (raw, ps) = (best_raw.as_secs_f64() * 1e6, best_ps.as_secs_f64() * 1e6);
+        let micros = |d: Duration| {
+            if d == Duration::MAX {
+                0.0
+            } else {
+                d.as_secs_f64() * 1e6
+            }
+        };
+        let (raw, ps) = (micros(best_raw), micros(best_ps));
         rows.push(Row {
             workload,
             protocol: protocol.name().into(),
             metric: "median latency (µs)".into(),
             raw,
             postsock: ps,
-            ratio: ps / raw,
-            meets_target: ps / raw <= 1.1,
+            ratio: ratio(ps, raw),
+            meets_target: ratio(ps, raw) > 0.0 && ratio(ps, raw) <= 1.1,
             cpu: cpu.per(opts.rounds),
         });
     }

@@ -165,6 +165,12 @@ enum Command {
         /// (default: a multi-thread runtime with 2 workers).
         #[arg(long)]
         current_thread: bool,
+        /// Measure only this stack, e.g. under `perf` (the other stack's figures read 0).
+        #[arg(long, value_enum)]
+        side: Option<testbed::bench::Side>,
+        /// Repeats of every comparison (default 5; 1 with `--quick`).
+        #[arg(long)]
+        repeats: Option<usize>,
     },
     /// Run a STUN server (RFC 8489 Binding, no authentication) on real sockets: answers each
     /// Binding request with the address it came from; drops and counts anything else.
@@ -348,8 +354,15 @@ fn main() -> ExitCode {
             out,
             only,
             current_thread,
+            side,
+            repeats,
             ..
-        } => bench(quick, &out, only, current_thread),
+        } => {
+            let mut opts = bench_options(quick);
+            opts.profiling(only, side, repeats);
+            opts.current_thread = current_thread;
+            bench(&opts, &out)
+        }
         Command::StunServer { listen } => done(stun_server(listen)),
         Command::StunClient { server } => done(stun_client(&server)),
         Command::TurnServer {
@@ -550,14 +563,9 @@ fn done<E: std::fmt::Display>(r: Result<(), E>) -> ExitCode {
     }
 }
 
-fn bench(
-    quick: bool,
-    out: &std::path::Path,
-    only: Option<String>,
-    current_thread: bool,
-) -> ExitCode {
+fn bench_options(quick: bool) -> testbed::bench::Options {
     use testbed::bench;
-    let mut opts = if quick {
+    if quick {
         bench::Options {
             small_count: 500,
             large_count: 5,
@@ -568,11 +576,13 @@ fn bench(
         }
     } else {
         bench::Options::default()
-    };
-    let profiling = only.is_some();
-    opts.only = only;
-    opts.current_thread = current_thread;
-    let rows = match bench::compare(&opts, &|what| eprintln!("measuring {what}")) {
+    }
+}
+
+fn bench(opts: &testbed::bench::Options, out: &std::path::Path) -> ExitCode {
+    use testbed::bench;
+    let profiling = opts.only.is_some() || opts.side.is_some();
+    let rows = match bench::compare(opts, &|what| eprintln!("measuring {what}")) {
         Ok(rows) => rows,
         Err(e) => {
             eprintln!("error: {e}");

@@ -421,6 +421,55 @@ fn a_suite_filter_does_not_swallow_a_broken_file_it_selects() {
     }
 }
 
+/// `bench --side postsock --repeats 1` (for profiling one stack) measures only postsock: its
+/// figures are real, raw's read 0, and no ratio is claimed.
+#[test]
+fn bench_side_measures_one_stack_only() {
+    let out_dir = temp_dir("bench-side");
+    let out = postsock(&[
+        "bench",
+        "--quick",
+        "--only",
+        "tls-tcp 500",
+        "--side",
+        "postsock",
+        "--repeats",
+        "1",
+        "--out",
+        out_dir.to_str().expect("utf8"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("bench.json")).expect("json"))
+            .expect("report");
+    let rows = report["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 1, "{report}");
+    let row = &rows[0];
+    assert_eq!(row["workload"], "500 x 1 KiB");
+    assert!(row["postsock"].as_f64().is_some_and(|v| v > 0.0), "{row}");
+    assert!(
+        row["cpu"]["postsock_us"].as_f64().is_some_and(|v| v > 0.0),
+        "{row}"
+    );
+    assert_eq!(row["raw"].as_f64(), Some(0.0), "{row}");
+    assert_eq!(row["cpu"]["raw_us"].as_f64(), Some(0.0), "{row}");
+    assert_eq!(row["ratio"].as_f64(), Some(0.0), "{row}");
+    assert_eq!(row["meets_target"], false);
+    assert_eq!(
+        report["memory"].as_array().map(Vec::len),
+        Some(0),
+        "no memory run"
+    );
+
+    let bad = postsock(&["bench", "--side", "neither"]);
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad.stderr).contains("neither"),
+        "{}",
+        text(&bad.stderr)
+    );
+}
+
 /// `bench --scale` runs each scale scenario resized to each size in a process of its own and
 /// writes the table, the rows and the plot; every message of every run arrives.
 #[test]

@@ -72,9 +72,11 @@ impl EventQueue {
     fn push(mut st: std::sync::MutexGuard<'_, QueueState>, event: Event, size: usize) {
         st.queue.push_back((event, size));
         st.held += size;
-        let waiting = std::mem::take(&mut st.rx_waiting);
+        let waiting = take_waiting(&mut st.rx_waiting);
         drop(st);
-        wake_all(waiting);
+        if let Some(w) = waiting {
+            wake_all(w);
+        }
     }
 
     /// The payload bytes `event` is charged (at most the whole bound, so it fits an empty
@@ -100,6 +102,12 @@ fn wake_all(list: SmallVec<[Waker; 1]>) {
     for w in list {
         w.wake();
     }
+}
+
+/// Takes the wakers out of `list` to wake once its lock is let go; nothing (no move of the
+/// list) when it is empty, as it is for nearly every event queued and taken.
+fn take_waiting(list: &mut SmallVec<[Waker; 1]>) -> Option<SmallVec<[Waker; 1]>> {
+    (!list.is_empty()).then(|| std::mem::take(list))
 }
 
 impl Clone for EventTx {
@@ -187,9 +195,11 @@ impl EventRx {
         match st.queue.pop_front() {
             Some((event, size)) => {
                 st.held -= size;
-                let waiting = std::mem::take(&mut st.tx_waiting);
+                let waiting = take_waiting(&mut st.tx_waiting);
                 drop(st);
-                wake_all(waiting);
+                if let Some(w) = waiting {
+                    wake_all(w);
+                }
                 coop.made_progress();
                 Poll::Ready(Some(event))
             }
