@@ -755,7 +755,7 @@ pub fn markdown(report: &BenchReport) -> String {
             if r.meets_target { "yes" } else { "no" },
             r.cpu.raw_us,
             r.cpu.postsock_us,
-            r.cpu.postsock_us / r.cpu.raw_us.max(1e-9),
+            ratio(r.cpu.postsock_us, r.cpu.raw_us),
         ));
     }
     s.push_str("\n| protocol | pushed at a receiver that reads nothing | accepted before `send` was held | held | sender peak RSS |\n|---|---:|---:|---|---:|\n");
