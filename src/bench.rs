@@ -799,3 +799,53 @@ mod tests {
         );
     }
 }
+
+// ---------- the send queue alone ----------
+
+/// One size of `bench --queue`.
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueRow {
+    /// Bytes per message.
+    pub size: usize,
+    /// Messages per run.
+    pub messages: usize,
+    /// The best run's time per message, ns.
+    pub ns_per_message: f64,
+}
+
+/// The send queue driven alone (`postsock::transport::queue_bench`): per message size, the
+/// best of `repeats` runs of `messages` messages through a 4 MiB send buffer.
+pub fn queue(messages: usize, repeats: usize, progress: &dyn Fn(&str)) -> Res<Vec<QueueRow>> {
+    let mut rows = Vec::new();
+    for size in [64, 1024, 16 * 1024] {
+        progress(&format!("the send queue, {messages} x {size} B"));
+        let mut best = Duration::MAX;
+        for _ in 0..repeats.max(1) {
+            let (took, through) = postsock::transport::queue_bench::drive(messages, size, 4 << 20);
+            if through != messages {
+                return Err(format!("{through} of {messages} messages went through").into());
+            }
+            best = best.min(took);
+        }
+        rows.push(QueueRow {
+            size,
+            messages,
+            ns_per_message: best.as_secs_f64() * 1e9 / messages.max(1) as f64,
+        });
+    }
+    Ok(rows)
+}
+
+/// The table of `bench --queue`.
+pub fn queue_markdown(rows: &[QueueRow]) -> String {
+    let mut s = String::from(
+        "| message size | messages | ns per message (send, gather and copy, Sent, Acked) |\n|---:|---:|---:|\n",
+    );
+    for r in rows {
+        s.push_str(&format!(
+            "| {} B | {} | {:.0} |\n",
+            r.size, r.messages, r.ns_per_message
+        ));
+    }
+    s
+}

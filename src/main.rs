@@ -146,6 +146,11 @@ enum Command {
         /// the same simulated sockets, compared by wall time (writes sim-bench.{json,md}).
         #[arg(long)]
         sim: bool,
+        /// Instead: the send queue alone (no network, no TLS), ns per message for 64 B, 1 KiB
+        /// and 16 KiB messages, best of `--repeats` (writes queue-bench.{json,md}): a
+        /// low-noise measure for changes to the queue.
+        #[arg(long)]
+        queue: bool,
         /// Bytes of the `--sim` transfer.
         #[arg(long, default_value_t = 10 << 20)]
         sim_bytes: usize,
@@ -340,6 +345,28 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => usage_error(e),
+            }
+        }
+        Command::Bench {
+            queue: true,
+            quick,
+            repeats,
+            out,
+            ..
+        } => {
+            let (messages, default_repeats) = if quick { (2_000, 1) } else { (100_000, 5) };
+            let repeats = repeats.unwrap_or(default_repeats);
+            match testbed::bench::queue(messages, repeats, &|what| eprintln!("measuring {what}")) {
+                Ok(rows) => publish(
+                    &out,
+                    "queue-bench",
+                    &testbed::bench::queue_markdown(&rows),
+                    &rows,
+                ),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
             }
         }
         Command::Bench {

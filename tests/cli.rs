@@ -470,6 +470,36 @@ fn bench_side_measures_one_stack_only() {
     );
 }
 
+/// `bench --queue --quick` drives the send queue alone for each message size and writes the
+/// figures: every message of every run went through (the command fails otherwise).
+#[test]
+fn bench_queue_measures_the_send_queue_alone() {
+    let out_dir = temp_dir("bench-queue");
+    let out = postsock(&[
+        "bench",
+        "--queue",
+        "--quick",
+        "--out",
+        out_dir.to_str().expect("utf8"),
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rows: Vec<serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(out_dir.join("queue-bench.json")).expect("json"))
+            .expect("rows");
+    let sizes: Vec<u64> = rows.iter().filter_map(|r| r["size"].as_u64()).collect();
+    assert_eq!(sizes, [64, 1024, 16 * 1024]);
+    for r in &rows {
+        assert_eq!(r["messages"].as_u64(), Some(2000), "{r}");
+        assert!(
+            r["ns_per_message"].as_f64().is_some_and(|ns| ns > 0.0),
+            "{r}"
+        );
+    }
+    assert!(std::fs::read_to_string(out_dir.join("queue-bench.md"))
+        .expect("table")
+        .contains("| 1024 B | 2000 |"));
+}
+
 /// `bench --scale` runs each scale scenario resized to each size in a process of its own and
 /// writes the table, the rows and the plot; every message of every run arrives.
 #[test]

@@ -10,6 +10,8 @@ pub(crate) mod framing;
 pub(crate) mod inline;
 pub(crate) mod moving;
 pub(crate) mod outbox;
+#[doc(hidden)]
+pub mod queue_bench;
 pub(crate) mod quic;
 mod seqmap;
 pub(crate) mod stream;
