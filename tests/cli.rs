@@ -421,27 +421,34 @@ fn a_suite_filter_does_not_swallow_a_broken_file_it_selects() {
     }
 }
 
+/// Runs `postsock bench ARGS --out DIR`, which must succeed, and reads `DIR/FILE` as JSON.
+fn bench_json(args: &[&str], out_dir: &Path, file: &str) -> serde_json::Value {
+    let mut all = vec!["bench"];
+    all.extend_from_slice(args);
+    all.extend(["--out", out_dir.to_str().expect("utf8")]);
+    let out = postsock(&all);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    serde_json::from_slice(&std::fs::read(out_dir.join(file)).expect("json")).expect(file)
+}
+
 /// `bench --side postsock --repeats 1` (for profiling one stack) measures only postsock: its
 /// figures are real, raw's read 0, and no ratio is claimed.
 #[test]
 fn bench_side_measures_one_stack_only() {
     let out_dir = temp_dir("bench-side");
-    let out = postsock(&[
-        "bench",
-        "--quick",
-        "--only",
-        "tls-tcp 500",
-        "--side",
-        "postsock",
-        "--repeats",
-        "1",
-        "--out",
-        out_dir.to_str().expect("utf8"),
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let report: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(out_dir.join("bench.json")).expect("json"))
-            .expect("report");
+    let report = bench_json(
+        &[
+            "--quick",
+            "--only",
+            "tls-tcp 500",
+            "--side",
+            "postsock",
+            "--repeats",
+            "1",
+        ],
+        &out_dir,
+        "bench.json",
+    );
     let rows = report["rows"].as_array().expect("rows");
     assert_eq!(rows.len(), 1, "{report}");
     let row = &rows[0];
@@ -475,20 +482,11 @@ fn bench_side_measures_one_stack_only() {
 #[test]
 fn bench_queue_measures_the_send_queue_alone() {
     let out_dir = temp_dir("bench-queue");
-    let out = postsock(&[
-        "bench",
-        "--queue",
-        "--quick",
-        "--out",
-        out_dir.to_str().expect("utf8"),
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let rows: Vec<serde_json::Value> =
-        serde_json::from_slice(&std::fs::read(out_dir.join("queue-bench.json")).expect("json"))
-            .expect("rows");
+    let rows = bench_json(&["--queue", "--quick"], &out_dir, "queue-bench.json");
+    let rows = rows.as_array().expect("rows");
     let sizes: Vec<u64> = rows.iter().filter_map(|r| r["size"].as_u64()).collect();
     assert_eq!(sizes, [64, 1024, 16 * 1024]);
-    for r in &rows {
+    for r in rows {
         assert_eq!(r["messages"].as_u64(), Some(2000), "{r}");
         assert!(
             r["ns_per_message"].as_f64().is_some_and(|ns| ns > 0.0),
@@ -505,18 +503,12 @@ fn bench_queue_measures_the_send_queue_alone() {
 #[test]
 fn bench_scale_measures_each_group_size_in_its_own_process() {
     let out_dir = temp_dir("bench-scale");
-    let out = postsock(&[
-        "bench",
-        "--scale",
-        "--clients",
-        "3,6",
-        "--out",
-        out_dir.to_str().expect("utf8"),
-    ]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let rows: Vec<serde_json::Value> =
-        serde_json::from_slice(&std::fs::read(out_dir.join("scale-bench.json")).expect("json"))
-            .expect("rows");
+    let rows = bench_json(
+        &["--scale", "--clients", "3,6"],
+        &out_dir,
+        "scale-bench.json",
+    );
+    let rows = rows.as_array().expect("rows");
     let sizes: Vec<(String, u64)> = rows
         .iter()
         .map(|r| {
@@ -537,7 +529,7 @@ fn bench_scale_measures_each_group_size_in_its_own_process() {
             ("scale/public-quic".to_owned(), 6),
         ]
     );
-    for r in &rows {
+    for r in rows {
         assert_eq!(r["delivered"], r["expected"], "{r}");
         assert_eq!(
             r["expected"].as_u64(),
