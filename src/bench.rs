@@ -814,14 +814,16 @@ pub struct QueueRow {
 }
 
 /// The send queue driven alone (`postsock::transport::queue_bench`): per message size, the
-/// best of `repeats` runs of `messages` messages through a 4 MiB send buffer.
+/// best of `repeats` runs of `messages` messages through the default send buffer.
 pub fn queue(messages: usize, repeats: usize, progress: &dyn Fn(&str)) -> Res<Vec<QueueRow>> {
     let mut rows = Vec::new();
     for size in [64, 1024, 16 * 1024] {
         progress(&format!("the send queue, {messages} x {size} B"));
         let mut best = Duration::MAX;
+        let send_buffer = Configuration::default().send_buffer;
         for _ in 0..repeats.max(1) {
-            let (took, through) = postsock::transport::queue_bench::drive(messages, size, 4 << 20);
+            let (took, through) =
+                postsock::transport::queue_bench::drive(messages, size, send_buffer);
             if through != messages {
                 return Err(format!("{through} of {messages} messages went through").into());
             }

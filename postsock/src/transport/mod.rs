@@ -76,9 +76,7 @@ impl EventQueue {
         st.held += size;
         let waiting = take_waiting(&mut st.rx_waiting);
         drop(st);
-        if let Some(w) = waiting {
-            wake_all(w);
-        }
+        wake_all(waiting.into_iter().flatten());
     }
 
     /// The payload bytes `event` is charged (at most the whole bound, so it fits an empty
@@ -100,7 +98,7 @@ fn park(list: &mut SmallVec<[Waker; 1]>, waker: &Waker) {
     }
 }
 
-fn wake_all(list: SmallVec<[Waker; 1]>) {
+fn wake_all(list: impl IntoIterator<Item = Waker>) {
     for w in list {
         w.wake();
     }
@@ -199,9 +197,7 @@ impl EventRx {
                 st.held -= size;
                 let waiting = take_waiting(&mut st.tx_waiting);
                 drop(st);
-                if let Some(w) = waiting {
-                    wake_all(w);
-                }
+                wake_all(waiting.into_iter().flatten());
                 coop.made_progress();
                 Poll::Ready(Some(event))
             }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::framing::{FrameHeader, HEADER_LEN};
+use super::framing::HEADER_LEN;
 use super::outbox::Outbox;
 use crate::message::{MessageProperties, SendStatus};
 
@@ -46,9 +46,7 @@ pub fn drive(messages: usize, size: usize, send_buffer: usize) -> (Duration, usi
             queued += 1;
         }
         outbox.take_while(BATCH, |item| {
-            batch.extend_from_slice(
-                &FrameHeader::part(item.id, item.data.len() as u32, item.fin).encode(),
-            );
+            batch.extend_from_slice(&super::stream::frame_header(&item));
             batch.extend_from_slice(&item.data);
             // A long message comes in pieces; it is sent (and counted) with its last.
             if item.fin {

@@ -30,6 +30,7 @@ mod early;
 mod hello;
 mod reader;
 mod writer;
+pub(crate) use writer::frame_header;
 
 use acks::{ack_units, AckWindow, Acks};
 pub(crate) use connect::{connect, connect_plain};

@@ -127,7 +127,7 @@ impl AckTx {
     }
 }
 
-fn frame_header(item: &Item) -> [u8; HEADER_LEN] {
+pub(crate) fn frame_header(item: &Item) -> [u8; HEADER_LEN] {
     if item.abort {
         FrameHeader::abort(item.id).encode()
     } else {
