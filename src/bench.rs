@@ -41,8 +41,12 @@ pub struct Options {
     pub memory_bytes: u64,
     /// Only comparisons whose "protocol workload" label contains this (for profiling).
     pub only: Option<String>,
-    /// Run both ends on one thread (tokio's current-thread runtime) instead of two workers.
+    /// Run both ends on one thread (tokio's current-thread runtime) instead of `workers`.
     pub current_thread: bool,
+    /// Worker threads of the multi-thread runtime (when not `current_thread`). On a VM
+    /// without halt polling the figures depend on it through where the kernel puts the
+    /// threads (BENCHMARKS.md, "How many workers, and what is left of each gap").
+    pub workers: usize,
     /// Measure only this stack (for profiling one side; the other's figures read 0).
     pub side: Option<Side>,
 }
@@ -68,6 +72,7 @@ impl Default for Options {
             memory_bytes: 1 << 30,
             only: None,
             current_thread: false,
+            workers: 2,
             side: None,
         }
     }
@@ -176,6 +181,8 @@ pub struct MemoryRow {
 /// Everything one `postsock bench` run measured.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
+    /// The tokio runtime both stacks ran on (`current-thread` or `multi-thread, N workers`).
+    pub runtime: String,
     /// Throughput and latency comparisons.
     pub rows: Vec<Row>,
     /// Memory under back-pressure.
@@ -498,15 +505,27 @@ fn size_label(size: usize) -> String {
     }
 }
 
-/// Runs the throughput and latency comparisons in this process.
-pub fn compare(opts: &Options, progress: &dyn Fn(&str)) -> Res<Vec<Row>> {
+/// The runtime `rt` is, as a report names it (read from the runtime itself).
+fn runtime_name(rt: &tokio::runtime::Runtime) -> String {
+    match rt.handle().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::CurrentThread => "current-thread".into(),
+        _ => {
+            let n = rt.metrics().num_workers();
+            format!("multi-thread, {n} worker{}", if n == 1 { "" } else { "s" })
+        }
+    }
+}
+
+/// Runs the throughput and latency comparisons in this process; also names the runtime
+/// they ran on.
+pub fn compare(opts: &Options, progress: &dyn Fn(&str)) -> Res<(String, Vec<Row>)> {
     let rt = if opts.current_thread {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?
     } else {
         tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+            .worker_threads(opts.workers.max(1))
             .enable_all()
             .build()?
     };
@@ -592,7 +611,7 @@ pub fn compare(opts: &Options, progress: &dyn Fn(&str)) -> Res<Vec<Row>> {
             cpu: cpu.per(opts.rounds),
         });
     }
-    Ok(rows)
+    Ok((runtime_name(&rt), rows))
 }
 
 // ---------- memory under back-pressure (separate processes) ----------
@@ -740,7 +759,8 @@ pub fn memory(exe: &Path, protocol: Protocol, total: u64) -> Res<MemoryRow> {
 
 /// The Markdown table of a report.
 pub fn markdown(report: &BenchReport) -> String {
-    let mut s = String::from(
+    let mut s = format!("Runtime: {}.\n\n", report.runtime);
+    s.push_str(
         "| protocol | workload | metric | raw | postsock | postsock / raw | target met | CPU µs per message, raw | postsock | postsock / raw |\n|---|---|---|---:|---:|---:|---|---:|---:|---:|\n",
     );
     for r in &report.rows {

@@ -167,9 +167,12 @@ enum Command {
         #[arg(long)]
         only: Option<String>,
         /// Run the throughput and latency comparisons on tokio's current-thread runtime
-        /// (default: a multi-thread runtime with 2 workers).
-        #[arg(long)]
+        /// (default: a multi-thread runtime with `--workers` workers).
+        #[arg(long, conflicts_with = "workers")]
         current_thread: bool,
+        /// Worker threads of the multi-thread runtime the comparisons run on.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=256))]
+        workers: u16,
         /// Measure only this stack, e.g. under `perf` (the other stack's figures read 0).
         #[arg(long, value_enum)]
         side: Option<testbed::bench::Side>,
@@ -381,6 +384,7 @@ fn main() -> ExitCode {
             out,
             only,
             current_thread,
+            workers,
             side,
             repeats,
             ..
@@ -388,6 +392,7 @@ fn main() -> ExitCode {
             let mut opts = bench_options(quick);
             opts.profiling(only, side, repeats);
             opts.current_thread = current_thread;
+            opts.workers = usize::from(workers);
             bench(&opts, &out)
         }
         Command::StunServer { listen } => done(stun_server(listen)),
@@ -609,8 +614,8 @@ fn bench_options(quick: bool) -> testbed::bench::Options {
 fn bench(opts: &testbed::bench::Options, out: &std::path::Path) -> ExitCode {
     use testbed::bench;
     let profiling = opts.only.is_some() || opts.side.is_some();
-    let rows = match bench::compare(opts, &|what| eprintln!("measuring {what}")) {
-        Ok(rows) => rows,
+    let (runtime, rows) = match bench::compare(opts, &|what| eprintln!("measuring {what}")) {
+        Ok(measured) => measured,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
@@ -640,7 +645,11 @@ fn bench(opts: &testbed::bench::Options, out: &std::path::Path) -> ExitCode {
             }
         }
     }
-    let report = bench::BenchReport { rows, memory };
+    let report = bench::BenchReport {
+        runtime,
+        rows,
+        memory,
+    };
     publish(out, "bench", &bench::markdown(&report), &report)
 }
 

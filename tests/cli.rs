@@ -477,6 +477,49 @@ fn bench_side_measures_one_stack_only() {
     );
 }
 
+/// `bench --workers N` runs the comparisons on a multi-thread runtime of N workers and the
+/// report says which runtime it measured; a worker count of 0, or one with
+/// `--current-thread`, is refused before anything runs.
+#[test]
+fn bench_runs_on_the_worker_count_asked_for_and_names_its_runtime() {
+    let out_dir = temp_dir("bench-workers");
+    let args = ["--quick", "--only", "tls-tcp 50 echo", "--repeats", "1"];
+    let one = bench_json(
+        &[&args[..], &["--workers", "1"]].concat(),
+        &out_dir,
+        "bench.json",
+    );
+    assert_eq!(one["runtime"], "multi-thread, 1 worker", "{one}");
+    let rows = one["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 1, "{one}");
+    for side in ["raw", "postsock"] {
+        assert!(rows[0][side].as_f64().is_some_and(|v| v > 0.0), "{one}");
+    }
+    let md = std::fs::read_to_string(out_dir.join("bench.md")).expect("bench.md");
+    assert!(md.starts_with("Runtime: multi-thread, 1 worker."), "{md}");
+    let default = bench_json(&args, &out_dir, "bench.json");
+    assert_eq!(default["runtime"], "multi-thread, 2 workers", "{default}");
+    let single = bench_json(
+        &[&args[..], &["--current-thread"]].concat(),
+        &out_dir,
+        "bench.json",
+    );
+    assert_eq!(single["runtime"], "current-thread", "{single}");
+
+    for bad in [
+        &["bench", "--workers", "0"][..],
+        &["bench", "--current-thread", "--workers", "3"][..],
+    ] {
+        let out = postsock(bad);
+        assert!(!out.status.success(), "{bad:?}");
+        assert!(
+            text(&out.stderr).contains("--workers"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+}
+
 /// `bench --queue --quick` drives the send queue alone for each message size and writes the
 /// figures: every message of every run went through (the command fails otherwise).
 #[test]
