@@ -112,8 +112,12 @@ pub struct Row {
     pub raw: f64,
     /// postsock's figure.
     pub postsock: f64,
-    /// postsock / raw.
+    /// postsock / raw, of the two bests.
     pub ratio: f64,
+    /// postsock / raw within each repeat (the two stacks' runs of one repeat follow each
+    /// other, so they share the machine's load): their spread says how far `ratio` can be
+    /// trusted on a noisy machine. Empty when one stack was not measured (`--side`).
+    pub pairs: Vec<f64>,
     /// Whether the ratio meets the target (≥ 0.9 for throughput, ≤ 1.1 for latency).
     pub meets_target: bool,
     /// CPU time per message (per round trip for latency), both ends of the run.
@@ -160,6 +164,50 @@ impl Cpu {
             raw_us: us(self.raw),
             postsock_us: us(self.postsock),
         }
+    }
+}
+
+/// The wall times of one comparison's runs, raw and postsock alternated `repeats` times.
+#[derive(Default)]
+struct Alternated {
+    raw: Vec<Duration>,
+    postsock: Vec<Duration>,
+}
+
+impl Alternated {
+    /// Runs the stacks `opts` asks for in turn, `opts.repeats` times, counting their CPU.
+    fn run(
+        opts: &Options,
+        cpu: &mut Cpu,
+        mut raw: impl FnMut() -> Res<Duration>,
+        mut postsock: impl FnMut() -> Res<Duration>,
+    ) -> Res<Self> {
+        let mut out = Alternated::default();
+        for _ in 0..opts.repeats {
+            if opts.runs(Side::Raw) {
+                out.raw.push(cpu.raw(&mut raw)?);
+            }
+            if opts.runs(Side::Postsock) {
+                out.postsock.push(cpu.postsock(&mut postsock)?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The best (shortest) run of each stack; `Duration::MAX` for a stack not run.
+    fn best(&self) -> (Duration, Duration) {
+        let best = |v: &[Duration]| v.iter().min().copied().unwrap_or(Duration::MAX);
+        (best(&self.raw), best(&self.postsock))
+    }
+
+    /// postsock's figure over raw's within each repeat; `figure` turns a run's time into
+    /// the figure compared (MB/s, µs).
+    fn pairs(&self, figure: impl Fn(Duration) -> f64) -> Vec<f64> {
+        self.raw
+            .iter()
+            .zip(&self.postsock)
+            .map(|(&r, &p)| ratio(figure(p), figure(r)))
+            .collect()
     }
 }
 
@@ -464,6 +512,17 @@ fn median(mut samples: Vec<Duration>) -> Duration {
     samples.get(samples.len() / 2).copied().unwrap_or_default()
 }
 
+/// The least and greatest of `pairs`, as `0.58–0.66` (one value alone; `—` for none).
+fn spread(pairs: &[f64]) -> String {
+    let lo = pairs.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = pairs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    match pairs.len() {
+        0 => "—".into(),
+        1 => format!("{lo:.2}"),
+        _ => format!("{lo:.2}–{hi:.2}"),
+    }
+}
+
 /// postsock's figure over raw's; 0 when either stack was not measured (`--side`).
 fn ratio(postsock: f64, raw: f64) -> f64 {
     if postsock > 0.0 && raw > 0.0 {
@@ -540,19 +599,14 @@ pub fn compare(opts: &Options, progress: &dyn Fn(&str)) -> Res<(String, Vec<Row>
                 continue;
             }
             progress(&format!("{} throughput, {workload}", protocol.name()));
-            let (mut best_raw, mut best_ps) = (Duration::MAX, Duration::MAX);
             let mut cpu = Cpu::default();
-            for _ in 0..opts.repeats {
-                if opts.runs(Side::Raw) {
-                    best_raw = best_raw
-                        .min(cpu.raw(|| rt.block_on(throughput(protocol, true, count, size)))?);
-                }
-                if opts.runs(Side::Postsock) {
-                    best_ps = best_ps.min(
-                        cpu.postsock(|| rt.block_on(throughput(protocol, false, count, size)))?,
-                    );
-                }
-            }
+            let runs = Alternated::run(
+                opts,
+                &mut cpu,
+                || rt.block_on(throughput(protocol, true, count, size)),
+                || rt.block_on(throughput(protocol, false, count, size)),
+            )?;
+            let (best_raw, best_ps) = runs.best();
             let (raw, ps) = (
                 mb_per_s(count * size, best_raw),
                 mb_per_s(count * size, best_ps),
@@ -564,6 +618,7 @@ pub fn compare(opts: &Options, progress: &dyn Fn(&str)) -> Res<(String, Vec<Row>
                 raw,
                 postsock: ps,
                 ratio: ratio(ps, raw),
+                pairs: runs.pairs(|d| mb_per_s(count * size, d)),
                 meets_target: ratio(ps, raw) >= 0.9,
                 cpu: cpu.per(count),
             });
@@ -577,21 +632,14 @@ pub fn compare(opts: &Options, progress: &dyn Fn(&str)) -> Res<(String, Vec<Row>
             continue;
         }
         progress(&format!("{} latency, {workload}", protocol.name()));
-        let (mut best_raw, mut best_ps) = (Duration::MAX, Duration::MAX);
         let mut cpu = Cpu::default();
-        for _ in 0..opts.repeats {
-            if opts.runs(Side::Raw) {
-                best_raw =
-                    best_raw.min(cpu.raw(|| {
-                        rt.block_on(latency(protocol, true, opts.rounds, opts.small_size))
-                    })?);
-            }
-            if opts.runs(Side::Postsock) {
-                best_ps = best_ps.min(cpu.postsock(|| {
-                    rt.block_on(latency(protocol, false, opts.rounds, opts.small_size))
-                })?);
-            }
-        }
+        let runs = Alternated::run(
+            opts,
+            &mut cpu,
+            || rt.block_on(latency(protocol, true, opts.rounds, opts.small_size)),
+            || rt.block_on(latency(protocol, false, opts.rounds, opts.small_size)),
+        )?;
+        let (best_raw, best_ps) = runs.best();
         let micros = |d: Duration| {
             if d == Duration::MAX {
                 0.0
@@ -607,6 +655,7 @@ pub fn compare(opts: &Options, progress: &dyn Fn(&str)) -> Res<(String, Vec<Row>
             raw,
             postsock: ps,
             ratio: ratio(ps, raw),
+            pairs: runs.pairs(micros),
             meets_target: ratio(ps, raw) > 0.0 && ratio(ps, raw) <= 1.1,
             cpu: cpu.per(opts.rounds),
         });
@@ -761,17 +810,18 @@ pub fn memory(exe: &Path, protocol: Protocol, total: u64) -> Res<MemoryRow> {
 pub fn markdown(report: &BenchReport) -> String {
     let mut s = format!("Runtime: {}.\n\n", report.runtime);
     s.push_str(
-        "| protocol | workload | metric | raw | postsock | postsock / raw | target met | CPU µs per message, raw | postsock | postsock / raw |\n|---|---|---|---:|---:|---:|---|---:|---:|---:|\n",
+        "| protocol | workload | metric | raw | postsock | postsock / raw | in each repeat | target met | CPU µs per message, raw | postsock | postsock / raw |\n|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|\n",
     );
     for r in &report.rows {
         s.push_str(&format!(
-            "| {} | {} | {} | {:.1} | {:.1} | {:.2} | {} | {:.2} | {:.2} | {:.2} |\n",
+            "| {} | {} | {} | {:.1} | {:.1} | {:.2} | {} | {} | {:.2} | {:.2} | {:.2} |\n",
             r.protocol,
             r.workload,
             r.metric,
             r.raw,
             r.postsock,
             r.ratio,
+            spread(&r.pairs),
             if r.meets_target { "yes" } else { "no" },
             r.cpu.raw_us,
             r.cpu.postsock_us,
@@ -795,6 +845,13 @@ pub fn markdown(report: &BenchReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_spread_of_the_pairs_is_their_least_and_greatest() {
+        assert_eq!(spread(&[]), "—");
+        assert_eq!(spread(&[0.5]), "0.50");
+        assert_eq!(spread(&[0.6, 0.58, 0.66, 0.61]), "0.58–0.66");
+    }
 
     #[test]
     fn cpu_time_counts_work_done_on_other_threads() {

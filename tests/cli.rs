@@ -461,6 +461,7 @@ fn bench_side_measures_one_stack_only() {
     assert_eq!(row["raw"].as_f64(), Some(0.0), "{row}");
     assert_eq!(row["cpu"]["raw_us"].as_f64(), Some(0.0), "{row}");
     assert_eq!(row["ratio"].as_f64(), Some(0.0), "{row}");
+    assert_eq!(row["pairs"].as_array().map(Vec::len), Some(0), "{row}");
     assert_eq!(row["meets_target"], false);
     assert_eq!(
         report["memory"].as_array().map(Vec::len),
@@ -495,6 +496,10 @@ fn bench_runs_on_the_worker_count_asked_for_and_names_its_runtime() {
     for side in ["raw", "postsock"] {
         assert!(rows[0][side].as_f64().is_some_and(|v| v > 0.0), "{one}");
     }
+    // One repeat: one pair, whose ratio is the row's (both stacks' only runs).
+    let pairs = rows[0]["pairs"].as_array().expect("pairs");
+    assert_eq!(pairs.len(), 1, "{one}");
+    assert_eq!(pairs[0].as_f64(), rows[0]["ratio"].as_f64(), "{one}");
     let md = std::fs::read_to_string(out_dir.join("bench.md")).expect("bench.md");
     assert!(md.starts_with("Runtime: multi-thread, 1 worker."), "{md}");
     let default = bench_json(&args, &out_dir, "bench.json");
