@@ -50,6 +50,9 @@ pub(crate) struct Assembly {
     delivered: u64,
     total: usize,
     reliable: bool,
+    /// While a frame's payload is read straight into `buf` ([`direct_buf`](Self::direct_buf)):
+    /// the length of `buf` before it, to go back to if the read never completes.
+    direct_from: Option<usize>,
 }
 
 impl Assembly {
@@ -61,6 +64,7 @@ impl Assembly {
             delivered: 0,
             total: 0,
             reliable,
+            direct_from: None,
         }
     }
 
@@ -83,6 +87,61 @@ impl Assembly {
             data,
             end,
         })
+    }
+
+    /// The buffer the next `len` bytes of this message may be read into directly (by
+    /// [`FrameReader`](super::stream::FrameReader), saving the copy out of its own buffer),
+    /// with room for them; `None` where [`push_into`](Self::push_into) must see them
+    /// instead: parts delivered early, or a message that would exceed the maximum (which
+    /// `push_into` reports). The bytes count once [`direct_done`](Self::direct_done) is
+    /// called; until then they may arrive in several reads.
+    pub(crate) fn direct_buf(
+        &mut self,
+        len: usize,
+        limits: &ReceiveLimits,
+    ) -> Option<&mut BytesMut> {
+        if limits.min_incomplete.is_some()
+            || limits.max_length.is_some()
+            || self.total.saturating_add(len) > limits.max_message_size
+        {
+            return None;
+        }
+        if let Some(first) = self.first.take() {
+            self.buf.reserve(2 * (first.len() + len));
+            self.buf.extend_from_slice(&first);
+        }
+        self.buf.reserve(len);
+        self.direct_from = Some(self.buf.len());
+        Some(&mut self.buf)
+    }
+
+    /// Drops what a direct read that did not complete put in the buffer (its transient
+    /// ended in the middle of the frame; the peer writes the whole frame again on the next
+    /// one, or the message is never completed).
+    pub(crate) fn abandon_direct(&mut self) {
+        if let Some(len) = self.direct_from.take() {
+            self.buf.truncate(len);
+        }
+    }
+
+    /// The buffer a direct read that [`direct_buf`](Self::direct_buf) started goes on
+    /// filling.
+    pub(crate) fn direct_resume(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
+    /// `len` bytes were read into [`direct_buf`](Self::direct_buf); `end`: the message is
+    /// complete, and goes to `out`.
+    pub(crate) fn direct_done(&mut self, len: usize, end: bool, out: &mut Vec<Event>) {
+        self.direct_from = None;
+        self.total += len;
+        if end {
+            out.push(Event::Received(Received {
+                id: self.id,
+                data: fitted(self.buf.split()),
+                reliable: self.reliable,
+            }));
+        }
     }
 
     /// Adds received bytes (`end`: the message is complete) and returns what to deliver.

@@ -22,6 +22,11 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
     let resumable = core.token.is_some();
     let mut input = FrameReader::new(input);
     let mut st = core.recv.lock().await;
+    // A frame an earlier transient was reading into its message when it ended comes again
+    // whole (the peer writes again every frame not acknowledged).
+    for a in st.open.values_mut() {
+        a.abandon_direct();
+    }
     let mut closing = false;
     // What a frame delivers (most deliver one event): one list for all frames.
     let mut out = Vec::new();
@@ -46,6 +51,9 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
         }
         // Frames that came in one read are taken without a wait each (the wait below would
         // register and drop a waiter on `stop` and a timer per frame).
+        // Continuation frames of a long message go straight into its buffer, except while
+        // the peer writes again what we may have (those frames may be skipped).
+        let direct = skip.is_none() && !expect_hello;
         let frame = match input.buffered(limits.max_message_size) {
             Ok(None) => tokio::select! {
                 biased;
@@ -55,7 +63,7 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
                     ack_now(&ack_tx, &mut ack_armed);
                     continue;
                 }
-                frame = input.next(limits.max_message_size) => frame,
+                frame = input.next_into(limits.max_message_size, &mut st.open, limits, direct) => frame,
                 _ = silence => {
                     return ReadEnd::Broken(
                         ConnectionError::Silent {
@@ -65,7 +73,7 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
                     )
                 }
             },
-            got => got,
+            got => got.map(|f| f.map(|(header, data)| Frame::Whole(header, data))),
         };
         let frame = match frame {
             Ok(f) => f,
@@ -74,7 +82,7 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
             Err(e) => return ReadEnd::Fatal(e),
         };
         core.rx.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let Some((header, data)) = frame else {
+        let Some(frame) = frame else {
             if resumable && !closing {
                 return ReadEnd::Broken(ConnectionError::EndedWithoutClose.into());
             }
@@ -82,6 +90,11 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
                 return ReadEnd::Fatal(Violation::EndedInMessage { id: *id }.into());
             }
             return ReadEnd::Clean;
+        };
+        // `appended`: the payload is already in its message's buffer (`data` is empty).
+        let (header, data, appended) = match frame {
+            Frame::Whole(header, data) => (header, data, false),
+            Frame::Appended(header) => (header, Bytes::new(), true),
         };
         if expect_hello {
             // A continuation: the peer's HELLO says what it has and where it starts again.
@@ -110,7 +123,7 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
         }
         if header.kind == TYPE_MESSAGE {
             if let Some(at) = skip {
-                let end = at + ack_units(data.len());
+                let end = at + ack_units(header.len as usize);
                 if end <= st.received {
                     // Written again by the peer; we have it.
                     skip = Some(end);
@@ -142,7 +155,7 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
         }
         let id = header.id;
         out.clear();
-        st.received += ack_units(data.len());
+        st.received += ack_units(header.len as usize);
         let RecvState {
             open, discarding, ..
         } = &mut *st;
@@ -159,6 +172,13 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
         } else if discarding.contains(&id) {
             if header.fin() {
                 discarding.remove(&id);
+            }
+        } else if appended {
+            if let Some(a) = open.get_mut(&id) {
+                a.direct_done(header.len as usize, header.fin(), &mut out);
+            }
+            if header.fin() {
+                open.remove(&id);
             }
         } else {
             if !open.contains_key(&id) && open.len() >= MAX_OPEN_MESSAGES {
@@ -239,12 +259,33 @@ const READ_OFFER: usize = 16 * 1024 + HEADER_LEN;
 /// worth it to save the copy of a long frame, not to pin 64 KiB behind a few bytes.
 const SHARE_FROM: usize = 512;
 
+/// Continuation frames at least this long are read straight into their message's buffer
+/// by [`FrameReader::next_into`].
+const DIRECT_FROM: usize = 4096;
+
 /// Reads frames from a byte stream through one buffer of [`READ_CHUNK`]: each read takes
 /// what the stream has (up to [`READ_OFFER`]), frames are cut from it, and a frame's payload is a slice of
 /// the buffer rather than a copy of its own (see [`SHARE_FROM`]).
+///
+/// The frames after the first of a long message ([`next_into`](Self::next_into)) skip that
+/// buffer: their headers are read alone and their payloads straight into the message being
+/// reassembled, so each byte is copied once out of TLS instead of twice.
 pub(crate) struct FrameReader<R> {
     input: R,
     buf: BytesMut,
+    /// A MESSAGE frame whose payload is being read into its message's buffer: its header
+    /// and the bytes still to come (kept here, so a read cancelled half-way goes on).
+    direct: Option<(FrameHeader, usize)>,
+}
+
+/// A frame read by [`FrameReader::next_into`].
+#[derive(Debug)]
+pub(crate) enum Frame {
+    /// A frame and its payload.
+    Whole(FrameHeader, Bytes),
+    /// A MESSAGE frame whose payload went into its message's buffer
+    /// ([`Assembly::direct_buf`]); [`Assembly::direct_done`] completes it.
+    Appended(FrameHeader),
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -252,12 +293,92 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         FrameReader {
             input,
             buf: BytesMut::new(),
+            direct: None,
         }
     }
 
-    /// Reads more into the buffer, with room for at least `want` bytes in all; false at the
-    /// end of the stream.
-    async fn fill(&mut self, want: usize) -> Result<bool> {
+    /// The next frame, as [`next`](Self::next) reads it, except that with `direct` the
+    /// payload of a MESSAGE frame of at least [`DIRECT_FROM`] bytes whose message is being
+    /// reassembled in `open` is read into that message's buffer (when
+    /// [`Assembly::direct_buf`] takes it). Cancel-safe as long as `open` keeps that
+    /// message until the next call: a payload read in part goes on there.
+    pub(crate) async fn next_into(
+        &mut self,
+        max: usize,
+        open: &mut BTreeMap<MessageId, Assembly>,
+        limits: &ReceiveLimits,
+        direct: bool,
+    ) -> Result<Option<Frame>> {
+        loop {
+            if let Some((header, mut rest)) = self.direct {
+                let Some(a) = open.get_mut(&header.id) else {
+                    return Err(tcp(
+                        "read",
+                        std::io::Error::other("a message left reassembly in the middle of a frame"),
+                    ));
+                };
+                let dst = a.direct_resume();
+                let held = rest.min(self.buf.len());
+                if held > 0 {
+                    dst.extend_from_slice(&self.buf[..held]);
+                    bytes::Buf::advance(&mut self.buf, held);
+                    rest -= held;
+                    self.direct = Some((header, rest));
+                }
+                while rest > 0 {
+                    let n = self
+                        .input
+                        .read_buf(&mut bytes::BufMut::limit(&mut *dst, rest))
+                        .await
+                        .map_err(|e| tcp("read", e))?;
+                    if n == 0 {
+                        return Err(Violation::TruncatedFrame {
+                            id: header.id,
+                            len: header.len,
+                        }
+                        .into());
+                    }
+                    rest -= n;
+                    self.direct = Some((header, rest));
+                }
+                self.direct = None;
+                return Ok(Some(Frame::Appended(header)));
+            }
+            if let Some((header, data)) = self.buffered(max)? {
+                return Ok(Some(Frame::Whole(header, data)));
+            }
+            let header = self.header(max)?;
+            if let Some(h) = header.filter(|h| {
+                direct && h.kind == TYPE_MESSAGE && !h.aborts() && h.len as usize >= DIRECT_FROM
+            }) {
+                let len = h.len as usize;
+                if let Some(a) = open.get_mut(&h.id) {
+                    if a.direct_buf(len, limits).is_some() {
+                        bytes::Buf::advance(&mut self.buf, HEADER_LEN);
+                        self.direct = Some((h, len));
+                        continue;
+                    }
+                }
+            }
+            // While a long message is being reassembled its next frame most likely
+            // continues it: read that frame's header alone, so its payload is not taken
+            // into this buffer before it is known where it goes.
+            let header_alone = header.is_none()
+                && direct
+                && !open.is_empty()
+                && limits.min_incomplete.is_none()
+                && limits.max_length.is_none();
+            let want = header.map_or(HEADER_LEN, |h| HEADER_LEN + h.len as usize);
+            if self.fill(want, header_alone).await? {
+                continue;
+            }
+            return self.ended(header).map(|()| None);
+        }
+    }
+
+    /// Reads more into the buffer, with room for at least `want` bytes in all (and, with
+    /// `exact`, no more than that offered); false at the end of the stream.
+    async fn fill(&mut self, want: usize, exact: bool) -> Result<bool> {
         let spare = self.buf.capacity() - self.buf.len();
         let need = want.saturating_sub(self.buf.len()).max(1);
         if spare < need || spare < READ_CHUNK / 8 {
@@ -267,7 +388,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         // A TLS stream zeroes all the room it is offered before copying into it: offering
         // 64 KiB to take a 1 KiB record cost more than the copy. One record's worth (or what
         // the frame still needs) is enough; the rest stays buffered in TLS for the next read.
-        let offer = need.max(READ_OFFER);
+        let offer = if exact { need } else { need.max(READ_OFFER) };
         let n = self
             .input
             .read_buf(&mut bytes::BufMut::limit(&mut self.buf, offer))
@@ -289,6 +410,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// The next frame if the buffer already holds all of it (nothing is read): the reader
     /// takes frames that came in one read without a wait each.
     pub(crate) fn buffered(&mut self, max: usize) -> Result<Option<(FrameHeader, Bytes)>> {
+        if self.direct.is_some() {
+            // In the middle of a payload read into its message: `next_into` goes on with it.
+            return Ok(None);
+        }
         let Some(header) = self.header(max)? else {
             return Ok(None);
         };
@@ -307,30 +432,40 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         Ok(Some((header, data)))
     }
 
-    /// The next frame. `Ok(None)` is a clean end of stream at a frame boundary.
+    /// The next frame. `Ok(None)` is a clean end of stream at a frame boundary. (The reader
+    /// task uses [`next_into`](Self::next_into); this is it without direct reads.)
+    #[cfg(test)]
     pub(crate) async fn next(&mut self, max: usize) -> Result<Option<(FrameHeader, Bytes)>> {
-        loop {
-            if let Some(frame) = self.buffered(max)? {
-                return Ok(Some(frame));
+        let limits = ReceiveLimits {
+            max_message_size: max,
+            min_incomplete: None,
+            max_length: None,
+        };
+        match self
+            .next_into(max, &mut BTreeMap::new(), &limits, false)
+            .await?
+        {
+            Some(Frame::Whole(header, data)) => Ok(Some((header, data))),
+            Some(Frame::Appended(_)) => unreachable!("no direct reads asked for"),
+            None => Ok(None),
+        }
+    }
+
+    /// The stream ended with `header` (if any) the frame in the buffer: clean at a frame
+    /// boundary, else a truncated header or frame.
+    fn ended(&self, header: Option<FrameHeader>) -> Result<()> {
+        match header {
+            None if self.buf.is_empty() => Ok(()),
+            None => Err(Violation::TruncatedHeader {
+                filled: self.buf.len(),
+                len: HEADER_LEN,
             }
-            let header = self.header(max)?;
-            let want = header.map_or(HEADER_LEN, |h| HEADER_LEN + h.len as usize);
-            if self.fill(want).await? {
-                continue;
+            .into()),
+            Some(h) => Err(Violation::TruncatedFrame {
+                id: h.id,
+                len: h.len,
             }
-            return match header {
-                None if self.buf.is_empty() => Ok(None),
-                None => Err(Violation::TruncatedHeader {
-                    filled: self.buf.len(),
-                    len: HEADER_LEN,
-                }
-                .into()),
-                Some(h) => Err(Violation::TruncatedFrame {
-                    id: h.id,
-                    len: h.len,
-                }
-                .into()),
-            };
+            .into()),
         }
     }
 }
@@ -450,5 +585,181 @@ mod tests {
         let (_, b) = input.next(1 << 20).await.expect("b").expect("b");
         assert_ne!(b.as_ptr(), a.as_ptr());
         assert_eq!((&a[..], &b[..]), (&payloads[0][..], &payloads[1][..]));
+    }
+
+    /// Returns `Pending` (waking itself) before every other read: a reader's future polled
+    /// once per step can be dropped half-way through a frame.
+    struct Stutter<'a> {
+        data: &'a [u8],
+        step: usize,
+        ready: bool,
+    }
+
+    impl AsyncRead for Stutter<'_> {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            self.ready = !self.ready;
+            if !self.ready {
+                cx.waker().wake_by_ref();
+                return std::task::Poll::Pending;
+            }
+            let n = self.step.min(self.data.len()).min(buf.remaining());
+            let (now, rest) = self.data.split_at(n);
+            buf.put_slice(now);
+            self.data = rest;
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// One message in `parts` frames (the last with FIN) followed by a one-frame message.
+    fn message_in_parts(parts: &[usize]) -> (Vec<u8>, Vec<u8>) {
+        let mut wire = Vec::new();
+        let mut whole = Vec::new();
+        for (i, &len) in parts.iter().enumerate() {
+            let data: Vec<u8> = (0..len).map(|j| (j * 13 + i) as u8).collect();
+            let fin = i + 1 == parts.len();
+            wire.extend_from_slice(&FrameHeader::part(1, len as u32, fin).encode());
+            wire.extend_from_slice(&data);
+            whole.extend_from_slice(&data);
+        }
+        wire.extend_from_slice(&FrameHeader::message(2, 3).encode());
+        wire.extend_from_slice(b"end");
+        (wire, whole)
+    }
+
+    fn whole_limits() -> ReceiveLimits {
+        ReceiveLimits {
+            max_message_size: 1 << 20,
+            min_incomplete: None,
+            max_length: None,
+        }
+    }
+
+    /// Reads every frame as the reader task does (`next_into`, then `push_into` or
+    /// `direct_done`), each call polled once and dropped while pending (so every frame's
+    /// read is cancelled and resumed many times): what each message delivers, and how many
+    /// frames came appended.
+    fn read_all<R: AsyncRead + Unpin>(input: R, direct: bool) -> (Vec<(u64, Vec<u8>)>, usize) {
+        use futures_util::FutureExt;
+        let limits = whole_limits();
+        let mut input = FrameReader::new(input);
+        let mut open = BTreeMap::new();
+        let (mut got, mut appended) = (Vec::new(), 0);
+        loop {
+            let Some(frame) = input
+                .next_into(1 << 20, &mut open, &limits, direct)
+                .now_or_never()
+            else {
+                continue;
+            };
+            let mut out = Vec::new();
+            match frame.expect("frame") {
+                None => break,
+                Some(Frame::Whole(h, data)) => {
+                    let a = open
+                        .entry(h.id)
+                        .or_insert_with(|| Assembly::new(h.id, true));
+                    a.push_into(data, h.fin(), &limits, &mut out).expect("fits");
+                    if h.fin() {
+                        open.remove(&h.id);
+                    }
+                }
+                Some(Frame::Appended(h)) => {
+                    appended += 1;
+                    let a = open.get_mut(&h.id).expect("open");
+                    a.direct_done(h.len as usize, h.fin(), &mut out);
+                    if h.fin() {
+                        open.remove(&h.id);
+                    }
+                }
+            }
+            for e in out {
+                if let Event::Received(r) = e {
+                    got.push((r.id, r.data.to_vec()));
+                }
+            }
+        }
+        (got, appended)
+    }
+
+    #[test]
+    fn continuation_frames_go_straight_into_their_message_and_survive_cancelled_reads() {
+        // A first frame (into reassembly as usual), long continuations (read directly),
+        // a short one (below DIRECT_FROM: as usual), and the last.
+        let parts = [16 * 1024, 16 * 1024, DIRECT_FROM, DIRECT_FROM - 1, 10_000];
+        let (wire, whole) = message_in_parts(&parts);
+        let want = vec![(1, whole), (2, b"end".to_vec())];
+        for step in [1, 5, 16, 1000, 4096, 20_000, usize::MAX] {
+            let (got, appended) = read_all(
+                Stutter {
+                    data: &wire,
+                    step,
+                    ready: false,
+                },
+                true,
+            );
+            assert_eq!(got, want, "step {step}");
+            assert!(appended >= 2, "step {step}: {appended} frames appended");
+            let (plain, none) = read_all(
+                Stutter {
+                    data: &wire,
+                    step,
+                    ready: false,
+                },
+                false,
+            );
+            assert_eq!(
+                (plain, none),
+                (want.clone(), 0),
+                "step {step}, no direct reads"
+            );
+        }
+    }
+
+    #[test]
+    fn a_frame_left_half_read_is_taken_out_of_its_message_again() {
+        use futures_util::FutureExt;
+        let (wire, whole) = message_in_parts(&[8192, 8192]);
+        let limits = whole_limits();
+        // The stream ends in the middle of the second frame's payload.
+        let cut = 2 * HEADER_LEN + 8192 + 5000;
+        let mut input = FrameReader::new(&wire[..cut]);
+        let mut open = BTreeMap::new();
+        let mut out = Vec::new();
+        let first = input
+            .next_into(1 << 20, &mut open, &limits, true)
+            .now_or_never();
+        let Some(Ok(Some(Frame::Whole(h, data)))) = first else {
+            panic!("the first frame whole: {first:?}");
+        };
+        let a = open
+            .entry(h.id)
+            .or_insert_with(|| Assembly::new(h.id, true));
+        a.push_into(data, false, &limits, &mut out).expect("fits");
+        let second = input
+            .next_into(1 << 20, &mut open, &limits, true)
+            .now_or_never();
+        assert!(
+            matches!(second, Some(Err(Error::Protocol(_)))),
+            "truncated: {second:?}"
+        );
+        // The next transient: the half-read payload goes, and the peer's resent frame
+        // completes the message as if nothing had been read of it.
+        let a = open.get_mut(&1).expect("open");
+        a.abandon_direct();
+        a.push_into(
+            Bytes::copy_from_slice(&whole[8192..]),
+            true,
+            &limits,
+            &mut out,
+        )
+        .expect("fits");
+        let Some(Event::Received(r)) = out.pop() else {
+            panic!("delivered");
+        };
+        assert_eq!(r.data.to_vec(), whole);
     }
 }
