@@ -587,12 +587,20 @@ mod tests {
         assert_eq!((&a[..], &b[..]), (&payloads[0][..], &payloads[1][..]));
     }
 
-    /// Returns `Pending` (waking itself) before every other read: a reader's future polled
-    /// once per step can be dropped half-way through a frame.
+    /// A [`Trickle`] that returns `Pending` (waking itself) before every other read: a
+    /// reader's future polled once per step can be dropped half-way through a frame.
     struct Stutter<'a> {
-        data: &'a [u8],
-        step: usize,
+        inner: Trickle<'a>,
         ready: bool,
+    }
+
+    impl<'a> Stutter<'a> {
+        fn new(data: &'a [u8], step: usize) -> Self {
+            Stutter {
+                inner: Trickle { data, step },
+                ready: false,
+            }
+        }
     }
 
     impl AsyncRead for Stutter<'_> {
@@ -606,11 +614,7 @@ mod tests {
                 cx.waker().wake_by_ref();
                 return std::task::Poll::Pending;
             }
-            let n = self.step.min(self.data.len()).min(buf.remaining());
-            let (now, rest) = self.data.split_at(n);
-            buf.put_slice(now);
-            self.data = rest;
-            std::task::Poll::Ready(Ok(()))
+            std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
         }
     }
 
@@ -693,24 +697,10 @@ mod tests {
         let (wire, whole) = message_in_parts(&parts);
         let want = vec![(1, whole), (2, b"end".to_vec())];
         for step in [1, 5, 16, 1000, 4096, 20_000, usize::MAX] {
-            let (got, appended) = read_all(
-                Stutter {
-                    data: &wire,
-                    step,
-                    ready: false,
-                },
-                true,
-            );
+            let (got, appended) = read_all(Stutter::new(&wire, step), true);
             assert_eq!(got, want, "step {step}");
             assert!(appended >= 2, "step {step}: {appended} frames appended");
-            let (plain, none) = read_all(
-                Stutter {
-                    data: &wire,
-                    step,
-                    ready: false,
-                },
-                false,
-            );
+            let (plain, none) = read_all(Stutter::new(&wire, step), false);
             assert_eq!(
                 (plain, none),
                 (want.clone(), 0),
