@@ -469,12 +469,17 @@ fn bench_side_measures_one_stack_only() {
         "no memory run"
     );
 
-    let bad = postsock(&["bench", "--side", "neither"]);
-    assert!(!bad.status.success());
+    refused(&["bench", "--side", "neither"], "neither");
+}
+
+/// `postsock ARGS` is a usage error (exit 2) whose message names `mentions`.
+fn refused(args: &[&str], mentions: &str) {
+    let out = postsock(args);
+    assert_eq!(out.status.code(), Some(2), "{args:?}");
     assert!(
-        text(&bad.stderr).contains("neither"),
-        "{}",
-        text(&bad.stderr)
+        text(&out.stderr).contains(mentions),
+        "{args:?}: {}",
+        text(&out.stderr)
     );
 }
 
@@ -511,18 +516,11 @@ fn bench_runs_on_the_worker_count_asked_for_and_names_its_runtime() {
     );
     assert_eq!(single["runtime"], "current-thread", "{single}");
 
-    for bad in [
-        &["bench", "--workers", "0"][..],
-        &["bench", "--current-thread", "--workers", "3"][..],
-    ] {
-        let out = postsock(bad);
-        assert!(!out.status.success(), "{bad:?}");
-        assert!(
-            text(&out.stderr).contains("--workers"),
-            "{}",
-            text(&out.stderr)
-        );
-    }
+    refused(&["bench", "--workers", "0"], "--workers");
+    refused(
+        &["bench", "--current-thread", "--workers", "3"],
+        "--workers",
+    );
 }
 
 /// `bench --queue --quick` drives the send queue alone for each message size and writes the

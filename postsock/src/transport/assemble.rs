@@ -24,6 +24,11 @@ impl ReceiveLimits {
             max_length: config.receive_max_length.map(|m| m.max(1)),
         }
     }
+
+    /// Whether messages go up whole only (no part delivered early).
+    pub(crate) fn whole_only(&self) -> bool {
+        self.min_incomplete.is_none() && self.max_length.is_none()
+    }
 }
 
 /// `buf` frozen, its spare capacity given back when it is more than a quarter of its length
@@ -100,10 +105,7 @@ impl Assembly {
         len: usize,
         limits: &ReceiveLimits,
     ) -> Option<&mut BytesMut> {
-        if limits.min_incomplete.is_some()
-            || limits.max_length.is_some()
-            || self.total.saturating_add(len) > limits.max_message_size
-        {
+        if !limits.whole_only() || self.total.saturating_add(len) > limits.max_message_size {
             return None;
         }
         if let Some(first) = self.first.take() {
@@ -176,7 +178,7 @@ impl Assembly {
             }
             .into());
         }
-        if limits.min_incomplete.is_none() && limits.max_length.is_none() {
+        if limits.whole_only() {
             // Whole messages only. One that comes in one piece goes up as it is (no copy);
             // a longer one is copied into one buffer piece by piece as it comes, so its
             // pieces (slices of the reader's buffers) are let go at once: the reader reuses

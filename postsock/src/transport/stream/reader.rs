@@ -363,11 +363,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             // While a long message is being reassembled its next frame most likely
             // continues it: read that frame's header alone, so its payload is not taken
             // into this buffer before it is known where it goes.
-            let header_alone = header.is_none()
-                && direct
-                && !open.is_empty()
-                && limits.min_incomplete.is_none()
-                && limits.max_length.is_none();
+            let header_alone =
+                header.is_none() && direct && !open.is_empty() && limits.whole_only();
             let want = header.map_or(HEADER_LEN, |h| HEADER_LEN + h.len as usize);
             if self.fill(want, header_alone).await? {
                 continue;
