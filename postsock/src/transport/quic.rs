@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use super::assemble::{Assembly, ReceiveLimits};
 use super::cc::PathAwareFactory;
 pub(crate) use super::cc::PathEpoch;
-use super::{tls, EventTx};
+use super::{tls, EventTx, KeptWait};
 use crate::message::{MessageProperties, SendStatus};
 use crate::net::Net;
 use crate::transport::moving::{Handback, QuicMove, Receipts};
@@ -344,6 +344,8 @@ struct Writes {
     handed: Vec<Handback>,
     /// The carrier's halt flag: true when it moves to TLS/TCP (transport::moving).
     halt: watch::Receiver<bool>,
+    /// The wait on `halt` the loops below poll at each step.
+    halted: KeptWait<bool>,
     /// Every write has been polled since the flag was set.
     woken: bool,
 }
@@ -353,6 +355,7 @@ impl Writes {
         Writes {
             pending: FuturesUnordered::new(),
             handed: Vec::new(),
+            halted: KeptWait::flag(&halt),
             halt,
             woken: false,
         }
@@ -381,7 +384,7 @@ impl Writes {
             tokio::select! {
                 biased;
                 out = &mut f => return out,
-                _ = until_set(&mut self.halt), if !self.woken => self.wake_all(),
+                _ = self.halted.ready(), if !self.woken => self.wake_all(),
                 Some(done) = self.pending.next(), if !self.pending.is_empty() => {
                     self.handed.extend(done);
                 }
@@ -406,7 +409,7 @@ impl Writes {
         while !self.pending.is_empty() {
             tokio::select! {
                 biased;
-                _ = until_set(&mut self.halt), if !self.woken => self.wake_all(),
+                _ = self.halted.ready(), if !self.woken => self.wake_all(),
                 Some(done) = self.pending.next() => self.handed.extend(done),
             }
         }
@@ -604,7 +607,7 @@ pub(crate) async fn send_loop(
     halt: watch::Receiver<bool>,
 ) -> (Result<()>, Vec<Handback>) {
     let mut d = Dispatcher::new(conn, outbox.clone(), halt.clone());
-    let mut halt = halt;
+    let mut halted = KeptWait::flag(&halt);
     let result: Result<()> = async {
         if let Some(accepted) = zero_rtt {
             tokio::pin!(accepted);
@@ -646,8 +649,8 @@ pub(crate) async fn send_loop(
                 }
             }
         }
-        // The halt flag is read before each step and waited on only while the step waits:
-        // a waiter on it registered and removed per message cost more than the step.
+        // The halt flag is read before each step and waited on (one waiter, kept from step
+        // to step) only while the step waits.
         loop {
             if d.halted() {
                 return Ok(());
@@ -655,7 +658,7 @@ pub(crate) async fn send_loop(
             tokio::select! {
                 biased;
                 _ = d.room() => {}
-                _ = until_set(&mut halt) => return Ok(()),
+                _ = halted.ready() => return Ok(()),
             }
             if d.halted() {
                 return Ok(());
@@ -666,7 +669,7 @@ pub(crate) async fn send_loop(
                     tokio::select! {
                         biased;
                         item = outbox.next(usize::MAX) => item,
-                        _ = until_set(&mut halt) => None,
+                        _ = halted.ready() => None,
                     }
                 })
                 .await;
@@ -982,14 +985,13 @@ async fn read_message(
     mut stream: quinn::RecvStream,
     events: &EventTx,
     limits: &ReceiveLimits,
-    receipts: &Receipts,
+    (receipts, drain): (&Receipts, &mut KeptWait<bool>),
     goodbye: Option<(&Goodbye, &quinn::Connection)>,
     out: &mut Vec<Event>,
 ) -> ReadEnd {
     let id = u64::from(stream.id());
     out.clear();
     let mut assembly = Assembly::new(id, true);
-    let mut drain = receipts.draining();
     let abandon = |partly: bool| async move {
         if !partly {
             return ReadEnd::NotWhole;
@@ -1001,7 +1003,7 @@ async fn read_message(
         }
     };
     loop {
-        let read = if *drain.borrow() {
+        let read = if drain.is_set() {
             match ready_now(stream.read_chunk(usize::MAX, true)).await {
                 Some(read) => read,
                 None => return abandon(assembly.partly_delivered()).await,
@@ -1010,7 +1012,7 @@ async fn read_message(
             tokio::select! {
                 biased;
                 read = stream.read_chunk(usize::MAX, true) => read,
-                _ = until_set(&mut drain) => continue,
+                _ = drain.ready() => continue,
             }
         };
         let (data, end) = match read {
@@ -1038,7 +1040,7 @@ async fn read_message(
                 return ReadEnd::Next;
             }
             // The connection ended; the reader loop reports why.
-            Err(_) if receipts.frozen() || *drain.borrow() => {
+            Err(_) if receipts.frozen() || drain.is_set() => {
                 return abandon(assembly.partly_delivered()).await
             }
             Err(_) => return ReadEnd::Next,
@@ -1077,10 +1079,10 @@ async fn read_ordered(
     limits: ReceiveLimits,
     receipts: Arc<Receipts>,
 ) {
-    let mut drain = receipts.draining();
+    let mut drain = KeptWait::flag(&receipts.draining());
     let mut out = Vec::new();
     loop {
-        let stream = if *drain.borrow() {
+        let stream = if drain.is_set() {
             match ready_now(conn.accept_uni()).await {
                 Some(Ok(stream)) => stream,
                 _ => return,
@@ -1092,10 +1094,11 @@ async fn read_ordered(
                     Ok(stream) => stream,
                     Err(_) => return,
                 },
-                _ = until_set(&mut drain) => continue,
+                _ = drain.ready() => continue,
             }
         };
-        match read_message(stream, &events, &limits, &receipts, None, &mut out).await {
+        let reading = (&*receipts, &mut drain);
+        match read_message(stream, &events, &limits, reading, None, &mut out).await {
             ReadEnd::Next => {}
             ReadEnd::NotWhole | ReadEnd::Gone => return,
         }
@@ -1195,16 +1198,17 @@ async fn read_loop(conn: quinn::Connection, reader: Reader, mv: Arc<QuicMove>) {
         let receipts = receipts.clone();
         unordered.spawn(async move {
             let goodbye = Some((&*goodbye, &conn));
-            read_message(recv, &events, &limits, &receipts, goodbye, &mut Vec::new()).await;
+            let reading = (&*receipts, &mut KeptWait::flag(&receipts.draining()));
+            read_message(recv, &events, &limits, reading, goodbye, &mut Vec::new()).await;
         });
     };
     let mut datagrams: u64 = 0;
-    let mut drain = receipts.draining();
+    let mut drain = KeptWait::flag(&receipts.draining());
     let end = loop {
         tokio::select! {
             biased;
             Some(_) = unordered.join_next(), if !unordered.is_empty() => {}
-            _ = until_set(&mut drain) => {
+            _ = drain.ready() => {
                 // A move: deliver what QUIC holds whole, then nothing more.
                 while let Some(Ok((_send, recv))) = ready_now(conn.accept_bi()).await {
                     read_bi(recv, &mut unordered);
@@ -1245,7 +1249,7 @@ async fn read_loop(conn: quinn::Connection, reader: Reader, mv: Arc<QuicMove>) {
     let _ = ordered.await;
     while unordered.join_next().await.is_some() {}
     path.abort();
-    if receipts.frozen() || *drain.borrow() {
+    if receipts.frozen() || drain.is_set() {
         // The carrier moved on: this connection's end is not the carrier's.
         return;
     }

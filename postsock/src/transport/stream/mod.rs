@@ -17,7 +17,7 @@ use super::framing::{
     FrameHeader, FLAG_ACK_NOW, FLAG_REFUSED, FLAG_RESUME, HEADER_LEN, HELLO_LEN, TOKEN_LEN,
     TYPE_CLOSE, TYPE_HELLO, TYPE_MESSAGE, TYPE_MOVED,
 };
-use super::{tls, EventTx};
+use super::{tls, EventTx, KeptWait};
 use crate::message::{MessageProperties, SendStatus};
 use crate::net::{ByteStream, Net};
 use crate::transport::outbox::{Item, Outbox};

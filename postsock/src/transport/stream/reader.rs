@@ -9,9 +9,10 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
     input: R,
     core: &StreamCore,
     ack_tx: AckTx,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     entry: Entry,
 ) -> ReadEnd {
+    let mut stop = KeptWait::flag(&stop);
     let mut expect_hello = entry.expect_hello;
     // Position of the peer's next data frame while it writes again what we may have.
     let mut skip = entry.skip_from;
@@ -46,7 +47,7 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
                 None => std::future::pending().await,
             }
         };
-        if *stop.borrow() {
+        if stop.is_set() {
             return ReadEnd::Stopped;
         }
         // Frames that came in one read are taken without a wait each (the wait below would
@@ -57,7 +58,7 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
         let frame = match input.buffered(limits.max_message_size) {
             Ok(None) => tokio::select! {
                 biased;
-                _ = stop.wait_for(|s| *s) => return ReadEnd::Stopped,
+                _ = stop.ready() => return ReadEnd::Stopped,
                 // Before the input, so that a steady trickle of frames cannot hold it off.
                 _ = &mut ack_timer, if ack_armed && ack_tx.pending() => {
                     ack_now(&ack_tx, &mut ack_armed);

@@ -10,10 +10,12 @@ pub(super) const KILL_STOP: u8 = 1;
 /// The writer tells the peer the carrier is aborted, then stops.
 pub(super) const KILL_ABORT: u8 = 2;
 
-async fn killed(kill: &mut watch::Receiver<u8>) -> u8 {
-    match kill.wait_for(|k| *k != 0).await {
-        Ok(k) => *k,
-        Err(_) => KILL_STOP,
+/// How the writer is told to end, once it is (a stop if the sender went without a word).
+async fn killed(kill: &mut KeptWait<u8>) -> u8 {
+    kill.ready().await;
+    match *kill.value() {
+        0 => KILL_STOP,
+        how => how,
     }
 }
 
@@ -262,9 +264,10 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
         sent: ack_sent_shared,
         due: ack_due_now,
     }: AckRx,
-    mut kill: watch::Receiver<u8>,
+    kill: watch::Receiver<u8>,
 ) -> Result<()> {
     let (outbox, acks) = (&core.outbox, &core.acks);
+    let mut kill = KeptWait::new(&kill, |k| *k != 0);
     let keep = core.token.is_some();
     let io = |e: std::io::Error| tcp("write", e);
     let mut draining = true;
