@@ -253,9 +253,9 @@ impl crate::path::Announce for EventTx {
 /// A wait for a `watch` value to meet a condition (or its sender to go) that stays
 /// registered between polls, for a loop that selects on it at every step. A wait made afresh
 /// in each `select!` (`wait_for`) registers a waiter and removes it again at every step
-/// (about 600 instructions; nine times per small QUIC message sent and received, four per
-/// TLS/TCP round trip). This one registers once, and a poll from the same task while the
-/// value has not changed only compares the waker and the value's version.
+/// (about 600 instructions; ten times per QUIC echo round trip, BENCHMARKS.md). This one
+/// registers once, and a poll from the same task while the value has not changed only
+/// compares the waker and the value's version.
 pub(crate) struct KeptWait<T> {
     value: tokio::sync::watch::Receiver<T>,
     /// `None` once the condition has been seen met.
@@ -324,6 +324,9 @@ impl KeptWait<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Received;
+    use bytes::Bytes;
+    use std::time::Duration;
 
     /// Wakes count how often they were woken.
     struct Count(std::sync::atomic::AtomicUsize);
@@ -379,9 +382,6 @@ mod tests {
         assert!(poll_set(&mut wait, &waker).is_ready());
         assert!(!wait.is_set());
     }
-    use crate::Received;
-    use bytes::Bytes;
-    use std::time::Duration;
 
     fn message(id: u64, len: usize) -> Event {
         Event::Received(Received {
