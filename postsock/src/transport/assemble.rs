@@ -25,6 +25,16 @@ impl ReceiveLimits {
         }
     }
 
+    /// Messages up to `max_message_size` bytes, delivered whole only.
+    #[cfg(test)]
+    pub(crate) fn whole(max_message_size: usize) -> Self {
+        ReceiveLimits {
+            max_message_size,
+            min_incomplete: None,
+            max_length: None,
+        }
+    }
+
     /// Whether messages go up whole only (no part delivered early).
     pub(crate) fn whole_only(&self) -> bool {
         self.min_incomplete.is_none() && self.max_length.is_none()
@@ -313,11 +323,7 @@ mod tests {
     /// it comes, so the buffers they are slices of can be reused).
     #[test]
     fn pieces_of_a_long_message_are_let_go_as_they_come() {
-        let l = ReceiveLimits {
-            max_message_size: 1 << 20,
-            min_incomplete: None,
-            max_length: None,
-        };
+        let l = ReceiveLimits::whole(1 << 20);
         let mut a = Assembly::new(1, true);
         let mut out = Vec::new();
         let mut expect = Vec::new();

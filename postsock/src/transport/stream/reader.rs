@@ -434,11 +434,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// task uses [`next_into`](Self::next_into); this is it without direct reads.)
     #[cfg(test)]
     pub(crate) async fn next(&mut self, max: usize) -> Result<Option<(FrameHeader, Bytes)>> {
-        let limits = ReceiveLimits {
-            max_message_size: max,
-            min_incomplete: None,
-            max_length: None,
-        };
+        let limits = ReceiveLimits::whole(max);
         match self
             .next_into(max, &mut BTreeMap::new(), &limits, false)
             .await?
@@ -632,21 +628,13 @@ mod tests {
         (wire, whole)
     }
 
-    fn whole_limits() -> ReceiveLimits {
-        ReceiveLimits {
-            max_message_size: 1 << 20,
-            min_incomplete: None,
-            max_length: None,
-        }
-    }
-
     /// Reads every frame as the reader task does (`next_into`, then `push_into` or
     /// `direct_done`), each call polled once and dropped while pending (so every frame's
     /// read is cancelled and resumed many times): what each message delivers, and how many
     /// frames came appended.
     fn read_all<R: AsyncRead + Unpin>(input: R, direct: bool) -> (Vec<(u64, Vec<u8>)>, usize) {
         use futures_util::FutureExt;
-        let limits = whole_limits();
+        let limits = ReceiveLimits::whole(1 << 20);
         let mut input = FrameReader::new(input);
         let mut open = BTreeMap::new();
         let (mut got, mut appended) = (Vec::new(), 0);
@@ -711,7 +699,7 @@ mod tests {
     fn a_frame_left_half_read_is_taken_out_of_its_message_again() {
         use futures_util::FutureExt;
         let (wire, whole) = message_in_parts(&[8192, 8192]);
-        let limits = whole_limits();
+        let limits = ReceiveLimits::whole(1 << 20);
         // The stream ends in the middle of the second frame's payload.
         let cut = 2 * HEADER_LEN + 8192 + 5000;
         let mut input = FrameReader::new(&wire[..cut]);
