@@ -1,6 +1,10 @@
 //! Reassembly of received messages and partial delivery, shared by every transport.
 
+use std::sync::{Arc, Mutex, Weak};
+
 use bytes::{Bytes, BytesMut};
+
+use crate::util::lock;
 
 use crate::Violation;
 use crate::{Error, Event, MessageId, Received, ReceivedPartial};
@@ -53,11 +57,74 @@ fn fitted(buf: BytesMut) -> Bytes {
     Bytes::from(v)
 }
 
+/// Buffers of long reassembled messages, taken back when the application lets go of a
+/// message and reused for the next long message of the same reader.
+///
+/// Without them each long message had a fresh buffer grown from the allocator and freed by
+/// the application, and when several such messages waited in the receive queue at once
+/// (the reader runs ahead of the application by up to `receive_buffer`), their freeing left
+/// megabytes free at the top of glibc's heap, which it gave back to the system
+/// (`madvise(MADV_DONTNEED)`) and the next messages faulted in again, page by page: 20,000-26,000
+/// page faults per 500 MiB of 1 MiB messages, against raw tokio-rustls' 2,000 (it reads one
+/// message at a time into a buffer of the announced length). See BENCHMARKS.md.
+#[derive(Debug, Default)]
+pub(crate) struct Buffers {
+    free: Mutex<Vec<BytesMut>>,
+}
+
+impl Buffers {
+    /// Capacity kept in all (what the default `receive_buffer` lets wait).
+    const KEEP: usize = 4 << 20;
+    /// Smaller buffers are not kept: the allocator serves them from memory it keeps anyway.
+    const FROM: usize = 64 * 1024;
+
+    fn take(&self) -> Option<BytesMut> {
+        lock(&self.free).pop()
+    }
+
+    fn give(&self, mut buf: BytesMut) {
+        buf.clear();
+        let mut free = lock(&self.free);
+        let kept: usize = free.iter().map(BytesMut::capacity).sum();
+        if kept + buf.capacity() <= Self::KEEP {
+            free.push(buf);
+        }
+    }
+
+    /// Capacity now kept.
+    #[cfg(test)]
+    fn kept(&self) -> usize {
+        lock(&self.free).iter().map(BytesMut::capacity).sum()
+    }
+}
+
+/// A message's buffer lent to the application; back to its [`Buffers`] when dropped.
+struct Lent {
+    buf: BytesMut,
+    home: Weak<Buffers>,
+}
+
+impl AsRef<[u8]> for Lent {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        if let Some(home) = self.home.upgrade() {
+            home.give(std::mem::take(&mut self.buf));
+        }
+    }
+}
+
 /// One message being received.
 #[derive(Debug)]
 pub(crate) struct Assembly {
     id: MessageId,
     buf: BytesMut,
+    /// Where `buf` comes from and goes back to, if anywhere.
+    buffers: Option<Arc<Buffers>>,
     /// Whole-message delivery: the first piece, kept as it is until a second one comes (a
     /// message that came in one piece goes up without a copy).
     first: Option<Bytes>,
@@ -75,11 +142,42 @@ impl Assembly {
         Assembly {
             id,
             buf: BytesMut::new(),
+            buffers: None,
             first: None,
             delivered: 0,
             total: 0,
             reliable,
             direct_from: None,
+        }
+    }
+
+    /// The same, its buffer (if it needs one) from `buffers` and back there once the
+    /// application has done with the message.
+    pub(crate) fn with_buffers(mut self, buffers: &Arc<Buffers>) -> Self {
+        self.buffers = Some(buffers.clone());
+        self
+    }
+
+    /// Starts the buffer of a message that came in more than one piece with its `first`,
+    /// room for `more` bytes after it, and twice that in all.
+    fn start(&mut self, first: &[u8], more: usize) {
+        if let Some(buf) = self.buffers.as_ref().and_then(|b| b.take()) {
+            self.buf = buf;
+        }
+        self.buf.reserve(2 * (first.len() + more));
+        self.buf.extend_from_slice(first);
+    }
+
+    /// The whole message out of `buf`: lent from its [`Buffers`] when it fills most of
+    /// it, else [`fitted`].
+    fn whole(&mut self) -> Bytes {
+        let (len, cap) = (self.buf.len(), self.buf.capacity());
+        match &self.buffers {
+            Some(home) if cap >= Buffers::FROM && cap - len <= len / 4 => Bytes::from_owner(Lent {
+                buf: std::mem::take(&mut self.buf),
+                home: Arc::downgrade(home),
+            }),
+            _ => fitted(self.buf.split()),
         }
     }
 
@@ -119,8 +217,7 @@ impl Assembly {
             return None;
         }
         if let Some(first) = self.first.take() {
-            self.buf.reserve(2 * (first.len() + len));
-            self.buf.extend_from_slice(&first);
+            self.start(&first, len);
         }
         self.buf.reserve(len);
         self.direct_from = Some(self.buf.len());
@@ -150,7 +247,7 @@ impl Assembly {
         if end {
             out.push(Event::Received(Received {
                 id: self.id,
-                data: fitted(self.buf.split()),
+                data: self.whole(),
                 reliable: self.reliable,
             }));
         }
@@ -200,8 +297,7 @@ impl Assembly {
                     None if self.buf.is_empty() => self.first = Some(data),
                     None => self.buf.extend_from_slice(&data),
                     Some(first) => {
-                        self.buf.reserve(2 * (first.len() + data.len()));
-                        self.buf.extend_from_slice(&first);
+                        self.start(&first, data.len());
                         self.buf.extend_from_slice(&data);
                     }
                 }
@@ -211,7 +307,7 @@ impl Assembly {
             }
             let whole = match self.first.take() {
                 Some(first) => first,
-                None => fitted(self.buf.split()),
+                None => self.whole(),
             };
             out.push(Event::Received(Received {
                 id: self.id,
@@ -398,5 +494,83 @@ mod tests {
             .push(Bytes::from(vec![0u8; 60]), true, &l)
             .expect_err("too big");
         assert!(err.to_string().contains("maximum message size"), "{err}");
+    }
+
+    /// A message of `pieces` × 16 KiB (`fill` bytes) through an assembly with `buffers`:
+    /// the whole message, checked intact.
+    fn long_message(buffers: &Arc<Buffers>, id: MessageId, pieces: u8, fill: u8) -> Bytes {
+        let l = ReceiveLimits::whole(16 << 20);
+        let mut a = Assembly::new(id, true).with_buffers(buffers);
+        let mut out = Vec::new();
+        for i in 0..pieces {
+            let piece = Bytes::from(vec![fill; 16 * 1024]);
+            a.push_into(piece, i + 1 == pieces, &l, &mut out)
+                .expect("fits");
+        }
+        match out.pop() {
+            Some(Event::Received(r)) => {
+                assert_eq!(r.data.len(), usize::from(pieces) * 16 * 1024);
+                assert!(r.data.iter().all(|&b| b == fill), "message {id} not intact");
+                r.data
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The buffer of a long message goes back to its reader's `Buffers` when the application
+    /// drops the message, and the next long message is read into it (no fresh allocation
+    /// for the allocator to give back and fault in again).
+    #[test]
+    fn a_long_message_s_buffer_is_reused_once_the_application_drops_it() {
+        let buffers = Arc::new(Buffers::default());
+        let first = long_message(&buffers, 1, 64, 1);
+        let at = first.as_ptr();
+        assert_eq!(
+            buffers.kept(),
+            0,
+            "nothing kept while the application holds it"
+        );
+        // A message held keeps its buffer: the next one gets another.
+        let second = long_message(&buffers, 2, 64, 2);
+        assert_ne!(second.as_ptr(), at);
+        assert_eq!(first[0], 1, "a held message is never written over");
+        drop(first);
+        assert_eq!(buffers.kept(), 1 << 20);
+        let third = long_message(&buffers, 3, 64, 3);
+        assert_eq!(
+            third.as_ptr(),
+            at,
+            "the dropped message's buffer was not reused"
+        );
+        assert_eq!(buffers.kept(), 0);
+        // A clone keeps it lent until the last one goes.
+        let clone = third.slice(10..20);
+        drop(third);
+        assert_eq!(buffers.kept(), 0);
+        drop(clone);
+        drop(second);
+        assert_eq!(buffers.kept(), 2 << 20);
+    }
+
+    /// At most `Buffers::KEEP` bytes are kept however many messages the application lets go
+    /// of at once; a buffer a message fills little of is not lent (the message is fitted);
+    /// and a message outliving its reader frees its buffer.
+    #[test]
+    fn buffers_keep_a_bounded_amount() {
+        let buffers = Arc::new(Buffers::default());
+        let held: Vec<Bytes> = (0..8)
+            .map(|i| long_message(&buffers, i, 64, i as u8))
+            .collect();
+        drop(held);
+        assert_eq!(buffers.kept(), Buffers::KEEP);
+        // A short message in a reused 1 MiB buffer: fitted, so the application does not hold
+        // a mostly empty megabyte.
+        let short = long_message(&buffers, 9, 4, 9);
+        assert!(short.len() == 64 * 1024);
+        drop(short);
+        assert_eq!(buffers.kept(), Buffers::KEEP - (1 << 20));
+        let late = long_message(&buffers, 10, 64, 10);
+        drop(buffers);
+        drop(late);
     }
 }

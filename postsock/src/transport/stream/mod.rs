@@ -12,7 +12,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use super::assemble::{Assembly, ReceiveLimits};
+use super::assemble::{Assembly, Buffers, ReceiveLimits};
 use super::framing::{
     FrameHeader, FLAG_ACK_NOW, FLAG_REFUSED, FLAG_RESUME, HEADER_LEN, HELLO_LEN, TOKEN_LEN,
     TYPE_CLOSE, TYPE_HELLO, TYPE_MESSAGE, TYPE_MOVED,
@@ -110,6 +110,8 @@ struct RecvState {
     discarding: BTreeSet<MessageId>,
     /// ACK units received and processed on this carrier.
     received: u64,
+    /// Buffers of long messages, reused from one to the next.
+    buffers: Arc<Buffers>,
 }
 
 /// How a transient's reader ended.

@@ -158,7 +158,10 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
         out.clear();
         st.received += ack_units(header.len as usize);
         let RecvState {
-            open, discarding, ..
+            open,
+            discarding,
+            buffers,
+            ..
         } = &mut *st;
         if header.aborts() {
             discarding.remove(&id);
@@ -195,7 +198,8 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
             let a = if header.fin() && !open.contains_key(&id) {
                 &mut alone
             } else {
-                open.entry(id).or_insert_with(|| Assembly::new(id, true))
+                open.entry(id)
+                    .or_insert_with(|| Assembly::new(id, true).with_buffers(buffers))
             };
             match a.push_into(data, header.fin(), limits, &mut out) {
                 Ok(()) => {}
