@@ -29,6 +29,7 @@ mod connect;
 mod early;
 mod hello;
 mod reader;
+mod split;
 mod writer;
 pub(crate) use writer::frame_header;
 
@@ -314,7 +315,7 @@ impl StreamCore {
         st.state = CoreState::Active;
         st.peer = peer_addr;
         let epoch = st.epoch;
-        let (read_half, write_half) = tokio::io::split(stream);
+        let (read_half, write_half) = split::split(stream);
         let (kill, killed) = watch::channel(0u8);
         let (stop, stopped) = watch::channel(false);
         let (ack_tx, ack_rx) = ack_signal(start_received);
