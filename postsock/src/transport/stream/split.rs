@@ -182,4 +182,46 @@ mod tests {
         assert_eq!(&got, b"back");
         assert!(write.is_write_vectored() == far.is_write_vectored());
     }
+
+    /// Both halves busy at once on two workers, through a small pipe echoed back: every
+    /// byte comes back (a wake-up lost while a half waited for the other would stall this
+    /// until the timeout).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn both_halves_at_once_on_two_workers_lose_no_wake_up() {
+        let (near, far) = tokio::io::duplex(256);
+        let (mut read, mut write) = split(near);
+        let echo = tokio::spawn(async move {
+            let (mut r, mut w) = tokio::io::split(far);
+            tokio::io::copy(&mut r, &mut w).await
+        });
+        let total = 4 << 20;
+        let writer = tokio::spawn(async move {
+            let chunk: Vec<u8> = (0..=255u8).collect();
+            for _ in 0..total / chunk.len() {
+                write.write_all(&chunk).await.expect("write");
+            }
+            write.flush().await.expect("flush");
+            write
+        });
+        let reader = tokio::spawn(async move {
+            let mut buf = vec![0u8; 1000];
+            let (mut got, mut next) = (0, 0u8);
+            while got < total {
+                let n = read.read(&mut buf).await.expect("read");
+                assert!(n > 0, "ended early");
+                for &b in &buf[..n] {
+                    assert_eq!(b, next, "byte {got} out of order");
+                    next = next.wrapping_add(1);
+                    got += 1;
+                }
+            }
+            got
+        });
+        let both = async { (writer.await.expect("writer"), reader.await.expect("reader")) };
+        let (_write, got) = tokio::time::timeout(std::time::Duration::from_secs(60), both)
+            .await
+            .expect("every byte back in time");
+        assert_eq!(got, total);
+        echo.abort();
+    }
 }
