@@ -926,3 +926,71 @@ fn tls_reads_the_simulations_calendar_so_tickets_age_in_simulated_time() {
         }
     }
 }
+
+/// Byte `j` of test message `i`: a different sequence per message, so a buffer handed to the
+/// wrong message shows.
+fn pattern(i: usize, j: usize) -> u8 {
+    ((i * 31 + j * 7) % 251) as u8
+}
+
+/// Long messages (many frames) are reassembled in buffers a carrier reuses once the
+/// application drops a message: messages the application still holds stay intact while
+/// later ones arrive into the buffers of those it dropped.
+#[test]
+fn long_messages_held_by_the_application_stay_intact_while_more_arrive() {
+    const COUNT: usize = 8;
+    let size = |i: usize| 100 * 1024 + i * 60 * 1024 + i;
+    for on in everywhere() {
+        let report: Arc<Mutex<Option<Vec<String>>>> = Arc::default();
+        let r = report.clone();
+        run_on(
+            on.clone(),
+            configs(&[Protocol::TlsTcp]),
+            move |carrier: Carrier| {
+                let r = r.clone();
+                async move {
+                    let (mut held, mut problems) = (Vec::new(), Vec::new());
+                    for i in 0..COUNT {
+                        let Ok(Some(m)) = carrier.receive().await else {
+                            problems.push(format!("message {i} missing"));
+                            break;
+                        };
+                        if m.data.len() != size(i) {
+                            problems.push(format!("message {i}: {} bytes", m.data.len()));
+                        }
+                        // Every other message is kept; the rest go at once.
+                        if i % 2 == 1 {
+                            held.push((i, m.data));
+                        }
+                    }
+                    for (i, data) in &held {
+                        if let Some(j) = (0..data.len()).find(|&j| data[j] != pattern(*i, j)) {
+                            problems.push(format!("held message {i} changed at byte {j}"));
+                        }
+                    }
+                    *r.lock().expect("report") = Some(problems);
+                    drain(carrier).await;
+                }
+            },
+            move |carrier| async move {
+                let mut handles = Vec::new();
+                for i in 0..COUNT {
+                    let data: Vec<u8> = (0..size(i)).map(|j| pattern(i, j)).collect();
+                    handles.push(carrier.send(data).await.expect("send"));
+                }
+                for h in handles {
+                    assert_eq!(h.outcome().await.name(), "acked");
+                }
+                for _ in 0..100 {
+                    if report.lock().expect("report").is_some() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                let problems = report.lock().expect("report").take();
+                assert_eq!(problems, Some(Vec::new()), "{on:?}");
+                carrier.close().await.expect("close");
+            },
+        );
+    }
+}
