@@ -386,6 +386,15 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
                     // outbox for the whole gather (in that order, as the reader's ACKs take
                     // them).
                     carries_data = true;
+                    // A pending ACK goes ahead of the data: the peer settles what it sent
+                    // before it reads (and hands its application) what answers it, so an
+                    // application that answers at once finds its carrier idle.
+                    let count = *ack_rx.borrow_and_update();
+                    if count > ack_sent {
+                        batch.extend_from_slice(&FrameHeader::ack(count).encode());
+                        ack_sent = count;
+                        ack_sent_shared.store(count, std::sync::atomic::Ordering::SeqCst);
+                    }
                     {
                         let (mut window, now) = (acks.lock(), Instant::now());
                         // The room for the next frame's payload: the batch stays within the
@@ -595,7 +604,8 @@ mod tests {
                 None,
             )
             .expect("queued");
-        // The answer's frame, then the ACK riding along with it.
+        // The ACK riding along with the answer, ahead of the answer's frame (so the peer
+        // settles its message before it reads the answer).
         let mut got = vec![0u8; 2 * HEADER_LEN + 3];
         tokio::time::timeout(Duration::from_secs(5), peer.read_exact(&mut got))
             .await
@@ -605,8 +615,12 @@ mod tests {
             let bytes: [u8; HEADER_LEN] = got[at..at + HEADER_LEN].try_into().expect("len");
             FrameHeader::decode(&bytes, 1 << 20).expect("a frame header")
         };
-        assert_eq!(header(0).kind, crate::transport::framing::TYPE_MESSAGE);
-        let ack = header(HEADER_LEN + 3);
+        assert_eq!(
+            header(HEADER_LEN).kind,
+            crate::transport::framing::TYPE_MESSAGE
+        );
+        assert_eq!(&got[2 * HEADER_LEN..], b"abc");
+        let ack = header(0);
         assert_eq!(
             (ack.kind, ack.id),
             (crate::transport::framing::TYPE_ACK, 101),
