@@ -244,6 +244,21 @@ fn append(
     item.props.immediate
 }
 
+/// Appends an ACK of the units received since the last one sent (`sent`, also published
+/// for the reader in `shared`), if any.
+fn pending_ack(
+    batch: &mut Batch,
+    ack_rx: &mut watch::Receiver<u64>,
+    (sent, shared): (&mut u64, &std::sync::atomic::AtomicU64),
+) {
+    let count = *ack_rx.borrow_and_update();
+    if count > *sent {
+        batch.extend_from_slice(&FrameHeader::ack(count).encode());
+        *sent = count;
+        shared.store(count, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Tells the peer (best effort, bounded) that the carrier is aborted, not merely broken.
 async fn say_aborted<W: AsyncWrite + Unpin>(out: &mut W) -> Result<()> {
     let bye = FrameHeader::close(true).encode();
@@ -389,12 +404,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
                     // A pending ACK goes ahead of the data: the peer settles what it sent
                     // before it reads (and hands its application) what answers it, so an
                     // application that answers at once finds its carrier idle.
-                    let count = *ack_rx.borrow_and_update();
-                    if count > ack_sent {
-                        batch.extend_from_slice(&FrameHeader::ack(count).encode());
-                        ack_sent = count;
-                        ack_sent_shared.store(count, std::sync::atomic::Ordering::SeqCst);
-                    }
+                    pending_ack(&mut batch, &mut ack_rx, (&mut ack_sent, &ack_sent_shared));
                     {
                         let (mut window, now) = (acks.lock(), Instant::now());
                         // The room for the next frame's payload: the batch stays within the
@@ -418,12 +428,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
             }
         }
         // A pending ACK rides along with whatever is written now.
-        let count = *ack_rx.borrow_and_update();
-        if count > ack_sent {
-            batch.extend_from_slice(&FrameHeader::ack(count).encode());
-            ack_sent = count;
-            ack_sent_shared.store(count, std::sync::atomic::Ordering::SeqCst);
-        }
+        pending_ack(&mut batch, &mut ack_rx, (&mut ack_sent, &ack_sent_shared));
         ack_due = None;
         let mut aborted = false;
         {
