@@ -329,7 +329,7 @@ mod tests {
     use std::time::Duration;
 
     /// Wakes count how often they were woken.
-    struct Count(std::sync::atomic::AtomicUsize);
+    pub(crate) struct Count(pub(crate) std::sync::atomic::AtomicUsize);
 
     impl futures_util::task::ArcWake for Count {
         fn wake_by_ref(this: &Arc<Self>) {
@@ -337,7 +337,8 @@ mod tests {
         }
     }
 
-    fn counting() -> (Arc<Count>, std::task::Waker) {
+    /// A waker that counts its wake-ups, and the count.
+    pub(crate) fn counting() -> (Arc<Count>, std::task::Waker) {
         let count = Arc::new(Count(Default::default()));
         (count.clone(), futures_util::task::waker(count))
     }

@@ -132,21 +132,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WriteHalf<S> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::task::{Wake, Waker};
+    use std::sync::atomic::Ordering;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
-
-    #[derive(Default)]
-    struct Count(AtomicUsize);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
+    use crate::transport::tests::counting;
 
     /// A half that finds the stream in use returns at once (a blocking lock would hang this
     /// one-thread test) and is woken when the other half lets go; then it reads.
@@ -155,8 +146,7 @@ mod tests {
         let (near, mut far) = tokio::io::duplex(1024);
         let (mut read, mut write) = split(near);
         far.write_all(b"hello").await.expect("write");
-        let count = Arc::new(Count::default());
-        let waker = Waker::from(count.clone());
+        let (count, waker) = counting();
         let mut cx = Context::from_waker(&waker);
         let mut bytes = [0u8; 8];
         let shared = read.0.clone();
