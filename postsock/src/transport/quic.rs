@@ -522,18 +522,28 @@ impl Dispatcher {
             self.outbox.update(item.id, status, true);
             return Ok(());
         }
-        let mut halt = self.writes.halt.clone();
-        let conn = &self.conn;
-        let opened = self
-            .writes
-            .drive(async {
-                tokio::select! {
-                    biased;
-                    opened = open_stream(conn, &item.props) => Some(opened),
-                    _ = until_set(&mut halt) => None,
+        let opened = {
+            let mut open = std::pin::pin!(open_stream(&self.conn, &item.props));
+            // Usually the peer's stream credit allows it at once: no wait set up, no select.
+            let first = std::future::poll_fn(|cx| {
+                std::task::Poll::Ready(std::future::Future::poll(open.as_mut(), cx))
+            });
+            match first.await {
+                std::task::Poll::Ready(opened) => Some(opened),
+                std::task::Poll::Pending => {
+                    let mut halt = self.writes.halt.clone();
+                    self.writes
+                        .drive(async {
+                            tokio::select! {
+                                biased;
+                                opened = &mut open => Some(opened),
+                                _ = until_set(&mut halt) => None,
+                            }
+                        })
+                        .await
                 }
-            })
-            .await;
+            }
+        };
         let Some(opened) = opened else {
             // Taken but never sent: it goes again after the move.
             self.writes.handed.push(Handback { stream: None, item });
