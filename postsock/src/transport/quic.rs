@@ -2,7 +2,7 @@
 //! unidirectional stream ended by FIN, read in stream order; an unordered one is a
 //! bidirectional stream whose receive side goes unused; an unreliable one is a DATAGRAM frame.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -337,11 +337,13 @@ const MIN_IN_FLIGHT: usize = 8 * 1024;
 /// a small message's CPU): once the flag is set, `Writes` polls every write again
 /// ([`Writes::wake_all`]), so each sees it and hands its message back.
 struct Writes {
-    pending: FuturesUnordered<
-        std::pin::Pin<Box<dyn std::future::Future<Output = Option<Handback>> + Send>>,
-    >,
+    pending:
+        FuturesUnordered<std::pin::Pin<Box<dyn std::future::Future<Output = WriteEnd> + Send>>>,
     /// What finished writes handed back (the carrier moved).
     handed: Vec<Handback>,
+    /// The ordered messages' writes, for reporting their acknowledgements in order.
+    order: AckOrder<(Item, quinn::StreamId)>,
+    outbox: Arc<Outbox>,
     /// The carrier's halt flag: true when it moves to TLS/TCP (transport::moving).
     halt: watch::Receiver<bool>,
     /// The wait on `halt` the loops below poll at each step.
@@ -351,29 +353,61 @@ struct Writes {
 }
 
 impl Writes {
-    fn new(halt: watch::Receiver<bool>) -> Self {
+    fn new(halt: watch::Receiver<bool>, outbox: Arc<Outbox>) -> Self {
         Writes {
             pending: FuturesUnordered::new(),
             handed: Vec::new(),
+            order: AckOrder::default(),
+            outbox,
             halted: KeptWait::flag(&halt),
             halt,
             woken: false,
         }
     }
 
-    /// The carrier halted: every write is polled again (each sees the flag).
+    /// The carrier halted: every write is polled again (each sees the flag), and the
+    /// acknowledged messages held for an earlier one go back (the peer's receipts decide).
     fn wake_all(&mut self) {
         self.woken = true;
         for write in std::mem::take(&mut self.pending) {
             self.pending.push(write);
         }
+        for (item, stream) in self.order.halt() {
+            self.handed.extend(hand_back(item, stream, &self.outbox));
+        }
     }
 
-    fn push(
-        &mut self,
-        write: impl std::future::Future<Output = Option<Handback>> + Send + 'static,
-    ) {
+    fn push(&mut self, write: impl std::future::Future<Output = WriteEnd> + Send + 'static) {
         self.pending.push(Box::pin(write));
+    }
+
+    /// Takes what a finished write left: a message handed back, or (an ordered message)
+    /// its place in the order, which may let acknowledged ones after it be reported.
+    fn ended(&mut self, end: WriteEnd) {
+        match end {
+            WriteEnd::Done { order, handback } => {
+                self.handed.extend(handback);
+                if let Some(n) = order {
+                    self.order.ended(n);
+                }
+            }
+            WriteEnd::Acked {
+                order,
+                item,
+                stream,
+            } => {
+                if *self.halt.borrow() {
+                    // Halted before it could be reported: the peer's receipts decide.
+                    self.handed.extend(hand_back(item, stream, &self.outbox));
+                    self.order.ended(order);
+                } else {
+                    self.order.acked(order, (item, stream));
+                }
+            }
+        }
+        let outbox = &self.outbox;
+        self.order
+            .release(|(item, _)| outbox.update(item.id, SendStatus::Acked, true));
     }
 
     /// Runs `f` to its end, driving the writes meanwhile (`f` first: it is what the loop
@@ -385,9 +419,7 @@ impl Writes {
                 biased;
                 out = &mut f => return out,
                 _ = self.halted.ready(), if !self.woken => self.wake_all(),
-                Some(done) = self.pending.next(), if !self.pending.is_empty() => {
-                    self.handed.extend(done);
-                }
+                Some(done) = self.pending.next(), if !self.pending.is_empty() => self.ended(done),
             }
         }
     }
@@ -397,7 +429,7 @@ impl Writes {
     async fn poll_now(&mut self) {
         std::future::poll_fn(|cx| {
             while let std::task::Poll::Ready(Some(done)) = self.pending.poll_next_unpin(cx) {
-                self.handed.extend(done);
+                self.ended(done);
             }
             std::task::Poll::Ready(())
         })
@@ -410,7 +442,7 @@ impl Writes {
             tokio::select! {
                 biased;
                 _ = self.halted.ready(), if !self.woken => self.wake_all(),
-                Some(done) = self.pending.next() => self.handed.extend(done),
+                Some(done) = self.pending.next() => self.ended(done),
             }
         }
     }
@@ -428,23 +460,21 @@ struct Dispatcher {
     early: Option<watch::Receiver<bool>>,
     /// Whole messages sent in 0-RTT, in order, to send again if it is rejected.
     early_sent: Vec<Item>,
-    /// The write of the last ordered message (settled when it ends).
-    last_ordered: Option<Arc<SettledState>>,
 }
 
 impl Dispatcher {
     fn new(conn: quinn::Connection, outbox: Arc<Outbox>, halt: watch::Receiver<bool>) -> Self {
         let min_rtt = conn.rtt();
+        let writes = Writes::new(halt, outbox.clone());
         Dispatcher {
             conn,
             outbox,
             in_flight: Arc::new(InFlight::default()),
-            writes: Writes::new(halt),
+            writes,
             open: BTreeMap::new(),
             min_rtt,
             early: None,
             early_sent: Vec::new(),
-            last_ordered: None,
         }
     }
 
@@ -561,12 +591,7 @@ impl Dispatcher {
         if self.early.is_some() && item.fin && item.offset == 0 {
             self.early_sent.push(item.copy_for_resend());
         }
-        let ordered = if item.props.ordered {
-            let settled = Settled::new();
-            (self.last_ordered.replace(settled.watch()), Some(settled))
-        } else {
-            (None, None)
-        };
+        let order = item.props.ordered.then(|| self.writes.order.start());
         self.writes.push(write_message(
             stream,
             item,
@@ -576,7 +601,7 @@ impl Dispatcher {
                 in_flight: self.in_flight.clone(),
                 early: self.early.clone(),
                 halt: self.writes.halt.clone(),
-                ordered,
+                order,
             },
         ));
         self.writes.poll_now().await;
@@ -728,53 +753,115 @@ struct Shared {
     in_flight: Arc<InFlight>,
     early: Option<watch::Receiver<bool>>,
     halt: watch::Receiver<bool>,
-    /// For an ordered message: the previous ordered message's write (settled once it
-    /// ended), and this one's, which the next one waits for.
-    ordered: (Option<Arc<SettledState>>, Option<Settled>),
+    /// An ordered message's place among the ordered messages' writes ([`AckOrder`]).
+    order: Option<u64>,
 }
 
-/// Whether one ordered message's write has ended, for the next ordered message to wait on.
-#[derive(Default)]
-struct SettledState {
-    done: std::sync::atomic::AtomicBool,
-    waker: futures_util::task::AtomicWaker,
+/// How a message's write ended.
+enum WriteEnd {
+    /// Its status is set, or it was handed back; `order` is an ordered message's place.
+    Done {
+        order: Option<u64>,
+        handback: Option<Handback>,
+    },
+    /// An ordered message the peer acknowledged: reported acked once every ordered message
+    /// before it has ended ([`AckOrder`]).
+    Acked {
+        order: u64,
+        item: Item,
+        stream: quinn::StreamId,
+    },
 }
 
-impl SettledState {
-    /// Ready once the write has ended (its [`Settled`] dropped).
-    async fn wait(&self) {
-        std::future::poll_fn(|cx| {
-            if !self.done.load(Ordering::Acquire) {
-                self.waker.register(cx.waker());
-                if !self.done.load(Ordering::Acquire) {
-                    return std::task::Poll::Pending;
+impl WriteEnd {
+    fn done(order: Option<u64>, handback: Option<Handback>) -> Self {
+        WriteEnd::Done { order, handback }
+    }
+}
+
+/// The writes of ordered messages, numbered in the order they were dispatched. An ordered
+/// message is reported acked only once the write of every ordered message before it has
+/// ended: the peer delivers it only after those (so a dependent waiting for its
+/// acknowledgement is not delivered first), and a move must find every message reported
+/// acked delivered (transport::moving).
+///
+/// The sending loop keeps this, and a write that is acknowledged ahead of an earlier one
+/// leaves its message here and ends. (Each write used to wait for the one before it to
+/// end: quinn reports a burst's acknowledgements newest first, so nearly every write of a
+/// burst of small messages was polled once more, after the one before it.)
+struct AckOrder<T> {
+    /// The number of `slots[0]`.
+    base: u64,
+    slots: VecDeque<Slot<T>>,
+}
+
+enum Slot<T> {
+    Writing,
+    Ended,
+    Acked(T),
+}
+
+impl<T> Default for AckOrder<T> {
+    fn default() -> Self {
+        AckOrder {
+            base: 0,
+            slots: VecDeque::new(),
+        }
+    }
+}
+
+impl<T> AckOrder<T> {
+    /// A new write's number.
+    fn start(&mut self) -> u64 {
+        self.slots.push_back(Slot::Writing);
+        self.base + self.slots.len() as u64 - 1
+    }
+
+    fn slot(&mut self, n: u64) -> Option<&mut Slot<T>> {
+        let i = usize::try_from(n.checked_sub(self.base)?).ok()?;
+        self.slots.get_mut(i)
+    }
+
+    /// Write `n` ended (its message settled, or handed back).
+    fn ended(&mut self, n: u64) {
+        if let Some(slot) = self.slot(n) {
+            *slot = Slot::Ended;
+        }
+    }
+
+    /// Write `n`'s message was acknowledged: held until the writes before it have ended.
+    fn acked(&mut self, n: u64, message: T) {
+        if let Some(slot) = self.slot(n) {
+            *slot = Slot::Acked(message);
+        }
+    }
+
+    /// Gives `report` each acknowledged message every earlier write of which has ended, in
+    /// order, and forgets them.
+    fn release(&mut self, mut report: impl FnMut(T)) {
+        while let Some(front) = self.slots.front() {
+            if matches!(front, Slot::Writing) {
+                break;
+            }
+            if let Some(Slot::Acked(message)) = self.slots.pop_front() {
+                report(message);
+            }
+            self.base += 1;
+        }
+    }
+
+    /// The carrier halted: the acknowledged messages still held, to be handed back (their
+    /// writes count as ended).
+    fn halt(&mut self) -> Vec<T> {
+        let mut out = Vec::new();
+        for slot in self.slots.iter_mut() {
+            if matches!(slot, Slot::Acked(_)) {
+                if let Slot::Acked(message) = std::mem::replace(slot, Slot::Ended) {
+                    out.push(message);
                 }
             }
-            std::task::Poll::Ready(())
-        })
-        .await
-    }
-}
-
-/// Held by an ordered message's write; dropping it (the write ended, or was dropped)
-/// settles it. One allocation and one wake, where a `watch` channel per message cost a
-/// larger allocation and a lock of each of its eight waiter lists on drop.
-struct Settled(Arc<SettledState>);
-
-impl Settled {
-    fn new() -> Self {
-        Settled(Arc::default())
-    }
-
-    fn watch(&self) -> Arc<SettledState> {
-        self.0.clone()
-    }
-}
-
-impl Drop for Settled {
-    fn drop(&mut self) {
-        self.0.done.store(true, Ordering::Release);
-        self.0.waker.wake();
+        }
+        out
     }
 }
 
@@ -798,13 +885,13 @@ async fn write_message(
     mut first: Item,
     mut rest: Option<mpsc::UnboundedReceiver<Item>>,
     shared: Shared,
-) -> Option<Handback> {
+) -> WriteEnd {
     let Shared {
         outbox,
         in_flight,
         early,
         halt,
-        ordered: (prev, _settled),
+        order,
     } = shared;
     let id = first.id;
     let deadline = first
@@ -816,7 +903,7 @@ async fn write_message(
         // First: once halted, the peer's receipts decide, even if the ack came just now.
         _ = set_now(&halt) => {
             in_flight.sub(counted);
-            return hand_back(first, stream.id(), &outbox);
+            return WriteEnd::done(order, hand_back(first, stream.id(), &outbox));
         }
         done = async {
             // Rejected 0-RTT: the send loop sends the message again, in order.
@@ -871,24 +958,6 @@ async fn write_message(
         } => done.unwrap_or_else(|e| Some(SendStatus::Failed(e))),
         _ = sleep_until(deadline) => Some(SendStatus::Expired),
     };
-    // Acknowledged by the peer's QUIC. An ordered message is reported acked only once the
-    // ordered message before it settled: the peer delivers it only after that one (so a
-    // dependent waiting for its acknowledgement is not delivered first), and a move must
-    // find every message reported acked delivered (transport::moving). Its bytes and its
-    // buffer space are free at once.
-    if let (Some(SendStatus::Acked), Some(prev)) = (&outcome, prev) {
-        first.release_permit();
-        in_flight.sub(counted);
-        counted = 0;
-        let settled = tokio::select! {
-            biased;
-            _ = set_now(&halt) => false,
-            _ = prev.wait() => true,
-        };
-        if !settled {
-            return hand_back(first, stream.id(), &outbox);
-        }
-    }
     if outcome.as_ref() != Some(&SendStatus::Acked) {
         let _ = stream.reset(0u32.into());
     }
@@ -897,6 +966,17 @@ async fn write_message(
         while let Ok(item) = rx.try_recv() {
             counted += item.data.len();
         }
+    }
+    // Acknowledged by the peer's QUIC. An ordered message is reported acked by the sending
+    // loop, in order ([`AckOrder`]); its bytes and its buffer space are free at once.
+    if let (Some(SendStatus::Acked), Some(order)) = (&outcome, order) {
+        first.release_permit();
+        in_flight.sub(counted);
+        return WriteEnd::Acked {
+            order,
+            item: first,
+            stream: stream.id(),
+        };
     }
     match outcome {
         Some(outcome) => outbox.update(id, outcome, true),
@@ -910,7 +990,7 @@ async fn write_message(
     }
     drop(first);
     in_flight.sub(counted);
-    None
+    WriteEnd::done(order, None)
 }
 
 /// What a QUIC transient's reader needs.
@@ -1375,26 +1455,53 @@ mod tests {
         assert!(never.is_err());
     }
 
-    #[tokio::test]
-    async fn the_next_ordered_write_waits_until_the_previous_one_is_dropped() {
-        let settled = Settled::new();
-        let prev = settled.watch();
-        let mut wait = Box::pin(prev.wait());
+    #[test]
+    fn acknowledgements_are_reported_in_dispatch_order_whatever_order_they_come_in() {
+        let mut order = AckOrder::default();
+        let n: Vec<u64> = (0..5).map(|_| order.start()).collect();
+        assert_eq!(n, [0, 1, 2, 3, 4]);
+        let mut reported = Vec::new();
+        // Newest first, as quinn reports a burst's acknowledgements.
+        order.acked(4, "e");
+        order.acked(3, "d");
+        order.acked(1, "b");
+        order.release(|m| reported.push(m));
         assert!(
-            ready_now(&mut wait).await.is_none(),
-            "ready before the previous write ended"
+            reported.is_empty(),
+            "reported before write 0 ended: {reported:?}"
         );
-        // Dropped on another task, as a write on another worker would be.
-        tokio::spawn(async move { drop(settled) })
-            .await
-            .expect("join");
-        tokio::time::timeout(Duration::from_secs(5), wait)
-            .await
-            .expect("woken when the previous write ended");
-        // Already settled: ready at once.
-        let late = Settled::new();
-        let watch = late.watch();
-        drop(late);
-        assert!(ready_now(watch.wait()).await.is_some());
+        order.ended(0); // settled otherwise (failed, expired) or handed back
+        order.release(|m| reported.push(m));
+        assert_eq!(reported, ["b"], "only up to write 2, still running");
+        order.acked(2, "c");
+        order.release(|m| reported.push(m));
+        assert_eq!(reported, ["b", "c", "d", "e"]);
+        assert!(order.slots.is_empty());
+        // Numbers go on from where they were; a stale number is ignored.
+        order.ended(1);
+        assert_eq!(order.start(), 5);
+        order.acked(5, "f");
+        order.release(|m| reported.push(m));
+        assert_eq!(reported.last(), Some(&"f"));
+    }
+
+    #[test]
+    fn a_halt_hands_back_the_held_acknowledgements_and_reports_none_of_them() {
+        let mut order = AckOrder::default();
+        for _ in 0..4 {
+            order.start();
+        }
+        order.acked(1, "b");
+        order.acked(3, "d");
+        let mut handed = order.halt();
+        handed.sort_unstable();
+        assert_eq!(handed, ["b", "d"]);
+        assert!(order.halt().is_empty(), "handed back once");
+        let mut reported = Vec::new();
+        order.ended(0);
+        order.ended(2);
+        order.release(|m| reported.push(m));
+        assert!(reported.is_empty(), "{reported:?}");
+        assert!(order.slots.is_empty());
     }
 }
