@@ -555,12 +555,9 @@ impl Dispatcher {
         let opened = {
             let mut open = std::pin::pin!(open_stream(&self.conn, &item.props));
             // Usually the peer's stream credit allows it at once: no wait set up, no select.
-            let first = std::future::poll_fn(|cx| {
-                std::task::Poll::Ready(std::future::Future::poll(open.as_mut(), cx))
-            });
-            match first.await {
-                std::task::Poll::Ready(opened) => Some(opened),
-                std::task::Poll::Pending => {
+            match ready_now(open.as_mut()).await {
+                Some(opened) => Some(opened),
+                None => {
                     let mut halt = self.writes.halt.clone();
                     self.writes
                         .drive(async {
@@ -855,10 +852,9 @@ impl<T> AckOrder<T> {
     fn halt(&mut self) -> Vec<T> {
         let mut out = Vec::new();
         for slot in self.slots.iter_mut() {
-            if matches!(slot, Slot::Acked(_)) {
-                if let Slot::Acked(message) = std::mem::replace(slot, Slot::Ended) {
-                    out.push(message);
-                }
+            match std::mem::replace(slot, Slot::Ended) {
+                Slot::Acked(message) => out.push(message),
+                other => *slot = other,
             }
         }
         out
