@@ -77,6 +77,12 @@ impl Item {
         self._permit = None;
     }
 
+    /// Takes its share of the send buffer, to be given back with others
+    /// ([`Outbox::take_while`]).
+    pub(crate) fn take_permit(&mut self) -> Option<OwnedSemaphorePermit> {
+        self._permit.take()
+    }
+
     /// Splits off everything after the first `n` bytes as a new item that keeps this item's
     /// place in the queue (used by stream transports to interleave large messages).
     pub(crate) fn split_rest(&mut self, n: usize) -> Option<Item> {
@@ -138,6 +144,9 @@ struct State {
     closed: bool,
     /// The properties of the last message opened.
     last_props: Option<Arc<MessageProperties>>,
+    /// Send-buffer space of items a stream writer has taken, not yet given back (see
+    /// [`Outbox::take_while`]).
+    freed: Option<OwnedSemaphorePermit>,
 }
 
 /// Decides whether handing an antecedent to the transport already guarantees it is delivered
@@ -445,12 +454,26 @@ impl Outbox {
     /// have, 0 to stop. An item longer than that room is cut to fit only when the room is at
     /// least [`CUT_FROM`] bytes (a long message goes in pieces anyway); a shorter room leaves
     /// it whole for the next call, rather than cutting a small message into two frames. Under
-    /// one lock. For a transport done with an item once it has it (a stream writer): the items
-    /// come without their share of the send buffer, which is given back all at once when this
-    /// returns (each return locks the semaphore).
-    pub(crate) fn take_while(&self, room: usize, mut more: impl FnMut(Item) -> usize) {
-        let mut permits: Option<OwnedSemaphorePermit> = None;
+    /// one lock.
+    ///
+    /// For a transport done with an item once it has it (a stream writer): the items come
+    /// without their share of the send buffer, and `freed` (the share of an item taken
+    /// before, [`Item::take_permit`]) joins them. That space is given back in chunks of a
+    /// third of the buffer, or all at once when the transport finds nothing ready
+    /// ([`next`](Self::next)) or cannot write ([`give_back`](Self::give_back)), as a kernel
+    /// wakes a writer blocked on a full TCP socket only once a third of its buffer is free: a
+    /// sender waiting for room was otherwise woken once per batch the transport took (on a
+    /// multi-thread runtime, a futex wake-up and a context switch per 64 KiB).
+    pub(crate) fn take_while(
+        &self,
+        freed: Option<OwnedSemaphorePermit>,
+        room: usize,
+        mut more: impl FnMut(Item) -> usize,
+    ) {
         let mut st = self.lock();
+        if let Some(p) = freed {
+            Self::hold_freed(&mut st, p);
+        }
         self.expire_due(&mut st);
         let mut room = room;
         while room > 0 {
@@ -463,15 +486,28 @@ impl Outbox {
                 continue;
             };
             if let Some(p) = item._permit.take() {
-                match permits.as_mut() {
-                    Some(all) => all.merge(p),
-                    None => permits = Some(p),
-                }
+                Self::hold_freed(&mut st, p);
             }
             room = more(item);
         }
+        let chunk = st.freed.as_ref().map_or(0, |p| p.num_permits());
+        let freed = (chunk >= self.limit / 3).then(|| st.freed.take());
         drop(st);
-        drop(permits);
+        drop(freed);
+    }
+
+    fn hold_freed(st: &mut State, p: OwnedSemaphorePermit) {
+        match st.freed.as_mut() {
+            Some(all) => all.merge(p),
+            None => st.freed = Some(p),
+        }
+    }
+
+    /// Gives back the send-buffer space [`take_while`](Self::take_while) holds (the
+    /// transport is about to wait for something other than the queue).
+    pub(crate) fn give_back(&self) {
+        let freed = self.lock().freed.take();
+        drop(freed);
     }
 
     /// The next item that is ready now of a message whose properties satisfy `wanted` (see
@@ -505,11 +541,16 @@ impl Outbox {
         crate::util::until(&self.wake, || {
             let mut st = self.lock();
             self.expire_due(&mut st);
-            match Self::first_wanted(&st, &wanted) {
-                Some(key) => Some(self.take(&mut st, key, max_len)),
+            let out = match Self::first_wanted(&st, &wanted) {
+                Some(key) => return Some(self.take(&mut st, key, max_len)),
                 None if st.closed && st.items.is_empty() => Some(None),
                 None => None,
-            }
+            };
+            // Nothing ready: what a stream writer took is all on its way (take_while).
+            let freed = st.freed.take();
+            drop(st);
+            drop(freed);
+            out
         })
         .await
     }
@@ -882,36 +923,62 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn take_while_takes_in_queue_order_until_told_and_buffer_space_returns_merged() {
-        let o = Outbox::new(1 << 20, any_order);
+    async fn take_while_takes_in_queue_order_until_told_and_gives_space_back_by_thirds() {
         let each = 1 + PER_MESSAGE_OVERHEAD;
-        for (data, n) in [(b"a", 5), (b"b", 0), (b"c", 5), (b"d", 0)] {
+        // A third of the buffer is four messages' space.
+        let o = Outbox::new(12 * each, any_order);
+        for (data, n) in [(b"a", 5), (b"b", 0), (b"c", 5), (b"d", 0), (b"e", 9)] {
             let permit = o.reserve(1).await.expect("room");
             o.send(nice(n), Bytes::from_static(data), permit, None)
                 .expect("send");
         }
-        assert_eq!(o.buffered(), 4 * each);
+        assert_eq!(o.buffered(), 5 * each);
         let mut got = Vec::new();
-        o.take_while(usize::MAX, |item| {
-            // Given back together, once taking is done.
-            assert_eq!(
-                o.buffered(),
-                4 * each,
-                "the taken items' space is still held"
-            );
-            got.push(item.data);
-            if got.len() < 3 {
-                usize::MAX
-            } else {
-                0
-            }
-        });
-        assert_eq!(got, vec!["b", "d", "a"]);
-        assert_eq!(o.buffered(), each);
-        o.close();
-        let rest = o.next(usize::MAX).await.map(|i| i.data);
-        assert_eq!(rest, Some(Bytes::from_static(b"c")));
-        assert!(o.next(usize::MAX).await.is_none());
+        let mut take = |o: &Outbox, mut n: usize| {
+            o.take_while(None, usize::MAX, |item| {
+                got.push(item.data);
+                n -= 1;
+                if n > 0 {
+                    usize::MAX
+                } else {
+                    0
+                }
+            })
+        };
+        take(&o, 3);
+        assert_eq!(
+            o.buffered(),
+            5 * each,
+            "three messages' space is less than a third: held"
+        );
+        take(&o, 1);
+        assert_eq!(got, vec!["b", "d", "a", "c"]);
+        assert_eq!(o.buffered(), each, "a third freed: given back");
+        // The space of an item taken otherwise joins the next take.
+        let mut e = o.next(usize::MAX).await.expect("e");
+        assert_eq!(e.data, "e");
+        o.take_while(e.take_permit(), 0, |_| unreachable!("room 0"));
+        drop(e);
+        assert_eq!(o.buffered(), each, "held with what take_while holds");
+        o.give_back();
+        assert_eq!(o.buffered(), 0);
+    }
+
+    /// What `take_while` holds goes back as soon as the transport finds nothing ready: a
+    /// sender waiting for room is never kept waiting by an idle queue.
+    #[tokio::test(start_paused = true)]
+    async fn space_held_by_take_while_goes_back_when_nothing_is_ready() {
+        let o = Outbox::new(1 << 20, any_order);
+        for data in [b"x", b"y"] {
+            let permit = o.reserve(1).await.expect("room");
+            o.send(nice(0), Bytes::from_static(data), permit, None)
+                .expect("send");
+        }
+        o.take_while(None, usize::MAX, |_| usize::MAX);
+        assert_eq!(o.buffered(), 2 * (1 + PER_MESSAGE_OVERHEAD));
+        let waited = tokio::time::timeout(Duration::from_millis(1), o.next(usize::MAX)).await;
+        assert!(waited.is_err(), "nothing was ready");
+        assert_eq!(o.buffered(), 0);
     }
 
     /// The room `take_while` is told bounds each item: a long one is cut to a room of at
@@ -928,14 +995,14 @@ mod tests {
         // CUT_FROM (the rest of the long message waits whole).
         let rooms = [CUT_FROM, CUT_FROM - 1];
         let mut got = Vec::new();
-        o.take_while(CUT_FROM + 1, |item| {
+        o.take_while(None, CUT_FROM + 1, |item| {
             got.push((item.id, item.data.len(), item.fin));
             rooms.get(got.len() - 1).copied().unwrap_or(0)
         });
         assert_eq!(got, vec![(0, CUT_FROM + 1, false), (0, CUT_FROM, false)]);
         // A short message fits a small room whole; the next call takes the rest in order.
         let mut got = Vec::new();
-        o.take_while(CUT_FROM - 1, |item| {
+        o.take_while(None, CUT_FROM - 1, |item| {
             got.push((item.id, item.data.len(), item.fin));
             100
         });
@@ -944,7 +1011,7 @@ mod tests {
             Vec::<(u64, usize, bool)>::new(),
             "the long rest does not fit and is not cut"
         );
-        o.take_while(usize::MAX, |item| {
+        o.take_while(None, usize::MAX, |item| {
             got.push((item.id, item.data.len(), item.fin));
             100
         });

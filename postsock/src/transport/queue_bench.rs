@@ -45,7 +45,7 @@ pub fn drive(messages: usize, size: usize, send_buffer: usize) -> (Duration, usi
             let _ = outbox.send(MessageProperties::default(), data.clone(), permit, None);
             queued += 1;
         }
-        outbox.take_while(BATCH, |item| {
+        outbox.take_while(None, BATCH, |item| {
             batch.extend_from_slice(&super::stream::frame_header(&item));
             batch.extend_from_slice(&item.data);
             // A long message comes in pieces; it is sent (and counted) with its last.

@@ -77,7 +77,15 @@ impl AckWindow {
 
     /// Whether more may be written now.
     pub(super) fn has_room(&self) -> bool {
-        self.peer_done || self.written - self.acked < self.window()
+        self.free() > 0
+    }
+
+    /// How many more units may be written now (no bound once the peer is done).
+    pub(super) fn free(&self) -> u64 {
+        if self.peer_done {
+            return u64::MAX;
+        }
+        self.window().saturating_sub(self.written - self.acked)
     }
 
     /// Whether a frame of `len` payload bytes written now leaves no room (its sender then

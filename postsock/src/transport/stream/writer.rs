@@ -300,6 +300,8 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     let mut flush = !batch.is_empty();
     let mut carries_data = false;
     let mut sent_fins = Vec::new();
+    // The items of the batch being gathered (kept for its allocation).
+    let mut gathered: Vec<Item> = Vec::new();
     if let Some(start) = early {
         let _ = start.gate.await;
         // TLS early data, which anyone who recorded it could replay: only idempotent
@@ -356,7 +358,14 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
                 how = killed(&mut kill) => Step::Killed(how),
                 Ok(()) = ack_rx.changed() => Step::Ack,
                 _ = crate::util::until_opt(ack_due) => Step::AckDue,
-                item = async { acks.window_open().await; outbox.next(MAX_FRAME).await }, if draining => Step::Item(item),
+                item = async {
+                    if !acks.has_room() {
+                        // Waiting for the peer, not the queue: what was taken is on its way.
+                        outbox.give_back();
+                        acks.window_open().await;
+                    }
+                    outbox.next(MAX_FRAME).await
+                }, if draining => Step::Item(item),
                 _ = acks.all_acked(), if !draining => Step::Done,
                 // (select! builds every branch's future, so these read the clock and make a
                 // timer only when they can fire; otherwise they never complete.)
@@ -395,33 +404,45 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
                     );
                     flush = true;
                 }
-                Step::Item(Some(first)) => {
+                Step::Item(Some(mut first)) => {
                     // Gather what is ready into one write, within the window.
-                    // One look at the clock, one lock of the ACK window and one of the
-                    // outbox for the whole gather (in that order, as the reader's ACKs take
-                    // them).
                     carries_data = true;
                     // A pending ACK goes ahead of the data: the peer settles what it sent
                     // before it reads (and hands its application) what answers it, so an
                     // application that answers at once finds its carrier idle.
                     pending_ack(&mut batch, &mut ack_rx, (&mut ack_sent, &ack_sent_shared));
-                    {
-                        let (mut window, now) = (acks.lock(), Instant::now());
-                        // The room for the next frame's payload: the batch stays within the
-                        // limit with that frame's header and an ACK that may ride along.
-                        let mut add = |item: Item| {
-                            flush |=
-                                append(&mut batch, &item, (&mut window, keep, now), &mut sent_fins);
-                            if !window.has_room() {
-                                return 0;
-                            }
-                            let used = batch.len() + 2 * HEADER_LEN;
-                            window.batch_limit().saturating_sub(used).min(MAX_FRAME)
-                        };
-                        let room = add(first);
-                        if room > 0 {
-                            outbox.take_while(room, add);
+                    // The items are taken under the outbox's lock alone, against a look at
+                    // the window taken before, and framed after it is let go, so neither
+                    // the application's `send` (the outbox's lock) nor the reader's ACKs
+                    // (the window's, then the outbox's) wait for a whole batch to be
+                    // framed. Between the two looks at the window an ACK can only make room.
+                    let (limit, mut free) = {
+                        let window = acks.lock();
+                        (window.batch_limit(), window.free())
+                    };
+                    // The room for the next frame's payload: the batch stays within the
+                    // limit with that frame's header and an ACK that may ride along.
+                    let room_after = |used: usize, free: u64| {
+                        if free == 0 {
+                            return 0;
                         }
+                        limit.saturating_sub(used + 2 * HEADER_LEN).min(MAX_FRAME)
+                    };
+                    let mut used = batch.len();
+                    let mut take = |item: Item, gathered: &mut Vec<Item>| {
+                        used += HEADER_LEN + item.data.len();
+                        free = free.saturating_sub(ack_units(item.data.len()));
+                        gathered.push(item);
+                        room_after(used, free)
+                    };
+                    // The first item's share of the send buffer goes back with the others'.
+                    let first_permit = first.take_permit();
+                    let room = take(first, &mut gathered);
+                    outbox.take_while(first_permit, room, |item| take(item, &mut gathered));
+                    let (mut window, now) = (acks.lock(), Instant::now());
+                    for item in gathered.drain(..) {
+                        flush |=
+                            append(&mut batch, &item, (&mut window, keep, now), &mut sent_fins);
                     }
                     flush |= outbox.idle();
                 }
