@@ -270,6 +270,15 @@ async fn say_aborted<W: AsyncWrite + Unpin>(out: &mut W) -> Result<()> {
     Err(ConnectionError::Aborted.into())
 }
 
+/// Gives back the send-buffer space held for a writer when it is dropped.
+struct GiveBack<'a>(&'a Outbox);
+
+impl Drop for GiveBack<'_> {
+    fn drop(&mut self) {
+        self.0.give_back();
+    }
+}
+
 pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     mut out: W,
     core: &StreamCore,
@@ -282,6 +291,9 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     kill: watch::Receiver<u8>,
 ) -> Result<()> {
     let (outbox, acks) = (&core.outbox, &core.acks);
+    // However the writer ends, the send-buffer space the outbox holds for it goes back: the
+    // next transient may be QUIC, which never takes through `take_while`.
+    let _give_back = GiveBack(outbox);
     let mut kill = KeptWait::new(&kill, |k| *k != 0);
     let keep = core.token.is_some();
     let io = |e: std::io::Error| tcp("write", e);
@@ -653,6 +665,61 @@ mod tests {
             "the units received before the writer started are acknowledged"
         );
         writer.abort();
+    }
+
+    /// The send-buffer space of what a writer took is held back (less than a third of the
+    /// buffer, more still ready) while it writes, and goes back when the writer ends, even
+    /// ended in the middle of a write: the next transient may never take through
+    /// `take_while`.
+    #[tokio::test(start_paused = true)]
+    async fn a_writer_ending_gives_back_the_space_held_for_it() {
+        let outbox = Outbox::new(1 << 20, super::super::order_rule);
+        let (events, _rx) = crate::transport::event_channel(16, 1 << 20);
+        let core = StreamCore::new(
+            outbox.clone(),
+            events,
+            CoreSettings {
+                limits: ReceiveLimits::from_config(&crate::Configuration::default()),
+                token: None,
+                client: false,
+                dormant_timeout: Duration::from_secs(10),
+                keepalive: None,
+            },
+        );
+        let each = 1024 + crate::transport::outbox::PER_MESSAGE_OVERHEAD;
+        for _ in 0..8 {
+            let permit = outbox.reserve(1024).await.expect("room");
+            outbox
+                .send(
+                    MessageProperties::default(),
+                    Bytes::from(vec![7u8; 1024]),
+                    permit,
+                    None,
+                )
+                .expect("queued");
+        }
+        // Room on the wire for one frame and a little: the writer takes a second message
+        // and blocks in the middle of writing it (no delivery rate yet: a frame a write).
+        let (ours, _peer) = tokio::io::duplex(HEADER_LEN + 1024 + 10);
+        let (_tx, rx) = ack_signal(0);
+        let (_kill, killed) = watch::channel(0u8);
+        let writer = tokio::spawn({
+            let core = core.clone();
+            async move { write_loop(ours, &core, (Vec::new(), None), rx, killed).await }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(
+            outbox.buffered(),
+            8 * each,
+            "two messages taken, their space held back"
+        );
+        writer.abort();
+        assert!(writer.await.expect_err("aborted").is_cancelled());
+        assert_eq!(
+            outbox.buffered(),
+            6 * each,
+            "given back when the writer went"
+        );
     }
 
     #[test]
