@@ -604,15 +604,11 @@ mod tests {
         }
     }
 
-    /// A writer first polled after its reader took frames (its task scheduled late, or run
-    /// first by a queueing thread: transport/inline.rs) still acknowledges them: with the
-    /// next thing it writes. It used to start from the count at its first poll, as if that
-    /// were acknowledged, and the peer's first message waited for a keepalive.
-    #[tokio::test]
-    async fn a_writer_started_late_acknowledges_what_was_received_before() {
-        use tokio::io::AsyncReadExt;
+    /// A stream carrier's core on a fresh 1 MiB outbox, for a writer alone (no keepalive),
+    /// with the receiving end of its event queue (to be kept alive).
+    fn writer_core() -> (Arc<Outbox>, Arc<StreamCore>, crate::transport::EventRx) {
         let outbox = Outbox::new(1 << 20, super::super::order_rule);
-        let (events, _rx) = crate::transport::event_channel(16, 1 << 20);
+        let (events, rx) = crate::transport::event_channel(16, 1 << 20);
         let core = StreamCore::new(
             outbox.clone(),
             events,
@@ -624,6 +620,17 @@ mod tests {
                 keepalive: None,
             },
         );
+        (outbox, core, rx)
+    }
+
+    /// A writer first polled after its reader took frames (its task scheduled late, or run
+    /// first by a queueing thread: transport/inline.rs) still acknowledges them: with the
+    /// next thing it writes. It used to start from the count at its first poll, as if that
+    /// were acknowledged, and the peer's first message waited for a keepalive.
+    #[tokio::test]
+    async fn a_writer_started_late_acknowledges_what_was_received_before() {
+        use tokio::io::AsyncReadExt;
+        let (outbox, core, _events) = writer_core();
         let (tx, rx) = ack_signal(0);
         // The reader takes a 100-byte message before the writer first runs.
         assert!(tx.received(101), "the first unit not yet acknowledged");
@@ -673,19 +680,7 @@ mod tests {
     /// `take_while`.
     #[tokio::test(start_paused = true)]
     async fn a_writer_ending_gives_back_the_space_held_for_it() {
-        let outbox = Outbox::new(1 << 20, super::super::order_rule);
-        let (events, _rx) = crate::transport::event_channel(16, 1 << 20);
-        let core = StreamCore::new(
-            outbox.clone(),
-            events,
-            CoreSettings {
-                limits: ReceiveLimits::from_config(&crate::Configuration::default()),
-                token: None,
-                client: false,
-                dormant_timeout: Duration::from_secs(10),
-                keepalive: None,
-            },
-        );
+        let (outbox, core, _events) = writer_core();
         let each = 1024 + crate::transport::outbox::PER_MESSAGE_OVERHEAD;
         for _ in 0..8 {
             let permit = outbox.reserve(1024).await.expect("room");
