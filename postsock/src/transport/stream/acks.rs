@@ -147,6 +147,9 @@ impl AckWindow {
         fin: Option<MessageId>,
         bytes: Option<([u8; HEADER_LEN], Bytes)>,
     ) {
+        // The first delivery-rate sample counts from the first write, so it comes with the
+        // first ACK rather than a round trip later.
+        self.rate_mark.get_or_insert((now, self.acked));
         self.written += ack_units(len);
         self.frames.push_back(SentFrame {
             end: self.written,
@@ -320,6 +323,24 @@ mod tests {
         let srtt = (Duration::from_millis(40) * 7 + Duration::from_millis(50)) / 8;
         assert_eq!(s.rtt, Some((srtt, Duration::from_millis(40))));
         assert!(w.settled());
+    }
+
+    /// The first ACK gives a delivery-rate sample, counted from the first write (it used to
+    /// only mark the start of one, and the window stayed at its first 16 KiB for another
+    /// round trip).
+    #[test]
+    fn the_first_ack_samples_the_delivery_rate_from_the_first_write() {
+        let t0 = Instant::now();
+        let mut w = AckWindow::default();
+        w.written(t0, 8191, None, None);
+        w.written(ms(t0, 10), 8191, Some(1), None);
+        assert_eq!(w.rate(), None);
+        assert_eq!(w.window(), MIN_WINDOW);
+        // 16 KiB acknowledged 50 ms after the first write.
+        w.acknowledge(ms(t0, 50), 16_384).expect("in range");
+        assert_eq!(w.rate().map(|r| r.round()), Some(16_384.0 / 0.05));
+        // 2 × rate × min RTT (40 ms, the newest frame's).
+        assert_eq!(w.window(), (2.0 * 16_384.0 / 0.05 * 0.04) as u64);
     }
 
     #[test]
