@@ -441,7 +441,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
                         limit.saturating_sub(used + 2 * HEADER_LEN).min(MAX_FRAME)
                     };
                     let mut used = batch.len();
-                    let mut take = |item: Item, gathered: &mut Vec<Item>| {
+                    let mut take = |item: Item| {
                         used += HEADER_LEN + item.data.len();
                         free = free.saturating_sub(ack_units(item.data.len()));
                         gathered.push(item);
@@ -449,8 +449,8 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
                     };
                     // The first item's share of the send buffer goes back with the others'.
                     let first_permit = first.take_permit();
-                    let room = take(first, &mut gathered);
-                    outbox.take_while(first_permit, room, |item| take(item, &mut gathered));
+                    let room = take(first);
+                    outbox.take_while(first_permit, room, take);
                     let (mut window, now) = (acks.lock(), Instant::now());
                     for item in gathered.drain(..) {
                         flush |=
