@@ -491,9 +491,9 @@ impl Outbox {
             room = more(item);
         }
         let chunk = st.freed.as_ref().map_or(0, |p| p.num_permits());
-        let freed = (chunk >= self.limit / 3).then(|| st.freed.take());
-        drop(st);
-        drop(freed);
+        if chunk >= self.limit / 3 {
+            Self::let_go_with_freed(st);
+        }
     }
 
     fn hold_freed(st: &mut State, p: OwnedSemaphorePermit) {
@@ -506,7 +506,14 @@ impl Outbox {
     /// Gives back the send-buffer space [`take_while`](Self::take_while) holds (the
     /// transport is about to wait for something other than the queue).
     pub(crate) fn give_back(&self) {
-        let freed = self.lock().freed.take();
+        Self::let_go_with_freed(self.lock());
+    }
+
+    /// Lets go of the lock and then gives back what `take_while` held (returning permits
+    /// locks the semaphore and may wake a sender: not under the outbox's lock).
+    fn let_go_with_freed(mut st: MutexGuard<'_, State>) {
+        let freed = st.freed.take();
+        drop(st);
         drop(freed);
     }
 
@@ -547,9 +554,7 @@ impl Outbox {
                 None => None,
             };
             // Nothing ready: what a stream writer took is all on its way (take_while).
-            let freed = st.freed.take();
-            drop(st);
-            drop(freed);
+            Self::let_go_with_freed(st);
             out
         })
         .await

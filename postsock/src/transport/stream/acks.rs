@@ -197,6 +197,8 @@ impl AckWindow {
                     self.rate_mark = Some((now, acked));
                 }
                 Some(_) => {}
+                // After a restart (frames written on the old transient acknowledged before
+                // any new write): the first sample counts from here.
                 None => self.rate_mark = Some((now, acked)),
             }
         }
