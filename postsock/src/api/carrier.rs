@@ -25,7 +25,7 @@ use crate::path::{CurrentPath, PathChoice, PathMonitor};
 use crate::transport::assemble::ReceiveLimits;
 use crate::transport::moving::{self, MoveSettings, MoveWatch, QuicMove};
 use crate::transport::outbox::Outbox;
-use crate::transport::{event_channel, quic, stream as tls_tcp, EventRx};
+use crate::transport::{event_channel, quic, stream as tls_tcp, EventRx, EventTx};
 use crate::{ConfigError, ConnectionError};
 use crate::{Configuration, Error, Event, Message, MessageId, Protocol, Received, Remote, Result};
 
@@ -73,6 +73,27 @@ impl std::fmt::Debug for Origin {
 pub(crate) struct PathSetup {
     monitor: PathMonitor,
     choice: PathChoice,
+}
+
+/// Starts the task that steers a transient between interfaces (`path::manage`): `steering`
+/// is where it starts, the peer's other addresses and where the current path is published.
+fn spawn_path_manager(
+    user: impl crate::path::PathUser + Send + 'static,
+    (steer, alternates, path): (PathSetup, Vec<SocketAddr>, CurrentPath),
+    peer: SocketAddr,
+    config: &Configuration,
+    events: EventTx,
+) -> JoinHandle<()> {
+    let alternates = alternates.iter().map(|a| a.ip()).collect();
+    tokio::spawn(crate::path::manage(
+        user,
+        steer.monitor,
+        config.paths.clone(),
+        (peer.ip(), alternates),
+        steer.choice,
+        path,
+        events,
+    ))
 }
 
 /// The path monitor (when the network names interfaces) and the usable paths towards
@@ -623,16 +644,14 @@ impl Carrier {
                         epoch: epoch.clone(),
                     };
                     let peer = conn.remote_address();
-                    let alternates = origin.alternates(peer).iter().map(|a| a.ip()).collect();
-                    extra.push(tokio::spawn(crate::path::manage(
+                    let steering = (steer, origin.alternates(peer), path.clone());
+                    extra.push(spawn_path_manager(
                         user,
-                        steer.monitor,
-                        config.paths.clone(),
-                        (peer.ip(), alternates),
-                        steer.choice,
-                        path.clone(),
+                        steering,
+                        peer,
+                        config,
                         events_tx.clone(),
-                    )));
+                    ));
                 }
                 if let Some(w) = watch {
                     extra.push(tokio::spawn(watch_and_steer(
@@ -719,16 +738,8 @@ impl Carrier {
                         remote: peer,
                         alternates: o.alternates(peer),
                     };
-                    let alternates = o.alternates(peer).iter().map(|a| a.ip()).collect();
-                    extra.push(tokio::spawn(crate::path::manage(
-                        user,
-                        steer.monitor,
-                        config.paths.clone(),
-                        (peer.ip(), alternates),
-                        steer.choice,
-                        path.clone(),
-                        events_tx,
-                    )));
+                    let steering = (steer, o.alternates(peer), path.clone());
+                    extra.push(spawn_path_manager(user, steering, peer, config, events_tx));
                 }
                 let sender = tokio::spawn(core.clone().finished());
                 let link = Link::Stream { core };
