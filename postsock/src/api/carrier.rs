@@ -78,7 +78,7 @@ pub(crate) struct PathSetup {
 /// Starts the task that steers a transient between interfaces (`path::manage`): `steering`
 /// is where it starts, the peer's other addresses and where the current path is published.
 fn spawn_path_manager(
-    user: impl crate::path::PathUser + Send + 'static,
+    user: impl crate::path::PathUser + 'static,
     (steer, alternates, path): (PathSetup, Vec<SocketAddr>, CurrentPath),
     peer: SocketAddr,
     config: &Configuration,
