@@ -166,6 +166,31 @@ async fn tls_tcp_violations_end_only_the_offending_carrier() {
     good.close().await.expect("close");
 }
 
+/// The reader hands the application the frames of one read together; a violation later in
+/// the same read still ends the carrier only after the messages before it are delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_before_a_violation_in_the_same_read_are_delivered_first() {
+    let ca = TestCa::new("bad input CA").expect("ca");
+    let (mut listener, addr) = bind(&ca, Protocol::TlsTcp).await;
+    let mut bytes = Vec::new();
+    for id in 0..40u64 {
+        bytes.extend_from_slice(&header(1, 1, id, 3));
+        bytes.extend_from_slice(&[b'm', b'0' + (id / 10) as u8, b'0' + (id % 10) as u8]);
+    }
+    bytes.extend_from_slice(&header(0x7f, 0, 0, 0));
+    let (_carrier, events) = send_violation(&ca, &mut listener, addr, &bytes).await;
+    assert_protocol_error(&events, "after 40 messages", "unknown frame type 0x7f");
+    let got: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Received(m) => Some(String::from_utf8_lossy(&m.data).into_owned()),
+            _ => None,
+        })
+        .collect();
+    let want: Vec<String> = (0..40).map(|i| format!("m{i:02}")).collect();
+    assert_eq!(got, want, "every message before the violation, in order");
+}
+
 /// The first `n` events of `carrier`, each as a short line (10 s each at most).
 async fn first_events(carrier: &Carrier, n: usize) -> Vec<String> {
     let mut seen = Vec::new();

@@ -74,9 +74,22 @@ impl EventQueue {
     fn push(mut st: std::sync::MutexGuard<'_, QueueState>, event: Event, size: usize) {
         st.queue.push_back((event, size));
         st.held += size;
-        let waiting = take_waiting(&mut st.rx_waiting);
-        drop(st);
-        wake_all(waiting.into_iter().flatten());
+        wake_taken(st, |st| &mut st.rx_waiting);
+    }
+
+    /// How many of `events`, from the first, fit the queue in `st` now.
+    fn room_for(&self, st: &QueueState, events: &[Event]) -> usize {
+        let (mut queued, mut held) = (st.queue.len(), st.held);
+        events
+            .iter()
+            .take_while(|e| {
+                let size = self.charge(e);
+                let fits = queued < self.events && held + size <= self.bytes;
+                queued += 1;
+                held += size;
+                fits
+            })
+            .count()
     }
 
     /// The payload bytes `event` is charged (at most the whole bound, so it fits an empty
@@ -104,10 +117,20 @@ fn wake_all(list: impl IntoIterator<Item = Waker>) {
     }
 }
 
-/// Takes the wakers out of `list` to wake once its lock is let go; nothing (no move of the
-/// list) when it is empty, as it is for nearly every event queued and taken.
-fn take_waiting(list: &mut SmallVec<[Waker; 1]>) -> Option<SmallVec<[Waker; 1]>> {
-    (!list.is_empty()).then(|| std::mem::take(list))
+/// Lets go of the queue's lock and wakes the tasks in the list `which` picks; nothing (no
+/// move of the list, no iterator) when it is empty, as it is for nearly every event queued
+/// and taken.
+fn wake_taken(
+    mut st: std::sync::MutexGuard<'_, QueueState>,
+    which: impl FnOnce(&mut QueueState) -> &mut SmallVec<[Waker; 1]>,
+) {
+    let list = which(&mut st);
+    if list.is_empty() {
+        return;
+    }
+    let waiting = std::mem::take(list);
+    drop(st);
+    wake_all(waiting);
 }
 
 impl Clone for EventTx {
@@ -159,6 +182,44 @@ impl EventTx {
         Poll::Ready(Ok(()))
     }
 
+    /// Queues every event of `events` in order, as many at a time as there is room for,
+    /// each run under one lock, and leaves `events` empty. Fails once the carrier is gone
+    /// (what was not queued is dropped). Cancel-safe: what is still in `events` was not
+    /// queued.
+    pub(crate) async fn send_all(&self, events: &mut Vec<Event>) -> Result<(), ()> {
+        poll_fn(|cx| self.poll_send_all(cx, events)).await
+    }
+
+    fn poll_send_all(&self, cx: &mut Context<'_>, events: &mut Vec<Event>) -> Poll<Result<(), ()>> {
+        if events.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        let coop = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+        let mut st = self.q.lock();
+        if !st.receiver {
+            events.clear();
+            return Poll::Ready(Err(()));
+        }
+        let fit = self.q.room_for(&st, events);
+        if fit > 0 {
+            coop.made_progress();
+            for event in events.drain(..fit) {
+                let size = self.q.charge(&event);
+                st.queue.push_back((event, size));
+                st.held += size;
+            }
+        }
+        if events.is_empty() {
+            wake_taken(st, |st| &mut st.rx_waiting);
+            return Poll::Ready(Ok(()));
+        }
+        park(&mut st.tx_waiting, cx.waker());
+        if fit > 0 {
+            wake_taken(st, |st| &mut st.rx_waiting);
+        }
+        Poll::Pending
+    }
+
     /// Whether the carrier is gone (nobody will read events again).
     pub(crate) fn is_closed(&self) -> bool {
         !self.q.lock().receiver
@@ -195,9 +256,7 @@ impl EventRx {
         match st.queue.pop_front() {
             Some((event, size)) => {
                 st.held -= size;
-                let waiting = take_waiting(&mut st.tx_waiting);
-                drop(st);
-                wake_all(waiting.into_iter().flatten());
+                wake_taken(st, |st| &mut st.tx_waiting);
                 coop.made_progress();
                 Poll::Ready(Some(event))
             }
@@ -455,6 +514,57 @@ mod tests {
         );
         assert_eq!(id(rx.recv().await), 3);
         assert!(done(tx.send(message(4, 1))).await.is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_run_of_events_is_queued_as_far_as_either_bound_allows_and_the_rest_in_order_later() {
+        // Bound: three events, 100 bytes.
+        let (tx, rx) = event_channel(3, 100);
+        let (woken, waker) = counting();
+        let mut run: Vec<Event> = (1..=5).map(|i| message(i, 10)).collect();
+        let mut cx = Context::from_waker(&waker);
+        assert!(tx.poll_send_all(&mut cx, &mut run).is_pending());
+        assert_eq!(run.len(), 2, "three events fit, two wait");
+        assert_eq!(id(rx.recv().await), 1);
+        assert_eq!(woken.0.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(tx.poll_send_all(&mut cx, &mut run).is_pending());
+        assert_eq!(run.len(), 1, "one more fits");
+        // The rest, then a run the byte bound holds back as well: 5 and 6 queued are 60
+        // bytes, and 7 would make them 110.
+        let mut long = vec![message(6, 50), message(7, 50), Event::Ready];
+        let sent = tokio::spawn({
+            let tx = tx.clone();
+            async move {
+                tx.send_all(&mut run).await?;
+                tx.send_all(&mut long).await.map(|()| long.len())
+            }
+        });
+        let mut got = Vec::new();
+        while got.len() < 7 {
+            match rx.recv().await {
+                Some(Event::Ready) => break,
+                e => got.push(id(e)),
+            }
+        }
+        assert_eq!(got, [2, 3, 4, 5, 6, 7], "in order, nothing lost");
+        assert_eq!(done(sent).await.expect("let on").expect("joined"), Ok(0));
+        // A run longer than the byte bound starts in an empty queue.
+        let (tx, rx) = event_channel(8, 100);
+        let mut run = vec![message(1, 500), message(2, 1)];
+        assert!(
+            done(tx.send_all(&mut run)).await.is_none(),
+            "the bound is full"
+        );
+        assert_eq!(run.len(), 1);
+        assert_eq!(id(rx.recv().await), 1);
+        assert!(done(tx.send_all(&mut run)).await.is_some());
+        assert!(run.is_empty());
+        assert_eq!(id(rx.recv().await), 2);
+        // Nobody reads any more: the run fails and is dropped.
+        drop(rx);
+        let mut run = vec![message(3, 1)];
+        assert_eq!(tx.send_all(&mut run).await, Err(()));
+        assert!(run.is_empty());
     }
 
     #[tokio::test(start_paused = true)]

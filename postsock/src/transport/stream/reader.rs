@@ -29,15 +29,17 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
         a.abandon_direct();
     }
     let mut closing = false;
-    // What a frame delivers (most deliver one event): one list for all frames.
+    // What the frames read since the last delivery give (most give one event), and their
+    // payload bytes.
     let mut out = Vec::new();
+    let mut pending = 0usize;
     // The ACK delay of the first unit not yet acknowledged (see `AckTx::received`): the
     // reader keeps that timer, so the writer is not woken to start it. One timer, reset
     // when a new delay starts (a new one per wait cost a timer registration per read).
     let ack_timer = tokio::time::sleep_until(Instant::now());
     tokio::pin!(ack_timer);
     let mut ack_armed = false;
-    loop {
+    let end = 'read: loop {
         // A resumable peer writes at least every keepalive interval: three silent intervals
         // mean the path is gone (the carrier goes dormant until the client comes back).
         let silent_for = core.keepalive.filter(|_| resumable).map(|k| k * 3);
@@ -48,17 +50,32 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
             }
         };
         if stop.is_set() {
-            return ReadEnd::Stopped;
+            break 'read ReadEnd::Stopped;
         }
         // Frames that came in one read are taken without a wait each (the wait below would
         // register and drop a waiter on `stop` and a timer per frame).
         // Continuation frames of a long message go straight into its buffer, except while
         // the peer writes again what we may have (those frames may be skipped).
         let direct = skip.is_none() && !expect_hello;
-        let frame = match input.buffered(limits.max_message_size) {
+        let frame = input.buffered(limits.max_message_size);
+        if matches!(frame, Ok(None)) {
+            if !deliver(
+                &events,
+                &mut out,
+                ack_timer.as_mut(),
+                &ack_tx,
+                &mut ack_armed,
+            )
+            .await
+            {
+                break 'read ReadEnd::Gone;
+            }
+            pending = 0;
+        }
+        let frame = match frame {
             Ok(None) => tokio::select! {
                 biased;
-                _ = stop.ready() => return ReadEnd::Stopped,
+                _ = stop.ready() => break 'read ReadEnd::Stopped,
                 // Before the input, so that a steady trickle of frames cannot hold it off.
                 _ = &mut ack_timer, if ack_armed && ack_tx.pending() => {
                     ack_now(&ack_tx, &mut ack_armed);
@@ -66,7 +83,7 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
                 }
                 frame = input.next_into(limits.max_message_size, &mut st.open, limits, direct) => frame,
                 _ = silence => {
-                    return ReadEnd::Broken(
+                    break 'read ReadEnd::Broken(
                         ConnectionError::Silent {
                             ms: silent_for.unwrap_or_default().as_millis(),
                         }
@@ -78,19 +95,19 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
         };
         let frame = match frame {
             Ok(f) => f,
-            Err(e @ Error::Protocol(_)) => return ReadEnd::Fatal(e),
-            Err(e) if resumable => return ReadEnd::Broken(e),
-            Err(e) => return ReadEnd::Fatal(e),
+            Err(e @ Error::Protocol(_)) => break 'read ReadEnd::Fatal(e),
+            Err(e) if resumable => break 'read ReadEnd::Broken(e),
+            Err(e) => break 'read ReadEnd::Fatal(e),
         };
         core.rx.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let Some(frame) = frame else {
             if resumable && !closing {
-                return ReadEnd::Broken(ConnectionError::EndedWithoutClose.into());
+                break 'read ReadEnd::Broken(ConnectionError::EndedWithoutClose.into());
             }
             if let Some(id) = st.open.keys().next() {
-                return ReadEnd::Fatal(Violation::EndedInMessage { id: *id }.into());
+                break 'read ReadEnd::Fatal(Violation::EndedInMessage { id: *id }.into());
             }
-            return ReadEnd::Clean;
+            break 'read ReadEnd::Clean;
         };
         // `appended`: the payload is already in its message's buffer (`data` is empty).
         let (header, data, appended) = match frame {
@@ -101,24 +118,24 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
             // A continuation: the peer's HELLO says what it has and where it starts again.
             expect_hello = false;
             if header.kind != TYPE_HELLO {
-                return ReadEnd::Fatal(Violation::HelloExpected.into());
+                break 'read ReadEnd::Fatal(Violation::HelloExpected.into());
             }
             let h = match parse_hello(&header, &data) {
                 Ok(h) => h,
-                Err(e) => return ReadEnd::Fatal(e),
+                Err(e) => break 'read ReadEnd::Fatal(e),
             };
             if h.flags & FLAG_REFUSED != 0 || Some(h.token) != core.token {
-                return ReadEnd::Fatal(ConnectionError::UnknownCarrier.into());
+                break 'read ReadEnd::Fatal(ConnectionError::UnknownCarrier.into());
             }
             if let Err(e) = core.acks.acknowledge(h.received, &core.outbox) {
-                return ReadEnd::Fatal(e);
+                break 'read ReadEnd::Fatal(e);
             }
             skip = Some(h.resend_from);
             continue;
         }
         if header.is_ack() {
             if let Err(e) = core.acks.acknowledge(header.id, &core.outbox) {
-                return ReadEnd::Fatal(e);
+                break 'read ReadEnd::Fatal(e);
             }
             continue;
         }
@@ -131,7 +148,7 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
                     continue;
                 }
                 if at != st.received {
-                    return ReadEnd::Fatal(
+                    break 'read ReadEnd::Fatal(
                         Violation::ResendMisaligned {
                             at,
                             received: st.received,
@@ -144,18 +161,18 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
         }
         match header.kind {
             TYPE_CLOSE if header.aborts() => {
-                return ReadEnd::Fatal(ConnectionError::PeerAborted.into())
+                break 'read ReadEnd::Fatal(ConnectionError::PeerAborted.into())
             }
             TYPE_CLOSE => {
                 closing = true;
                 continue;
             }
-            TYPE_HELLO => return ReadEnd::Fatal(Violation::HelloMisplaced.into()),
-            TYPE_MOVED => return ReadEnd::Fatal(Violation::MovedMisplaced.into()),
+            TYPE_HELLO => break 'read ReadEnd::Fatal(Violation::HelloMisplaced.into()),
+            TYPE_MOVED => break 'read ReadEnd::Fatal(Violation::MovedMisplaced.into()),
             _ => {}
         }
         let id = header.id;
-        out.clear();
+        pending += header.len as usize;
         st.received += ack_units(header.len as usize);
         let RecvState {
             open,
@@ -186,7 +203,7 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
             }
         } else {
             if !open.contains_key(&id) && open.len() >= MAX_OPEN_MESSAGES {
-                return ReadEnd::Fatal(
+                break 'read ReadEnd::Fatal(
                     Violation::TooManyOpen {
                         max: MAX_OPEN_MESSAGES,
                     }
@@ -225,26 +242,59 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
             ack_timer.as_mut().reset(AckTx::ack_due_at());
             ack_armed = true;
         }
-        for event in out.drain(..) {
-            // A full queue holds the reader here; the ACK delay still runs out on time.
-            let send = events.send(event);
-            tokio::pin!(send);
-            loop {
-                tokio::select! {
-                    biased;
-                    sent = &mut send => {
-                        if sent.is_err() {
-                            return ReadEnd::Gone;
-                        }
-                        break;
-                    }
-                    _ = &mut ack_timer, if ack_armed && ack_tx.pending() => {
-                        ack_now(&ack_tx, &mut ack_armed);
-                    }
-                }
+        // The frames of one read go to the application's queue together, under one lock
+        // (also before the reader waits for more, and when it ends).
+        if out.len() >= DELIVER_EVENTS || pending >= READ_CHUNK {
+            if !deliver(
+                &events,
+                &mut out,
+                ack_timer.as_mut(),
+                &ack_tx,
+                &mut ack_armed,
+            )
+            .await
+            {
+                break 'read ReadEnd::Gone;
             }
+            pending = 0;
+        }
+    };
+    // What was read before the end is the application's: delivered as it would have been.
+    if !matches!(end, ReadEnd::Gone)
+        && !deliver(
+            &events,
+            &mut out,
+            ack_timer.as_mut(),
+            &ack_tx,
+            &mut ack_armed,
+        )
+        .await
+    {
+        return ReadEnd::Gone;
+    }
+    end
+}
+
+/// Events the reader gathers at most before it hands them to the application's queue.
+const DELIVER_EVENTS: usize = 32;
+
+/// Hands `out` to the application's queue; a full queue holds the reader here, while the
+/// ACK delay still runs out on time. False once the application is gone.
+async fn deliver(
+    events: &EventTx,
+    out: &mut Vec<Event>,
+    mut ack_timer: std::pin::Pin<&mut tokio::time::Sleep>,
+    ack_tx: &AckTx,
+    ack_armed: &mut bool,
+) -> bool {
+    while !out.is_empty() {
+        tokio::select! {
+            biased;
+            sent = events.send_all(out) => return sent.is_ok(),
+            _ = &mut ack_timer, if *ack_armed && ack_tx.pending() => ack_now(ack_tx, ack_armed),
         }
     }
+    true
 }
 
 /// The writer acknowledges now (the ACK delay ran out, or the peer's window is full); the
