@@ -33,12 +33,13 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
     // payload bytes.
     let mut out = Vec::new();
     let mut pending = 0usize;
-    // The ACK delay of the first unit not yet acknowledged (see `AckTx::received`): the
-    // reader keeps that timer, so the writer is not woken to start it. One timer, reset
-    // when a new delay starts (a new one per wait cost a timer registration per read).
     let ack_timer = tokio::time::sleep_until(Instant::now());
     tokio::pin!(ack_timer);
-    let mut ack_armed = false;
+    let mut ack = AckDelay {
+        tx: ack_tx,
+        timer: ack_timer,
+        armed: false,
+    };
     let end = 'read: loop {
         // A resumable peer writes at least every keepalive interval: three silent intervals
         // mean the path is gone (the carrier goes dormant until the client comes back).
@@ -58,16 +59,11 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
         // the peer writes again what we may have (those frames may be skipped).
         let direct = skip.is_none() && !expect_hello;
         let frame = input.buffered(limits.max_message_size);
-        if matches!(frame, Ok(None)) {
-            if !deliver(
-                &events,
-                &mut out,
-                ack_timer.as_mut(),
-                &ack_tx,
-                &mut ack_armed,
-            )
-            .await
-            {
+        // The messages of the frames one read brought go to the application's queue
+        // together, under one lock: before the reader waits for more (and when it ends,
+        // below), or once they are many.
+        if matches!(frame, Ok(None)) || out.len() >= DELIVER_EVENTS || pending >= READ_CHUNK {
+            if !deliver(&events, &mut out, &mut ack).await {
                 break 'read ReadEnd::Gone;
             }
             pending = 0;
@@ -77,8 +73,8 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
                 biased;
                 _ = stop.ready() => break 'read ReadEnd::Stopped,
                 // Before the input, so that a steady trickle of frames cannot hold it off.
-                _ = &mut ack_timer, if ack_armed && ack_tx.pending() => {
-                    ack_now(&ack_tx, &mut ack_armed);
+                _ = ack.timer.as_mut(), if ack.waiting() => {
+                    ack.now();
                     continue;
                 }
                 frame = input.next_into(limits.max_message_size, &mut st.open, limits, direct) => frame,
@@ -234,42 +230,11 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
         }
         // Acknowledge as the frame is handed to the application's queue (or the reassembly),
         // so the ACK can ride on an answer the application sends at once.
-        let first = ack_tx.received(st.received);
-        if header.ack_now() {
-            // The peer's window is full: acknowledge now, not after the delay.
-            ack_now(&ack_tx, &mut ack_armed);
-        } else if first {
-            ack_timer.as_mut().reset(AckTx::ack_due_at());
-            ack_armed = true;
-        }
-        // The frames of one read go to the application's queue together, under one lock
-        // (also before the reader waits for more, and when it ends).
-        if out.len() >= DELIVER_EVENTS || pending >= READ_CHUNK {
-            if !deliver(
-                &events,
-                &mut out,
-                ack_timer.as_mut(),
-                &ack_tx,
-                &mut ack_armed,
-            )
-            .await
-            {
-                break 'read ReadEnd::Gone;
-            }
-            pending = 0;
-        }
+        // The peer's window full asks for the ACK now, not after the delay.
+        ack.received(st.received, header.ack_now());
     };
     // What was read before the end is the application's: delivered as it would have been.
-    if !matches!(end, ReadEnd::Gone)
-        && !deliver(
-            &events,
-            &mut out,
-            ack_timer.as_mut(),
-            &ack_tx,
-            &mut ack_armed,
-        )
-        .await
-    {
+    if !matches!(end, ReadEnd::Gone) && !deliver(&events, &mut out, &mut ack).await {
         return ReadEnd::Gone;
     }
     end
@@ -280,28 +245,50 @@ const DELIVER_EVENTS: usize = 32;
 
 /// Hands `out` to the application's queue; a full queue holds the reader here, while the
 /// ACK delay still runs out on time. False once the application is gone.
-async fn deliver(
-    events: &EventTx,
-    out: &mut Vec<Event>,
-    mut ack_timer: std::pin::Pin<&mut tokio::time::Sleep>,
-    ack_tx: &AckTx,
-    ack_armed: &mut bool,
-) -> bool {
+async fn deliver(events: &EventTx, out: &mut Vec<Event>, ack: &mut AckDelay<'_>) -> bool {
     while !out.is_empty() {
         tokio::select! {
             biased;
             sent = events.send_all(out) => return sent.is_ok(),
-            _ = &mut ack_timer, if *ack_armed && ack_tx.pending() => ack_now(ack_tx, ack_armed),
+            _ = ack.timer.as_mut(), if ack.waiting() => ack.now(),
         }
     }
     true
 }
 
-/// The writer acknowledges now (the ACK delay ran out, or the peer's window is full); the
-/// reader's delay timer is disarmed until the next unacknowledged unit.
-fn ack_now(ack_tx: &AckTx, armed: &mut bool) {
-    ack_tx.due_now();
-    *armed = false;
+/// The ACK delay of the first unit not yet acknowledged (see `AckTx::received`), kept by the
+/// reader so the writer is not woken to start it. One timer, reset when a new delay starts
+/// (a new one per wait cost a timer registration per read).
+struct AckDelay<'a> {
+    tx: AckTx,
+    timer: std::pin::Pin<&'a mut tokio::time::Sleep>,
+    armed: bool,
+}
+
+impl AckDelay<'_> {
+    /// Everything up to unit `received` is in: starts the delay if it is the first unit
+    /// not yet acknowledged, or acknowledges `now`.
+    fn received(&mut self, received: u64, now: bool) {
+        let first = self.tx.received(received);
+        if now {
+            self.now();
+        } else if first {
+            self.timer.as_mut().reset(AckTx::ack_due_at());
+            self.armed = true;
+        }
+    }
+
+    /// Whether the timer runs for an ACK still owed.
+    fn waiting(&self) -> bool {
+        self.armed && self.tx.pending()
+    }
+
+    /// The writer acknowledges now (the delay ran out, or the peer's window is full); the
+    /// timer is disarmed until the next unacknowledged unit.
+    fn now(&mut self) {
+        self.tx.due_now();
+        self.armed = false;
+    }
 }
 
 /// How much a [`FrameReader`] asks of the stream at once.
