@@ -524,3 +524,50 @@ fn an_idle_tls_carrier_is_written_by_the_queueing_thread_and_nothing_is_lost() {
         server.await.expect("server task");
     });
 }
+
+/// The TLS/TCP reader hands the messages of one read over together, as far as the receive
+/// queue's bounds admit: with room for only three events and a reader that sometimes
+/// pauses, a burst of small messages (dozens a read) arrives whole, once each, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_through_a_three_event_receive_queue_arrives_whole_and_in_order() {
+    let net: Arc<dyn Net> = TokioNet::shared();
+    let ca = TestCa::new("loopback CA").expect("ca");
+    let (mut server_config, client_config) = configs(&ca, Protocol::TlsTcp);
+    server_config.receive_queue = 3;
+    let (mut listener, port) = common::listen(&net, server_config).await;
+    const N: usize = 3000;
+    let server = tokio::spawn(async move {
+        let carrier = listener.accept().await.expect("accept");
+        for i in 0..N {
+            let msg = carrier
+                .receive()
+                .await
+                .expect("receive")
+                .expect("a message");
+            assert_eq!(
+                msg.data.as_ref(),
+                &message(i, 1 + i % 200)[..],
+                "message {i}"
+            );
+            if i % 97 == 0 {
+                // Let the queue fill while the reader has a read's worth in hand.
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+        }
+        assert!(carrier.receive().await.expect("the end").is_none());
+    });
+    let carrier = Carrier::initiate(net, Remote::new("localhost", port), client_config)
+        .await
+        .expect("initiate");
+    let mut last = None;
+    for i in 0..N {
+        last = Some(carrier.send(message(i, 1 + i % 200)).await.expect("send"));
+    }
+    let last = last.expect("sent");
+    assert_eq!(last.outcome().await, postsock::SendStatus::Acked);
+    carrier.close().await.expect("close");
+    tokio::time::timeout(std::time::Duration::from_secs(30), server)
+        .await
+        .expect("the server read everything")
+        .expect("server task");
+}
