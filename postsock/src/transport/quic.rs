@@ -1150,10 +1150,8 @@ async fn read_message(
         if (end || receipts.frozen()) && !receipts.deliver(stream.id()) {
             return abandon(assembly.partly_delivered()).await;
         }
-        for event in out.drain(..) {
-            if events.send(event).await.is_err() {
-                return ReadEnd::Gone;
-            }
+        if events.send_all(out).await.is_err() {
+            return ReadEnd::Gone;
         }
         if end {
             return ReadEnd::Next;
