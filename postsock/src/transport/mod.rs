@@ -72,9 +72,13 @@ impl EventQueue {
     /// Queues `event`, charged `size` bytes (the caller checked the bounds under `st`), and
     /// wakes the tasks waiting for an event.
     fn push(mut st: std::sync::MutexGuard<'_, QueueState>, event: Event, size: usize) {
-        st.queue.push_back((event, size));
-        st.held += size;
+        st.enqueue(event, size);
         wake_taken(st, |st| &mut st.rx_waiting);
+    }
+
+    /// Whether an event charged `size` bytes fits behind `queued` events holding `held`.
+    fn fits(&self, queued: usize, held: usize, size: usize) -> bool {
+        queued < self.events && held + size <= self.bytes
     }
 
     /// How many of `events`, from the first, fit the queue in `st` now.
@@ -84,7 +88,7 @@ impl EventQueue {
             .iter()
             .take_while(|e| {
                 let size = self.charge(e);
-                let fits = queued < self.events && held + size <= self.bytes;
+                let fits = self.fits(queued, held, size);
                 queued += 1;
                 held += size;
                 fits
@@ -101,6 +105,14 @@ impl EventQueue {
             _ => 0,
         }
         .min(self.bytes)
+    }
+}
+
+impl QueueState {
+    /// Queues `event`, charged `size` bytes (the caller checked the bounds).
+    fn enqueue(&mut self, event: Event, size: usize) {
+        self.queue.push_back((event, size));
+        self.held += size;
     }
 }
 
@@ -171,7 +183,7 @@ impl EventTx {
         if !st.receiver {
             return Poll::Ready(Err(()));
         }
-        if st.queue.len() >= self.q.events || st.held + size > self.q.bytes {
+        if !self.q.fits(st.queue.len(), st.held, size) {
             park(&mut st.tx_waiting, cx.waker());
             return Poll::Pending;
         }
@@ -205,8 +217,7 @@ impl EventTx {
             coop.made_progress();
             for event in events.drain(..fit) {
                 let size = self.q.charge(&event);
-                st.queue.push_back((event, size));
-                st.held += size;
+                st.enqueue(event, size);
             }
         }
         if events.is_empty() {

@@ -32,7 +32,7 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
     // What the frames read since the last delivery give (most give one event), and their
     // payload bytes.
     let mut out = Vec::new();
-    let mut pending = 0usize;
+    let mut gathered = 0usize;
     let ack_timer = tokio::time::sleep_until(Instant::now());
     tokio::pin!(ack_timer);
     let mut ack = AckDelay {
@@ -62,11 +62,11 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
         // The messages of the frames one read brought go to the application's queue
         // together, under one lock: before the reader waits for more (and when it ends,
         // below), or once they are many.
-        if matches!(frame, Ok(None)) || out.len() >= DELIVER_EVENTS || pending >= READ_CHUNK {
+        if matches!(frame, Ok(None)) || out.len() >= DELIVER_EVENTS || gathered >= READ_CHUNK {
             if !deliver(&events, &mut out, &mut ack).await {
                 break 'read ReadEnd::Gone;
             }
-            pending = 0;
+            gathered = 0;
         }
         let frame = match frame {
             Ok(None) => tokio::select! {
@@ -168,7 +168,7 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
             _ => {}
         }
         let id = header.id;
-        pending += header.len as usize;
+        gathered += header.len as usize;
         st.received += ack_units(header.len as usize);
         let RecvState {
             open,
