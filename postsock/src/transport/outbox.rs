@@ -157,7 +157,8 @@ pub(crate) type OrderRule = fn(&MessageProperties, &MessageProperties) -> bool;
 #[derive(Debug)]
 pub(crate) struct Outbox {
     state: Mutex<State>,
-    wake: Notify,
+    /// Wakes the sending loop (the outbox's one reader) when an item may be ready.
+    wake: crate::util::Signal,
     reap: Notify,
     permits: Arc<Semaphore>,
     limit: usize,
@@ -172,7 +173,7 @@ impl Outbox {
         let limit = limit.clamp(PER_MESSAGE_OVERHEAD, Semaphore::MAX_PERMITS);
         Arc::new(Outbox {
             state: Mutex::new(State::default()),
-            wake: Notify::new(),
+            wake: crate::util::Signal::default(),
             reap: Notify::new(),
             permits: Arc::new(Semaphore::new(limit)),
             limit,
@@ -409,8 +410,8 @@ impl Outbox {
     fn wake_sender(&self) {
         let inline = crate::util::lock(&self.inline).clone();
         match inline {
-            Some(d) if d.idle() => d.run_inline(|| self.wake.notify_one()),
-            _ => self.wake.notify_one(),
+            Some(d) if d.idle() => d.run_inline(|| self.wake.notify()),
+            _ => self.wake.notify(),
         }
     }
 
@@ -552,19 +553,20 @@ impl Outbox {
         max_len: usize,
         wanted: impl Fn(&MessageProperties) -> bool,
     ) -> Option<Item> {
-        crate::util::until(&self.wake, || {
-            let mut st = self.lock();
-            self.expire_due(&mut st);
-            let out = match Self::first_wanted(&st, &wanted) {
-                Some(key) => return Some(self.take(&mut st, key, max_len)),
-                None if st.closed && st.items.is_empty() => Some(None),
-                None => None,
-            };
-            // Nothing ready: what a stream writer took is all on its way (take_while).
-            Self::let_go_with_freed(st);
-            out
-        })
-        .await
+        self.wake
+            .until(|| {
+                let mut st = self.lock();
+                self.expire_due(&mut st);
+                let out = match Self::first_wanted(&st, &wanted) {
+                    Some(key) => return Some(self.take(&mut st, key, max_len)),
+                    None if st.closed && st.items.is_empty() => Some(None),
+                    None => None,
+                };
+                // Nothing ready: what a stream writer took is all on its way (take_while).
+                Self::let_go_with_freed(st);
+                out
+            })
+            .await
     }
 
     fn take(&self, st: &mut State, (niceness, seq): (u32, u64), max_len: usize) -> Option<Item> {
@@ -692,7 +694,7 @@ impl Outbox {
                 },
             );
             st.ready.insert((0, seq));
-            self.wake.notify_one();
+            self.wake.notify();
         }
         live.status.set(status, true);
         true
@@ -721,7 +723,7 @@ impl Outbox {
                     Eligible::Yes => {
                         st.blocked.remove(&seq);
                         st.ready.insert((niceness, seq));
-                        self.wake.notify_one();
+                        self.wake.notify();
                         if fin && Self::mark_fin_ready(st, item_id, seq) {
                             // Its ordered successor may now queue behind it.
                             changed.push(item_id);
@@ -838,7 +840,7 @@ impl Outbox {
         st.ready.insert((0, seq));
         drop(st);
         if was_empty {
-            self.wake.notify_one();
+            self.wake.notify();
         }
         self.reap.notify_one();
     }
@@ -847,7 +849,7 @@ impl Outbox {
     pub(crate) fn close(&self) {
         self.lock().closed = true;
         self.permits.close();
-        self.wake.notify_one();
+        self.wake.notify();
         self.reap.notify_one();
     }
 
@@ -869,7 +871,7 @@ impl Outbox {
         st.deadlines.clear();
         drop(st);
         self.permits.close();
-        self.wake.notify_one();
+        self.wake.notify();
         self.reap.notify_one();
     }
 
