@@ -299,12 +299,131 @@ impl StatusCell {
     }
 }
 
+/// The statuses of a carrier's *plain* messages (docs/PERFORMANCE-PLAN.md, step 2): whole,
+/// reliable, ordered messages with no antecedents, no lifetime and not idempotent, queued on a
+/// stream carrier (TLS/TCP) while nothing else waits in its queue. Those are written, and
+/// acknowledged, in id order, so instead of a cell each their statuses are marks: every plain
+/// message below `sent` is written, and `settled` is a list of `(end, status)` segments, each
+/// settling every plain message from the previous end (or 0) up to its own (exclusive) the
+/// same way: acknowledged by one ACK after another, or ended by the carrier.
+///
+/// A mark only ever covers plain messages: a message with a cell of its own inside a
+/// segment's range is never read through it.
+#[derive(Debug, Default)]
+pub(crate) struct PlainMarks {
+    state: Mutex<MarksState>,
+    changed: Notify,
+}
+
+#[derive(Debug, Default)]
+struct MarksState {
+    sent: MessageId,
+    settled: Vec<(MessageId, SendStatus)>,
+    /// Tasks in `wait_for` (as [`StatusCell`] counts them).
+    waiters: usize,
+}
+
+/// Counts a task in [`PlainMarks::wait_for`] while it waits.
+struct WaitingMarks<'a>(&'a PlainMarks);
+
+impl Drop for WaitingMarks<'_> {
+    fn drop(&mut self) {
+        crate::util::lock(&self.0.state).waiters -= 1;
+    }
+}
+
+impl PlainMarks {
+    /// Plain message `id`'s status and whether it is terminal.
+    fn get(&self, id: MessageId) -> (SendStatus, bool) {
+        let st = crate::util::lock(&self.state);
+        let i = st.settled.partition_point(|(end, _)| *end <= id);
+        if let Some((_, status)) = st.settled.get(i) {
+            return (status.clone(), true);
+        }
+        if id < st.sent {
+            (SendStatus::Sent, false)
+        } else {
+            (SendStatus::Queued, false)
+        }
+    }
+
+    /// Every plain message below `end` (and not settled before) is now `status` (terminal),
+    /// or written (`Sent`, not terminal). Marks only move forward.
+    pub(crate) fn advance(&self, end: MessageId, status: SendStatus, terminal: bool) {
+        let waiters = {
+            let mut st = crate::util::lock(&self.state);
+            if terminal {
+                let settled_end = st.settled.last().map_or(0, |(e, _)| *e);
+                if end <= settled_end {
+                    return;
+                }
+                match st.settled.last_mut() {
+                    Some((e, s)) if *s == status => *e = end,
+                    _ => st.settled.push((end, status)),
+                }
+            } else {
+                if end <= st.sent {
+                    return;
+                }
+                st.sent = end;
+            }
+            st.waiters
+        };
+        if waiters > 0 {
+            self.changed.notify_waiters();
+        }
+    }
+
+    async fn wait_for(
+        &self,
+        id: MessageId,
+        done: impl Fn(&(SendStatus, bool)) -> bool,
+    ) -> SendStatus {
+        crate::util::lock(&self.state).waiters += 1;
+        let _waiting = WaitingMarks(self);
+        crate::util::until(&self.changed, || {
+            let state = self.get(id);
+            done(&state).then_some(state.0)
+        })
+        .await
+    }
+}
+
+/// Where a [`SendHandle`] reads its message's status.
+#[derive(Debug, Clone)]
+pub(crate) enum Tracker {
+    /// The message's own cell.
+    Cell(Arc<StatusCell>),
+    /// The carrier's marks of its plain messages.
+    Plain(Arc<PlainMarks>),
+}
+
+impl Tracker {
+    fn get(&self, id: MessageId) -> (SendStatus, bool) {
+        match self {
+            Tracker::Cell(cell) => cell.get(),
+            Tracker::Plain(marks) => marks.get(id),
+        }
+    }
+
+    async fn wait_for(
+        &self,
+        id: MessageId,
+        done: impl Fn(&(SendStatus, bool)) -> bool,
+    ) -> SendStatus {
+        match self {
+            Tracker::Cell(cell) => cell.wait_for(done).await,
+            Tracker::Plain(marks) => marks.wait_for(id, done).await,
+        }
+    }
+}
+
 /// The sender's view of one message: its id and its per-message events. Dropping the handle
 /// does not affect the message.
 #[derive(Debug, Clone)]
 pub struct SendHandle {
     pub(crate) id: MessageId,
-    pub(crate) status: Arc<StatusCell>,
+    pub(crate) status: Tracker,
 }
 
 impl SendHandle {
@@ -315,21 +434,25 @@ impl SendHandle {
 
     /// The status now.
     pub fn status(&self) -> SendStatus {
-        self.status.get().0
+        self.status.get(self.id).0
     }
 
     /// Waits for the terminal outcome: exactly one of `Acked` (reliable), `Sent`
     /// (unreliable), `Expired` or `Failed`. (A carrier that is dropped settles every message
     /// it holds as `Failed`.)
     pub async fn outcome(&self) -> SendStatus {
-        self.status.wait_for(|(_, terminal)| *terminal).await
+        self.status
+            .wait_for(self.id, |(_, terminal)| *terminal)
+            .await
     }
 
     /// Waits until the message has been handed to the transport (or settled otherwise);
     /// returns the status then.
     pub async fn sent(&self) -> SendStatus {
         self.status
-            .wait_for(|(s, terminal)| *terminal || *s != SendStatus::Queued)
+            .wait_for(self.id, |(s, terminal)| {
+                *terminal || *s != SendStatus::Queued
+            })
             .await
     }
 }

@@ -15,7 +15,7 @@
 //! `BTreeSet`) so the order of events never depends on hashing, and time comes from `tokio::time` only: the outbox behaves identically in the
 //! simulator for a given seed.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use super::inline::Driven;
 use super::seqmap::{LaneSet, SeqMap};
-use crate::message::{MessageProperties, SendHandle, SendStatus, StatusCell};
+use crate::message::{MessageProperties, PlainMarks, SendHandle, SendStatus, StatusCell, Tracker};
 use crate::ConfigError;
 use crate::{Error, MessageId, Result};
 
@@ -53,6 +53,8 @@ pub(crate) struct Item {
     pub props: Arc<MessageProperties>,
     pub deadline: Option<Instant>,
     seq: u64,
+    /// A plain message's (its status is the carrier's [`PlainMarks`], not a cell).
+    pub plain: bool,
     _permit: Option<OwnedSemaphorePermit>,
 }
 
@@ -68,6 +70,7 @@ impl Item {
             props: self.props.clone(),
             deadline: self.deadline,
             seq: self.seq,
+            plain: self.plain,
             _permit: None,
         }
     }
@@ -100,6 +103,7 @@ impl Item {
             props: self.props.clone(),
             deadline: self.deadline,
             seq: self.seq,
+            plain: self.plain,
             _permit: self._permit.take(),
         })
     }
@@ -147,6 +151,12 @@ struct State {
     /// Send-buffer space of items a stream writer has taken, not yet given back (see
     /// [`Outbox::take_while`]).
     freed: Option<OwnedSemaphorePermit>,
+    /// Plain messages may be queued in `lane` (a stream carrier's outbox).
+    lane_on: bool,
+    /// Queued plain messages, in id order (docs/PERFORMANCE-PLAN.md, step 2): no `Live`
+    /// entry, no ready entry, no cell. Only while `items` is empty does a plain message join
+    /// it, so every item here is older than every item in `items`.
+    lane: VecDeque<Item>,
 }
 
 /// Decides whether handing an antecedent to the transport already guarantees it is delivered
@@ -166,6 +176,8 @@ pub(crate) struct Outbox {
     order_rule: Mutex<OrderRule>,
     /// The sending loop, when a queueing thread may run it (see `inline.rs`).
     inline: Mutex<Option<Arc<Driven>>>,
+    /// The statuses of the plain messages ([`State::lane`]).
+    marks: Arc<PlainMarks>,
 }
 
 impl Outbox {
@@ -180,6 +192,7 @@ impl Outbox {
             one_way: Mutex::new(Duration::ZERO),
             order_rule: Mutex::new(order_rule),
             inline: Mutex::new(None),
+            marks: Arc::new(PlainMarks::default()),
         })
     }
 
@@ -270,15 +283,7 @@ impl Outbox {
         } else {
             None
         };
-        // Most messages carry the same properties as the one before: they share its copy.
-        let props = match &st.last_props {
-            Some(last) if **last == props => last.clone(),
-            _ => {
-                let props = Arc::new(props);
-                st.last_props = Some(props.clone());
-                props
-            }
-        };
+        let props = Self::share_props(st, props);
         st.live.insert(
             id,
             Live {
@@ -292,7 +297,80 @@ impl Outbox {
                 prev_ordered,
             },
         );
-        Ok((SendHandle { id, status: cell }, props))
+        Ok((
+            SendHandle {
+                id,
+                status: Tracker::Cell(cell),
+            },
+            props,
+        ))
+    }
+
+    /// Most messages carry the same properties as the one before: they share its copy.
+    fn share_props(st: &mut State, props: MessageProperties) -> Arc<MessageProperties> {
+        match &st.last_props {
+            Some(last) if **last == props => last.clone(),
+            _ => {
+                let props = Arc::new(props);
+                st.last_props = Some(props.clone());
+                props
+            }
+        }
+    }
+
+    /// Lets plain messages queue in the lane (a stream carrier's writer takes this outbox).
+    pub(crate) fn set_lane(&self, on: bool) {
+        self.lock().lane_on = on;
+    }
+
+    /// Whether a whole message with `props` queued now is plain ([`State::lane`]).
+    fn plain_now(st: &State, props: &MessageProperties, deadline: Option<Instant>) -> bool {
+        st.lane_on
+            && !st.closed
+            && st.items.is_empty()
+            && props.reliable
+            && props.ordered
+            && props.antecedents.is_empty()
+            && props.lifetime.is_none()
+            && deadline.is_none()
+            && !props.idempotent
+    }
+
+    /// Queues a plain message in the lane; its handle reads the carrier's marks.
+    fn send_plain(
+        &self,
+        mut st: MutexGuard<'_, State>,
+        props: MessageProperties,
+        data: Bytes,
+        permit: OwnedSemaphorePermit,
+    ) -> SendHandle {
+        let id = st.next_id;
+        st.next_id += 1;
+        st.last_ordered = Some(id);
+        let props = Self::share_props(&mut st, props);
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        let was_idle = st.ready.is_empty() && st.lane.is_empty();
+        st.lane.push_back(Item {
+            id,
+            offset: 0,
+            data,
+            fin: true,
+            abort: false,
+            props,
+            deadline: None,
+            seq,
+            plain: true,
+            _permit: Some(permit),
+        });
+        drop(st);
+        if was_idle {
+            self.wake_sender();
+        }
+        SendHandle {
+            id,
+            status: Tracker::Plain(self.marks.clone()),
+        }
     }
 
     /// [`open`](Self::open) and [`push`](Self::push) of a whole message, under one lock.
@@ -304,6 +382,9 @@ impl Outbox {
         deadline: Option<Instant>,
     ) -> Result<SendHandle> {
         let mut st = self.lock();
+        if Self::plain_now(&st, &props, deadline) {
+            return Ok(self.send_plain(st, props, data, permit));
+        }
         let (handle, props) = Self::open_locked(&mut st, props)?;
         self.push_locked(
             st,
@@ -360,6 +441,7 @@ impl Outbox {
             props: props.clone(),
             deadline,
             seq,
+            plain: false,
             _permit: permit,
         };
         if let Some(d) = deadline {
@@ -375,7 +457,7 @@ impl Outbox {
             Eligible::Yes => {
                 // Only the first ready item wakes the transient: while the set is not
                 // empty, it has not gone to sleep (it takes everything ready before it does).
-                let was_empty = st.ready.is_empty();
+                let was_empty = st.ready.is_empty() && st.lane.is_empty();
                 st.ready.insert((niceness, seq));
                 if fin {
                     self.fin_now_ready(&mut st, id, seq);
@@ -435,6 +517,15 @@ impl Outbox {
                 if !prev.dispatched && !goes_first {
                     return Eligible::No(p);
                 }
+            } else if let Some(prev) = Self::in_lane(st, p) {
+                // A plain predecessor not handed over yet: whole and ready at its seq, and
+                // not idempotent.
+                let sorts_after = me.first_seq.is_some_and(|first| {
+                    (prev.props.niceness, prev.seq) < (me.props.niceness, first)
+                });
+                if !sorts_after || me.props.idempotent {
+                    return Eligible::No(p);
+                }
             }
         }
         for &a in &me.props.antecedents {
@@ -446,9 +537,53 @@ impl Outbox {
                 if !(ante.dispatched && rule(&ante.props, &me.props)) {
                     return Eligible::No(a);
                 }
+            } else if Self::in_lane(st, a).is_some() {
+                return Eligible::No(a);
             }
         }
         Eligible::Yes
+    }
+
+    /// Plain message `id`, if it is still in the lane (not handed over yet). Absent from
+    /// `live`, a message is settled or plain: the lane tells which of the two is waited for.
+    fn in_lane(st: &State, id: MessageId) -> Option<&Item> {
+        let i = st.lane.partition_point(|item| item.id < id);
+        st.lane.get(i).filter(|item| item.id == id)
+    }
+
+    /// Which goes next of the lane's head and `ready` (a key of the ready set): the smaller
+    /// `(niceness, seq)`.
+    fn pick(st: &State, ready: Option<(u32, u64)>, lane_wanted: bool) -> Option<Pick> {
+        let lane = st
+            .lane
+            .front()
+            .filter(|_| lane_wanted)
+            .map(|i| (i.props.niceness, i.seq));
+        match (lane, ready) {
+            (Some(l), Some(r)) if r < l => Some(Pick::Ready(r)),
+            (Some(_), _) => Some(Pick::Lane),
+            (None, r) => r.map(Pick::Ready),
+        }
+    }
+
+    fn take(&self, st: &mut State, pick: Pick, max_len: usize) -> Option<Item> {
+        match pick {
+            Pick::Lane => self.take_lane(st, max_len),
+            Pick::Ready(key) => self.take_ready(st, key, max_len),
+        }
+    }
+
+    /// The lane's head, at most `max_len` bytes of it (the rest keeps its place).
+    fn take_lane(&self, st: &mut State, max_len: usize) -> Option<Item> {
+        let head = st.lane.front_mut()?;
+        let item = match head.split_rest(max_len.max(1)) {
+            Some(rest) => std::mem::replace(head, rest),
+            None => st.lane.pop_front()?,
+        };
+        if item.fin {
+            self.wake_waiters(st, item.id);
+        }
+        Some(item)
     }
 
     /// The next item to hand to the transient, at most `max_len` bytes of it (the rest keeps
@@ -485,12 +620,18 @@ impl Outbox {
         self.expire_due(&mut st);
         let mut room = room;
         while room > 0 {
-            let Some(&key) = st.ready.first() else { break };
-            let fits = st.items.get(key.1).is_none_or(|i| i.data.len() <= room);
+            let Some(pick) = Self::pick(&st, st.ready.first().copied(), true) else {
+                break;
+            };
+            let len = match pick {
+                Pick::Lane => st.lane.front().map(|i| i.data.len()),
+                Pick::Ready((_, seq)) => st.items.get(seq).map(|i| i.data.len()),
+            };
+            let fits = len.is_none_or(|len| len <= room);
             if !fits && room < CUT_FROM {
                 break;
             }
-            let Some(mut item) = self.take(&mut st, key, room) else {
+            let Some(mut item) = self.take(&mut st, pick, room) else {
                 continue;
             };
             if let Some(p) = item._permit.take() {
@@ -539,11 +680,14 @@ impl Outbox {
     }
 
     /// The first ready item of a message whose properties satisfy `wanted`.
-    fn first_wanted(st: &State, wanted: impl Fn(&MessageProperties) -> bool) -> Option<(u32, u64)> {
-        st.ready
+    fn first_wanted(st: &State, wanted: impl Fn(&MessageProperties) -> bool) -> Option<Pick> {
+        let ready = st
+            .ready
             .iter()
             .find(|(_, seq)| st.items.get(*seq).is_some_and(|i| wanted(&i.props)))
-            .copied()
+            .copied();
+        let lane_wanted = st.lane.front().is_some_and(|i| wanted(&i.props));
+        Self::pick(st, ready, lane_wanted)
     }
 
     /// Like [`next`](Self::next), but only items of messages whose properties satisfy
@@ -559,7 +703,7 @@ impl Outbox {
                 self.expire_due(&mut st);
                 let out = match Self::first_wanted(&st, &wanted) {
                     Some(key) => return Some(self.take(&mut st, key, max_len)),
-                    None if st.closed && st.items.is_empty() => Some(None),
+                    None if st.closed && st.items.is_empty() && st.lane.is_empty() => Some(None),
                     None => None,
                 };
                 // Nothing ready: what a stream writer took is all on its way (take_while).
@@ -569,7 +713,12 @@ impl Outbox {
             .await
     }
 
-    fn take(&self, st: &mut State, (niceness, seq): (u32, u64), max_len: usize) -> Option<Item> {
+    fn take_ready(
+        &self,
+        st: &mut State,
+        (niceness, seq): (u32, u64),
+        max_len: usize,
+    ) -> Option<Item> {
         let Some(queued) = st.items.get_mut(seq) else {
             st.ready.remove(&(niceness, seq));
             return None;
@@ -602,7 +751,8 @@ impl Outbox {
 
     /// Whether nothing is ready to send right now (a stream transport flushes then).
     pub(crate) fn idle(&self) -> bool {
-        self.lock().ready.is_empty()
+        let st = self.lock();
+        st.ready.is_empty() && st.lane.is_empty()
     }
 
     /// Records a message's progress. A terminal status settles it: its permits are already
@@ -623,6 +773,17 @@ impl Outbox {
         let mut st = self.lock();
         for id in ids {
             self.update_locked(&mut st, id, status(), terminal);
+        }
+    }
+
+    /// [`update_all`](Self::update_all) for what a stream transport wrote or had
+    /// acknowledged: the plain messages' marks move in one step.
+    pub(crate) fn settle(&self, fins: Fins, status: impl Fn() -> SendStatus, terminal: bool) {
+        if !fins.ids.is_empty() {
+            self.update_all(fins.ids, &status, terminal);
+        }
+        if let Some(last) = fins.plain {
+            self.marks.advance(last + 1, status(), terminal);
         }
     }
 
@@ -690,6 +851,7 @@ impl Outbox {
                     props: live.props.clone(),
                     deadline: None,
                     seq,
+                    plain: false,
                     _permit: None,
                 },
             );
@@ -836,7 +998,7 @@ impl Outbox {
             live.parts.push(seq);
         }
         st.items.insert(seq, item);
-        let was_empty = st.ready.is_empty();
+        let was_empty = st.ready.is_empty() && st.lane.is_empty();
         st.ready.insert((0, seq));
         drop(st);
         if was_empty {
@@ -869,6 +1031,10 @@ impl Outbox {
         st.blocked.clear();
         st.waiting.clear();
         st.deadlines.clear();
+        // Every plain message not settled yet, queued or written.
+        st.lane.clear();
+        self.marks
+            .advance(st.next_id, SendStatus::Failed(reason.to_string()), true);
         drop(st);
         self.permits.close();
         self.wake.notify();
@@ -879,6 +1045,32 @@ impl Outbox {
     #[cfg(test)]
     fn settled(&self, id: MessageId) -> bool {
         !self.lock().live.contains_key(id)
+    }
+}
+
+/// What goes next: the lane's head or an item of the ready set.
+#[derive(Debug, Clone, Copy)]
+enum Pick {
+    Lane,
+    Ready((u32, u64)),
+}
+
+/// The messages a transport wrote whole (or the peer acknowledged), in order: those with a
+/// cell of their own by id, and the last plain one (plain messages go in id order, so it
+/// stands for every plain one before it).
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Fins {
+    pub(crate) ids: Vec<MessageId>,
+    pub(crate) plain: Option<MessageId>,
+}
+
+impl Fins {
+    pub(crate) fn push(&mut self, id: MessageId, plain: bool) {
+        if plain {
+            self.plain = Some(id);
+        } else {
+            self.ids.push(id);
+        }
     }
 }
 
@@ -1265,6 +1457,175 @@ mod tests {
         assert!(o.buffered() >= 900);
         drop(p);
         assert!(o.try_reserve(100).is_ok());
+    }
+
+    /// A whole message queued as `Carrier::send` queues it.
+    fn send_whole(o: &Outbox, data: &'static [u8], props: MessageProperties) -> SendHandle {
+        let permit = o.try_reserve(data.len()).expect("room");
+        o.send(props, Bytes::from_static(data), permit, None)
+            .expect("send")
+    }
+
+    fn is_plain(h: &SendHandle) -> bool {
+        matches!(h.status, Tracker::Plain(_))
+    }
+
+    /// What a stream writer reports after writing `items` whole.
+    fn fins(items: &[&Item]) -> Fins {
+        let mut f = Fins::default();
+        for i in items {
+            f.push(i.id, i.plain);
+        }
+        f
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn plain_messages_read_their_status_from_marks_written_and_acknowledged_in_order() {
+        let o = Outbox::new(1 << 20, any_order);
+        // Off until a stream writer takes the outbox: every message has a cell.
+        assert!(!is_plain(&send_whole(
+            &o,
+            b"x",
+            MessageProperties::default()
+        )));
+        let x = o.next(usize::MAX).await.expect("x");
+        o.update(x.id, SendStatus::Acked, true);
+        o.set_lane(true);
+        let a = send_whole(&o, b"a", MessageProperties::default());
+        let b = send_whole(&o, b"b", MessageProperties::default());
+        let c = send_whole(&o, b"c", MessageProperties::default());
+        assert!(is_plain(&a) && is_plain(&b) && is_plain(&c));
+        assert_eq!(a.status(), SendStatus::Queued);
+        let ia = o.next(usize::MAX).await.expect("a");
+        let ib = o.next(usize::MAX).await.expect("b");
+        assert_eq!((ia.data.as_ref(), ib.data.as_ref()), (&b"a"[..], &b"b"[..]));
+        o.settle(fins(&[&ia, &ib]), || SendStatus::Sent, false);
+        assert_eq!(
+            (a.status(), b.status()),
+            (SendStatus::Sent, SendStatus::Sent)
+        );
+        assert_eq!(c.status(), SendStatus::Queued);
+        assert_eq!(b.sent().await, SendStatus::Sent);
+        // One ACK settles a; waiters on b are woken by the next.
+        o.settle(fins(&[&ia]), || SendStatus::Acked, true);
+        assert_eq!(a.outcome().await, SendStatus::Acked);
+        assert_eq!(b.status(), SendStatus::Sent);
+        let waiter = {
+            let b = b.clone();
+            tokio::spawn(async move { b.outcome().await })
+        };
+        tokio::task::yield_now().await;
+        o.settle(fins(&[&ib]), || SendStatus::Acked, true);
+        assert_eq!(waiter.await.expect("waiter"), SendStatus::Acked);
+        // An earlier or repeated settlement moves nothing back.
+        o.settle(fins(&[&ia]), || SendStatus::Failed("late".into()), true);
+        assert_eq!(a.status(), SendStatus::Acked);
+        // The carrier ends: c, still queued, fails; a and b keep their outcomes.
+        o.fail_all("gone");
+        assert_eq!(c.outcome().await, SendStatus::Failed("gone".into()));
+        assert_eq!(b.status(), SendStatus::Acked);
+        assert!(o.next(usize::MAX).await.is_none(), "the lane was emptied");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_lane_keeps_niceness_order_and_what_waits_for_a_plain_message() {
+        let o = Outbox::new(1 << 20, any_order);
+        o.set_lane(true);
+        let plain5 = MessageProperties {
+            niceness: 5,
+            ..Default::default()
+        };
+        let a = send_whole(&o, b"a", plain5.clone());
+        let b = send_whole(&o, b"b", plain5.clone());
+        assert!(is_plain(&a) && is_plain(&b));
+        // Unordered and more urgent: overtakes the lane.
+        let u = send_whole(&o, b"u", nice(0));
+        // Ordered but idempotent: not plain, and never before its ordered predecessor b.
+        let i = send_whole(
+            &o,
+            b"i",
+            MessageProperties {
+                idempotent: true,
+                ..Default::default()
+            },
+        );
+        // Waits for b to be handed over (one byte stream: handing over is enough).
+        let d = send_whole(
+            &o,
+            b"d",
+            MessageProperties {
+                antecedents: vec![b.id()],
+                ordered: false,
+                ..Default::default()
+            },
+        );
+        // The general queue is not empty: a message that would be plain gets a cell.
+        let e = send_whole(&o, b"e", plain5);
+        assert!(!is_plain(&u) && !is_plain(&i) && !is_plain(&d) && !is_plain(&e));
+        o.close();
+        let mut got = Vec::new();
+        while let Some(item) = o.next(usize::MAX).await {
+            got.push(String::from_utf8(item.data.to_vec()).expect("utf8"));
+        }
+        assert_eq!(got, ["u", "a", "b", "i", "d", "e"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_writer_s_batch_takes_from_the_lane_and_the_queue_in_order_and_cuts_a_long_head() {
+        let o = Outbox::new(1 << 20, any_order);
+        o.set_lane(true);
+        let long: &'static [u8] = &[7u8; 10_000];
+        let a = send_whole(
+            &o,
+            long,
+            MessageProperties {
+                niceness: 5,
+                ..Default::default()
+            },
+        );
+        send_whole(&o, b"u", nice(0));
+        let mut got = Vec::new();
+        o.take_while(None, 6_000, |item| {
+            got.push((item.id, item.data.len(), item.fin, item.plain));
+            if got.len() == 1 {
+                6_000
+            } else {
+                0
+            }
+        });
+        // The urgent unordered message, then the first 6,000 bytes of the plain one.
+        assert_eq!(got, [(1, 1, true, false), (a.id(), 6_000, false, true)]);
+        let rest = o.next(usize::MAX).await.expect("the rest");
+        assert_eq!(
+            (rest.id, rest.data.len(), rest.fin, rest.plain),
+            (a.id(), 4_000, true, true)
+        );
+    }
+
+    #[test]
+    fn marks_are_segments_that_only_move_forward() {
+        let m = PlainMarks::default();
+        m.advance(3, SendStatus::Sent, false);
+        m.advance(2, SendStatus::Acked, true);
+        m.advance(4, SendStatus::Acked, true);
+        m.advance(6, SendStatus::Sent, true);
+        m.advance(5, SendStatus::Failed("x".into()), true);
+        m.advance(9, SendStatus::Failed("y".into()), true);
+        let marks = Arc::new(m);
+        let status = |id| {
+            SendHandle {
+                id,
+                status: Tracker::Plain(marks.clone()),
+            }
+            .status()
+        };
+        assert_eq!(status(0), SendStatus::Acked);
+        assert_eq!(status(3), SendStatus::Acked);
+        assert_eq!(status(4), SendStatus::Sent);
+        assert_eq!(status(5), SendStatus::Sent);
+        assert_eq!(status(6), SendStatus::Failed("y".into()));
+        assert_eq!(status(8), SendStatus::Failed("y".into()));
+        assert_eq!(status(9), SendStatus::Queued);
     }
 
     #[tokio::test(start_paused = true)]

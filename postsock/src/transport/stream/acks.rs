@@ -33,6 +33,8 @@ struct SentFrame {
     at: Instant,
     /// The message it completes, if it carried FIN.
     fin: Option<MessageId>,
+    /// That message is plain (its status is the outbox's marks).
+    plain: bool,
     /// Its bytes (header and payload), kept by resumable carriers.
     bytes: Option<([u8; HEADER_LEN], Bytes)>,
 }
@@ -41,7 +43,7 @@ struct SentFrame {
 #[derive(Debug, Default, PartialEq)]
 pub(super) struct Settled {
     /// Messages now wholly acknowledged, in the order they were written.
-    pub(super) acked: Vec<MessageId>,
+    pub(super) acked: Fins,
     /// The new (smoothed, minimum) RTT, when the ACK gave a sample.
     pub(super) rtt: Option<(Duration, Duration)>,
 }
@@ -114,7 +116,7 @@ impl AckWindow {
     ) {
         let fin = (item.fin && !item.abort).then_some(item.id);
         let bytes = keep.then(|| (*header, item.data.clone()));
-        self.written(now, item.data.len(), fin, bytes);
+        self.push_frame(now, item.data.len(), (fin, item.plain), bytes);
     }
 
     /// Whether nothing written waits for an acknowledgement any more.
@@ -140,11 +142,23 @@ impl AckWindow {
 
     /// A frame of `len` payload bytes was written at `now`; `fin` is the message it completes;
     /// `bytes` its header and payload when they must be kept for a continuation.
+    #[cfg(test)]
     pub(super) fn written(
         &mut self,
         now: Instant,
         len: usize,
         fin: Option<MessageId>,
+        bytes: Option<([u8; HEADER_LEN], Bytes)>,
+    ) {
+        self.push_frame(now, len, (fin, false), bytes);
+    }
+
+    /// [`written`](Self::written), with whether the message it completes is plain.
+    fn push_frame(
+        &mut self,
+        now: Instant,
+        len: usize,
+        (fin, plain): (Option<MessageId>, bool),
         bytes: Option<([u8; HEADER_LEN], Bytes)>,
     ) {
         // The first delivery-rate sample counts from the first write, so it comes with the
@@ -155,6 +169,7 @@ impl AckWindow {
             end: self.written,
             at: now,
             fin,
+            plain,
             bytes,
         });
     }
@@ -179,7 +194,9 @@ impl AckWindow {
                 break;
             }
             newest = Some(f.at);
-            out.acked.extend(f.fin);
+            if let Some(id) = f.fin {
+                out.acked.push(id, f.plain);
+            }
             self.frames.pop_front();
         }
         self.acked = acked;
@@ -206,9 +223,15 @@ impl AckWindow {
     }
 
     /// The peer will send no more ACKs: returns the messages written and not acknowledged.
-    pub(super) fn peer_done(&mut self) -> Vec<MessageId> {
+    pub(super) fn peer_done(&mut self) -> Fins {
         self.peer_done = true;
-        self.frames.drain(..).filter_map(|f| f.fin).collect()
+        let mut out = Fins::default();
+        for f in self.frames.drain(..) {
+            if let Some(id) = f.fin {
+                out.push(id, f.plain);
+            }
+        }
+        out
     }
 
     /// A new transient continues the carrier at `now`: forgets the old path's estimates and
@@ -263,7 +286,7 @@ impl Acks {
     pub(super) fn acknowledge(&self, acked: u64, outbox: &Outbox) -> Result<()> {
         let mut st = self.lock();
         let settled = st.acknowledge(Instant::now(), acked)?;
-        outbox.update_all(settled.acked, || SendStatus::Acked, true);
+        outbox.settle(settled.acked, || SendStatus::Acked, true);
         if let Some((srtt, min_rtt)) = settled.rtt {
             outbox.set_rtt(srtt, min_rtt);
         }
@@ -284,7 +307,7 @@ impl Acks {
 
     fn end(&self, outbox: &Outbox, status: impl Fn() -> SendStatus) {
         let mut st = self.lock();
-        outbox.update_all(st.peer_done(), status, true);
+        outbox.settle(st.peer_done(), status, true);
         drop(st);
         self.changed.notify_waiters();
     }
@@ -314,13 +337,13 @@ mod tests {
         w.written(ms(t0, 10), 49, Some(2), None); // ..250
                                                   // Half of message 1: nothing settles, but an RTT sample comes.
         let s = w.acknowledge(ms(t0, 40), 100).expect("in range");
-        assert_eq!(s.acked, Vec::<MessageId>::new());
+        assert_eq!(s.acked.ids, Vec::<MessageId>::new());
         assert_eq!(
             s.rtt,
             Some((Duration::from_millis(40), Duration::from_millis(40)))
         );
         let s = w.acknowledge(ms(t0, 60), 250).expect("in range");
-        assert_eq!(s.acked, vec![1, 2]);
+        assert_eq!(s.acked.ids, vec![1, 2]);
         // srtt = (7 × 40 + 50) / 8; min RTT stays 40.
         let srtt = (Duration::from_millis(40) * 7 + Duration::from_millis(50)) / 8;
         assert_eq!(s.rtt, Some((srtt, Duration::from_millis(40))));
@@ -405,8 +428,8 @@ mod tests {
         assert_eq!(w.srtt(), None);
         // The resent frame's RTT counts from the restart.
         let s = w.acknowledge(ms(t0, 150), 4).expect("in range");
-        assert_eq!(s.acked, vec![2]);
+        assert_eq!(s.acked.ids, vec![2]);
         assert_eq!(s.rtt.map(|r| r.0), Some(Duration::from_millis(50)));
-        assert_eq!(w.peer_done(), Vec::<MessageId>::new());
+        assert_eq!(w.peer_done(), Fins::default());
     }
 }

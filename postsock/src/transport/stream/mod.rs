@@ -20,7 +20,7 @@ use super::framing::{
 use super::{tls, EventTx, KeptWait};
 use crate::message::{MessageProperties, SendStatus};
 use crate::net::{ByteStream, Net};
-use crate::transport::outbox::{Item, Outbox};
+use crate::transport::outbox::{Fins, Item, Outbox};
 use crate::{Configuration, Error, Event, MessageId, Protocol, Result};
 use crate::{ConnectionError, Violation};
 
@@ -335,6 +335,8 @@ impl StreamCore {
             idle,
         );
         self.outbox.set_inline(inline);
+        // One ordered byte stream: plain messages may queue in the outbox's lane.
+        self.outbox.set_lane(true);
         let core = self.clone();
         let reader = tokio::spawn(async move {
             let end = read_messages(read_half, &core, ack_tx, stopped, entry).await;

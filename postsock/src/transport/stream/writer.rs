@@ -226,7 +226,7 @@ fn append(
     batch: &mut Batch,
     item: &Item,
     (acks, keep, now): (&mut AckWindow, bool, Instant),
-    sent_fins: &mut Vec<MessageId>,
+    sent_fins: &mut Fins,
 ) -> bool {
     let mut header = frame_header(item);
     if acks.fills_window(item.data.len()) {
@@ -239,7 +239,7 @@ fn append(
     batch.extend_from_slice(&header);
     batch.push(&item.data);
     if item.fin && !item.abort {
-        sent_fins.push(item.id);
+        sent_fins.push(item.id, item.plain);
     }
     item.props.immediate
 }
@@ -311,7 +311,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
     }
     let mut flush = !batch.is_empty();
     let mut carries_data = false;
-    let mut sent_fins = Vec::new();
+    let mut sent_fins = Fins::default();
     // The items of the batch being gathered (kept for its allocation).
     let mut gathered: Vec<Item> = Vec::new();
     if let Some(start) = early {
@@ -361,7 +361,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
         }
         batch.clear();
         flush = false;
-        outbox.update_all(std::mem::take(&mut sent_fins), || SendStatus::Sent, false);
+        outbox.settle(std::mem::take(&mut sent_fins), || SendStatus::Sent, false);
     }
     loop {
         if batch.is_empty() && !flush {
@@ -512,7 +512,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
         if *ack_rx.borrow() > ack_sent {
             ack_rx.mark_changed();
         }
-        outbox.update_all(std::mem::take(&mut sent_fins), || SendStatus::Sent, false);
+        outbox.settle(std::mem::take(&mut sent_fins), || SendStatus::Sent, false);
     }
     // The peer's last messages are acknowledged before we go, so that they end acked, not
     // merely sent, at the peer.
