@@ -223,46 +223,70 @@ impl SendStatus {
     }
 }
 
-/// The shared state behind a [`SendHandle`]: the status and whether it is terminal.
-#[derive(Debug)]
-pub(crate) struct StatusCell {
-    state: Mutex<CellState>,
+/// A state tasks can wait on: behind a mutex, with a count of the tasks waiting, so that a
+/// change with nobody waiting wakes nobody and costs no notification (most send handles are
+/// never awaited).
+#[derive(Debug, Default)]
+struct Watched<T> {
+    state: Mutex<(T, usize)>,
     changed: Notify,
 }
 
-#[derive(Debug)]
-struct CellState {
-    status: SendStatus,
-    terminal: bool,
-    /// Tasks in `wait_for`: with none, a change wakes nobody and costs no notification
-    /// (most handles are never awaited).
-    waiters: usize,
-}
+/// Counts a task in [`Watched::wait_for`] while it waits (also when its future is dropped).
+struct Waiting<'a, T>(&'a Watched<T>);
 
-/// Counts a task in `wait_for` while it waits (also when its future is dropped).
-struct Waiting<'a>(&'a StatusCell);
-
-impl Drop for Waiting<'_> {
+impl<T> Drop for Waiting<'_, T> {
     fn drop(&mut self) {
-        crate::util::lock(&self.0.state).waiters -= 1;
+        crate::util::lock(&self.0.state).1 -= 1;
     }
 }
+
+impl<T> Watched<T> {
+    fn new(state: T) -> Self {
+        Watched {
+            state: Mutex::new((state, 0)),
+            changed: Notify::new(),
+        }
+    }
+
+    fn read<R>(&self, f: impl FnOnce(&T) -> R) -> R {
+        f(&crate::util::lock(&self.state).0)
+    }
+
+    /// Changes the state (`change` says whether it did) and wakes the waiters, if any. A
+    /// waiter counts itself under the lock before its first look at the state: if it is not
+    /// counted yet, that look sees the change.
+    fn update(&self, change: impl FnOnce(&mut T) -> bool) {
+        let waiters = {
+            let mut state = crate::util::lock(&self.state);
+            if !change(&mut state.0) {
+                return;
+            }
+            state.1
+        };
+        if waiters > 0 {
+            self.changed.notify_waiters();
+        }
+    }
+
+    async fn wait_for<R>(&self, check: impl Fn(&T) -> Option<R>) -> R {
+        crate::util::lock(&self.state).1 += 1;
+        let _waiting = Waiting(self);
+        crate::util::until(&self.changed, || self.read(&check)).await
+    }
+}
+
+/// The shared state behind a [`SendHandle`]: the status and whether it is terminal.
+#[derive(Debug)]
+pub(crate) struct StatusCell(Watched<(SendStatus, bool)>);
 
 impl StatusCell {
     pub(crate) fn new() -> Arc<Self> {
-        Arc::new(StatusCell {
-            state: Mutex::new(CellState {
-                status: SendStatus::Queued,
-                terminal: false,
-                waiters: 0,
-            }),
-            changed: Notify::new(),
-        })
+        Arc::new(StatusCell(Watched::new((SendStatus::Queued, false))))
     }
 
     fn get(&self) -> (SendStatus, bool) {
-        let state = crate::util::lock(&self.state);
-        (state.status.clone(), state.terminal)
+        self.0.read(Clone::clone)
     }
 
     /// Sets the status; a terminal status is final. With no handle left (the outbox holds
@@ -272,30 +296,19 @@ impl StatusCell {
         if Arc::strong_count(self) == 1 {
             return;
         }
-        let waiters = {
-            let mut state = crate::util::lock(&self.state);
-            if state.terminal {
-                return;
+        self.0.update(|state| {
+            if state.1 {
+                return false;
             }
-            state.status = status;
-            state.terminal = terminal;
-            state.waiters
-        };
-        // A waiter counted itself under the lock before its first look at the status: if
-        // it is not counted yet, that look sees the status just set.
-        if waiters > 0 {
-            self.changed.notify_waiters();
-        }
+            *state = (status, terminal);
+            true
+        });
     }
 
     async fn wait_for(&self, done: impl Fn(&(SendStatus, bool)) -> bool) -> SendStatus {
-        crate::util::lock(&self.state).waiters += 1;
-        let _waiting = Waiting(self);
-        crate::util::until(&self.changed, || {
-            let state = self.get();
-            done(&state).then_some(state.0)
-        })
-        .await
+        self.0
+            .wait_for(|state| done(state).then(|| state.0.clone()))
+            .await
     }
 }
 
@@ -310,68 +323,53 @@ impl StatusCell {
 /// A mark only ever covers plain messages: a message with a cell of its own inside a
 /// segment's range is never read through it.
 #[derive(Debug, Default)]
-pub(crate) struct PlainMarks {
-    state: Mutex<MarksState>,
-    changed: Notify,
-}
+pub(crate) struct PlainMarks(Watched<MarksState>);
 
 #[derive(Debug, Default)]
 struct MarksState {
     sent: MessageId,
     settled: Vec<(MessageId, SendStatus)>,
-    /// Tasks in `wait_for` (as [`StatusCell`] counts them).
-    waiters: usize,
 }
 
-/// Counts a task in [`PlainMarks::wait_for`] while it waits.
-struct WaitingMarks<'a>(&'a PlainMarks);
-
-impl Drop for WaitingMarks<'_> {
-    fn drop(&mut self) {
-        crate::util::lock(&self.0.state).waiters -= 1;
-    }
-}
-
-impl PlainMarks {
+impl MarksState {
     /// Plain message `id`'s status and whether it is terminal.
     fn get(&self, id: MessageId) -> (SendStatus, bool) {
-        let st = crate::util::lock(&self.state);
-        let i = st.settled.partition_point(|(end, _)| *end <= id);
-        if let Some((_, status)) = st.settled.get(i) {
+        let i = self.settled.partition_point(|(end, _)| *end <= id);
+        if let Some((_, status)) = self.settled.get(i) {
             return (status.clone(), true);
         }
-        if id < st.sent {
+        if id < self.sent {
             (SendStatus::Sent, false)
         } else {
             (SendStatus::Queued, false)
         }
     }
+}
+
+impl PlainMarks {
+    fn get(&self, id: MessageId) -> (SendStatus, bool) {
+        self.0.read(|marks| marks.get(id))
+    }
 
     /// Every plain message below `end` (and not settled before) is now `status` (terminal),
     /// or written (`Sent`, not terminal). Marks only move forward.
     pub(crate) fn advance(&self, end: MessageId, status: SendStatus, terminal: bool) {
-        let waiters = {
-            let mut st = crate::util::lock(&self.state);
-            if terminal {
-                let settled_end = st.settled.last().map_or(0, |(e, _)| *e);
-                if end <= settled_end {
-                    return;
-                }
-                match st.settled.last_mut() {
-                    Some((e, s)) if *s == status => *e = end,
-                    _ => st.settled.push((end, status)),
-                }
-            } else {
-                if end <= st.sent {
-                    return;
-                }
-                st.sent = end;
+        self.0.update(|marks| {
+            if !terminal {
+                let moved = end > marks.sent;
+                marks.sent = marks.sent.max(end);
+                return moved;
             }
-            st.waiters
-        };
-        if waiters > 0 {
-            self.changed.notify_waiters();
-        }
+            let settled_end = marks.settled.last().map_or(0, |(e, _)| *e);
+            if end <= settled_end {
+                return false;
+            }
+            match marks.settled.last_mut() {
+                Some((e, s)) if *s == status => *e = end,
+                _ => marks.settled.push((end, status)),
+            }
+            true
+        });
     }
 
     async fn wait_for(
@@ -379,13 +377,12 @@ impl PlainMarks {
         id: MessageId,
         done: impl Fn(&(SendStatus, bool)) -> bool,
     ) -> SendStatus {
-        crate::util::lock(&self.state).waiters += 1;
-        let _waiting = WaitingMarks(self);
-        crate::util::until(&self.changed, || {
-            let state = self.get(id);
-            done(&state).then_some(state.0)
-        })
-        .await
+        self.0
+            .wait_for(|marks| {
+                let state = marks.get(id);
+                done(&state).then_some(state.0)
+            })
+            .await
     }
 }
 
