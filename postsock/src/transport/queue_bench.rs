@@ -3,7 +3,8 @@
 //! measured without the noise of a full benchmark. Not a stable API.
 //!
 //! It does per message what a carrier and a TLS/TCP writer do: `send` (buffer space, the
-//! queue entry, its status cell), the writer's gather (`take_while` into one batch, each
+//! queue entry: a plain message's place in the lane, as on a TLS/TCP carrier), the writer's
+//! gather (`take_while` into one batch, each
 //! frame's header and payload copied as a stream writer does), `Sent` once the batch is
 //! written, and `Acked` for everything up to each 128 KiB (the peer's ACK interval). The
 //! application queues up to 128 messages at a time (tokio's budget per poll), as in the
@@ -14,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::framing::HEADER_LEN;
-use super::outbox::Outbox;
+use super::outbox::{Fins, Outbox};
 use crate::message::{MessageProperties, SendStatus};
 
 /// Bytes of one gather (the writer's batch).
@@ -30,11 +31,12 @@ const BURST: usize = 128;
 /// takes gives its space back.
 pub fn drive(messages: usize, size: usize, send_buffer: usize) -> (Duration, usize) {
     let outbox = Outbox::new(send_buffer, super::stream::order_rule);
+    outbox.set_lane(true);
     let data = Bytes::from(vec![0x5a; size]);
     let mut batch: Vec<u8> = Vec::with_capacity(BATCH + HEADER_LEN + size);
     let (mut queued, mut taken) = (0, 0);
-    let (mut written, mut unacked_bytes) = (Vec::new(), 0);
-    let mut unacked = Vec::new();
+    let (mut written, mut unacked_bytes) = (Fins::default(), 0);
+    let mut unacked = Fins::default();
     let start = Instant::now();
     while taken < messages {
         for _ in 0..BURST.min(messages - queued) {
@@ -50,18 +52,18 @@ pub fn drive(messages: usize, size: usize, send_buffer: usize) -> (Duration, usi
             batch.extend_from_slice(&item.data);
             // A long message comes in pieces; it is sent (and counted) with its last.
             if item.fin {
-                written.push(item.id);
+                written.push(item.id, item.plain);
+                unacked.push(item.id, item.plain);
+                taken += 1;
             }
             BATCH.saturating_sub(batch.len() + HEADER_LEN)
         });
         std::hint::black_box(&batch);
         unacked_bytes += batch.len();
         batch.clear();
-        taken += written.len();
-        unacked.extend_from_slice(&written);
-        outbox.update_all(written.drain(..), || SendStatus::Sent, false);
+        outbox.settle(std::mem::take(&mut written), || SendStatus::Sent, false);
         if unacked_bytes >= ACK_EVERY || taken == messages {
-            outbox.update_all(unacked.drain(..), || SendStatus::Acked, true);
+            outbox.settle(std::mem::take(&mut unacked), || SendStatus::Acked, true);
             unacked_bytes = 0;
         }
     }
