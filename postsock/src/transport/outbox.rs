@@ -323,11 +323,17 @@ impl Outbox {
         self.lock().lane_on = on;
     }
 
-    /// Whether a whole message with `props` queued now is plain ([`State::lane`]).
+    /// Whether a whole message with `props` queued now is plain ([`State::lane`]): among
+    /// other things nothing may be queued, and the ordered message before it (which it may
+    /// not overtake) must be plain too or handed over whole already. A message being sent in
+    /// parts has no item queued between its parts, and is not handed over until its last.
     fn plain_now(st: &State, props: &MessageProperties, deadline: Option<Instant>) -> bool {
         st.lane_on
             && !st.closed
             && st.items.is_empty()
+            && st
+                .last_ordered
+                .is_none_or(|p| st.live.get(p).is_none_or(|prev| prev.dispatched))
             && props.reliable
             && props.ordered
             && props.antecedents.is_empty()
@@ -1600,6 +1606,41 @@ mod tests {
             (rest.id, rest.data.len(), rest.fin, rest.plain),
             (a.id(), 4_000, true, true)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_message_sent_in_parts_keeps_a_later_whole_one_out_of_the_lane_until_its_end() {
+        let o = Outbox::new(1 << 20, any_order);
+        o.set_lane(true);
+        let (p, props) = o.open(MessageProperties::default()).expect("open");
+        // Nothing is queued, but p is not handed over: m may not overtake it.
+        let m = send_whole(&o, b"m", MessageProperties::default());
+        assert!(!is_plain(&m));
+        o.push(
+            p.id(),
+            &props,
+            (0, Bytes::from_static(b"p1"), false),
+            None,
+            None,
+        );
+        assert_eq!(o.next(usize::MAX).await.expect("p1").data, "p1");
+        let waited = tokio::time::timeout(Duration::from_millis(10), o.next(usize::MAX)).await;
+        assert!(waited.is_err(), "m waits for p's last part");
+        o.push(
+            p.id(),
+            &props,
+            (2, Bytes::from_static(b"p2"), true),
+            None,
+            None,
+        );
+        assert_eq!(o.next(usize::MAX).await.expect("p2").data, "p2");
+        assert_eq!(o.next(usize::MAX).await.expect("m").data, "m");
+        // p handed over whole: the next whole message is plain again.
+        assert!(is_plain(&send_whole(
+            &o,
+            b"n",
+            MessageProperties::default()
+        )));
     }
 
     #[test]
