@@ -110,13 +110,15 @@ impl AckWindow {
     pub(super) fn written_item(
         &mut self,
         now: Instant,
-        item: &Item,
+        item: Item,
         header: &[u8; HEADER_LEN],
         keep: bool,
     ) {
         let fin = (item.fin && !item.abort).then_some(item.id);
-        let bytes = keep.then(|| (*header, item.data.clone()));
-        self.push_frame(now, item.data.len(), (fin, item.plain), bytes);
+        let len = item.data.len();
+        let plain = item.plain;
+        let bytes = keep.then_some((*header, item.data));
+        self.push_frame(now, len, (fin, plain), bytes);
     }
 
     /// Whether nothing written waits for an acknowledgement any more.
