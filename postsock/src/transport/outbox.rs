@@ -768,25 +768,15 @@ impl Outbox {
         self.update_locked(&mut st, id, status, terminal);
     }
 
-    /// [`update`](Self::update) for several messages at once (one acknowledgement settles
-    /// many), in order, under one lock.
-    pub(crate) fn update_all(
-        &self,
-        ids: impl IntoIterator<Item = MessageId>,
-        status: impl Fn() -> SendStatus,
-        terminal: bool,
-    ) {
-        let mut st = self.lock();
-        for id in ids {
-            self.update_locked(&mut st, id, status(), terminal);
-        }
-    }
-
-    /// [`update_all`](Self::update_all) for what a stream transport wrote or had
-    /// acknowledged: the plain messages' marks move in one step.
+    /// [`update`](Self::update) for what a stream transport wrote or had acknowledged, in
+    /// order: the messages with cells under one lock (one acknowledgement settles many), and
+    /// the plain messages' marks in one step.
     pub(crate) fn settle(&self, fins: Fins, status: impl Fn() -> SendStatus, terminal: bool) {
         if !fins.ids.is_empty() {
-            self.update_all(fins.ids, &status, terminal);
+            let mut st = self.lock();
+            for id in fins.ids {
+                self.update_locked(&mut st, id, status(), terminal);
+            }
         }
         if let Some(last) = fins.plain {
             self.marks.advance(last + 1, status(), terminal);
@@ -1076,6 +1066,15 @@ impl Fins {
             self.plain = Some(id);
         } else {
             self.ids.push(id);
+        }
+    }
+}
+
+/// `(id, plain)` of each message, in order.
+impl Extend<(MessageId, bool)> for Fins {
+    fn extend<I: IntoIterator<Item = (MessageId, bool)>>(&mut self, fins: I) {
+        for (id, plain) in fins {
+            self.push(id, plain);
         }
     }
 }

@@ -31,10 +31,9 @@ struct SentFrame {
     end: u64,
     /// When it was written.
     at: Instant,
-    /// The message it completes, if it carried FIN.
-    fin: Option<MessageId>,
-    /// That message is plain (its status is the outbox's marks).
-    plain: bool,
+    /// The message it completes, if it carried FIN, and whether that message is plain (its
+    /// status is the outbox's marks).
+    fin: Option<(MessageId, bool)>,
     /// Its bytes (header and payload), kept by resumable carriers.
     bytes: Option<([u8; HEADER_LEN], Bytes)>,
 }
@@ -114,11 +113,10 @@ impl AckWindow {
         header: &[u8; HEADER_LEN],
         keep: bool,
     ) {
-        let fin = (item.fin && !item.abort).then_some(item.id);
+        let fin = (item.fin && !item.abort).then_some((item.id, item.plain));
         let len = item.data.len();
-        let plain = item.plain;
         let bytes = keep.then_some((*header, item.data));
-        self.push_frame(now, len, (fin, plain), bytes);
+        self.push_frame(now, len, fin, bytes);
     }
 
     /// Whether nothing written waits for an acknowledgement any more.
@@ -152,7 +150,7 @@ impl AckWindow {
         fin: Option<MessageId>,
         bytes: Option<([u8; HEADER_LEN], Bytes)>,
     ) {
-        self.push_frame(now, len, (fin, false), bytes);
+        self.push_frame(now, len, fin.map(|id| (id, false)), bytes);
     }
 
     /// [`written`](Self::written), with whether the message it completes is plain.
@@ -160,7 +158,7 @@ impl AckWindow {
         &mut self,
         now: Instant,
         len: usize,
-        (fin, plain): (Option<MessageId>, bool),
+        fin: Option<(MessageId, bool)>,
         bytes: Option<([u8; HEADER_LEN], Bytes)>,
     ) {
         // The first delivery-rate sample counts from the first write, so it comes with the
@@ -171,7 +169,6 @@ impl AckWindow {
             end: self.written,
             at: now,
             fin,
-            plain,
             bytes,
         });
     }
@@ -196,9 +193,7 @@ impl AckWindow {
                 break;
             }
             newest = Some(f.at);
-            if let Some(id) = f.fin {
-                out.acked.push(id, f.plain);
-            }
+            out.acked.extend(f.fin);
             self.frames.pop_front();
         }
         self.acked = acked;
@@ -228,11 +223,7 @@ impl AckWindow {
     pub(super) fn peer_done(&mut self) -> Fins {
         self.peer_done = true;
         let mut out = Fins::default();
-        for f in self.frames.drain(..) {
-            if let Some(id) = f.fin {
-                out.push(id, f.plain);
-            }
-        }
+        out.extend(self.frames.drain(..).filter_map(|f| f.fin));
         out
     }
 
