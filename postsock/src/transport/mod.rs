@@ -332,6 +332,8 @@ pub(crate) struct KeptWait<T> {
     wait: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>>>,
     /// The waker `wait` last registered.
     waker: Option<Waker>,
+    /// A flag's value when the wait was made ([`KeptWait::is_set`]).
+    initial: bool,
 }
 
 impl<T: Send + Sync + 'static> KeptWait<T> {
@@ -342,6 +344,7 @@ impl<T: Send + Sync + 'static> KeptWait<T> {
         let mut rx = value.clone();
         KeptWait {
             value: value.clone(),
+            initial: false,
             wait: Some(Box::pin(async move {
                 let _ = rx.wait_for(until).await;
             })),
@@ -382,12 +385,21 @@ impl<T: Send + Sync + 'static> KeptWait<T> {
 impl KeptWait<bool> {
     /// A wait for the flag to be set.
     pub(crate) fn flag(flag: &tokio::sync::watch::Receiver<bool>) -> Self {
-        Self::new(flag, |set| *set)
+        let mut wait = Self::new(flag, |set| *set);
+        // Read after `value` was cloned: while the version is the one it was cloned with,
+        // this is the flag's value.
+        let initial = *wait.value();
+        wait.initial = initial;
+        wait
     }
 
-    /// Whether the flag is set now.
+    /// Whether the flag is set now. While its version is the one `value` was made with (a
+    /// load, no lock: the reader asks once per frame), it is the value it had then.
     pub(crate) fn is_set(&self) -> bool {
-        *self.value()
+        match self.value.has_changed() {
+            Ok(false) => self.initial,
+            _ => *self.value(),
+        }
     }
 }
 
@@ -439,6 +451,26 @@ mod tests {
         assert!(poll_set(&mut wait, &first_waker).is_ready());
         // Made after the flag was set: ready at once.
         assert!(poll_set(&mut KeptWait::flag(&rx), &first_waker).is_ready());
+    }
+
+    #[test]
+    fn a_kept_flag_reads_its_value_whether_or_not_it_changed_since() {
+        let (tx, mut rx) = tokio::sync::watch::channel(false);
+        tx.send_replace(true);
+        // Made from a receiver that saw the newest version: set without a change since.
+        rx.borrow_and_update();
+        let wait = KeptWait::flag(&rx);
+        assert!(matches!(wait.value.has_changed(), Ok(false)));
+        assert!(wait.is_set());
+        tx.send_replace(false);
+        assert!(!wait.is_set());
+        // Made from one that had not: the change is read.
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let wait = KeptWait::flag(&rx);
+        assert!(!wait.is_set());
+        tx.send_replace(true);
+        assert!(KeptWait::flag(&rx).is_set());
+        assert!(wait.is_set());
     }
 
     #[test]

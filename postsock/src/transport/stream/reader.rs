@@ -39,6 +39,9 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
         tx: ack_tx,
         timer: ack_timer,
         armed: false,
+        unpublished: None,
+        frames: 0,
+        rx: &core.rx,
     };
     let end = 'read: loop {
         // A resumable peer writes at least every keepalive interval: three silent intervals
@@ -95,7 +98,7 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
             Err(e) if resumable => break 'read ReadEnd::Broken(e),
             Err(e) => break 'read ReadEnd::Fatal(e),
         };
-        core.rx.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ack.frames += 1;
         let Some(frame) = frame else {
             if resumable && !closing {
                 break 'read ReadEnd::Broken(ConnectionError::EndedWithoutClose.into());
@@ -237,6 +240,7 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
     if !matches!(end, ReadEnd::Gone) && !deliver(&events, &mut out, &mut ack).await {
         return ReadEnd::Gone;
     }
+    ack.publish();
     end
 }
 
@@ -246,6 +250,9 @@ const DELIVER_EVENTS: usize = 32;
 /// Hands `out` to the application's queue; a full queue holds the reader here, while the
 /// ACK delay still runs out on time. False once the application is gone.
 async fn deliver(events: &EventTx, out: &mut Vec<Event>, ack: &mut AckDelay<'_>) -> bool {
+    // The reader may wait below (or, with nothing to hand over, in its loop right after):
+    // what it counted goes out first.
+    ack.publish();
     while !out.is_empty() {
         tokio::select! {
             biased;
@@ -259,22 +266,61 @@ async fn deliver(events: &EventTx, out: &mut Vec<Event>, ack: &mut AckDelay<'_>)
 /// The ACK delay of the first unit not yet acknowledged (see `AckTx::received`), kept by the
 /// reader so the writer is not woken to start it. One timer, reset when a new delay starts
 /// (a new one per wait cost a timer registration per read).
+///
+/// The count of units received, and of frames read, are published once per run of frames
+/// one read brought ([`publish`](Self::publish), before the reader can wait), not per frame:
+/// publishing took a lock on the writer's watch and two atomic updates per frame. No other
+/// task can look between two frames of a run without the reader waiting, except on another
+/// worker, for which the count is as early as the run it came in.
 struct AckDelay<'a> {
     tx: AckTx,
     timer: std::pin::Pin<&'a mut tokio::time::Sleep>,
     armed: bool,
+    /// Units received, counted but not yet published.
+    unpublished: Option<u64>,
+    /// Frames read, not yet added to `rx`.
+    frames: u64,
+    rx: &'a std::sync::atomic::AtomicU64,
 }
 
 impl AckDelay<'_> {
-    /// Everything up to unit `received` is in: starts the delay if it is the first unit
-    /// not yet acknowledged, or acknowledges `now`.
+    /// Everything up to unit `received` is in; the peer asks for its ACK `now` (which
+    /// publishes at once).
     fn received(&mut self, received: u64, now: bool) {
-        let first = self.tx.received(received);
+        // A run's first frame asking for its ACK now starts no delay (it would be
+        // acknowledged at once); a later one does not undo the delay the run started
+        // (the timer stays set, as it was when each frame was published alone).
+        let lead_now = now && self.unpublished.is_none();
+        self.unpublished = Some(received);
         if now {
-            self.now();
-        } else if first {
+            self.publish_count(!lead_now, true);
+        }
+    }
+
+    /// Publishes what was counted since the last time.
+    fn publish(&mut self) {
+        self.publish_count(true, false);
+        if self.frames > 0 {
+            self.rx.fetch_add(
+                std::mem::take(&mut self.frames),
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// Publishes the count of units received: starts the delay (if `may_start`) when the
+    /// run brought the first unit not yet acknowledged, and acknowledges `now`.
+    fn publish_count(&mut self, may_start: bool, now: bool) {
+        let Some(received) = self.unpublished.take() else {
+            return;
+        };
+        let first = self.tx.received(received);
+        if first && may_start {
             self.timer.as_mut().reset(AckTx::ack_due_at());
             self.armed = true;
+        }
+        if now {
+            self.now();
         }
     }
 
