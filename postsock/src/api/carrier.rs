@@ -19,7 +19,7 @@ use crate::establish::attempt::{attempt, new_token, Transient};
 use crate::establish::race::candidates;
 use crate::establish::report::{Attempt, AttemptOutcome, EstablishmentReport, PunchReport};
 use crate::establish::{racing, resolution};
-use crate::message::{MessageProperties, SendHandle, SendStatus};
+use crate::message::{MessageProperties, Props, SendHandle, SendStatus};
 use crate::net::{other_version, Family, Net};
 use crate::path::{CurrentPath, PathChoice, PathMonitor};
 use crate::transport::assemble::ReceiveLimits;
@@ -1067,7 +1067,7 @@ impl Drop for Carrier {
 pub struct PartialSend<'a> {
     carrier: &'a Carrier,
     handle: SendHandle,
-    props: Arc<MessageProperties>,
+    props: Props,
     offset: u64,
     deadline: Option<Instant>,
     finished: bool,

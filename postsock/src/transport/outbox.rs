@@ -26,7 +26,9 @@ use tokio::time::Instant;
 
 use super::inline::Driven;
 use super::seqmap::{LaneSet, SeqMap};
-use crate::message::{MessageProperties, PlainMarks, SendHandle, SendStatus, StatusCell, Tracker};
+use crate::message::{
+    MessageProperties, PlainMarks, Props, SendHandle, SendStatus, StatusCell, Tracker,
+};
 use crate::ConfigError;
 use crate::{Error, MessageId, Result};
 
@@ -50,12 +52,15 @@ pub(crate) struct Item {
     pub fin: bool,
     /// The sender abandoned the message: the transient must make the peer discard it.
     pub abort: bool,
-    pub props: Arc<MessageProperties>,
+    pub props: Props,
     pub deadline: Option<Instant>,
     seq: u64,
     /// A plain message's (its status is the carrier's [`PlainMarks`], not a cell).
     pub plain: bool,
     _permit: Option<OwnedSemaphorePermit>,
+    /// A lane item's send-buffer space, held in [`State::lane_room`] (its `_permit` is
+    /// `None`); given a permit of its own, or to the writer's batch, when it is taken.
+    lane_room: usize,
 }
 
 impl Item {
@@ -72,6 +77,7 @@ impl Item {
             seq: self.seq,
             plain: self.plain,
             _permit: None,
+            lane_room: 0,
         }
     }
 
@@ -105,13 +111,14 @@ impl Item {
             seq: self.seq,
             plain: self.plain,
             _permit: self._permit.take(),
+            lane_room: std::mem::take(&mut self.lane_room),
         })
     }
 }
 
 #[derive(Debug)]
 struct Live {
-    props: Arc<MessageProperties>,
+    props: Props,
     status: StatusTx,
     /// Some part has been handed to the transient.
     started: bool,
@@ -157,6 +164,11 @@ struct State {
     /// entry, no ready entry, no cell. Only while `items` is empty does a plain message join
     /// it, so every item here is older than every item in `items`.
     lane: VecDeque<Item>,
+    /// The send-buffer space of the lane's items (their `lane_room`), their permits merged
+    /// as they are queued. A permit per item was dropped by the writer: the semaphore's
+    /// reference count raised on the application's core and dropped on the writer's, per
+    /// message; now the writer splits its batch's share off once per batch.
+    lane_room: Option<OwnedSemaphorePermit>,
 }
 
 /// Decides whether handing an antecedent to the transport already guarantees it is delivered
@@ -256,17 +268,11 @@ impl Outbox {
 
     /// Registers a new message (its parts follow with [`push`](Self::push)) and returns its
     /// handle.
-    pub(crate) fn open(
-        &self,
-        props: MessageProperties,
-    ) -> Result<(SendHandle, Arc<MessageProperties>)> {
+    pub(crate) fn open(&self, props: MessageProperties) -> Result<(SendHandle, Props)> {
         Self::open_locked(&mut self.lock(), props)
     }
 
-    fn open_locked(
-        st: &mut State,
-        props: MessageProperties,
-    ) -> Result<(SendHandle, Arc<MessageProperties>)> {
+    fn open_locked(st: &mut State, props: MessageProperties) -> Result<(SendHandle, Props)> {
         if st.closed {
             return Err(Error::Closed);
         }
@@ -306,13 +312,16 @@ impl Outbox {
         ))
     }
 
-    /// Most messages carry the same properties as the one before: they share its copy.
-    fn share_props(st: &mut State, props: MessageProperties) -> Arc<MessageProperties> {
+    /// Most messages have the default properties, or the same as the one before: they
+    /// share their copy.
+    fn share_props(st: &mut State, props: MessageProperties) -> Props {
         match &st.last_props {
-            Some(last) if **last == props => last.clone(),
+            Some(last) if **last == props => Props::Shared(last.clone()),
             _ => {
-                let props = Arc::new(props);
-                st.last_props = Some(props.clone());
+                let props = Props::new(props);
+                if let Props::Shared(shared) = &props {
+                    st.last_props = Some(shared.clone());
+                }
                 props
             }
         }
@@ -357,6 +366,11 @@ impl Outbox {
         let seq = st.next_seq;
         st.next_seq += 1;
         let was_idle = st.ready.is_empty() && st.lane.is_empty();
+        let lane_room = permit.num_permits();
+        match st.lane_room.as_mut() {
+            Some(room) => room.merge(permit),
+            None => st.lane_room = Some(permit),
+        }
         st.lane.push_back(Item {
             id,
             offset: 0,
@@ -367,7 +381,8 @@ impl Outbox {
             deadline: None,
             seq,
             plain: true,
-            _permit: Some(permit),
+            _permit: None,
+            lane_room,
         });
         drop(st);
         if was_idle {
@@ -408,7 +423,7 @@ impl Outbox {
     pub(crate) fn push(
         &self,
         id: MessageId,
-        props: &Arc<MessageProperties>,
+        props: &Props,
         (offset, data, fin): (u64, Bytes, bool),
         permit: Option<OwnedSemaphorePermit>,
         deadline: Option<Instant>,
@@ -427,7 +442,7 @@ impl Outbox {
         &self,
         mut st: MutexGuard<'_, State>,
         id: MessageId,
-        props: &Arc<MessageProperties>,
+        props: &Props,
         (offset, data, fin): (u64, Bytes, bool),
         permit: Option<OwnedSemaphorePermit>,
         deadline: Option<Instant>,
@@ -449,6 +464,7 @@ impl Outbox {
             seq,
             plain: false,
             _permit: permit,
+            lane_room: 0,
         };
         if let Some(d) = deadline {
             st.deadlines.insert((d, seq));
@@ -572,11 +588,38 @@ impl Outbox {
         }
     }
 
-    fn take(&self, st: &mut State, pick: Pick, max_len: usize) -> Option<Item> {
+    /// Takes `pick`, at most `max_len` bytes of it; a lane item's space becomes a permit
+    /// of its own, or, with `batch`, is added there (the caller splits it off
+    /// [`State::lane_room`] with [`Outbox::lane_room`]).
+    fn take(
+        &self,
+        st: &mut State,
+        pick: Pick,
+        max_len: usize,
+        batch: Option<&mut usize>,
+    ) -> Option<Item> {
         match pick {
-            Pick::Lane => self.take_lane(st, max_len),
+            Pick::Lane => {
+                let mut item = self.take_lane(st, max_len)?;
+                let room = std::mem::take(&mut item.lane_room);
+                match batch {
+                    Some(batch) => *batch += room,
+                    None => item._permit = Self::lane_room(st, room),
+                }
+                Some(item)
+            }
             Pick::Ready(key) => self.take_ready(st, key, max_len),
         }
+    }
+
+    /// `room` of the lane's space as a permit (`None` for none).
+    fn lane_room(st: &mut State, room: usize) -> Option<OwnedSemaphorePermit> {
+        if room == 0 {
+            return None;
+        }
+        let permit = st.lane_room.as_mut().and_then(|all| all.split(room));
+        debug_assert!(permit.is_some(), "the lane holds its items' space");
+        permit
     }
 
     /// The lane's head, at most `max_len` bytes of it (the rest keeps its place).
@@ -625,6 +668,8 @@ impl Outbox {
         }
         self.expire_due(&mut st);
         let mut room = room;
+        // The space of the lane items taken, split off the lane's once.
+        let mut lane_room = 0;
         while room > 0 {
             let Some(pick) = Self::pick(&st, st.ready.first().copied(), true) else {
                 break;
@@ -637,13 +682,16 @@ impl Outbox {
             if !fits && room < CUT_FROM {
                 break;
             }
-            let Some(mut item) = self.take(&mut st, pick, room) else {
+            let Some(mut item) = self.take(&mut st, pick, room, Some(&mut lane_room)) else {
                 continue;
             };
             if let Some(p) = item._permit.take() {
                 Self::hold_freed(&mut st, p);
             }
             room = more(item);
+        }
+        if let Some(p) = Self::lane_room(&mut st, lane_room) {
+            Self::hold_freed(&mut st, p);
         }
         let chunk = st.freed.as_ref().map_or(0, |p| p.num_permits());
         if chunk >= self.limit / 3 {
@@ -682,7 +730,7 @@ impl Outbox {
         let mut st = self.lock();
         self.expire_due(&mut st);
         let key = Self::first_wanted(&st, wanted)?;
-        self.take(&mut st, key, max_len)
+        self.take(&mut st, key, max_len, None)
     }
 
     /// The first ready item of a message whose properties satisfy `wanted`.
@@ -708,7 +756,7 @@ impl Outbox {
                 let mut st = self.lock();
                 self.expire_due(&mut st);
                 let out = match Self::first_wanted(&st, &wanted) {
-                    Some(key) => return Some(self.take(&mut st, key, max_len)),
+                    Some(key) => return Some(self.take(&mut st, key, max_len, None)),
                     None if st.closed && st.items.is_empty() && st.lane.is_empty() => Some(None),
                     None => None,
                 };
@@ -849,6 +897,7 @@ impl Outbox {
                     seq,
                     plain: false,
                     _permit: None,
+                    lane_room: 0,
                 },
             );
             st.ready.insert((0, seq));
@@ -984,7 +1033,7 @@ impl Outbox {
         if item.props.niceness != 0 {
             let mut props = (*item.props).clone();
             props.niceness = 0;
-            item.props = Arc::new(props);
+            item.props = Props::new(props);
         }
         let seq = item.seq;
         if let Some(d) = item.deadline {
@@ -1029,6 +1078,7 @@ impl Outbox {
         st.deadlines.clear();
         // Every plain message not settled yet, queued or written.
         st.lane.clear();
+        st.lane_room = None;
         self.marks
             .advance(st.next_id, SendStatus::Failed(reason.to_string()), true);
         drop(st);
@@ -1605,6 +1655,44 @@ mod tests {
             (rest.id, rest.data.len(), rest.fin, rest.plain),
             (a.id(), 4_000, true, true)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_lane_s_space_goes_with_its_items_whichever_way_they_leave() {
+        let each = 1 + PER_MESSAGE_OVERHEAD;
+        let o = Outbox::new(1 << 20, any_order);
+        o.set_lane(true);
+        for data in [b"a", b"b", b"c", b"d"] {
+            assert!(is_plain(&send_whole(
+                &o,
+                data,
+                MessageProperties::default()
+            )));
+        }
+        assert_eq!(o.buffered(), 4 * each);
+        // A writer's batch: its space is held until it is given back.
+        let mut n = 0;
+        o.take_while(None, usize::MAX, |_| {
+            n += 1;
+            if n < 2 {
+                usize::MAX
+            } else {
+                0
+            }
+        });
+        assert_eq!(n, 2);
+        assert_eq!(o.buffered(), 4 * each, "held while the batch is written");
+        o.give_back();
+        assert_eq!(o.buffered(), 2 * each);
+        // Taken alone: the item has a permit of its own, freed with it.
+        let c = o.next(usize::MAX).await.expect("c");
+        assert_eq!(c.data, "c");
+        assert_eq!(o.buffered(), 2 * each);
+        drop(c);
+        assert_eq!(o.buffered(), each);
+        // Failed in the lane: freed with the lane.
+        o.fail_all("gone");
+        assert_eq!(o.buffered(), 0);
     }
 
     #[tokio::test(start_paused = true)]
