@@ -184,7 +184,9 @@ pub(crate) struct Outbox {
     reap: Notify,
     permits: Arc<Semaphore>,
     limit: usize,
-    one_way: Mutex<Duration>,
+    /// The forward delay estimate ([`set_rtt`](Self::set_rtt)) in nanoseconds: a QUIC
+    /// sending loop sets it at each message, and a lock there cost two atomic updates.
+    one_way: std::sync::atomic::AtomicU64,
     order_rule: Mutex<OrderRule>,
     /// The sending loop, when a queueing thread may run it (see `inline.rs`).
     inline: Mutex<Option<Arc<Driven>>>,
@@ -201,7 +203,7 @@ impl Outbox {
             reap: Notify::new(),
             permits: Arc::new(Semaphore::new(limit)),
             limit,
-            one_way: Mutex::new(Duration::ZERO),
+            one_way: std::sync::atomic::AtomicU64::new(0),
             order_rule: Mutex::new(order_rule),
             inline: Mutex::new(None),
             marks: Arc::new(PlainMarks::default()),
@@ -259,11 +261,13 @@ impl Outbox {
     /// already held 40 ms more than the estimate; with a half, none of 200.)
     pub(crate) fn set_rtt(&self, srtt: Duration, min_rtt: Duration) {
         let forward = srtt.saturating_sub(min_rtt / 2).max(min_rtt / 2) * 3 / 2;
-        *crate::util::lock(&self.one_way) = forward;
+        let nanos = u64::try_from(forward.as_nanos()).unwrap_or(u64::MAX);
+        self.one_way
+            .store(nanos, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub(crate) fn one_way(&self) -> Duration {
-        *crate::util::lock(&self.one_way)
+        Duration::from_nanos(self.one_way.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Registers a new message (its parts follow with [`push`](Self::push)) and returns its

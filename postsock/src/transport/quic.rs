@@ -460,6 +460,10 @@ struct Dispatcher {
     writes: Writes,
     open: BTreeMap<MessageId, mpsc::UnboundedSender<Item>>,
     min_rtt: Duration,
+    /// The RTT [`window_now`](Self::window_now) read with the window, for the message a
+    /// burst dispatches right after (no wait between): one lock of the connection per
+    /// message, not two.
+    rtt_now: std::cell::Cell<Option<Duration>>,
     /// While in 0-RTT: becomes true if the server rejects the early data.
     early: Option<watch::Receiver<bool>>,
     /// Whole messages sent in 0-RTT, in order, to send again if it is rejected.
@@ -477,13 +481,16 @@ impl Dispatcher {
             writes,
             open: BTreeMap::new(),
             min_rtt,
+            rtt_now: std::cell::Cell::new(None),
             early: None,
             early_sent: Vec::new(),
         }
     }
 
+    /// Whether the carrier halted (read once or twice per message: one load while the flag
+    /// is unchanged, where a look at the watch took its lock).
     fn halted(&self) -> bool {
-        *self.writes.halt.borrow()
+        self.writes.halted.is_set()
     }
 
     /// The window the bytes in flight must stay below, read now; `None` while less than
@@ -492,11 +499,14 @@ impl Dispatcher {
         if self.in_flight.bytes.load(Ordering::Relaxed) < MIN_IN_FLIGHT {
             return None;
         }
-        Some((self.conn.stats().path.cwnd as usize).max(MIN_IN_FLIGHT))
+        let path = self.conn.stats().path;
+        self.rtt_now.set(Some(path.rtt));
+        Some((path.cwnd as usize).max(MIN_IN_FLIGHT))
     }
 
     /// Whether [`room`](Self::room) would return at once, and the carrier has not halted.
     fn room_now(&self) -> bool {
+        self.rtt_now.set(None);
         let room = self
             .window_now()
             .is_none_or(|w| self.in_flight.bytes.load(Ordering::Relaxed) < w);
@@ -529,8 +539,9 @@ impl Dispatcher {
         }
     }
 
-    async fn dispatch(&mut self, item: Item) -> Result<()> {
-        let srtt = self.conn.rtt();
+    /// Hands `item` to quinn; `rtt_now`: the RTT read just before, with nothing run since.
+    async fn dispatch(&mut self, item: Item, rtt_now: Option<Duration>) -> Result<()> {
+        let srtt = rtt_now.unwrap_or_else(|| self.conn.rtt());
         self.min_rtt = self.min_rtt.min(srtt);
         self.outbox.set_rtt(srtt, self.min_rtt);
         let len = item.data.len();
@@ -663,7 +674,7 @@ pub(crate) async fn send_loop(
                     .await;
                 let ok = match next {
                     Ok(Some(item)) => {
-                        d.dispatch(item).await?;
+                        d.dispatch(item, None).await?;
                         continue;
                     }
                     Err(ok) => ok,
@@ -681,7 +692,7 @@ pub(crate) async fn send_loop(
                 // The server discarded the 0-RTT data: send those messages again, first and
                 // in their order, now that the handshake is done.
                 for item in resend {
-                    d.dispatch(item).await?;
+                    d.dispatch(item, None).await?;
                 }
             }
         }
@@ -712,14 +723,15 @@ pub(crate) async fn send_loop(
             let Some(item) = item else {
                 return Ok(());
             };
-            d.dispatch(item).await?;
+            d.dispatch(item, None).await?;
             // What else is ready goes at once while the window has room, by the rule `room`
             // applies: no wait on the outbox and no select per message of a burst.
             while d.room_now() {
                 let Some(item) = outbox.try_next_where(usize::MAX, |_| true) else {
                     break;
                 };
-                d.dispatch(item).await?;
+                let rtt = d.rtt_now.take();
+                d.dispatch(item, rtt).await?;
             }
         }
     }
