@@ -382,6 +382,38 @@ impl<T: Send + Sync + 'static> KeptWait<T> {
     }
 }
 
+/// A watched flag that reads with one load while its version is the one it was made with
+/// (then it is the value it had); the watch's read lock otherwise. Its clones share that.
+#[derive(Clone, Debug)]
+pub(crate) struct Flag {
+    rx: tokio::sync::watch::Receiver<bool>,
+    initial: bool,
+}
+
+impl Flag {
+    pub(crate) fn new(rx: &tokio::sync::watch::Receiver<bool>) -> Flag {
+        let rx = rx.clone();
+        // Read after the clone: while the version is the clone's, this is the value.
+        let initial = *rx.borrow();
+        Flag { rx, initial }
+    }
+
+    /// The flag now; `None` once its sender has gone.
+    pub(crate) fn get(&self) -> Option<bool> {
+        flag_now(&self.rx, self.initial)
+    }
+}
+
+/// Flag `rx` now, given its value `initial` at the version `rx` has seen; `None` once its
+/// sender has gone.
+fn flag_now(rx: &tokio::sync::watch::Receiver<bool>, initial: bool) -> Option<bool> {
+    match rx.has_changed() {
+        Ok(false) => Some(initial),
+        Ok(true) => Some(*rx.borrow()),
+        Err(_) => None,
+    }
+}
+
 impl KeptWait<bool> {
     /// A wait for the flag to be set.
     pub(crate) fn flag(flag: &tokio::sync::watch::Receiver<bool>) -> Self {
@@ -396,10 +428,7 @@ impl KeptWait<bool> {
     /// Whether the flag is set now. While its version is the one `value` was made with (a
     /// load, no lock: the reader asks once per frame), it is the value it had then.
     pub(crate) fn is_set(&self) -> bool {
-        match self.value.has_changed() {
-            Ok(false) => self.initial,
-            _ => *self.value(),
-        }
+        flag_now(&self.value, self.initial).unwrap_or_else(|| *self.value())
     }
 }
 
@@ -471,6 +500,26 @@ mod tests {
         tx.send_replace(true);
         assert!(KeptWait::flag(&rx).is_set());
         assert!(wait.is_set());
+    }
+
+    #[test]
+    fn a_flag_reads_its_value_with_or_without_a_change_and_none_once_its_sender_goes() {
+        let (tx, mut rx) = tokio::sync::watch::channel(false);
+        tx.send_replace(true);
+        rx.borrow_and_update();
+        // Made at the newest version, set: read without a change since.
+        let flag = Flag::new(&rx);
+        assert_eq!(flag.get(), Some(true));
+        let copy = flag.clone();
+        tx.send_replace(false);
+        assert_eq!((flag.get(), copy.get()), (Some(false), Some(false)));
+        // Made from a receiver behind the newest version: the change is read.
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let flag = Flag::new(&rx);
+        tx.send_replace(true);
+        assert_eq!(flag.get(), Some(true));
+        drop(tx);
+        assert_eq!(flag.get(), None);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use super::assemble::{Assembly, ReceiveLimits};
 use super::cc::PathAwareFactory;
 pub(crate) use super::cc::PathEpoch;
-use super::{tls, EventTx, KeptWait};
+use super::{tls, EventTx, Flag, KeptWait};
 use crate::message::{MessageProperties, SendStatus};
 use crate::net::Net;
 use crate::transport::moving::{Handback, QuicMove, Receipts};
@@ -348,6 +348,8 @@ struct Writes {
     halt: watch::Receiver<bool>,
     /// The wait on `halt` the loops below poll at each step.
     halted: KeptWait<bool>,
+    /// `halt` as each write reads it ([`set_now`]).
+    halt_flag: Flag,
     /// Every write has been polled since the flag was set.
     woken: bool,
 }
@@ -360,6 +362,7 @@ impl Writes {
             order: AckOrder::default(),
             outbox,
             halted: KeptWait::flag(&halt),
+            halt_flag: Flag::new(&halt),
             halt,
             woken: false,
         }
@@ -396,7 +399,7 @@ impl Writes {
                 item,
                 stream,
             } => {
-                if *self.halt.borrow() {
+                if self.halted.is_set() {
                     // Halted before it could be reported: the peer's receipts decide.
                     self.handed.extend(hand_back(item, stream, &self.outbox));
                     self.order.ended(order);
@@ -612,7 +615,7 @@ impl Dispatcher {
                 outbox: self.outbox.clone(),
                 in_flight: self.in_flight.clone(),
                 early: self.early.clone(),
-                halt: self.writes.halt.clone(),
+                halt: self.writes.halt_flag.clone(),
                 order,
             },
         ));
@@ -765,7 +768,7 @@ struct Shared {
     outbox: Arc<Outbox>,
     in_flight: Arc<InFlight>,
     early: Option<watch::Receiver<bool>>,
-    halt: watch::Receiver<bool>,
+    halt: Flag,
     /// An ordered message's place among the ordered messages' writes ([`AckOrder`]).
     order: Option<u64>,
 }
@@ -1056,10 +1059,11 @@ async fn until_set(rx: &mut watch::Receiver<bool>) {
 
 /// Ready if the flag is set (or its sender gone) when polled, as [`until_set`] would be;
 /// registers no waiter, so whoever polls it must poll again once the flag is set (for the
-/// writes: [`Writes::wake_all`]).
-fn set_now(rx: &watch::Receiver<bool>) -> impl std::future::Future<Output = ()> + '_ {
+/// writes: [`Writes::wake_all`]). Polled at each poll of every write: one load while the
+/// flag is unchanged (the watch's read lock was two atomic updates per poll).
+fn set_now(flag: &Flag) -> impl std::future::Future<Output = ()> + '_ {
     std::future::poll_fn(move |_| {
-        if *rx.borrow() || rx.has_changed().is_err() {
+        if flag.get().unwrap_or(true) {
             std::task::Poll::Ready(())
         } else {
             std::task::Poll::Pending
