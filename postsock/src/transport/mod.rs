@@ -483,43 +483,31 @@ mod tests {
     }
 
     #[test]
-    fn a_kept_flag_reads_its_value_whether_or_not_it_changed_since() {
+    fn a_flag_and_a_kept_flag_read_their_value_with_or_without_a_change_since() {
+        // Both read the flag with one load while it is unchanged (`flag_now`).
+        let both = |rx: &tokio::sync::watch::Receiver<bool>| (Flag::new(rx), KeptWait::flag(rx));
+        let read = |(flag, wait): &(Flag, KeptWait<bool>)| (flag.get(), wait.is_set());
         let (tx, mut rx) = tokio::sync::watch::channel(false);
         tx.send_replace(true);
         // Made from a receiver that saw the newest version: set without a change since.
         rx.borrow_and_update();
-        let wait = KeptWait::flag(&rx);
-        assert!(matches!(wait.value.has_changed(), Ok(false)));
-        assert!(wait.is_set());
+        let made = both(&rx);
+        assert!(matches!(made.1.value.has_changed(), Ok(false)));
+        assert_eq!(read(&made), (Some(true), true));
+        let copy = made.0.clone();
         tx.send_replace(false);
-        assert!(!wait.is_set());
-        // Made from one that had not: the change is read.
+        assert_eq!(read(&made), (Some(false), false));
+        assert_eq!(copy.get(), Some(false));
+        // Made from one behind the newest version: the change is read.
         let (tx, rx) = tokio::sync::watch::channel(false);
-        let wait = KeptWait::flag(&rx);
-        assert!(!wait.is_set());
+        let made = both(&rx);
+        assert_eq!(read(&made), (Some(false), false));
         tx.send_replace(true);
-        assert!(KeptWait::flag(&rx).is_set());
-        assert!(wait.is_set());
-    }
-
-    #[test]
-    fn a_flag_reads_its_value_with_or_without_a_change_and_none_once_its_sender_goes() {
-        let (tx, mut rx) = tokio::sync::watch::channel(false);
-        tx.send_replace(true);
-        rx.borrow_and_update();
-        // Made at the newest version, set: read without a change since.
-        let flag = Flag::new(&rx);
-        assert_eq!(flag.get(), Some(true));
-        let copy = flag.clone();
-        tx.send_replace(false);
-        assert_eq!((flag.get(), copy.get()), (Some(false), Some(false)));
-        // Made from a receiver behind the newest version: the change is read.
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        let flag = Flag::new(&rx);
-        tx.send_replace(true);
-        assert_eq!(flag.get(), Some(true));
+        assert_eq!(read(&both(&rx)), (Some(true), true));
+        assert_eq!(read(&made), (Some(true), true));
+        // Its sender gone: no value for a flag, the last one for a kept wait.
         drop(tx);
-        assert_eq!(flag.get(), None);
+        assert_eq!(read(&made), (None, true));
     }
 
     #[test]
