@@ -270,6 +270,29 @@ impl Assembly {
     /// Adds received bytes (`end`: the message is complete) and appends what to deliver to
     /// `out` (a list the caller reuses: most messages need none of their own). An error
     /// means the message exceeded the maximum size and must be discarded.
+    /// A reliable message that came whole in one piece: handed up as it is when the limits
+    /// let it go up whole, as [`push_into`](Self::push_into) on a new assembly would, without
+    /// building one (about 120 bytes written and moved per message); otherwise through one.
+    pub(crate) fn push_alone(
+        id: MessageId,
+        data: Bytes,
+        limits: &ReceiveLimits,
+        out: &mut Vec<Event>,
+    ) -> Result<(), Error> {
+        let whole = !data.is_empty()
+            && data.len() <= limits.max_message_size
+            && (limits.whole_only() || limits.max_length.is_none_or(|m| data.len() <= m));
+        if !whole {
+            return Assembly::new(id, true).push_into(data, true, limits, out);
+        }
+        out.push(Event::Received(Received {
+            id,
+            data,
+            reliable: true,
+        }));
+        Ok(())
+    }
+
     pub(crate) fn push_into(
         &mut self,
         data: Bytes,
@@ -385,6 +408,30 @@ mod tests {
                 other => format!("{other:?}"),
             })
             .collect()
+    }
+
+    #[test]
+    fn a_message_alone_goes_up_as_a_new_assembly_would_send_it() {
+        for (min, max) in [
+            (None, None),
+            (Some(10), None),
+            (None, Some(30)),
+            (None, Some(60)),
+        ] {
+            let limits = limits(min, max);
+            for len in [0, 1, 40, 100, 101] {
+                let data = Bytes::from(vec![7u8; len]);
+                let (mut alone, mut built) = (Vec::new(), Vec::new());
+                let alone_result = Assembly::push_alone(9, data.clone(), &limits, &mut alone);
+                let built_result =
+                    Assembly::new(9, true).push_into(data, true, &limits, &mut built);
+                assert_eq!(
+                    (describe(alone), alone_result.map_err(|e| e.to_string())),
+                    (describe(built), built_result.map_err(|e| e.to_string())),
+                    "{len} bytes, limits {min:?} {max:?}"
+                );
+            }
+        }
     }
 
     #[test]

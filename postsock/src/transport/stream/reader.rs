@@ -210,14 +210,14 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
                 );
             }
             // A message in one frame (the usual case) needs no entry among the open ones.
-            let mut alone = Assembly::new(id, true);
-            let a = if header.fin() && !open.contains_key(&id) {
-                &mut alone
+            let pushed = if header.fin() && !open.contains_key(&id) {
+                Assembly::push_alone(id, data, limits, &mut out)
             } else {
                 open.entry(id)
                     .or_insert_with(|| Assembly::new(id, true).with_buffers(buffers))
+                    .push_into(data, header.fin(), limits, &mut out)
             };
-            match a.push_into(data, header.fin(), limits, &mut out) {
+            match pushed {
                 Ok(()) => {}
                 Err(error) => {
                     open.remove(&id);
