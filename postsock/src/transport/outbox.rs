@@ -171,6 +171,13 @@ struct State {
     lane_room: Option<OwnedSemaphorePermit>,
 }
 
+impl State {
+    /// Whether nothing is ready to go: neither the ready set nor the lane holds an item.
+    fn nothing_ready(&self) -> bool {
+        self.ready.is_empty() && self.lane.is_empty()
+    }
+}
+
 /// Decides whether handing an antecedent to the transport already guarantees it is delivered
 /// before a dependent (true on one ordered byte stream).
 pub(crate) type OrderRule = fn(&MessageProperties, &MessageProperties) -> bool;
@@ -369,7 +376,7 @@ impl Outbox {
         let props = Self::share_props(&mut st, props);
         let seq = st.next_seq;
         st.next_seq += 1;
-        let was_idle = st.ready.is_empty() && st.lane.is_empty();
+        let was_idle = st.nothing_ready();
         let lane_room = permit.num_permits();
         match st.lane_room.as_mut() {
             Some(room) => room.merge(permit),
@@ -483,7 +490,7 @@ impl Outbox {
             Eligible::Yes => {
                 // Only the first ready item wakes the transient: while the set is not
                 // empty, it has not gone to sleep (it takes everything ready before it does).
-                let was_empty = st.ready.is_empty() && st.lane.is_empty();
+                let was_empty = st.nothing_ready();
                 st.ready.insert((niceness, seq));
                 if fin {
                     self.fin_now_ready(&mut st, id, seq);
@@ -809,8 +816,7 @@ impl Outbox {
 
     /// Whether nothing is ready to send right now (a stream transport flushes then).
     pub(crate) fn idle(&self) -> bool {
-        let st = self.lock();
-        st.ready.is_empty() && st.lane.is_empty()
+        self.lock().nothing_ready()
     }
 
     /// Records a message's progress. A terminal status settles it: its permits are already
@@ -1047,7 +1053,7 @@ impl Outbox {
             live.parts.push(seq);
         }
         st.items.insert(seq, item);
-        let was_empty = st.ready.is_empty() && st.lane.is_empty();
+        let was_empty = st.nothing_ready();
         st.ready.insert((0, seq));
         drop(st);
         if was_empty {
@@ -1532,9 +1538,7 @@ mod tests {
     /// What a stream writer reports after writing `items` whole.
     fn fins(items: &[&Item]) -> Fins {
         let mut f = Fins::default();
-        for i in items {
-            f.push(i.id, i.plain);
-        }
+        f.extend(items.iter().map(|i| (i.id, i.plain)));
         f
     }
 
