@@ -19,9 +19,11 @@ use quinn::Runtime;
 /// and lifetimes no longer apply, and each read at the peer that opened its window sent it
 /// on from inside that read (the kernel's TCP flow control). On loopback with both ends on
 /// one thread that kernel work was most of what postsock paid over raw tokio-rustls, which
-/// pays it too: TLS/TCP 1 KiB messages went from 0.74-0.77 of raw to 0.99-1.04, and on two
-/// workers from 0.59-0.83 to 0.74-0.99 (medians of repeats; BENCHMARKS.md). Bytes sent and
-/// not yet acknowledged by TCP are not counted: the bound holds back no path's throughput.
+/// pays it too: TLS/TCP 1 KiB messages went from 0.76 of raw to 1.09-1.12, and on two
+/// workers from 0.79-0.85 to 0.79-0.88 (BENCHMARKS.md, "TLS/TCP: what waits unsent in the
+/// kernel"). Bytes sent and not yet acknowledged by TCP are not counted: the bound holds
+/// back no path's throughput, only how far ahead of the path the socket is filled (at 10
+/// Gbit/s 64 KiB is about 50 µs of sending for the writer to refill it in).
 pub(crate) const UNSENT_LOWAT: u32 = 64 * 1024;
 
 /// A TCP connection as carriers use it: Nagle off (the writer gathers its own batches), and
