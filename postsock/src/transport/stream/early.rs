@@ -94,6 +94,9 @@ pub(crate) struct ServerTls<IO> {
     conn: rustls::ServerConnection,
     /// The client closed TCP.
     eof: bool,
+    /// The waker of the last write (`poll_write`, `poll_flush`, `poll_shutdown`): the task
+    /// a read's write of pending records does on its behalf (see `poll_read`).
+    writer: Option<Waker>,
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin> ServerTls<IO> {
@@ -110,6 +113,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ServerTls<IO> {
             io,
             conn,
             eof: false,
+            writer: None,
         };
         std::future::poll_fn(|cx| tls.poll_accept(cx)).await?;
         Ok(tls)
@@ -192,6 +196,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ServerTls<IO> {
         cx: &mut Context<'_>,
         put: impl FnOnce(&mut rustls::Writer<'_>) -> io::Result<usize>,
     ) -> Poll<io::Result<usize>> {
+        self.note_writer(cx);
         while self.conn.wants_write() {
             std::task::ready!(self.write_tls(cx))?;
         }
@@ -204,6 +209,17 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> ServerTls<IO> {
             };
         }
         Poll::Ready(Ok(n))
+    }
+
+    /// Keeps the writing task's waker for a read's writes (see `poll_read`).
+    fn note_writer(&mut self, cx: &Context<'_>) {
+        if !self
+            .writer
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            self.writer = Some(cx.waker().clone());
+        }
     }
 
     /// Copies what can be read now into `buf`: early data first, then application data once
@@ -253,11 +269,16 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for ServerTls<IO> {
             if let Some(r) = this.read_buffered(buf) {
                 return Poll::Ready(r);
             }
-            // Records reading made (the session tickets after the client's Finished) go out
-            // now if TCP takes them, else with the writer's next flush: the reader never
-            // waits on, nor registers for, write readiness.
+            // Pending records (the session tickets after the client's Finished, or what the
+            // writer left for want of room) go out now if TCP takes them, else with the
+            // writer's next flush; the reader never waits for write readiness. A stream has
+            // one waker slot for that (a TCP socket's), where the writer may be waiting: the
+            // write from here registers the writer's waker, not one of its own (with none,
+            // it took the slot from the writer, who was then never woken when room came).
             if this.conn.wants_write() {
-                let _ = this.write_tls(&mut Context::from_waker(Waker::noop()));
+                let writer = this.writer.clone();
+                let waker = writer.as_ref().unwrap_or(Waker::noop());
+                let _ = this.write_tls(&mut Context::from_waker(waker));
             }
             if this.eof {
                 return Poll::Ready(if this.conn.is_handshaking() {
@@ -301,6 +322,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for ServerTls<IO> {
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        this.note_writer(cx);
         this.conn.writer().flush()?;
         while this.conn.wants_write() {
             std::task::ready!(this.write_tls(cx))?;
@@ -579,6 +601,60 @@ mod tests {
                 .collect();
             assert_eq!(data.len(), 1, "client {from_client}: {data:?}");
         }
+    }
+
+    /// The reader must not take the writer's wake-up. A stream has one waker slot for write
+    /// readiness (a TCP socket's, as this pipe's): the writer, its records still unwritten,
+    /// waits there for room; a read that tried those records with a waker of its own (or none)
+    /// took the slot, and the writer was never woken when room came. With the kernel's unsent
+    /// bytes bounded (`TCP_NOTSENT_LOWAT`) a full socket is common, and a TLS/TCP echo over
+    /// loopback hung about one run in eight.
+    #[tokio::test]
+    async fn a_read_leaves_the_writer_waiting_for_room_its_wake_up() {
+        use tokio::io::AsyncReadExt;
+        let (server_config, config) = configs();
+        let (a, b) = tokio::io::duplex(4096);
+        let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
+        let connect = tokio_rustls::TlsConnector::from(config).connect(name, a);
+        let (client, server) = tokio::join!(connect, ServerTls::accept(server_config, b));
+        let mut client = client.expect("client handshake");
+        let mut server = server.expect("server accept");
+        // The handshake's last records (the tickets) reach the client.
+        let handshake = async {
+            let mut none = [0u8; 1];
+            tokio::time::timeout(std::time::Duration::from_millis(50), client.read(&mut none)).await
+        };
+        let (done, _) = tokio::join!(server.handshake(), handshake);
+        done.expect("server handshake");
+
+        // The writer: more than the pipe holds, so records wait and it waits for room.
+        let (writer, writer_waker) = crate::transport::tests::counting();
+        let mut cx = Context::from_waker(&writer_waker);
+        let data = vec![7u8; 64 * 1024];
+        let n = match Pin::new(&mut server).poll_write(&mut cx, &data) {
+            Poll::Ready(r) => r.expect("write"),
+            Poll::Pending => panic!("rustls takes the plaintext"),
+        };
+        assert!(n > 0);
+        assert!(
+            Pin::new(&mut server).poll_flush(&mut cx).is_pending(),
+            "the pipe is full"
+        );
+        // The reader looks for data (none comes): it must leave the write slot alone.
+        let (_, reader_waker) = crate::transport::tests::counting();
+        let mut bytes = [0u8; 64];
+        let mut buf = ReadBuf::new(&mut bytes);
+        let read =
+            Pin::new(&mut server).poll_read(&mut Context::from_waker(&reader_waker), &mut buf);
+        assert!(read.is_pending());
+        // The pipe's far end is read (raw TLS records): room, and the writer is told.
+        let mut raw = vec![0u8; 1024];
+        let n = client.get_mut().0.read(&mut raw).await.expect("raw read");
+        assert!(n > 0);
+        assert!(
+            writer.0.load(std::sync::atomic::Ordering::SeqCst) > 0,
+            "the writer was not woken when room came"
+        );
     }
 
     #[test]
