@@ -116,8 +116,16 @@ impl Tracked {
     }
 }
 
+/// Registers the task to wake when the stream is ready in one direction. One task per
+/// direction, the last to wait, as a real socket under tokio has (one waker slot for read
+/// readiness, one for write): keeping every waiter, as this did, woke a task whose
+/// registration a real socket would have lost to another's, so the simulator hid lost
+/// wake-ups (the TLS/TCP server's reader writing with a no-op waker over its writer's, which
+/// hung a loopback test once the kernel held less unsent).
 fn park(wakers: &mut Vec<Waker>, cx: &Context<'_>) {
     if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
+        wakers.clear();
+        wakers.clear();
         wakers.push(cx.waker().clone());
     }
 }
