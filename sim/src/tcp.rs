@@ -125,7 +125,6 @@ impl Tracked {
 fn park(wakers: &mut Vec<Waker>, cx: &Context<'_>) {
     if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
         wakers.clear();
-        wakers.clear();
         wakers.push(cx.waker().clone());
     }
 }
