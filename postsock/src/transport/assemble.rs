@@ -43,6 +43,11 @@ impl ReceiveLimits {
     pub(crate) fn whole_only(&self) -> bool {
         self.min_incomplete.is_none() && self.max_length.is_none()
     }
+
+    /// Whether `len` bytes may go up as one part (no longer than `max_length`).
+    fn fits_one_part(&self, len: usize) -> bool {
+        self.max_length.is_none_or(|m| len <= m)
+    }
 }
 
 /// `buf` frozen, its spare capacity given back when it is more than a quarter of its length
@@ -267,9 +272,6 @@ impl Assembly {
         Ok(out)
     }
 
-    /// Adds received bytes (`end`: the message is complete) and appends what to deliver to
-    /// `out` (a list the caller reuses: most messages need none of their own). An error
-    /// means the message exceeded the maximum size and must be discarded.
     /// A reliable message that came whole in one piece: handed up as it is when the limits
     /// let it go up whole, as [`push_into`](Self::push_into) on a new assembly would, without
     /// building one (about 120 bytes written and moved per message); otherwise through one.
@@ -281,7 +283,7 @@ impl Assembly {
     ) -> Result<(), Error> {
         let whole = !data.is_empty()
             && data.len() <= limits.max_message_size
-            && (limits.whole_only() || limits.max_length.is_none_or(|m| data.len() <= m));
+            && limits.fits_one_part(data.len());
         if !whole {
             return Assembly::new(id, true).push_into(data, true, limits, out);
         }
@@ -293,6 +295,9 @@ impl Assembly {
         Ok(())
     }
 
+    /// Adds received bytes (`end`: the message is complete) and appends what to deliver to
+    /// `out` (a list the caller reuses: most messages need none of their own). An error
+    /// means the message exceeded the maximum size and must be discarded.
     pub(crate) fn push_into(
         &mut self,
         data: Bytes,
@@ -340,11 +345,7 @@ impl Assembly {
             return Ok(());
         }
         // A message that arrives in one piece and fits goes up without a copy.
-        if end
-            && self.buf.is_empty()
-            && self.delivered == 0
-            && limits.max_length.is_none_or(|m| data.len() <= m)
-        {
+        if end && self.buf.is_empty() && self.delivered == 0 && limits.fits_one_part(data.len()) {
             out.push(Event::Received(Received {
                 id: self.id,
                 data,
