@@ -15,6 +15,7 @@ pub mod queue_bench;
 pub(crate) mod quic;
 mod seqmap;
 pub(crate) mod stream;
+mod stream_cap;
 pub mod tls;
 
 use std::collections::VecDeque;

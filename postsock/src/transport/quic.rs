@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use super::assemble::{Assembly, ReceiveLimits};
 use super::cc::PathAwareFactory;
 pub(crate) use super::cc::PathEpoch;
+use super::stream_cap::StreamCap;
 use super::{tls, EventTx, Flag, KeptWait};
 use crate::message::{MessageProperties, SendStatus};
 use crate::net::Net;
@@ -29,8 +30,9 @@ use crate::{Configuration, Error, Event, MessageId, Received, Result};
 /// Streams the peer may open at once (messages in flight towards us), per direction type.
 /// 512 rather than 1,024: 10,000 × 1 KiB on one thread went at 0.85 of raw quinn with 1,024
 /// and 0.89 with 512 (quinn's per-stream state is smaller and warmer), and as fast on two
-/// workers; at 256 and below two workers lose (0.91, and 0.80 at quinn's default of 100).
-const MAX_CONCURRENT_STREAMS: u32 = 512;
+/// workers. How many a sender keeps in flight below that is its own limit's
+/// (`stream_cap.rs`: 128 on loopback, up to this on long paths).
+const MAX_CONCURRENT_STREAMS: u32 = super::stream_cap::MOST as u32;
 /// Flow-control window of one stream, bytes.
 const STREAM_WINDOW: u32 = 2 << 20;
 /// Flow-control window of the connection (and quinn's send buffer), bytes.
@@ -352,10 +354,14 @@ struct Writes {
     halt_flag: Flag,
     /// Every write has been polled since the flag was set.
     woken: bool,
+    /// How many writes may be pending at once (`stream_cap.rs`).
+    cap: StreamCap,
+    /// The smoothed RTT the loop read last, for `cap`.
+    srtt: Duration,
 }
 
 impl Writes {
-    fn new(halt: watch::Receiver<bool>, outbox: Arc<Outbox>) -> Self {
+    fn new(halt: watch::Receiver<bool>, outbox: Arc<Outbox>, handshake_rtt: Duration) -> Self {
         Writes {
             pending: FuturesUnordered::new(),
             handed: Vec::new(),
@@ -365,7 +371,14 @@ impl Writes {
             halt_flag: Flag::new(&halt),
             halt,
             woken: false,
+            cap: StreamCap::new(handshake_rtt),
+            srtt: handshake_rtt,
         }
+    }
+
+    /// Whether another message may go within the stream limit.
+    fn below_cap(&self) -> bool {
+        self.pending.len() < self.cap.limit()
     }
 
     /// The carrier halted: every write is polled again (each sees the flag), and the
@@ -387,6 +400,7 @@ impl Writes {
     /// Takes what a finished write left: a message handed back, or (an ordered message)
     /// its place in the order, which may let acknowledged ones after it be reported.
     fn ended(&mut self, end: WriteEnd) {
+        self.cap.completed(self.srtt);
         match end {
             WriteEnd::Done { order, handback } => {
                 self.handed.extend(handback);
@@ -476,7 +490,7 @@ struct Dispatcher {
 impl Dispatcher {
     fn new(conn: quinn::Connection, outbox: Arc<Outbox>, halt: watch::Receiver<bool>) -> Self {
         let min_rtt = conn.rtt();
-        let writes = Writes::new(halt, outbox.clone());
+        let writes = Writes::new(halt, outbox.clone(), min_rtt);
         Dispatcher {
             conn,
             outbox,
@@ -508,11 +522,15 @@ impl Dispatcher {
     }
 
     /// Whether [`room`](Self::room) would return at once, and the carrier has not halted.
-    fn room_now(&self) -> bool {
+    fn room_now(&mut self) -> bool {
         self.rtt_now.set(None);
         let room = self
             .window_now()
             .is_none_or(|w| self.in_flight.bytes.load(Ordering::Relaxed) < w);
+        if !self.writes.below_cap() {
+            self.writes.cap.held();
+            return false;
+        }
         room && !self.halted()
     }
 
@@ -521,10 +539,26 @@ impl Dispatcher {
     /// handover restarts congestion control on the new path).
     async fn room(&mut self) {
         self.writes.poll_now();
+        // Within the stream limit first: only a completion makes room there.
+        while !self.writes.below_cap() {
+            self.writes.cap.held();
+            let w = &mut self.writes;
+            tokio::select! {
+                biased;
+                _ = w.halted.ready(), if !w.woken => {
+                    w.wake_all();
+                    return;
+                }
+                Some(done) = w.pending.next() => w.ended(done),
+            }
+        }
         loop {
             let Some(window) = self.window_now() else {
                 return;
             };
+            if self.in_flight.bytes.load(Ordering::Relaxed) >= window {
+                self.writes.cap.limited_elsewhere();
+            }
             let in_flight = &self.in_flight;
             let below = self
                 .writes
@@ -546,6 +580,7 @@ impl Dispatcher {
     async fn dispatch(&mut self, item: Item, rtt_now: Option<Duration>) -> Result<()> {
         let srtt = rtt_now.unwrap_or_else(|| self.conn.rtt());
         self.min_rtt = self.min_rtt.min(srtt);
+        self.writes.srtt = srtt;
         self.outbox.set_rtt(srtt, self.min_rtt);
         let len = item.data.len();
         if let Some(tx) = self.open.get(&item.id) {
@@ -576,6 +611,8 @@ impl Dispatcher {
             match ready_now(open.as_mut()).await {
                 Some(opened) => Some(opened),
                 None => {
+                    // The peer's stream credit holds it back: a stream limit too.
+                    self.writes.cap.held();
                     let mut halt = self.writes.halt.clone();
                     self.writes
                         .drive(async {
@@ -731,6 +768,7 @@ pub(crate) async fn send_loop(
             // applies: no wait on the outbox and no select per message of a burst.
             while d.room_now() {
                 let Some(item) = outbox.try_next_where(usize::MAX, |_| true) else {
+                    d.writes.cap.limited_elsewhere();
                     break;
                 };
                 let rtt = d.rtt_now.take();
@@ -1465,7 +1503,11 @@ mod tests {
         // The sending loop's step after a dispatch, polled as its task: the new write reaches
         // quinn, and the loop is not woken for nothing.
         let (_halt_tx, halt) = watch::channel(false);
-        let mut writes = Writes::new(halt, Outbox::new(1 << 20, |_, _| true));
+        let mut writes = Writes::new(
+            halt,
+            Outbox::new(1 << 20, |_, _| true),
+            Duration::from_millis(1),
+        );
         writes.push(std::future::pending::<WriteEnd>());
         {
             let mut step = std::pin::pin!(async {
