@@ -356,8 +356,6 @@ struct Writes {
     woken: bool,
     /// How many writes may be pending at once (`stream_cap.rs`).
     cap: StreamCap,
-    /// The smoothed RTT the loop read last, for `cap`.
-    srtt: Duration,
 }
 
 impl Writes {
@@ -372,7 +370,6 @@ impl Writes {
             halt,
             woken: false,
             cap: StreamCap::new(handshake_rtt),
-            srtt: handshake_rtt,
         }
     }
 
@@ -400,7 +397,7 @@ impl Writes {
     /// Takes what a finished write left: a message handed back, or (an ordered message)
     /// its place in the order, which may let acknowledged ones after it be reported.
     fn ended(&mut self, end: WriteEnd) {
-        self.cap.completed(self.srtt);
+        self.cap.completed();
         match end {
             WriteEnd::Done { order, handback } => {
                 self.handed.extend(handback);
@@ -524,13 +521,14 @@ impl Dispatcher {
     /// Whether [`room`](Self::room) would return at once, and the carrier has not halted.
     fn room_now(&mut self) -> bool {
         self.rtt_now.set(None);
-        let room = self
-            .window_now()
-            .is_none_or(|w| self.in_flight.bytes.load(Ordering::Relaxed) < w);
+        // The stream limit first: at it, the connection's stats need not be read.
         if !self.writes.below_cap() {
             self.writes.cap.held();
             return false;
         }
+        let room = self
+            .window_now()
+            .is_none_or(|w| self.in_flight.bytes.load(Ordering::Relaxed) < w);
         room && !self.halted()
     }
 
@@ -580,7 +578,7 @@ impl Dispatcher {
     async fn dispatch(&mut self, item: Item, rtt_now: Option<Duration>) -> Result<()> {
         let srtt = rtt_now.unwrap_or_else(|| self.conn.rtt());
         self.min_rtt = self.min_rtt.min(srtt);
-        self.writes.srtt = srtt;
+        self.writes.cap.rtt(srtt);
         self.outbox.set_rtt(srtt, self.min_rtt);
         let len = item.data.len();
         if let Some(tx) = self.open.get(&item.id) {

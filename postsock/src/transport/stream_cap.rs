@@ -6,9 +6,9 @@
 //! limit") 128 streams in flight sent 1 KiB messages at 0.91-0.92 of raw quinn on one thread
 //! against 0.85-0.86 at 512 (the peer's limit), 64 at 0.89 (median 0.90) and 32 at 0.84. A
 //! fixed 128 would cap small messages on long paths (128 a round trip: 1.3 MB/s of 1 KiB
-//! messages on 100 ms), so the limit follows what the path needs: the messages completed per second
-//! times the least RTT seen (what is in flight on a path without queues), doubled for
-//! headroom, between [`LEAST`] and [`MOST`].
+//! messages on 100 ms), so the limit follows what the path needs: the messages completed
+//! per second times the least RTT seen (what is in flight on a path without queues),
+//! doubled for headroom, between [`LEAST`] and [`MOST`].
 //!
 //! It starts at [`MOST`] (a burst on a fresh carrier goes as before) and is decided once a
 //! window (at least [`MIN_WINDOW`], and at least the least RTT) of completions: raised at
@@ -75,6 +75,8 @@ pub(crate) struct StreamCap {
     done: u64,
     held: bool,
     limited_elsewhere: bool,
+    /// The smoothed RTT the sending loop read last.
+    srtt: Duration,
     /// The least RTT of the current period of [`RTT_MEMORY`] and of the one before.
     least: [Duration; 2],
     period: Option<Instant>,
@@ -89,6 +91,7 @@ impl StreamCap {
             done: 0,
             held: false,
             limited_elsewhere: false,
+            srtt: handshake_rtt,
             least: [handshake_rtt; 2],
             period: None,
         }
@@ -116,15 +119,19 @@ impl StreamCap {
         self.limited_elsewhere = true;
     }
 
-    /// A message's stream completed (acknowledged, or ended otherwise); `srtt` is the
-    /// smoothed RTT the sending loop read last.
-    pub(crate) fn completed(&mut self, srtt: Duration) {
+    /// The smoothed RTT the sending loop read now.
+    pub(crate) fn rtt(&mut self, srtt: Duration) {
+        self.srtt = srtt;
+    }
+
+    /// A message's stream completed (acknowledged, or ended otherwise).
+    pub(crate) fn completed(&mut self) {
         self.done += 1;
         if !self.done.is_multiple_of(LOOK_EVERY) {
             return;
         }
         let now = Instant::now();
-        self.note_rtt(now, srtt);
+        self.note_rtt(now, self.srtt);
         let Some(start) = self.start else {
             self.begin(now);
             return;
@@ -219,7 +226,8 @@ mod tests {
         for _ in 0..200 {
             cap.held();
             for _ in 0..LOOK_EVERY {
-                cap.completed(10 * rtt);
+                cap.rtt(10 * rtt);
+                cap.completed();
             }
             tokio::time::advance(rtt).await;
         }
@@ -230,7 +238,8 @@ mod tests {
             held.held();
             held.limited_elsewhere();
             for _ in 0..LOOK_EVERY {
-                held.completed(10 * rtt);
+                held.rtt(10 * rtt);
+                held.completed();
             }
             tokio::time::advance(rtt).await;
         }
@@ -247,7 +256,8 @@ mod tests {
         let rounds = (3 * RTT_MEMORY.as_millis() / long.as_millis()) as usize;
         for _ in 0..rounds {
             for _ in 0..LOOK_EVERY {
-                cap.completed(long);
+                cap.rtt(long);
+                cap.completed();
             }
             tokio::time::advance(long).await;
         }
@@ -255,21 +265,25 @@ mod tests {
         // Still the short one within the memory.
         let mut fresh = StreamCap::new(short);
         for _ in 0..LOOK_EVERY {
-            fresh.completed(long);
+            fresh.rtt(long);
+            fresh.completed();
         }
         tokio::time::advance(long).await;
         for _ in 0..LOOK_EVERY {
-            fresh.completed(long);
+            fresh.rtt(long);
+            fresh.completed();
         }
         assert_eq!(fresh.min_rtt(), short);
         // Nothing completed for two periods (the path was down): both forgotten at once.
         let mut down = StreamCap::new(short);
         for _ in 0..LOOK_EVERY {
-            down.completed(short);
+            down.rtt(short);
+            down.completed();
         }
         tokio::time::advance(2 * RTT_MEMORY + long).await;
         for _ in 0..LOOK_EVERY {
-            down.completed(long);
+            down.rtt(long);
+            down.completed();
         }
         assert_eq!(down.min_rtt(), long);
     }
