@@ -10,8 +10,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use postsock::net::Net;
 use postsock::{
-    Carrier, Configuration, Error, Event, Listener, Message, MessageProperties, Preference,
-    Protocol, Remote, Security, SendStatus, TestCa, TransportProperties,
+    Carrier, CarrierStats, Configuration, Error, Event, Listener, Message, MessageProperties,
+    Preference, Protocol, Remote, Security, SendStatus, TestCa, TransportProperties,
 };
 use sim::{HostSpec, LinkParams, World, WorldSpec};
 
@@ -993,4 +993,78 @@ fn long_messages_held_by_the_application_stay_intact_while_more_arrive() {
             },
         );
     }
+}
+
+/// The client's stats right after it initiated, and once `count` messages of 1 KiB sent in
+/// one go are all acknowledged; the server reads and drops them.
+fn stats_around_a_bulk_send(
+    uplink: LinkParams,
+    protocol: Protocol,
+    count: usize,
+) -> (CarrierStats, CarrierStats) {
+    let got: Arc<Mutex<Vec<CarrierStats>>> = Arc::default();
+    let out = got.clone();
+    simulate(
+        uplink,
+        configs(&[protocol]),
+        drain,
+        move |carrier| async move {
+            out.lock().expect("stats").push(carrier.stats());
+            let mut last = None;
+            for _ in 0..count {
+                last = Some(carrier.send(vec![1u8; 1024]).await.expect("send"));
+            }
+            let outcome = last.expect("a message").outcome().await;
+            assert_eq!(outcome, SendStatus::Acked, "{protocol}");
+            out.lock().expect("stats").push(carrier.stats());
+            carrier.close().await.expect("close");
+        },
+    );
+    let got = got.lock().expect("stats").clone();
+    assert_eq!(got.len(), 2, "{protocol}: the client did not finish");
+    (got[0].clone(), got[1].clone())
+}
+
+#[test]
+fn stats_report_the_path_and_the_quic_send_loops_measured_limit() {
+    // 10 ms from the client to the core and 10 from the core to the server: a 40 ms RTT.
+    let path_rtt = Duration::from_millis(40);
+
+    // QUIC on a path of unlimited rate: each message's stream completes one RTT after it
+    // opened, so completions a second × the least RTT is the limit itself, and twice that
+    // is more than the 512 it starts from: it never comes down.
+    let (fresh, fast) = stats_around_a_bulk_send(link(10, None), Protocol::Quic, 3000);
+    assert_eq!(fresh.protocol, Protocol::Quic);
+    assert_eq!(fresh.message_limit, Some(512), "{fresh:?}");
+    assert_eq!(fresh.rtt, Some(path_rtt), "{fresh:?}");
+    assert_eq!(fast.message_limit, Some(512), "{fast:?}");
+    assert_eq!(fast.lost_packets, Some(0), "{fast:?}");
+    assert!(fast.send_window > fresh.send_window, "{fresh:?} {fast:?}");
+
+    // The same over a 10 Mbit/s uplink with a queue deep enough for the congestion window
+    // to outgrow 512 messages without a loss: about 1,100 messages of 1 KiB complete a
+    // second, × the 40 ms least RTT × 2 is about 90 messages in flight needed, under the
+    // least limit; the streams, not the window, hold the sender back (the queue makes the
+    // smoothed RTT grow well past 40 ms), so the limit halves to 256 and then to 128.
+    let slow_link = LinkParams {
+        queue_bytes: 4 << 20,
+        ..link(10, Some(10_000))
+    };
+    let (_, slow) = stats_around_a_bulk_send(slow_link, Protocol::Quic, 3000);
+    assert_eq!(slow.message_limit, Some(128), "{slow:?}");
+    assert_eq!(slow.lost_packets, Some(0), "{slow:?}");
+    assert!(slow.rtt.is_some_and(|r| r > 2 * path_rtt), "{slow:?}");
+
+    // TLS/TCP: no RTT until the first ACK frame, then one from postsock's own ACKs (at
+    // least the path's); its ACK window grows from 16 KiB with the measured delivery rate.
+    let (fresh, after) = stats_around_a_bulk_send(link(10, None), Protocol::TlsTcp, 3000);
+    assert_eq!(fresh.protocol, Protocol::TlsTcp);
+    assert_eq!(
+        (fresh.rtt, fresh.send_window),
+        (None, 16 * 1024),
+        "{fresh:?}"
+    );
+    assert!(after.rtt.is_some_and(|r| r >= path_rtt), "{after:?}");
+    assert!(after.send_window > 16 * 1024, "{after:?}");
+    assert_eq!((after.message_limit, after.lost_packets), (None, None));
 }

@@ -76,7 +76,7 @@ pub mod traversal;
 #[cfg(test)]
 mod fuzz;
 
-pub use api::carrier::{Carrier, PartialSend};
+pub use api::carrier::{Carrier, CarrierStats, PartialSend};
 pub use api::framer;
 pub use api::framer::{Framed, Framer, Json, LengthPrefix, Lines};
 pub use api::listener::Listener;

@@ -305,6 +305,32 @@ pub struct Carrier {
     early_gate: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
+/// A snapshot of what a carrier's current transient measures ([`Carrier::stats`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CarrierStats {
+    /// The protocol stack of the current transient.
+    pub protocol: Protocol,
+    /// The smoothed round-trip time. On QUIC quinn's estimate, from its ACKs (the handshake
+    /// gives the first sample). On TLS/TCP the one postsock's ACK frames measure, from a
+    /// frame's write to its ACK's arrival: it includes the time the peer took to read the
+    /// frame, and is `None` until the first ACK on the current connection.
+    pub rtt: Option<Duration>,
+    /// Bytes the transient lets be unacknowledged now: on QUIC the congestion window, on
+    /// TLS/TCP postsock's ACK window, in payload bytes plus one per frame (twice the delivery
+    /// rate × the least RTT, 16 KiB to 16 MiB; 16 KiB until measured); the kernel's own TCP
+    /// window is not seen.
+    pub send_window: u64,
+    /// QUIC only: how many messages the send loop lets be in flight at once, measured from
+    /// their completions and the least RTT (128 to 512; 512 on a fresh connection).
+    pub message_limit: Option<usize>,
+    /// QUIC only: packets declared lost on the current connection.
+    pub lost_packets: Option<u64>,
+    /// Bytes of the send buffer in use (queued or unacknowledged messages), as
+    /// [`Carrier::buffered`].
+    pub buffered: usize,
+}
+
 /// What a carrier's operations act on now: a QUIC carrier that moved runs on a stream core.
 enum Now<'a> {
     Quic {
@@ -875,6 +901,42 @@ impl Carrier {
     /// Bytes of the send buffer in use (queued or unacknowledged messages).
     pub fn buffered(&self) -> usize {
         self.outbox.buffered()
+    }
+
+    /// What the current transient measures now: its RTT, the bytes it lets be unacknowledged
+    /// and, on QUIC, its limit on messages in flight and the packets it lost.
+    pub fn stats(&self) -> CarrierStats {
+        let protocol = self.protocol();
+        let buffered = self.outbox.buffered();
+        match self.now() {
+            Now::Quic { conn, .. } => {
+                let path = conn.stats().path;
+                CarrierStats {
+                    protocol,
+                    rtt: Some(path.rtt),
+                    send_window: path.cwnd,
+                    // (Before its send loop first ran, the limit it starts from.)
+                    message_limit: Some(
+                        self.outbox
+                            .message_limit()
+                            .unwrap_or(quic::FRESH_MESSAGE_LIMIT),
+                    ),
+                    lost_packets: Some(path.lost_packets),
+                    buffered,
+                }
+            }
+            Now::Stream(core) => {
+                let (rtt, send_window) = core.path_stats();
+                CarrierStats {
+                    protocol,
+                    rtt,
+                    send_window,
+                    message_limit: None,
+                    lost_packets: None,
+                    buffered,
+                }
+            }
+        }
     }
 
     fn check(&self, message: &Message) -> Result<()> {

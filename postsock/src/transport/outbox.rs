@@ -194,6 +194,9 @@ pub(crate) struct Outbox {
     /// The forward delay estimate ([`set_rtt`](Self::set_rtt)) in nanoseconds: a QUIC
     /// sending loop sets it at each message, and a lock there cost two atomic updates.
     one_way: std::sync::atomic::AtomicU64,
+    /// The QUIC sending loop's limit on messages in flight (`stream_cap.rs`), published
+    /// when it changes for [`Carrier::stats`](crate::Carrier::stats); 0 until one is set.
+    message_limit: std::sync::atomic::AtomicUsize,
     order_rule: Mutex<OrderRule>,
     /// The sending loop, when a queueing thread may run it (see `inline.rs`).
     inline: Mutex<Option<Arc<Driven>>>,
@@ -211,6 +214,7 @@ impl Outbox {
             permits: Arc::new(Semaphore::new(limit)),
             limit,
             one_way: std::sync::atomic::AtomicU64::new(0),
+            message_limit: std::sync::atomic::AtomicUsize::new(0),
             order_rule: Mutex::new(order_rule),
             inline: Mutex::new(None),
             marks: Arc::new(PlainMarks::default()),
@@ -271,6 +275,21 @@ impl Outbox {
         let nanos = u64::try_from(forward.as_nanos()).unwrap_or(u64::MAX);
         self.one_way
             .store(nanos, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The QUIC sending loop's limit on messages in flight changed to `n`.
+    pub(crate) fn set_message_limit(&self, n: usize) {
+        self.message_limit
+            .store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The QUIC sending loop's limit on messages in flight, once one runs.
+    pub(crate) fn message_limit(&self) -> Option<usize> {
+        Some(
+            self.message_limit
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
+        .filter(|&n| n > 0)
     }
 
     pub(crate) fn one_way(&self) -> Duration {

@@ -33,6 +33,8 @@ use crate::{Configuration, Error, Event, MessageId, Received, Result};
 /// workers. How many a sender keeps in flight below that is its own limit's
 /// (`stream_cap.rs`: 128 on loopback, up to this on long paths).
 const MAX_CONCURRENT_STREAMS: u32 = super::stream_cap::MOST as u32;
+/// The send loop's limit on messages in flight on a fresh connection, before it measured.
+pub(crate) const FRESH_MESSAGE_LIMIT: usize = super::stream_cap::MOST;
 /// Flow-control window of one stream, bytes.
 const STREAM_WINDOW: u32 = 2 << 20;
 /// Flow-control window of the connection (and quinn's send buffer), bytes.
@@ -360,6 +362,8 @@ struct Writes {
 
 impl Writes {
     fn new(halt: watch::Receiver<bool>, outbox: Arc<Outbox>, handshake_rtt: Duration) -> Self {
+        let cap = StreamCap::new(handshake_rtt);
+        outbox.set_message_limit(cap.limit());
         Writes {
             pending: FuturesUnordered::new(),
             handed: Vec::new(),
@@ -369,7 +373,7 @@ impl Writes {
             halt_flag: Flag::new(&halt),
             halt,
             woken: false,
-            cap: StreamCap::new(handshake_rtt),
+            cap,
         }
     }
 
@@ -397,7 +401,11 @@ impl Writes {
     /// Takes what a finished write left: a message handed back, or (an ordered message)
     /// its place in the order, which may let acknowledged ones after it be reported.
     fn ended(&mut self, end: WriteEnd) {
+        let before = self.cap.limit();
         self.cap.completed();
+        if self.cap.limit() != before {
+            self.outbox.set_message_limit(self.cap.limit());
+        }
         match end {
             WriteEnd::Done { order, handback } => {
                 self.handed.extend(handback);

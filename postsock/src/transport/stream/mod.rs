@@ -235,6 +235,13 @@ impl StreamCore {
         self.token
     }
 
+    /// The smoothed RTT its ACK frames measured (none before the first, nor after a
+    /// continuation started on a new path) and the window of unacknowledged bytes it allows.
+    pub(crate) fn path_stats(&self) -> (Option<Duration>, u64) {
+        let window = self.acks.lock();
+        (window.srtt(), window.window())
+    }
+
     /// The peer's address on the current (or last) transient.
     pub(crate) fn peer(&self) -> SocketAddr {
         self.lock().peer
