@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use postsock::net::TokioNet;
 use postsock::transport::tls;
-use postsock::{Carrier, Configuration, Listener, Protocol, Remote, Security, TestCa};
+use postsock::{
+    Carrier, CarrierStats, Configuration, Listener, Protocol, Remote, Security, TestCa,
+};
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
@@ -124,6 +126,8 @@ pub struct Row {
     pub meets_target: bool,
     /// CPU time per message (per round trip for latency), both ends of the run.
     pub cpu: CpuRow,
+    /// Throughput rows: the postsock sender's stats at the end of its last run.
+    pub postsock_end: Option<EndStats>,
 }
 
 /// CPU time (all threads, both ends) per message or round trip, the least of the repeats:
@@ -276,7 +280,32 @@ async fn postsock_pair(protocol: Protocol) -> Res<(Carrier, Carrier)> {
     Ok((client, server))
 }
 
-async fn postsock_throughput(protocol: Protocol, count: usize, size: usize) -> Res<Duration> {
+/// What the sender's `Carrier::stats()` read at the end of a postsock throughput run.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct EndStats {
+    /// The QUIC send loop's limit on messages in flight (`None` on TLS/TCP).
+    pub message_limit: Option<usize>,
+    /// The smoothed RTT, µs.
+    pub rtt_us: Option<f64>,
+    /// The congestion window (QUIC) or ACK window (TLS/TCP), bytes.
+    pub send_window: u64,
+}
+
+impl From<CarrierStats> for EndStats {
+    fn from(s: CarrierStats) -> Self {
+        EndStats {
+            message_limit: s.message_limit,
+            rtt_us: s.rtt.map(|r| r.as_secs_f64() * 1e6),
+            send_window: s.send_window,
+        }
+    }
+}
+
+async fn postsock_throughput(
+    protocol: Protocol,
+    count: usize,
+    size: usize,
+) -> Res<(Duration, EndStats)> {
     let (client, server) = postsock_pair(protocol).await?;
     let data = Bytes::from(vec![0x5a; size]);
     let receiver = tokio::spawn(async move {
@@ -294,8 +323,9 @@ async fn postsock_throughput(protocol: Protocol, count: usize, size: usize) -> R
     if bytes != count * size {
         return Err(format!("received {bytes} of {} bytes", count * size).into());
     }
+    let stats = client.stats().into();
     client.close().await?;
-    Ok(end - start)
+    Ok((end - start, stats))
 }
 
 async fn postsock_latency(protocol: Protocol, rounds: usize, size: usize) -> Res<Vec<Duration>> {
@@ -552,11 +582,20 @@ fn mb_per_s(bytes: usize, d: Duration) -> f64 {
     bytes as f64 / d.as_secs_f64().max(1e-9) / 1e6
 }
 
-async fn throughput(protocol: Protocol, raw: bool, count: usize, size: usize) -> Res<Duration> {
+/// A throughput run's time, and for postsock what its sender's stats read at the end.
+async fn throughput(
+    protocol: Protocol,
+    raw: bool,
+    count: usize,
+    size: usize,
+) -> Res<(Duration, Option<EndStats>)> {
     match (protocol, raw) {
-        (Protocol::Quic, true) => quinn_throughput(count, size).await,
-        (_, true) => tls_throughput(count, size).await,
-        (p, false) => postsock_throughput(p, count, size).await,
+        (Protocol::Quic, true) => Ok((quinn_throughput(count, size).await?, None)),
+        (_, true) => Ok((tls_throughput(count, size).await?, None)),
+        (p, false) => {
+            let (d, stats) = postsock_throughput(p, count, size).await?;
+            Ok((d, Some(stats)))
+        }
     }
 }
 
@@ -613,11 +652,19 @@ pub fn compare(opts: &Options, progress: &dyn Fn(&str)) -> Res<(String, Vec<Row>
             }
             progress(&format!("{} throughput, {workload}", protocol.name()));
             let mut cpu = Cpu::default();
+            let mut end_stats = None;
             let runs = Alternated::run(
                 opts,
                 &mut cpu,
-                || rt.block_on(throughput(protocol, true, count, size)),
-                || rt.block_on(throughput(protocol, false, count, size)),
+                || {
+                    rt.block_on(throughput(protocol, true, count, size))
+                        .map(|r| r.0)
+                },
+                || {
+                    let (d, stats) = rt.block_on(throughput(protocol, false, count, size))?;
+                    end_stats = stats;
+                    Ok(d)
+                },
             )?;
             let (best_raw, best_ps) = runs.best();
             let (raw, ps) = (
@@ -634,6 +681,7 @@ pub fn compare(opts: &Options, progress: &dyn Fn(&str)) -> Res<(String, Vec<Row>
                 pairs: runs.pairs(|d| mb_per_s(count * size, d)),
                 meets_target: ratio(ps, raw) >= 0.9,
                 cpu: cpu.per(count),
+                postsock_end: end_stats,
             });
         }
         let workload = format!(
@@ -671,6 +719,7 @@ pub fn compare(opts: &Options, progress: &dyn Fn(&str)) -> Res<(String, Vec<Row>
             pairs: runs.pairs(micros),
             meets_target: ratio(ps, raw) > 0.0 && ratio(ps, raw) <= 1.1,
             cpu: cpu.per(opts.rounds),
+            postsock_end: None,
         });
     }
     Ok((runtime_name(&rt), rows))
@@ -841,6 +890,32 @@ pub fn markdown(report: &BenchReport) -> String {
             ratio(r.cpu.postsock_us, r.cpu.raw_us),
         ));
     }
+    let ends: Vec<String> = report
+        .rows
+        .iter()
+        .filter_map(|r| {
+            let e = r.postsock_end?;
+            let limit = e
+                .message_limit
+                .map(|n| format!("a limit of {n} messages in flight, "))
+                .unwrap_or_default();
+            let rtt = e.rtt_us.map_or("no RTT sample".to_string(), |us| {
+                format!("a smoothed RTT of {us:.0} µs")
+            });
+            Some(format!(
+                "- {} {}: {limit}{rtt}, a send window of {} KiB\n",
+                r.protocol,
+                r.workload,
+                e.send_window / 1024
+            ))
+        })
+        .collect();
+    if !ends.is_empty() {
+        s.push_str(
+            "\npostsock's sender at the end of its last throughput run (`Carrier::stats()`):\n\n",
+        );
+        s.extend(ends);
+    }
     s.push_str("\n| protocol | pushed at a receiver that reads nothing | accepted before `send` was held | held | sender peak RSS |\n|---|---:|---:|---|---:|\n");
     for m in &report.memory {
         s.push_str(&format!(
@@ -865,6 +940,52 @@ mod tests {
         assert_eq!(spread(&[0.5]), "0.50");
         assert_eq!(spread(&[0.6, 0.58, 0.66, 0.61]), "0.60 (0.58–0.66)");
         assert_eq!(spread(&[0.9, 0.5, 0.7]), "0.70 (0.50–0.90)");
+    }
+
+    #[test]
+    fn the_markdown_tells_what_the_sender_s_stats_read_at_the_end() {
+        let row = |protocol: &str, end: Option<EndStats>| Row {
+            workload: "100000 x 1 KiB".into(),
+            protocol: protocol.into(),
+            metric: "throughput (MB/s)".into(),
+            raw: 100.0,
+            postsock: 95.0,
+            ratio: 0.95,
+            pairs: vec![0.95],
+            meets_target: true,
+            cpu: CpuRow::default(),
+            postsock_end: end,
+        };
+        let report = BenchReport {
+            runtime: "current-thread".into(),
+            rows: vec![
+                row(
+                    "quic",
+                    Some(EndStats {
+                        message_limit: Some(128),
+                        rtt_us: Some(81.6),
+                        send_window: 500 * 1024,
+                    }),
+                ),
+                row(
+                    "tls-tcp",
+                    Some(EndStats {
+                        message_limit: None,
+                        rtt_us: None,
+                        send_window: 16 * 1024,
+                    }),
+                ),
+                row("quic", None),
+            ],
+            memory: Vec::new(),
+        };
+        let md = markdown(&report);
+        assert!(md.contains("- quic 100000 x 1 KiB: a limit of 128 messages in flight, a smoothed RTT of 82 µs, a send window of 500 KiB\n"), "{md}");
+        assert!(
+            md.contains("- tls-tcp 100000 x 1 KiB: no RTT sample, a send window of 16 KiB\n"),
+            "{md}"
+        );
+        assert_eq!(md.matches("\n- ").count(), 2, "{md}");
     }
 
     #[test]
