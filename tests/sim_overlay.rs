@@ -171,6 +171,60 @@ fn gateway_translates_addresses_for_quic_and_tls() {
 /// has no turmoil partition per pair of hosts any more, so a raw turmoil socket would get
 /// through, and the stack never uses one).
 #[test]
+fn public_hosts_get_links_for_the_pairs_that_talk_with_their_paths_latency() {
+    use postsock::net::datagram;
+    // 60 public clients 5 ms from the core, one server 20 ms from it: each client's round
+    // trip to the server is 2 × 25 ms. Any two public hosts could talk, but only the 60
+    // client-server pairs do: 60 links, not the 1,830 of a link per pair.
+    let clients: Vec<String> = (0..60).map(|i| format!("c{i}")).collect();
+    let mut hosts = vec![host("server", None, 20)];
+    hosts.extend(clients.iter().map(|c| host(c, None, 5)));
+    let spec = WorldSpec {
+        dns: Default::default(),
+        hosts,
+        gateways: vec![],
+    };
+    let mut world = World::new(&spec, 1, Duration::from_secs(5)).expect("world");
+    let server_ip = world.ip("server").expect("server");
+    let server = world.net("server").expect("net");
+    world
+        .host("server", move || {
+            let server = server.clone();
+            async move {
+                let socket = server.bind_udp(([0, 0, 0, 0], 9000).into()).await?;
+                loop {
+                    let (from, data) = datagram::recv_from(socket.as_ref()).await?;
+                    datagram::send_to(socket.as_ref(), from, &data).await?;
+                }
+            }
+        })
+        .expect("host");
+    let rtts: Arc<Mutex<Vec<u128>>> = Arc::default();
+    for (i, name) in clients.iter().enumerate() {
+        let (net, rtts) = (world.net(name).expect("net"), rtts.clone());
+        world
+            .client(name.as_str(), async move {
+                // Staggered, so that links are made while the simulation runs.
+                tokio::time::sleep(Duration::from_millis(i as u64)).await;
+                let socket = net.bind_udp(([0, 0, 0, 0], 0).into()).await?;
+                let start = tokio::time::Instant::now();
+                datagram::send_to(socket.as_ref(), (server_ip, 9000).into(), b"ping").await?;
+                datagram::recv_from(socket.as_ref()).await?;
+                rtts.lock().expect("rtts").push(start.elapsed().as_millis());
+                Ok(())
+            })
+            .expect("client");
+    }
+    while !world.step().expect("step") {}
+    assert_eq!(
+        *rtts.lock().expect("rtts"),
+        vec![50; 60],
+        "round trips in ms"
+    );
+    assert_eq!(world.links_made(), 60);
+}
+
+#[test]
 fn a_host_behind_a_gateway_is_unreachable_from_outside() {
     use postsock::net::datagram;
     let mut world = World::new(&spec(), 1, Duration::from_secs(5)).expect("world");

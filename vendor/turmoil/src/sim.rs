@@ -329,6 +329,25 @@ impl<'a> Sim<'a> {
         });
     }
 
+    /// postsock patch: the fixed latency every link gets when it is created, by its two
+    /// ends (`None`: the global configuration). Links are created on first use (a send, a
+    /// setting, a partition), so a world where many pairs of hosts could talk need not
+    /// make a link for each pair up front; links made before this call keep their latency.
+    pub fn set_link_latency_fn(
+        &self,
+        f: impl Fn(std::net::IpAddr, std::net::IpAddr) -> Option<Duration> + 'static,
+    ) {
+        self.world
+            .borrow_mut()
+            .topology
+            .set_latency_of(Box::new(f));
+    }
+
+    /// postsock patch: how many links between hosts exist (made on first use).
+    pub fn links_made(&self) -> usize {
+        self.world.borrow().topology.links_made()
+    }
+
     /// Set the max message latency for any links matching `a` and `b`.
     pub fn set_link_max_message_latency(
         &self,

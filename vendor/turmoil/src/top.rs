@@ -31,11 +31,19 @@ pub(crate) struct Topology {
     /// postsock patch: per host, the links holding messages deliverable to it, by rank.
     ready: IndexMap<IpAddr, std::collections::BTreeMap<u64, Pair>>,
 
+    /// postsock patch: the fixed latency a link gets when it is created (`None` from the
+    /// function: the global configuration), so a world need not set one on every pair of
+    /// hosts that may talk before they do.
+    latency_of: Option<LatencyOf>,
+
     /// We don't use a Rt for async. Right now, we just use it to tick time
     /// forward in the same way we do it elsewhere. We'd like to represent
     /// network state with async in the future.
     rt: Rt<'static>,
 }
+
+/// postsock patch: a link's latency, by its two ends, decided when the link is created.
+pub(crate) type LatencyOf = Box<dyn Fn(IpAddr, IpAddr) -> Option<Duration>>;
 
 /// This type is used as the key in the [`Topology::links`] map. See [`new`]
 /// which orders the addrs, such that this type uniquely identifies the link
@@ -193,8 +201,20 @@ impl Topology {
             incident: IndexMap::new(),
             active: indexmap::IndexSet::new(),
             ready: IndexMap::new(),
+            latency_of: None,
             rt: Rt::no_software(),
         }
+    }
+
+    /// postsock patch: how many links exist (each made on first use).
+    pub(crate) fn links_made(&self) -> usize {
+        self.links.len()
+    }
+
+    /// postsock patch: the latency links get when they are created (see
+    /// [`Topology::latency_of`]); links already made keep theirs.
+    pub(crate) fn set_latency_of(&mut self, f: LatencyOf) {
+        self.latency_of = Some(f);
     }
 
     /// postsock patch: registers a host. Upstream creates a link to every existing host
@@ -236,7 +256,13 @@ impl Topology {
                 let at = list.partition_point(|(r, _)| *r < rank);
                 list.insert(at, (rank, pair.clone()));
             }
-            self.links.insert(pair.clone(), Link::new(self.rt.now()));
+            let mut link = Link::new(self.rt.now());
+            if let Some(value) = self.latency_of.as_ref().and_then(|f| f(pair.0, pair.1)) {
+                let latency = link.latency(self.config.latency());
+                latency.min_message_latency = value;
+                latency.max_message_latency = value;
+            }
+            self.links.insert(pair.clone(), link);
         }
     }
 
