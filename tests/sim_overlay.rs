@@ -225,6 +225,93 @@ fn public_hosts_get_links_for_the_pairs_that_talk_with_their_paths_latency() {
 }
 
 #[test]
+fn what_a_finished_client_left_running_goes_with_it_and_sends_nothing() {
+    use postsock::net::{datagram, AsyncUdpSocket};
+    use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+
+    /// Sends a datagram when dropped (as a protocol stack saying goodbye in a destructor),
+    /// and says it was.
+    struct SendsOnDrop {
+        socket: Arc<dyn AsyncUdpSocket>,
+        to: SocketAddr,
+        dropped: Arc<AtomicBool>,
+    }
+    impl Drop for SendsOnDrop {
+        fn drop(&mut self) {
+            self.dropped.store(true, SeqCst);
+            let _ = self.socket.try_send(&quinn::udp::Transmit {
+                destination: self.to,
+                ecn: None,
+                contents: b"bye",
+                segment_size: None,
+                src_ip: None,
+            });
+        }
+    }
+
+    let mut world = World::new(&spec(), 1, Duration::from_secs(5)).expect("world");
+    let server_ip = world.ip("server").expect("server");
+    let heard: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+    let (server, got) = (world.net("server").expect("net"), heard.clone());
+    world
+        .host("server", move || {
+            let (server, got) = (server.clone(), got.clone());
+            async move {
+                let socket = server.bind_udp(([0, 0, 0, 0], 9000).into()).await?;
+                loop {
+                    let (_, data) = datagram::recv_from(socket.as_ref()).await?;
+                    got.lock().expect("heard").push(data.to_vec());
+                }
+            }
+        })
+        .expect("host");
+    let dropped = Arc::new(AtomicBool::new(false));
+    let (direct, flag) = (world.net("direct").expect("net"), dropped.clone());
+    world
+        .client("direct", async move {
+            let socket = direct.bind_udp(([0, 0, 0, 0], 0).into()).await?;
+            let to = SocketAddr::new(server_ip, 9000);
+            datagram::send_to(socket.as_ref(), to, b"hello").await?;
+            // A task that outlives the program, as a carrier's do.
+            let guard = SendsOnDrop {
+                socket,
+                to,
+                dropped: flag,
+            };
+            tokio::spawn(async move {
+                let _guard = guard;
+                std::future::pending::<()>().await;
+            });
+            Ok(())
+        })
+        .expect("client");
+    // A second client keeps the world running after the first is done.
+    world
+        .client("inside", async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok(())
+        })
+        .expect("client");
+    let mut steps = 0;
+    while !world.step().expect("step") {
+        steps += 1;
+        if steps == 100 {
+            assert!(
+                dropped.load(SeqCst),
+                "the finished client's task is dropped, not kept until the world goes"
+            );
+        }
+    }
+    assert_eq!(*heard.lock().expect("heard"), vec![b"hello".to_vec()]);
+    let up = world.counters()["direct"].up;
+    assert_eq!(
+        (up.offered, up.delivered),
+        (1, 1),
+        "what it offered while exiting neither left nor counted"
+    );
+}
+
+#[test]
 fn a_host_behind_a_gateway_is_unreachable_from_outside() {
     use postsock::net::datagram;
     let mut world = World::new(&spec(), 1, Duration::from_secs(5)).expect("world");

@@ -349,7 +349,13 @@ impl<'a> World<'a> {
 
     /// Advances the simulation by one tick (1 ms). Returns `true` once every client finished.
     pub fn step(&mut self) -> Result<bool, SimError> {
-        self.sim.step().map_err(|e| SimError::Host(e.to_string()))
+        let done = self.sim.step().map_err(|e| SimError::Host(e.to_string()))?;
+        // A host whose program ended is never run again: what it left running (a carrier's
+        // tasks, its TCP stack and their buffers) goes now, as a process's exit frees it,
+        // rather than when the world is dropped.
+        let state = &self.state;
+        self.sim.reap_finished(|ip| state.exited(ip));
+        Ok(done)
     }
 
     /// How many links between pairs of nodes the simulation has made so far: one per pair

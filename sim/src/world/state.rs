@@ -110,6 +110,9 @@ pub(crate) struct AccessLink {
     pub(crate) is_down: bool,
     /// Silently dropping everything (a `blackhole` fault).
     pub(crate) blackholed: bool,
+    /// Its host's program ended: nothing it still offers (from a destructor, as its tasks
+    /// are dropped) leaves, nor is counted, as nothing leaves a process that exited.
+    pub(crate) exited: bool,
 }
 
 impl AccessLink {
@@ -128,6 +131,7 @@ impl AccessLink {
             down: direction(false, "down"),
             is_down: false,
             blackholed: false,
+            exited: false,
         }
     }
 
@@ -236,6 +240,19 @@ impl WorldState {
     }
 
     /// One-way latency between two nodes as configured in turmoil, if they can talk.
+    /// The program of the host at `ip` ended: its access links take nothing more from it.
+    pub(crate) fn exited(&self, ip: IpAddr) {
+        let Some(node) = self.name_of(ip).and_then(|n| self.nodes.get(n)) else {
+            return;
+        };
+        let mut links = lock(&self.links);
+        for iface in &node.ifaces {
+            if let Some(link) = links.get_mut(&iface.link) {
+                link.exited = true;
+            }
+        }
+    }
+
     pub(crate) fn one_way(&self, a: IpAddr, b: IpAddr) -> Option<Duration> {
         let na = self.nodes.get(self.name_of(a)?)?;
         let nb = self.nodes.get(self.name_of(b)?)?;
@@ -265,6 +282,8 @@ impl WorldState {
         let verdict = {
             let mut links = lock(&self.links);
             match links.get_mut(link) {
+                // Offered while its exited host's tasks are dropped: it never leaves.
+                Some(link) if link.exited => Verdict::Lost,
                 Some(link) if link.dead() => {
                     let dir = link.direction(upstream);
                     dir.counters.offered += 1;

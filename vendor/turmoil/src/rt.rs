@@ -221,6 +221,12 @@ impl<'a> Rt<'a> {
     /// all resources are dropped.
     ///
     /// Both the [`Runtime`] and [`LocalSet`] are replaced with new instances.
+    /// postsock patch: drops the tasks a finished host's software left (see
+    /// [`crate::Sim::reap_finished`]).
+    pub(crate) fn reap(&mut self) {
+        self.cancel_tasks();
+    }
+
     fn cancel_tasks(&mut self) {
         let (tokio, local) = init(&mut self.config);
 

@@ -36,6 +36,10 @@ pub struct Sim<'a> {
     elapsed: Duration,
 
     steps: usize,
+
+    /// postsock patch: hosts whose software finished in the last steps, for
+    /// [`Sim::reap_finished`].
+    finished: Vec<IpAddr>,
 }
 
 impl<'a> Sim<'a> {
@@ -52,6 +56,7 @@ impl<'a> Sim<'a> {
             since_epoch,
             elapsed: Duration::ZERO,
             steps: 1, // bumped after each step
+            finished: Vec::new(),
         }
     }
 
@@ -343,6 +348,27 @@ impl<'a> Sim<'a> {
             .set_latency_of(Box::new(f));
     }
 
+    /// postsock patch: ends what the hosts whose software finished since the last call left
+    /// running (their tasks, and with them their sockets and buffers), as a process's exit
+    /// does, calling `exiting` with each host's address first. Upstream keeps those tasks
+    /// until the simulation is dropped, although a host whose software finished is never
+    /// ticked again: a world of thousands of short-lived clients held every one's stacks.
+    pub fn reap_finished(&mut self, mut exiting: impl FnMut(IpAddr)) {
+        for addr in std::mem::take(&mut self.finished) {
+            let Some(rt) = self.rts.get_mut(&addr) else {
+                continue;
+            };
+            if rt.is_software_running() {
+                // Restarted since (a bounce): it runs again.
+                continue;
+            }
+            exiting(addr);
+            self.world.borrow_mut().current = Some(addr);
+            World::enter(&self.world, || rt.reap());
+            self.world.borrow_mut().current = None;
+        }
+    }
+
     /// postsock patch: how many links between hosts exist (made on first use).
     pub fn links_made(&self) -> usize {
         self.world.borrow().topology.links_made()
@@ -473,6 +499,10 @@ impl<'a> Sim<'a> {
             }
 
             let is_software_finished = World::enter(&self.world, || rt.tick(tick))?;
+            // postsock patch: it finished in this tick (a host not running is not here).
+            if is_software_finished {
+                self.finished.push(addr);
+            }
 
             if rt.is_client() {
                 is_finished = is_finished && is_software_finished;

@@ -45,6 +45,15 @@ impl<'a, T: 'a> RingBuffer<'a, T> {
         }
     }
 
+    /// postsock patch: the storage, if the buffer owns it, for a new buffer to reuse.
+    #[cfg(any(feature = "std", feature = "alloc"))]
+    pub fn into_vec(self) -> Option<alloc::vec::Vec<T>> {
+        match self.storage {
+            ManagedSlice::Owned(v) => Some(v),
+            ManagedSlice::Borrowed(_) => None,
+        }
+    }
+
     /// Clear the ring buffer.
     pub fn clear(&mut self) {
         self.read_at = 0;
