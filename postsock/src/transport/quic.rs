@@ -462,14 +462,26 @@ impl Writes {
         }
     }
 
+    /// Waits for one write to end or for the carrier to halt (true; every write is then
+    /// polled again). Some write must be pending.
+    async fn next_end(&mut self) -> bool {
+        tokio::select! {
+            biased;
+            _ = self.halted.ready(), if !self.woken => {
+                self.wake_all();
+                true
+            }
+            Some(done) = self.pending.next() => {
+                self.ended(done);
+                false
+            }
+        }
+    }
+
     /// Drives every write to its end.
     async fn finish(&mut self) {
         while !self.pending.is_empty() {
-            tokio::select! {
-                biased;
-                _ = self.halted.ready(), if !self.woken => self.wake_all(),
-                Some(done) = self.pending.next() => self.ended(done),
-            }
+            self.next_end().await;
         }
     }
 }
@@ -548,14 +560,8 @@ impl Dispatcher {
         // Within the stream limit first: only a completion makes room there.
         while !self.writes.below_cap() {
             self.writes.cap.held();
-            let w = &mut self.writes;
-            tokio::select! {
-                biased;
-                _ = w.halted.ready(), if !w.woken => {
-                    w.wake_all();
-                    return;
-                }
-                Some(done) = w.pending.next() => w.ended(done),
+            if self.writes.next_end().await {
+                return;
             }
         }
         loop {
