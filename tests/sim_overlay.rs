@@ -782,3 +782,49 @@ fn a_link_that_goes_down_loses_what_is_queued_on_it() {
     assert_eq!(sent.lost_on_link, 7, "{sent:?}");
     assert_eq!(*got.lock().expect("count"), 3);
 }
+
+/// A client that closes its side of a TCP connection and ends before the server's FIN comes
+/// back leaves the server's side in LAST-ACK (the finished host's stack went with its
+/// program), retransmitting its last data and FIN into the void; that socket keeps only the
+/// bytes it may send again, not its two 256 KiB buffers.
+#[test]
+fn a_server_socket_left_in_last_ack_gives_its_buffers_back() {
+    let mut world = World::new(&spec(), 1, Duration::from_secs(10)).expect("world");
+    let server_ip = world.ip("server").expect("server");
+    let seen: Arc<Mutex<Vec<sim::TcpSocketStatus>>> = Arc::default();
+    let (server, out) = (world.net("server").expect("net"), seen.clone());
+    world
+        .client("server", async move {
+            let listener = server.listen_tcp(([0, 0, 0, 0], 80).into()).await?;
+            let (mut s, _) = listener.accept().await?;
+            let mut got = Vec::new();
+            s.read_to_end(&mut got).await?;
+            assert_eq!(got, b"hello");
+            s.write_all(b"bye").await?;
+            drop(s);
+            // Long enough for the FIN to go unanswered several times.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            *out.lock().expect("seen") = server.tcp_sockets().await;
+            Ok(())
+        })
+        .expect("server");
+    let direct = world.net("direct").expect("net");
+    world
+        .client("direct", async move {
+            let mut s = direct.connect_tcp((server_ip, 80).into()).await?;
+            s.write_all(b"hello").await?;
+            s.shutdown().await?;
+            // Long enough for the FIN to leave, shorter than the server's answer takes.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            Ok(())
+        })
+        .expect("client");
+    while !world.step().expect("step") {}
+    let seen = seen.lock().expect("seen");
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].state, "LAST-ACK");
+    assert_eq!(
+        seen[0].buffer_bytes, 3,
+        "closed at both ends: it keeps the unacknowledged \"bye\", not 512 KiB of buffers"
+    );
+}

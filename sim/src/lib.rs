@@ -47,6 +47,7 @@ pub mod world;
 pub use link::{LinkParams, Verdict};
 pub use net::SimNet;
 pub use segment::TCP_PORT;
+pub use tcp::TcpSocketStatus;
 pub use world::{
     Dependence, DnsSpec, Fault, FaultError, FaultPart, GatewaySpec, HostSpec, InterfaceSpec,
     InterfaceStatus, IpVersions, LinkCounters, Middlebox, NatBehaviour, NatPreset, NatSpec,

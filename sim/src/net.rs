@@ -132,6 +132,13 @@ impl SimNet {
         self.state.interfaces(&self.host)
     }
 
+    /// The TCP connections of the host's stacks (not its listening sockets), by interface
+    /// address: a diagnostic, for tests and memory accounting.
+    pub async fn tcp_sockets(&self) -> Vec<crate::TcpSocketStatus> {
+        let stacks = self.tcp.lock().await;
+        stacks.values().flat_map(|s| s.sockets()).collect()
+    }
+
     /// The host's name.
     pub fn host(&self) -> &str {
         &self.host

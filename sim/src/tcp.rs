@@ -267,6 +267,12 @@ impl Inner {
             }
             if t.released && matches!(state, State::Closed | State::TimeWait) {
                 gone.push(h);
+            } else if t.released {
+                // Closed at both ends, waiting for the last ACK (which a finished host never
+                // sends): only what it may send again is worth keeping.
+                if let Some((rx, tx)) = s.shrink_closed_buffers() {
+                    keep_spare([rx, tx].into_iter().flatten());
+                }
             }
         }
         for h in gone {
@@ -323,8 +329,14 @@ fn recycle(socket: smoltcp::socket::Socket<'static>) {
         return;
     };
     let (rx, tx) = socket.into_buffers();
+    keep_spare([rx, tx].into_iter().filter_map(|b| b.into_vec()));
+}
+
+/// Keeps storage a socket no longer needs for the next sockets (what is not a whole
+/// socket buffer is freed).
+fn keep_spare(buffers: impl Iterator<Item = Vec<u8>>) {
     let mut spare = lock(&SPARE);
-    for buffer in [rx, tx].into_iter().filter_map(|b| b.into_vec()) {
+    for buffer in buffers {
         if spare.len() < SPARE_MOST && buffer.len() == SOCKET_BUFFER {
             spare.push(buffer);
         }
@@ -345,6 +357,19 @@ fn endpoint(e: IpEndpoint) -> SocketAddr {
         IpAddress::Ipv6(a) => a.into(),
     };
     SocketAddr::new(ip, e.port)
+}
+
+/// One TCP connection of a host's stack, as [`crate::SimNet::tcp_sockets`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpSocketStatus {
+    /// Its local address and port (none once closed).
+    pub local: Option<SocketAddr>,
+    /// Its peer's address and port (none once closed).
+    pub remote: Option<SocketAddr>,
+    /// The TCP state, as RFC 793 names it (`ESTABLISHED`, `LAST-ACK`, ...).
+    pub state: String,
+    /// Bytes its receive and send buffers hold allocated (their capacity).
+    pub buffer_bytes: usize,
 }
 
 /// The TCP of one host interface. See the [module docs](self).
@@ -473,6 +498,24 @@ impl TcpStack {
                 self.socket.offer(SocketAddr::new(dst, port), &packet);
             }
         }
+    }
+
+    /// Its connections (not the listening sockets), in handle order.
+    pub(crate) fn sockets(&self) -> Vec<TcpSocketStatus> {
+        let mut g = lock(&self.inner);
+        let handles: Vec<SocketHandle> = g.streams.keys().copied().collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                let s = g.socket(h);
+                TcpSocketStatus {
+                    local: s.local_endpoint().map(endpoint),
+                    remote: s.remote_endpoint().map(endpoint),
+                    state: s.state().to_string(),
+                    buffer_bytes: s.recv_capacity() + s.send_capacity(),
+                }
+            })
+            .collect()
     }
 
     fn poke(&self) {

@@ -507,6 +507,9 @@ pub struct Socket<'a> {
     /// The sending window scaling factor advertised to remotes which support RFC 1323.
     /// It is zero if the window <= 64KiB and/or the remote does not support it.
     remote_win_shift: u8,
+    /// postsock patch: the receive window this socket advertised when its buffers shrank
+    /// ([`Socket::shrink_closed_buffers`]), advertised from then on.
+    frozen_rx_window: Option<usize>,
     /// The remote window size, relative to local_seq_no
     /// I.e. we're allowed to send octets until local_seq_no+remote_win_len
     remote_win_len: usize,
@@ -576,6 +579,31 @@ impl<'a> Socket<'a> {
         (self.rx_buffer, self.tx_buffer)
     }
 
+    /// postsock patch: once the socket can neither receive nor send new data (LAST-ACK,
+    /// CLOSING, TIME-WAIT: the peer's FIN is in, ours is queued), keeps in each buffer only
+    /// what it holds (data sent and not yet acknowledged, data received and not read) and
+    /// returns the old storage for new sockets. The window it advertises stays what it was
+    /// and the data it may still send again wraps where it did, so every segment it still
+    /// sends is unchanged. `None` in other states, or once done.
+    #[cfg(any(feature = "std", feature = "alloc"))]
+    pub fn shrink_closed_buffers(
+        &mut self,
+    ) -> Option<(Option<alloc::vec::Vec<u8>>, Option<alloc::vec::Vec<u8>>)> {
+        if !matches!(self.state, State::LastAck | State::Closing | State::TimeWait)
+            || self.frozen_rx_window.is_some()
+        {
+            return None;
+        }
+        self.frozen_rx_window = Some(self.rx_buffer.window());
+        Some((self.rx_buffer.shrink_to_fit(), self.tx_buffer.shrink_to_fit()))
+    }
+
+    /// postsock patch: the receive window to advertise.
+    fn rx_window(&self) -> usize {
+        self.frozen_rx_window
+            .unwrap_or_else(|| self.rx_buffer.window())
+    }
+
     #[allow(unused_comparisons)] // small usize platforms always pass rx_capacity check
     /// Create a socket using the given buffers.
     pub fn new<T>(rx_buffer: T, tx_buffer: T) -> Socket<'a>
@@ -613,6 +641,7 @@ impl<'a> Socket<'a> {
             remote_last_seq: TcpSeqNumber::default(),
             remote_last_ack: None,
             remote_last_win: 0,
+            frozen_rx_window: None,
             remote_win_len: 0,
             remote_win_shift: rx_cap_log2.saturating_sub(16) as u8,
             remote_win_scale: None,
@@ -771,7 +800,7 @@ impl<'a> Socket<'a> {
     /// Used in internal calculations as well as packet generation.
     #[inline]
     fn scaled_window(&self) -> u16 {
-        u16::try_from(self.rx_buffer.window() >> self.remote_win_shift).unwrap_or(u16::MAX)
+        u16::try_from(self.rx_window() >> self.remote_win_shift).unwrap_or(u16::MAX)
     }
 
     /// Return the last window field value, including scaling according to RFC 1323.
@@ -928,6 +957,7 @@ impl<'a> Socket<'a> {
         self.remote_last_seq = TcpSeqNumber::default();
         self.remote_last_ack = None;
         self.remote_last_win = 0;
+        self.frozen_rx_window = None;
         self.remote_win_len = 0;
         self.remote_win_scale = None;
         self.remote_win_shift = rx_cap_log2.saturating_sub(16) as u8;
@@ -2610,7 +2640,7 @@ impl<'a> Socket<'a> {
                 repr.control = TcpControl::Syn;
                 repr.seq_number = self.local_seq_no;
                 // window len must NOT be scaled in SYNs.
-                repr.window_len = u16::try_from(self.rx_buffer.window()).unwrap_or(u16::MAX);
+                repr.window_len = u16::try_from(self.rx_window()).unwrap_or(u16::MAX);
                 if self.state == State::SynSent {
                     repr.ack_number = None;
                     repr.window_scale = Some(self.remote_win_shift);

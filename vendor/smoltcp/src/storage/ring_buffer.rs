@@ -54,6 +54,26 @@ impl<'a, T: 'a> RingBuffer<'a, T> {
         }
     }
 
+    /// postsock patch: moves the contents into storage of exactly their length, laid out so
+    /// that reading them wraps where it did before (at the end of the new storage), and
+    /// returns the old storage, if the buffer owned it.
+    #[cfg(any(feature = "std", feature = "alloc"))]
+    pub fn shrink_to_fit(&mut self) -> Option<alloc::vec::Vec<T>>
+    where
+        T: Clone,
+    {
+        let first = cmp::min(self.length, self.capacity() - self.read_at);
+        let rest = self.length - first;
+        let mut contents = alloc::vec::Vec::with_capacity(self.length);
+        contents.extend_from_slice(&self.storage[..rest]);
+        contents.extend_from_slice(&self.storage[self.read_at..self.read_at + first]);
+        self.read_at = rest;
+        match core::mem::replace(&mut self.storage, ManagedSlice::Owned(contents)) {
+            ManagedSlice::Owned(v) => Some(v),
+            ManagedSlice::Borrowed(_) => None,
+        }
+    }
+
     /// Clear the ring buffer.
     pub fn clear(&mut self) {
         self.read_at = 0;
