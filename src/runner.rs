@@ -379,7 +379,7 @@ fn simulate(
             let stagger = Duration::from_millis(member.index * w.stagger_ms);
             let deadline = client_deadline.saturating_sub(stagger);
             world
-                .client(host, async move {
+                .client_at(host, member.start(w), async move {
                     if kind == WorkloadKind::Stream {
                         workload::stream_client(
                             net, config, workload, seed, deadline, trace_c, member,

@@ -136,11 +136,10 @@ impl Member {
         self.index == 0
     }
 
-    /// Waits until this member's start: the workload's `start_ms`, plus `stagger_ms` per
-    /// member before it.
-    async fn start(self, workload: &Workload) {
-        let at = workload.start_ms + self.index * workload.stagger_ms;
-        tokio::time::sleep(Duration::from_millis(at)).await;
+    /// When this member starts: the workload's `start_ms`, plus `stagger_ms` per member
+    /// before it (the runner starts its program then).
+    pub fn start(self, workload: &Workload) -> Duration {
+        Duration::from_millis(workload.start_ms + self.index * workload.stagger_ms)
     }
 
     /// This member's first message index: members' messages are numbered apart, so each
@@ -574,7 +573,6 @@ pub async fn echo_client(
     trace: SharedTrace,
     member: Member,
 ) -> turmoil::Result {
-    member.start(&workload).await;
     // With `carriers = N` the client runs N carriers one after the other (message indices
     // continue), so a later one can profit from what the association learnt.
     for round in 0..u64::from(workload.carriers) {
@@ -740,7 +738,6 @@ pub async fn stream_client(
     trace: SharedTrace,
     member: Member,
 ) -> turmoil::Result {
-    member.start(&workload).await;
     let Some(carrier) = initiate(net, &workload, config, &trace, None, member).await else {
         return Ok(());
     };

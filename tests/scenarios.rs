@@ -1108,3 +1108,26 @@ fn the_race_plot_shows_how_long_dns_took() {
     let bytes = std::fs::read(&png).expect("the race plot");
     assert!(bytes.len() > 10_000, "{} looks empty", png.display());
 }
+
+/// A client group's members start `stagger_ms` apart (each host joins the simulation at its
+/// start rather than sleeping until it), and the run waits for the last of them.
+#[test]
+fn a_client_group_starts_its_members_stagger_ms_apart() {
+    let shipped = scenario("scale/cgnat-tls-tcp");
+    let text = shipped.source.replace("stagger_ms = 2", "stagger_ms = 250");
+    let s = Scenario::parse(&shipped.name, &shipped.path, &text).expect("valid");
+    let s = testbed::bench_scale::resized(&s, 4).expect("resized");
+    let r = testbed::run(&s, 1).report;
+    assert_eq!(r.error, None);
+    assert_eq!(r.metrics.messages_delivered, 80);
+    // Each member's first message (ids are numbered apart, 10 per member).
+    let first_sent = |member: u64| {
+        r.messages
+            .iter()
+            .find(|m| m.direction == reports::Direction::ClientToServer && m.id == member * 10)
+            .expect("sent")
+            .sent_ms
+    };
+    let starts: Vec<f64> = (0..4).map(|k| first_sent(k) - first_sent(0)).collect();
+    assert_eq!(starts, [0.0, 250.0, 500.0, 750.0]);
+}

@@ -14,7 +14,7 @@ pub use spec::*;
 pub(crate) use state::*;
 pub use state::{InterfaceStatus, LinkCounters};
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,6 +37,16 @@ pub struct World<'a> {
     servers: BTreeSet<String>,
     /// What it was built from (faults are checked against it).
     spec: WorldSpec,
+    /// Client programs that start later ([`World::client_at`]), by start time (in the order
+    /// given for equal times).
+    later: VecDeque<Later>,
+}
+
+/// A client program waiting for its start.
+struct Later {
+    at: Duration,
+    host: String,
+    program: std::pin::Pin<Box<dyn std::future::Future<Output = turmoil::Result>>>,
 }
 
 impl std::fmt::Debug for World<'_> {
@@ -242,6 +252,7 @@ impl<'a> World<'a> {
             registered: BTreeSet::new(),
             servers: BTreeSet::new(),
             spec: spec.clone(),
+            later: VecDeque::new(),
         };
         for g in &spec.gateways {
             let state = world.state.clone();
@@ -347,9 +358,45 @@ impl<'a> World<'a> {
         Ok(())
     }
 
+    /// Runs a client program on `host` from `at` (simulated time since the world began): as
+    /// [`World::client`] with the program sleeping until then, except that the host takes no
+    /// part in the simulation before it starts. A group of thousands of clients starting
+    /// one after another costs each step only its clients already running, not a tick of
+    /// every sleeping one.
+    pub fn client_at<Fut>(&mut self, host: &str, at: Duration, program: Fut) -> Result<(), SimError>
+    where
+        Fut: std::future::Future<Output = turmoil::Result> + 'static,
+    {
+        if at.is_zero() {
+            return self.client(host, program);
+        }
+        self.node(host)?;
+        if !self.registered.insert(host.to_owned()) {
+            return Err(SimError::Spec(format!(
+                "host `{host}` already runs a program"
+            )));
+        }
+        let at_most = self.later.partition_point(|l| l.at <= at);
+        self.later.insert(
+            at_most,
+            Later {
+                at,
+                host: host.to_owned(),
+                program: Box::pin(program),
+            },
+        );
+        Ok(())
+    }
+
     /// Advances the simulation by one tick (1 ms). Returns `true` once every client finished.
     pub fn step(&mut self) -> Result<bool, SimError> {
-        let done = self.sim.step().map_err(|e| SimError::Host(e.to_string()))?;
+        // A program due now starts in this step, at this instant of simulated time.
+        let now = self.sim.elapsed();
+        while let Some(Later { host, program, .. }) = self.later.pop_front_if(|l| l.at <= now) {
+            self.sim.client(host.as_str(), program);
+        }
+        let done =
+            self.sim.step().map_err(|e| SimError::Host(e.to_string()))? && self.later.is_empty();
         // A host whose program ended is never run again: what it left running (a carrier's
         // tasks, its TCP stack and their buffers) goes now, as a process's exit frees it,
         // rather than when the world is dropped.
