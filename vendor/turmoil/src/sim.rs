@@ -353,6 +353,8 @@ impl<'a> Sim<'a> {
     /// does, calling `exiting` with each host's address first. Upstream keeps those tasks
     /// until the simulation is dropped, although a host whose software finished is never
     /// ticked again: a world of thousands of short-lived clients held every one's stacks.
+    /// A finished client (which nothing restarts) leaves the simulation's runtimes
+    /// altogether; its host's network state stays.
     pub fn reap_finished(&mut self, mut exiting: impl FnMut(IpAddr)) {
         for addr in std::mem::take(&mut self.finished) {
             let Some(rt) = self.rts.get_mut(&addr) else {
@@ -364,7 +366,15 @@ impl<'a> Sim<'a> {
             }
             exiting(addr);
             self.world.borrow_mut().current = Some(addr);
-            World::enter(&self.world, || rt.reap());
+            if rt.is_client() {
+                // A client is never restarted: its runtime goes too (kept, each finished
+                // client held an idle tokio runtime for the rest of the simulation). The
+                // others keep their order.
+                let rt = self.rts.shift_remove(&addr);
+                World::enter(&self.world, || drop(rt));
+            } else {
+                World::enter(&self.world, || rt.reap());
+            }
             self.world.borrow_mut().current = None;
         }
     }
