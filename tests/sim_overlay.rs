@@ -783,12 +783,11 @@ fn a_link_that_goes_down_loses_what_is_queued_on_it() {
     assert_eq!(*got.lock().expect("count"), 3);
 }
 
-/// A client that closes its side of a TCP connection and ends before the server's FIN comes
-/// back leaves the server's side in LAST-ACK (the finished host's stack went with its
-/// program), retransmitting its last data and FIN into the void; that socket keeps only the
-/// bytes it may send again, not its two 256 KiB buffers.
-#[test]
-fn a_server_socket_left_in_last_ack_gives_its_buffers_back() {
+/// A client closes its side of a TCP connection and its program ends before the server's
+/// answer and FIN come back; the server reads to the end, answers and closes. Returns what
+/// the server's stack holds 3 s later. With `cut_at`, the client's interface becomes a black
+/// hole then (after its FIN left, before the server's answer arrives).
+fn server_sockets_after_client_left(cut_at: Option<Duration>) -> Vec<sim::TcpSocketStatus> {
     let mut world = World::new(&spec(), 1, Duration::from_secs(10)).expect("world");
     let server_ip = world.ip("server").expect("server");
     let seen: Arc<Mutex<Vec<sim::TcpSocketStatus>>> = Arc::default();
@@ -802,7 +801,7 @@ fn a_server_socket_left_in_last_ack_gives_its_buffers_back() {
             assert_eq!(got, b"hello");
             s.write_all(b"bye").await?;
             drop(s);
-            // Long enough for the FIN to go unanswered several times.
+            // Long enough for a FIN to go unanswered several times.
             tokio::time::sleep(Duration::from_secs(3)).await;
             *out.lock().expect("seen") = server.tcp_sockets().await;
             Ok(())
@@ -819,12 +818,114 @@ fn a_server_socket_left_in_last_ack_gives_its_buffers_back() {
             Ok(())
         })
         .expect("client");
-    while !world.step().expect("step") {}
-    let seen = seen.lock().expect("seen");
+    let mut cut = cut_at;
+    loop {
+        if cut.is_some_and(|at| world.elapsed() >= at) {
+            cut = None;
+            let hole = sim::Fault::Blackhole {
+                host: "direct".into(),
+                interface: None,
+            };
+            world.apply(&hole).expect("black hole");
+        }
+        if world.step().expect("step") {
+            break;
+        }
+    }
+    let seen = seen.lock().expect("seen").clone();
+    seen
+}
+
+/// A host's TCP outlives its program, as a kernel outlives a process: the client that ended
+/// first still acknowledges the server's answer and FIN, so the server's side of the
+/// connection closes instead of waiting in LAST-ACK for ever.
+#[test]
+fn a_client_that_ended_still_acknowledges_the_servers_fin() {
+    assert_eq!(server_sockets_after_client_left(None), vec![]);
+}
+
+/// When the client's path dies before the server's answer and FIN reach it, the server's
+/// side waits in LAST-ACK, retransmitting into the void; that socket keeps only the bytes it
+/// may send again, not its two 256 KiB buffers.
+#[test]
+fn a_server_socket_left_in_last_ack_gives_its_buffers_back() {
+    let seen = server_sockets_after_client_left(Some(Duration::from_millis(50)));
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(seen[0].state, "LAST-ACK");
     assert_eq!(
         seen[0].buffer_bytes, 3,
         "closed at both ends: it keeps the unacknowledged \"bye\", not 512 KiB of buffers"
+    );
+}
+
+/// A fault that changes the server's latency before a later client has joined the
+/// simulation (`World::client_at`) applies to that client's path once it talks, and the
+/// client that talked before sees it too.
+#[test]
+fn a_latency_fault_reaches_the_paths_of_clients_that_join_later() {
+    use postsock::net::datagram;
+    let spec = WorldSpec {
+        dns: Default::default(),
+        hosts: vec![
+            host("server", None, 20),
+            host("early", None, 5),
+            host("late", None, 5),
+        ],
+        gateways: vec![],
+    };
+    let mut world = World::new(&spec, 1, Duration::from_secs(5)).expect("world");
+    let server_ip = world.ip("server").expect("server");
+    let server = world.net("server").expect("net");
+    world
+        .host("server", move || {
+            let server = server.clone();
+            async move {
+                let socket = server.bind_udp(([0, 0, 0, 0], 9000).into()).await?;
+                loop {
+                    let (from, data) = datagram::recv_from(socket.as_ref()).await?;
+                    datagram::send_to(socket.as_ref(), from, &data).await?;
+                }
+            }
+        })
+        .expect("host");
+    let rtts: Arc<Mutex<Vec<(&str, u128)>>> = Arc::default();
+    for (name, at) in [("early", 0), ("late", 300)] {
+        let (net, rtts) = (world.net(name).expect("net"), rtts.clone());
+        world
+            .client_at(name, Duration::from_millis(at), async move {
+                let socket = net.bind_udp(([0, 0, 0, 0], 0).into()).await?;
+                for _ in 0..2 {
+                    let start = tokio::time::Instant::now();
+                    datagram::send_to(socket.as_ref(), (server_ip, 9000).into(), b"ping").await?;
+                    datagram::recv_from(socket.as_ref()).await?;
+                    rtts.lock().expect("rtts").push((name, start.elapsed().as_millis()));
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Ok(())
+            })
+            .expect("client");
+    }
+    let fault = sim::Fault::SetLink {
+        host: "server".into(),
+        interface: None,
+        loss: None,
+        bandwidth_kbps: None,
+        queue_bytes: None,
+        latency_ms: Some(45),
+    };
+    let mut applied = false;
+    loop {
+        if !applied && world.elapsed() >= Duration::from_millis(100) {
+            applied = true;
+            world.apply(&fault).expect("set-link");
+        }
+        if world.step().expect("step") {
+            break;
+        }
+    }
+    assert_eq!(
+        *rtts.lock().expect("rtts"),
+        vec![("early", 50), ("early", 100), ("late", 100), ("late", 100)],
+        "round trips in ms: 2 × (5 + 20), then 2 × (5 + 45)"
     );
 }

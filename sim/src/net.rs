@@ -392,6 +392,7 @@ impl SimNet {
         let mut first = [0u8; 8];
         first.copy_from_slice(&seed[..8]);
         let stack = TcpStack::start(ip, udp, u64::from_le_bytes(first), mtu)?;
+        self.state.add_tcp_stack(&self.host, stack.clone());
         stacks.insert(ip, stack.clone());
         Ok(stack)
     }
@@ -489,6 +490,8 @@ pub(crate) struct SimUdpSocket {
     /// Its datagrams are IPv4 packets (a TCP stack's), not UDP payloads.
     raw_ip: bool,
     tasks: Vec<AbortHandle>,
+    /// When the last datagram offered to its link leaves the host.
+    last_departure: Mutex<Option<Instant>>,
 }
 
 impl fmt::Debug for SimUdpSocket {
@@ -545,6 +548,7 @@ impl SimUdpSocket {
             ingress: Mutex::new(ingress_rx),
             raw_ip,
             tasks,
+            last_departure: Mutex::new(None),
         })
     }
 
@@ -562,10 +566,18 @@ impl SimUdpSocket {
             ip_len(len, self.raw_ip, dst.is_ipv6()),
         );
         for at in departures(verdict) {
+            let mut last = crate::lock(&self.last_departure);
+            *last = (*last).max(Some(at));
+            drop(last);
             let _ = self
                 .egress
                 .send((at, dst, Bytes::copy_from_slice(datagram)));
         }
+    }
+
+    /// When the last datagram offered to its link leaves the host (none offered: `None`).
+    pub(crate) fn last_departure(&self) -> Option<Instant> {
+        *crate::lock(&self.last_departure)
     }
 
     /// The next received datagram's payload (`None` once the socket is torn down).

@@ -265,7 +265,9 @@ impl Inner {
             if s.can_send() || !s.may_send() || t.reset {
                 t.writers.drain(..).for_each(Waker::wake);
             }
-            if t.released && matches!(state, State::Closed | State::TimeWait) {
+            // TIME-WAIT is not kept (a released socket goes as soon as it has sent the ACK
+            // of its peer's FIN, which the delayed-ACK timer may hold back a little).
+            if t.released && (state == State::Closed || state == State::TimeWait && !s.ack_owed()) {
                 gone.push(h);
             } else if t.released {
                 // Closed at both ends, waiting for the last ACK (which a finished host never
@@ -518,6 +520,26 @@ impl TcpStack {
             .collect()
     }
 
+    /// Closes every connection the program still had, as a process's exit closes its
+    /// descriptors (what was written is still sent, then FIN), as dropping its stream does.
+    fn close_all(&self) {
+        let mut g = lock(&self.inner);
+        let handles: Vec<SocketHandle> = g.streams.keys().copied().collect();
+        for h in handles {
+            g.socket(h).close();
+            if let Some(t) = g.streams.get_mut(&h) {
+                t.released = true;
+            }
+        }
+        drop(g);
+        self.poke();
+    }
+
+    /// Whether a connection has not finished closing.
+    fn has_streams(&self) -> bool {
+        !lock(&self.inner).streams.is_empty()
+    }
+
     fn poke(&self) {
         self.wake.notify_one();
     }
@@ -606,6 +628,40 @@ impl TcpStack {
             port,
             notify,
         })
+    }
+}
+
+/// How long a finished host's stack waits at most for its connections to finish closing:
+/// Linux's `tcp_fin_timeout`, how long an orphaned connection waits in FIN-WAIT-2.
+const LINGER_MOST: Duration = Duration::from_secs(60);
+/// How often it looks.
+const LINGER_CHECK: Duration = Duration::from_millis(10);
+
+/// What a host's kernel does with its TCP once the host's program has ended: it closes every
+/// connection the program still had and goes on running until each has finished closing
+/// (the peer's FIN acknowledged, ours acknowledged), for at most [`LINGER_MOST`]. Without
+/// it, a finished host's stack went with its program, as if the machine were switched off:
+/// the server's FIN to a client that closed first was never acknowledged and its side of
+/// the connection waited in LAST-ACK, retransmitting, for the rest of the run.
+pub(crate) async fn linger(stacks: Vec<Arc<TcpStack>>) {
+    let stacks: Vec<Arc<TcpStack>> = stacks.into_iter().filter(|s| s.alive()).collect();
+    for s in &stacks {
+        s.close_all();
+    }
+    let give_up = tokio::time::Instant::now() + LINGER_MOST;
+    while stacks.iter().any(|s| s.alive() && s.has_streams())
+        && tokio::time::Instant::now() < give_up
+    {
+        tokio::time::sleep(LINGER_CHECK).await;
+    }
+    // What they sent last (the ACK of the peer's FIN) leaves the host before it goes.
+    if let Some(last) = stacks
+        .iter()
+        .filter_map(|s| s.socket.last_departure())
+        .max()
+    {
+        crate::net::wait_until(last).await;
+        tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
 

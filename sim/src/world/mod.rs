@@ -40,14 +40,20 @@ pub struct World<'a> {
     /// Client programs that start later ([`World::client_at`]), by start time (in the order
     /// given for equal times).
     later: VecDeque<Later>,
+    /// Client programs started and not yet ended (their hosts' stacks may still be closing
+    /// connections: the world's run ends when the programs have).
+    running: std::rc::Rc<std::cell::Cell<usize>>,
 }
 
 /// A client program waiting for its start.
 struct Later {
     at: Duration,
     host: String,
-    program: std::pin::Pin<Box<dyn std::future::Future<Output = turmoil::Result>>>,
+    program: Program,
 }
+
+/// A client's program.
+type Program = std::pin::Pin<Box<dyn std::future::Future<Output = turmoil::Result>>>;
 
 impl std::fmt::Debug for World<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -226,6 +232,7 @@ impl<'a> World<'a> {
             by_ip,
             links: Mutex::new(links),
             origin: tokio::time::Instant::now(),
+            tcp_stacks: Mutex::new(BTreeMap::new()),
             nat_epochs: Mutex::new(BTreeMap::new()),
             iface_changes: tokio::sync::watch::channel(0).0,
             capture: Mutex::new(None),
@@ -253,6 +260,7 @@ impl<'a> World<'a> {
             servers: BTreeSet::new(),
             spec: spec.clone(),
             later: VecDeque::new(),
+            running: Default::default(),
         };
         for g in &spec.gateways {
             let state = world.state.clone();
@@ -354,8 +362,24 @@ impl<'a> World<'a> {
     {
         self.node(host)?;
         self.registered.insert(host.to_owned());
-        self.sim.client(host, program);
+        self.running.set(self.running.get() + 1);
+        self.start_client(host, Box::pin(program));
         Ok(())
+    }
+
+    /// Starts a client's program now. Once it ends well, its host's TCP goes on until its
+    /// connections have finished closing, as a kernel outlives a process
+    /// ([`crate::tcp::linger`]); then the host leaves the simulation.
+    fn start_client(&mut self, host: &str, program: Program) {
+        let (state, name, running) = (self.state.clone(), host.to_owned(), self.running.clone());
+        self.sim.client(host, async move {
+            let result = program.await;
+            running.set(running.get() - 1);
+            if result.is_ok() {
+                crate::tcp::linger(state.tcp_stacks_of(&name)).await;
+            }
+            result
+        });
     }
 
     /// Runs a client program on `host` from `at` (simulated time since the world began): as
@@ -376,6 +400,7 @@ impl<'a> World<'a> {
                 "host `{host}` already runs a program"
             )));
         }
+        self.running.set(self.running.get() + 1);
         let at_most = self.later.partition_point(|l| l.at <= at);
         self.later.insert(
             at_most,
@@ -393,10 +418,10 @@ impl<'a> World<'a> {
         // A program due now starts in this step, at this instant of simulated time.
         let now = self.sim.elapsed();
         while let Some(Later { host, program, .. }) = self.later.pop_front_if(|l| l.at <= now) {
-            self.sim.client(host.as_str(), program);
+            self.start_client(&host, program);
         }
-        let done =
-            self.sim.step().map_err(|e| SimError::Host(e.to_string()))? && self.later.is_empty();
+        self.sim.step().map_err(|e| SimError::Host(e.to_string()))?;
+        let done = self.running.get() == 0 && self.later.is_empty();
         // A host whose program ended is never run again: what it left running (a carrier's
         // tasks, its TCP stack and their buffers) goes now, as a process's exit frees it,
         // rather than when the world is dropped.
@@ -488,7 +513,9 @@ impl<'a> World<'a> {
                     Some(_) => own,
                     None => own + peer.own_latency(),
                 };
-                self.sim.set_link_latency(a, peer.ip, lat);
+                // A link not made yet takes the new latency when it is made
+                // (`WorldState::one_way` reads the interface's).
+                self.sim.set_made_link_latency(a, peer.ip, lat);
             }
         }
         let mut links = lock(&self.state.links);

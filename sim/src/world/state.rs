@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -183,6 +183,10 @@ pub(crate) struct WorldState {
     /// An instant that stands for the simulation's start on the links' clock (see
     /// [`WorldState::offer`]).
     pub(crate) origin: tokio::time::Instant,
+    /// Each host's TCP stacks, as its kernel holds them: they outlive the program that
+    /// started them until the host's program has ended and they have finished closing
+    /// ([`crate::tcp::linger`]).
+    pub(crate) tcp_stacks: Mutex<BTreeMap<String, Vec<Arc<crate::tcp::TcpStack>>>>,
 }
 
 impl WorldState {
@@ -242,15 +246,33 @@ impl WorldState {
     /// One-way latency between two nodes as configured in turmoil, if they can talk.
     /// The program of the host at `ip` ended: its access links take nothing more from it.
     pub(crate) fn exited(&self, ip: IpAddr) {
-        let Some(node) = self.name_of(ip).and_then(|n| self.nodes.get(n)) else {
+        let Some((name, node)) = self.name_of(ip).and_then(|n| self.nodes.get_key_value(n)) else {
             return;
         };
+        lock(&self.tcp_stacks).remove(name);
         let mut links = lock(&self.links);
         for iface in &node.ifaces {
             if let Some(link) = links.get_mut(&iface.link) {
                 link.exited = true;
             }
         }
+    }
+
+    /// Keeps a TCP stack the host `host` started (forgetting ones that died with an earlier
+    /// run of its program).
+    pub(crate) fn add_tcp_stack(&self, host: &str, stack: Arc<crate::tcp::TcpStack>) {
+        let mut stacks = lock(&self.tcp_stacks);
+        let held = stacks.entry(host.to_owned()).or_default();
+        held.retain(|s| s.alive());
+        held.push(stack);
+    }
+
+    /// The TCP stacks of host `host`.
+    pub(crate) fn tcp_stacks_of(&self, host: &str) -> Vec<Arc<crate::tcp::TcpStack>> {
+        lock(&self.tcp_stacks)
+            .get(host)
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub(crate) fn one_way(&self, a: IpAddr, b: IpAddr) -> Option<Duration> {

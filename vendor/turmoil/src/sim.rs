@@ -334,6 +334,19 @@ impl<'a> Sim<'a> {
         });
     }
 
+    /// postsock patch: sets the latency of the links between `a` and `b` that were made; a
+    /// link made later gets its latency from [`Sim::set_link_latency_fn`] then (and a host
+    /// that has not joined yet has none).
+    pub fn set_made_link_latency(&self, a: impl ToIpAddrs, b: impl ToIpAddrs, value: Duration) {
+        let mut world = self.world.borrow_mut();
+        let a = world.lookup_many(a);
+        let b = world.lookup_many(b);
+
+        for_pairs(&a, &b, |a, b| {
+            world.topology.set_made_link_message_latency(a, b, value);
+        });
+    }
+
     /// postsock patch: the fixed latency every link gets when it is created, by its two
     /// ends (`None`: the global configuration). Links are created on first use (a send, a
     /// setting, a partition), so a world where many pairs of hosts could talk need not

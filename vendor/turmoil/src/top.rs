@@ -282,6 +282,15 @@ impl Topology {
         latency.max_message_latency = value;
     }
 
+    /// postsock patch: as [`Topology::set_link_message_latency`], for a link that exists.
+    pub(crate) fn set_made_link_message_latency(&mut self, a: IpAddr, b: IpAddr, value: Duration) {
+        if let Some(link) = self.links.get_mut(&Pair::new(a, b)) {
+            let latency = link.latency(self.config.latency());
+            latency.min_message_latency = value;
+            latency.max_message_latency = value;
+        }
+    }
+
     pub(crate) fn set_link_max_message_latency(&mut self, a: IpAddr, b: IpAddr, value: Duration) {
         let pair = Pair::new(a, b);
         self.ensure_link(&pair);

@@ -598,6 +598,13 @@ impl<'a> Socket<'a> {
         Some((self.rx_buffer.shrink_to_fit(), self.tx_buffer.shrink_to_fit()))
     }
 
+    /// postsock patch: whether the socket owes its peer an ACK it has not sent yet (one
+    /// held back by the delayed-ACK timer, say: the last ACK of a connection entering
+    /// TIME-WAIT).
+    pub fn ack_owed(&self) -> bool {
+        self.ack_to_transmit()
+    }
+
     /// postsock patch: the receive window to advertise.
     fn rx_window(&self) -> usize {
         self.frozen_rx_window
