@@ -186,19 +186,7 @@ fn public_hosts_get_links_for_the_pairs_that_talk_with_their_paths_latency() {
     };
     let mut world = World::new(&spec, 1, Duration::from_secs(5)).expect("world");
     let server_ip = world.ip("server").expect("server");
-    let server = world.net("server").expect("net");
-    world
-        .host("server", move || {
-            let server = server.clone();
-            async move {
-                let socket = server.bind_udp(([0, 0, 0, 0], 9000).into()).await?;
-                loop {
-                    let (from, data) = datagram::recv_from(socket.as_ref()).await?;
-                    datagram::send_to(socket.as_ref(), from, &data).await?;
-                }
-            }
-        })
-        .expect("host");
+    udp_echo_server(&mut world, "server");
     let rtts: Arc<Mutex<Vec<u128>>> = Arc::default();
     for (i, name) in clients.iter().enumerate() {
         let (net, rtts) = (world.net(name).expect("net"), rtts.clone());
@@ -875,19 +863,7 @@ fn a_latency_fault_reaches_the_paths_of_clients_that_join_later() {
     };
     let mut world = World::new(&spec, 1, Duration::from_secs(5)).expect("world");
     let server_ip = world.ip("server").expect("server");
-    let server = world.net("server").expect("net");
-    world
-        .host("server", move || {
-            let server = server.clone();
-            async move {
-                let socket = server.bind_udp(([0, 0, 0, 0], 9000).into()).await?;
-                loop {
-                    let (from, data) = datagram::recv_from(socket.as_ref()).await?;
-                    datagram::send_to(socket.as_ref(), from, &data).await?;
-                }
-            }
-        })
-        .expect("host");
+    udp_echo_server(&mut world, "server");
     let rtts: Arc<Mutex<Vec<(&str, u128)>>> = Arc::default();
     for (name, at) in [("early", 0), ("late", 300)] {
         let (net, rtts) = (world.net(name).expect("net"), rtts.clone());
@@ -898,7 +874,9 @@ fn a_latency_fault_reaches_the_paths_of_clients_that_join_later() {
                     let start = tokio::time::Instant::now();
                     datagram::send_to(socket.as_ref(), (server_ip, 9000).into(), b"ping").await?;
                     datagram::recv_from(socket.as_ref()).await?;
-                    rtts.lock().expect("rtts").push((name, start.elapsed().as_millis()));
+                    rtts.lock()
+                        .expect("rtts")
+                        .push((name, start.elapsed().as_millis()));
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 Ok(())
@@ -928,4 +906,22 @@ fn a_latency_fault_reaches_the_paths_of_clients_that_join_later() {
         vec![("early", 50), ("early", 100), ("late", 100), ("late", 100)],
         "round trips in ms: 2 × (5 + 20), then 2 × (5 + 45)"
     );
+}
+
+/// Runs on `host` a server that sends every UDP datagram to its port 9000 back.
+fn udp_echo_server(world: &mut World<'_>, host: &str) {
+    use postsock::net::datagram;
+    let net = world.net(host).expect("net");
+    world
+        .host(host, move || {
+            let net = net.clone();
+            async move {
+                let socket = net.bind_udp(([0, 0, 0, 0], 9000).into()).await?;
+                loop {
+                    let (from, data) = datagram::recv_from(socket.as_ref()).await?;
+                    datagram::send_to(socket.as_ref(), from, &data).await?;
+                }
+            }
+        })
+        .expect("host");
 }
