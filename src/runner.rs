@@ -369,8 +369,8 @@ fn simulate(
         // Every client host (one, or each member of a client group) runs the client with
         // its own carrier. The deadline counts from the workload's start.
         for (index, host) in scenario.clients.iter().enumerate() {
-            // The client's program owns its network: when the program ends, so does the
-            // host's network (its TCP stacks stop).
+            // The client's program owns its network: when the program ends, its host's TCP
+            // finishes closing its connections and the host leaves (`World::client`).
             let net: Arc<dyn postsock::net::Net> = world.net(host).map_err(|e| e.to_string())?;
             let (workload, trace_c, config) = (w.clone(), trace.clone(), client.clone());
             let member = workload::Member {
