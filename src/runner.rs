@@ -376,10 +376,11 @@ fn simulate(
             let member = workload::Member {
                 index: index as u64,
             };
-            let stagger = Duration::from_millis(member.index * w.stagger_ms);
-            let deadline = client_deadline.saturating_sub(stagger);
+            // The deadline counts from the member's own start.
+            let start = member.start(w);
+            let deadline = deadline.saturating_sub(start);
             world
-                .client_at(host, member.start(w), async move {
+                .client_at(host, start, async move {
                     if kind == WorkloadKind::Stream {
                         workload::stream_client(
                             net, config, workload, seed, deadline, trace_c, member,

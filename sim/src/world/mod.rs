@@ -360,11 +360,7 @@ impl<'a> World<'a> {
     where
         Fut: std::future::Future<Output = turmoil::Result> + 'static,
     {
-        self.node(host)?;
-        self.registered.insert(host.to_owned());
-        self.running.set(self.running.get() + 1);
-        self.start_client(host, Box::pin(program));
-        Ok(())
+        self.client_at(host, Duration::ZERO, program)
     }
 
     /// Starts a client's program now. Once it ends well, its host's TCP goes on until its
@@ -391,25 +387,17 @@ impl<'a> World<'a> {
     where
         Fut: std::future::Future<Output = turmoil::Result> + 'static,
     {
-        if at.is_zero() {
-            return self.client(host, program);
-        }
         self.node(host)?;
-        if !self.registered.insert(host.to_owned()) {
-            return Err(SimError::Spec(format!(
-                "host `{host}` already runs a program"
-            )));
-        }
+        self.registered.insert(host.to_owned());
         self.running.set(self.running.get() + 1);
-        let at_most = self.later.partition_point(|l| l.at <= at);
-        self.later.insert(
-            at_most,
-            Later {
-                at,
-                host: host.to_owned(),
-                program: Box::pin(program),
-            },
-        );
+        if at.is_zero() {
+            self.start_client(host, Box::pin(program));
+        } else {
+            let after = self.later.partition_point(|l| l.at <= at);
+            let program = Box::pin(program);
+            let host = host.to_owned();
+            self.later.insert(after, Later { at, host, program });
+        }
         Ok(())
     }
 

@@ -243,8 +243,8 @@ impl WorldState {
         }
     }
 
-    /// One-way latency between two nodes as configured in turmoil, if they can talk.
-    /// The program of the host at `ip` ended: its access links take nothing more from it.
+    /// The program of the host at `ip` ended and its TCP finished closing: its access links
+    /// take nothing more from it, and its stacks go.
     pub(crate) fn exited(&self, ip: IpAddr) {
         let Some((name, node)) = self.name_of(ip).and_then(|n| self.nodes.get_key_value(n)) else {
             return;
@@ -275,6 +275,7 @@ impl WorldState {
             .unwrap_or_default()
     }
 
+    /// One-way latency between two nodes as configured in turmoil, if they can talk.
     pub(crate) fn one_way(&self, a: IpAddr, b: IpAddr) -> Option<Duration> {
         let na = self.nodes.get(self.name_of(a)?)?;
         let nb = self.nodes.get(self.name_of(b)?)?;
