@@ -261,14 +261,15 @@ fn a_quic_close_on_a_full_congestion_window_reaches_the_peer() {
 
 /// Found by a 200-seed run: with a quarter of margin on the forward-delay estimate these
 /// seeds delivered one message 1-26 ms after its deadline (handed over while a full uplink
-/// queue held ~40 ms more than the estimate). The margin is now a half.
+/// queue held ~40 ms more than the estimate). The margin is now a half. (The floor of
+/// deliveries is the scenario's: 72 since streams of one priority leave in write order.)
 #[test]
 fn quic_lifetimes_hold_on_the_seeds_that_broke_them() {
     let s = scenario("api/lifetime-quic");
     for seed in [25, 26, 72, 107, 122, 157, 170, 179] {
         let m = testbed::run(&s, seed).report.metrics;
         assert_eq!(m.delivered_after_deadline, 0, "seed {seed}");
-        assert!(m.messages_delivered >= 75, "seed {seed}: {m:?}");
+        assert!(m.messages_delivered >= 72, "seed {seed}: {m:?}");
     }
 }
 
@@ -314,9 +315,11 @@ fn api_lifetimes_expire_what_cannot_arrive_in_time_and_nothing_arrives_late() {
                 m.messages_expired
             );
             // The sender gives a message up once less than 1.5x its forward-delay estimate
-            // is left (~0.8 s with the queue full): 75-80 arrive over 200 seeds.
+            // is left (~0.8 s with the queue full): 75-80 arrive over 200 seeds (QUIC:
+            // 72-80, its streams leaving in write order).
+            let least = if name.ends_with("quic") { 72 } else { 75 };
             assert!(
-                (75..=95).contains(&m.messages_delivered),
+                (least..=95).contains(&m.messages_delivered),
                 "{name}: {} delivered",
                 m.messages_delivered
             );

@@ -5,6 +5,7 @@
 //! carrier's event channel. The reader's last event says how the transient ended.
 
 pub(crate) mod assemble;
+mod awaited;
 mod cc;
 pub(crate) mod framing;
 pub(crate) mod inline;

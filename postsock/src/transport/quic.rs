@@ -16,6 +16,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 use super::assemble::{Assembly, ReceiveLimits};
+use super::awaited::{Awaited, Stopped};
 use super::cc::PathAwareFactory;
 pub(crate) use super::cc::PathEpoch;
 use super::stream_cap::StreamCap;
@@ -119,6 +120,11 @@ fn transport_config(
         .receive_window(CONNECTION_WINDOW.into())
         .send_window(CONNECTION_WINDOW as u64)
         .keep_alive_interval(config.keepalive);
+    // Streams of the same priority go in the order they were written (each finished before
+    // the next starts), not round-robin: ordered messages are read in stream order, so a
+    // message interleaved with those after it only arrives later, and acknowledgements then
+    // come in write order, which the sending loop relies on (`awaited.rs`).
+    t.send_fairness(false);
     Arc::new(t)
 }
 
@@ -341,13 +347,14 @@ const MIN_IN_FLIGHT: usize = 8 * 1024;
 /// a small message's CPU): once the flag is set, `Writes` polls every write again
 /// ([`Writes::wake_all`]), so each sees it and hands its message back.
 struct Writes {
-    pending:
-        FuturesUnordered<std::pin::Pin<Box<dyn std::future::Future<Output = WriteEnd> + Send>>>,
+    /// The writes under way and the written messages awaiting acknowledgement.
+    ends: Ends,
     /// What finished writes handed back (the carrier moved).
     handed: Vec<Handback>,
     /// The ordered messages' writes, for reporting their acknowledgements in order.
     order: AckOrder<(Item, quinn::StreamId)>,
     outbox: Arc<Outbox>,
+    in_flight: Arc<InFlight>,
     /// The carrier's halt flag: true when it moves to TLS/TCP (transport::moving).
     halt: watch::Receiver<bool>,
     /// The wait on `halt` the loops below poll at each step.
@@ -358,36 +365,178 @@ struct Writes {
     woken: bool,
     /// How many writes may be pending at once (`stream_cap.rs`).
     cap: StreamCap,
+    conn: quinn::Connection,
+    /// The connection's lost packets when last looked at, and until when the sending loop
+    /// awaits each acknowledgement on its own after the last loss seen ([`LOSS_MODE_RTTS`]).
+    lost: (u64, Option<Instant>),
+}
+
+/// For how many smoothed RTTs after a packet loss each written message's acknowledgement
+/// is awaited on its own (a `stopped()` future each, as before [`Awaited`]): behind a lost
+/// packet the peer acknowledges later messages before the oldest, and [`Awaited`] would
+/// settle them only when the oldest or the newest is answered, up to a round trip late.
+/// The lost one's retransmission is acknowledged about a round trip after the loss is seen.
+const LOSS_MODE_RTTS: u32 = 4;
+
+type WriteFut = std::pin::Pin<Box<dyn std::future::Future<Output = WriteEnd> + Send>>;
+
+/// What a written ordered message keeps while its acknowledgement is awaited
+/// ([`Awaited`]).
+struct AwaitedWrite {
+    item: Item,
+    /// Its place among the ordered messages' writes ([`AckOrder`]).
+    order: u64,
+    /// Its bytes in flight.
+    counted: usize,
+}
+
+/// The writes the sending loop drives: messages being written (a future each), and
+/// written ones awaiting their acknowledgement (no future each: `awaited.rs`).
+struct Ends {
+    writing: FuturesUnordered<WriteFut>,
+    awaited: Awaited<AwaitedWrite>,
+    /// Acknowledgements (or failures) `awaited` answered, to be settled.
+    answered: Vec<(quinn::SendStream, AwaitedWrite, Stopped)>,
+}
+
+/// What [`Ends::next`] found. (Moved once per poll: boxing the write's end would be an
+/// allocation per message.)
+#[allow(clippy::large_enum_variant)]
+enum Progress {
+    /// A write ended.
+    Ended(WriteEnd),
+    /// `Ends::answered` holds answers.
+    Answered,
+}
+
+impl Ends {
+    fn len(&self) -> usize {
+        self.writing.len() + self.awaited.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.writing.is_empty() && self.awaited.is_empty()
+    }
+
+    /// The next write to end or answers to settle; `watch_newest` as for
+    /// [`Awaited::poll_settled`].
+    fn poll_next(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        watch_newest: bool,
+    ) -> std::task::Poll<Progress> {
+        use std::task::Poll;
+        if !self.writing.is_empty() {
+            if let Poll::Ready(Some(end)) = self.writing.poll_next_unpin(cx) {
+                return Poll::Ready(Progress::Ended(end));
+            }
+        }
+        if !self.awaited.is_empty()
+            && self
+                .awaited
+                .poll_settled(cx, watch_newest, &mut self.answered)
+                .is_ready()
+        {
+            return Poll::Ready(Progress::Answered);
+        }
+        Poll::Pending
+    }
+
+    /// Waits for [`poll_next`](Self::poll_next) (watching the newest too); something must
+    /// be under way.
+    fn next(&mut self) -> impl std::future::Future<Output = Progress> + '_ {
+        std::future::poll_fn(move |cx| self.poll_next(cx, true))
+    }
 }
 
 impl Writes {
-    fn new(halt: watch::Receiver<bool>, outbox: Arc<Outbox>, handshake_rtt: Duration) -> Self {
+    fn new(
+        conn: quinn::Connection,
+        halt: watch::Receiver<bool>,
+        outbox: Arc<Outbox>,
+        in_flight: Arc<InFlight>,
+    ) -> Self {
+        let handshake_rtt = conn.rtt();
         let cap = StreamCap::new(handshake_rtt);
         outbox.set_message_limit(cap.limit());
         Writes {
-            pending: FuturesUnordered::new(),
+            ends: Ends {
+                writing: FuturesUnordered::new(),
+                awaited: Awaited::default(),
+                answered: Vec::new(),
+            },
             handed: Vec::new(),
             order: AckOrder::default(),
             outbox,
+            in_flight,
             halted: KeptWait::flag(&halt),
             halt_flag: Flag::new(&halt),
             halt,
             woken: false,
             cap,
+            lost: (0, None),
+            conn,
         }
+    }
+
+    /// Whether a packet was lost within [`LOSS_MODE_RTTS`] (looks at the connection's count).
+    fn after_loss(&mut self) -> bool {
+        let path = self.conn.stats().path;
+        let now = Instant::now();
+        if path.lost_packets != self.lost.0 {
+            self.lost = (path.lost_packets, Some(now + path.rtt * LOSS_MODE_RTTS));
+        }
+        match self.lost.1 {
+            Some(until) if now < until => true,
+            Some(_) => {
+                self.lost.1 = None;
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Awaits the acknowledgement of a written message on its own (after a loss).
+    fn await_alone(&mut self, stream: quinn::SendStream, w: AwaitedWrite) {
+        let halt = self.halt_flag.clone();
+        self.ends.writing.push(Box::pin(async move {
+            let answer = tokio::select! {
+                biased;
+                // Halted: the peer's receipts decide (`ended` hands it back).
+                _ = set_now(&halt) => None,
+                answer = stream.stopped() => Some(answer),
+            };
+            match answer {
+                Some(answer) => WriteEnd::Answered { stream, w, answer },
+                None => WriteEnd::Written {
+                    stream,
+                    item: w.item,
+                    order: w.order,
+                    counted: w.counted,
+                },
+            }
+        }));
     }
 
     /// Whether another message may go within the stream limit.
     fn below_cap(&self) -> bool {
-        self.pending.len() < self.cap.limit()
+        self.ends.len() < self.cap.limit()
     }
 
     /// The carrier halted: every write is polled again (each sees the flag), and the
-    /// acknowledged messages held for an earlier one go back (the peer's receipts decide).
+    /// messages awaiting acknowledgement and the acknowledged ones held for an earlier one
+    /// go back (the peer's receipts decide).
     fn wake_all(&mut self) {
         self.woken = true;
-        for write in std::mem::take(&mut self.pending) {
-            self.pending.push(write);
+        for write in std::mem::take(&mut self.ends.writing) {
+            self.ends.writing.push(write);
+        }
+        self.settle_answered();
+        for (stream, w) in self.ends.awaited.halt() {
+            self.in_flight.sub(w.counted);
+            self.handed
+                .extend(hand_back(w.item, stream.id(), &self.outbox));
+            self.order.ended(w.order);
         }
         for (item, stream) in self.order.halt() {
             self.handed.extend(hand_back(item, stream, &self.outbox));
@@ -395,12 +544,99 @@ impl Writes {
     }
 
     fn push(&mut self, write: impl std::future::Future<Output = WriteEnd> + Send + 'static) {
-        self.pending.push(Box::pin(write));
+        self.ends.writing.push(Box::pin(write));
+    }
+
+    /// Takes what [`Ends::next`] found.
+    fn progress(&mut self, p: Progress) {
+        match p {
+            Progress::Ended(end) => self.ended(end),
+            Progress::Answered => self.settle_answered(),
+        }
+    }
+
+    /// Settles the messages whose acknowledgement (or failure) `Awaited` answered.
+    fn settle_answered(&mut self) {
+        let mut answered = std::mem::take(&mut self.ends.answered);
+        for (stream, w, answer) in answered.drain(..) {
+            self.settle(stream, w, answer);
+        }
+        self.ends.answered = answered;
+    }
+
+    /// Settles a written message as `stopped()` answered, as its write did when each
+    /// awaited its own (`write_message`).
+    fn settle(&mut self, mut stream: quinn::SendStream, w: AwaitedWrite, answer: Stopped) {
+        let AwaitedWrite {
+            mut item,
+            order,
+            counted,
+        } = w;
+        let end = match answer {
+            Ok(None) => {
+                item.release_permit();
+                self.in_flight.sub(counted);
+                WriteEnd::Acked {
+                    order,
+                    item,
+                    stream: stream.id(),
+                }
+            }
+            Ok(Some(code)) => {
+                let why = format!("the peer stopped reading it (code {code})");
+                self.fail(&mut stream, item, counted, why);
+                WriteEnd::done(Some(order), None)
+            }
+            Err(e) => {
+                self.fail(&mut stream, item, counted, e.to_string());
+                WriteEnd::done(Some(order), None)
+            }
+        };
+        self.ended(end);
+    }
+
+    fn fail(&mut self, stream: &mut quinn::SendStream, item: Item, counted: usize, why: String) {
+        let _ = stream.reset(0u32.into());
+        self.outbox.update(item.id, SendStatus::Failed(why), true);
+        drop(item);
+        self.in_flight.sub(counted);
     }
 
     /// Takes what a finished write left: a message handed back, or (an ordered message)
-    /// its place in the order, which may let acknowledged ones after it be reported.
+    /// its place in the order, which may let acknowledged ones after it be reported; or a
+    /// written message, whose acknowledgement is awaited from now on.
     fn ended(&mut self, end: WriteEnd) {
+        if let WriteEnd::Written {
+            stream,
+            item,
+            order,
+            counted,
+        } = end
+        {
+            let w = AwaitedWrite {
+                item,
+                order,
+                counted,
+            };
+            if self.halted.is_set() {
+                // Halted before its acknowledgement: the peer's receipts decide.
+                self.in_flight.sub(w.counted);
+                self.handed
+                    .extend(hand_back(w.item, stream.id(), &self.outbox));
+                self.order.ended(w.order);
+            } else if self.after_loss() {
+                for (stream, w) in self.ends.awaited.halt() {
+                    self.await_alone(stream, w);
+                }
+                self.await_alone(stream, w);
+            } else {
+                self.ends.awaited.push(stream, w);
+            }
+            return;
+        }
+        if let WriteEnd::Answered { stream, w, answer } = end {
+            return self.settle(stream, w, answer);
+        }
         let before = self.cap.limit();
         self.cap.completed();
         if self.cap.limit() != before {
@@ -426,6 +662,9 @@ impl Writes {
                     self.order.acked(order, (item, stream));
                 }
             }
+            WriteEnd::Written { .. } | WriteEnd::Answered { .. } => {
+                unreachable!("taken above")
+            }
         }
         let outbox = &self.outbox;
         self.order
@@ -441,29 +680,30 @@ impl Writes {
                 biased;
                 out = &mut f => return out,
                 _ = self.halted.ready(), if !self.woken => self.wake_all(),
-                Some(done) = self.pending.next(), if !self.pending.is_empty() => self.ended(done),
+                p = self.ends.next(), if !self.ends.is_empty() => self.progress(p),
             }
         }
     }
 
     /// Drives the writes as far as they go without waiting (a new message's first write
-    /// reaches quinn at once).
+    /// reaches quinn at once), and settles what has been acknowledged.
     ///
     /// Without the task's waker: `FuturesUnordered`, having polled every write it holds
     /// (with one in flight, the new one) and seen none end, wakes its caller to yield, and
     /// with the task's own waker that was one more poll of the whole sending loop per
     /// message (a third of its polls in an echo). Nothing is missed: a write woken meanwhile
-    /// waits in the set's ready queue, and the loop polls the set with its own waker
-    /// ([`drive`](Self::drive), [`finish`](Self::finish)) before it waits for anything.
+    /// waits in the set's ready queue, an acknowledgement is answered to whoever polls
+    /// next, and the loop polls both with its own waker ([`drive`](Self::drive),
+    /// [`finish`](Self::finish)) before it waits for anything.
     fn poll_now(&mut self) {
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        while let std::task::Poll::Ready(Some(done)) = self.pending.poll_next_unpin(&mut cx) {
-            self.ended(done);
+        while let std::task::Poll::Ready(p) = self.ends.poll_next(&mut cx, false) {
+            self.progress(p);
         }
     }
 
-    /// Waits for one write to end or for the carrier to halt (true; every write is then
-    /// polled again). Some write must be pending.
+    /// Waits for one write to end or acknowledgement to be answered, or for the carrier
+    /// to halt (true; every write is then polled again). Some write must be under way.
     async fn next_end(&mut self) -> bool {
         tokio::select! {
             biased;
@@ -471,16 +711,16 @@ impl Writes {
                 self.wake_all();
                 true
             }
-            Some(done) = self.pending.next() => {
-                self.ended(done);
+            p = self.ends.next() => {
+                self.progress(p);
                 false
             }
         }
     }
 
-    /// Drives every write to its end.
+    /// Drives every write to its end, and settles every message.
     async fn finish(&mut self) {
-        while !self.pending.is_empty() {
+        while !self.ends.is_empty() {
             self.next_end().await;
         }
     }
@@ -507,11 +747,12 @@ struct Dispatcher {
 impl Dispatcher {
     fn new(conn: quinn::Connection, outbox: Arc<Outbox>, halt: watch::Receiver<bool>) -> Self {
         let min_rtt = conn.rtt();
-        let writes = Writes::new(halt, outbox.clone(), min_rtt);
+        let in_flight = Arc::new(InFlight::default());
+        let writes = Writes::new(conn.clone(), halt, outbox.clone(), in_flight.clone());
         Dispatcher {
             conn,
             outbox,
-            in_flight: Arc::new(InFlight::default()),
+            in_flight,
             writes,
             open: BTreeMap::new(),
             min_rtt,
@@ -837,6 +1078,21 @@ enum WriteEnd {
         item: Item,
         stream: quinn::StreamId,
     },
+    /// An ordered message written whole (no lifetime, not in 0-RTT): the sending loop
+    /// awaits its acknowledgement ([`Awaited`]) and settles it as the write would have.
+    Written {
+        stream: quinn::SendStream,
+        item: Item,
+        order: u64,
+        counted: usize,
+    },
+    /// A written message's acknowledgement (or failure), awaited on its own after a loss
+    /// ([`LOSS_MODE_RTTS`]): settled as [`Awaited`]'s answers are.
+    Answered {
+        stream: quinn::SendStream,
+        w: AwaitedWrite,
+        answer: Stopped,
+    },
 }
 
 impl WriteEnd {
@@ -963,6 +1219,9 @@ async fn write_message(
         .deadline
         .map(|d| d.checked_sub(outbox.one_way()).unwrap_or(d));
     let mut counted = first.data.len();
+    // An ordered message without a lifetime, not in 0-RTT: once written, the sending loop
+    // awaits its acknowledgement with the others' (no `stopped()` future of its own).
+    let awaited = deadline.is_none() && early.is_none() && order.is_some();
     let outcome = tokio::select! {
         biased;
         // First: once halted, the peer's receipts decide, even if the ack came just now.
@@ -994,6 +1253,9 @@ async fn write_message(
             }
             stream.finish().map_err(|e| e.to_string())?;
             outbox.update(id, SendStatus::Sent, false);
+            if awaited {
+                return Ok(Some(SendStatus::Sent));
+            }
             // Sent in 0-RTT: learn of a rejection as soon as the handshake tells.
             let stopped = match early {
                 Some(mut rejected) => {
@@ -1023,14 +1285,22 @@ async fn write_message(
         } => done.unwrap_or_else(|e| Some(SendStatus::Failed(e))),
         _ = sleep_until(deadline) => Some(SendStatus::Expired),
     };
-    if outcome.as_ref() != Some(&SendStatus::Acked) {
-        let _ = stream.reset(0u32.into());
-    }
     if let Some(rx) = rest.as_mut() {
         rx.close();
         while let Ok(item) = rx.try_recv() {
             counted += item.data.len();
         }
+    }
+    if let (Some(SendStatus::Sent), Some(order)) = (&outcome, order) {
+        return WriteEnd::Written {
+            stream,
+            item: first,
+            order,
+            counted,
+        };
+    }
+    if outcome.as_ref() != Some(&SendStatus::Acked) {
+        let _ = stream.reset(0u32.into());
     }
     // Acknowledged by the peer's QUIC. An ordered message is reported acked by the sending
     // loop, in order ([`AckOrder`]); its bytes and its buffer space are free at once.
@@ -1497,11 +1767,86 @@ pub(crate) fn health(conn: &quinn::Connection) -> crate::path::Health {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    #[test]
-    fn driving_a_new_write_at_once_does_not_wake_the_sending_loop_again() {
+    /// A QUIC connection over loopback with postsock's transport configuration: (client
+    /// endpoint, client connection, server endpoint, server connection).
+    pub(crate) async fn connected() -> (
+        quinn::Endpoint,
+        quinn::Connection,
+        quinn::Endpoint,
+        quinn::Connection,
+    ) {
+        use crate::Security;
+        let ca = crate::certs::TestCa::new("postsock test CA").expect("CA");
+        let mut server = Configuration::default();
+        server.security(Security {
+            identity: Some(ca.issue(&["localhost"]).expect("identity")),
+            ..Security::default()
+        });
+        let mut client = Configuration::default();
+        client.security(Security {
+            trusted_roots: vec![ca.root()],
+            ..Security::default()
+        });
+        let net = crate::net::TokioNet::shared();
+        let local = "127.0.0.1:0".parse().expect("address");
+        let server_ep = endpoint(net.as_ref(), local, Some(&server))
+            .await
+            .expect("server endpoint");
+        let addr = server_ep.local_addr().expect("bound");
+        let accept = {
+            let ep = server_ep.clone();
+            tokio::spawn(async move { ep.accept().await.expect("incoming").await })
+        };
+        let tls =
+            Arc::new(tls::client_config(&client.security, net.tls_clock()).expect("client TLS"));
+        let (client_ep, conn, _epoch) =
+            connect(net.as_ref(), addr, None, "localhost", &client, tls)
+                .await
+                .expect("connect");
+        let server_conn = accept.await.expect("accept task").expect("accepted");
+        (client_ep, conn, server_ep, server_conn)
+    }
+
+    /// Streams of one priority leave in write order (fairness off), but a stream of higher
+    /// priority still goes before one that began: the vendored quinn-proto's second patch
+    /// (vendor/README.md). Upstream's unfair mode finished the begun stream first.
+    #[tokio::test]
+    async fn a_stream_of_higher_priority_overtakes_a_begun_one() {
+        let (_ep, conn, _server_ep, server) = connected().await;
+        let (mut big, _) = conn.open_bi().await.expect("open");
+        big.set_priority(-8).expect("priority");
+        let writer = tokio::spawn(async move {
+            big.write_all(&vec![8u8; 4 << 20]).await.expect("write");
+            big.finish().expect("finish");
+            big
+        });
+        // Once the big one is on its way, the small one of higher priority.
+        let (_, mut first) = server.accept_bi().await.expect("accept");
+        let mut head = [0u8; 1];
+        first.read_exact(&mut head).await.expect("read");
+        let (mut small, _) = conn.open_bi().await.expect("open");
+        small.set_priority(0).expect("priority");
+        small.write_all(&[0u8; 1024]).await.expect("write");
+        small.finish().expect("finish");
+        let big_read =
+            tokio::spawn(async move { first.read_to_end(8 << 20).await.expect("big").len() });
+        let (_, mut second) = server.accept_bi().await.expect("accept");
+        let small_len = second.read_to_end(1 << 20).await.expect("small").len();
+        assert_eq!(small_len, 1024);
+        assert!(
+            !big_read.is_finished(),
+            "the small stream of higher priority arrived only after the big one"
+        );
+        assert_eq!(big_read.await.expect("big reader") + 1, 4 << 20);
+        let _ = writer.await;
+    }
+
+    #[tokio::test]
+    async fn driving_a_new_write_at_once_does_not_wake_the_sending_loop_again() {
+        let (_ep, conn, _server_ep, _server_conn) = connected().await;
         let (woken, waker) = crate::transport::tests::counting();
         let mut cx = std::task::Context::from_waker(&waker);
         let count = || woken.0.load(Ordering::SeqCst);
@@ -1516,9 +1861,10 @@ mod tests {
         // quinn, and the loop is not woken for nothing.
         let (_halt_tx, halt) = watch::channel(false);
         let mut writes = Writes::new(
+            conn,
             halt,
             Outbox::new(1 << 20, |_, _| true),
-            Duration::from_millis(1),
+            Arc::new(InFlight::default()),
         );
         writes.push(std::future::pending::<WriteEnd>());
         {
@@ -1530,7 +1876,7 @@ mod tests {
             assert_eq!(count(), 1, "the loop was woken by its own step");
         }
         // The loop's poll of the set before it waits registers its waker, runs nothing.
-        assert!(writes.pending.poll_next_unpin(&mut cx).is_pending());
+        assert!(writes.ends.writing.poll_next_unpin(&mut cx).is_pending());
         assert_eq!(count(), 1);
     }
 

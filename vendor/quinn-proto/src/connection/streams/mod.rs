@@ -406,7 +406,11 @@ impl PendingStreamsQueue {
 
     /// Reinsert a stream that was pending and still contains unsent data.
     fn reinsert_pending(&mut self, id: StreamId, priority: i32) {
-        assert!(self.next.is_none());
+        // postsock patch: `pop` may have taken a stream of higher priority ahead of an
+        // interrupted one; that one goes back to the queue (upstream asserted there was none).
+        if let Some(prev) = self.next.take() {
+            self.push_pending(prev.id, prev.priority);
+        }
 
         self.next = Some(PendingStream {
             priority,
@@ -434,6 +438,18 @@ impl PendingStreamsQueue {
     }
 
     fn pop(&mut self) -> Option<PendingStream> {
+        // postsock patch: without fairness an interrupted stream is finished first, unless a
+        // stream of higher priority is pending: priority goes before fragmentation (upstream
+        // finished the interrupted one first whatever waited).
+        if let Some(next) = &self.next {
+            if self
+                .streams
+                .peek()
+                .is_some_and(|top| top.priority > next.priority)
+            {
+                return self.streams.pop();
+            }
+        }
         self.next.take().or_else(|| self.streams.pop())
     }
 
