@@ -145,6 +145,10 @@ struct Inner {
     listeners: BTreeMap<u16, Backlog>,
     next_port: u16,
     epoch: tokio::time::Instant,
+    /// The program ended and its connections were closed ([`TcpStack::close_all`]): a
+    /// stream dropped after that (its task went with the program's runtime) has nothing
+    /// left to close, and its socket may be gone already.
+    closed_all: bool,
 }
 
 impl Drop for Inner {
@@ -158,6 +162,13 @@ impl Drop for Inner {
 }
 
 impl Inner {
+    /// The error of a connection used after its program ended ([`TcpStack::close_all`]):
+    /// a task that outlived the program touches no socket (its own may be gone).
+    fn ended(&self) -> Option<io::Error> {
+        self.closed_all
+            .then(|| io::Error::new(io::ErrorKind::ConnectionAborted, "the host's program ended"))
+    }
+
     fn now(&self) -> smoltcp::time::Instant {
         smoltcp::time::Instant::from_micros(self.epoch.elapsed().as_micros() as i64)
     }
@@ -428,6 +439,7 @@ impl TcpStack {
                 streams: BTreeMap::new(),
                 listeners: BTreeMap::new(),
                 next_port: EPHEMERAL,
+                closed_all: false,
                 epoch,
             }),
             wake: Notify::new(),
@@ -524,6 +536,7 @@ impl TcpStack {
     /// descriptors (what was written is still sent, then FIN), as dropping its stream does.
     fn close_all(&self) {
         let mut g = lock(&self.inner);
+        g.closed_all = true;
         let handles: Vec<SocketHandle> = g.streams.keys().copied().collect();
         for h in handles {
             g.socket(h).close();
@@ -579,6 +592,9 @@ impl TcpStack {
         };
         std::future::poll_fn(|cx| {
             let mut g = lock(&self.inner);
+            if let Some(e) = g.ended() {
+                return Poll::Ready(Err(e));
+            }
             let state = g.socket(handle).state();
             let t = g.streams.get_mut(&handle).expect("tracked");
             match state {
@@ -594,9 +610,14 @@ impl TcpStack {
             }
         })
         .await?;
-        if let Some(local) = lock(&self.inner).socket(handle).local_endpoint() {
+        let mut g = lock(&self.inner);
+        if let Some(e) = g.ended() {
+            return Err(e);
+        }
+        if let Some(local) = g.socket(handle).local_endpoint() {
             stream.local = endpoint(local);
         }
+        drop(g);
         Ok(stream)
     }
 
@@ -723,6 +744,9 @@ impl AsyncRead for SimTcpStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let mut g = lock(&self.stack.inner);
+        if let Some(e) = g.ended() {
+            return Poll::Ready(Err(e));
+        }
         let s = g.socket(self.handle);
         if s.can_recv() {
             // A window that was closing opens again: let smoltcp tell the peer.
@@ -755,6 +779,9 @@ impl AsyncWrite for SimTcpStream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let mut g = lock(&self.stack.inner);
+        if let Some(e) = g.ended() {
+            return Poll::Ready(Err(e));
+        }
         let reset_ = g.streams.get(&self.handle).is_some_and(|t| t.reset);
         if reset_ {
             return Poll::Ready(Err(reset()));
@@ -783,7 +810,12 @@ impl AsyncWrite for SimTcpStream {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        lock(&self.stack.inner).socket(self.handle).close();
+        let mut g = lock(&self.stack.inner);
+        if let Some(e) = g.ended() {
+            return Poll::Ready(Err(e));
+        }
+        g.socket(self.handle).close();
+        drop(g);
         self.stack.poke();
         Poll::Ready(Ok(()))
     }
@@ -792,6 +824,10 @@ impl AsyncWrite for SimTcpStream {
 impl Drop for SimTcpStream {
     fn drop(&mut self) {
         let mut g = lock(&self.stack.inner);
+        if g.ended().is_some() {
+            // Closed with the others when the program ended; the socket may be gone.
+            return;
+        }
         // As closing a real socket: what was written is still sent, then FIN.
         g.socket(self.handle).close();
         if let Some(t) = g.streams.get_mut(&self.handle) {
