@@ -262,7 +262,8 @@ fn a_quic_close_on_a_full_congestion_window_reaches_the_peer() {
 /// Found by a 200-seed run: with a quarter of margin on the forward-delay estimate these
 /// seeds delivered one message 1-26 ms after its deadline (handed over while a full uplink
 /// queue held ~40 ms more than the estimate). The margin is now a half. (The floor of
-/// deliveries is the scenario's: 72 since streams of one priority leave in write order.)
+/// deliveries is the scenario's: 72 since streams of one priority leave in write order,
+/// with more of them acknowledged in time; see the scenario file.)
 #[test]
 fn quic_lifetimes_hold_on_the_seeds_that_broke_them() {
     let s = scenario("api/lifetime-quic");
