@@ -340,7 +340,8 @@ const MIN_IN_FLIGHT: usize = 8 * 1024;
 /// The messages being written or awaiting their acknowledgement, each a future polled by the
 /// sending loop itself ([`Writes::drive`]) rather than a task of its own: no task spawned,
 /// scheduled and joined per message, and on a multi-thread runtime no message's stream
-/// contended for by another worker.
+/// contended for by another worker. A written ordered message without a lifetime leaves
+/// its future and awaits its acknowledgement with the others ([`Awaited`]).
 ///
 /// A write checks the carrier's halt flag each time it is polled but does not wait on it
 /// (a waiter registered and removed per message, under the flag's lock, cost about 4 % of
