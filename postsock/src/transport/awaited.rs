@@ -202,9 +202,9 @@ impl<T> Awaited<T> {
         }
     }
 
-    /// Every unsettled message, in write order (the carrier halted); nothing is watched any
-    /// more.
-    pub(crate) fn halt(&mut self) -> Vec<(quinn::SendStream, T)> {
+    /// Takes every unsettled message, in write order (the carrier halted, or they are to
+    /// be awaited one by one); nothing is watched any more.
+    pub(crate) fn take_all(&mut self) -> Vec<(quinn::SendStream, T)> {
         self.oldest = None;
         self.newest = None;
         self.live = 0;
@@ -292,7 +292,7 @@ mod tests {
             (1..=8).collect::<Vec<_>>()
         );
         assert_eq!(a.len(), 1);
-        let left = a.halt();
+        let left = a.take_all();
         assert_eq!(left.len(), 1);
         assert_eq!(left[0].1, 0, "the unanswered one comes back on a halt");
         assert!(a.is_empty());

@@ -509,12 +509,7 @@ impl Writes {
             };
             match answer {
                 Some(answer) => WriteEnd::Answered { stream, w, answer },
-                None => WriteEnd::Written {
-                    stream,
-                    item: w.item,
-                    order: w.order,
-                    counted: w.counted,
-                },
+                None => WriteEnd::Written { stream, w },
             }
         }));
     }
@@ -533,11 +528,8 @@ impl Writes {
             self.ends.writing.push(write);
         }
         self.settle_answered();
-        for (stream, w) in self.ends.awaited.halt() {
-            self.in_flight.sub(w.counted);
-            self.handed
-                .extend(hand_back(w.item, stream.id(), &self.outbox));
-            self.order.ended(w.order);
+        for (stream, w) in self.ends.awaited.take_all() {
+            self.hand_back_written(stream, w);
         }
         for (item, stream) in self.order.halt() {
             self.handed.extend(hand_back(item, stream, &self.outbox));
@@ -607,54 +599,23 @@ impl Writes {
     /// its place in the order, which may let acknowledged ones after it be reported; or a
     /// written message, whose acknowledgement is awaited from now on.
     fn ended(&mut self, end: WriteEnd) {
-        if let WriteEnd::Written {
-            stream,
-            item,
-            order,
-            counted,
-        } = end
-        {
-            let w = AwaitedWrite {
-                item,
-                order,
-                counted,
-            };
-            if self.halted.is_set() {
-                // Halted before its acknowledgement: the peer's receipts decide.
-                self.in_flight.sub(w.counted);
-                self.handed
-                    .extend(hand_back(w.item, stream.id(), &self.outbox));
-                self.order.ended(w.order);
-            } else if self.after_loss() {
-                for (stream, w) in self.ends.awaited.halt() {
-                    self.await_alone(stream, w);
-                }
-                self.await_alone(stream, w);
-            } else {
-                self.ends.awaited.push(stream, w);
-            }
-            return;
-        }
-        if let WriteEnd::Answered { stream, w, answer } = end {
-            return self.settle(stream, w, answer);
-        }
-        let before = self.cap.limit();
-        self.cap.completed();
-        if self.cap.limit() != before {
-            self.outbox.set_message_limit(self.cap.limit());
-        }
         match end {
+            WriteEnd::Written { stream, w } => self.written(stream, w),
+            WriteEnd::Answered { stream, w, answer } => self.settle(stream, w, answer),
             WriteEnd::Done { order, handback } => {
+                self.completed();
                 self.handed.extend(handback);
                 if let Some(n) = order {
                     self.order.ended(n);
                 }
+                self.release_acked();
             }
             WriteEnd::Acked {
                 order,
                 item,
                 stream,
             } => {
+                self.completed();
                 if self.halted.is_set() {
                     // Halted before it could be reported: the peer's receipts decide.
                     self.handed.extend(hand_back(item, stream, &self.outbox));
@@ -662,11 +623,46 @@ impl Writes {
                 } else {
                     self.order.acked(order, (item, stream));
                 }
-            }
-            WriteEnd::Written { .. } | WriteEnd::Answered { .. } => {
-                unreachable!("taken above")
+                self.release_acked();
             }
         }
+    }
+
+    /// A message written whole: its acknowledgement is awaited with the others', or on
+    /// its own after a loss; halted meanwhile, it goes back.
+    fn written(&mut self, stream: quinn::SendStream, w: AwaitedWrite) {
+        if self.halted.is_set() {
+            self.hand_back_written(stream, w);
+        } else if self.after_loss() {
+            for (stream, w) in self.ends.awaited.take_all() {
+                self.await_alone(stream, w);
+            }
+            self.await_alone(stream, w);
+        } else {
+            self.ends.awaited.push(stream, w);
+        }
+    }
+
+    /// A written message not yet acknowledged when the carrier halted: the peer's receipts
+    /// decide whether it goes again.
+    fn hand_back_written(&mut self, stream: quinn::SendStream, w: AwaitedWrite) {
+        self.in_flight.sub(w.counted);
+        self.handed
+            .extend(hand_back(w.item, stream.id(), &self.outbox));
+        self.order.ended(w.order);
+    }
+
+    /// A message's write ended: the stream limit counts it.
+    fn completed(&mut self) {
+        let before = self.cap.limit();
+        self.cap.completed();
+        if self.cap.limit() != before {
+            self.outbox.set_message_limit(self.cap.limit());
+        }
+    }
+
+    /// Reports the acknowledged ordered messages no earlier write holds back.
+    fn release_acked(&mut self) {
         let outbox = &self.outbox;
         self.order
             .release(|(item, _)| outbox.update(item.id, SendStatus::Acked, true));
@@ -1083,9 +1079,7 @@ enum WriteEnd {
     /// awaits its acknowledgement ([`Awaited`]) and settles it as the write would have.
     Written {
         stream: quinn::SendStream,
-        item: Item,
-        order: u64,
-        counted: usize,
+        w: AwaitedWrite,
     },
     /// A written message's acknowledgement (or failure), awaited on its own after a loss
     /// ([`LOSS_MODE_RTTS`]): settled as [`Awaited`]'s answers are.
@@ -1293,12 +1287,12 @@ async fn write_message(
         }
     }
     if let (Some(SendStatus::Sent), Some(order)) = (&outcome, order) {
-        return WriteEnd::Written {
-            stream,
+        let w = AwaitedWrite {
             item: first,
             order,
             counted,
         };
+        return WriteEnd::Written { stream, w };
     }
     if outcome.as_ref() != Some(&SendStatus::Acked) {
         let _ = stream.reset(0u32.into());
