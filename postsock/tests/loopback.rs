@@ -571,3 +571,29 @@ async fn a_burst_through_a_three_event_receive_queue_arrives_whole_and_in_order(
         .expect("the server read everything")
         .expect("server task");
 }
+
+/// A QUIC message larger than the peer's stream window: quinn takes only part of it at
+/// once, and the sending loop writes the rest from where that ended (`write_now`'s part,
+/// then the message's own write): it arrives whole, each byte once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quic_message_larger_than_the_stream_window_arrives_intact() {
+    let net: Arc<dyn Net> = TokioNet::shared();
+    let ca = TestCa::new("loopback CA").expect("ca");
+    let (server_config, client_config) = configs(&ca, Protocol::Quic);
+    let (listener, port) = common::listen(&net, server_config).await;
+    let server = tokio::spawn(echo_all(listener, Protocol::Quic));
+    let carrier = Carrier::initiate(net, Remote::new("localhost", port), client_config)
+        .await
+        .expect("initiate");
+    let big = message(5, 5 << 20);
+    let small = message(6, 1000);
+    carrier.send_bytes(big.clone()).await.expect("send");
+    carrier.send_bytes(small.clone()).await.expect("send");
+    for want in [big, small] {
+        let got = carrier.receive().await.expect("receive").expect("an echo");
+        assert_eq!(got.data.len(), want.len());
+        assert!(got.data[..] == want[..], "the echo is the message");
+    }
+    carrier.close().await.expect("close");
+    server.await.expect("server task");
+}

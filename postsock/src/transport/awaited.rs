@@ -1,63 +1,37 @@
 //! The acknowledgements a QUIC sending loop waits for, without a future per message.
 //!
-//! quinn tells of a stream's acknowledgement only through `SendStream::stopped()`: a future
-//! that, while the stream is unacknowledged, leaves a `Notify` in the connection's map for
-//! the connection driver to wake. Awaited message by message, that is a future, a `Notify`
-//! and a wake-up of the sending loop per message, about 2 k of the 3.5 k instructions a
-//! 1 KiB QUIC message cost over raw quinn's (BENCHMARKS.md, "QUIC acknowledgements without a
-//! future per message").
+//! quinn 0.11 tells of a stream's acknowledgement only through `SendStream::stopped()`: a
+//! future that, while the stream is unacknowledged, leaves a `Notify` in the connection's
+//! map for the connection driver to wake. Awaited message by message, that is a future, a
+//! `Notify` and a wake-up of the sending loop per message, about 2 k of the 3.5 k
+//! instructions a 1 KiB QUIC message cost over raw quinn's (BENCHMARKS.md, "QUIC
+//! acknowledgements without a future per message").
 //!
-//! [`Awaited`] keeps the written messages in the order they were written and watches two of
-//! them: the oldest, and the newest when the loop last waited. `stopped()` also answers at
-//! once, without leaving anything behind, for a stream that is already acknowledged (its
-//! state is gone). So when the oldest is acknowledged, the ones after it are looked at in
-//! order until one is not; when the newest is, every one is looked at. Every message is
-//! settled: the oldest always has a watcher while the loop waits, and every message becomes
-//! the oldest.
-//!
-//! Settled as promptly as one future each would have only while acknowledgements come in
-//! write order: quinn sends streams of one priority in write order (postsock turns its
-//! round-robin off, `quic::transport_config`), so they do unless a packet is lost. Behind
-//! a lost one the peer acknowledges later messages first, and only the newest's answer
-//! would settle them; so for a few round trips after a loss the sending loop awaits each
-//! message on its own again (`quic::LOSS_MODE_RTTS`).
+//! The vendored quinn (vendor/README.md) keeps one queue per connection of the send streams
+//! that ended (all data acknowledged, or stopped by the peer),
+//! `Connection::poll_ended_sends`. [`Awaited`] keeps the written messages by stream id and
+//! settles those the queue names, each as `stopped()` answers for it at once (an ended
+//! stream's answer needs no waiting): one waker for the whole connection, nothing per
+//! message but its place here, and every message settled when the peer acknowledged it,
+//! in whatever order that happens.
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
 /// What `stopped()` answers: `Ok(None)` acknowledged, `Ok(Some(code))` the peer stopped the
 /// stream, `Err` the connection ended.
 pub(crate) type Stopped = Result<Option<quinn::VarInt>, quinn::StoppedError>;
 
-type Watch = Pin<Box<dyn Future<Output = Stopped> + Send + Sync>>;
-
-/// Messages written and finished, waiting for the peer's acknowledgement, in write order;
-/// `T` is what the sending loop keeps of each.
+/// Messages written and finished, waiting for the peer's acknowledgement; `T` is what the
+/// sending loop keeps of each.
 pub(crate) struct Awaited<T> {
-    /// `None`: settled ahead of an older one.
-    queue: VecDeque<Option<(quinn::SendStream, T)>>,
-    /// The number of `queue[0]`.
-    base: u64,
-    /// Unsettled messages in `queue`.
-    live: usize,
-    /// The watcher of the oldest (`queue[0]`), with its number.
-    oldest: Option<(u64, Watch)>,
-    /// The watcher of the newest when last polled, with its number.
-    newest: Option<(u64, Watch)>,
-}
-
-impl<T> Default for Awaited<T> {
-    fn default() -> Self {
-        Awaited {
-            queue: VecDeque::new(),
-            base: 0,
-            live: 0,
-            oldest: None,
-            newest: None,
-        }
-    }
+    conn: quinn::Connection,
+    /// Sorted by stream id: for the unidirectional streams this side opens, the order they
+    /// were opened in.
+    queue: VecDeque<(quinn::StreamId, quinn::SendStream, T)>,
+    /// The ids the connection reported, reused from poll to poll.
+    ended: Vec<quinn::StreamId>,
 }
 
 /// `stopped()`'s answer now, if it has one: one poll with a waker that is never woken.
@@ -71,87 +45,83 @@ fn answer_now(stream: &quinn::SendStream) -> Option<Stopped> {
 }
 
 impl<T> Awaited<T> {
+    /// For `conn`'s streams; made before any of them is written (the connection records
+    /// the streams that end from then on).
+    pub(crate) fn new(conn: &quinn::Connection) -> Self {
+        let mut ended = Vec::new();
+        let _ = conn.poll_ended_sends(&mut Context::from_waker(Waker::noop()), &mut ended);
+        ended.clear();
+        Awaited {
+            conn: conn.clone(),
+            queue: VecDeque::new(),
+            ended,
+        }
+    }
+
     /// Unsettled messages.
     pub(crate) fn len(&self) -> usize {
-        self.live
+        self.queue.len()
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.live == 0
+        self.queue.is_empty()
     }
 
     /// Waits for `stream`'s acknowledgement; `t` comes back with it.
     pub(crate) fn push(&mut self, stream: quinn::SendStream, t: T) {
-        self.queue.push_back(Some((stream, t)));
-        self.live += 1;
+        let id = stream.id();
+        // Nearly always at the end: streams are opened in the order messages are taken.
+        let at = if self.queue.back().is_none_or(|(last, _, _)| *last < id) {
+            self.queue.len()
+        } else {
+            self.queue.partition_point(|(other, _, _)| *other < id)
+        };
+        self.queue.insert(at, (id, stream, t));
     }
 
-    /// Takes the settled entry at `i` (a number less `base`).
-    fn take(&mut self, i: usize) -> (quinn::SendStream, T) {
-        let entry = self.queue[i].take().expect("an unsettled entry");
-        self.live -= 1;
-        entry
-    }
-
-    /// Drops settled entries at either end.
-    fn trim(&mut self) {
-        while let Some(None) = self.queue.front() {
-            self.queue.pop_front();
-            self.base += 1;
-        }
-        while let Some(None) = self.queue.back() {
-            self.queue.pop_back();
-        }
-    }
-
-    /// Settles what has been answered into `out`; `cx`'s task is woken when the oldest is
-    /// answered, and with `watch_newest` when the newest is. Ready when something was
-    /// settled. (Without `watch_newest`, for a poll between two writes of a burst: the
-    /// newest changes with every write, and a watcher is a `Notify` in quinn's map.)
+    /// Settles into `out` the messages whose streams ended; `cx`'s task is woken when
+    /// another ends (or the connection is lost: then every message is settled, as its
+    /// stream's `stopped()` answers). Ready when something was settled.
     pub(crate) fn poll_settled(
         &mut self,
         cx: &mut Context<'_>,
-        watch_newest: bool,
         out: &mut Vec<(quinn::SendStream, T, Stopped)>,
     ) -> Poll<()> {
         let before = out.len();
+        // Until the connection has nothing more to report: only then is the waker kept.
         loop {
-            self.settle_oldest(cx, out);
-            if !watch_newest || self.live < 2 {
-                if self.live < 2 {
-                    self.newest = None;
+            match self.conn.poll_ended_sends(cx, &mut self.ended) {
+                Poll::Ready(Ok(())) => {
+                    for id in self.ended.drain(..) {
+                        // Usually the oldest (streams of one priority leave in write order).
+                        let at = match self.queue.front() {
+                            Some((first, _, _)) if *first == id => 0,
+                            _ => {
+                                match self.queue.binary_search_by(|(other, _, _)| other.cmp(&id)) {
+                                    Ok(at) => at,
+                                    // Not one of these (a message that awaits its own).
+                                    Err(_) => continue,
+                                }
+                            }
+                        };
+                        // An ended stream answers at once (were one not to, the connection's
+                        // end would settle it).
+                        if let Some(answer) = answer_now(&self.queue[at].1) {
+                            let (_, stream, t) = self.queue.remove(at).expect("found");
+                            out.push((stream, t, answer));
+                        }
+                    }
                 }
-                break;
-            }
-            let n = self.base + self.queue.len() as u64 - 1;
-            if self.newest.as_ref().is_none_or(|(m, _)| *m != n) {
-                let Some(Some((stream, _))) = self.queue.back() else {
-                    unreachable!("trimmed at both ends");
-                };
-                self.newest = Some((n, Box::pin(stream.stopped())));
-            }
-            let Some((_, watch)) = &mut self.newest else {
-                break;
-            };
-            let Poll::Ready(answer) = watch.as_mut().poll(cx) else {
-                break;
-            };
-            // The newest is answered: so is every other the peer's ACKs covered.
-            self.newest = None;
-            let last = self.queue.len() - 1;
-            let (stream, t) = self.take(last);
-            out.push((stream, t, answer));
-            for i in 0..self.queue.len() {
-                let answer = match &self.queue[i] {
-                    Some((stream, _)) => answer_now(stream),
-                    None => None,
-                };
-                if let Some(answer) = answer {
-                    let (stream, t) = self.take(i);
-                    out.push((stream, t, answer));
+                Poll::Ready(Err(e)) => {
+                    for (_, stream, t) in self.queue.drain(..) {
+                        let answer = answer_now(&stream)
+                            .unwrap_or_else(|| Err(quinn::StoppedError::ConnectionLost(e.clone())));
+                        out.push((stream, t, answer));
+                    }
+                    break;
                 }
+                Poll::Pending => break,
             }
-            // And round again: the new oldest and newest get their watchers.
         }
         if out.len() > before {
             Poll::Ready(())
@@ -160,56 +130,13 @@ impl<T> Awaited<T> {
         }
     }
 
-    /// Settles the oldest, then the ones after it while they are answered; leaves the
-    /// oldest unanswered one watched.
-    fn settle_oldest(
-        &mut self,
-        cx: &mut Context<'_>,
-        out: &mut Vec<(quinn::SendStream, T, Stopped)>,
-    ) {
-        loop {
-            self.trim();
-            let Some(Some((stream, _))) = self.queue.front() else {
-                self.oldest = None;
-                return;
-            };
-            let n = self.base;
-            if self.oldest.as_ref().is_some_and(|(m, _)| *m != n) {
-                self.oldest = None;
-            }
-            let answer = match &mut self.oldest {
-                Some((_, watch)) => match watch.as_mut().poll(cx) {
-                    Poll::Ready(answer) => answer,
-                    Poll::Pending => return,
-                },
-                None => match answer_now(stream) {
-                    Some(answer) => answer,
-                    None => {
-                        let mut watch: Watch = Box::pin(stream.stopped());
-                        match watch.as_mut().poll(cx) {
-                            Poll::Ready(answer) => answer,
-                            Poll::Pending => {
-                                self.oldest = Some((n, watch));
-                                return;
-                            }
-                        }
-                    }
-                },
-            };
-            self.oldest = None;
-            let (stream, t) = self.take(0);
-            out.push((stream, t, answer));
-        }
-    }
-
-    /// Takes every unsettled message, in write order (the carrier halted, or they are to
-    /// be awaited one by one); nothing is watched any more.
+    /// Takes every unsettled message, in the order their streams were opened (the carrier
+    /// halted).
     pub(crate) fn take_all(&mut self) -> Vec<(quinn::SendStream, T)> {
-        self.oldest = None;
-        self.newest = None;
-        self.live = 0;
-        self.base += self.queue.len() as u64;
-        self.queue.drain(..).flatten().collect()
+        self.queue
+            .drain(..)
+            .map(|(_, stream, t)| (stream, t))
+            .collect()
     }
 }
 
@@ -219,12 +146,11 @@ mod tests {
     use crate::transport::quic::tests::connected;
     use std::time::Duration;
 
-    /// Polls `a` (as a task would, watching the newest or not) until it settled `want`
-    /// messages; panics after 5 s.
-    async fn settle(a: &mut Awaited<u32>, want: usize, watch_newest: bool) -> Vec<(u32, Stopped)> {
+    /// Polls `a` (as a task would) until it settled `want` messages; panics after 5 s.
+    async fn settle(a: &mut Awaited<u32>, want: usize) -> Vec<(u32, Stopped)> {
         let mut out = Vec::new();
         let settling = std::future::poll_fn(|cx| {
-            let _ = a.poll_settled(cx, watch_newest, &mut out);
+            let _ = a.poll_settled(cx, &mut out);
             if out.len() >= want {
                 Poll::Ready(())
             } else {
@@ -246,51 +172,44 @@ mod tests {
         stream
     }
 
+    fn numbers(mut got: Vec<(u32, Stopped)>) -> Vec<u32> {
+        got.sort_by_key(|(n, _)| *n);
+        got.into_iter().map(|(n, _)| n).collect()
+    }
+
     #[tokio::test]
     async fn every_written_message_is_settled_once_when_acknowledged() {
         let (_ep, conn, _server_ep, _server) = connected().await;
-        let mut a = Awaited::default();
+        let mut a = Awaited::new(&conn);
         for n in 0..64 {
             a.push(written(&conn, n, true).await, n);
         }
         assert_eq!(a.len(), 64);
-        let mut got = settle(&mut a, 64, true).await;
+        let got = settle(&mut a, 64).await;
         assert!(got.iter().all(|(_, answer)| matches!(answer, Ok(None))));
-        got.sort_by_key(|(n, _)| *n);
         assert_eq!(
-            got.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
+            numbers(got),
             (0..64).collect::<Vec<_>>(),
             "each message once"
         );
         assert!(a.is_empty());
         let mut out = Vec::new();
         let mut cx = Context::from_waker(Waker::noop());
-        assert!(a.poll_settled(&mut cx, true, &mut out).is_pending());
+        assert!(a.poll_settled(&mut cx, &mut out).is_pending());
         assert!(out.is_empty());
     }
 
     #[tokio::test]
-    async fn messages_acknowledged_behind_an_unacknowledged_one_are_settled_by_the_newest() {
+    async fn messages_acknowledged_behind_an_unacknowledged_one_are_settled() {
         let (_ep, conn, _server_ep, _server) = connected().await;
-        let mut a = Awaited::default();
+        let mut a = Awaited::new(&conn);
         // The oldest is never finished, so never acknowledged (as a lost one, for a while).
         a.push(written(&conn, 0, false).await, 0);
         for n in 1..=8 {
             a.push(written(&conn, n, true).await, n);
         }
-        // Between two writes (no watcher of the newest) only the oldest is looked at.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let mut out = Vec::new();
-        let mut cx = Context::from_waker(Waker::noop());
-        assert!(a.poll_settled(&mut cx, false, &mut out).is_pending());
-        assert!(out.is_empty(), "nothing past the unanswered oldest");
-        // Waiting, the loop watches the newest too: its answer settles the rest.
-        let mut got = settle(&mut a, 8, true).await;
-        got.sort_by_key(|(n, _)| *n);
-        assert_eq!(
-            got.iter().map(|(n, _)| *n).collect::<Vec<_>>(),
-            (1..=8).collect::<Vec<_>>()
-        );
+        let got = settle(&mut a, 8).await;
+        assert_eq!(numbers(got), (1..=8).collect::<Vec<_>>());
         assert_eq!(a.len(), 1);
         let left = a.take_all();
         assert_eq!(left.len(), 1);
@@ -299,18 +218,65 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn streams_it_does_not_hold_are_passed_over_and_it_still_wakes() {
+        let (_ep, conn, _server_ep, _server) = connected().await;
+        let mut a = Awaited::new(&conn);
+        // Streams that end but are not held here (messages awaiting their own).
+        let mut others = Vec::new();
+        for n in 0..4 {
+            others.push(written(&conn, n, true).await);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut out = Vec::new();
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(a.poll_settled(&mut cx, &mut out).is_pending());
+        assert!(out.is_empty());
+        // Pushed in another order than opened: kept in stream order, settled when acked.
+        let late = conn.open_uni().await.expect("open");
+        let early = written(&conn, 5, true).await;
+        let mut late = late;
+        late.write_all(&[6; 1000]).await.expect("write");
+        late.finish().expect("finish");
+        a.push(early, 5);
+        a.push(late, 4);
+        let got = settle(&mut a, 2).await;
+        assert_eq!(numbers(got), vec![4, 5]);
+    }
+
+    #[tokio::test]
     async fn a_stream_the_peer_stops_is_answered_with_its_code() {
         let (_ep, conn, _server_ep, server) = connected().await;
+        let mut a = Awaited::new(&conn);
         let stream = written(&conn, 1, false).await;
         let mut recv = server.accept_uni().await.expect("accept");
         recv.stop(7u32.into()).expect("stop");
-        let mut a = Awaited::default();
         a.push(stream, 1);
-        let got = settle(&mut a, 1, true).await;
+        let got = settle(&mut a, 1).await;
         assert!(
             matches!(got[0].1, Ok(Some(code)) if code == 7u32.into()),
             "{:?}",
             got[0].1
         );
+    }
+
+    #[tokio::test]
+    async fn a_lost_connection_settles_every_message_with_its_error() {
+        let (_ep, conn, _server_ep, _server) = connected().await;
+        let mut a = Awaited::new(&conn);
+        for n in 0..3 {
+            a.push(written(&conn, n, false).await, n);
+        }
+        conn.close(3u32.into(), b"gone");
+        let got = settle(&mut a, 3).await;
+        assert!(
+            got.iter().all(|(_, answer)| matches!(
+                answer,
+                Err(quinn::StoppedError::ConnectionLost(
+                    quinn::ConnectionError::LocallyClosed
+                ))
+            )),
+            "{got:?}"
+        );
+        assert!(a.is_empty());
     }
 }

@@ -122,8 +122,9 @@ fn transport_config(
         .keep_alive_interval(config.keepalive);
     // Streams of the same priority go in the order they were written (each finished before
     // the next starts), not round-robin: ordered messages are read in stream order, so a
-    // message interleaved with those after it only arrives later, and acknowledgements then
-    // come in write order, which the sending loop relies on (`awaited.rs`).
+    // message interleaved with those after it only arrives later (and acknowledgements come
+    // in write order: the sending loop finds each ended stream first in its queue,
+    // `awaited.rs`).
     t.send_fairness(false);
     Arc::new(t)
 }
@@ -366,18 +367,7 @@ struct Writes {
     woken: bool,
     /// How many writes may be pending at once (`stream_cap.rs`).
     cap: StreamCap,
-    conn: quinn::Connection,
-    /// The connection's lost packets when last looked at, and until when the sending loop
-    /// awaits each acknowledgement on its own after the last loss seen ([`LOSS_MODE_RTTS`]).
-    lost: (u64, Option<Instant>),
 }
-
-/// For how many smoothed RTTs after a packet loss each written message's acknowledgement
-/// is awaited on its own (a `stopped()` future each, as before [`Awaited`]): behind a lost
-/// packet the peer acknowledges later messages before the oldest, and [`Awaited`] would
-/// settle them only when the oldest or the newest is answered, up to a round trip late.
-/// The lost one's retransmission is acknowledged about a round trip after the loss is seen.
-const LOSS_MODE_RTTS: u32 = 4;
 
 type WriteFut = std::pin::Pin<Box<dyn std::future::Future<Output = WriteEnd> + Send>>;
 
@@ -419,34 +409,24 @@ impl Ends {
         self.writing.is_empty() && self.awaited.is_empty()
     }
 
-    /// The next write to end or answers to settle; `watch_newest` as for
-    /// [`Awaited::poll_settled`].
-    fn poll_next(
-        &mut self,
-        cx: &mut std::task::Context<'_>,
-        watch_newest: bool,
-    ) -> std::task::Poll<Progress> {
+    /// The next write to end or answers to settle.
+    fn poll_next(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Progress> {
         use std::task::Poll;
         if !self.writing.is_empty() {
             if let Poll::Ready(Some(end)) = self.writing.poll_next_unpin(cx) {
                 return Poll::Ready(Progress::Ended(end));
             }
         }
-        if !self.awaited.is_empty()
-            && self
-                .awaited
-                .poll_settled(cx, watch_newest, &mut self.answered)
-                .is_ready()
+        if !self.awaited.is_empty() && self.awaited.poll_settled(cx, &mut self.answered).is_ready()
         {
             return Poll::Ready(Progress::Answered);
         }
         Poll::Pending
     }
 
-    /// Waits for [`poll_next`](Self::poll_next) (watching the newest too); something must
-    /// be under way.
+    /// Waits for [`poll_next`](Self::poll_next); something must be under way.
     fn next(&mut self) -> impl std::future::Future<Output = Progress> + '_ {
-        std::future::poll_fn(move |cx| self.poll_next(cx, true))
+        std::future::poll_fn(move |cx| self.poll_next(cx))
     }
 }
 
@@ -463,7 +443,7 @@ impl Writes {
         Writes {
             ends: Ends {
                 writing: FuturesUnordered::new(),
-                awaited: Awaited::default(),
+                awaited: Awaited::new(&conn),
                 answered: Vec::new(),
             },
             handed: Vec::new(),
@@ -475,43 +455,7 @@ impl Writes {
             halt,
             woken: false,
             cap,
-            lost: (0, None),
-            conn,
         }
-    }
-
-    /// Whether a packet was lost within [`LOSS_MODE_RTTS`] (looks at the connection's count).
-    fn after_loss(&mut self) -> bool {
-        let path = self.conn.stats().path;
-        let now = Instant::now();
-        if path.lost_packets != self.lost.0 {
-            self.lost = (path.lost_packets, Some(now + path.rtt * LOSS_MODE_RTTS));
-        }
-        match self.lost.1 {
-            Some(until) if now < until => true,
-            Some(_) => {
-                self.lost.1 = None;
-                false
-            }
-            None => false,
-        }
-    }
-
-    /// Awaits the acknowledgement of a written message on its own (after a loss).
-    fn await_alone(&mut self, stream: quinn::SendStream, w: AwaitedWrite) {
-        let halt = self.halt_flag.clone();
-        self.ends.writing.push(Box::pin(async move {
-            let answer = tokio::select! {
-                biased;
-                // Halted: the peer's receipts decide (`ended` hands it back).
-                _ = set_now(&halt) => None,
-                answer = stream.stopped() => Some(answer),
-            };
-            match answer {
-                Some(answer) => WriteEnd::Answered { stream, w, answer },
-                None => WriteEnd::Written { stream, w },
-            }
-        }));
     }
 
     /// Whether another message may go within the stream limit.
@@ -601,7 +545,6 @@ impl Writes {
     fn ended(&mut self, end: WriteEnd) {
         match end {
             WriteEnd::Written { stream, w } => self.written(stream, w),
-            WriteEnd::Answered { stream, w, answer } => self.settle(stream, w, answer),
             WriteEnd::Done { order, handback } => {
                 self.completed();
                 self.handed.extend(handback);
@@ -628,16 +571,11 @@ impl Writes {
         }
     }
 
-    /// A message written whole: its acknowledgement is awaited with the others', or on
-    /// its own after a loss; halted meanwhile, it goes back.
+    /// A message written whole: its acknowledgement is awaited with the others' ([`Awaited`]);
+    /// halted meanwhile, it goes back.
     fn written(&mut self, stream: quinn::SendStream, w: AwaitedWrite) {
         if self.halted.is_set() {
             self.hand_back_written(stream, w);
-        } else if self.after_loss() {
-            for (stream, w) in self.ends.awaited.take_all() {
-                self.await_alone(stream, w);
-            }
-            self.await_alone(stream, w);
         } else {
             self.ends.awaited.push(stream, w);
         }
@@ -694,7 +632,7 @@ impl Writes {
     /// [`finish`](Self::finish)) before it waits for anything.
     fn poll_now(&mut self) {
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        while let std::task::Poll::Ready(p) = self.ends.poll_next(&mut cx, false) {
+        while let std::task::Poll::Ready(p) = self.ends.poll_next(&mut cx) {
             self.progress(p);
         }
     }
@@ -894,9 +832,33 @@ impl Dispatcher {
             self.early_sent.push(item.copy_for_resend());
         }
         let order = item.props.ordered.then(|| self.writes.order.start());
+        // A whole ordered message without a lifetime, not in 0-RTT, is usually written at
+        // once: then no future of its own (`write_message` would end the same way).
+        let mut stream = stream;
+        let mut skip = 0;
+        if let (Some(n), true) = (order, self.early.is_none() && rest.is_none()) {
+            if item.deadline.is_none() && !self.halted() {
+                match write_now(&mut stream, &item.data) {
+                    Ok(()) => {
+                        self.outbox.update(item.id, SendStatus::Sent, false);
+                        let w = AwaitedWrite {
+                            item,
+                            order: n,
+                            counted: len,
+                        };
+                        self.writes.written(stream, w);
+                        self.writes.poll_now();
+                        return Ok(());
+                    }
+                    // Not all of it (or an error to report): the rest as any other.
+                    Err(done) => skip = done,
+                }
+            }
+        }
         self.writes.push(write_message(
             stream,
             item,
+            skip,
             rest,
             Shared {
                 outbox: self.outbox.clone(),
@@ -1081,13 +1043,6 @@ enum WriteEnd {
         stream: quinn::SendStream,
         w: AwaitedWrite,
     },
-    /// A written message's acknowledgement (or failure), awaited on its own after a loss
-    /// ([`LOSS_MODE_RTTS`]): settled as [`Awaited`]'s answers are.
-    Answered {
-        stream: quinn::SendStream,
-        w: AwaitedWrite,
-        answer: Stopped,
-    },
 }
 
 impl WriteEnd {
@@ -1192,13 +1147,31 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Writes one message to its stream (parts as they come), then waits for the peer's
-/// acknowledgement; resets the stream if the message's lifetime ends first. If the carrier
-/// moves first, a whole message is handed back (the peer's receipts decide whether it goes
-/// again) and a partial one fails.
+/// Writes all of `data` to `stream` and finishes it, if quinn takes it without waiting;
+/// otherwise how many bytes of it were written.
+fn write_now(stream: &mut quinn::SendStream, data: &Bytes) -> std::result::Result<(), usize> {
+    let mut bufs = [data.clone()];
+    let written = {
+        let write = stream.write_all_chunks(&mut bufs);
+        let write = std::pin::pin!(write);
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        std::future::Future::poll(write, &mut cx)
+    };
+    let done = data.len() - bufs[0].len();
+    match written {
+        std::task::Poll::Ready(Ok(())) if stream.finish().is_ok() => Ok(()),
+        _ => Err(done),
+    }
+}
+
+/// Writes one message to its stream (parts as they come; the first `skip` bytes of `first`
+/// are already written), then waits for the peer's acknowledgement; resets the stream if
+/// the message's lifetime ends first. If the carrier moves first, a whole message is
+/// handed back (the peer's receipts decide whether it goes again) and a partial one fails.
 async fn write_message(
     mut stream: quinn::SendStream,
     mut first: Item,
+    skip: usize,
     mut rest: Option<mpsc::UnboundedReceiver<Item>>,
     shared: Shared,
 ) -> WriteEnd {
@@ -1226,9 +1199,11 @@ async fn write_message(
         }
         done = async {
             // Rejected 0-RTT: the send loop sends the message again, in order.
-            match stream.write_chunk(first.data.clone()).await {
-                Err(quinn::WriteError::ZeroRttRejected) => return Ok(None),
-                other => other.map_err(|e| e.to_string())?,
+            if skip == 0 || skip < first.data.len() {
+                match stream.write_chunk(first.data.slice(skip..)).await {
+                    Err(quinn::WriteError::ZeroRttRejected) => return Ok(None),
+                    other => other.map_err(|e| e.to_string())?,
+                }
             }
             let mut fin = first.fin;
             while !fin {
