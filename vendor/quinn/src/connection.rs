@@ -825,7 +825,12 @@ fn poll_accept<'a>(
     // which are necessarily finite, can be drained from a closed connection.
     if let Some(id) = state.inner.streams().accept(dir) {
         let is_0rtt = state.inner.is_handshaking();
-        state.wake(); // To send additional stream ID credit
+        // postsock patch: no `state.wake()` "to send additional stream ID credit" here.
+        // quinn-proto 0.11 issues that credit when a stream is freed, not when it is
+        // accepted (`Streams::accept` changes nothing `poll_transmit` sends), and reading
+        // or dropping the stream wakes the driver when there is credit to send. The
+        // wake-up cost a connection-driver poll that sent nothing whenever the task that
+        // accepts is not the one that writes next.
         drop(state); // Release the lock so clone can take it
         return Poll::Ready(Ok((conn.clone(), id, is_0rtt)));
     } else if let Some(ref e) = state.error {
