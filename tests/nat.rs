@@ -76,8 +76,11 @@ fn a_relayed_carrier_survives_a_nat_reboot_with_fresh_allocations() {
     // Symmetric NATs both sides: only the relay works. Alice's reboot loses her allocation.
     for r in lossless_runs("nat/rendezvous-relayed-reboot") {
         let gap = r.metrics.failover_gap_ms.expect("gap");
-        // QUIC migrates at once where it can; otherwise 3 s to notice, 1 s of direct_first.
-        assert!(gap <= 4800.0, "{gap} ms");
+        // QUIC migrates at once where it can; otherwise 3 s to notice, new allocations and
+        // a meeting, 1 s of direct_first, then up to 0.6 s of quinn's loss detection on the
+        // relayed path for what was in flight on the dead one: the scenario's own bound
+        // (150 seeds: the slow 66 from 4.5 to 5.1 s, median 4.8 s).
+        assert!(gap <= 5450.0, "{gap} ms");
         assert_eq!(r.metrics.relayed, Some(1));
     }
 }
