@@ -172,6 +172,18 @@ mod tests {
         stream
     }
 
+    /// Writes messages `ns` on streams of their own (finished or not) and awaits them.
+    async fn push_written(
+        a: &mut Awaited<u32>,
+        conn: &quinn::Connection,
+        ns: impl IntoIterator<Item = u32>,
+        finish: bool,
+    ) {
+        for n in ns {
+            a.push(written(conn, n, finish).await, n);
+        }
+    }
+
     fn numbers(mut got: Vec<(u32, Stopped)>) -> Vec<u32> {
         got.sort_by_key(|(n, _)| *n);
         got.into_iter().map(|(n, _)| n).collect()
@@ -181,9 +193,7 @@ mod tests {
     async fn every_written_message_is_settled_once_when_acknowledged() {
         let (_ep, conn, _server_ep, _server) = connected().await;
         let mut a = Awaited::new(&conn);
-        for n in 0..64 {
-            a.push(written(&conn, n, true).await, n);
-        }
+        push_written(&mut a, &conn, 0..64, true).await;
         assert_eq!(a.len(), 64);
         let got = settle(&mut a, 64).await;
         assert!(got.iter().all(|(_, answer)| matches!(answer, Ok(None))));
@@ -204,10 +214,8 @@ mod tests {
         let (_ep, conn, _server_ep, _server) = connected().await;
         let mut a = Awaited::new(&conn);
         // The oldest is never finished, so never acknowledged (as a lost one, for a while).
-        a.push(written(&conn, 0, false).await, 0);
-        for n in 1..=8 {
-            a.push(written(&conn, n, true).await, n);
-        }
+        push_written(&mut a, &conn, [0], false).await;
+        push_written(&mut a, &conn, 1..=8, true).await;
         let got = settle(&mut a, 8).await;
         assert_eq!(numbers(got), (1..=8).collect::<Vec<_>>());
         assert_eq!(a.len(), 1);
@@ -263,9 +271,7 @@ mod tests {
     async fn a_lost_connection_settles_every_message_with_its_error() {
         let (_ep, conn, _server_ep, _server) = connected().await;
         let mut a = Awaited::new(&conn);
-        for n in 0..3 {
-            a.push(written(&conn, n, false).await, n);
-        }
+        push_written(&mut a, &conn, 0..3, false).await;
         conn.close(3u32.into(), b"gone");
         let got = settle(&mut a, 3).await;
         assert!(

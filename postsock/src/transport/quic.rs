@@ -501,42 +501,21 @@ impl Writes {
         self.ends.answered = answered;
     }
 
-    /// Settles a written message as `stopped()` answered, as its write did when each
-    /// awaited its own (`write_message`).
-    fn settle(&mut self, mut stream: quinn::SendStream, w: AwaitedWrite, answer: Stopped) {
-        let AwaitedWrite {
-            mut item,
-            order,
-            counted,
-        } = w;
-        let end = match answer {
-            Ok(None) => {
-                item.release_permit();
-                self.in_flight.sub(counted);
-                WriteEnd::Acked {
-                    order,
-                    item,
-                    stream: stream.id(),
-                }
-            }
-            Ok(Some(code)) => {
-                let why = format!("the peer stopped reading it (code {code})");
-                self.fail(&mut stream, item, counted, why);
-                WriteEnd::done(Some(order), None)
-            }
-            Err(e) => {
-                self.fail(&mut stream, item, counted, e.to_string());
-                WriteEnd::done(Some(order), None)
-            }
-        };
+    /// Settles a written message as `stopped()` answered, as a write that awaits its own
+    /// acknowledgement ends (`write_message`).
+    fn settle(&mut self, stream: quinn::SendStream, w: AwaitedWrite, answer: Stopped) {
+        let (outbox, in_flight) = (&self.outbox, &self.in_flight);
+        let status = Some(status_of(answer));
+        let end = conclude(
+            stream,
+            w.item,
+            w.counted,
+            Some(w.order),
+            status,
+            outbox,
+            in_flight,
+        );
         self.ended(end);
-    }
-
-    fn fail(&mut self, stream: &mut quinn::SendStream, item: Item, counted: usize, why: String) {
-        let _ = stream.reset(0u32.into());
-        self.outbox.update(item.id, SendStatus::Failed(why), true);
-        drop(item);
-        self.in_flight.sub(counted);
     }
 
     /// Takes what a finished write left: a message handed back, or (an ordered message)
@@ -1170,7 +1149,7 @@ fn write_now(stream: &mut quinn::SendStream, data: &Bytes) -> std::result::Resul
 /// handed back (the peer's receipts decide whether it goes again) and a partial one fails.
 async fn write_message(
     mut stream: quinn::SendStream,
-    mut first: Item,
+    first: Item,
     skip: usize,
     mut rest: Option<mpsc::UnboundedReceiver<Item>>,
     shared: Shared,
@@ -1248,9 +1227,7 @@ async fn write_message(
             };
             match stopped {
                 Err(quinn::StoppedError::ZeroRttRejected) => Ok(None),
-                Ok(None) => Ok(Some(SendStatus::Acked)),
-                Ok(Some(code)) => Err(format!("the peer stopped reading it (code {code})")),
-                Err(e) => Err(e.to_string()),
+                other => Ok(Some(status_of(other))),
             }
         } => done.unwrap_or_else(|e| Some(SendStatus::Failed(e))),
         _ = sleep_until(deadline) => Some(SendStatus::Expired),
@@ -1261,41 +1238,69 @@ async fn write_message(
             counted += item.data.len();
         }
     }
-    if let (Some(SendStatus::Sent), Some(order)) = (&outcome, order) {
-        let w = AwaitedWrite {
-            item: first,
-            order,
-            counted,
-        };
-        return WriteEnd::Written { stream, w };
+    conclude(stream, first, counted, order, outcome, &outbox, &in_flight)
+}
+
+/// A message's status from `stopped()`'s answer for its stream.
+fn status_of(answer: Stopped) -> SendStatus {
+    match answer {
+        Ok(None) => SendStatus::Acked,
+        Ok(Some(code)) => SendStatus::Failed(format!("the peer stopped reading it (code {code})")),
+        Err(e) => SendStatus::Failed(e.to_string()),
     }
-    if outcome.as_ref() != Some(&SendStatus::Acked) {
-        let _ = stream.reset(0u32.into());
+}
+
+/// How a message's write ends with `outcome` (`None`: handed back after a rejected 0-RTT),
+/// `counted` its bytes in flight and `order` an ordered message's place ([`AckOrder`]):
+/// an ordered message written whole awaits its acknowledgement in the sending loop
+/// ([`Awaited`]); one acknowledged is reported in order by the loop, its bytes and buffer
+/// space free at once; any other has its status set here.
+fn conclude(
+    mut stream: quinn::SendStream,
+    mut item: Item,
+    counted: usize,
+    order: Option<u64>,
+    outcome: Option<SendStatus>,
+    outbox: &Outbox,
+    in_flight: &InFlight,
+) -> WriteEnd {
+    match (outcome, order) {
+        (Some(SendStatus::Sent), Some(order)) => {
+            let w = AwaitedWrite {
+                item,
+                order,
+                counted,
+            };
+            WriteEnd::Written { stream, w }
+        }
+        (Some(SendStatus::Acked), Some(order)) => {
+            item.release_permit();
+            in_flight.sub(counted);
+            WriteEnd::Acked {
+                order,
+                item,
+                stream: stream.id(),
+            }
+        }
+        (outcome, order) => {
+            if outcome != Some(SendStatus::Acked) {
+                let _ = stream.reset(0u32.into());
+            }
+            match outcome {
+                Some(outcome) => outbox.update(item.id, outcome, true),
+                // Handed back: the send loop re-sends it after the rejected 0-RTT.
+                None if item.fin && item.offset == 0 => {}
+                None => outbox.update(
+                    item.id,
+                    SendStatus::Failed("0-RTT rejected in the middle of a partial message".into()),
+                    true,
+                ),
+            }
+            drop(item);
+            in_flight.sub(counted);
+            WriteEnd::done(order, None)
+        }
     }
-    // Acknowledged by the peer's QUIC. An ordered message is reported acked by the sending
-    // loop, in order ([`AckOrder`]); its bytes and its buffer space are free at once.
-    if let (Some(SendStatus::Acked), Some(order)) = (&outcome, order) {
-        first.release_permit();
-        in_flight.sub(counted);
-        return WriteEnd::Acked {
-            order,
-            item: first,
-            stream: stream.id(),
-        };
-    }
-    match outcome {
-        Some(outcome) => outbox.update(id, outcome, true),
-        // Handed back: the send loop re-sends it after the rejected 0-RTT.
-        None if first.fin && first.offset == 0 => {}
-        None => outbox.update(
-            id,
-            SendStatus::Failed("0-RTT rejected in the middle of a partial message".into()),
-            true,
-        ),
-    }
-    drop(first);
-    in_flight.sub(counted);
-    WriteEnd::done(order, None)
 }
 
 /// What a QUIC transient's reader needs.

@@ -3,10 +3,10 @@
 //! Every message in flight holds quinn's per-stream state and postsock's write future (since
 //! `awaited.rs`, for most messages only its stream and item) until its acknowledgement; with
 //! hundreds in flight that state no longer stays in the cache, and each acknowledgement
-//! finds it cold. (Measured with a future each; not measured again since.) On loopback (BENCHMARKS.md, "A measured stream
-//! limit") 128 streams in flight sent 1 KiB messages at 0.91-0.92 of raw quinn on one thread
-//! against 0.85-0.86 at 512 (the peer's limit), 64 at 0.89 (median 0.90) and 32 at 0.84. A
-//! fixed 128 would cap small messages on long paths (128 a round trip: 1.3 MB/s of 1 KiB
+//! finds it cold. (Measured with a future each; not measured again since.) On loopback
+//! (BENCHMARKS.md, "A measured stream limit") 128 streams in flight sent 1 KiB messages at
+//! 0.91-0.92 of raw quinn on one thread against 0.85-0.86 at 512 (the peer's limit), 64 at
+//! 0.89 (median 0.90) and 32 at 0.84. A fixed 128 would cap small messages on long paths (128 a round trip: 1.3 MB/s of 1 KiB
 //! messages on 100 ms), so the limit follows what the path needs: the messages completed
 //! per second times the least RTT seen (what is in flight on a path without queues),
 //! doubled for headroom, between [`LEAST`] and [`MOST`].

@@ -557,15 +557,15 @@ impl Connection {
         cx: &mut Context<'_>,
         out: &mut Vec<StreamId>,
     ) -> Poll<Result<(), ConnectionError>> {
-        let mut state = self.0.state.lock("poll_ended_sends");
-        let error = state.error.clone();
+        let mut guard = self.0.state.lock("poll_ended_sends");
+        let state = &mut *guard;
         let ended = state.ended_sends.get_or_insert_with(EndedSends::default);
         if !ended.ids.is_empty() {
             out.append(&mut ended.ids);
             return Poll::Ready(Ok(()));
         }
-        if let Some(error) = error {
-            return Poll::Ready(Err(error));
+        if let Some(error) = &state.error {
+            return Poll::Ready(Err(error.clone()));
         }
         match &mut ended.waker {
             Some(waker) if waker.will_wake(cx.waker()) => {}
@@ -1185,9 +1185,7 @@ impl State {
                         wake_all(&mut self.blocked_writers);
                         wake_all(&mut self.blocked_readers);
                         wake_all_notify(&mut self.stopped);
-                        if let Some(ended) = &mut self.ended_sends {
-                            ended.wake();
-                        }
+                        self.wake_ended_sends();
                     }
                 }
                 ConnectionLost { reason } => {
@@ -1213,22 +1211,32 @@ impl State {
                 }
                 Stream(StreamEvent::Finished { id }) => {
                     wake_stream_notify(id, &mut self.stopped);
-                    if let Some(ended) = &mut self.ended_sends {
-                        if id.initiator() == self.inner.side() {
-                            ended.push(id);
-                        }
-                    }
+                    self.send_ended(id);
                 }
                 Stream(StreamEvent::Stopped { id, .. }) => {
                     wake_stream_notify(id, &mut self.stopped);
-                    if let Some(ended) = &mut self.ended_sends {
-                        if id.initiator() == self.inner.side() {
-                            ended.push(id);
-                        }
-                    }
+                    self.send_ended(id);
                     wake_stream(id, &mut self.blocked_writers);
                 }
             }
+        }
+    }
+
+    /// postsock patch: a send stream ended; recorded for `Connection::poll_ended_sends` if
+    /// it is in use and this side opened the stream.
+    fn send_ended(&mut self, id: StreamId) {
+        if let Some(ended) = &mut self.ended_sends {
+            if id.initiator() == self.inner.side() {
+                ended.ids.push(id);
+                ended.wake();
+            }
+        }
+    }
+
+    /// postsock patch: wakes the task of `Connection::poll_ended_sends`, if any.
+    fn wake_ended_sends(&mut self) {
+        if let Some(ended) = &mut self.ended_sends {
+            ended.wake();
         }
     }
 
@@ -1300,9 +1308,7 @@ impl State {
             let _ = x.send(false);
         }
         wake_all_notify(&mut self.stopped);
-        if let Some(ended) = &mut self.ended_sends {
-            ended.wake();
-        }
+        self.wake_ended_sends();
         shared.closed.notify_waiters();
     }
 
@@ -1364,11 +1370,6 @@ struct EndedSends {
 }
 
 impl EndedSends {
-    fn push(&mut self, id: StreamId) {
-        self.ids.push(id);
-        self.wake();
-    }
-
     fn wake(&mut self) {
         if let Some(waker) = self.waker.take() {
             waker.wake();
