@@ -597,3 +597,60 @@ async fn a_quic_message_larger_than_the_stream_window_arrives_intact() {
     carrier.close().await.expect("close");
     server.await.expect("server task");
 }
+
+/// A lone message on an idle QUIC carrier is written by the task that sends it
+/// (`quic::DirectWriter`): on one thread it is `Sent` when `send` returns, before the
+/// sending loop could run. Messages the loop must decide on (a lifetime) and those queued
+/// behind them keep their order, and every message is acknowledged and echoed once.
+#[tokio::test(flavor = "current_thread")]
+async fn a_lone_quic_message_is_written_by_its_sender_and_order_is_kept() {
+    let net: Arc<dyn Net> = TokioNet::shared();
+    let ca = TestCa::new("loopback CA").expect("ca");
+    let (server_config, client_config) = configs(&ca, Protocol::Quic);
+    let (listener, port) = common::listen(&net, server_config).await;
+    let server = tokio::spawn(echo_all(listener, Protocol::Quic));
+    let carrier = Carrier::initiate(net, Remote::new("localhost", port), client_config)
+        .await
+        .expect("initiate");
+    for i in 0..50 {
+        let data = message(i, 1 + i * 97 % 4000);
+        let handle = carrier.send(data.clone()).await.expect("send");
+        // (The first goes before the loop ever waited: through it.)
+        if i > 0 {
+            assert_eq!(
+                handle.status(),
+                postsock::SendStatus::Sent,
+                "lone message {i} was written by its sender"
+            );
+        }
+        let echo = carrier.receive().await.expect("receive").expect("an echo");
+        assert_eq!(echo.data.as_ref(), &data[..]);
+        assert_eq!(handle.outcome().await, postsock::SendStatus::Acked);
+    }
+    // One written at once, one with a lifetime (the loop judges it), then one that must not
+    // overtake it: queued, not written by its sender.
+    let first = carrier.send(message(100, 10)).await.expect("send");
+    assert_eq!(first.status(), postsock::SendStatus::Sent);
+    let timed =
+        postsock::Message::new(message(101, 20)).lifetime(std::time::Duration::from_secs(30));
+    let timed = carrier.send(timed).await.expect("send");
+    let last = carrier.send(message(102, 30)).await.expect("send");
+    assert_ne!(
+        last.status(),
+        postsock::SendStatus::Sent,
+        "queued behind the timed one"
+    );
+    for i in 100..103 {
+        let echo = carrier.receive().await.expect("receive").expect("an echo");
+        assert_eq!(
+            echo.data.as_ref(),
+            &message(i, 10 * (i - 99))[..],
+            "echo {i} in order"
+        );
+    }
+    for h in [first, timed, last] {
+        assert_eq!(h.outcome().await, postsock::SendStatus::Acked);
+    }
+    carrier.close().await.expect("close");
+    server.await.expect("server task");
+}

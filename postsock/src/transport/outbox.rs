@@ -169,6 +169,10 @@ struct State {
     /// reference count raised on the application's core and dropped on the writer's, per
     /// message; now the writer splits its batch's share off once per batch.
     lane_room: Option<OwnedSemaphorePermit>,
+    /// The transient's sending loop waits for an item with nothing in its way: a message
+    /// that could go now may be written by the sending thread itself ([`Direct`]). Set by
+    /// [`Outbox::next_or_direct`] when it finds nothing ready, taken when an item is.
+    direct: Option<Arc<dyn Direct>>,
 }
 
 impl State {
@@ -176,6 +180,32 @@ impl State {
     fn nothing_ready(&self) -> bool {
         self.ready.is_empty() && self.lane.is_empty()
     }
+}
+
+/// A transient that takes a whole message from the sending thread while its sending loop
+/// waits with nothing to do (a lone message, a request after its answer): the write the loop
+/// would make next, without waking it (QUIC: `quic::DirectWriter`). Called under the
+/// outbox's lock, so it is ordered with the loop's taking of items.
+pub(crate) trait Direct: Send + Sync {
+    /// Writes `item` (a whole ordered message of `Outbox::direct_now`) now if it can;
+    /// gives it back otherwise, and it is queued as any other.
+    fn write(&self, item: Item) -> DirectWrite;
+}
+
+impl std::fmt::Debug for dyn Direct {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Direct")
+    }
+}
+
+/// What [`Direct::write`] did.
+pub(crate) enum DirectWrite {
+    /// Written whole: the message is sent.
+    Written,
+    /// Begun; the sending loop writes the rest (it has been given the message).
+    Begun,
+    /// Not written: queue it.
+    Refused(Item),
 }
 
 /// Decides whether handing an antecedent to the transport already guarantees it is delivered
@@ -436,16 +466,69 @@ impl Outbox {
         if Self::plain_now(&st, &props, deadline) {
             return Ok(self.send_plain(st, props, data, permit));
         }
+        let direct = Self::direct_now(&st, &props, deadline);
         let (handle, props) = Self::open_locked(&mut st, props)?;
-        self.push_locked(
-            st,
+        let item = Self::new_item(
+            &mut st,
             handle.id(),
             &props,
             (0, data, true),
             Some(permit),
             deadline,
         );
+        let item = match direct {
+            Some(to) => match to.write(item) {
+                written @ (DirectWrite::Written | DirectWrite::Begun) => {
+                    if let Some(live) = st.live.get_mut(handle.id()) {
+                        live.started = true;
+                        live.dispatched = true;
+                        if matches!(written, DirectWrite::Written) {
+                            live.status.set(SendStatus::Sent, false);
+                        }
+                    }
+                    if matches!(written, DirectWrite::Begun) {
+                        // The loop writes the rest; what follows waits for it.
+                        st.direct = None;
+                        drop(st);
+                        self.wake.notify();
+                    }
+                    return Ok(handle);
+                }
+                DirectWrite::Refused(item) => {
+                    // The loop decides what goes next.
+                    st.direct = None;
+                    item
+                }
+            },
+            None => item,
+        };
+        self.queue_locked(st, item);
         Ok(handle)
+    }
+
+    /// Whether a whole message with `props` queued now may be written by the sending
+    /// thread ([`Direct`]): the sending loop waits for an item, nothing is queued, and the
+    /// ordered message before it was handed over; and it is a message the loop would write
+    /// at once with nothing to decide (ordered and reliable, without a lifetime or
+    /// antecedents).
+    fn direct_now(
+        st: &State,
+        props: &MessageProperties,
+        deadline: Option<Instant>,
+    ) -> Option<Arc<dyn Direct>> {
+        let to = st.direct.as_ref()?;
+        (!st.closed
+            && st.items.is_empty()
+            && st.lane.is_empty()
+            && st
+                .last_ordered
+                .is_none_or(|p| st.live.get(p).is_none_or(|prev| prev.dispatched))
+            && props.reliable
+            && props.ordered
+            && props.antecedents.is_empty()
+            && props.lifetime.is_none()
+            && deadline.is_none())
+        .then(|| to.clone())
     }
 
     /// Queues a part of message `id`: (offset in the message, bytes, whether it ends the
@@ -473,7 +556,7 @@ impl Outbox {
         mut st: MutexGuard<'_, State>,
         id: MessageId,
         props: &Props,
-        (offset, data, fin): (u64, Bytes, bool),
+        part: (u64, Bytes, bool),
         permit: Option<OwnedSemaphorePermit>,
         deadline: Option<Instant>,
     ) {
@@ -481,9 +564,22 @@ impl Outbox {
             // Already settled (expired or failed): later parts are dropped with their permits.
             return;
         }
+        let item = Self::new_item(&mut st, id, props, part, permit, deadline);
+        self.queue_locked(st, item);
+    }
+
+    /// The next item of message `id`.
+    fn new_item(
+        st: &mut State,
+        id: MessageId,
+        props: &Props,
+        (offset, data, fin): (u64, Bytes, bool),
+        permit: Option<OwnedSemaphorePermit>,
+        deadline: Option<Instant>,
+    ) -> Item {
         let seq = st.next_seq;
         st.next_seq += 1;
-        let item = Item {
+        Item {
             id,
             offset,
             data,
@@ -495,7 +591,12 @@ impl Outbox {
             plain: false,
             _permit: permit,
             lane_room: 0,
-        };
+        }
+    }
+
+    /// Queues `item` (of a message in `live`).
+    fn queue_locked(&self, mut st: MutexGuard<'_, State>, item: Item) {
+        let (id, seq, fin, deadline) = (item.id, item.seq, item.fin, item.deadline);
         if let Some(d) = deadline {
             st.deadlines.insert((d, seq));
         }
@@ -628,6 +729,8 @@ impl Outbox {
         max_len: usize,
         batch: Option<&mut usize>,
     ) -> Option<Item> {
+        // The sending loop has something to do: it writes what follows.
+        st.direct = None;
         match pick {
             Pick::Lane => {
                 let mut item = self.take_lane(st, max_len)?;
@@ -781,6 +884,26 @@ impl Outbox {
         max_len: usize,
         wanted: impl Fn(&MessageProperties) -> bool,
     ) -> Option<Item> {
+        self.next_opening(max_len, wanted, None).await
+    }
+
+    /// Like [`next`](Self::next), and while nothing is ready a message that could go at
+    /// once is written by the thread that sends it, through `direct` ([`Direct`]), until an
+    /// item is taken (by this call or [`try_next_where`](Self::try_next_where)).
+    pub(crate) async fn next_or_direct(
+        &self,
+        max_len: usize,
+        direct: &Arc<dyn Direct>,
+    ) -> Option<Item> {
+        self.next_opening(max_len, |_| true, Some(direct)).await
+    }
+
+    async fn next_opening(
+        &self,
+        max_len: usize,
+        wanted: impl Fn(&MessageProperties) -> bool,
+        direct: Option<&Arc<dyn Direct>>,
+    ) -> Option<Item> {
         self.wake
             .until(|| {
                 let mut st = self.lock();
@@ -790,6 +913,11 @@ impl Outbox {
                     None if st.closed && st.items.is_empty() && st.lane.is_empty() => Some(None),
                     None => None,
                 };
+                if let (None, Some(d)) = (&st.direct, direct) {
+                    if !st.closed {
+                        st.direct = Some(d.clone());
+                    }
+                }
                 // Nothing ready: what a stream writer took is all on its way (take_while).
                 Self::let_go_with_freed(st);
                 out
@@ -1082,8 +1210,18 @@ impl Outbox {
     }
 
     /// No more messages: the sending loop ends once everything queued has been handed over.
+    /// The sending loop ended: nothing more is written past it.
+    pub(crate) fn end_direct(&self) {
+        let direct = self.lock().direct.take();
+        drop(direct);
+    }
+
     pub(crate) fn close(&self) {
-        self.lock().closed = true;
+        {
+            let mut st = self.lock();
+            st.closed = true;
+            st.direct = None;
+        }
         self.permits.close();
         self.wake.notify();
         self.reap.notify_one();
@@ -1093,6 +1231,7 @@ impl Outbox {
     pub(crate) fn fail_all(&self, reason: &str) {
         let mut st = self.lock();
         st.closed = true;
+        st.direct = None;
         let ids: Vec<MessageId> = st.live.keys().collect();
         for id in ids {
             if let Some(live) = st.live.get_mut(id) {

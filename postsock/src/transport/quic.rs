@@ -24,7 +24,7 @@ use super::{tls, EventTx, Flag, KeptWait};
 use crate::message::{MessageProperties, SendStatus};
 use crate::net::Net;
 use crate::transport::moving::{Handback, QuicMove, Receipts};
-use crate::transport::outbox::{Item, Outbox};
+use crate::transport::outbox::{Direct, DirectWrite, Item, Outbox};
 use crate::ConnectionError;
 use crate::{Configuration, Error, Event, MessageId, Received, Result};
 
@@ -353,8 +353,6 @@ struct Writes {
     ends: Ends,
     /// What finished writes handed back (the carrier moved).
     handed: Vec<Handback>,
-    /// The ordered messages' writes, for reporting their acknowledgements in order.
-    order: AckOrder<(Item, quinn::StreamId)>,
     outbox: Arc<Outbox>,
     in_flight: Arc<InFlight>,
     /// The carrier's halt flag: true when it moves to TLS/TCP (transport::moving).
@@ -388,6 +386,12 @@ struct Ends {
     awaited: Awaited<AwaitedWrite>,
     /// Acknowledgements (or failures) `awaited` answered, to be settled.
     answered: Vec<(quinn::SendStream, AwaitedWrite, Stopped)>,
+    /// The ordered messages' writes, for reporting their acknowledgements in order.
+    order: AckOrder<(Item, quinn::StreamId)>,
+    /// What the sending threads wrote themselves ([`DirectWriter`]), not yet taken here.
+    direct: Arc<std::sync::Mutex<Vec<DirectWritten>>>,
+    /// What a message begun by a sending thread needs for the rest of its write.
+    shared: (Arc<Outbox>, Arc<InFlight>, Flag),
 }
 
 /// What [`Ends::next`] found. (Moved once per poll: boxing the write's end would be an
@@ -409,7 +413,9 @@ impl Ends {
         self.writing.is_empty() && self.awaited.is_empty()
     }
 
-    /// The next write to end or answers to settle.
+    /// The next write to end or answers to settle. The acknowledgements are looked for
+    /// even with none awaited: that leaves this task's waker with the connection, for the
+    /// messages a sending thread writes meanwhile ([`DirectWriter`]).
     fn poll_next(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Progress> {
         use std::task::Poll;
         if !self.writing.is_empty() {
@@ -417,17 +423,85 @@ impl Ends {
                 return Poll::Ready(Progress::Ended(end));
             }
         }
-        if !self.awaited.is_empty() && self.awaited.poll_settled(cx, &mut self.answered).is_ready()
+        // Under the lock a sending thread writes under: a stream the connection reports
+        // ended was finished before, so it is taken here first.
+        let mut written = crate::util::lock(&self.direct);
+        if !written.is_empty()
+            && adopt(
+                &mut written,
+                &mut self.order,
+                &mut self.awaited,
+                &mut self.writing,
+                &self.shared,
+            )
         {
+            // A message begun there: its write is polled at once.
+            cx.waker().wake_by_ref();
+        }
+        if self.awaited.poll_settled(cx, &mut self.answered).is_ready() {
             return Poll::Ready(Progress::Answered);
         }
         Poll::Pending
+    }
+
+    /// Takes what the sending threads wrote until now (before anything takes a place
+    /// among the ordered messages after theirs).
+    fn adopt_now(&mut self) {
+        let mut written = crate::util::lock(&self.direct);
+        if !written.is_empty() {
+            adopt(
+                &mut written,
+                &mut self.order,
+                &mut self.awaited,
+                &mut self.writing,
+                &self.shared,
+            );
+        }
     }
 
     /// Waits for [`poll_next`](Self::poll_next); something must be under way.
     fn next(&mut self) -> impl std::future::Future<Output = Progress> + '_ {
         std::future::poll_fn(move |cx| self.poll_next(cx))
     }
+}
+
+/// Takes into the sending loop's writes the messages the sending threads wrote (in the
+/// order they were written: their streams', and their places among the ordered messages);
+/// true if one was only begun (its write is now among `writing`).
+fn adopt(
+    written: &mut Vec<DirectWritten>,
+    order: &mut AckOrder<(Item, quinn::StreamId)>,
+    awaited: &mut Awaited<AwaitedWrite>,
+    writing: &mut FuturesUnordered<WriteFut>,
+    (outbox, in_flight, halt): &(Arc<Outbox>, Arc<InFlight>, Flag),
+) -> bool {
+    let mut begun = false;
+    for DirectWritten { stream, item, skip } in written.drain(..) {
+        let n = order.start();
+        match skip {
+            None => {
+                let counted = item.data.len();
+                let w = AwaitedWrite {
+                    item,
+                    order: n,
+                    counted,
+                };
+                awaited.push(stream, w);
+            }
+            Some(skip) => {
+                let shared = Shared {
+                    outbox: outbox.clone(),
+                    in_flight: in_flight.clone(),
+                    early: None,
+                    halt: halt.clone(),
+                    order: Some(n),
+                };
+                writing.push(Box::pin(write_message(stream, item, skip, None, shared)));
+                begun = true;
+            }
+        }
+    }
+    begun
 }
 
 impl Writes {
@@ -440,18 +514,21 @@ impl Writes {
         let handshake_rtt = conn.rtt();
         let cap = StreamCap::new(handshake_rtt);
         outbox.set_message_limit(cap.limit());
+        let halt_flag = Flag::new(&halt);
         Writes {
             ends: Ends {
                 writing: FuturesUnordered::new(),
                 awaited: Awaited::new(&conn),
                 answered: Vec::new(),
+                order: AckOrder::default(),
+                direct: Arc::default(),
+                shared: (outbox.clone(), in_flight.clone(), halt_flag.clone()),
             },
             handed: Vec::new(),
-            order: AckOrder::default(),
             outbox,
             in_flight,
             halted: KeptWait::flag(&halt),
-            halt_flag: Flag::new(&halt),
+            halt_flag,
             halt,
             woken: false,
             cap,
@@ -468,6 +545,7 @@ impl Writes {
     /// go back (the peer's receipts decide).
     fn wake_all(&mut self) {
         self.woken = true;
+        self.ends.adopt_now();
         for write in std::mem::take(&mut self.ends.writing) {
             self.ends.writing.push(write);
         }
@@ -475,7 +553,7 @@ impl Writes {
         for (stream, w) in self.ends.awaited.take_all() {
             self.hand_back_written(stream, w);
         }
-        for (item, stream) in self.order.halt() {
+        for (item, stream) in self.ends.order.halt() {
             self.handed.extend(hand_back(item, stream, &self.outbox));
         }
     }
@@ -528,7 +606,7 @@ impl Writes {
                 self.completed();
                 self.handed.extend(handback);
                 if let Some(n) = order {
-                    self.order.ended(n);
+                    self.ends.order.ended(n);
                 }
                 self.release_acked();
             }
@@ -541,9 +619,9 @@ impl Writes {
                 if self.halted.is_set() {
                     // Halted before it could be reported: the peer's receipts decide.
                     self.handed.extend(hand_back(item, stream, &self.outbox));
-                    self.order.ended(order);
+                    self.ends.order.ended(order);
                 } else {
-                    self.order.acked(order, (item, stream));
+                    self.ends.order.acked(order, (item, stream));
                 }
                 self.release_acked();
             }
@@ -566,7 +644,7 @@ impl Writes {
         self.in_flight.sub(w.counted);
         self.handed
             .extend(hand_back(w.item, stream.id(), &self.outbox));
-        self.order.ended(w.order);
+        self.ends.order.ended(w.order);
     }
 
     /// A message's write ended: the stream limit counts it.
@@ -581,7 +659,8 @@ impl Writes {
     /// Reports the acknowledged ordered messages no earlier write holds back.
     fn release_acked(&mut self) {
         let outbox = &self.outbox;
-        self.order
+        self.ends
+            .order
             .release(|(item, _)| outbox.update(item.id, SendStatus::Acked, true));
     }
 
@@ -594,7 +673,7 @@ impl Writes {
                 biased;
                 out = &mut f => return out,
                 _ = self.halted.ready(), if !self.woken => self.wake_all(),
-                p = self.ends.next(), if !self.ends.is_empty() => self.progress(p),
+                p = self.ends.next() => self.progress(p),
             }
         }
     }
@@ -632,8 +711,10 @@ impl Writes {
         }
     }
 
-    /// Drives every write to its end, and settles every message.
+    /// Drives every write to its end, and settles every message (those the sending threads
+    /// wrote too: nothing more is written past the loop, `Outbox::end_direct`).
     async fn finish(&mut self) {
+        self.ends.adopt_now();
         while !self.ends.is_empty() {
             self.next_end().await;
         }
@@ -656,6 +737,8 @@ struct Dispatcher {
     early: Option<watch::Receiver<bool>>,
     /// Whole messages sent in 0-RTT, in order, to send again if it is rejected.
     early_sent: Vec<Item>,
+    /// The writer of the messages a sending thread writes itself while the loop waits.
+    direct: Arc<dyn Direct>,
 }
 
 impl Dispatcher {
@@ -663,7 +746,14 @@ impl Dispatcher {
         let min_rtt = conn.rtt();
         let in_flight = Arc::new(InFlight::default());
         let writes = Writes::new(conn.clone(), halt, outbox.clone(), in_flight.clone());
+        let direct = Arc::new(DirectWriter {
+            conn: conn.clone(),
+            in_flight: in_flight.clone(),
+            halt: writes.halt_flag.clone(),
+            written: writes.ends.direct.clone(),
+        });
         Dispatcher {
+            direct,
             conn,
             outbox,
             in_flight,
@@ -745,6 +835,8 @@ impl Dispatcher {
 
     /// Hands `item` to quinn; `rtt_now`: the RTT read just before, with nothing run since.
     async fn dispatch(&mut self, item: Item, rtt_now: Option<Duration>) -> Result<()> {
+        // The messages the sending threads wrote went before this one.
+        self.writes.ends.adopt_now();
         let srtt = rtt_now.unwrap_or_else(|| self.conn.rtt());
         self.min_rtt = self.min_rtt.min(srtt);
         self.writes.cap.rtt(srtt);
@@ -810,7 +902,7 @@ impl Dispatcher {
         if self.early.is_some() && item.fin && item.offset == 0 {
             self.early_sent.push(item.copy_for_resend());
         }
-        let order = item.props.ordered.then(|| self.writes.order.start());
+        let order = item.props.ordered.then(|| self.writes.ends.order.start());
         // A whole ordered message without a lifetime, not in 0-RTT, is usually written at
         // once: then no future of its own (`write_message` would end the same way).
         let mut stream = stream;
@@ -849,6 +941,64 @@ impl Dispatcher {
         ));
         self.writes.poll_now();
         Ok(())
+    }
+}
+
+/// A message a sending thread wrote itself ([`DirectWriter`]): its stream, and how much of
+/// it went (`None`: all, and the stream is finished).
+struct DirectWritten {
+    stream: quinn::SendStream,
+    item: Item,
+    skip: Option<usize>,
+}
+
+/// The sending loop's write of a lone message, made by the thread that sends it while the
+/// loop waits with nothing to do (`outbox::Direct`): the message opens its stream and is
+/// written and finished there, as `dispatch` would have, and the loop takes it into its
+/// writes the next time it is polled (for an acknowledgement, usually). On an echo that is
+/// one poll of the loop a message fewer.
+///
+/// It writes only what the loop would write at once: nothing while the carrier halts, and
+/// only while less than [`MIN_IN_FLIGHT`] is in flight (where `room` looks at no window)
+/// and the message is no longer than that; a burst goes through the loop, as before, once
+/// that much is in flight. What the peer's stream credit does not allow now goes through
+/// the loop too.
+struct DirectWriter {
+    conn: quinn::Connection,
+    in_flight: Arc<InFlight>,
+    halt: Flag,
+    /// Written and not yet taken by the loop ([`Ends::direct`]); locked while a message is
+    /// written, so that the loop, which takes them and then looks for acknowledgements
+    /// under this lock, knows every stream the connection reports ended.
+    written: Arc<std::sync::Mutex<Vec<DirectWritten>>>,
+}
+
+impl Direct for DirectWriter {
+    fn write(&self, item: Item) -> DirectWrite {
+        let len = item.data.len();
+        if len > MIN_IN_FLIGHT || self.in_flight.bytes.load(Ordering::Relaxed) >= MIN_IN_FLIGHT {
+            return DirectWrite::Refused(item);
+        }
+        let mut written = crate::util::lock(&self.written);
+        // Under the lock: a halt after this finds the message with the loop (`wake_all`).
+        if self.halt.get().unwrap_or(true) {
+            return DirectWrite::Refused(item);
+        }
+        let mut stream = {
+            let open = std::pin::pin!(self.conn.open_uni());
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            match std::future::Future::poll(open, &mut cx) {
+                std::task::Poll::Ready(Ok(stream)) => stream,
+                _ => return DirectWrite::Refused(item),
+            }
+        };
+        self.in_flight.add(len);
+        let skip = write_now(&mut stream, &item.data).err();
+        written.push(DirectWritten { stream, item, skip });
+        match skip {
+            None => DirectWrite::Written,
+            Some(_) => DirectWrite::Begun,
+        }
     }
 }
 
@@ -941,12 +1091,13 @@ pub(crate) async fn send_loop(
             if d.halted() {
                 return Ok(());
             }
+            let direct = d.direct.clone();
             let item = d
                 .writes
                 .drive(async {
                     tokio::select! {
                         biased;
-                        item = outbox.next(usize::MAX) => item,
+                        item = outbox.next_or_direct(usize::MAX, &direct) => item,
                         _ = halted.ready() => None,
                     }
                 })
@@ -973,6 +1124,7 @@ pub(crate) async fn send_loop(
             outbox.fail_all(&e.to_string());
         }
     }
+    outbox.end_direct();
     d.open.clear();
     d.writes.finish().await;
     (result, d.writes.handed)
@@ -1853,6 +2005,59 @@ pub(crate) mod tests {
         // The loop's poll of the set before it waits registers its waker, runs nothing.
         assert!(writes.ends.writing.poll_next_unpin(&mut cx).is_pending());
         assert_eq!(count(), 1);
+    }
+
+    /// A message its sender began to write (`DirectWriter`) but QUIC's flow control held
+    /// is finished by the sending loop, which takes it from the writer, and settled there.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_message_its_sender_began_is_finished_and_settled_by_the_sending_loop() {
+        let (_ep, conn, _server_ep, server_conn) = connected().await;
+        // The peer reads nothing yet: four streams fill the connection's flow-control window.
+        for _ in 0..4 {
+            let mut filler = conn.open_uni().await.expect("open");
+            let fill = vec![1u8; STREAM_WINDOW as usize];
+            filler.write_all(&fill).await.expect("within the window");
+            filler.finish().expect("finish");
+        }
+        let outbox = Outbox::new(1 << 20, order_rule);
+        let (_halt_tx, halt) = watch::channel(false);
+        let mut d = Dispatcher::new(conn.clone(), outbox.clone(), halt);
+        // The loop waits for an item: the sending thread may write.
+        {
+            let next = std::pin::pin!(outbox.next_or_direct(usize::MAX, &d.direct));
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(std::future::Future::poll(next, &mut cx).is_pending());
+        }
+        let data = Bytes::from(vec![7u8; 1000]);
+        let permit = outbox.reserve(data.len()).await.expect("room");
+        let props = MessageProperties::default();
+        let handle = outbox
+            .send(props, data.clone(), permit, None)
+            .expect("send");
+        assert_eq!(
+            handle.status(),
+            SendStatus::Queued,
+            "begun, not written whole"
+        );
+        assert!(
+            outbox.try_next_where(usize::MAX, |_| true).is_none(),
+            "the loop has it, not the queue"
+        );
+        // Now the peer reads every stream.
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            for _ in 0..5 {
+                let mut s = server_conn.accept_uni().await.expect("accept");
+                got.push(s.read_to_end(usize::MAX).await.expect("read"));
+            }
+            got
+        });
+        tokio::time::timeout(Duration::from_secs(30), d.writes.finish())
+            .await
+            .expect("finished and settled");
+        assert_eq!(handle.status(), SendStatus::Acked);
+        let got = reader.await.expect("reader");
+        assert_eq!(got[4], data, "the message arrived whole");
     }
 
     #[tokio::test(start_paused = true)]
