@@ -8,12 +8,12 @@
 //! acknowledgements without a future per message").
 //!
 //! The vendored quinn (vendor/README.md) keeps one queue per connection of the send streams
-//! that ended (all data acknowledged, or stopped by the peer),
-//! `Connection::poll_ended_sends`. [`Awaited`] keeps the written messages by stream id and
-//! settles those the queue names, each as `stopped()` answers for it at once (an ended
-//! stream's answer needs no waiting): one waker for the whole connection, nothing per
-//! message but its place here, and every message settled when the peer acknowledged it,
-//! in whatever order that happens.
+//! that ended (all data acknowledged, or stopped by the peer), each with how it ended as
+//! `stopped()` would answer, `Connection::poll_ended_sends`. [`Awaited`] keeps the written
+//! messages by stream id and settles those the queue names with that answer: one waker for
+//! the whole connection, nothing per message but its place here (no `stopped()` future,
+//! not even one polled once), and every message settled when the peer acknowledged it, in
+//! whatever order that happens.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -30,8 +30,8 @@ pub(crate) struct Awaited<T> {
     /// Sorted by stream id: for the unidirectional streams this side opens, the order they
     /// were opened in.
     queue: VecDeque<(quinn::StreamId, quinn::SendStream, T)>,
-    /// The ids the connection reported, reused from poll to poll.
-    ended: Vec<quinn::StreamId>,
+    /// The ids the connection reported and how each ended, reused from poll to poll.
+    ended: Vec<(quinn::StreamId, Option<quinn::VarInt>)>,
 }
 
 /// `stopped()`'s answer now, if it has one: one poll with a waker that is never woken.
@@ -92,7 +92,7 @@ impl<T> Awaited<T> {
         loop {
             match self.conn.poll_ended_sends(cx, &mut self.ended) {
                 Poll::Ready(Ok(())) => {
-                    for id in self.ended.drain(..) {
+                    for (id, stopped) in self.ended.drain(..) {
                         // Usually the oldest (streams of one priority leave in write order).
                         let at = match self.queue.front() {
                             Some((first, _, _)) if *first == id => 0,
@@ -104,12 +104,9 @@ impl<T> Awaited<T> {
                                 }
                             }
                         };
-                        // An ended stream answers at once (were one not to, the connection's
-                        // end would settle it).
-                        if let Some(answer) = answer_now(&self.queue[at].1) {
-                            let (_, stream, t) = self.queue.remove(at).expect("found");
-                            out.push((stream, t, answer));
-                        }
+                        // The connection says how it ended, as `stopped()` would.
+                        let (_, stream, t) = self.queue.remove(at).expect("found");
+                        out.push((stream, t, Ok(stopped)));
                     }
                 }
                 Poll::Ready(Err(e)) => {

@@ -309,11 +309,13 @@ pub(crate) fn order_rule(ante: &MessageProperties, dep: &MessageProperties) -> b
     ante.reliable && ante.ordered && dep.reliable && dep.ordered
 }
 
-/// Bytes handed to quinn and not yet settled, with a wake-up when they drop.
+/// Bytes handed to quinn and not yet settled, with a wake-up when they drop for the one
+/// task that waits for that (the sending loop, in `room`): a `Signal`, whose notification
+/// is two atomic operations where a `Notify`'s took its lock, at every settled message.
 #[derive(Debug, Default)]
 struct InFlight {
     bytes: AtomicUsize,
-    drop: Notify,
+    drop: crate::util::Signal,
 }
 
 impl InFlight {
@@ -322,13 +324,12 @@ impl InFlight {
     }
     fn sub(&self, n: usize) {
         self.bytes.fetch_sub(n, Ordering::Relaxed);
-        self.drop.notify_waiters();
+        self.drop.notify();
     }
     async fn below(&self, limit: usize) {
-        crate::util::until(&self.drop, || {
-            (self.bytes.load(Ordering::Relaxed) < limit).then_some(())
-        })
-        .await
+        self.drop
+            .until(|| (self.bytes.load(Ordering::Relaxed) < limit).then_some(()))
+            .await
     }
 }
 
@@ -666,16 +667,35 @@ impl Writes {
 
     /// Runs `f` to its end, driving the writes meanwhile (`f` first: it is what the loop
     /// waits for).
+    ///
+    /// Once acknowledgements are settled it looks at `f` once more and waits: every other
+    /// waker is already where it must be (the halt flag's was polled just before, the
+    /// writes' too, and the connection's by the look for acknowledgements, which looked
+    /// until there were none), and settling starts no write. A `select!` here looked at the
+    /// flag and for acknowledgements once more after each (two locks of the connection's
+    /// state and one of the sending threads' writes, per acknowledgement of an echo).
     async fn drive<F: std::future::Future>(&mut self, f: F) -> F::Output {
+        use std::future::Future;
+        use std::task::Poll;
         let mut f = std::pin::pin!(f);
-        loop {
-            tokio::select! {
-                biased;
-                out = &mut f => return out,
-                _ = self.halted.ready(), if !self.woken => self.wake_all(),
-                p = self.ends.next() => self.progress(p),
+        std::future::poll_fn(|cx| loop {
+            if let Poll::Ready(out) = f.as_mut().poll(cx) {
+                return Poll::Ready(out);
             }
-        }
+            if !self.woken && std::pin::pin!(self.halted.ready()).poll(cx).is_ready() {
+                self.wake_all();
+                continue;
+            }
+            match self.ends.poll_next(cx) {
+                Poll::Ready(Progress::Answered) => {
+                    self.settle_answered();
+                    return f.as_mut().poll(cx);
+                }
+                Poll::Ready(p) => self.progress(p),
+                Poll::Pending => return Poll::Pending,
+            }
+        })
+        .await
     }
 
     /// Drives the writes as far as they go without waiting (a new message's first write

@@ -541,10 +541,10 @@ impl Connection {
     }
 
     /// postsock patch: moves into `out` the ids of this connection's send streams that
-    /// ended since the last call (the peer acknowledged all of a finished stream's data, or
-    /// stopped the stream): one queue for the whole connection, where `SendStream::stopped`
-    /// is a future and a `Notify` per stream. `SendStream::stopped` on such a stream answers
-    /// at once how it ended.
+    /// ended since the last call, each with how it ended as `SendStream::stopped` would
+    /// answer: `None`, the peer acknowledged all of a finished stream's data; `Some(code)`,
+    /// the peer stopped the stream with that code. One queue for the whole connection,
+    /// where `SendStream::stopped` is a future and a `Notify` per stream.
     ///
     /// Streams this side opened are recorded from the first call on (call it once before
     /// writing), including any the caller does not know of (another task's); the send
@@ -555,7 +555,7 @@ impl Connection {
     pub fn poll_ended_sends(
         &self,
         cx: &mut Context<'_>,
-        out: &mut Vec<StreamId>,
+        out: &mut Vec<(StreamId, Option<VarInt>)>,
     ) -> Poll<Result<(), ConnectionError>> {
         let mut guard = self.0.state.lock("poll_ended_sends");
         let state = &mut *guard;
@@ -1211,11 +1211,11 @@ impl State {
                 }
                 Stream(StreamEvent::Finished { id }) => {
                     wake_stream_notify(id, &mut self.stopped);
-                    self.send_ended(id);
+                    self.send_ended(id, None);
                 }
-                Stream(StreamEvent::Stopped { id, .. }) => {
+                Stream(StreamEvent::Stopped { id, error_code }) => {
                     wake_stream_notify(id, &mut self.stopped);
-                    self.send_ended(id);
+                    self.send_ended(id, Some(error_code));
                     wake_stream(id, &mut self.blocked_writers);
                 }
             }
@@ -1224,10 +1224,10 @@ impl State {
 
     /// postsock patch: a send stream ended; recorded for `Connection::poll_ended_sends` if
     /// it is in use and this side opened the stream.
-    fn send_ended(&mut self, id: StreamId) {
+    fn send_ended(&mut self, id: StreamId, stopped: Option<VarInt>) {
         if let Some(ended) = &mut self.ended_sends {
             if id.initiator() == self.inner.side() {
-                ended.ids.push(id);
+                ended.ids.push((id, stopped));
                 ended.wake();
             }
         }
@@ -1365,7 +1365,7 @@ fn wake_all(wakers: &mut FxHashMap<StreamId, Waker>) {
 /// postsock patch: the send streams that ended (see `Connection::poll_ended_sends`).
 #[derive(Default)]
 struct EndedSends {
-    ids: Vec<StreamId>,
+    ids: Vec<(StreamId, Option<VarInt>)>,
     waker: Option<Waker>,
 }
 
