@@ -1565,6 +1565,11 @@ async fn read_message(
     let id = u64::from(stream.id());
     out.clear();
     let mut assembly = Assembly::new(id, true);
+    // Several chunks a read, under one lock of the connection: the read that takes a
+    // message's last bytes also learns that the stream ended, and the next answers so at
+    // once, without the lock (one lock of the connection a message fewer than `read_chunk`,
+    // which learns of the end only at the next read).
+    let mut chunks: [Bytes; 4] = Default::default();
     let abandon = |partly: bool| async move {
         if !partly {
             return ReadEnd::NotWhole;
@@ -1577,20 +1582,20 @@ async fn read_message(
     };
     loop {
         let read = if drain.is_set() {
-            match ready_now(stream.read_chunk(usize::MAX, true)).await {
+            match ready_now(stream.read_chunks(&mut chunks)).await {
                 Some(read) => read,
                 None => return abandon(assembly.partly_delivered()).await,
             }
         } else {
             tokio::select! {
                 biased;
-                read = stream.read_chunk(usize::MAX, true) => read,
+                read = stream.read_chunks(&mut chunks) => read,
                 _ = drain.ready() => continue,
             }
         };
-        let (data, end) = match read {
-            Ok(Some(chunk)) => (chunk.bytes, false),
-            Ok(None) => (Bytes::new(), true),
+        let (n, end) = match read {
+            Ok(Some(n)) => (n, false),
+            Ok(None) => (0, true),
             Err(quinn::ReadError::Reset(code)) if code == GOODBYE.into() && assembly.is_empty() => {
                 if let Some((goodbye, conn)) = goodbye {
                     goodbye.hear(conn).await;
@@ -1618,16 +1623,23 @@ async fn read_message(
             }
             Err(_) => return ReadEnd::Next,
         };
-        match assembly.push_into(data, end, limits, out) {
-            Ok(()) => {}
-            Err(error) => {
-                let _ = stream.stop(0u32.into());
-                return match events.send(Event::ReceiveError { id, error }).await {
-                    Ok(()) => ReadEnd::Next,
-                    Err(()) => ReadEnd::Gone,
-                };
+        let mut pushed = Ok(());
+        for data in chunks[..n].iter_mut() {
+            pushed = assembly.push_into(std::mem::take(data), false, limits, out);
+            if pushed.is_err() {
+                break;
             }
-        };
+        }
+        if end {
+            pushed = assembly.push_into(Bytes::new(), true, limits, out);
+        }
+        if let Err(error) = pushed {
+            let _ = stream.stop(0u32.into());
+            return match events.send(Event::ReceiveError { id, error }).await {
+                Ok(()) => ReadEnd::Next,
+                Err(()) => ReadEnd::Gone,
+            };
+        }
         // A whole message counts as delivered for a move's receipts; once they are frozen
         // nothing more is.
         if (end || receipts.frozen()) && !receipts.deliver(stream.id()) {
