@@ -654,3 +654,58 @@ async fn a_lone_quic_message_is_written_by_its_sender_and_order_is_kept() {
     carrier.close().await.expect("close");
     server.await.expect("server task");
 }
+
+/// Several tasks on two workers send lone messages at once, each awaiting its last one's
+/// acknowledgement before the next: most are written by their senders (`DirectWriter`),
+/// from both workers, while the sending loop settles the others' acknowledgements. Every
+/// message is acknowledged (one the loop never learned of would hang its task) and each
+/// task's messages arrive in the order it sent them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lone_quic_messages_from_several_tasks_are_all_acknowledged_and_in_order() {
+    const TASKS: u8 = 4;
+    const EACH: u32 = 300;
+    let net: Arc<dyn Net> = TokioNet::shared();
+    let ca = TestCa::new("loopback CA").expect("ca");
+    let (server_config, client_config) = configs(&ca, Protocol::Quic);
+    let (mut listener, port) = common::listen(&net, server_config).await;
+    let server = tokio::spawn(async move {
+        let carrier = listener.accept().await.expect("accept");
+        let mut next = [0u32; TASKS as usize];
+        for _ in 0..u32::from(TASKS) * EACH {
+            let msg = carrier.receive().await.expect("receive").expect("a message");
+            let task = usize::from(msg.data[0]);
+            let seq = u32::from_be_bytes(msg.data[1..5].try_into().expect("4 bytes"));
+            assert_eq!(seq, next[task], "task {task}'s messages in order");
+            next[task] += 1;
+        }
+        carrier
+    });
+    let carrier = Arc::new(
+        Carrier::initiate(net, Remote::new("localhost", port), client_config)
+            .await
+            .expect("initiate"),
+    );
+    let mut senders = Vec::new();
+    for task in 0..TASKS {
+        let carrier = carrier.clone();
+        senders.push(tokio::spawn(async move {
+            for seq in 0..EACH {
+                let mut data = vec![task];
+                data.extend_from_slice(&seq.to_be_bytes());
+                data.resize(5 + (seq as usize * 37) % 1500, task);
+                let handle = carrier.send(data).await.expect("send");
+                assert_eq!(handle.outcome().await, postsock::SendStatus::Acked);
+            }
+        }));
+    }
+    tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        for s in senders {
+            s.await.expect("sender");
+        }
+    })
+    .await
+    .expect("every message acknowledged");
+    let server_carrier = server.await.expect("server read everything in order");
+    carrier.close().await.expect("close");
+    drop(server_carrier);
+}
