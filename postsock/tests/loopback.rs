@@ -672,7 +672,11 @@ async fn lone_quic_messages_from_several_tasks_are_all_acknowledged_and_in_order
         let carrier = listener.accept().await.expect("accept");
         let mut next = [0u32; TASKS as usize];
         for _ in 0..u32::from(TASKS) * EACH {
-            let msg = carrier.receive().await.expect("receive").expect("a message");
+            let msg = carrier
+                .receive()
+                .await
+                .expect("receive")
+                .expect("a message");
             let task = usize::from(msg.data[0]);
             let seq = u32::from_be_bytes(msg.data[1..5].try_into().expect("4 bytes"));
             assert_eq!(seq, next[task], "task {task}'s messages in order");

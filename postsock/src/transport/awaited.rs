@@ -88,37 +88,32 @@ impl<T> Awaited<T> {
         out: &mut Vec<(quinn::SendStream, T, Stopped)>,
     ) -> Poll<()> {
         let before = out.len();
-        // Until the connection has nothing more to report: only then is the waker kept.
-        loop {
-            match self.conn.poll_ended_sends(cx, &mut self.ended) {
-                Poll::Ready(Ok(())) => {
-                    for (id, stopped) in self.ended.drain(..) {
-                        // Usually the oldest (streams of one priority leave in write order).
-                        let at = match self.queue.front() {
-                            Some((first, _, _)) if *first == id => 0,
-                            _ => {
-                                match self.queue.binary_search_by(|(other, _, _)| other.cmp(&id)) {
-                                    Ok(at) => at,
-                                    // Not one of these (a message that awaits its own).
-                                    Err(_) => continue,
-                                }
-                            }
-                        };
-                        // The connection says how it ended, as `stopped()` would.
-                        let (_, stream, t) = self.queue.remove(at).expect("found");
-                        out.push((stream, t, Ok(stopped)));
-                    }
+        // One call takes every id recorded, and leaves `cx`'s waker for the next.
+        match self.conn.poll_ended_sends(cx, &mut self.ended) {
+            Poll::Ready(Ok(())) => {
+                for (id, stopped) in self.ended.drain(..) {
+                    // Usually the oldest (streams of one priority leave in write order).
+                    let at = match self.queue.front() {
+                        Some((first, _, _)) if *first == id => 0,
+                        _ => match self.queue.binary_search_by(|(other, _, _)| other.cmp(&id)) {
+                            Ok(at) => at,
+                            // Not one of these (a message that awaits its own).
+                            Err(_) => continue,
+                        },
+                    };
+                    // The connection says how it ended, as `stopped()` would.
+                    let (_, stream, t) = self.queue.remove(at).expect("found");
+                    out.push((stream, t, Ok(stopped)));
                 }
-                Poll::Ready(Err(e)) => {
-                    for (_, stream, t) in self.queue.drain(..) {
-                        let answer = answer_now(&stream)
-                            .unwrap_or_else(|| Err(quinn::StoppedError::ConnectionLost(e.clone())));
-                        out.push((stream, t, answer));
-                    }
-                    break;
-                }
-                Poll::Pending => break,
             }
+            Poll::Ready(Err(e)) => {
+                for (_, stream, t) in self.queue.drain(..) {
+                    let answer = answer_now(&stream)
+                        .unwrap_or_else(|| Err(quinn::StoppedError::ConnectionLost(e.clone())));
+                    out.push((stream, t, answer));
+                }
+            }
+            Poll::Pending => {}
         }
         if out.len() > before {
             Poll::Ready(())

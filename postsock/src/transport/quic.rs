@@ -670,8 +670,8 @@ impl Writes {
     ///
     /// Once acknowledgements are settled it looks at `f` once more and waits: every other
     /// waker is already where it must be (the halt flag's was polled just before, the
-    /// writes' too, and the connection's by the look for acknowledgements, which looked
-    /// until there were none), and settling starts no write. A `select!` here looked at the
+    /// writes' too, and the connection's by the look for acknowledgements, which leaves it
+    /// whatever it finds), and settling starts no write. A `select!` here looked at the
     /// flag and for acknowledgements once more after each (two locks of the connection's
     /// state and one of the sending threads' writes, per acknowledgement of an echo).
     async fn drive<F: std::future::Future>(&mut self, f: F) -> F::Output {
@@ -1099,6 +1099,7 @@ pub(crate) async fn send_loop(
         }
         // The halt flag is read before each step and waited on (one waiter, kept from step
         // to step) only while the step waits.
+        let direct = d.direct.clone();
         loop {
             if d.halted() {
                 return Ok(());
@@ -1111,7 +1112,6 @@ pub(crate) async fn send_loop(
             if d.halted() {
                 return Ok(());
             }
-            let direct = d.direct.clone();
             let item = d
                 .writes
                 .drive(async {

@@ -548,10 +548,11 @@ impl Connection {
     ///
     /// Streams this side opened are recorded from the first call on (call it once before
     /// writing), including any the caller does not know of (another task's); the send
-    /// halves of the peer's bidirectional streams are not. `Ready(Ok(()))` with at least one id;
-    /// `Ready(Err)` once the connection is lost and every id was taken (the streams not
-    /// taken will never end); otherwise `Pending`, and the task is woken when a stream ends
-    /// or the connection is lost. Only the last task to poll is woken.
+    /// halves of the peer's bidirectional streams are not. `Ready(Ok(()))` with every id
+    /// recorded (at least one); `Ready(Err)` once the connection is lost and every id was
+    /// taken (the streams not taken will never end); otherwise `Pending`. Whatever the
+    /// answer, the task is woken when another stream ends or the connection is lost. Only
+    /// the last task to poll is woken.
     pub fn poll_ended_sends(
         &self,
         cx: &mut Context<'_>,
@@ -560,16 +561,18 @@ impl Connection {
         let mut guard = self.0.state.lock("poll_ended_sends");
         let state = &mut *guard;
         let ended = state.ended_sends.get_or_insert_with(EndedSends::default);
+        // Kept whatever the answer: a stream that ends after the ids taken now wakes the
+        // task, which need not call again to be woken.
+        match &mut ended.waker {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            waker => *waker = Some(cx.waker().clone()),
+        }
         if !ended.ids.is_empty() {
             out.append(&mut ended.ids);
             return Poll::Ready(Ok(()));
         }
         if let Some(error) = &state.error {
             return Poll::Ready(Err(error.clone()));
-        }
-        match &mut ended.waker {
-            Some(waker) if waker.will_wake(cx.waker()) => {}
-            waker => *waker = Some(cx.waker().clone()),
         }
         Poll::Pending
     }
