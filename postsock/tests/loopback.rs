@@ -44,6 +44,19 @@ async fn echo_all(mut listener: Listener, protocol: Protocol) {
     carrier.close().await.expect("server close");
 }
 
+/// A QUIC carrier to a server that echoes every message ([`echo_all`]), and the server's task.
+async fn quic_echo() -> (Carrier, tokio::task::JoinHandle<()>) {
+    let net: Arc<dyn Net> = TokioNet::shared();
+    let ca = TestCa::new("loopback CA").expect("ca");
+    let (server_config, client_config) = configs(&ca, Protocol::Quic);
+    let (listener, port) = common::listen(&net, server_config).await;
+    let server = tokio::spawn(echo_all(listener, Protocol::Quic));
+    let carrier = Carrier::initiate(net, Remote::new("localhost", port), client_config)
+        .await
+        .expect("initiate");
+    (carrier, server)
+}
+
 async fn echo_over_loopback(protocol: Protocol) {
     let net: Arc<dyn Net> = TokioNet::shared();
     let ca = TestCa::new("loopback CA").expect("ca");
@@ -577,14 +590,7 @@ async fn a_burst_through_a_three_event_receive_queue_arrives_whole_and_in_order(
 /// then the message's own write): it arrives whole, each byte once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quic_message_larger_than_the_stream_window_arrives_intact() {
-    let net: Arc<dyn Net> = TokioNet::shared();
-    let ca = TestCa::new("loopback CA").expect("ca");
-    let (server_config, client_config) = configs(&ca, Protocol::Quic);
-    let (listener, port) = common::listen(&net, server_config).await;
-    let server = tokio::spawn(echo_all(listener, Protocol::Quic));
-    let carrier = Carrier::initiate(net, Remote::new("localhost", port), client_config)
-        .await
-        .expect("initiate");
+    let (carrier, server) = quic_echo().await;
     let big = message(5, 5 << 20);
     let small = message(6, 1000);
     carrier.send_bytes(big.clone()).await.expect("send");
@@ -604,14 +610,7 @@ async fn a_quic_message_larger_than_the_stream_window_arrives_intact() {
 /// behind them keep their order, and every message is acknowledged and echoed once.
 #[tokio::test(flavor = "current_thread")]
 async fn a_lone_quic_message_is_written_by_its_sender_and_order_is_kept() {
-    let net: Arc<dyn Net> = TokioNet::shared();
-    let ca = TestCa::new("loopback CA").expect("ca");
-    let (server_config, client_config) = configs(&ca, Protocol::Quic);
-    let (listener, port) = common::listen(&net, server_config).await;
-    let server = tokio::spawn(echo_all(listener, Protocol::Quic));
-    let carrier = Carrier::initiate(net, Remote::new("localhost", port), client_config)
-        .await
-        .expect("initiate");
+    let (carrier, server) = quic_echo().await;
     for i in 0..50 {
         let data = message(i, 1 + i * 97 % 4000);
         let handle = carrier.send(data.clone()).await.expect("send");

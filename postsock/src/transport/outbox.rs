@@ -397,8 +397,14 @@ impl Outbox {
     /// not overtake) must be plain too or handed over whole already. A message being sent in
     /// parts has no item queued between its parts, and is not handed over until its last.
     fn plain_now(st: &State, props: &MessageProperties, deadline: Option<Instant>) -> bool {
-        st.lane_on
-            && !st.closed
+        st.lane_on && Self::nothing_to_decide(st, props, deadline) && !props.idempotent
+    }
+
+    /// Whether a whole message with `props` queued now would be handed over next with
+    /// nothing for the queue to decide: nothing is queued, the ordered message before it
+    /// was handed over, and it is ordered and reliable, without a lifetime or antecedents.
+    fn nothing_to_decide(st: &State, props: &MessageProperties, deadline: Option<Instant>) -> bool {
+        !st.closed
             && st.items.is_empty()
             && st
                 .last_ordered
@@ -408,7 +414,6 @@ impl Outbox {
             && props.antecedents.is_empty()
             && props.lifetime.is_none()
             && deadline.is_none()
-            && !props.idempotent
     }
 
     /// Queues a plain message in the lane; its handle reads the carrier's marks.
@@ -507,28 +512,15 @@ impl Outbox {
     }
 
     /// Whether a whole message with `props` queued now may be written by the sending
-    /// thread ([`Direct`]): the sending loop waits for an item, nothing is queued, and the
-    /// ordered message before it was handed over; and it is a message the loop would write
-    /// at once with nothing to decide (ordered and reliable, without a lifetime or
-    /// antecedents).
+    /// thread ([`Direct`]): the sending loop waits for an item and would take this one next
+    /// with nothing to decide.
     fn direct_now(
         st: &State,
         props: &MessageProperties,
         deadline: Option<Instant>,
     ) -> Option<Arc<dyn Direct>> {
         let to = st.direct.as_ref()?;
-        (!st.closed
-            && st.items.is_empty()
-            && st.lane.is_empty()
-            && st
-                .last_ordered
-                .is_none_or(|p| st.live.get(p).is_none_or(|prev| prev.dispatched))
-            && props.reliable
-            && props.ordered
-            && props.antecedents.is_empty()
-            && props.lifetime.is_none()
-            && deadline.is_none())
-        .then(|| to.clone())
+        (st.lane.is_empty() && Self::nothing_to_decide(st, props, deadline)).then(|| to.clone())
     }
 
     /// Queues a part of message `id`: (offset in the message, bytes, whether it ends the
