@@ -492,7 +492,7 @@ impl Outbox {
                         }
                     }
                     if matches!(written, DirectWrite::Begun) {
-                        // The loop writes the rest; what follows waits for it.
+                        // The loop is woken to take it and write the rest.
                         st.direct = None;
                         drop(st);
                         self.wake.notify();
@@ -1201,13 +1201,13 @@ impl Outbox {
         self.reap.notify_one();
     }
 
-    /// No more messages: the sending loop ends once everything queued has been handed over.
     /// The sending loop ended: nothing more is written past it.
     pub(crate) fn end_direct(&self) {
         let direct = self.lock().direct.take();
         drop(direct);
     }
 
+    /// No more messages: the sending loop ends once everything queued has been handed over.
     pub(crate) fn close(&self) {
         {
             let mut st = self.lock();
