@@ -354,14 +354,10 @@ struct Writes {
     ends: Ends,
     /// What finished writes handed back (the carrier moved).
     handed: Vec<Handback>,
-    outbox: Arc<Outbox>,
-    in_flight: Arc<InFlight>,
     /// The carrier's halt flag: true when it moves to TLS/TCP (transport::moving).
     halt: watch::Receiver<bool>,
     /// The wait on `halt` the loops below poll at each step.
     halted: KeptWait<bool>,
-    /// `halt` as each write reads it ([`set_now`]).
-    halt_flag: Flag,
     /// Every write has been polled since the flag was set.
     woken: bool,
     /// How many writes may be pending at once (`stream_cap.rs`).
@@ -391,8 +387,29 @@ struct Ends {
     order: AckOrder<(Item, quinn::StreamId)>,
     /// What the sending threads wrote themselves ([`DirectWriter`]), not yet taken here.
     direct: Arc<std::sync::Mutex<Vec<DirectWritten>>>,
-    /// What a message begun by a sending thread needs for the rest of its write.
-    shared: (Arc<Outbox>, Arc<InFlight>, Flag),
+    /// What every write reaches: the outbox, the bytes in flight, the halt flag.
+    links: Links,
+}
+
+/// What every write of a sending loop reaches ([`Links::shared`]).
+struct Links {
+    outbox: Arc<Outbox>,
+    in_flight: Arc<InFlight>,
+    /// The carrier's halt flag as each write reads it ([`set_now`]).
+    halt: Flag,
+}
+
+impl Links {
+    /// What a write of an ordered message at `order` (any other: `None`) shares.
+    fn shared(&self, early: Option<watch::Receiver<bool>>, order: Option<u64>) -> Shared {
+        Shared {
+            outbox: self.outbox.clone(),
+            in_flight: self.in_flight.clone(),
+            early,
+            halt: self.halt.clone(),
+            order,
+        }
+    }
 }
 
 /// What [`Ends::next`] found. (Moved once per poll: boxing the write's end would be an
@@ -433,7 +450,7 @@ impl Ends {
                 &mut self.order,
                 &mut self.awaited,
                 &mut self.writing,
-                &self.shared,
+                &self.links,
             )
         {
             // A message begun there: its write is polled at once.
@@ -455,7 +472,7 @@ impl Ends {
                 &mut self.order,
                 &mut self.awaited,
                 &mut self.writing,
-                &self.shared,
+                &self.links,
             );
         }
     }
@@ -474,7 +491,7 @@ fn adopt(
     order: &mut AckOrder<(Item, quinn::StreamId)>,
     awaited: &mut Awaited<AwaitedWrite>,
     writing: &mut FuturesUnordered<WriteFut>,
-    (outbox, in_flight, halt): &(Arc<Outbox>, Arc<InFlight>, Flag),
+    links: &Links,
 ) -> bool {
     let mut begun = false;
     for DirectWritten { stream, item, skip } in written.drain(..) {
@@ -490,13 +507,7 @@ fn adopt(
                 awaited.push(stream, w);
             }
             Some(skip) => {
-                let shared = Shared {
-                    outbox: outbox.clone(),
-                    in_flight: in_flight.clone(),
-                    early: None,
-                    halt: halt.clone(),
-                    order: Some(n),
-                };
+                let shared = links.shared(None, Some(n));
                 writing.push(Box::pin(write_message(stream, item, skip, None, shared)));
                 begun = true;
             }
@@ -515,7 +526,6 @@ impl Writes {
         let handshake_rtt = conn.rtt();
         let cap = StreamCap::new(handshake_rtt);
         outbox.set_message_limit(cap.limit());
-        let halt_flag = Flag::new(&halt);
         Writes {
             ends: Ends {
                 writing: FuturesUnordered::new(),
@@ -523,13 +533,14 @@ impl Writes {
                 answered: Vec::new(),
                 order: AckOrder::default(),
                 direct: Arc::default(),
-                shared: (outbox.clone(), in_flight.clone(), halt_flag.clone()),
+                links: Links {
+                    outbox,
+                    in_flight,
+                    halt: Flag::new(&halt),
+                },
             },
             handed: Vec::new(),
-            outbox,
-            in_flight,
             halted: KeptWait::flag(&halt),
-            halt_flag,
             halt,
             woken: false,
             cap,
@@ -555,7 +566,8 @@ impl Writes {
             self.hand_back_written(stream, w);
         }
         for (item, stream) in self.ends.order.halt() {
-            self.handed.extend(hand_back(item, stream, &self.outbox));
+            self.handed
+                .extend(hand_back(item, stream, &self.ends.links.outbox));
         }
     }
 
@@ -583,7 +595,7 @@ impl Writes {
     /// Settles a written message as `stopped()` answered, as a write that awaits its own
     /// acknowledgement ends (`write_message`).
     fn settle(&mut self, stream: quinn::SendStream, w: AwaitedWrite, answer: Stopped) {
-        let (outbox, in_flight) = (&self.outbox, &self.in_flight);
+        let (outbox, in_flight) = (&self.ends.links.outbox, &self.ends.links.in_flight);
         let status = Some(status_of(answer));
         let end = conclude(
             stream,
@@ -619,7 +631,8 @@ impl Writes {
                 self.completed();
                 if self.halted.is_set() {
                     // Halted before it could be reported: the peer's receipts decide.
-                    self.handed.extend(hand_back(item, stream, &self.outbox));
+                    self.handed
+                        .extend(hand_back(item, stream, &self.ends.links.outbox));
                     self.ends.order.ended(order);
                 } else {
                     self.ends.order.acked(order, (item, stream));
@@ -642,9 +655,9 @@ impl Writes {
     /// A written message not yet acknowledged when the carrier halted: the peer's receipts
     /// decide whether it goes again.
     fn hand_back_written(&mut self, stream: quinn::SendStream, w: AwaitedWrite) {
-        self.in_flight.sub(w.counted);
+        self.ends.links.in_flight.sub(w.counted);
         self.handed
-            .extend(hand_back(w.item, stream.id(), &self.outbox));
+            .extend(hand_back(w.item, stream.id(), &self.ends.links.outbox));
         self.ends.order.ended(w.order);
     }
 
@@ -653,13 +666,13 @@ impl Writes {
         let before = self.cap.limit();
         self.cap.completed();
         if self.cap.limit() != before {
-            self.outbox.set_message_limit(self.cap.limit());
+            self.ends.links.outbox.set_message_limit(self.cap.limit());
         }
     }
 
     /// Reports the acknowledged ordered messages no earlier write holds back.
     fn release_acked(&mut self) {
-        let outbox = &self.outbox;
+        let outbox = &self.ends.links.outbox;
         self.ends
             .order
             .release(|(item, _)| outbox.update(item.id, SendStatus::Acked, true));
@@ -769,7 +782,7 @@ impl Dispatcher {
         let direct = Arc::new(DirectWriter {
             conn: conn.clone(),
             in_flight: in_flight.clone(),
-            halt: writes.halt_flag.clone(),
+            halt: writes.ends.links.halt.clone(),
             written: writes.ends.direct.clone(),
         });
         Dispatcher {
@@ -951,13 +964,7 @@ impl Dispatcher {
             item,
             skip,
             rest,
-            Shared {
-                outbox: self.outbox.clone(),
-                in_flight: self.in_flight.clone(),
-                early: self.early.clone(),
-                halt: self.writes.halt_flag.clone(),
-                order,
-            },
+            self.writes.ends.links.shared(self.early.clone(), order),
         ));
         self.writes.poll_now();
         Ok(())
