@@ -14,6 +14,16 @@ fn configs(ca: &TestCa, protocol: Protocol) -> (Configuration, Configuration) {
     (server, client)
 }
 
+/// Real loopback sockets, a listener (both protocols) on a free port, and the client's
+/// configuration for `protocol`, all from one test CA.
+async fn listening(protocol: Protocol) -> (Arc<dyn Net>, Listener, u16, Configuration) {
+    let net: Arc<dyn Net> = TokioNet::shared();
+    let ca = TestCa::new("loopback CA").expect("ca");
+    let (server_config, client_config) = configs(&ca, protocol);
+    let (listener, port) = common::listen(&net, server_config).await;
+    (net, listener, port, client_config)
+}
+
 fn sizes() -> Vec<usize> {
     vec![1, 17, 1200, 1500, 4096, 65_536, 100_000, 3, 0, 300_000]
 }
@@ -46,10 +56,7 @@ async fn echo_all(mut listener: Listener, protocol: Protocol) {
 
 /// A QUIC carrier to a server that echoes every message ([`echo_all`]), and the server's task.
 async fn quic_echo() -> (Carrier, tokio::task::JoinHandle<()>) {
-    let net: Arc<dyn Net> = TokioNet::shared();
-    let ca = TestCa::new("loopback CA").expect("ca");
-    let (server_config, client_config) = configs(&ca, Protocol::Quic);
-    let (listener, port) = common::listen(&net, server_config).await;
+    let (net, listener, port, client_config) = listening(Protocol::Quic).await;
     let server = tokio::spawn(echo_all(listener, Protocol::Quic));
     let carrier = Carrier::initiate(net, Remote::new("localhost", port), client_config)
         .await
@@ -58,10 +65,7 @@ async fn quic_echo() -> (Carrier, tokio::task::JoinHandle<()>) {
 }
 
 async fn echo_over_loopback(protocol: Protocol) {
-    let net: Arc<dyn Net> = TokioNet::shared();
-    let ca = TestCa::new("loopback CA").expect("ca");
-    let (server_config, client_config) = configs(&ca, protocol);
-    let (listener, port) = common::listen(&net, server_config).await;
+    let (net, listener, port, client_config) = listening(protocol).await;
     let server = tokio::spawn(echo_all(listener, protocol));
     let carrier = Carrier::initiate(net, Remote::new("localhost", port), client_config)
         .await
@@ -230,10 +234,7 @@ async fn the_path_monitor_reads_the_real_interface_list() {
 /// its CLOSE: the server's last message ends acked, not merely sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closing_tls_client_acknowledges_the_last_echo() {
-    let net: Arc<dyn Net> = TokioNet::shared();
-    let ca = TestCa::new("loopback CA").expect("ca");
-    let (server_config, client_config) = configs(&ca, Protocol::TlsTcp);
-    let (mut listener, port) = common::listen(&net, server_config).await;
+    let (net, mut listener, port, client_config) = listening(Protocol::TlsTcp).await;
     let server = tokio::spawn(async move {
         let carrier = listener.accept().await.expect("accept");
         let mut outcomes = Vec::new();
@@ -663,10 +664,7 @@ async fn a_lone_quic_message_is_written_by_its_sender_and_order_is_kept() {
 async fn lone_quic_messages_from_several_tasks_are_all_acknowledged_and_in_order() {
     const TASKS: u8 = 4;
     const EACH: u32 = 300;
-    let net: Arc<dyn Net> = TokioNet::shared();
-    let ca = TestCa::new("loopback CA").expect("ca");
-    let (server_config, client_config) = configs(&ca, Protocol::Quic);
-    let (mut listener, port) = common::listen(&net, server_config).await;
+    let (net, mut listener, port, client_config) = listening(Protocol::Quic).await;
     let server = tokio::spawn(async move {
         let carrier = listener.accept().await.expect("accept");
         let mut next = [0u32; TASKS as usize];
