@@ -169,8 +169,9 @@ impl Resolution {
 
 /// When a race starts, counted from the start of resolution, if the host asks the queries of
 /// `asked` and each answer comes at its time, with an address or without (`(family, time,
-/// has an address)`): RFC 8305 §3 as [`resolve`] applies it. `None` when no answer has an
-/// address. The floor of a carrier's time to first message, before any handshake.
+/// has an address)`): RFC 8305 §3 as a carrier's resolution applies it. `None` when no
+/// answer has an address. The floor of a carrier's time to first message, before any
+/// handshake.
 pub fn race_start(asked: &[Family], answers: &[(Family, Duration, bool)]) -> Option<Duration> {
     let t0 = Instant::now();
     let mut r = Resolution::new(asked, t0);
