@@ -128,6 +128,50 @@ pub struct Row {
     pub cpu: CpuRow,
     /// Throughput rows: the postsock sender's stats at the end of its last run.
     pub postsock_end: Option<EndStats>,
+    /// Latency rows: the round trips of each stack's best repeat (the one whose median is
+    /// `raw` or `postsock`) beyond their median.
+    pub round_trips: Option<RoundTrips>,
+}
+
+/// How one run's round trips spread, µs. Each is the sorted samples' value at index
+/// ⌊q·n⌋, as the headline median is taken, so `p50` is that median.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Percentiles {
+    /// The median.
+    pub p50: f64,
+    /// The 90th percentile.
+    pub p90: f64,
+    /// The 99th percentile.
+    pub p99: f64,
+    /// The longest round trip.
+    pub max: f64,
+}
+
+impl Percentiles {
+    /// Of `samples` (all 0 for none).
+    fn of(samples: &[Duration]) -> Self {
+        let mut sorted = samples.to_vec();
+        sorted.sort();
+        let at = |q: f64| {
+            let i = ((q * sorted.len() as f64) as usize).min(sorted.len().saturating_sub(1));
+            sorted.get(i).map_or(0.0, |d| d.as_secs_f64() * 1e6)
+        };
+        Percentiles {
+            p50: at(0.5),
+            p90: at(0.9),
+            p99: at(0.99),
+            max: at(1.0),
+        }
+    }
+}
+
+/// The round trips of the best repeat of each stack (`None` for a stack not run).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct RoundTrips {
+    /// The raw stack's.
+    pub raw: Option<Percentiles>,
+    /// postsock's.
+    pub postsock: Option<Percentiles>,
 }
 
 /// CPU time (all threads, both ends) per message or round trip, the least of the repeats:
@@ -198,6 +242,15 @@ impl Alternated {
             }
         }
         Ok(out)
+    }
+
+    /// Which of `side`'s runs was the best (the first of equals); `None` if it was not run.
+    fn best_index(&self, side: Side) -> Option<usize> {
+        let runs = match side {
+            Side::Raw => &self.raw,
+            Side::Postsock => &self.postsock,
+        };
+        (0..runs.len()).min_by_key(|&i| runs[i])
     }
 
     /// The best (shortest) run of each stack; `Duration::MAX` for a stack not run.
@@ -599,13 +652,20 @@ async fn throughput(
     }
 }
 
-async fn latency(protocol: Protocol, raw: bool, rounds: usize, size: usize) -> Res<Duration> {
+/// One run's median round trip, and how its round trips spread.
+async fn latency(
+    protocol: Protocol,
+    raw: bool,
+    rounds: usize,
+    size: usize,
+) -> Res<(Duration, Percentiles)> {
     let samples = match (protocol, raw) {
         (Protocol::Quic, true) => quinn_latency(rounds, size).await?,
         (_, true) => tls_latency(rounds, size).await?,
         (p, false) => postsock_latency(p, rounds, size).await?,
     };
-    Ok(median(samples))
+    let spread = Percentiles::of(&samples);
+    Ok((median(samples), spread))
 }
 
 fn size_label(size: usize) -> String {
@@ -682,6 +742,7 @@ pub fn compare(opts: &Options, progress: &dyn Fn(&str)) -> Res<(String, Vec<Row>
                 meets_target: ratio(ps, raw) >= 0.9,
                 cpu: cpu.per(count),
                 postsock_end: end_stats,
+                round_trips: None,
             });
         }
         let workload = format!(
@@ -694,13 +755,28 @@ pub fn compare(opts: &Options, progress: &dyn Fn(&str)) -> Res<(String, Vec<Row>
         }
         progress(&format!("{} latency, {workload}", protocol.name()));
         let mut cpu = Cpu::default();
+        let (mut raw_spreads, mut ps_spreads) = (Vec::new(), Vec::new());
         let runs = Alternated::run(
             opts,
             &mut cpu,
-            || rt.block_on(latency(protocol, true, opts.rounds, opts.small_size)),
-            || rt.block_on(latency(protocol, false, opts.rounds, opts.small_size)),
+            || {
+                let (median, spread) =
+                    rt.block_on(latency(protocol, true, opts.rounds, opts.small_size))?;
+                raw_spreads.push(spread);
+                Ok(median)
+            },
+            || {
+                let (median, spread) =
+                    rt.block_on(latency(protocol, false, opts.rounds, opts.small_size))?;
+                ps_spreads.push(spread);
+                Ok(median)
+            },
         )?;
         let (best_raw, best_ps) = runs.best();
+        let round_trips = RoundTrips {
+            raw: runs.best_index(Side::Raw).map(|i| raw_spreads[i]),
+            postsock: runs.best_index(Side::Postsock).map(|i| ps_spreads[i]),
+        };
         let micros = |d: Duration| {
             if d == Duration::MAX {
                 0.0
@@ -720,6 +796,7 @@ pub fn compare(opts: &Options, progress: &dyn Fn(&str)) -> Res<(String, Vec<Row>
             meets_target: ratio(ps, raw) > 0.0 && ratio(ps, raw) <= 1.1,
             cpu: cpu.per(opts.rounds),
             postsock_end: None,
+            round_trips: Some(round_trips),
         });
     }
     Ok((runtime_name(&rt), rows))
@@ -916,6 +993,29 @@ pub fn markdown(report: &BenchReport) -> String {
         );
         s.extend(ends);
     }
+    let trips: Vec<String> = report
+        .rows
+        .iter()
+        .filter_map(|r| {
+            let t = r.round_trips?;
+            let show = |p: Option<Percentiles>| {
+                p.map_or("—".to_string(), |p| {
+                    format!("{:.1} / {:.1} / {:.1} / {:.1}", p.p50, p.p90, p.p99, p.max)
+                })
+            };
+            Some(format!(
+                "| {} | {} | {} | {} |\n",
+                r.protocol,
+                r.workload,
+                show(t.raw),
+                show(t.postsock)
+            ))
+        })
+        .collect();
+    if !trips.is_empty() {
+        s.push_str("\nThe round trips of each stack's best repeat, p50 / p90 / p99 / max (µs):\n\n| protocol | workload | raw | postsock |\n|---|---|---:|---:|\n");
+        s.extend(trips);
+    }
     s.push_str("\n| protocol | pushed at a receiver that reads nothing | accepted before `send` was held | held | sender peak RSS |\n|---|---:|---:|---|---:|\n");
     for m in &report.memory {
         s.push_str(&format!(
@@ -943,6 +1043,85 @@ mod tests {
     }
 
     #[test]
+    fn percentiles_are_taken_as_the_median_is() {
+        let us = |v: &[u64]| {
+            v.iter()
+                .map(|&u| Duration::from_micros(u))
+                .collect::<Vec<_>>()
+        };
+        // 1..=100 µs, shuffled: the values at indices 50, 90 and 99 of the sorted samples.
+        let mut samples: Vec<u64> = (1..=100).collect();
+        samples.reverse();
+        samples.swap(3, 70);
+        let p = Percentiles::of(&us(&samples));
+        assert_eq!(
+            p,
+            Percentiles {
+                p50: 51.0,
+                p90: 91.0,
+                p99: 100.0,
+                max: 100.0
+            }
+        );
+        // p50 is the headline median.
+        let odd = us(&[30, 10, 20]);
+        assert_eq!(Percentiles::of(&odd).p50, median(odd).as_secs_f64() * 1e6);
+        // Two groups, as a noisy machine's echo has: the tail shows what the median hides.
+        let p = Percentiles::of(&us(&[14, 15, 14, 100, 14, 14, 110, 15, 14, 14]));
+        assert_eq!((p.p50, p.p90, p.max), (14.0, 110.0, 110.0));
+        assert_eq!(Percentiles::of(&[]), Percentiles::default());
+        assert_eq!(Percentiles::of(&us(&[7])).p99, 7.0);
+    }
+
+    #[test]
+    fn the_markdown_shows_the_round_trips_of_each_stack_s_best_repeat() {
+        let p = |p50, p90| Percentiles {
+            p50,
+            p90,
+            p99: 120.0,
+            max: 300.5,
+        };
+        let report = BenchReport {
+            runtime: "multi-thread, 2 workers".into(),
+            rows: vec![Row {
+                workload: "1000 echo round trips of 1 KiB".into(),
+                protocol: "tls-tcp".into(),
+                metric: "median latency (µs)".into(),
+                raw: 13.8,
+                postsock: 14.3,
+                ratio: 14.3 / 13.8,
+                pairs: vec![1.04],
+                meets_target: true,
+                cpu: CpuRow::default(),
+                postsock_end: None,
+                round_trips: Some(RoundTrips {
+                    raw: Some(p(13.8, 24.0)),
+                    postsock: None,
+                }),
+            }],
+            memory: Vec::new(),
+        };
+        let md = markdown(&report);
+        assert!(
+            md.contains(
+                "| tls-tcp | 1000 echo round trips of 1 KiB | 13.8 / 24.0 / 120.0 / 300.5 | — |\n"
+            ),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn the_best_run_is_the_first_of_the_shortest() {
+        let ms = Duration::from_millis;
+        let runs = Alternated {
+            raw: vec![ms(5), ms(3), ms(3)],
+            postsock: Vec::new(),
+        };
+        assert_eq!(runs.best_index(Side::Raw), Some(1));
+        assert_eq!(runs.best_index(Side::Postsock), None);
+    }
+
+    #[test]
     fn the_markdown_tells_what_the_sender_s_stats_read_at_the_end() {
         let row = |protocol: &str, end: Option<EndStats>| Row {
             workload: "100000 x 1 KiB".into(),
@@ -955,6 +1134,7 @@ mod tests {
             meets_target: true,
             cpu: CpuRow::default(),
             postsock_end: end,
+            round_trips: None,
         };
         let report = BenchReport {
             runtime: "current-thread".into(),

@@ -431,6 +431,38 @@ fn bench_json(args: &[&str], out_dir: &Path, file: &str) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(out_dir.join(file)).expect("json")).expect(file)
 }
 
+/// An echo row says how its round trips spread, beyond the median it compares: p50 (the
+/// median itself), p90, p99 and the longest, for each stack it ran, in `bench.json` and
+/// `bench.md`.
+#[test]
+fn bench_echo_rows_give_the_round_trips_percentiles() {
+    let out_dir = temp_dir("bench-echo");
+    let report = bench_json(
+        &["--quick", "--only", "tls-tcp 50 echo", "--repeats", "2"],
+        &out_dir,
+        "bench.json",
+    );
+    let rows = report["rows"].as_array().expect("rows");
+    assert_eq!(rows.len(), 1, "{report}");
+    let row = &rows[0];
+    for side in ["raw", "postsock"] {
+        let p = &row["round_trips"][side];
+        let at = |k: &str| p[k].as_f64().unwrap_or_else(|| panic!("{side} {k}: {row}"));
+        assert_eq!(at("p50"), row[side].as_f64().expect("median"), "{row}");
+        assert!(
+            0.0 < at("p50") && at("p50") <= at("p90") && at("p90") <= at("p99"),
+            "{row}"
+        );
+        assert!(at("p99") <= at("max"), "{row}");
+    }
+    let md = std::fs::read_to_string(out_dir.join("bench.md")).expect("bench.md");
+    assert!(
+        md.contains("p50 / p90 / p99 / max (µs)")
+            && md.contains("| tls-tcp | 50 echo round trips of 1 KiB | "),
+        "{md}"
+    );
+}
+
 /// `bench --side postsock --repeats 1` (for profiling one stack) measures only postsock: its
 /// figures are real, raw's read 0, and no ratio is claimed.
 #[test]
@@ -463,6 +495,7 @@ fn bench_side_measures_one_stack_only() {
     assert_eq!(row["ratio"].as_f64(), Some(0.0), "{row}");
     assert_eq!(row["pairs"].as_array().map(Vec::len), Some(0), "{row}");
     assert_eq!(row["meets_target"], false);
+    assert!(row["round_trips"].is_null(), "a throughput row: {row}");
     assert_eq!(
         report["memory"].as_array().map(Vec::len),
         Some(0),
