@@ -1322,6 +1322,24 @@ fn write_now(stream: &mut quinn::SendStream, data: &Bytes) -> std::result::Resul
     }
 }
 
+/// Finishes `stream`: `Ok(false)` if the handshake rejected its 0-RTT data. quinn's `finish`
+/// calls a rejected 0-RTT stream closed (its `write` and `stopped` say rejected); on a
+/// runtime of several workers the connection's driver can take the handshake's answer on
+/// another thread between a write and the finish after it, and the message must then go
+/// again, not fail "closed stream".
+fn finish_or_rejected(stream: &mut quinn::SendStream) -> std::result::Result<bool, String> {
+    let Err(closed) = stream.finish() else {
+        return Ok(true);
+    };
+    // `stopped` answers a rejected 0-RTT stream at once, without waiting.
+    let stopped = std::pin::pin!(stream.stopped());
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match std::future::Future::poll(stopped, &mut cx) {
+        std::task::Poll::Ready(Err(quinn::StoppedError::ZeroRttRejected)) => Ok(false),
+        _ => Err(closed.to_string()),
+    }
+}
+
 /// Writes one message to its stream (parts as they come; the first `skip` bytes of `first`
 /// are already written), then waits for the peer's acknowledgement; resets the stream if
 /// the message's lifetime ends first. If the carrier moves first, a whole message is
@@ -1379,7 +1397,9 @@ async fn write_message(
                 }
                 fin = next.fin;
             }
-            stream.finish().map_err(|e| e.to_string())?;
+            if !finish_or_rejected(&mut stream)? {
+                return Ok(None);
+            }
             outbox.update(id, SendStatus::Sent, false);
             if awaited {
                 return Ok(Some(SendStatus::Sent));
@@ -1944,6 +1964,22 @@ pub(crate) mod tests {
         quinn::Endpoint,
         quinn::Connection,
     ) {
+        let (server, client) = test_configs();
+        let net = crate::net::TokioNet::shared();
+        let (server_ep, accept) = accepting(&server).await;
+        let tls =
+            Arc::new(tls::client_config(&client.security, net.tls_clock()).expect("client TLS"));
+        let addr = server_ep.local_addr().expect("bound");
+        let (client_ep, conn, _epoch) =
+            connect(net.as_ref(), addr, None, "localhost", &client, tls)
+                .await
+                .expect("connect");
+        let server_conn = accept.await.expect("accept task").expect("accepted");
+        (client_ep, conn, server_ep, server_conn)
+    }
+
+    /// A server's and a client's configuration under one test CA, for `localhost`.
+    fn test_configs() -> (Configuration, Configuration) {
         use crate::Security;
         let ca = crate::certs::TestCa::new("postsock test CA").expect("CA");
         let mut server = Configuration::default();
@@ -1956,24 +1992,112 @@ pub(crate) mod tests {
             trusted_roots: vec![ca.root()],
             ..Security::default()
         });
+        (server, client)
+    }
+
+    /// A server endpoint on loopback with `server`, accepting one connection.
+    async fn accepting(
+        server: &Configuration,
+    ) -> (
+        quinn::Endpoint,
+        tokio::task::JoinHandle<std::result::Result<quinn::Connection, quinn::ConnectionError>>,
+    ) {
         let net = crate::net::TokioNet::shared();
         let local = "127.0.0.1:0".parse().expect("address");
-        let server_ep = endpoint(net.as_ref(), local, Some(&server))
+        let server_ep = endpoint(net.as_ref(), local, Some(server))
             .await
             .expect("server endpoint");
-        let addr = server_ep.local_addr().expect("bound");
         let accept = {
             let ep = server_ep.clone();
             tokio::spawn(async move { ep.accept().await.expect("incoming").await })
         };
-        let tls =
-            Arc::new(tls::client_config(&client.security, net.tls_clock()).expect("client TLS"));
-        let (client_ep, conn, _epoch) =
-            connect(net.as_ref(), addr, None, "localhost", &client, tls)
+        (server_ep, accept)
+    }
+
+    /// A 0-RTT stream whose early data the handshake rejected between its write and its
+    /// finish (on several workers the connection's driver can take that answer on another
+    /// thread in between): quinn's `finish` calls the stream closed, and the write must
+    /// read that as a rejection (the message goes again), not fail it "closed stream" (a
+    /// message of `two_processes.rs`'s restarted-server test failed so in CI).
+    #[tokio::test]
+    async fn a_finish_after_the_early_data_was_rejected_is_a_rejection_not_a_failure() {
+        let (server, client) = test_configs();
+        let net = crate::net::TokioNet::shared();
+        // A carrier's QUIC client configuration: early data on, tickets kept.
+        let tls = crate::establish::association::TlsClients::new(&client.security, net.tls_clock())
+            .expect("client TLS")
+            .quic;
+        // A first server gives the client a session ticket (it comes before the echo).
+        let (first_ep, accept) = accepting(&server).await;
+        let addr = first_ep.local_addr().expect("bound");
+        let (_ep, conn, _epoch) =
+            connect(net.as_ref(), addr, None, "localhost", &client, tls.clone())
                 .await
                 .expect("connect");
         let server_conn = accept.await.expect("accept task").expect("accepted");
-        (client_ep, conn, server_ep, server_conn)
+        let echo = tokio::spawn(async move {
+            let (mut tx, mut rx) = server_conn.accept_bi().await.expect("accept");
+            let got = rx.read_to_end(64).await.expect("read");
+            tx.write_all(&got).await.expect("echo");
+            tx.finish().expect("finish");
+            server_conn
+        });
+        let (mut tx, mut rx) = conn.open_bi().await.expect("open");
+        tx.write_all(b"ping").await.expect("write");
+        assert_eq!(finish_or_rejected(&mut tx), Ok(true), "a plain finish");
+        assert_eq!(rx.read_to_end(64).await.expect("echo"), b"ping");
+        let _first_server = echo.await.expect("echo task");
+        // A second server (a restart: new session state) rejects that ticket's early data.
+        let (second_ep, accept) = accepting(&server).await;
+        let addr = second_ep.local_addr().expect("bound");
+        let client_ep = client_endpoint(net.as_ref(), addr, None)
+            .await
+            .expect("endpoint");
+        let connecting = start_connect(
+            &client_ep,
+            addr,
+            "localhost",
+            &client,
+            tls,
+            &PathEpoch::default(),
+        )
+        .expect("connect");
+        let (conn, accepted) = connecting
+            .into_0rtt()
+            .unwrap_or_else(|_| panic!("no ticket for 0-RTT"));
+        let mut early = conn.open_uni().await.expect("open in 0-RTT");
+        early
+            .write_chunk(Bytes::from_static(b"early"))
+            .await
+            .expect("written in 0-RTT");
+        assert!(!accepted.await, "the new server's session state rejects it");
+        let _second_server = accept.await.expect("accept task").expect("accepted");
+        assert!(
+            early.finish().is_err(),
+            "quinn: a rejected 0-RTT stream is closed"
+        );
+        assert_eq!(finish_or_rejected(&mut early), Ok(false));
+        // The write of a message whose bytes went in 0-RTT (as its sender's `DirectWriter`
+        // leaves one quinn held for the loop to finish) hands it back to be sent again.
+        let outbox = Outbox::new(1 << 20, order_rule);
+        let (_halt_tx, halt) = watch::channel(false);
+        let d = Dispatcher::new(conn.clone(), outbox.clone(), halt);
+        let data = Bytes::from_static(b"early");
+        let permit = outbox.reserve(data.len()).await.expect("room");
+        let props = MessageProperties {
+            idempotent: true,
+            ..Default::default()
+        };
+        let handle = outbox.send(props, data, permit, None).expect("send");
+        let item = outbox.try_next_where(usize::MAX, |_| true).expect("queued");
+        let (_rejected_tx, rejected) = watch::channel(true);
+        let shared = d.writes.ends.links.shared(Some(rejected), None);
+        let end = write_message(early, item, 5, None, shared).await;
+        assert!(
+            matches!(end, WriteEnd::Done { handback: None, .. }),
+            "ended, not awaiting an acknowledgement"
+        );
+        assert_eq!(handle.status(), SendStatus::Queued, "to be sent again");
     }
 
     /// Streams of one priority leave in write order (fairness off), but a stream of higher
