@@ -2077,8 +2077,8 @@ pub(crate) mod tests {
             "quinn: a rejected 0-RTT stream is closed"
         );
         assert_eq!(finish_or_rejected(&mut early), Ok(false));
-        // The write of a message whose bytes went in 0-RTT (as its sender's `DirectWriter`
-        // leaves one quinn held for the loop to finish) hands it back to be sent again.
+        // A message's write that finds it so (its bytes all taken in 0-RTT, only the finish
+        // left, as when the rejection came between the two) leaves it to be sent again.
         let outbox = Outbox::new(1 << 20, order_rule);
         let (_halt_tx, halt) = watch::channel(false);
         let d = Dispatcher::new(conn.clone(), outbox.clone(), halt);
