@@ -148,14 +148,9 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    /// Of `samples` (all 0 for none).
-    fn of(samples: &[Duration]) -> Self {
-        let mut sorted = samples.to_vec();
-        sorted.sort();
-        let at = |q: f64| {
-            let i = ((q * sorted.len() as f64) as usize).min(sorted.len().saturating_sub(1));
-            sorted.get(i).map_or(0.0, |d| d.as_secs_f64() * 1e6)
-        };
+    /// Of `samples`, sorted (all 0 for none).
+    fn of_sorted(sorted: &[Duration]) -> Self {
+        let at = |q: f64| quantile(sorted, q).as_secs_f64() * 1e6;
         Percentiles {
             p50: at(0.5),
             p90: at(0.9),
@@ -592,9 +587,11 @@ async fn tls_latency(rounds: usize, size: usize) -> Res<Vec<Duration>> {
 
 // ---------- driver ----------
 
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    samples.get(samples.len() / 2).copied().unwrap_or_default()
+/// The value at index ⌊q·n⌋ of `sorted` (the last for q = 1; zero for none): the median
+/// for q = 0.5.
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    let i = ((q * sorted.len() as f64) as usize).min(sorted.len().saturating_sub(1));
+    sorted.get(i).copied().unwrap_or_default()
 }
 
 /// The median, least and greatest of `pairs`, as `0.61 (0.58–0.66)` (one value alone; `—`
@@ -664,8 +661,9 @@ async fn latency(
         (_, true) => tls_latency(rounds, size).await?,
         (p, false) => postsock_latency(p, rounds, size).await?,
     };
-    let spread = Percentiles::of(&samples);
-    Ok((median(samples), spread))
+    let mut sorted = samples;
+    sorted.sort();
+    Ok((quantile(&sorted, 0.5), Percentiles::of_sorted(&sorted)))
 }
 
 fn size_label(size: usize) -> String {
@@ -1053,7 +1051,11 @@ mod tests {
         let mut samples: Vec<u64> = (1..=100).collect();
         samples.reverse();
         samples.swap(3, 70);
-        let p = Percentiles::of(&us(&samples));
+        let sorted = |mut v: Vec<Duration>| {
+            v.sort();
+            v
+        };
+        let p = Percentiles::of_sorted(&sorted(us(&samples)));
         assert_eq!(
             p,
             Percentiles {
@@ -1063,14 +1065,18 @@ mod tests {
                 max: 100.0
             }
         );
-        // p50 is the headline median.
-        let odd = us(&[30, 10, 20]);
-        assert_eq!(Percentiles::of(&odd).p50, median(odd).as_secs_f64() * 1e6);
+        // p50 is the headline median (`quantile(.., 0.5)`), the middle one of an odd count.
+        let odd = sorted(us(&[30, 10, 20]));
+        assert_eq!(
+            Percentiles::of_sorted(&odd).p50,
+            quantile(&odd, 0.5).as_secs_f64() * 1e6
+        );
+        assert_eq!(quantile(&odd, 0.5), Duration::from_micros(20));
         // Two groups, as a noisy machine's echo has: the tail shows what the median hides.
-        let p = Percentiles::of(&us(&[14, 15, 14, 100, 14, 14, 110, 15, 14, 14]));
+        let p = Percentiles::of_sorted(&sorted(us(&[14, 15, 14, 100, 14, 14, 110, 15, 14, 14])));
         assert_eq!((p.p50, p.p90, p.max), (14.0, 110.0, 110.0));
-        assert_eq!(Percentiles::of(&[]), Percentiles::default());
-        assert_eq!(Percentiles::of(&us(&[7])).p99, 7.0);
+        assert_eq!(Percentiles::of_sorted(&[]), Percentiles::default());
+        assert_eq!(Percentiles::of_sorted(&us(&[7])).p99, 7.0);
     }
 
     #[test]

@@ -35,7 +35,7 @@ pub(crate) struct Awaited<T> {
 }
 
 /// `stopped()`'s answer now, if it has one: one poll with a waker that is never woken.
-fn answer_now(stream: &quinn::SendStream) -> Option<Stopped> {
+pub(super) fn answer_now(stream: &quinn::SendStream) -> Option<Stopped> {
     let fut = stream.stopped();
     let mut fut = std::pin::pin!(fut);
     match fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {

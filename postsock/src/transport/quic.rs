@@ -16,7 +16,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 
 use super::assemble::{Assembly, ReceiveLimits};
-use super::awaited::{Awaited, Stopped};
+use super::awaited::{answer_now, Awaited, Stopped};
 use super::cc::PathAwareFactory;
 pub(crate) use super::cc::PathEpoch;
 use super::stream_cap::StreamCap;
@@ -1332,10 +1332,8 @@ fn finish_or_rejected(stream: &mut quinn::SendStream) -> std::result::Result<boo
         return Ok(true);
     };
     // `stopped` answers a rejected 0-RTT stream at once, without waiting.
-    let stopped = std::pin::pin!(stream.stopped());
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    match std::future::Future::poll(stopped, &mut cx) {
-        std::task::Poll::Ready(Err(quinn::StoppedError::ZeroRttRejected)) => Ok(false),
+    match answer_now(stream) {
+        Some(Err(quinn::StoppedError::ZeroRttRejected)) => Ok(false),
         _ => Err(closed.to_string()),
     }
 }
