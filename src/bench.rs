@@ -291,12 +291,12 @@ pub struct BenchReport {
     pub memory: Vec<MemoryRow>,
 }
 
-struct Pki {
-    server: Configuration,
-    client: Configuration,
+pub(crate) struct Pki {
+    pub(crate) server: Configuration,
+    pub(crate) client: Configuration,
 }
 
-fn pki(protocol: Protocol) -> Res<Pki> {
+pub(crate) fn pki(protocol: Protocol) -> Res<Pki> {
     let ca = TestCa::new("bench CA")?;
     let mut server = Configuration::default();
     server.protocols(&[protocol]).security(Security {
@@ -311,7 +311,7 @@ fn pki(protocol: Protocol) -> Res<Pki> {
     Ok(Pki { server, client })
 }
 
-fn loopback() -> SocketAddr {
+pub(crate) fn loopback() -> SocketAddr {
     ([127, 0, 0, 1], 0).into()
 }
 
@@ -410,7 +410,8 @@ fn quinn_endpoint(server: Option<quinn::ServerConfig>) -> Res<quinn::Endpoint> {
     )?)
 }
 
-async fn quinn_pair() -> Res<(quinn::Connection, quinn::Connection, [quinn::Endpoint; 2])> {
+pub(crate) async fn quinn_pair() -> Res<(quinn::Connection, quinn::Connection, [quinn::Endpoint; 2])>
+{
     let Pki { server, client } = pki(Protocol::Quic)?;
     let server_tls =
         QuicServerConfig::try_from(tls::server_config(&server.security, tls::system_clock())?)?;
@@ -501,10 +502,10 @@ async fn quinn_latency(rounds: usize, size: usize) -> Res<Vec<Duration>> {
 
 // ---------- raw tokio-rustls ----------
 
-type ClientTls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
-type ServerTls = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+pub(crate) type ClientTls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+pub(crate) type ServerTls = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
 
-async fn tls_pair() -> Res<(ClientTls, ServerTls)> {
+pub(crate) async fn tls_pair() -> Res<(ClientTls, ServerTls)> {
     let Pki { server, client } = pki(Protocol::TlsTcp)?;
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls::server_config(
         &server.security,

@@ -4,6 +4,7 @@
 //! programs they run ([`workload`]), one run ([`runner`]) and whole suites ([`suite`]).
 
 pub mod bench;
+pub mod bench_idle;
 pub mod bench_scale;
 pub mod bench_sim;
 pub mod chaos;

@@ -159,6 +159,11 @@ enum Command {
         /// size, each in its own process; writes scale-bench.{json,md,png}.
         #[arg(long)]
         scale: bool,
+        /// Instead: what idle connections cost (CPU and wake-ups per second of 1, 10 and 100
+        /// connections that carry nothing, postsock against raw quinn and tokio-rustls;
+        /// writes idle-bench.{json,md}).
+        #[arg(long)]
+        idle: bool,
         /// Client-group sizes of `--scale`.
         #[arg(long, value_delimiter = ',', default_value = "10,100,1000")]
         clients: Vec<u32>,
@@ -364,6 +369,27 @@ fn main() -> ExitCode {
                     &out,
                     "queue-bench",
                     &testbed::bench::queue_markdown(&rows),
+                    &rows,
+                ),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Bench {
+            idle: true,
+            quick,
+            workers,
+            out,
+            ..
+        } => {
+            let opts = testbed::bench_idle::IdleOptions::new(quick, usize::from(workers));
+            match testbed::bench_idle::measure(&opts, &|what| eprintln!("measuring {what}")) {
+                Ok(rows) => publish(
+                    &out,
+                    "idle-bench",
+                    &testbed::bench_idle::markdown(&rows),
                     &rows,
                 ),
                 Err(e) => {

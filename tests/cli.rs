@@ -431,6 +431,45 @@ fn bench_json(args: &[&str], out_dir: &Path, file: &str) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(out_dir.join(file)).expect("json")).expect(file)
 }
 
+/// `bench --idle --quick` measures 1 and 10 idle connections of both protocols on both
+/// stacks over half a second each: eight rows in `idle-bench.json` and a line per protocol
+/// and size in `idle-bench.md`. Raw quinn and tokio-rustls arm no timer while idle, so their
+/// rows show the measurement counts the connections' threads, not the measuring itself.
+#[test]
+fn bench_idle_measures_idle_connections_of_both_stacks() {
+    let out_dir = temp_dir("bench-idle");
+    let report = bench_json(&["--idle", "--quick"], &out_dir, "idle-bench.json");
+    let rows = report.as_array().expect("rows");
+    assert_eq!(rows.len(), 8, "{report}");
+    for protocol in ["quic", "tls-tcp"] {
+        for n in [1, 10] {
+            for side in ["postsock", "raw"] {
+                let row = rows
+                    .iter()
+                    .find(|r| r["protocol"] == protocol && r["carriers"] == n && r["side"] == side)
+                    .unwrap_or_else(|| panic!("{protocol} {n} {side}: {report}"));
+                let cpu = row["cpu_percent"].as_f64().expect("cpu");
+                let wakeups = row["wakeups_per_s"].as_f64().expect("wake-ups");
+                assert!(cpu.is_finite() && cpu >= 0.0, "{row}");
+                assert!(wakeups.is_finite() && wakeups >= 0.0, "{row}");
+                assert_eq!(row["window_s"].as_f64(), Some(0.5), "{row}");
+                if side == "raw" {
+                    assert!(wakeups < 100.0, "raw stacks idle without timers: {row}");
+                }
+            }
+        }
+    }
+    let md = std::fs::read_to_string(out_dir.join("idle-bench.md")).expect("idle-bench.md");
+    for line in [
+        "| quic | 1 | ",
+        "| quic | 10 | ",
+        "| tls-tcp | 1 | ",
+        "| tls-tcp | 10 | ",
+    ] {
+        assert_eq!(md.matches(line).count(), 1, "{md}");
+    }
+}
+
 /// An echo row says how its round trips spread, beyond the median it compares: p50 (the
 /// median itself), p90, p99 and the longest, for each stack it ran, in `bench.json` and
 /// `bench.md`.
