@@ -364,18 +364,11 @@ fn main() -> ExitCode {
         } => {
             let (messages, default_repeats) = if quick { (2_000, 1) } else { (100_000, 5) };
             let repeats = repeats.unwrap_or(default_repeats);
-            match testbed::bench::queue(messages, repeats, &|what| eprintln!("measuring {what}")) {
-                Ok(rows) => publish(
-                    &out,
-                    "queue-bench",
-                    &testbed::bench::queue_markdown(&rows),
-                    &rows,
-                ),
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            let rows =
+                testbed::bench::queue(messages, repeats, &|what| eprintln!("measuring {what}"));
+            publish_measured(&out, "queue-bench", rows, |r| {
+                testbed::bench::queue_markdown(r)
+            })
         }
         Command::Bench {
             idle: true,
@@ -385,18 +378,10 @@ fn main() -> ExitCode {
             ..
         } => {
             let opts = testbed::bench_idle::IdleOptions::new(quick, usize::from(workers));
-            match testbed::bench_idle::measure(&opts, &|what| eprintln!("measuring {what}")) {
-                Ok(rows) => publish(
-                    &out,
-                    "idle-bench",
-                    &testbed::bench_idle::markdown(&rows),
-                    &rows,
-                ),
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            let rows = testbed::bench_idle::measure(&opts, &|what| eprintln!("measuring {what}"));
+            publish_measured(&out, "idle-bench", rows, |r| {
+                testbed::bench_idle::markdown(r)
+            })
         }
         Command::Bench {
             sim: true,
@@ -708,14 +693,24 @@ fn bench_sim(bytes: usize, repeats: usize, out: &std::path::Path) -> ExitCode {
         return usage_error("--sim-bytes must be at least 1");
     }
     let progress = |what: &str| eprintln!("simulating {what}");
-    let result = match bench_sim::compare(bytes, repeats, &progress) {
-        Ok(result) => result,
+    let result = bench_sim::compare(bytes, repeats, &progress);
+    publish_measured(out, "sim-bench", result, bench_sim::markdown)
+}
+
+/// Publishes what a benchmark measured (see [`publish`]), or says why it could not.
+fn publish_measured<T: serde::Serialize, E: std::fmt::Display>(
+    out: &std::path::Path,
+    name: &str,
+    measured: Result<T, E>,
+    markdown: impl FnOnce(&T) -> String,
+) -> ExitCode {
+    match measured {
+        Ok(data) => publish(out, name, &markdown(&data), &data),
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::FAILURE;
+            ExitCode::FAILURE
         }
-    };
-    publish(out, "sim-bench", &bench_sim::markdown(&result), &result)
+    }
 }
 
 /// The `scale/` scenarios shipped with the suite, in order.
