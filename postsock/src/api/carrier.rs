@@ -668,6 +668,7 @@ impl Carrier {
                         endpoint: ep.clone(),
                         conn: conn.clone(),
                         epoch: epoch.clone(),
+                        activity: outbox.activity().clone(),
                     };
                     let peer = conn.remote_address();
                     let steering = (steer, origin.alternates(peer), path.clone());

@@ -17,7 +17,7 @@ use super::{rank, HandoverReason, PathChoice, PathPolicy};
 use crate::net::Interface;
 
 /// Traffic counters a path manager watches.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub(crate) struct Health {
     /// What was sent that the peer must answer (ack-eliciting QUIC frames; TLS writes that
     /// carry data), and datagrams (or frames) received, so far.
@@ -125,6 +125,29 @@ impl PathDecider {
                         .is_none_or(|until| *until <= now)
             })
         })
+    }
+
+    /// Nothing sent is waiting for an answer: with the same interfaces and counters, only
+    /// [`next_deadline`](Self::next_deadline) can change what [`handle`](Self::handle) says.
+    pub(crate) fn quiet(&self) -> bool {
+        self.unanswered_since.is_none()
+    }
+
+    /// The earliest time after `now` at which [`handle`](Self::handle), given the same
+    /// interfaces and counters as at its last call, could decide otherwise: when a suspected
+    /// interface or a failed alternate may be tried again, or when an interface that came up
+    /// has been up for [`PathPolicy::return_after`] (a better one is then returned to).
+    /// `None`: not before something changes. (While something is unanswered the manager
+    /// checks every few milliseconds anyway: see [`quiet`](Self::quiet).)
+    pub(crate) fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        let return_after = self.policy.return_after;
+        self.suspect
+            .values()
+            .chain(self.alternate_failed.values())
+            .copied()
+            .chain(self.up_since.values().map(|t| *t + return_after))
+            .filter(|t| *t > now)
+            .min()
     }
 
     /// The path in use; `None` while dormant.
@@ -417,6 +440,70 @@ mod tests {
                 reason: HandoverReason::Preferred
             })
         );
+    }
+
+    /// A manager asleep until `next_deadline` misses nothing: with the same interfaces and
+    /// counters, every check before it decides nothing, and the one at it decides what a
+    /// check every 5 ms would have.
+    #[test]
+    fn nothing_is_decided_before_the_next_deadline() {
+        let t0 = Instant::now();
+        let mut d = decider(t0);
+        let mut h = d.last;
+        assert!(d.quiet());
+        h.tx += 1;
+        assert_eq!(d.handle(ms(t0, 5), &two_up(), h), None);
+        assert!(!d.quiet(), "something sent, nothing heard");
+        assert!(matches!(
+            d.handle(ms(t0, 130), &two_up(), h),
+            Some(Decision::Move { .. })
+        ));
+        d.moved(choice("cell", 2), h);
+        assert!(d.quiet());
+        // Wifi is suspected until 130 ms + 10 s; both interfaces have long been up.
+        let deadline = d.next_deadline(ms(t0, 135)).expect("the suspicion ends");
+        assert_eq!(deadline, ms(t0, 10_130));
+        let mut t = 135;
+        while ms(t0, t) < deadline {
+            assert_eq!(d.handle(ms(t0, t), &two_up(), h), None, "at {t} ms");
+            t += 5;
+        }
+        assert_eq!(
+            d.handle(deadline, &two_up(), h),
+            Some(Decision::Move {
+                to: choice("wifi", 1),
+                reason: HandoverReason::Preferred
+            })
+        );
+    }
+
+    /// An interface that comes up is returned to `return_after` later: that is a deadline.
+    #[test]
+    fn an_interface_coming_up_sets_a_deadline_of_return_after() {
+        let t0 = Instant::now();
+        let mut d = decider(t0);
+        let h = d.last;
+        let wifi_down = vec![iface("wifi", 1, false), iface("cell", 2, true)];
+        assert!(matches!(
+            d.handle(ms(t0, 5), &wifi_down, h),
+            Some(Decision::Move { .. })
+        ));
+        d.moved(choice("cell", 2), h);
+        assert_eq!(d.next_deadline(ms(t0, 5)), None, "nothing to wait for");
+        assert_eq!(d.handle(ms(t0, 1_000), &two_up(), h), None);
+        let back = d.next_deadline(ms(t0, 1_000)).expect("wifi's return");
+        assert_eq!(back, ms(t0, 1_000) + d.policy.return_after);
+        assert_eq!(
+            d.handle(back - Duration::from_millis(1), &two_up(), h),
+            None
+        );
+        assert!(matches!(
+            d.handle(back, &two_up(), h),
+            Some(Decision::Move {
+                reason: HandoverReason::Preferred,
+                ..
+            })
+        ));
     }
 
     #[test]

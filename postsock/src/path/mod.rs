@@ -32,6 +32,54 @@ pub(crate) use decide::Health;
 pub(crate) use manage::{manage, Announce, PathUser};
 pub use monitor::PathMonitor;
 
+/// A carrier's traffic moving: what a path manager that sleeps while its transient is idle
+/// waits for (BENCHMARKS.md, "Idle connections": checking every 5 ms woke an idle carrier's
+/// thread 200 times a second). The transports [`touch`](Self::touch) it wherever what the
+/// manager reads ([`Health`]) can change: a message queued, data written, anything read, the
+/// transient's state. A touch while the manager is awake costs one relaxed load.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Activity(Arc<ActivityInner>);
+
+#[derive(Debug, Default)]
+struct ActivityInner {
+    /// The manager sleeps and wants to hear of the next touch.
+    armed: std::sync::atomic::AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+impl Activity {
+    /// Something the manager watches may have changed.
+    pub(crate) fn touch(&self) {
+        use std::sync::atomic::Ordering::{Relaxed, SeqCst};
+        if self.0.armed.load(Relaxed) && self.0.armed.swap(false, SeqCst) {
+            self.0.wake.notify_one();
+        }
+    }
+
+    /// The manager is about to look at the counters once more and then sleep: the next
+    /// touch wakes it (a touch between this and the wait is kept, not lost). On x86 the
+    /// touches' counter updates are locked instructions, which order them before the
+    /// relaxed load of the flag; where they are not, a touch that raced the arming is
+    /// caught by the manager's backstop check.
+    fn arm(&self) {
+        self.0
+            .armed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The manager stays awake after all.
+    fn disarm(&self) {
+        self.0
+            .armed
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// The next touch after [`arm`](Self::arm) (or one that came before this wait began).
+    async fn touched(&self) {
+        self.0.wake.notified().await;
+    }
+}
+
 /// The carrier's current path, shared with the application's handle.
 pub(crate) type CurrentPath = Arc<std::sync::Mutex<Option<String>>>;
 

@@ -36,6 +36,17 @@ impl PathMonitor {
         PathMonitor { current: rx, task }
     }
 
+    /// A monitor of `interfaces` that never change (for tests of what subscribes).
+    #[cfg(test)]
+    pub(crate) fn fixed(interfaces: Vec<Interface>) -> Self {
+        let (tx, rx) = watch::channel(interfaces);
+        let task = tokio::spawn(async move {
+            let _tx = tx;
+            std::future::pending::<()>().await;
+        });
+        PathMonitor { current: rx, task }
+    }
+
     /// The interfaces now.
     pub fn interfaces(&self) -> Vec<Interface> {
         self.current.borrow().clone()

@@ -330,6 +330,11 @@ pub(crate) struct MoveSettings {
 }
 
 impl QuicMove {
+    /// The carrier's [`Activity`](crate::path::Activity) (its outbox's).
+    pub(crate) fn activity(&self) -> &crate::path::Activity {
+        self.outbox.activity()
+    }
+
     pub(crate) fn new(
         conn: quinn::Connection,
         outbox: Arc<Outbox>,

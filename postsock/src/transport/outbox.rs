@@ -232,6 +232,9 @@ pub(crate) struct Outbox {
     inline: Mutex<Option<Arc<Driven>>>,
     /// The statuses of the plain messages ([`State::lane`]).
     marks: Arc<PlainMarks>,
+    /// Touched when a message (or part) is queued: a client carrier's path manager, asleep
+    /// while nothing moves, looks again.
+    activity: crate::path::Activity,
 }
 
 impl Outbox {
@@ -248,7 +251,13 @@ impl Outbox {
             order_rule: Mutex::new(order_rule),
             inline: Mutex::new(None),
             marks: Arc::new(PlainMarks::default()),
+            activity: crate::path::Activity::default(),
         })
+    }
+
+    /// What this carrier's transports touch when its traffic may have changed.
+    pub(crate) fn activity(&self) -> &crate::path::Activity {
+        &self.activity
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -467,6 +476,7 @@ impl Outbox {
         permit: OwnedSemaphorePermit,
         deadline: Option<Instant>,
     ) -> Result<SendHandle> {
+        self.activity.touch();
         let mut st = self.lock();
         if Self::plain_now(&st, &props, deadline) {
             return Ok(self.send_plain(st, props, data, permit));
@@ -533,6 +543,7 @@ impl Outbox {
         permit: Option<OwnedSemaphorePermit>,
         deadline: Option<Instant>,
     ) {
+        self.activity.touch();
         self.push_locked(
             self.lock(),
             id,

@@ -1740,17 +1740,29 @@ const PATH_CHECK: Duration = Duration::from_millis(20);
 /// packets arrive from a new address, after validating it, but tells no one). On a listener's
 /// carrier, also `Dormant` once nothing has come from the client for three keepalive
 /// intervals (its path died; the connection waits for it until the dormant timeout), and a
-/// `PathChange` when it is heard from again.
-async fn watch_path(conn: quinn::Connection, events: EventTx, keepalive: Option<Duration>) {
+/// `PathChange` when it is heard from again. Touches `activity` when the connection's
+/// counters moved (a PING quinn sent on its own, say), for a path manager asleep.
+async fn watch_path(
+    conn: quinn::Connection,
+    events: EventTx,
+    keepalive: Option<Duration>,
+    activity: crate::path::Activity,
+) {
     let mut last = conn.remote_address();
     let server = conn.side() == quinn::Side::Server;
-    let mut rx = conn.stats().udp_rx.datagrams;
+    let mut counters = health(&conn);
+    let mut rx = counters.rx;
     let mut heard = Instant::now();
     let mut dormant = false;
     loop {
         tokio::time::sleep(PATH_CHECK).await;
         let now = conn.remote_address();
-        let got = conn.stats().udp_rx.datagrams;
+        let h = health(&conn);
+        if h != counters {
+            counters = h;
+            activity.touch();
+        }
+        let got = h.rx;
         let t = Instant::now();
         let mut event = None;
         if got != rx {
@@ -1793,7 +1805,12 @@ async fn read_loop(conn: quinn::Connection, reader: Reader, mv: Arc<QuicMove>) {
         }
     }
     let _drained = Drained(&receipts);
-    let path = tokio::spawn(watch_path(conn.clone(), events.clone(), keepalive));
+    let path = tokio::spawn(watch_path(
+        conn.clone(),
+        events.clone(),
+        keepalive,
+        mv.activity().clone(),
+    ));
     let ordered = tokio::spawn(read_ordered(
         conn.clone(),
         events.clone(),
@@ -1892,6 +1909,9 @@ pub(crate) struct QuicPath {
     pub(crate) endpoint: quinn::Endpoint,
     pub(crate) conn: quinn::Connection,
     pub(crate) epoch: PathEpoch,
+    /// The carrier's (its outbox's): touched when a message is queued, and by the address
+    /// watch when the connection's counters move.
+    pub(crate) activity: crate::path::Activity,
 }
 
 impl crate::path::PathUser for QuicPath {
@@ -1916,6 +1936,10 @@ impl crate::path::PathUser for QuicPath {
 
     fn health(&self) -> crate::path::Health {
         health(&self.conn)
+    }
+
+    fn activity(&self) -> crate::path::Activity {
+        self.activity.clone()
     }
 }
 

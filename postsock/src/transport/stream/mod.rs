@@ -320,6 +320,7 @@ impl StreamCore {
         }
         st.epoch += 1;
         st.state = CoreState::Active;
+        self.outbox.activity().touch();
         st.peer = peer_addr;
         let epoch = st.epoch;
         let (read_half, write_half) = split::split(stream);
@@ -373,6 +374,7 @@ impl StreamCore {
             } else {
                 st.epoch += 1;
                 st.state = CoreState::Detached;
+                self.outbox.activity().touch();
                 st.current.take()
             }
         };
@@ -412,6 +414,7 @@ impl StreamCore {
                 return;
             }
             st.state = CoreState::Ended;
+            self.outbox.activity().touch();
             // After the peer's clean close our writer goes on until the application closes
             // (a half-close); a failure stops it.
             if error.is_some() {
@@ -470,6 +473,7 @@ impl StreamCore {
                 return;
             }
             st.state = CoreState::Ended;
+            self.outbox.activity().touch();
             st.current.take()
         };
         // The writer tells the peer (CLOSE with ABORT) and stops; the reader stops with it.
@@ -525,6 +529,7 @@ impl StreamCore {
             }
             st.epoch += 1;
             st.state = CoreState::Detached;
+            self.outbox.activity().touch();
             st.current.take()
         };
         if let Some(r) = running {
@@ -635,6 +640,10 @@ impl crate::path::PathUser for StreamPath {
             }
             self.core.attach(stream, self.remote, mode).is_ok()
         })
+    }
+
+    fn activity(&self) -> crate::path::Activity {
+        self.core.outbox.activity().clone()
     }
 
     fn health(&self) -> crate::path::Health {

@@ -42,6 +42,7 @@ pub(super) async fn read_messages<R: AsyncRead + Unpin>(
         unpublished: None,
         frames: 0,
         rx: &core.rx,
+        activity: core.outbox.activity(),
     };
     let end = 'read: loop {
         // A resumable peer writes at least every keepalive interval: three silent intervals
@@ -281,6 +282,8 @@ struct AckDelay<'a> {
     /// Frames read, not yet added to `rx`.
     frames: u64,
     rx: &'a std::sync::atomic::AtomicU64,
+    /// Touched with `rx` (a path manager asleep looks again).
+    activity: &'a crate::path::Activity,
 }
 
 impl AckDelay<'_> {
@@ -305,6 +308,7 @@ impl AckDelay<'_> {
                 std::mem::take(&mut self.frames),
                 std::sync::atomic::Ordering::Relaxed,
             );
+            self.activity.touch();
         }
     }
 

@@ -361,6 +361,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
         }
         if std::mem::take(&mut carries_data) {
             core.tx.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            core.outbox.activity().touch();
         }
         batch.clear();
         flush = false;
@@ -504,6 +505,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
         // ACK or keepalive gets no answer of its own, so silence after it means nothing.
         if std::mem::take(&mut carries_data) {
             core.tx.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            core.outbox.activity().touch();
         }
         dirty = !flush;
         flush = false;
