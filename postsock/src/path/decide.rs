@@ -4,7 +4,9 @@
 //! interface has been up, which interfaces are suspected after a black hole or heavy loss,
 //! the window of loss counters — and turns one observation (the time, the interface list,
 //! the transient's [`Health`]) into at most one [`Decision`]: move to a path, or go dormant.
-//! [`manage`](super::manage) drives it every few milliseconds and on every interface change;
+//! [`manage`](super::manage) drives it every few milliseconds while traffic moves, on every
+//! interface change, and while the transient is idle at its
+//! [`next_deadline`](PathDecider::next_deadline) or when the transient touches its activity;
 //! the unit tests below drive it on a virtual clock.
 
 use std::collections::{BTreeMap, VecDeque};

@@ -1,6 +1,8 @@
 //! The path manager: drives a [`PathDecider`] for one client transient — every few
-//! milliseconds and on every interface change — and carries out its decisions: moves the
-//! transient ([`PathUser::move_to`]) and announces handovers and dormancy.
+//! milliseconds while its traffic moves, on every interface change, and while the transient
+//! is idle only when it touches its [`Activity`] or at the decider's next deadline — and
+//! carries out its decisions: moves the transient ([`PathUser::move_to`]) and announces
+//! handovers and dormancy.
 
 use std::net::IpAddr;
 
