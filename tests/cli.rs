@@ -455,6 +455,14 @@ fn bench_idle_measures_idle_connections_of_both_stacks() {
                 assert_eq!(row["window_s"].as_f64(), Some(0.5), "{row}");
                 if side == "raw" {
                     assert!(wakeups < 100.0, "raw stacks idle without timers: {row}");
+                } else {
+                    // Not a speed: whether idle carriers sleep. Before session 39 one idle
+                    // connection woke its threads 145-319 times a second (a path manager
+                    // checking every 5 ms, QUIC's address watch every 20 ms); now a few.
+                    assert!(
+                        wakeups / n as f64 <= 50.0,
+                        "idle postsock connections should sleep: {row}"
+                    );
                 }
             }
         }

@@ -38,8 +38,8 @@ const CHECK: std::time::Duration = std::time::Duration::from_millis(5);
 /// the decider's next deadline (two: a message queued touches before the writer counts it).
 const QUIET_CHECKS: u32 = 2;
 /// While asleep, a check at least this often all the same: for a counter that moved
-/// without a touch (a PING quinn sends on its own; a touch that raced the arming on a
-/// weakly ordered CPU) and for a carrier dropped meanwhile.
+/// without a touch (one that raced the arming on a weakly ordered CPU) and for a carrier
+/// dropped meanwhile.
 const IDLE_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Steers one client transient between interfaces (see the [module docs](super)) until the

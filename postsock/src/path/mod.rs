@@ -36,7 +36,8 @@ pub use monitor::PathMonitor;
 /// waits for (BENCHMARKS.md, "Idle connections": checking every 5 ms woke an idle carrier's
 /// thread 200 times a second). The transports [`touch`](Self::touch) it wherever what the
 /// manager reads ([`Health`]) can change: a message queued, data written, anything read, the
-/// transient's state. A touch while the manager is awake costs one relaxed load.
+/// transient's state, a QUIC connection's driver having run. A touch while the manager is
+/// awake costs one relaxed load. QUIC's address watch sleeps on one of its own.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Activity(Arc<ActivityInner>);
 
@@ -61,21 +62,21 @@ impl Activity {
     /// touches' counter updates are locked instructions, which order them before the
     /// relaxed load of the flag; where they are not, a touch that raced the arming is
     /// caught by the manager's backstop check.
-    fn arm(&self) {
+    pub(crate) fn arm(&self) {
         self.0
             .armed
             .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The manager stays awake after all.
-    fn disarm(&self) {
+    pub(crate) fn disarm(&self) {
         self.0
             .armed
             .store(false, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The next touch after [`arm`](Self::arm) (or one that came before this wait began).
-    async fn touched(&self) {
+    pub(crate) async fn touched(&self) {
         self.0.wake.notified().await;
     }
 }

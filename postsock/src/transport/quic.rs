@@ -1740,8 +1740,13 @@ const PATH_CHECK: Duration = Duration::from_millis(20);
 /// packets arrive from a new address, after validating it, but tells no one). On a listener's
 /// carrier, also `Dormant` once nothing has come from the client for three keepalive
 /// intervals (its path died; the connection waits for it until the dormant timeout), and a
-/// `PathChange` when it is heard from again. Touches `activity` when the connection's
-/// counters moved (a PING quinn sent on its own, say), for a path manager asleep.
+/// `PathChange` when it is heard from again.
+///
+/// Checks every [`PATH_CHECK`] while datagrams come; after two checks that found nothing new
+/// it sleeps until `activity` is touched (the connection's driver did something: the
+/// vendored quinn's activity hook, set in `read_loop`) or, on a listener, until the client
+/// has been silent long enough to be dormant. An idle connection's watch woke its thread 50
+/// times a second before (BENCHMARKS.md, "Idle connections").
 async fn watch_path(
     conn: quinn::Connection,
     events: EventTx,
@@ -1750,24 +1755,38 @@ async fn watch_path(
 ) {
     let mut last = conn.remote_address();
     let server = conn.side() == quinn::Side::Server;
-    let mut counters = health(&conn);
-    let mut rx = counters.rx;
+    let mut rx = conn.stats().udp_rx.datagrams;
     let mut heard = Instant::now();
     let mut dormant = false;
+    // Checks in a row that found neither a datagram nor a new address.
+    let mut quiet = 0u32;
     loop {
-        tokio::time::sleep(PATH_CHECK).await;
-        let now = conn.remote_address();
-        let h = health(&conn);
-        if h != counters {
-            counters = h;
-            activity.touch();
+        if quiet >= 2 {
+            activity.arm();
+            if conn.stats().udp_rx.datagrams == rx && conn.remote_address() == last {
+                let silent_until = keepalive
+                    .filter(|_| server && !dormant)
+                    .map(|k| heard + k * 3);
+                tokio::select! {
+                    biased;
+                    () = activity.touched() => {}
+                    () = crate::util::until_opt(silent_until) => {}
+                }
+            }
+            activity.disarm();
+            quiet = 0;
+        } else {
+            tokio::time::sleep(PATH_CHECK).await;
         }
-        let got = h.rx;
+        let now = conn.remote_address();
+        let got = conn.stats().udp_rx.datagrams;
         let t = Instant::now();
         let mut event = None;
+        let mut moved = false;
         if got != rx {
             rx = got;
             heard = t;
+            moved = true;
             if dormant {
                 dormant = false;
                 last = now;
@@ -1779,8 +1798,10 @@ async fn watch_path(
         }
         if now != last {
             last = now;
+            moved = true;
             event = Some(Event::PathChange { remote: now });
         }
+        quiet = if moved { 0 } else { quiet + 1 };
         if let Some(event) = event {
             if events.send(event).await.is_err() {
                 return;
@@ -1805,12 +1826,17 @@ async fn read_loop(conn: quinn::Connection, reader: Reader, mv: Arc<QuicMove>) {
         }
     }
     let _drained = Drained(&receipts);
-    let path = tokio::spawn(watch_path(
-        conn.clone(),
-        events.clone(),
-        keepalive,
-        mv.activity().clone(),
-    ));
+    // The connection's driver touches the carrier's activity (for a client's path manager,
+    // asleep while nothing moves) and the address watch's.
+    let watch = crate::path::Activity::default();
+    conn.set_activity_hook({
+        let (carrier, watch) = (mv.activity().clone(), watch.clone());
+        move || {
+            carrier.touch();
+            watch.touch();
+        }
+    });
+    let path = tokio::spawn(watch_path(conn.clone(), events.clone(), keepalive, watch));
     let ordered = tokio::spawn(read_ordered(
         conn.clone(),
         events.clone(),
@@ -1909,8 +1935,8 @@ pub(crate) struct QuicPath {
     pub(crate) endpoint: quinn::Endpoint,
     pub(crate) conn: quinn::Connection,
     pub(crate) epoch: PathEpoch,
-    /// The carrier's (its outbox's): touched when a message is queued, and by the address
-    /// watch when the connection's counters move.
+    /// The carrier's (its outbox's): touched when a message is queued, and by the
+    /// connection's driver whenever it ran (the vendored quinn's activity hook).
     pub(crate) activity: crate::path::Activity,
 }
 
@@ -2125,6 +2151,31 @@ pub(crate) mod tests {
     /// Streams of one priority leave in write order (fairness off), but a stream of higher
     /// priority still goes before one that began: the vendored quinn-proto's second patch
     /// (vendor/README.md). Upstream's unfair mode finished the begun stream first.
+    /// The vendored quinn's activity hook (what wakes a sleeping path manager and address
+    /// watch) is called when the connection's driver handles what the peer sent.
+    #[tokio::test]
+    async fn the_activity_hook_is_called_when_the_peer_sends() {
+        let (_cep, client, _sep, server) = connected().await;
+        let activity = crate::path::Activity::default();
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        client.set_activity_hook({
+            let (activity, calls) = (activity.clone(), calls.clone());
+            move || {
+                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                activity.touch();
+            }
+        });
+        let before = calls.load(std::sync::atomic::Ordering::SeqCst);
+        activity.arm();
+        let mut s = server.open_uni().await.expect("open");
+        s.write_all(b"hello").await.expect("write");
+        s.finish().expect("finish");
+        tokio::time::timeout(Duration::from_secs(10), activity.touched())
+            .await
+            .expect("the hook touched the activity when the data came");
+        assert!(calls.load(std::sync::atomic::Ordering::SeqCst) > before);
+    }
+
     #[tokio::test]
     async fn a_stream_of_higher_priority_overtakes_a_begun_one() {
         let (_ep, conn, _server_ep, server) = connected().await;

@@ -270,6 +270,11 @@ impl Future for ConnectionDriver {
         keep_going |= conn.drive_timer(cx);
         conn.forward_endpoint_events();
         conn.forward_app_events(&self.conn.shared);
+        // postsock patch: whatever the connection did (datagrams received or sent, timers),
+        // its statistics may have changed.
+        if let Some(hook) = &conn.activity_hook {
+            hook();
+        }
 
         if !conn.inner.is_drained() {
             if keep_going {
@@ -585,6 +590,15 @@ impl Connection {
     /// Minimum RTT seen on this path, ignoring ack delay
     pub fn min_rtt(&self) -> Duration {
         self.0.state.lock("min_rtt").inner.min_rtt()
+    }
+
+    /// postsock patch: `hook` is called after every poll of the connection's driver, that
+    /// is whenever the connection received or sent datagrams or a timer of it fired (and
+    /// its statistics, remote address or state may have changed). It runs with the
+    /// connection's lock held: it must be quick and must not call into the connection.
+    /// Replaces any earlier hook.
+    pub fn set_activity_hook(&self, hook: impl Fn() + Send + Sync + 'static) {
+        self.0.state.lock("set_activity_hook").activity_hook = Some(Box::new(hook));
     }
 
     /// Returns connection statistics
@@ -951,6 +965,7 @@ impl ConnectionRef {
             state: Mutex::new(State {
                 inner: conn,
                 driver: None,
+                activity_hook: None,
                 handle,
                 on_handshake_data: Some(on_handshake_data),
                 on_connected: Some(on_connected),
@@ -1034,6 +1049,8 @@ pub(crate) struct Shared {
 pub(crate) struct State {
     pub(crate) inner: proto::Connection,
     driver: Option<Waker>,
+    /// postsock patch: called after each poll of the driver (`Connection::set_activity_hook`).
+    activity_hook: Option<Box<dyn Fn() + Send + Sync>>,
     handle: ConnectionHandle,
     on_handshake_data: Option<oneshot::Sender<()>>,
     on_connected: Option<oneshot::Sender<bool>>,
