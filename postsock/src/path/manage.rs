@@ -14,7 +14,7 @@ use crate::net::BoxFuture;
 use crate::Event;
 
 /// What a path manager needs from the transient it steers.
-pub(crate) trait PathUser: Send {
+pub(crate) trait PathUser: Send + Sync {
     /// Moves the transient onto `choice`.
     fn move_to<'a>(&'a mut self, choice: &'a PathChoice) -> BoxFuture<'a, bool>;
     /// Traffic counters of the transient now.
@@ -71,27 +71,21 @@ pub(crate) async fn manage(
     let mut quiet_checks = 0u32;
     loop {
         if quiet_checks >= QUIET_CHECKS {
-            // Idle: sleep (BENCHMARKS.md, "Idle connections"). Armed first, then one more
-            // look, so a touch after that look wakes the wait below.
-            activity.arm();
-            if last == Some(user.health()) {
-                let now = Instant::now();
-                let wake = decider
-                    .next_deadline(now)
-                    .map_or(now + IDLE_CHECK, |d| d.min(now + IDLE_CHECK));
-                tokio::select! {
-                    biased;
-                    changed = interfaces.changed() => {
-                        if changed.is_err() {
-                            activity.disarm();
-                            return;
-                        }
+            // Idle: sleep (BENCHMARKS.md, "Idle connections") unless one more look finds
+            // the counters moved.
+            let now = Instant::now();
+            let wake = decider
+                .next_deadline(now)
+                .map_or(now + IDLE_CHECK, |d| d.min(now + IDLE_CHECK));
+            tokio::select! {
+                biased;
+                changed = interfaces.changed() => {
+                    if changed.is_err() {
+                        return;
                     }
-                    () = activity.touched() => {}
-                    () = tokio::time::sleep_until(wake) => {}
                 }
+                () = activity.sleep_unless(|| last != Some(user.health()), Some(wake)) => {}
             }
-            activity.disarm();
             quiet_checks = 0;
             ticker.reset_immediately();
         }

@@ -57,27 +57,34 @@ impl Activity {
         }
     }
 
-    /// The manager is about to look at the counters once more and then sleep: the next
-    /// touch wakes it (a touch between this and the wait is kept, not lost). On x86 the
-    /// touches' counter updates are locked instructions, which order them before the
-    /// relaxed load of the flag; where they are not, a touch that raced the arming is
-    /// caught by the manager's backstop check.
-    pub(crate) fn arm(&self) {
-        self.0
-            .armed
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// The manager stays awake after all.
-    pub(crate) fn disarm(&self) {
-        self.0
-            .armed
-            .store(false, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    /// The next touch after [`arm`](Self::arm) (or one that came before this wait began).
-    pub(crate) async fn touched(&self) {
-        self.0.wake.notified().await;
+    /// Sleeps until the next touch or `until` (`None`: no deadline), unless `moved()` says
+    /// something changed already. `moved` is asked after the arming, so a touch after that
+    /// look wakes the sleep rather than being lost. Dropping the future (a `select!` that
+    /// took another branch) disarms. On x86 the touches' counter updates are locked
+    /// instructions, which order them before the relaxed load of the flag; where they are
+    /// not, a touch that raced the arming is caught by the next touch or by `until`.
+    pub(crate) async fn sleep_unless(
+        &self,
+        moved: impl FnOnce() -> bool,
+        until: Option<tokio::time::Instant>,
+    ) {
+        use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+        struct Disarm<'a>(&'a AtomicBool);
+        impl Drop for Disarm<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, SeqCst);
+            }
+        }
+        self.0.armed.store(true, SeqCst);
+        let _disarm = Disarm(&self.0.armed);
+        if moved() {
+            return;
+        }
+        tokio::select! {
+            biased;
+            () = self.0.wake.notified() => {}
+            () = crate::util::until_opt(until) => {}
+        }
     }
 }
 

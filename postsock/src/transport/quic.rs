@@ -1762,18 +1762,11 @@ async fn watch_path(
     let mut quiet = 0u32;
     loop {
         if quiet >= 2 {
-            activity.arm();
-            if conn.stats().udp_rx.datagrams == rx && conn.remote_address() == last {
-                let silent_until = keepalive
-                    .filter(|_| server && !dormant)
-                    .map(|k| heard + k * 3);
-                tokio::select! {
-                    biased;
-                    () = activity.touched() => {}
-                    () = crate::util::until_opt(silent_until) => {}
-                }
-            }
-            activity.disarm();
+            let silent_until = keepalive
+                .filter(|_| server && !dormant)
+                .map(|k| heard + k * 3);
+            let moved = || conn.stats().udp_rx.datagrams != rx || conn.remote_address() != last;
+            activity.sleep_unless(moved, silent_until).await;
             quiet = 0;
         } else {
             tokio::time::sleep(PATH_CHECK).await;
@@ -2166,13 +2159,20 @@ pub(crate) mod tests {
             }
         });
         let before = calls.load(std::sync::atomic::Ordering::SeqCst);
-        activity.arm();
+        let woken = {
+            let (activity, calls) = (activity.clone(), calls.clone());
+            tokio::spawn(async move {
+                let called = || calls.load(std::sync::atomic::Ordering::SeqCst) > before;
+                activity.sleep_unless(called, None).await;
+            })
+        };
         let mut s = server.open_uni().await.expect("open");
         s.write_all(b"hello").await.expect("write");
         s.finish().expect("finish");
-        tokio::time::timeout(Duration::from_secs(10), activity.touched())
+        tokio::time::timeout(Duration::from_secs(10), woken)
             .await
-            .expect("the hook touched the activity when the data came");
+            .expect("the hook touched the activity when the data came")
+            .expect("the sleeper");
         assert!(calls.load(std::sync::atomic::Ordering::SeqCst) > before);
     }
 
