@@ -98,7 +98,7 @@ pub fn measure(opts: &IdleOptions, progress: &dyn Fn(&str)) -> Res<Vec<IdleRow>>
             for side in [Side::Postsock, Side::Raw] {
                 progress(&format!(
                     "{n} idle {} connections, {side:?}",
-                    label(protocol)
+                    protocol.name()
                 ));
                 let rt = tokio::runtime::Builder::new_multi_thread()
                     .worker_threads(opts.workers.max(1))
@@ -108,7 +108,7 @@ pub fn measure(opts: &IdleOptions, progress: &dyn Fn(&str)) -> Res<Vec<IdleRow>>
                 drop(rt);
                 let secs = opts.window.as_secs_f64();
                 rows.push(IdleRow {
-                    protocol: label(protocol).into(),
+                    protocol: protocol.name().into(),
                     side: match side {
                         Side::Postsock => "postsock",
                         Side::Raw => "raw",
@@ -123,13 +123,6 @@ pub fn measure(opts: &IdleOptions, progress: &dyn Fn(&str)) -> Res<Vec<IdleRow>>
         }
     }
     Ok(rows)
-}
-
-fn label(p: Protocol) -> &'static str {
-    match p {
-        Protocol::Quic => "quic",
-        _ => "tls-tcp",
-    }
 }
 
 /// Opens `n` connections of `side`, lets them settle, and returns the CPU time and the

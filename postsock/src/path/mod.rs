@@ -38,6 +38,10 @@ pub use monitor::PathMonitor;
 /// manager reads ([`Health`]) can change: a message queued, data written, anything read, the
 /// transient's state, a QUIC connection's driver having run. A touch while the manager is
 /// awake costs one relaxed load. QUIC's address watch sleeps on one of its own.
+///
+/// Not [`util::Signal`](crate::util::Signal), the project's other one-waiter wake-up: its
+/// `notify` is two atomic writes on every call, and touches come on hot paths (every message
+/// queued, every QUIC driver poll) where almost always nobody sleeps.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Activity(Arc<ActivityInner>);
 

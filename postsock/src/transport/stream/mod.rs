@@ -226,6 +226,20 @@ impl StreamCore {
         crate::util::lock(&self.inner)
     }
 
+    /// Moves the core to `state` (what the path manager reads as the transient broken or
+    /// ended: it is touched to look again).
+    fn enter(&self, st: &mut CoreInner, state: CoreState) {
+        st.state = state;
+        self.outbox.activity().touch();
+    }
+
+    /// Counts a write the peer must acknowledge (the path's health: a lone ACK or keepalive
+    /// gets no answer of its own, so silence after it means nothing).
+    pub(super) fn wrote_data(&self) {
+        self.tx.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.outbox.activity().touch();
+    }
+
     fn events(&self) -> Option<EventTx> {
         crate::util::lock(&self.events).clone()
     }
@@ -319,8 +333,7 @@ impl StreamCore {
             return Err(Error::Closed);
         }
         st.epoch += 1;
-        st.state = CoreState::Active;
-        self.outbox.activity().touch();
+        self.enter(&mut st, CoreState::Active);
         st.peer = peer_addr;
         let epoch = st.epoch;
         let (read_half, write_half) = split::split(stream);
@@ -373,8 +386,7 @@ impl StreamCore {
                 None
             } else {
                 st.epoch += 1;
-                st.state = CoreState::Detached;
-                self.outbox.activity().touch();
+                self.enter(&mut st, CoreState::Detached);
                 st.current.take()
             }
         };
@@ -413,8 +425,7 @@ impl StreamCore {
             if st.state == CoreState::Ended {
                 return;
             }
-            st.state = CoreState::Ended;
-            self.outbox.activity().touch();
+            self.enter(&mut st, CoreState::Ended);
             // After the peer's clean close our writer goes on until the application closes
             // (a half-close); a failure stops it.
             if error.is_some() {
@@ -472,8 +483,7 @@ impl StreamCore {
             if st.state == CoreState::Ended && st.current.is_none() {
                 return;
             }
-            st.state = CoreState::Ended;
-            self.outbox.activity().touch();
+            self.enter(&mut st, CoreState::Ended);
             st.current.take()
         };
         // The writer tells the peer (CLOSE with ABORT) and stops; the reader stops with it.
@@ -528,8 +538,7 @@ impl StreamCore {
                 return;
             }
             st.epoch += 1;
-            st.state = CoreState::Detached;
-            self.outbox.activity().touch();
+            self.enter(&mut st, CoreState::Detached);
             st.current.take()
         };
         if let Some(r) = running {

@@ -360,8 +360,7 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
             }
         }
         if std::mem::take(&mut carries_data) {
-            core.tx.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            core.outbox.activity().touch();
+            core.wrote_data();
         }
         batch.clear();
         flush = false;
@@ -501,11 +500,9 @@ pub(super) async fn write_loop<W: AsyncWrite + Unpin>(
         if aborted {
             return say_aborted(&mut out).await;
         }
-        // Only writes the peer must acknowledge count as sent for the path's health: a lone
-        // ACK or keepalive gets no answer of its own, so silence after it means nothing.
+        // Only writes the peer must acknowledge count as sent (`wrote_data`).
         if std::mem::take(&mut carries_data) {
-            core.tx.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            core.outbox.activity().touch();
+            core.wrote_data();
         }
         dirty = !flush;
         flush = false;
