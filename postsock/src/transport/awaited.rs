@@ -71,12 +71,12 @@ impl<T> Awaited<T> {
     pub(crate) fn push(&mut self, stream: quinn::SendStream, t: T) {
         let id = stream.id();
         // Nearly always at the end: streams are opened in the order messages are taken.
-        let at = if self.queue.back().is_none_or(|(last, _, _)| *last < id) {
-            self.queue.len()
+        if self.queue.back().is_none_or(|(last, _, _)| *last < id) {
+            self.queue.push_back((id, stream, t));
         } else {
-            self.queue.partition_point(|(other, _, _)| *other < id)
-        };
-        self.queue.insert(at, (id, stream, t));
+            let at = self.queue.partition_point(|(other, _, _)| *other < id);
+            self.queue.insert(at, (id, stream, t));
+        }
     }
 
     /// Settles into `out` the messages whose streams ended; `cx`'s task is woken when
@@ -93,16 +93,16 @@ impl<T> Awaited<T> {
             Poll::Ready(Ok(())) => {
                 for (id, stopped) in self.ended.drain(..) {
                     // Usually the oldest (streams of one priority leave in write order).
-                    let at = match self.queue.front() {
-                        Some((first, _, _)) if *first == id => 0,
+                    let found = match self.queue.front() {
+                        Some((first, _, _)) if *first == id => self.queue.pop_front(),
                         _ => match self.queue.binary_search_by(|(other, _, _)| other.cmp(&id)) {
-                            Ok(at) => at,
+                            Ok(at) => self.queue.remove(at),
                             // Not one of these (a message that awaits its own).
                             Err(_) => continue,
                         },
                     };
                     // The connection says how it ended, as `stopped()` would.
-                    let (_, stream, t) = self.queue.remove(at).expect("found");
+                    let (_, stream, t) = found.expect("found");
                     out.push((stream, t, Ok(stopped)));
                 }
             }

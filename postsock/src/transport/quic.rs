@@ -595,6 +595,27 @@ impl Writes {
     /// Settles a written message as `stopped()` answered, as a write that awaits its own
     /// acknowledgement ends (`write_message`).
     fn settle(&mut self, stream: quinn::SendStream, w: AwaitedWrite, answer: Stopped) {
+        if matches!(answer, Ok(None)) && self.ends.order.is_front(w.order) && !self.halted.is_set()
+        {
+            // Acknowledged, and no earlier write holds it back: reported at once, as
+            // `conclude`, `ended` and `release_acked` would (the usual case, one write in
+            // flight), without handing it through them.
+            drop(stream);
+            let AwaitedWrite {
+                mut item, counted, ..
+            } = w;
+            item.release_permit();
+            self.ends.links.in_flight.sub(counted);
+            self.completed();
+            self.ends.order.pass_front();
+            self.ends
+                .links
+                .outbox
+                .update(item.id, SendStatus::Acked, true);
+            drop(item);
+            self.release_acked();
+            return;
+        }
         let (outbox, in_flight) = (&self.ends.links.outbox, &self.ends.links.in_flight);
         let status = Some(status_of(answer));
         let end = conclude(
@@ -1252,6 +1273,18 @@ impl<T> AckOrder<T> {
         self.slots.get_mut(i)
     }
 
+    /// Whether write `n` is the oldest not yet reported (nothing before it holds it back).
+    fn is_front(&self, n: u64) -> bool {
+        n == self.base && !self.slots.is_empty()
+    }
+
+    /// The oldest write is reported by its caller: it is forgotten.
+    fn pass_front(&mut self) {
+        if self.slots.pop_front().is_some() {
+            self.base += 1;
+        }
+    }
+
     /// Write `n` ended (its message settled, or handed back).
     fn ended(&mut self, n: u64) {
         if let Some(slot) = self.slot(n) {
@@ -1595,6 +1628,8 @@ async fn read_message(
     // once, without the lock (one lock of the connection a message fewer than `read_chunk`,
     // which learns of the end only at the next read).
     let mut chunks: [Bytes; 4] = Default::default();
+    // A first piece not yet given to `assembly` (see below).
+    let mut alone: Option<Bytes> = None;
     let abandon = |partly: bool| async move {
         if !partly {
             return ReadEnd::NotWhole;
@@ -1621,7 +1656,9 @@ async fn read_message(
         let (n, end) = match read {
             Ok(Some(n)) => (n, false),
             Ok(None) => (0, true),
-            Err(quinn::ReadError::Reset(code)) if code == GOODBYE.into() && assembly.is_empty() => {
+            Err(quinn::ReadError::Reset(code))
+                if code == GOODBYE.into() && assembly.is_empty() && alone.is_none() =>
+            {
                 if let Some((goodbye, conn)) = goodbye {
                     goodbye.hear(conn).await;
                 }
@@ -1648,15 +1685,35 @@ async fn read_message(
             }
             Err(_) => return ReadEnd::Next,
         };
+        if !end && n == 1 && alone.is_none() && assembly.is_empty() && limits.whole_only() {
+            // A first piece, held for one more read: if the stream ends with it, it is the
+            // whole message (the usual small one), handed over as it is without passing
+            // through the reassembly (`Assembly::push_alone`). Nothing of it is delivered
+            // before its end either way (whole messages only), so a move that freezes the
+            // receipts meanwhile abandons it as it would have the reassembly.
+            alone = Some(std::mem::take(&mut chunks[0]));
+            continue;
+        }
         let mut pushed = Ok(());
-        for data in chunks[..n].iter_mut() {
-            pushed = assembly.push_into(std::mem::take(data), false, limits, out);
-            if pushed.is_err() {
-                break;
+        let mut whole = false;
+        if let Some(data) = alone.take() {
+            if end {
+                pushed = Assembly::push_alone(id, data, limits, out);
+                whole = true;
+            } else {
+                pushed = assembly.push_into(data, false, limits, out);
             }
         }
-        if end {
-            pushed = assembly.push_into(Bytes::new(), true, limits, out);
+        if !whole && pushed.is_ok() {
+            for data in chunks[..n].iter_mut() {
+                pushed = assembly.push_into(std::mem::take(data), false, limits, out);
+                if pushed.is_err() {
+                    break;
+                }
+            }
+            if end && pushed.is_ok() {
+                pushed = assembly.push_into(Bytes::new(), true, limits, out);
+            }
         }
         if let Err(error) = pushed {
             let _ = stream.stop(0u32.into());
@@ -2363,5 +2420,157 @@ pub(crate) mod tests {
         order.release(|m| reported.push(m));
         assert!(reported.is_empty(), "{reported:?}");
         assert!(order.slots.is_empty());
+    }
+
+    /// Acknowledgements answered out of order: the later message waits for the earlier
+    /// one, which, reported at once (no earlier write holds it), lets it go in the same step.
+    #[tokio::test]
+    async fn an_acknowledgement_held_for_an_earlier_one_goes_with_it() {
+        let (_ep, conn, _server_ep, _server_conn) = connected().await;
+        let outbox = Outbox::new(1 << 20, order_rule);
+        let (_halt_tx, halt) = watch::channel(false);
+        let in_flight = Arc::new(InFlight::default());
+        let mut writes = Writes::new(conn.clone(), halt, outbox.clone(), in_flight.clone());
+        let mut handles = Vec::new();
+        let mut awaited = Vec::new();
+        for n in 0..3u8 {
+            let data = Bytes::from(vec![n; 100]);
+            let permit = outbox.reserve(data.len()).await.expect("room");
+            let handle = outbox
+                .send(MessageProperties::default(), data, permit, None)
+                .expect("send");
+            let item = outbox.try_next_where(usize::MAX, |_| true).expect("queued");
+            let stream = conn.open_uni().await.expect("open");
+            in_flight.add(item.data.len());
+            let w = AwaitedWrite {
+                counted: item.data.len(),
+                order: writes.ends.order.start(),
+                item,
+            };
+            handles.push(handle);
+            awaited.push((stream, w));
+        }
+        let mut answers = awaited.into_iter().map(|(s, w)| (s, w, Ok(None)));
+        let (first, second, third) = (
+            answers.next().expect("0"),
+            answers.next().expect("1"),
+            answers.next().expect("2"),
+        );
+        // The second's acknowledgement first: held.
+        writes.ends.answered.push(second);
+        writes.settle_answered();
+        let acked = |h: &[crate::SendHandle]| -> Vec<bool> {
+            h.iter().map(|h| h.status() == SendStatus::Acked).collect()
+        };
+        assert_eq!(acked(&handles), [false, false, false]);
+        // The first's: both reported, in order.
+        writes.ends.answered.push(first);
+        writes.settle_answered();
+        assert_eq!(acked(&handles), [true, true, false]);
+        writes.ends.answered.push(third);
+        writes.settle_answered();
+        assert_eq!(acked(&handles), [true, true, true]);
+        assert!(writes.ends.order.slots.is_empty());
+        assert_eq!(in_flight.bytes.load(Ordering::Relaxed), 0);
+    }
+
+    /// Reads one stream with `read_message` as the reader of ordered streams does; returns
+    /// what it delivered and how it ended.
+    async fn read_one(
+        server: &quinn::Connection,
+        limits: &ReceiveLimits,
+        goodbye: &Goodbye,
+    ) -> (Vec<Event>, ReadEnd) {
+        let (events, rx) = crate::transport::event_channel(64, 1 << 24);
+        let receipts = Receipts::default();
+        let mut drain = KeptWait::flag(&receipts.draining());
+        let stream = server.accept_uni().await.expect("a stream");
+        let mut out = Vec::new();
+        let end = read_message(
+            stream,
+            &events,
+            limits,
+            (&receipts, &mut drain),
+            Some((goodbye, server)),
+            &mut out,
+        )
+        .await;
+        drop(events);
+        let mut got = Vec::new();
+        while let Some(event) = rx.recv().await {
+            got.push(event);
+        }
+        (got, end)
+    }
+
+    /// A message's first piece waits for the next read (the stream's end: the whole message
+    /// goes up as it came, `Assembly::push_alone`); whatever the next read brings instead,
+    /// the message is the same, an oversized one is refused and a reset after the first
+    /// piece is not taken for the peer's goodbye.
+    #[tokio::test]
+    async fn a_first_piece_held_for_the_next_read_delivers_every_message_as_sent() {
+        let (_ep, conn, _server_ep, server) = connected().await;
+        let limits = ReceiveLimits::whole(8_000);
+        let goodbye = Goodbye::default();
+        let received = |got: &[Event]| -> Vec<Vec<u8>> {
+            got.iter()
+                .map(|e| match e {
+                    Event::Received(m) => m.data.to_vec(),
+                    other => panic!("not a whole message: {other:?}"),
+                })
+                .collect()
+        };
+        // Whole in one piece.
+        let mut s = conn.open_uni().await.expect("open");
+        s.write_all(&[1u8; 1000]).await.expect("write");
+        s.finish().expect("finish");
+        let (got, end) = read_one(&server, &limits, &goodbye).await;
+        assert_eq!(end, ReadEnd::Next);
+        assert_eq!(received(&got), vec![vec![1u8; 1000]]);
+        // In two pieces, the second after the reader has read (and held) the first.
+        let mut s = conn.open_uni().await.expect("open");
+        s.write_all(&[2u8; 1000]).await.expect("write");
+        let reading = tokio::spawn({
+            let server = server.clone();
+            async move {
+                let goodbye = Goodbye::default();
+                read_one(&server, &ReceiveLimits::whole(8_000), &goodbye).await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        s.write_all(&[3u8; 500]).await.expect("write");
+        s.finish().expect("finish");
+        let (got, end) = reading.await.expect("reader");
+        assert_eq!(end, ReadEnd::Next);
+        let mut want = vec![2u8; 1000];
+        want.extend_from_slice(&[3u8; 500]);
+        assert_eq!(received(&got), vec![want]);
+        // Larger than the maximum in its first piece: refused, not delivered.
+        let mut s = conn.open_uni().await.expect("open");
+        s.write_all(&[4u8; 9000]).await.expect("write");
+        s.finish().expect("finish");
+        let (got, _) = read_one(&server, &limits, &goodbye).await;
+        assert!(
+            matches!(got.as_slice(), [Event::ReceiveError { .. }]),
+            "{got:?}"
+        );
+        // Reset with the goodbye code after a first piece: an abandoned message (nothing
+        // delivered), not the peer's goodbye.
+        let mut s = conn.open_uni().await.expect("open");
+        s.write_all(&[5u8; 1000]).await.expect("write");
+        let reading = tokio::spawn({
+            let server = server.clone();
+            async move {
+                let goodbye = Goodbye::default();
+                let (got, end) = read_one(&server, &ReceiveLimits::whole(8_000), &goodbye).await;
+                (got, end, goodbye.heard())
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        s.reset(GOODBYE.into()).expect("reset");
+        let (got, end, heard) = reading.await.expect("reader");
+        assert_eq!(end, ReadEnd::Next);
+        assert!(got.is_empty(), "{got:?}");
+        assert!(!heard, "a reset message was taken for a goodbye");
     }
 }
