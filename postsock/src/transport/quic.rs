@@ -2475,12 +2475,12 @@ pub(crate) mod tests {
     }
 
     /// Reads one stream with `read_message` as the reader of ordered streams does; returns
-    /// what it delivered and how it ended.
+    /// what it delivered, how it ended and whether it heard the peer's goodbye.
     async fn read_one(
-        server: &quinn::Connection,
-        limits: &ReceiveLimits,
-        goodbye: &Goodbye,
-    ) -> (Vec<Event>, ReadEnd) {
+        server: quinn::Connection,
+        limits: ReceiveLimits,
+    ) -> (Vec<Event>, ReadEnd, bool) {
+        let goodbye = Goodbye::default();
         let (events, rx) = crate::transport::event_channel(64, 1 << 24);
         let receipts = Receipts::default();
         let mut drain = KeptWait::flag(&receipts.draining());
@@ -2489,9 +2489,9 @@ pub(crate) mod tests {
         let end = read_message(
             stream,
             &events,
-            limits,
+            &limits,
             (&receipts, &mut drain),
-            Some((goodbye, server)),
+            Some((&goodbye, &server)),
             &mut out,
         )
         .await;
@@ -2500,7 +2500,12 @@ pub(crate) mod tests {
         while let Some(event) = rx.recv().await {
             got.push(event);
         }
-        (got, end)
+        (got, end, goodbye.heard())
+    }
+
+    /// [`read_one`] in a task of its own, for a stream the test goes on writing.
+    fn reading(server: &quinn::Connection) -> tokio::task::JoinHandle<(Vec<Event>, ReadEnd, bool)> {
+        tokio::spawn(read_one(server.clone(), ReceiveLimits::whole(8_000)))
     }
 
     /// A message's first piece waits for the next read (the stream's end: the whole message
@@ -2510,8 +2515,6 @@ pub(crate) mod tests {
     #[tokio::test]
     async fn a_first_piece_held_for_the_next_read_delivers_every_message_as_sent() {
         let (_ep, conn, _server_ep, server) = connected().await;
-        let limits = ReceiveLimits::whole(8_000);
-        let goodbye = Goodbye::default();
         let received = |got: &[Event]| -> Vec<Vec<u8>> {
             got.iter()
                 .map(|e| match e {
@@ -2524,23 +2527,17 @@ pub(crate) mod tests {
         let mut s = conn.open_uni().await.expect("open");
         s.write_all(&[1u8; 1000]).await.expect("write");
         s.finish().expect("finish");
-        let (got, end) = read_one(&server, &limits, &goodbye).await;
+        let (got, end, _) = reading(&server).await.expect("reader");
         assert_eq!(end, ReadEnd::Next);
         assert_eq!(received(&got), vec![vec![1u8; 1000]]);
         // In two pieces, the second after the reader has read (and held) the first.
         let mut s = conn.open_uni().await.expect("open");
         s.write_all(&[2u8; 1000]).await.expect("write");
-        let reading = tokio::spawn({
-            let server = server.clone();
-            async move {
-                let goodbye = Goodbye::default();
-                read_one(&server, &ReceiveLimits::whole(8_000), &goodbye).await
-            }
-        });
+        let read = reading(&server);
         tokio::time::sleep(Duration::from_millis(50)).await;
         s.write_all(&[3u8; 500]).await.expect("write");
         s.finish().expect("finish");
-        let (got, end) = reading.await.expect("reader");
+        let (got, end, _) = read.await.expect("reader");
         assert_eq!(end, ReadEnd::Next);
         let mut want = vec![2u8; 1000];
         want.extend_from_slice(&[3u8; 500]);
@@ -2549,7 +2546,7 @@ pub(crate) mod tests {
         let mut s = conn.open_uni().await.expect("open");
         s.write_all(&[4u8; 9000]).await.expect("write");
         s.finish().expect("finish");
-        let (got, _) = read_one(&server, &limits, &goodbye).await;
+        let (got, _, _) = reading(&server).await.expect("reader");
         assert!(
             matches!(got.as_slice(), [Event::ReceiveError { .. }]),
             "{got:?}"
@@ -2558,17 +2555,10 @@ pub(crate) mod tests {
         // delivered), not the peer's goodbye.
         let mut s = conn.open_uni().await.expect("open");
         s.write_all(&[5u8; 1000]).await.expect("write");
-        let reading = tokio::spawn({
-            let server = server.clone();
-            async move {
-                let goodbye = Goodbye::default();
-                let (got, end) = read_one(&server, &ReceiveLimits::whole(8_000), &goodbye).await;
-                (got, end, goodbye.heard())
-            }
-        });
+        let read = reading(&server);
         tokio::time::sleep(Duration::from_millis(50)).await;
         s.reset(GOODBYE.into()).expect("reset");
-        let (got, end, heard) = reading.await.expect("reader");
+        let (got, end, heard) = read.await.expect("reader");
         assert_eq!(end, ReadEnd::Next);
         assert!(got.is_empty(), "{got:?}");
         assert!(!heard, "a reset message was taken for a goodbye");
