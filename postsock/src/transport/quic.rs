@@ -595,25 +595,18 @@ impl Writes {
     /// Settles a written message as `stopped()` answered, as a write that awaits its own
     /// acknowledgement ends (`write_message`).
     fn settle(&mut self, stream: quinn::SendStream, w: AwaitedWrite, answer: Stopped) {
-        if matches!(answer, Ok(None)) && self.ends.order.is_front(w.order) && !self.halted.is_set()
-        {
-            // Acknowledged, and no earlier write holds it back: reported at once, as
-            // `conclude`, `ended` and `release_acked` would (the usual case, one write in
-            // flight), without handing it through them.
-            drop(stream);
+        if matches!(answer, Ok(None)) && !self.halted.is_set() {
+            // Acknowledged: what `conclude` and `ended` do with it, without the `WriteEnd`
+            // handed between them.
             let AwaitedWrite {
-                mut item, counted, ..
+                mut item,
+                order,
+                counted,
             } = w;
             item.release_permit();
             self.ends.links.in_flight.sub(counted);
             self.completed();
-            self.ends.order.pass_front();
-            self.ends
-                .links
-                .outbox
-                .update(item.id, SendStatus::Acked, true);
-            drop(item);
-            self.release_acked();
+            self.acked(order, item, stream.id());
             return;
         }
         let (outbox, in_flight) = (&self.ends.links.outbox, &self.ends.links.in_flight);
@@ -655,10 +648,10 @@ impl Writes {
                     self.handed
                         .extend(hand_back(item, stream, &self.ends.links.outbox));
                     self.ends.order.ended(order);
+                    self.release_acked();
                 } else {
-                    self.ends.order.acked(order, (item, stream));
+                    self.acked(order, item, stream);
                 }
-                self.release_acked();
             }
         }
     }
@@ -689,6 +682,20 @@ impl Writes {
         if self.cap.limit() != before {
             self.ends.links.outbox.set_message_limit(self.cap.limit());
         }
+    }
+
+    /// An ordered message the peer acknowledged: reported at once when no earlier write
+    /// holds it back (the usual case, one write in flight), else held until they end; and
+    /// whatever it held back goes with it.
+    fn acked(&mut self, order: u64, item: Item, stream: quinn::StreamId) {
+        if self.ends.order.is_front(order) {
+            self.ends.order.pass_front();
+            let outbox = &self.ends.links.outbox;
+            outbox.update(item.id, SendStatus::Acked, true);
+        } else {
+            self.ends.order.acked(order, (item, stream));
+        }
+        self.release_acked();
     }
 
     /// Reports the acknowledged ordered messages no earlier write holds back.
@@ -1694,27 +1701,10 @@ async fn read_message(
             alone = Some(std::mem::take(&mut chunks[0]));
             continue;
         }
-        let mut pushed = Ok(());
-        let mut whole = false;
-        if let Some(data) = alone.take() {
-            if end {
-                pushed = Assembly::push_alone(id, data, limits, out);
-                whole = true;
-            } else {
-                pushed = assembly.push_into(data, false, limits, out);
-            }
-        }
-        if !whole && pushed.is_ok() {
-            for data in chunks[..n].iter_mut() {
-                pushed = assembly.push_into(std::mem::take(data), false, limits, out);
-                if pushed.is_err() {
-                    break;
-                }
-            }
-            if end && pushed.is_ok() {
-                pushed = assembly.push_into(Bytes::new(), true, limits, out);
-            }
-        }
+        let pushed = match alone.take() {
+            Some(data) if end => Assembly::push_alone(id, data, limits, out),
+            held => push_pieces(&mut assembly, held, &mut chunks[..n], end, limits, out),
+        };
         if let Err(error) = pushed {
             let _ = stream.stop(0u32.into());
             return match events.send(Event::ReceiveError { id, error }).await {
@@ -1734,6 +1724,28 @@ async fn read_message(
             return ReadEnd::Next;
         }
     }
+}
+
+/// Pushes into `assembly` a held first piece, then the pieces of a read, then (`end`) the
+/// message's end; stops at the first error.
+fn push_pieces(
+    assembly: &mut Assembly,
+    held: Option<Bytes>,
+    pieces: &mut [Bytes],
+    end: bool,
+    limits: &ReceiveLimits,
+    out: &mut Vec<Event>,
+) -> std::result::Result<(), Error> {
+    for data in held
+        .into_iter()
+        .chain(pieces.iter_mut().map(std::mem::take))
+    {
+        assembly.push_into(data, false, limits, out)?;
+    }
+    if end {
+        assembly.push_into(Bytes::new(), true, limits, out)?;
+    }
+    Ok(())
 }
 
 /// Reads ordered messages: unidirectional streams, one after the other in stream order.
@@ -2198,9 +2210,6 @@ pub(crate) mod tests {
         assert_eq!(handle.status(), SendStatus::Queued, "to be sent again");
     }
 
-    /// Streams of one priority leave in write order (fairness off), but a stream of higher
-    /// priority still goes before one that began: the vendored quinn-proto's second patch
-    /// (vendor/README.md). Upstream's unfair mode finished the begun stream first.
     /// The vendored quinn's activity hook (what wakes a sleeping path manager and address
     /// watch) is called when the connection's driver handles what the peer sent.
     #[tokio::test]
@@ -2233,6 +2242,9 @@ pub(crate) mod tests {
         assert!(calls.load(std::sync::atomic::Ordering::SeqCst) > before);
     }
 
+    /// Streams of one priority leave in write order (fairness off), but a stream of higher
+    /// priority still goes before one that began: the vendored quinn-proto's second patch
+    /// (vendor/README.md). Upstream's unfair mode finished the begun stream first.
     #[tokio::test]
     async fn a_stream_of_higher_priority_overtakes_a_begun_one() {
         let (_ep, conn, _server_ep, server) = connected().await;
